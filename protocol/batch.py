@@ -19,8 +19,17 @@ from typing import Any, Final, NamedTuple
 
 from .limits import VERSION
 
-__all__ = ["GAUGE", "COUNTER", "BatchBuilder", "MetricDef", "Sample", "expand_samples", "delta",
-           "undelta", "to_scaled"]
+__all__ = [
+    "COUNTER",
+    "GAUGE",
+    "BatchBuilder",
+    "MetricDef",
+    "Sample",
+    "delta",
+    "expand_samples",
+    "to_scaled",
+    "undelta",
+]
 
 GAUGE: Final = "gauge"
 COUNTER: Final = "counter"

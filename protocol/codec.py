@@ -78,7 +78,7 @@ def decode(payload: bytes) -> dict[str, Any]:
         )
     except ValueError as exc:  # includes msgpack's ExtraData, StackError, FormatError
         raise MalformedPayload(f"not a msgpack batch: {exc}", reason="not_msgpack") from None
-    except Exception as exc:  # noqa: BLE001 - any other unpacker failure is a bad payload
+    except Exception as exc:
         raise MalformedPayload(f"not a msgpack batch: {exc}", reason="not_msgpack") from None
     if not isinstance(batch, dict):
         raise MalformedPayload("batch is not a map", reason="schema")

@@ -7,6 +7,7 @@ The agent never imports this module (pydantic costs about 8 MB resident); it bui
 from __future__ import annotations
 
 import re
+from itertools import accumulate
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -80,6 +81,8 @@ class ValidBatch(BaseModel):
             raise ValueError("instance id: use letters, digits, '.', '-', '_'")
         if self.t[0] <= 0 or any(d <= 0 for d in self.t[1:]):
             raise ValueError("t: timestamps must be positive and strictly increasing")
+        if sum(self.t) > MAX_INT:
+            raise ValueError("t: cumulated timestamps overflow 64 bits")
         n_times = len(self.t)
         names: set[str] = set()
         samples = series = 0
@@ -100,6 +103,10 @@ class ValidBatch(BaseModel):
                 if any(offset < e and s < end for s, e in spans):
                     raise ValueError(f"{name}: series {labels[:4]} repeats a timestamp")
                 spans.append((offset, end))
+                if len(deltas) > 1:
+                    running = list(accumulate(deltas))
+                    if max(running) > MAX_INT or min(running) < MIN_INT:
+                        raise ValueError(f"{name}: cumulated values overflow 64 bits")
                 samples += len(deltas)
             series += len(entries)
         if series > MAX_SERIES or samples > MAX_SAMPLES:

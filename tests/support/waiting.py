@@ -11,7 +11,7 @@ T = TypeVar("T")
 
 def wait_until(condition: Callable[[], T], timeout: float, what: str,
                interval: float = 0.05) -> T:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    """Poll ``condition`` until it is truthy; at the deadline fail naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()

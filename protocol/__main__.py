@@ -1,0 +1,49 @@
+"""``python -m edgemon.protocol decode [FILE]``: print the samples of a batch as JSON lines.
+
+FILE (default stdin) holds one payload, raw bytes or hex text. For live traffic from a broker use
+``edgemon-collector tail``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .batch import expand_samples
+from .codec import decode
+from .errors import ProtocolError
+
+
+def _read(path: str) -> bytes:
+    data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()  # noqa: SIM115
+    text = data.strip()
+    try:
+        return bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgemon.protocol")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dec = sub.add_parser("decode", help="decode one batch payload (raw or hex)")
+    dec.add_argument("file", nargs="?", default="-")
+    dec.add_argument("--raw", action="store_true", help="print the batch map, not its samples")
+    args = parser.parse_args(argv)
+    try:
+        batch = decode(_read(args.file))
+    except (OSError, ProtocolError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.raw:
+        print(json.dumps(batch))
+        return 0
+    head = {k: batch[k] for k in ("host", "instance", "seq")}
+    for sample in expand_samples(batch):
+        print(json.dumps({**head, **sample._asdict()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Protocol v1: test vectors, codec round trips, limits, topics, status and ack messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgpack
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgemon import protocol
+from edgemon.protocol import BatchBuilder, MetricDef, ProtocolError
+from edgemon.protocol.schema import validate_batch
+
+VECTORS = Path(protocol.__file__).parent / "vectors"
+
+
+def test_spec_vector_decodes_to_documented_json() -> None:
+    payload = bytes.fromhex((VECTORS / "v1-basic.hex").read_text().strip())
+    batch = protocol.decode(payload)
+    assert batch == json.loads((VECTORS / "v1-basic.json").read_text())
+    samples = [s._asdict() for s in protocol.expand_samples(batch)]
+    assert samples == json.loads((VECTORS / "v1-basic.samples.json").read_text())
+    assert validate_batch(batch).sample_count == len(samples) == 10
+
+
+def test_spec_vector_decodes_with_plain_libraries() -> None:
+    """What a third party does: any zstd + any msgpack, no edgemon code."""
+    payload = bytes.fromhex((VECTORS / "v1-basic.hex").read_text().strip())
+    doc = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(payload))
+    assert doc["host"] == "web-01" and doc["seq"] == 42
+
+
+def test_spec_embeds_the_vector() -> None:
+    spec = (Path(protocol.__file__).parent / "SPEC.md").read_text()
+    assert (VECTORS / "v1-basic.hex").read_text().strip() in spec
+
+
+# --- round trips -------------------------------------------------------------------------------
+
+_names = st.from_regex(r"[a-z_][a-z0-9_]{0,20}", fullmatch=True)
+_label = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+_int64 = st.integers(min_value=-(2**53), max_value=2**53)
+
+
+@st.composite
+def _readings(draw: st.DrawFn) -> list[tuple[int, MetricDef, tuple[str, ...], int]]:
+    metrics = draw(st.lists(
+        st.builds(MetricDef, _names, st.sampled_from(["gauge", "counter"]),
+                  st.sampled_from(["", "bytes", "percent"]), st.integers(0, 4),
+                  st.lists(_names, max_size=3, unique=True).map(tuple)),
+        min_size=1, max_size=4, unique_by=lambda m: m.name))
+    times = sorted(draw(st.sets(st.integers(1, 2**41), min_size=1, max_size=8)))
+    out = []
+    for m in metrics:
+        for labels in draw(st.lists(st.tuples(*[_label] * len(m.label_keys)), min_size=1,
+                                    max_size=3, unique=True)):
+            for t in draw(st.lists(st.sampled_from(times), min_size=1, unique=True)):
+                out.append((t, m, labels, draw(_int64)))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(_readings(), st.integers(0, 2**40))
+def test_encode_decode_round_trip(readings: list, seq: int) -> None:
+    builder = BatchBuilder()
+    for t, m, labels, v in readings:
+        builder.add(t, m, labels, v)
+    wire = builder.build(host="h-1", instance="abc123", seq=seq, sent_ms=123)
+    decoded = protocol.decode(protocol.encode(wire))
+    valid = validate_batch(decoded)
+    assert valid.seq == seq
+    got = {(s.name, tuple(s.labels.values()), s.timestamp_ms): s.value
+           for s in protocol.expand_samples(decoded)}
+    want = {(m.name, labels, t): (v if m.scale == 0 else v / 10**m.scale)
+            for t, m, labels, v in readings}
+    assert got == want
+    assert len(builder) == len(want) == valid.sample_count
+
+
+# --- hostile or broken payloads ----------------------------------------------------------------
+
+def _frame(obj: object, **kw: object) -> bytes:
+    return zstandard.ZstdCompressor(**kw).compress(msgpack.packb(obj))
+
+
+def _good() -> dict:
+    b = BatchBuilder()
+    b.add(1000, MetricDef("x", "gauge", "", 0, ("k",)), ("a",), 5)
+    return b.build(host="h", instance="i", seq=1, sent_ms=1000)
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (b"", "not_zstd"),
+    (b"garbage" * 10, "not_zstd"),
+    (b"\x00" * (2 << 20), "too_large"),
+    # a 4 KiB frame that expands to 64 MiB
+    (zstandard.ZstdCompressor().compress(b"\x00" * (64 << 20)), "decompressed_too_large"),
+    # a frame that does not declare its size
+    (zstandard.ZstdCompressor(write_content_size=False).compress(b"\x91\x01"),
+     "decompressed_too_large"),
+    (_frame([1, 2, 3]), "schema"),
+    (_frame({"v": 2}), "version"),
+    (zstandard.ZstdCompressor().compress(b"\xc1\xc1"), "not_msgpack"),
+    # an array header claiming 4 billion elements in a 6-byte body
+    (zstandard.ZstdCompressor().compress(b"\xdd\xff\xff\xff\xff"), "not_msgpack"),
+    # nesting bomb
+    (zstandard.ZstdCompressor().compress(b"\x91" * 100_000 + b"\x01"), "not_msgpack"),
+])
+def test_decode_rejects_with_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(payload)
+    assert info.value.reason == reason
+
+
+def test_frame_lying_about_its_size_is_rejected() -> None:
+    frame = bytearray(_frame(_good()))
+    real = protocol.decode(bytes(frame))
+    assert real["seq"] == 1
+    # the size field sits after magic (4) + descriptor (1) [+ window (1)]: flip bits in it
+    params = zstandard.get_frame_parameters(bytes(frame))
+    assert params.content_size > 0
+    frame[5] ^= 0x01
+    with pytest.raises(ProtocolError):
+        protocol.decode(bytes(frame))
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"seq": True}, "seq"),
+    ({"seq": "1"}, "seq"),
+    ({"seq": -1}, "seq"),
+    ({"host": "a/b"}, "host id"),
+    ({"host": "+"}, "host id"),
+    ({"instance": "x" * 65}, "instance"),
+    ({"t": [0]}, "timestamps"),
+    ({"t": [5, 3, 0]}, "timestamps"),
+    ({"t": [2**62, 2**62]}, "overflow"),
+    ({"metrics": [["x", "gauge", "", 0, ["k"], [[["a", "b"], 0, [1]]]]]}, "label values"),
+    ({"metrics": [["x", "gauge", "", 0, ["k"], [[["a"], 1, [1]]]]]}, "past"),
+    ({"metrics": [["x", "gauge", "", 0, [], [[[], 0, [1]], [[], 0, [2]]]]]}, "repeats"),
+    ({"metrics": [["x", "weird", "", 0, [], []]]}, "metrics"),
+    ({"metrics": [["x", "gauge", "", 0, [], [[[], 0, [1.5]]]]]}, "metrics"),
+    ({"t": [1000, 1], "metrics": [["x", "gauge", "", 0, [], [[[], 0, [2**62, 2**62]]]]]},
+     "overflow"),
+    ({"metrics": [["1x", "gauge", "", 0, [], []]]}, "metric name"),
+    ({"metrics": [["x", "gauge", "", 0, [], []], ["x", "gauge", "", 0, [], []]]}, "repeated"),
+    ({"metrics": [["x", "gauge", "", 12, [], []]]}, "metrics"),
+])
+def test_schema_rejects_naming_the_problem(change: dict, field: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        validate_batch({**_good(), **change})
+    assert field in str(info.value)
+
+
+def test_unknown_keys_are_ignored() -> None:
+    assert validate_batch({**_good(), "future_field": [1, 2]}).seq == 1
+
+
+# --- topics, status, ack -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["", "a/b", "a+b", "#", "a b", "-lead", "x" * 65, "é"])
+def test_bad_host_ids(host: str) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.metrics_topic(host)
+
+
+def test_topics_round_trip() -> None:
+    for make, kind in [(protocol.metrics_topic, "metrics"), (protocol.backfill_topic, "backfill"),
+                       (protocol.status_topic, "status"), (protocol.ack_topic, "ack")]:
+        assert protocol.parse_topic(make("web-01.eu_2")) == ("web-01.eu_2", kind)
+    for bad in ["edgemon/v1/h", "edgemon/v2/h/metrics", "edgemon/v1/h/other", "x/v1/h/metrics",
+                "edgemon/v1/a/b/metrics"]:
+        with pytest.raises(ProtocolError):
+            protocol.parse_topic(bad)
+
+
+def test_ack_round_trip_and_ranges() -> None:
+    payload = protocol.encode_ack(instance="abc", seqs=[5, 3, 4, 9, 9, 1])
+    assert protocol.decode_ack(payload) == ("abc", [(1, 1), (3, 5), (9, 9)])
+    for bad in [b"{", b'{"v":1,"instance":"a","acked":[[3,1]]}',
+                b'{"v":1,"instance":"a","acked":[[1,true]]}', b'{"v":1,"acked":[]}']:
+        with pytest.raises(ProtocolError):
+            protocol.decode_ack(bad)
+
+
+def test_status_round_trip() -> None:
+    doc = protocol.decode_status(protocol.encode_status(online=False, instance="i", timestamp_ms=7))
+    assert doc["state"] == "offline" and doc["ts"] == 7
+    with pytest.raises(ProtocolError):
+        protocol.decode_status(b'{"v":1,"state":"maybe","instance":"i","ts":1}')
+
+
+def test_public_surface_is_deliberate() -> None:
+    assert sorted(protocol.__all__) == sorted([
+        "COUNTER", "GAUGE", "VERSION", "BatchBuilder", "LimitExceeded", "MalformedPayload",
+        "MetricDef", "ProtocolError", "Sample", "UnsupportedVersion", "ack_topic",
+        "backfill_topic", "decode", "decode_ack", "decode_status", "encode", "encode_ack",
+        "encode_status", "expand_samples", "metrics_topic", "parse_topic", "status_topic",
+        "subscriptions", "to_scaled", "validate_host_id",
+    ])
+    for name in protocol.__all__:
+        assert hasattr(protocol, name)
+
+
+def test_agent_side_protocol_does_not_import_pydantic() -> None:
+    import subprocess
+    import sys
+    code = ("import sys, edgemon.protocol as p; p.encode(p.BatchBuilder().build(host='h', "
+            "instance='i', seq=1, sent_ms=1)); print('pydantic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
