@@ -1,0 +1,321 @@
+"""Metric families: recorded psutil values through fakes, then every family against real psutil."""
+
+from __future__ import annotations
+
+import errno
+import math
+import re
+from collections import namedtuple
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from edgemon.agent.families import FAMILIES, cpu, disk, diskio, load, memory, network, system
+from edgemon.agent.families._types import Reading
+from edgemon.protocol.batch import (
+    COUNTER,
+    GAUGE,
+    BatchBuilder,
+    MetricDef,
+    expand_samples,
+    to_scaled,
+)
+from tests.support.waiting import wait_until
+
+# Same fields as psutil's Linux namedtuples (psutil._ntuples is private, moves between versions).
+scputimes = namedtuple("scputimes", "user nice system idle iowait irq softirq steal guest "
+                                    "guest_nice")
+svmem = namedtuple("svmem", "total available percent used free active inactive buffers cached "
+                            "shared slab")
+sswap = namedtuple("sswap", "total used free percent sin sout")
+sdiskpart = namedtuple("sdiskpart", "device mountpoint fstype opts")
+sdiskusage = namedtuple("sdiskusage", "total used free percent")
+sdiskio = namedtuple("sdiskio", "read_count write_count read_bytes write_bytes read_time "
+                                "write_time read_merged_count write_merged_count busy_time")
+snetio = namedtuple("snetio", "bytes_sent bytes_recv packets_sent packets_recv errin errout "
+                              "dropin dropout")
+statvfs_result = namedtuple("statvfs_result", "f_files f_ffree")
+
+NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def cputimes(**fields: float) -> scputimes:
+    return scputimes(**{f: float(fields.get(f, 0)) for f in scputimes._fields})
+
+
+def by_name(readings: list[Reading]) -> dict[tuple[str, tuple[str, ...]], float | int]:
+    out = {(m.name, labels): value for m, labels, value in readings}
+    assert len(out) == len(readings), "duplicate series"
+    return out
+
+
+# --- cpu ---------------------------------------------------------------------------------------
+
+class FakeCpu:
+    """Hands out recorded (total, per-CPU) cpu_times, one pair per cycle."""
+
+    def __init__(self, cycles: list[tuple[Any, list[Any]]], count: int | None = 2) -> None:
+        self.cycles: Iterator[tuple[Any, list[Any]]] = iter(cycles)
+        self.count = count
+        self.pending: list[Any] | None = None
+
+    def cpu_times(self, percpu: bool = False) -> Any:
+        if not percpu:
+            total, self.pending = next(self.cycles)
+            return total
+        assert self.pending is not None
+        return self.pending
+
+    def cpu_count(self, logical: bool = True) -> int | None:
+        return self.count
+
+
+T0 = cputimes(user=100, system=50, idle=800, iowait=10, steal=5, guest=0)
+# +30 user (of which 10 guest), +10 system, +50 idle, +5 iowait, +5 steal: 100 s not counting guest
+T1 = cputimes(user=130, system=60, idle=850, iowait=15, steal=10, guest=10)
+C0 = [cputimes(user=10, idle=10), cputimes(user=10, idle=10)]
+C1 = [cputimes(user=11, idle=13), cputimes(user=11, idle=12)]  # 25 % and 33.33 % busy
+
+
+def test_cpu_first_call_is_baseline_then_percent_from_deltas() -> None:
+    collect = cpu.make(FakeCpu([(T0, C0), (T1, C1)]))
+    assert collect() == [(cpu.COUNT, (), 2)]
+    assert collect() == [
+        (cpu.COUNT, (), 2),
+        (cpu.USAGE, ("total",), 45.0),  # busy = 100 - 50 idle - 5 iowait
+        (cpu.MODE, ("total", "user"), 30.0),
+        (cpu.MODE, ("total", "system"), 10.0),
+        (cpu.MODE, ("total", "iowait"), 5.0),
+        (cpu.MODE, ("total", "steal"), 5.0),
+        (cpu.USAGE, ("0",), 25.0),
+        (cpu.USAGE, ("1",), 33.33),
+    ]
+
+
+def test_cpu_per_cpu_modes_and_platform_modes_only() -> None:
+    mac = namedtuple("scputimes", "user nice system idle")  # macOS: no iowait, no steal
+    before, after = mac(1.0, 0.0, 1.0, 8.0), mac(3.0, 0.0, 2.0, 15.0)
+    collect = cpu.make(FakeCpu([(before, [before]), (after, [after])], count=1),
+                       per_cpu_modes=True)
+    collect()
+    assert by_name(collect()) == {
+        ("cpu_count", ()): 1,
+        ("cpu_usage_percent", ("total",)): 30.0, ("cpu_usage_percent", ("0",)): 30.0,
+        ("cpu_mode_percent", ("total", "user")): 20.0,
+        ("cpu_mode_percent", ("total", "system")): 10.0,
+        ("cpu_mode_percent", ("0", "user")): 20.0,
+        ("cpu_mode_percent", ("0", "system")): 10.0,
+    }
+
+
+def test_cpu_skips_when_no_time_passed_or_cpus_changed() -> None:
+    collect = cpu.make(FakeCpu([(T0, C0), (T0, C0), (T1, C1[:1])], count=None))
+    assert collect() == []  # cpu_count() is None: no count
+    assert collect() == []  # no tick elapsed: no percentages
+    assert collect() == [  # one CPU went away: total only
+        (cpu.USAGE, ("total",), 45.0),
+        (cpu.MODE, ("total", "user"), 30.0),
+        (cpu.MODE, ("total", "system"), 10.0),
+        (cpu.MODE, ("total", "iowait"), 5.0),
+        (cpu.MODE, ("total", "steal"), 5.0),
+    ]
+
+
+# --- load, memory, system ----------------------------------------------------------------------
+
+def test_load() -> None:
+    source = SimpleNamespace(getloadavg=lambda: (0.5, 0.25, 1.75))
+    assert load.make(source)() == [(load.LOAD1, (), 0.5), (load.LOAD5, (), 0.25),
+                                   (load.LOAD15, (), 1.75)]
+
+
+def test_memory_linux() -> None:
+    source = SimpleNamespace(
+        virtual_memory=lambda: svmem(1000, 250, 75.0, 600, 150, 0, 0, 50, 200, 0, 0),
+        swap_memory=lambda: sswap(400, 100, 300, 25.0, 4096, 8192),
+    )
+    assert by_name(memory.collect(source)) == {
+        ("memory_total_bytes", ()): 1000, ("memory_available_bytes", ()): 250,
+        ("memory_used_bytes", ()): 600, ("memory_free_bytes", ()): 150,
+        ("memory_cached_bytes", ()): 200, ("memory_buffers_bytes", ()): 50,
+        ("memory_usage_percent", ()): 75.0,
+        ("swap_total_bytes", ()): 400, ("swap_used_bytes", ()): 100,
+        ("swap_free_bytes", ()): 300, ("swap_in_bytes_total", ()): 4096,
+        ("swap_out_bytes_total", ()): 8192,
+    }
+    assert memory.SWAP_IN.kind == COUNTER and memory.TOTAL.kind == GAUGE
+
+
+def test_memory_without_cached_and_buffers() -> None:
+    win = namedtuple("svmem", "total available percent used free")
+    source = SimpleNamespace(virtual_memory=lambda: win(3000, 1000, 66.7, 2000, 1000),
+                             swap_memory=lambda: sswap(0, 0, 0, 0.0, 0, 0))
+    names = by_name(memory.make(source)())
+    assert ("memory_cached_bytes", ()) not in names
+    assert ("memory_buffers_bytes", ()) not in names
+    assert names[("memory_usage_percent", ())] == 66.67
+
+
+def test_system() -> None:
+    source = SimpleNamespace(boot_time=lambda: 1_700_000_000.4)
+    readings = system.make(source, clock=lambda: 1_700_000_100.6)()
+    assert readings == [(system.BOOT_TIME, (), 1_700_000_000), (system.UPTIME, (), 100)]
+    assert all(type(v) is int for _, _, v in readings)
+    assert system.collect(source, clock=lambda: 0.0)[1] == (system.UPTIME, (), 0)  # clock behind
+
+
+# --- disk --------------------------------------------------------------------------------------
+
+class FakeDisks:
+    def __init__(self, real: list[Any], every: list[Any] | None = None,
+                 errors: dict[str, OSError] | None = None) -> None:
+        self.real, self.every, self.errors = real, every, errors or {}
+
+    def disk_partitions(self, all: bool = False) -> list[Any]:
+        if all:
+            assert self.every is not None, "all=True read although / was already there"
+            return self.every
+        return self.real
+
+    def disk_usage(self, path: str) -> Any:
+        if path in self.errors:
+            raise self.errors[path]
+        return sdiskusage(1000, 300, 600, 33.3)  # 100 reserved for root
+
+
+def fake_statvfs(path: str) -> statvfs_result:
+    return statvfs_result(0, 0) if path == "/home" else statvfs_result(500, 200)
+
+
+def test_disk_skips_pseudo_duplicates_and_erroring_mounts() -> None:
+    source = FakeDisks(
+        [sdiskpart("/dev/sda1", "/", "ext4", "rw"),
+         sdiskpart("/dev/sda2", "/mnt/bind", "btrfs", "rw"),  # same device, longer path
+         sdiskpart("/dev/sda2", "/home", "btrfs", "rw"),
+         sdiskpart("/dev/loop0", "/snap/core/1", "squashfs", "ro"),
+         sdiskpart("tmpfs", "/run", "tmpfs", "rw"),
+         sdiskpart("nas:/export", "/mnt/nas", "nfs4", "rw"),
+         sdiskpart("/dev/sdb1", "/secret", "ext4", "rw")],
+        errors={"/mnt/nas": OSError(errno.ESTALE, "Stale file handle"),
+                "/secret": PermissionError(errno.EACCES, "Permission denied")},
+    )
+    root, home = ("/", "/dev/sda1", "ext4"), ("/home", "/dev/sda2", "btrfs")
+    assert disk.make(source, statvfs=fake_statvfs)() == [
+        (disk.TOTAL, root, 1000), (disk.USED, root, 300), (disk.FREE, root, 600),
+        (disk.USAGE, root, 33.33), (disk.INODES, root, 500), (disk.INODES_USED, root, 300),
+        (disk.TOTAL, home, 1000), (disk.USED, home, 300), (disk.FREE, home, 600),
+        (disk.USAGE, home, 33.33),  # f_files == 0: no inode metrics
+    ]
+
+
+def test_disk_keeps_overlay_root_and_works_without_statvfs() -> None:
+    data = sdiskpart("/dev/vdb", "/data", "ext4", "rw")
+    source = FakeDisks([data], every=[
+        sdiskpart("overlay", "/", "overlay", "rw"), sdiskpart("tmpfs", "/dev", "tmpfs", "rw"),
+        data, sdiskpart("overlay", "/var/lib/x", "overlay", "rw")])
+    assert [(p.mountpoint, p.fstype) for p in disk.mounts(source)] == [("/", "overlay"),
+                                                                       ("/data", "ext4")]
+    assert {m.name for m, _, _ in disk.collect(source, statvfs=None)} == {
+        "disk_total_bytes", "disk_used_bytes", "disk_free_bytes", "disk_usage_percent"}
+
+
+# --- diskio ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "partition"), [
+    ("sda1", True), ("sda12", True), ("nvme0n1p1", True), ("mmcblk0p2", True),
+    ("sda", False), ("nvme0n1", False), ("nvme0n10", False), ("dm-1", False), ("md127", False),
+    ("xvdb1", False),  # its whole disk is not listed: kept
+])
+def test_is_partition(name: str, partition: bool) -> None:
+    devices = {"sda", "sda1", "sda12", "nvme0n1", "nvme0n1p1", "nvme0n10", "mmcblk0",
+               "mmcblk0p2", "dm-0", "dm-1", "md127", "xvdb1"}
+    assert diskio.is_partition(name, devices) is partition
+
+
+def test_diskio_whole_disks_only() -> None:
+    def io(n: int) -> sdiskio:
+        return sdiskio(n, 2 * n, 512 * n, 1024 * n, 1500 * n, 250 * n, 0, 0, 7 * n)
+
+    disks = {"sda": io(1), "sda1": io(2), "loop0": io(3), "ram0": io(4), "zram0": io(5),
+             "dm-0": io(6)}
+    source = SimpleNamespace(disk_io_counters=lambda perdisk: disks if perdisk else None)
+    readings = diskio.make(source)()
+    assert sorted({labels[0] for _, labels, _ in readings}) == ["dm-0", "sda"]
+    assert [(m, v) for m, labels, v in readings if labels == ("sda",)] == [
+        (diskio.READ_BYTES, 512), (diskio.WRITTEN_BYTES, 1024), (diskio.READS, 1),
+        (diskio.WRITES, 2), (diskio.READ_TIME, 1.5), (diskio.WRITE_TIME, 0.25),
+        (diskio.BUSY_TIME, 0.007)]
+    assert to_scaled(0.007, diskio.BUSY_TIME.scale) == 7  # whole ms on the wire
+
+
+def test_diskio_without_busy_time_or_disks() -> None:
+    mac = namedtuple("sdiskio", "read_count write_count read_bytes write_bytes read_time "
+                                "write_time")
+    source = SimpleNamespace(disk_io_counters=lambda perdisk: {"disk0": mac(1, 2, 3, 4, 5, 6)})
+    assert "diskio_busy_time_seconds_total" not in {m.name for m, _, _ in diskio.collect(source)}
+    assert diskio.collect(SimpleNamespace(disk_io_counters=lambda perdisk: {})) == []
+
+
+# --- network -----------------------------------------------------------------------------------
+
+def test_network_skips_loopback() -> None:
+    nics = {"lo": snetio(9, 9, 9, 9, 9, 9, 9, 9), "eth0": snetio(1, 2, 3, 4, 5, 6, 7, 8)}
+    source = SimpleNamespace(net_io_counters=lambda pernic: nics if pernic else None)
+    assert network.make(source)() == [
+        (network.RECV_BYTES, ("eth0",), 2), (network.SENT_BYTES, ("eth0",), 1),
+        (network.RECV_PACKETS, ("eth0",), 4), (network.SENT_PACKETS, ("eth0",), 3),
+        (network.RECV_ERRORS, ("eth0",), 5), (network.SENT_ERRORS, ("eth0",), 6),
+        (network.RECV_DROPS, ("eth0",), 7), (network.SENT_DROPS, ("eth0",), 8)]
+
+
+# --- registry and real psutil ------------------------------------------------------------------
+
+def all_defs() -> list[MetricDef]:
+    modules = (cpu, load, memory, disk, diskio, network, system)
+    return [v for mod in modules for v in vars(mod).values() if isinstance(v, MetricDef)]
+
+
+def test_registry_and_metric_names() -> None:
+    assert list(FAMILIES) == ["cpu", "load", "memory", "disk", "diskio", "network", "system"]
+    defs = all_defs()
+    assert len({d.name for d in defs}) == len(defs) == 41
+    for d in defs:
+        assert NAME.match(d.name) and all(NAME.match(k) for k in d.label_keys), d
+        assert d.kind in (GAUGE, COUNTER), d
+        assert d.name.endswith("_total") == (d.kind == COUNTER), d
+        assert d.unit != "percent" or (d.name.endswith("_percent") and d.scale == 2), d
+
+
+def check_well_formed(readings: list[Reading]) -> None:
+    by_name(readings)  # no duplicate series
+    for metric, labels, value in readings:
+        assert NAME.match(metric.name), metric
+        assert len(labels) == len(metric.label_keys) and all(isinstance(v, str) for v in labels)
+        assert isinstance(value, int | float) and not isinstance(value, bool), metric
+        assert math.isfinite(value), metric
+        if metric.scale == 0:
+            assert type(value) is int, metric
+        if metric.kind == COUNTER:
+            assert value >= 0, metric
+        if metric.unit == "percent":
+            assert 0 <= value <= 100, metric
+
+
+def test_every_family_against_real_psutil() -> None:
+    collects: dict[str, Callable[[], list[Reading]]] = {n: make() for n, make in FAMILIES.items()}
+    first = {n: c() for n, c in collects.items()}
+    second = {n: c() for n, c in collects.items()}
+    for readings in (*first.values(), *second.values()):
+        check_well_formed(readings)
+    for name in ("load", "memory", "disk", "system"):  # present on any Linux host
+        assert second[name], name
+    assert wait_until(lambda: [r for r in collects["cpu"]() if r[0] is cpu.USAGE],
+                      5, "a CPU tick between two calls")
+    batch = BatchBuilder()
+    readings = [r for rs in second.values() for r in rs]
+    for metric, labels, value in readings:
+        batch.add(1, metric, labels, to_scaled(value, metric.scale))
+    decoded = list(expand_samples(batch.build(host="h", instance="i", seq=0, sent_ms=1)))
+    assert len(decoded) == len(readings)
