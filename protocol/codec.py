@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -16,19 +18,38 @@ from .limits import (
     VERSION,
 )
 
-__all__ = ["ZSTD_LEVEL", "decode", "encode"]
+__all__ = ["DICTIONARY_ID", "ZSTD_LEVEL", "decode", "dictionary", "encode"]
 
 ZSTD_LEVEL = 19  # batches are small and sent once a minute: spend CPU on bytes
+DICTIONARY_ID = 1  # the dictionary new batches are compressed with (0 = none)
+_DICTIONARIES = Path(__file__).parent / "dictionaries"
 
 _compressor: zstandard.ZstdCompressor | None = None
-_decompressor = zstandard.ZstdDecompressor()
+_decompressors: dict[int, zstandard.ZstdDecompressor] = {0: zstandard.ZstdDecompressor()}
+
+
+@cache
+def dictionary(dict_id: int) -> zstandard.ZstdCompressionDict:
+    """Published zstd dictionary ``dict_id`` (``dictionaries/<id>.zdict``); KeyError if none."""
+    path = _DICTIONARIES / f"{dict_id}.zdict"
+    if dict_id <= 0 or not path.is_file():
+        raise KeyError(dict_id)
+    return zstandard.ZstdCompressionDict(path.read_bytes(), dict_type=zstandard.DICT_TYPE_FULLDICT)
+
+
+def _decompressor(dict_id: int) -> zstandard.ZstdDecompressor:
+    if dict_id not in _decompressors:
+        _decompressors[dict_id] = zstandard.ZstdDecompressor(dict_data=dictionary(dict_id))
+    return _decompressors[dict_id]
 
 
 def encode(batch: dict[str, Any]) -> bytes:
     """msgpack the batch map, then compress it as one zstd frame that records its size."""
     global _compressor
     if _compressor is None:
-        _compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+        _compressor = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL, write_content_size=True, write_dict_id=True,
+            dict_data=dictionary(DICTIONARY_ID) if DICTIONARY_ID else None)
     packed = msgpack.packb(batch, use_bin_type=True)
     if len(packed) > MAX_DECOMPRESSED_BYTES:
         raise LimitExceeded(f"batch packs to {len(packed)} bytes > {MAX_DECOMPRESSED_BYTES}")
@@ -57,8 +78,13 @@ def decode(payload: bytes) -> dict[str, Any]:
         raise LimitExceeded("zstd frame must declare a content size within "
                             f"{MAX_DECOMPRESSED_BYTES} bytes", reason="decompressed_too_large")
     try:
+        decompressor = _decompressor(params.dict_id)
+    except KeyError:
+        raise MalformedPayload(f"zstd frame needs unknown dictionary {params.dict_id}",
+                               reason="unknown_dictionary") from None
+    try:
         # max_output_size bounds the allocation even if the frame lies about its size.
-        packed = _decompressor.decompress(payload, max_output_size=MAX_DECOMPRESSED_BYTES)
+        packed = decompressor.decompress(payload, max_output_size=MAX_DECOMPRESSED_BYTES)
     except zstandard.ZstdError as exc:
         raise MalformedPayload(f"zstd frame does not decompress: {exc}",
                                reason="not_zstd") from None

@@ -30,8 +30,22 @@ def test_spec_vector_decodes_to_documented_json() -> None:
 def test_spec_vector_decodes_with_plain_libraries() -> None:
     """What a third party does: any zstd + any msgpack, no edgemon code."""
     payload = bytes.fromhex((VECTORS / "v1-basic.hex").read_text().strip())
-    doc = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(payload))
-    assert doc["host"] == "web-01" and doc["seq"] == 42
+    assert zstandard.get_frame_parameters(payload).dict_id == 1
+    raw_dict = (VECTORS.parent / "dictionaries" / "1.zdict").read_bytes()
+    zdict = zstandard.ZstdCompressionDict(raw_dict)
+    doc = msgpack.unpackb(zstandard.ZstdDecompressor(dict_data=zdict).decompress(payload))
+    assert doc == json.loads((VECTORS / "v1-basic.json").read_text())
+
+
+def test_frames_without_dictionary_are_accepted_and_unknown_ones_rejected() -> None:
+    plain = zstandard.ZstdCompressor().compress(msgpack.packb(_good()))
+    assert protocol.decode(plain)["seq"] == 1
+    trained = zstandard.train_dictionary(
+        1024, [msgpack.packb({**_good(), "seq": i}) for i in range(500)], dict_id=77)
+    frame = zstandard.ZstdCompressor(dict_data=trained).compress(msgpack.packb(_good()))
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(frame)
+    assert info.value.reason == "unknown_dictionary"
 
 
 def test_spec_embeds_the_vector() -> None:
