@@ -1,0 +1,105 @@
+"""Real edgemon processes for integration tests: agents and collectors with generated configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .broker import Broker, free_port
+from .waiting import wait_until
+
+BIN = Path(sys.executable).parent
+
+
+class Process:
+    """A child process whose output goes to a log file; killed at the latest by ``close``."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]) -> None:
+        self.name, self.argv, self.log, self.env = name, argv, log, env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        assert not self.running(), f"{self.name} already running"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **self.env}, start_new_session=True)
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait: the program's clean shutdown path."""
+        assert self.proc is not None
+        if self.running():
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """kill -9: no clean-up of any kind."""
+        if self.proc is not None and self.running():
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class Agent(Process):
+    def __init__(self, workdir: Path, broker: Broker, *, host_id: str = "test-host",
+                 interval: float = 0.1, batch_cycles: int = 2, extra: str = "",
+                 buffer_extra: str = "") -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.buffer = workdir / "buffer.db"
+        self.config = workdir / "agent.toml"
+        self.config.write_text(
+            f'host_id = "{host_id}"\ninterval_seconds = {interval}\nbatch_cycles = {batch_cycles}\n'
+            f"{extra}\n[broker]\nhost = \"127.0.0.1\"\nport = {broker.port}\nkeepalive = 5\n\n"
+            f"[buffer]\npath = \"{self.buffer}\"\n{buffer_extra}\n"
+        )
+        self.config.chmod(0o600)
+        self.host_id = host_id
+        super().__init__(f"agent-{host_id}", [str(BIN / "edgemon-agent"), "run", "-c",
+                                              str(self.config)], workdir / "agent.log", {})
+
+
+class Collector(Process):
+    def __init__(self, workdir: Path, broker: Broker, *, extra: str = "") -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.http_port = free_port()
+        self.db = workdir / "edgemon.db"
+        self.config = workdir / "collector.toml"
+        self.config.write_text(
+            f"[mqtt]\nhost = \"127.0.0.1\"\nport = {broker.port}\n\n"
+            f"[storage]\npath = \"{self.db}\"\nmaintain_interval_seconds = 0.5\n\n"
+            f"[http]\nhost = \"127.0.0.1\"\nport = {self.http_port}\n{extra}\n"
+        )
+        self.config.chmod(0o600)
+        super().__init__("collector", [str(BIN / "edgemon-collector"), "run", "-c",
+                                       str(self.config)], workdir / "collector.log", {})
+
+    def start(self, timeout: float = 30.0) -> Collector:
+        super().start()
+        wait_until(lambda: self._ready(), timeout, f"collector ready ({self.log})")
+        return self
+
+    def _ready(self) -> bool:
+        if not self.running():
+            raise AssertionError(f"collector exited:\n{self.output()[-3000:]}")
+        try:
+            return self.get("/readyz", raw=True) is not None
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def get(self, path: str, *, raw: bool = False) -> Any:
+        url = f"http://127.0.0.1:{self.http_port}{path}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = resp.read()
+        return body if raw else json.loads(body)
