@@ -1,0 +1,200 @@
+"""Wiring and lifecycle: storage, MQTT, the ingest worker, HTTP, periodic maintenance.
+
+Start order: storage (opened in the writer thread, which does every write from then on) ->
+ingest worker -> MQTT -> HTTP. Stop (SIGTERM/SIGINT, or ``stop()``): refuse new MQTT messages
+(left unacknowledged: the broker keeps them for our persistent session) -> store and acknowledge
+everything already queued -> flush agent acks and disconnect -> stop HTTP -> close storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from aiohttp import web
+
+from . import sdnotify
+from .api import create_app
+from .config import CollectorConfig, StorageConfig
+from .ingest import IngestPipeline
+from .metrics import render_metrics
+from .mqtt_ingest import Inbox, MqttIngest
+from .rejects import Rejects
+from .storage.base import Storage
+
+__all__ = ["Collector", "open_default_storage", "run"]
+
+log = logging.getLogger("edgemon.collector")
+
+StorageFactory = Callable[[StorageConfig], Storage]
+
+
+def open_default_storage(config: StorageConfig) -> Storage:
+    """The embedded SQLite backend at ``config.path`` (its directory is created)."""
+    from .storage import open_storage
+
+    path = Path(config.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    day_ms = 86_400_000
+    return open_storage(  # type: ignore[no-any-return]
+        path,
+        raw_retention_ms=config.retention_raw_days * day_ms,
+        rollup_1m_retention_ms=config.retention_1m_days * day_ms,
+        rollup_1h_retention_ms=config.retention_1h_days * day_ms,
+    )
+
+
+class Collector:
+    """One collector: call ``start()``, later ``stop()`` (or ``run()`` until a stop event)."""
+
+    def __init__(self, config: CollectorConfig, *,
+                 storage_factory: StorageFactory = open_default_storage) -> None:
+        self.config = config
+        self.storage_factory = storage_factory
+        self.storage: Storage | None = None
+        self.storage_open = False
+        self.rejects = Rejects()
+        self.inbox: Inbox | None = None
+        self.mqtt: MqttIngest | None = None
+        self.pipeline: IngestPipeline | None = None
+        self.http_port: int | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgemon-writer")
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edgemon-reader")
+        self._runner: web.AppRunner | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        log.info("starting collector", extra={"storage": str(cfg.storage.path),
+                                               "mqtt": f"{cfg.mqtt.host}:{cfg.mqtt.port}",
+                                               "http": f"{cfg.http.host}:{cfg.http.port}"})
+        self.storage = await loop.run_in_executor(self._writer, self.storage_factory,
+                                                  cfg.storage)
+        self.storage_open = True
+        self.inbox = Inbox(loop, max_messages=cfg.ingest.queue_max,
+                           max_bytes=cfg.ingest.queue_max_bytes)
+        self.mqtt = MqttIngest(cfg.mqtt, self.inbox)
+        self.pipeline = IngestPipeline(storage=self.storage, inbox=self.inbox, mqtt=self.mqtt,
+                                       config=cfg.ingest, writer=self._writer,
+                                       rejects=self.rejects,
+                                       maintain_interval=cfg.storage.maintain_interval_seconds)
+        self._worker = asyncio.create_task(self.pipeline.run(), name="edgemon-ingest")
+        self.mqtt.start()
+        app = create_app(self.storage, executor=self._readers, metrics=self.metrics_text,
+                         ready=self.readiness)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.http.host, cfg.http.port)
+        await site.start()
+        addresses = self._runner.addresses  # the real port when the configured one was 0
+        self.http_port = int(addresses[0][1]) if addresses else cfg.http.port
+        log.info("http api listening on http://%s:%d", cfg.http.host, self.http_port)
+        sdnotify.notify(f"READY=1\nSTATUS=api on {cfg.http.host}:{self.http_port}")
+        interval = sdnotify.watchdog_interval()
+        if interval:
+            self._watchdog = asyncio.create_task(self._watchdog_loop(interval))
+
+    async def _watchdog_loop(self, interval: float) -> None:
+        """WATCHDOG=1 twice per interval, only while the ingest worker keeps turning (it turns at
+        least once a second when idle; a writer stuck in storage stops it)."""
+        while True:
+            await asyncio.sleep(interval / 2)
+            if self.pipeline is not None and time.monotonic() - self.pipeline.heartbeat < interval:
+                sdnotify.notify("WATCHDOG=1")
+
+    def readiness(self) -> dict[str, bool]:
+        storage_ok = self.pipeline is None or self.pipeline.storage_ok
+        return {"mqtt": bool(self.mqtt and self.mqtt.ready),
+                "storage": self.storage_open and storage_ok}
+
+    def metrics_text(self) -> str:
+        assert self.pipeline is not None
+        return render_metrics(stats=self.pipeline.stats, rejects=self.rejects, inbox=self.inbox,
+                              mqtt=self.mqtt, storage_open=self.storage_open)
+
+    @property
+    def worker(self) -> asyncio.Task[None] | None:
+        return self._worker
+
+    async def stop(self) -> None:
+        """Drain and shut down cleanly. Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        loop = asyncio.get_running_loop()
+        sdnotify.notify("STOPPING=1")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        log.info("stopping: no new messages; storing and acknowledging what is queued")
+        if self.mqtt is not None:
+            self.mqtt.stop_accepting()
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        if self._worker is not None:
+            try:
+                await self._worker
+            except Exception:
+                log.exception("ingest worker failed")
+        if self.mqtt is not None:
+            await loop.run_in_executor(None, self.mqtt.close)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.storage is not None:
+            self.storage_open = False
+            try:
+                await loop.run_in_executor(self._writer, self.storage.close)
+            except Exception:
+                log.exception("closing storage failed")
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=False, cancel_futures=True)
+        queued = self.inbox.queued if self.inbox else 0
+        log.info("collector stopped", extra={"left_unacknowledged": queued})
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Start, serve until ``stop`` is set (or the worker dies), stop. Exit status."""
+        try:
+            await self.start()
+        except Exception:
+            log.exception("collector failed to start")
+            await self._stop_quietly()
+            return 1
+        assert self._worker is not None
+        stop_wait = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stop_wait, self._worker},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        status = 0
+        if self._worker in done:
+            exc = self._worker.exception()
+            log.error("ingest worker stopped unexpectedly: %r", exc)
+            status = 1
+        stop_wait.cancel()
+        await self.stop()
+        return status
+
+    async def _stop_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.stop()
+
+
+async def _main(config: CollectorConfig) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await Collector(config).run(stop)
+
+
+def run(config: CollectorConfig) -> int:
+    """Run the collector on uvloop until SIGTERM/SIGINT; the process exit status."""
+    import uvloop
+
+    return uvloop.run(_main(config))

@@ -1,0 +1,180 @@
+"""``edgemon-collector``: run the collector, check its configuration, tail live batches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .config import CollectorConfig, ConfigError, load_config
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+def _version() -> str:
+    try:
+        return metadata.version("edgemon")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _load(path: Path | None) -> CollectorConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"edgemon-collector: config error: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    from .app import run
+    from .log import setup_logging
+
+    setup_logging(config.log.level)
+    return run(config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    doc = config.model_dump(mode="json")
+    if doc["mqtt"].get("password"):
+        doc["mqtt"]["password"] = "********"
+    print(f"{args.config or '<defaults>'}: ok")
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def _broker(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, 1883
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not host:port") from None
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Print every sample published by agents as one JSON line: a reader built only on the
+    public protocol module (msgpack + zstd), like any third-party consumer."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edgemon.protocol import (
+        ProtocolError,
+        backfill_topic,
+        decode,
+        decode_status,
+        expand_samples,
+        metrics_topic,
+        parse_topic,
+        status_topic,
+        subscriptions,
+    )
+
+    config = _load(args.config) if args.config else CollectorConfig()
+    host, port = args.broker or (config.mqtt.host, config.mqtt.port)
+    if args.host:
+        try:
+            topics = [metrics_topic(args.host), backfill_topic(args.host), status_topic(args.host)]
+        except ProtocolError as exc:
+            print(f"edgemon-collector tail: --host: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    else:
+        topics = subscriptions()
+    seen = 0
+
+    def err(doc: dict[str, Any]) -> None:
+        print(json.dumps(doc), file=sys.stderr, flush=True)
+
+    def on_connect(client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            err({"event": "connect_failed", "reason": str(rc)})
+            return
+        client.subscribe([(t, 1) for t in topics])
+
+    def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, _rcs: Any, _p: Any) -> None:
+        err({"event": "subscribed", "broker": f"{host}:{port}", "topics": topics})
+
+    def on_message(client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        nonlocal seen
+        try:
+            source, kind = parse_topic(message.topic)
+            if kind == "status":
+                print(json.dumps({"host": source, "status": decode_status(message.payload)}),
+                      flush=True)
+                return
+            batch = decode(message.payload)
+            head = {"host": batch.get("host"), "instance": batch.get("instance"),
+                    "seq": batch.get("seq"), "topic": kind}
+            lines = [json.dumps({**head, **s._asdict()}) for s in expand_samples(batch)]
+            print("\n".join(lines), flush=True)
+        except Exception as exc:  # a bad payload is reported, never fatal
+            err({"event": "undecodable", "topic": str(message.topic)[:200],
+                 "reason": getattr(exc, "reason", type(exc).__name__), "error": str(exc)[:300]})
+        seen += 1
+        if args.count and seen >= args.count:
+            client.disconnect()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                         client_id=f"edgemon-tail-{uuid.uuid4().hex[:12]}", clean_session=True)
+    if config.mqtt.username is not None:
+        password = config.mqtt.password.get_secret_value() if config.mqtt.password else None
+        client.username_pw_set(config.mqtt.username, password)
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    signal.signal(signal.SIGTERM, lambda *_: client.disconnect())
+    try:
+        client.connect(host, port, keepalive=30)
+    except OSError as exc:
+        print(f"edgemon-collector tail: cannot connect to {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        client.loop_forever(retry_first_connection=False)
+    except KeyboardInterrupt:
+        client.disconnect()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgemon-collector",
+        description="edgemon collector: stores fleet metrics from MQTT, serves the HTTP API.")
+    parser.add_argument("--version", action="version", version=f"edgemon-collector {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the collector until SIGTERM/SIGINT")
+    run.add_argument("-c", "--config", type=Path, help="TOML file (default: built-in defaults)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a configuration; exit 2 if invalid")
+    check.add_argument("-c", "--config", type=Path, help="TOML file (default: built-in defaults)")
+    check.set_defaults(func=cmd_check_config)
+
+    tail = sub.add_parser("tail", help="print live samples from the broker as JSON lines")
+    tail.add_argument("--host", help="only this agent host id")
+    tail.add_argument("--broker", type=_broker, help="host:port (default: from -c, else "
+                                                     "127.0.0.1:1883)")
+    tail.add_argument("-c", "--config", type=Path, help="take broker and credentials from here")
+    tail.add_argument("--count", type=int, default=0, help="exit after this many messages")
+    tail.set_defaults(func=cmd_tail)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

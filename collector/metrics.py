@@ -1,0 +1,100 @@
+"""The collector's own counters in the Prometheus text exposition format (0.0.4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .ingest import IngestStats
+from .mqtt_ingest import Inbox, MqttIngest
+from .rejects import Rejects
+
+__all__ = ["render_metrics"]
+
+PREFIX = "edgemon_collector_"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+
+
+def _format(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def metric(self, name: str, kind: str, help_text: str,
+               samples: Iterable[tuple[dict[str, str], float]]) -> None:
+        full = PREFIX + name
+        self.lines.append(f"# HELP {full} {help_text}")
+        self.lines.append(f"# TYPE {full} {kind}")
+        for labels, value in samples:
+            self.lines.append(f"{full}{_labels(labels)} {_format(value)}")
+
+    def one(self, name: str, kind: str, help_text: str, value: float) -> None:
+        self.metric(name, kind, help_text, [({}, value)])
+
+
+def render_metrics(*, stats: IngestStats, rejects: Rejects, inbox: Inbox | None,
+                   mqtt: MqttIngest | None, storage_open: bool) -> str:
+    w = _Writer()
+    w.one("messages_total", "counter", "MQTT messages processed (stored, duplicate, status or "
+          "rejected)", stats.messages)
+    w.one("batches_stored_total", "counter", "Batches stored for the first time",
+          stats.batches_stored)
+    w.one("samples_stored_total", "counter", "Samples in batches stored for the first time",
+          stats.samples_stored)
+    w.one("duplicates_total", "counter", "Batches received again (acknowledged, not stored "
+          "twice)", stats.duplicates)
+    w.one("status_messages_total", "counter", "Birth/death status messages recorded",
+          stats.status_messages)
+    w.metric("rejects_total", "counter", "Messages rejected, by reason",
+             [({"reason": r}, n) for r, n in sorted(rejects.by_reason().items())])
+    w.metric("host_rejects_total", "counter", "Messages rejected, by host and reason",
+             [({"host": h, "reason": r}, n)
+              for (h, r), n in sorted(rejects.by_host_reason().items())])
+    w.one("transactions_total", "counter", "Storage transactions", stats.transactions)
+    w.one("transaction_seconds_total", "counter", "Time spent decoding and storing",
+          round(stats.transaction_seconds, 6))
+    w.one("storage_errors_total", "counter", "Batches that could not be stored",
+          stats.storage_errors)
+    w.one("maintenance_runs_total", "counter", "Storage maintenance steps", stats.maintain_runs)
+    w.one("maintenance_errors_total", "counter", "Failed storage maintenance steps",
+          stats.maintain_errors)
+    w.one("agent_acks_published_total", "counter", "Acknowledgements published to agents",
+          stats.acks_published)
+    if inbox is not None:
+        w.one("queue_depth", "gauge", "Messages received and not yet stored/acknowledged",
+              inbox.held)
+        w.one("queue_bytes", "gauge", "Payload bytes received and not yet stored/acknowledged",
+              inbox.held_bytes)
+        w.one("queue_max", "gauge", "Back-pressure bound on queue_depth", inbox.max_messages)
+    if mqtt is not None:
+        w.one("mqtt_connected", "gauge", "1 when connected and subscribed", int(mqtt.ready))
+        w.one("mqtt_messages_received_total", "counter", "MQTT messages received",
+              mqtt.received)
+        w.one("mqtt_refused_total", "counter", "Messages left unacknowledged because the queue "
+              "was full (the broker delivers them again)", mqtt.refused)
+        w.one("mqtt_redelivery_reconnects_total", "counter", "Reconnects made to get refused "
+              "messages delivered again", mqtt.redelivery_reconnects)
+        w.one("mqtt_connections_total", "counter", "Successful MQTT connections",
+              mqtt.generation)
+    w.one("storage_open", "gauge", "1 when the storage is open", int(storage_open))
+    w.metric("host_lag_seconds", "gauge", "Receive time minus send time of the host's newest "
+             "live batch (includes clock offset)",
+             [({"host": h}, lag / 1000) for h, lag in sorted(stats.host_lag_ms.items())])
+    w.metric("host_last_received_timestamp_seconds", "gauge", "When the host's newest batch "
+             "arrived (unix seconds)",
+             [({"host": h}, ms / 1000)
+              for h, ms in sorted(stats.host_last_received_ms.items())])
+    return "\n".join(w.lines) + "\n"

@@ -1,0 +1,70 @@
+"""Counters of rejected messages by reason and host, with rate-limited logging.
+
+A misbehaving or hostile publisher can send garbage at any rate and on any number of invented
+host topics: counting must stay cheap and bounded, and the log must not become the attack. Each
+host is logged at most once per ``log_interval`` seconds (the line says how many were suppressed);
+at most ``max_hosts`` distinct hosts are tracked, the rest are counted as host ``"_other"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+__all__ = ["OTHER_HOST", "Rejects"]
+
+OTHER_HOST = "_other"
+UNKNOWN_HOST = "_unknown"  # the topic did not name a valid host
+
+log = logging.getLogger("edgemon.collector.rejects")
+
+
+class Rejects:
+    def __init__(self, *, log_interval: float = 60.0, max_hosts: int = 1000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log_interval = log_interval
+        self.max_hosts = max_hosts
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._by_reason: Counter[str] = Counter()
+        self._by_host_reason: Counter[tuple[str, str]] = Counter()
+        self._hosts: set[str] = set()
+        self._last_logged: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def record(self, reason: str, host: str | None, detail: str = "") -> None:
+        """Count one rejected message; log it unless this host was logged recently."""
+        host = host or UNKNOWN_HOST
+        now = self._clock()
+        with self._lock:
+            if host not in self._hosts:
+                if len(self._hosts) >= self.max_hosts:
+                    host = OTHER_HOST
+                else:
+                    self._hosts.add(host)
+            self._by_reason[reason] += 1
+            self._by_host_reason[(host, reason)] += 1
+            last = self._last_logged.get(host)
+            if last is not None and now - last < self.log_interval:
+                self._suppressed[host] += 1
+                return
+            self._last_logged[host] = now
+            suppressed = self._suppressed.pop(host, 0)
+        log.warning("rejected message from %s: %s%s", host, reason,
+                    f": {detail}" if detail else "",
+                    extra={"host": host, "reason": reason, "suppressed_since_last": suppressed})
+
+    def by_reason(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._by_reason)
+
+    def by_host_reason(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._by_host_reason)
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._by_reason.values())

@@ -1,0 +1,303 @@
+"""HTTP API handlers against an in-memory fake storage (aiohttp test client, no network mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import math
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from edgemon.collector.api import auto_step_ms, create_app, parse_time_ms
+from edgemon.collector.storage.base import (
+    Gap,
+    HostInfo,
+    IngestItem,
+    QueryTooLarge,
+    RangeQuery,
+    SeriesInfo,
+    SeriesResult,
+    Storage,
+    StoreResult,
+)
+
+NOW_MS = 1_800_000_000_000
+
+
+class MemoryStorage(Storage):
+    """A fake Storage: exactly-once by (host, instance, seq), statuses, canned query results."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: dict[tuple[str, str, int], IngestItem] = {}
+        self.status: dict[str, tuple[str, bool, int]] = {}
+        self.store_calls: list[list[IngestItem]] = []
+        self.query_results: list[SeriesResult] = []
+        self.queries: list[RangeQuery] = []
+        self.query_error: Exception | None = None
+        self.series_list: list[SeriesInfo] = []
+        self.gap_list: list[Gap] = []
+        self.maintained = 0
+        self.closed = False
+        self.fail_next_stores = 0
+        self.before_store: Callable[[list[IngestItem]], None] | None = None
+
+    def store_batches(self, items: list[IngestItem]) -> list[StoreResult]:
+        if self.before_store is not None:
+            self.before_store(items)
+        with self.lock:
+            self.store_calls.append(list(items))
+            if self.fail_next_stores:
+                self.fail_next_stores -= 1
+                raise OSError("disk on fire")
+            out = []
+            for item in items:
+                b = item.batch
+                key = (b.host, b.instance, b.seq)
+                new = key not in self.items
+                if new:
+                    self.items[key] = item
+                out.append(StoreResult(b.host, b.instance, b.seq, new, b.sample_count))
+            return out
+
+    def record_status(self, host: str, instance: str, online: bool, timestamp_ms: int,
+                      received_ms: int) -> None:
+        with self.lock:
+            old = self.status.get(host)
+            if old is None or old[2] <= timestamp_ms:
+                self.status[host] = (instance, online, timestamp_ms)
+
+    def hosts(self) -> list[HostInfo]:
+        with self.lock:
+            names = {k[0] for k in self.items} | set(self.status)
+            out = []
+            for h in sorted(names):
+                instance, online, ts = self.status.get(h, (None, False, None))
+                seen = [i.received_ms for k, i in self.items.items() if k[0] == h]
+                out.append(HostInfo(h, online, instance, max(seen) if seen else None, ts,
+                                    len({k[1] for k in self.items if k[0] == h}), 5))
+            return out
+
+    def series(self, host: str | None = None, name: str | None = None) -> list[SeriesInfo]:
+        return [s for s in self.series_list if host in (None, s.host) and name in (None, s.name)]
+
+    def query(self, query: RangeQuery) -> list[SeriesResult]:
+        self.queries.append(query)
+        if self.query_error is not None:
+            raise self.query_error
+        return self.query_results
+
+    def gaps(self, host: str | None = None) -> list[Gap]:
+        return [g for g in self.gap_list if host in (None, g.host)]
+
+    def maintain(self, now_ms: int) -> None:
+        self.maintained += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def api(storage: MemoryStorage, test: Callable[[TestClient], Awaitable[None]], **kw: Any) -> None:
+    async def main() -> None:
+        app = create_app(storage, clock_ms=lambda: NOW_MS, **kw)
+        async with TestClient(TestServer(app)) as client:
+            await test(client)
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def storage() -> MemoryStorage:
+    s = MemoryStorage()
+    s.status["web-01"] = ("abc", True, NOW_MS - 1000)
+    s.status["db-01"] = ("def", False, NOW_MS - 5000)
+    s.series_list = [SeriesInfo("web-01", "load1", {}, "gauge", "", 1, 2)]
+    s.query_results = [
+        SeriesResult("web-01", "cpu_usage_percent", {"cpu": "total"}, "gauge", "percent",
+                     [(NOW_MS - 120_000, 12.5), (NOW_MS - 60_000, math.nan),
+                      (NOW_MS - 30_000, math.inf), (NOW_MS, 13.0)], tier="raw"),
+        SeriesResult("db-01", "cpu_usage_percent", {"cpu": "0"}, "gauge", "percent",
+                     [(NOW_MS, 80.25)], tier="raw"),
+    ]
+    return s
+
+
+async def get_json(client: TestClient, url: str, status: int = 200, **kw: Any) -> Any:
+    resp = await client.get(url, **kw)
+    text = await resp.text()
+    assert resp.status == status, text
+    assert resp.content_type == "application/json"
+    # NaN/Infinity are not JSON: a strict parser must accept every body.
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON body"))
+
+
+def test_hosts(storage: MemoryStorage) -> None:
+    async def t(client: TestClient) -> None:
+        doc = await get_json(client, "/api/v1/hosts")
+        by = {h["host"]: h for h in doc["hosts"]}
+        assert by["web-01"]["online"] is True and by["web-01"]["instance"] == "abc"
+        assert by["db-01"]["online"] is False
+        assert set(by["web-01"]) >= {"last_seen", "clock_offset_ms", "instances"}
+        await get_json(client, "/api/v1/hosts?bogus=1", 400)
+
+    api(storage, t)
+
+
+def test_series_and_unknown_host(storage: MemoryStorage) -> None:
+    async def t(client: TestClient) -> None:
+        doc = await get_json(client, "/api/v1/hosts/web-01/series")
+        assert [s["name"] for s in doc["series"]] == ["load1"]
+        doc = await get_json(client, "/api/v1/hosts/nosuch/series", 404)
+        assert "nosuch" in doc["error"]
+        doc = await get_json(client, "/api/v1/hosts/bad%20host/series", 400)
+        assert "'host'" in doc["error"]
+        doc = await get_json(client, "/api/v1/gaps?host=nosuch", 404)
+        assert (await get_json(client, "/api/v1/gaps?host=web-01")) == {"gaps": []}
+
+    api(storage, t)
+
+
+def test_query_json_never_contains_nan(storage: MemoryStorage) -> None:
+    async def t(client: TestClient) -> None:
+        doc = await get_json(client, "/api/v1/query?metric=cpu_usage_percent&label.cpu=total"
+                                     "&host=web-*&host=db-01&agg=max&step=60&start=now-2h")
+        assert doc["metric"] == "cpu_usage_percent" and doc["step"] == 60 and doc["tier"] == "raw"
+        web = doc["series"][0]
+        assert web["host"] == "web-01" and web["labels"] == {"cpu": "total"}
+        assert web["points"] == [[NOW_MS - 120_000, 12.5], [NOW_MS, 13]]  # NaN and inf omitted
+        q = storage.queries[-1]
+        assert q.hosts == ("web-*", "db-01") and q.labels == {"cpu": "total"}
+        assert q.aggregation == "max" and q.step_ms == 60_000
+        assert (q.start_ms, q.end_ms) == (NOW_MS - 7_200_000, NOW_MS)
+
+    api(storage, t)
+
+
+def test_query_defaults_and_time_formats(storage: MemoryStorage) -> None:
+    async def t(client: TestClient) -> None:
+        await get_json(client, "/api/v1/query?metric=load1")
+        q = storage.queries[-1]
+        assert (q.start_ms, q.end_ms) == (NOW_MS - 3_600_000, NOW_MS)
+        assert q.step_ms == 15_000  # ~ 1 h / 300, rounded up to a nice step
+        assert q.tier == "auto" and q.rate is False and q.group_by is None
+        await get_json(client, "/api/v1/query?metric=load1&start=1700000000&end=1700000600000"
+                               "&rate=true&group_by=host,cpu&tier=1m")
+        q = storage.queries[-1]
+        assert (q.start_ms, q.end_ms) == (1_700_000_000_000, 1_700_000_600_000)
+        assert q.rate is True and q.group_by == ("host", "cpu") and q.tier == "1m"
+        await get_json(client, "/api/v1/query?metric=load1&start=2023-11-14T22:13:20Z"
+                               "&end=2023-11-14T23:23:20%2B01:00")
+        q = storage.queries[-1]
+        assert (q.start_ms, q.end_ms) == (1_700_000_000_000, 1_700_000_600_000)
+
+    api(storage, t)
+
+
+@pytest.mark.parametrize(("query", "param"), [
+    ("", "metric"),
+    ("metric=load-1", "metric"),
+    ("metric=load1&start=yesterday", "start"),
+    ("metric=load1&end=2024-01-01T00:00:00", "end"),
+    ("metric=load1&start=2000&end=1000", "start"),
+    ("metric=load1&step=0", "step"),
+    ("metric=load1&step=fast", "step"),
+    ("metric=load1&agg=median", "agg"),
+    ("metric=load1&tier=5m", "tier"),
+    ("metric=load1&rate=maybe", "rate"),
+    ("metric=load1&host=a/b", "host"),
+    ("metric=load1&label.bad-key=x", "label.bad-key"),
+    ("metric=load1&group_by=host;cpu", "group_by"),
+    ("metric=load1&format=xml", "format"),
+    ("metric=load1&colour=red", "colour"),
+    ("metric=load1&metric=load5", "metric"),
+])
+def test_query_bad_parameters_are_400_naming_the_parameter(storage: MemoryStorage, query: str,
+                                                          param: str) -> None:
+    async def t(client: TestClient) -> None:
+        doc = await get_json(client, f"/api/v1/query?{query}", 400)
+        assert f"parameter '{param}'" in doc["error"], doc
+
+    api(storage, t)
+    assert storage.queries == []
+
+
+def test_query_unknown_host_is_404_glob_is_not(storage: MemoryStorage) -> None:
+    async def t(client: TestClient) -> None:
+        doc = await get_json(client, "/api/v1/query?metric=load1&host=nosuch", 404)
+        assert "nosuch" in doc["error"]
+        await get_json(client, "/api/v1/query?metric=load1&host=nosuch*")
+
+    api(storage, t)
+
+
+def test_query_too_large_and_storage_value_error_are_400(storage: MemoryStorage) -> None:
+    async def t(client: TestClient) -> None:
+        storage.query_error = QueryTooLarge("2000 series > 1000: add host= or label. filters")
+        doc = await get_json(client, "/api/v1/query?metric=load1", 400)
+        assert doc["error"] == "2000 series > 1000: add host= or label. filters"
+        storage.query_error = ValueError("rate needs a counter")
+        doc = await get_json(client, "/api/v1/query?metric=load1&rate=1", 400)
+        assert doc["error"] == "rate needs a counter"
+        storage.query_error = RuntimeError("boom")
+        doc = await get_json(client, "/api/v1/query?metric=load1", 500)
+        assert "boom" not in doc["error"]
+
+    api(storage, t)
+
+
+def test_query_csv(storage: MemoryStorage) -> None:
+    async def t(client: TestClient) -> None:
+        for kw in ({"params": {"metric": "cpu_usage_percent", "format": "csv"}},
+                   {"params": {"metric": "cpu_usage_percent"},
+                    "headers": {"Accept": "text/csv"}}):
+            resp = await client.get("/api/v1/query", **kw)
+            assert resp.status == 200 and resp.content_type == "text/csv"
+            rows = list(csv.reader(io.StringIO(await resp.text())))
+            assert rows[0] == ["timestamp_ms", "time", "host", "cpu", "value"]
+            assert rows[1] == [str(NOW_MS - 120_000), "2027-01-15T07:58:00.000Z", "web-01",
+                               "total", "12.5"]
+            assert len(rows) == 4  # NaN and inf rows omitted
+            assert not any("nan" in c.lower() or "inf" in c.lower() for r in rows for c in r)
+
+    api(storage, t)
+
+
+def test_health_ready_metrics_openapi(storage: MemoryStorage) -> None:
+    state = {"mqtt": False, "storage": True}
+
+    async def t(client: TestClient) -> None:
+        assert (await get_json(client, "/healthz")) == {"status": "ok"}
+        doc = await get_json(client, "/readyz", 503)
+        assert doc["ready"] is False and doc["mqtt"] is False
+        state["mqtt"] = True
+        assert (await get_json(client, "/readyz"))["ready"] is True
+        resp = await client.get("/metrics")
+        assert resp.status == 200 and resp.content_type == "text/plain"
+        assert "edgemon_collector_x 1" in await resp.text()
+        spec = await get_json(client, "/api/v1/openapi.json")
+        routes = {r.resource.canonical for r in client.app.router.routes()  # type: ignore
+                  if r.resource is not None}
+        assert routes == set(spec["paths"]), routes ^ set(spec["paths"])
+        doc = await get_json(client, "/api/v1/nothing", 404)
+        assert "error" in doc
+
+    api(storage, t, ready=lambda: dict(state), metrics=lambda: "edgemon_collector_x 1\n")
+
+
+def test_time_parsing_and_auto_step() -> None:
+    assert parse_time_ms("1700000000", NOW_MS) == 1_700_000_000_000
+    assert parse_time_ms("1700000000.5", NOW_MS) == 1_700_000_000_500
+    assert parse_time_ms("1700000000123", NOW_MS) == 1_700_000_000_123
+    assert parse_time_ms("now-5m", NOW_MS) == NOW_MS - 300_000
+    assert parse_time_ms("2023-11-14T22:13:20.5+00:00", NOW_MS) == 1_700_000_000_500
+    with pytest.raises(ValueError):
+        parse_time_ms("nan", NOW_MS)
+    assert auto_step_ms(3_600_000) == 15_000
+    assert auto_step_ms(86_400_000) == 300_000
+    assert auto_step_ms(365 * 86_400_000) == 2 * 86_400_000

@@ -1,0 +1,132 @@
+"""`edgemon-collector` as a process: run + SIGTERM (drain, exit 0, JSON logs), tail, version."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+from edgemon.protocol import metrics_topic
+from tests.support.broker import Broker, free_port
+from tests.support.waiting import wait_until
+from tests.test_collector_ingest import TIMEOUT, Agent, make_batch
+
+CLI = [sys.executable, "-m", "edgemon.collector.cli"]
+
+
+class Lines:
+    """Collect a pipe's lines in a thread so the test can wait on them with a deadline."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+
+    def join(self) -> None:
+        self._thread.join(10)
+
+
+def env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("EDGEMON_COLLECTOR_")}
+
+
+def test_version() -> None:
+    out = subprocess.run([*CLI, "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("edgemon-collector ")
+
+
+def test_run_stores_acks_and_exits_0_on_sigterm(tmp_path: Path, broker: Broker) -> None:
+    http_port = free_port()
+    config = tmp_path / "collector.toml"
+    config.write_text(f'[mqtt]\nport = {broker.port}\nclient_id = "cli-test"\n\n'
+                      f'[storage]\npath = "{tmp_path / "db" / "edgemon.db"}"\n\n'
+                      f'[http]\nport = {http_port}\n')
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(TIMEOUT)
+    proc = subprocess.Popen([*CLI, "run", "-c", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**env(), "NOTIFY_SOCKET": str(notify_path)})
+    out, err = Lines(proc.stdout), Lines(proc.stderr)  # type: ignore[arg-type]
+    agent = Agent(broker, "cli-host")
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"collector exited {proc.returncode}: {out.lines[-5:]} "
+                                     f"{err.lines[-5:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz",
+                                            timeout=1) as resp:
+                    return resp.status == 200
+            except OSError:
+                return False
+
+        wait_until(ready, 20, "collector /readyz")
+        assert notify.recv(4096).decode().startswith("READY=1")  # systemd Type=notify
+        agent.publish(metrics_topic("cli-host"), make_batch("cli-host", 1))
+        agent.wait_acked(1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+        assert notify.recv(4096) == b"STOPPING=1"
+    finally:
+        notify.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        agent.close()
+    out.join()
+    err.join()
+    logs = [json.loads(line) for line in out.lines]  # every stdout line is a JSON object
+    assert all({"ts", "level", "logger", "msg"} <= set(doc) for doc in logs)
+    assert any(doc["msg"] == "collector stopped" for doc in logs), out.lines[-5:]
+    assert (tmp_path / "db").is_dir()
+
+
+def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "collector.toml"
+    config.write_text("[http]\nport = 99999\n")
+    result = subprocess.run([*CLI, "run", "-c", str(config)], capture_output=True, text=True,
+                            timeout=30, env=env())
+    assert result.returncode == 2
+    assert f"{config}:2: http.port" in result.stderr
+
+
+def test_tail_prints_samples_as_json_lines(broker: Broker) -> None:
+    proc = subprocess.Popen([*CLI, "tail", "--broker", f"127.0.0.1:{broker.port}",
+                             "--host", "tail-host", "--count", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    out, err = Lines(proc.stdout), Lines(proc.stderr)  # type: ignore[arg-type]
+    agent = Agent(broker, "tail-host")
+    try:
+        wait_until(lambda: any('"subscribed"' in line for line in err.lines), 20,
+                   f"tail subscribed ({err.lines})")
+        agent.publish(metrics_topic("tail-host"), b"garbage")
+        agent.publish(metrics_topic("tail-host"), make_batch("tail-host", 9, n=2))
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        agent.close()
+    out.join()
+    err.join()
+    samples = [json.loads(line) for line in out.lines]
+    assert len(samples) == 4  # 2 metrics x 2 timestamps
+    assert {s["name"] for s in samples} == {"cpu_usage_percent", "load1"}
+    assert all(s["host"] == "tail-host" and s["seq"] == 9 for s in samples)
+    cpu = sorted(s["value"] for s in samples if s["name"] == "cpu_usage_percent")
+    assert cpu == [10.09, 11.09]
+    undecodable = [json.loads(line) for line in err.lines if "undecodable" in line]
+    assert undecodable and undecodable[0]["reason"] == "not_zstd"
