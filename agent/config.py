@@ -1,0 +1,373 @@
+"""Agent configuration: a TOML file checked by hand (no pydantic), overridable from the environment.
+
+Every key has a default; ``agent.example.toml`` shows them all and is what the docs show. An
+environment variable ``EDGEMON_AGENT_<SECTION>_<KEY>`` (``EDGEMON_AGENT_BROKER_PORT=1884``) or,
+for top-level keys, ``EDGEMON_AGENT_<KEY>`` (``EDGEMON_AGENT_INTERVAL_SECONDS=0.1``) overrides
+the file and is checked the same way. Every problem names the key and where its value came from:
+``agent.toml:7: broker.port: must be an integer 1..65535, got "abc"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from edgemon.protocol.limits import MAX_HOST_LENGTH, MAX_TIMESTAMPS
+from edgemon.protocol.topics import validate_host_id
+
+from .families import FAMILIES
+
+__all__ = [
+    "ENV_PREFIX",
+    "AgentConfig",
+    "BrokerConfig",
+    "BufferConfig",
+    "ConfigError",
+    "LogConfig",
+    "as_dict",
+    "default_host_id",
+    "load_config",
+]
+
+ENV_PREFIX = "EDGEMON_AGENT_"
+LEVELS = ("debug", "info", "warning", "error")
+
+
+class BrokerConfig(NamedTuple):
+    host: str
+    port: int
+    keepalive: int
+    client_id: str
+    username: str | None
+    password: str | None
+    tls: bool
+    reconnect_max_seconds: float
+
+
+class BufferConfig(NamedTuple):
+    path: Path
+    max_bytes: int
+    max_age_hours: float
+    ack_timeout_seconds: float
+    backfill_batches_per_second: float
+    max_inflight: int
+
+
+class LogConfig(NamedTuple):
+    level: str
+
+
+class AgentConfig(NamedTuple):
+    host_id: str
+    interval_seconds: float
+    batch_cycles: int
+    families: tuple[str, ...]
+    broker: BrokerConfig
+    buffer: BufferConfig
+    log: LogConfig
+
+
+class ConfigError(Exception):
+    """Invalid configuration. ``str()`` is one line per problem: ``where: key: what``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def default_host_id(hostname: str | None = None) -> str:
+    """The host name made a valid protocol host id: other characters become '-'."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", hostname or socket.gethostname())
+    name = name.lstrip("._-")[:MAX_HOST_LENGTH]
+    return name or "localhost"
+
+
+# --- checkers: value (TOML value, or str from the environment) -> clean value, or ValueError ---
+
+Check = Callable[[Any, bool], Any]  # (value, from_environment) -> value
+
+
+def _show(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return repr(value)
+
+
+def _integer(low: int, high: int | None = None) -> Check:
+    span = f"{low}..{high}" if high is not None else f">= {low}"
+
+    def check(value: Any, from_env: bool) -> int:
+        if from_env and isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            value = int(value)
+        if type(value) is not int or value < low or (high is not None and value > high):
+            raise ValueError(f"must be an integer {span}, got {_show(value)}")
+        return value
+
+    return check
+
+
+def _number(low: float, high: float, *, open_low: bool = False) -> Check:
+    span = f"{'>' if open_low else '>='} {low:g} and <= {high:g}"
+
+    def check(value: Any, from_env: bool) -> float:
+        if from_env and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if type(value) not in (int, float) or not (
+                (value > low if open_low else value >= low) and value <= high):
+            raise ValueError(f"must be a number {span}, got {_show(value)}")
+        return float(value)
+
+    return check
+
+
+def _boolean(value: Any, from_env: bool) -> bool:
+    if from_env and isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        value = value.lower() in ("true", "1")
+    if type(value) is not bool:
+        raise ValueError(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _text(*, empty: bool = False, printable: bool = True) -> Check:
+    def check(value: Any, from_env: bool) -> str:
+        if not isinstance(value, str) or (not empty and not value):
+            raise ValueError(f"must be a {'' if empty else 'non-empty '}string, got {_show(value)}")
+        if printable and not value.isprintable():
+            raise ValueError(f"must be printable text, got {_show(value)}")
+        return value
+
+    return check
+
+
+def _host(value: Any, from_env: bool) -> str:
+    host = _text()(value, from_env)
+    try:
+        return validate_host_id(host)
+    except ValueError:
+        raise ValueError(f"must be 1-{MAX_HOST_LENGTH} of letters, digits, '.', '-', '_' "
+                         f"starting with a letter or digit, got {_show(value)}") from None
+
+
+def _client_id(value: Any, from_env: bool) -> str:
+    client_id = _text()(value, from_env)
+    if any(c in client_id for c in "+#/") or len(client_id) > 128:
+        raise ValueError(f"must be at most 128 characters without '+', '#', '/', "
+                         f"got {_show(value)}")
+    return client_id
+
+
+def _families(value: Any, from_env: bool) -> tuple[str, ...]:
+    if from_env and isinstance(value, str):
+        value = [name.strip() for name in value.split(",") if name.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a list of family names, got {_show(value)}")
+    unknown = [v for v in value if v not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown famil{'y' if len(unknown) == 1 else 'ies'} "
+                         f"{', '.join(map(_show, unknown))}; known: {', '.join(FAMILIES)}")
+    return tuple(dict.fromkeys(value))
+
+
+def _level(value: Any, from_env: bool) -> str:
+    if not isinstance(value, str) or value.lower() not in LEVELS:
+        raise ValueError(f"must be one of {', '.join(LEVELS)}, got {_show(value)}")
+    return value.lower()
+
+
+def _no_tls(value: Any, from_env: bool) -> bool:
+    if _boolean(value, from_env):
+        raise ValueError("TLS is not supported yet; use a local broker bridge or a VPN")
+    return False
+
+
+def _path(value: Any, from_env: bool) -> Path:
+    return Path(_text()(value, from_env)).expanduser()
+
+
+class _Key(NamedTuple):
+    check: Check
+    default: Any  # None: computed (host_id, client_id) or absent (username, password)
+
+
+SCHEMA: dict[str, dict[str, _Key]] = {
+    "": {
+        "host_id": _Key(_host, None),
+        "interval_seconds": _Key(_number(0.05, 3600), 10.0),
+        "batch_cycles": _Key(_integer(1, MAX_TIMESTAMPS), 6),
+        "families": _Key(_families, tuple(FAMILIES)),
+    },
+    "broker": {
+        "host": _Key(_text(), "localhost"),
+        "port": _Key(_integer(1, 65535), 1883),
+        "keepalive": _Key(_integer(5, 3600), 60),
+        "client_id": _Key(_client_id, None),
+        "username": _Key(_text(), None),
+        "password": _Key(_text(printable=False), None),
+        "tls": _Key(_no_tls, False),
+        "reconnect_max_seconds": _Key(_number(0.1, 3600), 60.0),
+    },
+    "buffer": {
+        "path": _Key(_path, Path("/var/lib/edgemon-agent/buffer.db")),
+        "max_bytes": _Key(_integer(128 << 10), 64 << 20),
+        "max_age_hours": _Key(_number(0, 100_000, open_low=True), 720.0),
+        "ack_timeout_seconds": _Key(_number(0.1, 86_400), 60.0),
+        "backfill_batches_per_second": _Key(_number(0, 10_000, open_low=True), 10.0),
+        "max_inflight": _Key(_integer(1, 1000), 16),
+    },
+    "log": {
+        "level": _Key(_level, "info"),
+    },
+}
+
+
+def _dotted(section: str, key: str) -> str:
+    return f"{section}.{key}" if section else key
+
+
+def _key_line(text: str, section: str, key: str) -> int | None:
+    """1-based line of ``key`` inside ``[section]`` ("" = top level), else of the section header.
+
+    ``key`` "" finds the header only.
+    """
+    current = ""
+    header_line = None
+    key_re = re.compile(rf"""\s*(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*=""")
+    dotted_re = re.compile(rf"\s*{re.escape(section)}\s*\.\s*{re.escape(key)}\s*=")
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = re.fullmatch(r"\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?", line)
+        if header:
+            current = header.group(1).strip("\"'")
+            if current == section and header_line is None:
+                header_line = number
+        elif key and ((current == section and key_re.match(line))
+                      or (section and current == "" and dotted_re.match(line))):
+            return number
+    return header_line
+
+
+def _env_values(environ: Mapping[str, str]) -> tuple[dict[tuple[str, str], str], list[str]]:
+    """{(section, key): raw text} of the ``EDGEMON_AGENT_*`` variables, and unknown ones."""
+    values: dict[tuple[str, str], str] = {}
+    problems: list[str] = []
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section not in SCHEMA or key not in SCHEMA[section]:
+            section, key = "", rest
+        if key not in SCHEMA[section]:
+            problems.append(f"{var} (environment): unknown setting; expected {ENV_PREFIX}<KEY> "
+                            f"or {ENV_PREFIX}<SECTION>_<KEY> for a key of agent.example.toml")
+            continue
+        values[(section, key)] = environ[var]
+    return values, problems
+
+
+def _read(path: Path) -> tuple[str, dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"at line (\d+)", str(exc))
+        where = f"{path}:{match.group(1)}" if match else str(path)
+        raise ConfigError([f"{where}: invalid TOML: {exc}"]) from None
+
+
+def load_config(path: str | Path | None = None,
+                environ: Mapping[str, str] | None = None,
+                hostname: str | None = None) -> AgentConfig:
+    """Read ``path`` (optional), apply the environment, check every key; raise ``ConfigError``."""
+    environ = os.environ if environ is None else environ
+    text, data = _read(Path(path)) if path is not None else ("", {})
+    where = str(path)
+    problems: list[str] = []
+
+    def file_problem(section: str, key: str, message: str) -> None:
+        line = _key_line(text, section, key)
+        problems.append(f"{where}{f':{line}' if line else ''}: {_dotted(section, key)}: {message}")
+
+    raw: dict[tuple[str, str], tuple[Any, bool, str | None]] = {}  # value, from env, env var
+    for name, value in data.items():
+        if name in SCHEMA and name and isinstance(value, dict):
+            for key, item in value.items():
+                if key in SCHEMA[name]:
+                    raw[(name, key)] = (item, False, None)
+                else:
+                    file_problem(name, key, "unknown key")
+        elif name in SCHEMA[""]:
+            raw[("", name)] = (value, False, None)
+        elif name in SCHEMA and name:
+            file_problem("", name, f"must be a table ([{name}])")
+        elif isinstance(value, dict):
+            line = _key_line(text, name, "") or _key_line(text, "", name)
+            problems.append(f"{where}{f':{line}' if line else ''}: [{name}]: unknown section; "
+                            f"expected one of {', '.join(f'[{s}]' for s in SCHEMA if s)}")
+        else:
+            file_problem("", name, "unknown key")
+    env, env_problems = _env_values(environ)
+    problems += env_problems
+    for (section, key), value in env.items():
+        var = f"{ENV_PREFIX}{section.upper()}{'_' if section else ''}{key.upper()}"
+        raw[(section, key)] = (value, True, var)
+
+    clean: dict[str, dict[str, Any]] = {section: {} for section in SCHEMA}
+    for section, keys in SCHEMA.items():
+        for key, spec in keys.items():
+            if (section, key) not in raw:
+                clean[section][key] = spec.default
+                continue
+            value, from_env, var = raw[(section, key)]
+            try:
+                clean[section][key] = spec.check(value, from_env)
+            except ValueError as exc:
+                if var is not None:
+                    problems.append(f"{var} (environment): {_dotted(section, key)}: {exc}")
+                else:
+                    file_problem(section, key, str(exc))
+    broker = clean["broker"]
+    if broker["password"] is not None and broker["username"] is None:
+        problems.append(f"{where}: broker.password: set broker.username too")
+    if problems:
+        raise ConfigError(problems)
+
+    top = clean[""]
+    host_id = top["host_id"] or default_host_id(hostname)
+    broker["client_id"] = broker["client_id"] or f"edgemon-agent-{host_id}"
+    return AgentConfig(
+        host_id=host_id,
+        interval_seconds=top["interval_seconds"],
+        batch_cycles=top["batch_cycles"],
+        families=top["families"],
+        broker=BrokerConfig(**broker),
+        buffer=BufferConfig(**clean["buffer"]),
+        log=LogConfig(**clean["log"]),
+    )
+
+
+def as_dict(config: AgentConfig) -> dict[str, Any]:
+    """The effective configuration as plain data for display; the password is masked."""
+    out: dict[str, Any] = {}
+    for key, value in config._asdict().items():
+        if isinstance(value, tuple) and hasattr(value, "_asdict"):
+            out[key] = {k: (str(v) if isinstance(v, Path) else v)
+                        for k, v in value._asdict().items()}
+        else:
+            out[key] = list(value) if isinstance(value, tuple) else value
+    if out["broker"]["password"] is not None:
+        out["broker"]["password"] = "***"
+    return out

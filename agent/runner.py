@@ -1,0 +1,286 @@
+"""The agent's main loop: sample every interval into the buffer, seal, publish, apply acks.
+
+One thread does all of it (SQLite included); paho's network thread only hands acks over through
+a queue and wakes the loop. Ticks are scheduled on the monotonic clock (``start + k·interval``,
+no drift; missed ticks are skipped, not bunched) and stamped with the wall clock in ms.
+SIGTERM/SIGINT finish the current cycle, seal what is pending, publish it, publish the offline
+status and disconnect; a second signal kills the process the default way. SIGHUP re-reads the
+configuration: the log level applies at once, other changes are logged as needing a restart.
+
+Under systemd (``Type=notify``) the runner sends READY=1 once the buffer is open (not when the
+broker answers: it must buffer while the broker is away), WATCHDOG=1 while the loop turns, and
+STOPPING=1 on the way out (``sdnotify``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from edgemon.protocol import ProtocolError, decode_ack
+
+from . import __version__, sdnotify, selfmetrics
+from .buffer import Buffer
+from .config import AgentConfig, ConfigError, as_dict
+from .families import FAMILIES, Collect, Reading
+from .log import Throttle
+from .publisher import Publisher
+from .sender import Sender
+from .storage import Storage
+
+__all__ = ["Runner", "new_instance_id"]
+
+log = logging.getLogger("edgemon.agent")
+
+
+def new_instance_id() -> str:
+    """12 random hex characters: a new one on every start of the agent."""
+    return os.urandom(6).hex()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _make_collectors(names: tuple[str, ...]) -> dict[str, Collect]:
+    collectors: dict[str, Collect] = {}
+    for name in names:
+        try:
+            collectors[name] = FAMILIES[name]()
+        except Exception:
+            log.exception("family %s cannot start; sampling the others", name,
+                          extra={"family": name})
+    return collectors
+
+
+class Runner:
+    """The agent: ``run()`` blocks until ``stop()`` (or SIGTERM/SIGINT) and returns 0."""
+
+    def __init__(self, config: AgentConfig, *,
+                 collectors: Mapping[str, Collect] | None = None,
+                 instance: str | None = None, memory_cycles: int = 60,
+                 reload_config: Callable[[], AgentConfig] | None = None) -> None:
+        self.config = config
+        self._reload_config = reload_config
+        self.instance = instance or new_instance_id()
+        self.collectors = dict(collectors) if collectors is not None else None
+        buf = config.buffer
+        self._wake = threading.Event()
+        self._acks: queue.Queue[bytes] = queue.Queue()
+        self._stopping = False
+        self._reload_requested = False
+        self._watchdog = sdnotify.watchdog_interval()
+        self._watchdog_sent = float("-inf")
+        self.storage = Storage(
+            lambda: Buffer.open(buf.path, host=config.host_id, instance=self.instance,
+                                max_bytes=buf.max_bytes,
+                                max_age_seconds=buf.max_age_hours * 3600),
+            memory_cycles=memory_cycles)
+        interval = config.interval_seconds
+        self.publisher = Publisher(
+            config.broker, host_id=config.host_id, instance=self.instance,
+            birth={"interval_s": int(interval) if interval.is_integer() else interval,
+                   "agent_version": __version__},
+            acks=self._acks, wake=self._wake, max_inflight=buf.max_inflight)
+        self.sender = Sender(
+            self.storage, self.publisher.publish, host_id=config.host_id,
+            live_window=2 * interval * config.batch_cycles,
+            ack_timeout=buf.ack_timeout_seconds,
+            backfill_per_second=buf.backfill_batches_per_second,
+            max_inflight=buf.max_inflight)
+        self.cycles = 0
+        self._unsealed = 0
+        self._cycle_seconds: float | None = None
+        self._generation = 0
+        self._throttles: dict[str, Throttle] = {}
+
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from a signal handler or another thread)."""
+        self._stopping = True
+        self._wake.set()
+
+    def run(self) -> int:
+        restore = self._install_signals()
+        try:
+            if self.collectors is None:
+                self.collectors = _make_collectors(self.config.families)
+            log.info("agent starting", extra={
+                "host_id": self.config.host_id, "instance": self.instance,
+                "version": __version__, "buffer": str(self.config.buffer.path),
+                "broker": f"{self.config.broker.host}:{self.config.broker.port}",
+                "families": list(self.collectors)})
+            now_ms = _now_ms()
+            self.storage.seal(now_ms)  # cycles a previous run left unsealed
+            self.storage.enforce_budget(now_ms)
+            self._generation = self.storage.generation
+            self.publisher.start()
+            buffer_state = "open" if self.storage.buffer is not None else "unavailable"
+            sdnotify.notify(f"READY=1\nSTATUS=sampling every {self.config.interval_seconds:g} s;"
+                            f" buffer {buffer_state}")
+            try:
+                self._loop()
+            finally:
+                self._shutdown()
+        finally:
+            restore()
+        return 0
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        interval = self.config.interval_seconds
+        start = time.monotonic()
+        tick = 0
+        while not self._stopping:
+            now = time.monotonic()
+            self._feed_watchdog(now)
+            if self._reload_requested:
+                self._reload()
+            next_tick = start + tick * interval
+            if now >= next_tick:
+                self._cycle()
+                behind = int((time.monotonic() - start) / interval) + 1
+                if behind > tick + 2:
+                    self._warn("late", "sampling fell behind; skipped %d cycles",
+                               behind - tick - 1)
+                tick = max(tick + 1, behind)
+                next_tick = start + tick * interval
+            self._exchange()
+            due = next_tick
+            if self.publisher.connected:
+                due = min(due, self.sender.next_due())
+            if self._watchdog is not None:
+                due = min(due, self._watchdog_sent + self._watchdog / 3)
+            self._wake.wait(max(0.0, due - time.monotonic()))
+            self._wake.clear()
+
+    def _cycle(self) -> None:
+        started = time.monotonic()
+        ts_ms = _now_ms()
+        readings: list[Reading] = []
+        for name, collect in (self.collectors or {}).items():
+            try:
+                readings += collect()
+            except Exception as exc:
+                self._warn(f"family:{name}", "family %s failed: %r", name, exc)
+        readings += selfmetrics.readings(self._health(), ts_ms)
+        self.storage.append(ts_ms, readings)
+        self.cycles += 1
+        self._unsealed += 1
+        if self._unsealed >= self.config.batch_cycles:
+            for ref in self.storage.seal(ts_ms):
+                log.debug("sealed a batch", extra={"seq": ref.seq, "samples": ref.samples})
+            self._unsealed = 0
+        dropped = self.storage.enforce_budget(ts_ms)
+        if dropped:
+            stats = self.storage.stats()
+            self._warn("dropped", "buffer over its budget: dropped the %d oldest samples "
+                       "(%d in total)", dropped, stats.dropped_samples_total)
+        self._cycle_seconds = time.monotonic() - started
+
+    def _exchange(self) -> None:
+        """Apply received acks, then publish what is due."""
+        if self.storage.generation != self._generation:
+            self._generation = self.storage.generation
+            self.sender.reset()
+        while True:
+            try:
+                payload = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                instance, ranges = decode_ack(payload)
+            except ProtocolError as exc:
+                self._warn("bad_ack", "ignoring an invalid acknowledgement: %s", exc)
+                continue
+            self.sender.forget(self.storage.ack(instance, ranges, _now_ms()))
+        if self.publisher.connected:
+            self.sender.pump()
+
+    def _shutdown(self) -> None:
+        sdnotify.notify("STOPPING=1")
+        log.info("agent stopping", extra={"instance": self.instance, "cycles": self.cycles})
+        self.storage.seal(_now_ms())
+        self._exchange()
+        if self.publisher.connected:
+            self.publisher.drain(2.0)
+        self.publisher.stop()
+        self._exchange()  # acks that arrived meanwhile
+        self.storage.close()
+        log.info("agent stopped", extra={"instance": self.instance})
+
+    def _feed_watchdog(self, now: float) -> None:
+        """WATCHDOG=1 about three times per WatchdogSec, from the loop itself: a hung family
+        or disk stops it and systemd restarts us."""
+        if self._watchdog is not None and now - self._watchdog_sent >= self._watchdog / 3:
+            sdnotify.notify("WATCHDOG=1")
+            self._watchdog_sent = now
+
+    def _reload(self) -> None:
+        self._reload_requested = False
+        if self._reload_config is None:
+            return
+        sdnotify.notify("RELOADING=1")
+        try:
+            new = self._reload_config()
+        except ConfigError as exc:
+            log.error("reload: the configuration is invalid; keeping the running one:\n%s", exc)
+        else:
+            logging.getLogger().setLevel(new.log.level.upper())
+            log.debug("reload: configuration read", extra={"config": as_dict(new)})
+            changed = [key for key, value in new._asdict().items()
+                       if key != "log" and value != getattr(self.config, key)]
+            self.config = self.config._replace(log=new.log)
+            log.info("reload: log level %s", new.log.level, extra={"restart_needed": changed})
+            if changed:
+                log.warning("reload: %s changed; restart the agent to apply",
+                            ", ".join(changed))
+        sdnotify.notify("READY=1")
+
+    def _request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _health(self) -> selfmetrics.AgentHealth:
+        return selfmetrics.AgentHealth(
+            cycle_seconds=self._cycle_seconds,
+            buffer=self.storage.stats(),
+            memory_cycles=self.storage.memory_depth,
+            reconnects=self.publisher.reconnects,
+            buffer_recoveries=self.storage.recoveries_total,
+            buffer_errors=self.storage.errors_total,
+            publish_errors=self.publisher.publish_errors)
+
+    def _warn(self, key: str, message: str, *args: Any) -> None:
+        throttle = self._throttles.setdefault(key, Throttle(60.0))
+        if (suppressed := throttle()) is not None:
+            log.warning(message, *args, extra={"suppressed": suppressed})
+
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        stops = (signal.SIGTERM, signal.SIGINT)
+        previous = {sig: signal.getsignal(sig) for sig in (*stops, signal.SIGHUP)}
+
+        def on_stop(signum: int, frame: Any) -> None:
+            for sig in stops:  # a second signal stops us the hard way
+                signal.signal(sig, signal.SIG_DFL)
+            self.stop()
+
+        for sig in stops:
+            signal.signal(sig, on_stop)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self._request_reload())
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore

@@ -1,0 +1,75 @@
+"""The agent's own health, sampled every cycle like any family and stored in the same buffer."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import NamedTuple
+
+from edgemon.protocol.batch import COUNTER, GAUGE, MetricDef
+
+from .buffer import BufferStats
+from .families import Reading
+
+__all__ = ["AgentHealth", "readings"]
+
+CYCLE_DURATION = MetricDef("agent_cycle_duration_seconds", GAUGE, "seconds", 4)
+BUFFER_BATCHES = MetricDef("agent_buffer_batches", GAUGE, "")
+BUFFER_SAMPLES = MetricDef("agent_buffer_samples", GAUGE, "")
+BUFFER_BYTES = MetricDef("agent_buffer_bytes", GAUGE, "bytes")
+BUFFER_OLDEST_AGE = MetricDef("agent_buffer_oldest_age_seconds", GAUGE, "seconds")
+BUFFER_MEMORY_CYCLES = MetricDef("agent_buffer_memory_cycles", GAUGE, "")
+DROPPED = MetricDef("agent_dropped_samples_total", COUNTER, "")
+RECONNECTS = MetricDef("agent_reconnects_total", COUNTER, "")
+RECOVERIES = MetricDef("agent_buffer_recoveries_total", COUNTER, "")
+BUFFER_ERRORS = MetricDef("agent_buffer_errors_total", COUNTER, "")
+PUBLISH_ERRORS = MetricDef("agent_publish_errors_total", COUNTER, "")
+RSS = MetricDef("agent_memory_rss_bytes", GAUGE, "bytes")
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class AgentHealth(NamedTuple):
+    """What the runner knows about itself at the start of a cycle."""
+
+    cycle_seconds: float | None  # duration of the previous cycle; None on the first
+    buffer: BufferStats
+    memory_cycles: int  # cycles held in memory because the buffer refused them
+    reconnects: int
+    buffer_recoveries: int
+    buffer_errors: int
+    publish_errors: int
+
+
+def rss_bytes() -> int | None:
+    """Resident memory of this process (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def readings(health: AgentHealth, now_ms: int | None = None) -> list[Reading]:
+    """The agent_* readings of one cycle (counters: dropped samples persist across restarts)."""
+    now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    buf = health.buffer
+    out: list[Reading] = [
+        (BUFFER_BATCHES, (), buf.batches),
+        (BUFFER_SAMPLES, (), buf.samples + buf.pending_samples),
+        (BUFFER_BYTES, (), buf.disk_bytes),
+        (BUFFER_OLDEST_AGE, (), 0 if buf.oldest_ms is None
+         else max(0, (now_ms - buf.oldest_ms) // 1000)),
+        (BUFFER_MEMORY_CYCLES, (), health.memory_cycles),
+        (DROPPED, (), buf.dropped_samples_total),
+        (RECONNECTS, (), health.reconnects),
+        (RECOVERIES, (), health.buffer_recoveries),
+        (BUFFER_ERRORS, (), health.buffer_errors),
+        (PUBLISH_ERRORS, (), health.publish_errors),
+    ]
+    if health.cycle_seconds is not None:
+        out.append((CYCLE_DURATION, (), round(health.cycle_seconds, 4)))
+    rss = rss_bytes()
+    if rss is not None:
+        out.append((RSS, (), rss))
+    return out

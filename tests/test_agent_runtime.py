@@ -1,0 +1,318 @@
+"""Agent runtime pieces without a broker: sender scheduling, back-off, self metrics, the loop."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from edgemon.agent import __version__
+from edgemon.agent.buffer import BatchRef, Buffer, BufferStats, read_stats
+from edgemon.agent.cli import main
+from edgemon.agent.config import load_config
+from edgemon.agent.families import Reading
+from edgemon.agent.log import Throttle, setup_logging
+from edgemon.agent.publisher import reconnect_delay
+from edgemon.agent.runner import Runner, new_instance_id
+from edgemon.agent.selfmetrics import AgentHealth, readings
+from edgemon.agent.sender import Sender
+from edgemon.protocol import GAUGE, MetricDef, decode, expand_samples
+from edgemon.protocol.batch import KINDS
+from tests.support.broker import free_port
+from tests.support.waiting import wait_until
+
+NOW_MS = 1_800_000_000_000
+LIVE, BACKFILL = "edgemon/v1/h/metrics", "edgemon/v1/h/backfill"
+
+
+class FakeSource:
+    """Sealed batches in memory, as the storage would hand them to the sender."""
+
+    def __init__(self) -> None:
+        self.batches: dict[int, BatchRef] = {}
+
+    def add(self, batch_id: int, last_ms: int) -> None:
+        self.batches[batch_id] = BatchRef(batch_id, "i", batch_id, last_ms - 1, last_ms, 1)
+
+    def newest(self, limit: int, exclude: Iterable[int] = ()) -> list[BatchRef]:
+        skip = set(exclude)
+        return [self.batches[i] for i in sorted(self.batches, reverse=True)
+                if i not in skip][:limit]
+
+    def oldest(self, limit: int, exclude: Iterable[int] = ()) -> list[BatchRef]:
+        skip = set(exclude)
+        return [self.batches[i] for i in sorted(self.batches) if i not in skip][:limit]
+
+    def get(self, batch_id: int) -> tuple[BatchRef, bytes] | None:
+        ref = self.batches.get(batch_id)
+        return None if ref is None else (ref, f"payload-{batch_id}".encode())
+
+
+class Harness:
+    def __init__(self, *, rate: float = 2.0, max_inflight: int = 4, accept: bool = True) -> None:
+        self.clock = 100.0
+        self.source = FakeSource()
+        self.published: list[tuple[str, bytes]] = []
+        self.accept = accept
+        self.sender = Sender(self.source, self.publish, host_id="h", live_window=120,
+                             ack_timeout=60, backfill_per_second=rate, max_inflight=max_inflight,
+                             clock=lambda: self.clock, wall_ms=lambda: NOW_MS)
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        if self.accept:
+            self.published.append((topic, payload))
+        return self.accept
+
+    def take(self) -> list[tuple[str, int]]:
+        out = [(t, int(p.split(b"-")[1])) for t, p in self.published]
+        self.published.clear()
+        return out
+
+
+def test_live_batches_go_first_then_the_backlog_oldest_first_at_its_rate() -> None:
+    h = Harness(rate=2.0, max_inflight=10)
+    for i in range(1, 6):
+        h.source.add(i, NOW_MS - 3_600_000 + i)  # an hour old: back-log
+    h.source.add(6, NOW_MS - 20_000)
+    h.source.add(7, NOW_MS - 5_000)  # live
+    h.sender.pump()
+    assert h.take() == [(LIVE, 7), (LIVE, 6), (BACKFILL, 1), (BACKFILL, 2)]  # burst of 2
+    h.sender.pump()
+    assert h.take() == []  # no tokens left
+    assert h.sender.next_due() == pytest.approx(100.5)
+    h.clock += 0.5
+    h.sender.pump()
+    assert h.take() == [(BACKFILL, 3)]
+
+
+def test_at_most_max_inflight_unacknowledged() -> None:
+    h = Harness(rate=100.0, max_inflight=3)
+    for i in range(1, 10):
+        h.source.add(i, NOW_MS - 3_600_000 + i)
+    h.sender.pump()
+    assert [i for _t, i in h.take()] == [1, 2, 3]
+    h.clock += 10
+    h.sender.pump()
+    assert h.take() == []
+    del h.source.batches[2]  # acknowledged: deleted from the buffer ...
+    h.sender.forget([2])     # ... and no longer in flight
+    h.sender.pump()
+    assert [i for _t, i in h.take()] == [4]
+
+
+def test_unacknowledged_batches_are_republished_after_the_timeout() -> None:
+    h = Harness()
+    h.source.add(1, NOW_MS - 1000)
+    h.sender.pump()
+    assert h.take() == [(LIVE, 1)]
+    h.clock += 59.9
+    h.sender.pump()
+    assert h.take() == []
+    assert h.sender.next_due() == pytest.approx(160.0)
+    h.clock += 0.1
+    h.sender.pump()
+    assert h.take() == [(LIVE, 1)]  # the same payload again
+    assert h.sender.resent_total == 1
+
+
+def test_nothing_is_lost_when_publishing_is_refused() -> None:
+    h = Harness(accept=False)
+    h.source.add(1, NOW_MS - 1000)
+    assert h.sender.pump() == 0
+    assert h.sender.inflight == {}
+    assert h.sender.next_due() == pytest.approx(101.0)  # pauses instead of spinning
+    h.accept = True
+    h.clock += 1
+    h.sender.pump()
+    assert h.take() == [(LIVE, 1)]
+
+
+def test_reconnect_delay_is_full_jitter_capped() -> None:
+    assert reconnect_delay(0, lambda: 0.999) == pytest.approx(0.999)
+    assert reconnect_delay(3, lambda: 0.999) == pytest.approx(7.992)
+    assert reconnect_delay(20, lambda: 1.0) == 60.0
+    assert reconnect_delay(20, lambda: 0.0) == 0.05  # never a busy loop
+    assert reconnect_delay(5, lambda: 0.5, cap=4.0) == 2.0
+    delays = {reconnect_delay(6) for _ in range(50)}
+    assert len(delays) > 40 and max(delays) <= 60.0  # spread out, not lock-step
+
+
+def test_self_metrics_are_well_formed_readings() -> None:
+    health = AgentHealth(cycle_seconds=0.01234, buffer=BufferStats(3, 30, 2, 7, 4096,
+                                                                   NOW_MS - 90_500, 11, None),
+                         memory_cycles=0, reconnects=2, buffer_recoveries=1, buffer_errors=0,
+                         publish_errors=4)
+    values = {metric.name: value for metric, _labels, value in readings(health, NOW_MS)}
+    assert values["agent_cycle_duration_seconds"] == 0.0123
+    assert values["agent_buffer_batches"] == 3
+    assert values["agent_buffer_samples"] == 37
+    assert values["agent_buffer_oldest_age_seconds"] == 90
+    assert values["agent_dropped_samples_total"] == 11
+    assert values["agent_reconnects_total"] == 2
+    assert values["agent_publish_errors_total"] == 4
+    assert values["agent_memory_rss_bytes"] > 1 << 20
+    for metric, labels, _value in readings(health, NOW_MS):
+        assert metric.kind in KINDS and labels == ()
+        assert metric.name.endswith("_total") == (metric.kind == "counter")
+
+
+def test_instance_ids_are_new_every_time() -> None:
+    ids = {new_instance_id() for _ in range(100)}
+    assert len(ids) == 100 and all(len(i) == 12 and int(i, 16) >= 0 for i in ids)
+
+
+def test_the_agent_does_not_import_the_collectors_heavy_dependencies() -> None:
+    code = ("import sys\n"
+            "import edgemon.agent.cli, edgemon.agent.runner\n"
+            "heavy = {'numpy', 'aiohttp', 'pydantic', 'asyncio', 'edgemon.protocol.schema'}\n"
+            "print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+TICK = MetricDef("tick", GAUGE, "")
+
+
+def test_the_loop_samples_on_schedule_and_buffers_without_a_broker(tmp_path: Path) -> None:
+    config = load_config(None, environ={
+        "EDGEMON_AGENT_BROKER_PORT": str(free_port()),  # nobody listens there
+        "EDGEMON_AGENT_INTERVAL_SECONDS": "0.05",
+        "EDGEMON_AGENT_BATCH_CYCLES": "4",
+        "EDGEMON_AGENT_BUFFER_PATH": str(tmp_path / "buffer.db"),
+        "EDGEMON_AGENT_HOST_ID": "h"})
+    counter = itertools.count()
+
+    def slow_family() -> list[Reading]:
+        time.sleep(0.01)  # work inside the cycle must not push the schedule
+        return [(TICK, (), next(counter))]
+
+    runner = Runner(config, collectors={"tick": slow_family})
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        wait_until(lambda: runner.cycles >= 30, 10, "30 cycles")
+    finally:
+        runner.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+    stats = read_stats(config.buffer.path)
+    assert stats.pending_cycles == 0 and stats.batches == -(-runner.cycles // 4)
+    times = _cycle_times(config.buffer.path)
+    assert len(times) == runner.cycles
+    # start + k * interval: every sample sits on the 50 ms grid of the first, no drift
+    steps = [(t - times[0]) / 50 for t in times]
+    assert max(abs(step - round(step)) for step in steps) * 50 < 20, steps
+
+
+def _cycle_times(path: Path) -> list[int]:
+    db = sqlite3.connect(path)
+    payloads = [row[0] for row in db.execute("SELECT payload FROM batches ORDER BY id")]
+    db.close()
+    return sorted({s.timestamp_ms for p in payloads for s in expand_samples(decode(p))
+                   if s.name == "tick"})
+
+
+def test_status_shows_the_buffer(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "buffer.db"
+    buf = Buffer.open(path, host="h", instance="i", max_bytes=1 << 20, max_age_seconds=3600)
+    buf.append(NOW_MS, [(TICK, (), 1)])
+    buf.seal(NOW_MS)
+    buf.append(NOW_MS + 1, [(TICK, (), 2)])
+    monkeypatch.setenv("EDGEMON_AGENT_BUFFER_PATH", str(path))
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "sealed batches      1" in out and "pending cycles      1 (1 samples)" in out
+    monkeypatch.setenv("EDGEMON_AGENT_BUFFER_PATH", str(tmp_path / "missing.db"))
+    assert main(["status"]) == 1
+
+
+def test_logs_are_json_lines_with_extra_fields() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)  # pytest's capture handlers live there
+    setup_logging("info", stream)
+    try:
+        logging.getLogger("edgemon.agent.test").info("hello %s", "world", extra={"batch": 7})
+        logging.getLogger("edgemon.agent.test").debug("not shown")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    [line] = stream.getvalue().splitlines()
+    doc = json.loads(line)
+    assert (doc["level"], doc["logger"], doc["msg"], doc["batch"]) == (
+        "info", "edgemon.agent.test", "hello world", 7)
+    assert doc["ts"].endswith("Z")
+
+
+def test_throttle_lets_one_through_per_period_and_counts_the_rest() -> None:
+    now = [0.0]
+    throttle = Throttle(60.0, clock=lambda: now[0])
+    assert throttle() == 0
+    assert throttle() is None and throttle() is None
+    now[0] = 60.0
+    assert throttle() == 2
+
+
+def test_the_version_is_the_package_version() -> None:
+    assert __version__ == metadata.version("edgemon")
+
+
+def test_systemd_notifications_watchdog_and_reload(tmp_path: Path) -> None:
+    """Type=notify: READY=1, WATCHDOG=1 from the loop, SIGHUP re-reads the file, STOPPING=1."""
+    notify_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    sock.settimeout(10)
+    config = tmp_path / "agent.toml"
+    config.write_text(f'interval_seconds = 0.1\n[broker]\nport = {free_port()}\n'
+                      f'[buffer]\npath = "{tmp_path / "buffer.db"}"\n[log]\nlevel = "info"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEMON_AGENT_")}
+    env.update(NOTIFY_SOCKET=str(notify_path), WATCHDOG_USEC="300000")
+    agent = subprocess.Popen([sys.executable, "-m", "edgemon.agent.cli", "run", "-c",
+                              str(config)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        def receive_until(wanted: str) -> list[str]:
+            seen = []
+            while True:
+                message = sock.recv(4096).decode()
+                seen.append(message)
+                if message.startswith(wanted):
+                    return seen
+
+        assert receive_until("READY=1")[-1].startswith("READY=1\nSTATUS=sampling every 0.1 s")
+        receive_until("WATCHDOG=1")
+        receive_until("WATCHDOG=1")  # keeps coming while the loop turns
+        config.write_text(config.read_text().replace('"info"', '"debug"').replace(
+            "interval_seconds = 0.1", "interval_seconds = 0.2"))
+        agent.send_signal(signal.SIGHUP)
+        assert receive_until("RELOADING=1")[-1].startswith("RELOADING=1\nMONOTONIC_USEC=")
+        receive_until("READY=1")
+        agent.send_signal(signal.SIGTERM)
+        receive_until("STOPPING=1")
+        stdout, _ = agent.communicate(timeout=10)
+    finally:
+        agent.kill()
+        agent.wait()
+        sock.close()
+    assert agent.returncode == 0
+    logs = [json.loads(line) for line in stdout.splitlines()]
+    [reloaded] = [e for e in logs if e["msg"].startswith("reload: log level")]
+    assert reloaded["restart_needed"] == ["interval_seconds"]
+    debug = [e["msg"] for e in logs if e["level"] == "debug"]
+    assert debug[0] == "reload: configuration read"  # the new level applies at once
