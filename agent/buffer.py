@@ -336,6 +336,24 @@ class Buffer:
         self._samples -= sum(samples for _id, samples in deleted)
         return [batch_id for batch_id, _samples in deleted]
 
+    def reject(self, instance: str, ranges: Iterable[tuple[int, int]]) -> tuple[list[int], int]:
+        """The collector refused these batches for good: delete them, count their samples dropped.
+
+        Returns the deleted batch ids and the number of samples added to the dropped total.
+        """
+        deleted: list[tuple[int, int]] = []
+        with self._transaction():
+            for first, last in ranges:
+                deleted += self._db.execute(
+                    "DELETE FROM batches WHERE instance = ? AND seq BETWEEN ? AND ? "
+                    "RETURNING id, samples", (instance, first, last)).fetchall()
+            dropped = sum(samples for _id, samples in deleted)
+            self._add_dropped(dropped)
+        self.dropped_samples_total += dropped
+        self._batches -= len(deleted)
+        self._samples -= dropped
+        return [batch_id for batch_id, _samples in deleted], dropped
+
     def add_dropped(self, samples: int) -> None:
         """Count samples lost outside the database (e.g. held in memory while the disk was full)."""
         with self._transaction():

@@ -195,11 +195,18 @@ class Runner:
             except queue.Empty:
                 break
             try:
-                instance, ranges = decode_ack(payload)
+                ack = decode_ack(payload)
             except ProtocolError as exc:
                 self._warn("bad_ack", "ignoring an invalid acknowledgement: %s", exc)
                 continue
-            self.sender.forget(self.storage.ack(instance, ranges, _now_ms()))
+            self.sender.forget(self.storage.ack(ack.instance, ack.acked, _now_ms()))
+            if ack.rejected:
+                ids, samples = self.storage.reject(ack.instance, ack.rejected)
+                self.sender.forget(ids)
+                if ids:
+                    log.error("the collector refused %d batches (%d samples, counted as dropped):"
+                              " %s", len(ids), samples, ack.reason or "no reason given",
+                              extra={"instance": ack.instance})
         if self.publisher.connected:
             self.sender.pump()
 

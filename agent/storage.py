@@ -70,6 +70,9 @@ class Storage:
     def ack(self, instance: str, ranges: Iterable[tuple[int, int]], now_ms: int) -> list[int]:
         return self._call("ack", lambda b: b.ack(instance, ranges, now_ms), [])
 
+    def reject(self, instance: str, ranges: Iterable[tuple[int, int]]) -> tuple[list[int], int]:
+        return self._call("reject", lambda b: b.reject(instance, ranges), ([], 0))
+
     def enforce_budget(self, now_ms: int) -> int:
         return self._call("enforce_budget", lambda b: b.enforce_budget(now_ms), 0)
 

@@ -66,6 +66,12 @@ class Outcome:
     status: dict[str, Any] | None = None
     failed: bool = False  # storing it raised
     retry: bool = False  # storage unavailable: keep it, do not acknowledge, try again later
+    batch_key: tuple[str, int] | None = None  # (instance, seq) of a decodable batch
+
+    def reject(self, reason: str, detail: str) -> Outcome:
+        """Turn this outcome into a rejection (keeping ``batch_key`` so the agent can be told)."""
+        self.kind, self.reason, self.detail, self.item = "reject", reason, detail, None
+        return self
 
 
 @dataclass
@@ -235,6 +241,7 @@ class IngestPipeline:
             host, kind = parse_topic(msg.topic)
         except ProtocolError as exc:
             return Outcome(msg, None, "reject", reason=exc.reason, detail=str(exc))
+        key: tuple[str, int] | None = None
         try:
             if kind == "status":
                 return Outcome(msg, host, "status", status=decode_status(msg.payload))
@@ -244,29 +251,32 @@ class IngestPipeline:
             if msg.size > MAX_COMPRESSED_BYTES:
                 return Outcome(msg, host, "reject", reason="too_large",
                                detail=f"{msg.size} bytes > {MAX_COMPRESSED_BYTES}")
-            batch = validate_batch(decode(msg.payload))
+            raw = decode(msg.payload)
+            key = _batch_key(raw)
+            batch = validate_batch(raw)
         except ProtocolError as exc:
-            return Outcome(msg, host, "reject", reason=exc.reason, detail=str(exc))
+            return Outcome(msg, host, "reject", reason=exc.reason, detail=str(exc),
+                           batch_key=key)
         except Exception as exc:  # a decoder bug must not stop ingest of everyone else
             log.exception("unexpected error decoding a message from %s", host)
             return Outcome(msg, host, "reject", reason="decode_error", detail=repr(exc)[:200])
         if batch.host != host:
-            return Outcome(msg, host, "reject", reason="host_mismatch",
+            return Outcome(msg, host, "reject", reason="host_mismatch", batch_key=key,
                            detail=f"payload says host {batch.host[:64]!r}")
         oldest = batch.t[0]
         newest = sum(batch.t)
         tolerance_s = self.config.future_tolerance_seconds
         if newest > msg.received_ms + tolerance_s * 1000:
             ahead_s = (newest - msg.received_ms) / 1000
-            return Outcome(msg, host, "reject", reason="future_timestamp",
+            return Outcome(msg, host, "reject", reason="future_timestamp", batch_key=key,
                            detail=f"sample {ahead_s:.0f} s ahead of the collector's clock "
                                   f"(tolerance {tolerance_s} s)")
         if oldest < msg.received_ms - self.config.past_tolerance_days * 86_400_000:
-            return Outcome(msg, host, "reject", reason="past_timestamp",
+            return Outcome(msg, host, "reject", reason="past_timestamp", batch_key=key,
                            detail=f"sample older than {self.config.past_tolerance_days} days")
         item = IngestItem(batch=batch, payload=msg.payload, received_ms=msg.received_ms,
                           historical=kind == "backfill")
-        return Outcome(msg, host, kind, item=item)
+        return Outcome(msg, host, kind, item=item, batch_key=key)
 
     def _record_status(self, o: Outcome) -> None:
         doc = o.status or {}
@@ -290,6 +300,7 @@ class IngestPipeline:
     def _acknowledge(self, outcomes: list[Outcome]) -> None:
         stats = self.stats
         acks: dict[tuple[str, str], list[int]] = {}
+        refused: dict[tuple[str, str], tuple[list[int], str]] = {}
         for o in outcomes:
             stats.messages += 1
             if self.mqtt is not None:
@@ -298,6 +309,13 @@ class IngestPipeline:
                 if o.reason == "storage_error":
                     stats.storage_errors += 1
                 self.rejects.record(o.reason or "invalid", o.host, o.detail)
+                if o.host is not None and o.batch_key is not None and \
+                        o.reason != "storage_error":
+                    # A decodable batch refused for good: tell its agent, which drops and counts
+                    # it instead of re-sending it forever. (A storage error may pass: the agent
+                    # keeps such a batch and sends it again.)
+                    seqs, _ = refused.setdefault((o.host, o.batch_key[0]), ([], o.reason or ""))
+                    seqs.append(o.batch_key[1])
                 continue
             if o.kind == "status":
                 stats.status_messages += 1
@@ -323,6 +341,18 @@ class IngestPipeline:
             for (host, instance), seqs in acks.items():
                 if self.mqtt.publish_ack(host, instance, seqs):
                     stats.acks_published += 1
+            for (host, instance), (seqs, reason) in refused.items():
+                if self.mqtt.publish_ack(host, instance, [], rejected=seqs, reason=reason):
+                    stats.acks_published += 1
+
+
+def _batch_key(raw: dict[str, Any]) -> tuple[str, int] | None:
+    """(instance, seq) of a decoded batch map, if both look sane, before full validation."""
+    instance, seq = raw.get("instance"), raw.get("seq")
+    if (isinstance(instance, str) and 0 < len(instance) <= 64 and type(seq) is int
+            and 0 <= seq < 2**63):
+        return instance, seq
+    return None
 
 
 def _item(o: Outcome) -> IngestItem:

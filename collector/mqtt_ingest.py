@@ -242,10 +242,11 @@ class MqttIngest:
         self.client.ack(msg.mid, msg.qos)
         return True
 
-    def publish_ack(self, host: str, instance: str, seqs: list[int]) -> bool:
-        """Tell the agent which of its batches are durably stored (QoS 1, not retained)."""
-        info = self.client.publish(ack_topic(host), encode_ack(instance=instance, seqs=seqs),
-                                   qos=1)
+    def publish_ack(self, host: str, instance: str, seqs: list[int], *,
+                    rejected: list[int] | None = None, reason: str = "") -> bool:
+        """Tell the agent which of its batches are durably stored, or refused for good (QoS 1)."""
+        payload = encode_ack(instance=instance, seqs=seqs, rejected=rejected, reason=reason)
+        info = self.client.publish(ack_topic(host), payload, qos=1)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             self.ack_publish_failures += 1
             log.warning("could not queue ack for %s: %s", host, mqtt.error_string(info.rc))

@@ -8,7 +8,7 @@ from .batch import COUNTER, GAUGE, BatchBuilder, MetricDef, Sample, expand_sampl
 from .codec import decode, encode
 from .errors import LimitExceeded, MalformedPayload, ProtocolError, UnsupportedVersion
 from .limits import VERSION
-from .status import decode_ack, decode_status, encode_ack, encode_status
+from .status import Ack, decode_ack, decode_status, encode_ack, encode_status
 from .topics import (
     ack_topic,
     backfill_topic,
@@ -23,6 +23,7 @@ __all__ = [
     "COUNTER",
     "GAUGE",
     "VERSION",
+    "Ack",
     "BatchBuilder",
     "LimitExceeded",
     "MalformedPayload",

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import MalformedPayload
 from .limits import MAX_ACK_RANGES, MAX_INSTANCE_LENGTH, VERSION
 
-__all__ = ["decode_ack", "decode_status", "encode_ack", "encode_status", "seqs_to_ranges"]
+__all__ = ["Ack", "decode_ack", "decode_status", "encode_ack", "encode_status", "seqs_to_ranges"]
 
 _MAX_JSON = 64 * 1024
 
@@ -54,23 +54,48 @@ def seqs_to_ranges(seqs: list[int]) -> list[list[int]]:
     return ranges
 
 
-def encode_ack(*, instance: str, seqs: list[int]) -> bytes:
-    """Collector -> agent: these sequence numbers of ``instance`` are durably stored."""
-    doc = {"v": VERSION, "instance": instance, "acked": seqs_to_ranges(seqs)}
+class Ack(NamedTuple):
+    """A decoded acknowledgement: inclusive ``(first, last)`` sequence ranges of ``instance``."""
+
+    instance: str
+    acked: list[tuple[int, int]]  # durably stored (now or before): delete them
+    rejected: list[tuple[int, int]]  # will never be stored: delete them and count them dropped
+    reason: str  # why the rejected ones were rejected ("" when none were)
+
+
+def encode_ack(*, instance: str, seqs: list[int], rejected: list[int] | None = None,
+               reason: str = "") -> bytes:
+    """Collector -> agent: these sequence numbers of ``instance`` are durably stored.
+
+    ``rejected`` lists batches the collector decoded but refuses for good (e.g. samples from a
+    clock far in the future): the agent drops them and counts them instead of re-sending forever.
+    """
+    doc: dict[str, Any] = {"v": VERSION, "instance": instance, "acked": seqs_to_ranges(seqs)}
+    if rejected:
+        doc["rejected"] = seqs_to_ranges(rejected)
+        doc["reason"] = reason
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def decode_ack(payload: bytes) -> tuple[str, list[tuple[int, int]]]:
-    """(instance, inclusive sequence ranges) of an acknowledgement."""
-    doc = _load(payload)
-    ranges = doc.get("acked")
+def _ranges(doc: dict[str, Any], key: str) -> list[tuple[int, int]]:
+    ranges = doc.get(key, [])
     if not isinstance(ranges, list) or len(ranges) > MAX_ACK_RANGES:
-        raise MalformedPayload("acked must be a list of [first, last] ranges", reason="schema")
+        raise MalformedPayload(f"{key} must be a list of [first, last] ranges", reason="schema")
     out: list[tuple[int, int]] = []
     for r in ranges:
         if (not isinstance(r, list) or len(r) != 2 or not all(type(x) is int for x in r)
                 or r[0] > r[1] or r[0] < 0):
-            raise MalformedPayload("acked ranges must be [first, last] integers",
+            raise MalformedPayload(f"{key} ranges must be [first, last] integers",
                                    reason="schema")
         out.append((r[0], r[1]))
-    return doc["instance"], out
+    return out
+
+
+def decode_ack(payload: bytes) -> Ack:
+    """The acknowledgement in ``payload``; ``MalformedPayload`` if it is not one."""
+    doc = _load(payload)
+    if "acked" not in doc:
+        raise MalformedPayload("acked missing", reason="schema")
+    reason = doc.get("reason", "")
+    return Ack(doc["instance"], _ranges(doc, "acked"), _ranges(doc, "rejected"),
+               reason[:200] if isinstance(reason, str) else "")

@@ -87,6 +87,21 @@ def test_ack_deletes_exactly_the_acknowledged_batches(tmp_path: Path) -> None:
     assert buf.ack("inst-a", [(3, 3)], T0) == []  # a repeated ack is harmless
 
 
+def test_refused_batches_are_deleted_and_counted_as_dropped_for_good(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db")
+    refs = []
+    for b in range(3):
+        buf.append(T0 + b * 1000, cycle(b))
+        refs += buf.seal(T0 + b * 1000)
+    ids, dropped = buf.reject("inst-a", [(1, 1)])
+    assert ids == [refs[1].id] and dropped == refs[1].samples > 0
+    assert [row[2] for row in batch_rows(tmp_path / "b.db")] == [0, 2]
+    assert buf.reject("inst-a", [(1, 1)]) == ([], 0)  # a repeated refusal counts nothing
+    buf.close()
+    again = open_buffer(tmp_path / "b.db", instance="inst-b")
+    assert again.stats().dropped_samples_total == refs[1].samples
+
+
 def test_sealed_batches_keep_instance_seq_and_bytes_across_restarts(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     first = open_buffer(path, "inst-a")

@@ -36,6 +36,7 @@ from edgemon.collector.rejects import OTHER_HOST, Rejects
 from edgemon.collector.storage.base import RangeQuery, Storage
 from edgemon.protocol import (
     GAUGE,
+    Ack,
     BatchBuilder,
     MetricDef,
     ack_topic,
@@ -76,7 +77,7 @@ class Agent:
 
     def __init__(self, broker: Broker, host: str) -> None:
         self.host = host
-        self.acks: list[tuple[str, list[tuple[int, int]]]] = []
+        self.acks: list[Ack] = []
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
                                   client_id=f"agent-{host}-{uuid.uuid4().hex[:6]}")
@@ -93,8 +94,13 @@ class Agent:
 
     def acked(self, instance: str = "inst-1") -> list[int]:
         """Every acked seq, in arrival order, repeats included."""
-        return [s for inst, ranges in list(self.acks) if inst == instance
-                for first, last in ranges for s in range(first, last + 1)]
+        return [s for ack in list(self.acks) if ack.instance == instance
+                for first, last in ack.acked for s in range(first, last + 1)]
+
+    def rejected(self, instance: str = "inst-1") -> list[tuple[int, str]]:
+        """Every (seq, reason) the collector refused for good."""
+        return [(s, ack.reason) for ack in list(self.acks) if ack.instance == instance
+                for first, last in ack.rejected for s in range(first, last + 1)]
 
     def wait_acked(self, seq: int, times: int = 1, instance: str = "inst-1") -> None:
         wait_until(lambda: self.acked(instance).count(seq) >= times, TIMEOUT,
@@ -270,7 +276,7 @@ def test_garbage_from_one_host_does_not_block_another(
     ("schema", lambda: encode({"v": 1, "host": "web-02", "instance": "inst-1", "seq": 1,
                                "sent": 1, "t": [], "metrics": []})),
 ])
-def test_invalid_batch_is_rejected_counted_and_never_acked(
+def test_invalid_batch_is_rejected_counted_and_refused_to_its_agent(
         collector: RunningCollector, agents: Callable[[str], Agent], reason: str,
         payload: Callable[[], bytes]) -> None:
     agent = agents("web-02")
@@ -279,6 +285,8 @@ def test_invalid_batch_is_rejected_counted_and_never_acked(
     agent.publish(metrics_topic("web-02"), make_batch("web-02", 2))
     agent.wait_acked(2)
     assert agent.acked() == [2]
+    # the agent learns that seq 1 will never be stored: it drops it and counts it
+    wait_until(lambda: agent.rejected() == [(1, reason)], TIMEOUT, "seq 1 refused")
     assert collector.metric("edgemon_collector_rejects_total", reason=reason) == 1
     assert collector.stats.batches_stored == 1
 

@@ -193,7 +193,9 @@ def test_topics_round_trip() -> None:
 
 def test_ack_round_trip_and_ranges() -> None:
     payload = protocol.encode_ack(instance="abc", seqs=[5, 3, 4, 9, 9, 1])
-    assert protocol.decode_ack(payload) == ("abc", [(1, 1), (3, 5), (9, 9)])
+    assert protocol.decode_ack(payload) == ("abc", [(1, 1), (3, 5), (9, 9)], [], "")
+    payload = protocol.encode_ack(instance="abc", seqs=[1], rejected=[7, 8], reason="future")
+    assert protocol.decode_ack(payload) == ("abc", [(1, 1)], [(7, 8)], "future")
     for bad in [b"{", b'{"v":1,"instance":"a","acked":[[3,1]]}',
                 b'{"v":1,"instance":"a","acked":[[1,true]]}', b'{"v":1,"acked":[]}']:
         with pytest.raises(ProtocolError):
@@ -209,7 +211,7 @@ def test_status_round_trip() -> None:
 
 def test_public_surface_is_deliberate() -> None:
     assert sorted(protocol.__all__) == sorted([
-        "COUNTER", "GAUGE", "VERSION", "BatchBuilder", "LimitExceeded", "MalformedPayload",
+        "COUNTER", "GAUGE", "VERSION", "Ack", "BatchBuilder", "LimitExceeded", "MalformedPayload",
         "MetricDef", "ProtocolError", "Sample", "UnsupportedVersion", "ack_topic",
         "backfill_topic", "decode", "decode_ack", "decode_status", "encode", "encode_ack",
         "encode_status", "expand_samples", "metrics_topic", "parse_topic", "status_topic",
