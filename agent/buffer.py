@@ -247,6 +247,12 @@ class Buffer:
             if values:
                 self._db.execute("INSERT INTO cycles (ts_ms, samples, data) VALUES (?, ?, ?)",
                                  (ts_ms, len(values), msgpack.packb(list(values.items()))))
+                # Every sample ever buffered, for exact accounting: buffered = stored by the
+                # collector + dropped_samples_total + still here.
+                self._db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('appended_samples_total', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+                    (len(values),))
         for key, sid in new.items():
             self._series[key] = sid
             self._by_id[sid] = (key[0], tuple(_clean_label(v) for v in key[1]))

@@ -37,6 +37,7 @@ from .storage import Storage
 __all__ = ["Runner", "new_instance_id"]
 
 log = logging.getLogger("edgemon.agent")
+SHUTDOWN_ACK_WAIT_SECONDS = 3.0
 
 
 def new_instance_id() -> str:
@@ -189,6 +190,12 @@ class Runner:
         if self.storage.generation != self._generation:
             self._generation = self.storage.generation
             self.sender.reset()
+        self._apply_acks()
+        if self.publisher.connected:
+            self.sender.pump()
+
+    def _apply_acks(self) -> None:
+        """Delete (or drop and count) what the collector acknowledged since the last call."""
         while True:
             try:
                 payload = self._acks.get_nowait()
@@ -207,8 +214,6 @@ class Runner:
                     log.error("the collector refused %d batches (%d samples, counted as dropped):"
                               " %s", len(ids), samples, ack.reason or "no reason given",
                               extra={"instance": ack.instance})
-        if self.publisher.connected:
-            self.sender.pump()
 
     def _shutdown(self) -> None:
         sdnotify.notify("STOPPING=1")
@@ -217,6 +222,13 @@ class Runner:
         self._exchange()
         if self.publisher.connected:
             self.publisher.drain(2.0)
+            # Give the collector a moment to acknowledge what it just received, so a clean stop
+            # leaves no stored batch behind in the buffer (it would only be re-sent, harmlessly).
+            deadline = time.monotonic() + SHUTDOWN_ACK_WAIT_SECONDS
+            while self.sender.inflight and time.monotonic() < deadline:
+                self._wake.wait(0.05)
+                self._wake.clear()
+                self._apply_acks()
         self.publisher.stop()
         self._exchange()  # acks that arrived meanwhile
         self.storage.close()

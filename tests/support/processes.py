@@ -103,3 +103,33 @@ class Collector(Process):
         with urllib.request.urlopen(url, timeout=10) as resp:
             body = resp.read()
         return body if raw else json.loads(body)
+
+
+def buffer_meta(path: Path) -> dict[str, int]:
+    """The agent buffer's counters, read-only (the agent may be running or dead)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        batches = db.execute("SELECT coalesce(sum(samples), 0), count(*) FROM batches").fetchone()
+        cycles = db.execute("SELECT coalesce(sum(samples), 0) FROM cycles").fetchone()[0]
+    finally:
+        db.close()
+    return {"appended": int(meta.get("appended_samples_total", 0)),
+            "dropped": int(meta.get("dropped_samples_total", 0)),
+            "buffered": int(batches[0]) + int(cycles), "batches": int(batches[1])}
+
+
+def stored_samples(collector: Collector, host: str) -> int:
+    """Every sample the collector holds for ``host``: count over one step spanning all time."""
+    import time
+
+    total = 0
+    now_ms = int(time.time() * 1000)
+    series = collector.get(f"/api/v1/hosts/{host}/series")["series"]
+    for name in sorted({s["name"] for s in series}):
+        doc = collector.get(f"/api/v1/query?metric={name}&host={host}&agg=count&tier=raw"
+                            f"&start={now_ms - 86_400_000}&end={now_ms + 3_600_000}&step=2d")
+        total += sum(int(p[1]) for s in doc["series"] for p in s["points"])
+    return total
