@@ -1,0 +1,118 @@
+"""Alerting for the edgemon collector: rules over stored metrics, state and history in SQLite,
+notifications through a durable outbox (Alertmanager-compatible webhooks, MQTT).
+
+Wiring (see README.md)::
+
+    service = AlertingService(storage, "/var/lib/edgemon/alerts.db", rules_path=path_or_None,
+                              publish=lambda topic, payload: client.publish(topic, payload, 1),
+                              executor=reader_pool)
+    app.add_routes(service.routes())             # before the app starts
+    await service.start()                        # evaluation loop + delivery worker
+    ...
+    await service.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..storage.base import Storage
+from .api import OPENAPI_PATHS, OPENAPI_SCHEMAS, add_routes, merge_openapi, routes
+from .engine import (
+    MQTT_TOPIC_PREFIX,
+    AlertEngine,
+    CycleReport,
+    Transition,
+    alert_topic,
+    wall_clock_ms,
+)
+from .evaluate import (
+    SeriesData,
+    evaluate_disk_eta,
+    evaluate_host_down,
+    evaluate_series,
+    from_arrays,
+    from_results,
+)
+from .notify import DeliveryWorker, webhook_payload
+from .rules import DEFAULT_RULES_PATH, RulesError, RuleSet, check_rules, load_rules, parse_rules
+from .state import SeriesTable
+
+__all__ = [
+    "DEFAULT_RULES_PATH",
+    "MQTT_TOPIC_PREFIX",
+    "OPENAPI_PATHS",
+    "OPENAPI_SCHEMAS",
+    "AlertEngine",
+    "AlertingService",
+    "CycleReport",
+    "DeliveryWorker",
+    "RuleSet",
+    "RulesError",
+    "SeriesData",
+    "SeriesTable",
+    "Transition",
+    "add_routes",
+    "alert_topic",
+    "check_rules",
+    "evaluate_disk_eta",
+    "evaluate_host_down",
+    "evaluate_series",
+    "from_arrays",
+    "from_results",
+    "load_rules",
+    "merge_openapi",
+    "parse_rules",
+    "routes",
+    "webhook_payload",
+]
+
+
+class AlertingService:
+    """The engine's evaluation loop and the delivery worker, started and stopped together.
+
+    ``storage``: the collector's ``Storage``; ``db_path``: the alerting SQLite file (created);
+    ``rules_path``: the rules file (None = built-in defaults); ``publish(topic, payload)``: MQTT
+    publisher for transitions (None = none); ``executor``: where blocking cycles run (None = the
+    loop's default executor). Construct it off the event loop if you mind a few ms of SQLite.
+    """
+
+    def __init__(self, storage: Storage, db_path: str | Path, *,
+                 rules_path: str | Path | None = None, rules: RuleSet | None = None,
+                 publish: Callable[[str, bytes], Any] | None = None,
+                 executor: Executor | None = None,
+                 clock_ms: Callable[[], int] = wall_clock_ms,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self.engine = AlertEngine(storage, db_path, rules=rules, rules_path=rules_path,
+                                  clock_ms=clock_ms, publish=publish)
+        self.worker = DeliveryWorker(self.engine, session=session)
+        self.executor = executor
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def routes(self) -> list[web.RouteDef]:
+        return routes(self.engine)
+
+    async def start(self) -> None:
+        await self.worker.start()
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self.engine.run(self._stop, self.executor),
+                                         name="edgemon-alert-evaluation")
+
+    async def stop(self) -> None:
+        """Finish the running cycle, stop delivering (the outbox keeps the rest), close."""
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+            self._task = None
+        await self.worker.stop()
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.close)

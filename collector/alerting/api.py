@@ -1,0 +1,366 @@
+"""HTTP endpoints of the alerting engine, for the collector's aiohttp app.
+
+    app.add_routes(routes(engine))          # or add_routes(app, engine)
+    OPENAPI["paths"].update(OPENAPI_PATHS)  # or merge_openapi(OPENAPI)
+    OPENAPI["components"]["schemas"].update(OPENAPI_SCHEMAS)
+
+Handlers validate with pydantic and answer 400 ``{"error": "..."}`` naming the bad parameter;
+engine and SQLite calls run in a thread (they block).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .engine import AlertEngine
+from .rules import RulesError, parse_duration_ms
+from .silences import Matcher
+
+__all__ = ["OPENAPI_PATHS", "OPENAPI_SCHEMAS", "add_routes", "merge_openapi", "routes"]
+
+JSON = "application/json"
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, allow_nan=False, default=str), status=status,
+                        content_type=JSON)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+def parse_time_ms(text: str, now_ms: int) -> int:
+    """Unix seconds or ms (>= 1e11 is ms), RFC 3339, ``now`` or ``now-1h``."""
+    text = text.strip()
+    if text == "now":
+        return now_ms
+    if text.startswith("now-"):
+        rest = text[4:]
+        try:
+            return now_ms - parse_duration_ms(float(rest))
+        except ValueError:
+            return now_ms - parse_duration_ms(rest)
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"{text[:40]!r} is not a time")
+        return round(number) if number >= 1e11 else round(number * 1000)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not a time: use unix seconds, unix ms, RFC 3339 "
+                         "or now-<duration>") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{text[:40]!r} has no time zone: add Z or +hh:mm")
+    return round(moment.timestamp() * 1000)
+
+
+def _params(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in request.query.items():
+        if key not in allowed:
+            raise _BadRequest(f"unknown parameter {key!r}: use {', '.join(allowed)}")
+        if key in out:
+            raise _BadRequest(f"parameter {key!r} given twice")
+        out[key] = value
+    return out
+
+
+def _time(params: dict[str, str], key: str, now: int) -> int | None:
+    if key not in params:
+        return None
+    try:
+        return parse_time_ms(params[key], now)
+    except ValueError as exc:
+        raise _BadRequest(f"parameter {key!r}: {exc}") from None
+
+
+def _pydantic_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+class SilenceIn(BaseModel):
+    """``POST /api/v1/silences`` body: ``matchers`` and an end (``endsAt`` or ``duration``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    matchers: Annotated[list[Matcher], Field(min_length=1, max_length=64)]
+    startsAt: str | int | None = None
+    endsAt: str | int | None = None
+    duration: str | int | None = None  # alternative to endsAt: "2h"
+    createdBy: Annotated[str, Field(max_length=256)] = ""
+    comment: Annotated[str, Field(max_length=4096)] = ""
+
+
+_STATUSES = ("pending", "firing", "resolved", "inactive")
+
+
+def routes(engine: AlertEngine) -> list[web.RouteDef]:
+    """The alerting endpoints, bound to ``engine``."""
+
+    def guard(handler: Any) -> Any:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)  # type: ignore[no-any-return]
+            except _BadRequest as exc:
+                return _error(400, str(exc))
+        return wrapped
+
+    async def alerts(request: web.Request) -> web.Response:
+        p = _params(request, ("rule", "host", "status"))
+        if p.get("status") not in (None, "pending", "firing"):
+            raise _BadRequest("parameter 'status': use pending or firing")
+        data = await asyncio.to_thread(engine.active_alerts, p.get("rule"), p.get("host"),
+                                       p.get("status"))
+        return _json({"alerts": data})
+
+    async def history(request: web.Request) -> web.Response:
+        p = _params(request, ("rule", "host", "since", "until", "status", "limit"))
+        now = engine.clock_ms()
+        status = p.get("status")
+        if status is not None and status not in _STATUSES:
+            raise _BadRequest(f"parameter 'status': use one of {', '.join(_STATUSES)}")
+        limit = 1000
+        if "limit" in p:
+            if not p["limit"].isdigit() or not 1 <= int(p["limit"]) <= 10_000:
+                raise _BadRequest("parameter 'limit': an integer 1..10000")
+            limit = int(p["limit"])
+        since, until = _time(p, "since", now), _time(p, "until", now)
+        if since is not None and until is not None and until <= since:
+            raise _BadRequest("parameter 'until' must be after 'since'")
+        data = await asyncio.to_thread(engine.history, rule=p.get("rule"), host=p.get("host"),
+                                       since_ms=since, until_ms=until, status=status,
+                                       limit=limit)
+        return _json({"history": data})
+
+    async def rules(request: web.Request) -> web.Response:
+        _params(request, ())
+        rs = engine.ruleset
+        return _json({"source": rs.source, "digest": rs.digest,
+                      "loaded_ms": engine.rules_loaded_ms,
+                      "settings": rs.settings.model_dump(mode="json"),
+                      "receivers": [{"name": r.name, "url": r.url,
+                                     "send_resolved": r.send_resolved}
+                                    for r in rs.receivers.values()],
+                      "rules": engine.rules_status()})
+
+    async def reload(request: web.Request) -> web.Response:
+        _params(request, ())
+        try:
+            rs = await asyncio.to_thread(engine.reload_rules)
+        except RulesError as exc:
+            return _json({"error": "rules not reloaded: the file is invalid",
+                          "errors": exc.errors}, 400)
+        return _json({"reloaded": True, "source": rs.source, "digest": rs.digest,
+                      "rules": len(rs.rules), "enabled": len(rs.enabled)})
+
+    async def silences(request: web.Request) -> web.Response:
+        p = _params(request, ("all",))
+        if p.get("all", "false") not in ("true", "false", "1", "0"):
+            raise _BadRequest("parameter 'all': true or false")
+        everything = p.get("all") in ("true", "1")
+        data = await asyncio.to_thread(engine.store.silences, engine.clock_ms(), everything)
+        now = engine.clock_ms()
+        for s in data:
+            s["state"] = ("expired" if s["ends_ms"] <= now else
+                          "pending" if s["starts_ms"] > now else "active")
+        return _json({"silences": data})
+
+    async def add_silence(request: web.Request) -> web.Response:
+        _params(request, ())
+        try:
+            raw = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _BadRequest("body: not valid JSON") from None
+        try:
+            body = SilenceIn.model_validate(raw)
+        except ValidationError as exc:
+            raise _BadRequest(_pydantic_message(exc)) from None
+        now = engine.clock_ms()
+        starts = now
+        if body.startsAt is not None:
+            starts = _time({"startsAt": str(body.startsAt)}, "startsAt", now) or now
+        if (body.endsAt is None) == (body.duration is None):
+            raise _BadRequest("give exactly one of 'endsAt' and 'duration'")
+        if body.endsAt is not None:
+            ends = _time({"endsAt": str(body.endsAt)}, "endsAt", now)
+        else:
+            try:
+                ends = starts + parse_duration_ms(body.duration)
+            except ValueError as exc:
+                raise _BadRequest(f"duration: {exc}") from None
+        assert ends is not None
+        if ends <= max(starts, now):
+            raise _BadRequest("endsAt must be in the future and after startsAt")
+        matchers = [m.to_json() for m in body.matchers]
+        sid = await asyncio.to_thread(engine.store.add_silence, matchers, starts, ends,
+                                      body.createdBy, body.comment, now)
+        return _json({"id": sid, "silenceID": sid, "starts_ms": starts, "ends_ms": ends}, 201)
+
+    async def expire_silence(request: web.Request) -> web.Response:
+        sid = request.match_info["id"]
+        if not re.fullmatch(r"[0-9a-f]{32}", sid):
+            raise _BadRequest("silence id: 32 hex digits")
+        found = await asyncio.to_thread(engine.store.expire_silence, sid, engine.clock_ms())
+        if not found:
+            return _error(404, f"no silence {sid}")
+        return _json({"id": sid, "expired": True})
+
+    return [
+        web.get("/api/v1/alerts", guard(alerts)),
+        web.get("/api/v1/alerts/history", guard(history)),
+        web.get("/api/v1/rules", guard(rules)),
+        web.post("/api/v1/rules/reload", guard(reload)),
+        web.get("/api/v1/silences", guard(silences)),
+        web.post("/api/v1/silences", guard(add_silence)),
+        web.delete("/api/v1/silences/{id}", guard(expire_silence)),
+    ]
+
+
+def add_routes(app: web.Application, engine: AlertEngine) -> None:
+    app.add_routes(routes(engine))
+
+
+# --- OpenAPI -----------------------------------------------------------------------------------
+
+def _q(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+def _ok(ref: str, description: str = "OK") -> dict[str, Any]:
+    return {"description": description,
+            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+_BAD = {"description": "bad parameter or body (the message names it)",
+        "content": {JSON: {"schema": {"$ref": "#/components/schemas/AlertingError"}}}}
+_TIME = "unix seconds, unix ms, RFC 3339 or now-<duration>"
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/api/v1/alerts": {"get": {
+        "summary": "Active alerts (pending and firing)", "tags": ["alerting"],
+        "parameters": [_q("rule", "only this rule"), _q("host", "only this host"),
+                       _q("status", "pending or firing",
+                          {"type": "string", "enum": ["pending", "firing"]})],
+        "responses": {"200": _ok("ActiveAlerts"), "400": _BAD}}},
+    "/api/v1/alerts/history": {"get": {
+        "summary": "Recorded transitions, newest first", "tags": ["alerting"],
+        "parameters": [_q("rule", "only this rule"), _q("host", "only this host"),
+                       _q("since", f"sample time >= this ({_TIME})"),
+                       _q("until", f"sample time < this ({_TIME})"),
+                       _q("status", "transition to this state",
+                          {"type": "string", "enum": list(_STATUSES)}),
+                       _q("limit", "at most this many (default 1000)",
+                          {"type": "integer", "minimum": 1, "maximum": 10000})],
+        "responses": {"200": _ok("AlertHistory"), "400": _BAD}}},
+    "/api/v1/rules": {"get": {
+        "summary": "Loaded alert rules, settings, receivers and each rule's evaluation health",
+        "tags": ["alerting"], "responses": {"200": _ok("AlertRules")}}},
+    "/api/v1/rules/reload": {"post": {
+        "summary": "Re-read the rules file (kept unchanged if invalid)", "tags": ["alerting"],
+        "responses": {"200": {"description": "reloaded",
+                              "content": {JSON: {"schema": {"type": "object"}}}},
+                      "400": {"description": "invalid file: every error with FILE:LINE",
+                              "content": {JSON: {"schema": {
+                                  "$ref": "#/components/schemas/AlertingError"}}}}}}},
+    "/api/v1/silences": {
+        "get": {"summary": "Silences not yet expired (all=true: every silence kept)",
+                "tags": ["alerting"],
+                "parameters": [_q("all", "include expired ones", {"type": "boolean"})],
+                "responses": {"200": _ok("Silences"), "400": _BAD}},
+        "post": {"summary": "Create a silence: matching alerts are recorded but not notified",
+                 "tags": ["alerting"],
+                 "requestBody": {"required": True, "content": {JSON: {"schema": {
+                     "$ref": "#/components/schemas/SilenceIn"}}}},
+                 "responses": {"201": {"description": "created", "content": {JSON: {
+                     "schema": {"type": "object", "properties": {
+                         "id": {"type": "string"}, "starts_ms": {"type": "integer"},
+                         "ends_ms": {"type": "integer"}}}}}},
+                     "400": _BAD}}},
+    "/api/v1/silences/{id}": {"delete": {
+        "summary": "Expire a silence now", "tags": ["alerting"],
+        "parameters": [{"name": "id", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "expired"}, "400": _BAD,
+                      "404": {"description": "no such silence"}}}},
+}
+
+_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+OPENAPI_SCHEMAS: dict[str, Any] = {
+    "AlertingError": {"type": "object", "required": ["error"], "properties": {
+        "error": {"type": "string"}, "errors": {"type": "array", "items": {"type": "string"}}}},
+    "ActiveAlerts": {"type": "object", "properties": {"alerts": {"type": "array", "items": {
+        "type": "object", "properties": {
+            "rule": {"type": "string"}, "host": {"type": "string"}, "labels": _LABELS,
+            "alert_labels": _LABELS, "status": {"type": "string", "enum": ["pending", "firing"]},
+            "active_since_ms": {"type": ["integer", "null"]},
+            "fired_at_ms": {"type": ["integer", "null"]},
+            "value": {"type": ["number", "null"]}, "notified": {"type": "boolean"},
+            "silenced_by": {"type": ["string", "null"]}, "fingerprint": {"type": "string"},
+            "annotations": _LABELS}}}}},
+    "AlertHistory": {"type": "object", "properties": {"history": {"type": "array", "items": {
+        "type": "object", "properties": {
+            "id": {"type": "integer"}, "rule": {"type": "string"}, "host": {"type": "string"},
+            "labels": _LABELS, "from": {"type": "string"},
+            "status": {"type": "string", "enum": list(_STATUSES)},
+            "at_ms": {"type": "integer", "description": "sample time of the transition"},
+            "created_ms": {"type": "integer"}, "value": {"type": ["number", "null"]},
+            "historical": {"type": "boolean",
+                           "description": "older than notify_max_age or back-filled: "
+                                          "recorded, never notified"},
+            "silenced": {"type": "boolean"}, "notified": {"type": "boolean"},
+            "reason": {"type": "string"}, "fingerprint": {"type": "string"},
+            "annotations": _LABELS}}}}},
+    "AlertRules": {"type": "object", "properties": {
+        "source": {"type": "string"}, "digest": {"type": "string"},
+        "settings": {"type": "object"}, "receivers": {"type": "array"},
+        "rules": {"type": "array", "items": {"type": "object"}}}},
+    "SilenceIn": {"type": "object", "required": ["matchers"], "properties": {
+        "matchers": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["name", "value"], "properties": {
+                "name": {"type": "string"}, "value": {"type": "string"},
+                "isRegex": {"type": "boolean", "default": False},
+                "isEqual": {"type": "boolean", "default": True}}}},
+        "startsAt": {"type": ["string", "integer"], "description": _TIME},
+        "endsAt": {"type": ["string", "integer"], "description": _TIME},
+        "duration": {"type": "string", "description": "instead of endsAt: 30m, 2h, 1d"},
+        "createdBy": {"type": "string"}, "comment": {"type": "string"}}},
+    "Silences": {"type": "object", "properties": {"silences": {"type": "array", "items": {
+        "type": "object", "properties": {
+            "id": {"type": "string"}, "matchers": {"type": "array"},
+            "starts_ms": {"type": "integer"}, "ends_ms": {"type": "integer"},
+            "state": {"type": "string", "enum": ["pending", "active", "expired"]},
+            "created_by": {"type": "string"}, "comment": {"type": "string"}}}}}},
+}
+
+
+def merge_openapi(document: dict[str, Any]) -> dict[str, Any]:
+    """Add the alerting paths and schemas to an OpenAPI document (in place; returned)."""
+    document.setdefault("paths", {}).update(OPENAPI_PATHS)
+    document.setdefault("components", {}).setdefault("schemas", {}).update(OPENAPI_SCHEMAS)
+    return document
+
+
+__all__ += ["parse_time_ms"]

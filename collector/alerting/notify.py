@@ -1,0 +1,234 @@
+"""Delivery of the outbox: Alertmanager-compatible webhooks (aiohttp) and MQTT publishes.
+
+Per receiver, strictly oldest first: the oldest pending row starts a message once it is
+``group_wait`` old; the message holds every pending row of the same receiver and rule created
+within ``group_wait`` of it (at most one transition per alert: a later transition of the same
+alert goes in the next message, so order per alert is kept). While a receiver fails, nothing
+newer is sent to it: it is retried with capped exponential back-off, and the queue is kept in
+SQLite, so a restart resumes where it stopped.
+
+A 2xx answer marks the rows delivered in the same transaction that records the delivery. A
+crash between the receiver's answer and that commit sends the same message again after the
+restart, with the same ``Idempotency-Key`` header and the same per-transition
+``idempotencyKey`` in every alert: receivers that care can drop the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from .engine import MQTT_RECEIVER, AlertEngine, alert_topic
+
+__all__ = ["DeliveryWorker", "webhook_payload"]
+
+log = logging.getLogger("edgemon.collector.alerting.notify")
+
+_PERMANENT = {400, 401, 403, 404, 405, 410, 413, 422}  # retrying will not help
+
+
+def webhook_payload(receiver: str, rule: str, alerts: list[dict[str, Any]],
+                    external_url: str) -> dict[str, Any]:
+    """The body Alertmanager POSTs to a webhook receiver (version "4")."""
+    status = "firing" if any(a["status"] == "firing" for a in alerts) else "resolved"
+    common_labels = dict(alerts[0]["labels"]) if alerts else {}
+    common_annotations = dict(alerts[0]["annotations"]) if alerts else {}
+    for a in alerts[1:]:
+        common_labels = {k: v for k, v in common_labels.items() if a["labels"].get(k) == v}
+        common_annotations = {k: v for k, v in common_annotations.items()
+                              if a["annotations"].get(k) == v}
+    return {"version": "4", "groupKey": f'{{}}:{{alertname="{rule}"}}', "truncatedAlerts": 0,
+            "status": status, "receiver": receiver, "groupLabels": {"alertname": rule},
+            "commonLabels": common_labels, "commonAnnotations": common_annotations,
+            "externalURL": external_url, "alerts": alerts}
+
+
+class DeliveryWorker:
+    """``await start()`` after the engine exists, ``await stop()`` before ``engine.close()``.
+
+    ``session``: an aiohttp ClientSession to use (default: its own). ``poll_s``: the longest
+    sleep between checks (it also wakes when a cycle queued notifications)."""
+
+    def __init__(self, engine: AlertEngine, *, session: aiohttp.ClientSession | None = None,
+                 poll_s: float = 1.0) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.poll_s = poll_s
+        self._session = session
+        self._own_session = session is None
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.delivered_messages = 0
+        self.failed_attempts = 0
+        self.after_post: Callable[[str, list[int]], None] | None = None  # test hook
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        self.engine.add_listener(self.wake)
+        self._task = asyncio.create_task(self._run(), name="edgemon-alert-delivery")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def wake(self) -> None:
+        """Thread-safe: deliver now (called by the engine after it queued notifications)."""
+        loop, event = self._loop, self._wake
+        if loop is not None and event is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            self._wake.clear()
+            try:
+                due = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("alert delivery failed")
+                due = None
+            now = self.engine.clock_ms()
+            timeout = self.poll_s if due is None else min(self.poll_s, max(0.0, (due - now)
+                                                                             / 1000))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # --- one pass -------------------------------------------------------------------------
+
+    async def run_once(self) -> int | None:
+        """Send everything that is due; return when the next message will be due (ms) or
+        None if nothing is waiting."""
+        receivers = await asyncio.to_thread(self.store.pending_receivers)
+        dues = await asyncio.gather(*(self._drain(name) for name in receivers))
+        known = [d for d in dues if d is not None]
+        return min(known) if known else None
+
+    def _next(self, receiver: str, now: int) -> tuple[list[Any], int | None]:
+        """(rows of the next message, None) or ([], when something will be due)."""
+        settings = self.engine.settings
+        retry_at = self.store.next_attempt_ms(receiver)
+        first = self.store.oldest_pending(receiver)
+        if first is None:
+            return [], None
+        wait = 0 if receiver == MQTT_RECEIVER else settings.group_wait
+        due = max(retry_at, first["created_ms"] + wait)
+        if due > now:
+            return [], due
+        if receiver == MQTT_RECEIVER:
+            rows = self.store.query("SELECT * FROM outbox WHERE receiver=? AND state='pending' "
+                                    "ORDER BY id LIMIT 500", (receiver,))
+            return rows, None
+        return self.store.group_rows(receiver, first, wait, settings.max_alerts_per_message), None
+
+    async def _drain(self, name: str) -> int | None:
+        while True:
+            now = self.engine.clock_ms()
+            rows, due = await asyncio.to_thread(self._next, name, now)
+            if not rows:
+                return due
+            if name == MQTT_RECEIVER:
+                ok = await self._publish(rows)
+            else:
+                receiver = self.engine.ruleset.receivers.get(name)
+                if receiver is None:  # removed by a reload: dropped there
+                    return None
+                ok = await self._post(receiver, rows)
+            if not ok:
+                return None
+
+    async def _post(self, receiver: Any, rows: list[Any]) -> bool:
+        assert self._session is not None
+        settings = self.engine.settings
+        rule = rows[0]["rule"]
+        alerts = [json.loads(r["body"]) for r in rows]
+        payload = webhook_payload(receiver.name, rule, alerts, settings.external_url)
+        ids = [int(r["id"]) for r in rows]
+        keys = [r["idempotency_key"] for r in rows]
+        idem = hashlib.sha256(f"{receiver.name}|{'|'.join(keys)}".encode()).hexdigest()[:32]
+        headers = {"Content-Type": "application/json", "Idempotency-Key": idem,
+                   "User-Agent": "edgemon-collector-alerting", **receiver.headers}
+        body = json.dumps(payload).encode()
+        timeout = aiohttp.ClientTimeout(total=receiver.timeout / 1000)
+        status: int | None = None
+        error = ""
+        try:
+            async with self._session.post(receiver.url, data=body, headers=headers,
+                                          timeout=timeout) as resp:
+                status = resp.status
+                if not 200 <= status < 300:
+                    error = f"HTTP {status}: {(await resp.text())[:200]}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        now = self.engine.clock_ms()
+        if status is not None and 200 <= status < 300:
+            if self.after_post is not None:
+                self.after_post(receiver.name, ids)
+            await asyncio.to_thread(self.store.mark_delivered, ids, receiver.name,
+                                    payload["groupKey"], idem, now, status)
+            self.delivered_messages += 1
+            return True
+        if status in _PERMANENT:
+            log.error("receiver %s rejected a message for good (%s); dropped %d alerts",
+                      receiver.name, error, len(ids))
+            await asyncio.to_thread(self.store.mark_delivered, ids, receiver.name,
+                                    payload["groupKey"], idem, now, status, "rejected")
+            return True
+        self.failed_attempts += 1
+        nxt = await asyncio.to_thread(self.store.record_failure, receiver.name, ids, error, now,
+                                      settings.retry_initial, settings.retry_max)
+        log.warning("receiver %s failed (%s); retry in %.1f s", receiver.name, error,
+                    (nxt - now) / 1000)
+        return False
+
+    async def _publish(self, rows: list[Any]) -> bool:
+        publish = self.engine.publish
+        settings = self.engine.settings
+        now = self.engine.clock_ms()
+        if publish is None:  # queued by an earlier run that had a publisher: nobody to send to
+            await asyncio.to_thread(self.store.mark_delivered, [int(r["id"]) for r in rows],
+                                    MQTT_RECEIVER, "mqtt", f"mqtt-dropped-{rows[0]['id']}", now,
+                                    None, "dropped")
+            return True
+        done: list[int] = []
+        error = ""
+        for r in rows:
+            body = json.loads(r["body"])
+            try:
+                await asyncio.to_thread(publish, alert_topic(body["rule"], body["host"]),
+                                        r["body"].encode())
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                break
+            done.append(int(r["id"]))
+        now = self.engine.clock_ms()
+        if done:
+            await asyncio.to_thread(self.store.mark_delivered, done, MQTT_RECEIVER, "mqtt",
+                                    f"mqtt-{done[0]}-{done[-1]}-{now}", now, None)
+        if error:
+            self.failed_attempts += 1
+            rest = [int(r["id"]) for r in rows if int(r["id"]) not in set(done)]
+            await asyncio.to_thread(self.store.record_failure, MQTT_RECEIVER, rest[:1], error,
+                                    now, settings.retry_initial, settings.retry_max)
+            return False
+        return True

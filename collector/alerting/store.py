@@ -1,0 +1,309 @@
+"""The alerting engine's own SQLite file (stdlib sqlite3, WAL): alert state, history, the
+notification outbox, deliveries, silences and per-rule progress.
+
+Everything one evaluation cycle decides (state rows, history rows, outbox rows, watermarks) is
+written in one transaction, so a crash leaves either all of it or none. A delivery marks its
+outbox rows delivered in the same transaction that records the delivery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AlertStore"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rule_state (
+    rule TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    signature TEXT NOT NULL,       -- what the state depends on (kind, metric, match, step)
+    watermark INTEGER NOT NULL,    -- newest evaluation time processed
+    last_eval_ms INTEGER,          -- wall clock of the last cycle
+    duration_ms REAL,
+    series INTEGER,
+    error TEXT,
+    blob TEXT                      -- kind-specific extra state (JSON), e.g. EWMA baselines
+);
+CREATE TABLE IF NOT EXISTS alerts (   -- every series that is pending or firing (or has an
+    rule TEXT NOT NULL,               -- EWMA baseline worth keeping: see blob)
+    key TEXT NOT NULL,
+    host TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    status TEXT NOT NULL,             -- pending | firing
+    active_since INTEGER,
+    fired_at INTEGER,
+    clearing_since INTEGER,
+    value REAL,
+    wm INTEGER,
+    last_data INTEGER,
+    notified INTEGER NOT NULL DEFAULT 0,
+    fingerprint TEXT NOT NULL,
+    alert_labels TEXT NOT NULL,
+    annotations TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (rule, key)
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY,
+    rule TEXT NOT NULL,
+    key TEXT NOT NULL,
+    host TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    from_status TEXT NOT NULL,
+    status TEXT NOT NULL,             -- pending | firing | resolved | inactive
+    at_ms INTEGER NOT NULL,           -- sample time of the transition
+    created_ms INTEGER NOT NULL,      -- wall clock when recorded
+    value REAL,
+    starts_at INTEGER,
+    ends_at INTEGER,
+    historical INTEGER NOT NULL,
+    silenced INTEGER NOT NULL,
+    notified INTEGER NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    fingerprint TEXT NOT NULL,
+    annotations TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_at ON history (at_ms);
+CREATE INDEX IF NOT EXISTS history_rule_host ON history (rule, host, at_ms);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    history_id INTEGER NOT NULL,
+    receiver TEXT NOT NULL,           -- a [[receiver]] name, or "mqtt"
+    rule TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    body TEXT NOT NULL,               -- the alert object (webhook) or payload (mqtt), JSON
+    created_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'pending', -- pending | delivered | dropped
+    delivered_ms INTEGER,
+    delivery_id INTEGER,
+    UNIQUE (history_id, receiver)
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (receiver, state, id);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    receiver TEXT NOT NULL,
+    group_key TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    sent_ms INTEGER NOT NULL,
+    alerts INTEGER NOT NULL,
+    status_code INTEGER
+);
+CREATE TABLE IF NOT EXISTS receiver_state (
+    receiver TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    next_attempt_ms INTEGER NOT NULL,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS silences (
+    id TEXT PRIMARY KEY,
+    matchers TEXT NOT NULL,
+    starts_ms INTEGER NOT NULL,
+    ends_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS holes (
+    rule TEXT NOT NULL,
+    key TEXT NOT NULL,
+    from_ms INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (rule, key, from_ms)
+);
+"""
+
+
+class AlertStore:
+    """One connection, serialised by a lock: the cycle runs in a worker thread, the API and
+    the delivery worker call from others."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                  timeout=30.0)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=OFF")
+        with self.transaction() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE key='engine_id'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('engine_id', ?)", (uuid.uuid4().hex[:12],))
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        self.engine_id: str = self.db.execute(
+            "SELECT value FROM meta WHERE key='engine_id'").fetchone()[0]
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self.lock:
+            return self.db.execute(sql, params).fetchall()
+
+    # --- rule progress ----------------------------------------------------------------------
+
+    def rule_states(self) -> dict[str, sqlite3.Row]:
+        return {r["rule"]: r for r in self.query("SELECT * FROM rule_state")}
+
+    def alert_rows(self, rule: str | None = None) -> list[sqlite3.Row]:
+        if rule is None:
+            return self.query("SELECT * FROM alerts ORDER BY rule, key")
+        return self.query("SELECT * FROM alerts WHERE rule=? ORDER BY key", (rule,))
+
+    def hole_rows(self) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM holes ORDER BY rule, from_ms")
+
+    # --- silences ---------------------------------------------------------------------------
+
+    def silences(self, now_ms: int | None = None, include_expired: bool = False,
+                 ) -> list[dict[str, Any]]:
+        rows = self.query("SELECT * FROM silences ORDER BY created_ms")
+        out = []
+        for r in rows:
+            if not include_expired and now_ms is not None and r["ends_ms"] <= now_ms:
+                continue
+            out.append({"id": r["id"], "matchers": json.loads(r["matchers"]),
+                        "starts_ms": r["starts_ms"], "ends_ms": r["ends_ms"],
+                        "created_by": r["created_by"], "comment": r["comment"],
+                        "created_ms": r["created_ms"], "updated_ms": r["updated_ms"]})
+        return out
+
+    def add_silence(self, matchers: list[dict[str, Any]], starts_ms: int, ends_ms: int,
+                    created_by: str, comment: str, now_ms: int) -> str:
+        sid = uuid.uuid4().hex
+        with self.transaction() as db:
+            db.execute("INSERT INTO silences VALUES (?,?,?,?,?,?,?,?)",
+                       (sid, json.dumps(matchers), starts_ms, ends_ms, created_by, comment,
+                        now_ms, now_ms))
+        return sid
+
+    def expire_silence(self, sid: str, now_ms: int) -> bool:
+        with self.transaction() as db:
+            row = db.execute("SELECT ends_ms FROM silences WHERE id=?", (sid,)).fetchone()
+            if row is None:
+                return False
+            if row["ends_ms"] > now_ms:
+                db.execute("UPDATE silences SET ends_ms=?, updated_ms=? WHERE id=?",
+                           (now_ms, now_ms, sid))
+        return True
+
+    # --- outbox -----------------------------------------------------------------------------
+
+    def pending_receivers(self) -> list[str]:
+        return [r[0] for r in self.query(
+            "SELECT DISTINCT receiver FROM outbox WHERE state='pending'")]
+
+    def oldest_pending(self, receiver: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM outbox WHERE receiver=? AND state='pending' "
+                          "ORDER BY id LIMIT 1", (receiver,))
+        return rows[0] if rows else None
+
+    def group_rows(self, receiver: str, first: sqlite3.Row, group_wait_ms: int,
+                   limit: int) -> list[sqlite3.Row]:
+        """The message that starts with ``first``: pending rows of the same receiver and rule
+        created within ``group_wait_ms`` of it, in id order, at most one per fingerprint."""
+        rows = self.query(
+            "SELECT * FROM outbox WHERE receiver=? AND state='pending' AND rule=? AND id>=? "
+            "AND created_ms<=? ORDER BY id LIMIT ?",
+            (receiver, first["rule"], first["id"], first["created_ms"] + group_wait_ms,
+             limit * 4))
+        out: list[sqlite3.Row] = []
+        seen: set[str] = set()
+        for r in rows:
+            if r["fingerprint"] in seen:
+                break  # the next transition of an alert already in this message waits
+            seen.add(r["fingerprint"])
+            out.append(r)
+            if len(out) >= limit:
+                break
+        return out
+
+    def mark_delivered(self, ids: list[int], receiver: str, group_key: str,
+                       idempotency_key: str, now_ms: int, status_code: int | None,
+                       state: str = "delivered") -> None:
+        """Record the delivery and mark its rows, in one transaction."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO deliveries (receiver, group_key, idempotency_key, sent_ms, alerts, "
+                "status_code) VALUES (?,?,?,?,?,?) ON CONFLICT (idempotency_key) DO UPDATE SET "
+                "sent_ms=excluded.sent_ms RETURNING id",
+                (receiver, group_key, idempotency_key, now_ms, len(ids), status_code))
+            delivery_id = cur.fetchone()[0]
+            db.executemany("UPDATE outbox SET state=?, delivered_ms=?, delivery_id=?, "
+                           "attempts=attempts+1 WHERE id=? AND state='pending'",
+                           [(state, now_ms, delivery_id, i) for i in ids])
+            db.execute("DELETE FROM receiver_state WHERE receiver=?", (receiver,))
+
+    def record_failure(self, receiver: str, ids: list[int], error: str, now_ms: int,
+                       initial_ms: int, max_ms: int) -> int:
+        """One more failed attempt: back off exponentially. Returns the next attempt time."""
+        with self.transaction() as db:
+            row = db.execute("SELECT failures FROM receiver_state WHERE receiver=?",
+                             (receiver,)).fetchone()
+            failures = (row["failures"] if row else 0) + 1
+            delay = min(max_ms, initial_ms * 2 ** min(failures - 1, 40))
+            nxt = now_ms + delay
+            db.execute("INSERT INTO receiver_state VALUES (?,?,?,?) ON CONFLICT (receiver) DO "
+                       "UPDATE SET failures=excluded.failures, next_attempt_ms=excluded."
+                       "next_attempt_ms, last_error=excluded.last_error",
+                       (receiver, failures, nxt, error[:500]))
+            db.executemany("UPDATE outbox SET attempts=attempts+1 WHERE id=?",
+                           [(i,) for i in ids])
+        return nxt
+
+    def next_attempt_ms(self, receiver: str) -> int:
+        rows = self.query("SELECT next_attempt_ms FROM receiver_state WHERE receiver=?",
+                          (receiver,))
+        return int(rows[0][0]) if rows else 0
+
+    def drop_receiver_rows(self, receivers_kept: set[str], now_ms: int) -> int:
+        """Pending rows for receivers that no longer exist are dropped (not delivered)."""
+        with self.transaction() as db:
+            names = [r[0] for r in db.execute(
+                "SELECT DISTINCT receiver FROM outbox WHERE state='pending'")]
+            gone = [n for n in names if n not in receivers_kept]
+            count = 0
+            for name in gone:
+                count += db.execute("UPDATE outbox SET state='dropped', delivered_ms=? "
+                                    "WHERE receiver=? AND state='pending'",
+                                    (now_ms, name)).rowcount
+        return count
+
+    def prune(self, before_ms: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM outbox WHERE state!='pending' AND delivered_ms<?",
+                       (before_ms,))
+            db.execute("DELETE FROM history WHERE created_ms<? AND id NOT IN "
+                       "(SELECT history_id FROM outbox)", (before_ms,))
+            db.execute("DELETE FROM deliveries WHERE sent_ms<?", (before_ms,))
+            db.execute("DELETE FROM silences WHERE ends_ms<?", (before_ms,))
