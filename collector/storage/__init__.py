@@ -1,1 +1,38 @@
-"""Storage backends behind one interface (``base.Storage``)."""
+"""Storage backends behind one interface (``base.Storage``).
+
+``open_storage(url_or_path, **options)`` picks the backend: a file path (or ``sqlite:///path``)
+opens the embedded SQLite store; ``postgresql://`` is reserved for the PostgreSQL backend.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .base import Storage
+
+__all__ = ["Storage", "open_storage"]
+
+
+def open_storage(url_or_path: str | os.PathLike[str], **options: Any) -> Storage:
+    """A ``Storage`` for ``url_or_path``; ``options`` go to the backend's constructor."""
+    target = os.fspath(url_or_path)
+    if target.startswith(("postgresql://", "postgres://")):
+        raise NotImplementedError(
+            "PostgreSQL storage is not implemented yet; use a SQLite file path such as "
+            "/var/lib/edgemon/edgemon.db")
+    if target.startswith("sqlite://"):
+        target = target.removeprefix("sqlite://")
+        if target.startswith("/") and not target.startswith("//"):
+            target = target[1:]  # sqlite:///relative/path, sqlite:////absolute/path
+        elif target.startswith("//"):
+            target = target[1:]
+    elif "://" in target:
+        scheme = target.split("://", 1)[0]
+        raise ValueError(f"unknown storage scheme {scheme!r}: use a file path, sqlite:/// or "
+                         "postgresql://")
+    if not target:
+        raise ValueError("storage path is empty")
+    from .sqlite import SQLiteStorage  # numpy is only imported when a store is opened
+
+    return SQLiteStorage(target, **options)

@@ -1,0 +1,389 @@
+"""Compact, exact encodings of int64 columns: block timestamps, series chunks, rollup blocks.
+
+Every column is turned into small unsigned integers (delta or delta-of-delta, then zigzag), cut
+to the fewest little-endian bytes that hold the largest one, stored byte plane by byte plane
+(all low bytes, then all second bytes, ...), and each blob is one zstd frame. Planes of
+near-constant bytes compress to almost nothing. Arithmetic is modulo 2**64 (numpy int64 wraps),
+so every round trip is exact for any int64, even when a difference overflows.
+
+Layouts (before zstd; integers little-endian):
+
+- times: ``u8 version | u32 n | i64 t0 | planes(zigzag(delta of delta))``
+- chunk: ``u8 version | u8 mode | u32 n | i64 v0 | u8 has_mask | [packbits(mask over the block's
+  times)] | planes(zigzag(delta or delta of delta))`` (mode 1 = delta, 2 = delta of delta)
+- rollup: ``u8 version | u32 n | i64 window start | planes per column`` (see ``encode_rollup``)
+
+where ``planes(u) = u8 width | width byte planes of n values``.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+
+import numpy as np
+import zstandard
+
+__all__ = [
+    "ROLLUP_COLUMNS",
+    "decode_chunk",
+    "decode_chunks",
+    "decode_rollups",
+    "decode_times",
+    "encode_chunks",
+    "encode_rollups",
+    "encode_times",
+    "unzigzag",
+    "zigzag",
+]
+
+_VERSION = 1
+_TIMES_HEAD = struct.Struct("<BIq")
+_CHUNK_HEAD = struct.Struct("<BBIqB")
+_ROLLUP_HEAD = struct.Struct("<BIq")
+_I64 = np.int64
+_U64 = np.uint64
+
+_local = threading.local()  # zstd contexts are not thread-safe: one set per thread
+
+
+def _cctx(level: int) -> zstandard.ZstdCompressor:
+    cache = getattr(_local, "cctx", None)
+    if cache is None:
+        cache = _local.cctx = {}
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return c
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+def zigzag(x: np.ndarray) -> np.ndarray:
+    """int64 -> uint64 with small magnitudes first (0, -1, 1, -2 ... -> 0, 1, 2, 3 ...)."""
+    x = np.asarray(x, dtype=_I64)
+    return ((x << 1) ^ (x >> 63)).view(_U64)
+
+
+def unzigzag(u: np.ndarray) -> np.ndarray:
+    u = np.asarray(u, dtype=_U64)
+    return (u >> _U64(1)).view(_I64) ^ (-(u & _U64(1)).view(_I64))
+
+
+def _width_of(top: int) -> int:
+    return (int(top).bit_length() + 7) // 8
+
+
+def _planes(u: np.ndarray, width: int | None = None) -> bytes:
+    """One width byte, then the low ``width`` byte planes of ``u`` (uint64, little-endian)."""
+    if width is None:
+        width = _width_of(u.max()) if u.size else 0
+    if width == 0:
+        return b"\x00"
+    le = u.astype("<u8", copy=False).view(np.uint8).reshape(-1, 8)[:, :width]
+    return bytes((width,)) + np.ascontiguousarray(le.T).tobytes()
+
+
+def _unplanes(buf: memoryview, pos: int, n: int) -> tuple[np.ndarray, int]:
+    width = buf[pos]
+    pos += 1
+    if width == 0:
+        return np.zeros(n, dtype=_U64), pos
+    out = np.zeros((n, 8), dtype=np.uint8)
+    size = width * n
+    out[:, :width] = np.frombuffer(buf[pos:pos + size], dtype=np.uint8).reshape(width, n).T
+    return out.view("<u8").reshape(n).astype(_U64, copy=False), pos + size
+
+
+def _diff(x: np.ndarray) -> np.ndarray:
+    """[0, x1 - x0, x2 - x1, ...] (wrapping)."""
+    out = np.empty_like(x)
+    if x.size:
+        out[0] = 0
+        np.subtract(x[1:], x[:-1], out=out[1:])
+    return out
+
+
+# -- block timestamps ---------------------------------------------------------------------------
+
+def encode_times(ts: np.ndarray, level: int = 3) -> bytes:
+    """Strictly increasing timestamps shared by every series of one block."""
+    ts = np.asarray(ts, dtype=_I64)
+    if ts.size == 0:
+        raise ValueError("a block needs at least one timestamp")
+    head = _TIMES_HEAD.pack(_VERSION, ts.size, int(ts[0]))
+    return _cctx(level).compress(head + _planes(zigzag(_diff(_diff(ts)))))
+
+
+def decode_times(blob: bytes) -> np.ndarray:
+    raw = memoryview(_dctx().decompress(blob))
+    version, n, t0 = _TIMES_HEAD.unpack_from(raw, 0)
+    if version != _VERSION:
+        raise ValueError(f"unknown times version {version}")
+    dod, _ = _unplanes(raw, _TIMES_HEAD.size, n)
+    with np.errstate(over="ignore"):
+        return np.cumsum(np.cumsum(unzigzag(dod))) + _I64(t0)
+
+
+# -- series chunks ------------------------------------------------------------------------------
+
+def encode_chunks(values: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                  masks: list[bytes | None], level: int = 3) -> list[bytes]:
+    """One chunk per segment ``values[starts[i]:ends[i]]`` (one series each).
+
+    ``masks[i]`` is ``np.packbits`` of which of the block's timestamps the series has, or None
+    when it has all of them. Deltas, zigzag and widths are computed for all segments at once.
+    """
+    values = np.asarray(values, dtype=_I64)
+    n = values.size
+    if n == 0:
+        return []
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    with np.errstate(over="ignore"):
+        dv = _diff(values)
+        dv[starts] = 0
+        ddv = _diff(dv)
+        ddv[starts] = 0
+        second = starts + 1
+        second = second[second < ends]
+        ddv[second] = dv[second]
+    z1, z2 = zigzag(dv), zigzag(ddv)
+    w1 = [_width_of(x) for x in np.maximum.reduceat(z1, starts)]
+    w2 = [_width_of(x) for x in np.maximum.reduceat(z2, starts)]
+    cctx = _cctx(level)
+    out = []
+    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        # Counters rising at a steady rate shrink under delta-of-delta; noisy gauges do not.
+        if e - s > 2 and w2[i] < w1[i]:
+            mode, coded, width = 2, z2[s:e], w2[i]
+        else:
+            mode, coded, width = 1, z1[s:e], w1[i]
+        mask = masks[i]
+        head = _CHUNK_HEAD.pack(_VERSION, mode, e - s, int(values[s]), mask is not None)
+        out.append(cctx.compress(b"".join((head, mask or b"", _planes(coded, width)))))
+    return out
+
+
+def decode_chunk(blob: bytes, block_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(timestamps, values) of one chunk, given its block's timestamps."""
+    raw = memoryview(_dctx().decompress(blob))
+    version, mode, n, v0, has_mask = _CHUNK_HEAD.unpack_from(raw, 0)
+    if version != _VERSION:
+        raise ValueError(f"unknown chunk version {version}")
+    pos = _CHUNK_HEAD.size
+    if has_mask:
+        size = (block_times.size + 7) // 8
+        bits = np.unpackbits(np.frombuffer(raw[pos:pos + size], dtype=np.uint8),
+                             count=block_times.size).astype(bool)
+        ts = block_times[bits]
+        pos += size
+    else:
+        ts = block_times
+    if ts.size != n:
+        raise ValueError("chunk does not match its block's timestamps")
+    coded, pos = _unplanes(raw, pos, n)
+    with np.errstate(over="ignore"):
+        v = unzigzag(coded)
+        if mode == 2:
+            v = np.cumsum(v)
+        values = np.cumsum(v) + _I64(v0)
+    return ts, values
+
+
+def decode_chunks(blobs: list[bytes], block_times: list[np.ndarray]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(timestamps, values, sizes) of many chunks at once, concatenated in order."""
+    dctx = _dctx()
+    n_blobs = len(blobs)
+    sizes = np.zeros(n_blobs, dtype=np.int64)
+    v0 = np.zeros(n_blobs, dtype=_I64)
+    mode2 = np.zeros(n_blobs, dtype=bool)
+    ts_parts, coded_parts = [], []
+    for i, (blob, bt) in enumerate(zip(blobs, block_times, strict=True)):
+        raw = memoryview(dctx.decompress(blob))
+        version, mode, n, first, has_mask = _CHUNK_HEAD.unpack_from(raw, 0)
+        if version != _VERSION:
+            raise ValueError(f"unknown chunk version {version}")
+        pos = _CHUNK_HEAD.size
+        if has_mask:
+            size = (bt.size + 7) // 8
+            bits = np.unpackbits(np.frombuffer(raw[pos:pos + size], dtype=np.uint8),
+                                 count=bt.size).view(bool)
+            ts_parts.append(bt[bits])
+            pos += size
+        else:
+            ts_parts.append(bt)
+        if ts_parts[-1].size != n:
+            raise ValueError("chunk does not match its block's timestamps")
+        u, _ = _unplanes(raw, pos, n)
+        coded_parts.append(u)
+        sizes[i], v0[i], mode2[i] = n, first, mode == 2
+    if not n_blobs:
+        e = np.empty(0, dtype=_I64)
+        return e, e, sizes
+    ts = np.concatenate(ts_parts)
+    d = unzigzag(np.concatenate(coded_parts))
+    starts = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
+    seg = np.repeat(np.arange(n_blobs), sizes)
+    with np.errstate(over="ignore"):
+        if mode2.any():
+            rows = mode2[seg]
+            d = np.where(rows, _seg_cumsum(d, starts, seg), d)
+        values = _seg_cumsum(d, starts, seg) + v0[seg]
+    return ts, values, sizes
+
+
+# -- rollup blocks ------------------------------------------------------------------------------
+
+# One row per bucket; on disk each row is 9 columns, each zigzagged and cut to its own byte width
+# (per blob). In memory every column is absolute. Stored: bucket index and last delta-coded
+# across the blob's buckets; last_ts as the offset from the bucket start; max relative to last;
+# first relative to last (0 for gauges, whose first_v is last_v); min relative to first (0 for
+# counters without reset); the sum relative to count * the middle of min and max; corr as is
+# (0 unless a counter reset). All modulo 2**64: decoding redoes the same wrapping arithmetic.
+ROLLUP_COLUMNS = ("start", "count", "sum", "min", "max", "first_v", "last_ts", "last_v", "corr")
+_K = 9
+_BYTES = np.array([1 << (8 * i) for i in range(1, 8)], dtype=_U64)
+
+
+def _byte_widths(top: np.ndarray) -> np.ndarray:
+    """Bytes needed for each uint64 in ``top`` (0 for 0)."""
+    w = np.searchsorted(_BYTES, top, side="right") + 1
+    return np.where(top == 0, 0, w)
+
+
+def _mid(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return lo + (hi - lo) // 2
+
+
+def _starts_mask(starts: np.ndarray, n: int) -> np.ndarray:
+    m = np.zeros(n, dtype=bool)
+    m[starts] = True
+    return m
+
+
+def _seg_diff(x: np.ndarray, first: np.ndarray, initial: np.ndarray | int) -> np.ndarray:
+    """x[i] - x[i-1] inside a segment, x[i] - initial at a segment's first row."""
+    d = np.empty_like(x)
+    d[0] = 0
+    np.subtract(x[1:], x[:-1], out=d[1:])
+    d[first] = x[first] - initial
+    return d
+
+
+def _seg_cumsum(d: np.ndarray, starts: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    """Cumulative sum restarting at each segment start (``seg`` = segment of each row)."""
+    c = np.cumsum(d)
+    before = np.r_[_I64(0), c[starts[1:] - 1]] if starts.size else np.empty(0, dtype=_I64)
+    return c - before[seg]
+
+
+def encode_rollups(b: dict[str, np.ndarray], starts: np.ndarray, windows: np.ndarray,
+                   bucket_ms: int, level: int = 3) -> list[bytes]:
+    """One blob per segment of ``b`` (rows ``starts[i]`` up to the next start): the buckets of
+    one series in the rollup window ``windows[i]``; rows sorted by (series, start)."""
+    n = int(b["start"].size)
+    if n == 0:
+        return []
+    starts = np.asarray(starts, dtype=np.int64)
+    first = _starts_mask(starts, n)
+    seg = np.cumsum(first) - 1
+    with np.errstate(over="ignore"):
+        start = b["start"].astype(_I64)
+        count = b["count"].astype(_I64)
+        last = b["last_v"].astype(_I64)
+        lo = b["min"].astype(_I64)
+        hi = b["max"].astype(_I64)
+        fv = b["first_v"].astype(_I64)
+        index = (start - np.asarray(windows, dtype=_I64)[seg]) // bucket_ms
+        coded = np.stack([
+            _seg_diff(index, first, -1),
+            _seg_diff(count, first, 0),
+            _seg_diff(last, first, 0),
+            last - fv,
+            fv - lo,
+            hi - last,
+            b["sum"].astype(_I64) - count * _mid(lo, hi),
+            b["last_ts"].astype(_I64) - start,
+            b["corr"].astype(_I64),
+        ], axis=1)
+    zz = zigzag(coded)
+    widths = _byte_widths(np.maximum.reduceat(zz, starts, axis=0))  # (segments, columns)
+    top = widths.max(axis=0)
+    # byte planes of every column for all rows at once: planes[c][j] = byte j of column c
+    planes = [np.stack([(zz[:, c] >> _U64(8 * j)).astype(np.uint8) for j in range(int(top[c]))])
+              if top[c] else None for c in range(_K)]
+    ends = np.r_[starts[1:], n]
+    cctx = _cctx(level)
+    out = []
+    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        w = widths[i]
+        parts = [_ROLLUP_HEAD.pack(_VERSION, e - s, int(windows[i])), bytes(w.astype(np.uint8))]
+        parts += [planes[c][:w[c], s:e].tobytes() for c in range(_K) if w[c]]
+        out.append(cctx.compress(b"".join(parts)))
+    return out
+
+
+def decode_rollups(blobs: list[bytes], bucket_ms: int
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Columns of many rollup blobs, concatenated, and the number of rows of each blob."""
+    dctx = _dctx()
+    heads, sizes, windows = [], [], []
+    for blob in blobs:
+        raw = dctx.decompress(blob)
+        version, n, window_ms = _ROLLUP_HEAD.unpack_from(raw, 0)
+        if version != _VERSION:
+            raise ValueError(f"unknown rollup version {version}")
+        heads.append((raw, np.frombuffer(raw, dtype=np.uint8, count=_K,
+                                         offset=_ROLLUP_HEAD.size)))
+        sizes.append(n)
+        windows.append(window_ms)
+    sizes_a = np.array(sizes, dtype=np.int64)
+    if not heads:
+        return {c: np.empty(0, dtype=_I64) for c in ROLLUP_COLUMNS}, sizes_a
+    n_all = int(sizes_a.sum())
+    widths = np.stack([w for _, w in heads]).astype(np.int64)
+    top = widths.max(axis=0)
+    planes = [np.zeros((int(top[c]), n_all), dtype=np.uint8) for c in range(_K)]
+    pos = 0
+    for (raw, w), n in zip(heads, sizes, strict=True):
+        at = _ROLLUP_HEAD.size + _K
+        for c in range(_K):
+            if w[c]:
+                size = int(w[c]) * n
+                planes[c][:w[c], pos:pos + n] = np.frombuffer(
+                    raw, dtype=np.uint8, count=size, offset=at).reshape(int(w[c]), n)
+                at += size
+        pos += n
+    coded = np.zeros((_K, n_all), dtype=_U64)
+    for c in range(_K):
+        for j in range(int(top[c])):
+            coded[c] |= planes[c][j].astype(_U64) << _U64(8 * j)
+    coded = unzigzag(coded)
+    starts = np.r_[0, np.cumsum(sizes_a)[:-1]].astype(np.int64)
+    seg = np.repeat(np.arange(sizes_a.size), sizes_a)
+    with np.errstate(over="ignore"):
+        index = _seg_cumsum(coded[0], starts, seg) - 1
+        start = index * bucket_ms + np.array(windows, dtype=_I64)[seg]
+        count = _seg_cumsum(coded[1], starts, seg)
+        last = _seg_cumsum(coded[2], starts, seg)
+        fv = last - coded[3]
+        lo = fv - coded[4]
+        hi = coded[5] + last
+        return {
+            "start": start,
+            "count": count,
+            "sum": coded[6] + count * _mid(lo, hi),
+            "min": lo,
+            "max": hi,
+            "first_v": fv,
+            "last_ts": coded[7] + start,
+            "last_v": last,
+            "corr": coded[8],
+        }, sizes_a
