@@ -45,7 +45,8 @@ __all__ = [
     "read_stats",
 ]
 
-FORMAT = "edgemon-agent-buffer/1"
+FORMAT = "edgemon-agent-buffer/2"
+MAX_DROPPED_PUBLISHED = 100_000  # records of batches dropped after publication (~40 B each)
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 _ROW_OVERHEAD = 64  # bytes a deleted batch frees besides its payload (estimate, for eviction)
 
@@ -73,9 +74,19 @@ CREATE TABLE IF NOT EXISTS batches (
     last_ms INTEGER NOT NULL,
     samples INTEGER NOT NULL,
     sealed_ms INTEGER NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0,  -- 1 once handed to the broker at least once
     payload BLOB NOT NULL,         -- last, so reading the other columns skips its pages
     UNIQUE (instance, seq)
 );
+-- Batches dropped from the budget after they had been published: the broker may still deliver
+-- them. If the collector acknowledges one later, its samples were not lost after all.
+CREATE TABLE IF NOT EXISTS dropped_published (
+    instance TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    dropped_ms INTEGER NOT NULL,
+    PRIMARY KEY (instance, seq)
+) WITHOUT ROWID;
 """
 
 
@@ -99,6 +110,9 @@ class BufferStats(NamedTuple):
     oldest_ms: int | None  # first sample of the oldest batch or pending cycle
     dropped_samples_total: int
     last_ack_ms: int | None
+    # dropped after publication, then acknowledged after all: never lost. Lost for good:
+    # dropped_samples_total - delivered_after_drop_total.
+    delivered_after_drop_total: int = 0
 
 
 def is_corruption(exc: BaseException) -> bool:
@@ -173,6 +187,7 @@ class Buffer:
         self._next_seq = db.execute("SELECT coalesce(max(seq) + 1, 0) FROM batches "
                                     "WHERE instance = ?", (instance,)).fetchone()[0]
         self.dropped_samples_total = int(self._meta("dropped_samples_total", 0))
+        self.delivered_after_drop_total = int(self._meta("delivered_after_drop_samples_total", 0))
         self._warned: set[str] = set()
 
     # ---- opening ---------------------------------------------------------------------------
@@ -332,12 +347,20 @@ class Buffer:
     def ack(self, instance: str, ranges: Iterable[tuple[int, int]], now_ms: int) -> list[int]:
         """Delete the batches of ``instance`` whose seq is in an inclusive range; return ids."""
         deleted: list[tuple[int, int]] = []
+        recovered = 0
+        ranges = list(ranges)
         with self._transaction():
             for first, last in ranges:
                 deleted += self._db.execute(
                     "DELETE FROM batches WHERE instance = ? AND seq BETWEEN ? AND ? "
                     "RETURNING id, samples", (instance, first, last)).fetchall()
+                recovered += sum(row[0] for row in self._db.execute(
+                    "DELETE FROM dropped_published WHERE instance = ? AND seq BETWEEN ? AND ? "
+                    "RETURNING samples", (instance, first, last)))
+            if recovered:
+                self._add_meta("delivered_after_drop_samples_total", recovered)
             self._set_meta("last_ack_ms", now_ms)
+        self.delivered_after_drop_total += recovered
         self._batches -= len(deleted)
         self._samples -= sum(samples for _id, samples in deleted)
         return [batch_id for batch_id, _samples in deleted]
@@ -359,6 +382,12 @@ class Buffer:
         self._batches -= len(deleted)
         self._samples -= dropped
         return [batch_id for batch_id, _samples in deleted], dropped
+
+    def mark_published(self, batch_id: int) -> None:
+        """The batch was handed to the broker: if it is ever dropped, remember it (see ack)."""
+        with self._transaction():
+            self._db.execute("UPDATE batches SET published = 1 WHERE id = ? AND published = 0",
+                             (batch_id,))
 
     def add_dropped(self, samples: int) -> None:
         """Count samples lost outside the database (e.g. held in memory while the disk was full)."""
@@ -414,6 +443,16 @@ class Buffer:
     def _drop_batches(self, rows: Sequence[Sequence[int]]) -> int:
         samples = sum(row[1] for row in rows)
         with self._transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO dropped_published (instance, seq, samples, dropped_ms) "
+                "SELECT instance, seq, samples, ? FROM batches "
+                "WHERE id BETWEEN ? AND ? AND published = 1",
+                (time.time_ns() // 1_000_000, rows[0][0], rows[-1][0]))
+            # bounded: the oldest records go first (their batches are the least likely to come)
+            self._db.execute(
+                "DELETE FROM dropped_published WHERE (instance, seq) IN (SELECT instance, seq "
+                "FROM dropped_published ORDER BY dropped_ms LIMIT max(0, (SELECT count(*) FROM "
+                "dropped_published) - ?))", (MAX_DROPPED_PUBLISHED,))
             self._db.execute("DELETE FROM batches WHERE id BETWEEN ? AND ?",
                              (rows[0][0], rows[-1][0]))
             self._add_dropped(samples)
@@ -476,7 +515,7 @@ class Buffer:
             oldest = self._db.execute("SELECT min(ts_ms) FROM cycles").fetchone()
         return BufferStats(self._batches, self._samples, self._pending, self._pending_samples,
                            self.disk_bytes(), oldest[0], self.dropped_samples_total,
-                           self._meta("last_ack_ms", None))
+                           self._meta("last_ack_ms", None), self.delivered_after_drop_total)
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -499,6 +538,10 @@ class Buffer:
     def _set_meta(self, key: str, value: Any) -> None:
         self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
                          "DO UPDATE SET value = excluded.value", (key, value))
+
+    def _add_meta(self, key: str, amount: int) -> None:
+        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                         "DO UPDATE SET value = value + excluded.value", (key, amount))
 
     def _add_dropped(self, samples: int) -> None:
         self._db.execute("INSERT INTO meta (key, value) VALUES ('dropped_samples_total', ?) "
@@ -594,4 +637,5 @@ def read_stats(path: Path | str) -> BufferStats:
     return BufferStats(batches, samples, cycles, pending,
                        pages * page_size + _file_bytes(f"{path}-wal"),
                        oldest if oldest is not None else first_cycle,
-                       int(meta.get("dropped_samples_total", 0)), meta.get("last_ack_ms"))
+                       int(meta.get("dropped_samples_total", 0)), meta.get("last_ack_ms"),
+                       int(meta.get("delivered_after_drop_samples_total", 0)))

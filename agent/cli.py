@@ -52,10 +52,9 @@ def _status(config_path: str | None) -> int:
 
 
 def _run(config_path: str | None) -> int:
-    # TLS is not supported yet (config refuses it), so keep OpenSSL's Python wrapper out of the
-    # process: paho, urllib and http.client all accept a missing ssl module. Saves about 1 MB
-    # resident. Remove together with the TLS stub.
-    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+    # Do not hide the ssl module to save memory: paho's read loop names ssl.SSLWantReadError in
+    # an except clause, so a dropped connection would kill its network thread (seen in
+    # tests/test_faults.py when the broker is killed).
     from .log import setup_logging
     from .runner import Runner
 

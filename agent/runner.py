@@ -228,7 +228,7 @@ class Runner:
             while self.sender.inflight and time.monotonic() < deadline:
                 self._wake.wait(0.05)
                 self._wake.clear()
-                self._apply_acks()
+                self._exchange()  # acks in; a batch whose ack timed out goes out again
         self.publisher.stop()
         self._exchange()  # acks that arrived meanwhile
         self.storage.close()

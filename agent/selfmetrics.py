@@ -20,6 +20,8 @@ BUFFER_BYTES = MetricDef("agent_buffer_bytes", GAUGE, "bytes")
 BUFFER_OLDEST_AGE = MetricDef("agent_buffer_oldest_age_seconds", GAUGE, "seconds")
 BUFFER_MEMORY_CYCLES = MetricDef("agent_buffer_memory_cycles", GAUGE, "")
 DROPPED = MetricDef("agent_dropped_samples_total", COUNTER, "")
+# Dropped after publication, yet delivered by the broker and acknowledged later.
+DELIVERED_AFTER_DROP = MetricDef("agent_dropped_then_delivered_samples_total", COUNTER, "")
 RECONNECTS = MetricDef("agent_reconnects_total", COUNTER, "")
 RECOVERIES = MetricDef("agent_buffer_recoveries_total", COUNTER, "")
 BUFFER_ERRORS = MetricDef("agent_buffer_errors_total", COUNTER, "")
@@ -62,6 +64,7 @@ def readings(health: AgentHealth, now_ms: int | None = None) -> list[Reading]:
          else max(0, (now_ms - buf.oldest_ms) // 1000)),
         (BUFFER_MEMORY_CYCLES, (), health.memory_cycles),
         (DROPPED, (), buf.dropped_samples_total),
+        (DELIVERED_AFTER_DROP, (), buf.delivered_after_drop_total),
         (RECONNECTS, (), health.reconnects),
         (RECOVERIES, (), health.buffer_recoveries),
         (BUFFER_ERRORS, (), health.buffer_errors),

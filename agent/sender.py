@@ -37,6 +37,8 @@ class BatchSource(Protocol):
 
     def get(self, batch_id: int) -> tuple[BatchRef, bytes] | None: ...
 
+    def mark_published(self, batch_id: int) -> None: ...
+
 
 class Sender:
     def __init__(self, source: BatchSource, publish: Callable[[str, bytes], bool], *,
@@ -125,6 +127,8 @@ class Sender:
         if not self._publish(self.live_topic if live else self.backfill_topic, payload):
             self._paused_until = now + PAUSE_AFTER_REFUSAL
             return False
+        if ref.id not in self.inflight:
+            self.source.mark_published(ref.id)
         self.inflight[ref.id] = now
         self.published_total += 1
         return True

@@ -70,6 +70,9 @@ class Storage:
     def ack(self, instance: str, ranges: Iterable[tuple[int, int]], now_ms: int) -> list[int]:
         return self._call("ack", lambda b: b.ack(instance, ranges, now_ms), [])
 
+    def mark_published(self, batch_id: int) -> None:
+        self._call("mark_published", lambda b: b.mark_published(batch_id), None)
+
     def reject(self, instance: str, ranges: Iterable[tuple[int, int]]) -> tuple[list[int], int]:
         return self._call("reject", lambda b: b.reject(instance, ranges), ([], 0))
 

@@ -173,6 +173,33 @@ def test_budget_eviction_drops_exactly_the_oldest_and_counts_them(tmp_path: Path
     assert read_stats(path).dropped_samples_total == dropped
 
 
+def test_a_batch_dropped_after_publication_and_acknowledged_later_is_not_lost(
+        tmp_path: Path) -> None:
+    random.seed(2)
+    path = tmp_path / "b.db"
+    buf = open_buffer(path, max_bytes=64 << 20)
+    refs = []
+    for b in range(40):
+        for c in range(3):
+            buf.append(T0 + b * 3000 + c * 1000, noisy_cycle())
+        refs += buf.seal(T0 + b * 3000)
+    for ref in refs[:3]:  # the three oldest went to the broker; the rest never left
+        buf.mark_published(ref.id)
+    buf._reclaim()
+    buf.max_bytes = buf.disk_bytes() // 2
+    dropped = buf.enforce_budget(T0 + 200_000)
+    assert dropped > 3 * 600
+    # The broker delivers the first two after all: their acknowledgement credits them back.
+    buf.ack("inst-a", [(refs[0].seq, refs[1].seq)], T0)
+    buf.ack("inst-a", [(refs[5].seq, refs[5].seq)], T0)  # dropped unpublished: nothing to credit
+    assert buf.delivered_after_drop_total == 2 * 600
+    buf.ack("inst-a", [(refs[0].seq, refs[0].seq)], T0)  # a repeated ack credits nothing more
+    assert buf.delivered_after_drop_total == 2 * 600
+    buf.close()
+    stats = read_stats(path)
+    assert (stats.dropped_samples_total, stats.delivered_after_drop_total) == (dropped, 1200)
+
+
 def test_budget_gives_free_pages_back_before_dropping_anything(tmp_path: Path) -> None:
     random.seed(2)
     path = tmp_path / "b.db"

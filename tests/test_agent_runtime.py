@@ -44,6 +44,7 @@ class FakeSource:
 
     def __init__(self) -> None:
         self.batches: dict[int, BatchRef] = {}
+        self.published: set[int] = set()
 
     def add(self, batch_id: int, last_ms: int) -> None:
         self.batches[batch_id] = BatchRef(batch_id, "i", batch_id, last_ms - 1, last_ms, 1)
@@ -60,6 +61,9 @@ class FakeSource:
     def get(self, batch_id: int) -> tuple[BatchRef, bytes] | None:
         ref = self.batches.get(batch_id)
         return None if ref is None else (ref, f"payload-{batch_id}".encode())
+
+    def mark_published(self, batch_id: int) -> None:
+        self.published.add(batch_id)
 
 
 class Harness:
