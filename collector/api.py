@@ -7,6 +7,7 @@ Storage is blocking, so every call runs in the read executor, never on the event
 from __future__ import annotations
 
 import asyncio
+import copy
 import csv
 import io
 import json
@@ -14,7 +15,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -43,6 +44,7 @@ EXECUTOR_KEY = web.AppKey("executor", object)
 METRICS_KEY = web.AppKey("metrics", object)
 READY_KEY = web.AppKey("ready", object)
 CLOCK_KEY = web.AppKey("clock", object)
+OPENAPI_KEY = web.AppKey("openapi", dict)
 
 _NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
 _NAME_RE = re.compile(_NAME)
@@ -408,8 +410,8 @@ async def metrics_handler(request: web.Request) -> web.Response:
         "X-Content-Type-Options": "nosniff"})
 
 
-async def openapi_handler(_request: web.Request) -> web.Response:
-    return json_response(OPENAPI)
+async def openapi_handler(request: web.Request) -> web.Response:
+    return json_response(request.app[OPENAPI_KEY])
 
 
 def _no_params(request: web.Request, *allowed: str) -> None:
@@ -442,8 +444,15 @@ def create_app(storage: Storage, *, executor: Executor | None = None,
                metrics: Callable[[], str] = lambda: "",
                ready: Callable[[], dict[str, bool]] = lambda: {"storage": True},
                clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+               extra_routes: Sequence[web.RouteDef] = (),
+               extend_openapi: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                ) -> web.Application:
+    """The collector's HTTP API; ``extra_routes`` (e.g. alerting) are described by
+    ``extend_openapi``, which adds their paths to a copy of ``OPENAPI``."""
     app = web.Application(middlewares=[errors_middleware])
+    document = copy.deepcopy(OPENAPI)
+    app[OPENAPI_KEY] = extend_openapi(document) if extend_openapi else document
+    app.router.add_routes(extra_routes)
     app[STORAGE_KEY] = storage
     app[EXECUTOR_KEY] = executor  # None = the loop's default executor
     app[METRICS_KEY] = metrics

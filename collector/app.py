@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from . import sdnotify
+from .alerting import AlertingService, merge_openapi
 from .api import create_app
 from .config import CollectorConfig, StorageConfig
 from .ingest import IngestPipeline
@@ -70,6 +71,7 @@ class Collector:
         self._worker: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._stopped = False
+        self.alerting: AlertingService | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -89,8 +91,12 @@ class Collector:
                                        maintain_interval=cfg.storage.maintain_interval_seconds)
         self._worker = asyncio.create_task(self.pipeline.run(), name="edgemon-ingest")
         self.mqtt.start()
+        if cfg.alerting.enabled:
+            self.alerting = await loop.run_in_executor(self._readers, self._open_alerting)
         app = create_app(self.storage, executor=self._readers, metrics=self.metrics_text,
-                         ready=self.readiness)
+                         ready=self.readiness,
+                         extra_routes=self.alerting.routes() if self.alerting else (),
+                         extend_openapi=merge_openapi if self.alerting else None)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.http.host, cfg.http.port)
@@ -98,10 +104,22 @@ class Collector:
         addresses = self._runner.addresses  # the real port when the configured one was 0
         self.http_port = int(addresses[0][1]) if addresses else cfg.http.port
         log.info("http api listening on http://%s:%d", cfg.http.host, self.http_port)
+        if self.alerting is not None:
+            await self.alerting.start()
         sdnotify.notify(f"READY=1\nSTATUS=api on {cfg.http.host}:{self.http_port}")
         interval = sdnotify.watchdog_interval()
         if interval:
             self._watchdog = asyncio.create_task(self._watchdog_loop(interval))
+
+    def _open_alerting(self) -> AlertingService:
+        """The alert engine over our storage; transitions also go out on MQTT (QoS 1)."""
+        cfg = self.config.alerting
+        assert self.storage is not None and self.mqtt is not None
+        state = cfg.state_path or Path(self.config.storage.path).parent / "alerts.db"
+        client = self.mqtt.client
+        return AlertingService(self.storage, state, rules_path=cfg.rules_path,
+                               publish=lambda topic, payload: client.publish(topic, payload, 1),
+                               executor=self._readers)
 
     async def _watchdog_loop(self, interval: float) -> None:
         """WATCHDOG=1 twice per interval, only while the ingest worker keeps turning (it turns at
@@ -135,6 +153,11 @@ class Collector:
         if self._watchdog is not None:
             self._watchdog.cancel()
         log.info("stopping: no new messages; storing and acknowledging what is queued")
+        if self.alerting is not None:
+            try:
+                await self.alerting.stop()
+            except Exception:
+                log.exception("stopping alerting failed")
         if self.mqtt is not None:
             self.mqtt.stop_accepting()
         if self.pipeline is not None:

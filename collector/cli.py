@@ -53,6 +53,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_rules(args: argparse.Namespace) -> int:
+    from .alerting import check_rules
+
+    path = args.rules
+    if path is None and args.config is not None:
+        path = _load(args.config).alerting.rules_path
+    return 0 if check_rules(path) == 0 else 2
+
+
 def _broker(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep:
@@ -160,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration; exit 2 if invalid")
     check.add_argument("-c", "--config", type=Path, help="TOML file (default: built-in defaults)")
     check.set_defaults(func=cmd_check_config)
+
+    rules = sub.add_parser("check-rules", help="validate an alert rules file; exit 2 if invalid")
+    rules.add_argument("rules", nargs="?", type=Path,
+                       help="rules TOML (default: the one named by -c, else the shipped defaults)")
+    rules.add_argument("-c", "--config", type=Path, help="take [alerting] rules_path from here")
+    rules.set_defaults(func=cmd_check_rules)
 
     tail = sub.add_parser("tail", help="print live samples from the broker as JSON lines")
     tail.add_argument("--host", help="only this agent host id")

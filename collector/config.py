@@ -86,11 +86,20 @@ class LogConfig(_Section):
         return value.lower() if isinstance(value, str) else value
 
 
+class AlertingConfig(_Section):
+    enabled: bool = True
+    # None: the shipped default rules (collector/alerting/rules.example.toml)
+    rules_path: Path | None = None
+    # None: alerts.db beside the storage database
+    state_path: Path | None = None
+
+
 class CollectorConfig(_Section):
     mqtt: MqttConfig = MqttConfig()
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
     ingest: IngestConfig = IngestConfig()
+    alerting: AlertingConfig = AlertingConfig()
     log: LogConfig = LogConfig()
 
 

@@ -58,6 +58,11 @@ def test_every_family_reaches_the_api_with_plausible_values(
     assert _last(collector, "memory_total_bytes") == psutil.virtual_memory().total
     assert 0 <= _last(collector, "cpu_usage_percent", "&label.cpu=total") <= 100
     assert _last(collector, "system_boot_time_seconds") == pytest.approx(psutil.boot_time(), abs=2)
+    # alerting runs inside the collector with the shipped rules
+    rules = {r["name"] for r in collector.get("/api/v1/rules")["rules"]}
+    assert {"cpu-high", "host-down", "disk-full-soon"} <= rules
+    assert isinstance(collector.get("/api/v1/alerts")["alerts"], list)
+    assert "/api/v1/alerts" in collector.get("/api/v1/openapi.json")["paths"]
     assert agent.terminate() == 0
     assert collector.terminate() == 0
 
