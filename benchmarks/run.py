@@ -64,6 +64,8 @@ REGISTRY: dict[str, Bench] = {
     "query": Bench("query.py", "collector API query latency over stored data", quick=["--quick"]),
     "offline": Bench("offline.py", "agent through a broker outage: buffer growth and back-fill",
                      quick=["--quick"]),
+    "alerting": Bench("alerting.py", "alert evaluation cycle for 10,000 hosts x default rules, "
+                      "sample-to-notification latency", quick=["--quick"]),
 }
 
 # Runs a benchmark script with its result directory redirected (``_common.RESULTS``), so that
