@@ -1,9 +1,10 @@
 """Wiring and lifecycle: storage, MQTT, the ingest worker, HTTP, periodic maintenance.
 
-Start order: storage (opened in the writer thread, which does every write from then on) ->
-ingest worker -> MQTT -> HTTP. Stop (SIGTERM/SIGINT, or ``stop()``): refuse new MQTT messages
-(left unacknowledged: the broker keeps them for our persistent session) -> store and acknowledge
-everything already queued -> flush agent acks and disconnect -> stop HTTP -> close storage.
+Start order: storage (opened in the writer thread, which does every ingest write from then on)
+-> ingest worker + maintenance loop (its own thread) -> MQTT -> HTTP. Stop (SIGTERM/SIGINT, or
+``stop()``): refuse new MQTT messages (left unacknowledged: the broker keeps them for our
+persistent session) -> store and acknowledge everything already queued, let a running
+maintenance round finish -> flush agent acks and disconnect -> stop HTTP -> close storage.
 """
 
 from __future__ import annotations
@@ -67,8 +68,12 @@ class Collector:
         self.http_port: int | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgemon-writer")
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edgemon-reader")
+        # Compaction in its own thread: the writer thread only stores and acknowledges.
+        self._maintainer = ThreadPoolExecutor(max_workers=1,
+                                              thread_name_prefix="edgemon-maintain")
         self._runner: web.AppRunner | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._stopped = False
         self.alerting: AlertingService | None = None
@@ -88,8 +93,11 @@ class Collector:
         self.pipeline = IngestPipeline(storage=self.storage, inbox=self.inbox, mqtt=self.mqtt,
                                        config=cfg.ingest, writer=self._writer,
                                        rejects=self.rejects,
-                                       maintain_interval=cfg.storage.maintain_interval_seconds)
+                                       maintain_interval=cfg.storage.maintain_interval_seconds,
+                                       maintainer=self._maintainer)
         self._worker = asyncio.create_task(self.pipeline.run(), name="edgemon-ingest")
+        self._maintenance = asyncio.create_task(self.pipeline.maintain_loop(),
+                                                name="edgemon-maintain")
         self.mqtt.start()
         if cfg.alerting.enabled:
             self.alerting = await loop.run_in_executor(self._readers, self._open_alerting)
@@ -129,6 +137,22 @@ class Collector:
             if self.pipeline is not None and time.monotonic() - self.pipeline.heartbeat < interval:
                 sdnotify.notify("WATCHDOG=1")
 
+    async def reload(self) -> None:
+        """SIGHUP: re-read the alert rules (a bad file keeps the old rules and says why).
+
+        Other settings (broker, storage, HTTP) take effect at the next restart."""
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            if self.alerting is not None:
+                loop = asyncio.get_running_loop()
+                rules = await loop.run_in_executor(self._readers,
+                                                   self.alerting.engine.reload_rules)
+                log.info("alert rules reloaded", extra={"rules": len(rules.rules)})
+        except Exception as exc:
+            log.error("alert rules not reloaded, keeping the old ones: %s", exc)
+        finally:
+            sdnotify.notify("READY=1")
+
     def readiness(self) -> dict[str, bool]:
         storage_ok = self.pipeline is None or self.pipeline.storage_ok
         return {"mqtt": bool(self.mqtt and self.mqtt.ready),
@@ -167,6 +191,11 @@ class Collector:
                 await self._worker
             except Exception:
                 log.exception("ingest worker failed")
+        if self._maintenance is not None:  # before the storage closes: a round finishes first
+            try:
+                await self._maintenance
+            except Exception:
+                log.exception("storage maintenance loop failed")
         if self.mqtt is not None:
             await loop.run_in_executor(None, self.mqtt.close)
         if self._runner is not None:
@@ -178,6 +207,7 @@ class Collector:
             except Exception:
                 log.exception("closing storage failed")
         self._writer.shutdown(wait=True)
+        self._maintainer.shutdown(wait=True)
         self._readers.shutdown(wait=False, cancel_futures=True)
         queued = self.inbox.queued if self.inbox else 0
         log.info("collector stopped", extra={"left_unacknowledged": queued})
@@ -213,7 +243,9 @@ async def _main(config: CollectorConfig) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    return await Collector(config).run(stop)
+    collector = Collector(config)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(collector.reload()))
+    return await collector.run(stop)
 
 
 def run(config: CollectorConfig) -> int:

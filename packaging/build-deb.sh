@@ -144,10 +144,9 @@ build_one() {
     chmod 0755 "$stage/DEBIAN/$script"
   done
   echo "/etc/edgemon/$name.toml" >"$stage/DEBIAN/conffiles"
-  local description="description_$name" extra=""
-  # procps: /bin/kill for the agent's ExecReload=.
-  [ "$name" = agent ] && extra=", procps"
-  [ "$name" = collector ] && extra=$'\nSuggests: mosquitto'
+  # procps: /bin/kill for ExecReload=.
+  local description="description_$name" extra=", procps"
+  [ "$name" = collector ] && extra+=$'\nSuggests: mosquitto'
   [ "$quick" = 1 ] && extra+=$'\nX-Edgemon-Build: quick (no dependencies bundled, not runnable)'
   cat >"$stage/DEBIAN/control" <<CONTROL
 Package: $pkg

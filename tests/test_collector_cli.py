@@ -130,3 +130,40 @@ def test_tail_prints_samples_as_json_lines(broker: Broker) -> None:
     assert cpu == [10.09, 11.09]
     undecodable = [json.loads(line) for line in err.lines if "undecodable" in line]
     assert undecodable and undecodable[0]["reason"] == "not_zstd"
+
+
+def test_sighup_reloads_alert_rules_and_keeps_running(tmp_path: Path) -> None:
+    """SIGHUP re-reads the rules file; a broken file keeps the old rules; the process lives."""
+    import json
+    import signal
+    import urllib.request
+
+    from tests.support.broker import Broker
+    from tests.support.processes import Collector
+    from tests.support.waiting import wait_until
+
+    rules = tmp_path / "rules.toml"
+    rule = '[[rule]]\nname = "{}"\nkind = "threshold"\nmetric = "load1"\nthreshold = 5.0\n'
+    rules.write_text(rule.format("first"))
+    broker = Broker(tmp_path / "broker").start()
+    collector = Collector(tmp_path / "c", broker,
+                          extra=f'\n[alerting]\nrules_path = "{rules}"\n').start()
+    try:
+        def names() -> set[str]:
+            url = f"http://127.0.0.1:{collector.http_port}/api/v1/rules"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return {r["name"] for r in json.load(resp)["rules"]}
+
+        assert names() == {"first"}
+        rules.write_text(rule.format("second"))
+        assert collector.proc is not None
+        collector.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: names() == {"second"}, 10, "the new rules after SIGHUP")
+        rules.write_text("[[rule]]\nname = 1\n")
+        collector.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "alert rules not reloaded" in collector.output(), 10, "the refusal")
+        assert names() == {"second"} and collector.running()
+        assert collector.terminate() == 0
+    finally:
+        collector.kill()
+        broker.kill()

@@ -186,8 +186,7 @@ def test_control_and_conffiles(debs: dict[str, Path], trees: dict[str, Path], na
     assert fields["Architecture"] == _run("dpkg", "--print-architecture").stdout.strip()
     depends = [d.strip() for d in fields["Depends"].split(",")]
     assert "adduser" in depends and any(re.fullmatch(r"python3\.\d+", d) for d in depends)
-    if name == "agent":
-        assert "procps" in depends  # /bin/kill, for ExecReload=
+    assert "procps" in depends  # /bin/kill, for ExecReload=
     control = trees[name] / "DEBIAN"
     assert (control / "conffiles").read_text().split() == [f"/etc/edgemon/{name}.toml"]
     shipped = (trees[name] / "etc/edgemon" / f"{name}.toml").read_bytes()
@@ -417,7 +416,7 @@ def unit_root(trees: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     for tree in trees.values():
         shutil.copytree(tree, root, symlinks=True, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("DEBIAN"))
-    # What the units run besides the packages' own commands (the agent depends on procps).
+    # What the units run besides the packages' own commands (both depend on procps).
     kill = root / "bin/kill"
     kill.parent.mkdir(parents=True, exist_ok=True)
     kill.write_text("#!/bin/sh\n")
@@ -491,10 +490,11 @@ def test_unit_settings(name: str) -> None:
     # collector's OpenBLAS calls mbind(), which @resources removes).
     assert service["SystemCallFilter"][0] == "@system-service"
     assert one("SystemCallErrorNumber") == "EPERM"
+    # SIGHUP re-reads the agent's configuration (agent/runner.py) and the collector's alert
+    # rules (collector/app.py); an unhandled SIGHUP would end the process "cleanly", beyond the
+    # reach of Restart=on-failure.
+    assert one("ExecReload") == "/bin/kill -HUP $MAINPID"
     if name == "agent":
-        # SIGHUP re-reads the configuration (agent/runner.py); an unhandled SIGHUP would end the
-        # process "cleanly", beyond the reach of Restart=on-failure.
-        assert one("ExecReload") == "/bin/kill -HUP $MAINPID"
         # psutil reads /proc/{stat,meminfo,diskstats,net/dev,...} and statvfs()s /home.
         assert service.get("ProcSubset", ["all"]) == ["all"]
         assert one("ProtectHome") == "read-only"
