@@ -57,10 +57,20 @@ def _run(config_path: str | None) -> int:
     # tests/test_faults.py when the broker is killed).
     from .log import setup_logging
     from .runner import Runner
+    from .single_instance import AlreadyRunning, hold_lock
 
     config = load_config(config_path)
     setup_logging(config.log.level)
-    return Runner(config, reload_config=lambda: load_config(config_path)).run()
+    try:
+        lock = hold_lock(config.buffer.path, "edgemon-agent")
+    except AlreadyRunning as exc:
+        print(f"edgemon-agent: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return Runner(config, reload_config=lambda: load_config(config_path)).run()
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def main(argv: list[str] | None = None) -> int:

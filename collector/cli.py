@@ -38,9 +38,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     from .app import run
     from .log import setup_logging
+    from .single_instance import AlreadyRunning, hold_lock
 
     setup_logging(config.log.level)
-    return run(config)
+    try:
+        lock = hold_lock(config.storage.path, "edgemon-collector")
+    except AlreadyRunning as exc:
+        print(f"edgemon-collector: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run(config)
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

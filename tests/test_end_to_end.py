@@ -10,7 +10,7 @@ import pytest
 
 from edgemon.agent.families import FAMILIES
 from tests.support.broker import Broker
-from tests.support.processes import Agent, Collector, buffer_meta, stored_samples
+from tests.support.processes import Agent, Collector, Process, buffer_meta, stored_samples
 from tests.support.waiting import wait_until
 
 HOST = "e2e-host"
@@ -82,3 +82,15 @@ def test_agent_keeps_batches_until_the_collector_acknowledges_them(
     wait_until(lambda: stored_samples(collector, HOST) + meta["dropped"] + meta["buffered"]
                == meta["appended"], 20, f"accounting to add up: {meta}")
     assert meta["dropped"] == 0
+
+
+def test_a_second_instance_on_the_same_files_refuses_to_start(
+        system: tuple[Broker, Collector, Agent], tmp_path: Path) -> None:
+    broker, collector, agent = system
+    for twin, log in ((Agent(tmp_path / "agent", broker, host_id=HOST), "twin-agent.log"),
+                      (Collector(tmp_path / "collector", broker), "twin-collector.log")):
+        twin.log = tmp_path / log  # same buffer or database path as the running one
+        Process.start(twin)
+        assert twin.proc is not None and twin.proc.wait(timeout=20) == 2
+        assert "already using" in twin.output()
+    assert agent.running() and collector.running()

@@ -1,0 +1,46 @@
+"""One agent per buffer: an advisory lock beside the buffer file, released when the process ends.
+
+(The collector has its own copy: ``protocol/`` is the only package the two programs share, and
+this is not protocol.)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+__all__ = ["AlreadyRunning", "hold_lock"]
+
+
+class AlreadyRunning(RuntimeError):
+    """Another process holds the lock; the message says which file and which process."""
+
+
+def hold_lock(data_path: Path, program: str) -> IO[str] | None:
+    """Lock ``<data_path>.lock``; keep the returned file open for as long as the process runs.
+
+    Returns None when the lock file cannot be created at all (e.g. a read-only directory): the
+    program then runs unguarded rather than not at all, and its own storage code reports the
+    problem. Raises ``AlreadyRunning`` when another process holds the lock.
+    """
+    lock_path = Path(f"{data_path}.lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held open on purpose
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise AlreadyRunning(f"another {program} (pid {holder}) is already using {data_path}; "
+                             "stop it first, or give this one its own path") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
