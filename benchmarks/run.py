@@ -60,7 +60,7 @@ REGISTRY: dict[str, Bench] = {
         quick=["--quick"], full=[], tiny=["--window", "3", "--intervals", "1", "--warmup", "2"],
         timeout_quick=120, timeout_full=900),
     "ingest": Bench("ingest.py", "end to end: a simulated fleet through Mosquitto into the "
-                    "collector, samples/s and latency", quick=["--quick"]),
+                    "collector, samples/s and latency", quick=["--quick"], timeout_quick=300),
     "query": Bench("query.py", "collector API query latency over stored data", quick=["--quick"]),
     "offline": Bench("offline.py", "agent through a broker outage: buffer growth and back-fill",
                      quick=["--quick"]),

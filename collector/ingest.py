@@ -1,8 +1,11 @@
 """The ingest pipeline: inbox -> decode/validate -> one storage transaction -> PUBACK -> agent ack.
 
-All storage writes (``store_batches``, ``record_status``, ``maintain``) run in ONE dedicated writer
-thread; decoding and validation (zstd, msgpack, pydantic: CPU work) run there too, never on the
-event loop. Per group of messages taken from the inbox (up to ``max_batch_per_txn``):
+All ingest writes (``store_batches``, ``record_status``) run in ONE dedicated writer thread;
+decoding and validation (zstd, msgpack, pydantic: CPU work) run there too, never on the event
+loop. Storage maintenance (compaction) runs either between the writer's transactions every
+``maintain_interval`` or, given a ``maintainer`` executor, in ``maintain_loop`` in its own thread,
+back to back while the storage reports work left (the storage serialises writers itself).
+Per group of messages taken from the inbox (up to ``max_batch_per_txn``):
 
 1. writer thread: parse the topic, decode and validate every payload; reject the bad ones with a
    counted reason (nothing of a bad message reaches storage); record status messages; store all
@@ -97,7 +100,7 @@ class IngestStats:
 class IngestPipeline:
     def __init__(self, *, storage: Storage, inbox: Inbox, mqtt: MqttIngest | None,
                  config: IngestConfig, writer: Executor, rejects: Rejects | None = None,
-                 maintain_interval: float = 10.0,
+                 maintain_interval: float = 10.0, maintainer: Executor | None = None,
                  clock_ms: Callable[[], int] = now_ms) -> None:
         self.storage = storage
         self.inbox = inbox
@@ -106,6 +109,9 @@ class IngestPipeline:
         self.writer = writer
         self.rejects = rejects or Rejects()
         self.maintain_interval = maintain_interval
+        # With its own executor, maintenance runs in ``maintain_loop`` (its own thread) instead of
+        # between the writer's transactions; the storage serialises writes with its own lock.
+        self.maintainer = maintainer
         self.clock_ms = clock_ms
         self.stats = IngestStats()
         self.storage_ok = True  # False while the storage refuses every write
@@ -133,7 +139,8 @@ class IngestPipeline:
                     await asyncio.wait_for(self._stop.wait(), backoff)
                 msgs = retry + await self.inbox.get_many(max(0, limit - len(retry)), timeout=0)
             else:
-                wait = max(0.0, min(1.0, next_maintain - time.monotonic()))
+                wait = 1.0 if self.maintainer is not None else \
+                    max(0.0, min(1.0, next_maintain - time.monotonic()))
                 msgs = await self.inbox.get_many(limit, timeout=wait)
             if msgs:
                 outcomes = await self.process(msgs)
@@ -143,13 +150,29 @@ class IngestPipeline:
                 return
             if self.mqtt is not None:
                 self.mqtt.after_release()
-            if time.monotonic() >= next_maintain and not self._stop.is_set():
+            if self.maintainer is None and time.monotonic() >= next_maintain \
+                    and not self._stop.is_set():
                 await loop.run_in_executor(self.writer, self._maintain)
                 next_maintain = time.monotonic() + self.maintain_interval
 
     def stop(self) -> None:
         """Finish what is queued, then let ``run`` return (call ``inbox.close()`` first)."""
         self._stop.set()
+
+    async def maintain_loop(self) -> None:
+        """Storage maintenance in ``maintainer`` (its own thread) until ``stop()``: a round of
+        bounded steps; when the storage says work is left, the next round starts at once,
+        otherwise after ``maintain_interval``. A round in progress finishes (about a second at
+        most) before this returns, so await it before closing the storage."""
+        assert self.maintainer is not None
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            more = await loop.run_in_executor(self.maintainer, self._maintain_round)
+            if more:
+                await asyncio.sleep(0)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.maintain_interval)
 
     async def process(self, msgs: list[RawMessage]) -> list[Outcome]:
         """Store one group, then acknowledge what is settled. What happened to each message.
@@ -286,6 +309,34 @@ class IngestPipeline:
         except Exception as exc:
             log.exception("could not record the status of %s", o.host)
             o.failed, o.detail = True, repr(exc)[:200]
+
+    def _maintain_round(self) -> bool:
+        """One maintenance round (maintainer thread): whether the storage has work left."""
+        step = getattr(self.storage, "maintain_step", None)
+        if step is None:  # a storage that only offers ``maintain``: every interval
+            self._maintain()
+            return False
+        budget = getattr(self.storage, "maintain_budget_ms", 1_000) / 1000
+        deadline = time.monotonic() + budget
+        now = self.clock_ms()
+        try:
+            while True:
+                started = time.monotonic()
+                more = bool(step(now))
+                if not more or time.monotonic() >= deadline or self._stop.is_set():
+                    break
+                # Give way after every step for as long as it took (twice that while messages
+                # wait): compaction gets at most half of the time, so the writer thread gets the
+                # storage's write lock and the interpreter (measured: back to back, compaction
+                # starved ingest to a few transactions in 10 s).
+                took = time.monotonic() - started
+                time.sleep(max(0.002, took * (2 if self.inbox.queued else 1)))
+            self.stats.maintain_runs += 1
+            return more
+        except Exception:
+            self.stats.maintain_errors += 1
+            log.exception("storage maintenance failed")
+            return False
 
     def _maintain(self) -> None:
         try:
