@@ -147,8 +147,9 @@ def test_sighup_reloads_alert_rules_and_keeps_running(tmp_path: Path) -> None:
     rules.write_text(rule.format("first"))
     broker = Broker(tmp_path / "broker").start()
     collector = Collector(tmp_path / "c", broker,
-                          extra=f'\n[alerting]\nrules_path = "{rules}"\n').start()
+                          extra=f'\n[alerting]\nrules_path = "{rules}"\n')
     try:
+        collector.start()
         def names() -> set[str]:
             url = f"http://127.0.0.1:{collector.http_port}/api/v1/rules"
             with urllib.request.urlopen(url, timeout=5) as resp:
