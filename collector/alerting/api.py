@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
-from datetime import datetime
 from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..api import parse_time_ms  # one time syntax for the whole API
 from .engine import AlertEngine
 from .rules import RulesError, parse_duration_ms
 from .silences import Matcher
@@ -40,35 +39,6 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
-
-
-def parse_time_ms(text: str, now_ms: int) -> int:
-    """Unix seconds or ms (>= 1e11 is ms), RFC 3339, ``now`` or ``now-1h``."""
-    text = text.strip()
-    if text == "now":
-        return now_ms
-    if text.startswith("now-"):
-        rest = text[4:]
-        try:
-            return now_ms - parse_duration_ms(float(rest))
-        except ValueError:
-            return now_ms - parse_duration_ms(rest)
-    try:
-        number = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(number) or number < 0:
-            raise ValueError(f"{text[:40]!r} is not a time")
-        return round(number) if number >= 1e11 else round(number * 1000)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text[:40]!r} is not a time: use unix seconds, unix ms, RFC 3339 "
-                         "or now-<duration>") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{text[:40]!r} has no time zone: add Z or +hh:mm")
-    return round(moment.timestamp() * 1000)
 
 
 def _params(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
