@@ -34,6 +34,7 @@ from .storage.base import (
     SeriesResult,
     Storage,
 )
+from .timeparse import parse_duration_ms, parse_time_ms
 
 __all__ = ["QueryParams", "create_app", "parse_duration_ms", "parse_time_ms"]
 
@@ -49,9 +50,6 @@ OPENAPI_KEY = web.AppKey("openapi", dict)
 _NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
 _NAME_RE = re.compile(_NAME)
 _HOST_GLOB_RE = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,128}")
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)?")
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
-             "w": 604_800_000, None: 1000}
 _NICE_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
                  43200, 86400)
 AUTO_POINTS = 300
@@ -60,39 +58,6 @@ JSON_CONTENT = "application/json"
 
 
 # --- parameter parsing -----------------------------------------------------------------------
-
-def parse_duration_ms(text: str) -> int:
-    """``60`` (seconds), ``1.5`` (seconds), ``500ms``, ``30s``, ``5m``, ``2h``, ``1d``, ``1w``."""
-    match = _DURATION_RE.fullmatch(text.strip())
-    if not match:
-        raise ValueError(f"{text[:40]!r} is not a duration: use seconds or 30s, 5m, 2h, 1d")
-    return round(float(match.group(1)) * _UNITS_MS[match.group(2)])
-
-
-def parse_time_ms(text: str, now_ms: int) -> int:
-    """Unix seconds or milliseconds (>= 1e11 is taken as ms), RFC 3339, ``now`` or ``now-1h``."""
-    text = text.strip()
-    if text == "now":
-        return now_ms
-    if text.startswith("now-"):
-        return now_ms - parse_duration_ms(text[4:])
-    try:
-        number = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(number) or number < 0:
-            raise ValueError(f"{text[:40]!r} is not a time")
-        return round(number) if number >= 1e11 else round(number * 1000)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text[:40]!r} is not a time: use unix seconds, unix milliseconds or "
-                         "RFC 3339 (2025-01-31T12:00:00Z)") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{text[:40]!r} has no time zone: add Z or +hh:mm")
-    return round(moment.timestamp() * 1000)
-
 
 def auto_step_ms(span_ms: int) -> int:
     raw_s = span_ms / AUTO_POINTS / 1000

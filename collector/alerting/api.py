@@ -18,9 +18,9 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..api import parse_time_ms  # one time syntax for the whole API
+from ..timeparse import parse_duration_ms, parse_time_ms
 from .engine import AlertEngine
-from .rules import RulesError, parse_duration_ms
+from .rules import RulesError
 from .silences import Matcher
 
 __all__ = ["OPENAPI_PATHS", "OPENAPI_SCHEMAS", "add_routes", "merge_openapi", "routes"]

@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..timeparse import parse_duration_ms
 from .templates import check_template
 
 __all__ = [
@@ -54,35 +55,10 @@ __all__ = [
 
 DEFAULT_RULES_PATH = Path(__file__).with_name("rules.example.toml")
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
-             "w": 604_800_000}
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # one MQTT topic level, like a host id
 _LABEL = r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$"
 _METRIC = r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$"
 _HOST_GLOB = r"^[A-Za-z0-9._*?\[\]!-]{1,128}$"
-
-
-def parse_duration_ms(value: Any) -> int:
-    """``90`` or ``1.5`` (seconds), ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"7d"``."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like \"5m\"")
-    if isinstance(value, int | float):
-        if value < 0 or value != value or value == float("inf"):
-            raise ValueError("a duration must be >= 0")
-        return round(value * 1000)
-    if not isinstance(value, str):
-        raise ValueError("a duration is a number of seconds or a string like \"5m\"")
-    text = value.strip()
-    pos, total = 0, 0.0
-    for match in _DURATION_RE.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNITS_MS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
-        raise ValueError(f"{value[:40]!r} is not a duration: use e.g. 90s, 5m, 1h30m, 2d")
-    return round(total)
 
 
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]  # milliseconds
