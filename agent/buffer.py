@@ -346,42 +346,48 @@ class Buffer:
 
     def ack(self, instance: str, ranges: Iterable[tuple[int, int]], now_ms: int) -> list[int]:
         """Delete the batches of ``instance`` whose seq is in an inclusive range; return ids."""
-        deleted: list[tuple[int, int]] = []
-        recovered = 0
         ranges = list(ranges)
+        recovered = 0
         with self._transaction():
+            deleted = self._delete_batches(instance, ranges)
             for first, last in ranges:
-                deleted += self._db.execute(
-                    "DELETE FROM batches WHERE instance = ? AND seq BETWEEN ? AND ? "
-                    "RETURNING id, samples", (instance, first, last)).fetchall()
                 recovered += sum(row[0] for row in self._db.execute(
                     "DELETE FROM dropped_published WHERE instance = ? AND seq BETWEEN ? AND ? "
                     "RETURNING samples", (instance, first, last)))
             if recovered:
                 self._add_meta("delivered_after_drop_samples_total", recovered)
             self._set_meta("last_ack_ms", now_ms)
+        self._forget(*deleted)
         self.delivered_after_drop_total += recovered
-        self._batches -= len(deleted)
-        self._samples -= sum(samples for _id, samples in deleted)
-        return [batch_id for batch_id, _samples in deleted]
+        return deleted[0]
 
     def reject(self, instance: str, ranges: Iterable[tuple[int, int]]) -> tuple[list[int], int]:
         """The collector refused these batches for good: delete them, count their samples dropped.
 
         Returns the deleted batch ids and the number of samples added to the dropped total.
         """
-        deleted: list[tuple[int, int]] = []
         with self._transaction():
-            for first, last in ranges:
-                deleted += self._db.execute(
-                    "DELETE FROM batches WHERE instance = ? AND seq BETWEEN ? AND ? "
-                    "RETURNING id, samples", (instance, first, last)).fetchall()
-            dropped = sum(samples for _id, samples in deleted)
+            ids, dropped = self._delete_batches(instance, ranges)
             self._add_dropped(dropped)
+        self._forget(ids, dropped)
         self.dropped_samples_total += dropped
-        self._batches -= len(deleted)
-        self._samples -= dropped
-        return [batch_id for batch_id, _samples in deleted], dropped
+        return ids, dropped
+
+    def _delete_batches(self, instance: str, ranges: Iterable[tuple[int, int]]
+                        ) -> tuple[list[int], int]:
+        """Delete (inside the caller's transaction) ``instance``'s batches whose seq is in an
+        inclusive range; the deleted ids and their samples (``_forget`` them after the commit)."""
+        rows: list[tuple[int, int]] = []
+        for first, last in ranges:
+            rows += self._db.execute(
+                "DELETE FROM batches WHERE instance = ? AND seq BETWEEN ? AND ? "
+                "RETURNING id, samples", (instance, first, last)).fetchall()
+        return [batch_id for batch_id, _n in rows], sum(n for _id, n in rows)
+
+    def _forget(self, ids: list[int], samples: int) -> None:
+        """Keep the in-memory depth in step once a deletion is committed."""
+        self._batches -= len(ids)
+        self._samples -= samples
 
     def mark_published(self, batch_id: int) -> None:
         """The batch was handed to the broker: if it is ever dropped, remember it (see ack)."""

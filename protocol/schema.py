@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from .batch import undelta
 from .errors import LimitExceeded, MalformedPayload
 from .limits import (
     MAX_INSTANCE_LENGTH,
@@ -116,11 +117,7 @@ class ValidBatch(BaseModel):
     @property
     def timestamps(self) -> list[int]:
         """Absolute timestamps in ms."""
-        out, acc = [], 0
-        for d in self.t:
-            acc += d
-            out.append(acc)
-        return out
+        return undelta(self.t)
 
     @property
     def sample_count(self) -> int:
