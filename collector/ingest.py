@@ -2,9 +2,9 @@
 
 All ingest writes (``store_batches``, ``record_status``) run in ONE dedicated writer thread;
 decoding and validation (zstd, msgpack, pydantic: CPU work) run there too, never on the event
-loop. Storage maintenance (compaction) runs either between the writer's transactions every
-``maintain_interval`` or, given a ``maintainer`` executor, in ``maintain_loop`` in its own thread,
-back to back while the storage reports work left (the storage serialises writers itself).
+loop. Storage maintenance (compaction) runs in ``maintain_loop`` in its own thread (the
+``maintainer`` executor), while the storage reports work left, never starving the writer (the
+storage serialises writers itself).
 Per group of messages taken from the inbox (up to ``max_batch_per_txn``):
 
 1. writer thread: parse the topic, decode and validate every payload; reject the bad ones with a
@@ -100,7 +100,7 @@ class IngestStats:
 class IngestPipeline:
     def __init__(self, *, storage: Storage, inbox: Inbox, mqtt: MqttIngest | None,
                  config: IngestConfig, writer: Executor, rejects: Rejects | None = None,
-                 maintain_interval: float = 10.0, maintainer: Executor | None = None,
+                 maintainer: Executor, maintain_interval: float = 10.0,
                  clock_ms: Callable[[], int] = now_ms) -> None:
         self.storage = storage
         self.inbox = inbox
@@ -109,9 +109,7 @@ class IngestPipeline:
         self.writer = writer
         self.rejects = rejects or Rejects()
         self.maintain_interval = maintain_interval
-        # With its own executor, maintenance runs in ``maintain_loop`` (its own thread) instead of
-        # between the writer's transactions; the storage serialises writes with its own lock.
-        self.maintainer = maintainer
+        self.maintainer = maintainer  # the thread of ``maintain_loop``
         self.clock_ms = clock_ms
         self.stats = IngestStats()
         self.storage_ok = True  # False while the storage refuses every write
@@ -122,8 +120,6 @@ class IngestPipeline:
 
     async def run(self) -> None:
         """Take, store and acknowledge until ``stop()`` was called and the inbox is empty."""
-        loop = asyncio.get_running_loop()
-        next_maintain = time.monotonic() + self.maintain_interval
         retry: list[RawMessage] = []
         backoff = 0.0
         limit = self.config.max_batch_per_txn
@@ -139,9 +135,7 @@ class IngestPipeline:
                     await asyncio.wait_for(self._stop.wait(), backoff)
                 msgs = retry + await self.inbox.get_many(max(0, limit - len(retry)), timeout=0)
             else:
-                wait = 1.0 if self.maintainer is not None else \
-                    max(0.0, min(1.0, next_maintain - time.monotonic()))
-                msgs = await self.inbox.get_many(limit, timeout=wait)
+                msgs = await self.inbox.get_many(limit, timeout=1.0)  # 1 s: the heartbeat
             if msgs:
                 outcomes = await self.process(msgs)
                 retry = [o.msg for o in outcomes if o.retry]
@@ -150,10 +144,6 @@ class IngestPipeline:
                 return
             if self.mqtt is not None:
                 self.mqtt.after_release()
-            if self.maintainer is None and time.monotonic() >= next_maintain \
-                    and not self._stop.is_set():
-                await loop.run_in_executor(self.writer, self._maintain)
-                next_maintain = time.monotonic() + self.maintain_interval
 
     def stop(self) -> None:
         """Finish what is queued, then let ``run`` return (call ``inbox.close()`` first)."""
@@ -164,7 +154,6 @@ class IngestPipeline:
         bounded steps; when the storage says work is left, the next round starts at once,
         otherwise after ``maintain_interval``. A round in progress finishes (about a second at
         most) before this returns, so await it before closing the storage."""
-        assert self.maintainer is not None
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             more = await loop.run_in_executor(self.maintainer, self._maintain_round)
