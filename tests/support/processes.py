@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -116,8 +118,6 @@ class Collector(Process):
 
 def buffer_meta(path: Path) -> dict[str, int]:
     """The agent buffer's counters, read-only (the agent may be running or dead)."""
-    import sqlite3
-
     db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
     try:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
@@ -136,8 +136,6 @@ def buffer_meta(path: Path) -> dict[str, int]:
 
 def stored_samples(collector: Collector, host: str) -> int:
     """Every sample the collector holds for ``host``: count over one step spanning all time."""
-    import time
-
     total = 0
     now_ms = int(time.time() * 1000)
     series = collector.get(f"/api/v1/hosts/{host}/series")["series"]
