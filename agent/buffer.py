@@ -594,10 +594,26 @@ def _check(path: Path) -> str | None:
     return None
 
 
+def make_private(path: Path) -> None:
+    """Take group and other access away from the buffer and its -wal/-shm (it holds the host's
+    metrics): SQLite gives the -wal and -shm files the database file's mode."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = file.stat().st_mode & 0o777
+            if mode & 0o077:
+                file.chmod(mode & 0o700)
+                log.warning("buffer file %s was accessible to other users (mode %04o): made it "
+                            "private (%04o)", file, mode, mode & 0o700)
+        except FileNotFoundError:
+            continue
+
+
 def _connect(path: Path, max_bytes: int) -> sqlite3.Connection:
     """Open with the buffer's pragmas and schema; a new file is created with mode 0600."""
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    else:
+        make_private(path)
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA busy_timeout = 2000")  # `edgemon-agent status` may be reading

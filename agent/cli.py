@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, as_dict, load_config
+from .config import AgentConfig, ConfigError, as_dict, load_config
 
 __all__ = ["main"]
 
 EXIT_CONFIG = 2
+
+
+def _load(config_path: str | None) -> AgentConfig:
+    """The configuration, refusing a file that other users may read (it may hold the broker
+    password or a key path) or write."""
+    if config_path is not None:
+        try:
+            mode = Path(config_path).stat().st_mode & 0o777
+        except OSError:
+            mode = 0  # load_config says why it cannot be read
+        if mode & 0o007:
+            raise ConfigError([
+                f"{config_path}: other users can access it (mode {mode:04o}) and it may hold the "
+                f"broker password; run: chmod 600 {config_path} (or chmod 640 and give it the "
+                "agent's group)"])
+    return load_config(config_path)
 
 
 def _format_age(ms: int | None, now_ms: int) -> str:
@@ -27,7 +45,7 @@ def _status(config_path: str | None) -> int:
 
     from .buffer import read_stats
 
-    config = load_config(config_path)
+    config = _load(config_path)
     path = config.buffer.path
     try:
         stats = read_stats(path)
@@ -59,7 +77,8 @@ def _run(config_path: str | None) -> int:
     from .runner import Runner
     from .single_instance import AlreadyRunning, hold_lock
 
-    config = load_config(config_path)
+    os.umask(0o077)  # the buffer, its -wal/-shm and lock file are for the agent's user only
+    config = _load(config_path)
     setup_logging(config.log.level)
     try:
         lock = hold_lock(config.buffer.path, "edgemon-agent")
@@ -67,7 +86,7 @@ def _run(config_path: str | None) -> int:
         print(f"edgemon-agent: {exc}", file=sys.stderr)
         return 2
     try:
-        return Runner(config, reload_config=lambda: load_config(config_path)).run()
+        return Runner(config, reload_config=lambda: _load(config_path)).run()
     finally:
         if lock is not None:
             lock.close()
@@ -87,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
-            config = load_config(args.config)
+            config = _load(args.config)
             print("OK")
             print(json.dumps(as_dict(config), indent=2))
             return 0

@@ -352,6 +352,7 @@ def start_edgemon(work: Path, interval: float, port: int) -> Tracked:
     host_id = f"bench-{interval:g}s".replace(".", "_")
     conf = d / "agent.toml"
     conf.write_text(_agent_config_text(host_id, interval, port, d / "buffer" / "buffer.db"))
+    conf.chmod(0o600)  # the agent refuses a configuration others can read
     env = dict(os.environ)
     for key in [k for k in env if k.startswith("EDGEMON_AGENT_")]:
         del env[key]

@@ -19,6 +19,7 @@ EXAMPLE = Path(str(files("edgemon.agent") / "agent.example.toml"))
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "agent.toml"
     path.write_text(text)
+    path.chmod(0o600)  # the agent refuses a configuration other users can read
     return path
 
 

@@ -286,6 +286,7 @@ def test_systemd_notifications_watchdog_and_reload(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(f'interval_seconds = 0.1\n[broker]\nport = {free_port()}\n'
                       f'[buffer]\npath = "{tmp_path / "buffer.db"}"\n[log]\nlevel = "info"\n')
+    config.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEMON_AGENT_")}
     env.update(NOTIFY_SOCKET=str(notify_path), WATCHDOG_USEC="300000")
     agent = subprocess.Popen([sys.executable, "-m", "edgemon.agent.cli", "run", "-c",
