@@ -14,6 +14,8 @@ import json
 import os
 import re
 import socket
+import ssl
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -48,6 +50,9 @@ class BrokerConfig(NamedTuple):
     username: str | None
     password: str | None
     tls: bool
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
     reconnect_max_seconds: float
 
 
@@ -183,14 +188,57 @@ def _level(value: Any, from_env: bool) -> str:
     return value.lower()
 
 
-def _no_tls(value: Any, from_env: bool) -> bool:
-    if _boolean(value, from_env):
-        raise ValueError("TLS is not supported yet; use a local broker bridge or a VPN")
-    return False
-
-
 def _path(value: Any, from_env: bool) -> Path:
     return Path(_text()(value, from_env)).expanduser()
+
+
+def _file(*, private: bool = False) -> Check:
+    """A readable regular file; ``private``: one other users cannot access (a private key)."""
+
+    def check(value: Any, from_env: bool) -> Path:
+        path = _path(value, from_env)
+        try:
+            info = path.stat()
+        except OSError as exc:
+            raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(info.st_mode) or not os.access(path, os.R_OK):
+            raise ValueError(f"{str(path)!r} is not a readable file")
+        mode = stat.S_IMODE(info.st_mode)
+        if private and mode & 0o007:
+            raise ValueError(f"other users can access the private key {str(path)!r} (mode "
+                             f"{mode:04o}); run: chmod 600 {path} (or chmod 640 and give it "
+                             "the agent's group)")
+        return path
+
+    return check
+
+
+def _tls_problems(broker: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, problem) for TLS settings that do not fit together or files ssl cannot load."""
+    files = [k for k in ("ca_file", "cert_file", "key_file") if broker[k] is not None]
+    if files and not broker["tls"]:
+        return [(files[0], f"{', '.join(files)} set but broker.tls is false: set tls = true")]
+    if (broker["cert_file"] is None) != (broker["key_file"] is None):
+        key = "key_file" if broker["key_file"] is None else "cert_file"
+        return [(key, "a client certificate needs both cert_file and key_file")]
+    if not broker["tls"]:
+        return []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if broker["ca_file"] is not None:
+            context.load_verify_locations(cafile=broker["ca_file"])
+    except (ssl.SSLError, ValueError) as exc:
+        return [("ca_file", f"not a PEM CA certificate: {exc}")]
+
+    def encrypted() -> bytes:
+        raise ValueError("the key is encrypted; give a key without a passphrase")
+
+    try:
+        if broker["cert_file"] is not None:
+            context.load_cert_chain(broker["cert_file"], broker["key_file"], password=encrypted)
+    except (ssl.SSLError, ValueError) as exc:
+        return [("cert_file", f"cannot load the certificate and key_file: {exc}")]
+    return []
 
 
 class _Key(NamedTuple):
@@ -212,7 +260,10 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "client_id": _Key(_client_id, None),
         "username": _Key(_text(), None),
         "password": _Key(_text(printable=False), None),
-        "tls": _Key(_no_tls, False),
+        "tls": _Key(_boolean, False),
+        "ca_file": _Key(_file(), None),
+        "cert_file": _Key(_file(), None),
+        "key_file": _Key(_file(private=True), None),
         "reconnect_max_seconds": _Key(_number(0.1, 3600), 60.0),
     },
     "buffer": {
@@ -342,11 +393,28 @@ def load_config(path: str | Path | None = None,
     broker = clean["broker"]
     if broker["password"] is not None and broker["username"] is None:
         problems.append(f"{where}: broker.password: set broker.username too")
+
+    def key_problem(section: str, key: str, message: str) -> None:
+        var = raw.get((section, key), (None, False, None))[2]
+        if var is not None:
+            problems.append(f"{var} (environment): {_dotted(section, key)}: {message}")
+        else:
+            file_problem(section, key, message)
+
+    if not problems:
+        for key, problem in _tls_problems(broker):
+            key_problem("broker", key, problem)
+    top = clean[""]
+    host_id = top["host_id"] or default_host_id(hostname)
+    if not problems and broker["username"] not in (None, host_id):
+        # the broker's ACL lets user U write only edgemon/v1/U/...: anything else is dropped
+        key_problem("broker", "username", f"must equal host_id ({_show(host_id)}), got "
+                    f"{_show(broker['username'])}: the broker only lets a host's user publish "
+                    "on its own topics; set host_id to the user name the credentials were "
+                    "made for, or use that host's credentials")
     if problems:
         raise ConfigError(problems)
 
-    top = clean[""]
-    host_id = top["host_id"] or default_host_id(hostname)
     broker["client_id"] = broker["client_id"] or f"edgemon-agent-{host_id}"
     return AgentConfig(
         host_id=host_id,

@@ -17,6 +17,8 @@ import contextlib
 import logging
 import queue
 import random
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,11 +31,26 @@ from edgemon.protocol import ack_topic, encode_status, status_topic
 from .config import BrokerConfig
 from .log import Throttle
 
-__all__ = ["Publisher", "reconnect_delay"]
+__all__ = ["Publisher", "connect_error", "reconnect_delay"]
 
 log = logging.getLogger("edgemon.agent.mqtt")
 
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 60.0
+NOT_AUTHORISED = (134, 135)  # CONNACK: bad user name or password, not authorised
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def connect_error(exc: BaseException | None) -> tuple[str, bool]:
+    """Why connecting failed, for the log, and whether it is a TLS failure (an error, not a
+    passing outage): paho calls ``on_connect_fail`` inside its ``except OSError``."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS: the broker's certificate failed verification ({exc.verify_message}); "
+                "check that broker.ca_file is the CA that signed it and that broker.host is a "
+                "name in it (subjectAltName)"), True
+    if isinstance(exc, ssl.SSLError):
+        return (f"TLS handshake failed ({exc.reason or exc}); is broker.port the broker's TLS "
+                "listener?"), True
+    return (str(exc) if exc is not None else "unknown error"), False
 
 
 def reconnect_delay(attempt: int, rand: Callable[[], float] = random.random, *,
@@ -75,6 +92,17 @@ class Publisher:
                              clean_session=False)
         if broker.username is not None:
             client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            # verify the broker's certificate and that broker.host is a name in it
+            client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None,
+                           certfile=str(broker.cert_file) if broker.cert_file else None,
+                           keyfile=str(broker.key_file) if broker.key_file else None,
+                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            client.tls_insecure_set(False)
+        elif broker.password is not None and broker.host not in LOOPBACK:
+            log.warning("the broker password goes over the network in clear text; set "
+                        "broker.tls = true (see packaging/SECURITY.md)",
+                        extra={"broker": f"{broker.host}:{broker.port}"})
         client.max_inflight_messages_set(max_inflight)
         # Bounded memory: the sender keeps at most max_inflight unacknowledged batches, each
         # possibly republished once while paho still holds it, plus status messages.
@@ -155,7 +183,10 @@ class Publisher:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
         if reason.is_failure:
-            log.error("broker refused the connection: %s", reason,
+            hint = ("; check broker.username (= host_id) and broker.password, made by "
+                    "edgemon-collector broker-auth add-host" if reason.value in NOT_AUTHORISED
+                    else "")
+            log.error("broker refused the connection: %s%s", reason, hint,
                       extra={"broker": f"{self.broker.host}:{self.broker.port}"})
             return
         self._attempt = 0
@@ -172,7 +203,9 @@ class Publisher:
         self._wake.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._schedule_retry(client, "cannot connect to the broker")
+        reason, is_tls = connect_error(sys.exc_info()[1])
+        self._schedule_retry(client, f"cannot connect to the broker: {reason}",
+                             level=logging.ERROR if is_tls else logging.WARNING)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
@@ -185,14 +218,15 @@ class Publisher:
         self._schedule_retry(client, f"connection lost: {reason}" if was_connected
                              else f"connection failed: {reason}")
 
-    def _schedule_retry(self, client: mqtt.Client, message: str) -> None:
+    def _schedule_retry(self, client: mqtt.Client, message: str, *,
+                        level: int = logging.WARNING) -> None:
         cap = self.broker.reconnect_max_seconds
         delay = reconnect_delay(self._attempt, self._rand, base=min(BACKOFF_BASE, cap), cap=cap)
         self._attempt += 1
         client.reconnect_delay_set(delay, delay)  # resets paho's doubling; we do our own
         self._set_will(client)
         if (suppressed := self._throttle()) is not None:
-            log.warning("%s; retrying in %.1f s", message, delay, extra={
+            log.log(level, "%s; retrying in %.1f s", message, delay, extra={
                 "broker": f"{self.broker.host}:{self.broker.port}", "attempt": self._attempt,
                 "suppressed": suppressed})
 

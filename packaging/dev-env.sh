@@ -12,6 +12,8 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # the packaging tests check the units with systemd-analyze and build .debs with dpkg-deb
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# packaging/fleet-ca.sh and the MQTT TLS tests make certificates with openssl
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt-get)" >&2
   as_root apt-get update -qq

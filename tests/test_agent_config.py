@@ -151,13 +151,13 @@ def test_a_bad_environment_value_names_the_variable() -> None:
 
 
 def test_credentials_and_tls(tmp_path: Path) -> None:
-    path = write(tmp_path, '[broker]\nusername = "u"\npassword = "p"\n')
+    path = write(tmp_path, 'host_id = "u"\n[broker]\nusername = "u"\npassword = "p"\n')
     config = load_config(path, environ={})
     assert (config.broker.username, config.broker.password) == ("u", "p")
     assert problems(write(tmp_path, '[broker]\npassword = "p"\n')) == [
         f"{tmp_path / 'agent.toml'}: broker.password: set broker.username too"]
-    [problem] = problems(write(tmp_path, "[broker]\ntls = true\n"))
-    assert problem.startswith(f"{tmp_path / 'agent.toml'}:2: broker.tls: TLS is not supported")
+    # more TLS and credential checks: tests/test_broker_auth.py
+    assert load_config(write(tmp_path, "[broker]\ntls = true\n"), environ={}).broker.tls
 
 
 def test_check_config_prints_ok_or_the_error_and_exits_2(tmp_path: Path,
@@ -165,7 +165,7 @@ def test_check_config_prints_ok_or_the_error_and_exits_2(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [v for v in os.environ if v.startswith("EDGEMON_AGENT_")]:
         monkeypatch.delenv(name)
-    good = write(tmp_path, '[broker]\nusername = "u"\npassword = "secret"\n')
+    good = write(tmp_path, 'host_id = "u"\n[broker]\nusername = "u"\npassword = "secret"\n')
     assert main(["check-config", "-c", str(good)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("OK\n") and '"username": "u"' in out

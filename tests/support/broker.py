@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 from .waiting import wait_until
 
@@ -21,24 +22,47 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class TlsFiles(NamedTuple):
+    """The broker side of a TLS listener: the CA clients are checked against, its own pair."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+
+
 class Broker:
     """Start, stop, restart and kill a private mosquitto. Its persistence file lives in ``workdir``.
 
     ``max_queued_messages`` bounds what the broker keeps for a disconnected persistent subscriber,
     so tests can show that the end-to-end acknowledgement (not the broker) guarantees delivery.
+    ``auth_dir``: a broker_auth directory: no anonymous clients, its password file and ACL.
+    ``tls``: a second listener on ``tls_port`` with these files; ``require_certificate``: clients
+    there must show a certificate from ``tls.cafile`` whose CN becomes their user name.
     """
 
     def __init__(self, workdir: Path, *, port: int | None = None, max_queued_messages: int = 1000,
-                 persistence: bool = True, extra_config: str = "") -> None:
+                 persistence: bool = True, extra_config: str = "", auth_dir: Path | None = None,
+                 tls: TlsFiles | None = None, require_certificate: bool = False) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.tls_port = free_port() if tls is not None else None
         self.host = "127.0.0.1"
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        security = ""
+        if tls is not None:
+            security += (f"listener {self.tls_port} 127.0.0.1\ncafile {tls.cafile}\n"
+                         f"certfile {tls.certfile}\nkeyfile {tls.keyfile}\n")
+            if require_certificate:
+                security += "require_certificate true\nuse_identity_as_username true\n"
+        if auth_dir is not None:
+            security += (f"allow_anonymous false\npassword_file {auth_dir / 'passwd'}\n"
+                         f"acl_file {auth_dir / 'acl'}\n")
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            + ("" if auth_dir is not None else "allow_anonymous true\n")
+            + security +
             # as root, mosquitto would switch to the "mosquitto" user and lose our workdir
             f"user {getpass.getuser()}\n"
             f"persistence {'true' if persistence else 'false'}\n"
@@ -63,11 +87,19 @@ class Broker:
     def accepting(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection((self.host, self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+        for port in (self.port, self.tls_port):
+            if port is None:
+                continue
+            try:
+                with socket.create_connection((self.host, port), timeout=0.2):
+                    pass
+            except OSError:
+                return False
+        return True
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto reads its password file and ACL again."""
+        self._signal(signal.SIGHUP, wait=False)
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM): mosquitto saves its persistence file."""
@@ -81,10 +113,12 @@ class Broker:
         self.stop()
         self.start()
 
-    def _signal(self, sig: int) -> None:
+    def _signal(self, sig: int, *, wait: bool = True) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         os.kill(self.proc.pid, sig)
+        if not wait:
+            return
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
