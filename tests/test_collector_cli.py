@@ -52,6 +52,7 @@ def test_run_stores_acks_and_exits_0_on_sigterm(tmp_path: Path, broker: Broker) 
     config.write_text(f'[mqtt]\nport = {broker.port}\nclient_id = "cli-test"\n\n'
                       f'[storage]\npath = "{tmp_path / "db" / "edgemon.db"}"\n\n'
                       f'[http]\nport = {http_port}\n')
+    config.chmod(0o600)  # a configuration others may read is refused
     notify_path = tmp_path / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
@@ -97,6 +98,7 @@ def test_run_stores_acks_and_exits_0_on_sigterm(tmp_path: Path, broker: Broker) 
 def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
     config = tmp_path / "collector.toml"
     config.write_text("[http]\nport = 99999\n")
+    config.chmod(0o600)
     result = subprocess.run([*CLI, "run", "-c", str(config)], capture_output=True, text=True,
                             timeout=30, env=env())
     assert result.returncode == 2
@@ -134,9 +136,7 @@ def test_tail_prints_samples_as_json_lines(broker: Broker) -> None:
 
 def test_sighup_reloads_alert_rules_and_keeps_running(tmp_path: Path) -> None:
     """SIGHUP re-reads the rules file; a broken file keeps the old rules; the process lives."""
-    import json
     import signal
-    import urllib.request
 
     from tests.support.broker import Broker
     from tests.support.processes import Collector
@@ -151,9 +151,7 @@ def test_sighup_reloads_alert_rules_and_keeps_running(tmp_path: Path) -> None:
     try:
         collector.start()
         def names() -> set[str]:
-            url = f"http://127.0.0.1:{collector.http_port}/api/v1/rules"
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                return {r["name"] for r in json.load(resp)["rules"]}
+            return {r["name"] for r in collector.get("/api/v1/rules")["rules"]}
 
         assert names() == {"first"}
         rules.write_text(rule.format("second"))

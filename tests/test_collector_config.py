@@ -19,6 +19,7 @@ EXAMPLE = Path(config_mod.__file__).parent / "collector.example.toml"
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "collector.toml"
     path.write_text(text)
+    path.chmod(0o600)  # the CLI refuses a configuration others may read
     return path
 
 
@@ -124,6 +125,7 @@ def test_check_config_cli(tmp_path: Path) -> None:
     result = run_cli("check-config", "-c", str(bad))
     assert result.returncode == 2, result
     assert f"{bad}:3: ingest.future_tolerance_seconds:" in result.stderr
-    ok = run_cli("check-config", "-c", str(EXAMPLE))
+    example = write(tmp_path, EXAMPLE.read_text())  # the installed copy is 0644 in the package
+    ok = run_cli("check-config", "-c", str(example))
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.startswith(f"{EXAMPLE}: ok")
+    assert ok.stdout.startswith(f"{example}: ok")

@@ -1,0 +1,175 @@
+"""HTTP API protection: bearer tokens with roles, request limits, CORS.
+
+    app = create_app(..., middlewares=security_middlewares(http, store),
+                     client_max_size=http.max_body_bytes)
+    add_cors(app, http.cors_origins)
+
+Access: ``/healthz`` and ``/readyz`` are open; ``/metrics`` needs a read token unless
+``public_metrics``; everything else needs a read token for GET/HEAD and an admin token for any
+other method. Tokens travel only in ``Authorization: Bearer`` (RFC 6750 §2.1), never in a query
+string, and the presented text is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from .config import HttpConfig
+from .tokens import CREATE_HINT, Role, TokenStore
+
+__all__ = [
+    "MAX_QUERY_PARAMS",
+    "OPEN_PATHS",
+    "add_cors",
+    "required_role",
+    "security_middlewares",
+]
+
+log = logging.getLogger("edgemon.collector.http_auth")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+READ_METHODS = frozenset({"GET", "HEAD"})
+MAX_QUERY_PARAMS = 100
+CORS_MAX_AGE_S = 600
+_CHALLENGE = 'Bearer realm="edgemon"'
+
+
+def _json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def required_role(method: str, path: str, *, public_metrics: bool) -> Role | None:
+    """The role a request needs, or None when it is open to anyone."""
+    if path in OPEN_PATHS or (path == "/metrics" and public_metrics):
+        return None
+    return "read" if method in READ_METHODS else "admin"
+
+
+def _unauthorized(message: str, error: str | None = None) -> web.Response:
+    challenge = f'{_CHALLENGE}, error="{error}"' if error else _CHALLENGE
+    return _json_error(401, f"{message}. Send 'Authorization: Bearer <token>'; an administrator "
+                            f"creates one with: {CREATE_HINT}",
+                       {"WWW-Authenticate": challenge})
+
+
+def auth_middleware(store: TokenStore, *, public_metrics: bool) -> Middleware:
+    """401 without a valid token, 403 when its role is too low (RFC 6750 §3)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        needed = required_role(request.method, request.path, public_metrics=public_metrics)
+        if needed is None:
+            return await handler(request)
+        header = request.headers.get("Authorization")
+        if header is None:
+            log.debug("http request without a token", extra=_where(request))
+            return _unauthorized("this endpoint needs an API token")
+        scheme, _, text = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not text.strip():
+            log.debug("http request with a non-bearer Authorization header", extra=_where(request))
+            return _unauthorized("the Authorization header must be 'Bearer <token>'",
+                                 "invalid_request")
+        token, why = store.verify(text.strip())
+        if token is None:
+            log.info("http request refused: %s", why, extra=_where(request))
+            return _unauthorized(f"invalid token: {why}", "invalid_token")
+        if not token.allows(needed):
+            log.info("http request refused: role %s, needs %s", token.role, needed,
+                     extra={**_where(request), "token_id": token.id})
+            return _json_error(
+                403, f"token {token.id} ({token.name!r}) has the role {token.role}; "
+                     f"{request.method} {request.path} needs an {needed} token "
+                     f"(create one with: edgemon-collector token create --name NAME "
+                     f"--role {needed} -c <collector.toml>)",
+                {"WWW-Authenticate": f'{_CHALLENGE}, error="insufficient_scope"'})
+        return await handler(request)
+
+    return middleware
+
+
+def _where(request: web.Request) -> dict[str, Any]:
+    return {"method": request.method, "path": request.path, "remote": request.remote}
+
+
+def limits_middleware(*, max_body_bytes: int, max_query_bytes: int) -> Middleware:
+    """413 for a body over ``max_body_bytes``, 414/400 for a long or crowded query string."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        query = request.rel_url.raw_query_string
+        if len(query) > max_query_bytes:
+            return _json_error(414, f"query string of {len(query)} bytes is over the limit of "
+                                    f"{max_query_bytes} (http.max_query_bytes)")
+        if len(request.query) > MAX_QUERY_PARAMS:
+            return _json_error(400, f"{len(request.query)} query parameters are more than the "
+                                    f"{MAX_QUERY_PARAMS} accepted")
+        too_large = _json_error(413, f"request body over the limit of {max_body_bytes} bytes "
+                                     "(http.max_body_bytes)")
+        if request.content_length is not None and request.content_length > max_body_bytes:
+            return too_large
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:  # a chunked body, caught while it was read
+            return too_large
+
+    return middleware
+
+
+def preflight_middleware(origins: Sequence[str]) -> Middleware:
+    """Answer CORS preflight requests (OPTIONS + Origin + Access-Control-Request-Method) from
+    the allowed origins before authentication: browsers send no credentials with them."""
+    allowed = frozenset(origins)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+            return await handler(request)
+        origin = request.headers.get("Origin")
+        if origin not in allowed:
+            return _json_error(403, f"origin {str(origin)[:100]!r} is not allowed "
+                                    "(http.cors_origins)")
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": "GET, HEAD, POST, DELETE",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+            "Access-Control-Max-Age": str(CORS_MAX_AGE_S)})
+
+    return middleware
+
+
+def add_cors(app: web.Application, origins: Sequence[str]) -> None:
+    """Add CORS headers to every response (errors too) for requests from ``origins``.
+
+    Without origins, nothing: no response carries any Access-Control-* header."""
+    if not origins:
+        return
+    allowed = frozenset(origins)
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if origin in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
+        response.headers.add("Vary", "Origin")
+
+    app.on_response_prepare.append(on_prepare)
+
+
+def security_middlewares(http: HttpConfig, store: TokenStore | None) -> list[Middleware]:
+    """The middlewares for ``http`` (outermost first); ``store`` is None when auth is off."""
+    middlewares: list[Middleware] = []
+    if http.cors_origins:
+        middlewares.append(preflight_middleware(http.cors_origins))
+    if http.auth == "token":
+        if store is None:
+            raise ValueError("http.auth = 'token' needs a TokenStore")
+        middlewares.append(auth_middleware(store, public_metrics=http.public_metrics))
+    middlewares.append(limits_middleware(max_body_bytes=http.max_body_bytes,
+                                         max_query_bytes=http.max_query_bytes))
+    return middlewares
