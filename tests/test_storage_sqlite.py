@@ -714,3 +714,15 @@ def test_open_storage(tmp_path: Path) -> None:
         open_storage(":memory:")
     with pytest.raises(RuntimeError, match="closed"):
         st.hosts()
+
+
+def test_label_filter_when_the_last_batch_has_no_matching_series(tmp_path: Path) -> None:
+    """A raw query whose label filter leaves a batch with no entry at all (found by fuzzing:
+    it used to fail with IndexError)."""
+    st = store(tmp_path)
+    st.store_batches([make_items("h", 1, [(T0, NET, ("one",), 5)])])
+    st.store_batches([make_items("h", 2, [(T0 + INTERVAL, NET, ("two",), 9)])])
+    got = st.query(q("net_bytes_total", T0, T0 + MIN, MIN, aggregation="max", tier="raw",
+                     labels={"iface": "one"}))
+    assert [(r.labels, r.points) for r in got] == [({"iface": "one"}, [(T0, 5.0)])]
+    st.close()

@@ -124,7 +124,8 @@ def flatten(batches: Iterable[tuple[int, int, dict[str, Any]]], resolve: Resolve
             seg_sid += [h[0] for h in hits]
             seg_t += [base + e[1] for e in entries]
             lens = [len(e[2]) for e in entries]
-            seg_at += accumulate(lens[:-1], initial=len(flat))
+            if lens:  # the resolver may have skipped every entry of this batch
+                seg_at += accumulate(lens[:-1], initial=len(flat))
             flat += chain.from_iterable(e[2] for e in entries)
         batch_segs.append(len(seg_sid) - first_seg)
     if not flat:
