@@ -100,15 +100,20 @@ class ValidBatch(BaseModel):
                 end = offset + len(deltas)
                 if end > n_times:
                     raise ValueError(f"{name}: series runs past the batch's timestamps")
-                spans = taken.setdefault(tuple(labels), [])
-                if any(offset < e and s < end for s, e in spans):
-                    raise ValueError(f"{name}: series {labels[:4]} repeats a timestamp")
-                spans.append((offset, end))
+                taken.setdefault(tuple(labels), []).append((offset, end))
                 if len(deltas) > 1:
                     running = list(accumulate(deltas))
                     if max(running) > MAX_INT or min(running) < MIN_INT:
                         raise ValueError(f"{name}: cumulated values overflow 64 bits")
                 samples += len(deltas)
+            for labels_of, spans in taken.items():
+                # Sorted, spans overlap only if one starts before the previous one ends:
+                # n log n, where comparing every pair would let one batch cost seconds.
+                if len(spans) > 1:
+                    spans.sort()
+                    if any(spans[i][0] < spans[i - 1][1] for i in range(1, len(spans))):
+                        raise ValueError(f"{name}: series {list(labels_of[:4])} repeats a "
+                                         "timestamp")
             series += len(entries)
         if series > MAX_SERIES or samples > MAX_SAMPLES:
             raise ValueError(f"batch holds {series} series / {samples} samples: over the limit")
