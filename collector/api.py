@@ -411,10 +411,14 @@ def create_app(storage: Storage, *, executor: Executor | None = None,
                clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
                extra_routes: Sequence[web.RouteDef] = (),
                extend_openapi: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+               middlewares: Sequence[Any] = (),
+               client_max_size: int = 1024**2,
                ) -> web.Application:
     """The collector's HTTP API; ``extra_routes`` (e.g. alerting) are described by
-    ``extend_openapi``, which adds their paths to a copy of ``OPENAPI``."""
-    app = web.Application(middlewares=[errors_middleware])
+    ``extend_openapi``, which adds their paths to a copy of ``OPENAPI``. ``middlewares`` (e.g.
+    collector/http_auth.py) run inside the one that turns exceptions into JSON errors."""
+    app = web.Application(middlewares=[errors_middleware, *middlewares],
+                          client_max_size=client_max_size)
     document = copy.deepcopy(OPENAPI)
     app[OPENAPI_KEY] = extend_openapi(document) if extend_openapi else document
     app.router.add_routes(extra_routes)
@@ -508,16 +512,25 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/openapi.json": {"get": {
             "summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         "/healthz": {"get": {
-            "summary": "The process is alive", "responses": {"200": {"description": "alive"}}}},
+            "summary": "The process is alive", "security": [],
+            "responses": {"200": {"description": "alive"}}}},
         "/readyz": {"get": {
-            "summary": "Connected to MQTT (subscribed) and storage open",
+            "summary": "Connected to MQTT (subscribed) and storage open", "security": [],
             "responses": {"200": _ok("Ready", "ready"), "503": _ok("Ready", "not ready")}}},
         "/metrics": {"get": {
             "summary": "The collector's own counters, Prometheus text format 0.0.4",
             "responses": {"200": {"description": "OK",
                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
     },
-    "components": {"schemas": {
+    # Every path but /healthz and /readyz (and /metrics with http.public_metrics): a read token
+    # for GET/HEAD, an admin token for the rest; 401/403 answers are Error documents.
+    "security": [{"bearerAuth": []}],
+    "components": {"securitySchemes": {"bearerAuth": {
+        "type": "http", "scheme": "bearer", "bearerFormat": "edm_<id>_<secret>",
+        "description": "edgemon-collector token create --name NAME --role read|admin; read for "
+                       "GET/HEAD, admin for other methods; missing or invalid: 401, role too "
+                       "low: 403"}},
+                   "schemas": {
         "Error": {"type": "object", "required": ["error"],
                   "properties": {"error": {"type": "string"}}},
         "Host": {"type": "object", "properties": {

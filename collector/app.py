@@ -1,6 +1,7 @@
 """Wiring and lifecycle: storage, MQTT, the ingest worker, HTTP, periodic maintenance.
 
-Start order: storage (opened in the writer thread, which does every ingest write from then on)
+Start order: HTTP security (token file, TLS key: a problem stops the start with exit 2) ->
+storage (opened in the writer thread, which does every ingest write from then on)
 -> ingest worker + maintenance loop (its own thread) -> MQTT -> HTTP. Stop (SIGTERM/SIGINT, or
 ``stop()``): refuse new MQTT messages (left unacknowledged: the broker keeps them for our
 persistent session) -> store and acknowledge everything already queued, let a running
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,18 +26,56 @@ from aiohttp import web
 from . import sdnotify
 from .alerting import AlertingService, merge_openapi
 from .api import create_app
-from .config import CollectorConfig, StorageConfig
+from .config import CollectorConfig, HttpConfig, StorageConfig
+from .file_modes import InsecureFileMode, check_not_world_accessible
+from .http_auth import add_cors, security_middlewares
 from .ingest import IngestPipeline
 from .metrics import render_metrics
 from .mqtt_ingest import Inbox, MqttIngest
+from .rate_limit import limiter_from_config
 from .rejects import Rejects
 from .storage.base import Storage
+from .tokens import CREATE_HINT, TokenFileError, TokenStore, default_tokens_path
 
-__all__ = ["Collector", "open_default_storage", "run"]
+__all__ = ["Collector", "StartupError", "open_default_storage", "run"]
 
 log = logging.getLogger("edgemon.collector")
 
 StorageFactory = Callable[[StorageConfig], Storage]
+
+
+class StartupError(Exception):
+    """A setting the collector cannot start with; the message says what to fix."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_context(http: HttpConfig) -> ssl.SSLContext | None:
+    """The server TLS context for ``tls_cert_file`` + ``tls_key_file`` (None: plain HTTP)."""
+    if http.tls_cert_file is None or http.tls_key_file is None:
+        return None
+    try:
+        check_not_world_accessible(http.tls_key_file, "TLS private key (http.tls_key_file)")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(http.tls_cert_file, http.tls_key_file)
+    except ssl.SSLError as exc:
+        raise StartupError(f"http.tls_cert_file {http.tls_cert_file} and http.tls_key_file "
+                           f"{http.tls_key_file}: not a PEM certificate and its private key "
+                           f"({exc.reason or exc})") from None
+    except InsecureFileMode as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"http.tls_cert_file/tls_key_file: cannot read "
+                           f"{exc.filename or http.tls_cert_file}: {exc.strerror or exc}") from None
+    return context
 
 
 def open_default_storage(config: StorageConfig) -> Storage:
@@ -77,19 +118,48 @@ class Collector:
         self._watchdog: asyncio.Task[None] | None = None
         self._stopped = False
         self.alerting: AlertingService | None = None
+        self.tokens: TokenStore | None = None
+
+    def _http_security(self) -> ssl.SSLContext | None:
+        """Load the token file and the TLS key (before anything else starts); warn about an
+        API that is open, or that carries tokens in clear text, beyond this machine."""
+        http = self.config.http
+        where = f"{http.host}:{http.port}"
+        tls = tls_context(http)
+        if http.auth == "none":
+            if not _is_loopback(http.host):
+                log.warning("http.auth = 'none' on %s: anyone who can reach it reads the fleet's "
+                            "data and changes alerting; set auth = 'token'", where)
+            return tls
+        self.tokens = TokenStore(default_tokens_path(http.tokens_path, self.config.storage.path))
+        try:
+            self.tokens.load()
+        except (OSError, TokenFileError) as exc:
+            raise StartupError(str(exc)) from None
+        if not self.tokens.active_tokens():
+            log.warning("no API tokens in %s yet: every request but /healthz and /readyz gets "
+                        "401. Create one with: %s", self.tokens.path, CREATE_HINT)
+        if tls is None and not _is_loopback(http.host):
+            log.warning("the HTTP API on %s carries bearer tokens in clear text: set "
+                        "http.tls_cert_file and http.tls_key_file, or put a TLS proxy in front",
+                        where)
+        return tls
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
         log.info("starting collector", extra={"storage": str(cfg.storage.path),
                                                "mqtt": f"{cfg.mqtt.host}:{cfg.mqtt.port}",
-                                               "http": f"{cfg.http.host}:{cfg.http.port}"})
+                                               "http": f"{cfg.http.host}:{cfg.http.port}",
+                                               "http_auth": cfg.http.auth})
+        tls = self._http_security()
         self.storage = await loop.run_in_executor(self._writer, self.storage_factory,
                                                   cfg.storage)
         self.storage_open = True
         self.inbox = Inbox(loop, max_messages=cfg.ingest.queue_max,
                            max_bytes=cfg.ingest.queue_max_bytes)
         self.mqtt = MqttIngest(cfg.mqtt, self.inbox)
+        self.mqtt.use_rate_limit(limiter_from_config(cfg.ingest), self.rejects)
         self.pipeline = IngestPipeline(storage=self.storage, inbox=self.inbox, mqtt=self.mqtt,
                                        config=cfg.ingest, writer=self._writer,
                                        rejects=self.rejects,
@@ -104,14 +174,18 @@ class Collector:
         app = create_app(self.storage, executor=self._readers, metrics=self.metrics_text,
                          ready=self.readiness,
                          extra_routes=self.alerting.routes() if self.alerting else (),
-                         extend_openapi=merge_openapi if self.alerting else None)
+                         extend_openapi=merge_openapi if self.alerting else None,
+                         middlewares=security_middlewares(cfg.http, self.tokens),
+                         client_max_size=cfg.http.max_body_bytes)
+        add_cors(app, cfg.http.cors_origins)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.http.host, cfg.http.port)
+        site = web.TCPSite(self._runner, cfg.http.host, cfg.http.port, ssl_context=tls)
         await site.start()
         addresses = self._runner.addresses  # the real port when the configured one was 0
         self.http_port = int(addresses[0][1]) if addresses else cfg.http.port
-        log.info("http api listening on http://%s:%d", cfg.http.host, self.http_port)
+        log.info("http api listening on %s://%s:%d", "https" if tls else "http", cfg.http.host,
+                 self.http_port)
         if self.alerting is not None:
             await self.alerting.start()
         sdnotify.notify(f"READY=1\nSTATUS=api on {cfg.http.host}:{self.http_port}")
@@ -216,6 +290,10 @@ class Collector:
         """Start, serve until ``stop`` is set (or the worker dies), stop. Exit status."""
         try:
             await self.start()
+        except StartupError as exc:
+            log.error("collector failed to start: %s", exc)
+            await self._stop_quietly()
+            return 2  # a configuration problem: restarting will not help
         except Exception:
             log.exception("collector failed to start")
             await self._stop_quietly()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import uuid
@@ -11,7 +12,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .broker_auth import add_commands as add_broker_auth_commands
+from .broker_auth import apply_client_tls, read_password_file
 from .config import CollectorConfig, ConfigError, load_config
+from .file_modes import InsecureFileMode, check_not_world_accessible
+from .token_cli import add_commands as add_token_commands
 
 __all__ = ["main"]
 
@@ -26,6 +31,12 @@ def _version() -> str:
 
 
 def _load(path: Path | None) -> CollectorConfig:
+    if path is not None:
+        try:
+            check_not_world_accessible(path, "configuration file")
+        except InsecureFileMode as exc:
+            print(f"edgemon-collector: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -35,6 +46,7 @@ def _load(path: Path | None) -> CollectorConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    os.umask(0o077)  # the database, tokens and outbox hold the fleet's data: the service's only
     config = _load(args.config)
     from .app import run
     from .log import setup_logging
@@ -116,8 +128,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
         print(json.dumps(doc), file=sys.stderr, flush=True)
 
     def on_connect(client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if rc.is_failure:
+        if rc.is_failure:  # e.g. not authorised: retrying cannot help
             err({"event": "connect_failed", "reason": str(rc)})
+            refused.append(str(rc))
+            client.disconnect()
             return
         client.subscribe([(t, 1) for t in topics])
 
@@ -146,9 +160,22 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2,
                          client_id=f"edgemon-tail-{uuid.uuid4().hex[:12]}", clean_session=True)
-    if config.mqtt.username is not None:
-        password = config.mqtt.password.get_secret_value() if config.mqtt.password else None
-        client.username_pw_set(config.mqtt.username, password)
+    refused: list[str] = []
+    username = args.username or config.mqtt.username
+    password = config.mqtt.password.get_secret_value() if config.mqtt.password else None
+    try:
+        if args.password_file is not None:
+            password = read_password_file(args.password_file)
+            if username is None:
+                raise ValueError("--password-file needs --username (or a username in -c)")
+        if username is not None:
+            client.username_pw_set(username, password)
+        if args.tls or args.ca_file or config.mqtt.tls:
+            apply_client_tls(client, ca_file=args.ca_file or config.mqtt.ca_file,
+                             cert_file=config.mqtt.cert_file, key_file=config.mqtt.key_file)
+    except (ValueError, OSError) as exc:
+        print(f"edgemon-collector tail: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
@@ -162,7 +189,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         client.loop_forever(retry_first_connection=False)
     except KeyboardInterrupt:
         client.disconnect()
-    return 0
+    return 1 if refused else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,7 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "127.0.0.1:1883)")
     tail.add_argument("-c", "--config", type=Path, help="take broker and credentials from here")
     tail.add_argument("--count", type=int, default=0, help="exit after this many messages")
+    tail.add_argument("--username", help="MQTT user (a broker-auth reader; default: from -c)")
+    tail.add_argument("--password-file", type=Path, metavar="FILE",
+                      help="first line: the password (the file must be private: chmod 600)")
+    tail.add_argument("--tls", action="store_true", help="TLS (default: [mqtt] tls from -c)")
+    tail.add_argument("--ca-file", type=Path, metavar="FILE",
+                      help="TLS with this CA (default: [mqtt] ca_file from -c, else system CAs)")
     tail.set_defaults(func=cmd_tail)
+
+    add_broker_auth_commands(sub)
+    add_token_commands(sub, _load)
     return parser
 
 

@@ -14,7 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ENV_PREFIX",
@@ -47,6 +55,12 @@ class MqttConfig(_Section):
     password: SecretStr | None = None
     keepalive: int = Field(30, ge=5, le=3600)
     reconnect_max_seconds: int = Field(30, ge=1, le=3600)
+    # TLS: the broker's certificate and host name are verified against ca_file (the system CAs
+    # when unset); cert_file + key_file: a client certificate (require_certificate brokers).
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     @field_validator("client_id")
     @classmethod
@@ -54,6 +68,30 @@ class MqttConfig(_Section):
         if any(c in value for c in "+#/") or not value.isprintable():
             raise ValueError("client_id must be printable without '+', '#' or '/'")
         return value
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: Path | None, info: Any) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser()
+        if not value.is_file() or not os.access(value, os.R_OK):
+            raise ValueError("not a readable file")
+        mode = value.stat().st_mode & 0o777
+        if info.field_name == "key_file" and mode & 0o007:
+            raise ValueError(f"other users can access this private key (mode {mode:04o}); "
+                             f"run: chmod 600 {value} (or chmod 640 and give it the "
+                             "collector's group)")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> MqttConfig:
+        files = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self, k) is not None]
+        if files and not self.tls:
+            raise ValueError(f"{', '.join(files)} set but tls = false: set tls = true")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        return self
 
 
 class StorageConfig(_Section):
@@ -67,6 +105,45 @@ class StorageConfig(_Section):
 class HttpConfig(_Section):
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(9400, ge=0, le=65535)  # 0 = any free port (tests)
+    # "token": every request but /healthz and /readyz needs a bearer token (collector/tokens.py)
+    auth: Literal["token", "none"] = "token"
+    # None: tokens.json beside the storage database
+    tokens_path: Path | None = None
+    max_body_bytes: int = Field(64 << 10, ge=1 << 10, le=64 << 20)
+    max_query_bytes: int = Field(4096, ge=256, le=8000)  # aiohttp's request line limit is 8190
+    cors_origins: tuple[str, ...] = ()
+    public_metrics: bool = False
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = Field(None, validate_default=True)
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: comma-separated
+            return tuple(o.strip() for o in value.split(",") if o.strip())
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9a-fA-F:.]+\]"
+                                r"(:[0-9]{1,5})?", origin):
+                raise ValueError(f"{origin[:100]!r} is not an origin: give scheme://host[:port] "
+                                 "with no path or trailing slash, e.g. https://grafana.example")
+        return origins
+
+    @field_validator("tls_key_file")
+    @classmethod
+    def _tls_pair(cls, key: Path | None, info: Any) -> Path | None:
+        if (key is None) != (info.data.get("tls_cert_file") is None):
+            raise ValueError("set both tls_cert_file and tls_key_file for HTTPS, or neither")
+        return key
 
 
 class IngestConfig(_Section):
@@ -75,6 +152,16 @@ class IngestConfig(_Section):
     queue_max_bytes: int = Field(64 << 20, ge=1 << 20)
     future_tolerance_seconds: int = Field(300, ge=0)
     past_tolerance_days: Positive = 30
+    # Decoded samples held at once by one group; beyond it the group is stored in several
+    # transactions (one batch over it is still stored, alone).
+    max_samples_per_txn: int = Field(1_000_000, ge=1)
+    # Per-host rate limit, applied before a message is queued (0 disables a rate). Bytes are the
+    # zstd frame's declared (decompressed) size, or the wire size when larger.
+    rate_limit_messages_per_second: float = Field(100.0, ge=0)
+    rate_limit_message_burst: int = Field(1000, ge=1)
+    rate_limit_bytes_per_second: int = Field(4 << 20, ge=0)
+    rate_limit_byte_burst: int = Field(32 << 20, ge=1 << 20)
+    rate_limit_max_hosts: int = Field(10_000, ge=1, le=10_000_000)
 
 
 class LogConfig(_Section):

@@ -9,7 +9,9 @@ Per group of messages taken from the inbox (up to ``max_batch_per_txn``):
 
 1. writer thread: parse the topic, decode and validate every payload; reject the bad ones with a
    counted reason (nothing of a bad message reaches storage); record status messages; store all
-   accepted batches with ONE ``store_batches`` call (one transaction, durable on return);
+   accepted batches with ONE ``store_batches`` call (one transaction, durable on return). Memory
+   is bounded: once the decoded batches of a group hold ``max_samples_per_txn`` samples, they
+   are stored and let go before the rest of the group is decoded (several transactions);
 2. event loop, only after that returned: PUBACK every message of the group (stored, duplicate and
    rejected alike: the broker must not redeliver garbage forever), then publish one agent ack per
    (host, instance) on ``edgemon/v1/<host>/ack`` with QoS 1 naming the stored and duplicate seqs.
@@ -31,14 +33,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgemon.protocol import ProtocolError, decode, decode_status, parse_topic
-from edgemon.protocol.limits import MAX_COMPRESSED_BYTES
+from edgemon.protocol import MalformedPayload, ProtocolError, decode, decode_status, parse_topic
+from edgemon.protocol.limits import MAX_COMPRESSED_BYTES, MAX_INT
 from edgemon.protocol.schema import validate_batch
 
 from .config import IngestConfig
@@ -48,9 +51,12 @@ from .storage.base import IngestItem, Storage, StoreResult
 
 __all__ = ["IngestPipeline", "IngestStats", "Outcome"]
 
+_INSTANCE_RE = re.compile(r"[A-Za-z0-9._-]+")  # as protocol.schema checks it in batches
+
 log = logging.getLogger("edgemon.collector.ingest")
 
 MAX_TRACKED_HOSTS = 10_000
+DECODE_ERROR_LOG_INTERVAL = 60.0  # seconds between tracebacks of unexpected decoder errors
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 
@@ -70,6 +76,8 @@ class Outcome:
     failed: bool = False  # storing it raised
     retry: bool = False  # storage unavailable: keep it, do not acknowledge, try again later
     batch_key: tuple[str, int] | None = None  # (instance, seq) of a decodable batch
+    samples: int = 0  # decoded samples held by ``item``
+    sent_ms: int | None = None  # the batch's ``sent`` (kept when ``item`` is let go)
 
     def reject(self, reason: str, detail: str) -> Outcome:
         """Turn this outcome into a rejection (keeping ``batch_key`` so the agent can be told)."""
@@ -114,6 +122,7 @@ class IngestPipeline:
         self.stats = IngestStats()
         self.storage_ok = True  # False while the storage refuses every write
         self.heartbeat = time.monotonic()  # last turn of the worker loop (systemd watchdog)
+        self._last_decode_error_log = -DECODE_ERROR_LOG_INTERVAL
         self._stop = asyncio.Event()
 
     # --- the worker ---------------------------------------------------------------------------
@@ -188,7 +197,26 @@ class IngestPipeline:
     # --- writer thread ------------------------------------------------------------------------
 
     def _store_group(self, msgs: list[RawMessage]) -> list[Outcome]:
-        outcomes = [self._classify(m) for m in msgs]
+        """Classify and store ``msgs`` in order, in as few transactions as the bound on decoded
+        samples held at once (``max_samples_per_txn``) allows."""
+        outcomes: list[Outcome] = []
+        chunk: list[Outcome] = []
+        held = 0
+        for msg in msgs:
+            o = self._classify(msg)
+            outcomes.append(o)
+            chunk.append(o)
+            held += o.samples
+            if held >= self.config.max_samples_per_txn:
+                self._store_chunk(chunk)
+                chunk, held = [], 0
+        if chunk:
+            self._store_chunk(chunk)
+        return outcomes
+
+    def _store_chunk(self, outcomes: list[Outcome]) -> None:
+        """Record the statuses and store the batches of ``outcomes`` in one transaction, then
+        let the decoded batches go (what is acknowledged later needs only the result)."""
         statuses = [o for o in outcomes if o.kind == "status"]
         # The same batch twice in one group (a quick resend): store the first, the rest are dups.
         first: dict[tuple[str, str, int], Outcome] = {}
@@ -237,7 +265,8 @@ class IngestPipeline:
                 b = original.result
                 o.result = StoreResult(host=b.host, instance=b.instance, seq=b.seq,
                                        stored=False, samples=b.samples)
-        return outcomes
+        for o in outcomes:
+            o.item, o.samples = None, 0
 
     def _store_one_by_one(self, group: list[Outcome]) -> None:
         for o in group:
@@ -256,7 +285,7 @@ class IngestPipeline:
         key: tuple[str, int] | None = None
         try:
             if kind == "status":
-                return Outcome(msg, host, "status", status=decode_status(msg.payload))
+                return Outcome(msg, host, "status", status=_checked_status(msg.payload))
             if kind not in ("metrics", "backfill"):
                 return Outcome(msg, host, "reject", reason="unexpected_topic",
                                detail=f"collector does not read {kind} topics")
@@ -270,7 +299,11 @@ class IngestPipeline:
             return Outcome(msg, host, "reject", reason=exc.reason, detail=str(exc),
                            batch_key=key)
         except Exception as exc:  # a decoder bug must not stop ingest of everyone else
-            log.exception("unexpected error decoding a message from %s", host)
+            now = time.monotonic()
+            if now - self._last_decode_error_log >= DECODE_ERROR_LOG_INTERVAL:
+                self._last_decode_error_log = now
+                log.exception("unexpected error decoding a message from %s (logged at most "
+                              "once a minute; all are counted as reason decode_error)", host)
             return Outcome(msg, host, "reject", reason="decode_error", detail=repr(exc)[:200])
         if batch.host != host:
             return Outcome(msg, host, "reject", reason="host_mismatch", batch_key=key,
@@ -288,7 +321,8 @@ class IngestPipeline:
                            detail=f"sample older than {self.config.past_tolerance_days} days")
         item = IngestItem(batch=batch, payload=msg.payload, received_ms=msg.received_ms,
                           historical=kind == "backfill")
-        return Outcome(msg, host, kind, item=item, batch_key=key)
+        return Outcome(msg, host, kind, item=item, batch_key=key, samples=batch.sample_count,
+                       sent_ms=batch.sent)
 
     def _record_status(self, o: Outcome) -> None:
         doc = o.status or {}
@@ -375,8 +409,8 @@ class IngestPipeline:
             if host in stats.host_last_received_ms or \
                     len(stats.host_last_received_ms) < MAX_TRACKED_HOSTS:
                 stats.host_last_received_ms[host] = o.msg.received_ms
-                if o.kind == "metrics" and o.item is not None:
-                    stats.host_lag_ms[host] = o.msg.received_ms - o.item.batch.sent
+                if o.kind == "metrics" and o.sent_ms is not None:
+                    stats.host_lag_ms[host] = o.msg.received_ms - o.sent_ms
         if self.mqtt is not None:
             for (host, instance), seqs in acks.items():
                 if self.mqtt.publish_ack(host, instance, seqs):
@@ -384,6 +418,23 @@ class IngestPipeline:
             for (host, instance), (seqs, reason) in refused.items():
                 if self.mqtt.publish_ack(host, instance, [], rejected=seqs, reason=reason):
                     stats.acks_published += 1
+
+
+def _checked_status(payload: bytes) -> dict[str, Any]:
+    """A status message that storage can record: ``decode_status`` plus the checks it leaves out
+    (JSON nested too deep, ``ts`` a bool or beyond 64 bits, an invalid instance id)."""
+    try:
+        doc = decode_status(payload)
+    except RecursionError:
+        raise MalformedPayload("not JSON: nested too deeply", reason="not_json") from None
+    ts = doc["ts"]
+    if type(ts) is not int or not 0 <= ts <= MAX_INT:
+        raise MalformedPayload("status ts must be milliseconds since the epoch (an integer "
+                               f"from 0 to {MAX_INT})", reason="schema")
+    if not _INSTANCE_RE.fullmatch(doc["instance"]):
+        raise MalformedPayload("status instance id: use letters, digits, '.', '-', '_'",
+                               reason="schema")
+    return doc
 
 
 def _batch_key(raw: dict[str, Any]) -> tuple[str, int] | None:

@@ -89,6 +89,12 @@ def render_metrics(*, stats: IngestStats, rejects: Rejects, inbox: Inbox | None,
               "messages delivered again", mqtt.redelivery_reconnects)
         w.one("mqtt_connections_total", "counter", "Successful MQTT connections",
               mqtt.generation)
+        w.one("rate_limited_total", "counter", "Messages over their host's rate limit: "
+              "acknowledged and dropped before queueing (also in rejects_total)",
+              mqtt.rate_limited)
+        if mqtt.rate_limiter is not None:
+            w.one("rate_limit_hosts", "gauge", "Hosts with a rate-limit bucket of their own "
+                  "(the rest share one)", mqtt.rate_limiter.hosts_tracked)
     w.one("storage_open", "gauge", "1 when the storage is open", int(storage_open))
     w.metric("host_lag_seconds", "gauge", "Receive time minus send time of the host's newest "
              "live batch (includes clock offset)",

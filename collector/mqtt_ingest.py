@@ -36,10 +36,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgemon.protocol import ack_topic, encode_ack, subscriptions
+from edgemon.protocol import ProtocolError, ack_topic, encode_ack, parse_topic, subscriptions
 from edgemon.protocol.limits import MAX_COMPRESSED_BYTES
 
 from .config import MqttConfig
+from .rate_limit import RateLimiter, message_cost
+from .rejects import Rejects
 
 __all__ = ["Inbox", "MqttIngest", "RawMessage", "now_ms"]
 
@@ -179,13 +181,16 @@ class MqttIngest:
         if config.username is not None:
             password = config.password.get_secret_value() if config.password else None
             client.username_pw_set(config.username, password)
+        if config.tls:
+            self._use_tls(client)
         # Back-off 0.25 s doubling to the maximum; short at first so the deliberate reconnect
         # after a refusal (see after_release) costs little. paho accepts float delays.
         client.reconnect_delay_set(min_delay=0.25,  # type: ignore[arg-type]
                                    max_delay=config.reconnect_max_seconds)
         client.max_queued_messages_set(10_000)  # outgoing agent acks while disconnected
         client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
+        if not config.tls:
+            client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -195,9 +200,28 @@ class MqttIngest:
 
     # --- lifecycle (event loop thread) ---------------------------------------------------------
 
+    def _use_tls(self, client: mqtt.Client) -> None:
+        """TLS with verification (part of ``__init__``); a TLS failure is logged with a hint."""
+        import sys
+
+        from .broker_auth import apply_client_tls, tls_failure_hint
+
+        cfg = self.config
+        apply_client_tls(client, ca_file=cfg.ca_file, cert_file=cfg.cert_file,
+                         key_file=cfg.key_file)
+
+        def on_connect_fail(client_: mqtt.Client, userdata: Any) -> None:
+            # paho calls this inside its ``except OSError``: the exception is still current
+            hint = tls_failure_hint(sys.exc_info()[1], ca_key="mqtt.ca_file", host_key="mqtt.host")
+            if hint is not None:
+                log.error("cannot connect to mqtts://%s:%d: %s", cfg.host, cfg.port, hint)
+            self._on_connect_fail(client_, userdata)
+
+        client.on_connect_fail = on_connect_fail
+
     def start(self) -> None:
-        log.info("connecting to mqtt://%s:%d as %r", self.config.host, self.config.port,
-                 self.config.client_id)
+        log.info("connecting to %s://%s:%d as %r", "mqtts" if self.config.tls else "mqtt",
+                 self.config.host, self.config.port, self.config.client_id)
         self.client.connect_async(self.config.host, self.config.port,
                                   keepalive=self.config.keepalive)
         self.client.loop_start()
@@ -313,6 +337,34 @@ class MqttIngest:
         except Exception:  # never let an exception kill paho's network thread
             log.exception("failed to hand over an mqtt message")
 
+    # --- per-host rate limit (``use_rate_limit``), applied in ``_handle`` -------------------------
+
+    rate_limiter: RateLimiter | None = None
+    _rate_rejects: Rejects | None = None
+    rate_limited = 0  # acknowledged and dropped: over their host's rate limit
+
+    def use_rate_limit(self, limiter: RateLimiter, rejects: Rejects) -> None:
+        """Drop messages over their host's limit before queueing them, counted in ``rejects``
+        as ``rate_limited``. Call before ``start``."""
+        self.rate_limiter, self._rate_rejects = limiter, rejects
+
+    def _over_rate_limit(self, topic: str, payload: bytes, size: int) -> bool:
+        """Whether the message's host (from the topic) is over its rate limit."""
+        limiter = self.rate_limiter
+        if limiter is None:
+            return False
+        try:
+            host: str | None = parse_topic(topic).host
+        except ProtocolError:
+            host = None  # bad topics share one bucket (and are rejected by the pipeline)
+        if limiter.allow(host or "_unknown", message_cost(payload, size)):
+            return False
+        self.rate_limited += 1
+        if self._rate_rejects is not None:
+            self._rate_rejects.record("rate_limited", host, "over the host's rate limit; the "
+                                      "agent sends the batch again after its ack timeout")
+        return True
+
     def _handle(self, message: mqtt.MQTTMessage) -> None:
         self.received += 1
         try:
@@ -328,6 +380,10 @@ class MqttIngest:
                          generation=self.generation, size=size)
         if self.inbox.closed:
             self.refused_stopping += 1
+            return
+        if self._over_rate_limit(topic, payload, size):
+            if message.qos > 0:
+                self.client.ack(message.mid, message.qos)  # PUBACK now: dropped, not redelivered
             return
         if self._refusing or not self.inbox.offer(msg):
             if self.inbox.closed:

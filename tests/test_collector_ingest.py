@@ -193,7 +193,7 @@ def make_config(tmp_path: Path, broker: Broker) -> Callable[..., CollectorConfig
                             keepalive=10),
             storage=StorageConfig(path=tmp_path / "data" / "edgemon.db",
                                   maintain_interval_seconds=0.2),
-            http=HttpConfig(port=0),
+            http=HttpConfig(port=0, auth="none"),  # API auth: tests/test_api_auth.py
             ingest=IngestConfig(**ingest),
         )
 

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -57,14 +58,17 @@ class Process:
 class Agent(Process):
     def __init__(self, workdir: Path, broker: Broker, *, host_id: str = "test-host",
                  interval: float = 0.1, batch_cycles: int = 2, extra: str = "",
-                 buffer_extra: str = "") -> None:
+                 buffer_extra: str = "", broker_extra: str = "",
+                 broker_port: int | None = None) -> None:
+        """``broker_extra``: more [broker] keys (credentials, TLS); ``broker_port``: instead of
+        ``broker.port`` (e.g. ``broker.tls_port``)."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.buffer = workdir / "buffer.db"
         self.config = workdir / "agent.toml"
         self.config.write_text(
             f'host_id = "{host_id}"\ninterval_seconds = {interval}\nbatch_cycles = {batch_cycles}\n'
-            f"{extra}\n[broker]\nhost = \"127.0.0.1\"\nport = {broker.port}\nkeepalive = 5\n"
-            "reconnect_max_seconds = 2\n\n"
+            f"{extra}\n[broker]\nhost = \"127.0.0.1\"\nport = {broker_port or broker.port}\n"
+            f"keepalive = 5\nreconnect_max_seconds = 2\n{broker_extra}\n\n"
             f"[buffer]\npath = \"{self.buffer}\"\n{buffer_extra}\n"
         )
         self.config.chmod(0o600)
@@ -82,24 +86,64 @@ class Agent(Process):
 
 
 class Collector(Process):
-    def __init__(self, workdir: Path, broker: Broker, *, extra: str = "") -> None:
+    def __init__(self, workdir: Path, broker: Broker, *, extra: str = "", mqtt_extra: str = "",
+                 mqtt_port: int | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.http_port = free_port()
         self.db = workdir / "edgemon.db"
         self.config = workdir / "collector.toml"
         self.config.write_text(
-            f"[mqtt]\nhost = \"127.0.0.1\"\nport = {broker.port}\nreconnect_max_seconds = 2\n\n"
+            f"[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port or broker.port}\n"
+            f"reconnect_max_seconds = 2\n{mqtt_extra}\n\n"
             f"[storage]\npath = \"{self.db}\"\nmaintain_interval_seconds = 0.5\n\n"
             f"[http]\nhost = \"127.0.0.1\"\nport = {self.http_port}\n{extra}\n"
         )
         self.config.chmod(0o600)
+        # The admin token get()/request() send; created with the CLI before the first start.
+        self.token: str | None = None
+        # HTTPS (the config has tls_cert_file/tls_key_file): the CA file to verify it with.
+        self.tls_ca: Path | None = None
         super().__init__("collector", [str(BIN / "edgemon-collector"), "run", "-c",
                                        str(self.config)], workdir / "collector.log", {})
 
     def start(self, timeout: float = 30.0) -> Collector:
+        if self.token is None:
+            self.token = self.create_token("tests", "admin")
         super().start()
         wait_until(lambda: self._ready(), timeout, f"collector ready ({self.log})")
         return self
+
+    def token_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``edgemon-collector token <args> -c <config>``; fails the test on a non-zero exit."""
+        result = subprocess.run([str(BIN / "edgemon-collector"), "token", *args, "-c",
+                                 str(self.config)], capture_output=True, text=True, timeout=30,
+                                env={**os.environ, **self.env})
+        assert result.returncode == 0, f"token {args}: {result.stderr}"
+        return result
+
+    def create_token(self, name: str, role: str) -> str:
+        return self.token_cli("create", "--name", name, "--role", role).stdout.strip()
+
+    def request(self, method: str, path: str, *, body: bytes | None = None,
+                token: str | None = "", headers: dict[str, str] | None = None,
+                ) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body) of any request, error statuses included. ``token``: "" for
+        the admin token, None for none."""
+        try:
+            with self._open(method, path, body, token, headers) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def _open(self, method: str, path: str, body: bytes | None = None, token: str | None = "",
+              headers: dict[str, str] | None = None) -> Any:
+        scheme = "https" if self.tls_ca else "http"
+        request = urllib.request.Request(f"{scheme}://127.0.0.1:{self.http_port}{path}",
+                                         data=body, method=method, headers=dict(headers or {}))
+        if token is not None and (token or self.token):
+            request.add_header("Authorization", f"Bearer {token or self.token}")
+        context = ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else None
+        return urllib.request.urlopen(request, timeout=10, context=context)
 
     def _ready(self) -> bool:
         if not self.running():
@@ -110,8 +154,8 @@ class Collector(Process):
             return False
 
     def get(self, path: str, *, raw: bool = False) -> Any:
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        """GET with the admin token; raises ``HTTPError`` on an error status."""
+        with self._open("GET", path) as resp:
             body = resp.read()
         return body if raw else json.loads(body)
 
