@@ -68,6 +68,10 @@ REGISTRY: dict[str, Bench] = {
                      quick=["--quick"]),
     "alerting": Bench("alerting.py", "alert evaluation cycle for 10,000 hosts x default rules, "
                       "sample-to-notification latency", quick=["--quick"]),
+    "hostile": Bench("hostile.py", "a hostile flood from one host: collector peak memory vs "
+                     "baseline, rejects/s, a good host's publish->stored lag with and without",
+                     quick=["--quick"], tiny=["--seconds", "2"], timeout_quick=150,
+                     timeout_full=300),
 }
 
 # Runs a benchmark script with its result directory redirected (``_common.RESULTS``), so that
