@@ -38,36 +38,12 @@ import paho.mqtt.client as mqtt
 import zstandard
 from _common import table, write_result
 from fleet import Fleet
-from ingest import COLLECTOR, free_port, start_broker, stop, wait_for
+from ingest import start_broker, start_collector, stop
 from paho.mqtt.enums import CallbackAPIVersion
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "fuzz_corpus"
 GOOD_RATE = 5.0  # batches/s of the good host
 FLOOD_HOST = "flood-host"
-
-
-def start_collector(work: Path, mqtt_port: int) -> tuple[Any, int]:
-    """The collector with default ingest limits, the API open on loopback (no tokens)."""
-    import subprocess
-
-    http = free_port()
-    conf = work / "collector.toml"
-    conf.write_text(f"[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n\n"
-                    f"[storage]\npath = \"{work / 'data' / 'edgemon.db'}\"\n\n"
-                    f"[http]\nhost = \"127.0.0.1\"\nport = {http}\nauth = \"none\"\n")
-    conf.chmod(0o600)
-    log = open(work / "collector.log", "ab")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen([str(COLLECTOR), "run", "-c", str(conf)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError((work / "collector.log").read_text()[-2000:])
-        with urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=2) as r:
-            return r.status == 200
-    wait_for(ready, 30, "collector not ready")
-    return proc, http
 
 
 def rss_kib(pid: int) -> dict[str, int]:
@@ -163,7 +139,9 @@ def main() -> int:
     broker = collector = None
     try:
         broker, port = start_broker(work)
-        collector, http = start_collector(work, port)
+        # default ingest limits; the API open on loopback (no tokens) for /metrics
+        collector, http, _ = start_collector(work, port, http_extra='auth = "none"\n',
+                                             ingest="")
         pid = collector.pid
         quiet = good_phase(port, seconds, 0)
         print(f"no flood: {quiet}", flush=True)

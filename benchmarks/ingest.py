@@ -88,14 +88,18 @@ def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
-def start_collector(work: Path, mqtt_port: int) -> tuple[subprocess.Popen[bytes], int, Path]:
+def start_collector(work: Path, mqtt_port: int, *, http_extra: str = "",
+                    ingest: str = "queue_max = 20000\npast_tolerance_days = 30\n",
+                    ) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """A collector on ``mqtt_port`` with its data in ``work``; ``http_extra`` and ``ingest`` are
+    TOML lines for those sections. Returns (process, HTTP port, database path) once ready."""
     http = free_port()
     db = work / "data" / "edgemon.db"
     conf = work / "collector.toml"
     conf.write_text(f"[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n\n"
                     f"[storage]\npath = \"{db}\"\nmaintain_interval_seconds = 2\n\n"
-                    f"[http]\nhost = \"127.0.0.1\"\nport = {http}\n\n"
-                    "[ingest]\nqueue_max = 20000\npast_tolerance_days = 30\n")
+                    f"[http]\nhost = \"127.0.0.1\"\nport = {http}\n{http_extra}\n"
+                    f"[ingest]\n{ingest}")
     conf.chmod(0o600)
     log = open(work / "collector.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen([str(COLLECTOR), "run", "-c", str(conf)], stdout=log,
