@@ -165,6 +165,9 @@ class MqttIngest:
         self.redelivery_reconnects = 0
         self.ack_publish_failures = 0
         self.stale_acks_skipped = 0
+        self.rate_limited = 0  # acknowledged and dropped: over their host's rate limit
+        self.rate_limiter: RateLimiter | None = None  # see use_rate_limit
+        self._rate_rejects: Rejects | None = None
         self._connected = False
         self._subscribed = False
         self._refusing = False  # refused something: refuse everything until drained, reconnect
@@ -338,10 +341,6 @@ class MqttIngest:
             log.exception("failed to hand over an mqtt message")
 
     # --- per-host rate limit (``use_rate_limit``), applied in ``_handle`` -------------------------
-
-    rate_limiter: RateLimiter | None = None
-    _rate_rejects: Rejects | None = None
-    rate_limited = 0  # acknowledged and dropped: over their host's rate limit
 
     def use_rate_limit(self, limiter: RateLimiter, rejects: Rejects) -> None:
         """Drop messages over their host's limit before queueing them, counted in ``rejects``
