@@ -44,6 +44,8 @@ from edgemon.protocol.errors import ProtocolError
 from edgemon.protocol.limits import MAX_COMPRESSED_BYTES
 from edgemon.protocol.topics import PREFIX, validate_host_id
 
+from .file_modes import check_private_file
+
 __all__ = [
     "DEFAULT_COLLECTOR",
     "MAX_PACKET_SIZE",
@@ -54,7 +56,6 @@ __all__ = [
     "acl_text",
     "add_commands",
     "apply_client_tls",
-    "check_private_file",
     "client_snippet",
     "hash_password",
     "mosquitto_conf",
@@ -176,21 +177,6 @@ def write_private(path: Path, text: str, *, mode: int | None = None) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def check_private_file(path: Path, what: str, *, owner: str = "this program") -> Path:
-    """``path`` if it is a readable regular file other users cannot access, else ValueError."""
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise ValueError(f"{what} {str(path)!r}: cannot read it: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{what} {str(path)!r}: not a regular file")
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o007:
-        raise ValueError(f"{what} {str(path)!r}: other users can access it (mode {mode:04o}); "
-                         f"run: chmod 600 {path} (or chmod 640 and give it {owner}'s group)")
-    return path
 
 
 def tls_failure_hint(exc: BaseException | None, *, ca_key: str, host_key: str) -> str | None:

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from .file_modes import check_private_file
+
 __all__ = [
     "ENV_PREFIX",
     "CollectorConfig",
@@ -77,11 +79,8 @@ class MqttConfig(_Section):
         value = value.expanduser()
         if not value.is_file() or not os.access(value, os.R_OK):
             raise ValueError("not a readable file")
-        mode = value.stat().st_mode & 0o777
-        if info.field_name == "key_file" and mode & 0o007:
-            raise ValueError(f"other users can access this private key (mode {mode:04o}); "
-                             f"run: chmod 600 {value} (or chmod 640 and give it the "
-                             "collector's group)")
+        if info.field_name == "key_file":
+            check_private_file(value, "private key", owner="the collector")
         return value
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ import shlex
 import stat
 from pathlib import Path
 
-__all__ = ["InsecureFileMode", "check_not_world_accessible"]
+__all__ = ["InsecureFileMode", "check_not_world_accessible", "check_private_file"]
 
 
 class InsecureFileMode(PermissionError):
@@ -36,3 +36,18 @@ def check_not_world_accessible(path: str | Path, what: str) -> None:
             f"{path}: refusing the {what}: its mode {mode:04o} gives every user on this machine "
             f"access, and it may hold secrets. Fix: chmod 600 {quoted} (or chmod 640 {quoted} "
             f"with the service's group as the file's group, e.g. chown root:edgemon {quoted})")
+
+
+def check_private_file(path: Path, what: str, *, owner: str = "this program") -> Path:
+    """``path`` if it is a readable regular file other users cannot access, else ValueError."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ValueError(f"{what} {str(path)!r}: cannot read it: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{what} {str(path)!r}: not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o007:
+        raise ValueError(f"{what} {str(path)!r}: other users can access it (mode {mode:04o}); "
+                         f"run: chmod 600 {path} (or chmod 640 and give it {owner}'s group)")
+    return path
