@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import AgentConfig, ConfigError, as_dict, load_config
+from .config import AgentConfig, ConfigError, as_dict, load_config, others_can_access
 
 __all__ = ["main"]
 
@@ -21,15 +21,10 @@ def _load(config_path: str | None) -> AgentConfig:
     """The configuration, refusing a file that other users may read (it may hold the broker
     password or a key path) or write."""
     if config_path is not None:
-        try:
-            mode = Path(config_path).stat().st_mode & 0o777
-        except OSError:
-            mode = 0  # load_config says why it cannot be read
-        if mode & 0o007:
-            raise ConfigError([
-                f"{config_path}: other users can access it (mode {mode:04o}) and it may hold the "
-                f"broker password; run: chmod 600 {config_path} (or chmod 640 and give it the "
-                "agent's group)"])
+        problem = others_can_access(Path(config_path), "the configuration (it may hold the "
+                                                       "broker password)")
+        if problem is not None:
+            raise ConfigError([f"{config_path}: {problem}"])
     return load_config(config_path)
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "as_dict",
     "default_host_id",
     "load_config",
+    "others_can_access",
 ]
 
 ENV_PREFIX = "EDGEMON_AGENT_"
@@ -192,6 +193,19 @@ def _path(value: Any, from_env: bool) -> Path:
     return Path(_text()(value, from_env)).expanduser()
 
 
+def others_can_access(path: Path, what: str) -> str | None:
+    """What is wrong when users other than the owner and group can access ``path`` (with the
+    ``chmod`` that fixes it), else None; a file that cannot be stat'ed is left to the caller."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    if not mode & 0o007:
+        return None
+    return (f"other users can access {what} {str(path)!r} (mode {mode:04o}); run: chmod 600 "
+            f"{path} (or chmod 640 and give it the agent's group)")
+
+
 def _file(*, private: bool = False) -> Check:
     """A readable regular file; ``private``: one other users cannot access (a private key)."""
 
@@ -203,11 +217,9 @@ def _file(*, private: bool = False) -> Check:
             raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
         if not stat.S_ISREG(info.st_mode) or not os.access(path, os.R_OK):
             raise ValueError(f"{str(path)!r} is not a readable file")
-        mode = stat.S_IMODE(info.st_mode)
-        if private and mode & 0o007:
-            raise ValueError(f"other users can access the private key {str(path)!r} (mode "
-                             f"{mode:04o}); run: chmod 600 {path} (or chmod 640 and give it "
-                             "the agent's group)")
+        problem = others_can_access(path, "the private key") if private else None
+        if problem is not None:
+            raise ValueError(problem)
         return path
 
     return check
