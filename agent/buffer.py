@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from edgemon.common import clock
 from edgemon.protocol import BatchBuilder, LimitExceeded, MetricDef, encode, to_scaled
 from edgemon.protocol.limits import MAX_INT, MAX_LABEL_VALUE_LENGTH, MIN_INT
 
@@ -453,7 +454,7 @@ class Buffer:
                 "INSERT OR IGNORE INTO dropped_published (instance, seq, samples, dropped_ms) "
                 "SELECT instance, seq, samples, ? FROM batches "
                 "WHERE id BETWEEN ? AND ? AND published = 1",
-                (time.time_ns() // 1_000_000, rows[0][0], rows[-1][0]))
+                (clock.now_ms(), rows[0][0], rows[-1][0]))
             # bounded: the oldest records go first (their batches are the least likely to come)
             self._db.execute(
                 "DELETE FROM dropped_published WHERE (instance, seq) IN (SELECT instance, seq "
@@ -629,7 +630,7 @@ def _connect(path: Path, max_bytes: int) -> sqlite3.Connection:
         db.executescript(_SCHEMA)
         db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (FORMAT,))
         db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('created_ms', ?)",
-                   (time.time_ns() // 1_000_000,))
+                   (clock.now_ms(),))
     except BaseException:
         db.close()
         raise

@@ -9,8 +9,15 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
-from .config import AgentConfig, ConfigError, as_dict, load_config, others_can_access
+from edgemon.agent import __version__
+from edgemon.agent.config import (
+    AgentConfig,
+    ConfigError,
+    as_dict,
+    load_config,
+    others_can_access,
+)
+from edgemon.common import clock
 
 __all__ = ["main"]
 
@@ -38,7 +45,7 @@ def _format_age(ms: int | None, now_ms: int) -> str:
 def _status(config_path: str | None) -> int:
     import sqlite3
 
-    from .buffer import read_stats
+    from edgemon.agent.buffer import read_stats
 
     config = _load(config_path)
     path = config.buffer.path
@@ -47,7 +54,7 @@ def _status(config_path: str | None) -> int:
     except (OSError, sqlite3.Error) as exc:
         print(f"error: cannot read the buffer {path}: {exc}", file=sys.stderr)
         return 1
-    now_ms = time.time_ns() // 1_000_000
+    now_ms = clock.now_ms()
     rows = [
         ("buffer", str(path)),
         ("disk bytes", f"{stats.disk_bytes} (budget {config.buffer.max_bytes})"),
@@ -68,9 +75,9 @@ def _run(config_path: str | None) -> int:
     # Do not hide the ssl module to save memory: paho's read loop names ssl.SSLWantReadError in
     # an except clause, so a dropped connection would kill its network thread (seen in
     # tests/test_faults.py when the broker is killed).
-    from .log import setup_logging
-    from .runner import Runner
-    from .single_instance import AlreadyRunning, hold_lock
+    from edgemon.agent.runner import Runner
+    from edgemon.common.logs import setup_logging
+    from edgemon.common.single_instance import AlreadyRunning, hold_lock
 
     os.umask(0o077)  # the buffer, its -wal/-shm and lock file are for the agent's user only
     config = _load(config_path)

@@ -21,10 +21,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from edgemon.agent.families import FAMILIES
 from edgemon.protocol.limits import MAX_HOST_LENGTH, MAX_TIMESTAMPS
 from edgemon.protocol.topics import validate_host_id
-
-from .families import FAMILIES
 
 __all__ = [
     "ENV_PREFIX",

@@ -26,10 +26,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from edgemon.agent.config import BrokerConfig
+from edgemon.common.clock import now_ms
+from edgemon.common.logs import Throttle
 from edgemon.protocol import ack_topic, encode_status, status_topic
-
-from .config import BrokerConfig
-from .log import Throttle
 
 __all__ = ["Publisher", "connect_error", "reconnect_delay"]
 
@@ -60,10 +60,6 @@ def reconnect_delay(attempt: int, rand: Callable[[], float] = random.random, *,
     Kept at least 50 ms so a flapping broker never makes a busy loop.
     """
     return max(0.05, rand() * min(cap, base * 2 ** min(attempt, 32)))
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Publisher:
@@ -161,7 +157,7 @@ class Publisher:
         if self.connected:
             info = self._client.publish(
                 self.status_topic, encode_status(online=False, instance=self.instance,
-                                                 timestamp_ms=_now_ms(), reason="shutdown"),
+                                                 timestamp_ms=now_ms(), reason="shutdown"),
                 qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout)
@@ -177,7 +173,7 @@ class Publisher:
         # when the session carrying it was set up; the broker sends it when that session dies.
         client.will_set(self.status_topic,
                         encode_status(online=False, instance=self.instance,
-                                      timestamp_ms=_now_ms(), reason="connection_lost"),
+                                      timestamp_ms=now_ms(), reason="connection_lost"),
                         qos=1, retain=True)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
@@ -194,7 +190,7 @@ class Publisher:
         client.subscribe(self.ack_topic, qos=1)
         client.publish(self.status_topic,
                        encode_status(online=True, instance=self.instance,
-                                     timestamp_ms=_now_ms(), **self._birth),
+                                     timestamp_ms=now_ms(), **self._birth),
                        qos=1, retain=True)
         self.connected = True
         log.info("connected to the broker", extra={

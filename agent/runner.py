@@ -23,16 +23,17 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from edgemon.agent import __version__, selfmetrics
+from edgemon.agent.buffer import Buffer
+from edgemon.agent.config import AgentConfig, ConfigError, as_dict
+from edgemon.agent.families import FAMILIES, Collect, Reading
+from edgemon.agent.publisher import Publisher
+from edgemon.agent.sender import Sender
+from edgemon.agent.storage import Storage
+from edgemon.common import sdnotify
+from edgemon.common.clock import now_ms
+from edgemon.common.logs import Throttle
 from edgemon.protocol import ProtocolError, decode_ack
-
-from . import __version__, sdnotify, selfmetrics
-from .buffer import Buffer
-from .config import AgentConfig, ConfigError, as_dict
-from .families import FAMILIES, Collect, Reading
-from .log import Throttle
-from .publisher import Publisher
-from .sender import Sender
-from .storage import Storage
 
 __all__ = ["Runner", "new_instance_id"]
 
@@ -43,10 +44,6 @@ SHUTDOWN_ACK_WAIT_SECONDS = 3.0
 def new_instance_id() -> str:
     """12 random hex characters: a new one on every start of the agent."""
     return os.urandom(6).hex()
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _make_collectors(names: tuple[str, ...]) -> dict[str, Collect]:
@@ -116,9 +113,9 @@ class Runner:
                 "version": __version__, "buffer": str(self.config.buffer.path),
                 "broker": f"{self.config.broker.host}:{self.config.broker.port}",
                 "families": list(self.collectors)})
-            now_ms = _now_ms()
-            self.storage.seal(now_ms)  # cycles a previous run left unsealed
-            self.storage.enforce_budget(now_ms)
+            start_ms = now_ms()
+            self.storage.seal(start_ms)  # cycles a previous run left unsealed
+            self.storage.enforce_budget(start_ms)
             self._generation = self.storage.generation
             self.publisher.start()
             buffer_state = "open" if self.storage.buffer is not None else "unavailable"
@@ -163,7 +160,7 @@ class Runner:
 
     def _cycle(self) -> None:
         started = time.monotonic()
-        ts_ms = _now_ms()
+        ts_ms = now_ms()
         readings: list[Reading] = []
         for name, collect in (self.collectors or {}).items():
             try:
@@ -206,7 +203,7 @@ class Runner:
             except ProtocolError as exc:
                 self._warn("bad_ack", "ignoring an invalid acknowledgement: %s", exc)
                 continue
-            self.sender.forget(self.storage.ack(ack.instance, ack.acked, _now_ms()))
+            self.sender.forget(self.storage.ack(ack.instance, ack.acked, now_ms()))
             if ack.rejected:
                 ids, samples = self.storage.reject(ack.instance, ack.rejected)
                 self.sender.forget(ids)
@@ -218,7 +215,7 @@ class Runner:
     def _shutdown(self) -> None:
         sdnotify.notify("STOPPING=1")
         log.info("agent stopping", extra={"instance": self.instance, "cycles": self.cycles})
-        self.storage.seal(_now_ms())
+        self.storage.seal(now_ms())
         self._exchange()
         if self.publisher.connected:
             self.publisher.drain(2.0)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
 from typing import NamedTuple
 
+from edgemon.agent.buffer import BufferStats
+from edgemon.agent.families import Reading
+from edgemon.common import clock
 from edgemon.protocol.batch import COUNTER, GAUGE, MetricDef
-
-from .buffer import BufferStats
-from .families import Reading
 
 __all__ = ["AgentHealth", "readings"]
 
@@ -54,7 +53,7 @@ def rss_bytes() -> int | None:
 
 def readings(health: AgentHealth, now_ms: int | None = None) -> list[Reading]:
     """The agent_* readings of one cycle (counters: dropped samples persist across restarts)."""
-    now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    now_ms = clock.now_ms() if now_ms is None else now_ms
     buf = health.buffer
     out: list[Reading] = [
         (BUFFER_BATCHES, (), buf.batches),

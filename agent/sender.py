@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from edgemon.agent.buffer import BatchRef
+from edgemon.common.clock import now_ms
 from edgemon.protocol import backfill_topic, metrics_topic
-
-from .buffer import BatchRef
 
 __all__ = ["BatchSource", "Sender"]
 
@@ -45,7 +45,7 @@ class Sender:
                  host_id: str, live_window: float, ack_timeout: float,
                  backfill_per_second: float, max_inflight: int,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
+                 wall_ms: Callable[[], int] = now_ms) -> None:
         self.source = source
         self._publish = publish
         self.live_topic = metrics_topic(host_id)

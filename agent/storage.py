@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .buffer import BatchRef, Buffer, BufferStats, is_corruption, quarantine
-from .families import Reading
-from .log import Throttle
+from edgemon.agent.buffer import BatchRef, Buffer, BufferStats, is_corruption, quarantine
+from edgemon.agent.families import Reading
+from edgemon.common.logs import Throttle
 
 __all__ = ["Storage"]
 

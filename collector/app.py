@@ -23,19 +23,24 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import sdnotify
-from .alerting import AlertingService, merge_openapi
-from .api import create_app
-from .config import CollectorConfig, HttpConfig, StorageConfig
-from .file_modes import InsecureFileMode, check_not_world_accessible
-from .http_auth import add_cors, security_middlewares
-from .ingest import IngestPipeline
-from .metrics import render_metrics
-from .mqtt_ingest import Inbox, MqttIngest
-from .rate_limit import limiter_from_config
-from .rejects import Rejects
-from .storage.base import Storage
-from .tokens import CREATE_HINT, TokenFileError, TokenStore, default_tokens_path
+from edgemon.collector.alerting import AlertingService, merge_openapi
+from edgemon.collector.config import CollectorConfig, HttpConfig, StorageConfig
+from edgemon.collector.http.api import create_app
+from edgemon.collector.http.auth import add_cors, security_middlewares
+from edgemon.collector.http.metrics import render_metrics
+from edgemon.collector.http.tokens import (
+    CREATE_HINT,
+    TokenFileError,
+    TokenStore,
+    default_tokens_path,
+)
+from edgemon.collector.ingest.pipeline.mqtt import Inbox, MqttIngest
+from edgemon.collector.ingest.pipeline.pipeline import IngestPipeline
+from edgemon.collector.ingest.pipeline.rate_limit import limiter_from_config
+from edgemon.collector.ingest.pipeline.rejects import Rejects
+from edgemon.collector.storage.base import Storage
+from edgemon.common import sdnotify
+from edgemon.common.private_files import InsecureFileMode, check_not_world_accessible
 
 __all__ = ["Collector", "StartupError", "open_default_storage", "run"]
 
@@ -80,7 +85,7 @@ def tls_context(http: HttpConfig) -> ssl.SSLContext | None:
 
 def open_default_storage(config: StorageConfig) -> Storage:
     """The embedded SQLite backend at ``config.path`` (its directory is created)."""
-    from .storage import open_storage
+    from edgemon.collector.storage import open_storage
 
     path = Path(config.path)
     path.parent.mkdir(parents=True, exist_ok=True)

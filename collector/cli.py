@@ -12,11 +12,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .broker_auth import add_commands as add_broker_auth_commands
-from .broker_auth import apply_client_tls, read_password_file
-from .config import CollectorConfig, ConfigError, load_config
-from .file_modes import InsecureFileMode, check_not_world_accessible
-from .token_cli import add_commands as add_token_commands
+from edgemon.collector.broker.auth import add_commands as add_broker_auth_commands
+from edgemon.collector.broker.auth import apply_client_tls, read_password_file
+from edgemon.collector.config import CollectorConfig, ConfigError, load_config
+from edgemon.collector.http.token_cli import add_commands as add_token_commands
+from edgemon.common.private_files import InsecureFileMode, check_not_world_accessible
 
 __all__ = ["main"]
 
@@ -48,9 +48,9 @@ def _load(path: Path | None) -> CollectorConfig:
 def cmd_run(args: argparse.Namespace) -> int:
     os.umask(0o077)  # the database, tokens and outbox hold the fleet's data: the service's only
     config = _load(args.config)
-    from .app import run
-    from .log import setup_logging
-    from .single_instance import AlreadyRunning, hold_lock
+    from edgemon.collector.app import run
+    from edgemon.common.logs import setup_logging
+    from edgemon.common.single_instance import AlreadyRunning, hold_lock
 
     setup_logging(config.log.level)
     try:
@@ -76,7 +76,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_check_rules(args: argparse.Namespace) -> int:
-    from .alerting import check_rules
+    from edgemon.collector.alerting import check_rules
 
     path = args.rules
     if path is None and args.config is not None:

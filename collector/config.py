@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from .file_modes import check_private_file
+from edgemon.common.private_files import check_private_file
 
 __all__ = [
     "ENV_PREFIX",
@@ -104,7 +104,7 @@ class StorageConfig(_Section):
 class HttpConfig(_Section):
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(9400, ge=0, le=65535)  # 0 = any free port (tests)
-    # "token": every request but /healthz and /readyz needs a bearer token (collector/tokens.py)
+    # "token": every request but /healthz and /readyz needs a bearer token (http/tokens.py)
     auth: Literal["token", "none"] = "token"
     # None: tokens.json beside the storage database
     tokens_path: Path | None = None

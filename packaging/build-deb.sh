@@ -115,7 +115,7 @@ build_one() {
     --disable-pip-version-check "${deps[@]}" "$spec" \
     || die "pip install of $spec into the $pkg venv failed"
   # Only this package's command; the others would lack their dependencies.
-  for script in edgemon-agent edgemon-collector edgemon-local; do
+  for script in edgemon-agent edgemon-collector; do
     [ "$script" = "$pkg" ] || rm -f "$venv/bin/$script"
   done
   rm -f "$venv"/bin/activate* "$venv"/bin/Activate.ps1 \

@@ -3,4 +3,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/dev-env.sh"
 cd "$ROOT"
-exec edgemon-local "$@"
+exec python "$ROOT/packaging/dev_up.py" "$@"

@@ -4,12 +4,25 @@ Public surface (guarded by tests/test_protocol_exports.py). ``edgemon.protocol.s
 is deliberately not imported here: the agent must not pay for it.
 """
 
-from .batch import COUNTER, GAUGE, BatchBuilder, MetricDef, Sample, expand_samples, to_scaled
-from .codec import decode, encode
-from .errors import LimitExceeded, MalformedPayload, ProtocolError, UnsupportedVersion
-from .limits import VERSION
-from .status import Ack, decode_ack, decode_status, encode_ack, encode_status
-from .topics import (
+from edgemon.protocol.batch import (
+    COUNTER,
+    GAUGE,
+    BatchBuilder,
+    MetricDef,
+    Sample,
+    expand_samples,
+    to_scaled,
+)
+from edgemon.protocol.codec import decode, encode
+from edgemon.protocol.errors import (
+    LimitExceeded,
+    MalformedPayload,
+    ProtocolError,
+    UnsupportedVersion,
+)
+from edgemon.protocol.limits import VERSION
+from edgemon.protocol.status import Ack, decode_ack, decode_status, encode_ack, encode_status
+from edgemon.protocol.topics import (
     ack_topic,
     backfill_topic,
     metrics_topic,

@@ -10,9 +10,9 @@ import argparse
 import json
 import sys
 
-from .batch import expand_samples
-from .codec import decode
-from .errors import ProtocolError
+from edgemon.protocol.batch import expand_samples
+from edgemon.protocol.codec import decode
+from edgemon.protocol.errors import ProtocolError
 
 
 def _read(path: str) -> bytes:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, NamedTuple
 
-from .limits import VERSION
+from edgemon.protocol.limits import VERSION
 
 __all__ = [
     "COUNTER",

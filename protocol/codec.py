@@ -9,8 +9,13 @@ from typing import Any, Final
 import msgpack
 import zstandard
 
-from .errors import LimitExceeded, MalformedPayload, ProtocolError, UnsupportedVersion
-from .limits import (
+from edgemon.protocol.errors import (
+    LimitExceeded,
+    MalformedPayload,
+    ProtocolError,
+    UnsupportedVersion,
+)
+from edgemon.protocol.limits import (
     MAX_BATCH_KEYS,
     MAX_COMPRESSED_BYTES,
     MAX_DECOMPRESSED_BYTES,

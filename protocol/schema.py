@@ -20,9 +20,9 @@ from pydantic import (
     model_validator,
 )
 
-from .batch import undelta
-from .errors import LimitExceeded, MalformedPayload
-from .limits import (
+from edgemon.protocol.batch import undelta
+from edgemon.protocol.errors import LimitExceeded, MalformedPayload
+from edgemon.protocol.limits import (
     MAX_INSTANCE_LENGTH,
     MAX_INT,
     MAX_LABEL_VALUE_LENGTH,
@@ -35,7 +35,7 @@ from .limits import (
     MAX_TIMESTAMPS,
     MIN_INT,
 )
-from .topics import validate_host_id
+from edgemon.protocol.topics import validate_host_id
 
 __all__ = ["ValidBatch", "validate_batch"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
-from .errors import MalformedPayload
-from .limits import MAX_ACK_RANGES, MAX_INSTANCE_LENGTH, VERSION
+from edgemon.protocol.errors import MalformedPayload
+from edgemon.protocol.limits import MAX_ACK_RANGES, MAX_INSTANCE_LENGTH, VERSION
 
 __all__ = ["Ack", "decode_ack", "decode_status", "encode_ack", "encode_status", "seqs_to_ranges"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Final, NamedTuple
 
-from .errors import ProtocolError
-from .limits import MAX_HOST_LENGTH
+from edgemon.protocol.errors import ProtocolError
+from edgemon.protocol.limits import MAX_HOST_LENGTH
 
 __all__ = [
     "PREFIX",

@@ -25,11 +25,11 @@ from edgemon.agent.buffer import BatchRef, Buffer, BufferStats, read_stats
 from edgemon.agent.cli import main
 from edgemon.agent.config import load_config
 from edgemon.agent.families import Reading
-from edgemon.agent.log import Throttle, setup_logging
 from edgemon.agent.publisher import reconnect_delay
 from edgemon.agent.runner import Runner, new_instance_id
 from edgemon.agent.selfmetrics import AgentHealth, readings
 from edgemon.agent.sender import Sender
+from edgemon.common.logs import Throttle, setup_logging
 from edgemon.protocol import GAUGE, MetricDef, decode, expand_samples
 from edgemon.protocol.batch import KINDS
 from tests.support.broker import free_port

@@ -16,7 +16,7 @@ import pytest
 from edgemon.agent.config import ConfigError as AgentConfigError
 from edgemon.agent.config import load_config as load_agent_config
 from edgemon.agent.publisher import connect_error
-from edgemon.collector.broker_auth import (
+from edgemon.collector.broker.auth import (
     MAX_PACKET_SIZE,
     AuthDir,
     BrokerAuthError,

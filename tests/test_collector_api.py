@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from edgemon.collector.api import auto_step_ms, create_app, parse_time_ms
+from edgemon.collector.http.api import auto_step_ms, create_app, parse_time_ms
 from edgemon.collector.storage.base import (
     Gap,
     HostInfo,

@@ -32,7 +32,7 @@ from edgemon.collector.config import (
     MqttConfig,
     StorageConfig,
 )
-from edgemon.collector.rejects import OTHER_HOST, Rejects
+from edgemon.collector.ingest.pipeline.rejects import OTHER_HOST, Rejects
 from edgemon.collector.storage.base import RangeQuery, Storage
 from edgemon.protocol import (
     GAUGE,
@@ -517,7 +517,7 @@ def test_rejects_are_counted_by_reason_and_host_and_logged_once_a_minute(
         caplog: pytest.LogCaptureFixture) -> None:
     clock = [0.0]
     rejects = Rejects(clock=lambda: clock[0], max_hosts=2)
-    with caplog.at_level(logging.WARNING, logger="edgemon.collector.rejects"):
+    with caplog.at_level(logging.WARNING, logger="edgemon.collector.ingest.rejects"):
         for _ in range(5):
             rejects.record("not_zstd", "a")
         rejects.record("schema", "b")

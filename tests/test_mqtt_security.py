@@ -22,7 +22,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgemon.agent.buffer import read_stats
-from edgemon.collector.broker_auth import AuthDir
+from edgemon.collector.broker.auth import AuthDir
 from edgemon.protocol import (
     GAUGE,
     BatchBuilder,

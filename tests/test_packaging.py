@@ -374,7 +374,7 @@ def test_install_sh_installs_upgrades_uninstalls_and_purges(box: Sandbox) -> Non
     calls = box.calls()
     assert any(c.startswith("useradd --system") for c in calls)
     assert (venv / "bin/edgemon-agent").is_file()
-    _run(venv / "bin/python", "-c", "import edgemon.agent.sdnotify")
+    _run(venv / "bin/python", "-c", "import edgemon.common.sdnotify")
     assert conf.read_bytes() == (ROOT / "agent/agent.example.toml").read_bytes()
     assert _mode(conf) == 0o640 and f"chown root:edgemon {conf}" in calls
     assert state.is_dir() and _mode(state) == 0o700

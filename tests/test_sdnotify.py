@@ -12,20 +12,15 @@ from types import ModuleType
 
 import pytest
 
-from edgemon.agent import sdnotify as agent_sdnotify
-from edgemon.collector import sdnotify as collector_sdnotify
+from edgemon.common import sdnotify
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs AF_UNIX sockets")
 
-MODULES = [pytest.param(agent_sdnotify, id="agent"),
-           pytest.param(collector_sdnotify, id="collector")]
-
-
-@pytest.fixture(params=MODULES)
-def sd(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+@pytest.fixture
+def sd(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         monkeypatch.delenv(var, raising=False)
-    return request.param
+    return sdnotify
 
 
 def _receiver(address: str | bytes) -> socket.socket:
@@ -121,8 +116,3 @@ def test_watchdog_interval(sd: ModuleType, monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.setenv("WATCHDOG_USEC", bad)
         assert sd.watchdog_interval() is None, bad
 
-
-def test_the_two_copies_are_identical() -> None:
-    agent = Path(agent_sdnotify.__file__).read_text(encoding="utf-8")
-    collector = Path(collector_sdnotify.__file__).read_text(encoding="utf-8")
-    assert agent == collector, "agent/sdnotify.py and collector/sdnotify.py must stay identical"

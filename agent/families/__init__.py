@@ -8,8 +8,8 @@ the returned object, never in the module. Tests pass a fake ``source`` with reco
 
 from __future__ import annotations
 
-from . import cpu, disk, diskio, load, memory, network, system
-from ._types import Collect, Family, Reading
+from edgemon.agent.families import cpu, disk, diskio, load, memory, network, system
+from edgemon.agent.families._types import Collect, Family, Reading
 
 __all__ = ["FAMILIES", "Collect", "Family", "Reading"]
 

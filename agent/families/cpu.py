@@ -13,9 +13,8 @@ from typing import Any
 
 import psutil
 
+from edgemon.agent.families._types import Collect, Reading
 from edgemon.protocol.batch import GAUGE, MetricDef
-
-from ._types import Collect, Reading
 
 COUNT = MetricDef("cpu_count", GAUGE, "")
 USAGE = MetricDef("cpu_usage_percent", GAUGE, "percent", 2, ("cpu",))

@@ -15,9 +15,8 @@ from typing import Any
 
 import psutil
 
+from edgemon.agent.families._types import Collect, Reading
 from edgemon.protocol.batch import GAUGE, MetricDef
-
-from ._types import Collect, Reading
 
 _LABELS = ("mount", "device", "fstype")
 TOTAL = MetricDef("disk_total_bytes", GAUGE, "bytes", 0, _LABELS)

@@ -11,9 +11,8 @@ from typing import Any
 
 import psutil
 
+from edgemon.agent.families._types import Collect, Reading
 from edgemon.protocol.batch import COUNTER, MetricDef
-
-from ._types import Collect, Reading
 
 _DEV = ("device",)
 READ_BYTES = MetricDef("diskio_read_bytes_total", COUNTER, "bytes", 0, _DEV)

@@ -6,9 +6,8 @@ from typing import Any
 
 import psutil
 
+from edgemon.agent.families._types import Collect, Reading
 from edgemon.protocol.batch import GAUGE, MetricDef
-
-from ._types import Collect, Reading
 
 LOAD1 = MetricDef("load1", GAUGE, "", 2)
 LOAD5 = MetricDef("load5", GAUGE, "", 2)

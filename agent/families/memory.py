@@ -6,9 +6,8 @@ from typing import Any
 
 import psutil
 
+from edgemon.agent.families._types import Collect, Reading
 from edgemon.protocol.batch import COUNTER, GAUGE, MetricDef
-
-from ._types import Collect, Reading
 
 TOTAL = MetricDef("memory_total_bytes", GAUGE, "bytes")
 AVAILABLE = MetricDef("memory_available_bytes", GAUGE, "bytes")

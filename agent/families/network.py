@@ -6,9 +6,8 @@ from typing import Any
 
 import psutil
 
+from edgemon.agent.families._types import Collect, Reading
 from edgemon.protocol.batch import COUNTER, MetricDef
-
-from ._types import Collect, Reading
 
 _IFACE = ("iface",)
 RECV_BYTES = MetricDef("network_received_bytes_total", COUNTER, "bytes", 0, _IFACE)

@@ -8,9 +8,8 @@ from typing import Any
 
 import psutil
 
+from edgemon.agent.families._types import Collect, Reading
 from edgemon.protocol.batch import GAUGE, MetricDef
-
-from ._types import Collect, Reading
 
 BOOT_TIME = MetricDef("system_boot_time_seconds", GAUGE, "seconds")
 UPTIME = MetricDef("system_uptime_seconds", GAUGE, "seconds")

@@ -24,9 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..storage.base import Storage
-from .api import OPENAPI_PATHS, OPENAPI_SCHEMAS, add_routes, merge_openapi, routes
-from .engine import (
+from edgemon.collector.alerting.engine import (
     MQTT_TOPIC_PREFIX,
     AlertEngine,
     CycleReport,
@@ -34,7 +32,7 @@ from .engine import (
     alert_topic,
     wall_clock_ms,
 )
-from .evaluate import (
+from edgemon.collector.alerting.evaluate import (
     SeriesData,
     evaluate_disk_eta,
     evaluate_host_down,
@@ -42,9 +40,24 @@ from .evaluate import (
     from_arrays,
     from_results,
 )
-from .notify import DeliveryWorker, webhook_payload
-from .rules import DEFAULT_RULES_PATH, RulesError, RuleSet, check_rules, load_rules, parse_rules
-from .state import SeriesTable
+from edgemon.collector.alerting.notify import DeliveryWorker, webhook_payload
+from edgemon.collector.alerting.rules import (
+    DEFAULT_RULES_PATH,
+    RulesError,
+    RuleSet,
+    check_rules,
+    load_rules,
+    parse_rules,
+)
+from edgemon.collector.alerting.state import SeriesTable
+from edgemon.collector.http.alerts_api import (
+    OPENAPI_PATHS,
+    OPENAPI_SCHEMAS,
+    add_routes,
+    merge_openapi,
+    routes,
+)
+from edgemon.collector.storage.base import Storage
 
 __all__ = [
     "DEFAULT_RULES_PATH",

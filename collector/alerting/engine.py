@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..storage.base import HostInfo, RangeQuery, Storage
-from .evaluate import (
+from edgemon.collector.alerting.evaluate import (
     EvalResult,
     Hole,
     evaluate_disk_eta,
@@ -37,7 +36,7 @@ from .evaluate import (
     replay_holes,
     resolve_all,
 )
-from .rules import (
+from edgemon.collector.alerting.rules import (
     AnomalyRule,
     DiskFullEtaRule,
     HostDownRule,
@@ -45,10 +44,19 @@ from .rules import (
     RuleSet,
     load_rules,
 )
-from .silences import SilenceSet
-from .state import FIRING, INACTIVE, NONE, PENDING, RawTransition, SeriesTable
-from .store import AlertStore
-from .templates import render
+from edgemon.collector.alerting.silences import SilenceSet
+from edgemon.collector.alerting.state import (
+    FIRING,
+    INACTIVE,
+    NONE,
+    PENDING,
+    RawTransition,
+    SeriesTable,
+)
+from edgemon.collector.alerting.store import AlertStore
+from edgemon.collector.alerting.templates import render
+from edgemon.collector.storage.base import HostInfo, RangeQuery, Storage
+from edgemon.common.clock import now_ms
 
 __all__ = ["MQTT_TOPIC_PREFIX", "AlertEngine", "CycleReport", "Transition", "alert_topic",
            "iso_ms", "wall_clock_ms"]
@@ -62,8 +70,7 @@ BIG = 1 << 40  # max_series / max_points of the engine's queries: it wants every
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's "no end time"
 
 
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
+wall_clock_ms = now_ms
 
 
 def iso_ms(ms: int | None) -> str | None:

@@ -22,9 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from ..storage.base import HostInfo, SeriesResult
-from .rules import AnomalyRule, DiskFullEtaRule, HostDownRule, RateRule, ThresholdRule
-from .state import (
+from edgemon.collector.alerting.rules import (
+    AnomalyRule,
+    DiskFullEtaRule,
+    HostDownRule,
+    RateRule,
+    ThresholdRule,
+)
+from edgemon.collector.alerting.state import (
     FIRING,
     INACTIVE,
     NONE,
@@ -34,6 +39,7 @@ from .state import (
     expire_stale,
     series_key,
 )
+from edgemon.collector.storage.base import HostInfo, SeriesResult
 
 __all__ = [
     "EvalResult",

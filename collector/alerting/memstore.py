@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..storage.base import (
+from edgemon.collector.storage.base import (
     Gap,
     HostInfo,
     IngestItem,

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from .engine import MQTT_RECEIVER, AlertEngine, alert_topic
+from edgemon.collector.alerting.engine import MQTT_RECEIVER, AlertEngine, alert_topic
 
 __all__ = ["DeliveryWorker", "webhook_payload"]
 

@@ -32,8 +32,8 @@ from pydantic import (
     model_validator,
 )
 
-from ..timeparse import parse_duration_ms
-from .templates import check_template
+from edgemon.collector.alerting.templates import check_template
+from edgemon.collector.http.timeparse import parse_duration_ms
 
 __all__ = [
     "DEFAULT_RULES_PATH",

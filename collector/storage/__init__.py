@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .base import Storage
+from edgemon.collector.storage.base import Storage
 
 __all__ = ["Storage", "open_storage"]
 
@@ -33,6 +33,8 @@ def open_storage(url_or_path: str | os.PathLike[str], **options: Any) -> Storage
                          "postgresql://")
     if not target:
         raise ValueError("storage path is empty")
-    from .sqlite import SQLiteStorage  # numpy is only imported when a store is opened
+    from edgemon.collector.storage.sqlite import (
+        SQLiteStorage,  # numpy is only imported when a store is opened
+    )
 
     return SQLiteStorage(target, **options)

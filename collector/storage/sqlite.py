@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from . import aggregate as agg
-from .base import (
+from edgemon.collector.storage import aggregate as agg
+from edgemon.collector.storage.base import (
     Gap,
     HostInfo,
     IngestItem,
@@ -51,7 +51,7 @@ from .base import (
     Storage,
     StoreResult,
 )
-from .encoding import (
+from edgemon.collector.storage.encoding import (
     decode_chunks,
     decode_rollups,
     decode_times,
@@ -59,7 +59,7 @@ from .encoding import (
     encode_rollups,
     encode_times,
 )
-from .unpack import Table, flatten, unpack
+from edgemon.collector.storage.unpack import Table, flatten, unpack
 
 __all__ = ["SQLiteStorage"]
 

@@ -18,10 +18,10 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..timeparse import parse_duration_ms, parse_time_ms
-from .engine import AlertEngine
-from .rules import RulesError
-from .silences import Matcher
+from edgemon.collector.alerting.engine import AlertEngine
+from edgemon.collector.alerting.rules import RulesError
+from edgemon.collector.alerting.silences import Matcher
+from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
 
 __all__ = ["OPENAPI_PATHS", "OPENAPI_SCHEMAS", "add_routes", "merge_openapi", "routes"]
 

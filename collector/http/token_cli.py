@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import CollectorConfig
-from .tokens import (
+from edgemon.collector.config import CollectorConfig
+from edgemon.collector.http.tokens import (
     ROLES,
     TokenFileError,
     create_token,

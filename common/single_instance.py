@@ -1,7 +1,6 @@
-"""One collector per database: an advisory lock beside the database, released at process end.
+"""One process per data file: an advisory lock beside it, released when the process ends.
 
-(The agent has its own copy: ``protocol/`` is the only package the two programs share, and
-this is not protocol.)
+The agent holds it for its buffer, the collector for its database.
 """
 
 from __future__ import annotations

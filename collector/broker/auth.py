@@ -40,11 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from edgemon.common.private_files import check_private_file
 from edgemon.protocol.errors import ProtocolError
 from edgemon.protocol.limits import MAX_COMPRESSED_BYTES
 from edgemon.protocol.topics import PREFIX, validate_host_id
-
-from .file_modes import check_private_file
 
 __all__ = [
     "DEFAULT_COLLECTOR",

@@ -19,7 +19,7 @@ __all__ = ["OTHER_HOST", "Rejects"]
 OTHER_HOST = "_other"
 UNKNOWN_HOST = "_unknown"  # the topic did not name a valid host
 
-log = logging.getLogger("edgemon.collector.rejects")
+log = logging.getLogger("edgemon.collector.ingest.rejects")
 
 
 class Rejects:

@@ -36,12 +36,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edgemon.collector.config import MqttConfig
+from edgemon.collector.ingest.pipeline.rate_limit import RateLimiter, message_cost
+from edgemon.collector.ingest.pipeline.rejects import Rejects
+from edgemon.common.clock import now_ms
 from edgemon.protocol import ProtocolError, ack_topic, encode_ack, parse_topic, subscriptions
 from edgemon.protocol.limits import MAX_COMPRESSED_BYTES
-
-from .config import MqttConfig
-from .rate_limit import RateLimiter, message_cost
-from .rejects import Rejects
 
 __all__ = ["Inbox", "MqttIngest", "RawMessage", "now_ms"]
 
@@ -49,10 +49,6 @@ log = logging.getLogger("edgemon.collector.mqtt")
 
 # A message bigger than any valid payload is not kept in memory: it is rejected by size.
 MAX_KEPT_PAYLOAD = MAX_COMPRESSED_BYTES
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +203,7 @@ class MqttIngest:
         """TLS with verification (part of ``__init__``); a TLS failure is logged with a hint."""
         import sys
 
-        from .broker_auth import apply_client_tls, tls_failure_hint
+        from edgemon.collector.broker.auth import apply_client_tls, tls_failure_hint
 
         cfg = self.config
         apply_client_tls(client, ca_file=cfg.ca_file, cert_file=cfg.cert_file,

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line on stdout (ts, level, logger, msg, extra fields)."""
+"""Structured logs for both programs: one JSON object per line on stdout (ts, level, logger,
+msg, extra fields), and a throttle for messages that could repeat many times a second."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """Route every logger (ours and paho's) to one JSON handler on ``stream`` (stdout)."""
+    """Route every logger (ours, paho's, aiohttp's) to one JSON handler on ``stream`` (stdout)."""
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -43,6 +44,9 @@ def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # aiohttp's access log (collector) is one line per request: keep it only when debugging.
+    logging.getLogger("aiohttp.access").setLevel(
+        logging.DEBUG if level.lower() == "debug" else logging.WARNING)
 
 
 class Throttle:

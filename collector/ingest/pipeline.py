@@ -40,20 +40,19 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgemon.collector.config import IngestConfig
+from edgemon.collector.ingest.pipeline.mqtt import Inbox, MqttIngest, RawMessage, now_ms
+from edgemon.collector.ingest.pipeline.rejects import Rejects
+from edgemon.collector.storage.base import IngestItem, Storage, StoreResult
 from edgemon.protocol import MalformedPayload, ProtocolError, decode, decode_status, parse_topic
 from edgemon.protocol.limits import MAX_COMPRESSED_BYTES, MAX_INT
 from edgemon.protocol.schema import validate_batch
-
-from .config import IngestConfig
-from .mqtt_ingest import Inbox, MqttIngest, RawMessage, now_ms
-from .rejects import Rejects
-from .storage.base import IngestItem, Storage, StoreResult
 
 __all__ = ["IngestPipeline", "IngestStats", "Outcome"]
 
 _INSTANCE_RE = re.compile(r"[A-Za-z0-9._-]+")  # as protocol.schema checks it in batches
 
-log = logging.getLogger("edgemon.collector.ingest")
+log = logging.getLogger("edgemon.collector.ingest.pipeline")
 
 MAX_TRACKED_HOSTS = 10_000
 DECODE_ERROR_LOG_INTERVAL = 60.0  # seconds between tracebacks of unexpected decoder errors

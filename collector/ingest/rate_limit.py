@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import zstandard
 
+from edgemon.collector.config import IngestConfig
 from edgemon.protocol.limits import MAX_DECOMPRESSED_BYTES
-
-from .config import IngestConfig
 
 __all__ = ["OVERFLOW_HOST", "RateLimiter", "TokenBucket", "limiter_from_config", "message_cost"]
 

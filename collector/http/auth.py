@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import HttpConfig
-from .tokens import CREATE_HINT, Role, TokenStore
+from edgemon.collector.config import HttpConfig
+from edgemon.collector.http.tokens import CREATE_HINT, Role, TokenStore
 
 __all__ = [
     "MAX_QUERY_PARAMS",
@@ -29,7 +29,7 @@ __all__ = [
     "security_middlewares",
 ]
 
-log = logging.getLogger("edgemon.collector.http_auth")
+log = logging.getLogger("edgemon.collector.http.auth")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]

@@ -1,4 +1,5 @@
-"""``edgemon-local``: a whole local system in one command (broker, collector, this host's agent).
+"""The development launcher (`dev-up.sh`): a whole local system in one command (broker, collector,
+this host's agent). Not part of the installed product.
 
 Starts a private Mosquitto with a generated config on loopback, the collector on the embedded
 SQLite store and an agent for this host, all under one state directory; prints where to look;
@@ -27,9 +28,18 @@ import time
 from pathlib import Path
 
 from edgemon.agent.config import default_host_id
-
-from .broker_auth import DEFAULT_COLLECTOR, AuthDir, BrokerAuthError, mosquitto_conf
-from .tokens import create_token, default_tokens_path, read_tokens, revoke_token
+from edgemon.collector.broker.auth import (
+    DEFAULT_COLLECTOR,
+    AuthDir,
+    BrokerAuthError,
+    mosquitto_conf,
+)
+from edgemon.collector.http.tokens import (
+    create_token,
+    default_tokens_path,
+    read_tokens,
+    revoke_token,
+)
 
 DEFAULT_MQTT_PORT = 18830  # not 1883: leave a system broker alone
 DEFAULT_HTTP_PORT = 9400
@@ -154,7 +164,7 @@ def _stop(proc: subprocess.Popen[bytes] | None, what: str, timeout: float = 15) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgemon-local", description=__doc__)
+    parser = argparse.ArgumentParser(prog="dev-up.sh", description=__doc__)
     parser.add_argument("--state-dir", type=Path, default=Path("edgemon-local"),
                         help="where configs, the broker's file, the database and the buffer live")
     parser.add_argument("--mqtt-port", type=int, default=DEFAULT_MQTT_PORT)

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from .file_modes import check_not_world_accessible
+from edgemon.common.private_files import check_not_world_accessible
 
 __all__ = [
     "ROLES",
@@ -40,7 +40,7 @@ __all__ = [
     "revoke_token",
 ]
 
-log = logging.getLogger("edgemon.collector.tokens")
+log = logging.getLogger("edgemon.collector.http.tokens")
 
 Role = Literal["read", "admin"]
 ROLES: tuple[str, ...] = get_args(Role)

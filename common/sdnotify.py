@@ -1,8 +1,4 @@
-"""Tiny sd_notify client (stdlib only): tell systemd, for ``Type=notify``, how the service is doing.
-
-Identical copies live in ``edgemon.agent`` and ``edgemon.collector`` (a test keeps them equal):
-the only package both share is ``edgemon.protocol``, and this is not protocol.
-"""
+"""Tiny sd_notify client (stdlib only): tell systemd (``Type=notify``) how the service is doing."""
 
 from __future__ import annotations
 

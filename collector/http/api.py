@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import re
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from datetime import UTC, datetime
@@ -23,9 +22,8 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgemon.protocol import ProtocolError, validate_host_id
-
-from .storage.base import (
+from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
+from edgemon.collector.storage.base import (
     Gap,
     HostInfo,
     QueryTooLarge,
@@ -34,11 +32,12 @@ from .storage.base import (
     SeriesResult,
     Storage,
 )
-from .timeparse import parse_duration_ms, parse_time_ms
+from edgemon.common.clock import now_ms
+from edgemon.protocol import ProtocolError, validate_host_id
 
 __all__ = ["QueryParams", "create_app", "parse_duration_ms", "parse_time_ms"]
 
-log = logging.getLogger("edgemon.collector.api")
+log = logging.getLogger("edgemon.collector.http.api")
 
 STORAGE_KEY = web.AppKey("storage", Storage)
 EXECUTOR_KEY = web.AppKey("executor", object)
@@ -408,7 +407,7 @@ async def errors_middleware(request: web.Request,
 def create_app(storage: Storage, *, executor: Executor | None = None,
                metrics: Callable[[], str] = lambda: "",
                ready: Callable[[], dict[str, bool]] = lambda: {"storage": True},
-               clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+               clock_ms: Callable[[], int] = now_ms,
                extra_routes: Sequence[web.RouteDef] = (),
                extend_openapi: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                middlewares: Sequence[Any] = (),
@@ -416,7 +415,7 @@ def create_app(storage: Storage, *, executor: Executor | None = None,
                ) -> web.Application:
     """The collector's HTTP API; ``extra_routes`` (e.g. alerting) are described by
     ``extend_openapi``, which adds their paths to a copy of ``OPENAPI``. ``middlewares`` (e.g.
-    collector/http_auth.py) run inside the one that turns exceptions into JSON errors."""
+    collector/http/auth.py) run inside the one that turns exceptions into JSON errors."""
     app = web.Application(middlewares=[errors_middleware, *middlewares],
                           client_max_size=client_max_size)
     document = copy.deepcopy(OPENAPI)
