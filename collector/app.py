@@ -34,10 +34,10 @@ from edgemon.collector.http.tokens import (
     TokenStore,
     default_tokens_path,
 )
-from edgemon.collector.ingest.pipeline.mqtt import Inbox, MqttIngest
-from edgemon.collector.ingest.pipeline.pipeline import IngestPipeline
-from edgemon.collector.ingest.pipeline.rate_limit import limiter_from_config
-from edgemon.collector.ingest.pipeline.rejects import Rejects
+from edgemon.collector.ingest.mqtt import Inbox, MqttIngest
+from edgemon.collector.ingest.pipeline import IngestPipeline
+from edgemon.collector.ingest.rate_limit import limiter_from_config
+from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.storage.base import Storage
 from edgemon.common import sdnotify
 from edgemon.common.private_files import InsecureFileMode, check_not_world_accessible

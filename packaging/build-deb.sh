@@ -85,7 +85,7 @@ out="$(cd "$out" && pwd)"
 # --- one wheel of edgemon, from a snapshot of the sources (the tree is not written to) --------
 mkdir "$work/src"
 (cd "$ROOT" && tar --exclude=__pycache__ --exclude='*.pyc' -cf - \
-   pyproject.toml README.md agent collector protocol) | tar -xf - -C "$work/src"
+   pyproject.toml README.md agent collector protocol common) | tar -xf - -C "$work/src"
 "${pip[@]}" wheel -q --no-deps -w "$work/wheels" "$work/src" >/dev/null \
   || die "building the edgemon wheel failed"
 wheel="$(ls "$work"/wheels/edgemon-*.whl)"

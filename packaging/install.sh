@@ -123,7 +123,7 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 # Build from a copy: pip would write build/ and *.egg-info into the source tree.
 (cd "$SRC" && tar --exclude=__pycache__ --exclude='*.pyc' -cf - \
-   pyproject.toml README.md agent collector protocol) | tar -xf - -C "$tmp"
+   pyproject.toml README.md agent collector protocol common) | tar -xf - -C "$tmp"
 "$venv/bin/python" -m pip wheel "${pipargs[@]}" --no-deps -w "$tmp/wheels" "$tmp" >/dev/null
 whl="$(ls "$tmp"/wheels/edgemon-*.whl)"
 extra=""

@@ -32,7 +32,7 @@ from edgemon.collector.config import (
     MqttConfig,
     StorageConfig,
 )
-from edgemon.collector.ingest.pipeline.rejects import OTHER_HOST, Rejects
+from edgemon.collector.ingest.rejects import OTHER_HOST, Rejects
 from edgemon.collector.storage.base import RangeQuery, Storage
 from edgemon.protocol import (
     GAUGE,

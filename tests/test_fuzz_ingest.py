@@ -36,10 +36,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgemon.collector.config import IngestConfig, MqttConfig
-from edgemon.collector.ingest.pipeline.mqtt import Inbox, MqttIngest
-from edgemon.collector.ingest.pipeline.pipeline import IngestPipeline, Outcome
-from edgemon.collector.ingest.pipeline.rate_limit import RateLimiter, message_cost
-from edgemon.collector.ingest.pipeline.rejects import Rejects
+from edgemon.collector.ingest.mqtt import Inbox, MqttIngest
+from edgemon.collector.ingest.pipeline import IngestPipeline, Outcome
+from edgemon.collector.ingest.rate_limit import RateLimiter, message_cost
+from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.storage.base import RangeQuery
 from edgemon.collector.storage.sqlite import SQLiteStorage
 from edgemon.protocol import GAUGE, BatchBuilder, MetricDef, ProtocolError, decode, encode

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from edgemon.collector.ingest.pipeline.mqtt import Inbox, MqttIngest
-from edgemon.collector.ingest.pipeline.pipeline import IngestStats
-from edgemon.collector.ingest.pipeline.rejects import Rejects
+from edgemon.collector.ingest.mqtt import Inbox, MqttIngest
+from edgemon.collector.ingest.pipeline import IngestStats
+from edgemon.collector.ingest.rejects import Rejects
 
 __all__ = ["render_metrics"]
 

@@ -37,8 +37,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgemon.collector.config import MqttConfig
-from edgemon.collector.ingest.pipeline.rate_limit import RateLimiter, message_cost
-from edgemon.collector.ingest.pipeline.rejects import Rejects
+from edgemon.collector.ingest.rate_limit import RateLimiter, message_cost
+from edgemon.collector.ingest.rejects import Rejects
 from edgemon.common.clock import now_ms
 from edgemon.protocol import ProtocolError, ack_topic, encode_ack, parse_topic, subscriptions
 from edgemon.protocol.limits import MAX_COMPRESSED_BYTES

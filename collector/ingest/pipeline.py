@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgemon.collector.config import IngestConfig
-from edgemon.collector.ingest.pipeline.mqtt import Inbox, MqttIngest, RawMessage, now_ms
-from edgemon.collector.ingest.pipeline.rejects import Rejects
+from edgemon.collector.ingest.mqtt import Inbox, MqttIngest, RawMessage, now_ms
+from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.storage.base import IngestItem, Storage, StoreResult
 from edgemon.protocol import MalformedPayload, ProtocolError, decode, decode_status, parse_topic
 from edgemon.protocol.limits import MAX_COMPRESSED_BYTES, MAX_INT
