@@ -83,7 +83,7 @@ def backfill(outage_s: float, interval: float) -> dict[str, float]:
             started = time.monotonic()
             ages: list[float] = []
             while buffer_meta(agent.buffer)["batches"] > 2:
-                doc = collector.get("/api/v1/query?metric=system_uptime_seconds"
+                doc = collector.get("/edgemon/api/v1/query?metric=system_uptime_seconds"
                                     "&host=offline-bench&agg=last&step=1&start=now-5m&tier=raw")
                 newest = max((p[0] for s in doc["series"] for p in s["points"]), default=0)
                 age = time.time() - newest / 1000

@@ -215,9 +215,9 @@ def main(argv: list[str] | None = None) -> int:
             f"  collector  {api}   (first batch after about {6 * args.interval:.0f} s)\n\n"
             f"  API token (admin) in {conf['token']}:\n"
             f"  export EDGEMON_TOKEN=$(cat {conf['token']})\n"
-            f"  curl -s -H \"Authorization: Bearer $EDGEMON_TOKEN\" {api}/api/v1/hosts\n"
+            f"  curl -s -H \"Authorization: Bearer $EDGEMON_TOKEN\" {api}/edgemon/api/v1/hosts\n"
             f"  curl -s -H \"Authorization: Bearer $EDGEMON_TOKEN\" "
-            f"'{api}/api/v1/query?metric=cpu_usage_percent&label.cpu=total&step=60'\n"
+            f"'{api}/edgemon/api/v1/query?metric=cpu_usage_percent&label.cpu=total&step=60'\n"
             f"  curl -s -H \"Authorization: Bearer $EDGEMON_TOKEN\" {api}/metrics\n"
             f"  edgemon-collector tail -c {conf['tail']}\n",
             flush=True,

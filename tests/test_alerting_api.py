@@ -74,7 +74,7 @@ async def get(client: TestClient, url: str, status: int = 200) -> Any:
 def test_alerts_and_history(tmp_path: Path) -> None:
     async def test(client: TestClient, engine: AlertEngine, store: MemoryStorage,
                    _path: Path) -> None:
-        assert await get(client, "/api/v1/alerts") == {"alerts": []}
+        assert await get(client, "/edgemon/api/v1/alerts") == {"alerts": []}
         store.set_status("h1", False, T0 - 1000)
         store.set_status("h2", False, T0 - 1000)
         engine.run_cycle()
@@ -82,30 +82,31 @@ def test_alerts_and_history(tmp_path: Path) -> None:
         store.set_last_seen("h2", T0 + 1000)
         Clock.ms = T0 + 10_000
         engine.run_cycle()
-        alerts = (await get(client, "/api/v1/alerts"))["alerts"]
+        alerts = (await get(client, "/edgemon/api/v1/alerts"))["alerts"]
         assert [(a["host"], a["status"], a["rule"]) for a in alerts] == \
             [("h1", "firing", "host-down")]
         assert alerts[0]["fired_at"] == "2027-01-15T08:00:00.000Z"
-        assert (await get(client, "/api/v1/alerts?host=h2"))["alerts"] == []
-        hist = (await get(client, "/api/v1/alerts/history"))["history"]
+        assert (await get(client, "/edgemon/api/v1/alerts?host=h2"))["alerts"] == []
+        hist = (await get(client, "/edgemon/api/v1/alerts/history"))["history"]
         assert [(h["host"], h["status"]) for h in hist] == [("h2", "resolved"), ("h2", "firing"),
                                                             ("h1", "firing")]
-        one = await get(client, "/api/v1/alerts/history?host=h2&status=resolved")
+        one = await get(client, "/edgemon/api/v1/alerts/history?host=h2&status=resolved")
         assert [h["status"] for h in one["history"]] == ["resolved"]
-        since = await get(client, f"/api/v1/alerts/history?since={T0 + 5_000}")
+        since = await get(client, f"/edgemon/api/v1/alerts/history?since={T0 + 5_000}")
         assert [h["host"] for h in since["history"]] == ["h2"]
-        until = await get(client, "/api/v1/alerts/history?until=2027-01-15T08:00:05Z&rule="
+        until = await get(client, "/edgemon/api/v1/alerts/history?until=2027-01-15T08:00:05Z&rule="
                                   "host-down&limit=1")
         assert len(until["history"]) == 1 and until["history"][0]["at_ms"] == T0
-        rel = await get(client, "/api/v1/alerts/history?since=now-5s")
+        rel = await get(client, "/edgemon/api/v1/alerts/history?since=now-5s")
         assert [h["host"] for h in rel["history"]] == ["h2"]
         for bad, word in (("status=dead", "'status'"), ("since=yesterday", "'since'"),
                           ("limit=0", "'limit'"), ("colour=red", "unknown parameter 'colour'"),
                           (f"since={T0}&until={T0}", "'until' must be after"),
                           ("until=2027-01-15T08:00:05", "no time zone")):
-            body = await get(client, f"/api/v1/alerts/history?{bad}", 400)
+            body = await get(client, f"/edgemon/api/v1/alerts/history?{bad}", 400)
             assert word in body["error"], body
-        assert "'status'" in (await get(client, "/api/v1/alerts?status=resolved", 400))["error"]
+        bad = await get(client, "/edgemon/api/v1/alerts?status=resolved", 400)
+        assert "'status'" in bad["error"]
 
     with_client(tmp_path, test)
 
@@ -113,22 +114,22 @@ def test_alerts_and_history(tmp_path: Path) -> None:
 def test_rules_and_reload(tmp_path: Path) -> None:
     async def test(client: TestClient, engine: AlertEngine, _store: MemoryStorage,
                    path: Path) -> None:
-        body = await get(client, "/api/v1/rules")
+        body = await get(client, "/edgemon/api/v1/rules")
         assert [r["name"] for r in body["rules"]] == ["host-down", "cpu-high"]
         assert body["rules"][1]["for"] == 0 and body["rules"][1]["threshold"] == 80.0
         assert body["rules"][0]["health"]["error"] is None
         assert body["settings"]["group_wait"] == 10_000
         path.write_text(RULES.replace("threshold = 80", "threshold = 'x'"))
-        resp = await client.post("/api/v1/rules/reload")
+        resp = await client.post("/edgemon/api/v1/rules/reload")
         assert resp.status == 400
         bad = await resp.json()
         assert bad["errors"] == [f"{path}:13: rule 'cpu-high': key 'threshold': Input should "
                                  "be a valid number, unable to parse string as a number"]
         assert len(engine.ruleset.rules) == 2
         path.write_text(RULES.replace("threshold = 80", "threshold = 90"))
-        resp = await client.post("/api/v1/rules/reload")
+        resp = await client.post("/edgemon/api/v1/rules/reload")
         assert resp.status == 200 and (await resp.json())["rules"] == 2
-        body = await get(client, "/api/v1/rules")
+        body = await get(client, "/edgemon/api/v1/rules")
         assert body["rules"][1]["threshold"] == 90.0
 
     with_client(tmp_path, test)
@@ -137,17 +138,17 @@ def test_rules_and_reload(tmp_path: Path) -> None:
 def test_silences(tmp_path: Path) -> None:
     async def test(client: TestClient, engine: AlertEngine, store: MemoryStorage,
                    _path: Path) -> None:
-        resp = await client.post("/api/v1/silences", json={
+        resp = await client.post("/edgemon/api/v1/silences", json={
             "matchers": [{"name": "host", "value": "h1"}], "duration": "2h",
             "createdBy": "ops", "comment": "maintenance"})
         assert resp.status == 201, await resp.text()
         sid = (await resp.json())["id"]
-        listed = (await get(client, "/api/v1/silences"))["silences"]
+        listed = (await get(client, "/edgemon/api/v1/silences"))["silences"]
         assert [(s["id"], s["state"], s["ends_ms"]) for s in listed] == \
             [(sid, "active", T0 + 7_200_000)]
         store.set_status("h1", False, T0)
         engine.run_cycle()
-        assert (await get(client, "/api/v1/alerts"))["alerts"][0]["silenced_by"] == sid
+        assert (await get(client, "/edgemon/api/v1/alerts"))["alerts"][0]["silenced_by"] == sid
         assert engine.history()[0]["silenced"] is True
         for body, word in (
                 ({"matchers": [], "duration": "1h"}, "matchers"),
@@ -162,19 +163,19 @@ def test_silences(tmp_path: Path) -> None:
                  "matchers.0.name"),
                 ({"matchers": [{"name": "host", "value": "h1"}], "duration": "1h", "x": 1},
                  "x: Extra inputs")):
-            resp = await client.post("/api/v1/silences", json=body)
+            resp = await client.post("/edgemon/api/v1/silences", json=body)
             assert resp.status == 400
             assert word in (await resp.json())["error"], body
-        resp = await client.post("/api/v1/silences", data=b"{nope")
+        resp = await client.post("/edgemon/api/v1/silences", data=b"{nope")
         assert resp.status == 400 and "not valid JSON" in (await resp.json())["error"]
-        resp = await client.delete(f"/api/v1/silences/{sid}")
+        resp = await client.delete(f"/edgemon/api/v1/silences/{sid}")
         assert resp.status == 200
-        assert (await get(client, "/api/v1/silences"))["silences"] == []
-        assert (await get(client, "/api/v1/silences?all=true"))["silences"][0]["state"] == \
+        assert (await get(client, "/edgemon/api/v1/silences"))["silences"] == []
+        assert (await get(client, "/edgemon/api/v1/silences?all=true"))["silences"][0]["state"] == \
             "expired"
-        assert (await client.delete(f"/api/v1/silences/{'0' * 32}")).status == 404
-        assert (await client.delete("/api/v1/silences/xyz")).status == 400
-        assert (await get(client, "/api/v1/alerts"))["alerts"][0]["silenced_by"] is None
+        assert (await client.delete(f"/edgemon/api/v1/silences/{'0' * 32}")).status == 404
+        assert (await client.delete("/edgemon/api/v1/silences/xyz")).status == 400
+        assert (await get(client, "/edgemon/api/v1/alerts"))["alerts"][0]["silenced_by"] is None
 
     with_client(tmp_path, test)
 

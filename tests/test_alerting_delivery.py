@@ -166,7 +166,7 @@ def test_receiver_down_then_up_delivers_every_transition_once_in_order(tmp_path:
         assert alert["labels"] == {"alertname": "host-down", "host": "h1",
                                    "severity": "critical"}
         assert alert["annotations"] == {"summary": "h1 is down"}
-        assert alert["generatorURL"].startswith("http://collector.test:8080/api/v1/alerts/")
+        assert alert["generatorURL"].startswith("http://collector.test:8080/edgemon/api/v1/alerts/")
         assert alert["endsAt"] == "0001-01-01T00:00:00Z" and alert["startsAt"].endswith("Z")
         resolved = receiver.messages[1]["alerts"][0]
         assert resolved["status"] == "resolved" and resolved["endsAt"] != alert["endsAt"]

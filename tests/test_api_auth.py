@@ -56,7 +56,7 @@ class Api:
 
     def app(self) -> web.Application:
         app = create_app(MemoryStorage(), metrics=lambda: "edgemon_up 1\n",
-                         extra_routes=[web.post("/api/v1/echo", echo_handler)],
+                         extra_routes=[web.post("/edgemon/api/v1/echo", echo_handler)],
                          middlewares=security_middlewares(self.http, self.store),
                          client_max_size=self.http.max_body_bytes)
         add_cors(app, self.http.cors_origins)
@@ -90,7 +90,7 @@ def test_no_token_bad_header_or_unknown_token_is_401_with_a_way_to_get_one(tmp_p
                                    ({"Authorization": "Basic dXNlcjpwdw=="}, "invalid_request"),
                                    (bearer("not-a-token"), "invalid_token"),
                                    (bearer(forged), "invalid_token")]:
-            resp = await client.get("/api/v1/hosts", headers=headers)
+            resp = await client.get("/edgemon/api/v1/hosts", headers=headers)
             status, doc = await status_and_json(resp)
             assert status == 401, doc
             assert resp.headers["WWW-Authenticate"].startswith("Bearer")
@@ -98,7 +98,7 @@ def test_no_token_bad_header_or_unknown_token_is_401_with_a_way_to_get_one(tmp_p
             assert "edgemon-collector token create" in doc["error"]
             assert "Authorization: Bearer" in doc["error"]
             assert forged not in doc["error"] and "not-a-token" not in doc["error"]
-        resp = await client.get("/api/v1/hosts", headers=bearer(api.read_token))
+        resp = await client.get("/edgemon/api/v1/hosts", headers=bearer(api.read_token))
         assert resp.status == 200
 
     api.run(test)
@@ -108,18 +108,21 @@ def test_read_token_reads_but_only_admin_changes(tmp_path: Path) -> None:
     api = Api(tmp_path)
 
     async def test(client: TestClient) -> None:
-        for path in ("/api/v1/hosts", "/api/v1/openapi.json"):
+        for path in ("/edgemon/api/v1/hosts", "/edgemon/api/v1/openapi.json"):
             assert (await client.get(path, headers=bearer(api.read_token))).status == 200
-        assert (await client.head("/api/v1/hosts", headers=bearer(api.read_token))).status == 200
-        resp = await client.post("/api/v1/echo", data=b"{}", headers=bearer(api.read_token))
+        resp = await client.head("/edgemon/api/v1/hosts", headers=bearer(api.read_token))
+        assert resp.status == 200
+        resp = await client.post("/edgemon/api/v1/echo", data=b"{}", headers=bearer(api.read_token))
         status, doc = await status_and_json(resp)
         assert status == 403
         assert "role read" in doc["error"] and "needs an admin token" in doc["error"]
         assert "insufficient_scope" in resp.headers["WWW-Authenticate"]
-        resp = await client.post("/api/v1/echo", data=b"{}", headers=bearer(api.admin_token))
+        resp = await client.post("/edgemon/api/v1/echo", data=b"{}",
+                                 headers=bearer(api.admin_token))
         assert await status_and_json(resp) == (200, {"bytes": 2})
         # admin implies read
-        assert (await client.get("/api/v1/hosts", headers=bearer(api.admin_token))).status == 200
+        resp = await client.get("/edgemon/api/v1/hosts", headers=bearer(api.admin_token))
+        assert resp.status == 200
 
     api.run(test)
 
@@ -129,12 +132,13 @@ def test_new_and_revoked_tokens_count_from_the_next_request(tmp_path: Path) -> N
 
     async def test(client: TestClient) -> None:
         late = api.new_token("late", "read")  # created while the app runs
-        assert (await client.get("/api/v1/hosts", headers=bearer(late))).status == 200
+        assert (await client.get("/edgemon/api/v1/hosts", headers=bearer(late))).status == 200
         revoke_token(api.tokens_path, parse_token(late)[0])  # type: ignore[index]
-        resp = await client.get("/api/v1/hosts", headers=bearer(late))
+        resp = await client.get("/edgemon/api/v1/hosts", headers=bearer(late))
         status, doc = await status_and_json(resp)
         assert status == 401 and "was revoked" in doc["error"]
-        assert (await client.get("/api/v1/hosts", headers=bearer(api.read_token))).status == 200
+        resp = await client.get("/edgemon/api/v1/hosts", headers=bearer(api.read_token))
+        assert resp.status == 200
 
     api.run(test)
 
@@ -144,12 +148,13 @@ def test_token_file_readable_by_others_refuses_every_token_until_fixed(tmp_path:
 
     async def test(client: TestClient) -> None:
         api.tokens_path.chmod(0o644)
-        resp = await client.get("/api/v1/hosts", headers=bearer(api.admin_token))
+        resp = await client.get("/edgemon/api/v1/hosts", headers=bearer(api.admin_token))
         status, doc = await status_and_json(resp)
         assert status == 401 and "token file is unusable" in doc["error"]
         assert api.store.error is not None and f"chmod 600 {api.tokens_path}" in api.store.error
         api.tokens_path.chmod(0o640)  # group access is fine
-        assert (await client.get("/api/v1/hosts", headers=bearer(api.admin_token))).status == 200
+        resp = await client.get("/edgemon/api/v1/hosts", headers=bearer(api.admin_token))
+        assert resp.status == 200
 
     api.run(test)
     api.tokens_path.chmod(0o604)
@@ -180,7 +185,7 @@ def test_health_is_open_and_metrics_closed_unless_public(tmp_path: Path) -> None
 
     async def public(client: TestClient) -> None:
         assert (await client.get("/metrics")).status == 200
-        assert (await client.get("/api/v1/hosts")).status == 401  # only /metrics opens
+        assert (await client.get("/edgemon/api/v1/hosts")).status == 401  # only /metrics opens
 
     api = Api(tmp_path / "closed")
     api.run(closed)
@@ -189,8 +194,8 @@ def test_health_is_open_and_metrics_closed_unless_public(tmp_path: Path) -> None
 
 def test_auth_none_needs_no_token(tmp_path: Path) -> None:
     async def test(client: TestClient) -> None:
-        assert (await client.get("/api/v1/hosts")).status == 200
-        assert (await client.post("/api/v1/echo", data=b"x")).status == 200
+        assert (await client.get("/edgemon/api/v1/hosts")).status == 200
+        assert (await client.post("/edgemon/api/v1/echo", data=b"x")).status == 200
 
     Api(tmp_path, auth="none").run(test)
 
@@ -204,8 +209,8 @@ def test_presented_tokens_never_reach_the_log(tmp_path: Path,
 
     async def test(client: TestClient) -> None:
         for token in (api.read_token, revoked, pasted, f"edm_{'0' * 12}_{'B' * 43}"):
-            await client.post("/api/v1/echo", data=b"{}", headers=bearer(token))
-            await client.get("/api/v1/hosts", headers=bearer(token))
+            await client.post("/edgemon/api/v1/echo", data=b"{}", headers=bearer(token))
+            await client.get("/edgemon/api/v1/hosts", headers=bearer(token))
 
     with caplog.at_level(logging.DEBUG):
         api.run(test)
@@ -228,23 +233,23 @@ def test_body_and_query_limits(tmp_path: Path) -> None:
 
     async def test(client: TestClient) -> None:
         assert await status_and_json(
-            await client.post("/api/v1/echo", data=b"x" * 2048, headers=admin)) == \
+            await client.post("/edgemon/api/v1/echo", data=b"x" * 2048, headers=admin)) == \
             (200, {"bytes": 2048})
         status, doc = await status_and_json(
-            await client.post("/api/v1/echo", data=b"x" * 2049, headers=admin))
+            await client.post("/edgemon/api/v1/echo", data=b"x" * 2049, headers=admin))
         assert status == 413 and "2048 bytes (http.max_body_bytes)" in doc["error"]
         # no Content-Length: refused while the body is read
         status, doc = await status_and_json(
-            await client.post("/api/v1/echo", data=chunks(4096), headers=admin))
+            await client.post("/edgemon/api/v1/echo", data=chunks(4096), headers=admin))
         assert status == 413 and "http.max_body_bytes" in doc["error"]
         status, doc = await status_and_json(
-            await client.get("/api/v1/hosts?x=" + "a" * 400, headers=admin))
+            await client.get("/edgemon/api/v1/hosts?x=" + "a" * 400, headers=admin))
         assert status == 414 and "http.max_query_bytes" in doc["error"]
 
     async def crowded(client: TestClient) -> None:
         many = "&".join(f"p{i}=1" for i in range(101))
         status, doc = await status_and_json(
-            await client.get("/api/v1/hosts?" + many, headers=bearer(roomy.admin_token)))
+            await client.get("/edgemon/api/v1/hosts?" + many, headers=bearer(roomy.admin_token)))
         assert status == 400 and "101 query parameters" in doc["error"]
 
     api.run(test)
@@ -258,11 +263,11 @@ def test_no_cors_headers_by_default(tmp_path: Path) -> None:
     api = Api(tmp_path)
 
     async def test(client: TestClient) -> None:
-        resp = await client.get("/api/v1/hosts",
+        resp = await client.get("/edgemon/api/v1/hosts",
                                 headers={"Origin": ORIGIN, **bearer(api.read_token)})
         assert resp.status == 200
         assert not [h for h in resp.headers if h.lower().startswith("access-control-")]
-        resp = await client.options("/api/v1/hosts", headers={
+        resp = await client.options("/edgemon/api/v1/hosts", headers={
             "Origin": ORIGIN, "Access-Control-Request-Method": "GET"})
         assert resp.status == 401
         assert not [h for h in resp.headers if h.lower().startswith("access-control-")]
@@ -274,24 +279,24 @@ def test_cors_only_for_configured_origins(tmp_path: Path) -> None:
     api = Api(tmp_path, cors_origins=[ORIGIN])
 
     async def test(client: TestClient) -> None:
-        resp = await client.get("/api/v1/hosts",
+        resp = await client.get("/edgemon/api/v1/hosts",
                                 headers={"Origin": ORIGIN, **bearer(api.read_token)})
         assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
         assert "Origin" in resp.headers["Vary"]
-        resp = await client.get("/api/v1/hosts", headers={"Origin": ORIGIN})
+        resp = await client.get("/edgemon/api/v1/hosts", headers={"Origin": ORIGIN})
         assert resp.status == 401  # the browser may read why
         assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
-        resp = await client.get("/api/v1/hosts", headers={"Origin": "https://evil.example",
+        resp = await client.get("/edgemon/api/v1/hosts", headers={"Origin": "https://evil.example",
                                                           **bearer(api.read_token)})
         assert "Access-Control-Allow-Origin" not in resp.headers
-        resp = await client.options("/api/v1/silences", headers={
+        resp = await client.options("/edgemon/api/v1/silences", headers={
             "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": "authorization, content-type"})
         assert resp.status == 204  # preflights carry no token
         assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
         assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
         assert "POST" in resp.headers["Access-Control-Allow-Methods"]
-        resp = await client.options("/api/v1/silences", headers={
+        resp = await client.options("/edgemon/api/v1/silences", headers={
             "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
         assert resp.status == 403
         assert "Access-Control-Allow-Origin" not in resp.headers
@@ -361,7 +366,7 @@ def test_openapi_describes_the_bearer_scheme(tmp_path: Path) -> None:
     api = Api(tmp_path)
 
     async def test(client: TestClient) -> None:
-        doc = await (await client.get("/api/v1/openapi.json",
+        doc = await (await client.get("/edgemon/api/v1/openapi.json",
                                       headers=bearer(api.read_token))).json()
         assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
         assert doc["security"] == [{"bearerAuth": []}]
@@ -409,21 +414,21 @@ def test_real_collector_tokens_roles_revocation_and_no_secrets_in_debug_log(
         collector.start()  # made an admin token with the CLI first
         assert collector.token is not None
         reader = collector.create_token("grafana", "read")  # while running: no restart
-        status, headers, body = collector.request("GET", "/api/v1/hosts", token=None)
+        status, headers, body = collector.request("GET", "/edgemon/api/v1/hosts", token=None)
         assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
         assert "edgemon-collector token create" in json.loads(body)["error"]
-        assert collector.request("GET", "/api/v1/hosts", token=reader)[0] == 200
-        status, _, body = collector.request("POST", "/api/v1/rules/reload", token=reader)
+        assert collector.request("GET", "/edgemon/api/v1/hosts", token=reader)[0] == 200
+        status, _, body = collector.request("POST", "/edgemon/api/v1/rules/reload", token=reader)
         assert status == 403 and "needs an admin token" in json.loads(body)["error"]
-        assert collector.request("POST", "/api/v1/rules/reload")[0] == 200  # admin
+        assert collector.request("POST", "/edgemon/api/v1/rules/reload")[0] == 200  # admin
         assert collector.request("GET", "/healthz", token=None)[0] == 200
         assert collector.request("GET", "/metrics", token=None)[0] == 401
         assert collector.request("GET", "/metrics", token=reader)[0] == 200
-        status, _, body = collector.request("POST", "/api/v1/silences", body=b"x" * 70_000)
+        status, _, body = collector.request("POST", "/edgemon/api/v1/silences", body=b"x" * 70_000)
         assert status == 413 and "max_body_bytes" in json.loads(body)["error"]
         reader_id = parse_token(reader)[0]  # type: ignore[index]
         collector.token_cli("revoke", reader_id)
-        status, _, body = collector.request("GET", "/api/v1/hosts", token=reader)
+        status, _, body = collector.request("GET", "/edgemon/api/v1/hosts", token=reader)
         assert status == 401 and "revoked" in json.loads(body)["error"]
         listed = json.loads(collector.token_cli("list", "--json").stdout)
         assert {t["id"]: t["revoked"] for t in listed}[reader_id] is True
@@ -449,8 +454,8 @@ def test_real_collector_over_https_with_a_self_signed_certificate(tmp_path: Path
     collector.tls_ca = cert
     try:
         collector.start()  # ready over HTTPS, verified against the certificate
-        assert collector.get("/api/v1/hosts") == {"hosts": []}
-        assert collector.request("GET", "/api/v1/hosts", token=None)[0] == 401
+        assert collector.get("/edgemon/api/v1/hosts") == {"hosts": []}
+        assert collector.request("GET", "/edgemon/api/v1/hosts", token=None)[0] == 401
         assert "http api listening on https://" in collector.output()
         collector.tls_ca = None  # plain HTTP to the TLS port: no answer
         with pytest.raises(OSError):

@@ -139,33 +139,34 @@ async def get_json(client: TestClient, url: str, status: int = 200, **kw: Any) -
 
 def test_hosts(storage: MemoryStorage) -> None:
     async def t(client: TestClient) -> None:
-        doc = await get_json(client, "/api/v1/hosts")
+        doc = await get_json(client, "/edgemon/api/v1/hosts")
         by = {h["host"]: h for h in doc["hosts"]}
         assert by["web-01"]["online"] is True and by["web-01"]["instance"] == "abc"
         assert by["db-01"]["online"] is False
         assert set(by["web-01"]) >= {"last_seen", "clock_offset_ms", "instances"}
-        await get_json(client, "/api/v1/hosts?bogus=1", 400)
+        await get_json(client, "/edgemon/api/v1/hosts?bogus=1", 400)
 
     api(storage, t)
 
 
 def test_series_and_unknown_host(storage: MemoryStorage) -> None:
     async def t(client: TestClient) -> None:
-        doc = await get_json(client, "/api/v1/hosts/web-01/series")
+        doc = await get_json(client, "/edgemon/api/v1/hosts/web-01/series")
         assert [s["name"] for s in doc["series"]] == ["load1"]
-        doc = await get_json(client, "/api/v1/hosts/nosuch/series", 404)
+        doc = await get_json(client, "/edgemon/api/v1/hosts/nosuch/series", 404)
         assert "nosuch" in doc["error"]
-        doc = await get_json(client, "/api/v1/hosts/bad%20host/series", 400)
+        doc = await get_json(client, "/edgemon/api/v1/hosts/bad%20host/series", 400)
         assert "'host'" in doc["error"]
-        doc = await get_json(client, "/api/v1/gaps?host=nosuch", 404)
-        assert (await get_json(client, "/api/v1/gaps?host=web-01")) == {"gaps": []}
+        doc = await get_json(client, "/edgemon/api/v1/gaps?host=nosuch", 404)
+        assert (await get_json(client, "/edgemon/api/v1/gaps?host=web-01")) == {"gaps": []}
 
     api(storage, t)
 
 
 def test_query_json_never_contains_nan(storage: MemoryStorage) -> None:
     async def t(client: TestClient) -> None:
-        doc = await get_json(client, "/api/v1/query?metric=cpu_usage_percent&label.cpu=total"
+        doc = await get_json(client, "/edgemon/api/v1/query?metric=cpu_usage_percent"
+                             "&label.cpu=total"
                                      "&host=web-*&host=db-01&agg=max&step=60&start=now-2h")
         assert doc["metric"] == "cpu_usage_percent" and doc["step"] == 60 and doc["tier"] == "raw"
         web = doc["series"][0]
@@ -181,17 +182,18 @@ def test_query_json_never_contains_nan(storage: MemoryStorage) -> None:
 
 def test_query_defaults_and_time_formats(storage: MemoryStorage) -> None:
     async def t(client: TestClient) -> None:
-        await get_json(client, "/api/v1/query?metric=load1")
+        await get_json(client, "/edgemon/api/v1/query?metric=load1")
         q = storage.queries[-1]
         assert (q.start_ms, q.end_ms) == (NOW_MS - 3_600_000, NOW_MS)
         assert q.step_ms == 15_000  # ~ 1 h / 300, rounded up to a nice step
         assert q.tier == "auto" and q.rate is False and q.group_by is None
-        await get_json(client, "/api/v1/query?metric=load1&start=1700000000&end=1700000600000"
+        await get_json(client, "/edgemon/api/v1/query?metric=load1"
+                       "&start=1700000000&end=1700000600000"
                                "&rate=true&group_by=host,cpu&tier=1m")
         q = storage.queries[-1]
         assert (q.start_ms, q.end_ms) == (1_700_000_000_000, 1_700_000_600_000)
         assert q.rate is True and q.group_by == ("host", "cpu") and q.tier == "1m"
-        await get_json(client, "/api/v1/query?metric=load1&start=2023-11-14T22:13:20Z"
+        await get_json(client, "/edgemon/api/v1/query?metric=load1&start=2023-11-14T22:13:20Z"
                                "&end=2023-11-14T23:23:20%2B01:00")
         q = storage.queries[-1]
         assert (q.start_ms, q.end_ms) == (1_700_000_000_000, 1_700_000_600_000)
@@ -220,7 +222,7 @@ def test_query_defaults_and_time_formats(storage: MemoryStorage) -> None:
 def test_query_bad_parameters_are_400_naming_the_parameter(storage: MemoryStorage, query: str,
                                                           param: str) -> None:
     async def t(client: TestClient) -> None:
-        doc = await get_json(client, f"/api/v1/query?{query}", 400)
+        doc = await get_json(client, f"/edgemon/api/v1/query?{query}", 400)
         assert f"parameter '{param}'" in doc["error"], doc
 
     api(storage, t)
@@ -229,9 +231,9 @@ def test_query_bad_parameters_are_400_naming_the_parameter(storage: MemoryStorag
 
 def test_query_unknown_host_is_404_glob_is_not(storage: MemoryStorage) -> None:
     async def t(client: TestClient) -> None:
-        doc = await get_json(client, "/api/v1/query?metric=load1&host=nosuch", 404)
+        doc = await get_json(client, "/edgemon/api/v1/query?metric=load1&host=nosuch", 404)
         assert "nosuch" in doc["error"]
-        await get_json(client, "/api/v1/query?metric=load1&host=nosuch*")
+        await get_json(client, "/edgemon/api/v1/query?metric=load1&host=nosuch*")
 
     api(storage, t)
 
@@ -239,13 +241,13 @@ def test_query_unknown_host_is_404_glob_is_not(storage: MemoryStorage) -> None:
 def test_query_too_large_and_storage_value_error_are_400(storage: MemoryStorage) -> None:
     async def t(client: TestClient) -> None:
         storage.query_error = QueryTooLarge("2000 series > 1000: add host= or label. filters")
-        doc = await get_json(client, "/api/v1/query?metric=load1", 400)
+        doc = await get_json(client, "/edgemon/api/v1/query?metric=load1", 400)
         assert doc["error"] == "2000 series > 1000: add host= or label. filters"
         storage.query_error = ValueError("rate needs a counter")
-        doc = await get_json(client, "/api/v1/query?metric=load1&rate=1", 400)
+        doc = await get_json(client, "/edgemon/api/v1/query?metric=load1&rate=1", 400)
         assert doc["error"] == "rate needs a counter"
         storage.query_error = RuntimeError("boom")
-        doc = await get_json(client, "/api/v1/query?metric=load1", 500)
+        doc = await get_json(client, "/edgemon/api/v1/query?metric=load1", 500)
         assert "boom" not in doc["error"]
 
     api(storage, t)
@@ -256,7 +258,7 @@ def test_query_csv(storage: MemoryStorage) -> None:
         for kw in ({"params": {"metric": "cpu_usage_percent", "format": "csv"}},
                    {"params": {"metric": "cpu_usage_percent"},
                     "headers": {"Accept": "text/csv"}}):
-            resp = await client.get("/api/v1/query", **kw)
+            resp = await client.get("/edgemon/api/v1/query", **kw)
             assert resp.status == 200 and resp.content_type == "text/csv"
             rows = list(csv.reader(io.StringIO(await resp.text())))
             assert rows[0] == ["timestamp_ms", "time", "host", "cpu", "value"]
@@ -280,11 +282,11 @@ def test_health_ready_metrics_openapi(storage: MemoryStorage) -> None:
         resp = await client.get("/metrics")
         assert resp.status == 200 and resp.content_type == "text/plain"
         assert "edgemon_collector_x 1" in await resp.text()
-        spec = await get_json(client, "/api/v1/openapi.json")
+        spec = await get_json(client, "/edgemon/api/v1/openapi.json")
         routes = {r.resource.canonical for r in client.app.router.routes()  # type: ignore
                   if r.resource is not None}
         assert routes == set(spec["paths"]), routes ^ set(spec["paths"])
-        doc = await get_json(client, "/api/v1/nothing", 404)
+        doc = await get_json(client, "/edgemon/api/v1/nothing", 404)
         assert "error" in doc
 
     api(storage, t, ready=lambda: dict(state), metrics=lambda: "edgemon_collector_x 1\n")

@@ -151,7 +151,7 @@ def test_sighup_reloads_alert_rules_and_keeps_running(tmp_path: Path) -> None:
     try:
         collector.start()
         def names() -> set[str]:
-            return {r["name"] for r in collector.get("/api/v1/rules")["rules"]}
+            return {r["name"] for r in collector.get("/edgemon/api/v1/rules")["rules"]}
 
         assert names() == {"first"}
         rules.write_text(rule.format("second"))

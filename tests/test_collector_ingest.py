@@ -313,14 +313,14 @@ def test_status_birth_and_death_show_in_hosts(collector: RunningCollector,
     agent = agents("edge-7")
 
     def online() -> bool | None:
-        status, doc = collector.get("/api/v1/hosts")
+        status, doc = collector.get("/edgemon/api/v1/hosts")
         assert status == 200
         return {h["host"]: h["online"] for h in doc["hosts"]}.get("edge-7")
 
     agent.publish(status_topic("edge-7"),
                   encode_status(online=True, instance="i-9", timestamp_ms=now_ms()), retain=True)
     wait_until(lambda: online() is True, TIMEOUT, "edge-7 online")
-    _, doc = collector.get("/api/v1/hosts")
+    _, doc = collector.get("/edgemon/api/v1/hosts")
     assert {h["host"]: h for h in doc["hosts"]}["edge-7"]["instance"] == "i-9"
     agent.publish(status_topic("edge-7"),
                   encode_status(online=False, instance="i-9", timestamp_ms=now_ms() + 1),
@@ -342,14 +342,14 @@ def test_http_endpoints_of_a_running_collector(collector: RunningCollector,
     assert collector.metric("edgemon_collector_queue_depth") == 0
     assert collector.metric("edgemon_collector_mqtt_connected") == 1
     assert abs(collector.metric("edgemon_collector_host_lag_seconds", host="web-04")) < 60
-    status, doc = collector.get("/api/v1/query?metric=load1&host=nosuch")
+    status, doc = collector.get("/edgemon/api/v1/query?metric=load1&host=nosuch")
     assert status == 404
-    status, doc = collector.get("/api/v1/query?metric=cpu_usage_percent&host=web-04"
+    status, doc = collector.get("/edgemon/api/v1/query?metric=cpu_usage_percent&host=web-04"
                                 "&start=now-5m&step=10s&agg=last")
     assert status == 200, doc
     assert [s["host"] for s in doc["series"]] == ["web-04"]
     assert len(doc["series"][0]["points"]) == 3
-    status, doc = collector.get("/api/v1/hosts/web-04/series")
+    status, doc = collector.get("/edgemon/api/v1/hosts/web-04/series")
     assert status == 200 and {s["name"] for s in doc["series"]} == {"cpu_usage_percent",
                                                                      "load1"}
 

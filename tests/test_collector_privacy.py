@@ -14,7 +14,7 @@ def test_the_collector_creates_its_database_and_state_private(tmp_path: Path) ->
     collector = Collector(tmp_path / "collector", broker)
     try:
         collector.start()
-        assert collector.get("/api/v1/hosts") == {"hosts": []}
+        assert collector.get("/edgemon/api/v1/hosts") == {"hosts": []}
         created = [p for p in (tmp_path / "collector").iterdir()
                    if p.is_file() and p.suffix not in (".toml", ".log")]
         names = {p.name for p in created}

@@ -34,13 +34,14 @@ def system(tmp_path: Path, broker: Broker) -> Iterator[tuple[Broker, Collector, 
 
 def _names(collector: Collector) -> set[str]:
     try:
-        return {s["name"] for s in collector.get(f"/api/v1/hosts/{HOST}/series")["series"]}
+        return {s["name"] for s in collector.get(f"/edgemon/api/v1/hosts/{HOST}/series")["series"]}
     except OSError:
         return set()
 
 
 def _last(collector: Collector, metric: str, labels: str = "") -> float:
-    doc = collector.get(f"/api/v1/query?metric={metric}&host={HOST}{labels}&agg=last&step=60"
+    doc = collector.get(f"/edgemon/api/v1/query?metric={metric}&host={HOST}{labels}"
+                        "&agg=last&step=60"
                         "&start=now-10m&tier=raw")
     points = [p for s in doc["series"] for p in s["points"]]
     assert points, f"no points for {metric}"
@@ -53,16 +54,16 @@ def test_every_family_reaches_the_api_with_plausible_values(
     assert set(FAMILY_PROBES) == set(FAMILIES)
     wait_until(lambda: set(FAMILY_PROBES.values()) <= _names(collector), 30,
                f"every family in the API (agent log: {agent.log})")
-    hosts = {h["host"]: h for h in collector.get("/api/v1/hosts")["hosts"]}
+    hosts = {h["host"]: h for h in collector.get("/edgemon/api/v1/hosts")["hosts"]}
     assert hosts[HOST]["online"] is True
     assert _last(collector, "memory_total_bytes") == psutil.virtual_memory().total
     assert 0 <= _last(collector, "cpu_usage_percent", "&label.cpu=total") <= 100
     assert _last(collector, "system_boot_time_seconds") == pytest.approx(psutil.boot_time(), abs=2)
     # alerting runs inside the collector with the shipped rules
-    rules = {r["name"] for r in collector.get("/api/v1/rules")["rules"]}
+    rules = {r["name"] for r in collector.get("/edgemon/api/v1/rules")["rules"]}
     assert {"cpu-high", "host-down", "disk-full-soon"} <= rules
-    assert isinstance(collector.get("/api/v1/alerts")["alerts"], list)
-    assert "/api/v1/alerts" in collector.get("/api/v1/openapi.json")["paths"]
+    assert isinstance(collector.get("/edgemon/api/v1/alerts")["alerts"], list)
+    assert "/edgemon/api/v1/alerts" in collector.get("/edgemon/api/v1/openapi.json")["paths"]
     assert agent.terminate() == 0
     assert collector.terminate() == 0
 

@@ -52,7 +52,7 @@ def make_system(tmp_path: Path) -> Iterator[Callable[..., tuple[Broker, Collecto
 
 def _has_data(collector: Collector) -> bool:
     try:
-        return bool(collector.get(f"/api/v1/hosts/{HOST}/series")["series"])
+        return bool(collector.get(f"/edgemon/api/v1/hosts/{HOST}/series")["series"])
     except OSError:
         return False
 
@@ -115,7 +115,7 @@ def test_agent_kill9_at_random_moments(make_system: Callable[..., tuple]) -> Non
         agent.start()
     totals = assert_exact_accounting(collector, agent)
     assert totals["dropped"] == 0
-    hosts = {h["host"]: h for h in collector.get("/api/v1/hosts")["hosts"]}
+    hosts = {h["host"]: h for h in collector.get("/edgemon/api/v1/hosts")["hosts"]}
     assert hosts[HOST]["instances"] >= 2  # restarts are visible in the API
 
 
@@ -132,14 +132,14 @@ def test_exhausted_budget_drops_exactly_the_oldest_and_reports_it(
     totals = assert_exact_accounting(collector, agent)
     assert totals["dropped"] > 0
     # The agent told the collector what it dropped, as an ordinary metric.
-    doc = collector.get(f"/api/v1/query?metric=agent_dropped_samples_total&host={HOST}"
+    doc = collector.get(f"/edgemon/api/v1/query?metric=agent_dropped_samples_total&host={HOST}"
                         "&agg=max&step=1d&start=now-1h&tier=raw")
     reported = max(p[1] for s in doc["series"] for p in s["points"])
     assert 0 < reported <= totals["dropped_gross"]
     # Oldest first: within the outage, what survived is one unbroken run at its end. (The
     # outage's first second is left out: batches sealed just before the stop went out.)
     window_start_ms = outage_start_ms + 1000
-    doc = collector.get(f"/api/v1/query?metric=system_uptime_seconds&host={HOST}&agg=count"
+    doc = collector.get(f"/edgemon/api/v1/query?metric=system_uptime_seconds&host={HOST}&agg=count"
                         f"&step=1&start={window_start_ms}&end={outage_end_ms}&tier=raw")
     seconds = {p[0] // 1000 for s in doc["series"] for p in s["points"] if p[1] > 0}
     first, last = min(seconds), max(seconds)
@@ -159,7 +159,8 @@ def test_corrupt_buffer_is_moved_aside_and_reported(make_system: Callable[..., t
     assert [p.read_bytes() for p in kept] == [garbage], "the old file was not kept as it was"
 
     def reported() -> bool:
-        doc = collector.get(f"/api/v1/query?metric=agent_buffer_recoveries_total&host={HOST}"
+        doc = collector.get("/edgemon/api/v1/query?metric=agent_buffer_recoveries_total"
+                            f"&host={HOST}"
                             "&agg=max&step=1d&start=now-1h&tier=raw")
         return any(p[1] >= 1 for s in doc["series"] for p in s["points"])
 
@@ -179,7 +180,8 @@ def test_live_samples_keep_flowing_during_a_large_backfill(
     ages = []
 
     def newest_age_s() -> float:
-        doc = collector.get(f"/api/v1/query?metric=system_uptime_seconds&host={HOST}&agg=last"
+        doc = collector.get("/edgemon/api/v1/query?metric=system_uptime_seconds"
+                            f"&host={HOST}&agg=last"
                             "&step=1&start=now-30s&tier=raw")
         newest = max((p[0] for s in doc["series"] for p in s["points"]), default=0)
         return time.time() - newest / 1000  # step start: at most 1 s before the sample

@@ -34,7 +34,7 @@ def test_fleet_batches_all_acked(tmp_path: Path) -> None:
         assert summary["rejected"] == 0
         assert summary["acked_samples"] == 6 * 81 * 6
         assert summary["lag_p99_ms"] is not None
-        hosts = {h["host"] for h in collector.get("/api/v1/hosts")["hosts"]}
+        hosts = {h["host"] for h in collector.get("/edgemon/api/v1/hosts")["hosts"]}
         assert {"smoke-00000", "smoke-00001"} <= hosts
     finally:
         collector.kill()

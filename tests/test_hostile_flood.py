@@ -48,7 +48,7 @@ def status_kib(pid: int) -> dict[str, int]:
 
 def has_data(collector: Collector) -> bool:
     try:
-        return bool(collector.get(f"/api/v1/hosts/{GOOD}/series")["series"])
+        return bool(collector.get(f"/edgemon/api/v1/hosts/{GOOD}/series")["series"])
     except OSError:  # 404 until the host is known
         return False
 

@@ -259,7 +259,7 @@ def test_agent_and_collector_deliver_with_generated_credentials_and_forgery_is_c
                    15, "the host_mismatch reject in /metrics")
         assert _metric(collector, "host_rejects_total",
                        f'host="{HOST_A}",reason="host_mismatch"') == 1
-        assert HOST_B not in {h["host"] for h in collector.get("/api/v1/hosts")["hosts"]}
+        assert HOST_B not in {h["host"] for h in collector.get("/edgemon/api/v1/hosts")["hosts"]}
         assert agent.running()
     finally:
         agent.kill()

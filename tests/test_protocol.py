@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgemon import protocol
-from edgemon.protocol import BatchBuilder, MetricDef, ProtocolError
+from edgemon.protocol import BatchBuilder, MalformedPayload, MetricDef, ProtocolError
 from edgemon.protocol.schema import validate_batch
 
 VECTORS = Path(protocol.__file__).parent / "vectors"
@@ -228,3 +228,27 @@ def test_agent_side_protocol_does_not_import_pydantic() -> None:
             "instance='i', seq=1, sent_ms=1)); print('pydantic' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_collector_presence_round_trips_and_refuses_garbage() -> None:
+    from edgemon.protocol.presence import (
+        COLLECTOR_STATE_FILTER,
+        collector_state_topic,
+        decode_collector_state,
+        encode_collector_state,
+        parse_collector_state_topic,
+    )
+    topic = collector_state_topic("collector-1")
+    assert topic == "edgemon/v1/_collectors/collector-1/state"
+    assert COLLECTOR_STATE_FILTER == "edgemon/v1/_collectors/+/state"
+    assert parse_collector_state_topic(topic) == "collector-1"
+    state = decode_collector_state(encode_collector_state("collector-1", online=False, ts_ms=5))
+    assert (state.collector, state.online, state.ts_ms) == ("collector-1", False, 5)
+    for bad in (b"", b"[]", b'{"v":1.0,"state":"online","collector":"c","ts":1}',
+                b'{"v":1,"state":"up","collector":"c","ts":1}',
+                b'{"v":1,"state":"online","collector":"a/b","ts":1}',
+                b'{"v":1,"state":"online","collector":"c","ts":"1"}', b"\xff" * 10):
+        with pytest.raises(MalformedPayload, match=r"collector state|collector id|not JSON|v1"):
+            decode_collector_state(bad)
+    with pytest.raises(ProtocolError, match="collector state topic"):
+        parse_collector_state_topic("edgemon/v1/host/status")

@@ -626,7 +626,8 @@ class AlertEngine:
                 "labels": tr.alert_labels, "annotations": tr.annotations,
                 "startsAt": iso_ms(tr.starts_at) or iso_ms(tr.at_ms),
                 "endsAt": iso_ms(tr.ends_at) if tr.status == "resolved" else ZERO_TIME,
-                "generatorURL": f"{base}/api/v1/alerts/history?rule={tr.rule}&host={tr.host}",
+                "generatorURL": (f"{base}/edgemon/api/v1/alerts/history"
+                                 f"?rule={tr.rule}&host={tr.host}"),
                 "fingerprint": tr.fingerprint, "idempotencyKey": idem}
 
     def mqtt_payload(self, tr: Transition, idem: str) -> dict[str, Any]:

@@ -71,7 +71,8 @@ def _pydantic_message(exc: ValidationError) -> str:
 
 
 class SilenceIn(BaseModel):
-    """``POST /api/v1/silences`` body: ``matchers`` and an end (``endsAt`` or ``duration``)."""
+    """``POST /edgemon/api/v1/silences`` body: ``matchers`` and an end
+    (``endsAt`` or ``duration``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -198,13 +199,13 @@ def routes(engine: AlertEngine) -> list[web.RouteDef]:
         return _json({"id": sid, "expired": True})
 
     return [
-        web.get("/api/v1/alerts", guard(alerts)),
-        web.get("/api/v1/alerts/history", guard(history)),
-        web.get("/api/v1/rules", guard(rules)),
-        web.post("/api/v1/rules/reload", guard(reload)),
-        web.get("/api/v1/silences", guard(silences)),
-        web.post("/api/v1/silences", guard(add_silence)),
-        web.delete("/api/v1/silences/{id}", guard(expire_silence)),
+        web.get("/edgemon/api/v1/alerts", guard(alerts)),
+        web.get("/edgemon/api/v1/alerts/history", guard(history)),
+        web.get("/edgemon/api/v1/rules", guard(rules)),
+        web.post("/edgemon/api/v1/rules/reload", guard(reload)),
+        web.get("/edgemon/api/v1/silences", guard(silences)),
+        web.post("/edgemon/api/v1/silences", guard(add_silence)),
+        web.delete("/edgemon/api/v1/silences/{id}", guard(expire_silence)),
     ]
 
 
@@ -229,13 +230,13 @@ _BAD = {"description": "bad parameter or body (the message names it)",
 _TIME = "unix seconds, unix ms, RFC 3339 or now-<duration>"
 
 OPENAPI_PATHS: dict[str, Any] = {
-    "/api/v1/alerts": {"get": {
+    "/edgemon/api/v1/alerts": {"get": {
         "summary": "Active alerts (pending and firing)", "tags": ["alerting"],
         "parameters": [_q("rule", "only this rule"), _q("host", "only this host"),
                        _q("status", "pending or firing",
                           {"type": "string", "enum": ["pending", "firing"]})],
         "responses": {"200": _ok("ActiveAlerts"), "400": _BAD}}},
-    "/api/v1/alerts/history": {"get": {
+    "/edgemon/api/v1/alerts/history": {"get": {
         "summary": "Recorded transitions, newest first", "tags": ["alerting"],
         "parameters": [_q("rule", "only this rule"), _q("host", "only this host"),
                        _q("since", f"sample time >= this ({_TIME})"),
@@ -245,17 +246,17 @@ OPENAPI_PATHS: dict[str, Any] = {
                        _q("limit", "at most this many (default 1000)",
                           {"type": "integer", "minimum": 1, "maximum": 10000})],
         "responses": {"200": _ok("AlertHistory"), "400": _BAD}}},
-    "/api/v1/rules": {"get": {
+    "/edgemon/api/v1/rules": {"get": {
         "summary": "Loaded alert rules, settings, receivers and each rule's evaluation health",
         "tags": ["alerting"], "responses": {"200": _ok("AlertRules")}}},
-    "/api/v1/rules/reload": {"post": {
+    "/edgemon/api/v1/rules/reload": {"post": {
         "summary": "Re-read the rules file (kept unchanged if invalid)", "tags": ["alerting"],
         "responses": {"200": {"description": "reloaded",
                               "content": {JSON: {"schema": {"type": "object"}}}},
                       "400": {"description": "invalid file: every error with FILE:LINE",
                               "content": {JSON: {"schema": {
                                   "$ref": "#/components/schemas/AlertingError"}}}}}}},
-    "/api/v1/silences": {
+    "/edgemon/api/v1/silences": {
         "get": {"summary": "Silences not yet expired (all=true: every silence kept)",
                 "tags": ["alerting"],
                 "parameters": [_q("all", "include expired ones", {"type": "boolean"})],
@@ -269,7 +270,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                          "id": {"type": "string"}, "starts_ms": {"type": "integer"},
                          "ends_ms": {"type": "integer"}}}}}},
                      "400": _BAD}}},
-    "/api/v1/silences/{id}": {"delete": {
+    "/edgemon/api/v1/silences/{id}": {"delete": {
         "summary": "Expire a silence now", "tags": ["alerting"],
         "parameters": [{"name": "id", "in": "path", "required": True,
                         "schema": {"type": "string"}}],

@@ -67,7 +67,7 @@ def auto_step_ms(span_ms: int) -> int:
 
 
 class QueryParams(BaseModel):
-    """``GET /api/v1/query`` parameters after the raw query string was grouped."""
+    """``GET /edgemon/api/v1/query`` parameters after the raw query string was grouped."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -426,11 +426,11 @@ def create_app(storage: Storage, *, executor: Executor | None = None,
     app[METRICS_KEY] = metrics
     app[READY_KEY] = ready
     app[CLOCK_KEY] = clock_ms
-    app.router.add_get("/api/v1/hosts", hosts_handler)
-    app.router.add_get("/api/v1/hosts/{host}/series", series_handler)
-    app.router.add_get("/api/v1/query", query_handler)
-    app.router.add_get("/api/v1/gaps", gaps_handler)
-    app.router.add_get("/api/v1/openapi.json", openapi_handler)
+    app.router.add_get("/edgemon/api/v1/hosts", hosts_handler)
+    app.router.add_get("/edgemon/api/v1/hosts/{host}/series", series_handler)
+    app.router.add_get("/edgemon/api/v1/query", query_handler)
+    app.router.add_get("/edgemon/api/v1/gaps", gaps_handler)
+    app.router.add_get("/edgemon/api/v1/openapi.json", openapi_handler)
     app.router.add_get("/healthz", healthz_handler)
     app.router.add_get("/readyz", readyz_handler)
     app.router.add_get("/metrics", metrics_handler)
@@ -462,17 +462,17 @@ OPENAPI: dict[str, Any] = {
              "description": "Fleet metrics stored by the edgemon collector. Times are ms since "
                             "the Unix epoch in responses."},
     "paths": {
-        "/api/v1/hosts": {"get": {
+        "/edgemon/api/v1/hosts": {"get": {
             "summary": "Every host ever seen, with its online state",
             "responses": {"200": _ok("Hosts")}}},
-        "/api/v1/hosts/{host}/series": {"get": {
+        "/edgemon/api/v1/hosts/{host}/series": {"get": {
             "summary": "The series a host has sent",
             "parameters": [
                 {"name": "host", "in": "path", "required": True, "schema": {"type": "string"}},
                 _qp("metric", "only this metric name"),
             ],
             "responses": {"200": _ok("Series"), "400": _ERROR, "404": _NOT_FOUND}}},
-        "/api/v1/query": {"get": {
+        "/edgemon/api/v1/query": {"get": {
             "summary": "Aggregate one metric over a time range, one point per step",
             "parameters": [
                 _qp("metric", "metric name", required=True),
@@ -504,11 +504,11 @@ OPENAPI: dict[str, Any] = {
                                                    {"$ref": "#/components/schemas/Query"}},
                                     "text/csv": {"schema": {"type": "string"}}}},
                 "400": _ERROR, "404": _NOT_FOUND}}},
-        "/api/v1/gaps": {"get": {
+        "/edgemon/api/v1/gaps": {"get": {
             "summary": "Sequence numbers that never arrived, per agent instance",
             "parameters": [_qp("host", "only this host")],
             "responses": {"200": _ok("Gaps"), "400": _ERROR, "404": _NOT_FOUND}}},
-        "/api/v1/openapi.json": {"get": {
+        "/edgemon/api/v1/openapi.json": {"get": {
             "summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         "/healthz": {"get": {
             "summary": "The process is alive", "security": [],

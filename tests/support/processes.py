@@ -182,9 +182,9 @@ def stored_samples(collector: Collector, host: str) -> int:
     """Every sample the collector holds for ``host``: count over one step spanning all time."""
     total = 0
     now_ms = int(time.time() * 1000)
-    series = collector.get(f"/api/v1/hosts/{host}/series")["series"]
+    series = collector.get(f"/edgemon/api/v1/hosts/{host}/series")["series"]
     for name in sorted({s["name"] for s in series}):
-        doc = collector.get(f"/api/v1/query?metric={name}&host={host}&agg=count&tier=raw"
+        doc = collector.get(f"/edgemon/api/v1/query?metric={name}&host={host}&agg=count&tier=raw"
                             f"&start={now_ms - 86_400_000}&end={now_ms + 3_600_000}&step=2d")
         total += sum(int(p[1]) for s in doc["series"] for p in s["points"])
     return total
