@@ -7,17 +7,11 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from edgemon.agent import __version__
-from edgemon.agent.config import (
-    AgentConfig,
-    ConfigError,
-    as_dict,
-    load_config,
-    others_can_access,
-)
+from edgemon.agent.config import AgentConfig, ConfigError, as_dict, load_config
 from edgemon.common import clock
+from edgemon.common.private_files import InsecureFileMode, check_not_world_accessible
 
 __all__ = ["main"]
 
@@ -28,10 +22,10 @@ def _load(config_path: str | None) -> AgentConfig:
     """The configuration, refusing a file that other users may read (it may hold the broker
     password or a key path) or write."""
     if config_path is not None:
-        problem = others_can_access(Path(config_path), "the configuration (it may hold the "
-                                                       "broker password)")
-        if problem is not None:
-            raise ConfigError([f"{config_path}: {problem}"])
+        try:
+            check_not_world_accessible(config_path, "configuration file", owner="the agent")
+        except InsecureFileMode as exc:
+            raise ConfigError([str(exc)]) from None
     return load_config(config_path)
 
 
@@ -77,21 +71,14 @@ def _run(config_path: str | None) -> int:
     # tests/test_faults.py when the broker is killed).
     from edgemon.agent.runner import Runner
     from edgemon.common.logs import setup_logging
-    from edgemon.common.single_instance import AlreadyRunning, hold_lock
+    from edgemon.common.single_instance import run_exclusively
 
     os.umask(0o077)  # the buffer, its -wal/-shm and lock file are for the agent's user only
     config = _load(config_path)
     setup_logging(config.log.level)
-    try:
-        lock = hold_lock(config.buffer.path, "edgemon-agent")
-    except AlreadyRunning as exc:
-        print(f"edgemon-agent: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return Runner(config, reload_config=lambda: _load(config_path)).run()
-    finally:
-        if lock is not None:
-            lock.close()
+    # The runner opens the buffer: only once the lock is held.
+    return run_exclusively(config.buffer.path, "edgemon-agent",
+                           lambda: Runner(config, reload_config=lambda: _load(config_path)).run())
 
 
 def main(argv: list[str] | None = None) -> int:

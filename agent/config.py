@@ -16,12 +16,19 @@ import re
 import socket
 import ssl
 import stat
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from edgemon.agent.families import FAMILIES
+from edgemon.common.private_files import check_not_world_accessible
+from edgemon.common.toml_config import (
+    ConfigError,
+    TomlLines,
+    at_line,
+    env_overrides,
+    read_toml,
+)
 from edgemon.protocol.limits import MAX_HOST_LENGTH, MAX_TIMESTAMPS
 from edgemon.protocol.topics import validate_host_id
 
@@ -35,7 +42,6 @@ __all__ = [
     "as_dict",
     "default_host_id",
     "load_config",
-    "others_can_access",
 ]
 
 ENV_PREFIX = "EDGEMON_AGENT_"
@@ -77,14 +83,6 @@ class AgentConfig(NamedTuple):
     broker: BrokerConfig
     buffer: BufferConfig
     log: LogConfig
-
-
-class ConfigError(Exception):
-    """Invalid configuration. ``str()`` is one line per problem: ``where: key: what``."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 def default_host_id(hostname: str | None = None) -> str:
@@ -192,19 +190,6 @@ def _path(value: Any, from_env: bool) -> Path:
     return Path(_text()(value, from_env)).expanduser()
 
 
-def others_can_access(path: Path, what: str) -> str | None:
-    """What is wrong when users other than the owner and group can access ``path`` (with the
-    ``chmod`` that fixes it), else None; a file that cannot be stat'ed is left to the caller."""
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        return None
-    if not mode & 0o007:
-        return None
-    return (f"other users can access {what} {str(path)!r} (mode {mode:04o}); run: chmod 600 "
-            f"{path} (or chmod 640 and give it the agent's group)")
-
-
 def _file(*, private: bool = False) -> Check:
     """A readable regular file; ``private``: one other users cannot access (a private key)."""
 
@@ -216,9 +201,8 @@ def _file(*, private: bool = False) -> Check:
             raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
         if not stat.S_ISREG(info.st_mode) or not os.access(path, os.R_OK):
             raise ValueError(f"{str(path)!r} is not a readable file")
-        problem = others_can_access(path, "the private key") if private else None
-        if problem is not None:
-            raise ValueError(problem)
+        if private:  # InsecureFileMode is a ValueError: reported like any bad value
+            check_not_world_accessible(path, "private key", owner="the agent")
         return path
 
     return check
@@ -295,73 +279,19 @@ def _dotted(section: str, key: str) -> str:
     return f"{section}.{key}" if section else key
 
 
-def _key_line(text: str, section: str, key: str) -> int | None:
-    """1-based line of ``key`` inside ``[section]`` ("" = top level), else of the section header.
-
-    ``key`` "" finds the header only.
-    """
-    current = ""
-    header_line = None
-    key_re = re.compile(rf"""\s*(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*=""")
-    dotted_re = re.compile(rf"\s*{re.escape(section)}\s*\.\s*{re.escape(key)}\s*=")
-    for number, line in enumerate(text.splitlines(), start=1):
-        header = re.fullmatch(r"\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?", line)
-        if header:
-            current = header.group(1).strip("\"'")
-            if current == section and header_line is None:
-                header_line = number
-        elif key and ((current == section and key_re.match(line))
-                      or (section and current == "" and dotted_re.match(line))):
-            return number
-    return header_line
-
-
-def _env_values(environ: Mapping[str, str]) -> tuple[dict[tuple[str, str], str], list[str]]:
-    """{(section, key): raw text} of the ``EDGEMON_AGENT_*`` variables, and unknown ones."""
-    values: dict[tuple[str, str], str] = {}
-    problems: list[str] = []
-    for var in sorted(environ):
-        if not var.startswith(ENV_PREFIX):
-            continue
-        rest = var[len(ENV_PREFIX):].lower()
-        section, _, key = rest.partition("_")
-        if section not in SCHEMA or key not in SCHEMA[section]:
-            section, key = "", rest
-        if key not in SCHEMA[section]:
-            problems.append(f"{var} (environment): unknown setting; expected {ENV_PREFIX}<KEY> "
-                            f"or {ENV_PREFIX}<SECTION>_<KEY> for a key of agent.example.toml")
-            continue
-        values[(section, key)] = environ[var]
-    return values, problems
-
-
-def _read(path: Path) -> tuple[str, dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: not UTF-8 text"]) from None
-    try:
-        return text, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"at line (\d+)", str(exc))
-        where = f"{path}:{match.group(1)}" if match else str(path)
-        raise ConfigError([f"{where}: invalid TOML: {exc}"]) from None
-
-
 def load_config(path: str | Path | None = None,
                 environ: Mapping[str, str] | None = None,
                 hostname: str | None = None) -> AgentConfig:
     """Read ``path`` (optional), apply the environment, check every key; raise ``ConfigError``."""
     environ = os.environ if environ is None else environ
-    text, data = _read(Path(path)) if path is not None else ("", {})
+    text, data = read_toml(path) if path is not None else ("", {})
+    lines = TomlLines(text)
     where = str(path)
     problems: list[str] = []
 
     def file_problem(section: str, key: str, message: str) -> None:
-        line = _key_line(text, section, key)
-        problems.append(f"{where}{f':{line}' if line else ''}: {_dotted(section, key)}: {message}")
+        line = lines.find(section, [key])
+        problems.append(f"{where}{at_line(line)}: {_dotted(section, key)}: {message}")
 
     raw: dict[tuple[str, str], tuple[Any, bool, str | None]] = {}  # value, from env, env var
     for name, value in data.items():
@@ -376,16 +306,15 @@ def load_config(path: str | Path | None = None,
         elif name in SCHEMA and name:
             file_problem("", name, f"must be a table ([{name}])")
         elif isinstance(value, dict):
-            line = _key_line(text, name, "") or _key_line(text, "", name)
-            problems.append(f"{where}{f':{line}' if line else ''}: [{name}]: unknown section; "
+            line = lines.find(name) or lines.find("", [name])
+            problems.append(f"{where}{at_line(line)}: [{name}]: unknown section; "
                             f"expected one of {', '.join(f'[{s}]' for s in SCHEMA if s)}")
         else:
             file_problem("", name, "unknown key")
-    env, env_problems = _env_values(environ)
+    env, env_problems = env_overrides(environ, ENV_PREFIX, SCHEMA, "agent.example.toml")
     problems += env_problems
-    for (section, key), value in env.items():
-        var = f"{ENV_PREFIX}{section.upper()}{'_' if section else ''}{key.upper()}"
-        raw[(section, key)] = (value, True, var)
+    for (section, key), setting in env.items():
+        raw[(section, key)] = (setting.value, True, setting.variable)
 
     clean: dict[str, dict[str, Any]] = {section: {} for section in SCHEMA}
     for section, keys in SCHEMA.items():

@@ -33,7 +33,7 @@ def _version() -> str:
 def _load(path: Path | None) -> CollectorConfig:
     if path is not None:
         try:
-            check_not_world_accessible(path, "configuration file")
+            check_not_world_accessible(path, "configuration file", owner="the collector")
         except InsecureFileMode as exc:
             print(f"edgemon-collector: {exc}", file=sys.stderr)
             raise SystemExit(EXIT_CONFIG) from None
@@ -50,19 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     from edgemon.collector.app import run
     from edgemon.common.logs import setup_logging
-    from edgemon.common.single_instance import AlreadyRunning, hold_lock
+    from edgemon.common.single_instance import run_exclusively
 
     setup_logging(config.log.level)
-    try:
-        lock = hold_lock(config.storage.path, "edgemon-collector")
-    except AlreadyRunning as exc:
-        print(f"edgemon-collector: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return run(config)
-    finally:
-        if lock is not None:
-            lock.close()
+    return run_exclusively(config.storage.path, "edgemon-collector", lambda: run(config))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

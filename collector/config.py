@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +24,7 @@ from pydantic import (
 )
 
 from edgemon.common.private_files import check_private_file
+from edgemon.common.toml_config import ConfigError, TomlLines, at_line, env_overrides, read_toml
 
 __all__ = [
     "ENV_PREFIX",
@@ -195,97 +195,32 @@ SECTIONS: dict[str, type[_Section]] = {
 }
 
 
-class ConfigError(Exception):
-    """Invalid configuration. ``str()`` is one line per problem: ``where: key: what``."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-def _key_line(text: str, section: str, key: str | None) -> int | None:
-    """1-based line of ``key`` inside ``[section]`` (or of the header when key is None)."""
-    current: str | None = None
-    header_line: int | None = None
-    key_re = re.compile(rf"""\s*(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*=""") \
-        if key else None
-    dotted_re = re.compile(rf"\s*{re.escape(section)}\s*\.\s*{re.escape(key)}\s*=") \
-        if key else None
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        header = re.fullmatch(r"\[\s*([^\[\]]+?)\s*\]\s*(#.*)?", stripped)
-        if header:
-            current = header.group(1).strip().strip("\"'")
-            if current == section and header_line is None:
-                header_line = number
-            continue
-        if key_re is None:
-            continue
-        if current == section and key_re.match(line):
-            return number
-        if current is None and dotted_re is not None and dotted_re.match(line):
-            return number
-    return header_line
-
-
-def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, str]], dict, list]:
-    """{section: {key: value}}, {(section, key): variable}, problems with unknown variables."""
-    values: dict[str, dict[str, str]] = {}
-    origin: dict[tuple[str, str], str] = {}
-    problems: list[str] = []
-    for var in sorted(environ):
-        if not var.startswith(ENV_PREFIX):
-            continue
-        rest = var[len(ENV_PREFIX):].lower()
-        section, _, key = rest.partition("_")
-        if section not in SECTIONS or key not in SECTIONS[section].model_fields:
-            problems.append(f"{var} (environment): unknown setting; expected "
-                            f"{ENV_PREFIX}<SECTION>_<KEY> with a key of collector.example.toml")
-            continue
-        values.setdefault(section, {})[key] = environ[var]
-        origin[(section, key)] = var
-    return values, origin, problems
-
-
 def load_config(path: str | Path | None = None,
                 environ: Mapping[str, str] | None = None) -> CollectorConfig:
     """Read ``path`` (optional), apply environment overrides, validate; raise ``ConfigError``."""
     environ = os.environ if environ is None else environ
-    text = ""
-    where = "<defaults>"
-    data: dict[str, Any] = {}
-    if path is not None:
-        where = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"{where}: cannot read: {exc.strerror or exc}"]) from None
-        except UnicodeDecodeError:
-            raise ConfigError([f"{where}: not UTF-8 text"]) from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            match = re.search(r"at line (\d+)", str(exc))
-            line = f":{match.group(1)}" if match else ""
-            raise ConfigError([f"{where}{line}: invalid TOML: {exc}"]) from None
+    where = "<defaults>" if path is None else str(path)
+    text, data = read_toml(path) if path is not None else ("", {})
+    lines = TomlLines(text)
 
     problems: list[str] = []
     for section, body in data.items():
         if section not in SECTIONS:
-            line = _key_line(text, section, None) or _top_level_line(text, section)
-            problems.append(f"{where}{_fmt(line)}: [{section}]: unknown section; expected one of "
-                            + ", ".join(f"[{s}]" for s in SECTIONS))
+            line = lines.find(section) or lines.find("", [section])
+            problems.append(f"{where}{at_line(line)}: [{section}]: unknown section; expected one "
+                            "of " + ", ".join(f"[{s}]" for s in SECTIONS))
         elif not isinstance(body, dict):
-            problems.append(f"{where}{_fmt(_top_level_line(text, section))}: {section}: "
+            problems.append(f"{where}{at_line(lines.find('', [section]))}: {section}: "
                             "must be a table ([" + section + "])")
-    env_values, env_origin, env_problems = _env_overrides(environ)
+    schema = {name: model.model_fields.keys() for name, model in SECTIONS.items()}
+    env, env_problems = env_overrides(environ, ENV_PREFIX, schema, "collector.example.toml")
     problems += env_problems
     if problems:
         raise ConfigError(problems)
 
     merged: dict[str, dict[str, Any]] = {s: dict(data.get(s, {})) for s in SECTIONS}
-    for section, overrides in env_values.items():
-        merged[section].update(overrides)
+    for (section, key), setting in env.items():
+        merged[section][key] = setting.value
     try:
         return CollectorConfig.model_validate(merged)
     except ValidationError as exc:
@@ -299,21 +234,9 @@ def load_config(path: str | Path | None = None,
                 message = "unknown key"
             elif key != "password" and isinstance(err.get("input"), str | int | float | bool):
                 message += f", got {err['input']!r}"
-            if key is not None and (section, key) in env_origin:
-                source = f"{env_origin[(section, key)]} (environment)"
+            if key is not None and (section, key) in env:
+                source = f"{env[(section, key)].variable} (environment)"
             else:
-                source = f"{where}{_fmt(_key_line(text, section, key) if text else None)}"
+                source = f"{where}{at_line(lines.find(section, [key]))}"
             problems.append(f"{source}: {dotted}: {message}")
         raise ConfigError(problems) from None
-
-
-def _top_level_line(text: str, name: str) -> int | None:
-    pattern = re.compile(rf"\s*{re.escape(name)}\s*[=.]")
-    for number, line in enumerate(text.splitlines(), start=1):
-        if pattern.match(line):
-            return number
-    return None
-
-
-def _fmt(line: int | None) -> str:
-    return f":{line}" if line else ""

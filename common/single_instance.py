@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["AlreadyRunning", "hold_lock"]
+__all__ = ["EXIT_ALREADY_RUNNING", "AlreadyRunning", "hold_lock", "run_exclusively"]
+
+EXIT_ALREADY_RUNNING = 2  # like a configuration error: starting it again cannot help
 
 
 class AlreadyRunning(RuntimeError):
@@ -43,3 +47,18 @@ def hold_lock(data_path: Path, program: str) -> IO[str] | None:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def run_exclusively(data_path: Path, program: str, main: Callable[[], int]) -> int:
+    """``main()`` while holding the lock of ``data_path``; its exit status, or
+    ``EXIT_ALREADY_RUNNING`` with the reason on stderr when another process holds the lock."""
+    try:
+        lock = hold_lock(data_path, program)
+    except AlreadyRunning as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
+    try:
+        return main()
+    finally:
+        if lock is not None:
+            lock.close()

@@ -15,8 +15,6 @@ import fnmatch
 import hashlib
 import re
 import sys
-import tomllib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO
@@ -34,6 +32,7 @@ from pydantic import (
 
 from edgemon.collector.alerting.templates import check_template
 from edgemon.collector.http.timeparse import parse_duration_ms
+from edgemon.common.toml_config import ConfigError, TomlLines, at_line, parse_toml, read_text
 
 __all__ = [
     "DEFAULT_RULES_PATH",
@@ -391,47 +390,6 @@ class RulesError(ValueError):
         self.errors = errors
 
 
-class _Lines:
-    """Find the line of a table or key in TOML text (tomllib gives no positions)."""
-
-    _HEADER = re.compile(r"^\s*\[\[\s*([A-Za-z_]+)\s*\]\]\s*(#.*)?$")
-    _TABLE = re.compile(r"^\s*\[\s*([A-Za-z_.]+)\s*\]\s*(#.*)?$")
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-        self.arrays: dict[str, list[int]] = {}
-        self.tables: dict[str, int] = {}
-        for number, line in enumerate(self.lines, 1):
-            if m := self._HEADER.match(line):
-                self.arrays.setdefault(m.group(1), []).append(number)
-            elif m := self._TABLE.match(line):
-                self.tables[m.group(1)] = number
-
-    def _block(self, start: int) -> range:
-        headers = sorted(n for v in self.arrays.values() for n in v)
-        headers += [n for k, n in self.tables.items() if "." not in k]
-        end = min((n for n in headers if n > start), default=len(self.lines) + 1)
-        return range(start, end)
-
-    def find(self, section: str, index: int | None, keys: Iterable[str]) -> int | None:
-        if index is None:
-            start = self.tables.get(section)
-        else:
-            starts = self.arrays.get(section, [])
-            start = starts[index] if index < len(starts) else None
-        if start is None:
-            return None
-        block = self._block(start)
-        for key in reversed([k for k in keys if isinstance(k, str)]):
-            k = re.escape(key)
-            pattern = re.compile(rf"^\s*[\"']?{k}[\"']?\s*=|[{{,]\s*{k}\s*=|"
-                                 rf"^\s*\[\s*{re.escape(section)}\.{k}\s*\]")
-            for number in block:
-                if pattern.search(self.lines[number - 1]):
-                    return number
-        return start
-
-
 def _describe(error: dict[str, Any], drop_tag: bool) -> tuple[list[Any], str]:
     loc = list(error["loc"])
     if drop_tag and loc and isinstance(loc[0], str) and error["type"] not in (
@@ -461,15 +419,14 @@ def _line_of(error: str) -> int:
 def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
     """Validate rules from TOML text; raise ``RulesError`` listing every problem."""
     try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RulesError([f"{source}: invalid TOML: {exc}"]) from None
-    lines = _Lines(text)
+        doc = parse_toml(text, source)
+    except ConfigError as exc:
+        raise RulesError(exc.problems) from None
+    lines = TomlLines(text)
     errors: list[str] = []
 
     def where(section: str, index: int | None, loc: list[Any]) -> str:
-        number = lines.find(section, index, [str(p) for p in loc])
-        return f"{source}:{number}" if number else source
+        return f"{source}{at_line(lines.find(section, [str(p) for p in loc], index))}"
 
     for key in doc:
         if key not in ("settings", "receiver", "rule"):
@@ -541,9 +498,9 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
     """Read and validate a rules file; ``None`` = the built-in defaults."""
     path = Path(path) if path is not None else DEFAULT_RULES_PATH
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RulesError([f"{path}: cannot read: {exc}"]) from None
+        text = read_text(path)
+    except ConfigError as exc:
+        raise RulesError(exc.problems) from None
     return parse_rules(text, str(path))
 
 

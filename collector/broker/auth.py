@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from edgemon.common import private_files
 from edgemon.common.private_files import check_private_file
 from edgemon.protocol.errors import ProtocolError
 from edgemon.protocol.limits import MAX_COMPRESSED_BYTES
@@ -141,41 +142,17 @@ def _file_mode_and_owner(path: Path, directory: Path) -> tuple[int, int, int]:
 
 
 def write_private(path: Path, text: str, *, mode: int | None = None) -> None:
-    """Write ``text`` atomically (temp file, fsync, rename) readable by its owner (and group).
-
-    Without ``mode`` an existing file keeps its owner, group and mode (never more than 0640).
-    """
+    """Write ``text`` atomically (``common.private_files.write_private``) readable by its owner
+    (and group). Without ``mode`` an existing file keeps its owner, group and mode (never more
+    than 0640)."""
     path = Path(path)
-    directory = path.parent
-    new_mode, uid, gid = _file_mode_and_owner(path, directory)
+    new_mode, uid, gid = _file_mode_and_owner(path, path.parent)
     if mode is not None:
         new_mode, uid, gid = mode, -1, -1
-    tmp = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            if (uid, gid) != (-1, -1):
-                try:
-                    os.fchown(out.fileno(), uid, gid)
-                except PermissionError:
-                    raise BrokerAuthError(
-                        f"{path}: cannot give the new file owner {uid} / group {gid} like the old "
-                        "one; run this command as root (or as the file's owner in that group)"
-                    ) from None
-            os.fchmod(out.fileno(), new_mode)
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        private_files.write_private(path, text, mode=new_mode, uid=uid, gid=gid)
+    except private_files.OwnerNotSet as exc:
+        raise BrokerAuthError(str(exc)) from None
 
 
 def tls_failure_hint(exc: BaseException | None, *, ca_key: str, host_key: str) -> str | None:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from edgemon.common.private_files import check_not_world_accessible
+from edgemon.common.private_files import check_not_world_accessible, write_private
 
 __all__ = [
     "ROLES",
@@ -162,29 +162,10 @@ def _write(path: Path, tokens: dict[str, Token]) -> None:
     """Replace ``path`` atomically with a 0600 file (owned like its directory when run as root,
     so the service user can read a file that ``sudo edgemon-collector token`` wrote)."""
     doc = {"version": FILE_VERSION, "tokens": [asdict(t) for t in tokens.values()]}
-    data = (json.dumps(doc, indent=2) + "\n").encode()
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            os.write(fd, data)
-            os.fchmod(fd, 0o600)
-            directory = os.stat(path.parent)
-            if os.geteuid() == 0 and directory.st_uid != 0:
-                os.fchown(fd, directory.st_uid, directory.st_gid)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    directory = os.stat(path.parent)
+    owner = (directory.st_uid, directory.st_gid) \
+        if os.geteuid() == 0 and directory.st_uid != 0 else (-1, -1)
+    write_private(path, json.dumps(doc, indent=2) + "\n", uid=owner[0], gid=owner[1])
 
 
 def create_token(path: Path, name: str, role: str) -> tuple[Token, str]:

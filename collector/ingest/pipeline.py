@@ -44,6 +44,7 @@ from edgemon.collector.config import IngestConfig
 from edgemon.collector.ingest.mqtt import Inbox, MqttIngest, RawMessage, now_ms
 from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.storage.base import IngestItem, Storage, StoreResult
+from edgemon.common.logs import Throttle
 from edgemon.protocol import MalformedPayload, ProtocolError, decode, decode_status, parse_topic
 from edgemon.protocol.limits import MAX_COMPRESSED_BYTES, MAX_INT
 from edgemon.protocol.schema import validate_batch
@@ -121,7 +122,7 @@ class IngestPipeline:
         self.stats = IngestStats()
         self.storage_ok = True  # False while the storage refuses every write
         self.heartbeat = time.monotonic()  # last turn of the worker loop (systemd watchdog)
-        self._last_decode_error_log = -DECODE_ERROR_LOG_INTERVAL
+        self._decode_error_log = Throttle(DECODE_ERROR_LOG_INTERVAL)
         self._stop = asyncio.Event()
 
     # --- the worker ---------------------------------------------------------------------------
@@ -298,9 +299,7 @@ class IngestPipeline:
             return Outcome(msg, host, "reject", reason=exc.reason, detail=str(exc),
                            batch_key=key)
         except Exception as exc:  # a decoder bug must not stop ingest of everyone else
-            now = time.monotonic()
-            if now - self._last_decode_error_log >= DECODE_ERROR_LOG_INTERVAL:
-                self._last_decode_error_log = now
+            if self._decode_error_log() is not None:
                 log.exception("unexpected error decoding a message from %s (logged at most "
                               "once a minute; all are counted as reason decode_error)", host)
             return Outcome(msg, host, "reject", reason="decode_error", detail=repr(exc)[:200])

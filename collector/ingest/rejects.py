@@ -14,6 +14,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from edgemon.common.logs import Throttle
+
 __all__ = ["OTHER_HOST", "Rejects"]
 
 OTHER_HOST = "_other"
@@ -32,13 +34,11 @@ class Rejects:
         self._by_reason: Counter[str] = Counter()
         self._by_host_reason: Counter[tuple[str, str]] = Counter()
         self._hosts: set[str] = set()
-        self._last_logged: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
+        self._throttles: dict[str, Throttle] = {}  # per tracked host (and _other): bounded
 
     def record(self, reason: str, host: str | None, detail: str = "") -> None:
         """Count one rejected message; log it unless this host was logged recently."""
         host = host or UNKNOWN_HOST
-        now = self._clock()
         with self._lock:
             if host not in self._hosts:
                 if len(self._hosts) >= self.max_hosts:
@@ -47,12 +47,12 @@ class Rejects:
                     self._hosts.add(host)
             self._by_reason[reason] += 1
             self._by_host_reason[(host, reason)] += 1
-            last = self._last_logged.get(host)
-            if last is not None and now - last < self.log_interval:
-                self._suppressed[host] += 1
+            throttle = self._throttles.get(host)
+            if throttle is None:
+                throttle = self._throttles[host] = Throttle(self.log_interval, self._clock)
+            suppressed = throttle()
+            if suppressed is None:
                 return
-            self._last_logged[host] = now
-            suppressed = self._suppressed.pop(host, 0)
         log.warning("rejected message from %s: %s%s", host, reason,
                     f": {detail}" if detail else "",
                     extra={"host": host, "reason": reason, "suppressed_since_last": suppressed})
