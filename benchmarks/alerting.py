@@ -3,9 +3,9 @@ from a sample to the webhook notification it causes.
 
     python benchmarks/alerting.py [--hosts 10000] [--cycles 5] [--quick]
 
-Cycle: ``MemoryStorage`` (the in-memory numpy fake) holds every metric the default rules read for
-N hosts (1 CPU, memory, 2 mounts, 2 interfaces each), 7 h of disk usage (6 h regression window)
-and 20 min of the rest, on a 60 s grid; 1 % of the hosts have a busy CPU, a filling disk and
+Cycle: ``InMemoryGridStorage`` (the in-memory numpy fake) holds every metric the default rules
+read for N hosts (1 CPU, memory, 2 mounts, 2 interfaces each), 7 h of disk usage (6 h regression
+window) and 20 min of the rest, on a 60 s grid; 1 % of the hosts have a busy CPU, a filling disk and
 growing receive errors. Each measured cycle follows one new minute of data, so every rule is
 due and has a new step for every series: the worst steady-state cycle. The time inside
 ``Storage.query`` (the fake's own aggregation) is shown apart from the engine's.
@@ -33,7 +33,7 @@ import numpy as np
 from aiohttp import web
 
 from edgemon.collector.alerting import AlertEngine, DeliveryWorker, load_rules, parse_rules
-from edgemon.collector.alerting.memstore import MemoryStorage
+from edgemon.collector.alerting.memstore import InMemoryGridStorage
 
 try:
     from benchmarks._common import table, write_result
@@ -44,8 +44,8 @@ GRID = 60_000
 T0 = 1_800_000_000_000 // 3_600_000 * 3_600_000
 
 
-class TimedStorage(MemoryStorage):
-    """MemoryStorage that adds up the time spent answering queries."""
+class TimedStorage(InMemoryGridStorage):
+    """InMemoryGridStorage that adds up the time spent answering queries."""
 
     def __init__(self, interval_ms: int) -> None:
         super().__init__(interval_ms)
@@ -208,7 +208,7 @@ async def bench_latency(events: int) -> dict[str, Any]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    store = MemoryStorage(1000)
+    store = InMemoryGridStorage(1000)
     hosts = [f"h{i:03d}" for i in range(100)]
     spike_at: dict[str, int] = {}
     latencies = []

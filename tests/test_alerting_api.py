@@ -18,7 +18,8 @@ from edgemon.collector.alerting import (
     merge_openapi,
     routes,
 )
-from edgemon.collector.alerting.memstore import MemoryStorage
+from edgemon.collector.alerting.memstore import InMemoryGridStorage
+from edgemon.collector.http.alerts_api import alert_history
 
 T0 = 1_800_000_000_000
 RULES = """[settings]
@@ -44,13 +45,13 @@ class Clock:
         return self.ms
 
 
-def with_client(tmp_path: Path, test: Callable[[TestClient, AlertEngine, MemoryStorage, Path],
+def with_client(tmp_path: Path, test: Callable[[TestClient, AlertEngine, InMemoryGridStorage, Path],
                                                 Awaitable[None]]) -> None:
     async def main() -> None:
         Clock.ms = T0
         path = tmp_path / "rules.toml"
         path.write_text(RULES)
-        store = MemoryStorage()
+        store = InMemoryGridStorage()
         engine = AlertEngine(store, tmp_path / "a.db", rules_path=path, clock_ms=Clock())
         app = web.Application()
         app.add_routes(routes(engine))
@@ -72,7 +73,7 @@ async def get(client: TestClient, url: str, status: int = 200) -> Any:
 
 
 def test_alerts_and_history(tmp_path: Path) -> None:
-    async def test(client: TestClient, engine: AlertEngine, store: MemoryStorage,
+    async def test(client: TestClient, engine: AlertEngine, store: InMemoryGridStorage,
                    _path: Path) -> None:
         assert await get(client, "/edgemon/api/v1/alerts") == {"alerts": []}
         store.set_status("h1", False, T0 - 1000)
@@ -112,7 +113,7 @@ def test_alerts_and_history(tmp_path: Path) -> None:
 
 
 def test_rules_and_reload(tmp_path: Path) -> None:
-    async def test(client: TestClient, engine: AlertEngine, _store: MemoryStorage,
+    async def test(client: TestClient, engine: AlertEngine, _store: InMemoryGridStorage,
                    path: Path) -> None:
         body = await get(client, "/edgemon/api/v1/rules")
         assert [r["name"] for r in body["rules"]] == ["host-down", "cpu-high"]
@@ -136,7 +137,7 @@ def test_rules_and_reload(tmp_path: Path) -> None:
 
 
 def test_silences(tmp_path: Path) -> None:
-    async def test(client: TestClient, engine: AlertEngine, store: MemoryStorage,
+    async def test(client: TestClient, engine: AlertEngine, store: InMemoryGridStorage,
                    _path: Path) -> None:
         resp = await client.post("/edgemon/api/v1/silences", json={
             "matchers": [{"name": "host", "value": "h1"}], "duration": "2h",
@@ -149,7 +150,7 @@ def test_silences(tmp_path: Path) -> None:
         store.set_status("h1", False, T0)
         engine.run_cycle()
         assert (await get(client, "/edgemon/api/v1/alerts"))["alerts"][0]["silenced_by"] == sid
-        assert engine.history()[0]["silenced"] is True
+        assert alert_history(engine)[0]["silenced"] is True
         for body, word in (
                 ({"matchers": [], "duration": "1h"}, "matchers"),
                 ({"matchers": [{"name": "host", "value": "(", "isRegex": True}],
@@ -181,7 +182,7 @@ def test_silences(tmp_path: Path) -> None:
 
 
 def test_openapi_describes_every_route(tmp_path: Path) -> None:
-    engine = AlertEngine(MemoryStorage(), tmp_path / "a.db")
+    engine = AlertEngine(InMemoryGridStorage(), tmp_path / "a.db")
     try:
         for route in routes(engine):
             assert route.method.lower() in OPENAPI_PATHS[route.path], route

@@ -17,7 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from edgemon.collector.alerting import AlertEngine, DeliveryWorker, alert_topic, parse_rules
-from edgemon.collector.alerting.memstore import MemoryStorage
+from edgemon.collector.alerting.memstore import InMemoryGridStorage
+from edgemon.collector.http.alerts_api import active_alerts, alert_history
 
 
 class Receiver:
@@ -107,12 +108,12 @@ async def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def down(store: MemoryStorage, *hosts: str) -> None:
+def down(store: InMemoryGridStorage, *hosts: str) -> None:
     for h in hosts:
         store.set_status(h, False, now_ms())
 
 
-def up(store: MemoryStorage, *hosts: str) -> None:
+def up(store: InMemoryGridStorage, *hosts: str) -> None:
     for h in hosts:
         store.set_status(h, True, now_ms())
         store.set_last_seen(h, now_ms())
@@ -131,7 +132,7 @@ def test_receiver_down_then_up_delivers_every_transition_once_in_order(tmp_path:
     async def main() -> None:
         receiver = await Receiver().start()
         receiver.down = True
-        store = MemoryStorage()
+        store = InMemoryGridStorage()
         engine = AlertEngine(store, tmp_path / "a.db", rules=parse_rules(rules_text(
             receiver.url)))
         worker = DeliveryWorker(engine, poll_s=0.05)
@@ -179,7 +180,7 @@ def test_receiver_down_then_up_delivers_every_transition_once_in_order(tmp_path:
 def test_restart_mid_notification_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     async def main() -> None:
         receiver = await Receiver().start()
-        store = MemoryStorage()
+        store = InMemoryGridStorage()
         rules = parse_rules(rules_text(receiver.url))
         engine = AlertEngine(store, tmp_path / "a.db", rules=rules)
         for h in ("h1", "h2", "h3"):
@@ -217,7 +218,7 @@ def test_crash_between_post_and_commit_resends_with_the_same_keys(tmp_path: Path
     """HTTP cannot be exactly-once by itself: the repeat carries the same idempotency keys."""
     async def main() -> None:
         receiver = await Receiver().start()
-        store = MemoryStorage()
+        store = InMemoryGridStorage()
         engine = AlertEngine(store, tmp_path / "a.db",
                              rules=parse_rules(rules_text(receiver.url)))
         down(store, "h1")
@@ -248,9 +249,9 @@ def test_crash_between_post_and_commit_resends_with_the_same_keys(tmp_path: Path
 KILL_SCRIPT = """
 import os, signal, sys
 from edgemon.collector.alerting import AlertEngine, parse_rules
-from edgemon.collector.alerting.memstore import MemoryStorage
+from edgemon.collector.alerting.memstore import InMemoryGridStorage
 db, rules, now = sys.argv[1], sys.argv[2], int(sys.argv[3])
-store = MemoryStorage()
+store = InMemoryGridStorage()
 for h in ("h1", "h2", "h3"):
     store.set_status(h, False, now)
 engine = AlertEngine(store, db, rules=parse_rules(open(rules).read()))
@@ -270,7 +271,7 @@ def test_kill_9_after_writing_the_outbox_delivers_once_after_restart(tmp_path: P
             subprocess.run, [sys.executable, "-c", KILL_SCRIPT, str(db), str(rules_file),
                              str(when)], capture_output=True, text=True, timeout=60)
         assert proc.returncode == -signal.SIGKILL, proc.stderr
-        store = MemoryStorage()
+        store = InMemoryGridStorage()
         for h in ("h1", "h2", "h3"):
             store.set_status(h, False, when)
         engine = AlertEngine(store, db, rules=parse_rules(rules_file.read_text()))
@@ -294,7 +295,7 @@ def test_kill_9_after_writing_the_outbox_delivers_once_after_restart(tmp_path: P
 def test_silence_suppresses_notifications_but_not_history(tmp_path: Path) -> None:
     async def main() -> None:
         receiver = await Receiver().start()
-        store = MemoryStorage()
+        store = InMemoryGridStorage()
         engine = AlertEngine(store, tmp_path / "a.db",
                              rules=parse_rules(rules_text(receiver.url)))
         now = now_ms()
@@ -308,10 +309,10 @@ def test_silence_suppresses_notifications_but_not_history(tmp_path: Path) -> Non
             cycle(engine)
             await wait_for(lambda: pending(engine) == 0 and len(receiver.messages) == 1)
             assert sequence(receiver) == [("h2", "firing")]
-            hist = {h["host"]: h for h in engine.history()}
+            hist = {h["host"]: h for h in alert_history(engine)}
             assert hist["h1"]["silenced"] and not hist["h1"]["notified"]
             assert not hist["h2"]["silenced"] and hist["h2"]["notified"]
-            assert {a["host"]: a["silenced_by"] for a in engine.active_alerts()} == \
+            assert {a["host"]: a["silenced_by"] for a in active_alerts(engine)} == \
                 {"h1": sid, "h2": None}
             # the silence ends while h1 is still down: now it is notified, once
             engine.store.expire_silence(sid, now_ms())
@@ -331,7 +332,7 @@ def test_a_200_host_outage_is_one_message_per_receiver(tmp_path: Path) -> None:
     async def main() -> None:
         ops = await Receiver().start()
         pager = await Receiver().start()
-        store = MemoryStorage()
+        store = InMemoryGridStorage()
         engine = AlertEngine(store, tmp_path / "a.db", rules=parse_rules(rules_text(
             ops.url, group_wait="1s", extra_receiver=pager.url)))
         hosts = [f"edge-{i:03d}" for i in range(200)]
@@ -364,7 +365,7 @@ def test_a_200_host_outage_is_one_message_per_receiver(tmp_path: Path) -> None:
 def test_transitions_are_published_on_mqtt(tmp_path: Path) -> None:
     async def main() -> None:
         receiver = await Receiver().start()
-        store = MemoryStorage()
+        store = InMemoryGridStorage()
         published: list[tuple[str, dict[str, Any]]] = []
         failures = [1]
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from edgemon.collector.alerting import AlertEngine, load_rules, parse_rules
-from edgemon.collector.alerting.memstore import MemoryStorage
+from edgemon.collector.alerting.memstore import InMemoryGridStorage
+from edgemon.collector.http.alerts_api import active_alerts, alert_history, rules_status
 from edgemon.collector.storage.base import RangeQuery, SeriesResult
 
 T0 = 1_800_000_000_000 // 3_600_000 * 3_600_000
@@ -43,13 +44,13 @@ def settings(**kw: str) -> str:
     return "[settings]\n" + "".join(f"{k} = {v}\n" for k, v in base.items()) + "\n"
 
 
-def engine(tmp_path: Path, store: MemoryStorage, rules: str, clock: Clock,
+def engine(tmp_path: Path, store: InMemoryGridStorage, rules: str, clock: Clock,
            **kw: Any) -> AlertEngine:
     return AlertEngine(store, tmp_path / "alerts.db", rules=parse_rules(rules), clock_ms=clock,
                        **kw)
 
 
-def cpu(store: MemoryStorage, host: str, minute_from: int, minute_to: int, value: float,
+def cpu(store: InMemoryGridStorage, host: str, minute_from: int, minute_to: int, value: float,
         received: int | None = None) -> None:
     ts = T0 + MIN * np.arange(minute_from, minute_to, dtype=np.int64)
     store.write("cpu_usage_percent", host, {"cpu": "total"}, ts, np.full(ts.size, value),
@@ -57,7 +58,7 @@ def cpu(store: MemoryStorage, host: str, minute_from: int, minute_to: int, value
 
 
 def history(eng: AlertEngine, **kw: Any) -> list[tuple[str, str, int, bool, bool]]:
-    rows = sorted(eng.history(**kw, limit=10_000), key=lambda r: r["id"])
+    rows = sorted(alert_history(eng, **kw, limit=10_000), key=lambda r: r["id"])
     return [(r["host"], r["status"], (r["at_ms"] - T0) // MIN, r["historical"], r["notified"])
             for r in rows]
 
@@ -74,7 +75,7 @@ def run_minutes(eng: AlertEngine, clock: Clock, start: int, stop: int) -> None:
 
 
 def test_one_storage_query_per_rule_for_every_host(tmp_path: Path) -> None:
-    store = MemoryStorage(60_000)
+    store = InMemoryGridStorage(60_000)
     ts = T0 + MIN * np.arange(-30, 1, dtype=np.int64)
     hosts = [f"edge-{i:03d}" for i in range(50)]
     rng = np.random.default_rng(0)
@@ -101,18 +102,18 @@ def test_one_storage_query_per_rule_for_every_host(tmp_path: Path) -> None:
 
 
 def test_restart_keeps_the_pending_timer(tmp_path: Path) -> None:
-    store = MemoryStorage(60_000)
+    store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     rules = settings() + CPU
     eng = engine(tmp_path, store, rules, clock)
     cpu(store, "h1", 0, 3, 20.0)
     cpu(store, "h1", 3, 6, 95.0)
     run_minutes(eng, clock, 1, 7)
-    assert [a["status"] for a in eng.active_alerts()] == ["pending"]
+    assert [a["status"] for a in active_alerts(eng)] == ["pending"]
     eng.close()
     # a new engine on the same file: the timer started at minute 4 (end of the first hot step)
     eng2 = engine(tmp_path, store, rules, clock)
-    assert [a["status"] for a in eng2.active_alerts()] == ["pending"]
+    assert [a["status"] for a in active_alerts(eng2)] == ["pending"]
     cpu(store, "h1", 6, 12, 95.0)
     run_minutes(eng2, clock, 7, 13)
     # "notified": eligible for notification (not silenced, not historical), receivers or not
@@ -122,7 +123,7 @@ def test_restart_keeps_the_pending_timer(tmp_path: Path) -> None:
 
 
 def test_restart_does_not_notify_a_firing_alert_again(tmp_path: Path) -> None:
-    store = MemoryStorage(60_000)
+    store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     rules = settings() + RECEIVER + CPU
     eng = engine(tmp_path, store, rules, clock)
@@ -143,7 +144,7 @@ def test_restart_does_not_notify_a_firing_alert_again(tmp_path: Path) -> None:
 
 
 def test_backfilled_problem_that_ended_long_ago_is_history_only(tmp_path: Path) -> None:
-    store = MemoryStorage(60_000)
+    store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     eng = engine(tmp_path, store, settings() + RECEIVER + CPU, clock)
     cpu(store, "h1", 0, 10, 20.0, received=T0 + 10 * MIN)
@@ -166,13 +167,13 @@ def test_backfilled_problem_that_ended_long_ago_is_history_only(tmp_path: Path) 
         eng.run_cycle()
     assert history(eng) == [("h1", "pending", 31, True, False), ("h1", "firing", 36, True, False),
                             ("h1", "resolved", 46, True, False)]
-    assert outbox(eng) == [] and eng.active_alerts() == []
+    assert outbox(eng) == [] and active_alerts(eng) == []
     eng.close()
 
 
 def test_old_transitions_are_historical_but_an_ongoing_problem_notifies_once(
         tmp_path: Path) -> None:
-    store = MemoryStorage(60_000)
+    store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     rules = settings(notify_max_age="2m") + RECEIVER + CPU.replace('for = "5m"', 'for = "2m"')
     cpu(store, "h1", 0, 20, 20.0)
@@ -205,13 +206,13 @@ def test_old_transitions_are_historical_but_an_ongoing_problem_notifies_once(
 
 
 def test_firing_alert_without_data_resolves_as_no_data(tmp_path: Path) -> None:
-    store = MemoryStorage(60_000)
+    store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     eng = engine(tmp_path, store, settings() + RECEIVER + CPU.replace(
         'for = "5m"', 'for = "0s"\nstale_after = "5m"'), clock)
     cpu(store, "h1", 0, 5, 95.0)
     run_minutes(eng, clock, 1, 12)
-    rows = eng.history(limit=10)
+    rows = alert_history(eng, limit=10)
     assert [(r["status"], r["reason"]) for r in reversed(rows)] == [("firing", ""),
                                                                    ("resolved", "no data")]
     assert [a["status"] for a in outbox(eng)] == ["firing", "resolved"]
@@ -219,7 +220,7 @@ def test_firing_alert_without_data_resolves_as_no_data(tmp_path: Path) -> None:
 
 
 def test_reload_resolves_alerts_of_a_removed_rule(tmp_path: Path) -> None:
-    store = MemoryStorage(60_000)
+    store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     path = tmp_path / "rules.toml"
     path.write_text(settings() + RECEIVER + CPU.replace('for = "5m"', 'for = "0s"'))
@@ -236,17 +237,17 @@ def test_reload_resolves_alerts_of_a_removed_rule(tmp_path: Path) -> None:
     run_minutes(eng, clock, 4, 5)
     assert [(a["status"], a["receiver"]) for a in outbox(eng)] == [("firing", "ops"),
                                                                    ("resolved", "ops")]
-    assert eng.active_alerts() == []
-    assert eng.history(limit=1)[0]["reason"] == "rule removed or changed"
+    assert active_alerts(eng) == []
+    assert alert_history(eng, limit=1)[0]["reason"] == "rule removed or changed"
     eng.close()
     # and a restart with the rule gone does not bring it back
     eng2 = AlertEngine(store, tmp_path / "a.db", rules_path=path, clock_ms=clock)
     eng2.run_cycle()
-    assert eng2.active_alerts() == [] and len(outbox(eng2)) == 2
+    assert active_alerts(eng2) == [] and len(outbox(eng2)) == 2
     eng2.close()
 
 
-class BrokenStorage(MemoryStorage):
+class BrokenStorage(InMemoryGridStorage):
     def query(self, query: RangeQuery) -> list[SeriesResult]:
         if query.name == "memory_usage_percent":
             raise ValueError("disk on fire")
@@ -262,15 +263,15 @@ def test_a_failing_rule_does_not_stop_the_others(tmp_path: Path) -> None:
                  clock)
     cpu(store, "h1", 0, 5, 95.0)
     run_minutes(eng, clock, 1, 3)
-    status = {r["name"]: r["health"] for r in eng.rules_status()}
+    status = {r["name"]: r["health"] for r in rules_status(eng)}
     assert "disk on fire" in status["mem-high"]["error"]
     assert status["cpu-high"]["error"] is None
-    assert [a["rule"] for a in eng.active_alerts()] == ["cpu-high"]
+    assert [a["rule"] for a in active_alerts(eng)] == ["cpu-high"]
     eng.close()
 
 
 def test_alert_labels_annotations_and_fingerprint(tmp_path: Path) -> None:
-    store = MemoryStorage(60_000)
+    store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     rule = CPU.replace('for = "5m"', 'for = "0s"') + \
         'severity = "critical"\nlabels = { team = "edge" }\n' + \
@@ -288,7 +289,7 @@ def test_alert_labels_annotations_and_fingerprint(tmp_path: Path) -> None:
 
 
 def test_pending_transitions_are_not_kept_in_history_by_default(tmp_path: Path) -> None:
-    store = MemoryStorage(60_000)
+    store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     rules = settings().replace("record_pending = true\n", "") + CPU
     eng = engine(tmp_path, store, rules, clock)
@@ -301,7 +302,7 @@ def test_pending_transitions_are_not_kept_in_history_by_default(tmp_path: Path) 
 
 
 def test_a_hole_that_is_never_back_filled_stops_costing_queries(tmp_path: Path) -> None:
-    store = MemoryStorage(60_000)
+    store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     eng = engine(tmp_path, store, settings() + CPU, clock)
     cpu(store, "h1", 0, 5, 20.0, received=T0 + 5 * MIN)
@@ -316,5 +317,5 @@ def test_a_hole_that_is_never_back_filled_stops_costing_queries(tmp_path: Path) 
             catchup_minutes.append(minute)
     assert catchup_minutes and catchup_minutes[0] == 31
     assert 55 <= catchup_minutes[-1] <= 62  # given up ~30 minutes after the hole was found
-    assert eng.rules_status()[0]["health"]["holes"] == 0
+    assert rules_status(eng)[0]["health"]["holes"] == 0
     eng.close()

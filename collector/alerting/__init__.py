@@ -24,14 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from edgemon.collector.alerting.engine import (
-    MQTT_TOPIC_PREFIX,
-    AlertEngine,
-    CycleReport,
-    Transition,
-    alert_topic,
-    wall_clock_ms,
-)
+from edgemon.collector.alerting.engine import AlertEngine, CycleReport
 from edgemon.collector.alerting.evaluate import (
     SeriesData,
     evaluate_disk_eta,
@@ -40,7 +33,12 @@ from edgemon.collector.alerting.evaluate import (
     from_arrays,
     from_results,
 )
-from edgemon.collector.alerting.notify import DeliveryWorker, webhook_payload
+from edgemon.collector.alerting.notify import (
+    MQTT_TOPIC_PREFIX,
+    DeliveryWorker,
+    alert_topic,
+    webhook_payload,
+)
 from edgemon.collector.alerting.rules import (
     DEFAULT_RULES_PATH,
     RulesError,
@@ -50,6 +48,7 @@ from edgemon.collector.alerting.rules import (
     parse_rules,
 )
 from edgemon.collector.alerting.state import SeriesTable
+from edgemon.collector.alerting.transitions import Transition
 from edgemon.collector.http.alerts_api import (
     OPENAPI_PATHS,
     OPENAPI_SCHEMAS,
@@ -58,6 +57,7 @@ from edgemon.collector.http.alerts_api import (
     routes,
 )
 from edgemon.collector.storage.base import Storage
+from edgemon.common.clock import now_ms
 
 __all__ = [
     "DEFAULT_RULES_PATH",
@@ -102,7 +102,7 @@ class AlertingService:
                  rules_path: str | Path | None = None, rules: RuleSet | None = None,
                  publish: Callable[[str, bytes], Any] | None = None,
                  executor: Executor | None = None,
-                 clock_ms: Callable[[], int] = wall_clock_ms,
+                 clock_ms: Callable[[], int] = now_ms,
                  session: aiohttp.ClientSession | None = None) -> None:
         self.engine = AlertEngine(storage, db_path, rules=rules, rules_path=rules_path,
                                   clock_ms=clock_ms, publish=publish)

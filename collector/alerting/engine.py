@@ -1,25 +1,24 @@
-"""``AlertEngine``: one evaluation cycle over every rule and host, state and outbox in SQLite.
+"""``AlertEngine``: one evaluation cycle over every rule and host.
 
 Per cycle: at most one ``Storage.query`` per due rule (all hosts at once) plus one
 ``Storage.hosts()``; a second query for a rule only while some hosts are back-filling holes.
-Everything the cycle decides is committed in one SQLite transaction; the in-memory state is
-replaced only after that commit, so a failed commit is simply evaluated again next cycle.
+Everything the cycle decides is handed to the store (``store.py``) in one transaction; the
+in-memory state is replaced only after that commit, so a failed commit is simply evaluated
+again next cycle. What the receivers get is built by ``notify.py``; what the API shows, by
+``collector/http/alerts_api.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +35,11 @@ from edgemon.collector.alerting.evaluate import (
     replay_holes,
     resolve_all,
 )
+from edgemon.collector.alerting.notify import MQTT_RECEIVER, mqtt_message, webhook_alert
 from edgemon.collector.alerting.rules import (
     AnomalyRule,
     DiskFullEtaRule,
     HostDownRule,
-    RulesError,
     RuleSet,
     load_rules,
 )
@@ -53,67 +52,33 @@ from edgemon.collector.alerting.state import (
     RawTransition,
     SeriesTable,
 )
-from edgemon.collector.alerting.store import AlertStore
-from edgemon.collector.alerting.templates import render
+from edgemon.collector.alerting.store import (
+    AlertRecord,
+    AlertStore,
+    CycleWrite,
+    HistoryRecord,
+    HoleRecord,
+    OutboxRecord,
+    RuleProgress,
+)
+from edgemon.collector.alerting.transitions import (
+    Identity,
+    Transition,
+    annotations,
+    finite,
+    identity,
+    rule_identity,
+    transition,
+)
 from edgemon.collector.storage.base import HostInfo, RangeQuery, Storage
 from edgemon.common.clock import now_ms
 
-__all__ = ["MQTT_TOPIC_PREFIX", "AlertEngine", "CycleReport", "Transition", "alert_topic",
-           "iso_ms", "wall_clock_ms"]
+__all__ = ["AlertEngine", "CycleReport"]
 
 log = logging.getLogger("edgemon.collector.alerting")
 
-MQTT_TOPIC_PREFIX = "edgemon/v1/_alerts"
-MQTT_RECEIVER = "mqtt"
 HOLE_PATIENCE_MS = 30 * 60_000
 BIG = 1 << 40  # max_series / max_points of the engine's queries: it wants every host
-ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's "no end time"
-
-
-wall_clock_ms = now_ms
-
-
-def iso_ms(ms: int | None) -> str | None:
-    if ms is None or ms < 0:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-
-
-def alert_topic(rule: str, host: str) -> str:
-    """``edgemon/v1/_alerts/<rule>/<host>``: five levels, so it never matches the collector's
-    own ``edgemon/v1/+/<kind>`` subscriptions, and ``_alerts`` is never a host id."""
-    return f"{MQTT_TOPIC_PREFIX}/{rule}/{host}"
-
-
-_NAMES = {(INACTIVE, PENDING): "pending", (PENDING, FIRING): "firing",
-          (INACTIVE, FIRING): "firing", (FIRING, INACTIVE): "resolved",
-          (PENDING, INACTIVE): "inactive", (FIRING, FIRING): "firing"}
-_STATUS = {INACTIVE: "inactive", PENDING: "pending", FIRING: "firing"}
-
-
-@dataclass
-class Transition:
-    """One recorded state change of one alert (a history row)."""
-
-    rule: str
-    key: str
-    host: str
-    labels: dict[str, str]
-    frm: str
-    status: str  # pending | firing | resolved | inactive
-    at_ms: int
-    value: float | None
-    starts_at: int | None
-    ends_at: int | None
-    historical: bool
-    silenced: bool
-    notified: bool
-    reason: str
-    fingerprint: str
-    alert_labels: dict[str, str]
-    annotations: dict[str, str]
-    history_id: int | None = None
 
 
 @dataclass
@@ -138,7 +103,7 @@ class _Runtime:
     last_eval_ms: int | None = None
     duration_ms: float | None = None
     error: str | None = None
-    stored: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> saved identity
+    stored: dict[str, Identity] = field(default_factory=dict)  # key -> identity as saved
 
 
 def _signature(rule: Any) -> str:
@@ -148,17 +113,6 @@ def _signature(rule: Any) -> str:
         if hasattr(rule, name):
             keep[name] = getattr(rule, name)
     return json.dumps(keep, sort_keys=True)
-
-
-def _finite(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def fingerprint(labels: dict[str, str]) -> str:
-    text = json.dumps(sorted(labels.items()), separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class AlertEngine:
@@ -171,7 +125,7 @@ class AlertEngine:
 
     def __init__(self, storage: Storage, db_path: str | Path, *, rules: RuleSet | None = None,
                  rules_path: str | Path | None = None,
-                 clock_ms: Callable[[], int] = wall_clock_ms,
+                 clock_ms: Callable[[], int] = now_ms,
                  publish: Callable[[str, bytes], Any] | None = None) -> None:
         self.storage = storage
         self.clock_ms = clock_ms
@@ -233,40 +187,37 @@ class AlertEngine:
 
     def _restore(self) -> None:
         """Rebuild the in-memory state from the database (after a restart)."""
-        states = self.store.rule_states()
-        rows_by_rule: dict[str, list[Any]] = {}
-        for row in self.store.alert_rows():
-            rows_by_rule.setdefault(row["rule"], []).append(row)
+        progress = self.store.rule_progress()
+        alerts_by_rule: dict[str, list[AlertRecord]] = {}
+        for alert in self.store.alerts():
+            alerts_by_rule.setdefault(alert.rule, []).append(alert)
         holes_by_rule: dict[str, list[Hole]] = {}
-        for row in self.store.hole_rows():
-            holes_by_rule.setdefault(row["rule"], []).append(Hole.from_json(json.loads(
-                row["body"])))
+        for hole in self.store.holes():
+            holes_by_rule.setdefault(hole.rule, []).append(Hole.from_json(hole.body))
         wanted = {r.name: r for r in self.ruleset.enabled}
-        names = set(states) | set(rows_by_rule)
-        for name in sorted(names):
-            st = states.get(name)
+        for name in sorted(set(progress) | set(alerts_by_rule)):
+            saved = progress.get(name)
             rule = wanted.get(name)
-            signature = st["signature"] if st is not None else ""
+            signature = saved.signature if saved is not None else ""
             rt = _Runtime(rule, SeriesTable(), signature)
-            if st is not None:
-                rt.watermark = int(st["watermark"])
-                rt.restored_wm = rt.watermark
-                rt.last_eval_ms = st["last_eval_ms"]
-                if st["blob"]:
-                    _load_blob(rt.table, json.loads(st["blob"]))
-            for row in rows_by_rule.get(name, []):
-                r = rt.table.add(row["key"], row["host"], json.loads(row["labels"]),
-                                 row["wm"] if row["wm"] is not None else -1)
-                rt.table.status[r] = FIRING if row["status"] == "firing" else PENDING
-                rt.table.active_since[r] = _nz(row["active_since"])
-                rt.table.fired_at[r] = _nz(row["fired_at"])
-                rt.table.clearing_since[r] = _nz(row["clearing_since"])
-                rt.table.value[r] = np.nan if row["value"] is None else row["value"]
-                rt.table.last_data[r] = _nz(row["last_data"])
-                rt.table.notified[r] = bool(row["notified"])
-                rt.stored[row["key"]] = {"alert_labels": json.loads(row["alert_labels"]),
-                                         "annotations": json.loads(row["annotations"]),
-                                         "fingerprint": row["fingerprint"]}
+            if saved is not None:
+                rt.watermark = rt.restored_wm = saved.watermark
+                rt.last_eval_ms = saved.last_eval_ms
+                if saved.blob:
+                    rt.table.restore_baselines(saved.blob)
+            for alert in alerts_by_rule.get(name, []):
+                row = rt.table.add(alert.key, alert.host, alert.labels,
+                                   alert.wm if alert.wm is not None else -1)
+                table = rt.table
+                table.status[row] = FIRING if alert.status == "firing" else PENDING
+                table.active_since[row] = _time_column(alert.active_since)
+                table.fired_at[row] = _time_column(alert.fired_at)
+                table.clearing_since[row] = _time_column(alert.clearing_since)
+                table.value[row] = np.nan if alert.value is None else alert.value
+                table.last_data[row] = _time_column(alert.last_data)
+                table.notified[row] = alert.notified
+                rt.stored[alert.key] = Identity(alert.alert_labels, alert.fingerprint,
+                                                alert.annotations)
             rt.holes = holes_by_rule.get(name, [])
             if rule is not None and _signature(rule) == signature:
                 self._runtimes[name] = rt
@@ -430,32 +381,19 @@ class AlertEngine:
     # --- transitions, notifications, persistence ------------------------------------------
 
     @staticmethod
-    def _identity(rt: _Runtime, key: str, host: str, labels: dict[str, str],
-                  ) -> dict[str, Any]:
+    def _identity(rt: _Runtime, key: str, host: str, labels: dict[str, str]) -> Identity:
         """Alert labels and fingerprint of a series (of a removed rule: as stored)."""
-        rule = rt.rule
-        if rule is None:
-            stored = rt.stored.get(key)
-            if stored is not None:
-                return stored
-            alert_labels = {"alertname": _rule_name(rt), "host": host}
-            return {"alert_labels": alert_labels, "annotations": {},
-                    "fingerprint": fingerprint(alert_labels)}
-        alert_labels = {**labels, "severity": rule.severity, **rule.labels,
-                        "alertname": rule.name, "host": host}
-        return {"alert_labels": alert_labels, "fingerprint": fingerprint(alert_labels)}
+        if rt.rule is not None:
+            return rule_identity(rt.rule, host, labels)
+        return rt.stored.get(key) or identity({"alertname": _rule_name(rt), "host": host}, {})
 
     @staticmethod
     def _render(rt: _Runtime, key: str, host: str, labels: dict[str, str],
                 value: float | None) -> dict[str, str]:
-        rule = rt.rule
-        if rule is None:
-            return dict(rt.stored.get(key, {}).get("annotations", {}))
-        templates = rule.annotations or {"summary": f"{rule.name} on {{host}}: {{value}}"}
-        return {k: render(t, host=host, value=value, rule=rule.name, severity=rule.severity,
-                          labels=labels, metric=rule.metric_name,
-                          threshold=rule.threshold_value)
-                for k, t in templates.items()}
+        if rt.rule is None:
+            stored = rt.stored.get(key)
+            return dict(stored.annotations or {}) if stored is not None else {}
+        return annotations(rt.rule, host, labels, value)
 
     def _transition(self, rt: _Runtime, table: SeriesTable, raw: RawTransition, now: int,
                     silences: SilenceSet, hole: Hole | None = None) -> Transition:
@@ -466,28 +404,19 @@ class AlertEngine:
             key, host, labels = hole.key, hole.host, hole.labels
             fired = active = -1
         ident = self._identity(rt, key, host, labels)
-        status = _NAMES[(raw.frm, raw.to)]
-        value = _finite(raw.value)
-        historical = hole is not None or raw.at_ms < now - self.settings.notify_max_age
-        silenced = bool(silences) and silences.silenced_by(ident["alert_labels"]) is not None
-        if status == "firing":
-            starts: int | None = fired if fired >= 0 and hole is None else raw.at_ms
-        elif status == "resolved":
-            starts = fired if fired >= 0 else None
-        else:
-            starts = active if active >= 0 else None
-        ends = raw.at_ms if status in ("resolved", "inactive") else None
-        return Transition(rt.rule.name if rt.rule else _rule_name(rt), key, host, labels,
-                          _STATUS[raw.frm], status, raw.at_ms, value, starts, ends,
-                          historical, silenced, False, raw.reason, ident["fingerprint"],
-                          ident["alert_labels"], self._render(rt, key, host, labels, value))
+        return transition(
+            raw, rule=rt.rule.name if rt.rule else _rule_name(rt), key=key, host=host,
+            labels=labels, ident=ident,
+            rendered=self._render(rt, key, host, labels, finite(raw.value)),
+            fired_at=fired, active_since=active, replayed=hole is not None,
+            historical=hole is not None or raw.at_ms < now - self.settings.notify_max_age,
+            silenced=bool(silences) and silences.silenced_by(ident.alert_labels) is not None)
 
     def _commit(self, now: int, results: list[Any], retired: list[Any], silences: SilenceSet,
                 report: CycleReport) -> int:
-        settings = self.settings
-        max_age = settings.notify_max_age
+        max_age = self.settings.notify_max_age
         outbox_rows = 0
-        with self.store.transaction() as db:
+        with self.store.cycle() as write:
             for rt, res in retired:
                 name = rt.rule.name if rt.rule else _rule_name(rt)
                 for raw in res.transitions:
@@ -495,13 +424,10 @@ class AlertEngine:
                     tr.historical = False
                     tr.silenced = False
                     was_notified = bool(rt.table.notified[raw.row])
-                    outbox_rows += self._record(db, tr, rt.rule, was_notified and
+                    outbox_rows += self._record(write, tr, rt.rule, was_notified and
                                                 tr.status == "resolved", now)
                     report.transitions.append(tr)
-                db.execute("DELETE FROM alerts WHERE rule=?", (name,))
-                db.execute("DELETE FROM holes WHERE rule=?", (name,))
-                if name not in self._runtimes:
-                    db.execute("DELETE FROM rule_state WHERE rule=?", (name,))
+                write.forget_rule(name, progress=name not in self._runtimes)
             for rt, res, hole_out, holes in results:
                 rule = rt.rule
                 table: SeriesTable = res.state
@@ -515,12 +441,12 @@ class AlertEngine:
                     elif tr.status == "resolved":
                         notify = bool(table.notified[raw.row])
                         table.notified[raw.row] = False
-                    outbox_rows += self._record(db, tr, rule, notify, now)
+                    outbox_rows += self._record(write, tr, rule, notify, now)
                     report.transitions.append(tr)
                     touched.add(raw.row)
                 for hole, raw in hole_out:
                     tr = self._transition(rt, table, raw, now, silences, hole)
-                    outbox_rows += self._record(db, tr, rule, False, now)
+                    outbox_rows += self._record(write, tr, rule, False, now)
                     report.transitions.append(tr)
                 # still firing, never notified (historical or silenced until now): notify
                 # once the evaluation is fresh and no silence covers it
@@ -530,174 +456,90 @@ class AlertEngine:
                 for row in late.tolist():
                     ident = self._identity(rt, table.keys[row], table.hosts[row],
                                            table.labels[row])
-                    if silences and silences.silenced_by(ident["alert_labels"]) is not None:
+                    if silences and silences.silenced_by(ident.alert_labels) is not None:
                         continue
                     raw = RawTransition(row, FIRING, FIRING, int(table.last_data[row]),
                                         float(table.value[row]), "still firing")
                     tr = self._transition(rt, table, raw, now, silences)
-                    tr.frm, tr.status, tr.historical = "firing", "firing", False
+                    tr.from_status, tr.status, tr.historical = "firing", "firing", False
                     tr.starts_at = int(table.fired_at[row])
                     table.notified[row] = True
-                    outbox_rows += self._record(db, tr, rule, True, now)
+                    outbox_rows += self._record(write, tr, rule, True, now)
                     report.transitions.append(tr)
                     touched.add(row)
-                self._save_alerts(db, rt, table, touched, now)
-                blob = _dump_blob(table) if isinstance(rule, AnomalyRule) else None
-                watermark = max(rt.watermark, res.newest_ms)
-                db.execute(
-                    "INSERT INTO rule_state VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (rule) DO "
-                    "UPDATE SET kind=excluded.kind, signature=excluded.signature, "
-                    "watermark=excluded.watermark, last_eval_ms=excluded.last_eval_ms, "
-                    "duration_ms=excluded.duration_ms, series=excluded.series, error=NULL, "
-                    "blob=excluded.blob",
-                    (rule.name, rule.kind, rt.signature, watermark, now, rt.duration_ms,
-                     len(table), None, blob))
+                self._save_alerts(write, rt, table, touched, now)
+                baselines = table.baselines() if isinstance(rule, AnomalyRule) else None
+                write.save_progress(RuleProgress(
+                    rule=rule.name, kind=rule.kind, signature=rt.signature,
+                    watermark=max(rt.watermark, res.newest_ms), last_eval_ms=now,
+                    duration_ms=rt.duration_ms, series=len(table), error=None, blob=baselines))
                 if holes is not None:
-                    db.execute("DELETE FROM holes WHERE rule=?", (rule.name,))
-                    db.executemany("INSERT OR REPLACE INTO holes VALUES (?,?,?,?)",
-                                   [(rule.name, h.key, h.from_ms, json.dumps(h.to_json()))
-                                    for h in holes])
+                    write.replace_holes(rule.name, [HoleRecord(rule.name, h.key, h.from_ms,
+                                                               h.to_json()) for h in holes])
         report.notifications = outbox_rows
         return outbox_rows
 
-    def _save_alerts(self, db: Any, rt: _Runtime, table: SeriesTable, touched: set[int],
-                     now: int) -> None:
+    def _save_alerts(self, write: CycleWrite, rt: _Runtime, table: SeriesTable,
+                     touched: set[int], now: int) -> None:
+        """The stored state of the rule's active series; resolved ones are deleted."""
         rule = rt.rule
-        n = len(table)
-        active = np.flatnonzero(table.status[:n] != INACTIVE).tolist()
-        gone = [table.keys[r] for r in touched if table.status[r] == INACTIVE]
-        if gone:
-            db.executemany("DELETE FROM alerts WHERE rule=? AND key=?",
-                           [(rule.name, k) for k in gone])
-        rows = []
-        for r in active:
+        write.delete_alerts(rule.name, [table.keys[r] for r in touched
+                                        if table.status[r] == INACTIVE])
+        records = []
+        for r in np.flatnonzero(table.status[:len(table)] != INACTIVE).tolist():
             key, host, labels = table.keys[r], table.hosts[r], table.labels[r]
             ident = self._identity(rt, key, host, labels)
-            value = _finite(float(table.value[r]))
-            rows.append((rule.name, table.keys[r], table.hosts[r], json.dumps(table.labels[r]),
-                         "firing" if table.status[r] == FIRING else "pending",
-                         _none(table.active_since[r]), _none(table.fired_at[r]),
-                         _none(table.clearing_since[r]), value, int(table.wm[r]),
-                         _none(table.last_data[r]), int(table.notified[r]),
-                         ident["fingerprint"], json.dumps(ident["alert_labels"]),
-                         json.dumps(self._render(rt, key, host, labels, value)), now))
-        if rows:
-            db.executemany("INSERT OR REPLACE INTO alerts VALUES "
-                           "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            value = finite(float(table.value[r]))
+            records.append(AlertRecord(
+                rule=rule.name, key=key, host=host, labels=labels,
+                status="firing" if table.status[r] == FIRING else "pending",
+                active_since=_optional_time(table.active_since[r]),
+                fired_at=_optional_time(table.fired_at[r]),
+                clearing_since=_optional_time(table.clearing_since[r]),
+                value=value, wm=int(table.wm[r]), last_data=_optional_time(table.last_data[r]),
+                notified=bool(table.notified[r]), fingerprint=ident.fingerprint,
+                alert_labels=ident.alert_labels,
+                annotations=self._render(rt, key, host, labels, value), updated_ms=now))
+        write.put_alerts(records)
 
-    def _record(self, db: Any, tr: Transition, rule: Any, notify: bool, now: int) -> int:
+    def _record(self, write: CycleWrite, tr: Transition, rule: Any, notify: bool,
+                now: int) -> int:
         """A history row, and when ``notify`` its outbox rows (one per receiver, plus MQTT for
         every firing/resolved transition). Returns the number of outbox rows."""
         tr.notified = notify
         if tr.status in ("pending", "inactive") and not self.settings.record_pending:
             return 0
-        cur = db.execute(
-            "INSERT INTO history (rule, key, host, labels, from_status, status, at_ms, "
-            "created_ms, value, starts_at, ends_at, historical, silenced, notified, reason, "
-            "fingerprint, annotations) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (tr.rule, tr.key, tr.host, json.dumps(tr.labels), tr.frm, tr.status, tr.at_ms, now,
-             tr.value, tr.starts_at, tr.ends_at, int(tr.historical), int(tr.silenced),
-             int(notify), tr.reason, tr.fingerprint, json.dumps(tr.annotations)))
-        tr.history_id = int(cur.lastrowid)
-        idem = f"{self.store.engine_id}-{tr.history_id}"
-        rows = []
+        tr.history_id = write.add_history(HistoryRecord(
+            rule=tr.rule, key=tr.key, host=tr.host, labels=tr.labels,
+            from_status=tr.from_status, status=tr.status, at_ms=tr.at_ms, created_ms=now,
+            value=tr.value, starts_at=tr.starts_at, ends_at=tr.ends_at,
+            historical=tr.historical, silenced=tr.silenced, notified=notify, reason=tr.reason,
+            fingerprint=tr.fingerprint, annotations=tr.annotations))
+        key = f"{self.store.engine_id}-{tr.history_id}"
+        bodies: list[tuple[str, str]] = []  # (receiver, body)
         if notify:
             receivers = (self.ruleset.receivers_for(rule) if rule is not None
                          else list(self.ruleset.receivers.values()))
-            body = json.dumps(self.alert_object(tr, idem))
-            for receiver in receivers:
-                if tr.status == "resolved" and not receiver.send_resolved:
-                    continue
-                rows.append((tr.history_id, receiver.name, tr.rule, tr.fingerprint, idem,
-                             body, now))
+            body = json.dumps(webhook_alert(tr, key, self.settings.external_url))
+            bodies += [(r.name, body) for r in receivers
+                       if tr.status != "resolved" or r.send_resolved]
         if (self.publish is not None and self.settings.mqtt
                 and tr.status in ("firing", "resolved")):
-            rows.append((tr.history_id, MQTT_RECEIVER, tr.rule, tr.fingerprint, idem,
-                         json.dumps(self.mqtt_payload(tr, idem)), now))
-        if rows:
-            db.executemany("INSERT INTO outbox (history_id, receiver, rule, fingerprint, "
-                           "idempotency_key, body, created_ms) VALUES (?,?,?,?,?,?,?)", rows)
-        return len(rows)
+            bodies.append((MQTT_RECEIVER, json.dumps(mqtt_message(tr, key))))
+        write.add_outbox([OutboxRecord(tr.history_id, receiver, tr.rule, tr.fingerprint, key,
+                                       body, now) for receiver, body in bodies])
+        return len(bodies)
 
-    def alert_object(self, tr: Transition, idem: str) -> dict[str, Any]:
-        """One entry of a webhook's ``alerts[]`` (Alertmanager format, plus idempotencyKey)."""
-        base = self.settings.external_url.rstrip("/")
-        return {"status": "resolved" if tr.status == "resolved" else "firing",
-                "labels": tr.alert_labels, "annotations": tr.annotations,
-                "startsAt": iso_ms(tr.starts_at) or iso_ms(tr.at_ms),
-                "endsAt": iso_ms(tr.ends_at) if tr.status == "resolved" else ZERO_TIME,
-                "generatorURL": (f"{base}/edgemon/api/v1/alerts/history"
-                                 f"?rule={tr.rule}&host={tr.host}"),
-                "fingerprint": tr.fingerprint, "idempotencyKey": idem}
-
-    def mqtt_payload(self, tr: Transition, idem: str) -> dict[str, Any]:
-        return {"v": 1, "id": idem, "rule": tr.rule, "host": tr.host, "labels": tr.labels,
-                "alert_labels": tr.alert_labels, "status": tr.status, "from": tr.frm,
-                "at_ms": tr.at_ms, "value": tr.value, "starts_at_ms": tr.starts_at,
-                "ends_at_ms": tr.ends_at, "historical": tr.historical, "silenced": tr.silenced,
-                "notified": tr.notified, "reason": tr.reason, "fingerprint": tr.fingerprint,
-                "annotations": tr.annotations}
-
-    # --- queries for the API --------------------------------------------------------------
-
-    def active_alerts(self, rule: str | None = None, host: str | None = None,
-                      status: str | None = None) -> list[dict[str, Any]]:
-        now = self.clock_ms()
-        silences = SilenceSet(self.store.silences(now), now)
-        sql = "SELECT * FROM alerts WHERE 1=1"
-        params: list[Any] = []
-        for col, val in (("rule", rule), ("host", host), ("status", status)):
-            if val is not None:
-                sql += f" AND {col}=?"
-                params.append(val)
-        out = []
-        for r in self.store.query(sql + " ORDER BY rule, key", params):
-            labels = json.loads(r["alert_labels"])
-            out.append({"rule": r["rule"], "host": r["host"], "labels": json.loads(r["labels"]),
-                        "alert_labels": labels, "status": r["status"],
-                        "active_since_ms": r["active_since"], "fired_at_ms": r["fired_at"],
-                        "active_since": iso_ms(r["active_since"]),
-                        "fired_at": iso_ms(r["fired_at"]), "value": r["value"],
-                        "last_data_ms": r["last_data"], "notified": bool(r["notified"]),
-                        "silenced_by": silences.silenced_by(labels) if silences else None,
-                        "fingerprint": r["fingerprint"],
-                        "annotations": json.loads(r["annotations"])})
-        return out
-
-    def history(self, *, rule: str | None = None, host: str | None = None,
-                since_ms: int | None = None, until_ms: int | None = None,
-                status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM history WHERE 1=1"
-        params: list[Any] = []
-        for clause, val in (("rule=?", rule), ("host=?", host), ("at_ms>=?", since_ms),
-                            ("at_ms<?", until_ms), ("status=?", status)):
-            if val is not None:
-                sql += f" AND {clause}"
-                params.append(val)
-        sql += " ORDER BY at_ms DESC, id DESC LIMIT ?"
-        params.append(limit)
-        return [{"id": r["id"], "rule": r["rule"], "host": r["host"],
-                 "labels": json.loads(r["labels"]), "from": r["from_status"],
-                 "status": r["status"], "at_ms": r["at_ms"], "at": iso_ms(r["at_ms"]),
-                 "created_ms": r["created_ms"], "value": r["value"],
-                 "starts_at_ms": r["starts_at"], "ends_at_ms": r["ends_at"],
-                 "historical": bool(r["historical"]), "silenced": bool(r["silenced"]),
-                 "notified": bool(r["notified"]), "reason": r["reason"],
-                 "fingerprint": r["fingerprint"], "annotations": json.loads(r["annotations"])}
-                for r in self.store.query(sql, params)]
-
-    def rules_status(self) -> list[dict[str, Any]]:
-        out = []
-        for rule in self.ruleset.rules:
-            rt = self._runtimes.get(rule.name) if rule.enabled else None
-            d = rule.model_dump(by_alias=True, mode="json")
-            d["health"] = None if rt is None else {
-                "last_eval_ms": rt.last_eval_ms, "duration_ms": rt.duration_ms,
+    def rule_health(self, name: str) -> dict[str, Any] | None:
+        """How the enabled rule ``name`` was last evaluated (None: not evaluated by this
+        engine: disabled or unknown)."""
+        rt = self._runtimes.get(name)
+        if rt is None:
+            return None
+        return {"last_eval_ms": rt.last_eval_ms, "duration_ms": rt.duration_ms,
                 "series": len(rt.table), "error": rt.error, "watermark_ms": rt.watermark,
                 "active": int((rt.table.status[:len(rt.table)] != INACTIVE).sum()),
                 "holes": len(rt.holes)}
-            out.append(d)
-        return out
 
 
 def _rule_name(rt: _Runtime) -> str:
@@ -706,29 +548,12 @@ def _rule_name(rt: _Runtime) -> str:
     return "?"
 
 
-def _nz(value: int | None) -> int:
-    return int(NONE) if value is None else int(value)
+def _time_column(ms: int | None) -> int:
+    """A stored time for a table column: None becomes the NONE sentinel."""
+    return int(NONE) if ms is None else int(ms)
 
 
-def _none(value: Any) -> int | None:
-    v = int(value)
-    return None if v < 0 else v
-
-
-def _dump_blob(table: SeriesTable) -> str:
-    n = len(table)
-    return json.dumps({"keys": table.keys, "hosts": table.hosts, "labels": table.labels,
-                       "wm": table.wm[:n].tolist(), "n": table.ewma_n[:n].tolist(),
-                       "mean": table.ewma_mean[:n].tolist(), "var": table.ewma_var[:n].tolist()})
-
-
-def _load_blob(table: SeriesTable, blob: dict[str, Any]) -> None:
-    for i, key in enumerate(blob.get("keys", [])):
-        row = table.add(key, blob["hosts"][i], blob["labels"][i], int(blob["wm"][i]))
-        table.ewma_n[row] = blob["n"][i]
-        table.ewma_mean[row] = blob["mean"][i]
-        table.ewma_var[row] = blob["var"][i]
-        table.last_data[row] = int(blob["wm"][i])
-
-
-__all__ += ["RulesError", "fingerprint"]
+def _optional_time(value: Any) -> int | None:
+    """A time column's value for the store: the NONE sentinel (< 0) becomes None."""
+    ms = int(value)
+    return None if ms < 0 else ms

@@ -1,4 +1,4 @@
-"""``MemoryStorage``: a small in-memory ``Storage`` over numpy arrays, for alerting tests and
+"""``InMemoryGridStorage``: a small in-memory ``Storage`` over numpy arrays, for alerting tests and
 benchmarks (not a production backend).
 
 Samples live on a regular time grid (``interval_ms``; NaN = no sample): one 2-D array per metric
@@ -30,7 +30,7 @@ from edgemon.collector.storage.base import (
     StoreResult,
 )
 
-__all__ = ["MemoryStorage"]
+__all__ = ["InMemoryGridStorage"]
 
 
 @dataclass
@@ -52,7 +52,7 @@ class _Host:
     instance: str | None = "mem"
 
 
-class MemoryStorage(Storage):
+class InMemoryGridStorage(Storage):
     """Feed it with ``write`` / ``write_block`` / ``set_status``; ``queries`` records every
     ``RangeQuery`` asked (tests count them)."""
 
@@ -162,7 +162,7 @@ class MemoryStorage(Storage):
     # --- Storage --------------------------------------------------------------------------
 
     def store_batches(self, items: list[IngestItem]) -> list[StoreResult]:
-        raise NotImplementedError("MemoryStorage is fed with write() / write_block()")
+        raise NotImplementedError("InMemoryGridStorage is fed with write() / write_block()")
 
     def record_status(self, host: str, instance: str, online: bool, timestamp_ms: int,
                       received_ms: int) -> None:

@@ -21,17 +21,52 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from edgemon.collector.alerting.engine import MQTT_RECEIVER, AlertEngine, alert_topic
+from edgemon.common.clock import rfc3339_ms
 
-__all__ = ["DeliveryWorker", "webhook_payload"]
+if TYPE_CHECKING:  # the engine imports this module: it queues what these functions build
+    from edgemon.collector.alerting.engine import AlertEngine
+    from edgemon.collector.alerting.transitions import Transition
+
+__all__ = ["MQTT_RECEIVER", "MQTT_TOPIC_PREFIX", "DeliveryWorker", "alert_topic", "mqtt_message",
+           "webhook_alert", "webhook_payload"]
 
 log = logging.getLogger("edgemon.collector.alerting.notify")
 
+MQTT_TOPIC_PREFIX = "edgemon/v1/_alerts"
+MQTT_RECEIVER = "mqtt"  # the outbox's receiver name for MQTT publishes
+ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's "no end time"
 _PERMANENT = {400, 401, 403, 404, 405, 410, 413, 422}  # retrying will not help
+
+
+def alert_topic(rule: str, host: str) -> str:
+    """``edgemon/v1/_alerts/<rule>/<host>``: five levels, so it never matches the collector's
+    own ``edgemon/v1/+/<kind>`` subscriptions, and ``_alerts`` is never a host id."""
+    return f"{MQTT_TOPIC_PREFIX}/{rule}/{host}"
+
+
+def webhook_alert(tr: Transition, idempotency_key: str, external_url: str) -> dict[str, Any]:
+    """One entry of a webhook's ``alerts[]`` (Alertmanager format, plus idempotencyKey)."""
+    base = external_url.rstrip("/")
+    return {"status": "resolved" if tr.status == "resolved" else "firing",
+            "labels": tr.alert_labels, "annotations": tr.annotations,
+            "startsAt": rfc3339_ms(tr.starts_at) or rfc3339_ms(tr.at_ms),
+            "endsAt": rfc3339_ms(tr.ends_at) if tr.status == "resolved" else ZERO_TIME,
+            "generatorURL": f"{base}/edgemon/api/v1/alerts/history?rule={tr.rule}&host={tr.host}",
+            "fingerprint": tr.fingerprint, "idempotencyKey": idempotency_key}
+
+
+def mqtt_message(tr: Transition, idempotency_key: str) -> dict[str, Any]:
+    """The JSON published on ``alert_topic(rule, host)`` for a transition."""
+    return {"v": 1, "id": idempotency_key, "rule": tr.rule, "host": tr.host,
+            "labels": tr.labels, "alert_labels": tr.alert_labels, "status": tr.status,
+            "from": tr.from_status, "at_ms": tr.at_ms, "value": tr.value,
+            "starts_at_ms": tr.starts_at, "ends_at_ms": tr.ends_at,
+            "historical": tr.historical, "silenced": tr.silenced, "notified": tr.notified,
+            "reason": tr.reason, "fingerprint": tr.fingerprint, "annotations": tr.annotations}
 
 
 def webhook_payload(receiver: str, rule: str, alerts: list[dict[str, Any]],
@@ -136,9 +171,7 @@ class DeliveryWorker:
         if due > now:
             return [], due
         if receiver == MQTT_RECEIVER:
-            rows = self.store.query("SELECT * FROM outbox WHERE receiver=? AND state='pending' "
-                                    "ORDER BY id LIMIT 500", (receiver,))
-            return rows, None
+            return self.store.pending_rows(receiver, 500), None
         return self.store.group_rows(receiver, first, wait, settings.max_alerts_per_message), None
 
     async def _drain(self, name: str) -> int | None:

@@ -94,6 +94,22 @@ class SeriesTable:
         out._last_rows = self._last_rows
         return out
 
+    def baselines(self) -> dict[str, Any]:
+        """The EWMA baselines of every row as plain data (JSON), for ``restore_baselines``."""
+        n = len(self)
+        return {"keys": self.keys, "hosts": self.hosts, "labels": self.labels,
+                "wm": self.wm[:n].tolist(), "n": self.ewma_n[:n].tolist(),
+                "mean": self.ewma_mean[:n].tolist(), "var": self.ewma_var[:n].tolist()}
+
+    def restore_baselines(self, saved: dict[str, Any]) -> None:
+        """Add the rows of ``baselines()`` output (after a restart)."""
+        for i, key in enumerate(saved.get("keys", [])):
+            row = self.add(key, saved["hosts"][i], saved["labels"][i], int(saved["wm"][i]))
+            self.ewma_n[row] = saved["n"][i]
+            self.ewma_mean[row] = saved["mean"][i]
+            self.ewma_var[row] = saved["var"][i]
+            self.last_data[row] = int(saved["wm"][i])
+
     def ensure_ring(self, k: int) -> None:
         """Give every row a ring of ``k`` step slots (emptied if ``k`` changed)."""
         cap = self.status.size

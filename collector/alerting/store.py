@@ -1,9 +1,13 @@
 """The alerting engine's own SQLite file (stdlib sqlite3, WAL): alert state, history, the
 notification outbox, deliveries, silences and per-rule progress.
 
+This module is the only one that knows the tables: the engine hands it records
+(``AlertRecord``, ``HistoryRecord``, ``OutboxRecord``, ``RuleProgress``, ``HoleRecord``) and
+gets records back; columns are named, and the JSON inside them is encoded and decoded here.
+
 Everything one evaluation cycle decides (state rows, history rows, outbox rows, watermarks) is
-written in one transaction, so a crash leaves either all of it or none. A delivery marks its
-outbox rows delivered in the same transaction that records the delivery.
+written in one transaction (``AlertStore.cycle()``), so a crash leaves either all of it or none.
+A delivery marks its outbox rows delivered in the same transaction that records the delivery.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
-__all__ = ["AlertStore"]
+__all__ = ["AlertRecord", "AlertStore", "CycleWrite", "HistoryRecord", "HoleRecord",
+           "OutboxRecord", "RuleProgress"]
 
 SCHEMA_VERSION = 1
 
@@ -126,6 +132,181 @@ CREATE TABLE IF NOT EXISTS holes (
 """
 
 
+# --- records: one per table row ---------------------------------------------------------------
+
+class _Record:
+    """A row as a dataclass: its fields are the table's columns (``id`` is the database's)."""
+
+    TABLE: ClassVar[str]
+    JSON: ClassVar[frozenset[str]] = frozenset()  # columns holding JSON text
+    BOOL: ClassVar[frozenset[str]] = frozenset()  # columns holding 0/1
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.name != "id"]  # type: ignore[arg-type]
+
+    @classmethod
+    def insert_sql(cls, verb: str = "INSERT") -> str:
+        names = cls.columns()
+        return (f"{verb} INTO {cls.TABLE} ({', '.join(names)}) "
+                f"VALUES ({', '.join('?' * len(names))})")
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(json.dumps(getattr(self, n)) if n in self.JSON and getattr(self, n)
+                     is not None else getattr(self, n) for n in self.columns())
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Self:
+        out: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            value = row[f.name]
+            if f.name in cls.JSON and value is not None:
+                value = json.loads(value)
+            elif f.name in cls.BOOL:
+                value = bool(value)
+            out[f.name] = value
+        return cls(**out)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord(_Record):
+    """A series that is pending or firing, with its timers (``alerts``)."""
+
+    TABLE: ClassVar[str] = "alerts"
+    JSON: ClassVar[frozenset[str]] = frozenset({"labels", "alert_labels", "annotations"})
+    BOOL: ClassVar[frozenset[str]] = frozenset({"notified"})
+
+    rule: str
+    key: str
+    host: str
+    labels: dict[str, str]
+    status: str  # pending | firing
+    active_since: int | None
+    fired_at: int | None
+    clearing_since: int | None
+    value: float | None
+    wm: int | None
+    last_data: int | None
+    notified: bool
+    fingerprint: str
+    alert_labels: dict[str, str]
+    annotations: dict[str, str]
+    updated_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRecord(_Record):
+    """One recorded transition (``history``); ``id`` is set once stored."""
+
+    TABLE: ClassVar[str] = "history"
+    JSON: ClassVar[frozenset[str]] = frozenset({"labels", "annotations"})
+    BOOL: ClassVar[frozenset[str]] = frozenset({"historical", "silenced", "notified"})
+
+    rule: str
+    key: str
+    host: str
+    labels: dict[str, str]
+    from_status: str
+    status: str
+    at_ms: int
+    created_ms: int
+    value: float | None
+    starts_at: int | None
+    ends_at: int | None
+    historical: bool
+    silenced: bool
+    notified: bool
+    reason: str
+    fingerprint: str
+    annotations: dict[str, str]
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord(_Record):
+    """One message body queued for one receiver (``outbox``; delivery state is the store's)."""
+
+    TABLE: ClassVar[str] = "outbox"
+
+    history_id: int
+    receiver: str
+    rule: str
+    fingerprint: str
+    idempotency_key: str
+    body: str  # JSON text, sent as it is
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RuleProgress(_Record):
+    """How far a rule got and how its last evaluation went (``rule_state``)."""
+
+    TABLE: ClassVar[str] = "rule_state"
+    JSON: ClassVar[frozenset[str]] = frozenset({"blob"})
+
+    rule: str
+    kind: str
+    signature: str
+    watermark: int
+    last_eval_ms: int | None
+    duration_ms: float | None
+    series: int | None
+    error: str | None
+    blob: dict[str, Any] | None  # kind-specific state, e.g. EWMA baselines
+
+
+@dataclass(frozen=True, slots=True)
+class HoleRecord(_Record):
+    """A stretch of a series still waiting for back-filled data (``holes``)."""
+
+    TABLE: ClassVar[str] = "holes"
+    JSON: ClassVar[frozenset[str]] = frozenset({"body"})
+
+    rule: str
+    key: str
+    from_ms: int
+    body: dict[str, Any]
+
+
+class CycleWrite:
+    """What one evaluation cycle writes, all in the transaction of ``AlertStore.cycle()``."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def add_history(self, record: HistoryRecord) -> int:
+        """Store a transition; returns its id (the outbox rows refer to it)."""
+        cursor = self._db.execute(HistoryRecord.insert_sql(), record.values())
+        return int(cursor.lastrowid or 0)
+
+    def add_outbox(self, records: Iterable[OutboxRecord]) -> None:
+        self._db.executemany(OutboxRecord.insert_sql(), [r.values() for r in records])
+
+    def put_alerts(self, records: Iterable[AlertRecord]) -> None:
+        """Insert or replace (by rule and key) the state of active series."""
+        self._db.executemany(AlertRecord.insert_sql("INSERT OR REPLACE"),
+                             [r.values() for r in records])
+
+    def delete_alerts(self, rule: str, keys: Iterable[str]) -> None:
+        self._db.executemany("DELETE FROM alerts WHERE rule=? AND key=?",
+                             [(rule, k) for k in keys])
+
+    def forget_rule(self, rule: str, *, progress: bool) -> None:
+        """Drop a removed or redefined rule's alerts and holes (and its progress)."""
+        self._db.execute("DELETE FROM alerts WHERE rule=?", (rule,))
+        self._db.execute("DELETE FROM holes WHERE rule=?", (rule,))
+        if progress:
+            self._db.execute("DELETE FROM rule_state WHERE rule=?", (rule,))
+
+    def save_progress(self, progress: RuleProgress) -> None:
+        self._db.execute(RuleProgress.insert_sql("INSERT OR REPLACE"), progress.values())
+
+    def replace_holes(self, rule: str, holes: Iterable[HoleRecord]) -> None:
+        self._db.execute("DELETE FROM holes WHERE rule=?", (rule,))
+        self._db.executemany(HoleRecord.insert_sql("INSERT OR REPLACE"),
+                             [h.values() for h in holes])
+
+
 class AlertStore:
     """One connection, serialised by a lock: the cycle runs in a worker thread, the API and
     the delivery worker call from others."""
@@ -166,22 +347,43 @@ class AlertStore:
                 raise
             self.db.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def cycle(self) -> Iterator[CycleWrite]:
+        """One evaluation cycle's writes: committed together, or (on an exception) none."""
+        with self.transaction() as db:
+            yield CycleWrite(db)
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A read for diagnostics and tests; the program's own reads have methods below."""
         with self.lock:
             return self.db.execute(sql, params).fetchall()
 
-    # --- rule progress ----------------------------------------------------------------------
+    # --- state, progress, history -------------------------------------------------------------
 
-    def rule_states(self) -> dict[str, sqlite3.Row]:
-        return {r["rule"]: r for r in self.query("SELECT * FROM rule_state")}
+    def rule_progress(self) -> dict[str, RuleProgress]:
+        return {r["rule"]: RuleProgress.from_row(r)
+                for r in self.query("SELECT * FROM rule_state")}
 
-    def alert_rows(self, rule: str | None = None) -> list[sqlite3.Row]:
-        if rule is None:
-            return self.query("SELECT * FROM alerts ORDER BY rule, key")
-        return self.query("SELECT * FROM alerts WHERE rule=? ORDER BY key", (rule,))
+    def alerts(self, *, rule: str | None = None, host: str | None = None,
+               status: str | None = None) -> list[AlertRecord]:
+        """Active series (every one, or those matching the filters), by rule and key."""
+        where, params = _filters((("rule=?", rule), ("host=?", host), ("status=?", status)))
+        return [AlertRecord.from_row(r) for r in self.query(
+            f"SELECT * FROM alerts{where} ORDER BY rule, key", params)]
 
-    def hole_rows(self) -> list[sqlite3.Row]:
-        return self.query("SELECT * FROM holes ORDER BY rule, from_ms")
+    def holes(self) -> list[HoleRecord]:
+        return [HoleRecord.from_row(r)
+                for r in self.query("SELECT * FROM holes ORDER BY rule, from_ms")]
+
+    def history(self, *, rule: str | None = None, host: str | None = None,
+                since_ms: int | None = None, until_ms: int | None = None,
+                status: str | None = None, limit: int = 1000) -> list[HistoryRecord]:
+        """Transitions by sample time (``since_ms <= at_ms < until_ms``), newest first."""
+        where, params = _filters((("rule=?", rule), ("host=?", host), ("at_ms>=?", since_ms),
+                                  ("at_ms<?", until_ms), ("status=?", status)))
+        return [HistoryRecord.from_row(r) for r in self.query(
+            f"SELECT * FROM history{where} ORDER BY at_ms DESC, id DESC LIMIT ?",
+            [*params, limit])]
 
     # --- silences ---------------------------------------------------------------------------
 
@@ -222,6 +424,11 @@ class AlertStore:
     def pending_receivers(self) -> list[str]:
         return [r[0] for r in self.query(
             "SELECT DISTINCT receiver FROM outbox WHERE state='pending'")]
+
+    def pending_rows(self, receiver: str, limit: int) -> list[sqlite3.Row]:
+        """The oldest ``limit`` rows not yet delivered to ``receiver``, in order."""
+        return self.query("SELECT * FROM outbox WHERE receiver=? AND state='pending' "
+                          "ORDER BY id LIMIT ?", (receiver, limit))
 
     def oldest_pending(self, receiver: str) -> sqlite3.Row | None:
         rows = self.query("SELECT * FROM outbox WHERE receiver=? AND state='pending' "
@@ -307,3 +514,11 @@ class AlertStore:
                        "(SELECT history_id FROM outbox)", (before_ms,))
             db.execute("DELETE FROM deliveries WHERE sent_ms<?", (before_ms,))
             db.execute("DELETE FROM silences WHERE ends_ms<?", (before_ms,))
+
+
+def _filters(clauses: Iterable[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """`` WHERE a=? AND b=?`` and its parameters, for the clauses whose value is not None."""
+    given = [(clause, value) for clause, value in clauses if value is not None]
+    if not given:
+        return "", []
+    return " WHERE " + " AND ".join(c for c, _ in given), [v for _, v in given]

@@ -20,10 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgemon.collector.alerting.engine import AlertEngine
 from edgemon.collector.alerting.rules import RulesError
-from edgemon.collector.alerting.silences import Matcher
+from edgemon.collector.alerting.silences import Matcher, SilenceSet
+from edgemon.collector.alerting.store import AlertRecord, HistoryRecord
 from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
+from edgemon.common.clock import rfc3339_ms
 
-__all__ = ["OPENAPI_PATHS", "OPENAPI_SCHEMAS", "add_routes", "merge_openapi", "routes"]
+__all__ = ["OPENAPI_PATHS", "OPENAPI_SCHEMAS", "active_alerts", "add_routes", "alert_history",
+           "merge_openapi", "routes", "rules_status"]
 
 JSON = "application/json"
 
@@ -87,6 +90,54 @@ class SilenceIn(BaseModel):
 _STATUSES = ("pending", "firing", "resolved", "inactive")
 
 
+# --- documents ---------------------------------------------------------------------------------
+
+def alert_doc(alert: AlertRecord, silenced_by: str | None) -> dict[str, Any]:
+    """An active alert as ``GET /edgemon/api/v1/alerts`` shows it."""
+    return {"rule": alert.rule, "host": alert.host, "labels": alert.labels,
+            "alert_labels": alert.alert_labels, "status": alert.status,
+            "active_since_ms": alert.active_since, "fired_at_ms": alert.fired_at,
+            "active_since": rfc3339_ms(alert.active_since),
+            "fired_at": rfc3339_ms(alert.fired_at), "value": alert.value,
+            "last_data_ms": alert.last_data, "notified": alert.notified,
+            "silenced_by": silenced_by, "fingerprint": alert.fingerprint,
+            "annotations": alert.annotations}
+
+
+def history_doc(record: HistoryRecord) -> dict[str, Any]:
+    """A recorded transition as ``GET /edgemon/api/v1/alerts/history`` shows it."""
+    return {"id": record.id, "rule": record.rule, "host": record.host,
+            "labels": record.labels, "from": record.from_status, "status": record.status,
+            "at_ms": record.at_ms, "at": rfc3339_ms(record.at_ms),
+            "created_ms": record.created_ms, "value": record.value,
+            "starts_at_ms": record.starts_at, "ends_at_ms": record.ends_at,
+            "historical": record.historical, "silenced": record.silenced,
+            "notified": record.notified, "reason": record.reason,
+            "fingerprint": record.fingerprint, "annotations": record.annotations}
+
+
+def active_alerts(engine: AlertEngine, rule: str | None = None, host: str | None = None,
+                  status: str | None = None) -> list[dict[str, Any]]:
+    """Pending and firing alerts (blocking: SQLite), with the silence covering each."""
+    now = engine.clock_ms()
+    silences = SilenceSet(engine.store.silences(now), now)
+    return [alert_doc(a, silences.silenced_by(a.alert_labels) if silences else None)
+            for a in engine.store.alerts(rule=rule, host=host, status=status)]
+
+
+def alert_history(engine: AlertEngine, **filters: Any) -> list[dict[str, Any]]:
+    """Transitions, newest first (blocking); ``filters``: those of ``AlertStore.history``."""
+    return [history_doc(r) for r in engine.store.history(**filters)]
+
+
+def rules_status(engine: AlertEngine) -> list[dict[str, Any]]:
+    """Every loaded rule as written, with ``health``: how it was last evaluated (None for a
+    disabled rule)."""
+    return [{**rule.model_dump(by_alias=True, mode="json"),
+             "health": engine.rule_health(rule.name) if rule.enabled else None}
+            for rule in engine.ruleset.rules]
+
+
 def routes(engine: AlertEngine) -> list[web.RouteDef]:
     """The alerting endpoints, bound to ``engine``."""
 
@@ -102,7 +153,7 @@ def routes(engine: AlertEngine) -> list[web.RouteDef]:
         p = _params(request, ("rule", "host", "status"))
         if p.get("status") not in (None, "pending", "firing"):
             raise _BadRequest("parameter 'status': use pending or firing")
-        data = await asyncio.to_thread(engine.active_alerts, p.get("rule"), p.get("host"),
+        data = await asyncio.to_thread(active_alerts, engine, p.get("rule"), p.get("host"),
                                        p.get("status"))
         return _json({"alerts": data})
 
@@ -120,9 +171,9 @@ def routes(engine: AlertEngine) -> list[web.RouteDef]:
         since, until = _time(p, "since", now), _time(p, "until", now)
         if since is not None and until is not None and until <= since:
             raise _BadRequest("parameter 'until' must be after 'since'")
-        data = await asyncio.to_thread(engine.history, rule=p.get("rule"), host=p.get("host"),
-                                       since_ms=since, until_ms=until, status=status,
-                                       limit=limit)
+        data = await asyncio.to_thread(alert_history, engine, rule=p.get("rule"),
+                                       host=p.get("host"), since_ms=since, until_ms=until,
+                                       status=status, limit=limit)
         return _json({"history": data})
 
     async def rules(request: web.Request) -> web.Response:
@@ -134,7 +185,7 @@ def routes(engine: AlertEngine) -> list[web.RouteDef]:
                       "receivers": [{"name": r.name, "url": r.url,
                                      "send_resolved": r.send_resolved}
                                     for r in rs.receivers.values()],
-                      "rules": engine.rules_status()})
+                      "rules": rules_status(engine)})
 
     async def reload(request: web.Request) -> web.Response:
         _params(request, ())
