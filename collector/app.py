@@ -42,7 +42,7 @@ from edgemon.collector.storage.base import Storage
 from edgemon.common import sdnotify
 from edgemon.common.private_files import InsecureFileMode, check_not_world_accessible
 
-__all__ = ["Collector", "StartupError", "open_default_storage", "run"]
+__all__ = ["CollectorService", "StartupError", "open_default_storage", "run"]
 
 log = logging.getLogger("edgemon.collector")
 
@@ -98,8 +98,9 @@ def open_default_storage(config: StorageConfig) -> Storage:
     )
 
 
-class Collector:
-    """One collector: call ``start()``, later ``stop()`` (or ``run()`` until a stop event)."""
+class CollectorService:
+    """The collector in this process (MQTT ingest, storage, HTTP API, alerting): call
+    ``start()``, later ``stop()`` (or ``run()`` until a stop event)."""
 
     def __init__(self, config: CollectorConfig, *,
                  storage_factory: StorageFactory = open_default_storage) -> None:
@@ -326,7 +327,7 @@ async def _main(config: CollectorConfig) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    collector = Collector(config)
+    collector = CollectorService(config)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(collector.reload()))
     return await collector.run(stop)
 

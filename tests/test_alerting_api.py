@@ -20,6 +20,7 @@ from edgemon.collector.alerting import (
 )
 from edgemon.collector.alerting.memstore import InMemoryGridStorage
 from edgemon.collector.http.alerts_api import alert_history
+from edgemon.collector.http.responses import errors_middleware
 
 T0 = 1_800_000_000_000
 RULES = """[settings]
@@ -53,7 +54,7 @@ def with_client(tmp_path: Path, test: Callable[[TestClient, AlertEngine, InMemor
         path.write_text(RULES)
         store = InMemoryGridStorage()
         engine = AlertEngine(store, tmp_path / "a.db", rules_path=path, clock_ms=Clock())
-        app = web.Application()
+        app = web.Application(middlewares=[errors_middleware])
         app.add_routes(routes(engine))
         client = TestClient(TestServer(app))
         await client.start_server()

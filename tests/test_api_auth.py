@@ -21,16 +21,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from edgemon.collector.app import Collector as CollectorService
-from edgemon.collector.app import StartupError, tls_context
+from edgemon.collector.app import CollectorService, StartupError, tls_context
 from edgemon.collector.config import CollectorConfig, ConfigError, HttpConfig, load_config
 from edgemon.collector.http.api import create_app
 from edgemon.collector.http.auth import add_cors, security_middlewares
 from edgemon.collector.http.tokens import TokenStore, create_token, parse_token, revoke_token
 from edgemon.common.private_files import InsecureFileMode, check_not_world_accessible
 from tests.support.broker import Broker
+from tests.support.fake_storage import MemoryStorage
 from tests.support.processes import Collector
-from tests.test_collector_api import MemoryStorage
 
 ORIGIN = "https://grafana.example"
 

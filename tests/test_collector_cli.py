@@ -15,8 +15,8 @@ from typing import IO
 
 from edgemon.protocol import metrics_topic
 from tests.support.broker import Broker, free_port
+from tests.support.stand_in_agent import TIMEOUT, StandInAgent, make_batch
 from tests.support.waiting import wait_until
-from tests.test_collector_ingest import TIMEOUT, Agent, make_batch
 
 CLI = [sys.executable, "-m", "edgemon.collector.cli"]
 
@@ -61,7 +61,7 @@ def test_run_stores_acks_and_exits_0_on_sigterm(tmp_path: Path, broker: Broker) 
                             stderr=subprocess.PIPE, text=True,
                             env={**env(), "NOTIFY_SOCKET": str(notify_path)})
     out, err = Lines(proc.stdout), Lines(proc.stderr)  # type: ignore[arg-type]
-    agent = Agent(broker, "cli-host")
+    agent = StandInAgent(broker, "cli-host")
     try:
         def ready() -> bool:
             if proc.poll() is not None:
@@ -110,7 +110,7 @@ def test_tail_prints_samples_as_json_lines(broker: Broker) -> None:
                              "--host", "tail-host", "--count", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     out, err = Lines(proc.stdout), Lines(proc.stderr)  # type: ignore[arg-type]
-    agent = Agent(broker, "tail-host")
+    agent = StandInAgent(broker, "tail-host")
     try:
         wait_until(lambda: any('"subscribed"' in line for line in err.lines), 20,
                    f"tail subscribed ({err.lines})")

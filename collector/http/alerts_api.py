@@ -22,46 +22,32 @@ from edgemon.collector.alerting.engine import AlertEngine
 from edgemon.collector.alerting.rules import RulesError
 from edgemon.collector.alerting.silences import Matcher, SilenceSet
 from edgemon.collector.alerting.store import AlertRecord, HistoryRecord
+from edgemon.collector.http.responses import (
+    ERROR_SCHEMA,
+    JSON_CONTENT,
+    BadRequest,
+    ParamError,
+    error_doc,
+    error_response,
+    json_response,
+    ok_doc,
+    param_doc,
+    query_params,
+)
 from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
 from edgemon.common.clock import rfc3339_ms
 
 __all__ = ["OPENAPI_PATHS", "OPENAPI_SCHEMAS", "active_alerts", "add_routes", "alert_history",
            "merge_openapi", "routes", "rules_status"]
 
-JSON = "application/json"
 
-
-class _BadRequest(Exception):
-    pass
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data, allow_nan=False, default=str), status=status,
-                        content_type=JSON)
-
-
-def _error(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status)
-
-
-def _params(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in request.query.items():
-        if key not in allowed:
-            raise _BadRequest(f"unknown parameter {key!r}: use {', '.join(allowed)}")
-        if key in out:
-            raise _BadRequest(f"parameter {key!r} given twice")
-        out[key] = value
-    return out
-
-
-def _time(params: dict[str, str], key: str, now: int) -> int | None:
+def _time_param(params: dict[str, str], key: str, now: int) -> int | None:
     if key not in params:
         return None
     try:
         return parse_time_ms(params[key], now)
     except ValueError as exc:
-        raise _BadRequest(f"parameter {key!r}: {exc}") from None
+        raise ParamError(key, str(exc)) from None
 
 
 def _pydantic_message(exc: ValidationError) -> str:
@@ -139,124 +125,120 @@ def rules_status(engine: AlertEngine) -> list[dict[str, Any]]:
 
 
 def routes(engine: AlertEngine) -> list[web.RouteDef]:
-    """The alerting endpoints, bound to ``engine``."""
-
-    def guard(handler: Any) -> Any:
-        async def wrapped(request: web.Request) -> web.StreamResponse:
-            try:
-                return await handler(request)  # type: ignore[no-any-return]
-            except _BadRequest as exc:
-                return _error(400, str(exc))
-        return wrapped
+    """The alerting endpoints, bound to ``engine`` (for an app with ``errors_middleware``,
+    which ``create_app`` installs: it answers ``BadRequest`` with 400)."""
 
     async def alerts(request: web.Request) -> web.Response:
-        p = _params(request, ("rule", "host", "status"))
-        if p.get("status") not in (None, "pending", "firing"):
-            raise _BadRequest("parameter 'status': use pending or firing")
-        data = await asyncio.to_thread(active_alerts, engine, p.get("rule"), p.get("host"),
-                                       p.get("status"))
-        return _json({"alerts": data})
+        params = query_params(request, ("rule", "host", "status"))
+        if params.get("status") not in (None, "pending", "firing"):
+            raise ParamError("status", "use pending or firing")
+        data = await asyncio.to_thread(active_alerts, engine, params.get("rule"),
+                                       params.get("host"), params.get("status"))
+        return json_response({"alerts": data})
 
     async def history(request: web.Request) -> web.Response:
-        p = _params(request, ("rule", "host", "since", "until", "status", "limit"))
+        params = query_params(request, ("rule", "host", "since", "until", "status", "limit"))
         now = engine.clock_ms()
-        status = p.get("status")
+        status = params.get("status")
         if status is not None and status not in _STATUSES:
-            raise _BadRequest(f"parameter 'status': use one of {', '.join(_STATUSES)}")
+            raise ParamError("status", f"use one of {', '.join(_STATUSES)}")
         limit = 1000
-        if "limit" in p:
-            if not p["limit"].isdigit() or not 1 <= int(p["limit"]) <= 10_000:
-                raise _BadRequest("parameter 'limit': an integer 1..10000")
-            limit = int(p["limit"])
-        since, until = _time(p, "since", now), _time(p, "until", now)
+        if "limit" in params:
+            if not params["limit"].isdigit() or not 1 <= int(params["limit"]) <= 10_000:
+                raise ParamError("limit", "an integer 1..10000")
+            limit = int(params["limit"])
+        since, until = _time_param(params, "since", now), _time_param(params, "until", now)
         if since is not None and until is not None and until <= since:
-            raise _BadRequest("parameter 'until' must be after 'since'")
-        data = await asyncio.to_thread(alert_history, engine, rule=p.get("rule"),
-                                       host=p.get("host"), since_ms=since, until_ms=until,
+            raise BadRequest("parameter 'until' must be after 'since'")
+        data = await asyncio.to_thread(alert_history, engine, rule=params.get("rule"),
+                                       host=params.get("host"), since_ms=since, until_ms=until,
                                        status=status, limit=limit)
-        return _json({"history": data})
+        return json_response({"history": data})
 
     async def rules(request: web.Request) -> web.Response:
-        _params(request, ())
-        rs = engine.ruleset
-        return _json({"source": rs.source, "digest": rs.digest,
-                      "loaded_ms": engine.rules_loaded_ms,
-                      "settings": rs.settings.model_dump(mode="json"),
-                      "receivers": [{"name": r.name, "url": r.url,
-                                     "send_resolved": r.send_resolved}
-                                    for r in rs.receivers.values()],
-                      "rules": rules_status(engine)})
+        query_params(request, ())
+        ruleset = engine.ruleset
+        return json_response({"source": ruleset.source, "digest": ruleset.digest,
+                              "loaded_ms": engine.rules_loaded_ms,
+                              "settings": ruleset.settings.model_dump(mode="json"),
+                              "receivers": [{"name": r.name, "url": r.url,
+                                             "send_resolved": r.send_resolved}
+                                            for r in ruleset.receivers.values()],
+                              "rules": rules_status(engine)})
 
     async def reload(request: web.Request) -> web.Response:
-        _params(request, ())
+        query_params(request, ())
         try:
-            rs = await asyncio.to_thread(engine.reload_rules)
+            ruleset = await asyncio.to_thread(engine.reload_rules)
         except RulesError as exc:
-            return _json({"error": "rules not reloaded: the file is invalid",
-                          "errors": exc.errors}, 400)
-        return _json({"reloaded": True, "source": rs.source, "digest": rs.digest,
-                      "rules": len(rs.rules), "enabled": len(rs.enabled)})
+            return error_response(400, "rules not reloaded: the file is invalid",
+                                  errors=exc.errors)
+        return json_response({"reloaded": True, "source": ruleset.source,
+                              "digest": ruleset.digest, "rules": len(ruleset.rules),
+                              "enabled": len(ruleset.enabled)})
 
     async def silences(request: web.Request) -> web.Response:
-        p = _params(request, ("all",))
-        if p.get("all", "false") not in ("true", "false", "1", "0"):
-            raise _BadRequest("parameter 'all': true or false")
-        everything = p.get("all") in ("true", "1")
+        params = query_params(request, ("all",))
+        if params.get("all", "false") not in ("true", "false", "1", "0"):
+            raise ParamError("all", "true or false")
+        everything = params.get("all") in ("true", "1")
         data = await asyncio.to_thread(engine.store.silences, engine.clock_ms(), everything)
         now = engine.clock_ms()
-        for s in data:
-            s["state"] = ("expired" if s["ends_ms"] <= now else
-                          "pending" if s["starts_ms"] > now else "active")
-        return _json({"silences": data})
+        for silence in data:
+            silence["state"] = ("expired" if silence["ends_ms"] <= now else
+                                "pending" if silence["starts_ms"] > now else "active")
+        return json_response({"silences": data})
 
     async def add_silence(request: web.Request) -> web.Response:
-        _params(request, ())
+        query_params(request, ())
         try:
             raw = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise _BadRequest("body: not valid JSON") from None
+            raise BadRequest("body: not valid JSON") from None
         try:
             body = SilenceIn.model_validate(raw)
         except ValidationError as exc:
-            raise _BadRequest(_pydantic_message(exc)) from None
+            raise BadRequest(_pydantic_message(exc)) from None
         now = engine.clock_ms()
         starts = now
         if body.startsAt is not None:
-            starts = _time({"startsAt": str(body.startsAt)}, "startsAt", now) or now
+            starts = _time_param({"startsAt": str(body.startsAt)}, "startsAt", now) or now
         if (body.endsAt is None) == (body.duration is None):
-            raise _BadRequest("give exactly one of 'endsAt' and 'duration'")
+            raise BadRequest("give exactly one of 'endsAt' and 'duration'")
         if body.endsAt is not None:
-            ends = _time({"endsAt": str(body.endsAt)}, "endsAt", now)
+            ends = _time_param({"endsAt": str(body.endsAt)}, "endsAt", now)
         else:
             try:
                 ends = starts + parse_duration_ms(body.duration)
             except ValueError as exc:
-                raise _BadRequest(f"duration: {exc}") from None
+                raise BadRequest(f"duration: {exc}") from None
         assert ends is not None
         if ends <= max(starts, now):
-            raise _BadRequest("endsAt must be in the future and after startsAt")
+            raise BadRequest("endsAt must be in the future and after startsAt")
         matchers = [m.to_json() for m in body.matchers]
-        sid = await asyncio.to_thread(engine.store.add_silence, matchers, starts, ends,
-                                      body.createdBy, body.comment, now)
-        return _json({"id": sid, "silenceID": sid, "starts_ms": starts, "ends_ms": ends}, 201)
+        silence_id = await asyncio.to_thread(engine.store.add_silence, matchers, starts, ends,
+                                             body.createdBy, body.comment, now)
+        return json_response({"id": silence_id, "silenceID": silence_id, "starts_ms": starts,
+                              "ends_ms": ends}, 201)
 
     async def expire_silence(request: web.Request) -> web.Response:
-        sid = request.match_info["id"]
-        if not re.fullmatch(r"[0-9a-f]{32}", sid):
-            raise _BadRequest("silence id: 32 hex digits")
-        found = await asyncio.to_thread(engine.store.expire_silence, sid, engine.clock_ms())
+        silence_id = request.match_info["id"]
+        if not re.fullmatch(r"[0-9a-f]{32}", silence_id):
+            raise BadRequest("silence id: 32 hex digits")
+        found = await asyncio.to_thread(engine.store.expire_silence, silence_id,
+                                        engine.clock_ms())
         if not found:
-            return _error(404, f"no silence {sid}")
-        return _json({"id": sid, "expired": True})
+            return error_response(404, f"no silence {silence_id}")
+        return json_response({"id": silence_id, "expired": True})
 
     return [
-        web.get("/edgemon/api/v1/alerts", guard(alerts)),
-        web.get("/edgemon/api/v1/alerts/history", guard(history)),
-        web.get("/edgemon/api/v1/rules", guard(rules)),
-        web.post("/edgemon/api/v1/rules/reload", guard(reload)),
-        web.get("/edgemon/api/v1/silences", guard(silences)),
-        web.post("/edgemon/api/v1/silences", guard(add_silence)),
-        web.delete("/edgemon/api/v1/silences/{id}", guard(expire_silence)),
+        web.get("/edgemon/api/v1/alerts", alerts),
+        web.get("/edgemon/api/v1/alerts/history", history),
+        web.get("/edgemon/api/v1/rules", rules),
+        web.post("/edgemon/api/v1/rules/reload", reload),
+        web.get("/edgemon/api/v1/silences", silences),
+        web.post("/edgemon/api/v1/silences", add_silence),
+        web.delete("/edgemon/api/v1/silences/{id}", expire_silence),
     ]
 
 
@@ -266,57 +248,44 @@ def add_routes(app: web.Application, engine: AlertEngine) -> None:
 
 # --- OpenAPI -----------------------------------------------------------------------------------
 
-def _q(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": description,
-            "schema": schema or {"type": "string"}}
-
-
-def _ok(ref: str, description: str = "OK") -> dict[str, Any]:
-    return {"description": description,
-            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
-
-
-_BAD = {"description": "bad parameter or body (the message names it)",
-        "content": {JSON: {"schema": {"$ref": "#/components/schemas/AlertingError"}}}}
+_BAD = error_doc("bad parameter or body (the message names it)")
 _TIME = "unix seconds, unix ms, RFC 3339 or now-<duration>"
 
 OPENAPI_PATHS: dict[str, Any] = {
     "/edgemon/api/v1/alerts": {"get": {
         "summary": "Active alerts (pending and firing)", "tags": ["alerting"],
-        "parameters": [_q("rule", "only this rule"), _q("host", "only this host"),
-                       _q("status", "pending or firing",
-                          {"type": "string", "enum": ["pending", "firing"]})],
-        "responses": {"200": _ok("ActiveAlerts"), "400": _BAD}}},
+        "parameters": [param_doc("rule", "only this rule"), param_doc("host", "only this host"),
+                       param_doc("status", "pending or firing",
+                                 {"type": "string", "enum": ["pending", "firing"]})],
+        "responses": {"200": ok_doc("ActiveAlerts"), "400": _BAD}}},
     "/edgemon/api/v1/alerts/history": {"get": {
         "summary": "Recorded transitions, newest first", "tags": ["alerting"],
-        "parameters": [_q("rule", "only this rule"), _q("host", "only this host"),
-                       _q("since", f"sample time >= this ({_TIME})"),
-                       _q("until", f"sample time < this ({_TIME})"),
-                       _q("status", "transition to this state",
-                          {"type": "string", "enum": list(_STATUSES)}),
-                       _q("limit", "at most this many (default 1000)",
-                          {"type": "integer", "minimum": 1, "maximum": 10000})],
-        "responses": {"200": _ok("AlertHistory"), "400": _BAD}}},
+        "parameters": [param_doc("rule", "only this rule"), param_doc("host", "only this host"),
+                       param_doc("since", f"sample time >= this ({_TIME})"),
+                       param_doc("until", f"sample time < this ({_TIME})"),
+                       param_doc("status", "transition to this state",
+                                 {"type": "string", "enum": list(_STATUSES)}),
+                       param_doc("limit", "at most this many (default 1000)",
+                                 {"type": "integer", "minimum": 1, "maximum": 10000})],
+        "responses": {"200": ok_doc("AlertHistory"), "400": _BAD}}},
     "/edgemon/api/v1/rules": {"get": {
         "summary": "Loaded alert rules, settings, receivers and each rule's evaluation health",
-        "tags": ["alerting"], "responses": {"200": _ok("AlertRules")}}},
+        "tags": ["alerting"], "responses": {"200": ok_doc("AlertRules")}}},
     "/edgemon/api/v1/rules/reload": {"post": {
         "summary": "Re-read the rules file (kept unchanged if invalid)", "tags": ["alerting"],
         "responses": {"200": {"description": "reloaded",
-                              "content": {JSON: {"schema": {"type": "object"}}}},
-                      "400": {"description": "invalid file: every error with FILE:LINE",
-                              "content": {JSON: {"schema": {
-                                  "$ref": "#/components/schemas/AlertingError"}}}}}}},
+                              "content": {JSON_CONTENT: {"schema": {"type": "object"}}}},
+                      "400": error_doc("invalid file: every error with FILE:LINE")}}},
     "/edgemon/api/v1/silences": {
         "get": {"summary": "Silences not yet expired (all=true: every silence kept)",
                 "tags": ["alerting"],
-                "parameters": [_q("all", "include expired ones", {"type": "boolean"})],
-                "responses": {"200": _ok("Silences"), "400": _BAD}},
+                "parameters": [param_doc("all", "include expired ones", {"type": "boolean"})],
+                "responses": {"200": ok_doc("Silences"), "400": _BAD}},
         "post": {"summary": "Create a silence: matching alerts are recorded but not notified",
                  "tags": ["alerting"],
-                 "requestBody": {"required": True, "content": {JSON: {"schema": {
+                 "requestBody": {"required": True, "content": {JSON_CONTENT: {"schema": {
                      "$ref": "#/components/schemas/SilenceIn"}}}},
-                 "responses": {"201": {"description": "created", "content": {JSON: {
+                 "responses": {"201": {"description": "created", "content": {JSON_CONTENT: {
                      "schema": {"type": "object", "properties": {
                          "id": {"type": "string"}, "starts_ms": {"type": "integer"},
                          "ends_ms": {"type": "integer"}}}}}},
@@ -331,8 +300,7 @@ OPENAPI_PATHS: dict[str, Any] = {
 
 _LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
 OPENAPI_SCHEMAS: dict[str, Any] = {
-    "AlertingError": {"type": "object", "required": ["error"], "properties": {
-        "error": {"type": "string"}, "errors": {"type": "array", "items": {"type": "string"}}}},
+    "Error": ERROR_SCHEMA,  # the one error schema of every route (also in api.OPENAPI)
     "ActiveAlerts": {"type": "object", "properties": {"alerts": {"type": "array", "items": {
         "type": "object", "properties": {
             "rule": {"type": "string"}, "host": {"type": "string"}, "labels": _LABELS,

@@ -1,6 +1,7 @@
 """The HTTP API (aiohttp): thin handlers that parse, call storage in a thread, serialise.
 
-Query parameters are validated with pydantic; a bad one is a 400 ``{"error": "..."}`` naming it.
+Query parameters are validated with pydantic; a bad one is a 400 ``{"error": "..."}`` naming it
+(``responses.py``: the helpers, the error schema and the middleware every route shares).
 Storage is blocking, so every call runs in the read executor, never on the event loop.
 """
 
@@ -16,23 +17,34 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edgemon.collector.http.responses import (
+    ERROR_SCHEMA,
+    JSON_CONTENT,
+    BadRequest,
+    ParamError,
+    error_doc,
+    error_response,
+    errors_middleware,
+    json_response,
+    ok_doc,
+    param_doc,
+    query_params,
+)
 from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
 from edgemon.collector.storage.base import (
     Gap,
     HostInfo,
-    QueryTooLarge,
     RangeQuery,
     SeriesInfo,
     SeriesResult,
     Storage,
 )
-from edgemon.common.clock import now_ms
+from edgemon.common.clock import now_ms, rfc3339_ms
 from edgemon.protocol import ProtocolError, validate_host_id
 
 __all__ = ["QueryParams", "create_app", "parse_duration_ms", "parse_time_ms"]
@@ -53,7 +65,6 @@ _NICE_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 
                  43200, 86400)
 AUTO_POINTS = 300
 DEFAULT_RANGE_MS = 3_600_000
-JSON_CONTENT = "application/json"
 
 
 # --- parameter parsing -----------------------------------------------------------------------
@@ -110,7 +121,8 @@ class QueryParams(BaseModel):
         return value
 
     def to_range_query(self, now_ms: int) -> RangeQuery:
-        """Resolve times and step; raise ``ParamError`` naming the parameter."""
+        """Resolve times and step; raise ``ParamError`` naming the parameter (``BadRequest``
+        for a combination ``RangeQuery`` refuses)."""
         end = _param("end", parse_time_ms, self.end, now_ms) if self.end else now_ms
         if self.start:
             start = _param("start", parse_time_ms, self.start, now_ms)
@@ -125,15 +137,13 @@ class QueryParams(BaseModel):
         else:
             step = auto_step_ms(end - start)
         group_by = tuple(k.strip() for k in self.group_by.split(",")) if self.group_by else None
-        return RangeQuery(name=self.metric, start_ms=start, end_ms=end, step_ms=step,
-                          aggregation=self.agg, hosts=tuple(self.host), labels=dict(self.label),
-                          rate=self.rate, group_by=group_by, tier=self.tier)
-
-
-class ParamError(ValueError):
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"parameter '{param}': {message}")
-        self.param = param
+        try:
+            return RangeQuery(name=self.metric, start_ms=start, end_ms=end, step_ms=step,
+                              aggregation=self.agg, hosts=tuple(self.host),
+                              labels=dict(self.label), rate=self.rate, group_by=group_by,
+                              tier=self.tier)
+        except ValueError as exc:  # a combination the query type refuses
+            raise BadRequest(str(exc)) from None
 
 
 def _param(name: str, parse: Callable[[str, int], int], value: str, now_ms: int) -> int:
@@ -189,13 +199,6 @@ def parse_query_params(query: Any) -> QueryParams:
 
 # --- serialisation -----------------------------------------------------------------------------
 
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
-
-
 def _number(value: Any) -> float | int | None:
     """A JSON-safe number, or None for NaN/inf (which JSON cannot carry)."""
     if isinstance(value, bool):
@@ -220,18 +223,9 @@ def _points(points: list[tuple[int, float]]) -> list[list[float | int]]:
     return out
 
 
-def json_response(doc: Any, status: int = 200) -> web.Response:
-    body = json.dumps(doc, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    return web.Response(text=body, status=status, content_type=JSON_CONTENT)
-
-
-def error_response(status: int, message: str) -> web.Response:
-    return json_response({"error": message}, status=status)
-
-
 def host_doc(h: HostInfo) -> dict[str, Any]:
     return {"host": h.host, "online": h.online, "instance": h.instance,
-            "last_seen": _iso(h.last_seen_ms), "last_seen_ms": h.last_seen_ms,
+            "last_seen": rfc3339_ms(h.last_seen_ms), "last_seen_ms": h.last_seen_ms,
             "last_status_ms": h.last_status_ms, "clock_offset_ms": h.clock_offset_ms,
             "instances": h.instances}
 
@@ -254,7 +248,7 @@ def _query_csv(results: list[SeriesResult]) -> str:
     for r in results:
         labels = [r.labels.get(k, "") for k in keys]
         for ts, value in _points(r.points):
-            writer.writerow([ts, _iso(ts), r.host or "", *labels, repr(value)
+            writer.writerow([ts, rfc3339_ms(ts), r.host or "", *labels, repr(value)
                              if isinstance(value, float) else value])
     return out.getvalue()
 
@@ -290,14 +284,14 @@ async def _known_hosts(request: web.Request) -> set[str]:
 
 
 async def hosts_handler(request: web.Request) -> web.Response:
-    _no_params(request)
+    query_params(request, ())
     hosts = await _call(request, request.app[STORAGE_KEY].hosts)
     return json_response({"hosts": [host_doc(h) for h in sorted(hosts, key=lambda h: h.host)]})
 
 
 async def series_handler(request: web.Request) -> web.Response:
     host = _exact_host(request.match_info["host"])
-    _no_params(request, "metric")
+    query_params(request, ("metric",))
     metric = request.query.get("metric")
     if metric is not None and not _NAME_RE.fullmatch(metric):
         raise ParamError("metric", "not a metric name")
@@ -308,7 +302,7 @@ async def series_handler(request: web.Request) -> web.Response:
 
 
 async def gaps_handler(request: web.Request) -> web.Response:
-    _no_params(request, "host")
+    query_params(request, ("host",))
     host = request.query.get("host")
     if host is not None:
         host = _exact_host(host)
@@ -331,13 +325,22 @@ async def query_handler(request: web.Request) -> web.Response:
             return error_response(404, f"unknown host {unknown[0]!r}")
     storage = request.app[STORAGE_KEY]
     if _wants_csv(request, params):
-        text = await _call(request, lambda: _query_csv(storage.query(query)))
+        text = await _call(request, lambda: _query_csv(_run_query(storage, query)))
         return web.Response(text=text, content_type="text/csv",
                             headers={"Content-Disposition":
                                      f'inline; filename="{query.name}.csv"'})
     # Query and serialise in the read pool: a large answer must not stall the event loop.
-    body = await _call(request, lambda: _query_json(query, storage.query(query)))
+    body = await _call(request, lambda: _query_json(query, _run_query(storage, query)))
     return web.Response(text=body, content_type=JSON_CONTENT)
+
+
+def _run_query(storage: Storage, query: RangeQuery) -> list[SeriesResult]:
+    """``storage.query``; the refusals its interface documents (``QueryTooLarge`` and other
+    ``ValueError``s: a query it cannot answer) are the client's to fix."""
+    try:
+        return storage.query(query)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _query_json(query: RangeQuery, results: list[SeriesResult]) -> str:
@@ -378,32 +381,6 @@ async def openapi_handler(request: web.Request) -> web.Response:
     return json_response(request.app[OPENAPI_KEY])
 
 
-def _no_params(request: web.Request, *allowed: str) -> None:
-    for key in request.query:
-        if key not in allowed:
-            raise ParamError(key, "unknown parameter")
-
-
-@web.middleware
-async def errors_middleware(request: web.Request,
-                            handler: Callable[..., Any]) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ParamError as exc:
-        return error_response(400, str(exc))
-    except QueryTooLarge as exc:
-        return error_response(400, str(exc))
-    except web.HTTPException as exc:
-        if exc.status >= 400 and exc.content_type != JSON_CONTENT:
-            return error_response(exc.status, exc.reason)
-        raise
-    except ValueError as exc:  # storage refused the query (see Storage.query)
-        return error_response(400, str(exc))
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return error_response(500, "internal error (see the collector's log)")
-
-
 def create_app(storage: Storage, *, executor: Executor | None = None,
                metrics: Callable[[], str] = lambda: "",
                ready: Callable[[], dict[str, bool]] = lambda: {"storage": True},
@@ -439,21 +416,9 @@ def create_app(storage: Storage, *, executor: Executor | None = None,
 
 # --- OpenAPI -----------------------------------------------------------------------------------
 
-def _qp(name: str, description: str, schema: dict[str, Any] | None = None,
-        required: bool = False, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": required, "description": description,
-            "schema": schema or {"type": "string"}, **extra}
-
-
-_ERROR = {"description": "bad parameter (the message names it)",
-          "content": {JSON_CONTENT: {"schema": {"$ref": "#/components/schemas/Error"}}}}
-_NOT_FOUND = {"description": "unknown host",
-              "content": {JSON_CONTENT: {"schema": {"$ref": "#/components/schemas/Error"}}}}
-
-
-def _ok(ref: str, description: str = "OK") -> dict[str, Any]:
-    return {"description": description,
-            "content": {JSON_CONTENT: {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+_ERROR = error_doc("bad parameter (the message names it)")
+_NOT_FOUND = error_doc("unknown host")
+_qp, _ok = param_doc, ok_doc  # short names: the document below uses them on every line
 
 
 OPENAPI: dict[str, Any] = {
@@ -530,8 +495,7 @@ OPENAPI: dict[str, Any] = {
                        "GET/HEAD, admin for other methods; missing or invalid: 401, role too "
                        "low: 403"}},
                    "schemas": {
-        "Error": {"type": "object", "required": ["error"],
-                  "properties": {"error": {"type": "string"}}},
+        "Error": ERROR_SCHEMA,
         "Host": {"type": "object", "properties": {
             "host": {"type": "string"}, "online": {"type": "boolean"},
             "instance": {"type": ["string", "null"]},

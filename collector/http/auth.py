@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from edgemon.collector.config import HttpConfig
+from edgemon.collector.http.responses import error_response
 from edgemon.collector.http.tokens import CREATE_HINT, Role, TokenStore
 
 __all__ = [
@@ -41,10 +42,6 @@ CORS_MAX_AGE_S = 600
 _CHALLENGE = 'Bearer realm="edgemon"'
 
 
-def _json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
-
-
 def required_role(method: str, path: str, *, public_metrics: bool) -> Role | None:
     """The role a request needs, or None when it is open to anyone."""
     if path in OPEN_PATHS or (path == "/metrics" and public_metrics):
@@ -54,9 +51,9 @@ def required_role(method: str, path: str, *, public_metrics: bool) -> Role | Non
 
 def _unauthorized(message: str, error: str | None = None) -> web.Response:
     challenge = f'{_CHALLENGE}, error="{error}"' if error else _CHALLENGE
-    return _json_error(401, f"{message}. Send 'Authorization: Bearer <token>'; an administrator "
-                            f"creates one with: {CREATE_HINT}",
-                       {"WWW-Authenticate": challenge})
+    return error_response(401, f"{message}. Send 'Authorization: Bearer <token>'; an "
+                               f"administrator creates one with: {CREATE_HINT}",
+                          headers={"WWW-Authenticate": challenge})
 
 
 def auth_middleware(store: TokenStore, *, public_metrics: bool) -> Middleware:
@@ -83,12 +80,12 @@ def auth_middleware(store: TokenStore, *, public_metrics: bool) -> Middleware:
         if not token.allows(needed):
             log.info("http request refused: role %s, needs %s", token.role, needed,
                      extra={**_where(request), "token_id": token.id})
-            return _json_error(
+            return error_response(
                 403, f"token {token.id} ({token.name!r}) has the role {token.role}; "
                      f"{request.method} {request.path} needs an {needed} token "
                      f"(create one with: edgemon-collector token create --name NAME "
                      f"--role {needed} -c <collector.toml>)",
-                {"WWW-Authenticate": f'{_CHALLENGE}, error="insufficient_scope"'})
+                headers={"WWW-Authenticate": f'{_CHALLENGE}, error="insufficient_scope"'})
         return await handler(request)
 
     return middleware
@@ -105,13 +102,13 @@ def limits_middleware(*, max_body_bytes: int, max_query_bytes: int) -> Middlewar
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         query = request.rel_url.raw_query_string
         if len(query) > max_query_bytes:
-            return _json_error(414, f"query string of {len(query)} bytes is over the limit of "
-                                    f"{max_query_bytes} (http.max_query_bytes)")
+            return error_response(414, f"query string of {len(query)} bytes is over the limit "
+                                       f"of {max_query_bytes} (http.max_query_bytes)")
         if len(request.query) > MAX_QUERY_PARAMS:
-            return _json_error(400, f"{len(request.query)} query parameters are more than the "
-                                    f"{MAX_QUERY_PARAMS} accepted")
-        too_large = _json_error(413, f"request body over the limit of {max_body_bytes} bytes "
-                                     "(http.max_body_bytes)")
+            return error_response(400, f"{len(request.query)} query parameters are more than "
+                                       f"the {MAX_QUERY_PARAMS} accepted")
+        too_large = error_response(413, f"request body over the limit of {max_body_bytes} "
+                                        "bytes (http.max_body_bytes)")
         if request.content_length is not None and request.content_length > max_body_bytes:
             return too_large
         try:
@@ -133,8 +130,8 @@ def preflight_middleware(origins: Sequence[str]) -> Middleware:
             return await handler(request)
         origin = request.headers.get("Origin")
         if origin not in allowed:
-            return _json_error(403, f"origin {str(origin)[:100]!r} is not allowed "
-                                    "(http.cors_origins)")
+            return error_response(403, f"origin {str(origin)[:100]!r} is not allowed "
+                                       "(http.cors_origins)")
         return web.Response(status=204, headers={
             "Access-Control-Allow-Methods": "GET, HEAD, POST, DELETE",
             "Access-Control-Allow-Headers": "Authorization, Content-Type",

@@ -1,0 +1,123 @@
+"""What every handler of the collector's HTTP API answers with: JSON documents, one error
+schema (``{"error": "..."}``, plus ``"errors": [...]`` where there are several), and the one
+exception that is the client's fault, ``BadRequest``.
+
+``errors_middleware`` turns ``BadRequest`` into a 400 and aiohttp's own errors (404, 405, 413)
+into the same schema; anything else is a bug: a 500 that says nothing of it, with the traceback
+in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+__all__ = [
+    "ERROR_SCHEMA",
+    "JSON_CONTENT",
+    "BadRequest",
+    "ParamError",
+    "error_doc",
+    "error_response",
+    "errors_middleware",
+    "json_response",
+    "ok_doc",
+    "param_doc",
+    "query_params",
+]
+
+log = logging.getLogger("edgemon.collector.http")
+
+JSON_CONTENT = "application/json"
+
+
+class BadRequest(Exception):
+    """The request is wrong; ``str()`` tells the client what to change (answered with 400)."""
+
+
+class ParamError(BadRequest):
+    """A query parameter is wrong: ``parameter 'NAME': what``."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"parameter '{param}': {message}")
+        self.param = param
+
+
+def json_response(doc: Any, status: int = 200, *,
+                  headers: dict[str, str] | None = None) -> web.Response:
+    """``doc`` as compact JSON; NaN and infinities are refused (JSON has none)."""
+    body = json.dumps(doc, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    return web.Response(text=body, status=status, content_type=JSON_CONTENT, headers=headers)
+
+
+def error_response(status: int, message: str, *, errors: list[str] | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    """The error schema: ``{"error": message}`` (and every problem in ``errors``)."""
+    doc: dict[str, Any] = {"error": message}
+    if errors is not None:
+        doc["errors"] = errors
+    return json_response(doc, status, headers=headers)
+
+
+def query_params(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
+    """The query parameters, each given at most once and each one of ``allowed``."""
+    allowed = tuple(allowed)
+    out: dict[str, str] = {}
+    for key, value in request.query.items():
+        if key not in allowed:
+            hint = f": use {', '.join(allowed)}" if allowed else ""
+            raise BadRequest(f"unknown parameter '{key[:80]}'{hint}")
+        if key in out:
+            raise ParamError(key, "given more than once")
+        out[key] = value
+    return out
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return error_response(400, str(exc))
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != JSON_CONTENT:
+            return error_response(exc.status, exc.reason)
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "internal error (see the collector's log)")
+
+
+# --- OpenAPI -----------------------------------------------------------------------------------
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error"], "properties": {
+        "error": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "string"},
+                   "description": "every problem, where there are several (a rules file)"}}}
+
+
+def ok_doc(ref: str, description: str = "OK") -> dict[str, Any]:
+    """An OpenAPI response whose JSON body is the component schema ``ref``."""
+    return {"description": description,
+            "content": {JSON_CONTENT: {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def error_doc(description: str) -> dict[str, Any]:
+    """An OpenAPI error response: the ``Error`` schema."""
+    return {"description": description,
+            "content": {JSON_CONTENT: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def param_doc(name: str, description: str, schema: dict[str, Any] | None = None,
+              required: bool = False, **extra: Any) -> dict[str, Any]:
+    """An OpenAPI query parameter (a string unless ``schema`` says otherwise)."""
+    return {"name": name, "in": "query", "required": required, "description": description,
+            "schema": schema or {"type": "string"}, **extra}
