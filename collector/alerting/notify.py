@@ -198,8 +198,8 @@ class DeliveryWorker:
         payload = webhook_payload(receiver.name, rule, alerts, settings.external_url)
         ids = [int(r["id"]) for r in rows]
         keys = [r["idempotency_key"] for r in rows]
-        idem = hashlib.sha256(f"{receiver.name}|{'|'.join(keys)}".encode()).hexdigest()[:32]
-        headers = {"Content-Type": "application/json", "Idempotency-Key": idem,
+        message_key = hashlib.sha256(f"{receiver.name}|{'|'.join(keys)}".encode()).hexdigest()[:32]
+        headers = {"Content-Type": "application/json", "Idempotency-Key": message_key,
                    "User-Agent": "edgemon-collector-alerting", **receiver.headers}
         body = json.dumps(payload).encode()
         timeout = aiohttp.ClientTimeout(total=receiver.timeout / 1000)
@@ -218,20 +218,20 @@ class DeliveryWorker:
             if self.after_post is not None:
                 self.after_post(receiver.name, ids)
             await asyncio.to_thread(self.store.mark_delivered, ids, receiver.name,
-                                    payload["groupKey"], idem, now, status)
+                                    payload["groupKey"], message_key, now, status)
             self.delivered_messages += 1
             return True
         if status in _PERMANENT:
             log.error("receiver %s rejected a message for good (%s); dropped %d alerts",
                       receiver.name, error, len(ids))
             await asyncio.to_thread(self.store.mark_delivered, ids, receiver.name,
-                                    payload["groupKey"], idem, now, status, "rejected")
+                                    payload["groupKey"], message_key, now, status, "rejected")
             return True
         self.failed_attempts += 1
-        nxt = await asyncio.to_thread(self.store.record_failure, receiver.name, ids, error, now,
-                                      settings.retry_initial, settings.retry_max)
+        retry_at = await asyncio.to_thread(self.store.record_failure, receiver.name, ids, error,
+                                           now, settings.retry_initial, settings.retry_max)
         log.warning("receiver %s failed (%s); retry in %.1f s", receiver.name, error,
-                    (nxt - now) / 1000)
+                    (retry_at - now) / 1000)
         return False
 
     async def _publish(self, rows: list[Any]) -> bool:

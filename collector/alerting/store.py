@@ -479,14 +479,14 @@ class AlertStore:
                              (receiver,)).fetchone()
             failures = (row["failures"] if row else 0) + 1
             delay = min(max_ms, initial_ms * 2 ** min(failures - 1, 40))
-            nxt = now_ms + delay
+            next_attempt = now_ms + delay
             db.execute("INSERT INTO receiver_state VALUES (?,?,?,?) ON CONFLICT (receiver) DO "
                        "UPDATE SET failures=excluded.failures, next_attempt_ms=excluded."
                        "next_attempt_ms, last_error=excluded.last_error",
-                       (receiver, failures, nxt, error[:500]))
+                       (receiver, failures, next_attempt, error[:500]))
             db.executemany("UPDATE outbox SET attempts=attempts+1 WHERE id=?",
                            [(i,) for i in ids])
-        return nxt
+        return next_attempt
 
     def next_attempt_ms(self, receiver: str) -> int:
         rows = self.query("SELECT next_attempt_ms FROM receiver_state WHERE receiver=?",
