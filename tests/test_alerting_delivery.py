@@ -9,16 +9,23 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from edgemon.collector.alerting import AlertEngine, DeliveryWorker, alert_topic, parse_rules
+from edgemon.collector.alerting import (
+    AlertEngine,
+    DeliveryWorker,
+    RuleSet,
+    alert_topic,
+    parse_rules,
+)
 from edgemon.collector.alerting.memstore import InMemoryGridStorage
 from edgemon.collector.http.alerts_api import active_alerts, alert_history
+from edgemon.common.clock import now_ms
+from tests.support.waiting import DistinctClock, wait_until_async
 
 
 class Receiver:
@@ -92,20 +99,12 @@ annotations = {{ summary = "{{host}} is down" }}
 """
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def pending(engine: AlertEngine) -> int:
     return int(engine.store.query("SELECT count(*) FROM outbox WHERE state='pending'")[0][0])
 
 
 async def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
+    await wait_until_async(check, timeout, "the delivery condition")
 
 
 def down(store: InMemoryGridStorage, *hosts: str) -> None:
@@ -119,9 +118,15 @@ def up(store: InMemoryGridStorage, *hosts: str) -> None:
         store.set_last_seen(h, now_ms())
 
 
+def new_engine(store: InMemoryGridStorage, path: Path, rules: RuleSet,
+               **kw: Any) -> AlertEngine:
+    """An engine whose clock never reads the same twice: each cycle's outbox rows get a later
+    creation time than the previous cycle's, so group_wait = 0 never groups two cycles."""
+    return AlertEngine(store, path, rules=rules, clock_ms=DistinctClock(), **kw)
+
+
 def cycle(engine: AlertEngine) -> None:
     engine.run_cycle()
-    time.sleep(0.005)  # distinct creation times for the next cycle's rows
 
 
 def sequence(receiver: Receiver) -> list[tuple[str, str]]:
@@ -133,8 +138,7 @@ def test_receiver_down_then_up_delivers_every_transition_once_in_order(tmp_path:
         receiver = await Receiver().start()
         receiver.down = True
         store = InMemoryGridStorage()
-        engine = AlertEngine(store, tmp_path / "a.db", rules=parse_rules(rules_text(
-            receiver.url)))
+        engine = new_engine(store, tmp_path / "a.db", parse_rules(rules_text(receiver.url)))
         worker = DeliveryWorker(engine, poll_s=0.05)
         await worker.start()
         try:
@@ -182,7 +186,7 @@ def test_restart_mid_notification_loses_nothing_and_duplicates_nothing(tmp_path:
         receiver = await Receiver().start()
         store = InMemoryGridStorage()
         rules = parse_rules(rules_text(receiver.url))
-        engine = AlertEngine(store, tmp_path / "a.db", rules=rules)
+        engine = new_engine(store, tmp_path / "a.db", rules)
         for h in ("h1", "h2", "h3"):
             down(store, h)
             cycle(engine)  # three messages (one host each)
@@ -197,13 +201,13 @@ def test_restart_mid_notification_loses_nothing_and_duplicates_nothing(tmp_path:
                 == (2,)
         # a new engine object on the same file, receiver back
         receiver.down, receiver.down_after = False, None
-        engine2 = AlertEngine(store, tmp_path / "a.db", rules=rules)
+        engine2 = new_engine(store, tmp_path / "a.db", rules)
         worker2 = DeliveryWorker(engine2, poll_s=0.05)
         await worker2.start()
         try:
             await wait_for(lambda: pending(engine2) == 0)
-            cycle(engine2)  # still down: nothing new to notify
-            await asyncio.sleep(0.2)
+            # still down: nothing new to notify (every message is delivered: none can follow)
+            assert engine2.run_cycle().notifications == 0
         finally:
             await worker2.stop()
             engine2.close()
@@ -219,8 +223,7 @@ def test_crash_between_post_and_commit_resends_with_the_same_keys(tmp_path: Path
     async def main() -> None:
         receiver = await Receiver().start()
         store = InMemoryGridStorage()
-        engine = AlertEngine(store, tmp_path / "a.db",
-                             rules=parse_rules(rules_text(receiver.url)))
+        engine = new_engine(store, tmp_path / "a.db", parse_rules(rules_text(receiver.url)))
         down(store, "h1")
         cycle(engine)
         worker = DeliveryWorker(engine, poll_s=0.05)
@@ -274,14 +277,14 @@ def test_kill_9_after_writing_the_outbox_delivers_once_after_restart(tmp_path: P
         store = InMemoryGridStorage()
         for h in ("h1", "h2", "h3"):
             store.set_status(h, False, when)
-        engine = AlertEngine(store, db, rules=parse_rules(rules_file.read_text()))
+        engine = new_engine(store, db, parse_rules(rules_file.read_text()))
         assert pending(engine) == 3
         worker = DeliveryWorker(engine, poll_s=0.05)
         await worker.start()
         try:
             await wait_for(lambda: pending(engine) == 0)
-            cycle(engine)  # the restored state knows these are notified already
-            await asyncio.sleep(0.2)
+            # the restored state knows these are notified already
+            assert engine.run_cycle().notifications == 0
         finally:
             await worker.stop()
             engine.close()
@@ -296,8 +299,7 @@ def test_silence_suppresses_notifications_but_not_history(tmp_path: Path) -> Non
     async def main() -> None:
         receiver = await Receiver().start()
         store = InMemoryGridStorage()
-        engine = AlertEngine(store, tmp_path / "a.db",
-                             rules=parse_rules(rules_text(receiver.url)))
+        engine = new_engine(store, tmp_path / "a.db", parse_rules(rules_text(receiver.url)))
         now = now_ms()
         sid = engine.store.add_silence([{"name": "host", "value": "h1|h9", "isRegex": True,
                                          "isEqual": True}], now - 1000, now + 3_600_000,
@@ -333,7 +335,7 @@ def test_a_200_host_outage_is_one_message_per_receiver(tmp_path: Path) -> None:
         ops = await Receiver().start()
         pager = await Receiver().start()
         store = InMemoryGridStorage()
-        engine = AlertEngine(store, tmp_path / "a.db", rules=parse_rules(rules_text(
+        engine = new_engine(store, tmp_path / "a.db", parse_rules(rules_text(
             ops.url, group_wait="1s", extra_receiver=pager.url)))
         hosts = [f"edge-{i:03d}" for i in range(200)]
         worker = DeliveryWorker(engine, poll_s=0.05)
@@ -343,8 +345,7 @@ def test_a_200_host_outage_is_one_message_per_receiver(tmp_path: Path) -> None:
             cycle(engine)
             down(store, *hosts[120:])
             cycle(engine)
-            await wait_for(lambda: pending(engine) == 0)
-            await asyncio.sleep(0.3)
+            await wait_for(lambda: pending(engine) == 0)  # all delivered: no message can follow
         finally:
             await worker.stop()
             engine.close()
@@ -375,8 +376,8 @@ def test_transitions_are_published_on_mqtt(tmp_path: Path) -> None:
                 raise OSError("broker not connected")
             published.append((topic, json.loads(payload)))
 
-        engine = AlertEngine(store, tmp_path / "a.db",
-                             rules=parse_rules(rules_text(receiver.url)), publish=publish)
+        engine = new_engine(store, tmp_path / "a.db", parse_rules(rules_text(receiver.url)),
+                            publish=publish)
         worker = DeliveryWorker(engine, poll_s=0.05)
         await worker.start()
         try:

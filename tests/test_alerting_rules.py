@@ -84,7 +84,7 @@ bogus = 3
 def test_errors_name_the_file_line_rule_and_key(tmp_path: Path) -> None:
     path = tmp_path / "rules.toml"
     path.write_text(BAD)
-    with pytest.raises(RulesError) as info:
+    with pytest.raises(RulesError, match=r"rules\.toml:2: settings") as info:
         load_rules(path)
     errors = info.value.errors
     p = str(path)
@@ -160,7 +160,7 @@ def test_durations() -> None:
     assert parse_duration_ms(1.5) == 1500
     assert parse_duration_ms("250ms") == 250
     for bad in ("5 minutes", "", "m5", -1, True, "1h 30m"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="duration"):
             parse_duration_ms(bad)
 
 

@@ -236,7 +236,7 @@ def agent_problems(tmp_path: Path, broker: str, environ: dict[str, str] | None =
                    top: str = 'host_id = "web-01"\n') -> list[str]:
     path = tmp_path / "agent.toml"
     path.write_text(f"{top}[broker]\n{broker}")
-    with pytest.raises(AgentConfigError) as info:
+    with pytest.raises(AgentConfigError, match=r"broker\.") as info:
         load_agent_config(path, environ=environ or {})
     return info.value.problems
 
@@ -290,7 +290,7 @@ def test_collector_tls_settings(tmp_path: Path, pki: Path) -> None:
 
     def problems(text: str) -> list[str]:
         path.write_text(text)
-        with pytest.raises(CollectorConfigError) as info:
+        with pytest.raises(CollectorConfigError, match="mqtt") as info:
             load_collector_config(path, environ={})
         return info.value.problems
 

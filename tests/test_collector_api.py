@@ -216,7 +216,7 @@ def test_time_parsing_and_auto_step() -> None:
     assert parse_time_ms("1700000000123", NOW_MS) == 1_700_000_000_123
     assert parse_time_ms("now-5m", NOW_MS) == NOW_MS - 300_000
     assert parse_time_ms("2023-11-14T22:13:20.5+00:00", NOW_MS) == 1_700_000_000_500
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'nan' is not a time"):
         parse_time_ms("nan", NOW_MS)
     assert auto_step_ms(3_600_000) == 15_000
     assert auto_step_ms(86_400_000) == 300_000
