@@ -56,7 +56,6 @@ from edgemon.collector.alerting.store import (
     AlertRecord,
     AlertStore,
     CycleWrite,
-    HistoryRecord,
     HoleRecord,
     OutboxRecord,
     RuleProgress,
@@ -410,7 +409,8 @@ class AlertEngine:
             rendered=self._render(rt, key, host, labels, finite(raw.value)),
             fired_at=fired, active_since=active, replayed=hole is not None,
             historical=hole is not None or raw.at_ms < now - self.settings.notify_max_age,
-            silenced=bool(silences) and silences.silenced_by(ident.alert_labels) is not None)
+            silenced=bool(silences) and silences.silenced_by(ident.alert_labels) is not None,
+            now=now)
 
     def _commit(self, now: int, results: list[Any], retired: list[Any], silences: SilenceSet,
                 report: CycleReport) -> int:
@@ -509,13 +509,8 @@ class AlertEngine:
         tr.notified = notify
         if tr.status in ("pending", "inactive") and not self.settings.record_pending:
             return 0
-        tr.history_id = write.add_history(HistoryRecord(
-            rule=tr.rule, key=tr.key, host=tr.host, labels=tr.labels,
-            from_status=tr.from_status, status=tr.status, at_ms=tr.at_ms, created_ms=now,
-            value=tr.value, starts_at=tr.starts_at, ends_at=tr.ends_at,
-            historical=tr.historical, silenced=tr.silenced, notified=notify, reason=tr.reason,
-            fingerprint=tr.fingerprint, annotations=tr.annotations))
-        key = f"{self.store.engine_id}-{tr.history_id}"
+        tr.id = write.add_history(tr)
+        key = f"{self.store.engine_id}-{tr.id}"
         bodies: list[tuple[str, str]] = []  # (receiver, body)
         if notify:
             receivers = (self.ruleset.receivers_for(rule) if rule is not None
@@ -526,8 +521,8 @@ class AlertEngine:
         if (self.publish is not None and self.settings.mqtt
                 and tr.status in ("firing", "resolved")):
             bodies.append((MQTT_RECEIVER, json.dumps(mqtt_message(tr, key))))
-        write.add_outbox([OutboxRecord(tr.history_id, receiver, tr.rule, tr.fingerprint, key,
-                                       body, now) for receiver, body in bodies])
+        write.add_outbox([OutboxRecord(tr.id, receiver, tr.rule, tr.fingerprint, key, body, now)
+                          for receiver, body in bodies])
         return len(bodies)
 
     def rule_health(self, name: str) -> dict[str, Any] | None:

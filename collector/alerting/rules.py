@@ -17,9 +17,10 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, TextIO
+from typing import Annotated, Any, Literal, Self, TextIO
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -60,7 +61,14 @@ _METRIC = r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$"
 _HOST_GLOB = r"^[A-Za-z0-9._*?\[\]!-]{1,128}$"
 
 
+def _positive(value: int) -> int:
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]  # milliseconds
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 RuleName = Annotated[str, Field(pattern=NAME_PATTERN)]
 LabelName = Annotated[str, Field(pattern=_LABEL)]
 MetricName = Annotated[str, Field(pattern=_METRIC)]
@@ -86,25 +94,18 @@ class _Model(BaseModel):
 class Settings(_Model):
     """Engine-wide settings (``[settings]``)."""
 
-    interval: Duration = 10_000  # between evaluation cycles
+    interval: PositiveDuration = 10_000  # between evaluation cycles
     settle: Duration = 90_000  # a step with no later data is evaluated this long after its end
     group_wait: Duration = 10_000  # transitions of one rule within this window: one message
     notify_max_age: Duration = 600_000  # older transitions are history only (historical=true)
     max_catchup: Duration = 86_400_000  # never evaluate data older than this
     history_retention: Duration = 30 * 86_400_000
-    retry_initial: Duration = 1_000  # webhook retry back-off: initial ...
+    retry_initial: PositiveDuration = 1_000  # webhook retry back-off: initial ...
     retry_max: Duration = 300_000  # ... and cap
     max_alerts_per_message: Annotated[int, Field(ge=1, le=10_000)] = 1000
     external_url: Annotated[str, Field(max_length=1024)] = ""
     mqtt: bool = True  # publish transitions on MQTT (when the collector gives a publisher)
     record_pending: bool = False  # also keep pending / pending-cancelled transitions in history
-
-    @field_validator("interval", "retry_initial")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value <= 0:
-            raise ValueError("must be > 0")
-        return value
 
 
 class Receiver(_Model):
@@ -112,7 +113,7 @@ class Receiver(_Model):
 
     name: RuleName
     url: Annotated[str, Field(max_length=2048)]
-    timeout: Duration = 10_000
+    timeout: PositiveDuration = 10_000
     send_resolved: bool = True
     headers: dict[str, Annotated[str, Field(max_length=4096)]] = {}
 
@@ -121,13 +122,6 @@ class Receiver(_Model):
     def _url(cls, value: str) -> str:
         if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
             raise ValueError("must be an http:// or https:// URL")
-        return value
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, value: int) -> int:
-        if value <= 0:
-            raise ValueError("must be > 0")
         return value
 
 
@@ -185,11 +179,50 @@ class _SeriesRule(_RuleBase):
     def metric_name(self) -> str:
         return self.metric
 
+    @property
+    def uses_rate(self) -> bool:
+        """Whether the rule reads the metric's per-second rate (a counter) instead of it."""
+        return False
+
+
+class _SteppedRule(_SeriesRule):
+    """A rule that reads one value per ``step``."""
+
+    step: Duration
+
+    @property
+    def step_ms(self) -> int:
+        return self.step
+
 
 _OPS = Literal[">", ">=", "<", "<="]
 
 
-class ThresholdRule(_SeriesRule):
+class _ComparisonRule(_SeriesRule):
+    """A value per ``window`` compared with ``threshold`` (``op``); clears when ``value op
+    clear_threshold`` no longer holds (hysteresis; default: the threshold itself)."""
+
+    window: Duration
+    op: _OPS = ">"
+    threshold: float
+    clear_threshold: float | None = None
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> Self:
+        _check_window(self.window, "window")
+        _check_clear(self.op, self.threshold, self.clear_threshold)
+        return self
+
+    @property
+    def step_ms(self) -> int:
+        return self.window
+
+    @property
+    def threshold_value(self) -> float | None:
+        return self.threshold
+
+
+class ThresholdRule(_ComparisonRule):
     """``aggregation`` of ``metric`` over each ``window`` compared with ``threshold``.
 
     Fires after the condition held for ``for``; clears when ``value op clear_threshold`` no
@@ -198,56 +231,23 @@ class ThresholdRule(_SeriesRule):
 
     kind: Literal["threshold"]
     window: Duration = 60_000
-    op: _OPS = ">"
-    threshold: float
-    clear_threshold: float | None = None
     rate: bool = False  # per-second rate of a counter
-
-    @model_validator(mode="after")
-    def _hysteresis(self) -> ThresholdRule:
-        _check_window(self.window, "window")
-        _check_clear(self.op, self.threshold, self.clear_threshold)
-        return self
-
-    @property
-    def step_ms(self) -> int:
-        return self.window
 
     @property
     def uses_rate(self) -> bool:
         return self.rate
 
-    @property
-    def threshold_value(self) -> float | None:
-        return self.threshold
 
-
-class RateRule(_SeriesRule):
+class RateRule(_ComparisonRule):
     """A counter's per-second rate (over each ``window``) above ``threshold`` for ``for``."""
 
     kind: Literal["rate"]
     window: Duration = 300_000
-    op: _OPS = ">"
     threshold: float = 0.0
-    clear_threshold: float | None = None
-
-    @model_validator(mode="after")
-    def _hysteresis(self) -> RateRule:
-        _check_window(self.window, "window")
-        _check_clear(self.op, self.threshold, self.clear_threshold)
-        return self
-
-    @property
-    def step_ms(self) -> int:
-        return self.window
 
     @property
     def uses_rate(self) -> bool:
         return True
-
-    @property
-    def threshold_value(self) -> float | None:
-        return self.threshold
 
 
 class HostDownRule(_RuleBase):
@@ -267,7 +267,7 @@ class HostDownRule(_RuleBase):
         return self
 
 
-class DiskFullEtaRule(_SeriesRule):
+class DiskFullEtaRule(_SteppedRule):
     """Linear regression over ``window`` (like PromQL predict_linear): fires when the value
     is predicted to reach ``full_at`` within ``within``."""
 
@@ -292,19 +292,11 @@ class DiskFullEtaRule(_SeriesRule):
         return self
 
     @property
-    def step_ms(self) -> int:
-        return self.step
-
-    @property
-    def uses_rate(self) -> bool:
-        return False
-
-    @property
     def threshold_value(self) -> float | None:
         return self.within / 3_600_000
 
 
-class AnomalyRule(_SeriesRule):
+class AnomalyRule(_SteppedRule):
     """The value leaves the EWMA mean +- k standard deviations (after ``min_history`` steps).
 
     Out-of-band values update the baseline clipped to the band, so a lasting level change
@@ -327,10 +319,6 @@ class AnomalyRule(_SeriesRule):
         if self.clear_k is not None and self.clear_k > self.k:
             raise ValueError("clear_k must be <= k")
         return self
-
-    @property
-    def step_ms(self) -> int:
-        return self.step
 
     @property
     def uses_rate(self) -> bool:

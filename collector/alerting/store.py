@@ -151,9 +151,12 @@ class _Record:
         return (f"{verb} INTO {cls.TABLE} ({', '.join(names)}) "
                 f"VALUES ({', '.join('?' * len(names))})")
 
-    def values(self) -> tuple[Any, ...]:
-        return tuple(json.dumps(getattr(self, n)) if n in self.JSON and getattr(self, n)
-                     is not None else getattr(self, n) for n in self.columns())
+    @classmethod
+    def row_of(cls, record: _Record) -> tuple[Any, ...]:
+        """The values of ``cls``'s columns in ``record`` (one of ``cls`` or of a subclass that
+        carries more), JSON columns encoded."""
+        values = ((n, getattr(record, n)) for n in cls.columns())
+        return tuple(json.dumps(v) if n in cls.JSON and v is not None else v for n, v in values)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Self:
@@ -194,9 +197,10 @@ class AlertRecord(_Record):
     updated_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HistoryRecord(_Record):
-    """One recorded transition (``history``); ``id`` is set once stored."""
+    """One recorded transition (``history``); ``id`` is set once stored. The engine's
+    ``Transition`` is one of these with the alert's labels."""
 
     TABLE: ClassVar[str] = "history"
     JSON: ClassVar[frozenset[str]] = frozenset({"labels", "annotations"})
@@ -276,16 +280,16 @@ class CycleWrite:
 
     def add_history(self, record: HistoryRecord) -> int:
         """Store a transition; returns its id (the outbox rows refer to it)."""
-        cursor = self._db.execute(HistoryRecord.insert_sql(), record.values())
+        cursor = self._db.execute(HistoryRecord.insert_sql(), HistoryRecord.row_of(record))
         return int(cursor.lastrowid or 0)
 
     def add_outbox(self, records: Iterable[OutboxRecord]) -> None:
-        self._db.executemany(OutboxRecord.insert_sql(), [r.values() for r in records])
+        self._db.executemany(OutboxRecord.insert_sql(), [OutboxRecord.row_of(r) for r in records])
 
     def put_alerts(self, records: Iterable[AlertRecord]) -> None:
         """Insert or replace (by rule and key) the state of active series."""
         self._db.executemany(AlertRecord.insert_sql("INSERT OR REPLACE"),
-                             [r.values() for r in records])
+                             [AlertRecord.row_of(r) for r in records])
 
     def delete_alerts(self, rule: str, keys: Iterable[str]) -> None:
         self._db.executemany("DELETE FROM alerts WHERE rule=? AND key=?",
@@ -299,12 +303,13 @@ class CycleWrite:
             self._db.execute("DELETE FROM rule_state WHERE rule=?", (rule,))
 
     def save_progress(self, progress: RuleProgress) -> None:
-        self._db.execute(RuleProgress.insert_sql("INSERT OR REPLACE"), progress.values())
+        self._db.execute(RuleProgress.insert_sql("INSERT OR REPLACE"),
+                         RuleProgress.row_of(progress))
 
     def replace_holes(self, rule: str, holes: Iterable[HoleRecord]) -> None:
         self._db.execute("DELETE FROM holes WHERE rule=?", (rule,))
         self._db.executemany(HoleRecord.insert_sql("INSERT OR REPLACE"),
-                             [h.values() for h in holes])
+                             [HoleRecord.row_of(h) for h in holes])
 
 
 class AlertStore:

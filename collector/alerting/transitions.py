@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from edgemon.collector.alerting.state import FIRING, INACTIVE, PENDING, RawTransition
+from edgemon.collector.alerting.store import HistoryRecord
 from edgemon.collector.alerting.templates import render
 
 __all__ = ["Identity", "Transition", "annotations", "fingerprint", "finite", "identity",
@@ -27,27 +28,11 @@ _STATUS = {INACTIVE: "inactive", PENDING: "pending", FIRING: "firing"}
 
 
 @dataclass
-class Transition:
-    """One recorded state change of one alert (a history row)."""
+class Transition(HistoryRecord):
+    """One state change of one alert: its history row (``id`` once stored), and the alert's
+    labels, which its notifications carry."""
 
-    rule: str
-    key: str
-    host: str
-    labels: dict[str, str]
-    from_status: str
-    status: str  # pending | firing | resolved | inactive
-    at_ms: int
-    value: float | None
-    starts_at: int | None
-    ends_at: int | None
-    historical: bool
-    silenced: bool
-    notified: bool
-    reason: str
-    fingerprint: str
-    alert_labels: dict[str, str]
-    annotations: dict[str, str]
-    history_id: int | None = None
+    alert_labels: dict[str, str] = field(default_factory=dict)
 
 
 class Identity(NamedTuple):
@@ -90,9 +75,10 @@ def finite(value: float | None) -> float | None:
 
 def transition(raw: RawTransition, *, rule: str, key: str, host: str, labels: dict[str, str],
                ident: Identity, rendered: dict[str, str], fired_at: int, active_since: int,
-               replayed: bool, historical: bool, silenced: bool) -> Transition:
-    """The ``Transition`` of a state-machine step. ``fired_at``/``active_since``: the series'
-    timers (-1: none); ``replayed``: found replaying a back-filled hole."""
+               replayed: bool, historical: bool, silenced: bool, now: int) -> Transition:
+    """The ``Transition`` of a state-machine step, found at ``now``. ``fired_at`` and
+    ``active_since``: the series' timers (-1: none); ``replayed``: found replaying a
+    back-filled hole."""
     status = _NAMES[(raw.frm, raw.to)]
     if status == "firing":
         starts: int | None = fired_at if fired_at >= 0 and not replayed else raw.at_ms
@@ -101,6 +87,9 @@ def transition(raw: RawTransition, *, rule: str, key: str, host: str, labels: di
     else:
         starts = active_since if active_since >= 0 else None
     ends = raw.at_ms if status in ("resolved", "inactive") else None
-    return Transition(rule, key, host, labels, _STATUS[raw.frm], status, raw.at_ms,
-                      finite(raw.value), starts, ends, historical, silenced, False, raw.reason,
-                      ident.fingerprint, ident.alert_labels, rendered)
+    return Transition(rule=rule, key=key, host=host, labels=labels,
+                      from_status=_STATUS[raw.frm], status=status, at_ms=raw.at_ms,
+                      created_ms=now, value=finite(raw.value), starts_at=starts, ends_at=ends,
+                      historical=historical, silenced=silenced, notified=False,
+                      reason=raw.reason, fingerprint=ident.fingerprint, annotations=rendered,
+                      alert_labels=ident.alert_labels)

@@ -22,12 +22,10 @@ from edgemon.collector.alerting.engine import AlertEngine
 from edgemon.collector.alerting.rules import RulesError
 from edgemon.collector.alerting.silences import Matcher, SilenceSet
 from edgemon.collector.alerting.store import AlertRecord, HistoryRecord
+from edgemon.collector.http import responses
 from edgemon.collector.http.responses import (
-    ERROR_SCHEMA,
-    JSON_CONTENT,
     BadRequest,
     ParamError,
-    error_doc,
     error_response,
     json_response,
     ok_doc,
@@ -248,7 +246,8 @@ def add_routes(app: web.Application, engine: AlertEngine) -> None:
 
 # --- OpenAPI -----------------------------------------------------------------------------------
 
-_BAD = error_doc("bad parameter or body (the message names it)")
+JSON = responses.JSON_CONTENT
+_BAD = responses.error_doc("bad parameter or body (the message names it)")
 _TIME = "unix seconds, unix ms, RFC 3339 or now-<duration>"
 
 OPENAPI_PATHS: dict[str, Any] = {
@@ -274,8 +273,8 @@ OPENAPI_PATHS: dict[str, Any] = {
     "/edgemon/api/v1/rules/reload": {"post": {
         "summary": "Re-read the rules file (kept unchanged if invalid)", "tags": ["alerting"],
         "responses": {"200": {"description": "reloaded",
-                              "content": {JSON_CONTENT: {"schema": {"type": "object"}}}},
-                      "400": error_doc("invalid file: every error with FILE:LINE")}}},
+                              "content": {JSON: {"schema": {"type": "object"}}}},
+                      "400": responses.error_doc("invalid file: every error with FILE:LINE")}}},
     "/edgemon/api/v1/silences": {
         "get": {"summary": "Silences not yet expired (all=true: every silence kept)",
                 "tags": ["alerting"],
@@ -283,9 +282,9 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "responses": {"200": ok_doc("Silences"), "400": _BAD}},
         "post": {"summary": "Create a silence: matching alerts are recorded but not notified",
                  "tags": ["alerting"],
-                 "requestBody": {"required": True, "content": {JSON_CONTENT: {"schema": {
+                 "requestBody": {"required": True, "content": {JSON: {"schema": {
                      "$ref": "#/components/schemas/SilenceIn"}}}},
-                 "responses": {"201": {"description": "created", "content": {JSON_CONTENT: {
+                 "responses": {"201": {"description": "created", "content": {JSON: {
                      "schema": {"type": "object", "properties": {
                          "id": {"type": "string"}, "starts_ms": {"type": "integer"},
                          "ends_ms": {"type": "integer"}}}}}},
@@ -300,7 +299,7 @@ OPENAPI_PATHS: dict[str, Any] = {
 
 _LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
 OPENAPI_SCHEMAS: dict[str, Any] = {
-    "Error": ERROR_SCHEMA,  # the one error schema of every route (also in api.OPENAPI)
+    "Error": responses.ERROR_SCHEMA,  # the one error schema of every route (also in api.OPENAPI)
     "ActiveAlerts": {"type": "object", "properties": {"alerts": {"type": "array", "items": {
         "type": "object", "properties": {
             "rule": {"type": "string"}, "host": {"type": "string"}, "labels": _LABELS,

@@ -9,11 +9,12 @@ import sqlite3
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from edgemon.common.clock import now_ms
 
 from .broker import Broker, free_port
 from .waiting import wait_until
@@ -181,10 +182,10 @@ def buffer_meta(path: Path) -> dict[str, int]:
 def stored_samples(collector: Collector, host: str) -> int:
     """Every sample the collector holds for ``host``: count over one step spanning all time."""
     total = 0
-    now_ms = int(time.time() * 1000)
+    now = now_ms()
     series = collector.get(f"/edgemon/api/v1/hosts/{host}/series")["series"]
     for name in sorted({s["name"] for s in series}):
         doc = collector.get(f"/edgemon/api/v1/query?metric={name}&host={host}&agg=count&tier=raw"
-                            f"&start={now_ms - 86_400_000}&end={now_ms + 3_600_000}&step=2d")
+                            f"&start={now - 86_400_000}&end={now + 3_600_000}&step=2d")
         total += sum(int(p[1]) for s in doc["series"] for p in s["points"])
     return total

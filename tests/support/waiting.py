@@ -28,15 +28,9 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str,
 
 async def wait_until_async(condition: Callable[[], T], timeout: float, what: str,
                            interval: float = 0.02) -> T:
-    """``wait_until`` for a coroutine: polls without blocking the event loop."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        await asyncio.sleep(interval)
+    """``wait_until`` from a coroutine: it polls in a worker thread, so the event loop keeps
+    running whatever the condition waits for (``condition`` must be safe to call there)."""
+    return await asyncio.to_thread(wait_until, condition, timeout, what, interval)
 
 
 class DistinctClock:
