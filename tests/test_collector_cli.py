@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -41,6 +43,24 @@ def env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("EDGEMON_COLLECTOR_")}
 
 
+@contextlib.contextmanager
+def collector_cli(*args: str, **extra_env: str,
+                  ) -> Iterator[tuple[subprocess.Popen[str], Lines, Lines]]:
+    """``edgemon-collector ARGS`` with its stdout and stderr lines collected; killed if it
+    still runs when the block ends, its output complete after it."""
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**env(), **extra_env})
+    out, err = Lines(proc.stdout), Lines(proc.stderr)  # type: ignore[arg-type]
+    try:
+        yield proc, out, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.join()
+        err.join()
+
+
 def test_version() -> None:
     out = subprocess.run([*CLI, "--version"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.startswith("edgemon-collector ")
@@ -57,38 +77,31 @@ def test_run_stores_acks_and_exits_0_on_sigterm(tmp_path: Path, broker: Broker) 
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     notify.settimeout(TIMEOUT)
-    proc = subprocess.Popen([*CLI, "run", "-c", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**env(), "NOTIFY_SOCKET": str(notify_path)})
-    out, err = Lines(proc.stdout), Lines(proc.stderr)  # type: ignore[arg-type]
     agent = StandInAgent(broker, "cli-host")
     try:
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"collector exited {proc.returncode}: {out.lines[-5:]} "
-                                     f"{err.lines[-5:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz",
-                                            timeout=1) as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
+        with collector_cli("run", "-c", str(config),
+                           NOTIFY_SOCKET=str(notify_path)) as (proc, out, err):
+            def ready() -> bool:
+                if proc.poll() is not None:
+                    raise AssertionError(f"collector exited {proc.returncode}: "
+                                         f"{out.lines[-5:]} {err.lines[-5:]}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz",
+                                                timeout=1) as resp:
+                        return resp.status == 200
+                except OSError:
+                    return False
 
-        wait_until(ready, 20, "collector /readyz")
-        assert notify.recv(4096).decode().startswith("READY=1")  # systemd Type=notify
-        agent.publish(metrics_topic("cli-host"), make_batch("cli-host", 1))
-        agent.wait_acked(1)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(TIMEOUT) == 0
-        assert notify.recv(4096) == b"STOPPING=1"
+            wait_until(ready, 20, "collector /readyz")
+            assert notify.recv(4096).decode().startswith("READY=1")  # systemd Type=notify
+            agent.publish(metrics_topic("cli-host"), make_batch("cli-host", 1))
+            agent.wait_acked(1)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(TIMEOUT) == 0
+            assert notify.recv(4096) == b"STOPPING=1"
     finally:
         notify.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         agent.close()
-    out.join()
-    err.join()
     logs = [json.loads(line) for line in out.lines]  # every stdout line is a JSON object
     assert all({"ts", "level", "logger", "msg"} <= set(doc) for doc in logs)
     assert any(doc["msg"] == "collector stopped" for doc in logs), out.lines[-5:]
@@ -106,24 +119,17 @@ def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
 
 
 def test_tail_prints_samples_as_json_lines(broker: Broker) -> None:
-    proc = subprocess.Popen([*CLI, "tail", "--broker", f"127.0.0.1:{broker.port}",
-                             "--host", "tail-host", "--count", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-    out, err = Lines(proc.stdout), Lines(proc.stderr)  # type: ignore[arg-type]
     agent = StandInAgent(broker, "tail-host")
     try:
-        wait_until(lambda: any('"subscribed"' in line for line in err.lines), 20,
-                   f"tail subscribed ({err.lines})")
-        agent.publish(metrics_topic("tail-host"), b"garbage")
-        agent.publish(metrics_topic("tail-host"), make_batch("tail-host", 9, n=2))
-        assert proc.wait(TIMEOUT) == 0
+        with collector_cli("tail", "--broker", f"127.0.0.1:{broker.port}", "--host",
+                           "tail-host", "--count", "2") as (proc, out, err):
+            wait_until(lambda: any('"subscribed"' in line for line in err.lines), 20,
+                       f"tail subscribed ({err.lines})")
+            agent.publish(metrics_topic("tail-host"), b"garbage")
+            agent.publish(metrics_topic("tail-host"), make_batch("tail-host", 9, n=2))
+            assert proc.wait(TIMEOUT) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         agent.close()
-    out.join()
-    err.join()
     samples = [json.loads(line) for line in out.lines]
     assert len(samples) == 4  # 2 metrics x 2 timestamps
     assert {s["name"] for s in samples} == {"cpu_usage_percent", "load1"}
