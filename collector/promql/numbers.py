@@ -1,0 +1,40 @@
+"""Numbers written the way Prometheus writes them (Go's ``strconv.FormatFloat``)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["format_exponent", "format_timestamp", "format_value"]
+
+
+def format_value(v: float) -> str:
+    """``FormatFloat(v, 'f', -1, 64)``: the shortest digits that read back as ``v``, never an
+    exponent; ``NaN``, ``+Inf``, ``-Inf``."""
+    if v != v:
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    text = repr(v)
+    if "e" in text:
+        return np.format_float_positional(v, unique=True, trim="-")
+    return text[:-2] if text.endswith(".0") else text
+
+
+def format_exponent(v: float) -> str:
+    """``FormatFloat(v, 'e', -1, 64)``, e.g. ``1e+00``, ``2.5e+01`` (alert values)."""
+    if v != v:
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return np.format_float_scientific(v, unique=True, trim="-", exp_digits=2)
+
+
+def format_timestamp(ms: int) -> str:
+    """Seconds with milliseconds like Prometheus's JSON: ``1700000000``, ``1700000000.5``
+    is written ``1700000000.500``."""
+    sign = "-" if ms < 0 else ""
+    ms = abs(ms)
+    seconds, fraction = divmod(ms, 1000)
+    return f"{sign}{seconds}.{fraction:03d}" if fraction else f"{sign}{seconds}"

@@ -1,0 +1,163 @@
+"""Samples for selectors, read through the ``Storage`` interface (``series`` and ``query``).
+
+The series catalogue (``Storage.series()``: names, hosts, labels, kind, unit, first/last sample)
+resolves the matchers; then one ``Storage.query`` per metric name reads the wanted hosts'
+samples of one tier with ``aggregation="last"``:
+
+* ``raw``: a step of 1 ms, so every stored sample comes back with its own timestamp;
+* ``1m`` / ``1h`` rollups: one sample per bucket, the bucket's last value, stamped at the
+  bucket's last millisecond. Chosen from the query step (``tier_for_step``): dashboards over
+  weeks read minute or hour buckets instead of millions of raw samples.
+
+The catalogue is cached for ``CATALOGUE_TTL_S`` (a dashboard sends its panels' queries at once);
+new series become visible to PromQL at most that much later.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgemon.collector.promql.errors import ExecutionError
+from edgemon.collector.promql.labels import (
+    METRIC_NAME,
+    LabelMatcher,
+    Labels,
+    matches_all,
+    series_labels,
+)
+from edgemon.collector.promql.model import SeriesSet
+from edgemon.collector.storage.base import RangeQuery, SeriesInfo, Storage
+
+__all__ = ["CATALOGUE_TTL_S", "TIER_WIDTH_MS", "CatalogueEntry", "SampleSource",
+           "tier_for_step"]
+
+CATALOGUE_TTL_S = 5.0
+TIER_WIDTH_MS = {"raw": 1, "1m": 60_000, "1h": 3_600_000}
+_ONE_MINUTE_TIER_FROM_MS = 15 * 60_000
+_ONE_HOUR_TIER_FROM_MS = 6 * 3_600_000
+_NO_LIMIT = 2**62
+
+
+def tier_for_step(step_ms: int) -> str:
+    """Raw samples below a 15-minute step, 1-minute buckets up to 6 hours, then hourly."""
+    if step_ms >= _ONE_HOUR_TIER_FROM_MS:
+        return "1h"
+    if step_ms >= _ONE_MINUTE_TIER_FROM_MS:
+        return "1m"
+    return "raw"
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueEntry:
+    labels: Labels
+    info: SeriesInfo
+
+
+class SampleSource:
+    """Resolves matchers and loads samples; shared by all queries (thread-safe)."""
+
+    def __init__(self, storage: Storage, *, ttl_s: float = CATALOGUE_TTL_S,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.storage = storage
+        self.ttl_s = ttl_s
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._cache: dict[str | None, tuple[float, list[CatalogueEntry]]] = {}
+
+    # -- catalogue ---------------------------------------------------------------------------
+
+    def catalogue(self, name: str | None = None) -> list[CatalogueEntry]:
+        """Every stored series (of metric ``name``), with its Prometheus labels."""
+        now = self._monotonic()
+        with self._lock:
+            hit = self._cache.get(name)
+            if hit is None and name is not None:
+                every = self._cache.get(None)
+                if every is not None and now - every[0] < self.ttl_s:
+                    return [e for e in every[1] if e.info.name == name]
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        entries = [CatalogueEntry(series_labels(s.name, s.host, s.labels), s)
+                   for s in self.storage.series(None, name)]
+        with self._lock:
+            if len(self._cache) > 1000:
+                self._cache.clear()
+            self._cache[name] = (now, entries)
+        return entries
+
+    def find(self, matchers: Iterable[LabelMatcher], mint: int | None = None,
+             maxt: int | None = None) -> list[CatalogueEntry]:
+        """Series matching every matcher with samples in ``[mint, maxt]`` (None: unbounded)."""
+        matchers = list(matchers)
+        exact = [m.value for m in matchers if m.name == METRIC_NAME and m.op == "="]
+        entries = self.catalogue(exact[0] if exact else None)
+        rest = [m for m in matchers if not (m.name == METRIC_NAME and m.op == "=")]
+        return [e for e in entries
+                if (mint is None or e.info.last_ms >= mint)
+                and (maxt is None or e.info.first_ms <= maxt)
+                and matches_all(e.labels, rest)]
+
+    # -- samples -----------------------------------------------------------------------------
+
+    def load(self, entries: list[CatalogueEntry], mint: int, maxt: int, tier: str,
+             max_samples: int, check: Callable[[], None] = lambda: None) -> SeriesSet:
+        """Samples with ``mint <= t <= maxt`` of ``entries`` from ``tier``."""
+        if not entries or maxt < mint:
+            return SeriesSet.empty()
+        width = TIER_WIDTH_MS[tier]
+        by_name: dict[str, list[CatalogueEntry]] = {}
+        for e in entries:
+            by_name.setdefault(e.info.name, []).append(e)
+        found: dict[Labels, tuple[np.ndarray, np.ndarray]] = {}
+        loaded = 0
+        for name, group in by_name.items():
+            check()
+            wanted = {(e.info.host, tuple(sorted(e.info.labels.items()))): e.labels
+                      for e in group}
+            common = _common_labels([e.info.labels for e in group])
+            results = self.storage.query(RangeQuery(
+                name=name, start_ms=mint - (width - 1), end_ms=maxt + 1, step_ms=width,
+                aggregation="last", hosts=tuple(sorted({e.info.host for e in group})),
+                labels=common, tier=tier, max_series=_NO_LIMIT, max_points=_NO_LIMIT))
+            for r in results:
+                labels = wanted.get((r.host or "", tuple(sorted(r.labels.items()))))
+                if labels is None or not r.points:
+                    continue
+                arr = np.asarray(r.points, dtype=np.float64)
+                ts = arr[:, 0].astype(np.int64) + (width - 1)
+                keep = (ts >= mint) & (ts <= maxt)
+                if not keep.all():
+                    ts, arr = ts[keep], arr[keep]
+                if ts.size:
+                    found[labels] = (ts, arr[:, 1].copy())
+                    loaded += ts.size
+                    if loaded > max_samples:
+                        raise ExecutionError("query processing would load too many samples "
+                                             "into memory in query execution")
+        order = sorted(found)
+        return SeriesSet.build(order, [found[k][0] for k in order], [found[k][1] for k in order])
+
+    def metadata(self) -> dict[str, tuple[str, str]]:
+        """Metric name -> (kind, unit) of every stored metric."""
+        out: dict[str, tuple[str, str]] = {}
+        for e in self.catalogue(None):
+            out.setdefault(e.info.name, (e.info.kind, e.info.unit))
+        return out
+
+
+def _common_labels(label_sets: list[dict[str, str]]) -> dict[str, str]:
+    """The agent labels every one of ``label_sets`` has with the same value (a storage filter
+    that narrows the read without losing any wanted series)."""
+    if not label_sets:
+        return {}
+    common = dict(label_sets[0])
+    for labels in label_sets[1:]:
+        common = {k: v for k, v in common.items() if labels.get(k) == v}
+        if not common:
+            break
+    return common
