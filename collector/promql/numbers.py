@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-__all__ = ["format_exponent", "format_timestamp", "format_value"]
+__all__ = ["format_exponent", "format_sample", "format_timestamp", "format_value"]
 
 
 def format_value(v: float) -> str:
@@ -29,6 +29,16 @@ def format_exponent(v: float) -> str:
     if math.isinf(v):
         return "+Inf" if v > 0 else "-Inf"
     return np.format_float_scientific(v, unique=True, trim="-", exp_digits=2)
+
+
+def format_sample(v: float) -> str:
+    """``FormatFloat(v, 'g', -1, 64)``, the text exposition format's numbers: positional for
+    exponents -4..5, else ``1.5e+06``."""
+    if v != v or math.isinf(v) or v == 0:
+        return format_value(v)
+    text = format_exponent(v)
+    exponent = int(text.rsplit("e", 1)[1])  # the rounded one decides, like Go's
+    return format_value(v) if -4 <= exponent < 6 else text
 
 
 def format_timestamp(ms: int) -> str:
