@@ -27,6 +27,7 @@ START = END - 2 * HOUR
 
 BYTES = MetricDef("net_bytes_total", COUNTER, "bytes", 0, ("iface",))
 ODD = MetricDef("odd_labels", GAUGE, "", 0, ("host", "__secret", "zone"))
+BOOT = MetricDef("system_boot_time_seconds", GAUGE, "seconds")
 
 
 def _store_linear(storage: Storage) -> None:
@@ -39,6 +40,7 @@ def _store_linear(storage: Storage) -> None:
         value = 0 if i == 200 else value + 100
         builder.add(t, BYTES, ("eth0",), value)
         builder.add(t, ODD, ("agent-host", "s", ""), i)
+        builder.add(t, BOOT, (), START // 1000 - 86_400)
     payload = encode(builder.build(host="lin", instance="i", seq=0, sent_ms=END))
     storage.store_batches([IngestItem(validate_batch(decode(payload)), payload, END, False)])
 
@@ -162,6 +164,27 @@ def test_catalogue_is_cached_for_its_ttl(storage: Storage, tmp_path: Path) -> No
     assert engine.label_values("__name__", []) == []  # cached
     clock[0] = 6.0
     assert "load1" in engine.label_values("__name__", [])
+
+
+def test_node_exporter_aliases(engine: Engine) -> None:
+    t = END - 60_000
+    native = _vector(engine.instant_query('load1{host="web-01"}', t))
+    alias = _vector(engine.instant_query('node_load1{instance="web-01", job="node"}', t))
+    assert list(alias) == [(("__name__", "node_load1"), ("host", "web-01"),
+                            ("instance", "web-01"), ("job", "node"))]
+    assert next(iter(alias.values()))[0] == next(iter(native.values()))[0]
+    rx = _vector(engine.instant_query('rate(node_network_receive_bytes_total{device="eth0"}'
+                                      '[5m])', t))
+    assert sorted(dict(k)["instance"] for k in rx) == ["db-01", "web-01", "web-02"]
+    fs = _vector(engine.instant_query('node_filesystem_avail_bytes{mountpoint="/"}', t))
+    assert len(fs) == 3
+    info = _vector(engine.instant_query("node_uname_info", START + 3_590_000))
+    assert [(dict(k)["nodename"], v[0]) for k, v in info.items()] == [("lin", 1.0)]
+    assert engine.metadata("node_uname_info")["node_uname_info"][0]["type"] == "gauge"
+    assert engine.metadata("node_load1")["node_load1"][0]["type"] == "gauge"
+    assert "node_load1" in engine.label_values("__name__", [])
+    # aliases are extra names: the stored series are selected once
+    assert len(_vector(engine.instant_query('{__name__=~"load1", host="web-01"}', t))) == 1
 
 
 def test_series_labels_and_metadata(engine: Engine) -> None:

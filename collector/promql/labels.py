@@ -22,6 +22,7 @@ __all__ = [
     "drop_name",
     "format_labels",
     "labels_from",
+    "metric_name",
     "series_labels",
 ]
 
@@ -52,6 +53,13 @@ def drop_name(labels: Labels) -> Labels:
     if labels and labels[0][0] == METRIC_NAME:  # "__name__" sorts before any other name
         return labels[1:]
     return tuple(p for p in labels if p[0] != METRIC_NAME)
+
+
+def metric_name(labels: Labels) -> str:
+    for k, v in labels:
+        if k == METRIC_NAME:
+            return v
+    return ""
 
 
 def format_labels(labels: Labels) -> str:

@@ -38,7 +38,7 @@ def write_openmetrics(storage: Storage, out: TextIO, start_ms: int, end_ms: int,
     """Write every sample in ``[start_ms, end_ms]`` (of series matching ``matchers``); the
     number of samples written."""
     source = SampleSource(storage, ttl_s=0)
-    entries = source.find(matchers or [], start_ms, end_ms)
+    entries = [e for e in source.find(matchers or [], start_ms, end_ms) if not e.alias]
     families: dict[str, list] = {}
     for e in entries:
         families.setdefault(e.info.name, []).append(e)

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgemon.collector.promql.aliases import ALIASES, alias_labels, aliases_of
 from edgemon.collector.promql.errors import ExecutionError
 from edgemon.collector.promql.labels import (
     METRIC_NAME,
     LabelMatcher,
     Labels,
     matches_all,
+    metric_name,
     series_labels,
 )
 from edgemon.collector.promql.model import SeriesSet
@@ -41,6 +43,7 @@ TIER_WIDTH_MS = {"raw": 1, "1m": 60_000, "1h": 3_600_000}
 _ONE_MINUTE_TIER_FROM_MS = 15 * 60_000
 _ONE_HOUR_TIER_FROM_MS = 6 * 3_600_000
 _NO_LIMIT = 2**62
+ALIAS_NAMES = {a.name: a for a in ALIASES}
 
 
 def tier_for_step(step_ms: int) -> str:
@@ -55,7 +58,25 @@ def tier_for_step(step_ms: int) -> str:
 @dataclass(frozen=True, slots=True)
 class CatalogueEntry:
     labels: Labels
-    info: SeriesInfo
+    info: SeriesInfo  # the stored series (of an alias: the one it reads)
+    constant: float | None = None  # an info alias: this value instead of the stored ones
+    alias: bool = False
+
+
+def _entries(infos: list[SeriesInfo], natives: bool, aliases: str | None) -> list[
+        CatalogueEntry]:
+    """Catalogue entries of stored series (``natives``) and of their aliases (``aliases``:
+    ``"*"`` all, a name only that one, None none)."""
+    out = []
+    for s in infos:
+        if natives:
+            out.append(CatalogueEntry(series_labels(s.name, s.host, s.labels), s))
+        for alias in aliases_of(s.name) if aliases else ():
+            if aliases in ("*", alias.name):
+                labels = series_labels(alias.name, s.host, alias_labels(alias, s.host,
+                                                                        s.labels))
+                out.append(CatalogueEntry(labels, s, alias.constant, alias=True))
+    return out
 
 
 class SampleSource:
@@ -79,11 +100,15 @@ class SampleSource:
             if hit is None and name is not None:
                 every = self._cache.get(None)
                 if every is not None and now - every[0] < self.ttl_s:
-                    return [e for e in every[1] if e.info.name == name]
+                    return [e for e in every[1] if metric_name(e.labels) == name]
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
-        entries = [CatalogueEntry(series_labels(s.name, s.host, s.labels), s)
-                   for s in self.storage.series(None, name)]
+        alias = ALIAS_NAMES.get(name) if name is not None else None
+        if alias is not None:  # a node_exporter name: the series of the metric it reads
+            entries = _entries(self.storage.series(None, alias.source), False, alias.name)
+        else:
+            entries = _entries(self.storage.series(None, name), True,
+                               "*" if name is None else None)
         with self._lock:
             if len(self._cache) > 1000:
                 self._cache.clear()
@@ -117,36 +142,44 @@ class SampleSource:
         loaded = 0
         for name, group in by_name.items():
             check()
-            wanted = {(e.info.host, tuple(sorted(e.info.labels.items()))): e.labels
-                      for e in group}
+            wanted: dict[tuple[str, Labels], list[CatalogueEntry]] = {}
+            for e in group:
+                wanted.setdefault((e.info.host, tuple(sorted(e.info.labels.items()))),
+                                  []).append(e)
             common = _common_labels([e.info.labels for e in group])
             results = self.storage.query(RangeQuery(
                 name=name, start_ms=mint - (width - 1), end_ms=maxt + 1, step_ms=width,
                 aggregation="last", hosts=tuple(sorted({e.info.host for e in group})),
                 labels=common, tier=tier, max_series=_NO_LIMIT, max_points=_NO_LIMIT))
             for r in results:
-                labels = wanted.get((r.host or "", tuple(sorted(r.labels.items()))))
-                if labels is None or not r.points:
+                targets = wanted.get((r.host or "", tuple(sorted(r.labels.items()))))
+                if not targets or not r.points:
                     continue
                 arr = np.asarray(r.points, dtype=np.float64)
                 ts = arr[:, 0].astype(np.int64) + (width - 1)
                 keep = (ts >= mint) & (ts <= maxt)
                 if not keep.all():
                     ts, arr = ts[keep], arr[keep]
-                if ts.size:
-                    found[labels] = (ts, arr[:, 1].copy())
+                if not ts.size:
+                    continue
+                for e in targets:
+                    values = arr[:, 1].copy() if e.constant is None else np.full(ts.size,
+                                                                                e.constant)
+                    found[e.labels] = (ts, values)
                     loaded += ts.size
-                    if loaded > max_samples:
-                        raise ExecutionError("query processing would load too many samples "
-                                             "into memory in query execution")
+                if loaded > max_samples:
+                    raise ExecutionError("query processing would load too many samples "
+                                         "into memory in query execution")
         order = sorted(found)
         return SeriesSet.build(order, [found[k][0] for k in order], [found[k][1] for k in order])
 
     def metadata(self) -> dict[str, tuple[str, str]]:
-        """Metric name -> (kind, unit) of every stored metric."""
+        """Metric name -> (kind, unit) of every stored metric and alias."""
         out: dict[str, tuple[str, str]] = {}
         for e in self.catalogue(None):
-            out.setdefault(e.info.name, (e.info.kind, e.info.unit))
+            name = metric_name(e.labels)
+            kind = "gauge" if e.constant is not None else e.info.kind
+            out.setdefault(name, (kind, "" if e.constant is not None else e.info.unit))
         return out
 
 
