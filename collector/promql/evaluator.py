@@ -180,11 +180,13 @@ class Evaluator:
             times = np.full(self.steps, at_ms, dtype=np.int64)
         return times - _ms(vs.offset)
 
-    def _select(self, vs: Any, times: np.ndarray, reach_ms: int) -> SeriesSet:
-        """Samples of ``vs`` in ``[min(times) - reach, max(times)]``."""
+    def _select(self, vs: Any, times: np.ndarray, reach_ms: int,
+                rollup: str = "last") -> SeriesSet:
+        """Samples of ``vs`` in ``[min(times) - reach, max(times)]`` (``rollup``: which value
+        of a rollup bucket, see ``SampleSource.load``)."""
         mint, maxt = int(times.min()) - reach_ms, int(times.max())
         sets = matcher_sets(vs)
-        key = (str([[str(m) for m in group] for group in sets]), mint, maxt)
+        key = (str([[str(m) for m in group] for group in sets]), mint, maxt, rollup)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
@@ -200,7 +202,7 @@ class Evaluator:
                 f"the query selects more than {self.limits.max_series} series (the limit): "
                 "narrow its selectors with more label matchers (e.g. host=\"...\")")
         series = self.source.load(list(entries.values()), mint, maxt, self.tier,
-                                  self.limits.max_samples - self.loaded, self.check)
+                                  self.limits.max_samples - self.loaded, self.check, rollup)
         self.loaded += series.ts.size
         self._cache[key] = series
         return series
@@ -222,11 +224,11 @@ class Evaluator:
         sample_ts = series.ts[last] if series.ts.size else np.zeros(lo.shape, np.int64)
         return vec, sample_ts
 
-    def _eval_MatrixSelector(self, node: Any) -> RangeVector:
+    def _eval_MatrixSelector(self, node: Any, rollup: str = "last") -> RangeVector:
         vs = node.vector_selector
         range_ms = _ms(node.range)
         times = self._selector_times(vs)
-        series = self._select(vs, times, range_ms)
+        series = self._select(vs, times, range_ms, rollup)
         return RangeVector(series, range_ms, times, self.times)
 
     # -- functions ---------------------------------------------------------------------------
@@ -257,7 +259,7 @@ class Evaluator:
             raise Unsupported(f"subquery {node.prettify()} in {name}()")
         if type(node).__name__ != "MatrixSelector":
             raise Unsupported(f"{name}() of a {type(node).__name__}")
-        rv = self._eval_MatrixSelector(node)
+        rv = self._eval_MatrixSelector(node, _ROLLUP_OF.get(name, "last"))
         self._count_cells(len(rv.series))
         others = [self.scalar_arg(a) for i, a in enumerate(args) if i != matrix_at]
         if name == "quantile_over_time":
@@ -397,6 +399,9 @@ class Evaluator:
             self._count_cells(len(result))
         return result
 
+
+# from a rollup tier, these read each bucket's extreme instead of its last value
+_ROLLUP_OF = {"max_over_time": "max", "min_over_time": "min"}
 
 _CARDINALITY = {
     "OneToOne": "one-to-one",

@@ -16,7 +16,12 @@ from edgemon.collector.promql.engine import QueryResult, matrix_series
 from edgemon.collector.promql.errors import PromQLError
 from edgemon.collector.promql.labels import Labels
 from edgemon.collector.promql.model import InstantVector, RangeVector, Scalar, StringValue
-from edgemon.collector.promql.numbers import format_timestamp, format_value
+from edgemon.collector.promql.numbers import (
+    format_timestamp,
+    format_timestamps,
+    format_value,
+    format_values,
+)
 
 __all__ = ["error_body", "query_body", "success_body"]
 
@@ -48,9 +53,9 @@ def _point(ts: str, value: float) -> str:
 
 
 def _series_points(times: list[str], values: np.ndarray, present: np.ndarray) -> str:
-    idx = np.flatnonzero(present).tolist()
-    vals = values[idx].tolist()
-    return ",".join(_point(times[i], v) for i, v in zip(idx, vals, strict=True))
+    idx = np.flatnonzero(present)
+    texts = format_values(values[idx])
+    return ",".join([f'[{times[i]},"{v}"]' for i, v in zip(idx.tolist(), texts, strict=True)])
 
 
 def query_body(result: QueryResult) -> str:
@@ -64,8 +69,8 @@ def query_body(result: QueryResult) -> str:
     elif isinstance(value, RangeVector):
         parts = []
         for labels, ts, values in matrix_series(value):
-            points = ",".join(_point(format_timestamp(t), v)
-                              for t, v in zip(ts.tolist(), values.tolist(), strict=True))
+            points = ",".join([f'[{t},"{v}"]' for t, v in zip(
+                format_timestamps(ts), format_values(values), strict=True)])
             parts.append(f'{{"metric":{_metric(labels)},"values":[{points}]}}')
         data = f'{{"resultType":"matrix","result":[{",".join(parts)}]}}'
     elif result.result_type == "vector":
@@ -78,7 +83,7 @@ def query_body(result: QueryResult) -> str:
         data = f'{{"resultType":"vector","result":[{",".join(parts)}]}}'
     else:
         assert isinstance(value, InstantVector)
-        times = [format_timestamp(t) for t in result.times.tolist()]
+        times = format_timestamps(result.times)
         order = sorted(range(len(value.labels)), key=lambda i: value.labels[i])
         parts = []
         for i in order:

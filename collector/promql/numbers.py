@@ -6,12 +6,14 @@ import math
 
 import numpy as np
 
-__all__ = ["format_exponent", "format_sample", "format_timestamp", "format_value"]
+__all__ = ["format_exponent", "format_sample", "format_timestamp", "format_timestamps",
+           "format_value", "format_values"]
 
 
 def format_value(v: float) -> str:
     """``FormatFloat(v, 'f', -1, 64)``: the shortest digits that read back as ``v``, never an
     exponent; ``NaN``, ``+Inf``, ``-Inf``."""
+    v = float(v)  # a numpy scalar's repr would name its type
     if v != v:
         return "NaN"
     if math.isinf(v):
@@ -48,3 +50,35 @@ def format_timestamp(ms: int) -> str:
     ms = abs(ms)
     seconds, fraction = divmod(ms, 1000)
     return f"{sign}{seconds}.{fraction:03d}" if fraction else f"{sign}{seconds}"
+
+
+def format_values(values: np.ndarray) -> list[str]:
+    """``format_value`` of every element, vectorised: whole numbers through int64, the rest
+    through numpy's shortest round-trip text (what ``repr`` gives), exponents fixed up."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.empty(values.size, dtype=object)
+    whole = (values == np.trunc(values)) & (np.abs(values) < 1e15) & ~(
+        (values == 0) & np.signbit(values))
+    if whole.any():
+        out[whole] = values[whole].astype(np.int64).astype(str).astype(object)
+    rest = np.flatnonzero(~whole)
+    if rest.size:
+        texts = values[rest].astype(str).tolist()
+        for i, text in zip(rest.tolist(), texts, strict=True):
+            if "e" in text or "n" in text or text.endswith(".0"):
+                text = format_value(float(values[i]))
+            out[i] = text
+    return out.tolist()  # type: ignore[no-any-return]
+
+
+def format_timestamps(ms: np.ndarray) -> list[str]:
+    """``format_timestamp`` of every element, vectorised."""
+    ms = np.asarray(ms, dtype=np.int64)
+    if ms.size and (ms >= 0).all():
+        seconds = (ms // 1000).astype(str)
+        fraction = ms % 1000
+        if not fraction.any():
+            return seconds.tolist()  # type: ignore[no-any-return]
+        tail = np.char.add(".", np.char.zfill((fraction).astype(str), 3))
+        return np.where(fraction != 0, np.char.add(seconds, tail), seconds).tolist()  # type: ignore[no-any-return]
+    return [format_timestamp(t) for t in ms.tolist()]

@@ -15,6 +15,7 @@ new series become visible to PromQL at most that much later.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +26,7 @@ import numpy as np
 from edgemon.collector.promql.aliases import ALIASES, alias_labels, aliases_of
 from edgemon.collector.promql.errors import ExecutionError
 from edgemon.collector.promql.labels import (
+    HOST_LABEL,
     METRIC_NAME,
     LabelMatcher,
     Labels,
@@ -89,6 +91,9 @@ class SampleSource:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._cache: dict[str | None, tuple[float, list[CatalogueEntry]]] = {}
+        # per cached entry list (by identity): its entries by host
+        self._host_index: dict[int, tuple[list[CatalogueEntry],
+                                          dict[str, list[CatalogueEntry]]]] = {}
 
     # -- catalogue ---------------------------------------------------------------------------
 
@@ -122,16 +127,37 @@ class SampleSource:
         exact = [m.value for m in matchers if m.name == METRIC_NAME and m.op == "="]
         entries = self.catalogue(exact[0] if exact else None)
         rest = [m for m in matchers if not (m.name == METRIC_NAME and m.op == "=")]
+        hosts = [m.value for m in rest if m.name == HOST_LABEL and m.op == "="]
+        if hosts:  # a dashboard's usual host="x": look it up instead of scanning the fleet
+            entries = self._by_host(entries).get(hosts[0], [])
         return [e for e in entries
                 if (mint is None or e.info.last_ms >= mint)
                 and (maxt is None or e.info.first_ms <= maxt)
                 and matches_all(e.labels, rest)]
 
+    def _by_host(self, entries: list[CatalogueEntry]) -> dict[str, list[CatalogueEntry]]:
+        key = id(entries)
+        with self._lock:
+            found = self._host_index.get(key)
+            if found is not None and found[0] is entries:
+                return found[1]
+        index: dict[str, list[CatalogueEntry]] = {}
+        for e in entries:
+            index.setdefault(e.info.host, []).append(e)
+        with self._lock:
+            if len(self._host_index) > 1000:
+                self._host_index.clear()
+            self._host_index[key] = (entries, index)
+        return index
+
     # -- samples -----------------------------------------------------------------------------
 
     def load(self, entries: list[CatalogueEntry], mint: int, maxt: int, tier: str,
-             max_samples: int, check: Callable[[], None] = lambda: None) -> SeriesSet:
-        """Samples with ``mint <= t <= maxt`` of ``entries`` from ``tier``."""
+             max_samples: int, check: Callable[[], None] = lambda: None,
+             rollup: str = "last") -> SeriesSet:
+        """Samples with ``mint <= t <= maxt`` of ``entries`` from ``tier``; from a rollup tier
+        each bucket's ``rollup`` (``last``, or ``max``/``min`` for max/min_over_time, which
+        keeps peaks that the minute's last value would lose)."""
         if not entries or maxt < mint:
             return SeriesSet.empty()
         width = TIER_WIDTH_MS[tier]
@@ -149,13 +175,16 @@ class SampleSource:
             common = _common_labels([e.info.labels for e in group])
             results = self.storage.query(RangeQuery(
                 name=name, start_ms=mint - (width - 1), end_ms=maxt + 1, step_ms=width,
-                aggregation="last", hosts=tuple(sorted({e.info.host for e in group})),
+                aggregation="last" if tier == "raw" else rollup,  # type: ignore[arg-type]
+                hosts=tuple(sorted({e.info.host for e in group})),
                 labels=common, tier=tier, max_series=_NO_LIMIT, max_points=_NO_LIMIT))
             for r in results:
                 targets = wanted.get((r.host or "", tuple(sorted(r.labels.items()))))
                 if not targets or not r.points:
                     continue
-                arr = np.asarray(r.points, dtype=np.float64)
+                # (ms, value) pairs -> (n, 2) floats: ms < 2**53 are exact in a double
+                arr = np.fromiter(itertools.chain.from_iterable(r.points), dtype=np.float64,
+                                  count=2 * len(r.points)).reshape(-1, 2)
                 ts = arr[:, 0].astype(np.int64) + (width - 1)
                 keep = (ts >= mint) & (ts <= maxt)
                 if not keep.all():
