@@ -130,7 +130,7 @@ def test_grafana_request_shapes(tmp_path: Path, storage: Storage) -> None:
              lambda d: "load1" in d and d == sorted(d)),
             (f"/api/v1/labels?start={start_s}&end={end_s}",
              lambda d: d == ["__name__", "cpu", "device", "host", "iface", "instance", "job",
-                             "mountpoint"]),
+                             "mount", "mountpoint"]),
             ("/api/v1/label/host/values?match[]=load1", lambda d: d == ["db-01", "web-01",
                                                                          "web-02"]),
             ("/api/v1/metadata", lambda d: d["load1"] == [{"type": "gauge",

@@ -25,12 +25,15 @@ CPU = MetricDef("cpu_usage_percent", GAUGE, "percent", 2, ("cpu",))
 LOAD = MetricDef("load1", GAUGE, "", 2)
 MEM_AVAILABLE = MetricDef("memory_available_bytes", GAUGE, "bytes")
 MEM_TOTAL = MetricDef("memory_total_bytes", GAUGE, "bytes")
-DISK_FREE = MetricDef("disk_free_bytes", GAUGE, "bytes", 0, ("mountpoint",))
+DISK_TOTAL = MetricDef("disk_total_bytes", GAUGE, "bytes", 0, ("mount",))
+DISK_FREE = MetricDef("disk_free_bytes", GAUGE, "bytes", 0, ("mount",))
+UPTIME = MetricDef("system_uptime_seconds", GAUGE, "seconds")
 TEMP = MetricDef("temperature_celsius", GAUGE, "celsius", 1)
 NET_RX = MetricDef("network_received_bytes_total", COUNTER, "bytes", 0, ("iface",))
 NET_TX = MetricDef("network_sent_bytes_total", COUNTER, "bytes", 0, ("iface",))
 BUSY = MetricDef("diskio_busy_time_seconds_total", COUNTER, "seconds", 3, ("device",))
-METRICS = (CPU, LOAD, MEM_AVAILABLE, MEM_TOTAL, DISK_FREE, TEMP, NET_RX, NET_TX, BUSY)
+METRICS = (CPU, LOAD, MEM_AVAILABLE, MEM_TOTAL, DISK_TOTAL, DISK_FREE, TEMP, NET_RX, NET_TX, BUSY,
+           UPTIME)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ def _batches(plan: HostPlan, start_ms: int, end_ms: int, rng: np.random.Generato
     seq = 0
     state: dict[tuple[str, str], int] = {}
     total_mem = int(rng.integers(4, 64)) * 2**30
+    disk_total = {"/": 256 * 2**30, "/data": 10 * 2**40}
     disk_free = {"/": int(rng.integers(10, 200)) * 2**30, "/data": int(rng.integers(1, 9)) * 2**40}
     temperature_gap = (start_ms + HOUR + int(rng.integers(0, 30)) * MINUTE,)
     builder, cycles = BatchBuilder(), 0
@@ -74,6 +78,8 @@ def _batches(plan: HostPlan, start_ms: int, end_ms: int, rng: np.random.Generato
         for mount in disk_free:
             disk_free[mount] -= int(rng.integers(0, 2**20))
             builder.add(ts, DISK_FREE, (mount,), disk_free[mount])
+            builder.add(ts, DISK_TOTAL, (mount,), disk_total[mount])
+        builder.add(ts, UPTIME, (), (ts - start_ms) // 1000 + 86_400)
         gap = temperature_gap[0]
         if not gap <= ts < gap + 12 * MINUTE:  # a hole longer than the 5 min lookback
             builder.add(ts, TEMP, (), int(rng.normal(450, 40)))
