@@ -46,6 +46,8 @@ COMPARISONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "<=": np.less_equal,
 }
 SET_OPERATORS = frozenset({"and", "or", "unless"})
+# Prometheus 2.x drops the metric name for these (not for atan2, nor for comparisons)
+_DROPS_NAME = frozenset({"+", "-", "*", "/", "%", "^"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +103,10 @@ def _vector_scalar(op: str, vec: InstantVector, scalar: np.ndarray, return_bool:
             value, labels = keep.astype(np.float64), [drop_name(x) for x in vec.labels]
         else:
             present, labels = present & keep, vec.labels
-    else:
+    elif op in _DROPS_NAME:
         labels = [drop_name(x) for x in vec.labels]
+    else:
+        labels = vec.labels
     return merge_same_labels(InstantVector(labels, np.array(value, dtype=np.float64),
                                            np.array(present)))
 
@@ -139,7 +143,7 @@ def _set_operation(op: str, lhs: InstantVector, rhs: InstantVector,
 
 def _result_labels(many: Labels, one: Labels, op: str, matching: Matching) -> Labels:
     out = dict(many)
-    if op in ARITHMETIC or matching.return_bool:
+    if op in _DROPS_NAME or matching.return_bool:
         out.pop(METRIC_NAME, None)
     if matching.card == "one-to-one":
         if matching.on:

@@ -69,8 +69,8 @@ def _renamed(vec: InstantVector, values: np.ndarray,
 
 
 def round_to(vec: InstantVector, to_nearest: np.ndarray) -> InstantVector:
-    inverse = 1.0 / to_nearest
     with np.errstate(all="ignore"):
+        inverse = 1.0 / to_nearest
         values = np.floor(vec.values * inverse + 0.5) / inverse
     return _renamed(vec, values)
 

@@ -225,8 +225,10 @@ def quantile_of_sorted(ordered: np.ndarray, n: np.ndarray, q: np.ndarray) -> np.
     upper = np.minimum(n - 1, lower + 1)
     weight = rank - np.floor(rank)
     rows = np.arange(ordered.shape[0])
-    lo_i = np.clip(lower, 0, None).astype(np.int64)
-    up_i = np.clip(upper, 0, None).astype(np.int64)
+    top = max(ordered.shape[1] - 1, 0)  # q outside [0, 1] (answered as -Inf/+Inf below) or NaN
+    with np.errstate(invalid="ignore"):
+        lo_i = np.clip(np.nan_to_num(lower), 0, top).astype(np.int64)
+        up_i = np.clip(np.nan_to_num(upper), 0, top).astype(np.int64)
     with np.errstate(invalid="ignore"):
         value = ordered[rows, lo_i] * (1 - weight) + ordered[rows, up_i] * weight
     value = np.where(q < 0, -np.inf, np.where(q > 1, np.inf, value))
