@@ -73,7 +73,7 @@ def test_promtool_instant(fleet: Fleet) -> None:
     assert out == fleet.api("query", query=expr, time=at)["result"]
     assert [s["metric"]["host"] for s in out] and len(out) == 3
     text = promtool("instant", "--time", str(at), fleet.url, 'load1{host="web-01"}')
-    assert text.startswith('load1{host="web-01"} => ') and f"@[{at:.0f}" in text
+    assert text.startswith('load1{host="web-01"} => ') and f"@[{int(at)}" in text
 
 
 def test_promtool_range(fleet: Fleet) -> None:

@@ -26,7 +26,7 @@ from multidict import MultiDict, MultiDictProxy
 from edgemon.collector.http.api import EXECUTOR_KEY
 from edgemon.collector.http.federate import federate_handler
 from edgemon.collector.http.prometheus_rules import alerts_data, rules_data
-from edgemon.collector.promql.engine import Engine, QueryLimits
+from edgemon.collector.promql.engine import Engine, QueryLimits, parse_expression
 from edgemon.collector.promql.errors import BadData, PromQLError
 from edgemon.collector.promql.jsonfmt import error_body, query_body, success_body
 from edgemon.collector.storage.base import Storage
@@ -247,8 +247,8 @@ def routes(storage: Storage, *, alerting: Any = None, limits: QueryLimits | None
 
     async def exemplars(request: web.Request) -> web.Response:
         params = await form(request)
-        engine_text = params.get("query", "")
-        await _in_thread(request, lambda: _parse_only(engine_text))
+        text = params.get("query", "")
+        await _in_thread(request, lambda: _parse_only(text))
         return _ok(success_body([]))
 
     async def rules(request: web.Request) -> web.Response:
@@ -308,8 +308,6 @@ def _query_answer(run: Callable[[], Any]) -> str:
 
 
 def _parse_only(text: str) -> None:
-    from edgemon.collector.promql.engine import parse_expression
-
     try:
         parse_expression(text)
     except BadData as exc:
