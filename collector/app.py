@@ -28,6 +28,7 @@ from edgemon.collector.config import CollectorConfig, HttpConfig, StorageConfig
 from edgemon.collector.http.api import create_app
 from edgemon.collector.http.auth import add_cors, security_middlewares
 from edgemon.collector.http.metrics import render_metrics
+from edgemon.collector.http.prometheus_api import routes as prometheus_routes
 from edgemon.collector.http.tokens import (
     CREATE_HINT,
     TokenFileError,
@@ -179,7 +180,9 @@ class CollectorService:
             self.alerting = await loop.run_in_executor(self._readers, self._open_alerting)
         app = create_app(self.storage, executor=self._readers, metrics=self.metrics_text,
                          ready=self.readiness,
-                         extra_routes=self.alerting.routes() if self.alerting else (),
+                         extra_routes=[*(self.alerting.routes() if self.alerting else ()),
+                                       *prometheus_routes(self.storage, alerting=(
+                                           self.alerting.engine if self.alerting else None))],
                          extend_openapi=merge_openapi if self.alerting else None,
                          middlewares=security_middlewares(cfg.http, self.tokens),
                          client_max_size=cfg.http.max_body_bytes)

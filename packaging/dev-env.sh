@@ -14,12 +14,15 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # packaging/fleet-ca.sh and the MQTT TLS tests make certificates with openssl
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# the Prometheus API tests run the real promtool and prometheus (conformance, federation)
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt-get)" >&2
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "${need_apt[@]}" >/dev/null
-  # Debian starts a system broker on 1883; edgemon-local and the tests use their own.
+  # Debian starts a system broker on 1883 (and prometheus on 9090); edgemon-local and the
+  # tests use their own on free ports.
 fi
 
 python3 - <<'PY' || { echo "edgemon needs Python >= 3.11" >&2; exit 1; }

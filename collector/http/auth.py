@@ -6,8 +6,10 @@
 
 Access: ``/healthz`` and ``/readyz`` are open; ``/metrics`` needs a read token unless
 ``public_metrics``; everything else needs a read token for GET/HEAD and an admin token for any
-other method. Tokens travel only in ``Authorization: Bearer`` (RFC 6750 §2.1), never in a query
-string, and the presented text is never logged.
+other method, except the POSTs that only read (``READ_POST_PATHS``: Prometheus's query
+endpoints, which Grafana and promtool send as form POSTs), which a read token may send.
+Tokens travel only in ``Authorization: Bearer`` (RFC 6750 §2.1), never in a query string, and
+the presented text is never logged.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from edgemon.collector.http.tokens import CREATE_HINT, Role, TokenStore
 __all__ = [
     "MAX_QUERY_PARAMS",
     "OPEN_PATHS",
+    "READ_POST_PATHS",
     "add_cors",
     "required_role",
     "security_middlewares",
@@ -37,6 +40,10 @@ Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 READ_METHODS = frozenset({"GET", "HEAD"})
+# POSTs that only read: Prometheus's API takes its queries as form POSTs too
+# (collector/http/prometheus_api.py; Grafana and promtool POST first)
+READ_POST_PATHS = frozenset({"/api/v1/query", "/api/v1/query_range", "/api/v1/series",
+                             "/api/v1/labels", "/api/v1/query_exemplars"})
 MAX_QUERY_PARAMS = 100
 CORS_MAX_AGE_S = 600
 _CHALLENGE = 'Bearer realm="edgemon"'
@@ -46,7 +53,9 @@ def required_role(method: str, path: str, *, public_metrics: bool) -> Role | Non
     """The role a request needs, or None when it is open to anyone."""
     if path in OPEN_PATHS or (path == "/metrics" and public_metrics):
         return None
-    return "read" if method in READ_METHODS else "admin"
+    if method in READ_METHODS or (method == "POST" and path in READ_POST_PATHS):
+        return "read"
+    return "admin"
 
 
 def _unauthorized(message: str, error: str | None = None) -> web.Response:
