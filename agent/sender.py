@@ -104,6 +104,8 @@ class Sender:
             return 0
         self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self.rate)
         self._refilled = now
+        # one cutoff for the whole pump: a batch chosen as live is published as live
+        cutoff = self._wall_ms() - self.live_window_ms
         sent = 0
         for batch_id, published in sorted(self.inflight.items(), key=lambda item: item[1]):
             if now - published < self.ack_timeout:
@@ -112,24 +114,23 @@ class Sender:
             if found is None:  # acknowledged under another id range, or dropped
                 del self.inflight[batch_id]
                 continue
-            if not self._send(*found, now):
+            if not self._send(*found, now, cutoff):
                 return sent
             self.resent_total += 1
             sent += 1
         free = self.max_inflight - len(self.inflight)
         if free > 0:
-            cutoff = self._wall_ms() - self.live_window_ms
             for ref in self.source.newest(free, self.inflight):
                 if ref.last_ms < cutoff:
                     break
                 found = self.source.get(ref.id)
-                if found is None or not self._send(*found, now):
+                if found is None or not self._send(*found, now, cutoff):
                     return sent
                 sent += 1
         while self._tokens >= 1 and len(self.inflight) < self.max_inflight:
             refs = self.source.oldest(1, self.inflight)
             found = self.source.get(refs[0].id) if refs else None
-            if found is None or not self._send(*found, now):
+            if found is None or not self._send(*found, now, cutoff):
                 break
             self._tokens -= 1
             sent += 1
@@ -146,8 +147,8 @@ class Sender:
             due = min(due, self._refilled + (1 - self._tokens) / self.rate)
         return due
 
-    def _send(self, ref: BatchRef, payload: bytes, now: float) -> bool:
-        live = ref.last_ms >= self._wall_ms() - self.live_window_ms
+    def _send(self, ref: BatchRef, payload: bytes, now: float, live_cutoff_ms: int) -> bool:
+        live = ref.last_ms >= live_cutoff_ms
         if not self._publish(self.live_topic if live else self.backfill_topic, payload):
             self._paused_until = now + PAUSE_AFTER_REFUSAL
             return False

@@ -447,7 +447,7 @@ def test_the_accounting_identity_holds_on_every_path(tmp_path: Path) -> None:
     buf = open_buffer(tmp_path / "b.db", max_age_seconds=40)
     now = T0
     sealed: list[Any] = []
-    for step in range(400):
+    for _ in range(400):
         now += 1000
         op = rng.random()
         if op < 0.45:

@@ -25,6 +25,7 @@ from edgemon.agent.buffer import BatchRef, Buffer, BufferStats, read_stats
 from edgemon.agent.cli import main
 from edgemon.agent.config import load_config
 from edgemon.agent.families import Reading
+from edgemon.agent.presence import CollectorPresence
 from edgemon.agent.publisher import reconnect_delay
 from edgemon.agent.runner import Runner, new_instance_id
 from edgemon.agent.selfmetrics import AgentHealth, readings
@@ -32,6 +33,7 @@ from edgemon.agent.sender import Sender
 from edgemon.common.logs import Throttle, setup_logging
 from edgemon.protocol import GAUGE, MetricDef, decode, expand_samples
 from edgemon.protocol.batch import KINDS
+from edgemon.protocol.presence import collector_state_topic, encode_collector_state
 from tests.support.broker import free_port
 from tests.support.waiting import wait_until
 
@@ -132,6 +134,71 @@ def test_unacknowledged_batches_are_republished_after_the_timeout() -> None:
     h.sender.pump()
     assert h.take() == [(LIVE, 1)]  # the same payload again
     assert h.sender.resent_total == 1
+
+
+def test_a_collector_coming_online_makes_everything_in_flight_due_now() -> None:
+    h = Harness(rate=2.0, max_inflight=10)
+    for i in range(1, 5):
+        h.source.add(i, NOW_MS - 3_600_000 + i)
+    h.source.add(5, NOW_MS - 1000)
+    h.sender.pump()
+    assert h.take() == [(LIVE, 5), (BACKFILL, 1), (BACKFILL, 2)]
+    h.clock += 1.0  # two more tokens, but nothing is due again before the 60 s ack timeout
+    h.sender.pump()
+    assert h.take() == [(BACKFILL, 3), (BACKFILL, 4)]
+    h.clock += 1.0
+    assert h.sender.resend_unacknowledged() == 5
+    h.sender.pump()  # live first, then the back-log oldest first at its rate
+    assert h.take() == [(LIVE, 5), (BACKFILL, 1), (BACKFILL, 2)]
+    h.clock += 1.0
+    h.sender.pump()
+    assert h.take() == [(BACKFILL, 3), (BACKFILL, 4)]
+
+
+def test_batch_ids_of_a_replaced_buffer_are_forgotten_before_use() -> None:
+    h = Harness(max_inflight=2)
+    h.source.add(1, NOW_MS - 1000)
+    h.source.add(2, NOW_MS - 900)
+    h.sender.pump()
+    assert len(h.sender.inflight) == 2
+    h.source.generation += 1  # corrupt buffer replaced: ids 1 and 2 now mean other batches
+    h.sender.forget([1])
+    assert h.sender.inflight == {}
+    h.sender.pump()
+    assert sorted(i for _t, i in h.take()) == [1, 1, 2, 2]  # the new buffer's, published anew
+
+
+def test_presence_allows_publishing_unless_collectors_are_known_and_none_is_online() -> None:
+    presence = CollectorPresence()
+    topic = collector_state_topic
+
+    def state(cid: str, online: bool) -> bytes:
+        return encode_collector_state(cid, online=online, ts_ms=NOW_MS)
+
+    assert presence.publishing_allowed and not presence.take_came_online()  # nothing known
+    presence.update(topic("a"), state("a", False), retained=True)
+    assert not presence.publishing_allowed
+    presence.update(topic("b"), state("b", True), retained=True)
+    assert presence.publishing_allowed and presence.take_came_online()
+    assert not presence.take_came_online()  # once
+    presence.update(topic("b"), state("b", True), retained=True)
+    assert not presence.take_came_online()  # a retained replay of what we knew
+    presence.update(topic("a"), state("a", True), retained=False)
+    assert presence.take_came_online()  # a collector has just (re)subscribed: send again
+    presence.update(topic("a"), state("a", False), retained=False)
+    presence.update(topic("b"), state("b", False), retained=False)
+    assert not presence.publishing_allowed and presence.online_collectors() == []
+    presence.update(topic("a"), b"", retained=False)  # state cleared
+    presence.update(topic("b"), b"", retained=False)
+    assert presence.publishing_allowed and not presence.seen  # as if no collector had spoken
+    presence.update(topic("a"), b'{"v":1,"state":"up"}', retained=True)
+    presence.update("edgemon/v1/_collectors/x/y/state", state("a", True), retained=True)
+    assert presence.invalid_total == 2 and not presence.seen
+    presence.update(topic("a"), state("a", False), retained=True)
+    presence.reset()  # reconnected: what we knew may be stale
+    assert presence.publishing_allowed and not presence.seen
+    presence.update(topic("a"), state("a", True), retained=True)
+    assert presence.take_came_online()
 
 
 def test_nothing_is_lost_when_publishing_is_refused() -> None:
