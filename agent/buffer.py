@@ -5,16 +5,19 @@ one row per sampling cycle (msgpack ``[[series_id, scaled_int], ...]``); every `
 the pending cycles are sealed, in one transaction, into one ``batches`` row holding the encoded
 protocol payload with its instance and sequence number, which never change afterwards (so a
 resend is byte-identical). ``ack()`` deletes acknowledged batches; ``enforce_budget()`` drops the
-oldest batches (then cycles) when the disk budget or the maximum age is exceeded and adds exactly
-what it dropped to ``meta.dropped_samples_total``, which survives restarts.
+oldest batches (then cycles) when the disk budget or the maximum age is exceeded. Every change
+of what the buffer holds updates the sample counters in ``meta`` in the same transaction, so
+appended = acknowledged + dropped + buffered holds after every commit (``BUFFER.md``,
+"Accounting"); what the buffer holds is counted by ``buffer_file.stats_of`` alone.
 
 Durability: ``journal_mode=WAL`` with ``synchronous=FULL``. Every commit (one per cycle) fsyncs
 the write-ahead log, so a committed cycle survives a process crash, ``kill -9`` *and* a power
 cut; NORMAL would skip that fsync and could lose the last few cycles on power loss, which is the
 common failure of edge devices. The cost is one fsync per cycle (every 10 s by default).
 
-This module raises ``sqlite3.Error`` and ``OSError``; ``storage.Storage`` is the layer that keeps
-the agent running through them. Every method runs on the thread that opened the buffer.
+This module raises ``sqlite3.Error`` and ``OSError``; ``buffer_store.BufferStore`` is the layer
+that keeps the agent running through them. Every method runs on the thread that opened the
+buffer. The file itself (schema, checks, statistics) is ``buffer_file.py``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -32,7 +33,21 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from edgemon.common import clock
+from edgemon.agent.buffer_file import (
+    ACKNOWLEDGED,
+    APPENDED,
+    DELIVERED_AFTER_DROP,
+    DROPPED,
+    FORMAT,
+    BufferStats,
+    connect,
+    disk_bytes_of,
+    is_corruption,
+    problem_with,
+    quarantine,
+    read_stats,
+    stats_of,
+)
 from edgemon.protocol import BatchBuilder, LimitExceeded, MetricDef, encode, to_scaled
 from edgemon.protocol.limits import MAX_INT, MAX_LABEL_VALUE_LENGTH, MIN_INT
 
@@ -46,49 +61,10 @@ __all__ = [
     "read_stats",
 ]
 
-FORMAT = "edgemon-agent-buffer/2"
 MAX_DROPPED_PUBLISHED = 100_000  # records of batches dropped after publication (~40 B each)
-_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 _ROW_OVERHEAD = 64  # bytes a deleted batch frees besides its payload (estimate, for eviction)
 
 log = logging.getLogger("edgemon.agent.buffer")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS series (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL, kind TEXT NOT NULL, unit TEXT NOT NULL, scale INTEGER NOT NULL,
-    label_keys TEXT NOT NULL,      -- JSON list
-    label_values TEXT NOT NULL     -- JSON list
-);
-CREATE TABLE IF NOT EXISTS cycles (
-    id INTEGER PRIMARY KEY,
-    ts_ms INTEGER NOT NULL,
-    samples INTEGER NOT NULL,
-    data BLOB NOT NULL             -- msgpack [[series_id, scaled_int], ...]
-);
-CREATE TABLE IF NOT EXISTS batches (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- sealing order, never reused (the sender keeps ids)
-    instance TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    first_ms INTEGER NOT NULL,
-    last_ms INTEGER NOT NULL,
-    samples INTEGER NOT NULL,
-    sealed_ms INTEGER NOT NULL,
-    published INTEGER NOT NULL DEFAULT 0,  -- 1 once handed to the broker at least once
-    payload BLOB NOT NULL,         -- last, so reading the other columns skips its pages
-    UNIQUE (instance, seq)
-);
--- Batches dropped from the budget after they had been published: the broker may still deliver
--- them. If the collector acknowledges one later, its samples were not lost after all.
-CREATE TABLE IF NOT EXISTS dropped_published (
-    instance TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    samples INTEGER NOT NULL,
-    dropped_ms INTEGER NOT NULL,
-    PRIMARY KEY (instance, seq)
-) WITHOUT ROWID;
-"""
 
 
 class BatchRef(NamedTuple):
@@ -100,42 +76,6 @@ class BatchRef(NamedTuple):
     first_ms: int
     last_ms: int
     samples: int
-
-
-class BufferStats(NamedTuple):
-    batches: int
-    samples: int  # in sealed batches
-    pending_cycles: int
-    pending_samples: int
-    disk_bytes: int  # database pages + write-ahead log
-    oldest_ms: int | None  # first sample of the oldest batch or pending cycle
-    dropped_samples_total: int
-    last_ack_ms: int | None
-    # dropped after publication, then acknowledged after all: never lost. Lost for good:
-    # dropped_samples_total - delivered_after_drop_total.
-    delivered_after_drop_total: int = 0
-
-
-def is_corruption(exc: BaseException) -> bool:
-    """True for SQLite's "database disk image is malformed" and "file is not a database"."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, sqlite3.DatabaseError) and code is not None and (
-        code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB))
-
-
-def quarantine(path: Path) -> Path:
-    """Move ``path`` and its -wal/-shm aside to ``<path>.corrupt-<UTC time>``; never deletes."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}.{n}")
-    for suffix in ("", "-wal", "-shm"):
-        source = Path(f"{path}{suffix}")
-        if source.exists():
-            os.replace(source, f"{target}{suffix}")
-    return target
 
 
 def _clean_label(value: str) -> str:
@@ -154,18 +94,12 @@ def _scaled(metric: MetricDef, value: float | int) -> int | None:
     return scaled if MIN_INT <= scaled <= MAX_INT else None
 
 
-def _file_bytes(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0
-
 
 class Buffer:
     """The SQLite buffer of one agent instance. Open with ``Buffer.open()``."""
 
     def __init__(self, db: sqlite3.Connection, path: Path, *, host: str, instance: str,
-                 max_bytes: int, max_age_seconds: float) -> None:
+                 max_bytes: int, max_age_seconds: float, first_seq: int = 0) -> None:
         self._db = db
         self.path = path
         self.host = host
@@ -173,7 +107,6 @@ class Buffer:
         self.max_bytes = max_bytes
         self.max_age_ms = int(max_age_seconds * 1000)
         self.recovered_from: Path | None = None  # where a corrupt file was moved, if it was
-        self._page_size = db.execute("PRAGMA page_size").fetchone()[0]
         self._series: dict[tuple[MetricDef, tuple[str, ...]], int] = {}
         self._by_id: dict[int, tuple[MetricDef, tuple[str, ...]]] = {}
         for sid, name, kind, unit, scale, keys, values in db.execute("SELECT * FROM series"):
@@ -181,39 +114,42 @@ class Buffer:
                    tuple(json.loads(values)))
             self._series[key] = sid
             self._by_id[sid] = key
-        self._batches, self._samples = db.execute(
-            "SELECT count(*), coalesce(sum(samples), 0) FROM batches").fetchone()
-        self._pending, self._pending_samples, self._last_pending_ms = db.execute(
-            "SELECT count(*), coalesce(sum(samples), 0), max(ts_ms) FROM cycles").fetchone()
-        self._next_seq = db.execute("SELECT coalesce(max(seq) + 1, 0) FROM batches "
-                                    "WHERE instance = ?", (instance,)).fetchone()[0]
-        self.dropped_samples_total = int(self._meta("dropped_samples_total", 0))
-        self.delivered_after_drop_total = int(self._meta("delivered_after_drop_samples_total", 0))
+        # the sequence number the next sealed batch gets: never one this instance used before
+        self._next_seq = max(first_seq, db.execute(
+            "SELECT coalesce(max(seq) + 1, 0) FROM batches WHERE instance = ?",
+            (instance,)).fetchone()[0])
         self._warned: set[str] = set()
+
+    @property
+    def last_sealed_seq(self) -> int | None:
+        """The sequence number of this instance's newest sealed batch (None before the first)."""
+        return self._next_seq - 1 if self._next_seq > 0 else None
 
     # ---- opening ---------------------------------------------------------------------------
 
     @classmethod
     def open(cls, path: Path | str, *, host: str, instance: str, max_bytes: int,
-             max_age_seconds: float) -> Buffer:
+             max_age_seconds: float, first_seq: int = 0) -> Buffer:
         """Open (or create) the buffer at ``path``; a corrupt file is moved aside, not reused.
 
-        Runs ``PRAGMA quick_check`` first (reads the whole file once). Raises ``sqlite3.Error``
-        or ``OSError`` when the file cannot be opened at all (permissions, full disk).
+        ``first_seq``: the lowest sequence number this instance may seal next (after a corrupt
+        buffer was replaced, the numbers it had used must not come again). Runs ``PRAGMA
+        quick_check`` first (reads the whole file once). Raises ``sqlite3.Error`` or ``OSError``
+        when the file cannot be opened at all (permissions, full disk).
         """
         path = Path(path)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         recovered_from = None
-        problem = _check(path)
+        problem = problem_with(path)
         if problem is not None:
             recovered_from = quarantine(path)
             log.error("buffer is corrupt (%s): moved aside to %s; starting a fresh buffer",
                       problem, recovered_from,
                       extra={"path": str(path), "moved_to": str(recovered_from)})
-        db = _connect(path, max_bytes)
+        db = connect(path, max_bytes)
         try:
             buffer = cls(db, path, host=host, instance=instance, max_bytes=max_bytes,
-                         max_age_seconds=max_age_seconds)
+                         max_age_seconds=max_age_seconds, first_seq=first_seq)
         except BaseException:
             db.close()
             raise
@@ -236,7 +172,8 @@ class Buffer:
         metric's keys, are skipped (and logged once per metric). A timestamp not after the
         pending cycles' (the clock went back) seals them first, so a batch's times increase.
         """
-        if self._last_pending_ms is not None and ts_ms <= self._last_pending_ms:
+        last_pending_ms = self._db.execute("SELECT max(ts_ms) FROM cycles").fetchone()[0]
+        if last_pending_ms is not None and ts_ms <= last_pending_ms:
             self.seal(ts_ms)
         values: dict[int, int] = {}
         new: dict[tuple[MetricDef, tuple[str, ...]], int] = {}
@@ -263,19 +200,10 @@ class Buffer:
             if values:
                 self._db.execute("INSERT INTO cycles (ts_ms, samples, data) VALUES (?, ?, ?)",
                                  (ts_ms, len(values), msgpack.packb(list(values.items()))))
-                # Every sample ever buffered, for exact accounting: buffered = stored by the
-                # collector + dropped_samples_total + still here.
-                self._db.execute(
-                    "INSERT INTO meta (key, value) VALUES ('appended_samples_total', ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
-                    (len(values),))
+                self._add_meta(APPENDED, len(values))
         for key, sid in new.items():
             self._series[key] = sid
             self._by_id[sid] = (key[0], tuple(_clean_label(v) for v in key[1]))
-        if values:
-            self._pending += 1
-            self._pending_samples += len(values)
-            self._last_pending_ms = ts_ms
         return len(values)
 
     def seal(self, now_ms: int) -> list[BatchRef]:
@@ -301,8 +229,7 @@ class Buffer:
                 assert cursor.lastrowid is not None
                 refs.append(BatchRef(cursor.lastrowid, self.instance, seq, first, last, samples))
             self._db.execute("DELETE FROM cycles WHERE id <= ?", (rows[-1][0],))
-            if lost:
-                self._add_dropped(lost)
+            self._add_meta(DROPPED, lost)
             used = {sid for _ts, pairs in cycles for sid, _v in pairs}
             stale = len(self._by_id) > len(used)
             if stale:
@@ -312,11 +239,6 @@ class Buffer:
             self._series = {k: sid for k, sid in self._series.items() if sid in used}
             self._by_id = {sid: k for sid, k in self._by_id.items() if sid in used}
         self._next_seq += len(sealed)
-        self._batches += len(sealed)
-        self._samples += sum(r.samples for r in refs)
-        self._pending = self._pending_samples = 0
-        self._last_pending_ms = None
-        self.dropped_samples_total += lost
         return refs
 
     def _encode(self, cycles: Sequence[tuple[int, list[list[int]]]], now_ms: int,
@@ -346,21 +268,22 @@ class Buffer:
         return 0
 
     def ack(self, instance: str, ranges: Iterable[tuple[int, int]], now_ms: int) -> list[int]:
-        """Delete the batches of ``instance`` whose seq is in an inclusive range; return ids."""
+        """Delete the batches of ``instance`` whose seq is in an inclusive range; return ids.
+
+        Their samples count as acknowledged. A range naming a batch dropped after publication
+        credits its samples as delivered after all (they stay counted as dropped)."""
         ranges = list(ranges)
-        recovered = 0
         with self._transaction():
-            deleted = self._delete_batches(instance, ranges)
+            ids, samples = self._delete_batches(instance, ranges)
+            self._add_meta(ACKNOWLEDGED, samples)
+            recovered = 0
             for first, last in ranges:
                 recovered += sum(row[0] for row in self._db.execute(
                     "DELETE FROM dropped_published WHERE instance = ? AND seq BETWEEN ? AND ? "
                     "RETURNING samples", (instance, first, last)))
-            if recovered:
-                self._add_meta("delivered_after_drop_samples_total", recovered)
+            self._add_meta(DELIVERED_AFTER_DROP, recovered)
             self._set_meta("last_ack_ms", now_ms)
-        self._forget(*deleted)
-        self.delivered_after_drop_total += recovered
-        return deleted[0]
+        return ids
 
     def reject(self, instance: str, ranges: Iterable[tuple[int, int]]) -> tuple[list[int], int]:
         """The collector refused these batches for good: delete them, count their samples dropped.
@@ -369,15 +292,13 @@ class Buffer:
         """
         with self._transaction():
             ids, dropped = self._delete_batches(instance, ranges)
-            self._add_dropped(dropped)
-        self._forget(ids, dropped)
-        self.dropped_samples_total += dropped
+            self._add_meta(DROPPED, dropped)
         return ids, dropped
 
     def _delete_batches(self, instance: str, ranges: Iterable[tuple[int, int]]
                         ) -> tuple[list[int], int]:
         """Delete (inside the caller's transaction) ``instance``'s batches whose seq is in an
-        inclusive range; the deleted ids and their samples (``_forget`` them after the commit)."""
+        inclusive range; the deleted ids and their samples."""
         rows: list[tuple[int, int]] = []
         for first, last in ranges:
             rows += self._db.execute(
@@ -385,22 +306,18 @@ class Buffer:
                 "RETURNING id, samples", (instance, first, last)).fetchall()
         return [batch_id for batch_id, _n in rows], sum(n for _id, n in rows)
 
-    def _forget(self, ids: list[int], samples: int) -> None:
-        """Keep the in-memory depth in step once a deletion is committed."""
-        self._batches -= len(ids)
-        self._samples -= samples
-
     def mark_published(self, batch_id: int) -> None:
         """The batch was handed to the broker: if it is ever dropped, remember it (see ack)."""
         with self._transaction():
             self._db.execute("UPDATE batches SET published = 1 WHERE id = ? AND published = 0",
                              (batch_id,))
 
-    def add_dropped(self, samples: int) -> None:
-        """Count samples lost outside the database (e.g. held in memory while the disk was full)."""
+    def count_lost_before_buffering(self, samples: int) -> None:
+        """Samples sampled but lost before they reached the file (held in memory while the disk
+        was full): counted as appended and dropped, so the identity still holds."""
         with self._transaction():
-            self._add_dropped(samples)
-        self.dropped_samples_total += samples
+            self._add_meta(APPENDED, samples)
+            self._add_meta(DROPPED, samples)
 
     # ---- budget ----------------------------------------------------------------------------
 
@@ -423,7 +340,7 @@ class Buffer:
                 expired.append(row)
             if not expired:
                 break
-            dropped += self._drop_batches(expired)
+            dropped += self._drop_batches(expired, now_ms)
         if self.disk_bytes() <= self.max_bytes:
             return dropped
         self._reclaim()
@@ -438,8 +355,8 @@ class Buffer:
                     freed += row[2] + _ROW_OVERHEAD
                     if freed >= excess:
                         break
-                dropped += self._drop_batches(chosen)
-            elif self._pending:
+                dropped += self._drop_batches(chosen, now_ms)
+            elif self._db.execute("SELECT 1 FROM cycles LIMIT 1").fetchone() is not None:
                 dropped += self._drop_oldest_cycle()
             else:
                 break  # only the catalog is left: nothing more to give
@@ -447,14 +364,16 @@ class Buffer:
             stuck = stuck + 1 if self.disk_bytes() - self.max_bytes >= excess else 0
         return dropped
 
-    def _drop_batches(self, rows: Sequence[Sequence[int]]) -> int:
+    def _drop_batches(self, rows: Sequence[Sequence[int]], now_ms: int) -> int:
+        """Drop the batches with ids from ``rows[0][0]`` to ``rows[-1][0]`` (oldest first);
+        those already published are remembered as in doubt (``dropped_published``)."""
         samples = sum(row[1] for row in rows)
         with self._transaction():
             self._db.execute(
                 "INSERT OR IGNORE INTO dropped_published (instance, seq, samples, dropped_ms) "
                 "SELECT instance, seq, samples, ? FROM batches "
                 "WHERE id BETWEEN ? AND ? AND published = 1",
-                (clock.now_ms(), rows[0][0], rows[-1][0]))
+                (now_ms, rows[0][0], rows[-1][0]))
             # bounded: the oldest records go first (their batches are the least likely to come)
             self._db.execute(
                 "DELETE FROM dropped_published WHERE (instance, seq) IN (SELECT instance, seq "
@@ -462,10 +381,7 @@ class Buffer:
                 "dropped_published) - ?))", (MAX_DROPPED_PUBLISHED,))
             self._db.execute("DELETE FROM batches WHERE id BETWEEN ? AND ?",
                              (rows[0][0], rows[-1][0]))
-            self._add_dropped(samples)
-        self._batches -= len(rows)
-        self._samples -= samples
-        self.dropped_samples_total += samples
+            self._add_meta(DROPPED, samples)
         return samples
 
     def _drop_oldest_cycle(self) -> int:
@@ -473,12 +389,7 @@ class Buffer:
             cycle_id, samples = self._db.execute(
                 "SELECT id, samples FROM cycles ORDER BY id LIMIT 1").fetchone()
             self._db.execute("DELETE FROM cycles WHERE id = ?", (cycle_id,))
-            self._add_dropped(samples)
-        self._pending -= 1
-        self._pending_samples -= samples
-        if not self._pending:
-            self._last_pending_ms = None
-        self.dropped_samples_total += samples
+            self._add_meta(DROPPED, samples)
         return int(samples)
 
     def _reclaim(self) -> None:
@@ -489,8 +400,7 @@ class Buffer:
 
     def disk_bytes(self) -> int:
         """Bytes the buffer takes on disk: database pages plus the write-ahead log."""
-        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
-        return int(pages * self._page_size + _file_bytes(f"{self.path}-wal"))
+        return disk_bytes_of(self._db, self.path)
 
     # ---- reading (for the sender) -------------------------------------------------------------
 
@@ -517,12 +427,7 @@ class Buffer:
         return None if row is None else (BatchRef(*row[:6]), row[6])
 
     def stats(self) -> BufferStats:
-        oldest = self._db.execute("SELECT first_ms FROM batches ORDER BY id LIMIT 1").fetchone()
-        if oldest is None:
-            oldest = self._db.execute("SELECT min(ts_ms) FROM cycles").fetchone()
-        return BufferStats(self._batches, self._samples, self._pending, self._pending_samples,
-                           self.disk_bytes(), oldest[0], self.dropped_samples_total,
-                           self._meta("last_ack_ms", None), self.delivered_after_drop_total)
+        return stats_of(self._db, self.path)
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -550,11 +455,6 @@ class Buffer:
         self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
                          "DO UPDATE SET value = value + excluded.value", (key, amount))
 
-    def _add_dropped(self, samples: int) -> None:
-        self._db.execute("INSERT INTO meta (key, value) VALUES ('dropped_samples_total', ?) "
-                         "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
-                         (samples,))
-
     def _valid_labels(self, metric: MetricDef, labels: tuple[str, ...]) -> bool:
         if len(labels) == len(metric.label_keys) and all(isinstance(v, str) for v in labels):
             return True
@@ -568,97 +468,3 @@ class Buffer:
             log.warning("skipping readings of %s: %s", name, problem, extra={"metric": name})
 
 
-def _check(path: Path) -> str | None:
-    """Why the file at ``path`` cannot be used as a buffer, or None (also if it is absent)."""
-    if not path.exists():
-        return None
-    try:
-        db = sqlite3.connect(path, isolation_level=None)
-    except sqlite3.DatabaseError as exc:
-        if is_corruption(exc):
-            return str(exc)
-        raise
-    try:
-        result = [row[0] for row in db.execute("PRAGMA quick_check")]
-        if result != ["ok"]:
-            return "quick_check: " + "; ".join(map(str, result[:3]))
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_schema")}
-        if tables and db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() != (
-                FORMAT,):
-            return "not an edgemon agent buffer"
-    except sqlite3.DatabaseError as exc:
-        if is_corruption(exc) or "no such table" in str(exc):
-            return str(exc)
-        raise
-    finally:
-        db.close()
-    return None
-
-
-def make_private(path: Path) -> None:
-    """Take group and other access away from the buffer and its -wal/-shm (it holds the host's
-    metrics): SQLite gives the -wal and -shm files the database file's mode."""
-    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        try:
-            mode = file.stat().st_mode & 0o777
-            if mode & 0o077:
-                file.chmod(mode & 0o700)
-                log.warning("buffer file %s was accessible to other users (mode %04o): made it "
-                            "private (%04o)", file, mode, mode & 0o700)
-        except FileNotFoundError:
-            continue
-
-
-def _connect(path: Path, max_bytes: int) -> sqlite3.Connection:
-    """Open with the buffer's pragmas and schema; a new file is created with mode 0600."""
-    if not path.exists():
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-    else:
-        make_private(path)
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        db.execute("PRAGMA busy_timeout = 2000")  # `edgemon-agent status` may be reading
-        db.execute("PRAGMA cache_size = -512")  # KiB; the default 2 MiB fills during backfill
-        db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # effective on a new file only
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
-        # Keep the write-ahead log small next to the budget: it counts against it.
-        page_size = db.execute("PRAGMA page_size").fetchone()[0]
-        wal_pages = max(8, min(1000, max_bytes // page_size // 16))
-        db.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
-        db.execute(f"PRAGMA journal_size_limit = {wal_pages * page_size}")
-        db.executescript(_SCHEMA)
-        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (FORMAT,))
-        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('created_ms', ?)",
-                   (clock.now_ms(),))
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def read_stats(path: Path | str) -> BufferStats:
-    """Statistics of the buffer at ``path``, opened read-only (the agent may be running)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no buffer at {path}")
-    db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None)
-    try:
-        db.execute("PRAGMA busy_timeout = 2000")
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_schema")}
-        if not {"batches", "cycles", "meta"} <= tables:  # just created, schema not yet written
-            return BufferStats(0, 0, 0, 0, _file_bytes(str(path)), None, 0, None)
-        batches, samples, oldest = db.execute(
-            "SELECT count(*), coalesce(sum(samples), 0), min(first_ms) FROM batches").fetchone()
-        cycles, pending, first_cycle = db.execute(
-            "SELECT count(*), coalesce(sum(samples), 0), min(ts_ms) FROM cycles").fetchone()
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        pages, page_size = (db.execute(f"PRAGMA {p}").fetchone()[0]
-                            for p in ("page_count", "page_size"))
-    finally:
-        db.close()
-    return BufferStats(batches, samples, cycles, pending,
-                       pages * page_size + _file_bytes(f"{path}-wal"),
-                       oldest if oldest is not None else first_cycle,
-                       int(meta.get("dropped_samples_total", 0)), meta.get("last_ack_ms"),
-                       int(meta.get("delivered_after_drop_samples_total", 0)))

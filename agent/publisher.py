@@ -9,6 +9,10 @@ the broker keeps our ack subscription, and the acks sent to it, while we are awa
 
 Callbacks run on paho's thread: they only flip flags, count, and hand ack payloads to the main
 loop through ``acks`` (a ``queue.Queue``), waking it with ``wake``. SQLite is never touched here.
+Collector presence (``edgemon/v1/_collectors/+/state``, read-only) goes to ``self.presence``.
+Birth, Last Will and the clean-stop death message carry ``last_seq()``, the newest sequence
+number this instance has sealed (the Last Will's is the one at the time it was set: on every
+connection attempt).
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgemon.agent.config import BrokerConfig
+from edgemon.agent.presence import CollectorPresence
 from edgemon.common.clock import now_ms
 from edgemon.common.logs import Throttle
 from edgemon.protocol import ack_topic, encode_status, status_topic
+from edgemon.protocol.presence import COLLECTOR_STATE_FILTER
 
 __all__ = ["Publisher", "connect_error", "reconnect_delay"]
 
@@ -67,12 +73,15 @@ class Publisher:
 
     def __init__(self, broker: BrokerConfig, *, host_id: str, instance: str,
                  birth: dict[str, Any], acks: queue.Queue[bytes], wake: threading.Event,
-                 max_inflight: int, rand: Callable[[], float] = random.random) -> None:
+                 max_inflight: int, rand: Callable[[], float] = random.random,
+                 last_seq: Callable[[], int | None] = lambda: None) -> None:
         self.broker = broker
         self.instance = instance
         self.status_topic = status_topic(host_id)
         self.ack_topic = ack_topic(host_id)
+        self.presence = CollectorPresence()
         self._birth = birth
+        self._last_seq = last_seq
         self._acks = acks
         self._wake = wake
         self._rand = rand
@@ -157,7 +166,8 @@ class Publisher:
         if self.connected:
             info = self._client.publish(
                 self.status_topic, encode_status(online=False, instance=self.instance,
-                                                 timestamp_ms=now_ms(), reason="shutdown"),
+                                                 timestamp_ms=now_ms(), reason="shutdown",
+                                                 last_seq=self._last_seq()),
                 qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout)
@@ -173,7 +183,8 @@ class Publisher:
         # when the session carrying it was set up; the broker sends it when that session dies.
         client.will_set(self.status_topic,
                         encode_status(online=False, instance=self.instance,
-                                      timestamp_ms=now_ms(), reason="connection_lost"),
+                                      timestamp_ms=now_ms(), reason="connection_lost",
+                                      last_seq=self._last_seq()),
                         qos=1, retain=True)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
@@ -187,10 +198,12 @@ class Publisher:
             return
         self._attempt = 0
         self.connections += 1
-        client.subscribe(self.ack_topic, qos=1)
+        self.presence.reset()  # the retained states arrive right after the subscription
+        client.subscribe([(self.ack_topic, 1), (COLLECTOR_STATE_FILTER, 1)])
         client.publish(self.status_topic,
                        encode_status(online=True, instance=self.instance,
-                                     timestamp_ms=now_ms(), **self._birth),
+                                     timestamp_ms=now_ms(), last_seq=self._last_seq(),
+                                     **self._birth),
                        qos=1, retain=True)
         self.connected = True
         log.info("connected to the broker", extra={
@@ -229,7 +242,11 @@ class Publisher:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic == self.ack_topic:
             self._acks.put(message.payload)
-            self._wake.set()
+        elif mqtt.topic_matches_sub(COLLECTOR_STATE_FILTER, message.topic):
+            self.presence.update(message.topic, message.payload, retained=bool(message.retain))
+        else:
+            return
+        self._wake.set()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:

@@ -25,11 +25,11 @@ from typing import Any
 
 from edgemon.agent import __version__, selfmetrics
 from edgemon.agent.buffer import Buffer
+from edgemon.agent.buffer_store import BufferStore
 from edgemon.agent.config import AgentConfig, ConfigError, as_dict
 from edgemon.agent.families import FAMILIES, Collect, Reading
 from edgemon.agent.publisher import Publisher
 from edgemon.agent.sender import Sender
-from edgemon.agent.storage import Storage
 from edgemon.common import sdnotify
 from edgemon.common.clock import now_ms
 from edgemon.common.logs import Throttle
@@ -68,34 +68,35 @@ class Runner:
         self._reload_config = reload_config
         self.instance = instance or new_instance_id()
         self.collectors = dict(collectors) if collectors is not None else None
-        buf = config.buffer
+        settings = config.buffer
         self._wake = threading.Event()
         self._acks: queue.Queue[bytes] = queue.Queue()
         self._stopping = False
         self._reload_requested = False
         self._watchdog = sdnotify.watchdog_interval()
         self._watchdog_sent = float("-inf")
-        self.storage = Storage(
-            lambda: Buffer.open(buf.path, host=config.host_id, instance=self.instance,
-                                max_bytes=buf.max_bytes,
-                                max_age_seconds=buf.max_age_hours * 3600),
+        self.store = BufferStore(
+            lambda first_seq: Buffer.open(
+                settings.path, host=config.host_id, instance=self.instance,
+                max_bytes=settings.max_bytes, max_age_seconds=settings.max_age_hours * 3600,
+                first_seq=first_seq),
             memory_cycles=memory_cycles)
         interval = config.interval_seconds
         self.publisher = Publisher(
             config.broker, host_id=config.host_id, instance=self.instance,
             birth={"interval_s": int(interval) if interval.is_integer() else interval,
                    "agent_version": __version__},
-            acks=self._acks, wake=self._wake, max_inflight=buf.max_inflight)
+            acks=self._acks, wake=self._wake, max_inflight=settings.max_inflight,
+            last_seq=lambda: self.store.last_sealed_seq)
         self.sender = Sender(
-            self.storage, self.publisher.publish, host_id=config.host_id,
+            self.store, self.publisher.publish, host_id=config.host_id,
             live_window=2 * interval * config.batch_cycles,
-            ack_timeout=buf.ack_timeout_seconds,
-            backfill_per_second=buf.backfill_batches_per_second,
-            max_inflight=buf.max_inflight)
+            ack_timeout=settings.ack_timeout_seconds,
+            backfill_per_second=settings.backfill_batches_per_second,
+            max_inflight=settings.max_inflight)
         self.cycles = 0
         self._unsealed = 0
         self._cycle_seconds: float | None = None
-        self._generation = 0
         self._throttles: dict[str, Throttle] = {}
 
     def stop(self) -> None:
@@ -114,11 +115,10 @@ class Runner:
                 "broker": f"{self.config.broker.host}:{self.config.broker.port}",
                 "families": list(self.collectors)})
             start_ms = now_ms()
-            self.storage.seal(start_ms)  # cycles a previous run left unsealed
-            self.storage.enforce_budget(start_ms)
-            self._generation = self.storage.generation
+            self.store.seal(start_ms)  # cycles a previous run left unsealed
+            self.store.enforce_budget(start_ms)
             self.publisher.start()
-            buffer_state = "open" if self.storage.buffer is not None else "unavailable"
+            buffer_state = "open" if self.store.buffer is not None else "unavailable"
             sdnotify.notify(f"READY=1\nSTATUS=sampling every {self.config.interval_seconds:g} s;"
                             f" buffer {buffer_state}")
             try:
@@ -151,7 +151,7 @@ class Runner:
                 next_tick = start + tick * interval
             self._exchange()
             due = next_tick
-            if self.publisher.connected:
+            if self._may_publish():
                 due = min(due, self.sender.next_due())
             if self._watchdog is not None:
                 due = min(due, self._watchdog_sent + self._watchdog / 3)
@@ -168,28 +168,35 @@ class Runner:
             except Exception as exc:
                 self._warn(f"family:{name}", "family %s failed: %r", name, exc)
         readings += selfmetrics.readings(self._health(), ts_ms)
-        self.storage.append(ts_ms, readings)
+        self.store.append(ts_ms, readings)
         self.cycles += 1
         self._unsealed += 1
         if self._unsealed >= self.config.batch_cycles:
-            for ref in self.storage.seal(ts_ms):
+            for ref in self.store.seal(ts_ms):
                 log.debug("sealed a batch", extra={"seq": ref.seq, "samples": ref.samples})
             self._unsealed = 0
-        dropped = self.storage.enforce_budget(ts_ms)
+        dropped = self.store.enforce_budget(ts_ms)
         if dropped:
-            stats = self.storage.stats()
+            stats = self.store.stats()
             self._warn("dropped", "buffer over its budget: dropped the %d oldest samples "
                        "(%d in total)", dropped, stats.dropped_samples_total)
         self._cycle_seconds = time.monotonic() - started
 
     def _exchange(self) -> None:
-        """Apply received acks, then publish what is due."""
-        if self.storage.generation != self._generation:
-            self._generation = self.storage.generation
-            self.sender.reset()
+        """Apply received acks; re-send at once what is in flight if a collector came online;
+        publish what is due (unless no collector is listening)."""
         self._apply_acks()
-        if self.publisher.connected:
+        if self.publisher.presence.take_came_online():
+            resent = self.sender.resend_unacknowledged()
+            log.info("a collector is online: publishing the unacknowledged batches now",
+                     extra={"in_flight": resent,
+                            "collectors": self.publisher.presence.online_collectors()})
+        if self._may_publish():
             self.sender.pump()
+
+    def _may_publish(self) -> bool:
+        """Connected, and a collector is listening (or nothing is known about collectors)."""
+        return self.publisher.connected and self.publisher.presence.publishing_allowed
 
     def _apply_acks(self) -> None:
         """Delete (or drop and count) what the collector acknowledged since the last call."""
@@ -203,9 +210,9 @@ class Runner:
             except ProtocolError as exc:
                 self._warn("bad_ack", "ignoring an invalid acknowledgement: %s", exc)
                 continue
-            self.sender.forget(self.storage.ack(ack.instance, ack.acked, now_ms()))
+            self.sender.forget(self.store.ack(ack.instance, ack.acked, now_ms()))
             if ack.rejected:
-                ids, samples = self.storage.reject(ack.instance, ack.rejected)
+                ids, samples = self.store.reject(ack.instance, ack.rejected)
                 self.sender.forget(ids)
                 if ids:
                     log.error("the collector refused %d batches (%d samples, counted as dropped):"
@@ -215,9 +222,9 @@ class Runner:
     def _shutdown(self) -> None:
         sdnotify.notify("STOPPING=1")
         log.info("agent stopping", extra={"instance": self.instance, "cycles": self.cycles})
-        self.storage.seal(now_ms())
+        self.store.seal(now_ms())
         self._exchange()
-        if self.publisher.connected:
+        if self._may_publish():
             self.publisher.drain(2.0)
             # Give the collector a moment to acknowledge what it just received, so a clean stop
             # leaves no stored batch behind in the buffer (it would only be re-sent, harmlessly).
@@ -228,7 +235,7 @@ class Runner:
                 self._exchange()  # acks in; a batch whose ack timed out goes out again
         self.publisher.stop()
         self._exchange()  # acks that arrived meanwhile
-        self.storage.close()
+        self.store.close()
         log.info("agent stopped", extra={"instance": self.instance})
 
     def _feed_watchdog(self, now: float) -> None:
@@ -268,11 +275,11 @@ class Runner:
     def _health(self) -> selfmetrics.AgentHealth:
         return selfmetrics.AgentHealth(
             cycle_seconds=self._cycle_seconds,
-            buffer=self.storage.stats(),
-            memory_cycles=self.storage.memory_depth,
+            buffer=self.store.stats(),
+            memory_cycles=self.store.memory_depth,
             reconnects=self.publisher.reconnects,
-            buffer_recoveries=self.storage.recoveries_total,
-            buffer_errors=self.storage.errors_total,
+            buffer_recoveries=self.store.recoveries_total,
+            buffer_errors=self.store.errors_total,
             publish_errors=self.publisher.publish_errors)
 
     def _warn(self, key: str, message: str, *args: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from edgemon.agent.buffer import BufferStats
+from edgemon.agent.buffer_file import BufferStats
 from edgemon.agent.families import Reading
 from edgemon.common import clock
 from edgemon.protocol.batch import COUNTER, GAUGE, MetricDef
@@ -18,6 +18,9 @@ BUFFER_SAMPLES = MetricDef("agent_buffer_samples", GAUGE, "")
 BUFFER_BYTES = MetricDef("agent_buffer_bytes", GAUGE, "bytes")
 BUFFER_OLDEST_AGE = MetricDef("agent_buffer_oldest_age_seconds", GAUGE, "seconds")
 BUFFER_MEMORY_CYCLES = MetricDef("agent_buffer_memory_cycles", GAUGE, "")
+# appended = acknowledged + dropped + agent_buffer_samples, at the same instant (BUFFER.md)
+APPENDED = MetricDef("agent_appended_samples_total", COUNTER, "")
+ACKNOWLEDGED = MetricDef("agent_acknowledged_samples_total", COUNTER, "")
 DROPPED = MetricDef("agent_dropped_samples_total", COUNTER, "")
 # Dropped after publication, yet delivered by the broker and acknowledged later.
 DELIVERED_AFTER_DROP = MetricDef("agent_dropped_then_delivered_samples_total", COUNTER, "")
@@ -54,16 +57,18 @@ def rss_bytes() -> int | None:
 def readings(health: AgentHealth, now_ms: int | None = None) -> list[Reading]:
     """The agent_* readings of one cycle (counters: dropped samples persist across restarts)."""
     now_ms = clock.now_ms() if now_ms is None else now_ms
-    buf = health.buffer
+    stats = health.buffer
     out: list[Reading] = [
-        (BUFFER_BATCHES, (), buf.batches),
-        (BUFFER_SAMPLES, (), buf.samples + buf.pending_samples),
-        (BUFFER_BYTES, (), buf.disk_bytes),
-        (BUFFER_OLDEST_AGE, (), 0 if buf.oldest_ms is None
-         else max(0, (now_ms - buf.oldest_ms) // 1000)),
+        (BUFFER_BATCHES, (), stats.batches),
+        (BUFFER_SAMPLES, (), stats.buffered_samples),
+        (BUFFER_BYTES, (), stats.disk_bytes),
+        (BUFFER_OLDEST_AGE, (), 0 if stats.oldest_ms is None
+         else max(0, (now_ms - stats.oldest_ms) // 1000)),
         (BUFFER_MEMORY_CYCLES, (), health.memory_cycles),
-        (DROPPED, (), buf.dropped_samples_total),
-        (DELIVERED_AFTER_DROP, (), buf.delivered_after_drop_total),
+        (APPENDED, (), stats.appended_samples_total),
+        (ACKNOWLEDGED, (), stats.acknowledged_samples_total),
+        (DROPPED, (), stats.dropped_samples_total),
+        (DELIVERED_AFTER_DROP, (), stats.delivered_after_drop_total),
         (RECONNECTS, (), health.reconnects),
         (RECOVERIES, (), health.buffer_recoveries),
         (BUFFER_ERRORS, (), health.buffer_errors),

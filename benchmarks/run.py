@@ -66,6 +66,10 @@ REGISTRY: dict[str, Bench] = {
     "query": Bench("query.py", "collector API query latency over stored data", quick=["--quick"]),
     "offline": Bench("offline.py", "agent through a broker outage: buffer growth and back-fill",
                      quick=["--quick"]),
+    "recovery": Bench("recovery.py", "time from a broker or collector restart until the "
+                      "agent's back-log is drained, beside the ack timeout and the goal "
+                      "(2 x reconnect back-off + back-fill time)", quick=["--quick"],
+                      tiny=["--tiny"], timeout_quick=170, timeout_full=900),
     "alerting": Bench("alerting.py", "alert evaluation cycle for 10,000 hosts x default rules, "
                       "sample-to-notification latency", quick=["--quick"]),
     "hostile": Bench("hostile.py", "a hostile flood from one host: collector peak memory vs "

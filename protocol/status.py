@@ -6,17 +6,24 @@ import json
 from typing import Any, NamedTuple
 
 from edgemon.protocol.errors import MalformedPayload
-from edgemon.protocol.limits import MAX_ACK_RANGES, MAX_INSTANCE_LENGTH, VERSION
+from edgemon.protocol.limits import MAX_ACK_RANGES, MAX_INSTANCE_LENGTH, MAX_INT, VERSION
 
 __all__ = ["Ack", "decode_ack", "decode_status", "encode_ack", "encode_status", "seqs_to_ranges"]
 
 _MAX_JSON = 64 * 1024
 
 
-def encode_status(*, online: bool, instance: str, timestamp_ms: int, **extra: Any) -> bytes:
-    """Birth (online) or Last-Will (offline) message, published retained."""
+def encode_status(*, online: bool, instance: str, timestamp_ms: int,
+                  last_seq: int | None = None, **extra: Any) -> bytes:
+    """Birth (online) or Last-Will (offline) message, published retained.
+
+    ``last_seq``: the sequence number of the newest batch this instance has sealed so far
+    (omitted before its first), so a reader can tell batches lost at the end of an instance.
+    """
     doc = {"v": VERSION, "state": "online" if online else "offline", "instance": instance,
            "ts": timestamp_ms, **extra}
+    if last_seq is not None:
+        doc["last_seq"] = last_seq
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -36,9 +43,15 @@ def _load(payload: bytes) -> dict[str, Any]:
 
 
 def decode_status(payload: bytes) -> dict[str, Any]:
+    """A status document; ``MalformedPayload`` if it is not one. ``last_seq``, when present, is
+    an integer from 0 to 2**63-1."""
     doc = _load(payload)
     if doc.get("state") not in ("online", "offline") or not isinstance(doc.get("ts"), int):
         raise MalformedPayload("status needs state online|offline and integer ts",
+                               reason="schema")
+    last_seq = doc.get("last_seq")
+    if last_seq is not None and (type(last_seq) is not int or not 0 <= last_seq <= MAX_INT):
+        raise MalformedPayload(f"status last_seq must be an integer from 0 to {MAX_INT}",
                                reason="schema")
     return doc
 

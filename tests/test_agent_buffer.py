@@ -1,4 +1,4 @@
-"""The agent's SQLite buffer, and the storage layer that survives disk trouble for the agent."""
+"""The agent's SQLite buffer, and the buffer store that survives disk trouble for the agent."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from edgemon.agent.buffer import FORMAT, Buffer, is_corruption, read_stats
-from edgemon.agent.storage import Storage
+from edgemon.agent.buffer_store import BufferStore
 from edgemon.protocol import COUNTER, GAUGE, MetricDef, decode, expand_samples
 from edgemon.protocol.schema import validate_batch
 
@@ -162,7 +162,7 @@ def test_budget_eviction_drops_exactly_the_oldest_and_counts_them(tmp_path: Path
     assert after == before[len(before) - len(after):]  # the newest survive, oldest go
     evicted = before[:len(before) - len(after)]
     assert dropped == sum(row[3] for row in evicted) == 600 * len(evicted)
-    assert buf.dropped_samples_total == dropped
+    assert buf.stats().dropped_samples_total == dropped
     assert buf.disk_bytes() <= 300_000
     assert os.path.getsize(path) + os.path.getsize(f"{path}-wal") <= 300_000  # really on disk
     assert buf.stats().batches == len(after)
@@ -192,9 +192,9 @@ def test_a_batch_dropped_after_publication_and_acknowledged_later_is_not_lost(
     # The broker delivers the first two after all: their acknowledgement credits them back.
     buf.ack("inst-a", [(refs[0].seq, refs[1].seq)], T0)
     buf.ack("inst-a", [(refs[5].seq, refs[5].seq)], T0)  # dropped unpublished: nothing to credit
-    assert buf.delivered_after_drop_total == 2 * 600
+    assert buf.stats().delivered_after_drop_total == 2 * 600
     buf.ack("inst-a", [(refs[0].seq, refs[0].seq)], T0)  # a repeated ack credits nothing more
-    assert buf.delivered_after_drop_total == 2 * 600
+    assert buf.stats().delivered_after_drop_total == 2 * 600
     buf.close()
     stats = read_stats(path)
     assert (stats.dropped_samples_total, stats.delivered_after_drop_total) == (dropped, 1200)
@@ -223,7 +223,7 @@ def test_batches_older_than_max_age_are_dropped_and_counted(tmp_path: Path) -> N
     dropped = buf.enforce_budget(T0 + 3 * 1_800_000 + 1)  # now: 1.5 h after the first
     assert dropped == 3 * 2  # the batches at 0 h and 0.5 h (3 samples each)
     assert [r.seq for r in buf.oldest(10)] == [2, 3]
-    assert buf.dropped_samples_total == 6
+    assert buf.stats().dropped_samples_total == 6
 
 
 def test_files_are_private(tmp_path: Path) -> None:
@@ -274,7 +274,7 @@ def test_a_healthy_file_is_reused(tmp_path: Path) -> None:
     assert buf._meta("format", None) == FORMAT
 
 
-# ---- storage: the runner's view, which never raises on disk trouble ---------------------------
+# ---- buffer store: the runner's view, which never raises on disk trouble ----------------------
 
 
 class FlakyBuffer(Buffer):
@@ -307,10 +307,10 @@ def flaky() -> Any:
     FlakyBuffer.full = FlakyBuffer.corrupt = False
 
 
-def flaky_storage(path: Path, memory_cycles: int = 60) -> Storage:
-    return Storage(lambda: FlakyBuffer.open(path, host="test-host", instance="inst-a",
-                                            max_bytes=64 << 20, max_age_seconds=86400),
-                   memory_cycles=memory_cycles)
+def flaky_storage(path: Path, memory_cycles: int = 60) -> BufferStore:
+    return BufferStore(lambda first_seq: FlakyBuffer.open(
+        path, host="test-host", instance="inst-a", max_bytes=64 << 20, max_age_seconds=86400,
+        first_seq=first_seq), memory_cycles=memory_cycles)
 
 
 def test_a_full_disk_keeps_cycles_in_memory_then_writes_them_in_order(tmp_path: Path,
@@ -356,9 +356,9 @@ def test_an_unopenable_buffer_is_retried_until_it_opens(tmp_path: Path, flaky: A
     blocker = tmp_path / "state"
     blocker.write_text("a file where the directory should be")
     clock = [0.0]
-    storage = Storage(lambda: Buffer.open(blocker / "b.db", host="h", instance="i",
-                                          max_bytes=1 << 20, max_age_seconds=60),
-                      clock=lambda: clock[0])
+    storage = BufferStore(lambda first_seq: Buffer.open(blocker / "b.db", host="h", instance="i",
+                                                        max_bytes=1 << 20, max_age_seconds=60),
+                          clock=lambda: clock[0])
     storage.append(T0, cycle(0))
     storage.append(T0 + 1000, cycle(1))
     assert storage.buffer is None and storage.memory_depth == 2
@@ -388,6 +388,9 @@ def test_corruption_while_running_moves_the_file_aside_and_starts_fresh(tmp_path
     assert storage.generation == generation + 1
     [ref] = storage.seal(T0 + 3000)
     assert (ref.first_ms, ref.samples) == (T0 + 1000, 6)  # the cycle held in memory survived
+    # The fresh buffer goes on from seq 1: seq 0 may already be stored at the collector, and a
+    # new batch under that number would be acknowledged as a duplicate without being stored.
+    assert (ref.instance, ref.seq) == ("inst-a", 1) and storage.last_sealed_seq == 1
     assert read_stats(moved).batches == 1  # the old file is kept as it was
 
 
@@ -396,13 +399,13 @@ def test_a_real_write_limit_never_raises_and_recovers(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import random, resource, signal
         from edgemon.agent.buffer import Buffer
-        from edgemon.agent.storage import Storage
+        from edgemon.agent.buffer_store import BufferStore
         from edgemon.protocol import GAUGE, MetricDef
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         m = MetricDef("noise", GAUGE, "", 0, ("n",))
-        storage = Storage(lambda: Buffer.open({str(tmp_path / "b.db")!r}, host="h",
-                          instance="i", max_bytes=1 << 30, max_age_seconds=1e6),
-                          memory_cycles=1000)
+        storage = BufferStore(lambda first_seq: Buffer.open({str(tmp_path / "b.db")!r},
+                              host="h", instance="i", max_bytes=1 << 30, max_age_seconds=1e6),
+                              memory_cycles=1000)
         storage.append(1, [(m, ("0",), 1)])
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
         for ts in range(2, 100):
@@ -422,3 +425,115 @@ def test_a_real_write_limit_never_raises_and_recovers(tmp_path: Path) -> None:
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+# ---- accounting: appended = acknowledged + dropped + buffered, after every commit -------------
+
+
+def assert_identity(buf: Buffer) -> None:
+    """The identity in the open buffer and as a separate read-only reader sees it."""
+    for stats in (buf.stats(), read_stats(buf.path)):
+        assert stats.identity_holds, stats
+        assert stats.lost_samples >= 0 and stats.in_doubt_samples >= 0, stats
+
+
+def test_the_accounting_identity_holds_on_every_path(tmp_path: Path) -> None:
+    """Random mixes of every operation that moves samples: append, seal (with a cycle over a
+    protocol limit), publish, ack (also of batches dropped after publication), refusal, budget
+    and age eviction of batches and of unsealed cycles, samples lost before buffering."""
+    rng = random.Random(14)
+    random.seed(14)
+    wide = [(MetricDef(f"m{i}", GAUGE, "", 0, ()), (), i) for i in range(4100)]  # > MAX_METRICS
+    buf = open_buffer(tmp_path / "b.db", max_age_seconds=40)
+    now = T0
+    sealed: list[Any] = []
+    for _ in range(400):
+        now += 1000
+        op = rng.random()
+        if op < 0.45:
+            buf.append(now, noisy_cycle(rng.randint(1, 60)))
+        elif op < 0.47:
+            buf.append(now, wide)  # sealed alone it is over a limit: dropped and counted
+        elif op < 0.6:
+            sealed += buf.seal(now)
+        elif op < 0.7 and sealed:
+            buf.mark_published(rng.choice(sealed).id)
+        elif op < 0.8 and sealed:
+            ref = rng.choice(sealed)  # acked: still here, dropped, or acked before
+            buf.ack(ref.instance, [(ref.seq, ref.seq + rng.randint(0, 2))], now)
+        elif op < 0.84 and sealed:
+            ref = rng.choice(sealed)
+            buf.reject(ref.instance, [(ref.seq, ref.seq)])
+        elif op < 0.9:
+            buf.max_bytes = rng.choice([64 << 20, buf.disk_bytes() // 2])
+            buf.enforce_budget(now)
+        elif op < 0.95:
+            buf.count_lost_before_buffering(rng.randint(1, 50))
+        else:
+            buf.enforce_budget(now + 60_000)  # everything older than max_age goes
+        assert_identity(buf)
+    stats = buf.stats()
+    # every path was taken
+    assert stats.acknowledged_samples_total > 0 and stats.delivered_after_drop_total > 0
+    assert stats.dropped_samples_total > stats.delivered_after_drop_total + stats.in_doubt_samples
+    buf.close()
+    reopened = open_buffer(tmp_path / "b.db", instance="inst-b")
+    assert reopened.stats() == stats._replace(disk_bytes=reopened.stats().disk_bytes)
+
+
+def test_dropped_after_publication_is_in_doubt_until_acknowledged(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db", max_age_seconds=10)
+    refs = []
+    for b in range(4):
+        buf.append(T0 + b * 1000, cycle(b))
+        refs += buf.seal(T0 + b * 1000)
+    buf.mark_published(refs[0].id)
+    buf.mark_published(refs[1].id)
+    assert buf.enforce_budget(T0 + 12_500) == 3 * 3  # batches 0..2 are older than 10 s
+    dropped_ms = sqlite3.connect(tmp_path / "b.db").execute(
+        "SELECT DISTINCT dropped_ms FROM dropped_published").fetchall()
+    assert dropped_ms == [(T0 + 12_500,)]  # the caller's clock, not the wall clock
+    stats = buf.stats()
+    assert (stats.dropped_samples_total, stats.in_doubt_samples, stats.lost_samples) == (9, 6, 3)
+    buf.ack("inst-a", [(0, 0)], T0 + 20_000)  # the broker delivered seq 0 after all
+    stats = buf.stats()
+    assert (stats.delivered_after_drop_total, stats.in_doubt_samples, stats.lost_samples,
+            stats.acknowledged_samples_total) == (3, 3, 3, 0)
+    buf.ack("inst-a", [(3, 3)], T0 + 20_000)
+    assert buf.stats().acknowledged_samples_total == 3
+    assert_identity(buf)
+
+
+def test_a_buffer_from_before_the_acknowledged_count_starts_it_where_the_identity_says(
+        tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    buf = open_buffer(path)
+    for b in range(3):
+        buf.append(T0 + b, cycle(b))
+        buf.seal(T0 + b)
+    buf.ack("inst-a", [(0, 0)], T0)
+    buf.close()
+    db = sqlite3.connect(path)  # as an agent before this count existed left it
+    db.execute("DELETE FROM meta WHERE key = 'acknowledged_samples_total'")
+    db.commit()
+    db.close()
+    assert read_stats(path).acknowledged_samples_total == 3  # derived while read-only
+    buf = open_buffer(path, instance="inst-b")
+    assert buf.stats().acknowledged_samples_total == 3
+    assert_identity(buf)
+
+
+def test_memory_drops_keep_the_identity_before_and_after_they_are_written(tmp_path: Path,
+                                                                          flaky: Any) -> None:
+    storage = flaky_storage(tmp_path / "b.db", memory_cycles=1)
+    storage.append(T0, cycle(0))
+    flaky.full = True
+    for i in range(1, 4):
+        storage.append(T0 + i, cycle(i))
+    stats = storage.stats()
+    assert stats.dropped_samples_total == 6 and stats.identity_holds  # 2 cycles dropped
+    flaky.full = False
+    storage.append(T0 + 9, cycle(9))
+    stats = storage.stats()
+    assert stats.dropped_samples_total == 6 and stats.identity_holds
+    assert read_stats(tmp_path / "b.db") == stats

@@ -1,4 +1,5 @@
-"""The agent against a real mosquitto: birth/LWT, batches, end-to-end acks, resends, outages."""
+"""The agent against a real mosquitto: birth/LWT, batches, end-to-end acks, resends, outages,
+and what it does when collectors say (through their retained presence) whether they listen."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +36,7 @@ from edgemon.protocol import (
 )
 from edgemon.protocol.schema import validate_batch
 from tests.support.broker import Broker
+from tests.support.presence import clear_collector_state, publish_collector_state
 from tests.support.waiting import wait_until
 
 HOST = "test-host"
@@ -323,9 +326,100 @@ def test_sigterm_stops_the_agent_cleanly_within_seconds(tmp_path: Path, broker: 
     last = wait_until(lambda: [s for s in collector.statuses() if s["state"] == "offline"],
                       5, "the offline status")[-1]
     assert last["reason"] == "shutdown"
+    # the death message names the newest batch the instance sealed: every one reached us
+    assert last["last_seq"] == max(b["seq"] for _k, b, _r in collector.batches()
+                                   if b["instance"] == last["instance"])
     # every cycle was sealed and published before the process exited
     assert read_stats(path).pending_cycles == 0
     times = {s.timestamp_ms for _k, b, _r in collector.batches() for s in expand_samples(b)}
     assert len(times) == cycles >= 3
     names = {s.name for _k, b, _r in collector.batches() for s in expand_samples(b)}
     assert {"cpu_usage_percent", "memory_used_bytes", "agent_buffer_bytes"} <= names
+
+
+def seqs_received(collector: FakeCollector, instance: str) -> list[int]:
+    return [b["seq"] for _k, b, _r in collector.batches() if b["instance"] == instance]
+
+
+def test_no_collector_online_holds_batches_and_its_return_sends_the_backlog_at_once(
+        tmp_path: Path, broker: Broker, collector: FakeCollector) -> None:
+    """Nobody acknowledges here and the ack timeout is 60 s: whatever goes out twice within
+    seconds was re-sent because a collector came (back) online."""
+    publish_collector_state(broker, "c1", online=True)
+    config = load_config(None, environ=environ(tmp_path, broker,
+                                               buffer_ack_timeout_seconds="60",
+                                               buffer_backfill_batches_per_second="50"))
+    path = config.buffer.path
+    with running(config) as agent:
+        wait_until(lambda: len(seqs_received(collector, agent.instance)) >= 3, 15,
+                   "batches while a collector is online")
+        assert agent.publisher.presence.online_collectors() == ["c1"]
+
+        publish_collector_state(broker, "c1", online=False)  # as its Last Will would
+        wait_until(lambda: not agent.publisher.presence.publishing_allowed, 10,
+                   "the agent to learn that no collector is online")
+        held_from = (agent.store.last_sealed_seq or 0) + 1  # nothing from here on may go out
+        sent_before = seqs_received(collector, agent.instance)
+        wait_until(lambda: (agent.store.last_sealed_seq or 0) >= held_from + 5, 15,
+                   "batches sealed while no collector is online")
+        assert max(seqs_received(collector, agent.instance)) < held_from, "published into void"
+        assert read_stats(path).dropped_samples_total == 0
+
+        came_back = time.monotonic()
+        publish_collector_state(broker, "c1", online=True)
+        last_held = agent.store.last_sealed_seq or 0
+
+        def everything_again() -> bool:
+            seen = seqs_received(collector, agent.instance)
+            resent = all(seen.count(seq) >= 2 for seq in sent_before)
+            return resent and set(range(held_from, last_held + 1)) <= set(seen)
+
+        wait_until(everything_again, 10, "in-flight batches re-sent and the held ones sent")
+        took = time.monotonic() - came_back
+    assert took < 10 < 60  # the ack timeout would have taken a minute
+    after = [(kind, b["seq"]) for kind, b, _r in collector.batches()
+             if b["instance"] == agent.instance][len(sent_before):]
+    backfilled = [seq for kind, seq in after if kind == "backfill"]
+    assert backfilled[:len(sent_before)] == sorted(sent_before)  # the back-log oldest first
+
+
+def test_an_agent_that_sees_no_presence_publishes_and_resends_on_its_ack_timeout(
+        tmp_path: Path, broker: Broker, collector: FakeCollector) -> None:
+    """An older collector publishes no presence: the agent behaves as before."""
+    config = load_config(None, environ=environ(tmp_path, broker,
+                                               buffer_ack_timeout_seconds="1"))
+    with running(config) as agent:
+        wait_until(lambda: any(seqs_received(collector, agent.instance).count(seq) >= 2
+                               for seq in seqs_received(collector, agent.instance)), 15,
+                   "a batch re-sent after its ack timeout")
+        assert not agent.publisher.presence.seen
+        # a collector that said offline and then vanished from the broker: as if never seen
+        publish_collector_state(broker, "old", online=False)
+        wait_until(lambda: not agent.publisher.presence.publishing_allowed, 10, "offline seen")
+        clear_collector_state(broker, "old")
+        wait_until(lambda: agent.publisher.presence.publishing_allowed, 10, "state cleared")
+        count = len(seqs_received(collector, agent.instance))
+        wait_until(lambda: len(seqs_received(collector, agent.instance)) > count + 2, 10,
+                   "publishing again")
+
+
+def test_invalid_presence_is_ignored_and_counted(tmp_path: Path, broker: Broker,
+                                                 collector: FakeCollector) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    for payload in (b"not json", b'{"v":1,"state":"maybe","collector":"c","ts":1}',
+                    json.dumps({"v": 1, "state": "offline", "collector": "c",
+                                "ts": -5}).encode()):
+        client.publish("edgemon/v1/_collectors/c/state", payload, qos=1,
+                       retain=True).wait_for_publish(5)
+        if payload == b"not json":
+            client.publish("edgemon/v1/_collectors/bad id!/state", b"{}", qos=1,
+                           retain=True).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+    config = load_config(None, environ=environ(tmp_path, broker))
+    with running(config) as agent:
+        wait_until(lambda: agent.publisher.presence.invalid_total >= 1, 10, "counted")
+        assert agent.publisher.presence.publishing_allowed  # nothing valid: as if none seen
+        wait_until(lambda: seqs_received(collector, agent.instance), 10, "batches published")

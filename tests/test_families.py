@@ -94,19 +94,16 @@ def test_cpu_first_call_is_baseline_then_percent_from_deltas() -> None:
     ]
 
 
-def test_cpu_per_cpu_modes_and_platform_modes_only() -> None:
+def test_cpu_modes_are_the_platforms_and_for_the_total_only() -> None:
     mac = namedtuple("scputimes", "user nice system idle")  # macOS: no iowait, no steal
     before, after = mac(1.0, 0.0, 1.0, 8.0), mac(3.0, 0.0, 2.0, 15.0)
-    collect = cpu.make(FakeCpu([(before, [before]), (after, [after])], count=1),
-                       per_cpu_modes=True)
+    collect = cpu.make(FakeCpu([(before, [before]), (after, [after])], count=1))
     collect()
     assert by_name(collect()) == {
         ("cpu_count", ()): 1,
         ("cpu_usage_percent", ("total",)): 30.0, ("cpu_usage_percent", ("0",)): 30.0,
         ("cpu_mode_percent", ("total", "user")): 20.0,
         ("cpu_mode_percent", ("total", "system")): 10.0,
-        ("cpu_mode_percent", ("0", "user")): 20.0,
-        ("cpu_mode_percent", ("0", "system")): 10.0,
     }
 
 

@@ -1,26 +1,34 @@
 """Fault injection with real processes: broker, collector and agent crashes, outages, a full
-budget, a corrupt buffer, back-fill under live traffic.
+budget, a corrupt buffer, a lost buffer, back-fill under live traffic, collector presence.
 
-Every test ends with exact accounting: every sample the agent ever buffered is stored by the
-collector or counted as dropped, and nothing is stored twice (a duplicate would make the stored
-count exceed what was buffered).
+Every test ends with exact accounting, checked the way an operator would (README, "Checking
+exactness"): ``edgemon-agent status --json`` on the agent (its identity must hold) and the
+collector's ``/edgemon/api/v1/accounting``. Every sample the agent acknowledged or saw
+delivered after a drop is stored once, and so is every still-buffered (or in-doubt) batch the
+collector holds without having acknowledged it yet: the samples stored add up exactly.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.broker import Broker
-from tests.support.processes import Agent, Collector, buffer_meta, stored_samples
+from tests.support.presence import publish_collector_state
+from tests.support.processes import BIN, Agent, Collector, buffer_meta
 from tests.support.waiting import wait_until
 
 HOST = "faulty-host"
 FAST = "ack_timeout_seconds = 2.0\nbackfill_batches_per_second = 100.0\nmax_inflight = 32"
+COLLECTOR_ID = "test-collector"  # the presence the tests publish in the collector's place
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +38,15 @@ def make_system(tmp_path: Path) -> Iterator[Callable[..., tuple[Broker, Collecto
     started: list[object] = []
 
     def make(*, max_queued_messages: int = 1000, agent_extra: str = "", buffer_extra: str = FAST,
-             interval: float = 0.1, batch_cycles: int = 2,
+             interval: float = 0.1, batch_cycles: int = 2, presence: bool = False,
              before_agent: Callable[[Agent], None] | None = None,
              ) -> tuple[Broker, Collector, Agent]:
         broker = Broker(tmp_path / "broker", max_queued_messages=max_queued_messages).start()
         started.append(broker)
         collector = Collector(tmp_path / "collector", broker).start()
         started.append(collector)
+        if presence:
+            publish_collector_state(broker, COLLECTOR_ID, online=True)
         agent = Agent(tmp_path / "agent", broker, host_id=HOST, interval=interval,
                       batch_cycles=batch_cycles, extra=agent_extra, buffer_extra=buffer_extra)
         if before_agent is not None:
@@ -61,22 +71,69 @@ def _batches(agent: Agent) -> int:
     return buffer_meta(agent.buffer)["batches"]
 
 
-def assert_exact_accounting(collector: Collector, agent: Agent) -> dict[str, int]:
-    """Stop the agent cleanly, then: stored + dropped + still buffered == ever buffered.
+def agent_status(agent: Agent) -> dict[str, Any]:
+    """``edgemon-agent status --json``; fails the test unless the buffer's identity holds."""
+    result = subprocess.run([str(BIN / "edgemon-agent"), "status", "--json", "-c",
+                             str(agent.config)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc: dict[str, Any] = json.loads(result.stdout)
+    assert doc["identity"]["holds"] and doc["lost_samples"] >= 0, doc
+    return doc
 
-    Samples still in the stopped agent's buffer are not lost (the next start sends them); if one
-    of them had also been stored, or anything stored twice, the stored count would be too high.
-    """
+
+def unacknowledged(agent: Agent) -> dict[tuple[str, int], int]:
+    """Samples of every batch the buffer still holds or dropped in doubt, by (instance, seq):
+    the collector may have stored them without its acknowledgement having arrived."""
+    db = sqlite3.connect(f"{agent.buffer.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT instance, seq, samples FROM batches UNION ALL "
+                          "SELECT instance, seq, samples FROM dropped_published").fetchall()
+    finally:
+        db.close()
+    return {(instance, seq): samples for instance, seq, samples in rows}
+
+
+def accounting(collector: Collector) -> dict[str, Any]:
+    """The collector's accounting of HOST, with the samples it holds over all time."""
+    now_ms = int(time.time() * 1000)
+    doc: dict[str, Any] = collector.get(
+        f"/edgemon/api/v1/accounting?host={HOST}&start={now_ms - 86_400_000}"
+        f"&end={now_ms + 3_600_000}")
+    return doc
+
+
+def stored_of(doc: dict[str, Any], batches: dict[tuple[str, int], int]) -> int:
+    """Samples of ``batches`` that the accounting ``doc`` says are stored."""
+    ranges = {i["instance"]: i["seq_ranges"] for i in doc["instances"]}
+    return sum(n for (instance, seq), n in batches.items()
+               if any(lo <= seq <= hi for lo, hi in ranges.get(instance, [])))
+
+
+def assert_exact_accounting(collector: Collector, agent: Agent) -> dict[str, Any]:
+    """Stop the agent cleanly, then: what the collector stores is exactly what the agent had
+    acknowledged or saw delivered after a drop, plus the unacknowledged batches it holds."""
     wait_until(lambda: _batches(agent) <= 2, 60, "the buffer to drain")
     assert agent.terminate() == 0, agent.output()[-2000:]
-    meta = buffer_meta(agent.buffer)
-    assert meta["buffered"] <= meta["appended"] // 10, f"most of the back-log is left: {meta}"
-    expected = meta["appended"] - meta["dropped"] - meta["buffered"]
-    wait_until(lambda: stored_samples(collector, HOST) == expected, 20,
-               f"stored == appended - dropped - buffered ({meta})")
-    stored = stored_samples(collector, HOST)
-    assert stored == expected
-    return {**meta, "stored": stored}
+    status = agent_status(agent)
+    assert status["buffered_samples"] <= status["appended_samples"] // 10, (
+        f"most of the back-log is left: {status}")
+    held = unacknowledged(agent)
+    seen: dict[str, Any] = {}
+
+    def adds_up() -> bool:
+        doc = seen["doc"] = accounting(collector)
+        expected = (status["acknowledged_samples"] + status["dropped_then_delivered_samples"]
+                    + stored_of(doc, held))
+        seen["expected"] = expected
+        return doc["samples"] == expected
+
+    wait_until(adds_up, 20, f"stored == acknowledged + delivered after drop + held and stored "
+                            f"({status}, {seen})")
+    doc = seen["doc"]
+    assert doc["samples_complete"], doc
+    # the data itself, counted in the query path, holds every accounted sample exactly once
+    assert doc["range"]["samples"] == doc["samples"] and doc["range"]["exact"], doc["range"]
+    return {**status, "stored": doc["samples"], "accounting": doc}
 
 
 def test_broker_stop_and_kill9_lose_nothing(make_system: Callable[..., tuple]) -> None:
@@ -102,7 +159,7 @@ def test_collector_kill9_and_an_outage_longer_than_the_broker_queues(
     wait_until(lambda: _batches(agent) >= 25, 30, "a back-log beyond the broker's queue")
     collector.start()
     totals = assert_exact_accounting(collector, agent)
-    assert totals["dropped"] == 0
+    assert totals["dropped_samples"] == 0
 
 
 def test_agent_kill9_at_random_moments(make_system: Callable[..., tuple]) -> None:
@@ -114,7 +171,7 @@ def test_agent_kill9_at_random_moments(make_system: Callable[..., tuple]) -> Non
         agent.kill()
         agent.start()
     totals = assert_exact_accounting(collector, agent)
-    assert totals["dropped"] == 0
+    assert totals["dropped_samples"] == 0
     hosts = {h["host"]: h for h in collector.get("/edgemon/api/v1/hosts")["hosts"]}
     assert hosts[HOST]["instances"] >= 2  # restarts are visible in the API
 
@@ -130,12 +187,12 @@ def test_exhausted_budget_drops_exactly_the_oldest_and_reports_it(
     outage_end_ms = int(time.time() * 1000)
     broker.start()
     totals = assert_exact_accounting(collector, agent)
-    assert totals["dropped"] > 0
+    assert totals["dropped_samples"] > 0
     # The agent told the collector what it dropped, as an ordinary metric.
     doc = collector.get(f"/edgemon/api/v1/query?metric=agent_dropped_samples_total&host={HOST}"
                         "&agg=max&step=1d&start=now-1h&tier=raw")
     reported = max(p[1] for s in doc["series"] for p in s["points"])
-    assert 0 < reported <= totals["dropped_gross"]
+    assert 0 < reported <= totals["dropped_samples"]
     # Oldest first: within the outage, what survived is one unbroken run at its end. (The
     # outage's first second is left out: batches sealed just before the stop went out.)
     window_start_ms = outage_start_ms + 1000
@@ -195,3 +252,105 @@ def test_live_samples_keep_flowing_during_a_large_backfill(
     # A starved live stream would age by the back-log's length (> 9 s at 10 batches/s).
     assert max(ages) < 1 + 2 * interval + 1.5, ages
     assert_exact_accounting(collector, agent)
+
+
+def published_flags(agent: Agent, instance: str) -> dict[int, int]:
+    """seq -> published (0/1) of this instance's batches in the agent's buffer."""
+    db = sqlite3.connect(f"{agent.buffer.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        return dict(db.execute("SELECT seq, published FROM batches WHERE instance = ?",
+                               (instance,)).fetchall())
+    finally:
+        db.close()
+
+
+def current_instance(collector: Collector) -> str:
+    hosts = {h["host"]: h for h in collector.get("/edgemon/api/v1/hosts")["hosts"]}
+    return str(hosts[HOST]["instance"])
+
+
+def test_a_collector_away_holds_the_agent_and_its_return_drains_it_at_once(
+        make_system: Callable[..., tuple]) -> None:
+    """Collector kill -9 with its presence saying offline: nothing is published into the void
+    and nothing counts as lost; when it is online again the back-log drains in seconds though
+    the ack timeout is a minute."""
+    broker, collector, agent = make_system(
+        presence=True, buffer_extra="ack_timeout_seconds = 60.0\n"
+                                     "backfill_batches_per_second = 50.0\nmax_inflight = 32")
+    instance = current_instance(collector)
+    collector.kill()
+    publish_collector_state(broker, COLLECTOR_ID, online=False)  # what its Last Will says
+    held_from = max(published_flags(agent, instance) or {0: 0}) + 3
+    wait_until(lambda: max(published_flags(agent, instance) or {0: 0}) >= held_from + 10, 30,
+               "batches sealed while no collector is online")
+    flags = published_flags(agent, instance)
+    assert not any(flags[seq] for seq in flags if seq >= held_from), "published into the void"
+    assert agent_status(agent)["dropped_samples"] == 0
+
+    collector.start()
+    returned = time.monotonic()
+    publish_collector_state(broker, COLLECTOR_ID, online=True)
+    wait_until(lambda: _batches(agent) <= 2, 30, "the back-log drained")
+    assert time.monotonic() - returned < 30 < 60  # not one ack timeout
+    totals = assert_exact_accounting(collector, agent)
+    assert totals["dropped_samples"] == 0
+
+
+def test_budget_exhausted_while_no_collector_is_online_counts_in_doubt_not_lost(
+        make_system: Callable[..., tuple]) -> None:
+    """Batches published before the agent learnt the collector was away wait in the broker's
+    queue for its session; the budget evicts them from the buffer; when the collector returns
+    they arrive after all: counted as delivered after drop, never as lost."""
+    broker, collector, agent = make_system(
+        presence=True, buffer_extra=f"{FAST}\nmax_bytes = 131072")
+    instance = current_instance(collector)
+    collector.kill()  # its session queues what the agent still publishes
+    wait_until(lambda: sum(published_flags(agent, instance).values()) >= 8, 30,
+               "batches published into the dead collector's queue")
+    publish_collector_state(broker, COLLECTOR_ID, online=False)
+    wait_until(lambda: agent_status(agent)["dropped_in_doubt_samples"] > 0, 90,
+               "published batches evicted by the budget")
+    wait_until(lambda: agent_status(agent)["lost_samples"] > 0, 90,
+               "never-published batches evicted too")
+    collector.start()
+    publish_collector_state(broker, COLLECTOR_ID, online=True)
+    totals = assert_exact_accounting(collector, agent)
+    assert totals["dropped_then_delivered_samples"] > 0  # the queue delivered them
+    assert totals["lost_samples"] == (totals["dropped_samples"]
+                                      - totals["dropped_then_delivered_samples"]
+                                      - totals["dropped_in_doubt_samples"]) > 0
+
+
+def test_batches_lost_at_the_end_of_an_instance_are_visible_at_the_collector(
+        make_system: Callable[..., tuple], tmp_path: Path) -> None:
+    """The buffer dies with the device's disk after a clean stop: the batches the collector
+    never got were the last of their instance, beyond any gap between stored numbers; the
+    death message's last_seq makes them missing batches at the collector."""
+    broker, collector, agent = make_system(presence=True)
+    instance = current_instance(collector)
+    collector.kill()
+    publish_collector_state(broker, COLLECTOR_ID, online=False)
+    wait_until(lambda: _batches(agent) >= 6, 30, "batches the collector does not have")
+    assert agent.terminate() == 0
+    held = sorted(seq for (inst, seq) in unacknowledged(agent) if inst == instance)
+    for path in agent.buffer.parent.glob("buffer.db*"):
+        path.unlink()  # the disk is gone
+
+    collector.start()  # reads the retained death message, with the instance's last_seq
+    publish_collector_state(broker, COLLECTOR_ID, online=True)
+
+    def account() -> dict[str, Any] | None:
+        doc = accounting(collector)
+        found = [i for i in doc["instances"] if i["instance"] == instance]
+        return found[0] if found and found[0]["declared_last_seq"] is not None else None
+
+    account_of = wait_until(account, 20, "the declared last seq recorded")
+    assert account_of["declared_last_seq"] == held[-1]
+    stored = {seq for lo, hi in account_of["seq_ranges"] for seq in range(lo, hi + 1)}
+    lost = sorted(set(held) - stored)
+    assert lost and lost[-1] == held[-1]  # the tail: no later batch exists to show a gap
+    missing = {seq for gap in account_of["gaps"]
+               for seq in range(gap["first_missing"], gap["last_missing"] + 1)}
+    assert missing == set(lost) and account_of["missing_batches"] == len(lost)
+    gaps = collector.get(f"/edgemon/api/v1/gaps?host={HOST}")["gaps"]
+    assert {(g["instance"], g["last_missing"]) for g in gaps} >= {(instance, held[-1])}

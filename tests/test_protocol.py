@@ -209,6 +209,18 @@ def test_status_round_trip() -> None:
         protocol.decode_status(b'{"v":1,"state":"maybe","instance":"i","ts":1}')
 
 
+def test_status_carries_the_last_sealed_seq_when_there_is_one() -> None:
+    doc = protocol.decode_status(protocol.encode_status(online=True, instance="i",
+                                                        timestamp_ms=7, last_seq=41))
+    assert doc["last_seq"] == 41
+    assert "last_seq" not in protocol.decode_status(
+        protocol.encode_status(online=True, instance="i", timestamp_ms=7, last_seq=None))
+    for bad in ("-1", "1.5", "true", '"7"', str(2**63)):
+        with pytest.raises(ProtocolError, match="last_seq must be an integer"):
+            protocol.decode_status(
+                f'{{"v":1,"state":"offline","instance":"i","ts":1,"last_seq":{bad}}}'.encode())
+
+
 def test_public_surface_is_deliberate() -> None:
     assert sorted(protocol.__all__) == sorted([
         "COUNTER", "GAUGE", "VERSION", "Ack", "BatchBuilder", "LimitExceeded", "MalformedPayload",

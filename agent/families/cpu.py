@@ -3,7 +3,7 @@
 The first call only takes the baseline, so it returns ``cpu_count`` alone. Percentages are over
 all time except guest/guest_nice (already inside user/nice on Linux); busy = all - idle - iowait,
 as in psutil.cpu_percent. Series: ``cpu_usage_percent`` for "total" and each CPU;
-``cpu_mode_percent`` for "total" only unless ``per_cpu_modes`` (N CPUs x 4 modes adds up).
+``cpu_mode_percent`` for "total" only (per CPU, N CPUs x 4 modes would add up).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def _percent(part: float, whole: float) -> float:
 class _Cpu:
     """Keeps the previous cpu_times between calls."""
 
-    def __init__(self, source: Any, per_cpu_modes: bool) -> None:
-        self.source, self.per_cpu_modes = source, per_cpu_modes
+    def __init__(self, source: Any) -> None:
+        self.source = source
         self.total: Any = None
         self.each: Sequence[Any] = ()
 
@@ -58,11 +58,11 @@ class _Cpu:
             out += percentages("total", self.total, total, modes=True)
             if len(each) == len(self.each):  # else CPUs came or went: skip per-CPU this once
                 for i, (old, new) in enumerate(zip(self.each, each, strict=True)):
-                    out += percentages(str(i), old, new, modes=self.per_cpu_modes)
+                    out += percentages(str(i), old, new, modes=False)
         self.total, self.each = total, each
         return out
 
 
-def make(source: Any = psutil, *, per_cpu_modes: bool = False) -> Collect:
+def make(source: Any = psutil) -> Collect:
     """A stateful collector bound to ``source``: percentages from its second call on."""
-    return _Cpu(source, per_cpu_modes)
+    return _Cpu(source)

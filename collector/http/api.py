@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -36,7 +36,9 @@ from edgemon.collector.http.responses import (
     query_params,
 )
 from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
+from edgemon.collector.storage.accounting import accounting_of
 from edgemon.collector.storage.base import (
+    Aggregation,
     Gap,
     HostInfo,
     RangeQuery,
@@ -86,7 +88,7 @@ class QueryParams(BaseModel):
     start: str | None = None
     end: str | None = None
     step: str | None = None
-    agg: Literal["avg", "min", "max", "sum", "count", "last", "p95"] = "avg"
+    agg: Aggregation = "avg"
     host: list[str] = []
     label: dict[str, Annotated[str, Field(max_length=256)]] = {}
     rate: bool = False
@@ -308,7 +310,9 @@ async def gaps_handler(request: web.Request) -> web.Response:
         host = _exact_host(host)
         if host not in await _known_hosts(request):
             return error_response(404, f"unknown host {host!r}")
-    gaps = await _call(request, request.app[STORAGE_KEY].gaps, host)
+    storage = request.app[STORAGE_KEY]
+    accounting = accounting_of(storage)  # also sees batches lost at the end of an instance
+    gaps = await _call(request, accounting.gaps if accounting else storage.gaps, host)
     return json_response({"gaps": [gap_doc(g) for g in gaps]})
 
 
@@ -393,9 +397,11 @@ def create_app(storage: Storage, *, executor: Executor | None = None,
     """The collector's HTTP API; ``extra_routes`` (e.g. alerting) are described by
     ``extend_openapi``, which adds their paths to a copy of ``OPENAPI``. ``middlewares`` (e.g.
     collector/http/auth.py) run inside the one that turns exceptions into JSON errors."""
+    from edgemon.collector.http import accounting  # it builds on this module's helpers
+
     app = web.Application(middlewares=[errors_middleware, *middlewares],
                           client_max_size=client_max_size)
-    document = copy.deepcopy(OPENAPI)
+    document = accounting.merge_openapi(copy.deepcopy(OPENAPI))
     app[OPENAPI_KEY] = extend_openapi(document) if extend_openapi else document
     app.router.add_routes(extra_routes)
     app[STORAGE_KEY] = storage
@@ -407,6 +413,7 @@ def create_app(storage: Storage, *, executor: Executor | None = None,
     app.router.add_get("/edgemon/api/v1/hosts/{host}/series", series_handler)
     app.router.add_get("/edgemon/api/v1/query", query_handler)
     app.router.add_get("/edgemon/api/v1/gaps", gaps_handler)
+    app.router.add_get(accounting.PATH, accounting.handler)
     app.router.add_get("/edgemon/api/v1/openapi.json", openapi_handler)
     app.router.add_get("/healthz", healthz_handler)
     app.router.add_get("/readyz", readyz_handler)
@@ -419,6 +426,13 @@ def create_app(storage: Storage, *, executor: Executor | None = None,
 _ERROR = error_doc("bad parameter (the message names it)")
 _NOT_FOUND = error_doc("unknown host")
 _qp, _ok = param_doc, ok_doc  # short names: the document below uses them on every line
+_HOST_ID = {"type": "string", "minLength": 1, "maxLength": 64,
+            "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+_METRIC_NAME = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": f"^{_NAME}$"}
+_TIME_SYNTAX = "unix seconds, unix ms, RFC 3339, now or now-<duration> (e.g. now-2h)"
+_DURATION = r"\d+(\.\d+)?(ms|s|m|h|d|w)"
+_AGGREGATIONS = get_args(Aggregation)
+_DEFAULT_LIMITS = RangeQuery("m", 0, 1, 1)  # its max_series and max_points
 
 
 OPENAPI: dict[str, Any] = {
@@ -433,30 +447,43 @@ OPENAPI: dict[str, Any] = {
         "/edgemon/api/v1/hosts/{host}/series": {"get": {
             "summary": "The series a host has sent",
             "parameters": [
-                {"name": "host", "in": "path", "required": True, "schema": {"type": "string"}},
-                _qp("metric", "only this metric name"),
+                {"name": "host", "in": "path", "required": True, "schema": _HOST_ID},
+                _qp("metric", "only this metric name", _METRIC_NAME),
             ],
             "responses": {"200": _ok("Series"), "400": _ERROR, "404": _NOT_FOUND}}},
         "/edgemon/api/v1/query": {"get": {
             "summary": "Aggregate one metric over a time range, one point per step",
+            "description": "Each parameter at most once (host and label.<key> excepted). A "
+                           f"query matching more than {_DEFAULT_LIMITS.max_series} series, or "
+                           f"answering more than {_DEFAULT_LIMITS.max_points} points (series x "
+                           "steps), is refused with 400 saying how to narrow it.",
             "parameters": [
-                _qp("metric", "metric name", required=True),
-                _qp("start", "unix seconds, unix ms, RFC 3339 or now-<duration>; "
-                             "default end - 1h"),
-                _qp("end", "unix seconds, unix ms, RFC 3339 or now; default now"),
-                _qp("step", "seconds or a duration (30s, 5m, 1h); default about (end-start)/300"),
+                _qp("metric", "metric name", _METRIC_NAME, required=True),
+                _qp("start", f"{_TIME_SYNTAX}; before end; default end - 1h"),
+                _qp("end", f"{_TIME_SYNTAX}; default now"),
+                _qp("step", "width of one point: seconds (a number) or a duration (30s, 5m, "
+                            "1h); at least 1 second; default about (end - start) / "
+                            f"{AUTO_POINTS} rounded up to 1, 2, 5, 10, 15, 30 s, 1, 2, 5, 10, "
+                            "15, 30 min, 1, 2, 3, 6, 12 h or whole days",
+                    {"oneOf": [{"type": "number", "minimum": 1},
+                               {"type": "string", "pattern": f"^({_DURATION})+$",
+                                "description": "a duration of at least 1s"}]}),
                 _qp("agg", "aggregation within a step",
-                    {"type": "string", "enum": ["avg", "min", "max", "sum", "count", "last",
-                                                "p95"], "default": "avg"}),
-                _qp("host", "host id or glob (repeatable); default all hosts",
-                    {"type": "array", "items": {"type": "string"}}, explode=True),
+                    {"type": "string", "enum": list(_AGGREGATIONS), "default": "avg"}),
+                _qp("host", "host id or glob (*, ?, [...]); repeatable; default all hosts",
+                    {"type": "array", "items": {"type": "string", "minLength": 1,
+                                                "maxLength": 128,
+                                                "pattern": r"^[A-Za-z0-9._*?\[\]!-]+$"}},
+                    explode=True),
                 {"name": "label.{key}", "in": "query", "required": False,
-                 "description": "exact label match, e.g. label.cpu=total (any number of them)",
-                 "schema": {"type": "string"}},
+                 "description": "exact label match, e.g. label.cpu=total (any number of them; "
+                                f"key: {_NAME})",
+                 "schema": {"type": "string", "maxLength": 256}},
                 _qp("rate", "per-second rate of a counter (resets handled)",
                     {"type": "boolean", "default": False}),
                 _qp("group_by", "comma-separated: host and/or label keys; default one result "
-                                "per series"),
+                                "per series",
+                    {"type": "string", "pattern": f"^ *{_NAME} *(, *{_NAME} *)*$"}),
                 _qp("tier", "storage tier", {"type": "string",
                                              "enum": ["auto", "raw", "1m", "1h"],
                                              "default": "auto"}),
@@ -470,8 +497,10 @@ OPENAPI: dict[str, Any] = {
                                     "text/csv": {"schema": {"type": "string"}}}},
                 "400": _ERROR, "404": _NOT_FOUND}}},
         "/edgemon/api/v1/gaps": {"get": {
-            "summary": "Sequence numbers that never arrived, per agent instance",
-            "parameters": [_qp("host", "only this host")],
+            "summary": "Sequence numbers that never arrived, per agent instance: between "
+                       "stored ones, and after the last stored one up to the last sequence "
+                       "number the instance declared in its birth or death message",
+            "parameters": [_qp("host", "only this host (exact id)", _HOST_ID)],
             "responses": {"200": _ok("Gaps"), "400": _ERROR, "404": _NOT_FOUND}}},
         "/edgemon/api/v1/openapi.json": {"get": {
             "summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
@@ -529,11 +558,12 @@ OPENAPI: dict[str, Any] = {
                            "without a (finite) value are omitted",
                            "items": {"type": "array", "prefixItems": [{"type": "integer"},
                                                                       {"type": "number"}]}}}}}}},
+        "Gap": {"type": "object", "properties": {
+            "host": {"type": "string"}, "instance": {"type": "string"},
+            "first_missing": {"type": "integer"}, "last_missing": {"type": "integer"},
+            "missing": {"type": "integer", "minimum": 1}}},
         "Gaps": {"type": "object", "properties": {
-            "gaps": {"type": "array", "items": {"type": "object", "properties": {
-                "host": {"type": "string"}, "instance": {"type": "string"},
-                "first_missing": {"type": "integer"}, "last_missing": {"type": "integer"},
-                "missing": {"type": "integer"}}}}}},
+            "gaps": {"type": "array", "items": {"$ref": "#/components/schemas/Gap"}}}},
         "Ready": {"type": "object", "properties": {
             "ready": {"type": "boolean"}, "mqtt": {"type": "boolean"},
             "storage": {"type": "boolean"}}},

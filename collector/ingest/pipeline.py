@@ -326,7 +326,7 @@ class IngestPipeline:
         doc = o.status or {}
         try:
             self.storage.record_status(o.host or "", doc["instance"], doc["state"] == "online",
-                                       doc["ts"], o.msg.received_ms)
+                                       doc["ts"], o.msg.received_ms, doc.get("last_seq"))
         except Exception as exc:
             log.exception("could not record the status of %s", o.host)
             o.failed, o.detail = True, repr(exc)[:200]

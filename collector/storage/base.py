@@ -110,8 +110,9 @@ class Storage(ABC):
 
     @abstractmethod
     def record_status(self, host: str, instance: str, online: bool, timestamp_ms: int,
-                      received_ms: int) -> None:
-        """A birth (online) or death (offline) message from ``host``."""
+                      received_ms: int, last_seq: int | None = None) -> None:
+        """A birth (online) or death (offline) message from ``host``; ``last_seq``: the newest
+        sequence number the instance says it has sealed (SPEC.md §4), if it says."""
 
     @abstractmethod
     def hosts(self) -> list[HostInfo]: ...

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from edgemon.collector.storage import accounting
 from edgemon.collector.storage import aggregate as agg
 from edgemon.collector.storage.base import (
     Gap,
@@ -281,6 +282,7 @@ class SQLiteStorage(Storage):
         with self._write_lock:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            accounting.install(db)
             meta = dict(db.execute("SELECT key, value FROM meta"))
             if "schema" not in meta:
                 db.executemany("INSERT INTO meta VALUES (?, ?)", [
@@ -444,10 +446,11 @@ class SQLiteStorage(Storage):
              offset, online, hid))
 
     def record_status(self, host: str, instance: str, online: bool, timestamp_ms: int,
-                      received_ms: int) -> None:
+                      received_ms: int, last_seq: int | None = None) -> None:
         fresh: dict[str, int] = {}
         with self._write() as db:
             hid = self._host_id(db, host, fresh)
+            accounting.record_declared(db, hid, instance, last_seq, timestamp_ms)
             db.execute("INSERT OR IGNORE INTO instances VALUES (?, ?, ?, ?)",
                        (hid, instance, received_ms, received_ms))
             current, current_ts = db.execute(

@@ -5,7 +5,10 @@
 - A write fails (disk full, filesystem remounted read-only, I/O error): the same, except the
   open buffer is simply tried again at the next call.
 - SQLite reports corruption while running: the file is moved aside (``buffer.quarantine``, kept,
-  never deleted) and a fresh buffer is opened; ``generation`` changes so the sender forgets ids.
+  never deleted) and a fresh buffer is opened; ``generation`` changes, which tells the sender
+  (the only holder of batch ids) that its ids mean nothing any more. The fresh buffer goes on
+  from this instance's last sequence number, so a new batch never reuses one the collector has
+  already stored (it would be acknowledged as a duplicate and lost).
 
 Memory holds at most ``memory_cycles`` cycles; past that the oldest is dropped and counted, and
 the count is added to the buffer's persisted total as soon as the buffer takes writes again.
@@ -22,28 +25,31 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgemon.agent.buffer import BatchRef, Buffer, BufferStats, is_corruption, quarantine
+from edgemon.agent.buffer import BatchRef, Buffer
+from edgemon.agent.buffer_file import EMPTY_STATS, BufferStats, is_corruption, quarantine
 from edgemon.agent.families import Reading
 from edgemon.common.logs import Throttle
 
-__all__ = ["Storage"]
+__all__ = ["BufferStore"]
 
 T = TypeVar("T")
-log = logging.getLogger("edgemon.agent.storage")
+log = logging.getLogger("edgemon.agent.buffer")
 
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
 
 
-class Storage:
-    """Wraps ``open_buffer()``'s Buffer; every method returns a neutral value on disk errors."""
+class BufferStore:
+    """Wraps the Buffer ``open_buffer(first_seq)`` opens; every method returns a neutral value
+    on disk errors. ``first_seq``: the lowest sequence number the buffer may seal next."""
 
-    def __init__(self, open_buffer: Callable[[], Buffer], *, memory_cycles: int = 60,
+    def __init__(self, open_buffer: Callable[[int], Buffer], *, memory_cycles: int = 60,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._open_buffer = open_buffer
         self._clock = clock
         self.memory_cycles = memory_cycles
         self.buffer: Buffer | None = None
         self.generation = 0  # +1 whenever a (new) buffer is opened
+        self.last_sealed_seq: int | None = None  # this instance's, across buffer replacements
         self.errors_total = 0
         self.recoveries_total = 0
         self.recovered_from: list[Path] = []
@@ -65,34 +71,38 @@ class Storage:
             self._memory_drops += len(dropped)
 
     def seal(self, now_ms: int) -> list[BatchRef]:
-        return self._call("seal", lambda b: b.seal(now_ms), [])
+        refs = self._call("seal", lambda buffer: buffer.seal(now_ms), [])
+        self._note_sealed(self.buffer)
+        return refs
 
     def ack(self, instance: str, ranges: Iterable[tuple[int, int]], now_ms: int) -> list[int]:
-        return self._call("ack", lambda b: b.ack(instance, ranges, now_ms), [])
+        return self._call("ack", lambda buffer: buffer.ack(instance, ranges, now_ms), [])
 
     def mark_published(self, batch_id: int) -> None:
-        self._call("mark_published", lambda b: b.mark_published(batch_id), None)
+        self._call("mark_published", lambda buffer: buffer.mark_published(batch_id), None)
 
     def reject(self, instance: str, ranges: Iterable[tuple[int, int]]) -> tuple[list[int], int]:
-        return self._call("reject", lambda b: b.reject(instance, ranges), ([], 0))
+        return self._call("reject", lambda buffer: buffer.reject(instance, ranges), ([], 0))
 
     def enforce_budget(self, now_ms: int) -> int:
-        return self._call("enforce_budget", lambda b: b.enforce_budget(now_ms), 0)
+        return self._call("enforce_budget", lambda buffer: buffer.enforce_budget(now_ms), 0)
 
     def newest(self, limit: int, exclude: Iterable[int] = ()) -> list[BatchRef]:
-        return self._call("read", lambda b: b.newest(limit, exclude), [])
+        return self._call("read", lambda buffer: buffer.newest(limit, exclude), [])
 
     def oldest(self, limit: int, exclude: Iterable[int] = ()) -> list[BatchRef]:
-        return self._call("read", lambda b: b.oldest(limit, exclude), [])
+        return self._call("read", lambda buffer: buffer.oldest(limit, exclude), [])
 
     def get(self, batch_id: int) -> tuple[BatchRef, bytes] | None:
-        return self._call("read", lambda b: b.get(batch_id), None)
+        return self._call("read", lambda buffer: buffer.get(batch_id), None)
 
     def stats(self) -> BufferStats:
-        empty = BufferStats(0, 0, 0, 0, 0, None, 0, None)
-        stats = self._call("stats", lambda b: b.stats(), empty)
-        return stats._replace(dropped_samples_total=stats.dropped_samples_total
-                              + self._memory_drops)
+        """The buffer's statistics, counting samples dropped from memory (not yet written to
+        the buffer's counters) as appended and dropped already."""
+        stats = self._call("stats", lambda buffer: buffer.stats(), EMPTY_STATS)
+        return stats._replace(
+            appended_samples_total=stats.appended_samples_total + self._memory_drops,
+            dropped_samples_total=stats.dropped_samples_total + self._memory_drops)
 
     @property
     def memory_depth(self) -> int:
@@ -101,7 +111,7 @@ class Storage:
 
     def close(self) -> None:
         if self.buffer is not None:
-            self._call("close", lambda b: b.close(), None)
+            self._call("close", lambda buffer: buffer.close(), None)
             self.buffer = None
 
     # ---- internals -------------------------------------------------------------------------
@@ -112,7 +122,7 @@ class Storage:
             buffer.append(ts_ms, readings)
             self._memory.popleft()
         if self._memory_drops:
-            buffer.add_dropped(self._memory_drops)
+            buffer.count_lost_before_buffering(self._memory_drops)
             self._memory_drops = 0
 
     def _call(self, what: str, action: Callable[[Buffer], T], default: T) -> T:
@@ -132,8 +142,9 @@ class Storage:
     def _try_open(self) -> Buffer | None:
         if self._clock() < self._retry_at:
             return None
+        first_seq = 0 if self.last_sealed_seq is None else self.last_sealed_seq + 1
         try:
-            buffer = self._open_buffer()
+            buffer = self._open_buffer(first_seq)
         except (sqlite3.Error, OSError) as exc:
             self._retry_at = self._clock() + self._retry_delay
             self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
@@ -142,10 +153,15 @@ class Storage:
         self._retry_delay = RETRY_FIRST
         self.buffer = buffer
         self.generation += 1
+        self._note_sealed(buffer)
         if buffer.recovered_from is not None:
             self.recoveries_total += 1
             self.recovered_from.append(buffer.recovered_from)
         return buffer
+
+    def _note_sealed(self, buffer: Buffer | None) -> None:
+        if buffer is not None and buffer.last_sealed_seq is not None:
+            self.last_sealed_seq = max(self.last_sealed_seq or 0, buffer.last_sealed_seq)
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.errors_total += 1
