@@ -19,16 +19,18 @@ from aiohttp import web
 
 from edgemon.collector.http.api import (
     STORAGE_KEY,
-    ParamError,
     _call,
     _exact_host,
     _known_hosts,
-    _no_params,
     _now_ms,
     _param,
-    error_response,
     gap_doc,
+)
+from edgemon.collector.http.responses import (
+    ParamError,
+    error_response,
     json_response,
+    query_params,
 )
 from edgemon.collector.http.timeparse import parse_time_ms
 from edgemon.collector.storage.accounting import (
@@ -66,7 +68,7 @@ def _range_doc(r: RangeCount) -> dict[str, Any]:
 
 
 async def handler(request: web.Request) -> web.Response:
-    _no_params(request, "host", "start", "end")
+    query_params(request, ("host", "start", "end"))
     storage = request.app[STORAGE_KEY]
     accounting = accounting_of(storage)
     if accounting is None:
