@@ -24,6 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
 from edgemon.collector.storage.base import (
+    AGGREGATIONS,
+    TIERS,
+    Aggregation,
     Gap,
     HostInfo,
     QueryTooLarge,
@@ -31,6 +34,7 @@ from edgemon.collector.storage.base import (
     SeriesInfo,
     SeriesResult,
     Storage,
+    Tier,
 )
 from edgemon.common.clock import now_ms
 from edgemon.protocol import ProtocolError, validate_host_id
@@ -75,12 +79,12 @@ class QueryParams(BaseModel):
     start: str | None = None
     end: str | None = None
     step: str | None = None
-    agg: Literal["avg", "min", "max", "sum", "count", "last", "p95"] = "avg"
+    agg: Aggregation = "avg"
     host: list[str] = []
     label: dict[str, Annotated[str, Field(max_length=256)]] = {}
     rate: bool = False
     group_by: str | None = None
-    tier: Literal["auto", "raw", "1m", "1h"] = "auto"
+    tier: Tier = "auto"
     format: Literal["json", "csv"] | None = None
 
     @field_validator("host")
@@ -481,8 +485,7 @@ OPENAPI: dict[str, Any] = {
                 _qp("end", "unix seconds, unix ms, RFC 3339 or now; default now"),
                 _qp("step", "seconds or a duration (30s, 5m, 1h); default about (end-start)/300"),
                 _qp("agg", "aggregation within a step",
-                    {"type": "string", "enum": ["avg", "min", "max", "sum", "count", "last",
-                                                "p95"], "default": "avg"}),
+                    {"type": "string", "enum": list(AGGREGATIONS), "default": "avg"}),
                 _qp("host", "host id or glob (repeatable); default all hosts",
                     {"type": "array", "items": {"type": "string"}}, explode=True),
                 {"name": "label.{key}", "in": "query", "required": False,
@@ -493,7 +496,7 @@ OPENAPI: dict[str, Any] = {
                 _qp("group_by", "comma-separated: host and/or label keys; default one result "
                                 "per series"),
                 _qp("tier", "storage tier", {"type": "string",
-                                             "enum": ["auto", "raw", "1m", "1h"],
+                                             "enum": list(TIERS),
                                              "default": "auto"}),
                 _qp("format", "json (default) or csv; Accept: text/csv also selects CSV",
                     {"type": "string", "enum": ["json", "csv"]}),
