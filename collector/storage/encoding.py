@@ -260,23 +260,23 @@ def cumsum_by_segment(d: np.ndarray, starts: np.ndarray, seg: np.ndarray) -> np.
     return c - before[seg]
 
 
-def encode_rollups(b: dict[str, np.ndarray], starts: np.ndarray, windows: np.ndarray,
+def encode_rollups(buckets: dict[str, np.ndarray], starts: np.ndarray, windows: np.ndarray,
                    bucket_ms: int, level: int = 3) -> list[bytes]:
-    """One blob per segment of ``b`` (rows ``starts[i]`` up to the next start): the buckets of
+    """One blob per segment of ``buckets`` (rows ``starts[i]`` up to the next start): the buckets of
     one series in the rollup window ``windows[i]``; rows sorted by (series, start)."""
-    n = int(b["start"].size)
+    n = int(buckets["start"].size)
     if n == 0:
         return []
     starts = np.asarray(starts, dtype=np.int64)
     first = _starts_mask(starts, n)
     seg = np.cumsum(first) - 1
     with np.errstate(over="ignore"):
-        start = b["start"].astype(_I64)
-        count = b["count"].astype(_I64)
-        last = b["last_v"].astype(_I64)
-        lo = b["min"].astype(_I64)
-        hi = b["max"].astype(_I64)
-        fv = b["first_v"].astype(_I64)
+        start = buckets["start"].astype(_I64)
+        count = buckets["count"].astype(_I64)
+        last = buckets["last_v"].astype(_I64)
+        lo = buckets["min"].astype(_I64)
+        hi = buckets["max"].astype(_I64)
+        fv = buckets["first_v"].astype(_I64)
         index = (start - np.asarray(windows, dtype=_I64)[seg]) // bucket_ms
         coded = np.stack([
             _seg_diff(index, first, -1),
@@ -285,9 +285,9 @@ def encode_rollups(b: dict[str, np.ndarray], starts: np.ndarray, windows: np.nda
             last - fv,
             fv - lo,
             hi - last,
-            b["sum"].astype(_I64) - count * _mid(lo, hi),
-            b["last_ts"].astype(_I64) - start,
-            b["corr"].astype(_I64),
+            buckets["sum"].astype(_I64) - count * _mid(lo, hi),
+            buckets["last_ts"].astype(_I64) - start,
+            buckets["corr"].astype(_I64),
         ], axis=1)
     zz = zigzag(coded)
     widths = _byte_widths(np.maximum.reduceat(zz, starts, axis=0))  # (segments, columns)

@@ -297,7 +297,7 @@ class Compaction(SQLiteFile):
             self._upsert_rollups(db, sel, buckets, width, tier_window, counter, replace=None)
 
     def _upsert_rollups(self, db: sqlite3.Connection, sel: Selection,
-                        buckets: dict[str, np.ndarray], width: int, tier_window: int,
+                        buckets: agg.Buckets, width: int, tier_window: int,
                         counter: np.ndarray, replace: tuple[int, int] | None) -> None:
         """Write ``buckets`` (sorted by (sid, start)) into the rollup rows of their series and
         tier windows: replacing what those rows held in [replace) or, without ``replace``,

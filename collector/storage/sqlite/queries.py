@@ -248,7 +248,7 @@ class Queries(SQLiteFile):
 
     def _rollup_buckets(self, db: sqlite3.Connection, sel: Selection,
                         pending: tuple[np.ndarray, ...], tier: str, start: int, end: int,
-                        cut: dict[str, int]) -> dict[str, np.ndarray]:
+                        cut: dict[str, int]) -> agg.Buckets:
         """Buckets of ``tier`` starting in [start, end), sorted by (series, start): rollup rows,
         with windows that are dirty or have pending samples recomputed from raw samples."""
         window_ms = self.window_ms
