@@ -248,7 +248,7 @@ class Compaction(SQLiteFile):
         rows = [(local[series_id], block_id, data) for series_id, block_id, data in db.execute(
             "SELECT series_id, block_id, data FROM chunks WHERE window_ms = ? AND "
             "series_id IN (SELECT id FROM series WHERE host_id = ?)", (w, hid))]
-        sid, ts, val, order = self._chunk_samples(db, rows, times)
+        sid, ts, val, order = self._chunk_samples(rows, times)
         sid, ts, val = agg.sort_dedupe(sid, ts, val, order)
         return sel, sid, ts, val, list(times)
 

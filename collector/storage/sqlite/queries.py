@@ -213,7 +213,7 @@ class Queries(SQLiteFile):
         for chunk in chunked(block_ids):
             times.update(self._block_times(db.execute(
                 f"SELECT id, times FROM blocks WHERE id IN ({placeholders(chunk)})", chunk)))
-        return self._chunk_samples(db, rows, times)
+        return self._chunk_samples(rows, times)
 
     def _raw_samples(self, db: sqlite3.Connection, sel: Selection,
                      pending: tuple[np.ndarray, ...], start: int, end: int,

@@ -15,7 +15,7 @@ import os
 import signal
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import numpy as np
 
 from edgemon.collector.storage.batches import BatchColumns, BatchReader, UnreadableBatch
 from edgemon.collector.storage.encoding import decode_chunks, decode_times
-from edgemon.collector.storage.selection import HOUR, MINUTE
+from edgemon.collector.storage.selection import HOUR, MINUTE, TIER_WIDTH_MS
 
 __all__ = ["DAY", "HOUR", "MINUTE", "PENDING_ORDER", "TIERS", "SQLiteFile", "chunked", "floor"]
 
@@ -33,7 +33,8 @@ log = logging.getLogger("edgemon.collector.storage")
 DAY = 24 * HOUR
 
 # tier name -> (bucket width, width of the window one rollup row covers)
-TIERS: dict[str, tuple[int, int]] = {"1m": (MINUTE, DAY), "1h": (HOUR, 30 * DAY)}
+TIERS: dict[str, tuple[int, int]] = {"1m": (TIER_WIDTH_MS["1m"], DAY),
+                                     "1h": (TIER_WIDTH_MS["1h"], 30 * DAY)}
 PENDING_ORDER = 1 << 62  # pending samples win ties against compacted ones (arrived later)
 _IN_CHUNK = 500  # host variables per IN (...) list
 _SCHEMA_VERSION = 1
@@ -321,7 +322,8 @@ class SQLiteFile:
                     self._unreadable.add(batch_id)
             return None
 
-    def _chunk_samples(self, db: sqlite3.Connection, rows: list[tuple[int, int, bytes]],
+    @staticmethod
+    def _chunk_samples(rows: list[tuple[int, int, bytes]],
                        times: dict[int, np.ndarray]) -> tuple[np.ndarray, ...]:
         """(local series index, timestamp, value, block id) of chunk ``rows`` (local index,
         block id, data), given their blocks' timestamps; chunks of blocks missing from ``times``
@@ -333,6 +335,6 @@ class SQLiteFile:
         return sid, ts, values, order
 
     @staticmethod
-    def _block_times(rows: Iterator[tuple[int, bytes]] | list[tuple[int, bytes]]
-                     ) -> dict[int, np.ndarray]:
+    def _block_times(rows: Iterable[tuple[int, bytes]]) -> dict[int, np.ndarray]:
+        """Decoded timestamps of (block id, times blob) rows."""
         return {block_id: decode_times(blob) for block_id, blob in rows}
