@@ -274,3 +274,25 @@ def test_batch_reader_caches_within_its_bound_and_forgets() -> None:
     with pytest.raises(UnreadableBatch, match="not_zstd"):
         reader.read(b"nope")
     assert reader.decoded == 5 + 3 + 1 + 1  # the failure was remembered
+
+
+def test_alert_rules_keep_evaluating_the_fleet(tmp_path: Path) -> None:
+    """The issue's worst case: one unreadable batch made every metric rule fail for everyone."""
+    from edgemon.collector.alerting import AlertEngine, parse_rules
+
+    rules = parse_rules('[settings]\nsettle = "0s"\n\n[[receiver]]\nname = "ops"\n'
+                        'url = "http://127.0.0.1:9/hook"\n\n[[rule]]\nname = "cpu-busy"\n'
+                        'kind = "threshold"\nmetric = "cpu_usage_percent"\nwindow = "1m"\n'
+                        'threshold = 5\nfor = "1m"\n')
+    st = stored_with_poison(tmp_path, UNREADABLE["not msgpack"], compact_delay_ms=HOUR)
+    engine = AlertEngine(st, tmp_path / "alerts.db", rules=rules,
+                         clock_ms=lambda: T0 + 4 * MIN)
+    report = engine.run_cycle()
+    assert "error" not in report.rules["cpu-busy"], report.rules
+    assert report.rules["cpu-busy"]["series"] == 3 * 2  # two cpus of every host, bad-01 too
+    firing = {a["host"] for a in engine.active_alerts(status="firing")}
+    assert set(GOOD_HOSTS) <= firing  # three minutes above the threshold: firing
+    st.maintain_step(T0 + 4 * MIN)
+    assert st.stats().quarantined == {BAD: 1}
+    engine.close()
+    st.close()
