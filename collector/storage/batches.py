@@ -86,10 +86,6 @@ class BatchColumns:
         return np.diff(self.bounds[first:end + 1])
 
 
-def _fail(reason: str) -> UnreadableBatch:
-    return UnreadableBatch(reason)
-
-
 def _only(items: Iterable[Any], kind: type) -> bool:
     """Whether every item is exactly of ``kind`` (``int`` excludes ``bool``); C-speed."""
     return set(map(type, items)) <= {kind}
@@ -102,53 +98,54 @@ def _columns(batch: dict[str, Any]) -> BatchColumns:
     a few passes over its lists, not Python work per metric, series or sample."""
     t = batch.get("t")
     if type(t) is not list or not t or not _only(t, int):
-        raise _fail("t must be a non-empty list of integers")
+        raise UnreadableBatch("t must be a non-empty list of integers")
     try:
         deltas = np.array(t, dtype=_I64)
     except OverflowError:
-        raise _fail("t: a timestamp delta does not fit 64 bits") from None
+        raise UnreadableBatch("t: a timestamp delta does not fit 64 bits") from None
     with np.errstate(over="ignore"):
         times = np.cumsum(deltas)
     # positive deltas and a sum that did not wrap: strictly increasing, positive timestamps
     if deltas[0] <= 0 or (deltas[1:] <= 0).any() or (np.diff(times) <= 0).any():
-        raise _fail("t: timestamps must be positive, strictly increasing and fit 64 bits")
+        raise UnreadableBatch("t: timestamps must be positive, strictly increasing and fit 64 bits")
     metrics_in = batch.get("metrics")
     if type(metrics_in) is not list or not _only(metrics_in, list) \
             or set(map(len, metrics_in)) - {6}:
-        raise _fail("metrics must be a list of [name, kind, unit, scale, label_keys, series]")
+        raise UnreadableBatch("metrics must be a list of "
+                              "[name, kind, unit, scale, label_keys, series]")
     names, kinds, units, scales, keys, entry_lists = (
         zip(*metrics_in, strict=True) if metrics_in else ((),) * 6)
     if not _only(names, str) or not _only(units, str) or set(kinds) - set(KINDS):
-        raise _fail("a metric's name and unit are strings, its kind gauge or counter")
+        raise UnreadableBatch("a metric's name and unit are strings, its kind gauge or counter")
     if not _only(scales, int) or (scales and not 0 <= min(scales) <= max(scales) <= MAX_SCALE):
-        raise _fail(f"a metric's scale is an integer in 0..{MAX_SCALE}")
+        raise UnreadableBatch(f"a metric's scale is an integer in 0..{MAX_SCALE}")
     if not _only(keys, list) or not _only(chain.from_iterable(keys), str):
-        raise _fail("a metric's label keys are a list of strings")
+        raise UnreadableBatch("a metric's label keys are a list of strings")
     if not _only(entry_lists, list):
-        raise _fail("a metric's series are a list")
+        raise UnreadableBatch("a metric's series are a list")
     entries = list(chain.from_iterable(entry_lists))
     if not _only(entries, list) or set(map(len, entries)) - {3}:
-        raise _fail("a series entry is [label_values, offset, values]")
+        raise UnreadableBatch("a series entry is [label_values, offset, values]")
     label_lists, offsets, value_lists = zip(*entries, strict=True) if entries else ((),) * 3
     per_metric = np.fromiter(map(len, entry_lists), dtype=_I64, count=len(entry_lists))
     n_keys = np.repeat(np.fromiter(map(len, keys), dtype=_I64, count=len(keys)), per_metric)
     if not _only(label_lists, list) or not _only(chain.from_iterable(label_lists), str) \
             or (np.fromiter(map(len, label_lists), dtype=_I64, count=len(entries))
                 != n_keys).any():
-        raise _fail("a series has one string value per label key of its metric")
+        raise UnreadableBatch("a series has one string value per label key of its metric")
     if not _only(offsets, int) or not _only(value_lists, list) or not all(value_lists):
-        raise _fail("a series has an integer offset and a non-empty list of values")
+        raise UnreadableBatch("a series has an integer offset and a non-empty list of values")
     flat = list(chain.from_iterable(value_lists))
     if not _only(flat, int):
-        raise _fail("values must be integers")
+        raise UnreadableBatch("values must be integers")
     try:
         raw_values = np.array(flat, dtype=_I64)
         offset_a = np.array(offsets, dtype=_I64)
     except OverflowError:
-        raise _fail("a value or an offset does not fit 64 bits") from None
+        raise UnreadableBatch("a value or an offset does not fit 64 bits") from None
     size_a = np.fromiter(map(len, value_lists), dtype=_I64, count=len(value_lists))
     if ((offset_a < 0) | (offset_a + size_a > times.size)).any():
-        raise _fail("a series runs outside the batch's timestamps")
+        raise UnreadableBatch("a series runs outside the batch's timestamps")
     bounds = np.zeros(size_a.size + 1, dtype=_I64)
     np.cumsum(size_a, out=bounds[1:])
     entry = np.repeat(np.arange(size_a.size), size_a)
@@ -161,6 +158,8 @@ def _columns(batch: dict[str, Any]) -> BatchColumns:
         zip(names, kinds, units, scales, strict=True), keys, per_metric.tolist(), ends,
         strict=True))
     labels = list(map(tuple, label_lists))
+    for column in (bounds, ts, values):
+        column.flags.writeable = False  # shared by every reader of the cache
     nbytes = (ts.nbytes + values.nbytes + bounds.nbytes + 120 * len(labels)
               + 200 * len(metrics))
     return BatchColumns(metrics, labels, bounds, ts, values, nbytes)
@@ -171,7 +170,7 @@ def read_batch(payload: bytes) -> BatchColumns:
     try:
         batch = decode(payload)
     except ProtocolError as exc:
-        raise _fail(f"{exc.reason}: {exc}"[:500]) from None
+        raise UnreadableBatch(f"{exc.reason}: {exc}"[:500]) from None
     return _columns(batch)
 
 
