@@ -2,7 +2,7 @@
 
 Start order: HTTP security (token file, TLS key: a problem stops the start with exit 2) ->
 storage (opened in the writer thread, which does every ingest write from then on)
--> ingest worker + maintenance loop (its own thread) -> MQTT -> HTTP. Stop (SIGTERM/SIGINT, or
+-> ingest worker + storage maintenance (its own thread) -> MQTT -> HTTP. Stop (SIGTERM/SIGINT, or
 ``stop()``): refuse new MQTT messages (left unacknowledged: the broker keeps them for our
 persistent session) -> store and acknowledge everything already queued, let a running
 maintenance round finish -> flush agent acks and disconnect -> stop HTTP -> close storage.
@@ -40,6 +40,7 @@ from edgemon.collector.ingest.pipeline import IngestPipeline
 from edgemon.collector.ingest.rate_limit import limiter_from_config
 from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.storage.base import Storage
+from edgemon.collector.storage.maintenance import MaintenanceRunner
 from edgemon.common import sdnotify
 from edgemon.common.private_files import InsecureFileMode, check_not_world_accessible
 
@@ -117,11 +118,9 @@ class CollectorService:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgemon-writer")
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edgemon-reader")
         # Compaction in its own thread: the writer thread only stores and acknowledges.
-        self._maintainer = ThreadPoolExecutor(max_workers=1,
-                                              thread_name_prefix="edgemon-maintain")
+        self.maintenance: MaintenanceRunner | None = None
         self._runner: web.AppRunner | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._maintenance: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._stopped = False
         self.alerting: AlertingService | None = None
@@ -169,12 +168,13 @@ class CollectorService:
         self.mqtt.use_rate_limit(limiter_from_config(cfg.ingest), self.rejects)
         self.pipeline = IngestPipeline(storage=self.storage, inbox=self.inbox, mqtt=self.mqtt,
                                        config=cfg.ingest, writer=self._writer,
-                                       rejects=self.rejects,
-                                       maintain_interval=cfg.storage.maintain_interval_seconds,
-                                       maintainer=self._maintainer)
+                                       rejects=self.rejects)
         self._worker = asyncio.create_task(self.pipeline.run(), name="edgemon-ingest")
-        self._maintenance = asyncio.create_task(self.pipeline.maintain_loop(),
-                                                name="edgemon-maintain")
+        inbox = self.inbox
+        self.maintenance = MaintenanceRunner(self.storage,
+                                             interval=cfg.storage.maintain_interval_seconds,
+                                             busy=lambda: inbox.queued > 0)
+        self.maintenance.start()
         self.mqtt.start()
         if cfg.alerting.enabled:
             self.alerting = await loop.run_in_executor(self._readers, self._open_alerting)
@@ -244,7 +244,8 @@ class CollectorService:
     def metrics_text(self) -> str:
         assert self.pipeline is not None
         return render_metrics(stats=self.pipeline.stats, rejects=self.rejects, inbox=self.inbox,
-                              mqtt=self.mqtt, storage_open=self.storage_open)
+                              mqtt=self.mqtt, storage_open=self.storage_open,
+                              maintenance=self.maintenance)
 
     @property
     def worker(self) -> asyncio.Task[None] | None:
@@ -274,11 +275,8 @@ class CollectorService:
                 await self._worker
             except Exception:
                 log.exception("ingest worker failed")
-        if self._maintenance is not None:  # before the storage closes: a round finishes first
-            try:
-                await self._maintenance
-            except Exception:
-                log.exception("storage maintenance loop failed")
+        if self.maintenance is not None:  # before the storage closes: a round finishes first
+            await loop.run_in_executor(None, self.maintenance.stop)
         if self.mqtt is not None:
             await loop.run_in_executor(None, self.mqtt.close)
         if self._runner is not None:
@@ -290,7 +288,6 @@ class CollectorService:
             except Exception:
                 log.exception("closing storage failed")
         self._writer.shutdown(wait=True)
-        self._maintainer.shutdown(wait=True)
         self._readers.shutdown(wait=False, cancel_futures=True)
         queued = self.inbox.queued if self.inbox else 0
         log.info("collector stopped", extra={"left_unacknowledged": queued})

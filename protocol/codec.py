@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any, Final
@@ -36,7 +37,7 @@ DICTIONARY_ID = 1  # the dictionary new batches are compressed with (0 = none)
 _DICTIONARIES = Path(__file__).parent / "dictionaries"
 
 _compressor: zstandard.ZstdCompressor | None = None
-_decompressors: dict[int, zstandard.ZstdDecompressor] = {0: zstandard.ZstdDecompressor()}
+_local = threading.local()  # zstd contexts are not thread-safe: decompressors are per thread
 
 
 @cache
@@ -49,9 +50,14 @@ def dictionary(dict_id: int) -> zstandard.ZstdCompressionDict:
 
 
 def _decompressor(dict_id: int) -> zstandard.ZstdDecompressor:
-    if dict_id not in _decompressors:
-        _decompressors[dict_id] = zstandard.ZstdDecompressor(dict_data=dictionary(dict_id))
-    return _decompressors[dict_id]
+    decompressors: dict[int, zstandard.ZstdDecompressor] | None = getattr(
+        _local, "decompressors", None)
+    if decompressors is None:
+        decompressors = _local.decompressors = {}
+    if dict_id not in decompressors:
+        decompressors[dict_id] = (zstandard.ZstdDecompressor(dict_data=dictionary(dict_id))
+                                  if dict_id else zstandard.ZstdDecompressor())
+    return decompressors[dict_id]
 
 
 def encode(batch: dict[str, Any]) -> bytes:

@@ -108,7 +108,7 @@ def make_rig(path: Path, **ingest: Any) -> Rig:
     pipeline = IngestPipeline(storage=storage, inbox=inbox, mqtt=None,
                               config=IngestConfig(**ingest),
                               writer=ThreadPoolExecutor(1, thread_name_prefix="fuzz-writer"),
-                              maintainer=ThreadPoolExecutor(1), rejects=rejects)
+                              rejects=rejects)
     return Rig(loop, storage, inbox, front, pipeline, rejects, itertools.count(1))
 
 
@@ -117,7 +117,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     r = make_rig(tmp_path_factory.mktemp("fuzz") / "edgemon.db")
     yield r
     r.pipeline.writer.shutdown()
-    r.pipeline.maintainer.shutdown()
     r.storage.close()
     r.loop.close()
 

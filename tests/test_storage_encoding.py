@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from edgemon.collector.storage import aggregate as agg
+from edgemon.collector.storage.batches import rescale
 from edgemon.collector.storage.encoding import (
     ROLLUP_COLUMNS,
-    decode_chunk,
     decode_chunks,
     decode_rollups,
     decode_times,
@@ -18,7 +18,6 @@ from edgemon.collector.storage.encoding import (
     unzigzag,
     zigzag,
 )
-from edgemon.collector.storage.unpack import rescale
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 
@@ -64,7 +63,7 @@ def test_times_and_chunks_round_trip(seed: int) -> None:
         expect.append((block[have], v))
     blobs = encode_chunks(np.concatenate(values), np.array(starts), np.array(ends), masks)
     for blob, (ts, v) in zip(blobs, expect, strict=True):
-        got_ts, got_v = decode_chunk(blob, block)
+        got_ts, got_v, _ = decode_chunks([blob], [block])
         assert (got_ts == ts).all() and (got_v == v).all()
     ts, v, sizes = decode_chunks(blobs, [block] * len(blobs))
     assert sizes.tolist() == [e.size for e in values]
@@ -74,8 +73,8 @@ def test_times_and_chunks_round_trip(seed: int) -> None:
 
 def test_chunk_rejects_wrong_block() -> None:
     (blob,) = encode_chunks(np.array([1, 2, 3]), np.array([0]), np.array([3]), [None])
-    with pytest.raises(ValueError):
-        decode_chunk(blob, np.array([1, 2], dtype=np.int64))
+    with pytest.raises(ValueError, match="does not match its block"):
+        decode_chunks([blob], [np.array([1, 2], dtype=np.int64)])
 
 
 @pytest.mark.parametrize("seed", range(30))

@@ -533,13 +533,13 @@ def test_hosts_status_and_clock_offset(tmp_path: Path) -> None:
 # -- limits and validation --------------------------------------------------------------------
 
 def test_query_validation_and_limits(staged: SQLiteStorage) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="start_ms must be before end_ms"):
         staged.query(q("cpu_usage_percent", T0 + 5, T0 + 5, MIN))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="step_ms must be > 0"):
         staged.query(q("cpu_usage_percent", T0, T0 + HOUR, 0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown aggregation 'median'"):
         staged.query(q("cpu_usage_percent", T0, T0 + HOUR, MIN, aggregation="median"))  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown tier '5m'"):
         staged.query(q("cpu_usage_percent", T0, T0 + HOUR, MIN, tier="5m"))  # type: ignore[arg-type]
     with pytest.raises(QueryTooLarge, match="fewer hosts"):
         staged.query(q("cpu_usage_percent", T0, T0 + HOUR, MIN, max_series=5))
@@ -699,6 +699,27 @@ def test_reads_during_writes_see_consistent_snapshots(tmp_path: Path, fleet: Fle
     st.close()
 
 
+def test_range_query_checks_itself_when_built() -> None:
+    """The boundary type refuses what no backend can answer, before any backend sees it."""
+    ok = {"name": "m", "start_ms": 0, "end_ms": HOUR, "step_ms": MIN}
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"aggregation": "median"}, "unknown aggregation 'median'; one of avg, min, max"),
+        ({"tier": "5m"}, "unknown tier '5m'; one of auto, raw, 1m, 1h"),
+        ({"step_ms": -MIN}, "step_ms must be > 0"),
+        ({"end_ms": 0}, "start_ms must be before end_ms"),
+        ({"max_points": 0}, "must be > 0"),
+        ({"aggregation": "p95", "tier": "1m"}, "p95 needs raw samples"),
+        ({"rate": True, "aggregation": "last", "group_by": ()}, "rates of a group combine"),
+    ]
+    for change, message in bad:
+        with pytest.raises(ValueError, match=message):
+            RangeQuery(**{**ok, **change})
+    # one rate per series has nothing to combine: whatever the aggregation, a sum of one
+    per_series = RangeQuery(**ok, aggregation="p95", rate=True)  # type: ignore[arg-type]
+    assert per_series.combine_by == "sum"
+    assert RangeQuery(**ok, aggregation="max").combine_by == "max"  # type: ignore[arg-type]
+
+
 def test_open_storage(tmp_path: Path) -> None:
     st = open_storage(tmp_path / "a" / "b.db", raw_retention_ms=DAY)
     assert isinstance(st, SQLiteStorage) and st.retention["raw"] == DAY
@@ -710,7 +731,7 @@ def test_open_storage(tmp_path: Path) -> None:
         open_storage("postgresql://db/edgemon")
     with pytest.raises(ValueError, match="scheme"):
         open_storage("mysql://x/y")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs a file path"):
         open_storage(":memory:")
     with pytest.raises(RuntimeError, match="closed"):
         st.hosts()

@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -38,6 +38,8 @@ from edgemon.collector.http.responses import (
 from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
 from edgemon.collector.storage.accounting import accounting_of
 from edgemon.collector.storage.base import (
+    AGGREGATIONS,
+    TIERS,
     Aggregation,
     Gap,
     HostInfo,
@@ -45,6 +47,7 @@ from edgemon.collector.storage.base import (
     SeriesInfo,
     SeriesResult,
     Storage,
+    Tier,
 )
 from edgemon.common.clock import now_ms, rfc3339_ms
 from edgemon.protocol import ProtocolError, validate_host_id
@@ -93,7 +96,7 @@ class QueryParams(BaseModel):
     label: dict[str, Annotated[str, Field(max_length=256)]] = {}
     rate: bool = False
     group_by: str | None = None
-    tier: Literal["auto", "raw", "1m", "1h"] = "auto"
+    tier: Tier = "auto"
     format: Literal["json", "csv"] | None = None
 
     @field_validator("host")
@@ -431,7 +434,6 @@ _HOST_ID = {"type": "string", "minLength": 1, "maxLength": 64,
 _METRIC_NAME = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": f"^{_NAME}$"}
 _TIME_SYNTAX = "unix seconds, unix ms, RFC 3339, now or now-<duration> (e.g. now-2h)"
 _DURATION = r"\d+(\.\d+)?(ms|s|m|h|d|w)"
-_AGGREGATIONS = get_args(Aggregation)
 _DEFAULT_LIMITS = RangeQuery("m", 0, 1, 1)  # its max_series and max_points
 
 
@@ -469,7 +471,7 @@ OPENAPI: dict[str, Any] = {
                                {"type": "string", "pattern": f"^({_DURATION})+$",
                                 "description": "a duration of at least 1s"}]}),
                 _qp("agg", "aggregation within a step",
-                    {"type": "string", "enum": list(_AGGREGATIONS), "default": "avg"}),
+                    {"type": "string", "enum": list(AGGREGATIONS), "default": "avg"}),
                 _qp("host", "host id or glob (*, ?, [...]); repeatable; default all hosts",
                     {"type": "array", "items": {"type": "string", "minLength": 1,
                                                 "maxLength": 128,
@@ -485,7 +487,7 @@ OPENAPI: dict[str, Any] = {
                                 "per series",
                     {"type": "string", "pattern": f"^ *{_NAME} *(, *{_NAME} *)*$"}),
                 _qp("tier", "storage tier", {"type": "string",
-                                             "enum": ["auto", "raw", "1m", "1h"],
+                                             "enum": list(TIERS),
                                              "default": "auto"}),
                 _qp("format", "json (default) or csv; Accept: text/csv also selects CSV",
                     {"type": "string", "enum": ["json", "csv"]}),

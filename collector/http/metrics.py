@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from edgemon.collector.ingest.mqtt import Inbox, MqttIngest
 from edgemon.collector.ingest.pipeline import IngestStats
 from edgemon.collector.ingest.rejects import Rejects
+from edgemon.collector.storage.maintenance import MaintenanceRunner
 
 __all__ = ["render_metrics"]
 
@@ -34,8 +35,8 @@ class _Writer:
         self.lines: list[str] = []
 
     def metric(self, name: str, kind: str, help_text: str,
-               samples: Iterable[tuple[dict[str, str], float]]) -> None:
-        full = PREFIX + name
+               samples: Iterable[tuple[dict[str, str], float]], prefix: str = PREFIX) -> None:
+        full = prefix + name
         self.lines.append(f"# HELP {full} {help_text}")
         self.lines.append(f"# TYPE {full} {kind}")
         for labels, value in samples:
@@ -46,7 +47,8 @@ class _Writer:
 
 
 def render_metrics(*, stats: IngestStats, rejects: Rejects, inbox: Inbox | None,
-                   mqtt: MqttIngest | None, storage_open: bool) -> str:
+                   mqtt: MqttIngest | None, storage_open: bool,
+                   maintenance: MaintenanceRunner | None = None) -> str:
     w = _Writer()
     w.one("messages_total", "counter", "MQTT messages processed (stored, duplicate, status or "
           "rejected)", stats.messages)
@@ -68,9 +70,14 @@ def render_metrics(*, stats: IngestStats, rejects: Rejects, inbox: Inbox | None,
           round(stats.transaction_seconds, 6))
     w.one("storage_errors_total", "counter", "Batches that could not be stored",
           stats.storage_errors)
-    w.one("maintenance_runs_total", "counter", "Storage maintenance steps", stats.maintain_runs)
-    w.one("maintenance_errors_total", "counter", "Failed storage maintenance steps",
-          stats.maintain_errors)
+    if maintenance is not None:
+        w.one("maintenance_runs_total", "counter", "Storage maintenance rounds", maintenance.runs)
+        w.one("maintenance_errors_total", "counter", "Failed storage maintenance rounds",
+              maintenance.errors)
+        w.metric("storage_quarantined_batches_total", "counter", "Stored batches the storage "
+                 "could not read, moved aside (never read again), by host",
+                 [({"host": h}, n) for h, n in sorted(maintenance.stats.quarantined.items())],
+                 prefix="edgemon_")
     w.one("agent_acks_published_total", "counter", "Acknowledgements published to agents",
           stats.acks_published)
     if inbox is not None:

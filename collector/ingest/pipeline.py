@@ -2,9 +2,8 @@
 
 All ingest writes (``store_batches``, ``record_status``) run in ONE dedicated writer thread;
 decoding and validation (zstd, msgpack, pydantic: CPU work) run there too, never on the event
-loop. Storage maintenance (compaction) runs in ``maintain_loop`` in its own thread (the
-``maintainer`` executor), while the storage reports work left, never starving the writer (the
-storage serialises writers itself).
+loop. Storage maintenance (compaction) is not ingest's: ``storage.maintenance`` runs it in its
+own thread (the storage serialises writers itself).
 Per group of messages taken from the inbox (up to ``max_batch_per_txn``):
 
 1. writer thread: parse the topic, decode and validate every payload; reject the bad ones with a
@@ -98,8 +97,6 @@ class IngestStats:
     transaction_seconds: float = 0.0
     storage_errors: int = 0
     storage_retries: int = 0
-    maintain_runs: int = 0
-    maintain_errors: int = 0
     acks_published: int = 0
     host_lag_ms: dict[str, int] = field(default_factory=dict)
     host_last_received_ms: dict[str, int] = field(default_factory=dict)
@@ -108,7 +105,6 @@ class IngestStats:
 class IngestPipeline:
     def __init__(self, *, storage: Storage, inbox: Inbox, mqtt: MqttIngest | None,
                  config: IngestConfig, writer: Executor, rejects: Rejects | None = None,
-                 maintainer: Executor, maintain_interval: float = 10.0,
                  clock_ms: Callable[[], int] = now_ms) -> None:
         self.storage = storage
         self.inbox = inbox
@@ -116,8 +112,6 @@ class IngestPipeline:
         self.config = config
         self.writer = writer
         self.rejects = rejects or Rejects()
-        self.maintain_interval = maintain_interval
-        self.maintainer = maintainer  # the thread of ``maintain_loop``
         self.clock_ms = clock_ms
         self.stats = IngestStats()
         self.storage_ok = True  # False while the storage refuses every write
@@ -157,20 +151,6 @@ class IngestPipeline:
     def stop(self) -> None:
         """Finish what is queued, then let ``run`` return (call ``inbox.close()`` first)."""
         self._stop.set()
-
-    async def maintain_loop(self) -> None:
-        """Storage maintenance in ``maintainer`` (its own thread) until ``stop()``: a round of
-        bounded steps; when the storage says work is left, the next round starts at once,
-        otherwise after ``maintain_interval``. A round in progress finishes (about a second at
-        most) before this returns, so await it before closing the storage."""
-        loop = asyncio.get_running_loop()
-        while not self._stop.is_set():
-            more = await loop.run_in_executor(self.maintainer, self._maintain_round)
-            if more:
-                await asyncio.sleep(0)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.maintain_interval)
 
     async def process(self, msgs: list[RawMessage]) -> list[Outcome]:
         """Store one group, then acknowledge what is settled. What happened to each message.
@@ -330,42 +310,6 @@ class IngestPipeline:
         except Exception as exc:
             log.exception("could not record the status of %s", o.host)
             o.failed, o.detail = True, repr(exc)[:200]
-
-    def _maintain_round(self) -> bool:
-        """One maintenance round (maintainer thread): whether the storage has work left."""
-        step = getattr(self.storage, "maintain_step", None)
-        if step is None:  # a storage that only offers ``maintain``: every interval
-            self._maintain()
-            return False
-        budget = getattr(self.storage, "maintain_budget_ms", 1_000) / 1000
-        deadline = time.monotonic() + budget
-        now = self.clock_ms()
-        try:
-            while True:
-                started = time.monotonic()
-                more = bool(step(now))
-                if not more or time.monotonic() >= deadline or self._stop.is_set():
-                    break
-                # Give way after every step for as long as it took (twice that while messages
-                # wait): compaction gets at most half of the time, so the writer thread gets the
-                # storage's write lock and the interpreter (measured: back to back, compaction
-                # starved ingest to a few transactions in 10 s).
-                took = time.monotonic() - started
-                time.sleep(max(0.002, took * (2 if self.inbox.queued else 1)))
-            self.stats.maintain_runs += 1
-            return more
-        except Exception:
-            self.stats.maintain_errors += 1
-            log.exception("storage maintenance failed")
-            return False
-
-    def _maintain(self) -> None:
-        try:
-            self.storage.maintain(self.clock_ms())
-            self.stats.maintain_runs += 1
-        except Exception:
-            self.stats.maintain_errors += 1
-            log.exception("storage maintenance failed")
 
     # --- event loop, after the commit -----------------------------------------------------------
 

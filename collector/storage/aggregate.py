@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "BUCKET_COLS",
+    "Buckets",
     "bounded_sums",
     "bucketize",
     "coarsen",
@@ -41,15 +42,16 @@ __all__ = [
 
 BUCKET_COLS = ("count", "sum", "min", "max", "first_v", "last_ts", "last_v", "corr")
 _ALL = ("sid", "start", *BUCKET_COLS)
+Buckets = dict[str, np.ndarray]  # a bucket set: equal-length int64 columns named _ALL
 _I64 = np.int64
 _TWO64 = float(2**64)
 
 
-def empty_buckets() -> dict[str, np.ndarray]:
+def empty_buckets() -> Buckets:
     return {c: np.empty(0, dtype=_I64) for c in _ALL}
 
 
-def concat_buckets(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def concat_buckets(parts: list[Buckets]) -> Buckets:
     parts = [p for p in parts if p["sid"].size]
     if not parts:
         return empty_buckets()
@@ -58,8 +60,8 @@ def concat_buckets(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {c: np.concatenate([p[c] for p in parts]) for c in _ALL}
 
 
-def take(b: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
-    return {c: b[c][index] for c in _ALL}
+def take(buckets: Buckets, index: np.ndarray) -> Buckets:
+    return {c: buckets[c][index] for c in _ALL}
 
 
 def sort_index(sid: np.ndarray, ts: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
@@ -114,7 +116,7 @@ def _floor(ts: np.ndarray, width: int) -> np.ndarray:
 
 
 def bucketize(sid: np.ndarray, ts: np.ndarray, val: np.ndarray, counter: np.ndarray,
-              width: int) -> dict[str, np.ndarray]:
+              width: int) -> Buckets:
     """Buckets of ``width`` ms (epoch-aligned) from samples sorted by (sid, ts), no repeats.
 
     ``counter[sid]`` says whether a series is a counter (decreases are resets)."""
@@ -145,9 +147,9 @@ def bucketize(sid: np.ndarray, ts: np.ndarray, val: np.ndarray, counter: np.ndar
         }
 
 
-def _reduce(b: dict[str, np.ndarray], s: np.ndarray, counter: np.ndarray) -> dict[str, np.ndarray]:
+def _reduce(buckets: Buckets, s: np.ndarray, counter: np.ndarray) -> Buckets:
     """Combine runs (starting at ``s``) of buckets sorted by (sid, new start, last_ts)."""
-    n = b["sid"].size
+    n = buckets["sid"].size
     first_row = np.zeros(n, dtype=bool)
     first_row[s] = True
     e = np.r_[s[1:], n] - 1
@@ -155,41 +157,41 @@ def _reduce(b: dict[str, np.ndarray], s: np.ndarray, counter: np.ndarray) -> dic
         # a reset between two parts: the later part starts below where the earlier one ended
         cross = np.zeros(n, dtype=_I64)
         reset = np.zeros(n, dtype=bool)
-        reset[1:] = counter[b["sid"][1:]] & (b["first_v"][1:] < b["last_v"][:-1])
+        reset[1:] = counter[buckets["sid"][1:]] & (buckets["first_v"][1:] < buckets["last_v"][:-1])
         reset &= ~first_row
-        cross[1:][reset[1:]] = b["last_v"][:-1][reset[1:]]
-        last_v = b["last_v"][e]
+        cross[1:][reset[1:]] = buckets["last_v"][:-1][reset[1:]]
+        last_v = buckets["last_v"][e]
         return {
-            "sid": b["sid"][s],
-            "start": b["start"][s],
-            "count": np.add.reduceat(b["count"], s),
-            "sum": np.add.reduceat(b["sum"], s),
-            "min": np.minimum.reduceat(b["min"], s),
-            "max": np.maximum.reduceat(b["max"], s),
-            "first_v": np.where(counter[b["sid"][s]], b["first_v"][s], last_v),
-            "last_ts": b["last_ts"][e],
+            "sid": buckets["sid"][s],
+            "start": buckets["start"][s],
+            "count": np.add.reduceat(buckets["count"], s),
+            "sum": np.add.reduceat(buckets["sum"], s),
+            "min": np.minimum.reduceat(buckets["min"], s),
+            "max": np.maximum.reduceat(buckets["max"], s),
+            "first_v": np.where(counter[buckets["sid"][s]], buckets["first_v"][s], last_v),
+            "last_ts": buckets["last_ts"][e],
             "last_v": last_v,
-            "corr": np.add.reduceat(b["corr"], s) + np.add.reduceat(cross, s),
+            "corr": np.add.reduceat(buckets["corr"], s) + np.add.reduceat(cross, s),
         }
 
 
-def coarsen(b: dict[str, np.ndarray], width: int, counter: np.ndarray) -> dict[str, np.ndarray]:
+def coarsen(buckets: Buckets, width: int, counter: np.ndarray) -> Buckets:
     """Buckets sorted by (sid, start) -> buckets of ``width`` ms. Exact: the parts of one new
     bucket follow each other in time, so pairs of samples across them are known."""
-    if b["sid"].size == 0:
+    if buckets["sid"].size == 0:
         return empty_buckets()
-    b = dict(b)
-    b["start"] = _floor(b["start"], width)
-    return _reduce(b, _segments(b["sid"], b["start"]), counter)
+    buckets = dict(buckets)
+    buckets["start"] = _floor(buckets["start"], width)
+    return _reduce(buckets, _segments(buckets["sid"], buckets["start"]), counter)
 
 
-def merge_buckets(a: dict[str, np.ndarray], b: dict[str, np.ndarray],
-                  counter: np.ndarray) -> dict[str, np.ndarray]:
+def merge_buckets(first: Buckets, second: Buckets,
+                  counter: np.ndarray) -> Buckets:
     """Union of two bucket sets; buckets with the same (sid, start) are combined.
 
     count, sum, min, max and last are exact; first_v and the reset correction are exact unless
     the two parts' samples interleave in time (then the pairs across them are approximated)."""
-    both = concat_buckets([a, b])
+    both = concat_buckets([first, second])
     if both["sid"].size == 0:
         return both
     idx = np.lexsort((both["last_ts"], both["start"], both["sid"]))
@@ -197,25 +199,25 @@ def merge_buckets(a: dict[str, np.ndarray], b: dict[str, np.ndarray],
     return _reduce(both, _segments(both["sid"], both["start"]), counter)
 
 
-def rates(p: dict[str, np.ndarray], counter: np.ndarray,
+def rates(steps: Buckets, counter: np.ndarray,
           divisor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-second rate of each step of ``p`` (sorted by (sid, start)) and a validity mask.
+    """Per-second rate of each step of ``steps`` (sorted by (sid, start)) and a validity mask.
 
     rate = increase from the series' previous step's last sample to this step's last sample /
     time between them; a series' first step has none. ``divisor[sid]`` is 10**scale."""
-    n = p["sid"].size
+    n = steps["sid"].size
     if n == 0:
         return np.empty(0), np.empty(0, dtype=bool)
-    sid = p["sid"]
+    sid = steps["sid"]
     ok = np.zeros(n, dtype=bool)
     ok[1:] = sid[1:] == sid[:-1]
     num = np.zeros(n, dtype=_I64)
     den = np.zeros(n, dtype=_I64)
     with np.errstate(over="ignore"):
-        last, prev = p["last_v"][1:], p["last_v"][:-1]
-        reset = counter[sid[1:]] & (p["first_v"][1:] < prev)
-        num[1:] = last - prev + np.where(reset, prev, 0) + p["corr"][1:]
-        den[1:] = p["last_ts"][1:] - p["last_ts"][:-1]
+        last, prev = steps["last_v"][1:], steps["last_v"][:-1]
+        reset = counter[sid[1:]] & (steps["first_v"][1:] < prev)
+        num[1:] = last - prev + np.where(reset, prev, 0) + steps["corr"][1:]
+        den[1:] = steps["last_ts"][1:] - steps["last_ts"][:-1]
     ok &= den > 0
     out = np.zeros(n)
     out[ok] = (num[ok].astype(np.float64) / divisor[sid[ok]]) / (den[ok] / 1000.0)
@@ -241,7 +243,7 @@ def bounded_sums(wrapped: np.ndarray, count: np.ndarray, lo: np.ndarray,
     return exact_sums(wrapped, mid)
 
 
-def combine(p: dict[str, np.ndarray], group: np.ndarray, gscale: np.ndarray,
+def combine(steps: Buckets, group: np.ndarray, gscale: np.ndarray,
             scale: np.ndarray, counter: np.ndarray, aggregation: str,
             rate: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-(series, step) partials -> (group, step start, value) of every non-empty group step.
@@ -251,14 +253,14 @@ def combine(p: dict[str, np.ndarray], group: np.ndarray, gscale: np.ndarray,
     ``rate``, each series' rate per step is combined by ``aggregation`` (sum, avg, min, max or
     count of series). ``group[sid]``, ``gscale[group]`` and ``scale[sid]`` map series to groups
     and scales; values are rescaled to the group's scale before pooling."""
-    n = p["sid"].size
+    n = steps["sid"].size
     if n == 0:
         return np.empty(0, dtype=_I64), np.empty(0, dtype=_I64), np.empty(0)
-    sid = p["sid"]
+    sid = steps["sid"]
     g = group[sid]
     if rate:
-        r, ok = rates(p, counter, 10.0 ** scale)
-        g, start, r = g[ok], p["start"][ok], r[ok]
+        r, ok = rates(steps, counter, 10.0 ** scale)
+        g, start, r = g[ok], steps["start"][ok], r[ok]
         if g.size == 0:
             return g, start, r
         idx = np.lexsort((start, g))
@@ -277,35 +279,35 @@ def combine(p: dict[str, np.ndarray], group: np.ndarray, gscale: np.ndarray,
         else:
             raise ValueError(f"aggregation {aggregation!r} cannot combine rates")
         return g[s], start[s], v
-    idx = np.lexsort((p["start"], g))
+    idx = np.lexsort((steps["start"], g))
     g = g[idx]
-    start = p["start"][idx]
+    start = steps["start"][idx]
     s = _segments(g, start)
     gs = g[s]
     div = 10.0 ** gscale[gs]
     if aggregation == "count":
-        return gs, start[s], np.add.reduceat(p["count"][idx], s).astype(np.float64)
+        return gs, start[s], np.add.reduceat(steps["count"][idx], s).astype(np.float64)
     factor = (10 ** (gscale[g] - scale[sid[idx]])).astype(_I64)
     with np.errstate(over="ignore"):
         if aggregation in ("sum", "avg"):
-            count = p["count"][idx]
-            sums = p["sum"][idx] * factor
+            count = steps["count"][idx]
+            sums = steps["sum"][idx] * factor
             # each series' step sum is pinned by its own min/max; the group's by their total
-            each = bounded_sums(sums, count, p["min"][idx] * factor, p["max"][idx] * factor)
+            each = bounded_sums(sums, count, steps["min"][idx] * factor, steps["max"][idx] * factor)
             exact = exact_sums(np.add.reduceat(sums, s), np.add.reduceat(each, s))
             if aggregation == "sum":
                 return gs, start[s], exact / div
             return gs, start[s], exact / np.add.reduceat(count, s) / div
         if aggregation == "min":
-            return gs, start[s], np.minimum.reduceat(p["min"][idx] * factor, s) / div
+            return gs, start[s], np.minimum.reduceat(steps["min"][idx] * factor, s) / div
         if aggregation == "max":
-            return gs, start[s], np.maximum.reduceat(p["max"][idx] * factor, s) / div
+            return gs, start[s], np.maximum.reduceat(steps["max"][idx] * factor, s) / div
         if aggregation == "last":
-            last_v = p["last_v"][idx] * factor
+            last_v = steps["last_v"][idx] * factor
             first_row = np.zeros(g.size, dtype=bool)
             first_row[s] = True
             seg = np.cumsum(first_row) - 1
-            pick = np.lexsort((last_v, p["last_ts"][idx], seg))
+            pick = np.lexsort((last_v, steps["last_ts"][idx], seg))
             e = pick[np.r_[s[1:], g.size] - 1]
             return gs, start[s], last_v[e] / div
     raise ValueError(f"unknown aggregation {aggregation!r}")
@@ -330,7 +332,7 @@ def percentile_steps(sid: np.ndarray, ts: np.ndarray, val: np.ndarray, group: np
     lo = np.floor(pos).astype(_I64)
     hi = np.minimum(lo + 1, n - 1)
     frac = pos - lo
-    a = v[s + lo].astype(np.float64)
-    b = v[s + hi].astype(np.float64)
-    out = a + (b - a) * frac
+    below = v[s + lo].astype(np.float64)
+    above = v[s + hi].astype(np.float64)
+    out = below + (above - below) * frac
     return g[s], start[s], out / 10.0 ** gscale[g[s]]

@@ -11,7 +11,8 @@ Layouts (before zstd; integers little-endian):
 - times: ``u8 version | u32 n | i64 t0 | planes(zigzag(delta of delta))``
 - chunk: ``u8 version | u8 mode | u32 n | i64 v0 | u8 has_mask | [packbits(mask over the block's
   times)] | planes(zigzag(delta or delta of delta))`` (mode 1 = delta, 2 = delta of delta)
-- rollup: ``u8 version | u32 n | i64 window start | planes per column`` (see ``encode_rollup``)
+- rollup: ``u8 version | u32 n | i64 window start | u8 width per column | planes per column``
+  (see ``encode_rollups``)
 
 where ``planes(u) = u8 width | width byte planes of n values``.
 """
@@ -26,7 +27,7 @@ import zstandard
 
 __all__ = [
     "ROLLUP_COLUMNS",
-    "decode_chunk",
+    "cumsum_by_segment",
     "decode_chunks",
     "decode_rollups",
     "decode_times",
@@ -170,32 +171,6 @@ def encode_chunks(values: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     return out
 
 
-def decode_chunk(blob: bytes, block_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(timestamps, values) of one chunk, given its block's timestamps."""
-    raw = memoryview(_dctx().decompress(blob))
-    version, mode, n, v0, has_mask = _CHUNK_HEAD.unpack_from(raw, 0)
-    if version != _VERSION:
-        raise ValueError(f"unknown chunk version {version}")
-    pos = _CHUNK_HEAD.size
-    if has_mask:
-        size = (block_times.size + 7) // 8
-        bits = np.unpackbits(np.frombuffer(raw[pos:pos + size], dtype=np.uint8),
-                             count=block_times.size).astype(bool)
-        ts = block_times[bits]
-        pos += size
-    else:
-        ts = block_times
-    if ts.size != n:
-        raise ValueError("chunk does not match its block's timestamps")
-    coded, pos = _unplanes(raw, pos, n)
-    with np.errstate(over="ignore"):
-        v = unzigzag(coded)
-        if mode == 2:
-            v = np.cumsum(v)
-        values = np.cumsum(v) + _I64(v0)
-    return ts, values
-
-
 def decode_chunks(blobs: list[bytes], block_times: list[np.ndarray]
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(timestamps, values, sizes) of many chunks at once, concatenated in order."""
@@ -234,8 +209,8 @@ def decode_chunks(blobs: list[bytes], block_times: list[np.ndarray]
     with np.errstate(over="ignore"):
         if mode2.any():
             rows = mode2[seg]
-            d = np.where(rows, _seg_cumsum(d, starts, seg), d)
-        values = _seg_cumsum(d, starts, seg) + v0[seg]
+            d = np.where(rows, cumsum_by_segment(d, starts, seg), d)
+        values = cumsum_by_segment(d, starts, seg) + v0[seg]
     return ts, values, sizes
 
 
@@ -277,30 +252,31 @@ def _seg_diff(x: np.ndarray, first: np.ndarray, initial: np.ndarray | int) -> np
     return d
 
 
-def _seg_cumsum(d: np.ndarray, starts: np.ndarray, seg: np.ndarray) -> np.ndarray:
-    """Cumulative sum restarting at each segment start (``seg`` = segment of each row)."""
+def cumsum_by_segment(d: np.ndarray, starts: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    """Cumulative sum restarting at each segment start (``starts[0]`` is 0, ``seg`` = segment
+    of each row; wrapping modulo 2**64: call it under ``np.errstate(over="ignore")``)."""
     c = np.cumsum(d)
     before = np.r_[_I64(0), c[starts[1:] - 1]] if starts.size else np.empty(0, dtype=_I64)
     return c - before[seg]
 
 
-def encode_rollups(b: dict[str, np.ndarray], starts: np.ndarray, windows: np.ndarray,
+def encode_rollups(buckets: dict[str, np.ndarray], starts: np.ndarray, windows: np.ndarray,
                    bucket_ms: int, level: int = 3) -> list[bytes]:
-    """One blob per segment of ``b`` (rows ``starts[i]`` up to the next start): the buckets of
+    """One blob per segment of ``buckets`` (rows ``starts[i]`` up to the next start): the buckets of
     one series in the rollup window ``windows[i]``; rows sorted by (series, start)."""
-    n = int(b["start"].size)
+    n = int(buckets["start"].size)
     if n == 0:
         return []
     starts = np.asarray(starts, dtype=np.int64)
     first = _starts_mask(starts, n)
     seg = np.cumsum(first) - 1
     with np.errstate(over="ignore"):
-        start = b["start"].astype(_I64)
-        count = b["count"].astype(_I64)
-        last = b["last_v"].astype(_I64)
-        lo = b["min"].astype(_I64)
-        hi = b["max"].astype(_I64)
-        fv = b["first_v"].astype(_I64)
+        start = buckets["start"].astype(_I64)
+        count = buckets["count"].astype(_I64)
+        last = buckets["last_v"].astype(_I64)
+        lo = buckets["min"].astype(_I64)
+        hi = buckets["max"].astype(_I64)
+        fv = buckets["first_v"].astype(_I64)
         index = (start - np.asarray(windows, dtype=_I64)[seg]) // bucket_ms
         coded = np.stack([
             _seg_diff(index, first, -1),
@@ -309,9 +285,9 @@ def encode_rollups(b: dict[str, np.ndarray], starts: np.ndarray, windows: np.nda
             last - fv,
             fv - lo,
             hi - last,
-            b["sum"].astype(_I64) - count * _mid(lo, hi),
-            b["last_ts"].astype(_I64) - start,
-            b["corr"].astype(_I64),
+            buckets["sum"].astype(_I64) - count * _mid(lo, hi),
+            buckets["last_ts"].astype(_I64) - start,
+            buckets["corr"].astype(_I64),
         ], axis=1)
     zz = zigzag(coded)
     widths = _byte_widths(np.maximum.reduceat(zz, starts, axis=0))  # (segments, columns)
@@ -369,10 +345,10 @@ def decode_rollups(blobs: list[bytes], bucket_ms: int
     starts = np.r_[0, np.cumsum(sizes_a)[:-1]].astype(np.int64)
     seg = np.repeat(np.arange(sizes_a.size), sizes_a)
     with np.errstate(over="ignore"):
-        index = _seg_cumsum(coded[0], starts, seg) - 1
+        index = cumsum_by_segment(coded[0], starts, seg) - 1
         start = index * bucket_ms + np.array(windows, dtype=_I64)[seg]
-        count = _seg_cumsum(coded[1], starts, seg)
-        last = _seg_cumsum(coded[2], starts, seg)
+        count = cumsum_by_segment(coded[1], starts, seg)
+        last = cumsum_by_segment(coded[2], starts, seg)
         fv = last - coded[3]
         lo = fv - coded[4]
         hi = coded[5] + last

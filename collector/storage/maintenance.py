@@ -1,0 +1,83 @@
+"""The storage maintenance thread: compaction, rollups, retention and quarantine, in the
+background, outside the ingest pipeline.
+
+A round runs ``Storage.maintain_step`` until the storage reports no work left or the round's
+budget (``Storage.maintain_budget_ms``) is spent. When work is left the next round starts at
+once, otherwise after ``interval`` seconds. After every step the thread gives way for as long
+as the step took (twice that while ``busy()`` says messages wait to be stored): compaction gets
+at most half of the time, so the ingest writer gets the storage's write lock and the interpreter
+(measured: back to back, compaction starved ingest to a few transactions in 10 s). A failing
+step is counted and logged; the next round tries again. ``stats`` is the storage's own report,
+read after every round (``/metrics`` reads it without touching the storage).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from edgemon.collector.storage.base import Storage, StorageStats
+from edgemon.common.clock import now_ms
+
+__all__ = ["MaintenanceRunner"]
+
+log = logging.getLogger("edgemon.collector.storage.maintenance")
+
+MIN_PAUSE = 0.002  # seconds given way after every step, however short
+
+
+class MaintenanceRunner:
+    """Call ``start()`` once the storage is open and ``stop()`` before closing it."""
+
+    def __init__(self, storage: Storage, *, interval: float = 10.0,
+                 busy: Callable[[], bool] = lambda: False,
+                 clock_ms: Callable[[], int] = now_ms) -> None:
+        self.storage = storage
+        self.interval = interval
+        self.busy = busy
+        self.clock_ms = clock_ms
+        self.runs = 0  # rounds finished
+        self.errors = 0  # rounds that failed
+        self.stats = StorageStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="edgemon-maintain", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Let a round in progress finish (about ``maintain_budget_ms`` at most), then return."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self.run_round():
+                self._stop.wait(self.interval)
+
+    def run_round(self) -> bool:
+        """One round of bounded steps; whether the storage has work left."""
+        deadline = time.monotonic() + self.storage.maintain_budget_ms / 1000
+        now = self.clock_ms()
+        try:
+            while True:
+                started = time.monotonic()
+                more = self.storage.maintain_step(now)
+                if not more or time.monotonic() >= deadline or self._stop.is_set():
+                    break
+                took = time.monotonic() - started
+                time.sleep(max(MIN_PAUSE, took * (2 if self.busy() else 1)))
+            self.runs += 1
+        except Exception:
+            self.errors += 1
+            log.exception("storage maintenance failed")
+            more = False
+        try:
+            self.stats = self.storage.stats()
+        except Exception:
+            log.exception("storage stats failed")
+        return more

@@ -1,0 +1,147 @@
+"""The ingest write path: batches kept as received, sequence numbers, hosts and statuses.
+
+``store_batches`` keeps each received payload as-is in ``batches`` (the durable write-ahead
+record) and records its sequence number in ``seq_ranges`` (de-duplication forever, and gaps), in
+one transaction committed before returning. Nothing is decoded here: compaction and queries read
+the payloads later (``batches.py``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import sqlite3
+import statistics
+from typing import Any
+
+from edgemon.collector.storage import accounting
+from edgemon.collector.storage.base import IngestItem, StoreResult
+from edgemon.collector.storage.sqlite.schema import SQLiteFile
+
+__all__ = ["Writes"]
+
+_OFFSETS_KEPT = 15  # live batches whose receive - send times give the clock offset (median)
+
+
+class Writes(SQLiteFile):
+    def store_batches(self, items: list[IngestItem]) -> list[StoreResult]:
+        if not items:
+            return []
+        fresh: dict[str, int] = {}
+        with self._write() as db:
+            hids = {name: self._host_id(db, name, fresh)
+                    for name in {it.batch.host for it in items}}
+            ranges: dict[tuple[int, str], list[list[int]]] = {}
+            for it in items:
+                key = (hids[it.batch.host], it.batch.instance)
+                if key not in ranges:
+                    ranges[key] = [list(r) for r in db.execute(
+                        "SELECT lo, hi FROM seq_ranges WHERE host_id = ? AND instance = ? "
+                        "ORDER BY lo", key)]
+            before = {k: [tuple(r) for r in v] for k, v in ranges.items()}
+            results: list[StoreResult] = []
+            rows = []
+            per_host: dict[int, dict[str, Any]] = {}
+            for it in items:
+                batch = it.batch
+                hid = hids[batch.host]
+                samples = batch.sample_count
+                stored = _add_seq(ranges[(hid, batch.instance)], batch.seq)
+                results.append(StoreResult(batch.host, batch.instance, batch.seq, stored,
+                                           samples))
+                seen = per_host.setdefault(hid, {"seen": it.received_ms, "live": [],
+                                                 "instances": {}})
+                seen["seen"] = max(seen["seen"], it.received_ms)
+                seen["instances"][batch.instance] = max(
+                    seen["instances"].get(batch.instance, 0), it.received_ms)
+                if stored:
+                    t_max = sum(batch.t)
+                    rows.append((hid, batch.instance, batch.seq, it.received_ms, batch.t[0],
+                                 t_max, samples, int(it.historical), it.payload))
+                    if not it.historical:
+                        seen["live"].append((batch.sent, batch.instance,
+                                             it.received_ms - batch.sent))
+            db.executemany(
+                "INSERT OR IGNORE INTO batches (host_id, instance, seq, received_ms, t_min, "
+                "t_max, samples, historical, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            for key, new in ranges.items():
+                old = set(before[key])
+                new_set = {tuple(r) for r in new}
+                gone = old - new_set
+                if gone:
+                    db.executemany("DELETE FROM seq_ranges WHERE host_id = ? AND instance = ? "
+                                   "AND lo = ?", [(*key, lo) for lo, _ in gone])
+                added = new_set - old
+                if added:
+                    db.executemany("INSERT INTO seq_ranges VALUES (?, ?, ?, ?)",
+                                   [(*key, lo, hi) for lo, hi in added])
+            for hid, seen in per_host.items():
+                self._update_host(db, hid, seen)
+        self._host_ids.update(fresh)
+        return results
+
+    def _update_host(self, db: sqlite3.Connection, hid: int, seen: dict[str, Any]) -> None:
+        for instance, last in seen["instances"].items():
+            db.execute("INSERT INTO instances VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                       "last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
+                       (hid, instance, last, last))
+        row = db.execute("SELECT instance, instance_ts, status_seen, offsets FROM hosts "
+                         "WHERE id = ?", (hid,)).fetchone()
+        instance, instance_ts, status_seen, offsets_json = row
+        online = None
+        offsets: list[int] = json.loads(offsets_json) if offsets_json else []
+        for sent, inst, offset in sorted(seen["live"]):
+            if instance_ts is None or sent >= instance_ts:
+                instance, instance_ts = inst, sent
+            offsets.append(offset)
+            if not status_seen:
+                online = 1  # no birth/death seen yet: a live batch is the best evidence
+        offsets = offsets[-_OFFSETS_KEPT:]
+        offset = statistics.median_low(offsets) if offsets else None
+        db.execute(
+            "UPDATE hosts SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?), instance = ?, "
+            "instance_ts = ?, offsets = ?, clock_offset_ms = ?, online = coalesce(?, online) "
+            "WHERE id = ?",
+            (seen["seen"], instance, instance_ts, json.dumps(offsets) if offsets else None,
+             offset, online, hid))
+
+    def record_status(self, host: str, instance: str, online: bool, timestamp_ms: int,
+                      received_ms: int, last_seq: int | None = None) -> None:
+        fresh: dict[str, int] = {}
+        with self._write() as db:
+            hid = self._host_id(db, host, fresh)
+            accounting.record_declared(db, hid, instance, last_seq, timestamp_ms)
+            db.execute("INSERT OR IGNORE INTO instances VALUES (?, ?, ?, ?)",
+                       (hid, instance, received_ms, received_ms))
+            current, current_ts = db.execute(
+                "SELECT instance, instance_ts FROM hosts WHERE id = ?", (hid,)).fetchone()
+            # A message of the current instance always applies; another instance's only if it
+            # is newer (a previous instance's late Last Will must not mark the new one offline).
+            if current is None or current == instance or timestamp_ms >= (current_ts or 0):
+                db.execute(
+                    "UPDATE hosts SET online = ?, instance = ?, instance_ts = max(?, "
+                    "coalesce(instance_ts, ?)) WHERE id = ?",
+                    (int(online), instance, timestamp_ms, timestamp_ms, hid))
+            db.execute("UPDATE hosts SET status_seen = 1, last_status_ms = "
+                       "max(coalesce(last_status_ms, ?), ?) WHERE id = ?",
+                       (timestamp_ms, timestamp_ms, hid))
+        self._host_ids.update(fresh)
+
+
+def _add_seq(ranges: list[list[int]], seq: int) -> bool:
+    """Add ``seq`` to sorted inclusive ranges; False if it was already there."""
+    i = bisect.bisect_right(ranges, [seq, float("inf")]) - 1
+    if i >= 0 and ranges[i][0] <= seq <= ranges[i][1]:
+        return False
+    joins_left = i >= 0 and ranges[i][1] == seq - 1
+    joins_right = i + 1 < len(ranges) and ranges[i + 1][0] == seq + 1
+    if joins_left and joins_right:
+        ranges[i][1] = ranges[i + 1][1]
+        del ranges[i + 1]
+    elif joins_left:
+        ranges[i][1] = seq
+    elif joins_right:
+        ranges[i + 1][0] = seq
+    else:
+        ranges.insert(i + 1, [seq, seq])
+    return True

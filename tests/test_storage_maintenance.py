@@ -1,0 +1,126 @@
+"""The storage maintenance thread (``storage/maintenance.py``) over a real SQLite store:
+background compaction, bounded rounds, failures counted and survived, a clean stop."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgemon.collector.storage.base import IngestItem
+from edgemon.collector.storage.maintenance import MaintenanceRunner
+from edgemon.collector.storage.sqlite import SQLiteStorage
+from edgemon.protocol import GAUGE, BatchBuilder, MetricDef, decode, encode
+from edgemon.protocol.schema import validate_batch
+from tests.support.waiting import wait_until
+
+T0 = 1_780_012_800_000
+HOUR = 3_600_000
+TIMEOUT = 20.0
+LOAD = MetricDef("load1", GAUGE, "", 2)
+
+
+def items(host: str, count: int) -> list[IngestItem]:
+    out = []
+    for seq in range(count):
+        builder = BatchBuilder()
+        for k in range(6):
+            builder.add(T0 + (seq * 6 + k) * 10_000, LOAD, (), 100 + k)
+        payload = encode(builder.build(host=host, instance="i1", seq=seq,
+                                       sent_ms=T0 + (seq + 1) * 60_000))
+        out.append(IngestItem(validate_batch(decode(payload)), payload, T0 + seq * 60_000,
+                              False))
+    return out
+
+
+class CountingStorage(SQLiteStorage):
+    """The real store, counting maintenance steps; a step can be made to fail or to wait."""
+
+    def __init__(self, path: Path, **opts: Any) -> None:
+        super().__init__(path, **opts)
+        self.steps = 0
+        self.fail_next = 0
+        self.hold: threading.Event | None = None
+        self.holding = threading.Event()
+
+    def maintain_step(self, now_ms: int) -> bool:
+        self.steps += 1
+        if self.hold is not None:
+            self.holding.set()
+            self.hold.wait(TIMEOUT)
+        if self.fail_next:
+            self.fail_next -= 1
+            raise OSError("disk on fire")
+        return super().maintain_step(now_ms)
+
+
+def test_compacts_in_the_background_until_stopped(tmp_path: Path) -> None:
+    st = CountingStorage(tmp_path / "edgemon.db", compact_delay_ms=0, step_samples=60)
+    runner = MaintenanceRunner(st, interval=0.05, clock_ms=lambda: T0 + 3 * HOUR)
+    runner.start()
+    try:
+        st.store_batches(items("web-01", 40))
+        wait_until(lambda: st.backlog(T0 + 3 * HOUR)["pending_batches"] == 0, TIMEOUT,
+                   "background compaction")
+        wait_until(lambda: runner.runs >= 2, TIMEOUT, "more rounds")
+    finally:
+        runner.stop()
+    assert runner.errors == 0 and st.steps > 40 // 10  # 10 batches (60 samples) per step
+    assert runner.stats.quarantined == {}
+    st.close()
+
+
+def test_a_round_is_bounded_by_the_budget(tmp_path: Path) -> None:
+    """With no budget, a round is one step; the runner says work is left until it is not."""
+    st = CountingStorage(tmp_path / "edgemon.db", compact_delay_ms=0, step_samples=60,
+                         maintain_budget_ms=0)
+    st.store_batches(items("web-01", 30))
+    runner = MaintenanceRunner(st, clock_ms=lambda: T0 + 3 * HOUR)
+    rounds = 0
+    while runner.run_round():
+        rounds += 1
+        assert st.steps == rounds
+    assert st.steps == rounds + 1 >= 3  # 180 samples, 60 per step; the last finds no more
+    assert st.backlog()["pending_batches"] == 0
+    st.close()
+
+
+def test_a_failing_round_is_counted_logged_and_survived(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    st = CountingStorage(tmp_path / "edgemon.db", compact_delay_ms=0)
+    st.store_batches(items("web-01", 5))
+    st.fail_next = 2
+    runner = MaintenanceRunner(st, interval=0.05, clock_ms=lambda: T0 + 3 * HOUR)
+    runner.start()
+    try:
+        wait_until(lambda: st.backlog()["pending_batches"] == 0, TIMEOUT,
+                   "compaction after the failures")
+    finally:
+        runner.stop()
+    assert runner.errors == 2 and runner.runs >= 1
+    assert sum("storage maintenance failed" in r.getMessage() for r in caplog.records) == 2
+    st.close()
+
+
+def test_stop_lets_the_round_in_progress_finish(tmp_path: Path) -> None:
+    st = CountingStorage(tmp_path / "edgemon.db")
+    st.hold = threading.Event()
+    runner = MaintenanceRunner(st, interval=0.05, clock_ms=lambda: T0)
+    runner.start()
+    assert st.holding.wait(TIMEOUT)
+    seen_when_stopped: list[int] = []
+
+    def stop() -> None:
+        runner.stop()
+        seen_when_stopped.append(runner.runs)
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    wait_until(runner._stop.is_set, TIMEOUT, "stop requested")
+    st.hold.set()  # only now can the step (and the round) finish
+    stopper.join(TIMEOUT)
+    assert seen_when_stopped == [1]  # stop() returned after the round, not before
+    st.close()
