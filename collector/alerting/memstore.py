@@ -165,7 +165,7 @@ class InMemoryGridStorage(Storage):
         raise NotImplementedError("InMemoryGridStorage is fed with write() / write_block()")
 
     def record_status(self, host: str, instance: str, online: bool, timestamp_ms: int,
-                      received_ms: int) -> None:
+                      received_ms: int, last_seq: int | None = None) -> None:
         self.set_status(host, online, timestamp_ms)
 
     def hosts(self) -> list[HostInfo]:
