@@ -170,6 +170,9 @@ class Collector:
                                        rejects=self.rejects,
                                        maintain_interval=cfg.storage.maintain_interval_seconds,
                                        maintainer=self._maintainer)
+        # storage failing: messages held un-PUBACKed are back-pressure, not a delivery stall
+        self.mqtt.holding_expected = lambda: self.pipeline is not None and \
+            not self.pipeline.storage_ok
         self._worker = asyncio.create_task(self.pipeline.run(), name="edgemon-ingest")
         self._maintenance = asyncio.create_task(self.pipeline.maintain_loop(),
                                                 name="edgemon-maintain")
@@ -203,10 +206,8 @@ class Collector:
         cfg = self.config.alerting
         assert self.storage is not None and self.mqtt is not None
         state = cfg.state_path or Path(self.config.storage.path).parent / "alerts.db"
-        client = self.mqtt.client
         return AlertingService(self.storage, state, rules_path=cfg.rules_path,
-                               publish=lambda topic, payload: client.publish(topic, payload, 1),
-                               executor=self._readers)
+                               publish=self.mqtt.publish_alert, executor=self._readers)
 
     async def _watchdog_loop(self, interval: float) -> None:
         """WATCHDOG=1 twice per interval, only while the ingest worker keeps turning (it turns at
@@ -232,10 +233,16 @@ class Collector:
         finally:
             sdnotify.notify("READY=1")
 
-    def readiness(self) -> dict[str, bool]:
+    def readiness(self) -> dict[str, bool | str]:
+        """/readyz: every bool must be true; ``mqtt_stall`` names a delivery stall (stall.py)."""
         storage_ok = self.pipeline is None or self.pipeline.storage_ok
-        return {"mqtt": bool(self.mqtt and self.mqtt.ready),
-                "storage": self.storage_open and storage_ok}
+        stalled = self.mqtt.stalled if self.mqtt else None
+        checks: dict[str, bool | str] = {"mqtt": bool(self.mqtt and self.mqtt.ready),
+                                         "mqtt_delivery": stalled is None,
+                                         "storage": self.storage_open and storage_ok}
+        if stalled is not None:
+            checks["mqtt_stall"] = stalled
+        return checks
 
     def metrics_text(self) -> str:
         assert self.pipeline is not None
