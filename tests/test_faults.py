@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.accounting import assert_exact_accounting
 from tests.support.broker import Broker
-from tests.support.processes import Agent, Collector, buffer_meta, stored_samples
+from tests.support.processes import Agent, Collector, buffer_meta
 from tests.support.waiting import wait_until
 
 HOST = "faulty-host"
@@ -59,24 +60,6 @@ def _has_data(collector: Collector) -> bool:
 
 def _batches(agent: Agent) -> int:
     return buffer_meta(agent.buffer)["batches"]
-
-
-def assert_exact_accounting(collector: Collector, agent: Agent) -> dict[str, int]:
-    """Stop the agent cleanly, then: stored + dropped + still buffered == ever buffered.
-
-    Samples still in the stopped agent's buffer are not lost (the next start sends them); if one
-    of them had also been stored, or anything stored twice, the stored count would be too high.
-    """
-    wait_until(lambda: _batches(agent) <= 2, 60, "the buffer to drain")
-    assert agent.terminate() == 0, agent.output()[-2000:]
-    meta = buffer_meta(agent.buffer)
-    assert meta["buffered"] <= meta["appended"] // 10, f"most of the back-log is left: {meta}"
-    expected = meta["appended"] - meta["dropped"] - meta["buffered"]
-    wait_until(lambda: stored_samples(collector, HOST) == expected, 20,
-               f"stored == appended - dropped - buffered ({meta})")
-    stored = stored_samples(collector, HOST)
-    assert stored == expected
-    return {**meta, "stored": stored}
 
 
 def test_broker_stop_and_kill9_lose_nothing(make_system: Callable[..., tuple]) -> None:
