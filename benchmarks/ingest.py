@@ -90,13 +90,14 @@ def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 def start_collector(work: Path, mqtt_port: int, *, http_extra: str = "",
                     ingest: str = "queue_max = 20000\npast_tolerance_days = 30\n",
-                    ) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """A collector on ``mqtt_port`` with its data in ``work``; ``http_extra`` and ``ingest`` are
-    TOML lines for those sections. Returns (process, HTTP port, database path) once ready."""
+                    mqtt_extra: str = "") -> tuple[subprocess.Popen[bytes], int, Path]:
+    """A collector on ``mqtt_port`` with its data in ``work``; ``http_extra``, ``ingest`` and
+    ``mqtt_extra`` are TOML lines for those sections. Returns (process, HTTP port, database
+    path) once ready."""
     http = free_port()
     db = work / "data" / "edgemon.db"
     conf = work / "collector.toml"
-    conf.write_text(f"[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n\n"
+    conf.write_text(f"[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n{mqtt_extra}\n"
                     f"[storage]\npath = \"{db}\"\nmaintain_interval_seconds = 2\n\n"
                     f"[http]\nhost = \"127.0.0.1\"\nport = {http}\n{http_extra}\n"
                     f"[ingest]\n{ingest}")

@@ -173,6 +173,9 @@ class Collector:
         # storage failing: messages held un-PUBACKed are back-pressure, not a delivery stall
         self.mqtt.holding_expected = lambda: self.pipeline is not None and \
             not self.pipeline.storage_ok
+        # the hosts whose batches were stored lately: subscribed by name during a flood
+        self.mqtt.known_hosts = lambda: list(self.pipeline.stats.host_last_received_ms) \
+            if self.pipeline is not None else []
         self._worker = asyncio.create_task(self.pipeline.run(), name="edgemon-ingest")
         self._maintenance = asyncio.create_task(self.pipeline.maintain_loop(),
                                                 name="edgemon-maintain")

@@ -66,6 +66,11 @@ class MqttConfig(_Section):
     # Delivery stall detector (ingest/stall.py): a message un-PUBACKed, a publish unconfirmed
     # by the broker, or a probe not delivered for this long is a stall: reported, reconnected.
     stall_seconds: float = Field(30.0, ge=1, le=3600)
+    # A host sending this many messages within a second floods: the collector stops subscribing
+    # to its topics for flood_quarantine_seconds (doubled for a repeat within an hour, at most
+    # an hour), see ingest/flood_guard.py. 0: never.
+    flood_trigger_per_second: int = Field(500, ge=0)
+    flood_quarantine_seconds: float = Field(300.0, ge=1, le=3600)
     # TLS: the broker's certificate and host name are verified against ca_file (the system CAs
     # when unset); cert_file + key_file: a client certificate (require_certificate brokers).
     tls: bool = False

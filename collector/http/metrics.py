@@ -130,3 +130,8 @@ def _mqtt_delivery(w: _Writer, mqtt: MqttIngest) -> None:
           round(state.oldest_unconfirmed_s or 0.0, 3))
     w.one("mqtt_receive_silence_seconds", "gauge", "Seconds since the last message arrived "
           "(0 while disconnected)", round(state.silence_s or 0.0, 3))
+    w.one("mqtt_flood_isolations_total", "counter", "Times a flooding host was left out of the "
+          "subscriptions (its messages dropped by the broker)", mqtt.flood.isolations)
+    w.metric("mqtt_flood_isolated_seconds", "gauge", "Hosts left out of the subscriptions for "
+             "flooding, with the seconds until they are let back in",
+             [({"host": h}, round(left, 1)) for h, left in sorted(mqtt.flood.isolated().items())])

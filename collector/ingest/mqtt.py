@@ -37,11 +37,14 @@ Delivery contract (see protocol SPEC §5):
 * The delivery stall detector (``stall.py``) watches for a lost PUBLISH or PUBACK that MQTT
   would only repair at the next reconnect; on a stall it logs, shows it in /readyz and /metrics,
   and reconnects.
+* A flood stays with its sender (``flood_guard.py``, ``subscriptions.py``): a host sending far
+  beyond any agent's rate is left out of the subscriptions for a while, so that the broker drops
+  its messages instead of queueing them ahead of every other host's; then one reconnect repairs
+  whatever the broker lost while its queue for us was full.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
@@ -49,17 +52,18 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from edgemon.collector.config import MqttConfig
+from edgemon.collector.ingest.flood_guard import FloodGuard
+from edgemon.collector.ingest.inbox import Inbox, RawMessage
 from edgemon.collector.ingest.rate_limit import RateLimiter, message_cost
 from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.ingest.stall import StallDetector, StallState, probe_topic
+from edgemon.collector.ingest.subscriptions import Subscriptions
 from edgemon.common import mqtt_client
 from edgemon.common.clock import now_ms
 from edgemon.common.logs import Throttle
@@ -78,108 +82,12 @@ MAX_KEPT_PAYLOAD = MAX_COMPRESSED_BYTES
 HANDED_OVER, DROPPED, REFUSED = "handed_over", "dropped", "refused"
 
 
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    """One message as received; ``payload`` is empty when ``size`` exceeds any valid payload."""
-
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    retain: bool
-    received_ms: int
-    generation: int  # which connection it arrived on (PUBACK only on that one)
-    size: int
-
-
-class Inbox:
-    """Bounded hand-off from the paho thread to the event loop, counted until released.
-
-    ``offer`` (any thread) admits a message only if the messages and bytes *held* (queued or being
-    stored, not yet released) stay within the bounds; ``release`` (after the PUBACK) frees them.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_messages: int,
-                 max_bytes: int) -> None:
-        self._loop = loop
-        self.max_messages = max_messages
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._held = 0
-        self._held_bytes = 0
-        self._closed = False
-        self._queue: deque[RawMessage] = deque()
-        self._ready = asyncio.Event()
-
-    def offer(self, msg: RawMessage) -> bool:
-        with self._lock:
-            if self._closed:
-                return False
-            if self._held >= self.max_messages or (
-                    self._held and self._held_bytes + len(msg.payload) > self.max_bytes):
-                return False
-            self._held += 1
-            self._held_bytes += len(msg.payload)
-        try:
-            self._loop.call_soon_threadsafe(self._put, msg)
-        except RuntimeError:  # the loop is closed: we are shutting down
-            self.release([msg])
-            return False
-        return True
-
-    def _put(self, msg: RawMessage) -> None:
-        self._queue.append(msg)
-        self._ready.set()
-
-    async def get_many(self, limit: int, timeout: float | None = None) -> list[RawMessage]:
-        """Up to ``limit`` queued messages; waits up to ``timeout`` for the first ([] if none)."""
-        if not self._queue:
-            if self.closed:
-                return []
-            self._ready.clear()
-            try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
-            except TimeoutError:
-                return []
-        out: list[RawMessage] = []
-        while self._queue and len(out) < limit:
-            out.append(self._queue.popleft())
-        return out
-
-    def release(self, msgs: list[RawMessage]) -> None:
-        with self._lock:
-            self._held -= len(msgs)
-            self._held_bytes -= sum(len(m.payload) for m in msgs)
-
-    def close(self) -> None:
-        """Refuse every new message from now on; wake a waiting ``get_many``."""
-        with self._lock:
-            self._closed = True
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._ready.set)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
-    @property
-    def held(self) -> int:
-        return self._held
-
-    @property
-    def held_bytes(self) -> int:
-        return self._held_bytes
-
-
 class MqttIngest:
     """Owns the paho client: connect with back-off, subscribe, hand messages over, ack, publish,
-    announce presence, watch for stalls."""
+    announce presence, watch for stalls, leave flooding hosts out (flood_guard.py)."""
 
-    WATCH_INTERVAL = 1.0  # seconds between stall checks (and probes)
+    WATCH_INTERVAL = 0.25  # seconds between watcher rounds (stall checks, probes, floods)
+    REPAIR_DELAY = 0.5  # seconds from leaving a flooder out to the repairing reconnect
     QUEUED_PUBLISHES = 10_000  # paho's bound on our publishes waiting (acks while disconnected)
 
     def __init__(self, config: MqttConfig, inbox: Inbox, *,
@@ -195,6 +103,7 @@ class MqttIngest:
         self.refused_stopping = 0  # not acknowledged because we are shutting down
         self.redelivery_reconnects = 0
         self.stall_reconnects = 0
+        self.flood_repairs = 0  # reconnects made right after leaving a flooding host out
         self.ack_publish_failures = 0  # acks paho could not even queue: dropped (agents resend)
         self.acks_queued_offline = 0  # acks published while disconnected: sent after reconnect
         self.stale_acks_skipped = 0
@@ -202,6 +111,11 @@ class MqttIngest:
         self.rate_limited = 0  # acknowledged and dropped: over their host's rate limit
         self.rate_limiter: RateLimiter | None = None  # see use_rate_limit
         self.stall = StallDetector(config.stall_seconds)
+        self.flood = FloodGuard(trigger=config.flood_trigger_per_second,
+                                quarantine_s=config.flood_quarantine_seconds)
+        # Hosts recently heard from (set by the collector): while a host floods, the collector
+        # subscribes to these hosts' topics by name instead of the wildcards.
+        self.known_hosts: Callable[[], Iterable[str]] = lambda: ()
         # Storage is failing: messages held un-PUBACKed are back-pressure, not a stall. Set by
         # the collector to ask its ingest pipeline.
         self.holding_expected: Callable[[], bool] = lambda: False
@@ -218,8 +132,11 @@ class MqttIngest:
         self._kicked = False
         self._pending: dict[int, mqtt.MQTTMessageInfo] = {}  # our QoS 1 publishes, by mid
         self._publish_lock = threading.Lock()
-        self._watch_stop = threading.Event()
+        self._wake = threading.Event()  # the watcher's: stopping, or a host started flooding
+        self._stopping = False
         self._watcher: threading.Thread | None = None
+        self._initial_subscribes: set[int] = set()  # SUBSCRIBE mids to wait for after connecting
+        self._repair_at: float | None = None  # reconnect then (see _guard_floods)
         client = mqtt_client.make_client(
             config.client_id, clean_session=False, username=config.username,
             password=config.password.get_secret_value() if config.password else None,
@@ -235,6 +152,8 @@ class MqttIngest:
         if log.isEnabledFor(logging.DEBUG):  # paho logs every lost connection at ERROR
             client.enable_logger(logging.getLogger("edgemon.collector.paho"))
         self.client = client
+        self.subscriptions = Subscriptions(client, self.probe_topic, isolated=self.flood.isolated,
+                                           known_hosts=lambda: self.known_hosts())
         self._set_will()
         self._schedule_retry()
 
@@ -259,7 +178,12 @@ class MqttIngest:
         network thread. Blocking (run it in a thread); never raises for a lost connection.
         PUBACKs already queued go out before the DISCONNECT."""
         deadline = time.monotonic() + timeout
-        self._watch_stop.set()
+        self._stopping = True
+        self._wake.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=2)
+        if self._connected and self.flood.isolated():
+            self.subscriptions.restore_wildcards()  # the session as a next run expects it
         if self._connected:
             self._publish(self.state_topic, self._state(online=False), retain=True)
         self._closing = True
@@ -268,8 +192,6 @@ class MqttIngest:
         with contextlib.suppress(Exception):
             self.client.disconnect()
         self.client.loop_stop()
-        if self._watcher is not None:
-            self._watcher.join(timeout=2)
         self._connected = self._subscribed = False
 
     @property
@@ -392,12 +314,44 @@ class MqttIngest:
         self.client.will_set(self.state_topic, self._state(online=False), qos=1, retain=True)
 
     def _watch(self) -> None:
-        """The watcher thread: probe a quiet connection, detect stalls and act on them."""
-        while not self._watch_stop.wait(self.WATCH_INTERVAL):
+        """The watcher thread: probe a quiet connection, detect stalls and floods, act."""
+        while True:
+            self._wake.wait(self.WATCH_INTERVAL)
+            self._wake.clear()
+            if self._stopping:
+                return
             try:
+                self._guard_floods()
                 self._watch_once()
             except Exception:  # the watcher must outlive any bug in one round
                 self._log_error("delivery watcher round failed", exc_info=True)
+
+    def _guard_floods(self) -> None:
+        """Leave hosts that started flooding out of the subscriptions; let back who served
+        their time (flood_guard.py)."""
+        new, released = self.flood.tick()
+        for host in new:
+            log.warning("host %s floods (over %d messages/s beyond its rate limit): not "
+                        "subscribed to its topics for %.0f s, so the broker drops its messages "
+                        "instead of queueing them before everyone else's", host,
+                        self.flood.trigger, self.flood.isolated().get(host, 0.0),
+                        extra={"host": host})
+        for host in released:
+            log.info("host %s let back in (its flood quarantine is over)", host,
+                     extra={"host": host})
+        if self._repair_at is not None and time.monotonic() >= self._repair_at:
+            # The flood is kept out now. Before it was, the broker may have dropped packets it
+            # counts as in flight (see stall.py; its UNSUBACK too): reconnect once, so that both
+            # sides re-send them now rather than after a stall is detected.
+            self._repair_at = None
+            self.flood_repairs += 1
+            self._drop_connection()
+            return
+        if not (new or released) or not self._connected:
+            return  # on_connect subscribes as the isolation stands
+        if new:
+            self._repair_at = time.monotonic() + self.REPAIR_DELAY
+        self.subscriptions.update()
 
     def _watch_once(self) -> None:
         if not self.ready or self._closing:
@@ -444,7 +398,7 @@ class MqttIngest:
             log.info("connected to mqtt broker (session present: %s)", session)
         self._outage_since, self._outage_logged = None, False
         self._error_throttle = Throttle(60.0)
-        client.subscribe([(topic, 1) for topic in [*subscriptions(), self.probe_topic]])
+        self._initial_subscribes = self.subscriptions.on_connect(session_present=session)
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
         # paho calls this inside its ``except OSError``: the exception is still current
@@ -490,15 +444,22 @@ class MqttIngest:
         with contextlib.suppress(ValueError):  # will_set refuses only while connected
             self._set_will()
 
-    def _on_subscribe(self, client: mqtt.Client, _userdata: Any, _mid: int,
+    def _on_subscribe(self, client: mqtt.Client, _userdata: Any, mid: int,
                       reason_codes: list[Any], _properties: Any) -> None:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
         if failed:
-            self._log_error("broker refused subscriptions %s: %s; check the broker's ACL for "
-                            "the collector user", [*subscriptions(), self.probe_topic], failed)
+            self._log_error("broker refused %d subscription(s) (%s); check the broker's ACL for "
+                            "the collector user", len(failed), failed[0])
+        if mid not in self._initial_subscribes:
+            return
+        self._initial_subscribes.discard(mid)
+        if self._initial_subscribes or failed:
             return
         self._subscribed = True
-        log.info("subscribed to %s", ", ".join([*subscriptions(), self.probe_topic]))
+        isolated = self.flood.isolated()
+        log.info("subscribed to %s", ", ".join([*subscriptions(), self.probe_topic])
+                 if not isolated else f"{len(self.subscriptions.topics)} topics, leaving out "
+                 f"{len(isolated)} flooding host(s)")
         self._publish(self.state_topic, self._state(online=True), retain=True)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any,
@@ -528,15 +489,16 @@ class MqttIngest:
         self.rate_limiter, self._rate_rejects = limiter, rejects
 
     def _over_rate_limit(self, topic: str, payload: bytes, size: int) -> bool:
-        """Whether the message's host (from the topic) is over its rate limit."""
-        limiter = self.rate_limiter
-        if limiter is None:
-            return False
+        """Whether the message's host (from the topic) is over its rate limit; every message
+        also counts towards its host's flood check."""
         try:
             host: str | None = parse_topic(topic).host
         except ProtocolError:
             host = None  # bad topics share one bucket (and are rejected by the pipeline)
-        if limiter.allow(host or "_unknown", message_cost(payload, size)):
+        if host is not None and self.flood.received(host):
+            self._wake.set()  # a new flooder: the watcher leaves it out at once
+        limiter = self.rate_limiter
+        if limiter is None or limiter.allow(host or "_unknown", message_cost(payload, size)):
             return False
         self.rate_limited += 1
         if self._rate_rejects is not None:

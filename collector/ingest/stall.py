@@ -73,6 +73,7 @@ class StallDetector:
         self._probe_sent: float | None = None
         self._stalled: str | None = None
         self._stalled_at = 0.0
+        self._reconnected_since_stall = False
         self.stalls: dict[str, int] = dict.fromkeys(REASONS, 0)
 
     # --- fed by MqttIngest ----------------------------------------------------------------------
@@ -87,6 +88,7 @@ class StallDetector:
             self._unconfirmed = dict.fromkeys(self._unconfirmed, now)
             self._connected_at = self._last_received = now
             self._probe_sent = None
+            self._reconnected_since_stall = self._stalled is not None
 
     def disconnected(self) -> None:
         with self._lock:
@@ -100,8 +102,7 @@ class StallDetector:
         with self._lock:
             self._last_received = now
             self._probe_sent = None
-            if self._stalled is not None and self._connected_at is not None and \
-                    self._connected_at > self._stalled_at:
+            if self._stalled is not None and self._reconnected_since_stall:
                 self._stalled = None
 
     def handed_over(self, generation: int, mid: int) -> None:
@@ -159,6 +160,7 @@ class StallDetector:
                 reason = "no_delivery"
             if reason is not None:
                 self._stalled, self._stalled_at = reason, now
+                self._reconnected_since_stall = False
                 self.stalls[reason] += 1
             return reason
 
