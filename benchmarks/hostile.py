@@ -20,7 +20,6 @@ Writes ``benchmarks/results/hostile.json``; prints a table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import multiprocessing
 import os
@@ -46,6 +45,9 @@ from _common import table, write_result
 from fleet import Fleet
 from ingest import MOSQUITTO, free_port, start_broker, start_collector, stop, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support.flood import RawFlooder
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "fuzz_corpus"
 GOOD_RATE = 5.0  # batches/s of the good host
@@ -139,73 +141,17 @@ def good_phase(port: int, seconds: float, phase: int) -> dict[str, Any]:
 #
 # A broker with the generated configuration (``broker-auth mosquitto-conf``: users, ACL, client
 # ids bound to users, queue bounds), a collector and a good host logged in as themselves, and a
-# flooding host using its *own valid* credentials on its own topic, as fast as Mosquitto reads:
-# a raw MQTT client writes pre-built PUBLISH packets back to back (QoS 0 garbage, QoS 1 replays
-# of a valid batch, ~1 MB payloads), so neither paho nor Python paces it.
+# flooding host using its *own valid* credentials on its own topic, as fast as Mosquitto reads
+# (tests/support/flood.py: pre-built PUBLISH packets written back to back).
 
 FLOOD_USER = "flood-host"
 GOOD_USER = "good-00000"
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str16(text: str | bytes) -> bytes:
-    data = text.encode() if isinstance(text, str) else text
-    return len(data).to_bytes(2, "big") + data
-
-
-def _packet(kind: int, body: bytes) -> bytes:
-    return bytes([kind]) + _varint(len(body)) + body
-
-
-def _publish_packet(topic: str, payload: bytes, qos: int, mid: int = 1) -> bytes:
-    head = _str16(topic) + (mid.to_bytes(2, "big") if qos else b"")
-    return _packet(0x30 | (qos << 1), head + payload)
-
-
 def raw_flood(port: int, password: str, seconds: float, counter: Any) -> None:
-    """(a process) Log in as the flooding host and write PUBLISH packets as fast as the broker
-    reads them for ``seconds``; ``counter`` gets the number of messages written."""
-    topic = f"edgemon/v1/{FLOOD_USER}/metrics"
-    replay = _valid_batch(FLOOD_USER)
-    big = os.urandom(1_000_000)
-    cycle = bytearray()
-    for i in range(1000):
-        if i == 0:
-            cycle += _publish_packet(topic, big, 1, 1)
-        elif i % 10 == 0:
-            cycle += _publish_packet(topic, replay, 1, 2 + i % 60_000)
-        else:
-            cycle += _publish_packet(topic, b"\x00garbage" * 25, 0)
-    connect = _packet(0x10, _str16("MQTT") + bytes([4, 0xC2]) + (0).to_bytes(2, "big")
-                      + _str16(FLOOD_USER) + _str16(FLOOD_USER) + _str16(password))
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(connect)
-
-    def drain() -> None:  # CONNACK and PUBACKs: read and forget
-        with contextlib.suppress(OSError):
-            while sock.recv(1 << 16):
-                pass
-
-    threading.Thread(target=drain, daemon=True).start()
-    deadline = time.monotonic() + seconds
-    sent = 0
-    with contextlib.suppress(OSError):
-        while time.monotonic() < deadline:
-            sock.sendall(cycle)
-            sent += 1000
-    counter.value = sent
-    with contextlib.suppress(OSError):
-        sock.sendall(_packet(0xE0, b""))  # DISCONNECT
-    sock.close()
+    """(a process) Flood as the flooding host for ``seconds`` (tests/support/flood.py);
+    ``counter`` gets the number of messages written."""
+    counter.value = RawFlooder(port, FLOOD_USER, password, _valid_batch(FLOOD_USER)).run(seconds)
 
 
 def _valid_batch(host: str) -> bytes:
