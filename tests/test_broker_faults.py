@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgemon.collector.broker.auth import AuthDir
+from edgemon.collector.ingest.flood_guard import FloodGuard
 from edgemon.collector.ingest.stall import StallDetector
 from edgemon.common import mqtt_client
 from edgemon.protocol.presence import COLLECTOR_STATE_FILTER, decode_collector_state
@@ -116,6 +117,37 @@ def test_messages_of_an_older_connection_are_not_watched() -> None:
     stall.handed_over(0, 5)  # arrived on connection 0, we are on 1: cannot be PUBACKed
     clock.now += 60
     assert stall.check() != "puback_overdue"
+
+
+# --- the flood guard (pure logic, fake clock) -----------------------------------------------------
+
+def test_a_host_far_beyond_any_agent_rate_is_left_out_and_let_back_later() -> None:
+    clock = Clock()
+    guard = FloodGuard(trigger=500, quarantine_s=60, max_quarantine_s=200, clock=clock)
+    crossed = [guard.received("noisy") for _ in range(600)]
+    assert crossed.count(True) == 1 and crossed.index(True) == 499  # the 500th message
+    for _ in range(499):
+        guard.received("steady")  # busy but below the trigger
+    assert guard.tick() == (["noisy"], [])
+    assert guard.isolated() == {"noisy": 60}
+    assert not guard.received("noisy")  # left out: not counted again
+    clock.now += 1.0
+    assert guard.tick() == ([], [])  # a new second: steady's count starts again
+    for _ in range(499):
+        guard.received("steady")
+    clock.now += 59.5
+    assert guard.tick() == ([], ["noisy"])
+    assert guard.isolated() == {}
+    # back at it within the hour: twice as long, then capped
+    for expected in (120, 200, 200):
+        for _ in range(500):
+            guard.received("noisy")
+        assert guard.tick() == (["noisy"], [])
+        assert guard.isolated() == {"noisy": expected}
+        clock.now += expected
+        guard.tick()
+    assert guard.isolations == 4
+    assert not FloodGuard(trigger=0, quarantine_s=60).received("noisy")  # disabled
 
 
 # --- the client set-up ----------------------------------------------------------------------------
