@@ -199,7 +199,8 @@ def test_cli_prints_the_mosquitto_conf_lines(tmp_path: Path, auth: AuthDir,
     for line in ("listener 1883", "allow_anonymous false", f"password_file {auth.passwd_file}",
                  f"acl_file {auth.acl_file}", f"max_packet_size {MAX_PACKET_SIZE}",
                  # client ids belong to their user; persistence and bounded queues
-                 "use_username_as_clientid true", "persistence true", "autosave_interval 60",
+                 "use_username_as_clientid true", "set_tcp_nodelay true",
+                 "persistence true", "autosave_interval 60",
                  "persistent_client_expiration 14d", "max_queued_messages 1000",
                  "max_queued_bytes 67108864"):
         assert line in lines
