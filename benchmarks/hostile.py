@@ -20,12 +20,9 @@ Writes ``benchmarks/results/hostile.json``; prints a table.
 from __future__ import annotations
 
 import argparse
-import getpass
 import multiprocessing
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,7 +40,7 @@ import paho.mqtt.client as mqtt
 import zstandard
 from _common import table, write_result
 from fleet import Fleet
-from ingest import MOSQUITTO, free_port, start_broker, start_collector, stop, wait_for
+from ingest import start_broker, start_collector, stop
 from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -168,20 +165,8 @@ def _secured_broker(work: Path) -> tuple[subprocess.Popen[bytes], int, dict[str,
     auth, collector_password = AuthDir.init(work / "broker-auth")
     passwords = {"edgemon-collector": collector_password,
                  GOOD_USER: auth.add(GOOD_USER, "host"), FLOOD_USER: auth.add(FLOOD_USER, "host")}
-    port = free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(mosquitto_conf(auth, port=port, bind="127.0.0.1", persistence_location=work)
-                    + ("user root\n" if os.geteuid() == 0 else f"user {getpass.getuser()}\n")
-                    + "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n")
-    log = open(work / "mosquitto.log", "ab")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    log.close()
-
-    def up() -> bool:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    wait_for(up, 10, "mosquitto did not start")
+    proc, port = start_broker(work, lambda port: mosquitto_conf(
+        auth, port=port, bind="127.0.0.1", persistence_location=work))
     return proc, port, passwords
 
 

@@ -18,16 +18,15 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import getpass
-import subprocess
 
 from _common import table, write_result
-from ingest import MOSQUITTO, free_port, stop, wait_for
+from ingest import start_broker, stop
 
 from edgemon.common import mqtt_client
 
@@ -38,20 +37,9 @@ def _nagle(_client: Any, _userdata: Any, sock: Any) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
 
 
-def start_broker(work: Path, nodelay: bool) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = work / f"mosquitto-{nodelay}.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                    f"user {getpass.getuser()}\npersistence false\n"
-                    f"set_tcp_nodelay {'true' if nodelay else 'false'}\n")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def up() -> bool:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    wait_for(up, 10, "mosquitto did not start")
-    return proc, port
+def broker_config(nodelay: bool) -> Callable[[int], str]:
+    return lambda port: (f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                         f"persistence false\nset_tcp_nodelay {'true' if nodelay else 'false'}\n")
 
 
 def subscriber(port: int, nodelay: bool, ready: Any, stop_flag: Any, received: Any) -> None:
@@ -125,7 +113,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="edgemon-nodelay-"))
     rows = []
     for broker_nodelay in (False, True):
-        broker, port = start_broker(work, broker_nodelay)
+        broker, port = start_broker(work, broker_config(broker_nodelay))
         try:
             for client_nodelay in (False, True):
                 row = run(port, seconds, args.size, client_nodelay)
