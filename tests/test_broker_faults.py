@@ -95,13 +95,16 @@ def test_an_unconfirmed_publish_beyond_the_bound_is_a_stall() -> None:
 
 def test_a_quiet_connection_is_probed_and_silence_after_a_probe_is_a_stall() -> None:
     stall, clock = detector(bound=9.0)
+    assert stall.probe_due()  # unproven yet: the first probe goes out at once
+    clock.now += 0.1
+    stall.received(probe=True)  # it came back: the broker delivers probes to us
     clock.now += 2.9
     assert not stall.probe_due()  # traffic is recent
     clock.now += 0.2
     assert stall.probe_due()  # quiet for a third of the bound: probe
     assert not stall.probe_due()  # one probe at a time
     clock.now += 8
-    stall.received()  # the probe came back: delivery works
+    stall.received()  # something came (the probe or a batch): delivery works
     assert stall.check() is None
     clock.now += 3.1
     assert stall.probe_due()
@@ -110,6 +113,23 @@ def test_a_quiet_connection_is_probed_and_silence_after_a_probe_is_a_stall() -> 
     assert stall.state().silence_s == pytest.approx(12.2)
     stall.disconnected()
     assert not stall.probe_due() and stall.check() is None  # nothing to watch while away
+
+
+def test_probes_the_broker_never_delivers_stop_after_one_false_alarm() -> None:
+    """Mosquitto accepts the subscription and the publish of a probe its ACL denies (an ACL from
+    before probes existed), then never delivers it."""
+    stall, clock = detector(bound=9.0)
+    assert stall.probe_due()
+    clock.now += 9.5
+    assert stall.check() == "no_delivery"  # cannot tell yet: a stall, or a deaf probe
+    stall.connected(2)
+    assert stall.probe_due()
+    clock.now += 9.5
+    assert stall.check() is None and not stall.probing  # twice: it is the probe
+    assert not stall.probe_due()
+    stall.published(7)  # the other signs carry on
+    clock.now += 9.5
+    assert stall.check() == "broker_puback_overdue"
 
 
 def test_messages_of_an_older_connection_are_not_watched() -> None:
@@ -349,6 +369,32 @@ def test_a_silently_lossy_connection_is_detected_reported_and_reconnected(
     assert stalls >= 1
     assert relay.connections >= 2
     assert_exact_accounting(collector, agent)
+
+
+def test_an_acl_from_before_presence_still_lets_the_collector_work(
+        make_system: Callable[..., tuple[Broker, Collector, Agent]], tmp_path: Path) -> None:
+    """A broker whose ACL was generated before the _collectors topics existed refuses the probe
+    subscription: the collector still becomes ready, says how to fix it, and does not mistake
+    the missing probes for stalls."""
+    broker, collector, _ = make_system(agent=False, mqtt_extra="stall_seconds = 1.5\n")
+    acl = make_system.fleet.auth.acl_file  # type: ignore[attr-defined]
+    acl.write_text("".join(line for line in acl.read_text().splitlines(keepends=True)
+                           if "_collectors" not in line))
+    broker.reload()
+    collector.terminate()
+    collector.start()  # ready: wait_until inside checks /readyz
+    wait_until(lambda: "broker-auth regenerate" in collector.output(), 15, "the hint")
+    deadline = time.monotonic() + 8  # five bounds of quiet: probing gave up long ago
+    wait_until(lambda: time.monotonic() >= deadline, 10, "a quiet while")
+    assert collector.request("GET", "/readyz", token=None)[0] == 200
+    assert _metric(collector, "mqtt_delivery_stalled") == 0
+    # one false alarm at most (a deaf probe and a stall look alike once), then no more
+    assert _metric(collector, "mqtt_stalls_total", '{reason="no_delivery"}') <= 1
+    # the fix the hint names puts the lines back
+    assert subprocess.run([sys.executable, "-m", "edgemon.collector.cli", "broker-auth",
+                           "regenerate", str(acl.parent)], capture_output=True,
+                          timeout=30).returncode == 0
+    assert "topic readwrite edgemon/v1/_collectors/#" in acl.read_text()
 
 
 class PresenceWatcher:

@@ -507,6 +507,8 @@ def add_commands(sub: Any) -> None:
     remove = command("remove", "delete a user")
     remove.add_argument("name", metavar="NAME")
     command("list", "list the users and their roles")
+    command("regenerate", "write passwd and acl again from users.json (after an upgrade that "
+                          "changed the ACL, or an interrupted change)")
     conf = command("mosquitto-conf", "print the mosquitto.conf lines that use this directory")
     conf.add_argument("--port", type=int, default=None,
                       help="listener port (default 1883, or 8883 with --certfile)")
@@ -551,6 +553,9 @@ def _run(args: Any) -> int:
         elif action == "rotate":
             user, password = auth.rotate(args.name)
             _hand_out(user, password, args.out)
+        elif action == "regenerate":
+            auth.regenerate()
+            print(f"wrote {auth.passwd_file} and {auth.acl_file} again", file=sys.stderr)
         elif action == "remove":
             user = auth.remove(args.name)
             print(f"removed {user.role} {user.name!r}", file=sys.stderr)

@@ -137,6 +137,7 @@ class MqttIngest:
         self._watcher: threading.Thread | None = None
         self._initial_subscribes: set[int] = set()  # SUBSCRIBE mids to wait for after connecting
         self._repair_at: float | None = None  # reconnect then (see _guard_floods)
+        self._probe_warned = False
         client = mqtt_client.make_client(
             config.client_id, clean_session=False, username=config.username,
             password=config.password.get_secret_value() if config.password else None,
@@ -356,6 +357,12 @@ class MqttIngest:
     def _watch_once(self) -> None:
         if not self.ready or self._closing:
             return
+        if not self.stall.probing and not self._probe_warned:
+            self._probe_warned = True
+            log.warning("the broker does not deliver the delivery probes on %s (its ACL predates "
+                        "them?): the stall detector watches without probes; regenerate the ACL "
+                        "(edgemon-collector broker-auth regenerate DIR, then reload mosquitto)",
+                        self.probe_topic)
         self._prune_pending()
         if self.stall.probe_due():
             self._publish(self.probe_topic, str(now_ms()).encode())
@@ -446,14 +453,19 @@ class MqttIngest:
 
     def _on_subscribe(self, client: mqtt.Client, _userdata: Any, mid: int,
                       reason_codes: list[Any], _properties: Any) -> None:
-        failed = [str(rc) for rc in reason_codes if rc.is_failure]
-        if failed:
-            self._log_error("broker refused %d subscription(s) (%s); check the broker's ACL for "
-                            "the collector user", len(failed), failed[0])
+        refused = self.subscriptions.refused(mid, reason_codes)
+        essential = [t for t in refused if t != self.probe_topic]
+        if self.probe_topic in refused:
+            self.stall.probing = False  # an ACL generated before probes existed
+        if essential:
+            self._log_error("broker refused %d subscription(s) (%s ...); check the broker's ACL "
+                            "for the collector user", len(essential), essential[0])
         if mid not in self._initial_subscribes:
             return
         self._initial_subscribes.discard(mid)
-        if self._initial_subscribes or failed:
+        if essential:
+            self._initial_subscribes.clear()  # not ready: it would receive nothing from them
+        if self._initial_subscribes or essential:
             return
         self._subscribed = True
         isolated = self.flood.isolated()
@@ -510,11 +522,11 @@ class MqttIngest:
         """What becomes of ``message``: ``HANDED_OVER`` (ingest PUBACKs it once stored),
         ``DROPPED`` (PUBACK it now) or ``REFUSED`` (no PUBACK: the broker delivers it again)."""
         self.received += 1
-        self.stall.received()
         try:
             topic = message.topic
         except UnicodeDecodeError:
             topic = "<topic is not UTF-8>"
+        self.stall.received(probe=topic == self.probe_topic)
         if topic == self.probe_topic:
             return DROPPED
         payload = message.payload

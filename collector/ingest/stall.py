@@ -19,9 +19,13 @@ Three signs, each against the same bound (``stall_seconds``):
   probe) has had no PUBACK from the broker for longer than the bound;
 * ``no_delivery``: nothing at all arrived for longer than the bound although we asked for
   something: while the connection is quiet the collector publishes a *probe* to a topic only it
-  subscribes to (``edgemon/v1/_collectors/<id>/probe``) every third of the bound. The broker
-  delivers it through the same queue as every host's batches, so a probe that does not come
-  back means nothing else would either. No knowledge of which hosts are online is needed.
+  subscribes to (``edgemon/v1/_collectors/<id>/probe``) every third of the bound, and once right
+  after connecting. The broker delivers it through the same queue as every host's batches, so a
+  probe that does not come back means nothing else would either. No knowledge of which hosts are
+  online is needed. A probe must prove itself first: Mosquitto accepts the subscription and the
+  publish even when its ACL denies them (an ACL generated before probes existed) and then simply
+  never delivers. Until one probe has come back, a missing probe counts as a stall once; the
+  second time probing stops (``probing`` False) and the other two signs carry on alone.
 
 Pure logic with an injected clock; thread-safe (paho's thread, the event loop and the watcher
 call it).
@@ -63,6 +67,9 @@ class StallDetector:
     def __init__(self, bound_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.bound_s = bound_s
         self.probe_every_s = bound_s / 3
+        self.probing = True  # False: the broker refused the probe topic (an old ACL)
+        self._probe_verified = False  # a probe has come back at least once
+        self._probe_failures = 0  # no_delivery while no probe ever came back
         self._clock = clock
         self._lock = threading.Lock()
         self._held: OrderedDict[tuple[int, int], float] = OrderedDict()  # (generation, mid)
@@ -95,12 +102,13 @@ class StallDetector:
             self._connected_at = None
             self._probe_sent = None
 
-    def received(self) -> None:
-        """Any message arrived. On a connection made after a stall was detected, that ends the
-        stall: delivery works again."""
+    def received(self, *, probe: bool = False) -> None:
+        """Any message arrived (``probe``: one of our probes). On a connection made after a
+        stall was detected, that ends the stall: delivery works again."""
         now = self._clock()
         with self._lock:
             self._last_received = now
+            self._probe_verified = self._probe_verified or probe
             self._probe_sent = None
             if self._stalled is not None and self._reconnected_since_stall:
                 self._stalled = None
@@ -133,10 +141,10 @@ class StallDetector:
         received for a third of the bound, and no probe on its way."""
         now = self._clock()
         with self._lock:
-            if self._connected_at is None or self._probe_sent is not None:
+            if not self.probing or self._connected_at is None or self._probe_sent is not None:
                 return False
-            if now - self._last_received < self.probe_every_s:
-                return False
+            if self._probe_verified and now - self._last_received < self.probe_every_s:
+                return False  # (an unproven probe goes out at once: is it delivered at all?)
             self._probe_sent = now
             return True
 
@@ -158,6 +166,12 @@ class StallDetector:
             elif self._probe_sent is not None and now - self._probe_sent > self.bound_s \
                     and now - self._last_received > self.bound_s:
                 reason = "no_delivery"
+                if not self._probe_verified:
+                    self._probe_failures += 1
+                    if self._probe_failures >= 2:  # the broker never delivers probes to us
+                        self.probing, self._probe_sent, reason = False, None, None
+                        if self._stalled == "no_delivery":  # that was the probe's fault
+                            self._stalled = None
             if reason is not None:
                 self._stalled, self._stalled_at = reason, now
                 self._reconnected_since_stall = False

@@ -35,6 +35,7 @@ class Subscriptions:
         self.topics: set[str] = set()  # what the session is (or is being) subscribed to
         self._lock = threading.Lock()
         self._ever: set[str] = {*subscriptions(), probe_topic}
+        self._sent: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its filters, until the SUBACK
 
     def wanted(self) -> set[str]:
         isolated = self.isolated()
@@ -82,10 +83,19 @@ class Subscriptions:
         mids = []
         ordered = sorted(topics)
         for i in range(0, len(ordered), TOPICS_PER_PACKET):
-            rc, mid = self.client.subscribe([(t, 1) for t in ordered[i:i + TOPICS_PER_PACKET]])
+            chunk = ordered[i:i + TOPICS_PER_PACKET]
+            rc, mid = self.client.subscribe([(t, 1) for t in chunk])
             if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
                 mids.append(mid)
+                with self._lock:
+                    self._sent[mid] = chunk
         return mids
+
+    def refused(self, mid: int, reason_codes: list[Any]) -> list[str]:
+        """The filters of SUBSCRIBE ``mid`` that the broker refused (SUBACK in request order)."""
+        with self._lock:
+            chunk = self._sent.pop(mid, [])
+        return [topic for topic, rc in zip(chunk, reason_codes, strict=False) if rc.is_failure]
 
     def _unsubscribe(self, topics: set[str]) -> None:
         ordered = sorted(topics)
