@@ -456,16 +456,18 @@ def test_collector_presence_online_offline_and_last_will(
 def test_dev_up_restarts_at_once_and_keeps_the_credentials_it_generated(
         tmp_path: Path) -> None:
     state = tmp_path / "state"
-    mqtt_port, http_port = free_port(), free_port()
+    mqtt_port, http_port = _stable_port(), _stable_port()
     argv = [sys.executable, str(DEV_UP), "--state-dir", str(state), "--mqtt-port",
             str(mqtt_port), "--http-port", str(http_port), "--interval", "1"]
     log = tmp_path / "dev-up.log"
 
     def run() -> subprocess.Popen[bytes]:
+        ups = log.read_text().count("edgemon is up") if log.exists() else 0
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=tmp_path)
-        wait_until(lambda: proc.poll() is not None or "edgemon is up" in log.read_text(), 60,
+        wait_until(lambda: proc.poll() is not None
+                   or log.read_text().count("edgemon is up") > ups, 60,
                    f"dev-up to come up ({log})")
         assert proc.poll() is None, log.read_text()[-3000:]
         return proc
@@ -493,6 +495,22 @@ def test_dev_up_restarts_at_once_and_keeps_the_credentials_it_generated(
         wait_until(lambda: _reader_connects(mqtt_port, *login), 20, "the same reader again")
     finally:
         stop(second)
+
+
+def _stable_port() -> int:
+    """A free port below the kernel's ephemeral range: between the two runs no outgoing
+    connection of another process can take it (as one can take a port ``free_port`` found)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def _reader_connects(port: int, username: str, password: str) -> bool:
