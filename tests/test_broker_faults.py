@@ -29,7 +29,7 @@ from edgemon.collector.ingest.stall import StallDetector
 from edgemon.common import mqtt_client
 from edgemon.protocol.presence import COLLECTOR_STATE_FILTER, decode_collector_state
 from tests.support.accounting import assert_exact_accounting
-from tests.support.broker import Broker, free_port
+from tests.support.broker import Broker
 from tests.support.processes import Agent, Collector
 from tests.support.proxy import LossyRelay
 from tests.support.waiting import wait_until
