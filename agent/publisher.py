@@ -21,7 +21,6 @@ import contextlib
 import logging
 import queue
 import random
-import ssl
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ import paho.mqtt.client as mqtt
 
 from edgemon.agent.config import BrokerConfig
 from edgemon.agent.presence import CollectorPresence
+from edgemon.common import mqtt_client
 from edgemon.common.clock import now_ms
 from edgemon.common.logs import Throttle
 from edgemon.protocol import ack_topic, encode_status, status_topic
@@ -49,14 +49,8 @@ LOOPBACK = ("localhost", "127.0.0.1", "::1")
 def connect_error(exc: BaseException | None) -> tuple[str, bool]:
     """Why connecting failed, for the log, and whether it is a TLS failure (an error, not a
     passing outage): paho calls ``on_connect_fail`` inside its ``except OSError``."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return (f"TLS: the broker's certificate failed verification ({exc.verify_message}); "
-                "check that broker.ca_file is the CA that signed it and that broker.host is a "
-                "name in it (subjectAltName)"), True
-    if isinstance(exc, ssl.SSLError):
-        return (f"TLS handshake failed ({exc.reason or exc}); is broker.port the broker's TLS "
-                "listener?"), True
-    return (str(exc) if exc is not None else "unknown error"), False
+    return mqtt_client.connect_failure(exc, ca_key="broker.ca_file", host_key="broker.host",
+                                       port_key="broker.port")
 
 
 def reconnect_delay(attempt: int, rand: Callable[[], float] = random.random, *,
@@ -65,7 +59,7 @@ def reconnect_delay(attempt: int, rand: Callable[[], float] = random.random, *,
 
     Kept at least 50 ms so a flapping broker never makes a busy loop.
     """
-    return max(0.05, rand() * min(cap, base * 2 ** min(attempt, 32)))
+    return mqtt_client.reconnect_delay(attempt, rand, base=base, cap=cap)
 
 
 class Publisher:
@@ -93,18 +87,12 @@ class Publisher:
         self._throttle = Throttle(60.0)
         self._unconfirmed: dict[int, mqtt.MQTTMessageInfo] = {}  # mid -> not yet PUBACKed
         self._lock = threading.Lock()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=broker.client_id,
-                             clean_session=False)
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            # verify the broker's certificate and that broker.host is a name in it
-            client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None,
-                           certfile=str(broker.cert_file) if broker.cert_file else None,
-                           keyfile=str(broker.key_file) if broker.key_file else None,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            client.tls_insecure_set(False)
-        elif broker.password is not None and broker.host not in LOOPBACK:
+        # credentials, verified TLS (chain and broker.host), TCP_NODELAY
+        client = mqtt_client.make_client(
+            broker.client_id, clean_session=False, username=broker.username,
+            password=broker.password, tls=broker.tls, ca_file=broker.ca_file,
+            cert_file=broker.cert_file, key_file=broker.key_file)
+        if not broker.tls and broker.password is not None and broker.host not in LOOPBACK:
             log.warning("the broker password goes over the network in clear text; set "
                         "broker.tls = true (see packaging/SECURITY.md)",
                         extra={"broker": f"{broker.host}:{broker.port}"})

@@ -34,10 +34,11 @@ import paho.mqtt.client as mqtt
 import zstandard
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edgemon.common.mqtt_client import set_tcp_nodelay
 from edgemon.protocol import encode
 from edgemon.protocol.codec import DICTIONARY_ID, dictionary
 from edgemon.protocol.status import decode_ack
-from edgemon.protocol.topics import PREFIX, backfill_topic, metrics_topic
+from edgemon.protocol.topics import PREFIX, ack_topic, backfill_topic, metrics_topic
 
 # (name, kind, unit, scale, label keys, [label values...], model) -- ~81 series per host
 _GAUGE, _COUNTER = "gauge", "counter"
@@ -193,12 +194,15 @@ class Fleet:
     per host ending near now should start at ``now - B * cycles * interval_ms``.
     ``zstd_level``: None = exactly the agent's encoding (level 19, slow: ~ms per batch); a number
     = a faster level with the same dictionary (the collector decodes both alike).
+    ``username``/``password``: a secured broker (then one host, whose user name is its host id);
+    ``nodelay``: TCP_NODELAY on the connection, as the agent sets it.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, *, hosts: int = 10,
                  prefix: str = "fleet", cycles: int = 6, interval_ms: int = 10_000,
                  start_ms: int | None = None, seed: int = 1, zstd_level: int | None = None,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, username: str | None = None,
+                 password: str | None = None, nodelay: bool = False) -> None:
         self.broker = (host, port)
         if start_ms is None:
             start_ms = int(time.time() * 1000) - cycles * interval_ms
@@ -209,6 +213,11 @@ class Fleet:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
                                   client_id=client_id or f"fleet-{uuid.uuid4().hex[:12]}",
                                   clean_session=True)
+        if username is not None:  # a secured broker: the user may read only its own acks
+            self.client.username_pw_set(username, password)
+        self._ack_filter = ack_topic(self.hosts[0].host) if username else f"{PREFIX}/+/ack"
+        if nodelay:  # as the agent and the collector do
+            self.client.on_socket_open = set_tcp_nodelay
         self.client.max_inflight_messages_set(0)  # unlimited: the broker is the bottleneck
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
@@ -237,7 +246,7 @@ class Fleet:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any = None) -> None:
-        client.subscribe(f"{PREFIX}/+/ack", qos=1)
+        client.subscribe(self._ack_filter, qos=1)
         self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

@@ -20,8 +20,10 @@ Writes ``benchmarks/results/hostile.json``; prints a table.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +42,9 @@ from _common import table, write_result
 from fleet import Fleet
 from ingest import start_broker, start_collector, stop
 from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support.flood import RawFlooder
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "fuzz_corpus"
 GOOD_RATE = 5.0  # batches/s of the good host
@@ -129,12 +134,165 @@ def good_phase(port: int, seconds: float, phase: int) -> dict[str, Any]:
             "all_acked": all_acked, "lag_p50_ms": s["lag_p50_ms"], "lag_p99_ms": s["lag_p99_ms"]}
 
 
+# --- flood at the broker's maximum rate (issue 13 item 4: a flood stays with its sender) ---------
+#
+# A broker with the generated configuration (``broker-auth mosquitto-conf``: users, ACL, client
+# ids bound to users, queue bounds), a collector and a good host logged in as themselves, and a
+# flooding host using its *own valid* credentials on its own topic, as fast as Mosquitto reads
+# (tests/support/flood.py: pre-built PUBLISH packets written back to back).
+
+FLOOD_USER = "flood-host"
+GOOD_USER = "good-00000"
+
+
+def raw_flood(port: int, password: str, seconds: float, counter: Any) -> None:
+    """(a process) Flood as the flooding host for ``seconds`` (tests/support/flood.py);
+    ``counter`` gets the number of messages written."""
+    counter.value = RawFlooder(port, FLOOD_USER, password, _valid_batch(FLOOD_USER)).run(seconds)
+
+
+def _valid_batch(host: str) -> bytes:
+    now = int(time.time() * 1000)
+    fleet = Fleet(hosts=1, prefix="x", zstd_level=3, start_ms=now - 60_000)
+    fleet.hosts[0].host = host
+    return fleet.encode(fleet.hosts[0].next_batch())
+
+
+def _secured_broker(work: Path) -> tuple[subprocess.Popen[bytes], int, dict[str, str]]:
+    """Mosquitto with exactly the generated configuration; the users' passwords."""
+    from edgemon.collector.broker.auth import AuthDir, mosquitto_conf
+
+    auth, collector_password = AuthDir.init(work / "broker-auth")
+    passwords = {"edgemon-collector": collector_password,
+                 GOOD_USER: auth.add(GOOD_USER, "host"), FLOOD_USER: auth.add(FLOOD_USER, "host")}
+    proc, port = start_broker(work, lambda port: mosquitto_conf(
+        auth, port=port, bind="127.0.0.1", persistence_location=work))
+    return proc, port, passwords
+
+
+def _metrics(http: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        r"^edgemon_collector_(\S+?) (\S+)$", text, re.M)}
+
+
+def _good_phase_secured(port: int, password: str, seconds: float, phase: int
+                        ) -> dict[str, Any]:
+    """The good host publishing for ``seconds`` (5 batches/s) with its own credentials: its
+    publish -> stored lag, what was never acknowledged, and the longest wait between acks."""
+    batches = max(1, int(GOOD_RATE * seconds))
+    start_ms = int(time.time() * 1000) - (2 - phase) * batches * 60_000
+    fleet = Fleet("127.0.0.1", port, hosts=1, prefix="good", zstd_level=3, seed=phase + 1,
+                  start_ms=start_ms, username=GOOD_USER, password=password,
+                  nodelay=True).connect()
+    gaps: list[float] = []
+    watching = threading.Event()
+
+    def watch() -> None:  # the longest time without any ack while batches were outstanding
+        last, acked = time.monotonic(), 0
+        while not watching.wait(0.05):
+            now, count = time.monotonic(), fleet.summary()["acked"]
+            if count != acked or not fleet.unacked:
+                last, acked = now, count
+            gaps.append(now - last)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        fleet.run(fleet.prepare(batches), rate=GOOD_RATE)
+        all_acked = fleet.wait_acked(60)
+        s = fleet.summary()
+    finally:
+        watching.set()
+        watcher.join()
+        fleet.close()
+    return {"sent": s["sent"], "acked": s["acked"], "never_acked": s["unacked"],
+            "all_acked": all_acked, "lag_p50_ms": s["lag_p50_ms"],
+            "lag_p99_ms": s["lag_p99_ms"], "lag_max_ms": s["lag_max_ms"],
+            "longest_ack_gap_s": round(max(gaps, default=0.0), 2)}
+
+
+def max_rate_flood(seconds: float) -> dict[str, Any]:
+    """The good host alone, then beside a flood at the broker's maximum rate, same run."""
+    work = Path(tempfile.mkdtemp(prefix="edgemon-flood-"))
+    broker = collector = None
+    try:
+        broker, port, passwords = _secured_broker(work)
+        login = (f'username = "edgemon-collector"\n'
+                 f'password = "{passwords["edgemon-collector"]}"\n')
+        collector, http, _ = start_collector(work, port, http_extra='auth = "none"\n',
+                                             ingest="", mqtt_extra=login)
+        quiet = _good_phase_secured(port, passwords[GOOD_USER], seconds, 0)
+        print(f"no flood: {quiet}", flush=True)
+        before = _metrics(http)
+        counter = multiprocessing.Value("q", 0)
+        flooder = multiprocessing.Process(target=raw_flood, daemon=True,
+                                          args=(port, passwords[FLOOD_USER], seconds, counter))
+        started = time.monotonic()
+        flooder.start()
+        flooded = _good_phase_secured(port, passwords[GOOD_USER], seconds, 1)
+        flooder.join(seconds + 30)
+        flood_s = time.monotonic() - started
+        after = _metrics(http)
+        print(f"flood: {flooded}", flush=True)
+
+        def delta(name: str) -> float:
+            return after.get(name, 0.0) - before.get(name, 0.0)
+
+        stalls = sum(v - before.get(k, 0.0) for k, v in after.items()
+                     if k.startswith("mqtt_stalls_total"))
+        dropped_by_broker = (work / "mosquitto.log").read_text().count(
+            "Outgoing messages are being dropped")
+        return {
+            "phase_seconds": seconds, "no_flood": quiet, "flood": flooded,
+            "flood_messages_written": counter.value,
+            "flood_messages_per_s": round(counter.value / flood_s),
+            "collector_received_per_s": round(delta("mqtt_messages_received_total") / flood_s),
+            "collector_rate_limited": int(delta("rate_limited_total")),
+            "stalls_detected": int(stalls),
+            "broker_dropping_notices": dropped_by_broker,
+        }
+    finally:
+        for proc in (collector, broker):
+            if proc is not None:
+                stop(proc)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def flood_headline(flood: dict[str, Any]) -> list[dict[str, Any]]:
+    quiet, flooded = flood["no_flood"], flood["flood"]
+    return [
+        {"figure": "good host lag p50, one host flooding at the broker's max rate", "unit": "ms",
+         "value": flooded["lag_p50_ms"], "baselines": {"no flood": quiet["lag_p50_ms"]}},
+        {"figure": "good host lag p99, one host flooding at the broker's max rate", "unit": "ms",
+         "value": flooded["lag_p99_ms"], "baselines": {"no flood": quiet["lag_p99_ms"]}},
+        {"figure": "good batches never acknowledged during the max-rate flood", "unit": "batches",
+         "value": flooded["never_acked"], "baselines": {"no flood": quiet["never_acked"]}},
+        {"figure": "longest wait for any good ack during the max-rate flood", "unit": "s",
+         "value": flooded["longest_ack_gap_s"], "baselines": {"no flood":
+                                                              quiet["longest_ack_gap_s"]}},
+        {"figure": "max-rate flood written by one authenticated host", "unit": "msg/s",
+         "value": flood["flood_messages_per_s"]},
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 s phases (default 30 s)")
     parser.add_argument("--seconds", type=float, help="length of each phase")
+    parser.add_argument("--part", choices=("all", "bombs", "flood"), default="all",
+                        help="flood: only the flood at the broker's maximum rate")
+    parser.add_argument("--flood-seconds", type=float,
+                        help="length of the max-rate flood and of its baseline (default 60)")
     args = parser.parse_args()
     seconds = args.seconds or (10.0 if args.quick else 30.0)
+    flood_seconds = args.flood_seconds or (20.0 if args.quick else 60.0)
+    if args.part == "flood":
+        flood = max_rate_flood(flood_seconds)
+        write_result("hostile_flood", {**flood, "headline": flood_headline(flood)})
+        print(table(flood_headline(flood), ["figure", "value", "unit", "baselines"]))
+        return 0 if flood["flood"]["never_acked"] == 0 else 1
     work = Path(tempfile.mkdtemp(prefix="edgemon-hostile-"))
     broker = collector = None
     try:
@@ -192,6 +350,10 @@ def main() -> int:
                  "value": flooded["lag_p99_ms"], "baselines": {"no flood": quiet["lag_p99_ms"]}},
             ],
         }
+        if args.part == "all":
+            flood = max_rate_flood(flood_seconds)
+            result["max_rate_flood"] = flood
+            result["headline"] += flood_headline(flood)
         write_result("hostile", result)
         print(table([{"figure": h["figure"], "value": h["value"], "unit": h["unit"],
                       "baseline": h.get("baselines", {})} for h in result["headline"]],

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +69,19 @@ def wait_for(check: Any, timeout: float, what: str) -> None:
     raise TimeoutError(what)
 
 
-def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_broker(work: Path, config: Callable[[int], str] | None = None,
+                 ) -> tuple[subprocess.Popen[bytes], int]:
+    """Mosquitto on a free port, logging to ``work``; ``config(port)``: the listener and any
+    settings (default: an open listener with unbounded queues), followed by the user to run as
+    and the log settings."""
     port = free_port()
     conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+    conf.write_text((config(port) if config else
+                     f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                     "persistence false\nmax_inflight_messages 0\n"
+                     "max_queued_messages 1000000\nmax_queued_bytes 0\n")
                     + ("user root\n" if os.geteuid() == 0 else f"user {getpass.getuser()}\n")
-                    + "persistence false\nmax_inflight_messages 0\n"
-                    "max_queued_messages 1000000\nmax_queued_bytes 0\n"
-                    "log_dest stderr\nlog_type error\nlog_type warning\n")
+                    + "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n")
     log = open(work / "mosquitto.log", "ab")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -90,13 +96,14 @@ def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 def start_collector(work: Path, mqtt_port: int, *, http_extra: str = "",
                     ingest: str = "queue_max = 20000\npast_tolerance_days = 30\n",
-                    ) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """A collector on ``mqtt_port`` with its data in ``work``; ``http_extra`` and ``ingest`` are
-    TOML lines for those sections. Returns (process, HTTP port, database path) once ready."""
+                    mqtt_extra: str = "") -> tuple[subprocess.Popen[bytes], int, Path]:
+    """A collector on ``mqtt_port`` with its data in ``work``; ``http_extra``, ``ingest`` and
+    ``mqtt_extra`` are TOML lines for those sections. Returns (process, HTTP port, database
+    path) once ready."""
     http = free_port()
     db = work / "data" / "edgemon.db"
     conf = work / "collector.toml"
-    conf.write_text(f"[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n\n"
+    conf.write_text(f"[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n{mqtt_extra}\n"
                     f"[storage]\npath = \"{db}\"\nmaintain_interval_seconds = 2\n\n"
                     f"[http]\nhost = \"127.0.0.1\"\nport = {http}\n{http_extra}\n"
                     f"[ingest]\n{ingest}")

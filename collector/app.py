@@ -169,6 +169,12 @@ class CollectorService:
         self.pipeline = IngestPipeline(storage=self.storage, inbox=self.inbox, mqtt=self.mqtt,
                                        config=cfg.ingest, writer=self._writer,
                                        rejects=self.rejects)
+        # storage failing: messages held un-PUBACKed are back-pressure, not a delivery stall
+        self.mqtt.holding_expected = lambda: self.pipeline is not None and \
+            not self.pipeline.storage_ok
+        # the hosts whose batches were stored lately: subscribed by name during a flood
+        self.mqtt.known_hosts = lambda: list(self.pipeline.stats.host_last_received_ms) \
+            if self.pipeline is not None else []
         self._worker = asyncio.create_task(self.pipeline.run(), name="edgemon-ingest")
         inbox = self.inbox
         self.maintenance = MaintenanceRunner(self.storage,
@@ -207,10 +213,8 @@ class CollectorService:
         cfg = self.config.alerting
         assert self.storage is not None and self.mqtt is not None
         state = cfg.state_path or Path(self.config.storage.path).parent / "alerts.db"
-        client = self.mqtt.client
         return AlertingService(self.storage, state, rules_path=cfg.rules_path,
-                               publish=lambda topic, payload: client.publish(topic, payload, 1),
-                               executor=self._readers)
+                               publish=self.mqtt.publish_alert, executor=self._readers)
 
     async def _watchdog_loop(self, interval: float) -> None:
         """WATCHDOG=1 twice per interval, only while the ingest worker keeps turning (it turns at
@@ -236,10 +240,16 @@ class CollectorService:
         finally:
             sdnotify.notify("READY=1")
 
-    def readiness(self) -> dict[str, bool]:
+    def readiness(self) -> dict[str, bool | str]:
+        """/readyz: every bool must be true; ``mqtt_stall`` names a delivery stall (stall.py)."""
         storage_ok = self.pipeline is None or self.pipeline.storage_ok
-        return {"mqtt": bool(self.mqtt and self.mqtt.ready),
-                "storage": self.storage_open and storage_ok}
+        stalled = self.mqtt.stalled if self.mqtt else None
+        checks: dict[str, bool | str] = {"mqtt": bool(self.mqtt and self.mqtt.ready),
+                                         "mqtt_delivery": stalled is None,
+                                         "storage": self.storage_open and storage_ok}
+        if stalled is not None:
+            checks["mqtt_stall"] = stalled
+        return checks
 
     def metrics_text(self) -> str:
         assert self.pipeline is not None

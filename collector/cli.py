@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemon.collector.broker.auth import add_commands as add_broker_auth_commands
-from edgemon.collector.broker.auth import apply_client_tls, read_password_file
+from edgemon.collector.broker.auth import read_password_file
 from edgemon.collector.config import CollectorConfig, ConfigError, load_config
 from edgemon.collector.http.token_cli import add_commands as add_token_commands
 from edgemon.common.private_files import InsecureFileMode, check_not_world_accessible
@@ -89,8 +89,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     """Print every sample published by agents as one JSON line: a reader built only on the
     public protocol module (msgpack + zstd), like any third-party consumer."""
     import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
 
+    from edgemon.common import mqtt_client
     from edgemon.protocol import (
         ProtocolError,
         backfill_topic,
@@ -149,8 +149,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         if args.count and seen >= args.count:
             client.disconnect()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                         client_id=f"edgemon-tail-{uuid.uuid4().hex[:12]}", clean_session=True)
+    # (a broker with use_username_as_clientid uses the reader's user name as the client id)
+    client = mqtt_client.make_client(f"edgemon-tail-{uuid.uuid4().hex[:12]}", clean_session=True)
     refused: list[str] = []
     username = args.username or config.mqtt.username
     password = config.mqtt.password.get_secret_value() if config.mqtt.password else None
@@ -162,8 +162,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         if username is not None:
             client.username_pw_set(username, password)
         if args.tls or args.ca_file or config.mqtt.tls:
-            apply_client_tls(client, ca_file=args.ca_file or config.mqtt.ca_file,
-                             cert_file=config.mqtt.cert_file, key_file=config.mqtt.key_file)
+            mqtt_client.use_tls(client, ca_file=args.ca_file or config.mqtt.ca_file,
+                                cert_file=config.mqtt.cert_file, key_file=config.mqtt.key_file)
     except (ValueError, OSError) as exc:
         print(f"edgemon-collector tail: {exc}", file=sys.stderr)
         return EXIT_CONFIG

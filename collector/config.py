@@ -25,6 +25,8 @@ from pydantic import (
 
 from edgemon.common.private_files import check_private_file
 from edgemon.common.toml_config import ConfigError, TomlLines, at_line, env_overrides, read_toml
+from edgemon.protocol.errors import ProtocolError
+from edgemon.protocol.presence import collector_state_topic
 
 __all__ = [
     "ENV_PREFIX",
@@ -55,8 +57,20 @@ class MqttConfig(_Section):
     client_id: str = Field("edgemon-collector", min_length=1, max_length=128)
     username: str | None = None
     password: SecretStr | None = None
+    # The collector's presence id (edgemon/v1/_collectors/<id>/state); None: the client id.
+    collector_id: str | None = Field(None, min_length=1, max_length=128)
     keepalive: int = Field(30, ge=5, le=3600)
+    # Reconnect delays: uniform in [0, min(max, min * 2**attempt)] ("full jitter").
+    reconnect_min_seconds: float = Field(0.25, ge=0.05, le=60)
     reconnect_max_seconds: int = Field(30, ge=1, le=3600)
+    # Delivery stall detector (ingest/stall.py): a message un-PUBACKed, a publish unconfirmed
+    # by the broker, or a probe not delivered for this long is a stall: reported, reconnected.
+    stall_seconds: float = Field(30.0, ge=1, le=3600)
+    # A host sending this many messages within a second floods: the collector stops subscribing
+    # to its topics for flood_quarantine_seconds (doubled for a repeat within an hour, at most
+    # an hour), see ingest/flood_guard.py. 0: never.
+    flood_trigger_per_second: int = Field(500, ge=0)
+    flood_quarantine_seconds: float = Field(300.0, ge=1, le=3600)
     # TLS: the broker's certificate and host name are verified against ca_file (the system CAs
     # when unset); cert_file + key_file: a client certificate (require_certificate brokers).
     tls: bool = False
@@ -83,6 +97,31 @@ class MqttConfig(_Section):
             check_private_file(value, "private key", owner="the collector")
         return value
 
+    @field_validator("collector_id")
+    @classmethod
+    def _presence_id(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_collector_id(value)
+        return value
+
+    @model_validator(mode="after")
+    def _effective_collector_id(self) -> MqttConfig:
+        if self.collector_id is None:
+            try:
+                _check_collector_id(self.client_id)
+            except ValueError as exc:
+                raise ValueError(f"collector_id defaults to client_id {self.client_id!r}, "
+                                 f"which is not a valid collector id ({exc}); set "
+                                 "collector_id") from None
+        if self.reconnect_min_seconds > self.reconnect_max_seconds:
+            raise ValueError("reconnect_min_seconds must not exceed reconnect_max_seconds")
+        return self
+
+    @property
+    def presence_id(self) -> str:
+        """The id in this collector's presence and probe topics."""
+        return self.collector_id or self.client_id
+
     @model_validator(mode="after")
     def _tls_files(self) -> MqttConfig:
         files = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self, k) is not None]
@@ -91,6 +130,14 @@ class MqttConfig(_Section):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("a client certificate needs both cert_file and key_file")
         return self
+
+
+def _check_collector_id(value: str) -> None:
+    try:
+        collector_state_topic(value)
+    except ProtocolError:
+        raise ValueError("use letters, digits, '.', '-', '_' (starting with a letter or "
+                         "digit, at most 128)") from None
 
 
 class StorageConfig(_Section):

@@ -6,16 +6,22 @@ SQLite store and an agent for this host, all under one state directory; prints w
 Ctrl-C (or SIGTERM) stops the agent, then the collector, then the broker, each cleanly.
 
 The broker wants a password from everyone, as in a fleet (packaging/SECURITY.md): a broker auth
-directory holds a collector user, a host user for this host and a reader user for ``tail``, each
-given a fresh password on every start, written only into the generated configs (mode 0600).
-The HTTP API wants a bearer token: a fresh admin token named ``edgemon-local`` is written to
-``<state>/api-token`` (0600) on every start, and the previous one is revoked. Loopback only, so
-no TLS.
+directory holds a collector user, a host user for this host and a reader user for ``tail``. Their
+passwords are made once and written only into the generated configs (mode 0600); a restart keeps
+them (a subscriber configured with ``tail.toml``'s credentials keeps working) and makes a new one
+only for a user whose config is missing or no longer matches. Likewise the HTTP API's admin
+token ``edgemon-local`` in ``<state>/api-token`` (0600) is kept while it is valid. The broker
+config is ``broker-auth mosquitto-conf``'s (client ids bound to users, persistence in the state
+directory). Loopback only, so no TLS.
+
+Restarting at once after a stop works: the port check binds with ``SO_REUSEADDR`` as Mosquitto
+and the collector do, so sockets of the previous run still in TIME_WAIT do not count as taken.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
@@ -25,6 +31,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 from edgemon.agent.config import default_host_id
@@ -35,6 +42,7 @@ from edgemon.collector.broker.auth import (
     mosquitto_conf,
 )
 from edgemon.collector.http.tokens import (
+    TokenStore,
     create_token,
     default_tokens_path,
     read_tokens,
@@ -46,9 +54,14 @@ DEFAULT_HTTP_PORT = 9400
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now. Binds as Mosquitto and aiohttp do, with
+    SO_REUSEADDR: connections of a previous run in TIME_WAIT do not block a new listener (a
+    listening socket still does)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
+            s.listen(1)
         except OSError:
             return False
         return True
@@ -70,22 +83,44 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: flo
 TAIL_READER = "edgemon-tail"
 
 
-def _issue_credentials(auth_dir: Path, host_id: str) -> dict[str, tuple[str, str]]:
-    """Fresh (user, password) for the collector, this host and the tail reader."""
+def _issue_credentials(auth_dir: Path, host_id: str,
+                       kept: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """(user, password) for the collector, this host and the tail reader: the password in
+    ``kept`` (from the previous run's configs) while it still matches, else a new one."""
     if (auth_dir / "users.json").exists():
         auth = AuthDir(auth_dir)
-        _, collector_password = auth.rotate(DEFAULT_COLLECTOR)
     else:
-        auth, collector_password = AuthDir.init(auth_dir)
+        auth, kept[DEFAULT_COLLECTOR] = AuthDir.init(auth_dir)
 
     def issue(name: str, role: str) -> tuple[str, str]:
         user = auth.get(name)
-        if user is not None and user.role == role:
-            return name, auth.rotate(name)[1]
-        return name, auth.add(name, role)
+        if user is None:
+            return name, auth.add(name, role)
+        if user.role != role:
+            raise BrokerAuthError(f"{auth_dir}: user {name!r} is a {user.role}, not a {role}; "
+                                  "remove the state directory to start afresh")
+        password = kept.get(name)
+        if password is not None and auth.check(name, password):
+            return name, password
+        return name, auth.rotate(name)[1]
 
-    return {"collector": (DEFAULT_COLLECTOR, collector_password),
+    return {"collector": issue(DEFAULT_COLLECTOR, "collector"),
             "agent": issue(host_id, "host"), "tail": issue(TAIL_READER, "reader")}
+
+
+def _kept_passwords(state: Path) -> dict[str, str]:
+    """{user: password} from the configs an earlier run generated (missing or broken: none)."""
+    kept: dict[str, str] = {}
+    for name, section in (("collector.toml", "mqtt"), ("agent.toml", "broker"),
+                          ("tail.toml", "mqtt")):
+        try:
+            doc = tomllib.loads((state / name).read_text()).get(section, {})
+        except (OSError, ValueError):
+            continue
+        user, password = doc.get("username"), doc.get("password")
+        if isinstance(user, str) and isinstance(password, str):
+            kept[user] = password
+    return kept
 
 
 def _private(path: Path, text: str) -> Path:
@@ -99,14 +134,23 @@ LOCAL_TOKEN_NAME = "edgemon-local"
 
 
 def _issue_api_token(state: Path, db_path: Path) -> Path:
-    """A fresh admin token in ``<state>/api-token``; earlier edgemon-local tokens are revoked."""
+    """The admin token in ``<state>/api-token``: kept while valid, else a new one (earlier
+    edgemon-local tokens are revoked then)."""
     tokens_path = default_tokens_path(None, db_path)
     tokens_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for token in read_tokens(tokens_path).values():
+    token_file = state / "api-token"
+    tokens = read_tokens(tokens_path)
+    with contextlib.suppress(OSError):
+        store = TokenStore(tokens_path)
+        store.load()
+        token, _ = store.verify(token_file.read_text().strip())
+        if token is not None and token.name == LOCAL_TOKEN_NAME:
+            return token_file
+    for token in tokens.values():
         if token.name == LOCAL_TOKEN_NAME and not token.revoked:
             revoke_token(tokens_path, token.id)
     _, text = create_token(tokens_path, LOCAL_TOKEN_NAME, "admin")
-    return _private(state / "api-token", text + "\n")
+    return _private(token_file, text + "\n")
 
 
 def _write_configs(state: Path, mqtt_port: int, http_port: int, interval: float) -> dict[str, Path]:
@@ -114,16 +158,16 @@ def _write_configs(state: Path, mqtt_port: int, http_port: int, interval: float)
     auth_dir = state / "broker-auth"
     host_id = default_host_id()
     try:
-        creds = _issue_credentials(auth_dir, host_id)
+        creds = _issue_credentials(auth_dir, host_id, _kept_passwords(state))
     except BrokerAuthError as exc:
         raise SystemExit(f"edgemon-local: {exc}") from None
     db_path = state / "collector" / "edgemon.db"
     broker_conf = state / "mosquitto.conf"
     broker_conf.write_text(
         "# generated by edgemon-local\n"
-        + mosquitto_conf(AuthDir(auth_dir), port=mqtt_port, bind="127.0.0.1")
-        + f"user {getpass.getuser()}\npersistence true\npersistence_location {state}/\n"
-        "max_queued_messages 10000\nlog_dest stderr\n"
+        + mosquitto_conf(AuthDir(auth_dir), port=mqtt_port, bind="127.0.0.1",
+                         persistence_location=state)
+        + f"user {getpass.getuser()}\nlog_dest stderr\n"
     )
 
     def login(role: str) -> str:

@@ -97,14 +97,16 @@ def test_acl_patterns_and_roles(auth: AuthDir) -> None:
     text = auth.acl_file.read_text()
     assert text == acl_text(auth.users())
     for line in ("pattern write edgemon/v1/%u/metrics", "pattern write edgemon/v1/%u/backfill",
-                 "pattern write edgemon/v1/%u/status", "pattern read edgemon/v1/%u/ack"):
+                 "pattern write edgemon/v1/%u/status", "pattern read edgemon/v1/%u/ack",
+                 # everyone may see whether a collector is online (SPEC: collector presence)
+                 "pattern read edgemon/v1/_collectors/+/state"):
         assert f"\n{line}\n" in text
     collector = text.split("user edgemon-collector\n")[1].split("\n\n")[0].splitlines()
-    assert collector == [
+    assert [line for line in collector if not line.startswith("#")] == [
         "topic deny edgemon/v1/edgemon-collector/#",
         "topic read edgemon/v1/+/metrics", "topic read edgemon/v1/+/backfill",
         "topic read edgemon/v1/+/status", "topic write edgemon/v1/+/ack",
-        "topic write edgemon/v1/_alerts/#"]
+        "topic write edgemon/v1/_alerts/#", "topic readwrite edgemon/v1/_collectors/#"]
     reader = text.split("user grafana\n")[1].strip().splitlines()
     assert reader == ["topic deny edgemon/v1/grafana/#", "topic read edgemon/v1/#"]
     assert "web-01" not in text  # hosts are covered by the patterns alone
@@ -195,8 +197,15 @@ def test_cli_prints_the_mosquitto_conf_lines(tmp_path: Path, auth: AuthDir,
     assert collector_main(["broker-auth", "mosquitto-conf", str(auth.path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     for line in ("listener 1883", "allow_anonymous false", f"password_file {auth.passwd_file}",
-                 f"acl_file {auth.acl_file}", f"max_packet_size {MAX_PACKET_SIZE}"):
+                 f"acl_file {auth.acl_file}", f"max_packet_size {MAX_PACKET_SIZE}",
+                 # client ids belong to their user; persistence and bounded queues
+                 "use_username_as_clientid true", "set_tcp_nodelay true",
+                 "persistence true", "autosave_interval 60",
+                 "persistent_client_expiration 14d", "max_queued_messages 1000",
+                 "max_queued_bytes 67108864"):
         assert line in lines
+    # Debian's mosquitto.conf sets persistence_location, and a second one is an error
+    assert not any(line.startswith("persistence_location") for line in lines)
     assert MAX_COMPRESSED_BYTES < MAX_PACKET_SIZE <= MAX_COMPRESSED_BYTES + 8192
     assert any("SIGHUP" in line for line in lines)
     assert collector_main(["broker-auth", "mosquitto-conf", str(auth.path), "--cafile", "ca.crt",
@@ -206,6 +215,9 @@ def test_cli_prints_the_mosquitto_conf_lines(tmp_path: Path, auth: AuthDir,
     for line in ("listener 8883", "cafile ca.crt", "certfile s.crt", "keyfile s.key",
                  "require_certificate true", "use_identity_as_username true"):
         assert line in lines
+    assert collector_main(["broker-auth", "mosquitto-conf", str(auth.path),
+                           "--persistence-location", str(tmp_path / "state")]) == 0
+    assert f"persistence_location {tmp_path / 'state'}/" in capsys.readouterr().out.splitlines()
     assert collector_main(["broker-auth", "mosquitto-conf", str(auth.path), "--certfile",
                            "s.crt"]) == 2
     assert "--keyfile" in capsys.readouterr().err

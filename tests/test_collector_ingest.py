@@ -274,7 +274,8 @@ def test_http_endpoints_of_a_running_collector(collector: RunningCollector,
     agent.wait_acked(1)
     assert collector.get("/healthz")[0] == 200
     status, doc = collector.get("/readyz")
-    assert (status, doc) == (200, {"ready": True, "mqtt": True, "storage": True})
+    assert (status, doc) == (200, {"ready": True, "mqtt": True, "mqtt_delivery": True,
+                                   "storage": True})
     assert collector.metric("edgemon_collector_queue_depth") == 0
     assert collector.metric("edgemon_collector_mqtt_connected") == 1
     assert abs(collector.metric("edgemon_collector_host_lag_seconds", host="web-04")) < 60

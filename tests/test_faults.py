@@ -10,10 +10,8 @@ collector holds without having acknowledged it yet: the samples stored add up ex
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,9 +19,15 @@ from typing import Any
 
 import pytest
 
+from tests.support.accounting import (
+    accounting,
+    agent_status,
+    assert_exact_accounting,
+    unacknowledged,
+)
 from tests.support.broker import Broker
 from tests.support.presence import publish_collector_state
-from tests.support.processes import BIN, Agent, Collector, buffer_meta
+from tests.support.processes import Agent, Collector, buffer_meta
 from tests.support.waiting import wait_until
 
 HOST = "faulty-host"
@@ -69,71 +73,6 @@ def _has_data(collector: Collector) -> bool:
 
 def _batches(agent: Agent) -> int:
     return buffer_meta(agent.buffer)["batches"]
-
-
-def agent_status(agent: Agent) -> dict[str, Any]:
-    """``edgemon-agent status --json``; fails the test unless the buffer's identity holds."""
-    result = subprocess.run([str(BIN / "edgemon-agent"), "status", "--json", "-c",
-                             str(agent.config)], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stdout + result.stderr
-    doc: dict[str, Any] = json.loads(result.stdout)
-    assert doc["identity"]["holds"] and doc["lost_samples"] >= 0, doc
-    return doc
-
-
-def unacknowledged(agent: Agent) -> dict[tuple[str, int], int]:
-    """Samples of every batch the buffer still holds or dropped in doubt, by (instance, seq):
-    the collector may have stored them without its acknowledgement having arrived."""
-    db = sqlite3.connect(f"{agent.buffer.absolute().as_uri()}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT instance, seq, samples FROM batches UNION ALL "
-                          "SELECT instance, seq, samples FROM dropped_published").fetchall()
-    finally:
-        db.close()
-    return {(instance, seq): samples for instance, seq, samples in rows}
-
-
-def accounting(collector: Collector) -> dict[str, Any]:
-    """The collector's accounting of HOST, with the samples it holds over all time."""
-    now_ms = int(time.time() * 1000)
-    doc: dict[str, Any] = collector.get(
-        f"/edgemon/api/v1/accounting?host={HOST}&start={now_ms - 86_400_000}"
-        f"&end={now_ms + 3_600_000}")
-    return doc
-
-
-def stored_of(doc: dict[str, Any], batches: dict[tuple[str, int], int]) -> int:
-    """Samples of ``batches`` that the accounting ``doc`` says are stored."""
-    ranges = {i["instance"]: i["seq_ranges"] for i in doc["instances"]}
-    return sum(n for (instance, seq), n in batches.items()
-               if any(lo <= seq <= hi for lo, hi in ranges.get(instance, [])))
-
-
-def assert_exact_accounting(collector: Collector, agent: Agent) -> dict[str, Any]:
-    """Stop the agent cleanly, then: what the collector stores is exactly what the agent had
-    acknowledged or saw delivered after a drop, plus the unacknowledged batches it holds."""
-    wait_until(lambda: _batches(agent) <= 2, 60, "the buffer to drain")
-    assert agent.terminate() == 0, agent.output()[-2000:]
-    status = agent_status(agent)
-    assert status["buffered_samples"] <= status["appended_samples"] // 10, (
-        f"most of the back-log is left: {status}")
-    held = unacknowledged(agent)
-    seen: dict[str, Any] = {}
-
-    def adds_up() -> bool:
-        doc = seen["doc"] = accounting(collector)
-        expected = (status["acknowledged_samples"] + status["dropped_then_delivered_samples"]
-                    + stored_of(doc, held))
-        seen["expected"] = expected
-        return doc["samples"] == expected
-
-    wait_until(adds_up, 20, f"stored == acknowledged + delivered after drop + held and stored "
-                            f"({status}, {seen})")
-    doc = seen["doc"]
-    assert doc["samples_complete"], doc
-    # the data itself, counted in the query path, holds every accounted sample exactly once
-    assert doc["range"]["samples"] == doc["samples"] and doc["range"]["exact"], doc["range"]
-    return {**status, "stored": doc["samples"], "accounting": doc}
 
 
 def test_broker_stop_and_kill9_lose_nothing(make_system: Callable[..., tuple]) -> None:
@@ -340,7 +279,7 @@ def test_batches_lost_at_the_end_of_an_instance_are_visible_at_the_collector(
     publish_collector_state(broker, COLLECTOR_ID, online=True)
 
     def account() -> dict[str, Any] | None:
-        doc = accounting(collector)
+        doc = accounting(collector, HOST)
         found = [i for i in doc["instances"] if i["instance"] == instance]
         return found[0] if found and found[0]["declared_last_seq"] is not None else None
 

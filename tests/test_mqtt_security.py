@@ -22,7 +22,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgemon.agent.buffer import read_stats
-from edgemon.collector.broker.auth import AuthDir
+from edgemon.collector.broker.auth import AuthDir, mosquitto_conf
+from edgemon.common import mqtt_client
 from edgemon.protocol import (
     GAUGE,
     BatchBuilder,
@@ -454,3 +455,101 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# --- client ids belong to their user (use_username_as_clientid in the generated config) ---------
+
+class Intruder:
+    """An authenticated client that asks for someone else's client id (and a persistent
+    session, as the owner's would be)."""
+
+    def __init__(self, port: int, client_id: str, username: str | None = None,
+                 password: str | None = None, *, ca: Path | None = None,
+                 cert: tuple[Path, Path] | None = None) -> None:
+        self.result: Any = None
+        self.client = mqtt_client.make_client(client_id, clean_session=False, username=username,
+                                              password=password, tls=ca is not None, ca_file=ca,
+                                              cert_file=cert[0] if cert else None,
+                                              key_file=cert[1] if cert else None)
+        self.client.on_connect = lambda _c, _u, _f, reason, _p: setattr(self, "result", reason)
+        self.client.connect("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+        wait_until(lambda: self.result is not None, 10, f"CONNACK for {client_id}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _takeovers(broker: Broker, victim: str) -> int:
+    """How often the broker dropped ``victim``'s connection for a new one with its client id."""
+    return broker.log.read_text().count(f"Client {victim} already connected")
+
+
+def test_a_host_using_the_collectors_or_another_agents_client_id_disconnects_nobody(
+        tmp_path: Path, fleet: Fleet) -> None:
+    broker = Broker(tmp_path / "broker", generated=fleet.auth.path).start()
+    collector = Collector(tmp_path / "collector", broker,
+                          mqtt_extra=_collector_login(fleet)).start()
+    agent = Agent(tmp_path / "agent", broker, host_id=HOST_B,
+                  broker_extra=_agent_login(fleet, HOST_B)).start()
+    try:
+        wait_until(lambda: _stored(collector, HOST_B) > 0, 30, f"samples from {HOST_B}")
+        connections = _metric(collector, "mqtt_connections_total", "")
+        # Host A, with its own valid credentials, asks for the ids of the collector and of B's
+        # agent (the agent's configured one and its user name), again and again.
+        for client_id in ("edgemon-collector", f"edgemon-agent-{HOST_B}", HOST_B) * 4:
+            intruder = Intruder(broker.port, client_id, HOST_A, fleet.passwords[HOST_A])
+            assert not intruder.result.is_failure  # a valid user may connect...
+            intruder.close()  # ...but only ever as itself
+        before = _stored(collector, HOST_B)
+        wait_until(lambda: _stored(collector, HOST_B) > before, 30, "B's data still flowing")
+        assert _metric(collector, "mqtt_connections_total", "") == connections
+        assert _takeovers(broker, "edgemon-collector") == 0
+        assert _takeovers(broker, HOST_B) == 0
+        assert agent.output().count('"connected to the broker"') == 1
+        assert collector.running() and agent.running()
+        # A second connection of the same user replaces the first: users own their id.
+        first = Intruder(broker.port, "any-id", HOST_A, fleet.passwords[HOST_A])
+        second = Intruder(broker.port, "another-id", HOST_A, fleet.passwords[HOST_A])
+        wait_until(lambda: not first.client.is_connected(), 10, "A's first connection replaced")
+        assert second.client.is_connected()
+        first.close()
+        second.close()
+        assert _takeovers(broker, HOST_A) == 1
+    finally:
+        agent.kill()
+        collector.kill()
+        broker.kill()
+
+
+def test_with_client_certificates_the_certificate_owns_the_client_id(
+        tmp_path: Path, fleet: Fleet, certs: Certs) -> None:
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(mosquitto_conf(fleet.auth, port=port, bind="127.0.0.1", cafile=certs.ca,
+                                   certfile=certs.server_crt, keyfile=certs.server_key,
+                                   require_certificate=True, persistence_location=tmp_path)
+                    + f"user {getpass.getuser()}\nlog_dest stderr\nlog_type all\n")
+    log = tmp_path / "mosquitto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: proc.poll() is not None or _listening(port), 10, f"mosquitto ({log})")
+        assert proc.poll() is None, log.read_text()
+        collector_cert = (certs.clients / "edgemon-collector.crt",
+                          certs.clients / "edgemon-collector.key")
+        a_cert = (certs.clients / f"{HOST_A}.crt", certs.clients / f"{HOST_A}.key")
+        owner = Intruder(port, "whatever", ca=certs.ca, cert=collector_cert)
+        intruder = Intruder(port, "edgemon-collector", ca=certs.ca, cert=a_cert)
+        assert not owner.result.is_failure and not intruder.result.is_failure
+        intruder.close()
+        assert owner.client.is_connected()
+        owner.close()
+        text = log.read_text()
+        assert "already connected" not in text
+        assert f"as {HOST_A} " in text  # the broker calls the intruder by its certificate's CN
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

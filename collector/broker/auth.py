@@ -9,10 +9,18 @@ A broker auth directory holds:
 
 Roles: a ``host`` (user name == host id) may write only its own ``metrics``, ``backfill`` and
 ``status`` topics and read only its own ``ack`` topic (pattern ACLs with ``%u``); the
-``collector`` reads every host's batches and status and writes acks and ``_alerts/#``; a
-``reader`` reads ``edgemon/v1/#`` and writes nothing. Mosquitto applies pattern ACLs to every
-user, so each collector and reader user is also denied ``edgemon/v1/<its name>/#`` (otherwise a
-reader could publish batches as a pseudo-host of its own name), and no host may take such a name.
+``collector`` reads every host's batches and status and writes acks and ``_alerts/#``, its
+presence and its delivery probes (``_collectors/#``); a ``reader`` reads ``edgemon/v1/#`` and
+writes nothing. Everyone may read the collectors' presence (``_collectors/+/state``). Mosquitto
+applies pattern ACLs to every user, so each collector and reader user is also denied
+``edgemon/v1/<its name>/#`` (otherwise a reader could publish batches as a pseudo-host of its own
+name), and no host may take such a name.
+
+Client ids belong to their user: the generated ``mosquitto.conf`` sets
+``use_username_as_clientid true``, so the broker replaces whatever client id a client sends with
+its user name. Another user cannot take over (and so disconnect) a host's or the collector's
+session; a user can only replace its own connection. ``mosquitto_conf`` also sets persistence,
+autosave and queue bounds (see its docstring and packaging/SECURITY.md for what each costs).
 
 The files are written atomically. New files get mode 0600, or 0640 with the directory's group
 when the directory is group-readable (``init --group mosquitto``: Mosquitto 2.0 reads them as
@@ -32,7 +40,6 @@ import json
 import os
 import re
 import secrets
-import ssl
 import stat
 import sys
 from collections.abc import Iterator
@@ -44,6 +51,7 @@ from edgemon.common import private_files
 from edgemon.common.private_files import check_private_file
 from edgemon.protocol.errors import ProtocolError
 from edgemon.protocol.limits import MAX_COMPRESSED_BYTES
+from edgemon.protocol.presence import COLLECTOR_STATE_FILTER, COLLECTORS_LEVEL
 from edgemon.protocol.topics import PREFIX, validate_host_id
 
 __all__ = [
@@ -55,13 +63,11 @@ __all__ = [
     "User",
     "acl_text",
     "add_commands",
-    "apply_client_tls",
     "client_snippet",
     "hash_password",
     "mosquitto_conf",
     "new_password",
     "read_password_file",
-    "tls_failure_hint",
     "verify_password",
     "write_private",
 ]
@@ -76,6 +82,11 @@ SALT_BYTES: Final = 12
 # The largest valid batch plus room for the MQTT header and topic; bigger packets are refused.
 MAX_PACKET_SIZE: Final = MAX_COMPRESSED_BYTES + 4096
 FORMAT: Final = "edgemon-broker-auth 1"
+# Broker persistence and queues (mosquitto_conf; costs in packaging/SECURITY.md).
+AUTOSAVE_SECONDS: Final = 60
+CLIENT_EXPIRATION: Final = "14d"
+MAX_QUEUED_MESSAGES: Final = 1000
+MAX_QUEUED_BYTES: Final = 64 << 20
 
 USERS_FILE, PASSWD_FILE, ACL_FILE, LOCK_FILE = "users.json", "passwd", "acl", ".lock"
 _HASH_RE: Final = re.compile(r"\$7\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)")
@@ -155,17 +166,6 @@ def write_private(path: Path, text: str, *, mode: int | None = None) -> None:
         raise BrokerAuthError(str(exc)) from None
 
 
-def tls_failure_hint(exc: BaseException | None, *, ca_key: str, host_key: str) -> str | None:
-    """A one-line explanation of a TLS failure while connecting, or None if it was not TLS."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return (f"TLS: the broker's certificate failed verification ({exc.verify_message}); "
-                f"check that {ca_key} is the CA that signed it and that {host_key} is a name in "
-                "it (subjectAltName)")
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed ({exc.reason or exc}); is the broker port a TLS listener?"
-    return None
-
-
 # --- the auth directory -------------------------------------------------------------------------
 
 def acl_text(users: list[User]) -> str:
@@ -180,6 +180,8 @@ def acl_text(users: list[User]) -> str:
         f"pattern write {PREFIX}/%u/backfill",
         f"pattern write {PREFIX}/%u/status",
         f"pattern read {PREFIX}/%u/ack",
+        "# Everyone: whether a collector is online (retained presence, SPEC.md).",
+        f"pattern read {COLLECTOR_STATE_FILTER}",
     ]
     for user in sorted(users, key=lambda u: (u.role, u.name)):
         if user.role == "host":
@@ -190,7 +192,9 @@ def acl_text(users: list[User]) -> str:
         if user.role == "collector":
             lines += [f"topic read {PREFIX}/+/metrics", f"topic read {PREFIX}/+/backfill",
                       f"topic read {PREFIX}/+/status", f"topic write {PREFIX}/+/ack",
-                      f"topic write {PREFIX}/_alerts/#"]
+                      f"topic write {PREFIX}/_alerts/#",
+                      # presence (state) and delivery probes (probe, read back by itself)
+                      f"topic readwrite {PREFIX}/{COLLECTORS_LEVEL}/#"]
         else:
             lines.append(f"topic read {PREFIX}/#")
     return "\n".join(lines) + "\n"
@@ -372,8 +376,19 @@ def client_snippet(user: User, password: str) -> str:
 
 def mosquitto_conf(auth: AuthDir, *, port: int = 1883, bind: str | None = None,
                    cafile: Path | None = None, certfile: Path | None = None,
-                   keyfile: Path | None = None, require_certificate: bool = False) -> str:
-    """The mosquitto.conf lines for one listener using ``auth`` (TLS if ``certfile`` is given)."""
+                   keyfile: Path | None = None, require_certificate: bool = False,
+                   persistence_location: Path | None = None) -> str:
+    """The mosquitto.conf lines for one listener using ``auth`` (TLS if ``certfile`` is given),
+    with client ids bound to user names and the persistence and queue settings edgemon expects.
+
+    ``persistence_location``: where the broker saves its state (Debian's mosquitto.conf already
+    sets ``/var/lib/mosquitto/``, and Mosquitto refuses a second ``persistence_location``).
+
+    What each setting costs is in packaging/SECURITY.md ("Operating the broker"). In short: a
+    crash loses what the broker took in since its last autosave (at most ``AUTOSAVE_SECONDS``)
+    and every batch in it is still held by its agent until the collector acknowledges it, so the
+    agents send it again; a clean stop saves everything.
+    """
     if (certfile is None) != (keyfile is None) or (cafile is not None and certfile is None):
         raise BrokerAuthError("TLS listener: give --certfile and --keyfile (and --cafile, the "
                               "fleet CA), or none of them for a plain listener")
@@ -401,6 +416,28 @@ def mosquitto_conf(auth: AuthDir, *, port: int = 1883, bind: str | None = None,
         f"acl_file {abspath / ACL_FILE}",
         f"# the largest valid batch ({MAX_COMPRESSED_BYTES} bytes) plus the MQTT header",
         f"max_packet_size {MAX_PACKET_SIZE}",
+        "# A client id belongs to its user: the broker uses the user name as the client id, so",
+        "# no user can take over (and so disconnect) another user's session. One connection",
+        "# per user: give every collector and every concurrent reader a user of its own.",
+        "use_username_as_clientid true",
+        "# Small packets (PUBACKs, acks) go out at once, not after the peer's delayed ACK: the",
+        "# clients set TCP_NODELAY too (benchmarks/nodelay.py: about 4x the QoS 1 messages/s).",
+        "set_tcp_nodelay true",
+        "# Persistence: sessions, queued messages and retained messages (status, collector",
+        "# presence) are saved at a clean stop and every autosave_interval seconds; a crash",
+        "# loses what came in since the last save, which the agents still hold and send again.",
+        "persistence true",
+        f"autosave_interval {AUTOSAVE_SECONDS}",
+    ]
+    if persistence_location is not None:
+        lines.append(f"persistence_location {persistence_location.resolve()}/")
+    lines += [
+        "# Sessions of clients gone longer than this are dropped with what was queued for them.",
+        f"persistent_client_expiration {CLIENT_EXPIRATION}",
+        "# Per client, beyond the in-flight window (e.g. batches for a collector that is down):",
+        "# more is dropped (and sent again by its agent). Bounds the broker's memory.",
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -447,6 +484,8 @@ def add_commands(sub: Any) -> None:
     remove = command("remove", "delete a user")
     remove.add_argument("name", metavar="NAME")
     command("list", "list the users and their roles")
+    command("regenerate", "write passwd and acl again from users.json (after an upgrade that "
+                          "changed the ACL, or an interrupted change)")
     conf = command("mosquitto-conf", "print the mosquitto.conf lines that use this directory")
     conf.add_argument("--port", type=int, default=None,
                       help="listener port (default 1883, or 8883 with --certfile)")
@@ -456,6 +495,9 @@ def add_commands(sub: Any) -> None:
     conf.add_argument("--keyfile", type=Path, help="TLS: the broker's private key")
     conf.add_argument("--require-certificate", action="store_true",
                       help="TLS: clients must show a certificate; its CN is their user name")
+    conf.add_argument("--persistence-location", type=Path, metavar="DIR",
+                      help="where the broker saves its state (leave out when mosquitto.conf "
+                           "sets it already, as Debian's does: /var/lib/mosquitto/)")
 
 
 def _hand_out(user: User, password: str, out: Path | None) -> None:
@@ -488,6 +530,9 @@ def _run(args: Any) -> int:
         elif action == "rotate":
             user, password = auth.rotate(args.name)
             _hand_out(user, password, args.out)
+        elif action == "regenerate":
+            auth.regenerate()
+            print(f"wrote {auth.passwd_file} and {auth.acl_file} again", file=sys.stderr)
         elif action == "remove":
             user = auth.remove(args.name)
             print(f"removed {user.role} {user.name!r}", file=sys.stderr)
@@ -502,7 +547,8 @@ def _run(args: Any) -> int:
             port = args.port or (8883 if args.certfile else 1883)
             print(mosquitto_conf(auth, port=port, bind=args.bind, cafile=args.cafile,
                                  certfile=args.certfile, keyfile=args.keyfile,
-                                 require_certificate=args.require_certificate), end="")
+                                 require_certificate=args.require_certificate,
+                                 persistence_location=args.persistence_location), end="")
             return 0
     except (BrokerAuthError, OSError) as exc:
         print(f"edgemon-collector broker-auth: {exc}", file=sys.stderr)
@@ -511,18 +557,7 @@ def _run(args: Any) -> int:
     return 0
 
 
-# --- client side (collector, tail) ---------------------------------------------------------------
-
-def apply_client_tls(client: Any, *, ca_file: Path | None, cert_file: Path | None,
-                     key_file: Path | None) -> None:
-    """Turn on TLS for a paho client: the broker's certificate and host name are verified
-    against ``ca_file`` (the system CAs if None); a client certificate if ``cert_file``."""
-    client.tls_set(ca_certs=str(ca_file) if ca_file else None,
-                   certfile=str(cert_file) if cert_file else None,
-                   keyfile=str(key_file) if key_file else None,
-                   cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-    client.tls_insecure_set(False)
-
+# --- client side (tail) ---------------------------------------------------------------------------
 
 def read_password_file(path: Path) -> str:
     """The first line of a private file holding a password; ValueError if unusable."""

@@ -372,8 +372,9 @@ async def healthz_handler(_request: web.Request) -> web.Response:
 
 
 async def readyz_handler(request: web.Request) -> web.Response:
-    checks: dict[str, bool] = request.app[READY_KEY]()  # type: ignore[operator]
-    ready = all(checks.values())
+    """200 when every boolean check holds, else 503; other entries explain (``mqtt_stall``)."""
+    checks: dict[str, bool | str] = request.app[READY_KEY]()  # type: ignore[operator]
+    ready = all(v for v in checks.values() if isinstance(v, bool))
     return json_response({"ready": ready, **checks}, status=200 if ready else 503)
 
 
@@ -390,7 +391,7 @@ async def openapi_handler(request: web.Request) -> web.Response:
 
 def create_app(storage: Storage, *, executor: Executor | None = None,
                metrics: Callable[[], str] = lambda: "",
-               ready: Callable[[], dict[str, bool]] = lambda: {"storage": True},
+               ready: Callable[[], dict[str, bool | str]] = lambda: {"storage": True},
                clock_ms: Callable[[], int] = now_ms,
                extra_routes: Sequence[web.RouteDef] = (),
                extend_openapi: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
@@ -510,7 +511,8 @@ OPENAPI: dict[str, Any] = {
             "summary": "The process is alive", "security": [],
             "responses": {"200": {"description": "alive"}}}},
         "/readyz": {"get": {
-            "summary": "Connected to MQTT (subscribed) and storage open", "security": [],
+            "summary": "Connected to MQTT (subscribed), MQTT delivery not stalled, storage "
+                       "open and writable", "security": [],
             "responses": {"200": _ok("Ready", "ready"), "503": _ok("Ready", "not ready")}}},
         "/metrics": {"get": {
             "summary": "The collector's own counters, Prometheus text format 0.0.4",

@@ -99,6 +99,7 @@ def render_metrics(*, stats: IngestStats, rejects: Rejects, inbox: Inbox | None,
         w.one("rate_limited_total", "counter", "Messages over their host's rate limit: "
               "acknowledged and dropped before queueing (also in rejects_total)",
               mqtt.rate_limited)
+        _mqtt_delivery(w, mqtt)
         if mqtt.rate_limiter is not None:
             w.one("rate_limit_hosts", "gauge", "Hosts with a rate-limit bucket of their own "
                   "(the rest share one)", mqtt.rate_limiter.hosts_tracked)
@@ -111,3 +112,33 @@ def render_metrics(*, stats: IngestStats, rejects: Rejects, inbox: Inbox | None,
              [({"host": h}, ms / 1000)
               for h, ms in sorted(stats.host_last_received_ms.items())])
     return "\n".join(w.lines) + "\n"
+
+
+def _mqtt_delivery(w: _Writer, mqtt: MqttIngest) -> None:
+    """Transport health: agent acks that could not be sent, and the stall detector."""
+    w.one("mqtt_acks_queued_offline_total", "counter", "Agent acks published while "
+          "disconnected (sent after the reconnect)", mqtt.acks_queued_offline)
+    w.one("mqtt_ack_publish_failures_total", "counter", "Agent acks that could not be queued "
+          "(dropped; the agent sends its batch again)", mqtt.ack_publish_failures)
+    w.one("mqtt_handover_errors_total", "counter", "Messages acknowledged and dropped after an "
+          "unexpected error while handing them to ingest", mqtt.handover_errors)
+    state = mqtt.stall_state()
+    w.one("mqtt_delivery_stalled", "gauge", "1 while MQTT delivery is stalled (see "
+          "mqtt_stalls_total); the collector reconnects", int(state.stalled is not None))
+    w.metric("mqtt_stalls_total", "counter", "Delivery stalls detected (each followed by a "
+             "reconnect), by reason", [({"reason": r}, n) for r, n in mqtt.stall.stalls.items()])
+    w.one("mqtt_stall_bound_seconds", "gauge", "How long a message may wait for its PUBACK, or "
+          "the connection stay silent after a probe, before it counts as a stall",
+          mqtt.stall.bound_s)
+    w.one("mqtt_oldest_unacked_seconds", "gauge", "Age of the oldest message received and not "
+          "yet PUBACKed (0: none)", round(state.oldest_unacked_s or 0.0, 3))
+    w.one("mqtt_oldest_unconfirmed_publish_seconds", "gauge", "Age of the oldest QoS 1 publish "
+          "(agent ack, presence, alert, probe) the broker has not PUBACKed (0: none)",
+          round(state.oldest_unconfirmed_s or 0.0, 3))
+    w.one("mqtt_receive_silence_seconds", "gauge", "Seconds since the last message arrived "
+          "(0 while disconnected)", round(state.silence_s or 0.0, 3))
+    w.one("mqtt_flood_isolations_total", "counter", "Times a flooding host was left out of the "
+          "subscriptions (its messages dropped by the broker)", mqtt.flood.isolations)
+    w.metric("mqtt_flood_isolated_seconds", "gauge", "Hosts left out of the subscriptions for "
+             "flooding, with the seconds until they are let back in",
+             [({"host": h}, round(left, 1)) for h, left in sorted(mqtt.flood.isolated().items())])

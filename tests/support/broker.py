@@ -38,11 +38,16 @@ class Broker:
     ``auth_dir``: a broker_auth directory: no anonymous clients, its password file and ACL.
     ``tls``: a second listener on ``tls_port`` with these files; ``require_certificate``: clients
     there must show a certificate from ``tls.cafile`` whose CN becomes their user name.
+    ``generated``: run exactly the configuration ``broker-auth mosquitto-conf`` prints for this
+    auth directory (client ids bound to users, persistence, queue bounds), plus only what a test
+    machine needs (run as this user, persistence and log in ``workdir``); the other options are
+    ignored then, except ``extra_config``.
     """
 
     def __init__(self, workdir: Path, *, port: int | None = None, max_queued_messages: int = 1000,
                  persistence: bool = True, extra_config: str = "", auth_dir: Path | None = None,
-                 tls: TlsFiles | None = None, require_certificate: bool = False) -> None:
+                 tls: TlsFiles | None = None, require_certificate: bool = False,
+                 generated: Path | None = None) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -73,6 +78,14 @@ class Broker:
             "log_type error\nlog_type warning\nlog_type notice\n"
             + extra_config
         )
+        if generated is not None:
+            from edgemon.collector.broker.auth import AuthDir, mosquitto_conf
+
+            self.conf.write_text(
+                mosquitto_conf(AuthDir(generated), port=self.port, bind="127.0.0.1",
+                               persistence_location=workdir)
+                + f"user {getpass.getuser()}\nlog_dest stderr\n"
+                "log_type error\nlog_type warning\nlog_type notice\n" + extra_config)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> Broker:
