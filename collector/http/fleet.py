@@ -188,10 +188,11 @@ class FleetState:
         watched metric for these hosts only. Values already taken from newer batches win."""
         if not hosts:
             return
-        step = 60_000
 
         def query(name: str, agg: str = "last", labels: dict[str, str] | None = None,
                   rate: bool = False, by_host: bool = True) -> list[Any]:
+            # a rate spans two samples in neighbouring non-empty steps: short steps find them
+            step = 10_000 if rate else 60_000
             q = RangeQuery(name=name, start_ms=now_ms - window_ms, end_ms=now_ms + 1,
                            step_ms=step, aggregation=agg,  # type: ignore[arg-type]
                            hosts=tuple(hosts), labels=labels or {}, rate=rate,
