@@ -3,7 +3,7 @@
 
 import { api, withQuery } from "./api.js";
 import { initPage, openLive, say, throttle } from "./common.js";
-import { $, el, replace, visible } from "./dom.js";
+import { $, append, el, replace, visible } from "./dom.js";
 import { ago, bytes, number, percent } from "./format.js";
 
 const STATES = ["online", "stale", "offline"];
@@ -76,13 +76,18 @@ function alertsCell(r) {
   return el("a", { href: withQuery("/alerts", { host: r.host }), class: "alert-count" }, String(r.alerts_firing));
 }
 
+/** The header row is made once and updated in place: focus stays on the button pressed. */
 function drawHead() {
-  replace($("#head"), COLUMNS.map(([column, heading, , numeric]) => {
-    const sorted = view.sort === column;
-    const arrow = sorted ? (view.order === "asc" ? " ▲" : " ▼") : "";
-    return el("th", { scope: "col", class: numeric ? "num" : null, "aria-sort": sorted ? (view.order === "asc" ? "ascending" : "descending") : "none" },
-      el("button", { type: "button", class: "sort", on: { click: () => sortBy(column) } }, heading, arrow));
-  }));
+  const head = $("#head");
+  if (!head.children.length) {
+    append(head, COLUMNS.map(([column, heading, , numeric]) => el("th", { scope: "col", class: numeric ? "num" : null, dataset: { column } },
+      el("button", { type: "button", class: "sort", on: { click: () => sortBy(column) } }, heading, el("span", { class: "arrow" })))));
+  }
+  for (const th of head.children) {
+    const sorted = view.sort === th.dataset.column;
+    th.setAttribute("aria-sort", sorted ? (view.order === "asc" ? "ascending" : "descending") : "none");
+    th.querySelector(".arrow").textContent = sorted ? (view.order === "asc" ? " ▲" : " ▼") : "";
+  }
 }
 
 function sortBy(column) {
@@ -93,11 +98,16 @@ function sortBy(column) {
 }
 
 function drawCounts(doc) {
-  const buttons = STATES.map((state) => el("button", {
-    type: "button", class: `count count-${state}`, "aria-pressed": view.states.has(state) ? "true" : "false",
-    dataset: { state }, on: { click: () => toggleState(state) },
-  }, el("span", { class: "count-n" }, number(doc.counts[state] ?? 0)), ` ${state}`));
-  replace($("#counts"), buttons, el("span", { class: "count-total" }, `${number(doc.total)} hosts`));
+  const box = $("#counts");
+  if (!box.children.length) {
+    append(box, [STATES.map((state) => el("button", { type: "button", class: `count count-${state}`, dataset: { state }, on: { click: () => toggleState(state) } },
+      el("span", { class: "count-n" }), ` ${state}`)), el("span", { class: "count-total" })]);
+  }
+  for (const button of box.querySelectorAll("button")) {
+    button.querySelector(".count-n").textContent = number(doc.counts[button.dataset.state] ?? 0);
+    button.setAttribute("aria-pressed", view.states.has(button.dataset.state) ? "true" : "false");
+  }
+  box.querySelector(".count-total").textContent = `${number(doc.total)} hosts`;
 }
 
 function toggleState(state) {

@@ -373,11 +373,12 @@ async function loadRow() {
 }
 
 function drawRanges() {
-  const buttons = [...RANGES.map(([r]) => r), "custom"].map((r) => el("button", {
-    type: "button", class: "range", "aria-pressed": view.range === r ? "true" : "false",
-    on: { click: () => pickRange(r) },
-  }, r));
-  replace($("#ranges"), buttons);
+  const box = $("#ranges");
+  if (!box.children.length) {
+    replace(box, [...RANGES.map(([r]) => r), "custom"].map((r) => el("button", {
+      type: "button", class: "range", dataset: { range: r }, on: { click: () => pickRange(r) } }, r)));
+  }
+  for (const button of box.children) button.setAttribute("aria-pressed", view.range === button.dataset.range ? "true" : "false");
   $("#custom").hidden = view.range !== "custom";
 }
 
