@@ -14,6 +14,9 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # packaging/fleet-ca.sh and the MQTT TLS tests make certificates with openssl
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# the dashboard's browser tests drive a headless Chromium through chromium-driver (Selenium)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt-get)" >&2
   as_root apt-get update -qq

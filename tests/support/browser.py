@@ -105,6 +105,7 @@ class Browser:
     def screenshot(self, path: Path, *, full_page: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if full_page:
+            self.js("window.scrollTo(0, 0)")
             height = int(self.js("return document.documentElement.scrollHeight"))
             width = int(self.js("return window.innerWidth"))
             self.driver.set_window_size(width, min(height + 120, 6000))
