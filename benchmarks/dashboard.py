@@ -1,0 +1,346 @@
+"""The dashboard at fleet scale: a real collector process over a store of 10,000 hosts, driven by
+a real headless Chromium.
+
+    python benchmarks/dashboard.py [--quick] [--hosts N] [--days D]
+
+1. A store is filled in-process: ``--hosts`` hosts with the last 5 minutes of the metrics the
+   fleet page shows (10 s interval, the newest minute left uncompacted as in a running system),
+   and one host (``long-host``) with ``--days`` days of every family (30 s interval), compacted
+   into rollups.
+2. A collector process starts on it (with a private Mosquitto); its fleet figures are loaded
+   from storage at start (timed).
+3. The fleet summary endpoint: cold (first snapshot) and warm latency, sorted and filtered
+   requests; baseline: what the same figures cost as storage queries over every host (the
+   approach the in-memory figures replace), one metric of the several needed.
+4. Chromium (Debian's, through chromium-driver): the fleet page's time to interactive (the
+   first page of rows drawn, sorting and filtering bound) with an empty cache and again; the host
+   page's time from request to every chart drawn for 24 h and 30 d; bytes transferred on first
+   load of each page. Baseline for the charts: the same data as one ``/edgemon/api/v1/query``
+   request per metric.
+
+Goals (issue 19): fleet page interactive < 1 s, host page 24 h < 300 ms, first load < 300 KB.
+Writes ``benchmarks/results/dashboard.json``; prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import zstandard
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+from _common import table, write_result  # noqa: E402
+from ingest import start_broker, start_collector, stop  # noqa: E402
+
+from edgemon.collector.http.tokens import create_token  # noqa: E402
+from edgemon.collector.storage.base import IngestItem, RangeQuery  # noqa: E402
+from edgemon.collector.storage.sqlite import SQLiteStorage  # noqa: E402
+from edgemon.protocol import decode  # noqa: E402
+from edgemon.protocol.schema import validate_batch  # noqa: E402
+
+SEC = 1000
+DAY = 86_400_000
+LONG_HOST = "long-host"
+_zstd = zstandard.ZstdCompressor(level=3, write_content_size=True)
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+def _metric(name: str, kind: str, unit: str, scale: int, keys: list[str],
+            series: list[tuple[list[str], np.ndarray]]) -> list[Any]:
+    """One batch metric entry; ``series`` values are already scaled integers."""
+    return [name, kind, unit, scale, keys,
+            [[labels, 0, np.diff(v, prepend=0).tolist()] for labels, v in series]]
+
+
+def fleet_host_batches(host: str, rng: np.random.Generator, t0: int, cycles: int,
+                       per_batch: int, interval: int) -> list[dict[str, Any]]:
+    """What the fleet page reads: CPU, memory, disks, network, agent health (~14 series)."""
+    n = cycles
+    cpu = np.clip(rng.normal(rng.uniform(2, 60), 5, n), 0, 100)
+    mem = np.clip(rng.normal(rng.uniform(10, 90), 1, n), 0, 100)
+    rx = np.cumsum(rng.poisson(rng.uniform(1e3, 1e6), n)) + int(rng.integers(0, 2**40))
+    tx = np.cumsum(rng.poisson(rng.uniform(1e3, 1e5), n)) + int(rng.integers(0, 2**40))
+    out = []
+    for seq, lo in enumerate(range(0, n, per_batch)):
+        hi = min(n, lo + per_batch)
+        times = t0 + np.arange(lo, hi, dtype=np.int64) * interval
+        sl = slice(lo, hi)
+        metrics = [
+            _metric("cpu_usage_percent", "gauge", "percent", 2, ["cpu"],
+                    [(["total"], (cpu[sl] * 100).astype(np.int64)),
+                     (["0"], (cpu[sl] * 90).astype(np.int64))]),
+            _metric("memory_usage_percent", "gauge", "percent", 2, [],
+                    [([], (mem[sl] * 100).astype(np.int64))]),
+            _metric("disk_usage_percent", "gauge", "percent", 2, ["mount", "device", "fstype"],
+                    [(["/", "/dev/sda1", "ext4"], np.full(hi - lo, int(rng.integers(500, 9000)))),
+                     (["/data", "/dev/sdb1", "xfs"], np.full(hi - lo, 4000))]),
+            _metric("network_received_bytes_total", "counter", "bytes", 0, ["iface"],
+                    [(["eth0"], rx[sl])]),
+            _metric("network_sent_bytes_total", "counter", "bytes", 0, ["iface"],
+                    [(["eth0"], tx[sl])]),
+            _metric("agent_buffer_samples", "gauge", "", 0, [], [([], np.zeros(hi - lo, int))]),
+            _metric("agent_dropped_samples_total", "counter", "", 0, [],
+                    [([], np.zeros(hi - lo, int))]),
+            _metric("load1", "gauge", "", 2, [], [([], (cpu[sl] * 2).astype(np.int64))]),
+        ]
+        out.append({"v": 1, "host": host, "instance": "bench0", "seq": seq,
+                    "sent": int(times[-1]) + 300, "t": np.diff(times, prepend=0).tolist(),
+                    "metrics": metrics})
+    return out
+
+
+def long_host_batches(t0: int, cycles: int, interval: int, per_batch: int,
+                      rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Every family of one host for a long time (~40 series)."""
+    from storage_ingest import host_series
+
+    series = host_series(rng, cycles)
+    keep = {"cpu_usage_percent", "cpu_mode_percent", "load1", "load5", "load15",
+            "memory_used_bytes", "memory_available_bytes", "memory_cached_bytes",
+            "memory_usage_percent", "swap_used_bytes", "disk_usage_percent", "disk_used_bytes",
+            "diskio_read_bytes_total", "diskio_written_bytes_total",
+            "network_received_bytes_total", "network_sent_bytes_total",
+            "network_received_packets_total", "system_uptime_seconds"}
+    by_metric: dict[tuple[Any, ...], list[tuple[list[str], np.ndarray]]] = {}
+    for (name, kind, unit, scale, keys, labels), values in series:
+        if name in keep and (name != "cpu_usage_percent" or labels[0] in ("total", "0", "1")):
+            by_metric.setdefault((name, kind, unit, scale, tuple(keys)), []).append(
+                (labels, values))
+    out = []
+    for seq, lo in enumerate(range(0, cycles, per_batch)):
+        hi = min(cycles, lo + per_batch)
+        times = t0 + np.arange(lo, hi, dtype=np.int64) * interval
+        metrics = [_metric(name, kind, unit, scale, list(keys),
+                           [(labels, v[lo:hi]) for labels, v in entries])
+                   for (name, kind, unit, scale, keys), entries in sorted(by_metric.items())]
+        out.append({"v": 1, "host": LONG_HOST, "instance": "long0", "seq": seq,
+                    "sent": int(times[-1]) + 300, "t": np.diff(times, prepend=0).tolist(),
+                    "metrics": metrics})
+    return out
+
+
+def items(batches: list[dict[str, Any]]) -> list[IngestItem]:
+    out = []
+    for b in batches:
+        payload = _zstd.compress(msgpack.packb(b, use_bin_type=True))
+        out.append(IngestItem(validate_batch(decode(payload)), payload, b["sent"] + 200, False))
+    return out
+
+
+def build_store(path: Path, hosts: int, days: int, now: int) -> dict[str, Any]:
+    rng = np.random.default_rng(19)
+    st = SQLiteStorage(path, synchronous="NORMAL", raw_retention_ms=max(7, days + 1) * DAY)
+    started = time.perf_counter()
+    interval, cycles = 10 * SEC, 30
+    t0 = now - cycles * interval
+    for lo in range(0, hosts, 500):
+        chunk: list[IngestItem] = []
+        for i in range(lo, min(hosts, lo + 500)):
+            chunk += items(fleet_host_batches(f"host-{i:05d}", rng, t0, cycles, 6, interval))
+        st.store_batches(chunk)
+    for i in range(hosts):
+        if i % 97 == 0:
+            st.record_status(f"host-{i:05d}", "bench0", False, now - 2000, now - 1900)
+    long_interval = 30 * SEC
+    long_cycles = days * DAY // long_interval
+    long = long_host_batches(now - long_cycles * long_interval, long_cycles, long_interval, 120,
+                             rng)
+    for lo in range(0, len(long), 200):
+        st.store_batches(items(long[lo:lo + 200]))
+    filled = time.perf_counter() - started
+    started = time.perf_counter()
+    st.compact_all(now)  # leaves the newest minute pending, as a running collector would
+    compacted = time.perf_counter() - started
+    st.close()
+    return {"fill_s": round(filled, 1), "compact_s": round(compacted, 1),
+            "long_host_samples": sum(len(e[2]) for b in long for m in b["metrics"]
+                                     for e in m[5])}
+
+
+# --- HTTP and the browser ------------------------------------------------------------------
+
+def get(base: str, path: str, token: str) -> tuple[float, bytes]:
+    request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        body = response.read()
+    return (time.perf_counter() - started) * 1000, body
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"p50_ms": round(statistics.median(ordered), 1),
+            "p95_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))], 1),
+            "n": len(ordered)}
+
+
+def fleet_endpoint(base: str, token: str, repeat: int) -> dict[str, Any]:
+    cold, _ = get(base, "/edgemon/api/v1/fleet?limit=100", token)
+    queries = ["/edgemon/api/v1/fleet?limit=100",
+               "/edgemon/api/v1/fleet?limit=100&sort=cpu_percent&order=desc",
+               "/edgemon/api/v1/fleet?limit=100&sort=net_bytes_per_s&order=desc&state=online",
+               "/edgemon/api/v1/fleet?limit=100&q=host-01*&min.memory_percent=50",
+               "/edgemon/api/v1/fleet?limit=100&offset=5000&sort=disk_percent"]
+    warm = [get(base, queries[i % len(queries)], token)[0] for i in range(repeat)]
+    return {"cold_ms": round(cold, 1), **percentiles(warm)}
+
+
+def storage_baseline(db: Path, now: int) -> float:
+    """The newest CPU of every host as one storage query (one of the ~7 the figures need)."""
+    st = SQLiteStorage(db)
+    try:
+        started = time.perf_counter()
+        st.query(RangeQuery(name="cpu_usage_percent", start_ms=now - 300_000, end_ms=now + 1,
+                            step_ms=60_000, aggregation="last", labels={"cpu": "total"},
+                            group_by=("host",), max_series=10**6, max_points=10**8))
+        return (time.perf_counter() - started) * 1000
+    finally:
+        st.close()
+
+
+def browser_figures(base: str, token: str, repeat: int, days: int) -> dict[str, Any]:
+    from tests.support.browser import Browser
+
+    out: dict[str, Any] = {}
+    with Browser() as b:
+        b.sign_in(base, token)
+        b.driver.execute_cdp_cmd("Network.enable", {})
+        b.driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+        fleet_ms, fleet_kb = [], 0.0
+        for i in range(repeat):
+            b.get(base + "/?r=" + str(i))
+            b.wait_ready(60)
+            fleet_ms.append(b.js("return performance.getEntriesByName('fleet-ready')[0]"
+                                 ".startTime"))
+            if i == 0:
+                fleet_kb = transferred_kb(b)
+        out["fleet_interactive_first_ms"] = round(fleet_ms[0], 1)
+        out["fleet_interactive_ms"] = percentiles(fleet_ms[1:] or fleet_ms)
+        out["fleet_first_load_kb"] = fleet_kb
+        b.driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+        for label in ("24h", f"{days}d"):
+            draws, fetches = [], []
+            for i in range(repeat):
+                b.get(f"{base}/hosts/{LONG_HOST}?range={label}&r={i}")
+                b.wait_ready(120)
+                draws.append(b.js("return performance.getEntriesByName('charts')[0].duration"))
+                fetches.append(b.js(
+                    "const e = performance.getEntriesByType('resource').filter(r => "
+                    "r.name.includes('/charts?'));return e[e.length - 1].duration"))
+                if label == "24h" and i == 0:
+                    out["host_first_load_kb"] = transferred_kb(b)
+                    out["charts"] = b.js("return document.querySelectorAll('figure.chart')"
+                                         ".length")
+            out[f"host_{label}_draw_ms"] = percentiles(draws)
+            out[f"host_{label}_fetch_ms"] = percentiles(fetches)
+    return out
+
+
+def transferred_kb(b: Any) -> float:
+    """Bytes over the wire for the page just loaded (document, scripts, styles, API calls)."""
+    total = b.js("const nav = performance.getEntriesByType('navigation')[0];"
+                 "return nav.transferSize + performance.getEntriesByType('resource')"
+                 ".reduce((n, r) => n + r.transferSize, 0)")
+    return round(float(total) / 1024, 1)
+
+
+def per_metric_queries(base: str, token: str, span: str) -> float:
+    """Baseline: the host's metrics as one /edgemon/api/v1/query each, one after another."""
+    _, body = get(base, f"/edgemon/api/v1/hosts/{LONG_HOST}/series", token)
+    kinds = {s["name"]: s["kind"] for s in json.loads(body)["series"]}
+    started = time.perf_counter()
+    for name, kind in sorted(kinds.items()):
+        params = {"metric": name, "host": LONG_HOST, "start": f"now-{span}",
+                  "rate": "true" if kind == "counter" else "false"}
+        get(base, "/edgemon/api/v1/query?" + urllib.parse.urlencode(params), token)
+    return (time.perf_counter() - started) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, 7 days")
+    parser.add_argument("--hosts", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=None)
+    parser.add_argument("--dir", type=Path, default=None, help="work directory (kept)")
+    args = parser.parse_args()
+    days = args.days or (7 if args.quick else 30)
+    if days not in (7, 30):
+        parser.error("--days: 7 or 30 (the host page's ranges)")
+    repeat = 3 if args.quick else 7
+    work = args.dir or Path(tempfile.mkdtemp(prefix="edgemon-dashboard-"))
+    (work / "data").mkdir(parents=True, exist_ok=True)
+    now = int(time.time() * 1000)
+    print(f"building a store of {args.hosts} hosts and {LONG_HOST} with {days} days ...",
+          flush=True)
+    store = build_store(work / "data" / "edgemon.db", args.hosts, days, now)
+    baseline_ms = storage_baseline(work / "data" / "edgemon.db", now)
+    token = create_token(work / "data" / "tokens.json", "bench", "admin")[1]
+    broker, mqtt_port = start_broker(work)
+    collector = None
+    try:
+        started = time.perf_counter()
+        collector, http, _ = start_collector(work, mqtt_port)
+        base = f"http://127.0.0.1:{http}"
+
+        def loaded() -> bool:
+            _, body = get(base, "/edgemon/api/v1/fleet?limit=1", token)
+            return not json.loads(body)["loading"]
+        while not loaded():
+            time.sleep(0.2)
+        seed_s = time.perf_counter() - started
+        fleet = fleet_endpoint(base, token, repeat * 5)
+        browser = browser_figures(base, token, repeat, days)
+        naive = {span: per_metric_queries(base, token, span) for span in ("24h", f"{days}d")}
+    finally:
+        if collector is not None:
+            stop(collector)
+        stop(broker)
+    result = {
+        "hosts": args.hosts, "days": days, "store": store,
+        "figures_loaded_at_start_s": round(seed_s, 1),
+        "fleet_endpoint": fleet, "fleet_storage_query_baseline_ms": round(baseline_ms, 1),
+        **browser,
+        "per_metric_queries_ms": {k: round(v, 1) for k, v in naive.items()},
+        "goals": {"fleet_interactive_ms": 1000, "host_24h_ms": 300, "first_load_kb": 300},
+    }
+    draw24 = browser["host_24h_draw_ms"]["p50_ms"]
+    result["headline"] = [
+        {"figure": "fleet summary endpoint, 10k hosts (p50)", "unit": "ms",
+         "value": fleet["p50_ms"],
+         "baselines": {"storage query, CPU only": round(baseline_ms, 1)}},
+        {"figure": "fleet page interactive (warm p50)", "unit": "ms",
+         "value": browser["fleet_interactive_ms"]["p50_ms"], "baselines": {"goal": 1000}},
+        {"figure": "fleet page interactive (empty cache)", "unit": "ms",
+         "value": browser["fleet_interactive_first_ms"], "baselines": {"goal": 1000}},
+        {"figure": "host page 24 h fetch+draw (p50)", "unit": "ms", "value": draw24,
+         "baselines": {"goal": 300, "one query per metric": round(naive["24h"], 1)}},
+        {"figure": f"host page {days} d fetch+draw (p50)", "unit": "ms",
+         "value": browser[f"host_{days}d_draw_ms"]["p50_ms"],
+         "baselines": {"one query per metric": round(naive[f"{days}d"], 1)}},
+        {"figure": "first load, fleet page", "unit": "KB", "value": browser["fleet_first_load_kb"],
+         "baselines": {"goal": 300}},
+        {"figure": "first load, host page", "unit": "KB", "value": browser["host_first_load_kb"],
+         "baselines": {"goal": 300}},
+    ]
+    write_result("dashboard", result)
+    print(table([{"figure": h["figure"], "unit": h["unit"], "value": h["value"],
+                  "baselines": "; ".join(f"{k} {v}" for k, v in h["baselines"].items())}
+                 for h in result["headline"]], ["figure", "unit", "value", "baselines"]))
+
+
+if __name__ == "__main__":
+    main()
