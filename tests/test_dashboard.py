@@ -323,6 +323,13 @@ def test_fleet_figures_follow_stored_batches() -> None:
     dup = batch("h1", 3, host_samples(t0 + 60 * SEC, 1, cpu=1, memory=1, disks={}, rx_per_s=1))
     state.observe([dup], [StoreResult("h1", "inst-1", 3, False, 0)])
     assert fig.cpu[1] == 40.0
+    # a host storage forgot goes once it has been quiet for a while
+    state.forget_except(set(), 3_600_000, now_ms())
+    assert state.figures("h1") is fig
+    state.forget_except({"h1"}, 0, now_ms() + 10**9)
+    assert state.figures("h1") is fig
+    state.forget_except(set(), 3_600_000, now_ms() + 2 * 3_600_000)
+    assert state.figures("h1") is None
 
 
 def test_a_host_with_thousands_of_mounts_costs_only_a_bounded_table() -> None:
@@ -379,6 +386,8 @@ def test_the_fleet_summary_sorts_filters_and_pages_on_the_server(tmp_path: Path)
         assert [r["host"] for r in (await _fleet(s, "?q=WEB-0[12]"))["hosts"]] == \
             ["web-01", "web-02"]
         assert [r["host"] for r in (await _fleet(s, "?q=db"))["hosts"]] == ["db-01"]
+        assert [r["host"] for r in (await _fleet(s, "?host=web-0"))["hosts"]] == []
+        assert [r["host"] for r in (await _fleet(s, "?host=web-02"))["hosts"]] == ["web-02"]
         stale = await _fleet(s, "?state=stale&sort=memory_percent")
         assert [r["host"] for r in stale["hosts"]] == ["db-01"]
         no_cpu = await _fleet(s, "?sort=clock_offset_ms&order=asc")
@@ -387,7 +396,7 @@ def test_the_fleet_summary_sorts_filters_and_pages_on_the_server(tmp_path: Path)
                           ("limit=0", "'limit'"), ("min.host=3", "'min.host'"),
                           ("min.cpu_percent=nan", "finite"), ("state=gone", "'state'"),
                           ("colour=red", "'colour'"), ("offset=-1", "'offset'"),
-                          ("limit=5&limit=6", "more than once")):
+                          ("limit=5&limit=6", "more than once"), ("host=a/b", "'host'")):
             r = await s.client.get(f"/edgemon/api/v1/fleet?{bad}",
                                    headers={"Authorization": f"Bearer {s.admin}"})
             assert r.status == 400 and word in (await r.json())["error"], bad

@@ -62,7 +62,7 @@ log = logging.getLogger("edgemon.collector.http.dashboard")
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
@@ -422,7 +422,7 @@ def _int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
 
 def parse_fleet_query(query: Any) -> tuple[int, int, str, bool, RowFilter]:
     """(offset, limit, sort column, descending, filter) from ``/fleet``'s query string."""
-    fixed = {"offset", "limit", "sort", "order", "q", "state"}
+    fixed = {"offset", "limit", "sort", "order", "q", "state", "host"}
     minimum: list[tuple[str, float]] = []
     maximum: list[tuple[str, float]] = []
     for key in query:
@@ -453,10 +453,14 @@ def parse_fleet_query(query: Any) -> tuple[int, int, str, bool, RowFilter]:
     states = frozenset(s for s in query.get("state", "").split(",") if s)
     if not states <= set(STATES):
         raise _BadParam("state", f"comma-separated: {', '.join(STATES)}")
+    host = query.get("host")
+    if host is not None:
+        host = _host_param(host)
     offset = _int_param(query, "offset", 0, 0, 10**7)
     limit = _int_param(query, "limit", 100, 1, 1000)
     return offset, limit, column, order == "desc", RowFilter(text.strip(), states,
-                                                             tuple(minimum), tuple(maximum))
+                                                             tuple(minimum), tuple(maximum),
+                                                             host)
 
 
 def parse_range(query: Any, now: int) -> tuple[int, int, int]:
@@ -542,6 +546,7 @@ OPENAPI_PATHS: dict[str, Any] = {
             _q("order", "asc or desc; rows without a value come last either way",
                {"type": "string", "enum": ["asc", "desc"]}),
             _q("q", "host name contains this (case-insensitive), or matches it as a glob"),
+            _q("host", "only this host (exact id)"),
             _q("state", "comma-separated states: online, stale, offline"),
             {"name": "min.{column}", "in": "query", "required": False,
              "description": "only rows whose numeric column is at least this",

@@ -175,6 +175,15 @@ class FleetState:
                 if not keys and _newer(getattr(fig, attr), ts):
                     setattr(fig, attr, (ts, value))
 
+    def forget_except(self, hosts: set[str], idle_ms: int, now_ms: int) -> None:
+        """Drop figures of hosts storage no longer knows, once nothing came from them for
+        ``idle_ms`` (retention removed them; keeps memory bounded by the live fleet)."""
+        with self._lock:
+            gone = [h for h, f in self._hosts.items()
+                    if h not in hosts and (f.received_ms or 0) < now_ms - idle_ms]
+            for h in gone:
+                del self._hosts[h]
+
     def status_changed(self, host: str) -> None:
         """A birth or death message was stored: the next snapshot must look again."""
         with self._lock:
@@ -375,12 +384,15 @@ class RowFilter:
     states: frozenset[str] = frozenset()  # empty: every state
     minimum: tuple[tuple[str, float], ...] = ()
     maximum: tuple[tuple[str, float], ...] = ()
+    host: str | None = None  # exactly this host
 
     def matcher(self) -> Callable[[dict[str, Any]], bool]:
         text = self.text.lower()
         glob = any(c in text for c in "*?[")
 
         def ok(r: dict[str, Any]) -> bool:
+            if self.host is not None and r["host"] != self.host:
+                return False
             if self.states and r["state"] not in self.states:
                 return False
             if text:
@@ -394,7 +406,7 @@ class RowFilter:
 
 
 def filter_rows(rows: Iterable[dict[str, Any]], f: RowFilter) -> list[dict[str, Any]]:
-    if not (f.text or f.states or f.minimum or f.maximum):
+    if not (f.text or f.states or f.minimum or f.maximum or f.host):
         return list(rows)
     ok = f.matcher()
     return [r for r in rows if ok(r)]
@@ -449,6 +461,8 @@ class FleetView:
                 self._firing = self._firing_source()
                 self._hosts_at = now
                 self._built_version = None
+                self.state.forget_except({h.host for h in self._hosts}, 86_400_000,
+                                         self.clock_ms())
             version = self.state.version
             if self._built_version is None or (
                     version != self._built_version and now - self._built_at >= self.max_age_s):

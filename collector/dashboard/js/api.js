@@ -42,3 +42,21 @@ export function withQuery(path, params) {
   const text = query.toString();
   return text ? `${path}?${text}` : path;
 }
+
+/** A fetcher whose every call aborts the one before it: only the newest answer is drawn.
+ *  `busy()`: whether a call is under way. An aborted call rejects with an AbortError. */
+export function newestOnly() {
+  let current = null;
+  const call = async (path, options = {}) => {
+    current?.abort();
+    const controller = new AbortController();
+    current = controller;
+    try {
+      return await api(path, { ...options, signal: controller.signal });
+    } finally {
+      if (current === controller) current = null;
+    }
+  };
+  call.busy = () => current !== null;
+  return call;
+}

@@ -1,7 +1,7 @@
 // The fleet: every host with its state and current figures. Sorting, filtering and paging
 // happen on the server (/edgemon/api/v1/fleet), so 10,000 hosts cost one page of rows here.
 
-import { api, withQuery } from "./api.js";
+import { newestOnly, withQuery } from "./api.js";
 import { initPage, openLive, say, throttle } from "./common.js";
 import { $, append, el, replace, visible } from "./dom.js";
 import { ago, bytes, number, percent } from "./format.js";
@@ -141,20 +141,18 @@ function tickAges() {
   }
 }
 
-let inFlight = null;
+const fetchFleet = newestOnly();
 async function refresh() {
   remember();
   drawHead();
-  inFlight?.abort();
-  const controller = new AbortController();
-  inFlight = controller;
   try {
-    const doc = await api(withQuery("/edgemon/api/v1/fleet", query()), { signal: controller.signal });
+    const doc = await fetchFleet(withQuery("/edgemon/api/v1/fleet", query()));
     last = doc;
     arrived = Date.now();
     drawCounts(doc);
     drawRows(doc);
     say(doc.loading ? "Loading the fleet's figures from storage; they fill in over the next seconds." : "");
+    if (!document.body.dataset.ready) performance.mark("fleet-ready");
     document.body.dataset.ready = "1";
   } catch (error) {
     if (error.name !== "AbortError") say(error.message, "error");

@@ -6,7 +6,7 @@
 // for the tail (from its newest point on) and appends it.
 
 import uPlot from "../vendor/uplot/uPlot.esm.js";
-import { api, withQuery } from "./api.js";
+import { api, newestOnly, withQuery } from "./api.js";
 import { CHARTS, FAMILIES, familyOf } from "./catalog.js";
 import { initPage, openLive, say, throttle } from "./common.js";
 import { $, el, replace, visible } from "./dom.js";
@@ -243,18 +243,15 @@ function zoomTo(u) {
 
 // --- loading, live tails -----------------------------------------------------------------------
 
-let loading = null;
+const fetchCharts = newestOnly();
 let tailing = false;
 async function load() {
   remember();
   drawRanges();
-  loading?.abort();
-  const controller = new AbortController();
-  loading = controller;
   $("#charts").setAttribute("aria-busy", "true");
   performance.mark("charts-request");
   try {
-    const doc = await api(withQuery(`/edgemon/api/v1/hosts/${encodeURIComponent(host)}/charts`, rangeQuery()), { signal: controller.signal });
+    const doc = await fetchCharts(withQuery(`/edgemon/api/v1/hosts/${encodeURIComponent(host)}/charts`, rangeQuery()));
     view.doc = doc;
     noteNewest(doc.newest_sample_ms);
     drawAll(doc);
@@ -265,8 +262,6 @@ async function load() {
     document.body.dataset.ready = "1";
   } catch (error) {
     if (error.name !== "AbortError") say(error.message, "error");
-  } finally {
-    if (loading === controller) loading = null;
   }
 }
 
@@ -278,7 +273,7 @@ function showTier(doc) {
 
 /** Append what arrived since the newest point drawn; drop what slid out of the range. */
 async function tail() {
-  if (loading || tailing || !view.doc || view.range === "custom") return; // a full load draws it
+  if (fetchCharts.busy() || tailing || !view.doc || view.range === "custom") return; // a load draws it
   const doc = view.doc;
   if (!doc.x.length) return load();
   const since = doc.x[doc.x.length - 1];
@@ -292,7 +287,7 @@ async function tail() {
   } finally {
     tailing = false;
   }
-  if (loading || view.doc !== doc) return; // the range changed meanwhile
+  if (fetchCharts.busy() || view.doc !== doc) return; // the range changed meanwhile
   noteNewest(part.newest_sample_ms);
   const before = new Map(plans(doc).map((p) => [p.id, seriesOf(p).map((s) => s.key).join("|")]));
   const merged = merge(doc, part, Date.now() + view.clockSkew - RANGES.find(([r]) => r === view.range)[1]);
@@ -362,7 +357,7 @@ function tickAge() {
 
 async function loadRow() {
   try {
-    const doc = await api(withQuery("/edgemon/api/v1/fleet", { q: host, limit: 1000 }));
+    const doc = await api(withQuery("/edgemon/api/v1/fleet", { host, limit: 1 }));
     view.clockSkew = doc.generated_ms - Date.now();
     view.row = doc.hosts.find((r) => r.host === host) ?? null;
     if (view.row?.newest_sample_ms) noteNewest(view.row.newest_sample_ms);
