@@ -18,6 +18,9 @@ a real headless Chromium.
    load of each page. Baseline for the charts: the same data as one ``/edgemon/api/v1/query``
    request per metric.
 
+5. Netdata (Debian's ``netdata-core`` + ``netdata-web``, when installed): its own copy on a free
+   loopback port; the bytes its dashboard transfers on first load, for comparison.
+
 Goals (issue 19): fleet page interactive < 1 s, host page 24 h < 300 ms, first load < 300 KB.
 Writes ``benchmarks/results/dashboard.json``; prints a table.
 """
@@ -250,6 +253,77 @@ def browser_figures(base: str, token: str, repeat: int, days: int) -> dict[str, 
     return out
 
 
+NETDATA = "/usr/sbin/netdata"
+NETDATA_CONF = """[global]
+    run as user = {user}
+    memory mode = ram
+[directories]
+    cache = {d}/cache
+    lib = {d}/lib
+    log = {d}/log
+    run = {d}/run
+[logs]
+    debug log = none
+    error log = {d}/log/error.log
+    access log = none
+[web]
+    bind to = 127.0.0.1:{port}
+[cloud]
+    enabled = no
+[ml]
+    enabled = no
+[health]
+    enabled = no
+[registry]
+    enabled = no
+"""
+
+
+def netdata_first_load_kb(work: Path) -> float | None:
+    """Bytes Debian's netdata dashboard (its own copy, on a free loopback port) transfers until
+    its network is quiet for 2 s; None without netdata (apt-get install netdata-core
+    netdata-web)."""
+    import getpass
+    import os
+    import subprocess
+
+    from ingest import free_port, wait_for
+
+    from tests.support.browser import Browser
+
+    if not Path(NETDATA).exists():
+        return None
+    d = work / "netdata"
+    for sub in ("cache", "lib", "log", "run"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (d / "netdata.conf").write_text(NETDATA_CONF.format(
+        user="root" if os.geteuid() == 0 else getpass.getuser(), d=d, port=port))
+    with open(d / "out.log", "ab") as log:
+        proc = subprocess.Popen([NETDATA, "-D", "-c", str(d / "netdata.conf")], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/info",
+                                                timeout=2).status == 200, 60, "netdata")
+        time.sleep(3)  # a few seconds of data, as a person opening it would see
+        with Browser() as b:
+            b.get(f"http://127.0.0.1:{port}/")
+            last, quiet_since, deadline = -1, time.monotonic(), time.monotonic() + 30
+            while time.monotonic() < deadline and time.monotonic() - quiet_since < 2:
+                count = b.js("return performance.getEntriesByType('resource').length")
+                if count != last:
+                    last, quiet_since = count, time.monotonic()
+                time.sleep(0.2)
+            return transferred_kb(b)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def transferred_kb(b: Any) -> float:
     """Bytes over the wire for the page just loaded (document, scripts, styles, API calls)."""
     total = b.js("const nav = performance.getEntriesByType('navigation')[0];"
@@ -305,6 +379,7 @@ def main() -> None:
         fleet = fleet_endpoint(base, token, repeat * 5)
         browser = browser_figures(base, token, repeat, days)
         naive = {span: per_metric_queries(base, token, span) for span in ("24h", f"{days}d")}
+        netdata_kb = netdata_first_load_kb(work)
     finally:
         if collector is not None:
             stop(collector)
@@ -315,6 +390,7 @@ def main() -> None:
         "fleet_endpoint": fleet, "fleet_storage_query_baseline_ms": round(baseline_ms, 1),
         **browser,
         "per_metric_queries_ms": {k: round(v, 1) for k, v in naive.items()},
+        "netdata_first_load_kb": netdata_kb,
         "goals": {"fleet_interactive_ms": 1000, "host_24h_ms": 300, "first_load_kb": 300},
     }
     draw24 = browser["host_24h_draw_ms"]["p50_ms"]
@@ -332,9 +408,9 @@ def main() -> None:
          "value": browser[f"host_{days}d_draw_ms"]["p50_ms"],
          "baselines": {"one query per metric": round(naive[f"{days}d"], 1)}},
         {"figure": "first load, fleet page", "unit": "KB", "value": browser["fleet_first_load_kb"],
-         "baselines": {"goal": 300}},
+         "baselines": {"goal": 300, **({"netdata dashboard": netdata_kb} if netdata_kb else {})}},
         {"figure": "first load, host page", "unit": "KB", "value": browser["host_first_load_kb"],
-         "baselines": {"goal": 300}},
+         "baselines": {"goal": 300, **({"netdata dashboard": netdata_kb} if netdata_kb else {})}},
     ]
     write_result("dashboard", result)
     print(table([{"figure": h["figure"], "unit": h["unit"], "value": h["value"],
