@@ -17,9 +17,11 @@ a real headless Chromium.
    page's time from request to every chart drawn for 24 h and 30 d; bytes transferred on first
    load of each page. Baseline for the charts: the same data as one ``/edgemon/api/v1/query``
    request per metric.
-
 5. Netdata (Debian's ``netdata-core`` + ``netdata-web``, when installed): its own copy on a free
    loopback port; the bytes its dashboard transfers on first load, for comparison.
+6. A load test of the API behind the pages with ``wrk`` (Debian's, when installed): 1,000
+   connections asking what people refreshing fleet, host and alerts pages ask; requests/s and
+   p95 (goal: p95 < 500 ms at >= 5,000 requests/s).
 
 Goals (issue 19): fleet page interactive < 1 s, host page 24 h < 300 ms, first load < 300 KB.
 Writes ``benchmarks/results/dashboard.json``; prints a table.
@@ -324,6 +326,65 @@ def netdata_first_load_kb(work: Path) -> float | None:
             proc.wait()
 
 
+WRK_SCRIPT = """
+-- What 1,000 people refreshing the dashboard ask: the fleet page (sorted different ways),
+-- host pages of random hosts, alerts. The token goes in the header, as any API client's would.
+local paths = {}
+local sorts = {"host", "cpu_percent", "memory_percent", "net_bytes_per_s", "disk_percent"}
+math.randomseed(19)
+for i = 1, 2000 do
+  local r = math.random()
+  if r < 0.5 then
+    paths[i] = "/edgemon/api/v1/fleet?limit=100&order=desc&sort=" .. sorts[math.random(#sorts)]
+      .. "&offset=" .. (100 * math.random(0, 20))
+  elseif r < 0.9 then
+    paths[i] = string.format("/edgemon/api/v1/hosts/host-%05d/charts?start=now-15m",
+                             math.random(0, HOSTS - 1))
+  else
+    paths[i] = "/edgemon/api/v1/alerts"
+  end
+end
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", paths[(n % #paths) + 1], {["Authorization"] = "Bearer TOKEN"})
+end
+done = function(summary, latency, requests)
+  io.write(string.format('WRK {"requests": %d, "seconds": %.3f, "errors": %d, '
+    .. '"non2xx": %d, "timeouts": %d, "p50_ms": %.1f, "p95_ms": %.1f, "p99_ms": %.1f}\\n',
+    summary.requests, summary.duration / 1e6,
+    summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.timeout, summary.errors.status, summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000,
+    latency:percentile(99) / 1000))
+end
+"""
+
+
+def load_test(base: str, token: str, hosts: int, work: Path, seconds: int,
+              connections: int) -> dict[str, Any] | None:
+    """``wrk`` (Debian's) with ``connections`` open connections for ``seconds``; None without
+    wrk."""
+    import shutil
+    import subprocess
+
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    script = work / "dashboard.lua"
+    script.write_text(WRK_SCRIPT.replace("HOSTS", str(hosts)).replace("TOKEN", token))
+    out = subprocess.run([wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+                          "-s", str(script), base], capture_output=True, text=True,
+                         timeout=seconds + 120, check=False)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRK ")), None)
+    if line is None:
+        return {"error": (out.stderr or out.stdout)[-500:]}
+    figures: dict[str, Any] = json.loads(line[4:])
+    figures["requests_per_s"] = round(figures["requests"] / figures["seconds"], 1)
+    figures["connections"] = connections
+    return figures
+
+
 def transferred_kb(b: Any) -> float:
     """Bytes over the wire for the page just loaded (document, scripts, styles, API calls)."""
     total = b.js("const nav = performance.getEntriesByType('navigation')[0];"
@@ -345,6 +406,10 @@ def per_metric_queries(base: str, token: str, span: str) -> float:
 
 
 def main() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # 1,000 connections each side
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, 7 days")
     parser.add_argument("--hosts", type=int, default=10_000)
@@ -380,6 +445,7 @@ def main() -> None:
         browser = browser_figures(base, token, repeat, days)
         naive = {span: per_metric_queries(base, token, span) for span in ("24h", f"{days}d")}
         netdata_kb = netdata_first_load_kb(work)
+        load = load_test(base, token, args.hosts, work, 15 if args.quick else 30, 1000)
     finally:
         if collector is not None:
             stop(collector)
@@ -391,11 +457,12 @@ def main() -> None:
         **browser,
         "per_metric_queries_ms": {k: round(v, 1) for k, v in naive.items()},
         "netdata_first_load_kb": netdata_kb,
+        "load_test": load,
         "goals": {"fleet_interactive_ms": 1000, "host_24h_ms": 300, "first_load_kb": 300},
     }
     draw24 = browser["host_24h_draw_ms"]["p50_ms"]
     result["headline"] = [
-        {"figure": "fleet summary endpoint, 10k hosts (p50)", "unit": "ms",
+        {"figure": f"fleet summary endpoint, {args.hosts:,} hosts (p50)", "unit": "ms",
          "value": fleet["p50_ms"],
          "baselines": {"storage query, CPU only": round(baseline_ms, 1)}},
         {"figure": "fleet page interactive (warm p50)", "unit": "ms",
@@ -412,6 +479,12 @@ def main() -> None:
         {"figure": "first load, host page", "unit": "KB", "value": browser["host_first_load_kb"],
          "baselines": {"goal": 300, **({"netdata dashboard": netdata_kb} if netdata_kb else {})}},
     ]
+    if load and "requests_per_s" in load:
+        result["headline"].append({
+            "figure": "API behind the pages, 1,000 connections (wrk): p95", "unit": "ms",
+            "value": load["p95_ms"], "baselines": {"goal": 500},
+            "note": f"{load['requests_per_s']} requests/s (goal 5,000), {load['non2xx']} "
+                    f"non-2xx, {load['errors']} errors"})
     write_result("dashboard", result)
     print(table([{"figure": h["figure"], "unit": h["unit"], "value": h["value"],
                   "baselines": "; ".join(f"{k} {v}" for k, v in h["baselines"].items())}

@@ -85,10 +85,11 @@ export function openLive(host, handlers) {
   return { close: () => source && source.close() };
 }
 
-/** Run `fn` at most once per `ms`, the last call winning (live events come in bursts). */
+/** Run `fn` at most once per `ms`, the last call winning (live events come in bursts); the
+ *  first call waits too (the page has just loaded what it shows). */
 export function throttle(fn, ms) {
   let timer = null;
-  let last = 0;
+  let last = Date.now();
   return (...args) => {
     const wait = Math.max(0, last + ms - Date.now());
     clearTimeout(timer);

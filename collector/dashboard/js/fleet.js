@@ -197,7 +197,7 @@ drawHead();
 const ready = initPage("/");
 refresh();
 await ready;
-const later = throttle(refresh, 2000);
+const later = throttle(() => fetchFleet.busy() || refresh(), 2000); // never abort a person's request
 openLive(null, { fleet: later });
 setInterval(tickAges, 1000);
 setInterval(refresh, 15000); // last-seen ages and stale states move on without any event
