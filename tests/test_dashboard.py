@@ -23,14 +23,15 @@ from edgemon.collector.http.api import create_app
 from edgemon.collector.http.auth import security_middlewares
 from edgemon.collector.http.charts import align
 from edgemon.collector.http.dashboard import CONTENT_SECURITY_POLICY, Dashboard, merge_openapi
-from edgemon.collector.http.fleet import MAX_LABELLED, FleetState
+from edgemon.collector.http.fleet import MAX_LABELLED, FleetState, FleetView
 from edgemon.collector.http.live import LiveHub, Stream
 from edgemon.collector.http.sessions import SessionStore
 from edgemon.collector.http.tokens import TokenStore, create_token, revoke_token
-from edgemon.collector.storage.base import IngestItem, SeriesResult, StoreResult
+from edgemon.collector.storage.base import HostInfo, IngestItem, SeriesResult, StoreResult
 from edgemon.collector.storage.sqlite import SQLiteStorage
 from edgemon.protocol import COUNTER, GAUGE, BatchBuilder, MetricDef, decode, encode, to_scaled
 from edgemon.protocol.schema import validate_batch
+from tests.support.waiting import wait_until
 
 CPU = MetricDef("cpu_usage_percent", GAUGE, "percent", 2, ("cpu",))
 MEMORY = MetricDef("memory_usage_percent", GAUGE, "percent", 2)
@@ -343,6 +344,24 @@ def test_a_host_with_thousands_of_mounts_costs_only_a_bounded_table() -> None:
     assert len(fig.disks) == MAX_LABELLED and len(fig.net) == 2 * MAX_LABELLED
 
 
+def test_after_the_first_snapshot_no_request_waits_for_a_refresh() -> None:
+    now = now_ms()
+    hosts = [HostInfo("h1", True, "i", now, now, 1)]
+
+    def slow_hosts() -> list[HostInfo]:
+        time.sleep(0.3)  # as storage.hosts() on a big, busy store
+        return list(hosts)
+
+    view = FleetView(FleetState(), slow_hosts, dict, now_ms, hosts_max_age_s=0)
+    first = view.snapshot()
+    assert [r["host"] for r in first.rows] == ["h1"] and first.counts["online"] == 1
+    hosts.append(HostInfo("h2", False, "i", now, now, 1))
+    started = time.monotonic()
+    assert view.snapshot() is first and time.monotonic() - started < 0.2
+    wait_until(lambda: len(view.snapshot().rows) == 2, 10, "the refresh in the background")
+    assert view.snapshot().counts == {"online": 1, "stale": 0, "offline": 1}
+
+
 async def _fleet(s: Stack, query: str = "") -> Any:
     r = await s.client.get(f"/edgemon/api/v1/fleet{query}",
                            headers={"Authorization": f"Bearer {s.admin}"})
@@ -366,6 +385,7 @@ def test_the_fleet_summary_sorts_filters_and_pages_on_the_server(tmp_path: Path)
                                              rx_per_s=1))
         await s.store(old)
         s.dashboard.view.hosts_max_age_s = 0
+        s.dashboard.view.background = False  # each answer reflects what was just stored
         doc = await _fleet(s)
         assert doc["total"] == 5 and doc["counts"] == {"online": 3, "stale": 1, "offline": 1}
         rows = {r["host"]: r for r in doc["hosts"]}

@@ -26,6 +26,7 @@ host are tracked, so a host sending thousands of label values costs only its own
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 import threading
 import time
@@ -288,8 +289,6 @@ class ObservedStorage:
         try:
             self._state.observe(items, results)
         except Exception:  # the dashboard's figures must never fail an ingest write
-            import logging
-
             logging.getLogger("edgemon.collector.http.fleet").exception(
                 "fleet figures not updated from a stored batch")
         return results
@@ -430,13 +429,15 @@ class Snapshot:
 
 
 class FleetView:
-    """Snapshots of every host's row, rebuilt at most every ``max_age_s`` (and only when
-    something changed); host records and firing alerts are re-read every ``hosts_max_age_s``."""
+    """Snapshots of every host's row. The first call builds one; after that a call never waits:
+    it gets the newest snapshot, and when host records and firing alerts are due (every
+    ``hosts_max_age_s``) or figures changed (at most every ``max_age_s``), one refresh runs in
+    the background (``background=False``: in the caller, for tests)."""
 
     def __init__(self, state: FleetState, hosts: Callable[[], list[HostInfo]],
                  firing: Callable[[], dict[str, int]], clock_ms: Callable[[], int],
                  stale_after_ms: int = STALE_AFTER_MS, max_age_s: float = 1.0,
-                 hosts_max_age_s: float = 5.0) -> None:
+                 hosts_max_age_s: float = 5.0, background: bool = True) -> None:
         self.state = state
         self._hosts_source = hosts
         self._firing_source = firing
@@ -444,32 +445,66 @@ class FleetView:
         self.stale_after_ms = stale_after_ms
         self.max_age_s = max_age_s
         self.hosts_max_age_s = hosts_max_age_s
-        self._lock = threading.Lock()
+        self.background = background
+        self._lock = threading.Lock()  # one refresh at a time
         self._hosts: list[HostInfo] = []
         self._firing: dict[str, int] = {}
         self._hosts_at = -math.inf
         self._built_at = -math.inf
         self._built_version: int | None = None
-        self._snapshot = Snapshot([], 0)
+        self._snapshot: Snapshot | None = None
+        self._refreshing = False
 
     def snapshot(self) -> Snapshot:
-        """The current snapshot. Blocking (storage, alert store): call it in the read pool."""
-        with self._lock:
-            now = time.monotonic()
-            if now - self._hosts_at >= self.hosts_max_age_s:
-                self._hosts = self._hosts_source()
-                self._firing = self._firing_source()
-                self._hosts_at = now
-                self._built_version = None
-                self.state.forget_except({h.host for h in self._hosts}, 86_400_000,
-                                         self.clock_ms())
-            version = self.state.version
-            if self._built_version is None or (
-                    version != self._built_version and now - self._built_at >= self.max_age_s):
-                self._snapshot = self._build()
-                self._built_version = version
-                self._built_at = now
+        """The newest snapshot (blocking only for the very first: call it in the read pool)."""
+        current = self._snapshot
+        if current is None:
+            with self._lock:
+                if self._snapshot is None:
+                    self._refresh()
+            assert self._snapshot is not None
             return self._snapshot
+        if self._due() and not self._refreshing:
+            if not self.background:
+                with self._lock:
+                    self._refresh()
+                return self._snapshot
+            self._refreshing = True
+            threading.Thread(target=self._refresh_in_background, name="edgemon-fleet-view",
+                             daemon=True).start()
+        return current
+
+    def _due(self) -> bool:
+        now = time.monotonic()
+        return (now - self._hosts_at >= self.hosts_max_age_s
+                or (self.state.version != self._built_version
+                    and now - self._built_at >= self.max_age_s))
+
+    def _refresh_in_background(self) -> None:
+        try:
+            with self._lock:
+                self._refresh()
+        except Exception:
+            logging.getLogger("edgemon.collector.http.fleet").exception(
+                "fleet snapshot not refreshed")
+        finally:
+            self._refreshing = False
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._hosts_at >= self.hosts_max_age_s:
+            self._hosts = self._hosts_source()
+            self._firing = self._firing_source()
+            self._hosts_at = now
+            self._built_version = None
+            self.state.forget_except({h.host for h in self._hosts}, 86_400_000,
+                                     self.clock_ms())
+        version = self.state.version
+        if self._built_version is None or (version != self._built_version
+                                           and now - self._built_at >= self.max_age_s):
+            self._snapshot = self._build()
+            self._built_version = version
+            self._built_at = now
 
     def _build(self) -> Snapshot:
         figures = self.state.copy()
