@@ -72,6 +72,11 @@ REGISTRY: dict[str, Bench] = {
                       tiny=["--tiny"], timeout_quick=170, timeout_full=900),
     "alerting": Bench("alerting.py", "alert evaluation cycle for 10,000 hosts x default rules, "
                       "sample-to-notification latency", quick=["--quick"]),
+    "dashboard": Bench("dashboard.py", "web dashboard over 10,000 hosts: fleet summary endpoint, "
+                       "fleet page interactive and host page 24 h / 30 d draw in Chromium, "
+                       "page weight", quick=["--quick"], full=[],
+                       tiny=["--quick", "--hosts", "50"], timeout_quick=600, timeout_full=1800,
+                       in_quick=False),
     "hostile": Bench("hostile.py", "a hostile flood from one host: collector peak memory vs "
                      "baseline, rejects/s, a good host's publish->stored lag with and without",
                      quick=["--quick"], tiny=["--seconds", "2"], timeout_quick=150,

@@ -20,11 +20,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from edgemon.collector.alerting import AlertingService, merge_openapi
 from edgemon.collector.config import CollectorConfig, HttpConfig, StorageConfig
+from edgemon.collector.http import dashboard
 from edgemon.collector.http.api import create_app
 from edgemon.collector.http.auth import add_cors, security_middlewares
 from edgemon.collector.http.metrics import render_metrics
@@ -125,6 +127,7 @@ class CollectorService:
         self._stopped = False
         self.alerting: AlertingService | None = None
         self.tokens: TokenStore | None = None
+        self.dashboard: dashboard.Dashboard | None = None
 
     def _http_security(self) -> ssl.SSLContext | None:
         """Load the token file and the TLS key (before anything else starts); warn about an
@@ -162,11 +165,14 @@ class CollectorService:
         self.storage = await loop.run_in_executor(self._writer, self.storage_factory,
                                                   cfg.storage)
         self.storage_open = True
+        self.dashboard = dashboard.Dashboard(self.storage, executor=self._readers,
+                                             tokens=self.tokens)
         self.inbox = Inbox(loop, max_messages=cfg.ingest.queue_max,
                            max_bytes=cfg.ingest.queue_max_bytes)
         self.mqtt = MqttIngest(cfg.mqtt, self.inbox)
         self.mqtt.use_rate_limit(limiter_from_config(cfg.ingest), self.rejects)
-        self.pipeline = IngestPipeline(storage=self.storage, inbox=self.inbox, mqtt=self.mqtt,
+        self.pipeline = IngestPipeline(storage=self.dashboard.observe(self.storage),
+                                       inbox=self.inbox, mqtt=self.mqtt,
                                        config=cfg.ingest, writer=self._writer,
                                        rejects=self.rejects)
         # storage failing: messages held un-PUBACKed are back-pressure, not a delivery stall
@@ -184,14 +190,18 @@ class CollectorService:
         self.mqtt.start()
         if cfg.alerting.enabled:
             self.alerting = await loop.run_in_executor(self._readers, self._open_alerting)
+            self.dashboard.engine = self.alerting.engine
         app = create_app(self.storage, executor=self._readers, metrics=self.metrics_text,
                          ready=self.readiness,
                          extra_routes=[*(self.alerting.routes() if self.alerting else ()),
                                        *prometheus_routes(self.storage, alerting=(
                                            self.alerting.engine if self.alerting else None))],
-                         extend_openapi=merge_openapi if self.alerting else None,
-                         middlewares=security_middlewares(cfg.http, self.tokens),
+                         extend_openapi=self._openapi,
+                         middlewares=security_middlewares(
+                             cfg.http, self.tokens, sessions=self.dashboard.sessions,
+                             public=self.dashboard.is_public),
                          client_max_size=cfg.http.max_body_bytes)
+        self.dashboard.setup(app)
         add_cors(app, cfg.http.cors_origins)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -201,12 +211,19 @@ class CollectorService:
         self.http_port = int(addresses[0][1]) if addresses else cfg.http.port
         log.info("http api listening on %s://%s:%d", "https" if tls else "http", cfg.http.host,
                  self.http_port)
+        log.info("dashboard on %s://%s:%d/", "https" if tls else "http", cfg.http.host,
+                 self.http_port)
         if self.alerting is not None:
             await self.alerting.start()
         sdnotify.notify(f"READY=1\nSTATUS=api on {cfg.http.host}:{self.http_port}")
         interval = sdnotify.watchdog_interval()
         if interval:
             self._watchdog = asyncio.create_task(self._watchdog_loop(interval))
+
+    def _openapi(self, document: dict[str, Any]) -> dict[str, Any]:
+        if self.alerting is not None:
+            document = merge_openapi(document)
+        return dashboard.merge_openapi(document)
 
     def _open_alerting(self) -> AlertingService:
         """The alert engine over our storage; transitions also go out on MQTT (QoS 1)."""

@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nedgemon is up (state in {state}). Ctrl-C stops everything.\n"
             f"  broker     mqtt://127.0.0.1:{args.mqtt_port}\n"
-            f"  collector  {api}   (first batch after about {6 * args.interval:.0f} s)\n\n"
+            f"  collector  {api}   (first batch after about {6 * args.interval:.0f} s)\n"
+            f"  dashboard  {api}/   (sign in with the API token below)\n\n"
             f"  API token (admin) in {conf['token']}:\n"
             f"  export EDGEMON_TOKEN=$(cat {conf['token']})\n"
             f"  curl -s -H \"Authorization: Bearer $EDGEMON_TOKEN\" {api}/edgemon/api/v1/hosts\n"

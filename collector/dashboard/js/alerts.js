@@ -1,0 +1,157 @@
+// Alerts: what fires now, recent transitions, and silences (created and expired with an admin
+// token; the server refuses it for a read token whatever this page shows).
+
+import { api, withQuery } from "./api.js";
+import { initPage, openLive, say, session, throttle } from "./common.js";
+import { $, el, replace, visible } from "./dom.js";
+import { dateTime, number } from "./format.js";
+
+const OPS = [["=", false, true], ["!=", false, false], ["=~", true, true], ["!~", true, false]];
+let hostFilter = new URLSearchParams(location.search).get("host") ?? "";
+
+function chips(labels, skip = []) {
+  const entries = Object.entries(labels ?? {}).filter(([k]) => !skip.includes(k));
+  if (!entries.length) return el("span", { class: "muted" }, "–");
+  return el("span", { class: "chips" }, entries.map(([k, v]) => el("span", { class: "chip" }, `${visible(k)}=${visible(v)}`)));
+}
+
+function hostLink(name) {
+  return el("a", { href: `/hosts/${encodeURIComponent(name)}` }, visible(name));
+}
+
+function value(v) {
+  return v === null || v === undefined ? "–" : number(v, 4);
+}
+
+async function loadActive() {
+  const doc = await api(withQuery("/edgemon/api/v1/alerts", { host: hostFilter }));
+  const rows = doc.alerts.map((a) => el("tr", { dataset: { rule: a.rule, host: a.host, status: a.status } },
+    el("td", {}, el("span", { class: `state alert-${a.status}` }, a.status)),
+    el("td", {}, visible(a.rule)),
+    el("td", {}, hostLink(a.host)),
+    el("td", {}, chips(a.labels)),
+    el("td", { class: "num" }, value(a.value)),
+    el("td", {}, dateTime(a.fired_at_ms ?? a.active_since_ms)),
+    el("td", { class: "annotation" }, visible(a.annotations?.summary ?? "")),
+    el("td", {}, a.silenced_by ? el("span", { class: "badge", title: a.silenced_by }, "silenced") : "–"),
+    el("td", {}, canWrite() ? el("button", { type: "button", on: { click: () => prefill(a) } }, "Silence…") : "")));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 9, class: "empty" }, "Nothing is firing or pending.")));
+  replace($("#active-rows"), rows);
+  const firing = doc.alerts.filter((a) => a.status === "firing").length;
+  replace($("#alert-counts"), el("span", { class: "count count-firing" }, el("span", { class: "count-n" }, String(firing)), " firing"),
+    el("span", { class: "count" }, el("span", { class: "count-n" }, String(doc.alerts.length - firing)), " pending"));
+}
+
+async function loadHistory() {
+  const doc = await api(withQuery("/edgemon/api/v1/alerts/history", { host: hostFilter, limit: 100 }));
+  const rows = doc.history.map((h) => el("tr", {},
+    el("td", {}, dateTime(h.at_ms)),
+    el("td", {}, visible(h.rule)),
+    el("td", {}, hostLink(h.host)),
+    el("td", {}, `${h.from} → `, el("span", { class: `state alert-${h.status}` }, h.status)),
+    el("td", { class: "num" }, value(h.value)),
+    el("td", {}, chips(h.labels)),
+    el("td", {}, [h.silenced ? "silenced" : null, h.historical ? "history only" : null, h.notified ? "notified" : null].filter((x) => x).join(", ") || "–")));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No transitions recorded.")));
+  replace($("#history-rows"), rows);
+}
+
+async function loadSilences() {
+  const doc = await api(withQuery("/edgemon/api/v1/silences", { all: $("#show-expired").checked ? "true" : "" }));
+  const rows = doc.silences.map((s) => el("tr", { dataset: { silence: s.id, state: s.state } },
+    el("td", {}, el("span", { class: `state silence-${s.state}` }, s.state)),
+    el("td", {}, el("span", { class: "chips" }, s.matchers.map((m) => el("span", { class: "chip" }, matcherText(m))))),
+    el("td", {}, dateTime(s.starts_ms)),
+    el("td", {}, dateTime(s.ends_ms)),
+    el("td", {}, visible(s.created_by ?? "")),
+    el("td", { class: "annotation" }, visible(s.comment ?? "")),
+    el("td", {}, canWrite() && s.state !== "expired" ? el("button", { type: "button", on: { click: () => expire(s.id) } }, "Expire") : "")));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No silences.")));
+  replace($("#silence-rows"), rows);
+}
+
+function matcherText(m) {
+  const op = OPS.find(([, regex, equal]) => regex === Boolean(m.isRegex) && equal === (m.isEqual !== false))?.[0] ?? "=";
+  return `${visible(m.name)}${op}${visible(m.value)}`;
+}
+
+function canWrite() {
+  return session.role === "admin";
+}
+
+// --- the silence form ---------------------------------------------------------------------------
+
+function matcherRow(name = "", op = "=", text = "") {
+  const row = el("div", { class: "matcher" },
+    el("input", { class: "m-name", "aria-label": "label name", placeholder: "alertname", value: name, maxlength: "128", autocomplete: "off", spellcheck: "false" }),
+    el("select", { class: "m-op", "aria-label": "operator" }, OPS.map(([o]) => el("option", { value: o, selected: o === op }, o))),
+    el("input", { class: "m-value", "aria-label": "value", placeholder: "value", value: text, maxlength: "1024", autocomplete: "off", spellcheck: "false" }),
+    el("button", { type: "button", class: "link-button", "aria-label": "remove this matcher", on: { click: () => { row.remove(); } } }, "Remove"));
+  return row;
+}
+
+function prefill(alert) {
+  replace($("#matchers"), matcherRow("alertname", "=", alert.rule), matcherRow("host", "=", alert.host));
+  $("#comment").focus();
+}
+
+async function createSilence(event) {
+  event.preventDefault();
+  const matchers = [...document.querySelectorAll("#matchers .matcher")].map((row) => {
+    const [, isRegex, isEqual] = OPS.find(([o]) => o === row.querySelector(".m-op").value);
+    return { name: row.querySelector(".m-name").value.trim(), value: row.querySelector(".m-value").value, isRegex, isEqual };
+  }).filter((m) => m.name);
+  if (!matchers.length) { say("Add at least one matcher (a label name and a value).", "error"); return; }
+  try {
+    const made = await api("/edgemon/api/v1/silences", { method: "POST", body: {
+      matchers, duration: $("#duration").value, comment: $("#comment").value, createdBy: $("#created-by").value } });
+    say(`Silence ${made.id} created, until ${dateTime(made.ends_ms)}.`);
+    $("#comment").value = "";
+    await refresh();
+  } catch (error) {
+    say(`Not created: ${error.message}`, "error");
+  }
+}
+
+async function expire(id) {
+  try {
+    await api(`/edgemon/api/v1/silences/${encodeURIComponent(id)}`, { method: "DELETE" });
+    say(`Silence ${id} expired.`);
+    await refresh();
+  } catch (error) {
+    say(`Not expired: ${error.message}`, "error");
+  }
+}
+
+async function refresh() {
+  try {
+    await Promise.all([loadActive(), loadHistory(), loadSilences()]);
+    document.body.dataset.ready = "1";
+  } catch (error) {
+    say(error.message, "error");
+  }
+}
+
+function bind() {
+  $("#host-filter").value = hostFilter;
+  $("#alert-filter").addEventListener("submit", (event) => {
+    event.preventDefault();
+    hostFilter = $("#host-filter").value.trim();
+    history.replaceState(null, "", withQuery("/alerts", { host: hostFilter }));
+    refresh();
+  });
+  $("#add-matcher").addEventListener("click", () => $("#matchers").append(matcherRow()));
+  $("#silence-form").addEventListener("submit", createSilence);
+  $("#show-expired").addEventListener("change", () => loadSilences().catch((e) => say(e.message, "error")));
+  replace($("#matchers"), matcherRow("alertname"));
+}
+
+bind();
+await initPage("/alerts");
+$("#created-by").value = session.name ?? "";
+if (!canWrite()) {
+  for (const control of $("#silence-form").querySelectorAll("input, select, button")) control.disabled = true;
+  $("#silence-note").hidden = false;
+}
+await refresh();
+openLive(null, { fleet: throttle(refresh, 2000) });
