@@ -14,6 +14,10 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # packaging/fleet-ca.sh and the MQTT TLS tests make certificates with openssl
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# the alerting and forwarding tests run a real Alertmanager, Prometheus and VictoriaMetrics
+command -v prometheus-alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v victoria-metrics >/dev/null 2>&1 || need_apt+=(victoria-metrics)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt-get)" >&2
   as_root apt-get update -qq

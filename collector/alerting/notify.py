@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,8 @@ if TYPE_CHECKING:  # the engine imports this module: it queues what these functi
     from edgemon.collector.alerting.engine import AlertEngine
     from edgemon.collector.alerting.transitions import Transition
 
-__all__ = ["MQTT_RECEIVER", "MQTT_TOPIC_PREFIX", "DeliveryWorker", "alert_topic", "mqtt_message",
+__all__ = ["MQTT_RECEIVER", "MQTT_TOPIC_PREFIX", "DeliveryWorker", "alert_link", "alert_topic",
+           "mqtt_message",
            "webhook_alert", "webhook_payload"]
 
 log = logging.getLogger("edgemon.collector.alerting.notify")
@@ -48,14 +50,19 @@ def alert_topic(rule: str, host: str) -> str:
     return f"{MQTT_TOPIC_PREFIX}/{rule}/{host}"
 
 
+def alert_link(external_url: str, rule: str, host: str) -> str:
+    """The alert's ``generatorURL``: its history in the collector's API."""
+    query = urllib.parse.urlencode({"rule": rule, "host": host})
+    return f"{external_url.rstrip('/')}/edgemon/api/v1/alerts/history?{query}"
+
+
 def webhook_alert(tr: Transition, idempotency_key: str, external_url: str) -> dict[str, Any]:
     """One entry of a webhook's ``alerts[]`` (Alertmanager format, plus idempotencyKey)."""
-    base = external_url.rstrip("/")
     return {"status": "resolved" if tr.status == "resolved" else "firing",
             "labels": tr.alert_labels, "annotations": tr.annotations,
             "startsAt": rfc3339_ms(tr.starts_at) or rfc3339_ms(tr.at_ms),
             "endsAt": rfc3339_ms(tr.ends_at) if tr.status == "resolved" else ZERO_TIME,
-            "generatorURL": f"{base}/edgemon/api/v1/alerts/history?rule={tr.rule}&host={tr.host}",
+            "generatorURL": alert_link(external_url, tr.rule, tr.host),
             "fingerprint": tr.fingerprint, "idempotencyKey": idempotency_key}
 
 
@@ -195,7 +202,7 @@ class DeliveryWorker:
         settings = self.engine.settings
         rule = rows[0]["rule"]
         alerts = [json.loads(r["body"]) for r in rows]
-        payload = webhook_payload(receiver.name, rule, alerts, settings.external_url)
+        payload = webhook_payload(receiver.name, rule, alerts, self.engine.external_url)
         ids = [int(r["id"]) for r in rows]
         keys = [r["idempotency_key"] for r in rows]
         message_key = hashlib.sha256(f"{receiver.name}|{'|'.join(keys)}".encode()).hexdigest()[:32]

@@ -1,0 +1,1 @@
+"""Forwarding stored samples to Prometheus remote-write receivers (see README.md)."""
