@@ -35,7 +35,7 @@ from edgemon.collector.alerting.evaluate import (
     replay_holes,
     resolve_all,
 )
-from edgemon.collector.alerting.notify import MQTT_RECEIVER, mqtt_message, webhook_alert
+from edgemon.collector.alerting.notify import MQTT_RECEIVER, mqtt_message, receiver_alert
 from edgemon.collector.alerting.rules import (
     AnomalyRule,
     DiskFullEtaRule,
@@ -522,9 +522,8 @@ class AlertEngine:
         if notify:
             receivers = (self.ruleset.receivers_for(rule) if rule is not None
                          else list(self.ruleset.receivers.values()))
-            body = json.dumps(webhook_alert(tr, key, self.external_url))
-            bodies += [(r.name, body) for r in receivers
-                       if tr.status != "resolved" or r.send_resolved]
+            bodies += [(r.name, json.dumps(receiver_alert(r, tr, key, self.external_url)))
+                       for r in receivers if tr.status != "resolved" or r.send_resolved]
         if (self.publish is not None and self.settings.mqtt
                 and tr.status in ("firing", "resolved")):
             bodies.append((MQTT_RECEIVER, json.dumps(mqtt_message(tr, key))))
