@@ -246,6 +246,14 @@ class OutboundHttpConfig(_Section):
         return self.name or self.url.split("://", 1)[1].split("/", 1)[0]
 
 
+def _distinct_names(what: str, endpoints: tuple[OutboundHttpConfig, ...]) -> None:
+    """Endpoints are told apart in logs and /metrics by name: no two may share one."""
+    names = [e.display_name for e in endpoints]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what}: {', '.join(dup)} given twice (set distinct names)")
+
+
 class AlertmanagerConfig(OutboundHttpConfig):
     """One Alertmanager (``[[alerting.alertmanagers]]``): every alert goes to every one."""
 
@@ -276,10 +284,7 @@ class AlertingConfig(_Section):
 
     @model_validator(mode="after")
     def _unique_names(self) -> AlertingConfig:
-        names = [a.display_name for a in self.alertmanagers]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"alertmanagers: {', '.join(dup)} given twice (set distinct names)")
+        _distinct_names("alertmanagers", self.alertmanagers)
         return self
 
 
@@ -316,10 +321,7 @@ class CollectorConfig(_Section):
 
     @model_validator(mode="after")
     def _unique_forward_names(self) -> CollectorConfig:
-        names = [f.display_name for f in self.forward]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"forward: {', '.join(dup)} given twice (set distinct names)")
+        _distinct_names("forward", self.forward)
         return self
 
     def external_url(self) -> str:

@@ -33,9 +33,13 @@ class Tsdb(Process):
     write_path = ""
     ready_path = ""
 
-    def __init__(self, name: str, argv: list[str], workdir: Path, port: int) -> None:
-        self.port = port
-        super().__init__(name, argv, workdir / f"{name}.log", {})
+    def __init__(self, name: str, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        super().__init__(name, self.argv(workdir), workdir / f"{name}.log", {})
+
+    def argv(self, workdir: Path) -> list[str]:
+        raise NotImplementedError
 
     @property
     def base(self) -> str:
@@ -67,12 +71,12 @@ class VictoriaMetrics(Tsdb):
 
     def __init__(self, workdir: Path) -> None:
         assert VICTORIA, "victoria-metrics is not installed (packaging/dev-env.sh)"
-        workdir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        super().__init__("victoria-metrics", [
-            VICTORIA, f"-storageDataPath={workdir / 'data'}",
-            f"-httpListenAddr=127.0.0.1:{port}", "-retentionPeriod=100y",
-            "-search.latencyOffset=0s", "-loggerLevel=WARN"], workdir, port)
+        super().__init__("victoria-metrics", workdir)
+
+    def argv(self, workdir: Path) -> list[str]:
+        return [str(VICTORIA), f"-storageDataPath={workdir / 'data'}",
+                f"-httpListenAddr=127.0.0.1:{self.port}", "-retentionPeriod=100y",
+                "-search.latencyOffset=0s", "-loggerLevel=WARN"]
 
     def export(self, match: str) -> dict[tuple[tuple[str, str], ...], list[tuple[int, float]]]:
         """Every raw sample of the matching series (``/api/v1/export``), after a flush."""
@@ -94,14 +98,15 @@ class Prometheus(Tsdb):
 
     def __init__(self, workdir: Path) -> None:
         assert PROMETHEUS, "prometheus is not installed (packaging/dev-env.sh)"
-        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__("prometheus", workdir)
+
+    def argv(self, workdir: Path) -> list[str]:
         config = workdir / "prometheus.yml"
         config.write_text("global:\n  scrape_interval: 1h\n")
-        port = free_port()
-        super().__init__("prometheus", [
-            PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--web.enable-remote-write-receiver",
-            "--log.level=warn"], workdir, port)
+        return [str(PROMETHEUS), f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-remote-write-receiver", "--log.level=warn"]
 
     def samples(self, selector: str, start_ms: int, end_ms: int,
                 ) -> dict[tuple[tuple[str, str], ...], list[tuple[int, float]]]:
