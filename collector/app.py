@@ -230,8 +230,14 @@ class CollectorService:
         cfg = self.config.alerting
         assert self.storage is not None and self.mqtt is not None
         state = cfg.state_path or Path(self.config.storage.path).parent / "alerts.db"
+        if not cfg.external_url and (cfg.alertmanagers or _is_loopback(self.config.http.host)):
+            log.warning("alerting.external_url is not set: links in notifications use %s; set "
+                        "it to the address people reach the API at", self.config.external_url())
         return AlertingService(self.storage, state, rules_path=cfg.rules_path,
-                               publish=self.mqtt.publish_alert, executor=self._readers)
+                               publish=self.mqtt.publish_alert, executor=self._readers,
+                               external_url=self.config.external_url(),
+                               alertmanagers=cfg.alertmanagers,
+                               resend_delay_ms=int(cfg.resend_delay_seconds * 1000))
 
     async def _watchdog_loop(self, interval: float) -> None:
         """WATCHDOG=1 twice per interval, only while the ingest worker keeps turning (it turns at
@@ -270,9 +276,11 @@ class CollectorService:
 
     def metrics_text(self) -> str:
         assert self.pipeline is not None
-        return render_metrics(stats=self.pipeline.stats, rejects=self.rejects, inbox=self.inbox,
+        text = render_metrics(stats=self.pipeline.stats, rejects=self.rejects, inbox=self.inbox,
                               mqtt=self.mqtt, storage_open=self.storage_open,
                               maintenance=self.maintenance)
+        extra = self.alerting.metrics_lines() if self.alerting else []
+        return text + "".join(f"{line}\n" for line in extra)
 
     @property
     def worker(self) -> asyncio.Task[None] | None:

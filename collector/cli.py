@@ -61,6 +61,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     doc = config.model_dump(mode="json")
     if doc["mqtt"].get("password"):
         doc["mqtt"]["password"] = "********"
+    for endpoint in [*doc["alerting"]["alertmanagers"], *doc["forward"]]:
+        for secret in ("password", "bearer_token"):
+            if endpoint.get(secret):
+                endpoint[secret] = "********"
+    if not doc["alerting"]["external_url"]:
+        doc["alerting"]["external_url"] = config.external_url()
+        doc["alerting"]["external_url_derived"] = True  # from [http]: set it behind a proxy
     print(f"{args.config or '<defaults>'}: ok")
     print(json.dumps(doc, indent=2))
     return 0

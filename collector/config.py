@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,12 +31,16 @@ from edgemon.protocol.presence import collector_state_topic
 
 __all__ = [
     "ENV_PREFIX",
+    "AlertingConfig",
+    "AlertmanagerConfig",
     "CollectorConfig",
     "ConfigError",
+    "ForwardConfig",
     "HttpConfig",
     "IngestConfig",
     "LogConfig",
     "MqttConfig",
+    "OutboundHttpConfig",
     "StorageConfig",
     "load_config",
 ]
@@ -219,12 +224,137 @@ class LogConfig(_Section):
         return value.lower() if isinstance(value, str) else value
 
 
+def _readable_file(value: Path | None, what: str = "") -> Path | None:
+    if value is None:
+        return None
+    value = value.expanduser()
+    if not value.is_file() or not os.access(value, os.R_OK):
+        raise ValueError("not a readable file")
+    if what:
+        check_private_file(value, what, owner="the collector")
+    return value
+
+
+class OutboundHttpConfig(_Section):
+    """An HTTP endpoint the collector sends to (an Alertmanager, a remote-write receiver):
+    its URL, timeout, TLS and credentials (basic or bearer, inline or from a file)."""
+
+    url: str = Field(max_length=2048)
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    timeout_seconds: float = Field(10.0, gt=0, le=600)
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    bearer_token: SecretStr | None = None
+    bearer_token_file: Path | None = None
+    # TLS: the server's certificate is verified against ca_file (default: the system's CAs);
+    # cert_file + key_file: a client certificate.
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("must be an http:// or https:// URL without query or fragment")
+        return value
+
+    @field_validator("ca_file", "cert_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        return _readable_file(value)
+
+    @field_validator("key_file", "password_file", "bearer_token_file")
+    @classmethod
+    def _private(cls, value: Path | None, info: Any) -> Path | None:
+        return _readable_file(value, info.field_name.replace("_", " "))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OutboundHttpConfig:
+        basic = self.username is not None
+        if (self.password is not None or self.password_file is not None) and not basic:
+            raise ValueError("password set without username")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        bearer = self.bearer_token is not None or self.bearer_token_file is not None
+        if self.bearer_token is not None and self.bearer_token_file is not None:
+            raise ValueError("set bearer_token or bearer_token_file, not both")
+        if basic and bearer:
+            raise ValueError("basic auth (username) and a bearer token: choose one")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        """``name``, or the URL's host:port."""
+        return self.name or self.url.split("://", 1)[1].split("/", 1)[0]
+
+
+def _distinct_names(what: str, endpoints: tuple[OutboundHttpConfig, ...]) -> None:
+    """Endpoints are told apart in logs and /metrics by name: no two may share one."""
+    names = [e.display_name for e in endpoints]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what}: {', '.join(dup)} given twice (set distinct names)")
+
+
+class AlertmanagerConfig(OutboundHttpConfig):
+    """One Alertmanager (``[[alerting.alertmanagers]]``): every alert goes to every one."""
+
+    url: str = Field(max_length=2048)  # base URL; alerts are POSTed to <url>/api/v2/alerts
+
+
 class AlertingConfig(_Section):
     enabled: bool = True
     # None: the shipped default rules (collector/alerting/rules.example.toml)
     rules_path: Path | None = None
     # None: alerts.db beside the storage database
     state_path: Path | None = None
+    # Base of the links in notifications (generatorURL, Slack/Teams/e-mail "link"). Empty:
+    # derived from [http] (shown by check-config); set it when the API is reached through a
+    # proxy or another name. A rules file's [settings] external_url takes precedence.
+    external_url: str = Field("", max_length=1024)
+    # Alertmanagers: firing alerts are sent again every resend_delay_seconds with endsAt =
+    # now + 4 * max(evaluation interval, resend delay), as Prometheus does.
+    resend_delay_seconds: float = Field(60.0, ge=1, le=3600)
+    alertmanagers: tuple[AlertmanagerConfig, ...] = ()
+
+    @field_validator("external_url")
+    @classmethod
+    def _external_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AlertingConfig:
+        _distinct_names("alertmanagers", self.alertmanagers)
+        return self
+
+
+class ForwardConfig(OutboundHttpConfig):
+    """One remote-write receiver (``[[forward]]``): every stored sample is sent to it."""
+
+    # Samples per request (Prometheus sends at most 2000 per shard request by default).
+    max_samples_per_request: int = Field(2000, ge=1, le=100_000)
+    # Back-off after a failure (5xx, 429, refused connection): doubles from ... to ...
+    retry_initial_seconds: float = Field(0.5, gt=0, le=60)
+    retry_max_seconds: float = Field(30.0, gt=0, le=3600)
+    # Extra labels added to every series (e.g. a cluster name); never override a sample's own.
+    external_labels: dict[str, str] = {}
+    # Where to start on the first run: "all" (every stored sample) or "now" (only new ones).
+    start: Literal["all", "now"] = "all"
+
+    @field_validator("external_labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", key) or key.startswith("__"):
+                raise ValueError(f"{key!r} is not a label name")
+        return value
 
 
 class CollectorConfig(_Section):
@@ -234,12 +364,44 @@ class CollectorConfig(_Section):
     ingest: IngestConfig = IngestConfig()
     alerting: AlertingConfig = AlertingConfig()
     log: LogConfig = LogConfig()
+    forward: tuple[ForwardConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_forward_names(self) -> CollectorConfig:
+        _distinct_names("forward", self.forward)
+        return self
+
+    def external_url(self) -> str:
+        """``alerting.external_url``, or the HTTP API's own address (0.0.0.0 and :: become
+        this machine's name)."""
+        if self.alerting.external_url:
+            return self.alerting.external_url
+        http = self.http
+        host = http.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.getfqdn()
+        elif ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        scheme = "https" if http.tls_cert_file else "http"
+        return f"{scheme}://{host}:{http.port}"
 
 
+ARRAYS: dict[str, type[_Section]] = {"forward": ForwardConfig}  # [[name]] tables
 SECTIONS: dict[str, type[_Section]] = {
     name: info.annotation  # type: ignore[misc]
-    for name, info in CollectorConfig.model_fields.items()
+    for name, info in CollectorConfig.model_fields.items() if name not in ARRAYS
 }
+
+
+def _line_of(lines: TomlLines, loc: list[str]) -> int | None:
+    """The line of a pydantic ``loc`` (``[[forward]]`` and ``[[alerting.alertmanagers]]``
+    entries are found by their index)."""
+    if len(loc) > 1 and loc[0] in ARRAYS and loc[1].isdigit():
+        return lines.find(loc[0], loc[2:], index=int(loc[1]))
+    if len(loc) > 2 and loc[2].isdigit():
+        return (lines.find(f"{loc[0]}.{loc[1]}", loc[3:], index=int(loc[2]))
+                or lines.find(loc[0], [loc[1]]))
+    return lines.find(loc[0] if loc else "", loc[1:2])
 
 
 def load_config(path: str | Path | None = None,
@@ -252,10 +414,15 @@ def load_config(path: str | Path | None = None,
 
     problems: list[str] = []
     for section, body in data.items():
-        if section not in SECTIONS:
+        if section in ARRAYS:
+            if not isinstance(body, list):
+                problems.append(f"{where}{at_line(lines.find(section))}: {section}: must be an "
+                                f"array of tables ([[{section}]])")
+        elif section not in SECTIONS:
             line = lines.find(section) or lines.find("", [section])
             problems.append(f"{where}{at_line(line)}: [{section}]: unknown section; expected one "
-                            "of " + ", ".join(f"[{s}]" for s in SECTIONS))
+                            "of " + ", ".join([*(f"[{s}]" for s in SECTIONS),
+                                               *(f"[[{s}]]" for s in ARRAYS)]))
         elif not isinstance(body, dict):
             problems.append(f"{where}{at_line(lines.find('', [section]))}: {section}: "
                             "must be a table ([" + section + "])")
@@ -265,9 +432,12 @@ def load_config(path: str | Path | None = None,
     if problems:
         raise ConfigError(problems)
 
-    merged: dict[str, dict[str, Any]] = {s: dict(data.get(s, {})) for s in SECTIONS}
+    merged: dict[str, Any] = {s: dict(data.get(s, {})) for s in SECTIONS}
     for (section, key), setting in env.items():
         merged[section][key] = setting.value
+    for name in ARRAYS:
+        if name in data:
+            merged[name] = data[name]
     try:
         return CollectorConfig.model_validate(merged)
     except ValidationError as exc:
@@ -284,6 +454,6 @@ def load_config(path: str | Path | None = None,
             if key is not None and (section, key) in env:
                 source = f"{env[(section, key)].variable} (environment)"
             else:
-                source = f"{where}{at_line(lines.find(section, [key]))}"
+                source = f"{where}{at_line(_line_of(lines, loc))}"
             problems.append(f"{source}: {dotted}: {message}")
         raise ConfigError(problems) from None

@@ -19,6 +19,9 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # the dashboard's browser tests drive a headless Chromium through chromium-driver (Selenium)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# the alerting and forwarding tests run a real Alertmanager, Prometheus and VictoriaMetrics
+command -v prometheus-alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
+command -v victoria-metrics >/dev/null 2>&1 || need_apt+=(victoria-metrics)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt-get)" >&2
   as_root apt-get update -qq

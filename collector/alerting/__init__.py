@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from edgemon.collector.alerting.alertmanager import AlertmanagerNotifier
 from edgemon.collector.alerting.engine import AlertEngine, CycleReport
 from edgemon.collector.alerting.evaluate import (
     SeriesData,
@@ -49,6 +50,7 @@ from edgemon.collector.alerting.rules import (
 )
 from edgemon.collector.alerting.state import SeriesTable
 from edgemon.collector.alerting.transitions import Transition
+from edgemon.collector.config import AlertmanagerConfig
 from edgemon.collector.http.alerts_api import (
     OPENAPI_PATHS,
     OPENAPI_SCHEMAS,
@@ -66,6 +68,7 @@ __all__ = [
     "OPENAPI_SCHEMAS",
     "AlertEngine",
     "AlertingService",
+    "AlertmanagerNotifier",
     "CycleReport",
     "DeliveryWorker",
     "RuleSet",
@@ -103,10 +106,16 @@ class AlertingService:
                  publish: Callable[[str, bytes], Any] | None = None,
                  executor: Executor | None = None,
                  clock_ms: Callable[[], int] = now_ms,
-                 session: aiohttp.ClientSession | None = None) -> None:
+                 session: aiohttp.ClientSession | None = None,
+                 external_url: str = "",
+                 alertmanagers: Sequence[AlertmanagerConfig] = (),
+                 resend_delay_ms: int = 60_000) -> None:
         self.engine = AlertEngine(storage, db_path, rules=rules, rules_path=rules_path,
-                                  clock_ms=clock_ms, publish=publish)
+                                  clock_ms=clock_ms, publish=publish, external_url=external_url)
         self.worker = DeliveryWorker(self.engine, session=session)
+        self.alertmanagers = (AlertmanagerNotifier(self.engine, alertmanagers,
+                                                   resend_delay_ms=resend_delay_ms,
+                                                   session=session) if alertmanagers else None)
         self.executor = executor
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -114,8 +123,14 @@ class AlertingService:
     def routes(self) -> list[web.RouteDef]:
         return routes(self.engine)
 
+    def metrics_lines(self) -> list[str]:
+        """Prometheus text lines of the Alertmanager senders (none without them)."""
+        return self.alertmanagers.metrics_lines() if self.alertmanagers else []
+
     async def start(self) -> None:
         await self.worker.start()
+        if self.alertmanagers is not None:
+            await self.alertmanagers.start()
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self.engine.run(self._stop, self.executor),
                                          name="edgemon-alert-evaluation")
@@ -128,4 +143,6 @@ class AlertingService:
                 await self._task
             self._task = None
         await self.worker.stop()
+        if self.alertmanagers is not None:
+            await self.alertmanagers.stop()
         await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.close)

@@ -35,7 +35,7 @@ from edgemon.collector.alerting.evaluate import (
     replay_holes,
     resolve_all,
 )
-from edgemon.collector.alerting.notify import MQTT_RECEIVER, mqtt_message, webhook_alert
+from edgemon.collector.alerting.notify import MQTT_RECEIVER, mqtt_message, receiver_alert
 from edgemon.collector.alerting.rules import (
     AnomalyRule,
     DiskFullEtaRule,
@@ -125,8 +125,10 @@ class AlertEngine:
     def __init__(self, storage: Storage, db_path: str | Path, *, rules: RuleSet | None = None,
                  rules_path: str | Path | None = None,
                  clock_ms: Callable[[], int] = now_ms,
-                 publish: Callable[[str, bytes], Any] | None = None) -> None:
+                 publish: Callable[[str, bytes], Any] | None = None,
+                 external_url: str = "") -> None:
         self.storage = storage
+        self.default_external_url = external_url  # when the rules' settings give none
         self.clock_ms = clock_ms
         self.publish = publish
         self.rules_path = rules_path
@@ -156,6 +158,11 @@ class AlertEngine:
     @property
     def settings(self) -> Any:
         return self.ruleset.settings
+
+    @property
+    def external_url(self) -> str:
+        """The base of notification links: the rules' ``external_url``, else the collector's."""
+        return str(self.settings.external_url or self.default_external_url)
 
     def reload_rules(self) -> RuleSet:
         """Re-read the rules file; on error raise ``RulesError`` and keep the current rules.
@@ -306,7 +313,7 @@ class AlertEngine:
             except Exception:
                 log.exception("pruning alert history failed")
         report.duration_ms = (time.perf_counter() - began) * 1000
-        if new_rows:
+        if new_rows or report.transitions:  # Alertmanagers want every change, queued or not
             for callback in self._listeners:
                 try:
                     callback()
@@ -515,9 +522,8 @@ class AlertEngine:
         if notify:
             receivers = (self.ruleset.receivers_for(rule) if rule is not None
                          else list(self.ruleset.receivers.values()))
-            body = json.dumps(webhook_alert(tr, key, self.settings.external_url))
-            bodies += [(r.name, body) for r in receivers
-                       if tr.status != "resolved" or r.send_resolved]
+            bodies += [(r.name, json.dumps(receiver_alert(r, tr, key, self.external_url)))
+                       for r in receivers if tr.status != "resolved" or r.send_resolved]
         if (self.publish is not None and self.settings.mqtt
                 and tr.status in ("firing", "resolved")):
             bodies.append((MQTT_RECEIVER, json.dumps(mqtt_message(tr, key))))

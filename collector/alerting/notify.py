@@ -20,18 +20,23 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
+import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from edgemon.collector.alerting.mail import send_email
+from edgemon.collector.alerting.messages import email_message, slack_payload, teams_payload
 from edgemon.common.clock import rfc3339_ms
 
 if TYPE_CHECKING:  # the engine imports this module: it queues what these functions build
     from edgemon.collector.alerting.engine import AlertEngine
     from edgemon.collector.alerting.transitions import Transition
 
-__all__ = ["MQTT_RECEIVER", "MQTT_TOPIC_PREFIX", "DeliveryWorker", "alert_topic", "mqtt_message",
+__all__ = ["MQTT_RECEIVER", "MQTT_TOPIC_PREFIX", "DeliveryWorker", "alert_link", "alert_topic",
+           "mqtt_message", "receiver_alert",
            "webhook_alert", "webhook_payload"]
 
 log = logging.getLogger("edgemon.collector.alerting.notify")
@@ -48,15 +53,31 @@ def alert_topic(rule: str, host: str) -> str:
     return f"{MQTT_TOPIC_PREFIX}/{rule}/{host}"
 
 
+def alert_link(external_url: str, rule: str, host: str) -> str:
+    """The alert's ``generatorURL``: its history in the collector's API."""
+    query = urllib.parse.urlencode({"rule": rule, "host": host})
+    return f"{external_url.rstrip('/')}/edgemon/api/v1/alerts/history?{query}"
+
+
 def webhook_alert(tr: Transition, idempotency_key: str, external_url: str) -> dict[str, Any]:
     """One entry of a webhook's ``alerts[]`` (Alertmanager format, plus idempotencyKey)."""
-    base = external_url.rstrip("/")
     return {"status": "resolved" if tr.status == "resolved" else "firing",
             "labels": tr.alert_labels, "annotations": tr.annotations,
             "startsAt": rfc3339_ms(tr.starts_at) or rfc3339_ms(tr.at_ms),
             "endsAt": rfc3339_ms(tr.ends_at) if tr.status == "resolved" else ZERO_TIME,
-            "generatorURL": f"{base}/edgemon/api/v1/alerts/history?rule={tr.rule}&host={tr.host}",
+            "generatorURL": alert_link(external_url, tr.rule, tr.host),
             "fingerprint": tr.fingerprint, "idempotencyKey": idempotency_key}
+
+
+def receiver_alert(receiver: Any, tr: Transition, idempotency_key: str,
+                   external_url: str) -> dict[str, Any]:
+    """What the outbox keeps for ``receiver``: the webhook alert, plus (for the Slack, Teams
+    and e-mail messages) the rule, host and value."""
+    alert = webhook_alert(tr, idempotency_key, external_url)
+    if receiver.type != "webhook":
+        finite = tr.value is not None and math.isfinite(tr.value)
+        alert.update(rule=tr.rule, host=tr.host, value=tr.value if finite else None)
+    return alert
 
 
 def mqtt_message(tr: Transition, idempotency_key: str) -> dict[str, Any]:
@@ -191,28 +212,21 @@ class DeliveryWorker:
                 return None
 
     async def _post(self, receiver: Any, rows: list[Any]) -> bool:
-        assert self._session is not None
+        """Deliver one message to ``receiver``; False when it is to be retried later."""
         settings = self.engine.settings
         rule = rows[0]["rule"]
         alerts = [json.loads(r["body"]) for r in rows]
-        payload = webhook_payload(receiver.name, rule, alerts, settings.external_url)
+        payload = webhook_payload(receiver.name, rule, alerts, self.engine.external_url)
         ids = [int(r["id"]) for r in rows]
         keys = [r["idempotency_key"] for r in rows]
         message_key = hashlib.sha256(f"{receiver.name}|{'|'.join(keys)}".encode()).hexdigest()[:32]
-        headers = {"Content-Type": "application/json", "Idempotency-Key": message_key,
-                   "User-Agent": "edgemon-collector-alerting", **receiver.headers}
-        body = json.dumps(payload).encode()
-        timeout = aiohttp.ClientTimeout(total=receiver.timeout / 1000)
-        status: int | None = None
-        error = ""
-        try:
-            async with self._session.post(receiver.url, data=body, headers=headers,
-                                          timeout=timeout) as resp:
-                status = resp.status
-                if not 200 <= status < 300:
-                    error = f"HTTP {status}: {(await resp.text())[:200]}"
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+        if receiver.type == "email":
+            status, error = await asyncio.to_thread(
+                send_email, receiver, email_message(receiver, rule, alerts, message_key))
+        else:
+            body = {"webhook": payload, "slack": slack_payload(receiver, rule, alerts),
+                    "teams": teams_payload(receiver, rule, alerts)}[receiver.type]
+            status, error = await self._http_post(receiver, body, message_key)
         now = self.engine.clock_ms()
         if status is not None and 200 <= status < 300:
             if self.after_post is not None:
@@ -233,6 +247,22 @@ class DeliveryWorker:
         log.warning("receiver %s failed (%s); retry in %.1f s", receiver.name, error,
                     (retry_at - now) / 1000)
         return False
+
+    async def _http_post(self, receiver: Any, payload: dict[str, Any],
+                         message_key: str) -> tuple[int | None, str]:
+        """POST the JSON; (HTTP status or None when there was no answer, error text)."""
+        assert self._session is not None
+        headers = {"Content-Type": "application/json", "Idempotency-Key": message_key,
+                   "User-Agent": "edgemon-collector-alerting", **receiver.headers}
+        timeout = aiohttp.ClientTimeout(total=receiver.timeout / 1000)
+        try:
+            async with self._session.post(receiver.url, data=json.dumps(payload).encode(),
+                                          headers=headers, timeout=timeout) as resp:
+                if 200 <= resp.status < 300:
+                    return resp.status, ""
+                return resp.status, f"HTTP {resp.status}: {(await resp.text())[:200]}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
 
     async def _publish(self, rows: list[Any]) -> bool:
         publish = self.engine.publish

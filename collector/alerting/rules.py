@@ -31,7 +31,13 @@ from pydantic import (
     model_validator,
 )
 
-from edgemon.collector.alerting.templates import check_template
+from edgemon.collector.alerting.templates import (
+    DEFAULT_TEXT,
+    DEFAULT_TITLE,
+    MESSAGE_FIELDS,
+    TITLE_FIELDS,
+    check_template,
+)
 from edgemon.collector.http.timeparse import parse_duration_ms
 from edgemon.common.toml_config import ConfigError, TomlLines, at_line, parse_toml, read_text
 
@@ -59,6 +65,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # one MQTT topic level, lik
 _LABEL = r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$"
 _METRIC = r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$"
 _HOST_GLOB = r"^[A-Za-z0-9._*?\[\]!-]{1,128}$"
+_EMAIL = r"^[^@\s<>]{1,64}@[^@\s<>]{1,255}$"
 
 
 def _positive(value: int) -> int:
@@ -108,21 +115,62 @@ class Settings(_Model):
     record_pending: bool = False  # also keep pending / pending-cancelled transitions in history
 
 
+def _message_template(fields: tuple[str, ...]) -> Any:
+    def check(value: str) -> str:
+        check_template(value, fields)
+        return value
+    return AfterValidator(check)
+
+
 class Receiver(_Model):
-    """A webhook endpoint (``[[receiver]]``); gets Alertmanager-compatible JSON (version 4)."""
+    """A receiver (``[[receiver]]``): ``type`` "webhook" (Alertmanager-compatible JSON,
+    version 4), "slack" or "teams" (an incoming webhook ``url``), "email" (SMTP)."""
 
     name: RuleName
-    url: Annotated[str, Field(max_length=2048)]
+    type: Literal["webhook", "slack", "teams", "email"] = "webhook"
+    url: Annotated[str, Field(max_length=2048)] = ""
     timeout: PositiveDuration = 10_000
     send_resolved: bool = True
     headers: dict[str, Annotated[str, Field(max_length=4096)]] = {}
+    # slack, teams, email: a message per group of alerts, ``title`` once (also the e-mail's
+    # subject), ``text`` per alert (see templates.MESSAGE_FIELDS)
+    title: Annotated[str, _message_template(TITLE_FIELDS)] = DEFAULT_TITLE
+    text: Annotated[str, _message_template(MESSAGE_FIELDS)] = DEFAULT_TEXT
+    # email
+    to: list[Annotated[str, Field(pattern=_EMAIL)]] = []
+    from_: Annotated[str, Field(alias="from", pattern=_EMAIL)] = "edgemon@localhost"
+    smtp_host: str = "localhost"
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 587
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_ca_file: Path | None = None  # verify the server against it (default: system CAs)
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        if value and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
             raise ValueError("must be an http:// or https:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if self.type == "email":
+            if not self.to:
+                raise ValueError("an email receiver needs 'to' (a list of addresses)")
+            if self.password is not None and self.password_file is not None:
+                raise ValueError("set password or password_file, not both")
+            if (self.password is not None or self.password_file) and not self.username:
+                raise ValueError("a password needs a username")
+        elif not self.url:
+            raise ValueError(f"a {self.type} receiver needs 'url'")
+        return self
+
+    def smtp_password(self) -> str | None:
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return self.password
 
 
 class _RuleBase(_Model):

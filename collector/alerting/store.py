@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_at ON history (at_ms);
 CREATE INDEX IF NOT EXISTS history_rule_host ON history (rule, host, at_ms);
+CREATE INDEX IF NOT EXISTS history_created ON history (created_ms);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
     history_id INTEGER NOT NULL,
@@ -389,6 +390,13 @@ class AlertStore:
         return [HistoryRecord.from_row(r) for r in self.query(
             f"SELECT * FROM history{where} ORDER BY at_ms DESC, id DESC LIMIT ?",
             [*params, limit])]
+
+    def resolutions_since(self, created_ms: int) -> list[HistoryRecord]:
+        """Firing -> resolved transitions recorded at or after ``created_ms`` (wall clock),
+        oldest first (Alertmanagers are sent them again for a while)."""
+        return [HistoryRecord.from_row(r) for r in self.query(
+            "SELECT * FROM history WHERE status='resolved' AND from_status='firing' "
+            "AND created_ms>=? ORDER BY id", (created_ms,))]
 
     # --- silences ---------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["FIELDS", "check_template", "render"]
+__all__ = ["DEFAULT_TEXT", "DEFAULT_TITLE", "FIELDS", "MESSAGE_FIELDS", "TITLE_FIELDS",
+           "check_template", "render", "render_fields"]
 
 FIELDS = ("host", "value", "rule", "severity", "metric", "threshold", "labels")
 _NUMERIC = ("value", "threshold")
@@ -28,8 +29,21 @@ class _Labels(dict[str, str]):
         return ""
 
 
-def check_template(template: str) -> None:
-    """Raise ``ValueError`` (with a readable message) if ``template`` is not acceptable."""
+# Receiver messages (Slack, Teams, e-mail): ``title`` once per message, ``text`` per alert.
+TITLE_FIELDS = ("status", "rule", "count", "severity")
+MESSAGE_FIELDS = ("status", "rule", "host", "severity", "value", "since", "link", "summary",
+                  "labels")
+DEFAULT_TITLE = "[{status}] {rule} ({count})"
+DEFAULT_TEXT = "{host}: {summary} - value {value}, since {since} - {link}"
+_SAMPLE = {"host": "host-1", "value": 12.5, "rule": "rule", "severity": "warning",
+           "metric": "metric", "threshold": 80.0, "labels": None, "status": "FIRING",
+           "count": 2, "since": "2027-01-15 07:58:00 UTC", "link": "https://x/y",
+           "summary": "summary"}
+
+
+def check_template(template: str, fields: tuple[str, ...] = FIELDS) -> None:
+    """Raise ``ValueError`` (with a readable message) if ``template`` is not acceptable
+    (``fields``: the names it may use; annotation templates by default)."""
     if len(template) > 4096:
         raise ValueError("template longer than 4096 characters")
     try:
@@ -41,10 +55,10 @@ def check_template(template: str) -> None:
             continue
         if field == "" or field.isdigit():
             raise ValueError("positional fields ({} or {0}) are not allowed: use a name, "
-                             f"one of {', '.join(FIELDS)}")
+                             f"one of {', '.join(fields)}")
         first, rest = _string.formatter_field_name_split(field)
-        if first not in FIELDS:
-            raise ValueError(f"unknown field {{{field}}}: use {', '.join(FIELDS)} "
+        if first not in fields:
+            raise ValueError(f"unknown field {{{field}}}: use {', '.join(fields)} "
                              "(labels as {labels[key]})")
         parts = list(rest)
         if first == "labels":
@@ -58,8 +72,7 @@ def check_template(template: str) -> None:
             raise ValueError(f"{{{field}}}: nested fields in a format spec are not allowed")
     # A format spec that does not fit the field's type (``{host:.1f}``, ``{value:zz}``) only
     # shows when formatting: try it with values of the right types.
-    sample = {"host": "host-1", "value": 12.5, "rule": "rule", "severity": "warning",
-              "metric": "metric", "threshold": 80.0, "labels": _Labels(mount="/")}
+    sample = {**_SAMPLE, "labels": _Labels(mount="/")}
     try:
         template.format_map(sample)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
@@ -89,6 +102,12 @@ def render(template: str, *, host: str, value: float | None, rule: str, severity
                "severity": severity, "metric": metric,
                "threshold": "" if threshold is None else threshold,
                "labels": _Labels(labels)}
+    return render_fields(template, context)
+
+
+def render_fields(template: str, context: dict[str, Any]) -> str:
+    """Fill an accepted template from ``context`` (``labels``: a mapping); never raises."""
+    context = {**context, "labels": _Labels(context.get("labels") or {})}
     try:
         return _FORMATTER.vformat(template, (), context)
     except Exception:  # a template that slipped past check_template: show it raw

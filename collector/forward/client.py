@@ -1,0 +1,68 @@
+"""One remote-write receiver (``[[forward]]``): POST an encoded ``WriteRequest``, classify the
+answer as the remote-write spec asks: 2xx confirmed; 5xx, 429 and no answer retried (with
+back-off, the same data again); any other 4xx will never succeed (counted by status, skipped,
+with the receiver's reason logged)."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from edgemon.collector.config import ForwardConfig
+from edgemon.collector.forward.remote_write import HEADERS
+from edgemon.collector.outbound import authorization, client_ssl_context
+
+__all__ = ["Outcome", "RemoteWriteClient"]
+
+log = logging.getLogger("edgemon.collector.forward")
+
+
+class Outcome(enum.Enum):
+    CONFIRMED = "confirmed"
+    RETRY = "retry"
+    REJECTED = "rejected"  # 4xx but 408/429: the data is skipped
+
+
+@dataclass
+class RemoteWriteClient:
+    config: ForwardConfig
+    session: aiohttp.ClientSession
+    failures: dict[str, int] = field(default_factory=dict)  # by HTTP status or "network"
+    last_error: str = ""
+
+    def __post_init__(self) -> None:
+        self._ssl = client_ssl_context(self.config) or True
+
+    @property
+    def name(self) -> str:
+        return self.config.display_name
+
+    async def post(self, body: bytes) -> Outcome:
+        headers = dict(HEADERS)
+        auth = authorization(self.config)
+        if auth:
+            headers["Authorization"] = auth
+        try:
+            async with self.session.post(
+                    self.config.url, data=body, headers=headers, ssl=self._ssl,
+                    timeout=aiohttp.ClientTimeout(total=self.config.timeout_seconds)) as resp:
+                status = resp.status
+                text = "" if 200 <= status < 300 else (await resp.text())[:500]
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._count("network", f"{type(exc).__name__}: {exc}")
+            return Outcome.RETRY
+        if 200 <= status < 300:
+            return Outcome.CONFIRMED
+        self._count(str(status), f"HTTP {status}: {text.strip()}")
+        if status >= 500 or status in (408, 429):
+            return Outcome.RETRY
+        log.error("forward %s rejected a request for good, skipped: %s", self.name,
+                  self.last_error)
+        return Outcome.REJECTED
+
+    def _count(self, reason: str, error: str) -> None:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+        self.last_error = error

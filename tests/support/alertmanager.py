@@ -1,0 +1,67 @@
+"""A real Alertmanager (Debian's prometheus-alertmanager) on a free loopback port in a temp dir."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .broker import free_port
+from .processes import Process
+from .waiting import wait_until
+
+BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+AMTOOL = shutil.which("amtool")
+
+
+class Alertmanager(Process):
+    """``resolve_timeout`` applies to alerts sent without ``endsAt`` (ours always have one)."""
+
+    def __init__(self, workdir: Path, *, resolve_timeout: str = "2s",
+                 port: int | None = None) -> None:
+        assert BINARY, "prometheus-alertmanager is not installed (packaging/dev-env.sh)"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        config = workdir / "alertmanager.yml"
+        config.write_text(f"global:\n  resolve_timeout: {resolve_timeout}\n"
+                          "route:\n  receiver: blackhole\n  group_wait: 0s\n"
+                          "receivers:\n  - name: blackhole\n")
+        super().__init__("alertmanager", [
+            BINARY, f"--config.file={config}", f"--storage.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=",
+            "--log.level=warn"], workdir / "alertmanager.log", {})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> Alertmanager:  # type: ignore[override]
+        super().start()
+        wait_until(self.ready, timeout, "alertmanager ready")
+        return self
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            assert self.running(), f"alertmanager exited:\n{self.output()[-2000:]}"
+            return False
+
+    def alerts(self, active_only: bool = True) -> list[dict[str, Any]]:
+        """The v2 API's alerts (active, not silenced or inhibited by default)."""
+        query = "?active=true&silenced=false&inhibited=false" if active_only else ""
+        with urllib.request.urlopen(f"{self.url}/api/v2/alerts{query}", timeout=5) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+
+    def amtool_query(self, *matchers: str) -> list[dict[str, Any]]:
+        """``amtool alert query`` (JSON output): the active alerts as operators list them."""
+        assert AMTOOL, "amtool is not installed"
+        out = subprocess.run([AMTOOL, "alert", "query", f"--alertmanager.url={self.url}",
+                              "-o", "json", *matchers], capture_output=True, text=True,
+                             timeout=20, check=True)
+        return json.loads(out.stdout or "[]")  # type: ignore[no-any-return]
