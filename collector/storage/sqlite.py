@@ -394,7 +394,7 @@ class SQLiteStorage(Storage):
                 h["instances"][b.instance] = max(h["instances"].get(b.instance, 0),
                                                  it.received_ms)
                 if stored:
-                    t_max = sum(b.t)
+                    t_max = b.last_timestamp
                     rows.append((hid, b.instance, b.seq, it.received_ms, b.t[0], t_max, samples,
                                  int(it.historical), it.payload))
                     if not it.historical:
