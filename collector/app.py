@@ -181,7 +181,8 @@ class Collector:
                          extra_routes=self.alerting.routes() if self.alerting else (),
                          extend_openapi=merge_openapi if self.alerting else None,
                          middlewares=security_middlewares(cfg.http, self.tokens),
-                         client_max_size=cfg.http.max_body_bytes)
+                         client_max_size=cfg.http.max_body_bytes,
+                         host_limits=self.pipeline.series_limits.snapshot)
         add_cors(app, cfg.http.cors_origins)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()

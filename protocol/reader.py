@@ -165,7 +165,10 @@ class BatchReader:
         kind = type_name(self._peek())
         if kind != "a string":
             raise _schema(f"{where} keys must be strings, not {kind}")
-        return self.unpacker.unpack()  # type: ignore[no-any-return]
+        try:
+            return self.unpacker.unpack()  # type: ignore[no-any-return]
+        except ValueError as exc:  # not UTF-8, or longer than any string may be
+            raise _schema(f"{where} keys: {exc}") from None
 
     def _metrics(self) -> list[list[Any]]:
         count = self._array("metrics", MAX_METRICS, "metrics")
@@ -205,7 +208,7 @@ class BatchReader:
         self.extension_left -= 1
         kind = type_name(self._peek())
         if kind in ("an array", "a map"):
-            if depth >= MAX_EXTENSION_DEPTH:
+            if depth > MAX_EXTENSION_DEPTH:
                 raise LimitExceeded(f"{where}: unknown keys nest more than "
                                     f"{MAX_EXTENSION_DEPTH} levels deep",
                                     reason="too_many_extension_elements")

@@ -213,9 +213,9 @@ def test_public_surface_is_deliberate() -> None:
     assert sorted(protocol.__all__) == sorted([
         "COUNTER", "GAUGE", "VERSION", "Ack", "BatchBuilder", "LimitExceeded", "MalformedPayload",
         "MetricDef", "ProtocolError", "Sample", "UnsupportedVersion", "ack_topic",
-        "backfill_topic", "decode", "decode_ack", "decode_batch", "decode_status", "encode", "encode_ack",
-        "encode_status", "expand_samples", "metrics_topic", "parse_topic", "status_topic",
-        "subscriptions", "to_scaled", "validate_host_id",
+        "backfill_topic", "decode", "decode_ack", "decode_batch", "decode_status", "encode",
+        "encode_ack", "encode_status", "expand_samples", "metrics_topic", "parse_topic",
+        "status_topic", "subscriptions", "to_scaled", "validate_host_id",
     ])
     for name in protocol.__all__:
         assert hasattr(protocol, name)
