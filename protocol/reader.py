@@ -42,6 +42,11 @@ __all__ = ["BatchReader", "batch_key", "read_batch_map"]
 _SCALAR_KEYS: Final = frozenset({"v", "host", "instance", "seq", "sent"})
 _MAX_INT_BYTES: Final = 9  # the longest msgpack integer (0xcf/0xd3 + 8 bytes)
 _MAX_STR_BYTES: Final = 5 + MAX_LABEL_VALUE_LENGTH  # str32 header + the longest string
+# The longest valid series entry: fixarray, label values, offset, values (with their headers).
+_ENTRY_MAX_BYTES: Final = (1 + 5 + MAX_LABELS * _MAX_STR_BYTES + _MAX_INT_BYTES
+                           + 5 + MAX_TIMESTAMPS * _MAX_INT_BYTES)
+_STR: Final = frozenset({str})
+_INT: Final = frozenset({int})
 
 
 def read_batch_map(packed: bytes) -> dict[str, Any]:
@@ -186,7 +191,48 @@ class BatchReader:
         return metrics
 
     def _entry(self, metric: str, index: int) -> list[Any]:
-        """One series entry ``[label_values, offset, values]`` (the hot loop: no f-strings)."""
+        """One series entry ``[label_values, offset, values]``: label values strings, offset and
+        values integers (the hot loop: one ``unpackb`` for the entry, no f-strings).
+
+        The entry's byte span is found first (``skip`` builds nothing) and must fit the largest
+        valid entry; only then is it built, and its types checked before the next entry, so no
+        entry holds more than a valid one could. Anything unexpected is diagnosed element by
+        element (``_entry_parts``) for a precise reason."""
+        unpacker = self.unpacker
+        start = unpacker.tell()
+        fixarray_3 = self._peek() == 0x93
+        unpacker.skip()
+        end = unpacker.tell()
+        if fixarray_3 and end - start <= _ENTRY_MAX_BYTES:
+            try:
+                entry = msgpack.unpackb(
+                    self.view[start:end], raw=False, max_array_len=MAX_TIMESTAMPS,
+                    max_map_len=0, max_str_len=MAX_LABEL_VALUE_LENGTH, max_bin_len=0,
+                    max_ext_len=0)
+                labels, offset, values = entry
+            except ValueError:  # not msgpack we take, or not 3 elements
+                labels = None
+            if (type(labels) is list and type(offset) is int and type(values) is list
+                    and len(labels) <= MAX_LABELS and not set(map(type, labels)) - _STR
+                    and not set(map(type, values)) - _INT):
+                totals = self.totals
+                totals["label values"] += len(labels)
+                totals["samples"] += len(values)
+                if totals["label values"] > MAX_LABEL_VALUES or totals["samples"] > MAX_SAMPLES:
+                    self._spend("label values", 0, MAX_LABEL_VALUES, metric)
+                    self._spend("samples", 0, MAX_SAMPLES, metric)
+                return entry  # type: ignore[no-any-return]
+        parts = BatchReader(self.buf[start:end])
+        parts.totals = self.totals
+        entry = parts._entry_parts(metric, index)
+        if not _well_typed(entry):
+            raise _schema(f"{metric}.series[{index}]: label values must be strings, the offset "
+                          "and the values integers")
+        return entry
+
+    def _entry_parts(self, metric: str, index: int) -> list[Any]:
+        """``_entry`` read part by part, each checked before it is built (the slow path, for
+        precise reasons: which limit, which part)."""
         if self._peek() != 0x93:  # not a 3-element fixarray
             at = f"{metric}.series[{index}]"
             if self._array(at, 3, "") != 3:
@@ -195,9 +241,10 @@ class BatchReader:
             self.unpacker.read_array_header()
         labels = self._flat(metric, index, MAX_LABELS, "label values", strings=True,
                             total=("label values", MAX_LABEL_VALUES))
-        offset = self._scalar_fast(metric, index)
+        offset = self._scalar(f"{metric}.series[{index}].offset")
         values = self._flat(metric, index, MAX_TIMESTAMPS, "values", strings=False,
                             total=("samples", MAX_SAMPLES))
+        self._end()
         return [labels, offset, values]
 
     def _extension(self, where: str, depth: int) -> Any:
@@ -253,13 +300,6 @@ class BatchReader:
             return self.unpacker.unpack()
         except ValueError as exc:
             raise _schema(f"{where}: {exc}") from None
-
-    def _scalar_fast(self, metric: str, index: int) -> Any:
-        """``_scalar`` for series offsets: the place is formatted only on error."""
-        first = self._peek()
-        if first <= 0x7F:  # a positive fixint: nothing to check
-            return self.unpacker.unpack()
-        return self._scalar(f"{metric}.series[{index}].offset")
 
     def _array(self, where: str, limit: int, what: str) -> int:
         """Read an array header at ``where``; raise if it is not an array or exceeds ``limit``."""
@@ -325,6 +365,15 @@ class BatchReader:
                               f"at most {MAX_LABEL_VALUE_LENGTH} bytes ({exc})") from None
             raise _schema(f"{_where(metric, part, what)}: must hold only integers "
                           f"({exc})") from None
+
+
+def _well_typed(entry: Any) -> bool:
+    """Whether a built entry is [[str, ...], int, [int, ...]]."""
+    if type(entry) is not list or len(entry) != 3:
+        return False
+    labels, offset, values = entry
+    return (type(labels) is list and type(offset) is int and type(values) is list
+            and not set(map(type, labels)) - _STR and not set(map(type, values)) - _INT)
 
 
 def _no_maps(_pairs: Any) -> Any:

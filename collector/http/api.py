@@ -35,6 +35,7 @@ from edgemon.collector.storage.base import (
 )
 from edgemon.common.clock import now_ms
 from edgemon.protocol import ProtocolError, validate_host_id
+from edgemon.protocol.names import NAME_PATTERN
 
 __all__ = ["QueryParams", "create_app", "parse_duration_ms", "parse_time_ms"]
 
@@ -48,7 +49,7 @@ CLOCK_KEY = web.AppKey("clock", object)
 OPENAPI_KEY = web.AppKey("openapi", dict)
 HOST_LIMITS_KEY = web.AppKey("host_limits", object)
 
-_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
+_NAME = NAME_PATTERN  # metric names and label keys, as batches carry them
 _NAME_RE = re.compile(_NAME)
 _HOST_GLOB_RE = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,128}")
 _NICE_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
