@@ -20,7 +20,8 @@ off (so every bomb reaches the decoder): bombs of every kind from ``tests/fuzz_c
 decompression bombs) and the largest batches the decoder must build completely (a million
 integers, 262,144 UCS-4 label values, 65,536 series entries, a full unknown-key budget; each
 then refused because it names another host), published QoS 1 as fast as the broker takes them,
-from many host topics, after a warm-up by the good host. Measured: the collector's resident
+from many host topics in rounds (the next once the collector counted the last), after a warm-up
+by the good host. Measured: the collector's resident
 memory before the bombs (baseline) and its peak during them, against the bound of
 ``protocol.limits.MAX_DECODE_BYTES`` per message (SPEC.md §6) times the inbox size, and against
 the tighter bound of the queued payload bytes plus one message being decoded.
@@ -196,35 +197,42 @@ def bomb_payloads(now_ms: int) -> list[tuple[str, bytes]]:
 
 
 class Bomber(threading.Thread):
-    """Publishes the bombs QoS 1, round robin over kinds and ``BOMB_HOSTS`` host topics."""
+    """Publishes the bombs QoS 1 in rounds (every kind ``copies`` times, spread over
+    ``BOMB_HOSTS`` host topics), each round as fast as the broker takes it, the next one once
+    the collector has counted the last: every kind is decoded over and over, and the inbox holds
+    a round at a time."""
 
-    def __init__(self, port: int, bombs: list[tuple[str, bytes]]) -> None:
+    def __init__(self, port: int, http: int, bombs: list[tuple[str, bytes]],
+                 copies: int = 4) -> None:
         super().__init__(daemon=True)
-        self.bombs = bombs
+        self.bombs, self.http, self.copies = bombs, http, copies
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bomber")
         self.client.max_inflight_messages_set(100)
-        self.client.max_queued_messages_set(200)
+        self.client.max_queued_messages_set(0)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         self.stop_event = threading.Event()
-        self.published = 0
-        self.bytes = 0
+        self.published = self.rounds = self.bytes = 0
 
     def run(self) -> None:
+        counted = sum(rejects(self.http).values())
         i = 0
         while not self.stop_event.is_set():
-            _, payload = self.bombs[i % len(self.bombs)]
-            topic = f"edgemon/v1/bomb-{i % BOMB_HOSTS:03d}/metrics"
-            if self.client.publish(topic, payload, qos=1).rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-                time.sleep(0.005)
-                continue
-            self.published += 1
-            self.bytes += len(payload)
-            i += 1
+            for _ in range(self.copies):
+                for _, payload in self.bombs:
+                    self.client.publish(f"edgemon/v1/bomb-{i % BOMB_HOSTS:03d}/metrics", payload,
+                                        qos=1)
+                    self.published += 1
+                    self.bytes += len(payload)
+                    i += 1
+            target = counted + self.published
+            while not self.stop_event.is_set() and sum(rejects(self.http).values()) < target:
+                time.sleep(0.1)
+            self.rounds += 1
 
     def close(self) -> None:
         self.stop_event.set()
-        self.join(10)
+        self.join(30)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -255,7 +263,7 @@ def bomb_stream(work: Path, seconds: float) -> dict[str, Any]:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        bomber = Bomber(port, bombs)
+        bomber = Bomber(port, http, bombs)
         started = time.monotonic()
         bomber.start()
         try:
@@ -277,7 +285,7 @@ def bomb_stream(work: Path, seconds: float) -> dict[str, Any]:
     literal = base_mb + MAX_DECODE_BYTES * BOMB_INBOX / mib
     tight = base_mb + (BOMB_INBOX_BYTES + MAX_DECODE_BYTES) / mib
     return {
-        "seconds": round(bomb_s, 1), "kinds": [k for k, _ in bombs],
+        "seconds": round(bomb_s, 1), "kinds": [k for k, _ in bombs], "rounds": bomber.rounds,
         "published": bomber.published, "published_per_s": round(bomber.published / bomb_s, 1),
         "published_mb": round(bomber.bytes / mib, 1),
         "rejects_by_reason": dict(sorted(counted.items())),
