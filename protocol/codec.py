@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 import zstandard
 
 from edgemon.protocol.errors import LimitExceeded, MalformedPayload
 from edgemon.protocol.limits import MAX_COMPRESSED_BYTES, MAX_DECOMPRESSED_BYTES
-from edgemon.protocol.reader import read_batch_map
-from edgemon.protocol.schema import ValidBatch, check_decoded
+
+if TYPE_CHECKING:
+    from edgemon.protocol.schema import ValidBatch
 
 __all__ = ["DICTIONARY_ID", "FAST_LEVEL", "ZSTD_LEVEL", "decode", "decode_batch", "dictionary",
            "encode"]
@@ -78,6 +79,10 @@ def decode_batch(payload: bytes) -> ValidBatch:
     after it; the compressed size, the declared size and the real decompressed size are checked
     against ``limits`` before anything is unpacked. Then ``reader`` builds the batch map within
     the limits and ``schema`` checks every rule (SPEC.md §2, §6, §7)."""
+    # Loaded on first use: the agent, which only encodes, never loads the reader and the rules.
+    from edgemon.protocol.reader import read_batch_map
+    from edgemon.protocol.schema import check_decoded
+
     packed = _decompress(payload)
     raw = read_batch_map(packed)
     return check_decoded(raw)

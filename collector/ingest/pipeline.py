@@ -322,8 +322,14 @@ class IngestPipeline:
         late = self._time_problem(batch.first_timestamp, batch.last_timestamp, msg.received_ms)
         if late is not None:
             return Outcome(msg, host, "reject", reason=late[0], detail=late[1], batch_key=key)
+        payload = msg.payload
+        dropped: dict[str, tuple[int, str]] | None = None
         try:
-            batch, payload, dropped = self._screened(host, batch, msg)
+            screened = self._screened(host, batch, msg)
+            if screened is not None:
+                payload, dropped = screened
+                batch = None  # type: ignore[assignment]  # let it go before the rest is decoded
+                batch = decode_batch(payload)
         except ProtocolError as exc:  # what is left does not encode within the limits
             return Outcome(msg, host, "reject", reason=exc.reason, detail=str(exc), batch_key=key)
         item = IngestItem(batch=batch, payload=payload, received_ms=msg.received_ms,
@@ -332,10 +338,11 @@ class IngestPipeline:
                        sent_ms=batch.sent, dropped=dropped)
 
     def _screened(self, host: str, batch: ValidBatch, msg: RawMessage
-                  ) -> tuple[ValidBatch, bytes, dict[str, tuple[int, str]] | None]:
-        """``batch`` less the series no real host sends and those over the host's cardinality
-        bound: (batch, its payload, dropped series by reason). When series were dropped, the
-        rest is encoded again and decoded by the same decoder as every payload."""
+                  ) -> tuple[bytes, dict[str, tuple[int, str]]] | None:
+        """None if every series of ``batch`` may be stored; else the payload of the rest (less
+        the series no real host sends and those over the host's cardinality bound) and the
+        dropped series by reason. The caller decodes that payload with the decoder of every
+        payload: what is stored is what ``decode`` returns."""
         refused = screen(batch)
         keys = [k for k in series_keys(batch.metrics) if k not in refused]
         limits = self.series_limits
@@ -344,13 +351,12 @@ class IngestPipeline:
                                  f"{limits.max_series} series / {limits.max_new_per_hour} new "
                                  "series per hour")
         if not refused:
-            return batch, msg.payload, None
+            return None
         dropped: dict[str, tuple[int, str]] = {}
         for refusal in refused.values():
             n, example = dropped.get(refusal.reason, (0, refusal.detail))
             dropped[refusal.reason] = (n + 1, example)
-        payload = encode(batch.to_map(without(batch.metrics, refused)), level=FAST_LEVEL)
-        return decode_batch(payload), payload, dropped
+        return encode(batch.to_map(without(batch.metrics, refused)), level=FAST_LEVEL), dropped
 
     def _time_problem(self, oldest: int, newest: int, received_ms: int, *,
                       past: bool = True) -> tuple[str, str] | None:
