@@ -44,6 +44,16 @@ from ingest import start_broker, start_collector, stop
 from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from edgemon.protocol.limits import (
+    MAX_DECODE_BYTES,
+    MAX_EXTENSION_ELEMENTS,
+    MAX_LABEL_VALUES,
+    MAX_LABELS,
+    MAX_METRICS,
+    MAX_SAMPLES,
+    MAX_SERIES,
+    MAX_TIMESTAMPS,
+)
 from tests.support.flood import RawFlooder
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "fuzz_corpus"
@@ -277,6 +287,165 @@ def flood_headline(flood: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+BOMB_HOSTS = 32  # host topics the bombs are spread over
+BOMB_INBOX = 1000  # [ingest] queue_max of the bomb collector (the default)
+BOMB_INBOX_BYTES = 64 << 20  # [ingest] queue_max_bytes (the default)
+_CORPUS_BOMBS = ("bomb_", "msgpack_", "zstd_bomb", "zstd_declares", "too_many_")
+
+
+def largest_batches(now_ms: int) -> list[tuple[str, bytes]]:
+    """(kind, payload): valid batches that make the decoder build the most of each kind of
+    object, each naming a host other than its topic's, so it is refused once fully decoded."""
+    zstd = zstandard.ZstdCompressor(level=3)
+
+    def batch(metrics: list, t: list[int] | None = None, **extra: Any) -> bytes:
+        return zstd.compress(msgpack.packb({
+            "v": 1, "host": "not-the-topics-host", "instance": "bomb", "seq": 1, "sent": now_ms,
+            "t": t or [now_ms - 60_000], "metrics": metrics, **extra}, use_bin_type=True))
+
+    n = MAX_TIMESTAMPS
+    ints = batch([["m", "gauge", "", 0, ["s"], [[[str(s)], 0, [-20] * n]
+                                                 for s in range(MAX_SAMPLES // n)]]],
+                 t=[now_ms - 3_600_000] + [1] * (n - 1))
+    keys = [f"k{i}" for i in range(MAX_LABELS)]
+    strings = batch([["m", "gauge", "", 0, keys,
+                      [[[f"{i}\U0001F600"] + ["\U0001F600" * 7] * (MAX_LABELS - 1), 0, [1]]
+                       for i in range(MAX_LABEL_VALUES // MAX_LABELS)]]])
+    per = MAX_SERIES // MAX_METRICS
+    entries = batch([[f"m{m}", "gauge", "", 0, ["a"], [[[str(e)], 0, [1000 + e]]
+                                                        for e in range(per)]]
+                     for m in range(MAX_METRICS)])
+    extension = batch([], extra=[{"k": "\U0001F600" * 64}
+                                 for _ in range(MAX_EXTENSION_ELEMENTS // 3)])
+    return [("a million integers", ints), ("262,144 UCS-4 label values", strings),
+            ("65,536 series entries", entries), ("a full unknown-key budget", extension)]
+
+
+def bomb_payloads(now_ms: int) -> list[tuple[str, bytes]]:
+    """(kind, payload) of every bomb: the corpus's amplification and decompression bombs (each
+    refused before it is built) and the largest batches (each refused once built)."""
+    names = sorted(p.stem for p in CORPUS.glob("*.bin") if p.stem.startswith(_CORPUS_BOMBS)
+                   and not (CORPUS / f"{p.stem}.topic").exists())
+    return [(n, (CORPUS / f"{n}.bin").read_bytes()) for n in names] + largest_batches(now_ms)
+
+
+class Bomber(threading.Thread):
+    """Publishes the bombs QoS 1 in rounds (every kind ``copies`` times, spread over
+    ``BOMB_HOSTS`` host topics), each round as fast as the broker takes it, the next one once
+    the collector has counted the last: every kind is decoded over and over, and the inbox holds
+    a round at a time."""
+
+    def __init__(self, port: int, http: int, bombs: list[tuple[str, bytes]],
+                 copies: int = 4) -> None:
+        super().__init__(daemon=True)
+        self.bombs, self.http, self.copies = bombs, http, copies
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bomber")
+        self.client.max_inflight_messages_set(100)
+        self.client.max_queued_messages_set(0)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.stop_event = threading.Event()
+        self.published = self.rounds = self.bytes = 0
+
+    def run(self) -> None:
+        counted = sum(rejects(self.http).values())
+        i = 0
+        while not self.stop_event.is_set():
+            for _ in range(self.copies):
+                for _, payload in self.bombs:
+                    self.client.publish(f"edgemon/v1/bomb-{i % BOMB_HOSTS:03d}/metrics", payload,
+                                        qos=1)
+                    self.published += 1
+                    self.bytes += len(payload)
+                    i += 1
+            target = counted + self.published
+            while not self.stop_event.is_set() and sum(rejects(self.http).values()) < target:
+                time.sleep(0.1)
+            self.rounds += 1
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.join(30)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def bomb_stream(work: Path, seconds: float) -> dict[str, Any]:
+    """Peak RSS of a collector (rate limit off) under ``seconds`` of bombs of every kind. (With
+    the rate limit off, the bombs fill the one inbox: other hosts wait behind them; that is the
+    rate limiter's job, measured by the flood phase.)"""
+    work.mkdir(parents=True, exist_ok=True)
+    broker = collector = None
+    try:
+        broker, port = start_broker(work)
+        collector, http, _ = start_collector(
+            work, port, http_extra='auth = "none"\n',
+            ingest=(f"queue_max = {BOMB_INBOX}\nqueue_max_bytes = {BOMB_INBOX_BYTES}\n"
+                    "rate_limit_messages_per_second = 0\nrate_limit_bytes_per_second = 0\n"))
+        pid = collector.pid
+        quiet = good_phase(port, min(seconds, 10.0), 0)
+        baseline = rss_kib(pid)["VmRSS"]
+        before = rejects(http)
+        bombs = bomb_payloads(int(time.time() * 1000))
+        samples: list[int] = []
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.wait(0.05):
+                samples.append(rss_kib(pid)["VmRSS"])
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        bomber = Bomber(port, http, bombs)
+        started = time.monotonic()
+        bomber.start()
+        try:
+            sampling.wait(seconds)
+        finally:
+            bomb_s = time.monotonic() - started
+            bomber.close()
+            after = rejects(http)
+            sampling.set()
+            sampler.join()
+        peak = max([*samples, rss_kib(pid)["VmHWM"]])
+    finally:
+        for proc in (collector, broker):
+            if proc is not None:
+                stop(proc)
+    mib = 1 << 20
+    counted = after - before
+    base_mb = baseline * 1024 / mib
+    literal = base_mb + MAX_DECODE_BYTES * BOMB_INBOX / mib
+    tight = base_mb + (BOMB_INBOX_BYTES + MAX_DECODE_BYTES) / mib
+    return {
+        "seconds": round(bomb_s, 1), "kinds": [k for k, _ in bombs], "rounds": bomber.rounds,
+        "published": bomber.published, "published_per_s": round(bomber.published / bomb_s, 1),
+        "published_mb": round(bomber.bytes / mib, 1),
+        "rejects_by_reason": dict(sorted(counted.items())),
+        "good_warm_up": quiet,
+        "rss_baseline_mb": round(base_mb, 1), "rss_peak_mb": round(peak / 1024, 1),
+        "rss_growth_mb": round(peak / 1024 - base_mb, 1),
+        "max_decode_mb": round(MAX_DECODE_BYTES / mib, 1), "inbox_messages": BOMB_INBOX,
+        "bound_per_message_x_inbox_mb": round(literal, 1),
+        "bound_inbox_bytes_plus_one_decode_mb": round(tight, 1),
+        "within_bound": peak / 1024 <= literal, "within_tight_bound": peak / 1024 <= tight,
+    }
+
+
+def bomb_headline(bombs: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"figure": "collector peak RSS during the bomb stream (rate limit off)", "unit": "MB",
+         "value": bombs["rss_peak_mb"],
+         "baselines": {"before the bombs": bombs["rss_baseline_mb"],
+                       "baseline + inbox bytes + one decode": bombs[
+                           "bound_inbox_bytes_plus_one_decode_mb"],
+                       "baseline + MAX_DECODE_BYTES x inbox": bombs[
+                           "bound_per_message_x_inbox_mb"]}},
+        {"figure": "bombs refused/s (one writer thread, rate limit off)", "unit": "msg/s",
+         "value": round(sum(bombs["rejects_by_reason"].values()) / bombs["seconds"], 1)},
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 s phases (default 30 s)")
@@ -327,6 +496,8 @@ def main() -> int:
             sampler.join()
         print(f"flood: {flooded}", flush=True)
         peak = max([*samples, rss_kib(pid)["VmHWM"]])
+        bombs = bomb_stream(work / "bombs", seconds)
+        print(f"bomb stream: {bombs}", flush=True)
         counted = after - before
         total = sum(counted.values())
         result = {
@@ -348,7 +519,9 @@ def main() -> int:
                  "value": flooded["lag_p50_ms"], "baselines": {"no flood": quiet["lag_p50_ms"]}},
                 {"figure": "good host lag p99 during the flood", "unit": "ms",
                  "value": flooded["lag_p99_ms"], "baselines": {"no flood": quiet["lag_p99_ms"]}},
+                *bomb_headline(bombs),
             ],
+            "bomb_stream": bombs,
         }
         if args.part == "all":
             flood = max_rate_flood(flood_seconds)
@@ -359,7 +532,8 @@ def main() -> int:
                       "baseline": h.get("baselines", {})} for h in result["headline"]],
                     ["figure", "value", "unit", "baseline"]))
         print(f"rejects by reason: {result['rejects_by_reason']}")
-        return 0 if quiet["all_acked"] and flooded["all_acked"] else 1
+        ok = quiet["all_acked"] and flooded["all_acked"] and bombs["within_bound"]
+        return 0 if ok else 1
     finally:
         for proc in (collector, broker):
             if proc is not None:

@@ -200,7 +200,8 @@ class CollectorService:
                          middlewares=security_middlewares(
                              cfg.http, self.tokens, sessions=self.dashboard.sessions,
                              public=self.dashboard.is_public),
-                         client_max_size=cfg.http.max_body_bytes)
+                         client_max_size=cfg.http.max_body_bytes,
+                         host_limits=self.pipeline.series_limits.snapshot)
         self.dashboard.setup(app)
         add_cors(app, cfg.http.cors_origins)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)

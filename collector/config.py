@@ -213,6 +213,11 @@ class IngestConfig(_Section):
     rate_limit_bytes_per_second: int = Field(4 << 20, ge=0)
     rate_limit_byte_burst: int = Field(32 << 20, ge=1 << 20)
     rate_limit_max_hosts: int = Field(10_000, ge=1, le=10_000_000)
+    # Cardinality bound per host (collector/ingest/cardinality.py): at most this many distinct
+    # series seen in the last 24 h, and this many new ones per hour once a host's first
+    # max_series_per_host are in. Series beyond are dropped (counted); the rest keep flowing.
+    max_series_per_host: int = Field(5000, ge=1, le=10_000_000)
+    max_new_series_per_hour: int = Field(1000, ge=1, le=10_000_000)
 
 
 class LogConfig(_Section):

@@ -1,7 +1,9 @@
-"""edgemon wire protocol v1: the only code the agent and the collector share.
+"""edgemon wire protocol v1: the wire contract the agent, the collector and third parties share.
 
-Public surface (guarded by tests/test_protocol_exports.py). ``edgemon.protocol.schema`` (pydantic)
-is deliberately not imported here: the agent must not pay for it.
+Public surface (guarded by ``test_public_surface_is_deliberate`` in tests/test_protocol.py).
+``decode`` is the one reader of a batch's bytes: the collector's ingest and its storage both use
+it (``decode_batch`` returns the same batch as a checked ``schema.ValidBatch``). Nothing here
+imports pydantic, numpy or aiohttp: the agent imports this package.
 """
 
 from edgemon.protocol.batch import (
@@ -13,7 +15,7 @@ from edgemon.protocol.batch import (
     expand_samples,
     to_scaled,
 )
-from edgemon.protocol.codec import decode, encode
+from edgemon.protocol.codec import decode, decode_batch, encode
 from edgemon.protocol.errors import (
     LimitExceeded,
     MalformedPayload,
@@ -48,6 +50,7 @@ __all__ = [
     "backfill_topic",
     "decode",
     "decode_ack",
+    "decode_batch",
     "decode_status",
     "encode",
     "encode_ack",

@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, NamedTuple
 
-from edgemon.protocol.limits import VERSION
+from edgemon.protocol.limits import MAX_LABELS, MAX_NAME_LENGTH, MAX_SCALE, VERSION
+from edgemon.protocol.names import is_name
 
 __all__ = [
     "COUNTER",
@@ -27,23 +28,55 @@ __all__ = [
     "Sample",
     "delta",
     "expand_samples",
+    "last_timestamp",
     "to_scaled",
     "undelta",
 ]
 
 GAUGE: Final = "gauge"
 COUNTER: Final = "counter"
-KINDS: Final = (GAUGE, COUNTER)
+KINDS: Final = frozenset({GAUGE, COUNTER})  # the one set of metric kinds
 
 
-class MetricDef(NamedTuple):
-    """What a metric is: declared once per family module, referenced by every sample."""
-
+class _MetricFields(NamedTuple):
     name: str
     kind: str  # GAUGE or COUNTER
     unit: str  # "bytes", "percent", "seconds", "packets", "" ...
     scale: int = 0  # decimal digits kept on the wire
     label_keys: tuple[str, ...] = ()
+
+
+class MetricDef(_MetricFields):
+    """What a metric is: declared once per family module, referenced by every sample.
+
+    The constructor checks what the wire format requires (name and label-key grammar, a kind of
+    ``KINDS``, scale 0-9), so a definition that would make invalid batches fails where it is
+    written, not at the collector."""
+
+    __slots__ = ()
+
+    def __new__(cls, name: str, kind: str, unit: str, scale: int = 0,
+                label_keys: tuple[str, ...] = ()) -> MetricDef:
+        if not is_name(name):
+            raise ValueError(f"metric name {name!r}: use [a-zA-Z_][a-zA-Z0-9_]*, at most "
+                             f"{MAX_NAME_LENGTH} characters")
+        if kind not in KINDS:
+            raise ValueError(f"{name}: kind {kind!r} is not one of {sorted(KINDS)}")
+        if type(unit) is not str or len(unit) > MAX_NAME_LENGTH:
+            raise ValueError(f"{name}: unit must be a string of at most {MAX_NAME_LENGTH} "
+                             "characters")
+        if type(scale) is not int or not 0 <= scale <= MAX_SCALE:
+            raise ValueError(f"{name}: scale must be an integer from 0 to {MAX_SCALE}")
+        keys = tuple(label_keys)
+        if len(keys) > MAX_LABELS or len(set(keys)) != len(keys) or \
+                not all(is_name(k) for k in keys):
+            raise ValueError(f"{name}: label keys {keys!r} must be at most {MAX_LABELS} unique "
+                             "names")
+        return super().__new__(cls, name, kind, unit, scale, keys)
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> MetricDef:  # ``_replace`` checks too
+        return cls(*iterable)
 
 
 class Sample(NamedTuple):
@@ -71,6 +104,11 @@ def delta(values: Iterable[int]) -> list[int]:
         out.append(v - prev)
         prev = v
     return out
+
+
+def last_timestamp(t: list[int]) -> int:
+    """The newest timestamp (ms) of a batch's delta-coded ``t``."""
+    return sum(t)
 
 
 def undelta(deltas: Iterable[int]) -> list[int]:

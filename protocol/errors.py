@@ -9,6 +9,9 @@ class ProtocolError(ValueError):
     """A payload or topic that is not valid edgemon v1. ``reason`` is a short counter label."""
 
     reason = "invalid"
+    # (instance, seq) of the batch, when the decoder had read both before it found the problem:
+    # the collector then tells that agent the batch is refused for good (SPEC.md §5).
+    batch_key: tuple[str, int] | None = None
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)

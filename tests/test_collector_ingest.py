@@ -8,6 +8,8 @@ command (storage outages, shutdown drain, back-pressure); the broker and network
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import logging
 import threading
@@ -30,10 +32,15 @@ from edgemon.collector.config import (
     MqttConfig,
     StorageConfig,
 )
+from edgemon.collector.http.api import _query_csv
+from edgemon.collector.ingest.cardinality import ACTIVE_MS, SeriesLimits
 from edgemon.collector.ingest.rejects import OTHER_HOST, Rejects
-from edgemon.collector.storage.base import RangeQuery, Storage
+from edgemon.collector.storage.base import RangeQuery, SeriesResult, Storage
 from edgemon.common.clock import now_ms
 from edgemon.protocol import (
+    GAUGE,
+    BatchBuilder,
+    MetricDef,
     backfill_topic,
     encode,
     encode_status,
@@ -42,7 +49,7 @@ from edgemon.protocol import (
 )
 from tests.support.broker import Broker
 from tests.support.fake_storage import MemoryStorage
-from tests.support.stand_in_agent import TIMEOUT, make_batch
+from tests.support.stand_in_agent import CPU, TIMEOUT, make_batch
 from tests.support.stand_in_agent import StandInAgent as Agent
 from tests.support.waiting import wait_until
 
@@ -469,3 +476,183 @@ def test_rejects_are_counted_by_reason_and_host_and_logged_once_a_minute(
     per_host = [r.host for r in caplog.records]  # type: ignore[attr-defined]
     assert per_host == ["a", "b", OTHER_HOST, "a"]
     assert caplog.records[-1].suppressed_since_last == 4  # type: ignore[attr-defined]
+
+
+# --- hygiene at the boundary: implausible series, cardinality, exports, status clock ------------
+
+def _batch_of(host: str, seq: int, series: list[tuple[MetricDef, tuple[str, ...], int]],
+              t0: int | None = None) -> bytes:
+    """One batch of ``(metric, label values, scaled value)`` samples at ``t0``."""
+    b = BatchBuilder()
+    t0 = t0 if t0 is not None else now_ms() - 60_000
+    for metric, labels, value in series:
+        b.add(t0, metric, labels, value)
+    return encode(b.build(host=host, instance="inst-1", seq=seq, sent_ms=now_ms()))
+
+
+def _series_names(collector: RunningCollector, host: str) -> set[tuple[str, tuple[str, ...]]]:
+    status, doc = collector.get(f"/edgemon/api/v1/hosts/{host}/series")
+    assert status == 200
+    return {(s["name"], tuple(s["labels"].values())) for s in doc["series"]}
+
+
+def test_series_no_real_host_sends_are_dropped_counted_and_the_rest_stored(
+        collector: RunningCollector, agents: Callable[[str], Agent]) -> None:
+    agent = agents("odd-01")
+    used = MetricDef("memory_used_bytes", GAUGE, "bytes")
+    iface = MetricDef("network_received_bytes_total", "counter", "bytes", 0, ("iface",))
+    payload = _batch_of("odd-01", 1, [
+        (CPU, ("total",), 1250),  # 12.5 %: fine
+        (CPU, ("1",), 15_000),  # 150 %
+        (used, (), -1),  # negative bytes
+        (iface, ("eth0",), 10**12),  # fine
+        (iface, ("eth\x00evil",), 5),  # a NUL in a label value
+        (MetricDef("__proto__", GAUGE, ""), (), 1),  # a reserved name
+        (MetricDef("agent_memory_rss_bytes", "counter", "bytes"), (), 1),  # not the agent's
+    ])
+    agent.publish(metrics_topic("odd-01"), payload)
+    agent.wait_acked(1)
+    assert agent.rejected() == []  # the batch is stored: its good series are not lost
+    assert _series_names(collector, "odd-01") == {
+        ("cpu_usage_percent", ("total",)), ("network_received_bytes_total", ("eth0",))}
+    for reason in ("percent_out_of_range", "negative_value", "not_printable"):
+        assert collector.metric("edgemon_collector_series_rejects_total", reason=reason) == 1
+    assert collector.metric("edgemon_collector_series_rejects_total", reason="reserved_name") == 2
+    assert collector.metric("edgemon_collector_host_series_rejects_total", host="odd-01",
+                            reason="reserved_name") == 2
+    assert collector.metric("edgemon_collector_rejects_total", reason="schema") == 0
+
+
+def test_a_host_over_its_series_bound_keeps_its_series_and_shows_over_its_limit(
+        make_config: Callable[..., CollectorConfig], agents: Callable[[str], Agent]) -> None:
+    running = RunningCollector(make_config(max_series_per_host=20), open_default_storage).start()
+    try:
+        greedy, calm = agents("greedy-1"), agents("calm-1")
+        disk = MetricDef("disk_used_bytes", GAUGE, "bytes", 0, ("mount",))
+        old = [(disk, (f"/m{i}",), 1000 + i) for i in range(15)]
+        greedy.publish(metrics_topic("greedy-1"), _batch_of("greedy-1", 1, old))
+        calm.publish(metrics_topic("calm-1"), _batch_of("calm-1", 1, old))
+        greedy.wait_acked(1)
+        calm.wait_acked(1)
+        new = [(disk, (f"/new{i}",), 7) for i in range(10)]
+        t1 = now_ms() - 30_000
+        greedy.publish(metrics_topic("greedy-1"), _batch_of("greedy-1", 2, old + new, t0=t1))
+        greedy.wait_acked(2)
+        stored = _series_names(running, "greedy-1")
+        assert len(stored) == 20 and {(disk.name, (f"/m{i}",)) for i in range(15)} <= stored
+        assert running.metric("edgemon_collector_host_series_rejects_total", host="greedy-1",
+                              reason="series_limit") == 5
+        # the host's known series keep flowing
+        storage = running.collector.storage
+        assert storage is not None
+        result = storage.query(RangeQuery("disk_used_bytes", t1, t1 + 1, 1000, hosts=("greedy-1",),
+                                          labels={"mount": "/m3"}, tier="raw"))
+        assert [p[1] for s in result for p in s.points] == [1003]
+        status, doc = running.get("/edgemon/api/v1/hosts")
+        assert status == 200
+        hosts = {h["host"]: h for h in doc["hosts"]}
+        assert hosts["greedy-1"]["over_limit"] is True
+        assert hosts["greedy-1"]["series"]["active"] == 20
+        assert hosts["greedy-1"]["series"]["rejected_total"] == 5
+        assert hosts["calm-1"]["over_limit"] is False
+        assert hosts["calm-1"]["series"]["active"] == 15
+    finally:
+        running.stop()
+
+
+def test_exports_treat_label_values_as_untrusted_text(
+        collector: RunningCollector, agents: Callable[[str], Agent]) -> None:
+    agent = agents("sheet-1")
+    mount = MetricDef("disk_usage_percent", GAUGE, "percent", 2, ("mount",))
+    hostile = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
+               "<script>alert(1)</script>", "a,b \"quoted\""]
+    t0 = now_ms() - 60_000
+    agent.publish(metrics_topic("sheet-1"), _batch_of(
+        "sheet-1", 1, [(mount, (v,), 1000 + i) for i, v in enumerate(hostile)], t0=t0))
+    agent.wait_acked(1)
+    query = (f"/edgemon/api/v1/query?metric=disk_usage_percent&host=sheet-1&start={t0 - 1000}"
+             f"&end={t0 + 1000}&step=1s&tier=raw")
+    status, text = collector.get(query + "&format=csv")
+    assert status == 200
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[0] == ["timestamp_ms", "time", "host", "mount", "value"]
+    cells = sorted(r[3] for r in rows[1:])
+    assert cells == sorted(("'" + v if v[0] in "=+-@" else v) for v in hostile)
+    status, body = collector.get(query + "&format=json")
+    assert status == 200
+    raw = urllib.request.urlopen(f"http://127.0.0.1:{collector.collector.http_port}{query}",
+                                 timeout=5).read().decode()
+    assert "<script>" not in raw and "\\u003cscript\\u003e" in raw
+    assert sorted(s["labels"]["mount"] for s in body["series"]) == sorted(hostile)
+
+
+def test_csv_cells_that_start_a_formula_or_break_a_row_are_neutralised() -> None:
+    results = [SeriesResult(host="h", name="m", labels={"k": v}, kind="gauge", unit="",
+                            points=[(1000, 1.0)])
+               for v in ("\tcmd", "\r=1+1", "a\rb", "a\nb", "plain", "-1")]
+    text = _query_csv(results)
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert [r[3] for r in rows[1:]] == ["'\tcmd", "'\r=1+1", "a\rb", "a\nb", "plain", "'-1"]
+    assert text.count("\r\n") == len(rows)  # one record per line: the CR and LF are quoted
+
+
+def test_status_times_are_held_to_the_batches_clock_window(
+        collector: RunningCollector, agents: Callable[[str], Agent]) -> None:
+    agent = agents("clock-1")
+
+    def host() -> dict[str, Any] | None:
+        return {h["host"]: h for h in collector.get("/edgemon/api/v1/hosts")[1]["hosts"]}.get(
+            "clock-1")
+
+    ahead = encode_status(online=True, instance="i-1", timestamp_ms=2**63 - 1)
+    ancient = encode_status(online=True, instance="i-1", timestamp_ms=now_ms() - 40 * 86_400_000)
+    agent.publish(status_topic("clock-1"), ahead)
+    agent.publish(status_topic("clock-1"), ancient)
+    wait_until(lambda: collector.metric("edgemon_collector_host_rejects_total", host="clock-1",
+                                        reason="future_timestamp") == 1
+               and collector.metric("edgemon_collector_host_rejects_total", host="clock-1",
+                                    reason="past_timestamp") == 1, TIMEOUT, "both refused")
+    assert host() is None  # nothing recorded
+    agent.publish(status_topic("clock-1"),
+                  encode_status(online=True, instance="i-1", timestamp_ms=now_ms()))
+    wait_until(lambda: (host() or {}).get("online") is True, TIMEOUT, "birth recorded")
+    # A Last Will is composed when the agent connects, possibly long before it is published.
+    agent.publish(status_topic("clock-1"), encode_status(
+        online=False, instance="i-1", timestamp_ms=now_ms() - 40 * 86_400_000))
+    wait_until(lambda: (host() or {}).get("online") is False, TIMEOUT, "old Last Will applied")
+
+
+def test_series_bound_allowance_refills_per_hour_and_series_expire_after_a_day() -> None:
+    limits = SeriesLimits(max_series=20, max_new_per_hour=4)
+    hour = 3_600_000
+    first = [("m", (str(i),)) for i in range(10)]
+    churn = [("m", (f"c{i}",)) for i in range(12)]
+    assert limits.admit("h", first, 0) == {}  # a new host may bring up to 20 at once
+    assert limits.admit("h", churn, 1) == {churn[10]: "series_limit",
+                                           churn[11]: "series_limit"}
+    assert limits.admit("h", first, 12 * hour) == {}  # known series always pass
+    # A day on, the churn series (unseen since) expired; new ones come at 4 per hour.
+    day = ACTIVE_MS + 10
+    late = [("m", (f"late{i}",)) for i in range(6)]
+    refused = limits.admit("h", late, day)
+    assert sorted(refused.values()) == ["new_series_limit"] * 2
+    again = [("m", ("again",))]
+    assert limits.admit("h", again, day + 1) == {again[0]: "new_series_limit"}
+    assert limits.admit("h", again, day + hour // 4 + 1) == {}  # one refilled
+    snap = limits.snapshot(day + hour // 4 + 1)["h"]
+    assert (snap.active_series, snap.over_limit, snap.rejected_series_total) == (15, True, 5)
+    assert limits.snapshot(day + 2 * hour)["h"].over_limit is False  # an hour without refusal
+    # a host whose series all expired is forgotten
+    assert limits.admit("other", [("m", ("x",))], 3 * ACTIVE_MS) == {}
+    assert limits.hosts_tracked == 1
+
+
+def test_dropped_series_are_counted_by_reason_and_host_apart_from_messages() -> None:
+    rejects = Rejects(clock=lambda: 0.0)
+    rejects.record_series("negative_value", "a", 3, "m: -1 is negative")
+    rejects.record_series("negative_value", "b", 1)
+    rejects.record("schema", "a")
+    assert rejects.series_by_reason() == {"negative_value": 4}
+    assert rejects.series_by_host_reason() == {("a", "negative_value"): 3,
+                                               ("b", "negative_value"): 1}
+    assert rejects.by_reason() == {"schema": 1}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import msgpack
@@ -13,7 +14,20 @@ from hypothesis import strategies as st
 
 from edgemon import protocol
 from edgemon.protocol import BatchBuilder, MalformedPayload, MetricDef, ProtocolError
-from edgemon.protocol.schema import validate_batch
+from edgemon.protocol.limits import (
+    MAX_COMPRESSED_BYTES,
+    MAX_DECODE_BYTES,
+    MAX_DECOMPRESSED_BYTES,
+    MAX_EXTENSION_ELEMENTS,
+    MAX_LABEL_VALUES,
+    MAX_LABELS,
+    MAX_METRICS,
+    MAX_SAMPLES,
+    MAX_SERIES,
+    MAX_TIMESTAMPS,
+)
+from edgemon.protocol.reader import read_batch_map
+from edgemon.protocol.schema import check_decoded, validate_batch
 
 VECTORS = Path(protocol.__file__).parent / "vectors"
 
@@ -48,9 +62,12 @@ def test_frames_without_dictionary_are_accepted_and_unknown_ones_rejected() -> N
     assert info.value.reason == "unknown_dictionary"
 
 
-def test_spec_embeds_the_vector() -> None:
+def test_spec_embeds_the_vector_and_states_the_limits_of_limits_py() -> None:
     spec = (Path(protocol.__file__).parent / "SPEC.md").read_text()
     assert (VECTORS / "v1-basic.hex").read_text().strip() in spec
+    assert f"{MAX_DECODE_BYTES:,} bytes" in spec
+    assert f"{MAX_DECODE_BYTES / 2**20:.1f} MiB" in spec
+    assert f"| {MAX_EXTENSION_ELEMENTS} |" in spec
 
 
 # --- round trips -------------------------------------------------------------------------------
@@ -169,8 +186,133 @@ def test_schema_rejects_naming_the_problem(change: dict, field: str) -> None:
     assert field in str(info.value)
 
 
-def test_unknown_keys_are_ignored() -> None:
-    assert validate_batch({**_good(), "future_field": [1, 2]}).seq == 1
+def test_unknown_keys_are_kept_when_their_values_are_plain_data() -> None:
+    extra = {"future_field": [1, 2], "boot": {"id": "x", "n": -(2**63), "f": 0.5, "ok": True,
+                                              "none": None, "deep": [[[[[[[1]]]]]]]}}
+    payload = _frame({**_good(), **extra})
+    assert protocol.decode(payload) == {**_good(), **extra}  # returned completely
+    assert protocol.decode_batch(payload).extensions == extra
+    assert validate_batch({**_good(), **extra}).extensions == extra
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (float("nan"), "schema"), (float("inf"), "schema"), (b"bytes", "schema"),
+    (msgpack.ExtType(5, b"x"), "schema"), (msgpack.Timestamp(1, 0), "schema"),
+    (2**63, "schema"), ({1: "int key"}, "schema"), ({b"k": 1}, "schema"),
+    ([[[[[[[[[1]]]]]]]]], "too_many_extension_elements"),  # 9 levels (at most 8)
+    (list(range(1024)), "too_many_extension_elements"),  # 1025 elements with the list itself
+    ("x" * 257, "schema"),
+])
+def test_unknown_keys_holding_anything_else_are_rejected(value: object, reason: str) -> None:
+    payload = zstandard.ZstdCompressor().compress(
+        msgpack.packb({**_good(), "extra": value}, use_bin_type=True))
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(payload)
+    assert info.value.reason == reason
+    assert info.value.batch_key == ("i", 1)  # its agent can be told the batch is refused
+
+
+def test_unknown_keys_share_one_element_budget() -> None:
+    fits = {**_good(), "a": list(range(511)), "b": list(range(511))}  # 1024 with the lists
+    assert protocol.decode(_frame(fits))["b"] == list(range(511))
+    with pytest.raises(ProtocolError, match="more than 1024 elements"):
+        protocol.decode(_frame({**fits, "c": 0}))
+
+
+@pytest.mark.parametrize("version", [1.0, True, "1", 2, 0, -1, None])
+def test_version_is_the_integer_1(version: object) -> None:
+    with pytest.raises(ProtocolError, match="version") as info:
+        protocol.decode(_frame({**_good(), "v": version}))
+    assert info.value.reason == "version"
+
+
+@pytest.mark.parametrize(("tail", "reason"), [
+    (b"\x00", "trailing_bytes"),
+    (b"junk" * 10, "trailing_bytes"),
+    (zstandard.ZstdCompressor().compress(b"\x80"), "trailing_bytes"),  # a second frame
+    ((0x184D2A50).to_bytes(4, "little") + (2).to_bytes(4, "little") + b"hi", "trailing_bytes"),
+])
+def test_a_payload_is_exactly_one_frame(tail: bytes, reason: str) -> None:
+    frame = _frame(_good())
+    assert protocol.decode(frame)["seq"] == 1
+    with pytest.raises(ProtocolError, match="exactly one frame") as info:
+        protocol.decode(frame + tail)
+    assert info.value.reason == reason
+    skippable = (0x184D2A50).to_bytes(4, "little") + (0).to_bytes(4, "little")
+    with pytest.raises(ProtocolError, match="zstd frame magic"):
+        protocol.decode(skippable + frame)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("host", b"\xa2\xff\xfe"), ("instance", b"\xc4\x01i"), ("seq", b"\xd6\xff\x00\x00\x00\x01"),
+    ("t", b"\x91\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00"), ("sent", b"\xcf" + b"\xff" * 8),
+])
+def test_known_fields_refuse_invalid_utf8_binary_extensions_nan_and_uint64(
+        field: str, value: bytes) -> None:
+    packed = msgpack.packb({**_good(), field: "\x00marker\x00"})
+    payload = zstandard.ZstdCompressor().compress(
+        packed.replace(msgpack.packb("\x00marker\x00"), value))
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(payload)
+    assert info.value.reason == "schema"
+    assert field in str(info.value)
+
+
+def test_validate_batch_applies_the_decoders_rules_to_python_maps() -> None:
+    with pytest.raises(ProtocolError, match="version"):
+        validate_batch({**_good(), "v": True})
+    with pytest.raises(ProtocolError, match="not a v1 batch map"):
+        validate_batch({**_good(), "host": "\ud800"})  # a lone surrogate is no UTF-8
+    with pytest.raises(ProtocolError, match="label values must be strings"):
+        validate_batch({**_good(), "metrics": [["x", "gauge", "", 0, ["k"], [[[1], 0, [1]]]]]})
+
+
+_anything = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
+    | st.text(max_size=5) | st.binary(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                max_size=3), max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["v", "host", "instance", "seq", "sent", "t", "metrics", "extra"]),
+       _anything)
+def test_validate_batch_and_decode_agree(field: str, value: object) -> None:
+    raw = {**_good(), field: value}
+    outcomes = []
+    for check in (lambda: validate_batch(raw).seq,
+                  lambda: protocol.decode(_frame(raw))["seq"]):
+        try:
+            outcomes.append(check())
+        except ProtocolError as exc:
+            outcomes.append(exc.reason)
+    assert outcomes[0] == outcomes[1]
+
+
+def test_decode_errors_name_the_batch_when_instance_and_seq_were_valid() -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(_frame({**_good(), "t": [0]}))
+    assert info.value.batch_key == ("i", 1)
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(_frame({**_good(), "seq": -1, "t": [0]}))
+    assert info.value.batch_key is None
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("x", "histogram", ""), "kind"),
+    (("x", "Gauge", ""), "kind"),
+    (("1x", "gauge", ""), "metric name"),
+    (("x", "gauge", "", 10), "scale"),
+    (("x", "gauge", "", 0, ("k", "k")), "label keys"),
+    (("x", "gauge", "", 0, ("bad-key",)), "label keys"),
+    (("x", "gauge", "", 0, tuple(f"k{i}" for i in range(17))), "label keys"),
+])
+def test_metric_definitions_are_checked_where_they_are_written(args: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MetricDef(*args)
+    with pytest.raises(ValueError, match="kind"):
+        MetricDef("x", "gauge", "")._replace(kind="summary")
+    assert MetricDef("x", "counter", "bytes", 0, ["k"]).label_keys == ("k",)
 
 
 # --- topics, status, ack -----------------------------------------------------------------------
@@ -225,9 +367,9 @@ def test_public_surface_is_deliberate() -> None:
     assert sorted(protocol.__all__) == sorted([
         "COUNTER", "GAUGE", "VERSION", "Ack", "BatchBuilder", "LimitExceeded", "MalformedPayload",
         "MetricDef", "ProtocolError", "Sample", "UnsupportedVersion", "ack_topic",
-        "backfill_topic", "decode", "decode_ack", "decode_status", "encode", "encode_ack",
-        "encode_status", "expand_samples", "metrics_topic", "parse_topic", "status_topic",
-        "subscriptions", "to_scaled", "validate_host_id",
+        "backfill_topic", "decode", "decode_ack", "decode_batch", "decode_status", "encode",
+        "encode_ack", "encode_status", "expand_samples", "metrics_topic", "parse_topic",
+        "status_topic", "subscriptions", "to_scaled", "validate_host_id",
     ])
     for name in protocol.__all__:
         assert hasattr(protocol, name)
@@ -264,3 +406,51 @@ def test_collector_presence_round_trips_and_refuses_garbage() -> None:
             decode_collector_state(bad)
     with pytest.raises(ProtocolError, match="collector state topic"):
         parse_collector_state_topic("edgemon/v1/host/status")
+
+
+# --- the memory one message can cost -------------------------------------------------------------
+
+def _worst_ints() -> dict:
+    """999,424 samples of -20: one byte each on the wire, a new int object each decoded."""
+    n = MAX_TIMESTAMPS
+    entries = [[[str(s)], 0, [-20] * n] for s in range(MAX_SAMPLES // n)]
+    return {**_good(), "t": [10**12] + [1] * (n - 1),
+            "metrics": [["m", "gauge", "", 0, ["s"], entries]]}
+
+
+def _worst_strings() -> dict:
+    """262,144 distinct 8-character label values, each with an astral character (4 bytes per
+    character in memory), plus the most an unknown key may hold."""
+    keys = [f"k{i}" for i in range(MAX_LABELS)]
+    n = MAX_LABEL_VALUES // MAX_LABELS
+    entries = [[[f"\U0001F600{i:07d}"[:8] + chr(0x1F600 + j) for j in range(MAX_LABELS)], 0,
+                [1]] for i in range(n)]
+    return {**_good(), "metrics": [["m", "gauge", "", 0, keys, entries]],
+            "extra": [{"k": "\U0001F600" * 60} for _ in range(MAX_EXTENSION_ELEMENTS // 3)]}
+
+
+def _worst_entries() -> dict:
+    """65,536 series entries over 4,096 metrics, each entry its own lists."""
+    per = MAX_SERIES // MAX_METRICS
+    metrics = [[f"m{m}", "gauge", "", 0, ["a"], [[[str(e)], 0, [1000 + e]] for e in range(per)]]
+               for m in range(MAX_METRICS)]
+    return {**_good(), "metrics": metrics}
+
+
+@pytest.mark.parametrize("build", [_worst_ints, _worst_strings, _worst_entries])
+def test_decoding_the_largest_batches_stays_within_the_stated_bound(build) -> None:
+    """MAX_DECODE_BYTES (SPEC.md §6) holds for the batches that cost the most of each kind."""
+    packed = msgpack.packb(build(), use_bin_type=True)
+    assert len(packed) <= MAX_DECOMPRESSED_BYTES
+    tracemalloc.start()
+    try:
+        batch = check_decoded(read_batch_map(packed))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert batch.sample_count > 0
+    # the payload and the decompressed bytes are held beside what the reader builds
+    total = peak + MAX_COMPRESSED_BYTES + MAX_DECOMPRESSED_BYTES
+    print(f"{build.__name__}: {peak / 2**20:.1f} MiB built, {total / 2**20:.1f} MiB in all "
+          f"(bound {MAX_DECODE_BYTES / 2**20:.1f} MiB)")
+    assert total <= MAX_DECODE_BYTES

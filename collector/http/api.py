@@ -11,7 +11,6 @@ import asyncio
 import copy
 import csv
 import io
-import json
 import logging
 import math
 import re
@@ -25,17 +24,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgemon.collector.http.responses import (
     ERROR_SCHEMA,
     JSON_CONTENT,
+    NOSNIFF,
     BadRequest,
     ParamError,
     error_doc,
     error_response,
     errors_middleware,
     json_response,
+    json_text,
     ok_doc,
     param_doc,
     query_params,
 )
 from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
+from edgemon.collector.ingest.cardinality import HostCardinality
 from edgemon.collector.storage.accounting import accounting_of
 from edgemon.collector.storage.base import (
     AGGREGATIONS,
@@ -51,6 +53,7 @@ from edgemon.collector.storage.base import (
 )
 from edgemon.common.clock import now_ms, rfc3339_ms
 from edgemon.protocol import ProtocolError, validate_host_id
+from edgemon.protocol.names import NAME_PATTERN
 
 __all__ = ["QueryParams", "create_app", "parse_duration_ms", "parse_time_ms"]
 
@@ -62,8 +65,9 @@ METRICS_KEY = web.AppKey("metrics", object)
 READY_KEY = web.AppKey("ready", object)
 CLOCK_KEY = web.AppKey("clock", object)
 OPENAPI_KEY = web.AppKey("openapi", dict)
+HOST_LIMITS_KEY = web.AppKey("host_limits", object)
 
-_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
+_NAME = NAME_PATTERN  # metric names and label keys, as batches carry them
 _NAME_RE = re.compile(_NAME)
 _HOST_GLOB_RE = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,128}")
 _NICE_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
@@ -228,11 +232,27 @@ def _points(points: list[tuple[int, float]]) -> list[list[float | int]]:
     return out
 
 
-def host_doc(h: HostInfo) -> dict[str, Any]:
+# Host-sent text is untrusted: in CSV, cells a spreadsheet would run as a formula are
+# neutralised (OWASP CSV injection); JSON is escaped by responses.json_text.
+_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(value: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading ``'`` before a formula start."""
+    return "'" + value if value.startswith(_CSV_FORMULA_START) else value
+
+
+def host_doc(h: HostInfo, limits: HostCardinality | None = None) -> dict[str, Any]:
     return {"host": h.host, "online": h.online, "instance": h.instance,
             "last_seen": rfc3339_ms(h.last_seen_ms), "last_seen_ms": h.last_seen_ms,
             "last_status_ms": h.last_status_ms, "clock_offset_ms": h.clock_offset_ms,
-            "instances": h.instances}
+            "instances": h.instances,
+            "over_limit": limits is not None and limits.over_limit,
+            "series": None if limits is None else {
+                "active": limits.active_series, "max": limits.max_series,
+                "max_new_per_hour": limits.max_new_series_per_hour,
+                "rejected_total": limits.rejected_series_total,
+                "last_rejected_ms": limits.last_rejected_ms}}
 
 
 def series_doc(s: SeriesInfo) -> dict[str, Any]:
@@ -246,14 +266,15 @@ def gap_doc(g: Gap) -> dict[str, Any]:
 
 
 def _query_csv(results: list[SeriesResult]) -> str:
+    """RFC 4180 CSV (CRLF, so a CR or LF inside a cell is quoted); text cells neutralised."""
     keys = sorted({k for r in results for k in r.labels})
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["timestamp_ms", "time", "host", *keys, "value"])
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["timestamp_ms", "time", "host", *map(_csv_text, keys), "value"])
     for r in results:
-        labels = [r.labels.get(k, "") for k in keys]
+        text = [_csv_text(r.host or ""), *(_csv_text(r.labels.get(k, "")) for k in keys)]
         for ts, value in _points(r.points):
-            writer.writerow([ts, rfc3339_ms(ts), r.host or "", *labels, repr(value)
+            writer.writerow([ts, rfc3339_ms(ts), *text, repr(value)
                              if isinstance(value, float) else value])
     return out.getvalue()
 
@@ -291,7 +312,10 @@ async def _known_hosts(request: web.Request) -> set[str]:
 async def hosts_handler(request: web.Request) -> web.Response:
     query_params(request, ())
     hosts = await _call(request, request.app[STORAGE_KEY].hosts)
-    return json_response({"hosts": [host_doc(h) for h in sorted(hosts, key=lambda h: h.host)]})
+    host_limits = request.app[HOST_LIMITS_KEY]
+    limits = host_limits(_now_ms(request)) if host_limits is not None else {}  # type: ignore
+    return json_response({"hosts": [host_doc(h, limits.get(h.host))
+                                    for h in sorted(hosts, key=lambda h: h.host)]})
 
 
 async def series_handler(request: web.Request) -> web.Response:
@@ -335,10 +359,10 @@ async def query_handler(request: web.Request) -> web.Response:
         text = await _call(request, lambda: _query_csv(_run_query(storage, query)))
         return web.Response(text=text, content_type="text/csv",
                             headers={"Content-Disposition":
-                                     f'inline; filename="{query.name}.csv"'})
+                                     f'inline; filename="{query.name}.csv"', **NOSNIFF})
     # Query and serialise in the read pool: a large answer must not stall the event loop.
     body = await _call(request, lambda: _query_json(query, _run_query(storage, query)))
-    return web.Response(text=body, content_type=JSON_CONTENT)
+    return web.Response(text=body, content_type=JSON_CONTENT, headers=NOSNIFF)
 
 
 def _run_query(storage: Storage, query: RangeQuery) -> list[SeriesResult]:
@@ -353,7 +377,7 @@ def _run_query(storage: Storage, query: RangeQuery) -> list[SeriesResult]:
 def _query_json(query: RangeQuery, results: list[SeriesResult]) -> str:
     tiers = {r.tier for r in results}
     tier = tiers.pop() if len(tiers) == 1 else query.tier
-    return json.dumps({
+    return json_text({
         "metric": query.name,
         "start": query.start_ms,
         "end": query.end_ms,
@@ -364,7 +388,7 @@ def _query_json(query: RangeQuery, results: list[SeriesResult]) -> str:
         "tier": tier,
         "series": [{"host": r.host, "labels": r.labels, "kind": r.kind, "unit": r.unit,
                     "tier": r.tier, "points": _points(r.points)} for r in results],
-    }, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    })
 
 
 async def healthz_handler(_request: web.Request) -> web.Response:
@@ -397,10 +421,12 @@ def create_app(storage: Storage, *, executor: Executor | None = None,
                extend_openapi: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                middlewares: Sequence[Any] = (),
                client_max_size: int = 1024**2,
+               host_limits: Callable[[int], dict[str, HostCardinality]] | None = None,
                ) -> web.Application:
     """The collector's HTTP API; ``extra_routes`` (e.g. alerting) are described by
     ``extend_openapi``, which adds their paths to a copy of ``OPENAPI``. ``middlewares`` (e.g.
-    collector/http/auth.py) run inside the one that turns exceptions into JSON errors."""
+    collector/http/auth.py) run inside the one that turns exceptions into JSON errors.
+    ``host_limits(now_ms)``: each host's cardinality state (ingest), shown by /hosts."""
     from edgemon.collector.http import accounting  # it builds on this module's helpers
 
     app = web.Application(middlewares=[errors_middleware, *middlewares],
@@ -413,6 +439,7 @@ def create_app(storage: Storage, *, executor: Executor | None = None,
     app[METRICS_KEY] = metrics
     app[READY_KEY] = ready
     app[CLOCK_KEY] = clock_ms
+    app[HOST_LIMITS_KEY] = host_limits
     app.router.add_get("/edgemon/api/v1/hosts", hosts_handler)
     app.router.add_get("/edgemon/api/v1/hosts/{host}/series", series_handler)
     app.router.add_get("/edgemon/api/v1/query", query_handler)
@@ -537,7 +564,17 @@ OPENAPI: dict[str, Any] = {
             "last_status_ms": {"type": ["integer", "null"]},
             "clock_offset_ms": {"type": ["integer", "null"],
                                 "description": "receive time - send time of live batches"},
-            "instances": {"type": "integer"}}},
+            "instances": {"type": "integer"},
+            "over_limit": {"type": "boolean", "description": "series of this host were dropped "
+                           "for its cardinality bound in the last hour"},
+            "series": {"type": ["object", "null"], "description": "the host's cardinality "
+                       "bound (null when ingest does not run in this process)", "properties": {
+                           "active": {"type": "integer", "description": "series seen in the "
+                                      "last 24 h"},
+                           "max": {"type": "integer"},
+                           "max_new_per_hour": {"type": "integer"},
+                           "rejected_total": {"type": "integer"},
+                           "last_rejected_ms": {"type": ["integer", "null"]}}}}},
         "Hosts": {"type": "object", "properties": {
             "hosts": {"type": "array", "items": {"$ref": "#/components/schemas/Host"}}}},
         "Series": {"type": "object", "properties": {

@@ -65,6 +65,13 @@ def render_metrics(*, stats: IngestStats, rejects: Rejects, inbox: Inbox | None,
     w.metric("host_rejects_total", "counter", "Messages rejected, by host and reason",
              [({"host": h, "reason": r}, n)
               for (h, r), n in sorted(rejects.by_host_reason().items())])
+    w.metric("series_rejects_total", "counter", "Series dropped from stored batches (no real "
+             "host sends them, or over the host's cardinality bound), by reason",
+             [({"reason": r}, n) for r, n in sorted(rejects.series_by_reason().items())])
+    w.metric("host_series_rejects_total", "counter", "Series dropped from stored batches, by "
+             "host and reason",
+             [({"host": h, "reason": r}, n)
+              for (h, r), n in sorted(rejects.series_by_host_reason().items())])
     w.one("transactions_total", "counter", "Storage transactions", stats.transactions)
     w.one("transaction_seconds_total", "counter", "Time spent decoding and storing",
           round(stats.transaction_seconds, 6))

@@ -19,12 +19,14 @@ from aiohttp import web
 __all__ = [
     "ERROR_SCHEMA",
     "JSON_CONTENT",
+    "NOSNIFF",
     "BadRequest",
     "ParamError",
     "error_doc",
     "error_response",
     "errors_middleware",
     "json_response",
+    "json_text",
     "ok_doc",
     "param_doc",
     "query_params",
@@ -47,11 +49,25 @@ class ParamError(BadRequest):
         self.param = param
 
 
+# Host-sent text (label values, names) is untrusted: characters that end a <script> element or
+# a JavaScript string when a document is embedded in a page are escaped, as Go's encoding/json
+# does; ``nosniff`` keeps browsers from reading a JSON answer as anything else.
+_JSON_HTML_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                                 "\u2028": "\\u2028", "\u2029": "\\u2029"})
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+
+
+def json_text(doc: Any) -> str:
+    """``doc`` as compact, HTML-safe JSON; NaN and infinities are refused (JSON has none)."""
+    return json.dumps(doc, allow_nan=False, separators=(",", ":"),
+                      ensure_ascii=False).translate(_JSON_HTML_SAFE)
+
+
 def json_response(doc: Any, status: int = 200, *,
                   headers: dict[str, str] | None = None) -> web.Response:
-    """``doc`` as compact JSON; NaN and infinities are refused (JSON has none)."""
-    body = json.dumps(doc, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    return web.Response(text=body, status=status, content_type=JSON_CONTENT, headers=headers)
+    """``doc`` as compact, HTML-safe JSON (``json_text``)."""
+    return web.Response(text=json_text(doc), status=status, content_type=JSON_CONTENT,
+                        headers={**NOSNIFF, **(headers or {})})
 
 
 def error_response(status: int, message: str, *, errors: list[str] | None = None,

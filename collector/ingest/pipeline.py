@@ -6,9 +6,13 @@ loop. Storage maintenance (compaction) is not ingest's: ``storage.maintenance`` 
 own thread (the storage serialises writers itself).
 Per group of messages taken from the inbox (up to ``max_batch_per_txn``):
 
-1. writer thread: parse the topic, decode and validate every payload; reject the bad ones with a
-   counted reason (nothing of a bad message reaches storage); record status messages; store all
-   accepted batches with ONE ``store_batches`` call (one transaction, durable on return). Memory
+1. writer thread: parse the topic, decode every payload with ``protocol.decode_batch`` (the
+   decoder storage reads stored payloads with) and reject the bad ones with a counted reason
+   (nothing of a bad message reaches storage); drop the series of a good batch that no real host
+   sends or that exceed the host's cardinality bound (``screen``, ``cardinality``: counted per
+   series, the rest of the batch is stored, re-encoded and decoded once more); record status
+   messages; store all accepted batches with ONE ``store_batches`` call (one transaction, durable
+   on return). Memory
    is bounded: once the decoded batches of a group hold ``max_samples_per_txn`` samples, they
    are stored and let go before the rest of the group is decoded (several transactions);
 2. event loop, only after that returned: PUBACK every message of the group (stored, duplicate and
@@ -32,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -40,17 +43,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgemon.collector.config import IngestConfig
+from edgemon.collector.ingest.cardinality import SeriesLimits
 from edgemon.collector.ingest.mqtt import Inbox, MqttIngest, RawMessage, now_ms
 from edgemon.collector.ingest.rejects import Rejects
+from edgemon.collector.ingest.screen import Refusal, screen, series_keys, without
 from edgemon.collector.storage.base import IngestItem, Storage, StoreResult
 from edgemon.common.logs import Throttle
-from edgemon.protocol import MalformedPayload, ProtocolError, decode, decode_status, parse_topic
-from edgemon.protocol.limits import MAX_COMPRESSED_BYTES, MAX_INT
-from edgemon.protocol.schema import validate_batch
+from edgemon.protocol import (
+    MalformedPayload,
+    ProtocolError,
+    decode_batch,
+    decode_status,
+    encode,
+    parse_topic,
+)
+from edgemon.protocol.codec import FAST_LEVEL
+from edgemon.protocol.names import validate_instance_id
+from edgemon.protocol.schema import ValidBatch
 
 __all__ = ["IngestPipeline", "IngestStats", "Outcome"]
-
-_INSTANCE_RE = re.compile(r"[A-Za-z0-9._-]+")  # as protocol.schema checks it in batches
 
 log = logging.getLogger("edgemon.collector.ingest.pipeline")
 
@@ -77,6 +88,7 @@ class Outcome:
     batch_key: tuple[str, int] | None = None  # (instance, seq) of a decodable batch
     samples: int = 0  # decoded samples held by ``item``
     sent_ms: int | None = None  # the batch's ``sent`` (kept when ``item`` is let go)
+    dropped: dict[str, tuple[int, str]] | None = None  # series left out: reason -> (n, example)
 
     def reject(self, reason: str, detail: str) -> Outcome:
         """Turn this outcome into a rejection (keeping ``batch_key`` so the agent can be told)."""
@@ -114,6 +126,8 @@ class IngestPipeline:
         self.rejects = rejects or Rejects()
         self.clock_ms = clock_ms
         self.stats = IngestStats()
+        self.series_limits = SeriesLimits(config.max_series_per_host,
+                                          config.max_new_series_per_hour)
         self.storage_ok = True  # False while the storage refuses every write
         self.heartbeat = time.monotonic()  # last turn of the worker loop (systemd watchdog)
         self._decode_error_log = Throttle(DECODE_ERROR_LOG_INTERVAL)
@@ -262,45 +276,97 @@ class IngestPipeline:
             host, kind = parse_topic(msg.topic)
         except ProtocolError as exc:
             return Outcome(msg, None, "reject", reason=exc.reason, detail=str(exc))
-        key: tuple[str, int] | None = None
         try:
             if kind == "status":
-                return Outcome(msg, host, "status", status=_checked_status(msg.payload))
+                return Outcome(msg, host, "status", status=self._checked_status(msg))
             if kind not in ("metrics", "backfill"):
                 return Outcome(msg, host, "reject", reason="unexpected_topic",
                                detail=f"collector does not read {kind} topics")
-            if msg.size > MAX_COMPRESSED_BYTES:
-                return Outcome(msg, host, "reject", reason="too_large",
-                               detail=f"{msg.size} bytes > {MAX_COMPRESSED_BYTES}")
-            raw = decode(msg.payload)
-            key = _batch_key(raw)
-            batch = validate_batch(raw)
+            return self._checked_batch(msg, host, kind)
         except ProtocolError as exc:
             return Outcome(msg, host, "reject", reason=exc.reason, detail=str(exc),
-                           batch_key=key)
+                           batch_key=exc.batch_key)
         except Exception as exc:  # a decoder bug must not stop ingest of everyone else
             if self._decode_error_log() is not None:
                 log.exception("unexpected error decoding a message from %s (logged at most "
                               "once a minute; all are counted as reason decode_error)", host)
             return Outcome(msg, host, "reject", reason="decode_error", detail=repr(exc)[:200])
+
+    def _checked_batch(self, msg: RawMessage, host: str, kind: str) -> Outcome:
+        batch = decode_batch(msg.payload)
+        key = (batch.instance, batch.seq)
         if batch.host != host:
             return Outcome(msg, host, "reject", reason="host_mismatch", batch_key=key,
                            detail=f"payload says host {batch.host[:64]!r}")
-        oldest = batch.t[0]
-        newest = sum(batch.t)
-        tolerance_s = self.config.future_tolerance_seconds
-        if newest > msg.received_ms + tolerance_s * 1000:
-            ahead_s = (newest - msg.received_ms) / 1000
-            return Outcome(msg, host, "reject", reason="future_timestamp", batch_key=key,
-                           detail=f"sample {ahead_s:.0f} s ahead of the collector's clock "
-                                  f"(tolerance {tolerance_s} s)")
-        if oldest < msg.received_ms - self.config.past_tolerance_days * 86_400_000:
-            return Outcome(msg, host, "reject", reason="past_timestamp", batch_key=key,
-                           detail=f"sample older than {self.config.past_tolerance_days} days")
-        item = IngestItem(batch=batch, payload=msg.payload, received_ms=msg.received_ms,
+        late = self._time_problem(batch.first_timestamp, batch.last_timestamp, msg.received_ms)
+        if late is not None:
+            return Outcome(msg, host, "reject", reason=late[0], detail=late[1], batch_key=key)
+        payload = msg.payload
+        dropped: dict[str, tuple[int, str]] | None = None
+        try:
+            screened = self._screened(host, batch, msg)
+            if screened is not None:
+                payload, dropped = screened
+                batch = None  # type: ignore[assignment]  # let it go before the rest is decoded
+                batch = decode_batch(payload)
+        except ProtocolError as exc:  # what is left does not encode within the limits
+            return Outcome(msg, host, "reject", reason=exc.reason, detail=str(exc), batch_key=key)
+        item = IngestItem(batch=batch, payload=payload, received_ms=msg.received_ms,
                           historical=kind == "backfill")
         return Outcome(msg, host, kind, item=item, batch_key=key, samples=batch.sample_count,
-                       sent_ms=batch.sent)
+                       sent_ms=batch.sent, dropped=dropped)
+
+    def _screened(self, host: str, batch: ValidBatch, msg: RawMessage
+                  ) -> tuple[bytes, dict[str, tuple[int, str]]] | None:
+        """None if every series of ``batch`` may be stored; else the payload of the rest (less
+        the series no real host sends and those over the host's cardinality bound) and the
+        dropped series by reason. The caller decodes that payload with the decoder of every
+        payload: what is stored is what ``decode`` returns."""
+        refused = screen(batch)
+        keys = [k for k in series_keys(batch.metrics) if k not in refused]
+        limits = self.series_limits
+        for k, reason in limits.admit(host, keys, msg.received_ms).items():
+            refused[k] = Refusal(reason, f"{k[0]}: over the host's bound of "
+                                 f"{limits.max_series} series / {limits.max_new_per_hour} new "
+                                 "series per hour")
+        if not refused:
+            return None
+        dropped: dict[str, tuple[int, str]] = {}
+        for refusal in refused.values():
+            n, example = dropped.get(refusal.reason, (0, refusal.detail))
+            dropped[refusal.reason] = (n + 1, example)
+        return encode(batch.to_map(without(batch.metrics, refused)), level=FAST_LEVEL), dropped
+
+    def _time_problem(self, oldest: int, newest: int, received_ms: int, *,
+                      past: bool = True) -> tuple[str, str] | None:
+        """(reason, detail) if a timestamp lies outside the collector's clock tolerance."""
+        tolerance_s = self.config.future_tolerance_seconds
+        if newest > received_ms + tolerance_s * 1000:
+            ahead_s = (newest - received_ms) / 1000
+            return "future_timestamp", (f"timestamp {ahead_s:.0f} s ahead of the collector's "
+                                        f"clock (tolerance {tolerance_s} s)")
+        if past and oldest < received_ms - self.config.past_tolerance_days * 86_400_000:
+            return "past_timestamp", (f"timestamp older than {self.config.past_tolerance_days} "
+                                      "days")
+        return None
+
+    def _checked_status(self, msg: RawMessage) -> dict[str, Any]:
+        """A status message that storage can record: ``decode_status``, a valid instance id, and
+        ``ts`` an integer within the clock tolerance of batches. A Last Will (offline) may be
+        older than ``past_tolerance_days``: the agent composes it when it connects."""
+        try:
+            doc = decode_status(msg.payload)
+        except RecursionError:
+            raise MalformedPayload("not JSON: nested too deeply", reason="not_json") from None
+        validate_instance_id(doc["instance"])
+        ts = doc["ts"]
+        if type(ts) is not int or ts < 0:
+            raise MalformedPayload("status ts must be milliseconds since the epoch (an integer)",
+                                   reason="schema")
+        late = self._time_problem(ts, ts, msg.received_ms, past=doc["state"] == "online")
+        if late is not None:
+            raise ProtocolError(f"status {late[1]}", reason=late[0])
+        return doc
 
     def _record_status(self, o: Outcome) -> None:
         doc = o.status or {}
@@ -344,6 +410,8 @@ class IngestPipeline:
             if result.stored:
                 stats.batches_stored += 1
                 stats.samples_stored += result.samples
+                for reason, (count, example) in (o.dropped or {}).items():
+                    self.rejects.record_series(reason, result.host, count, example)
             else:
                 stats.duplicates += 1
             acks.setdefault((result.host, result.instance), []).append(result.seq)
@@ -360,32 +428,6 @@ class IngestPipeline:
             for (host, instance), (seqs, reason) in refused.items():
                 if self.mqtt.publish_ack(host, instance, [], rejected=seqs, reason=reason):
                     stats.acks_published += 1
-
-
-def _checked_status(payload: bytes) -> dict[str, Any]:
-    """A status message that storage can record: ``decode_status`` plus the checks it leaves out
-    (JSON nested too deep, ``ts`` a bool or beyond 64 bits, an invalid instance id)."""
-    try:
-        doc = decode_status(payload)
-    except RecursionError:
-        raise MalformedPayload("not JSON: nested too deeply", reason="not_json") from None
-    ts = doc["ts"]
-    if type(ts) is not int or not 0 <= ts <= MAX_INT:
-        raise MalformedPayload("status ts must be milliseconds since the epoch (an integer "
-                               f"from 0 to {MAX_INT})", reason="schema")
-    if not _INSTANCE_RE.fullmatch(doc["instance"]):
-        raise MalformedPayload("status instance id: use letters, digits, '.', '-', '_'",
-                               reason="schema")
-    return doc
-
-
-def _batch_key(raw: dict[str, Any]) -> tuple[str, int] | None:
-    """(instance, seq) of a decoded batch map, if both look sane, before full validation."""
-    instance, seq = raw.get("instance"), raw.get("seq")
-    if (isinstance(instance, str) and 0 < len(instance) <= 64 and type(seq) is int
-            and 0 <= seq < 2**63):
-        return instance, seq
-    return None
 
 
 def _item(o: Outcome) -> IngestItem:

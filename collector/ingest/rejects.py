@@ -1,4 +1,5 @@
-"""Counters of rejected messages by reason and host, with rate-limited logging.
+"""Counters of rejected messages (and of series dropped from stored batches) by reason and host,
+with rate-limited logging.
 
 A misbehaving or hostile publisher can send garbage at any rate and on any number of invented
 host topics: counting must stay cheap and bounded, and the log must not become the attack. Each
@@ -34,28 +35,53 @@ class Rejects:
         self._by_reason: Counter[str] = Counter()
         self._by_host_reason: Counter[tuple[str, str]] = Counter()
         self._hosts: set[str] = set()
+        self._series_by_reason: Counter[str] = Counter()
+        self._series_by_host_reason: Counter[tuple[str, str]] = Counter()
         self._throttles: dict[str, Throttle] = {}  # per tracked host (and _other): bounded
 
     def record(self, reason: str, host: str | None, detail: str = "") -> None:
         """Count one rejected message; log it unless this host was logged recently."""
-        host = host or UNKNOWN_HOST
         with self._lock:
-            if host not in self._hosts:
-                if len(self._hosts) >= self.max_hosts:
-                    host = OTHER_HOST
-                else:
-                    self._hosts.add(host)
+            host = self._tracked(host)
             self._by_reason[reason] += 1
             self._by_host_reason[(host, reason)] += 1
-            throttle = self._throttles.get(host)
-            if throttle is None:
-                throttle = self._throttles[host] = Throttle(self.log_interval, self._clock)
-            suppressed = throttle()
-            if suppressed is None:
-                return
-        log.warning("rejected message from %s: %s%s", host, reason,
-                    f": {detail}" if detail else "",
-                    extra={"host": host, "reason": reason, "suppressed_since_last": suppressed})
+            suppressed = self._log_now(host)
+        if suppressed is not None:
+            log.warning("rejected message from %s: %s%s", host, reason,
+                        f": {detail}" if detail else "",
+                        extra={"host": host, "reason": reason,
+                               "suppressed_since_last": suppressed})
+
+    def record_series(self, reason: str, host: str, count: int, detail: str = "") -> None:
+        """Count ``count`` series dropped for ``reason`` from a batch whose other series were
+        stored (``detail`` names one); logged like ``record``, sharing its per-host limit."""
+        with self._lock:
+            host = self._tracked(host)
+            self._series_by_reason[reason] += count
+            self._series_by_host_reason[(host, reason)] += count
+            suppressed = self._log_now(host)
+        if suppressed is not None:
+            log.warning("dropped %d series of a batch from %s: %s%s", count, host, reason,
+                        f": {detail}" if detail else "",
+                        extra={"host": host, "reason": reason, "series": count,
+                               "suppressed_since_last": suppressed})
+
+    def _tracked(self, host: str | None) -> str:
+        """The host to count under (holding the lock)."""
+        host = host or UNKNOWN_HOST
+        if host not in self._hosts:
+            if len(self._hosts) >= self.max_hosts:
+                return OTHER_HOST
+            self._hosts.add(host)
+        return host
+
+    def _log_now(self, host: str) -> int | None:
+        """How many lines of ``host`` were suppressed since its last one, or None to suppress
+        this one too (holding the lock)."""
+        throttle = self._throttles.get(host)
+        if throttle is None:
+            throttle = self._throttles[host] = Throttle(self.log_interval, self._clock)
+        return throttle()
 
     def by_reason(self) -> dict[str, int]:
         with self._lock:
@@ -64,6 +90,14 @@ class Rejects:
     def by_host_reason(self) -> dict[tuple[str, str], int]:
         with self._lock:
             return dict(self._by_host_reason)
+
+    def series_by_reason(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._series_by_reason)
+
+    def series_by_host_reason(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._series_by_host_reason)
 
     def total(self) -> int:
         with self._lock:

@@ -30,7 +30,7 @@ class IngestItem:
     """One validated batch as it arrived, ready to be stored once."""
 
     batch: ValidBatch
-    payload: bytes  # the compressed bytes exactly as received (the durable record)
+    payload: bytes  # the bytes as received, or the accepted series re-encoded (the durable record)
     received_ms: int
     historical: bool  # arrived on the backfill topic
 

@@ -55,7 +55,7 @@ class Writes(SQLiteFile):
                 seen["instances"][batch.instance] = max(
                     seen["instances"].get(batch.instance, 0), it.received_ms)
                 if stored:
-                    t_max = sum(batch.t)
+                    t_max = batch.last_timestamp
                     rows.append((hid, batch.instance, batch.seq, it.received_ms, batch.t[0],
                                  t_max, samples, int(it.historical), it.payload))
                     if not it.historical:
