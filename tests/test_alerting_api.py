@@ -207,3 +207,12 @@ def _walk(node: Any) -> Any:
             yield from _walk(v)
     else:
         yield node
+
+
+def test_rules_show_where_receivers_send_but_not_their_secret_urls() -> None:
+    from edgemon.collector.http.alerts_api import _redacted
+
+    slack = "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
+    assert _redacted(slack) == "https://hooks.slack.com/…"
+    assert "SECRET" not in str(_redacted("http://relay:8080/hook?token=SECRET"))
+    assert _redacted("http://relay:8080") == "http://relay:8080"

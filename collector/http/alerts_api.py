@@ -14,6 +14,7 @@ import asyncio
 import json
 import re
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -159,7 +160,7 @@ def routes(engine: AlertEngine) -> list[web.RouteDef]:
         return json_response({"source": ruleset.source, "digest": ruleset.digest,
                               "loaded_ms": engine.rules_loaded_ms,
                               "settings": ruleset.settings.model_dump(mode="json"),
-                              "receivers": [{"name": r.name, "url": r.url,
+                              "receivers": [{"name": r.name, "url": _redacted(r.url),
                                              "send_resolved": r.send_resolved}
                                             for r in ruleset.receivers.values()],
                               "rules": rules_status(engine)})
@@ -353,3 +354,14 @@ def merge_openapi(document: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ += ["parse_time_ms"]
+
+
+def _redacted(url: str | None) -> str | None:
+    """Where a receiver sends, without the secret its URL may carry (Slack and Teams webhook
+    URLs are the credential; others may hold a token in the path or query)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    hidden = "/…" if parts.path.strip("/") or parts.query else ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{hidden}"
