@@ -18,6 +18,7 @@ from typing import Final, NamedTuple
 
 from edgemon.protocol.errors import MalformedPayload, ProtocolError
 from edgemon.protocol.limits import VERSION
+from edgemon.protocol.status import json_document
 from edgemon.protocol.topics import PREFIX
 
 __all__ = [
@@ -70,14 +71,7 @@ def encode_collector_state(collector_id: str, *, online: bool, ts_ms: int) -> by
 
 def decode_collector_state(payload: bytes) -> CollectorState:
     """Parse a presence document; ``MalformedPayload`` for anything else."""
-    if len(payload) > _MAX_JSON:
-        raise MalformedPayload("collector state too large", reason="too_large")
-    try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedPayload(f"collector state is not JSON: {exc}", reason="not_json") from None
-    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != VERSION:
-        raise MalformedPayload("not a v1 collector state", reason="schema")
+    doc = json_document(payload, max_bytes=_MAX_JSON)
     state, ts = doc.get("state"), doc.get("ts")
     if state not in ("online", "offline") or type(ts) is not int or ts < 0:
         raise MalformedPayload("collector state needs state online|offline and an integer ts",

@@ -27,15 +27,22 @@ def encode_status(*, online: bool, instance: str, timestamp_ms: int,
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _load(payload: bytes) -> dict[str, Any]:
-    if len(payload) > _MAX_JSON:
+def json_document(payload: bytes, *, max_bytes: int = _MAX_JSON) -> dict[str, Any]:
+    """A v1 JSON message (status, ack, collector presence): an object whose ``v`` is the
+    integer 1; ``MalformedPayload`` for anything else."""
+    if len(payload) > max_bytes:
         raise MalformedPayload("JSON message too large", reason="too_large")
     try:
         doc = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedPayload(f"not JSON: {exc}", reason="not_json") from None
-    if not isinstance(doc, dict) or doc.get("v") != VERSION:
+    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != VERSION:
         raise MalformedPayload("not a v1 JSON message", reason="schema")
+    return doc
+
+
+def _load(payload: bytes) -> dict[str, Any]:
+    doc = json_document(payload)
     inst = doc.get("instance")
     if not isinstance(inst, str) or not 0 < len(inst) <= MAX_INSTANCE_LENGTH:
         raise MalformedPayload("instance missing or invalid", reason="schema")
