@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from edgemon.collector.http.alerts_api import active_alerts
 from edgemon.collector.http.api import auto_step_ms, error_response, json_response
 from edgemon.collector.http.auth import AUTH_KEY, Principal
 from edgemon.collector.http.charts import align, chart_metrics, run_metric
@@ -217,7 +218,7 @@ class Dashboard:
             return {}
         out: dict[str, int] = {}
         digest = hashlib.sha256()
-        for a in self.engine.active_alerts():
+        for a in active_alerts(self.engine):
             digest.update(f"{a['fingerprint']}:{a['status']}:{a['silenced_by']}\n".encode())
             if a["status"] == "firing":
                 out[a["host"]] = out.get(a["host"], 0) + 1

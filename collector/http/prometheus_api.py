@@ -23,6 +23,7 @@ import promql_parser as pp
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
+from edgemon.collector.http.alerts_api import active_alerts, rules_status
 from edgemon.collector.http.api import EXECUTOR_KEY
 from edgemon.collector.http.federate import federate_handler
 from edgemon.collector.http.prometheus_rules import alerts_data, rules_data
@@ -260,7 +261,7 @@ def routes(storage: Storage, *, alerting: Any = None, limits: QueryLimits | None
             return _ok(success_body({"groups": []}))
 
         def build() -> dict[str, Any]:
-            return rules_data(alerting.rules_status(), alerting.active_alerts(),
+            return rules_data(rules_status(alerting), active_alerts(alerting),
                               source=str(alerting.ruleset.source or "(built-in rules)"),
                               interval_ms=int(alerting.settings.interval), kind=kind)
 
@@ -269,7 +270,7 @@ def routes(storage: Storage, *, alerting: Any = None, limits: QueryLimits | None
     async def alerts(request: web.Request) -> web.Response:
         if alerting is None:
             return _ok(success_body({"alerts": []}))
-        active = await _in_thread(request, alerting.active_alerts)
+        active = await _in_thread(request, lambda: active_alerts(alerting))
         return _ok(success_body(alerts_data(active)))
 
     async def not_found(request: web.Request) -> web.Response:
