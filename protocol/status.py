@@ -34,8 +34,8 @@ def json_document(payload: bytes, *, max_bytes: int = _MAX_JSON) -> dict[str, An
         raise MalformedPayload("JSON message too large", reason="too_large")
     try:
         doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedPayload(f"not JSON: {exc}", reason="not_json") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise MalformedPayload(f"not JSON: {str(exc)[:200]}", reason="not_json") from None
     if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != VERSION:
         raise MalformedPayload("not a v1 JSON message", reason="schema")
     return doc
@@ -53,7 +53,7 @@ def decode_status(payload: bytes) -> dict[str, Any]:
     """A status document; ``MalformedPayload`` if it is not one. ``last_seq``, when present, is
     an integer from 0 to 2**63-1."""
     doc = _load(payload)
-    if doc.get("state") not in ("online", "offline") or not isinstance(doc.get("ts"), int):
+    if doc.get("state") not in ("online", "offline") or type(doc.get("ts")) is not int:
         raise MalformedPayload("status needs state online|offline and integer ts",
                                reason="schema")
     last_seq = doc.get("last_seq")

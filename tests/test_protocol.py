@@ -454,3 +454,16 @@ def test_decoding_the_largest_batches_stays_within_the_stated_bound(build) -> No
     print(f"{build.__name__}: {peak / 2**20:.1f} MiB built, {total / 2**20:.1f} MiB in all "
           f"(bound {MAX_DECODE_BYTES / 2**20:.1f} MiB)")
     assert total <= MAX_DECODE_BYTES
+
+
+def test_status_documents_refuse_lookalike_types_and_deep_nesting() -> None:
+    from edgemon.protocol import decode_status
+
+    good = b'{"v":1,"state":"online","instance":"abc","ts":5}'
+    assert decode_status(good)["ts"] == 5
+    for bad in (b'{"v":1.0,"state":"online","instance":"abc","ts":5}',
+                b'{"v":true,"state":"online","instance":"abc","ts":5}',
+                b'{"v":1,"state":"online","instance":"abc","ts":true}',
+                b"[" * 100_000 + b"]" * 100_000):
+        with pytest.raises(MalformedPayload, match=r"v1|integer ts|not JSON|too large"):
+            decode_status(bad)
