@@ -70,6 +70,29 @@ def rss_kib(pid: int) -> dict[str, int]:
     return out
 
 
+class RssSampler:
+    """VmRSS of ``pid`` every 50 ms in a thread, from creation until ``stop()``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.samples.append(rss_kib(self.pid)["VmRSS"])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_kib(self) -> int:
+        """The highest sample, or the process's own high-water mark when higher."""
+        return max([*self.samples, rss_kib(self.pid)["VmHWM"]])
+
+
 def rejects(http: int) -> Counter[str]:
     with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10) as r:
         text = r.read().decode()
@@ -387,27 +410,18 @@ def bomb_stream(work: Path, seconds: float) -> dict[str, Any]:
         baseline = rss_kib(pid)["VmRSS"]
         before = rejects(http)
         bombs = bomb_payloads(int(time.time() * 1000))
-        samples: list[int] = []
-        sampling = threading.Event()
-
-        def sample() -> None:
-            while not sampling.wait(0.05):
-                samples.append(rss_kib(pid)["VmRSS"])
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        sampler = RssSampler(pid)
         bomber = Bomber(port, http, bombs)
         started = time.monotonic()
         bomber.start()
         try:
-            sampling.wait(seconds)
+            time.sleep(seconds)
         finally:
             bomb_s = time.monotonic() - started
             bomber.close()
             after = rejects(http)
-            sampling.set()
-            sampler.join()
-        peak = max([*samples, rss_kib(pid)["VmHWM"]])
+            sampler.stop()
+        peak = sampler.peak_kib()
     finally:
         for proc in (collector, broker):
             if proc is not None:
@@ -474,15 +488,7 @@ def main() -> int:
         print(f"no flood: {quiet}", flush=True)
         baseline = rss_kib(pid)
         before = rejects(http)
-        samples: list[int] = []
-        sampling = threading.Event()
-
-        def sample() -> None:
-            while not sampling.wait(0.05):
-                samples.append(rss_kib(pid)["VmRSS"])
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        sampler = RssSampler(pid)
         flooder = Flooder(port)
         started = time.monotonic()
         flooder.start()
@@ -492,10 +498,9 @@ def main() -> int:
             flood_s = time.monotonic() - started
             after = rejects(http)
             flooder.close()
-            sampling.set()
-            sampler.join()
+            sampler.stop()
         print(f"flood: {flooded}", flush=True)
-        peak = max([*samples, rss_kib(pid)["VmHWM"]])
+        peak = sampler.peak_kib()
         bombs = bomb_stream(work / "bombs", seconds)
         print(f"bomb stream: {bombs}", flush=True)
         counted = after - before
