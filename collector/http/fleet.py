@@ -294,8 +294,8 @@ class ObservedStorage:
         return results
 
     def record_status(self, host: str, instance: str, online: bool, timestamp_ms: int,
-                      received_ms: int) -> None:
-        self._storage.record_status(host, instance, online, timestamp_ms, received_ms)
+                      received_ms: int, last_seq: int | None = None) -> None:
+        self._storage.record_status(host, instance, online, timestamp_ms, received_ms, last_seq)
         self._state.status_changed(host)
 
     def __getattr__(self, name: str) -> Any:
