@@ -152,7 +152,10 @@ def system(tmp_path: Path) -> Iterator[tuple[Broker, Collector, Agent]]:
     # collector's counts can be checked against what was published.
     broker = Broker(tmp_path / "broker", max_queued_messages=100_000).start()
     started.append(broker)
-    collector = Collector(tmp_path / "collector", broker).start()
+    # Every flood message must reach the collector to be counted: no leaving the flooder out
+    # at the broker here (that is the max-rate test below, on a secured broker).
+    collector = Collector(tmp_path / "collector", broker,
+                          mqtt_extra="flood_trigger_per_second = 0\n").start()
     started.append(collector)
     agent = Agent(tmp_path / "agent", broker, host_id=GOOD, interval=0.1, batch_cycles=2,
                   buffer_extra="ack_timeout_seconds = 2.0\nmax_inflight = 32").start()
