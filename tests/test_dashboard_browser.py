@@ -99,7 +99,8 @@ class Stack:
         from paho.mqtt.enums import CallbackAPIVersion
 
         disk = MetricDef("disk_usage_percent", GAUGE, "percent", 2, ("mount", "device", "fstype"))
-        weird = MetricDef("weird_metric", GAUGE, "", 0, ("__proto__", "constructor", "label"))
+        # ``__*`` label keys never get past ingest (reserved); these are the prototype hazards left
+        weird = MetricDef("weird_metric", GAUGE, "", 0, ("constructor", "prototype", "label"))
         now = int(time.time() * 1000)
         b = BatchBuilder()
         for i in range(3):
@@ -297,7 +298,7 @@ def test_hostile_label_values_are_shown_as_text_and_run_nothing(
     admin.get(stack.base + "/hosts/evil-host?range=15m")
     admin.wait_ready()
     text = admin.js("return document.body.innerText")
-    assert HOSTILE in text and "__proto__=" + SCRIPT in text
+    assert HOSTILE in text and "constructor=" + SCRIPT in text
     assert admin.js("return document.querySelectorAll('img, script:not([src])').length") == 0
     assert admin.js("return window.__pwned === undefined && ({}).toString !== 'toString'")
     assert int(attr(admin, "figure[data-metric='disk_usage_percent']", "data-points") or 0) > 0
