@@ -131,7 +131,7 @@ class Publisher:
                             extra={"topic": topic, "suppressed": suppressed})
             return False
         with self._lock:
-            if not info.is_published():
+            if not _published(info):
                 self._unconfirmed[info.mid] = info
         return True
 
@@ -140,14 +140,17 @@ class Publisher:
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                pending = [i for i in self._unconfirmed.values() if not i.is_published()]
+                pending = [i for i in self._unconfirmed.values() if not _published(i)]
                 self._unconfirmed = {i.mid: i for i in pending}
             if not pending or not self.connected:
                 return not pending
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            pending[0].wait_for_publish(min(remaining, 0.1))
+            try:
+                pending[0].wait_for_publish(min(remaining, 0.1))
+            except (RuntimeError, ValueError):  # lost the connection meanwhile: asked above
+                time.sleep(min(remaining, 0.1))  # the network thread reconnects; not a state wait
 
     def stop(self, timeout: float = 2.0) -> None:
         """Publish the retained offline status, disconnect cleanly, stop the network thread."""
@@ -240,3 +243,12 @@ class Publisher:
                     properties: Any) -> None:
         with self._lock:
             self._unconfirmed.pop(mid, None)
+
+
+def _published(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether the broker has PUBACKed ``info``; paho raises instead of answering when the
+    message was queued while disconnected (it goes out on reconnect): that is "not yet"."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False
