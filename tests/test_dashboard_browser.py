@@ -43,6 +43,7 @@ pytestmark = [pytest.mark.slow,
 HOSTILE = "<img src=x onerror=alert(1)>"
 SCRIPT = "<script>window.__pwned=1</script>"
 NO_VALUE = "\u2013"  # what a cell shows without a value
+LONG_NAME = "m" + "_very_long" * 12 + "_name"  # 126 characters, no space to break at
 FAMILIES = ("cpu", "load", "memory", "disk", "network", "system", "agent")
 RULES = """[settings]
 interval = "1s"
@@ -99,13 +100,16 @@ class Stack:
         from paho.mqtt.enums import CallbackAPIVersion
 
         disk = MetricDef("disk_usage_percent", GAUGE, "percent", 2, ("mount", "device", "fstype"))
-        # ``__*`` label keys never get past ingest (reserved); these are the prototype hazards left
+        # ``__*`` label keys and control characters never get past ingest (reserved, not
+        # printable); these are the hazards left
         weird = MetricDef("weird_metric", GAUGE, "", 0, ("constructor", "prototype", "label"))
+        long = MetricDef(LONG_NAME, GAUGE, "", 0, ("quote",))
         now = int(time.time() * 1000)
         b = BatchBuilder()
         for i in range(3):
             b.add(now - 3000 + i * 1000, disk, (HOSTILE, "/dev/x", "ext4"), to_scaled(42.0, 2))
             b.add(now - 3000 + i * 1000, weird, (SCRIPT, "toString", HOSTILE), i)
+            b.add(now - 3000 + i * 1000, long, ('"quoted" & <b>', ), i)
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"evil-{uuid.uuid4().hex}")
         client.connect(self.broker.host, self.broker.port)
         client.loop_start()
@@ -169,6 +173,12 @@ def attr(b: chromium.Browser, css: str, name: str) -> str | None:
                 "return e ? e.getAttribute(arguments[1]) : null;", css, name)
 
 
+def click(b: chromium.Browser, css: str) -> None:
+    """Click what ``css`` names now (a redrawn table or chart has new elements)."""
+    assert b.js("const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;",
+                css), f"nothing to click at {css}"
+
+
 def text(b: chromium.Browser, css: str) -> str:
     return b.js("const e = document.querySelector(arguments[0]);"  # type: ignore[no-any-return]
                 "return e ? e.innerText : '';", css)
@@ -227,9 +237,13 @@ def test_the_fleet_page_lists_this_host_online_with_plausible_figures(
     assert int(online.replace(",", "")) >= 3
     shoot(admin, "fleet")
     # sort by CPU, then filter by name: the server answers, the URL remembers
-    admin.find("#head th:nth-child(4) button").click()
+    from selenium.webdriver.common.keys import Keys
+
+    admin.find("#head th:nth-child(4) button").send_keys(Keys.ENTER)  # the keyboard is enough
     wait_until(lambda: attr(admin, "#head th:nth-child(4)", "aria-sort") == "descending", 10,
                "sorted by CPU")
+    assert admin.js("return document.activeElement.closest('th').dataset.column") == \
+        "cpu_percent"  # focus stays where it was
     admin.find("#q").send_keys("dash-h")
     wait_until(lambda: admin.js("return [...document.querySelectorAll('#rows tr')]"
                                 ".map(r => r.dataset.host).join()") == "dash-host", 10,
@@ -265,8 +279,8 @@ def test_the_host_page_draws_every_family_and_updates_live(
     assert text(admin, "#live-mark") == "live"
     shoot(admin, "host")
     # per-core series can be picked; the legend says the unit on hover
-    admin.find(f"{cpu} summary").click()
-    admin.find(f"{cpu} .picks input").click()
+    click(admin, f"{cpu} summary")
+    click(admin, f"{cpu} .picks input")
     assert "2 of" in text(admin, f"{cpu} summary")
     admin.find("button.range[data-range='24h']").click()
     wait_until(lambda: "range=24h" in admin.url and admin.js(
@@ -299,6 +313,8 @@ def test_hostile_label_values_are_shown_as_text_and_run_nothing(
     admin.wait_ready()
     text = admin.js("return document.body.innerText")
     assert HOSTILE in text and "constructor=" + SCRIPT in text
+    assert LONG_NAME in text and 'quote="quoted" & <b>' in text
+    assert admin.js("return document.documentElement.scrollWidth <= window.innerWidth")
     assert admin.js("return document.querySelectorAll('img, script:not([src])').length") == 0
     assert admin.js("return window.__pwned === undefined && ({}).toString !== 'toString'")
     assert int(attr(admin, "figure[data-metric='disk_usage_percent']", "data-points") or 0) > 0
@@ -378,3 +394,8 @@ def test_an_alert_fires_on_the_page_and_a_silence_made_there_stops_its_notificat
                 and a["labels"].get("alertname") == "host-down"]
     wait_until(lambda: "dash-quiet" in text(admin, "#history"), 20, "history on the page")
     assert json.dumps(stack.webhook.alerts()).count("dash-loud") >= 1
+    # and an admin can end it early
+    click(admin, "#silence-rows tr[data-state='active'] button")
+    wait_until(lambda: "expired" in text(admin, "#status"), 10, "silence expired")
+    assert not [s for s in stack.collector.get("/edgemon/api/v1/silences")["silences"]
+                if s["state"] == "active"]

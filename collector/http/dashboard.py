@@ -83,6 +83,7 @@ SEED_SLICE = 2000  # hosts per seeding query: a read-pool job of a second or so,
 FLEET_TICK_S = 2.0
 MAX_RANGE_MS = 800 * 86_400_000
 MAX_TOKEN_CHARS = 256
+FLEET_CACHE_ENTRIES = 256  # distinct fleet queries answered from memory per snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,8 @@ class Dashboard:
                               stale_after_ms=stale_after_ms)
         self.assets = load_assets(assets_dir)
         self.seeding = True
+        self._fleet_cache_of: object = None
+        self._fleet_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
         self._alerts_digest = ""
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -330,18 +333,35 @@ class Dashboard:
     # --- the fleet ----------------------------------------------------------------------------
 
     async def fleet(self, request: web.Request) -> web.Response:
-        offset, limit, column, descending, row_filter = parse_fleet_query(request.query)
+        """Answers are kept per snapshot (as JSON and gzip'd): many people looking at the
+        same pages of the fleet cost one rendering each time the figures change."""
+        key = parse_fleet_query(request.query)
+        offset, limit, column, descending, row_filter = key
+        snap = self.view.snapshot_nowait() or await self._call(self.view.snapshot)
+        if self._fleet_cache_of is not snap:
+            self._fleet_cache_of, self._fleet_cache = snap, {}
+        answer = self._fleet_cache.get((*key, self.seeding))
+        if answer is None:
+            def render() -> tuple[bytes, bytes]:
+                rows = filter_rows(snap.ordered(column, descending), row_filter)
+                body = json.dumps({
+                    "generated_ms": snap.generated_ms,
+                    "stale_after_ms": self.view.stale_after_ms, "loading": self.seeding,
+                    "total": len(snap.rows), "counts": snap.counts, "matched": len(rows),
+                    "offset": offset, "limit": limit, "sort": column,
+                    "order": "desc" if descending else "asc", "hosts": rows[offset:offset + limit],
+                }, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode()
+                return body, gzip.compress(body, 5, mtime=0)
 
-        def work() -> dict[str, Any]:
-            snap = self.view.snapshot()
-            rows = filter_rows(snap.ordered(column, descending), row_filter)
-            return {"generated_ms": snap.generated_ms, "stale_after_ms": self.view.stale_after_ms,
-                    "loading": self.seeding, "total": len(snap.rows), "counts": snap.counts,
-                    "matched": len(rows), "offset": offset, "limit": limit, "sort": column,
-                    "order": "desc" if descending else "asc",
-                    "hosts": rows[offset:offset + limit]}
-
-        return _compressed(request, json_response(await self._call(work)))
+            answer = await self._call(render)
+            if len(self._fleet_cache) < FLEET_CACHE_ENTRIES:
+                self._fleet_cache[(*key, self.seeding)] = answer
+        body, packed = answer
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            return web.Response(body=packed, content_type="application/json",
+                                headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+        return web.Response(body=body, content_type="application/json",
+                            headers={"Vary": "Accept-Encoding"})
 
     # --- one host's charts --------------------------------------------------------------------
 

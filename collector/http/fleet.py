@@ -474,6 +474,10 @@ class FleetView:
                              daemon=True).start()
         return current
 
+    def snapshot_nowait(self) -> Snapshot | None:
+        """The newest snapshot without ever blocking (None before the first is built)."""
+        return None if self._snapshot is None else self.snapshot()
+
     def _due(self) -> bool:
         now = time.monotonic()
         return (now - self._hosts_at >= self.hosts_max_age_s
