@@ -130,16 +130,6 @@ def auth_middleware(store: TokenStore, *, public_metrics: bool,
         if token is None:
             log.info("http request refused: %s", why, extra=_where(request))
             return _unauthorized(f"invalid token: {why}", "invalid_token")
-        if not token.allows(needed):
-            log.info("http request refused: role %s, needs %s", token.role, needed,
-                     extra={**_where(request), "token_id": token.id})
-            return error_response(
-                403, f"token {token.id} ({token.name!r}) has the role {token.role}; "
-                     f"{request.method} {request.path} needs an {needed} token "
-                     f"(create one with: edgemon-collector token create --name NAME "
-                     f"--role {needed} -c <collector.toml>)",
-                headers={"WWW-Authenticate": f'{_CHALLENGE}, error="insufficient_scope"'})
-        return await handler(request)
         return await _with_role(request, handler,
                                 Principal(token.role, token.name, token.id, "bearer"), needed)
 
