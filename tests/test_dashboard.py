@@ -186,7 +186,7 @@ def test_a_session_cookie_is_strict_and_acts_with_its_tokens_role(tmp_path: Path
         for attribute in ("HttpOnly", "Path=/", "SameSite=Strict"):
             assert attribute in cookie
         assert "Secure" not in cookie  # plain HTTP here; HTTPS sets Secure and __Host-
-        assert s.read not in cookie and s.read.split("_")[2] not in cookie
+        assert s.read not in cookie and s.read.split("_", 2)[2] not in cookie
         assert (await r.json())["role"] == "read"
         me = await (await c.get("/edgemon/api/v1/session")).json()
         assert (me["signed_in"], me["role"], me["name"], me["via"]) == \
