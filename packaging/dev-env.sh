@@ -22,6 +22,8 @@ command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 # the alerting and forwarding tests run a real Alertmanager, Prometheus and VictoriaMetrics
 command -v prometheus-alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
 command -v victoria-metrics >/dev/null 2>&1 || need_apt+=(victoria-metrics)
+# the storage tests run against a private PostgreSQL cluster too (initdb + pg_ctl)
+{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt-get)" >&2
   as_root apt-get update -qq

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker
+from tests.support.postgres import Postgres
 
 
 @pytest.fixture
@@ -14,3 +15,17 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b = Broker(tmp_path / "broker").start()
     yield b
     b.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """One real PostgreSQL per test session (own cluster on a free port, or
+    EDGEMON_TEST_POSTGRES_URL); each test takes a database of its own with ``postgres_url``."""
+    server = Postgres(tmp_path_factory.mktemp("postgres")).start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Postgres) -> str:
+    return postgres_server.new_database()
