@@ -39,6 +39,7 @@ from edgemon.collector.alerting.templates import (
     check_template,
 )
 from edgemon.collector.http.timeparse import parse_duration_ms
+from edgemon.collector.storage.base import Aggregation
 from edgemon.common.toml_config import ConfigError, TomlLines, at_line, parse_toml, read_text
 
 __all__ = [
@@ -81,7 +82,6 @@ LabelName = Annotated[str, Field(pattern=_LABEL)]
 MetricName = Annotated[str, Field(pattern=_METRIC)]
 HostGlob = Annotated[str, Field(pattern=_HOST_GLOB)]
 LabelValue = Annotated[str, Field(max_length=256)]
-Aggregation = Literal["avg", "min", "max", "sum", "count", "last", "p95"]
 Severity = Literal["critical", "warning", "info"]
 
 
