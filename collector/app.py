@@ -26,7 +26,7 @@ from aiohttp import web
 
 from edgemon.collector.alerting import AlertingService, merge_openapi
 from edgemon.collector.config import CollectorConfig, HttpConfig, StorageConfig
-from edgemon.collector.http import dashboard
+from edgemon.collector.http import dashboard, export
 from edgemon.collector.http.api import create_app
 from edgemon.collector.http.auth import add_cors, security_middlewares
 from edgemon.collector.http.metrics import CollectorMetrics
@@ -201,6 +201,8 @@ class CollectorService:
         app = create_app(self.storage, executor=self._readers, metrics=self.metrics_text,
                          ready=self.readiness,
                          extra_routes=[*(self.alerting.routes() if self.alerting else ()),
+                                       *export.routes(self.alerting.engine
+                                                      if self.alerting else None),
                                        *prometheus_routes(self.storage, alerting=(
                                            self.alerting.engine if self.alerting else None))],
                          extend_openapi=self._openapi,
@@ -231,7 +233,7 @@ class CollectorService:
     def _openapi(self, document: dict[str, Any]) -> dict[str, Any]:
         if self.alerting is not None:
             document = merge_openapi(document)
-        return dashboard.merge_openapi(document)
+        return export.merge_openapi(dashboard.merge_openapi(document))
 
     def _open_alerting(self) -> AlertingService:
         """The alert engine over our storage; transitions also go out on MQTT (QoS 1)."""
