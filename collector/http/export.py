@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from aiohttp import web
 
 from edgemon.collector.http.api import (
@@ -248,9 +249,21 @@ def _csv_line(row: list[Any]) -> str:
     return out.getvalue()
 
 
-def _value_text(value: float) -> str:
-    v = _number(value)
-    return "" if v is None else repr(v)
+def _columns(points: list[tuple[int, float]], missing: str) -> tuple[list[int], list[str],
+                                                                      list[str]]:
+    """Timestamps, their RFC 3339 texts and the values' texts (integers without a fraction,
+    others as the shortest text that reads back as the same double, ``missing`` for NaN and
+    infinities), vectorised: formatting dominates the export's time."""
+    ts = np.fromiter((t for t, _ in points), dtype=np.int64, count=len(points))
+    values = np.fromiter((v for _, v in points), dtype=np.float64, count=len(points))
+    times = np.char.add(np.datetime_as_string(ts.astype("datetime64[ms]"), unit="ms"),
+                        "Z").tolist()
+    whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0**53)
+    texts = np.full(len(points), missing, dtype=object)
+    texts[whole] = values[whole].astype(np.int64).astype(str)
+    rest = np.isfinite(values) & ~whole
+    texts[rest] = [repr(v) for v in values[rest].tolist()]
+    return ts.tolist(), times, texts.tolist()
 
 
 def samples_csv(storage: Storage, req: ExportRequest, series: list[SeriesInfo]) -> Iterator[str]:
@@ -258,13 +271,14 @@ def samples_csv(storage: Storage, req: ExportRequest, series: list[SeriesInfo]) 
     yield _csv_line(["timestamp_ms", "time", "host", "metric", "kind", "unit",
                      *(_csv_text(f"label.{k}") for k in keys), "value"])
     for info in series:
-        fixed = [_csv_text(info.host), _csv_text(info.name), info.kind, _csv_text(info.unit),
-                 *(_csv_text(info.labels.get(k, "")) for k in keys)]
+        # the series' cells, quoted once (RFC 4180); times and numbers never need quoting
+        fixed = _csv_line([_csv_text(info.host), _csv_text(info.name), info.kind,
+                           _csv_text(info.unit), *(_csv_text(info.labels.get(k, ""))
+                                                   for k in keys)])[:-2]
         for points in series_points(storage, info, req):
-            out = io.StringIO()
-            writer = csv.writer(out, lineterminator="\r\n")
-            writer.writerows([t, rfc3339_ms(t), *fixed, _value_text(v)] for t, v in points)
-            yield out.getvalue()
+            ts, times, values = _columns(points, "")
+            yield "".join([f"{t},{iso},{fixed},{v}\r\n"
+                           for t, iso, v in zip(ts, times, values, strict=True)])
 
 
 def samples_json(storage: Storage, req: ExportRequest, series: list[SeriesInfo]
@@ -281,8 +295,9 @@ def samples_json(storage: Storage, req: ExportRequest, series: list[SeriesInfo]
             yield ("," if i else "") + json_text(doc)[:-1] + ',"points":['
             close, first = "]}", True
             for points in series_points(storage, info, req):
-                text = ",".join(json_text([t, rfc3339_ms(t), _number(v)]) for t, v in points)
-                yield ("" if first else ",") + text
+                ts, times, values = _columns(points, "null")
+                yield ("" if first else ",") + ",".join([
+                    f'[{t},"{iso}",{v}]' for t, iso, v in zip(ts, times, values, strict=True)])
                 first = False
                 samples += len(points)
             yield close

@@ -12,8 +12,10 @@ per part of edgemon that reads that part's counters when scraped:
   never touches the storage);
 * alerting (``edgemon_alert_*``, ``edgemon_alertmanager_*``), when it runs.
 
-A scrape only reads counters kept in memory: no storage or database query runs on the event
-loop. Labelled counters whose label values are known in advance (every reject reason, every
+A scrape only reads counters kept in memory: no storage or database query runs for it. It is
+rendered off the event loop (``api.metrics_handler``): prometheus-client formats ~3,000 samples
+(1000 hosts) in ~0.1 s on the development VM, about 3.5x the hand-written writer it replaced
+(``benchmarks/export_metrics.py``), which is 0.7 % of a core at a 15 s scrape interval. Labelled counters whose label values are known in advance (every reject reason, every
 receiver, every rule, every Alertmanager) are exported from the start with 0, so
 ``rate(...) > 0`` / ``increase(...)`` alerts work from the first scrape.
 
