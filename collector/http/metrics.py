@@ -15,7 +15,8 @@ per part of edgemon that reads that part's counters when scraped:
 A scrape only reads counters kept in memory: no storage or database query runs for it. It is
 rendered off the event loop (``api.metrics_handler``): prometheus-client formats ~3,000 samples
 (1000 hosts) in ~0.1 s on the development VM, about 3.5x the hand-written writer it replaced
-(``benchmarks/export_metrics.py``), which is 0.7 % of a core at a 15 s scrape interval. Labelled counters whose label values are known in advance (every reject reason, every
+(``benchmarks/export_metrics.py``), which is 0.7 % of a core at a 15 s scrape interval.
+Labelled counters whose label values are known in advance (every reject reason, every
 receiver, every rule, every Alertmanager) are exported from the start with 0, so
 ``rate(...) > 0`` / ``increase(...)`` alerts work from the first scrape.
 
@@ -83,6 +84,45 @@ STORAGE_PARTS: dict[str, str] = {
     "1h": "1-hour rollups",
     "quarantine": "batches the storage could not read",
 }
+
+
+# (name, attribute of IngestStats, help) of the plain ingest counters
+_STATS_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("messages_total", "messages", "MQTT messages processed (stored, duplicate, status or "
+                                   "rejected)"),
+    ("batches_stored_total", "batches_stored", "Batches stored for the first time"),
+    ("samples_stored_total", "samples_stored", "Samples in batches stored for the first time"),
+    ("duplicates_total", "duplicates", "Batches received again (acknowledged, not stored "
+                                       "twice)"),
+    ("status_messages_total", "status_messages", "Birth/death status messages recorded"),
+    ("transactions_total", "transactions", "Storage transactions"),
+    ("transaction_seconds_total", "transaction_seconds", "Time spent decoding and storing"),
+    ("storage_errors_total", "storage_errors", "Batches that could not be stored"),
+    ("agent_acks_published_total", "acks_published", "Acknowledgements published to agents"),
+)
+# (full name, attribute of MqttIngest, help) of the plain MQTT counters
+_M = PREFIX + "mqtt_"
+_MQTT_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    (_M + "messages_received_total", "received", "MQTT messages received"),
+    (_M + "refused_total", "refused", "Messages left unacknowledged because the queue was full "
+                                      "(the broker delivers them again)"),
+    (_M + "redelivery_reconnects_total", "redelivery_reconnects", "Reconnects made to get "
+                                                                  "refused messages delivered "
+                                                                  "again"),
+    (_M + "connections_total", "generation", "Successful MQTT connections"),
+    (PREFIX + "rate_limited_total", "rate_limited", "Messages over their host's rate limit: "
+                                                    "acknowledged and dropped before queueing "
+                                                    "(also in rejects_total)"),
+    (_M + "acks_queued_offline_total", "acks_queued_offline", "Agent acks published while "
+                                                              "disconnected (sent after the "
+                                                              "reconnect)"),
+    (_M + "ack_publish_failures_total", "ack_publish_failures", "Agent acks that could not be "
+                                                                "queued (dropped; the agent "
+                                                                "sends its batch again)"),
+    (_M + "handover_errors_total", "handover_errors", "Messages acknowledged and dropped after "
+                                                      "an unexpected error while handing them "
+                                                      "to ingest"),
+)
 
 
 # --- building families -------------------------------------------------------------------------
@@ -155,16 +195,8 @@ def _ingest_families(stats: IngestStats, rejects: Rejects, inbox: Inbox | None,
                      mqtt: MqttIngest | None, storage_open: bool,
                      clock: Callable[[], float] = time.time) -> Iterator[Metric]:
     p = PREFIX
-    yield _one(p + "messages_total", "counter", "MQTT messages processed (stored, duplicate, "
-               "status or rejected)", stats.messages)
-    yield _one(p + "batches_stored_total", "counter", "Batches stored for the first time",
-               stats.batches_stored)
-    yield _one(p + "samples_stored_total", "counter", "Samples in batches stored for the "
-               "first time", stats.samples_stored)
-    yield _one(p + "duplicates_total", "counter", "Batches received again (acknowledged, not "
-               "stored twice)", stats.duplicates)
-    yield _one(p + "status_messages_total", "counter", "Birth/death status messages recorded",
-               stats.status_messages)
+    for name, attribute, help_text in _STATS_COUNTERS:
+        yield _one(p + name, "counter", help_text, round(getattr(stats, attribute), 6))
     yield _family(p + "rejects_total", "counter", "Messages rejected, by reason (every known "
                   "reason from the start)", ["reason"],
                   _zeroed(REJECT_REASONS, rejects.by_reason()))
@@ -177,13 +209,6 @@ def _ingest_families(stats: IngestStats, rejects: Rejects, inbox: Inbox | None,
     yield _family(p + "host_series_rejects_total", "counter", "Series dropped from stored "
                   "batches, by host and reason", ["host", "reason"],
                   [((h, r), n) for (h, r), n in sorted(rejects.series_by_host_reason().items())])
-    yield _one(p + "transactions_total", "counter", "Storage transactions", stats.transactions)
-    yield _one(p + "transaction_seconds_total", "counter", "Time spent decoding and storing",
-               round(stats.transaction_seconds, 6))
-    yield _one(p + "storage_errors_total", "counter", "Batches that could not be stored",
-               stats.storage_errors)
-    yield _one(p + "agent_acks_published_total", "counter", "Acknowledgements published to "
-               "agents", stats.acks_published)
     if inbox is not None:
         yield _one(p + "queue_depth", "gauge", "Messages received and not yet "
                    "stored/acknowledged", inbox.held)
@@ -210,23 +235,8 @@ def _mqtt_families(mqtt: MqttIngest) -> Iterator[Metric]:
     """The MQTT connection, agent acks that could not be sent, and the stall detector."""
     p = PREFIX + "mqtt_"
     yield _one(p + "connected", "gauge", "1 when connected and subscribed", int(mqtt.ready))
-    yield _one(p + "messages_received_total", "counter", "MQTT messages received",
-               mqtt.received)
-    yield _one(p + "refused_total", "counter", "Messages left unacknowledged because the queue "
-               "was full (the broker delivers them again)", mqtt.refused)
-    yield _one(p + "redelivery_reconnects_total", "counter", "Reconnects made to get refused "
-               "messages delivered again", mqtt.redelivery_reconnects)
-    yield _one(p + "connections_total", "counter", "Successful MQTT connections",
-               mqtt.generation)
-    yield _one(PREFIX + "rate_limited_total", "counter", "Messages over their host's rate "
-               "limit: acknowledged and dropped before queueing (also in rejects_total)",
-               mqtt.rate_limited)
-    yield _one(p + "acks_queued_offline_total", "counter", "Agent acks published while "
-               "disconnected (sent after the reconnect)", mqtt.acks_queued_offline)
-    yield _one(p + "ack_publish_failures_total", "counter", "Agent acks that could not be "
-               "queued (dropped; the agent sends its batch again)", mqtt.ack_publish_failures)
-    yield _one(p + "handover_errors_total", "counter", "Messages acknowledged and dropped after "
-               "an unexpected error while handing them to ingest", mqtt.handover_errors)
+    for name, attribute, help_text in _MQTT_COUNTERS:
+        yield _one(name, "counter", help_text, getattr(mqtt, attribute))
     state = mqtt.stall_state()
     yield _one(p + "delivery_stalled", "gauge", "1 while MQTT delivery is stalled (see "
                "mqtt_stalls_total); the collector reconnects", int(state.stalled is not None))
