@@ -311,3 +311,12 @@ def test_alert_history_csv_pages_through_every_row_oldest_first(
         assert resp.status == 404 and "alerting" in (await resp.json())["error"]
 
     run(storage, off)
+
+
+def test_openapi_describes_both_export_routes() -> None:
+    paths = {r.path for r in export.routes(None)}
+    document = export.merge_openapi({"paths": {}})
+    assert set(document["paths"]) == paths == {export.PATH, export.ALERTS_PATH}
+    for path in paths:
+        names = {p["name"] for p in document["paths"][path]["get"]["parameters"]}
+        assert {"start", "end", "format"} <= names

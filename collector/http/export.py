@@ -445,7 +445,9 @@ def routes(engine: AlertEngine | None) -> list[web.RouteDef]:
         pieces = history_csv(pages) if as_csv else history_json(pages, since, until)
         return await _stream(request, pieces, as_csv=as_csv, filename="edgemon-alert-history")
 
-    return [web.get(PATH, samples), web.get(ALERTS_PATH, alerts)]
+    # no HEAD: it would read the whole export to throw it away
+    return [web.get(PATH, samples, allow_head=False),
+            web.get(ALERTS_PATH, alerts, allow_head=False)]
 
 
 # --- OpenAPI -----------------------------------------------------------------------------------
