@@ -27,6 +27,7 @@ prometheus-client ``Collector`` (an object with ``collect()`` yielding metric fa
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -174,6 +175,7 @@ def _revision() -> str:
     return text if out.returncode == 0 and text else "unknown"
 
 
+@functools.cache
 def build_info() -> dict[str, str]:
     return {"version": _version(), "revision": _revision(),
             "python": platform.python_version()}
@@ -181,7 +183,7 @@ def build_info() -> dict[str, str]:
 
 class _BuildInfo(Collector):
     def __init__(self) -> None:
-        self.labels = build_info()
+        self.labels = dict(build_info())
 
     def collect(self) -> Iterator[Metric]:
         yield _family("edgemon_build_info", "gauge", "Always 1; the labels say which edgemon "
