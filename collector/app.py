@@ -26,10 +26,10 @@ from aiohttp import web
 
 from edgemon.collector.alerting import AlertingService, merge_openapi
 from edgemon.collector.config import CollectorConfig, HttpConfig, StorageConfig
-from edgemon.collector.http import dashboard
+from edgemon.collector.http import dashboard, export
 from edgemon.collector.http.api import create_app
 from edgemon.collector.http.auth import add_cors, security_middlewares
-from edgemon.collector.http.metrics import render_metrics
+from edgemon.collector.http.metrics import CollectorMetrics
 from edgemon.collector.http.prometheus_api import routes as prometheus_routes
 from edgemon.collector.http.tokens import (
     CREATE_HINT,
@@ -128,6 +128,9 @@ class CollectorService:
         self.alerting: AlertingService | None = None
         self.tokens: TokenStore | None = None
         self.dashboard: dashboard.Dashboard | None = None
+        # /metrics; other parts add theirs with self.metrics.register(a prometheus-client
+        # Collector), e.g. forwarding queues
+        self.metrics = CollectorMetrics()
 
     def _http_security(self) -> ssl.SSLContext | None:
         """Load the token file and the TLS key (before anything else starts); warn about an
@@ -187,13 +190,19 @@ class CollectorService:
                                              interval=cfg.storage.maintain_interval_seconds,
                                              busy=lambda: inbox.queued > 0)
         self.maintenance.start()
+        self.metrics.attach(stats=self.pipeline.stats, rejects=self.rejects, inbox=self.inbox,
+                            mqtt=self.mqtt, storage_open=lambda: self.storage_open,
+                            maintenance=self.maintenance)
         self.mqtt.start()
         if cfg.alerting.enabled:
             self.alerting = await loop.run_in_executor(self._readers, self._open_alerting)
             self.dashboard.engine = self.alerting.engine
+            self.metrics.attach(alerting=self.alerting)
         app = create_app(self.storage, executor=self._readers, metrics=self.metrics_text,
                          ready=self.readiness,
                          extra_routes=[*(self.alerting.routes() if self.alerting else ()),
+                                       *export.routes(self.alerting.engine
+                                                      if self.alerting else None),
                                        *prometheus_routes(self.storage, alerting=(
                                            self.alerting.engine if self.alerting else None))],
                          extend_openapi=self._openapi,
@@ -224,7 +233,7 @@ class CollectorService:
     def _openapi(self, document: dict[str, Any]) -> dict[str, Any]:
         if self.alerting is not None:
             document = merge_openapi(document)
-        return dashboard.merge_openapi(document)
+        return export.merge_openapi(dashboard.merge_openapi(document))
 
     def _open_alerting(self) -> AlertingService:
         """The alert engine over our storage; transitions also go out on MQTT (QoS 1)."""
@@ -276,12 +285,7 @@ class CollectorService:
         return checks
 
     def metrics_text(self) -> str:
-        assert self.pipeline is not None
-        text = render_metrics(stats=self.pipeline.stats, rejects=self.rejects, inbox=self.inbox,
-                              mqtt=self.mqtt, storage_open=self.storage_open,
-                              maintenance=self.maintenance)
-        extra = self.alerting.metrics_lines() if self.alerting else []
-        return text + "".join(f"{line}\n" for line in extra)
+        return self.metrics.text()
 
     @property
     def worker(self) -> asyncio.Task[None] | None:

@@ -196,7 +196,7 @@ def test_quarantine_survives_a_restart_and_reaches_metrics(tmp_path: Path) -> No
     assert runner.stats.quarantined == {BAD: 1}
     text = render_metrics(stats=IngestStats(), rejects=Rejects(), inbox=None, mqtt=None,
                           storage_open=True, maintenance=runner)
-    assert f'edgemon_storage_quarantined_batches_total{{host="{BAD}"}} 1\n' in text
+    assert f'edgemon_storage_quarantined_batches_total{{host="{BAD}"}} 1.0\n' in text
     assert "# TYPE edgemon_storage_quarantined_batches_total counter" in text
     st.close()
 

@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -142,6 +143,13 @@ class AlertEngine:
         self._retired: list[_Runtime] = []
         self._prev_cycle_ms: int | None = None
         self._last_prune_ms = 0
+        # counters for /metrics (http/metrics.py): cycles, rule evaluations and transitions
+        self.cycles = 0
+        self.cycle_failures = 0
+        self.rule_evaluations: Counter[str] = Counter()
+        self.rule_failures: Counter[str] = Counter()
+        self.transitions_by_status: Counter[str] = Counter()
+        self.last_cycle_seconds = 0.0
         self._restore()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -252,7 +260,22 @@ class AlertEngine:
     def run_cycle(self, now_ms: int | None = None) -> CycleReport:
         """One evaluation of every due rule over every host (blocking)."""
         with self._cycle_lock:
-            return self._cycle(self.clock_ms() if now_ms is None else now_ms)
+            try:
+                report = self._cycle(self.clock_ms() if now_ms is None else now_ms)
+            except Exception:
+                self.cycle_failures += 1
+                raise
+            self._count(report)
+            return report
+
+    def _count(self, report: CycleReport) -> None:
+        self.cycles += 1
+        self.last_cycle_seconds = report.duration_ms / 1000
+        for name, outcome in report.rules.items():
+            self.rule_evaluations[name] += 1
+            if "error" in outcome:
+                self.rule_failures[name] += 1
+        self.transitions_by_status.update(tr.status for tr in report.transitions)
 
     def _cycle(self, now: int) -> CycleReport:
         began = time.perf_counter()

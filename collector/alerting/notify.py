@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +125,9 @@ class DeliveryWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.delivered_messages = 0
         self.failed_attempts = 0
+        # by receiver, for /metrics (http/metrics.py lists every receiver, zero or not)
+        self.delivered_by_receiver: Counter[str] = Counter()
+        self.failures_by_receiver: Counter[str] = Counter()
         self.after_post: Callable[[str, list[int]], None] | None = None  # test hook
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -234,6 +238,7 @@ class DeliveryWorker:
             await asyncio.to_thread(self.store.mark_delivered, ids, receiver.name,
                                     payload["groupKey"], message_key, now, status)
             self.delivered_messages += 1
+            self.delivered_by_receiver[receiver.name] += 1
             return True
         if status in _PERMANENT:
             log.error("receiver %s rejected a message for good (%s); dropped %d alerts",
@@ -242,6 +247,7 @@ class DeliveryWorker:
                                     payload["groupKey"], message_key, now, status, "rejected")
             return True
         self.failed_attempts += 1
+        self.failures_by_receiver[receiver.name] += 1
         retry_at = await asyncio.to_thread(self.store.record_failure, receiver.name, ids, error,
                                            now, settings.retry_initial, settings.retry_max)
         log.warning("receiver %s failed (%s); retry in %.1f s", receiver.name, error,
@@ -288,8 +294,10 @@ class DeliveryWorker:
         if done:
             await asyncio.to_thread(self.store.mark_delivered, done, MQTT_RECEIVER, "mqtt",
                                     f"mqtt-{done[0]}-{done[-1]}-{now}", now, None)
+            self.delivered_by_receiver[MQTT_RECEIVER] += 1
         if error:
             self.failed_attempts += 1
+            self.failures_by_receiver[MQTT_RECEIVER] += 1
             rest = [int(r["id"]) for r in rows if int(r["id"]) not in set(done)]
             await asyncio.to_thread(self.store.record_failure, MQTT_RECEIVER, rest[:1], error,
                                     now, settings.retry_initial, settings.retry_max)

@@ -391,6 +391,20 @@ class AlertStore:
             f"SELECT * FROM history{where} ORDER BY at_ms DESC, id DESC LIMIT ?",
             [*params, limit])]
 
+    def history_page(self, *, since_ms: int, until_ms: int, after: tuple[int, int] | None = None,
+                     rule: str | None = None, host: str | None = None,
+                     status: str | None = None, limit: int = 1000) -> list[HistoryRecord]:
+        """Transitions with ``since_ms <= at_ms < until_ms``, oldest first, those after the
+        ``(at_ms, id)`` of the last row of the previous page: a long history page by page
+        (the export, http/export.py)."""
+        where, params = _filters((("rule=?", rule), ("host=?", host), ("status=?", status),
+                                  ("at_ms>=?", since_ms), ("at_ms<?", until_ms)))
+        if after is not None:  # a row-value comparison: the index on at_ms still serves it
+            where += " AND (at_ms, id) > (?, ?)"
+            params += list(after)
+        return [HistoryRecord.from_row(r) for r in self.query(
+            f"SELECT * FROM history{where} ORDER BY at_ms, id LIMIT ?", [*params, limit])]
+
     def resolutions_since(self, created_ms: int) -> list[HistoryRecord]:
         """Firing -> resolved transitions recorded at or after ``created_ms`` (wall clock),
         oldest first (Alertmanagers are sent them again for a while)."""

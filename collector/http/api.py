@@ -403,7 +403,10 @@ async def readyz_handler(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    text: str = request.app[METRICS_KEY]()  # type: ignore[operator]
+    # rendered in the loop's default executor, not the read pool: a scrape neither waits behind
+    # queries nor stalls the event loop (~0.1 s with 1000 hosts, http/metrics.py)
+    loop = asyncio.get_running_loop()
+    text: str = await loop.run_in_executor(None, request.app[METRICS_KEY])  # type: ignore
     return web.Response(text=text, headers={
         "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
         "X-Content-Type-Options": "nosniff"})

@@ -86,6 +86,13 @@ class Inbox:
             self._held -= len(msgs)
             self._held_bytes -= sum(len(m.payload) for m in msgs)
 
+    def oldest_received_ms(self) -> int | None:
+        """When the oldest message still queued arrived (None: none queued); for /metrics."""
+        try:
+            return self._queue[0].received_ms
+        except IndexError:
+            return None
+
     def close(self) -> None:
         """Refuse every new message from now on; wake a waiting ``get_many``."""
         with self._lock:

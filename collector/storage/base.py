@@ -190,5 +190,23 @@ class Storage(ABC):
         """Counters about the storage itself (cheap: read after every maintenance round)."""
         return StorageStats()
 
+    # The three below feed /metrics (``http/metrics.py``). They may read whole tables, so the
+    # maintenance thread calls them now and then (``MaintenanceRunner.gauges_interval``), never a
+    # scrape. A backend that cannot tell returns {} / None and the metrics are left out.
+
+    def tier_bytes(self) -> dict[str, int]:
+        """Bytes of stored data by part: ``pending`` (batches as received, not yet compacted),
+        ``raw`` (compacted raw samples), ``1m`` and ``1h`` (rollups), ``quarantine``."""
+        return {}
+
+    def disk_bytes(self) -> int | None:
+        """Bytes the store takes on disk (files, or the database's size); None: unknown."""
+        return None
+
+    def backlog(self, now_ms: int | None = None) -> dict[str, int]:
+        """What maintenance has yet to do: ``pending_batches``, ``pending_samples``,
+        ``dirty_windows``, ``oldest_pending_received_ms`` (absent: nothing pending)."""
+        return {}
+
     @abstractmethod
     def close(self) -> None: ...

@@ -8,7 +8,10 @@ as the step took (twice that while ``busy()`` says messages wait to be stored): 
 at most half of the time, so the ingest writer gets the storage's write lock and the interpreter
 (measured: back to back, compaction starved ingest to a few transactions in 10 s). A failing
 step is counted and logged; the next round tries again. ``stats`` is the storage's own report,
-read after every round (``/metrics`` reads it without touching the storage).
+read after every round (``/metrics`` reads it without touching the storage). The storage's
+gauges for ``/metrics`` (``backlog``, ``disk_bytes``: every ``backlog_interval``; ``tier_bytes``,
+a scan: every ``sizes_interval``) are refreshed here too, after a round, so a scrape never reads
+the storage; how long the last refresh took is kept beside them.
 """
 
 from __future__ import annotations
@@ -17,15 +20,42 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from edgemon.collector.storage.base import Storage, StorageStats
 from edgemon.common.clock import now_ms
 
-__all__ = ["MaintenanceRunner"]
+__all__ = ["MaintenanceRunner", "StorageGauges"]
 
 log = logging.getLogger("edgemon.collector.storage.maintenance")
 
 MIN_PAUSE = 0.002  # seconds given way after every step, however short
+
+
+@dataclass(frozen=True, slots=True)
+class StorageGauges:
+    """The storage's last figures for ``/metrics`` (replaced whole: a scrape reads one set)."""
+
+    backlog: dict[str, int] = field(default_factory=dict)
+    backlog_ms: int | None = None  # storage clock when read
+    disk_bytes: int | None = None
+    backlog_at: float | None = None  # monotonic time of the read
+    backlog_seconds: float = 0.0  # how long reading took
+    tier_bytes: dict[str, int] = field(default_factory=dict)
+    sizes_at: float | None = None
+    sizes_seconds: float = 0.0
+
+    def with_backlog(self, storage: Storage, now_ms: int, now: float) -> StorageGauges:
+        began = time.monotonic()
+        backlog, disk = storage.backlog(now_ms), storage.disk_bytes()
+        return replace(self, backlog=backlog, backlog_ms=now_ms, disk_bytes=disk, backlog_at=now,
+                       backlog_seconds=time.monotonic() - began)
+
+    def with_sizes(self, storage: Storage, now: float) -> StorageGauges:
+        began = time.monotonic()
+        sizes = storage.tier_bytes()
+        return replace(self, tier_bytes=sizes, sizes_at=now,
+                       sizes_seconds=time.monotonic() - began)
 
 
 class MaintenanceRunner:
@@ -33,7 +63,8 @@ class MaintenanceRunner:
 
     def __init__(self, storage: Storage, *, interval: float = 10.0,
                  busy: Callable[[], bool] = lambda: False,
-                 clock_ms: Callable[[], int] = now_ms) -> None:
+                 clock_ms: Callable[[], int] = now_ms,
+                 backlog_interval: float = 10.0, sizes_interval: float = 120.0) -> None:
         self.storage = storage
         self.interval = interval
         self.busy = busy
@@ -41,6 +72,9 @@ class MaintenanceRunner:
         self.runs = 0  # rounds finished
         self.errors = 0  # rounds that failed
         self.stats = StorageStats()
+        self.gauges = StorageGauges()
+        self.backlog_interval = backlog_interval
+        self.sizes_interval = sizes_interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -80,4 +114,16 @@ class MaintenanceRunner:
             self.stats = self.storage.stats()
         except Exception:
             log.exception("storage stats failed")
+        self.refresh_gauges()
         return more
+
+    def refresh_gauges(self, *, force: bool = False) -> None:
+        """Read the storage's gauges whose interval has passed (all of them with ``force``)."""
+        g, now = self.gauges, time.monotonic()
+        try:
+            if force or g.backlog_at is None or now - g.backlog_at >= self.backlog_interval:
+                self.gauges = g = g.with_backlog(self.storage, self.clock_ms(), now)
+            if force or g.sizes_at is None or now - g.sizes_at >= self.sizes_interval:
+                self.gauges = g.with_sizes(self.storage, now)
+        except Exception:
+            log.exception("storage gauges failed")

@@ -7,7 +7,8 @@ transactions), split along the write/read seam:
 * ``compaction.py`` — pending batches -> blocks and chunks, merged windows, 1m/1h rollups, and
   the quarantine of stored batches that cannot be read;
 * ``retention.py`` — per-tier retention in small deletes;
-* ``queries.py`` — hosts, series, gaps and range queries in one read snapshot.
+* ``queries.py`` — hosts, series, gaps and range queries in one read snapshot;
+* ``sizes.py`` — bytes stored per tier and on disk, for ``/metrics``.
 
 What another backend shares lives beside this package: ``batches.py`` (reading stored payloads
 with the protocol's decoder), ``selection.py`` (which series, groups and tier a query reads),
@@ -22,12 +23,13 @@ from edgemon.collector.storage.base import Storage
 from edgemon.collector.storage.sqlite.compaction import Compaction
 from edgemon.collector.storage.sqlite.queries import Queries
 from edgemon.collector.storage.sqlite.retention import Retention
+from edgemon.collector.storage.sqlite.sizes import Sizes
 from edgemon.collector.storage.sqlite.writes import Writes
 
 __all__ = ["SQLiteStorage"]
 
 
-class SQLiteStorage(Writes, Compaction, Retention, Queries, Storage):
+class SQLiteStorage(Writes, Compaction, Retention, Queries, Sizes, Storage):
     """``Storage`` on one SQLite file (constructor options: ``schema.SQLiteFile``)."""
 
     def maintain(self, now_ms: int) -> None:
@@ -61,9 +63,15 @@ class SQLiteStorage(Writes, Compaction, Retention, Queries, Storage):
             nb, ns = db.execute("SELECT count(*), coalesce(sum(samples), 0) FROM batches"
                                 ).fetchone()
             nd = db.execute("SELECT count(*) FROM dirty").fetchone()[0]
+            # batches are stored in arrival order: the first id is the oldest pending one
+            oldest = db.execute("SELECT received_ms FROM batches ORDER BY id LIMIT 1"
+                                ).fetchone()
             closable = 0
             if now_ms is not None:
                 closable = db.execute("SELECT count(*) FROM dirty WHERE window_ms <= ?", (
                     now_ms - self.window_ms - self.close_grace_ms,)).fetchone()[0]
-        return {"pending_batches": nb, "pending_samples": ns, "dirty_windows": nd,
-                "closable_windows": closable}
+        out = {"pending_batches": nb, "pending_samples": ns, "dirty_windows": nd,
+               "closable_windows": closable}
+        if oldest is not None:
+            out["oldest_pending_received_ms"] = int(oldest[0])
+        return out
