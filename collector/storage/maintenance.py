@@ -9,6 +9,9 @@ at most half of the time, so the ingest writer gets the storage's write lock and
 (measured: back to back, compaction starved ingest to a few transactions in 10 s). A failing
 step is counted and logged; the next round tries again. ``stats`` is the storage's own report,
 read after every round (``/metrics`` reads it without touching the storage).
+
+``should_run()`` gates every step: among collectors sharing a store only the leader maintains it
+(collector/cluster/); a collector that is not the leader (or stops being it) skips rounds.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ class MaintenanceRunner:
 
     def __init__(self, storage: Storage, *, interval: float = 10.0,
                  busy: Callable[[], bool] = lambda: False,
-                 clock_ms: Callable[[], int] = now_ms) -> None:
+                 clock_ms: Callable[[], int] = now_ms,
+                 should_run: Callable[[], bool] = lambda: True) -> None:
         self.storage = storage
+        self.should_run = should_run
         self.interval = interval
         self.busy = busy
         self.clock_ms = clock_ms
@@ -56,7 +61,7 @@ class MaintenanceRunner:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if not self.run_round():
+            if not self.should_run() or not self.run_round():
                 self._stop.wait(self.interval)
 
     def run_round(self) -> bool:
@@ -67,7 +72,8 @@ class MaintenanceRunner:
             while True:
                 started = time.monotonic()
                 more = self.storage.maintain_step(now)
-                if not more or time.monotonic() >= deadline or self._stop.is_set():
+                if (not more or time.monotonic() >= deadline or self._stop.is_set()
+                        or not self.should_run()):
                     break
                 took = time.monotonic() - started
                 time.sleep(max(MIN_PAUSE, took * (2 if self.busy() else 1)))
