@@ -4,6 +4,7 @@ connection), and never two leaders at once, sampled and from the gain/loss timel
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -63,7 +64,7 @@ class Timeline:
 
     def assert_never_two(self) -> None:
         periods = self.intervals()
-        for (_s1, e1, n1), (s2, _e2, n2) in zip(periods, periods[1:], strict=False):
+        for (_s1, e1, n1), (s2, _e2, n2) in itertools.pairwise(periods):
             assert e1 <= s2, f"{n1} led until {e1:.3f} but {n2} led from {s2:.3f}"
 
 
