@@ -128,3 +128,28 @@ def test_presence_carries_the_role_only_while_online() -> None:
     assert decode_collector_state(unknown).role is None  # informational: unknown is none
     with pytest.raises(ValueError):
         encode_collector_state("c1", online=True, ts_ms=5, role="emperor")
+
+
+def test_broker_auth_adds_a_collector_whose_snippet_sets_its_client_id(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+
+    from edgemon.collector.broker.auth import AuthDir
+    from edgemon.collector.cli import main as collector_main
+
+    directory = tmp_path / "auth"
+    assert collector_main(["broker-auth", "init", str(directory)]) == 0
+    capsys.readouterr()
+    assert collector_main(["broker-auth", "add-collector", str(directory), "collector-2"]) == 0
+    snippet = capsys.readouterr().out
+    printed = tomllib.loads(snippet)["mqtt"]
+    assert printed["username"] == printed["client_id"] == "collector-2"
+    assert AuthDir(directory).check("collector-2", printed["password"])
+    assert AuthDir(directory).get("collector-2").role == "collector"  # type: ignore[union-attr]
+    acl = (directory / "acl").read_text()
+    assert ("user collector-2\ntopic deny edgemon/v1/collector-2/#\n"
+            "topic read edgemon/v1/+/metrics") in acl
+    # the snippet, merged into [mqtt], is a valid collector configuration
+    config = tmp_path / "collector.toml"
+    config.write_text(snippet)
+    assert load_config(config, environ={}).mqtt.presence_id == "collector-2"
