@@ -127,6 +127,19 @@ def test_lock_key_is_stable_and_signed_64_bit() -> None:
     assert -(2 ** 63) <= lock_key("edgemon") < 2 ** 63
 
 
+@pytest.mark.parametrize("key", [5, -1, 2 ** 63 - 1, -(2 ** 63), lock_key("edgemon")])
+def test_any_64_bit_key_is_taken_and_found_held(postgres_url: str, key: int,
+                                                stopping: list[PostgresLeader]) -> None:
+    """The re-check finds the lock in pg_locks for every key (small ones travel as int2)."""
+    leader = contender(postgres_url, "a", Timeline())
+    leader.key = key
+    stopping.append(leader)
+    leader.start()
+    wait_until(leader.is_leader, 10, "leading")
+    wait_until(lambda: leader.checks >= 15, 10, "re-checks")
+    assert leader.is_leader() and leader.changes == 1 and leader.check_failures == 0
+
+
 def test_always_leader_leads_from_start_to_stop() -> None:
     leader, heard = AlwaysLeader(), []
     leader.add_listener(heard.append)

@@ -60,8 +60,8 @@ FOLLOWER, PENDING, LEADER = "follower", "pending", "leader"
 # classid = high 32 bits, objid = low 32 bits, objsubid = 1.
 _HOLDING = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
             "AND pid = pg_backend_pid() AND objsubid = 1 "
-            "AND classid::bigint = ((%(key)s >> 32) & 4294967295) "
-            "AND objid::bigint = (%(key)s & 4294967295)")
+            "AND classid::bigint = ((%(key)s::bigint >> 32) & 4294967295) "
+            "AND objid::bigint = (%(key)s::bigint & 4294967295)")
 
 
 def lock_key(name: str) -> int:
@@ -91,6 +91,7 @@ class PostgresLeader(Leadership):
         self.acquisitions = 0  # times the lock was taken
         self.lease_expiries = 0  # times leadership ended because no check succeeded in time
         self.check_failures = 0  # checks or connections that failed
+        self.checks = 0  # checks that found the lock still ours
         self._state = FOLLOWER
         self._lease_until = 0.0
         self._pending_until = 0.0
@@ -131,7 +132,8 @@ class PostgresLeader(Leadership):
                     "lock": self.name, "lease_seconds": self.lease_s,
                     "check_seconds": self.check_s,
                     "lease_left_seconds": round(left, 3) if state != FOLLOWER else None,
-                    "acquisitions": self.acquisitions, "lease_expiries": self.lease_expiries,
+                    "acquisitions": self.acquisitions, "checks": self.checks,
+                    "lease_expiries": self.lease_expiries,
                     "check_failures": self.check_failures})
         return doc
 
@@ -153,7 +155,8 @@ class PostgresLeader(Leadership):
         if self._conn is None:
             self._conn = self._connect()
         if state == FOLLOWER:
-            got = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+            got = self._conn.execute("SELECT pg_try_advisory_lock(%s::bigint)",
+                                     (self.key,)).fetchone()
             done = self.clock()
             if not got or not got[0]:
                 return
@@ -178,6 +181,7 @@ class PostgresLeader(Leadership):
             if began >= self._lease_until:
                 raise ConnectionAbortedError("the lease ran out before the check began")
             self._lease_until = began + self.lease_s
+            self.checks += 1
             if self._state == PENDING and self.clock() >= self._pending_until:
                 self._state = LEADER
                 gained = True
