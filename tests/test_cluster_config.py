@@ -153,3 +153,15 @@ def test_broker_auth_adds_a_collector_whose_snippet_sets_its_client_id(
     config = tmp_path / "collector.toml"
     config.write_text(snippet)
     assert load_config(config, environ={}).mqtt.presence_id == "collector-2"
+
+
+def test_check_config_hides_the_group_name(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from edgemon.collector.cli import main as collector_main
+
+    path = write(tmp_path, f'[mqtt]\nprotocol = "5"\n[cluster]\nshared_group = "{GROUP}"\n'
+                           "single_node = true\n")
+    path.chmod(0o600)
+    assert collector_main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert GROUP not in out and '"shared_group": "********"' in out
