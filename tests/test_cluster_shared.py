@@ -105,6 +105,7 @@ def test_a_shared_group_splits_batches_and_survives_a_killed_collector(cluster: 
         assert status["store"] == "sqlite" and status["election"]["kind"] == "single"
         assert "\nedgemon_cluster_leader 1\n" in a.get("/metrics", raw=True).decode()
         assert GROUP not in a.get("/metrics", raw=True).decode()  # the group name is a secret
+        assert "$share/<group>/edgemon/v1/+/metrics" in a.output() and GROUP not in a.output()
 
         # 2. kill -9 b: its session lingers for EXPIRY s and swallows its share; batches sent
         # meanwhile are never acknowledged (their agent sends them again); then a gets them all

@@ -495,7 +495,8 @@ class MqttIngest:
             self.stall.probing = False  # an ACL generated before probes existed
         if essential:
             self._log_error("broker refused %d subscription(s) (%s ...); check the broker's ACL "
-                            "for the collector user", len(essential), essential[0])
+                            "for the collector user", len(essential),
+                            self.subscriptions.shown(essential[0]))
         if mid not in self._initial_subscribes:
             return
         self._initial_subscribes.discard(mid)
@@ -505,7 +506,8 @@ class MqttIngest:
             return
         self._subscribed = True
         isolated = self.flood.isolated()
-        log.info("subscribed to %s", ", ".join([*self.subscriptions.wildcards(),
+        log.info("subscribed to %s", ", ".join([*map(self.subscriptions.shown,
+                                                     self.subscriptions.wildcards()),
                                                  self.probe_topic])
                  if not isolated else f"{len(self.subscriptions.topics)} topics, leaving out "
                  f"{len(isolated)} flooding host(s)")

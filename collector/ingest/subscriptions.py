@@ -44,6 +44,11 @@ class Subscriptions:
         self._ever: set[str] = {*subscriptions(), *self.wildcards(), probe_topic}
         self._sent: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its filters, until the SUBACK
 
+    def shown(self, topic: str) -> str:
+        """``topic`` for the log: the group name is the collectors' secret (SCALING.md)."""
+        return topic.replace(f"$share/{self.share}/", "$share/<group>/", 1) if self.share \
+            else topic
+
     def wildcards(self) -> list[str]:
         """The protocol's wildcard filters, shared in a group."""
         return [shared(self.share, topic) for topic in subscriptions()]
