@@ -3,6 +3,7 @@ read token), the ``edgemon_cluster_*`` metrics and their OpenAPI description."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -36,27 +37,42 @@ class ClusterStatus:
     def routes(self) -> list[web.RouteDef]:
         return [web.get(PATH, self.handler)]
 
-    def metrics_lines(self) -> list[str]:
-        """Prometheus text lines (the group name is a secret: never shown)."""
+    def samples(self) -> list[tuple[str, str, str, float]]:
+        """(name, type, help, value) of the ``edgemon_cluster_*`` metrics (the group name is a
+        secret: never shown)."""
         leadership = self.leadership
-        lines = [
-            "# HELP edgemon_cluster_leader 1 while this collector runs the singleton work "
-            "(retention, compaction, alert evaluation and notification), else 0.",
-            "# TYPE edgemon_cluster_leader gauge",
-            f"edgemon_cluster_leader {int(leadership.is_leader())}",
-            "# HELP edgemon_cluster_leader_changes_total Times this collector gained or lost "
-            "leadership.",
-            "# TYPE edgemon_cluster_leader_changes_total counter",
-            f"edgemon_cluster_leader_changes_total {leadership.changes}",
-        ]
+        out = [(name, kind, text, value) for name, kind, text, value in (
+            ("edgemon_cluster_leader", "gauge", HELP_LEADER, int(leadership.is_leader())),
+            ("edgemon_cluster_leader_changes_total", "counter", HELP_CHANGES,
+             leadership.changes))]
         expiries = getattr(leadership, "lease_expiries", None)
         if expiries is not None:
-            lines += ["# HELP edgemon_cluster_lease_expiries_total Times leadership (or a "
-                      "take-over) ended because no check of the leader lock succeeded within "
-                      "the lease.",
-                      "# TYPE edgemon_cluster_lease_expiries_total counter",
-                      f"edgemon_cluster_lease_expiries_total {expiries}"]
-        return lines
+            out.append(("edgemon_cluster_lease_expiries_total", "counter", HELP_EXPIRIES,
+                        expiries))
+        return out
+
+    def metrics_lines(self) -> list[str]:
+        """The metrics as Prometheus text lines."""
+        return [line for name, kind, text, value in self.samples()
+                for line in (f"# HELP {name} {text}", f"# TYPE {name} {kind}",
+                             f"{name} {value}")]
+
+    def collect(self) -> Iterator[Any]:
+        """The same metrics as a prometheus-client collector (``CollectorMetrics.register``)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        for name, kind, text, value in self.samples():
+            if kind == "counter":
+                yield CounterMetricFamily(name.removesuffix("_total"), text, value=value)
+            else:
+                yield GaugeMetricFamily(name, text, value=value)
+
+
+HELP_LEADER = ("1 while this collector runs the singleton work (retention, compaction, alert "
+               "evaluation and notification), else 0.")
+HELP_CHANGES = "Times this collector gained or lost leadership."
+HELP_EXPIRIES = ("Times leadership (or a take-over) ended because no check of the leader lock "
+                 "succeeded within the lease.")
 
 
 _ELECTION = {"type": "object", "description": "The leader election: kind (single: alone on its "
