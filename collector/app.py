@@ -6,6 +6,11 @@ storage (opened in the writer thread, which does every ingest write from then on
 ``stop()``): refuse new MQTT messages (left unacknowledged: the broker keeps them for our
 persistent session) -> store and acknowledge everything already queued, let a running
 maintenance round finish -> flush agent acks and disconnect -> stop HTTP -> close storage.
+
+Singleton work (storage maintenance, alert evaluation and notification) runs only while this
+collector leads (collector/cluster/): always on its own SQLite store; among collectors sharing
+a PostgreSQL store, on the one holding the leader lock. Leadership is given up at stop, after
+that work has stopped.
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ from typing import Any
 from aiohttp import web
 
 from edgemon.collector.alerting import AlertingService, merge_openapi
-from edgemon.collector.config import CollectorConfig, HttpConfig, StorageConfig
+from edgemon.collector.cluster import AlwaysLeader, Leadership
+from edgemon.collector.cluster import status as cluster_status
+from edgemon.collector.config import (
+    CollectorConfig,
+    HttpConfig,
+    StorageConfig,
+    cluster_problems,
+    is_shared_store,
+)
 from edgemon.collector.http import dashboard, export
 from edgemon.collector.http.api import create_app
 from edgemon.collector.http.auth import add_cors, security_middlewares
@@ -51,6 +64,7 @@ __all__ = ["CollectorService", "StartupError", "open_default_storage", "run"]
 log = logging.getLogger("edgemon.collector")
 
 StorageFactory = Callable[[StorageConfig], Storage]
+LeadershipFactory = Callable[[CollectorConfig], Leadership]
 
 
 class StartupError(Exception):
@@ -102,14 +116,32 @@ def open_default_storage(config: StorageConfig) -> Storage:
     )
 
 
+def default_leadership(config: CollectorConfig) -> Leadership:
+    """Always the leader on an embedded store; a PostgreSQL advisory lock on a shared one."""
+    if not is_shared_store(config.storage):
+        return AlwaysLeader()
+    from edgemon.collector.cluster.pg_leader import PostgresLeader
+
+    cluster = config.cluster
+    url = str(getattr(config.storage, "url", None) or config.storage.path)
+    return PostgresLeader(url, collector_id=config.mqtt.presence_id,
+                          check_s=cluster.leader_check_seconds,
+                          lease_s=cluster.leader_lease_seconds)
+
+
 class CollectorService:
     """The collector in this process (MQTT ingest, storage, HTTP API, alerting): call
     ``start()``, later ``stop()`` (or ``run()`` until a stop event)."""
 
     def __init__(self, config: CollectorConfig, *,
-                 storage_factory: StorageFactory = open_default_storage) -> None:
+                 storage_factory: StorageFactory = open_default_storage,
+                 leadership_factory: LeadershipFactory = default_leadership) -> None:
         self.config = config
         self.storage_factory = storage_factory
+        self.leadership_factory = leadership_factory
+        self.leadership: Leadership | None = None
+        self.cluster: cluster_status.ClusterStatus | None = None
+        self._leading_lock = asyncio.Lock()  # serialises starting/pausing the singleton work
         self.storage: Storage | None = None
         self.storage_open = False
         self.rejects = Rejects()
@@ -164,6 +196,9 @@ class CollectorService:
                                                "mqtt": f"{cfg.mqtt.host}:{cfg.mqtt.port}",
                                                "http": f"{cfg.http.host}:{cfg.http.port}",
                                                "http_auth": cfg.http.auth})
+        problems = cluster_problems(cfg)
+        if problems:
+            raise StartupError("; ".join(f"{s}.{k}: {m}" for s, k, m in problems))
         tls = self._http_security()
         self.storage = await loop.run_in_executor(self._writer, self.storage_factory,
                                                   cfg.storage)
@@ -172,7 +207,16 @@ class CollectorService:
                                              tokens=self.tokens)
         self.inbox = Inbox(loop, max_messages=cfg.ingest.queue_max,
                            max_bytes=cfg.ingest.queue_max_bytes)
-        self.mqtt = MqttIngest(cfg.mqtt, self.inbox)
+        self.mqtt = MqttIngest(cfg.mqtt, self.inbox, shared_group=cfg.cluster.shared_group,
+                               session_expiry_s=cfg.cluster.session_expiry_seconds)
+        leadership = self.leadership = self.leadership_factory(cfg)
+        self.cluster = cluster_status.ClusterStatus(
+            leadership, collector_id=cfg.mqtt.presence_id, shared_group=cfg.cluster.shared_group,
+            store="postgresql" if is_shared_store(cfg.storage) else "sqlite")
+        self.metrics.register(self.cluster)
+        self.mqtt.role = lambda: leadership.role
+        leadership.add_listener(lambda _leader: loop.call_soon_threadsafe(
+            lambda: asyncio.ensure_future(self._follow_leadership())))
         self.mqtt.use_rate_limit(limiter_from_config(cfg.ingest), self.rejects)
         self.pipeline = IngestPipeline(storage=self.dashboard.observe(self.storage),
                                        inbox=self.inbox, mqtt=self.mqtt,
@@ -188,11 +232,13 @@ class CollectorService:
         inbox = self.inbox
         self.maintenance = MaintenanceRunner(self.storage,
                                              interval=cfg.storage.maintain_interval_seconds,
-                                             busy=lambda: inbox.queued > 0)
+                                             busy=lambda: inbox.queued > 0,
+                                             should_run=leadership.is_leader)
         self.maintenance.start()
         self.metrics.attach(stats=self.pipeline.stats, rejects=self.rejects, inbox=self.inbox,
                             mqtt=self.mqtt, storage_open=lambda: self.storage_open,
                             maintenance=self.maintenance)
+        leadership.start()
         self.mqtt.start()
         if cfg.alerting.enabled:
             self.alerting = await loop.run_in_executor(self._readers, self._open_alerting)
@@ -203,6 +249,7 @@ class CollectorService:
                          extra_routes=[*(self.alerting.routes() if self.alerting else ()),
                                        *export.routes(self.alerting.engine
                                                       if self.alerting else None),
+                                       *self.cluster.routes(),
                                        *prometheus_routes(self.storage, alerting=(
                                            self.alerting.engine if self.alerting else None))],
                          extend_openapi=self._openapi,
@@ -223,8 +270,7 @@ class CollectorService:
                  self.http_port)
         log.info("dashboard on %s://%s:%d/", "https" if tls else "http", cfg.http.host,
                  self.http_port)
-        if self.alerting is not None:
-            await self.alerting.start()
+        await self._follow_leadership()
         sdnotify.notify(f"READY=1\nSTATUS=api on {cfg.http.host}:{self.http_port}")
         interval = sdnotify.watchdog_interval()
         if interval:
@@ -233,7 +279,27 @@ class CollectorService:
     def _openapi(self, document: dict[str, Any]) -> dict[str, Any]:
         if self.alerting is not None:
             document = merge_openapi(document)
-        return export.merge_openapi(dashboard.merge_openapi(document))
+        document = cluster_status.merge_openapi(dashboard.merge_openapi(document))
+        return export.merge_openapi(document)
+
+    async def _follow_leadership(self) -> None:
+        """Run the singleton work (alert evaluation and notification) while leading, pause it
+        otherwise, and say the role in our presence. Maintenance asks ``is_leader`` itself."""
+        if self.leadership is None:
+            return
+        async with self._leading_lock:
+            leading = self.leadership.is_leader() and not self._stopped
+            alerting = self.alerting
+            if alerting is not None and leading != alerting.running:
+                try:
+                    await (alerting.start() if leading else alerting.pause())
+                except Exception:
+                    log.exception("could not %s alert evaluation",
+                                  "start" if leading else "pause")
+                log.info("alert evaluation and notification %s (%s)",
+                         "running" if leading else "paused", self.leadership.role)
+            if self.mqtt is not None:
+                self.mqtt.announce()
 
     def _open_alerting(self) -> AlertingService:
         """The alert engine over our storage; transitions also go out on MQTT (QoS 1)."""
@@ -302,10 +368,11 @@ class CollectorService:
             self._watchdog.cancel()
         log.info("stopping: no new messages; storing and acknowledging what is queued")
         if self.alerting is not None:
-            try:
-                await self.alerting.stop()
-            except Exception:
-                log.exception("stopping alerting failed")
+            async with self._leading_lock:
+                try:
+                    await self.alerting.stop()
+                except Exception:
+                    log.exception("stopping alerting failed")
         if self.mqtt is not None:
             self.mqtt.stop_accepting()
         if self.pipeline is not None:
@@ -317,6 +384,8 @@ class CollectorService:
                 log.exception("ingest worker failed")
         if self.maintenance is not None:  # before the storage closes: a round finishes first
             await loop.run_in_executor(None, self.maintenance.stop)
+        if self.leadership is not None:  # the singleton work has stopped: let another lead
+            await loop.run_in_executor(None, self.leadership.stop)
         if self.mqtt is not None:
             await loop.run_in_executor(None, self.mqtt.close)
         if self._runner is not None:

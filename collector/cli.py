@@ -61,6 +61,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     doc = config.model_dump(mode="json")
     if doc["mqtt"].get("password"):
         doc["mqtt"]["password"] = "********"
+    if doc["cluster"].get("shared_group"):  # a secret of the collectors (SCALING.md)
+        doc["cluster"]["shared_group"] = "********"
     for endpoint in [*doc["alerting"]["alertmanagers"], *doc["forward"]]:
         for secret in ("password", "bearer_token"):
             if endpoint.get(secret):

@@ -33,6 +33,7 @@ __all__ = [
     "ENV_PREFIX",
     "AlertingConfig",
     "AlertmanagerConfig",
+    "ClusterConfig",
     "CollectorConfig",
     "ConfigError",
     "ForwardConfig",
@@ -82,6 +83,16 @@ class MqttConfig(_Section):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    # MQTT protocol version: "3.1.1" or "5". A shared group ([cluster] shared_group) needs "5":
+    # only MQTT 5 lets the broker drop a dead collector's session (session expiry) and hand its
+    # share to the others.
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+            else value
 
     @field_validator("client_id")
     @classmethod
@@ -143,6 +154,61 @@ def _check_collector_id(value: str) -> None:
     except ProtocolError:
         raise ValueError("use letters, digits, '.', '-', '_' (starting with a letter or "
                          "digit, at most 128)") from None
+
+
+class ClusterConfig(_Section):
+    """Several collectors on one shared store (``[cluster]``; SCALING.md).
+
+    ``shared_group``: subscribe through the MQTT 5 shared subscription ``$share/<group>/...``
+    so that the broker gives each batch to one collector of the group. Mosquitto lets any
+    client it admits join a group by naming it (its acl_file cannot restrict subscriptions)
+    and then drops the share it would deliver to a member without read access: the name is a
+    shared secret of the collectors, hence at least 16 characters (e.g. ``edgemon-`` and
+    ``openssl rand -hex 12``). Empty: no shared subscription (one collector)."""
+
+    shared_group: str = Field("", max_length=128)
+    # A shared group with an embedded SQLite store is refused (the collectors would each keep
+    # part of the data) unless this says there is exactly one collector in the group.
+    single_node: bool = False
+    # MQTT 5 session expiry of a collector in a shared group: a collector back within this time
+    # resumes its session (the broker re-sends what was in flight); after it, the broker drops
+    # the session and gives the group's messages to the collectors still connected. Whatever
+    # was queued for the dropped session is sent again by its agents (end-to-end acks).
+    session_expiry_seconds: int = Field(30, ge=0, le=86_400)
+    # Leader election (collector/cluster/): the leader re-checks its PostgreSQL advisory lock
+    # every leader_check_seconds and stops leading when no check succeeded for
+    # leader_lease_seconds; a collector that takes the lock waits leader_lease_seconds before it
+    # leads, so that two never lead at once.
+    leader_check_seconds: float = Field(1.0, ge=0.05, le=60)
+    leader_lease_seconds: float = Field(5.0, ge=0.2, le=600)
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group_name(cls, value: str) -> str:
+        if not value:
+            return value
+        if any(c in value for c in "/+#") or not value.isprintable() or " " in value:
+            raise ValueError("a shared group name has no '/', '+', '#', spaces or control "
+                             "characters")
+        if len(value) < 16:
+            raise ValueError("at least 16 characters: any client the broker admits can join a "
+                             "shared group by naming it and swallow a share of the fleet's "
+                             "batches, so the name is the collectors' secret; e.g. edgemon-"
+                             "<output of `openssl rand -hex 12`>")
+        return value
+
+    @model_validator(mode="after")
+    def _lease_covers_checks(self) -> ClusterConfig:
+        if self.leader_lease_seconds < 2 * self.leader_check_seconds:
+            raise ValueError("leader_lease_seconds must be at least twice leader_check_seconds "
+                             "(one late check must not end the leadership)")
+        return self
+
+
+def is_shared_store(storage: StorageConfig) -> bool:
+    """Whether ``storage`` names a store several collectors can share (PostgreSQL)."""
+    target = str(getattr(storage, "url", None) or storage.path)
+    return target.startswith(("postgresql:", "postgres:"))
 
 
 class StorageConfig(_Section):
@@ -369,6 +435,7 @@ class CollectorConfig(_Section):
     ingest: IngestConfig = IngestConfig()
     alerting: AlertingConfig = AlertingConfig()
     log: LogConfig = LogConfig()
+    cluster: ClusterConfig = ClusterConfig()
     forward: tuple[ForwardConfig, ...] = ()
 
     @model_validator(mode="after")
@@ -444,7 +511,7 @@ def load_config(path: str | Path | None = None,
         if name in data:
             merged[name] = data[name]
     try:
-        return CollectorConfig.model_validate(merged)
+        config = CollectorConfig.model_validate(merged)
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             loc = [str(p) for p in err["loc"]]
@@ -462,3 +529,34 @@ def load_config(path: str | Path | None = None,
                 source = f"{where}{at_line(_line_of(lines, loc))}"
             problems.append(f"{source}: {dotted}: {message}")
         raise ConfigError(problems) from None
+    problems = [f"{_source(where, lines, env, section, key)}: {section}.{key}: {message}"
+                for section, key, message in cluster_problems(config)]
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def cluster_problems(config: CollectorConfig) -> list[tuple[str, str, str]]:
+    """Settings that contradict each other across sections: (section, key, message)."""
+    cluster = config.cluster
+    if not cluster.shared_group:
+        return []
+    problems = []
+    if config.mqtt.protocol != "5":
+        problems.append(("mqtt", "protocol", "a shared group needs protocol = \"5\": with MQTT "
+                         "3.1.1 a dead collector's session never expires, so the broker keeps "
+                         "queueing its share instead of giving it to the others (Mosquitto "
+                         "accepts $share/ from 3.1.1 clients; the MQTT standard does not)"))
+    if not is_shared_store(config.storage) and not cluster.single_node:
+        problems.append(("cluster", "shared_group", "a shared group needs a store the "
+                         "collectors share (storage postgresql://...): with an embedded SQLite "
+                         "store each collector would keep only its share of the batches. One "
+                         "collector on its own in the group: set single_node = true"))
+    return problems
+
+
+def _source(where: str, lines: TomlLines, env: Mapping[tuple[str, str], Any], section: str,
+            key: str) -> str:
+    if (section, key) in env:
+        return f"{env[(section, key)].variable} (environment)"
+    return f"{where}{at_line(lines.find(section, [key]))}"

@@ -44,14 +44,20 @@ MIN_DELAY = 0.05  # seconds: a flapping broker never makes a busy loop
 def make_client(client_id: str, *, clean_session: bool = False, username: str | None = None,
                 password: str | None = None, tls: bool = False, ca_file: Path | None = None,
                 cert_file: Path | None = None, key_file: Path | None = None,
-                manual_ack: bool = False) -> mqtt.Client:
-    """A paho client (MQTT 3.1.1, callback API 2) with credentials, TLS and TCP_NODELAY set.
+                manual_ack: bool = False, protocol: int = mqtt.MQTTv311) -> mqtt.Client:
+    """A paho client (callback API 2; MQTT 3.1.1 unless ``protocol`` is ``mqtt.MQTTv5``) with
+    credentials, TLS and TCP_NODELAY set.
 
-    The caller sets its callbacks, Last Will and limits, then connects.
+    The caller sets its callbacks, Last Will and limits, then connects. MQTT 5 has no
+    ``clean_session``: the caller passes ``clean_start`` and a session expiry to ``connect``.
     """
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         clean_session=clean_session, protocol=mqtt.MQTTv311,
-                         manual_ack=manual_ack)
+    if protocol == mqtt.MQTTv5:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=manual_ack)
+    else:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             clean_session=clean_session, protocol=protocol,
+                             manual_ack=manual_ack)
     if username is not None:
         client.username_pw_set(username, password)
     if tls:

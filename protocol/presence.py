@@ -3,7 +3,11 @@ anyone is listening (the idea of Sparkplug B's primary-host STATE; see SPEC.md).
 
 Topic ``edgemon/v1/_collectors/<collector_id>/state``, QoS 1, retained, a small JSON document::
 
-    {"v": 1, "state": "online", "collector": "<collector_id>", "ts": <ms>}
+    {"v": 1, "state": "online", "collector": "<collector_id>", "ts": <ms>, "role": "leader"}
+
+``role`` (optional, only while online): ``leader`` or ``follower`` among several collectors
+sharing one store (the leader alone runs the singleton work: retention, alert evaluation and
+notification), ``leader`` for a collector on its own. Readers that do not know it ignore it.
 
 A collector publishes ``online`` once connected and subscribed, sets the same topic to
 ``offline`` as its Last Will and publishes ``offline`` itself on a clean stop. A reader treats
@@ -36,10 +40,14 @@ _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MAX_JSON: Final = 4096
 
 
+ROLES: Final = ("leader", "follower")
+
+
 class CollectorState(NamedTuple):
     collector: str
     online: bool
     ts_ms: int
+    role: str | None = None
 
 
 def _checked_id(collector_id: str) -> str:
@@ -63,9 +71,14 @@ def parse_collector_state_topic(topic: str) -> str:
     return _checked_id(parts[3])
 
 
-def encode_collector_state(collector_id: str, *, online: bool, ts_ms: int) -> bytes:
-    doc = {"v": VERSION, "state": "online" if online else "offline",
-           "collector": _checked_id(collector_id), "ts": int(ts_ms)}
+def encode_collector_state(collector_id: str, *, online: bool, ts_ms: int,
+                           role: str | None = None) -> bytes:
+    doc: dict[str, object] = {"v": VERSION, "state": "online" if online else "offline",
+                              "collector": _checked_id(collector_id), "ts": int(ts_ms)}
+    if role is not None:
+        if role not in ROLES:
+            raise ValueError(f"collector role must be one of {', '.join(ROLES)}")
+        doc["role"] = role
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -80,4 +93,6 @@ def decode_collector_state(payload: bytes) -> CollectorState:
         collector = _checked_id(doc.get("collector"))  # type: ignore[arg-type]
     except ProtocolError as exc:
         raise MalformedPayload(str(exc), reason="schema") from None
-    return CollectorState(collector, state == "online", ts)
+    role = doc.get("role")
+    return CollectorState(collector, state == "online", ts,
+                          role if isinstance(role, str) and role in ROLES else None)

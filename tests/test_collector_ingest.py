@@ -57,8 +57,10 @@ from tests.support.waiting import wait_until
 class RunningCollector:
     """The collector on its own uvloop in a background thread, as `edgemon-collector run`."""
 
-    def __init__(self, config: CollectorConfig, storage_factory: Callable[..., Storage]) -> None:
-        self.collector = CollectorService(config, storage_factory=storage_factory)
+    def __init__(self, config: CollectorConfig, storage_factory: Callable[..., Storage],
+                 **options: Any) -> None:
+        """``options``: more CollectorService arguments (e.g. ``leadership_factory``)."""
+        self.collector = CollectorService(config, storage_factory=storage_factory, **options)
         self._started = threading.Event()
         self._error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -135,8 +135,14 @@ class AlertingService:
         self._task = asyncio.create_task(self.engine.run(self._stop, self.executor),
                                          name="edgemon-alert-evaluation")
 
-    async def stop(self) -> None:
-        """Finish the running cycle, stop delivering (the outbox keeps the rest), close."""
+    @property
+    def running(self) -> bool:
+        """Evaluating and delivering (between ``start`` and ``pause``/``stop``)."""
+        return self._task is not None
+
+    async def pause(self) -> None:
+        """Finish the running cycle and stop delivering (the outbox keeps the rest), but keep
+        the engine open for the API: another collector leads now. ``start`` resumes."""
         self._stop.set()
         if self._task is not None:
             with contextlib.suppress(Exception):
@@ -145,4 +151,8 @@ class AlertingService:
         await self.worker.stop()
         if self.alertmanagers is not None:
             await self.alertmanagers.stop()
+
+    async def stop(self) -> None:
+        """Finish the running cycle, stop delivering (the outbox keeps the rest), close."""
+        await self.pause()
         await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.close)

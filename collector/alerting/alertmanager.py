@@ -166,6 +166,7 @@ class AlertmanagerNotifier:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._wakes = []
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None

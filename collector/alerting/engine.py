@@ -156,8 +156,9 @@ class AlertEngine:
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """``callback()`` runs (in the cycle's thread) after a commit that queued
-        notifications; the delivery worker uses it to wake up."""
-        self._listeners.append(callback)
+        notifications; the delivery worker uses it to wake up. Added once however often."""
+        if callback not in self._listeners:
+            self._listeners.append(callback)
 
     def close(self) -> None:
         with self._cycle_lock:

@@ -369,9 +369,11 @@ def client_snippet(user: User, password: str) -> str:
     use = ("the collector: put these keys in the [mqtt] section of collector.toml"
            if user.role == "collector" else
            f"reader {user.name}: read-only; try it with: edgemon-collector tail -c THIS_FILE")
+    # the broker uses the user name as the client id; the collector's presence id follows it
+    client_id = f"client_id = {name}\n" if user.role == "collector" else ""
     return (f"# edgemon MQTT credentials for {use}.\n"
             "# Keep the file private: chmod 600.\n"
-            f"[mqtt]\nusername = {name}\npassword = {secret}\n")
+            f"[mqtt]\nusername = {name}\npassword = {secret}\n{client_id}")
 
 
 def mosquitto_conf(auth: AuthDir, *, port: int = 1883, bind: str | None = None,
@@ -475,6 +477,10 @@ def add_commands(sub: Any) -> None:
     add_host = command("add-host", "add a host; print an agent [broker] snippet")
     add_host.add_argument("name", metavar="HOST", help="the agent's host_id")
     out_option(add_host, "agent's [broker] credentials")
+    add_collector = command("add-collector", "add another collector (several collectors in one "
+                                             "shared group: SCALING.md); print its credentials")
+    add_collector.add_argument("name", metavar="NAME")
+    out_option(add_collector, "collector's [mqtt] credentials")
     add_reader = command("add-reader", "add a read-only user (edgemon/v1/#)")
     add_reader.add_argument("name", metavar="NAME")
     out_option(add_reader, "reader's [mqtt] credentials")
@@ -521,8 +527,8 @@ def _run(args: Any) -> int:
                   f"{auth.path} HOST; mosquitto.conf lines: edgemon-collector broker-auth "
                   f"mosquitto-conf {auth.path}", file=sys.stderr)
             return 0
-        if action in ("add-host", "add-reader"):
-            role = "host" if action == "add-host" else "reader"
+        if action in ("add-host", "add-reader", "add-collector"):
+            role = action.removeprefix("add-")
             password = auth.add(args.name, role)
             user = auth.get(args.name)
             assert user is not None

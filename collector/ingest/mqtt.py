@@ -34,6 +34,13 @@ Delivery contract (see protocol SPEC §5):
   credentials, which an operator must fix, at ERROR).
 * Presence (protocol/presence.py): once subscribed the collector publishes its ``online`` state,
   retained, QoS 1; the Last Will sets it ``offline``; a clean stop publishes ``offline`` itself.
+  The state carries the collector's ``role`` (leader or follower, collector/cluster/) when it
+  has one, published again when the role changes (``announce``).
+* Several collectors (``shared_group``, [cluster]): the data filters are MQTT 5 shared
+  subscriptions ``$share/<group>/...``, so the broker gives each message to one collector of
+  the group; each collector keeps its own persistent session, which the broker drops
+  ``session_expiry_s`` after the collector went away (then the others get its share). Agent
+  acks go to the agent's own topic, so whichever collector stored a batch acknowledges it.
 * The delivery stall detector (``stall.py``) watches for a lost PUBLISH or PUBACK that MQTT
   would only repair at the next reconnect; on a stall it logs, shows it in /readyz and /metrics,
   and reconnects.
@@ -56,6 +63,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edgemon.collector.config import MqttConfig
 from edgemon.collector.ingest.flood_guard import FloodGuard
@@ -67,7 +76,7 @@ from edgemon.collector.ingest.subscriptions import Subscriptions
 from edgemon.common import mqtt_client
 from edgemon.common.clock import now_ms
 from edgemon.common.logs import Throttle
-from edgemon.protocol import ProtocolError, ack_topic, encode_ack, parse_topic, subscriptions
+from edgemon.protocol import ProtocolError, ack_topic, encode_ack, parse_topic
 from edgemon.protocol.limits import MAX_COMPRESSED_BYTES
 from edgemon.protocol.presence import collector_state_topic, encode_collector_state
 
@@ -77,6 +86,9 @@ log = logging.getLogger("edgemon.collector.mqtt")
 
 # A message bigger than any valid payload is not kept in memory: it is rejected by size.
 MAX_KEPT_PAYLOAD = MAX_COMPRESSED_BYTES
+
+# MQTT 5 Session Expiry Interval "never" (what clean_session=False means in MQTT 3.1.1)
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 
 # What becomes of a received message (MqttIngest._handle)
 HANDED_OVER, DROPPED, REFUSED = "handed_over", "dropped", "refused"
@@ -91,9 +103,14 @@ class MqttIngest:
     QUEUED_PUBLISHES = 10_000  # paho's bound on our publishes waiting (acks while disconnected)
 
     def __init__(self, config: MqttConfig, inbox: Inbox, *,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random, shared_group: str | None = None,
+                 session_expiry_s: int = 30) -> None:
         self.config = config
         self.inbox = inbox
+        self.shared_group = shared_group or None
+        self.session_expiry_s = session_expiry_s
+        # This collector's role (collector/cluster/), shown in its presence; None: none.
+        self.role: Callable[[], str | None] = lambda: None
         self.collector_id = config.presence_id
         self.state_topic = collector_state_topic(self.collector_id)
         self.probe_topic = probe_topic(self.collector_id)
@@ -142,7 +159,8 @@ class MqttIngest:
             config.client_id, clean_session=False, username=config.username,
             password=config.password.get_secret_value() if config.password else None,
             tls=config.tls, ca_file=config.ca_file, cert_file=config.cert_file,
-            key_file=config.key_file, manual_ack=True)
+            key_file=config.key_file, manual_ack=True,
+            protocol=mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311)
         client.max_queued_messages_set(self.QUEUED_PUBLISHES)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -154,7 +172,8 @@ class MqttIngest:
             client.enable_logger(logging.getLogger("edgemon.collector.paho"))
         self.client = client
         self.subscriptions = Subscriptions(client, self.probe_topic, isolated=self.flood.isolated,
-                                           known_hosts=lambda: self.known_hosts())
+                                           known_hosts=lambda: self.known_hosts(),
+                                           share=self.shared_group)
         self._set_will()
         self._schedule_retry()
 
@@ -163,8 +182,18 @@ class MqttIngest:
     def start(self) -> None:
         log.info("connecting to %s://%s:%d as %r", "mqtts" if self.config.tls else "mqtt",
                  self.config.host, self.config.port, self.config.client_id)
-        self.client.connect_async(self.config.host, self.config.port,
-                                  keepalive=self.config.keepalive)
+        if self.config.protocol == "5":
+            # clean_start False on every connection: resume the session (what the broker holds
+            # for us) whether this is the first connection of the process or a reconnect
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry_s if self.shared_group \
+                else SESSION_NEVER_EXPIRES
+            self.client.connect_async(self.config.host, self.config.port,
+                                      keepalive=self.config.keepalive, clean_start=False,
+                                      properties=props)
+        else:
+            self.client.connect_async(self.config.host, self.config.port,
+                                      keepalive=self.config.keepalive)
         self.client.loop_start()
         self._watcher = threading.Thread(target=self._watch, name="edgemon-mqtt-watch",
                                          daemon=True)
@@ -307,7 +336,14 @@ class MqttIngest:
     # --- presence and the stall watcher --------------------------------------------------------
 
     def _state(self, *, online: bool) -> bytes:
-        return encode_collector_state(self.collector_id, online=online, ts_ms=now_ms())
+        return encode_collector_state(self.collector_id, online=online, ts_ms=now_ms(),
+                                      role=self.role() if online else None)
+
+    def announce(self) -> None:
+        """Publish our ``online`` state again (the role changed); nothing before subscribing
+        (the state goes out then anyway). Any thread."""
+        if self.ready and not self._closing:
+            self._publish(self.state_topic, self._state(online=True), retain=True)
 
     def _set_will(self) -> None:
         # Retained: a reader subscribing later still learns we are gone. Its ts is when the
@@ -459,7 +495,8 @@ class MqttIngest:
             self.stall.probing = False  # an ACL generated before probes existed
         if essential:
             self._log_error("broker refused %d subscription(s) (%s ...); check the broker's ACL "
-                            "for the collector user", len(essential), essential[0])
+                            "for the collector user", len(essential),
+                            self.subscriptions.shown(essential[0]))
         if mid not in self._initial_subscribes:
             return
         self._initial_subscribes.discard(mid)
@@ -469,7 +506,9 @@ class MqttIngest:
             return
         self._subscribed = True
         isolated = self.flood.isolated()
-        log.info("subscribed to %s", ", ".join([*subscriptions(), self.probe_topic])
+        log.info("subscribed to %s", ", ".join([*map(self.subscriptions.shown,
+                                                     self.subscriptions.wildcards()),
+                                                 self.probe_topic])
                  if not isolated else f"{len(self.subscriptions.topics)} topics, leaving out "
                  f"{len(isolated)} flooding host(s)")
         self._publish(self.state_topic, self._state(online=True), retain=True)

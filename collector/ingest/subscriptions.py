@@ -19,30 +19,47 @@ import paho.mqtt.client as mqtt
 
 from edgemon.protocol import backfill_topic, metrics_topic, status_topic, subscriptions
 
-__all__ = ["Subscriptions"]
+__all__ = ["Subscriptions", "shared"]
 
 TOPICS_PER_PACKET = 1000  # SUBSCRIBE/UNSUBSCRIBE packets stay far below max_packet_size
 MAX_REMEMBERED = 100_000  # filters remembered for clean-up (hosts are bounded upstream)
 
 
+def shared(group: str | None, topic: str) -> str:
+    """``topic`` as the shared subscription of ``group`` (unchanged without a group)."""
+    return f"$share/{group}/{topic}" if group else topic
+
+
 class Subscriptions:
     def __init__(self, client: mqtt.Client, probe_topic: str, *,
-                 isolated: Callable[[], Any], known_hosts: Callable[[], Iterable[str]]) -> None:
+                 isolated: Callable[[], Any], known_hosts: Callable[[], Iterable[str]],
+                 share: str | None = None) -> None:
         self.client = client
         self.probe_topic = probe_topic
         self.isolated = isolated  # hosts left out now (a container of host ids)
         self.known_hosts = known_hosts
+        self.share = share or None
         self.topics: set[str] = set()  # what the session is (or is being) subscribed to
         self._lock = threading.Lock()
-        self._ever: set[str] = {*subscriptions(), probe_topic}
+        self._ever: set[str] = {*subscriptions(), *self.wildcards(), probe_topic}
         self._sent: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its filters, until the SUBACK
+
+    def shown(self, topic: str) -> str:
+        """``topic`` for the log: the group name is the collectors' secret (SCALING.md)."""
+        return topic.replace(f"$share/{self.share}/", "$share/<group>/", 1) if self.share \
+            else topic
+
+    def wildcards(self) -> list[str]:
+        """The protocol's wildcard filters, shared in a group."""
+        return [shared(self.share, topic) for topic in subscriptions()]
 
     def wanted(self) -> set[str]:
         isolated = self.isolated()
         if not isolated:
-            topics = set(subscriptions())
+            topics = set(self.wildcards())
         else:
-            topics = {topic for host in list(self.known_hosts()) if host not in isolated
+            topics = {shared(self.share, topic) for host in list(self.known_hosts())
+                      if host not in isolated
                       for topic in (metrics_topic(host), backfill_topic(host), status_topic(host))}
         topics.add(self.probe_topic)
         return topics
@@ -69,11 +86,11 @@ class Subscriptions:
 
     def restore_wildcards(self) -> None:
         """Before a clean stop while isolating: leave the session as a next run expects it."""
-        normal = {*subscriptions(), self.probe_topic}
+        normal = {*self.wildcards(), self.probe_topic}
         with self._lock:
             drop = self.topics - normal
             self.topics = normal
-        self._subscribe(set(subscriptions()))
+        self._subscribe(set(self.wildcards()))
         self._unsubscribe(drop)
 
     def _subscribe(self, topics: set[str]) -> list[int]:

@@ -12,6 +12,9 @@ read after every round (``/metrics`` reads it without touching the storage). The
 gauges for ``/metrics`` (``backlog``, ``disk_bytes``: every ``backlog_interval``; ``tier_bytes``,
 a scan: every ``sizes_interval``) are refreshed here too, after a round, so a scrape never reads
 the storage; how long the last refresh took is kept beside them.
+
+``should_run()`` gates every step: among collectors sharing a store only the leader maintains it
+(collector/cluster/); a collector that is not the leader (or stops being it) skips rounds.
 """
 
 from __future__ import annotations
@@ -64,8 +67,10 @@ class MaintenanceRunner:
     def __init__(self, storage: Storage, *, interval: float = 10.0,
                  busy: Callable[[], bool] = lambda: False,
                  clock_ms: Callable[[], int] = now_ms,
-                 backlog_interval: float = 10.0, sizes_interval: float = 120.0) -> None:
+                 backlog_interval: float = 10.0, sizes_interval: float = 120.0,
+                 should_run: Callable[[], bool] = lambda: True) -> None:
         self.storage = storage
+        self.should_run = should_run
         self.interval = interval
         self.busy = busy
         self.clock_ms = clock_ms
@@ -90,7 +95,7 @@ class MaintenanceRunner:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if not self.run_round():
+            if not self.should_run() or not self.run_round():
                 self._stop.wait(self.interval)
 
     def run_round(self) -> bool:
@@ -101,7 +106,8 @@ class MaintenanceRunner:
             while True:
                 started = time.monotonic()
                 more = self.storage.maintain_step(now)
-                if not more or time.monotonic() >= deadline or self._stop.is_set():
+                if (not more or time.monotonic() >= deadline or self._stop.is_set()
+                        or not self.should_run()):
                     break
                 took = time.monotonic() - started
                 time.sleep(max(MIN_PAUSE, took * (2 if self.busy() else 1)))

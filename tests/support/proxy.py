@@ -23,6 +23,7 @@ class LossyRelay:
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._lock = threading.Lock()
         self._lossy: set[int] = set()  # ids of connection pairs losing downstream bytes
+        self._partitioned: set[int] = set()  # ids of connection pairs passing nothing
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._closed = False
         self.refusing = False
@@ -31,6 +32,13 @@ class LossyRelay:
     def lose_downstream(self) -> None:
         with self._lock:
             self._lossy = {id(pair) for pair in self._pairs}
+
+    def partition(self) -> None:
+        """A network partition for the connections open now: nothing passes either way, and
+        neither side's close reaches the other (their sockets to the relay stay open) until
+        ``close()``."""
+        with self._lock:
+            self._partitioned |= {id(pair) for pair in self._pairs}
 
     def close(self) -> None:
         self._closed = True
@@ -66,7 +74,13 @@ class LossyRelay:
         client, upstream = pair
         try:
             while True:
-                readable, _, _ = select.select([client, upstream], [], [], 1.0)
+                with self._lock:
+                    cut = id(pair) in self._partitioned
+                if cut:
+                    while not self._closed:
+                        select.select([], [], [], 0.1)
+                    return
+                readable, _, _ = select.select([client, upstream], [], [], 0.1)
                 for sock in readable:
                     data = sock.recv(65536)
                     if not data:

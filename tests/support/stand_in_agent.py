@@ -45,12 +45,15 @@ def make_batch(host: str, seq: int, *, instance: str = "inst-1", payload_host: s
 class StandInAgent:
     """A stand-in agent: publishes QoS 1 and records the acknowledgements it receives."""
 
-    def __init__(self, broker: Broker, host: str) -> None:
+    def __init__(self, broker: Broker, host: str, *, password: str | None = None) -> None:
+        """``password``: connect as the broker user ``host`` (a broker with broker-auth)."""
         self.host = host
         self.acks: list[Ack] = []
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
                                   client_id=f"agent-{host}-{uuid.uuid4().hex[:6]}")
+        if password is not None:
+            self.client.username_pw_set(host, password)
         self.client.on_message = lambda _c, _u, m: self.acks.append(decode_ack(m.payload))
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.connect(broker.host, broker.port)
