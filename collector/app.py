@@ -2,10 +2,11 @@
 
 Start order: HTTP security (token file, TLS key: a problem stops the start with exit 2) ->
 storage (opened in the writer thread, which does every ingest write from then on)
--> ingest worker + storage maintenance (its own thread) -> MQTT -> HTTP. Stop (SIGTERM/SIGINT, or
-``stop()``): refuse new MQTT messages (left unacknowledged: the broker keeps them for our
-persistent session) -> store and acknowledge everything already queued, let a running
-maintenance round finish -> flush agent acks and disconnect -> stop HTTP -> close storage.
+-> forwarding (``[[forward]]``) -> ingest worker + storage maintenance (its own thread) -> MQTT
+-> HTTP. Stop (SIGTERM/SIGINT, or ``stop()``): refuse new MQTT messages (left unacknowledged:
+the broker keeps them for our persistent session) -> store and acknowledge everything already
+queued -> stop forwarding (cursors kept) -> let a running maintenance round finish -> flush
+agent acks and disconnect -> stop HTTP -> close storage.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from aiohttp import web
 
 from edgemon.collector.alerting import AlertingService, merge_openapi
 from edgemon.collector.config import CollectorConfig, HttpConfig, StorageConfig
+from edgemon.collector.forward.metrics import metrics_lines as forward_metrics_lines
+from edgemon.collector.forward.service import ForwardService
 from edgemon.collector.http import dashboard
 from edgemon.collector.http.api import create_app
 from edgemon.collector.http.auth import add_cors, security_middlewares
@@ -128,6 +131,7 @@ class CollectorService:
         self.alerting: AlertingService | None = None
         self.tokens: TokenStore | None = None
         self.dashboard: dashboard.Dashboard | None = None
+        self.forward: ForwardService | None = None
 
     def _http_security(self) -> ssl.SSLContext | None:
         """Load the token file and the TLS key (before anything else starts); warn about an
@@ -165,6 +169,9 @@ class CollectorService:
         self.storage = await loop.run_in_executor(self._writer, self.storage_factory,
                                                   cfg.storage)
         self.storage_open = True
+        # before ingest: batches stored from now on are in the forwarding log
+        self.forward = ForwardService(cfg.forward, self.storage)
+        await self.forward.start()
         self.dashboard = dashboard.Dashboard(self.storage, executor=self._readers,
                                              tokens=self.tokens)
         self.inbox = Inbox(loop, max_messages=cfg.ingest.queue_max,
@@ -194,6 +201,7 @@ class CollectorService:
         app = create_app(self.storage, executor=self._readers, metrics=self.metrics_text,
                          ready=self.readiness,
                          extra_routes=[*(self.alerting.routes() if self.alerting else ()),
+                                       *self.forward.routes(),
                                        *prometheus_routes(self.storage, alerting=(
                                            self.alerting.engine if self.alerting else None))],
                          extend_openapi=self._openapi,
@@ -281,6 +289,7 @@ class CollectorService:
                               mqtt=self.mqtt, storage_open=self.storage_open,
                               maintenance=self.maintenance)
         extra = self.alerting.metrics_lines() if self.alerting else []
+        extra += forward_metrics_lines(self.forward.status()) if self.forward else []
         return text + "".join(f"{line}\n" for line in extra)
 
     @property
@@ -311,6 +320,11 @@ class CollectorService:
                 await self._worker
             except Exception:
                 log.exception("ingest worker failed")
+        if self.forward is not None:  # cursors kept; a request in flight is sent again
+            try:
+                await self.forward.stop()
+            except Exception:
+                log.exception("stopping forwarding failed")
         if self.maintenance is not None:  # before the storage closes: a round finishes first
             await loop.run_in_executor(None, self.maintenance.stop)
         if self.mqtt is not None:

@@ -350,8 +350,12 @@ class ForwardConfig(OutboundHttpConfig):
     retry_max_seconds: float = Field(30.0, gt=0, le=3600)
     # Extra labels added to every series (e.g. a cluster name); never override a sample's own.
     external_labels: dict[str, str] = {}
-    # Where to start on the first run: "all" (every stored sample) or "now" (only new ones).
+    # Where to start on the first run: "all" (every batch the forwarding log holds: all stored
+    # since forwarding was first configured on this store) or "now" (only new ones).
     start: Literal["all", "now"] = "all"
+    # A receiver more than this many samples behind has its oldest ones skipped (counted in
+    # edgemon_collector_forward_samples_skipped_total): the log's disk use stays bounded.
+    max_pending_samples: int = Field(50_000_000, ge=1000)
 
     @field_validator("external_labels")
     @classmethod
