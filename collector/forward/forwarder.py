@@ -90,10 +90,10 @@ class Forwarder:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
-    async def _requests(self) -> list[Request]:
+    async def _requests(self, after: int) -> list[Request]:
         cfg = self.config
         batches = await self._off_loop(
-            self.storage.forward_read, self.name, self.cursor,
+            self.storage.forward_read, self.name, after,
             cfg.max_samples_per_request * READ_REQUESTS, READ_BATCHES)
         if not batches:
             return []
@@ -101,30 +101,37 @@ class Forwarder:
                                     cfg.external_labels)
 
     async def run(self) -> None:
-        """Until ``stop()``; a failing storage call is logged and tried again later."""
+        """Until ``stop()``; a failing storage call is logged and tried again later. The next
+        requests are read before the last one read is confirmed, so the commit that passes a
+        request also marks the next one in flight: whenever the loop is behind, the cursor
+        says exactly what a kill -9 would make it send again."""
         positions = await self._off_loop(self.storage.forward_positions)
         for p in positions:
             if p.name == self.name:
                 self.cursor = self.inflight = p.seq
+        requests: list[Request] = []
         while not self._stopping:
             try:
-                requests = await self._requests()
                 if not requests:
-                    await self._sleep(self.poll_seconds)
-                    continue
-                if self.inflight < requests[0].last_seq:
-                    await self._off_loop(self.storage.forward_mark, self.name,
-                                         requests[0].last_seq)
-                    self.inflight = requests[0].last_seq
-                for i, request in enumerate(requests):
-                    if not await self._deliver(request):
-                        return  # stopping
-                    upcoming = requests[i + 1].last_seq if i + 1 < len(requests) else 0
-                    await self._confirm(request, upcoming)
+                    requests = await self._requests(self.cursor)
+                    if not requests:
+                        await self._sleep(self.poll_seconds)
+                        continue
+                    if self.inflight < requests[0].last_seq:
+                        await self._off_loop(self.storage.forward_mark, self.name,
+                                             requests[0].last_seq)
+                        self.inflight = requests[0].last_seq
+                request = requests[0]
+                if not await self._deliver(request):
+                    return  # stopping
+                rest = requests[1:] or await self._requests(request.last_seq)
+                await self._confirm(request, rest[0].last_seq if rest else 0)
+                requests = rest
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("forward %s: storage failed; trying again", self.name)
+                requests = []
                 await self._sleep(self.backoff.failed())
 
     async def _deliver(self, request: Request) -> bool:
