@@ -215,3 +215,63 @@ def test_prometheus_out_of_bounds_is_counted_and_skipped(tmp_path: Path) -> None
     finally:
         storage.close()
         prom.terminate()
+
+
+def _stored(db: Path) -> dict[tuple[tuple[str, str], ...], list[tuple[int, float]]]:
+    """Every raw sample of a (stopped) collector's store, keyed like a receiver's series."""
+    from edgemon.collector.forward.remote_write import series_labels
+    from edgemon.collector.storage.base import RangeQuery
+
+    storage = SQLiteStorage(db)
+    try:
+        out = {}
+        series = storage.series()
+        start = min(s.first_ms for s in series)
+        end = max(s.last_ms for s in series) + 1
+        for name in sorted({s.name for s in series}):
+            for r in storage.query(RangeQuery(name, start, end, 1, "last", tier="raw",
+                                              max_points=10**9)):
+                assert r.host is not None
+                key = tuple(series_labels(name, r.host, r.labels))
+                out[key] = sorted(r.points)
+        return out
+    finally:
+        storage.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(VICTORIA is None, reason="victoria-metrics missing")
+def test_agent_to_collector_to_victoria_metrics(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
+    """The real spine: an agent through Mosquitto into a collector with ``[[forward]]``; what
+    the collector stored is exactly what VictoriaMetrics holds, and ``/metrics`` and
+    ``GET /edgemon/api/v1/forward`` say so."""
+    from tests.support.processes import Agent, Collector
+
+    vm = VictoriaMetrics(tmp_path / "vm").start()
+    collector = Collector(tmp_path / "collector", broker,
+                          extra=f'\n[[forward]]\nname = "vm"\nurl = "{vm.write_url}"\n'
+                                f"max_samples_per_request = 300\n").start()
+    agent = Agent(tmp_path / "agent", broker, host_id="fwd-host", interval=0.2, batch_cycles=2)
+    try:
+        agent.start()
+        wait_until(lambda: collector.get("/edgemon/api/v1/forward")["receivers"][0]
+                   ["samples_sent"] > 2000, 60, "samples forwarded")
+        agent.terminate()
+        stored = sum(h["samples"] for h in collector.get("/edgemon/api/v1/accounting")["hosts"])
+
+        def done() -> bool:
+            [r] = collector.get("/edgemon/api/v1/forward")["receivers"]
+            return r["pending_samples"] == 0 and r["samples_sent"] == stored
+        wait_until(done, 60, "everything stored forwarded")
+        metrics = collector.get("/metrics", raw=True).decode()
+        assert f'edgemon_collector_forward_samples_sent_total{{receiver="vm"}} {stored}' \
+            in metrics
+        assert 'edgemon_collector_forward_pending_samples{receiver="vm"} 0' in metrics
+        collector.terminate()
+        found = vm.export('{host="fwd-host"}')
+        assert sum(len(v) for v in found.values()) == stored
+        assert found == _stored(collector.db)
+    finally:
+        agent.kill()
+        collector.kill()
+        vm.terminate()
