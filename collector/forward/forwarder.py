@@ -3,8 +3,8 @@ receiver holds back nobody else).
 
 The loop reads logged batches after the receiver's cursor (a bounded number of samples at a
 time, in the forward thread), encodes them into requests of at most
-``max_samples_per_request`` samples (in the forward thread too: never on the event loop), and
-POSTs them one at a time, in order:
+``max_samples_per_request`` samples (in the encoder process, ``encoder.py``: never on the
+event loop nor under ingest's interpreter lock), and POSTs them one at a time, in order:
 
 * 2xx: the cursor moves past the request's batches and the next request is marked in flight,
   in one commit. So a kill -9 re-sends at most the one request in flight (counted as re-sent
@@ -30,7 +30,14 @@ from typing import Any, TypeVar
 
 from edgemon.collector.config import ForwardConfig
 from edgemon.collector.forward.client import Outcome, RemoteWriteClient
-from edgemon.collector.forward.convert import Request, encode_batches, to_requests
+from edgemon.collector.forward.convert import (
+    LabelCache,
+    Request,
+    encode_batches,
+    group,
+    to_requests,
+)
+from edgemon.collector.forward.encoder import Encoder
 from edgemon.collector.outbound import Backoff
 from edgemon.collector.storage.base import Storage
 from edgemon.common.clock import now_ms
@@ -60,7 +67,8 @@ class ForwarderCounters:
 
 class Forwarder:
     def __init__(self, config: ForwardConfig, storage: Storage, client: RemoteWriteClient,
-                 executor: Executor, *, poll_seconds: float = 1.0) -> None:
+                 executor: Executor, *, poll_seconds: float = 1.0,
+                 encoder: Encoder | None = None) -> None:
         self.config = config
         self.name = config.display_name
         self.storage = storage
@@ -71,6 +79,8 @@ class Forwarder:
         self.backoff = Backoff(config.retry_initial_seconds, config.retry_max_seconds)
         self.cursor = 0
         self.inflight = 0
+        self.labels = LabelCache(config.external_labels)
+        self.encoder = encoder  # None: encode in ``executor`` (a thread of this process)
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -97,8 +107,13 @@ class Forwarder:
             cfg.max_samples_per_request * READ_REQUESTS, READ_BATCHES)
         if not batches:
             return []
-        return await self._off_loop(to_requests, batches, cfg.max_samples_per_request,
-                                    cfg.external_labels)
+        if self.encoder is None:
+            return await self._off_loop(to_requests, batches, cfg.max_samples_per_request,
+                                        self.labels)
+        groups = group(batches, cfg.max_samples_per_request)
+        encoded = await self.encoder.encode(groups, tuple(sorted(cfg.external_labels.items())))
+        return [Request(body, samples, g, g[-1].seq, unreadable, series)
+                for g, (body, samples, unreadable, series) in zip(groups, encoded, strict=True)]
 
     async def run(self) -> None:
         """Until ``stop()``; a failing storage call is logged and tried again later. The next
@@ -110,29 +125,43 @@ class Forwarder:
             if p.name == self.name:
                 self.cursor = self.inflight = p.seq
         requests: list[Request] = []
-        while not self._stopping:
-            try:
-                if not requests:
-                    requests = await self._requests(self.cursor)
+        ahead: asyncio.Task[list[Request]] | None = None  # the next requests, being encoded
+        try:
+            while not self._stopping:
+                try:
                     if not requests:
-                        await self._sleep(self.poll_seconds)
-                        continue
-                    if self.inflight < requests[0].last_seq:
-                        await self._off_loop(self.storage.forward_mark, self.name,
-                                             requests[0].last_seq)
-                        self.inflight = requests[0].last_seq
-                request = requests[0]
-                if not await self._deliver(request):
-                    return  # stopping
-                rest = requests[1:] or await self._requests(request.last_seq)
-                await self._confirm(request, rest[0].last_seq if rest else 0)
-                requests = rest
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("forward %s: storage failed; trying again", self.name)
-                requests = []
-                await self._sleep(self.backoff.failed())
+                        requests = await (ahead or self._requests(self.cursor))
+                        ahead = None
+                        if not requests:
+                            await self._sleep(self.poll_seconds)
+                            continue
+                        if self.inflight < requests[0].last_seq:
+                            await self._off_loop(self.storage.forward_mark, self.name,
+                                                 requests[0].last_seq)
+                            self.inflight = requests[0].last_seq
+                    if ahead is None:  # encode the next ones while these are sent
+                        ahead = asyncio.create_task(self._requests(requests[-1].last_seq))
+                    request = requests[0]
+                    if not await self._deliver(request):
+                        return  # stopping
+                    rest = requests[1:]
+                    if not rest:
+                        rest = await ahead
+                        ahead = None
+                    await self._confirm(request, rest[0].last_seq if rest else 0)
+                    requests = rest
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("forward %s: storage failed; trying again", self.name)
+                    requests = []
+                    if ahead is not None:
+                        ahead.cancel()
+                        ahead = None
+                    await self._sleep(self.backoff.failed())
+        finally:
+            if ahead is not None:
+                ahead.cancel()
 
     async def _deliver(self, request: Request) -> bool:
         """Send ``request`` until the receiver answers for good; False when stopping first.
@@ -168,7 +197,7 @@ class Forwarder:
     async def _deliver_one_by_one(self, request: Request) -> bool:
         sent, refused = 0, request.unreadable
         for batch in request.batches:
-            single = await self._off_loop(encode_batches, [batch], self.config.external_labels)
+            single = await self._off_loop(encode_batches, [batch], self.labels)
             if not await self._deliver(single):
                 return False
             sent += single.samples

@@ -1,7 +1,7 @@
 """Forwarding in the collector: one ``Forwarder`` task per ``[[forward]]`` receiver, a thread
-for their storage work and encoding, and a housekeeping task that trims the log (the
-``max_pending_samples`` bound) and refreshes the status that ``/metrics`` and
-``GET /edgemon/api/v1/forward`` show without touching the storage.
+for their storage work, a worker process that encodes (``encoder.py``), and a housekeeping
+task that trims the log (the ``max_pending_samples`` bound) and refreshes the status that
+``/metrics`` and ``GET /edgemon/api/v1/forward`` show without touching the storage.
 
 ``start()`` always runs, with or without receivers: it makes the store's cursors match the
 configuration, so a receiver removed from the file stops costing log space at once.
@@ -21,6 +21,7 @@ from aiohttp import web
 
 from edgemon.collector.config import ForwardConfig
 from edgemon.collector.forward.client import RemoteWriteClient
+from edgemon.collector.forward.encoder import Encoder
 from edgemon.collector.forward.forwarder import Forwarder
 from edgemon.collector.storage.base import ForwardPosition, Storage
 from edgemon.common.clock import now_ms
@@ -64,7 +65,8 @@ class ForwardStatus:
 
 class ForwardService:
     def __init__(self, receivers: tuple[ForwardConfig, ...], storage: Storage, *,
-                 refresh_seconds: float = 5.0, poll_seconds: float = 1.0) -> None:
+                 refresh_seconds: float = 5.0, poll_seconds: float = 1.0,
+                 encode_in_process: bool = True) -> None:
         self.receivers = receivers
         self.storage = storage
         self.refresh_seconds = refresh_seconds
@@ -75,6 +77,8 @@ class ForwardService:
         self._executor = ThreadPoolExecutor(max_workers=max(1, min(4, len(receivers))),
                                             thread_name_prefix="edgemon-forward")
         self._session: aiohttp.ClientSession | None = None
+        # a worker process encodes (encoder.py); False: threads of this process (tests)
+        self.encoder = Encoder() if encode_in_process and receivers else None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -94,10 +98,13 @@ class ForwardService:
         await self._housekeeping_once()
         if not self.receivers:
             return
+        if self.encoder is not None:
+            await self.encoder.start()
         self._session = aiohttp.ClientSession()
         for cfg in self.receivers:
             fwd = Forwarder(cfg, self.storage, RemoteWriteClient(cfg, self._session),
-                            self._executor, poll_seconds=self.poll_seconds)
+                            self._executor, poll_seconds=self.poll_seconds,
+                            encoder=self.encoder)
             self.forwarders.append(fwd)
             self._tasks.append(asyncio.create_task(fwd.run(), name=f"forward-{fwd.name}"))
             log.info("forwarding to %s (%s)", fwd.name, cfg.url)
@@ -136,6 +143,8 @@ class ForwardService:
                     await task
         if self._session is not None:
             await self._session.close()
+        if self.encoder is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.encoder.close)
         self._executor.shutdown(wait=True)
 
     def status(self) -> list[ForwardStatus]:

@@ -82,10 +82,11 @@ def config(url: str, name: str = "rx", **kw: Any) -> ForwardConfig:
 class Running:
     """``ForwardService`` started in a thread with its own event loop; ``close()`` stops it."""
 
-    def __init__(self, storage: Storage, *receivers: ForwardConfig) -> None:
+    def __init__(self, storage: Storage, *receivers: ForwardConfig,
+                 encode_in_process: bool = True) -> None:
         self.loop = asyncio.new_event_loop()
         self.service = ForwardService(tuple(receivers), storage, refresh_seconds=0.2,
-                                      poll_seconds=0.05)
+                                      poll_seconds=0.05, encode_in_process=encode_in_process)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self._call(self.service.start())
