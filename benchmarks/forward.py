@@ -60,6 +60,7 @@ def store_run(workdir: Path, items: list[IngestItem], mode: str, vm: VictoriaMet
                                          max_samples_per_request=10_000),
                       encode_in_process=mode == "send")
     samples = sum(i.batch.sample_count for i in items)
+    cpu = time.process_time()
     t = time.perf_counter()
     for i in range(0, len(items), PER_TXN):
         # what ingest does per message: decode and validate the payload, then store
@@ -74,6 +75,8 @@ def store_run(workdir: Path, items: list[IngestItem], mode: str, vm: VictoriaMet
         out["forward_done_s"] = round(time.perf_counter() - t, 3)
         out["forward_samples_per_s_while_ingesting"] = round(samples / out["forward_done_s"])
         run.close()
+    # CPU of this process (ingest, plus forwarding when it runs in threads), per sample
+    out["process_cpu_us_per_sample"] = round((time.process_time() - cpu) / samples * 1e6, 2)
     st.close()
     return out
 
@@ -141,7 +144,8 @@ def main() -> int:
         vm.terminate()
         shutil.rmtree(workdir, ignore_errors=True)
     print(table(stores, ["mode", "samples", "ingest_s", "ingest_samples_per_s", "ratio_to_off",
-                         "forward_samples_per_s_while_ingesting", "runs"]))
+                         "forward_samples_per_s_while_ingesting", "process_cpu_us_per_sample",
+                         "runs"]))
     print()
     print(table(backlog, ["max_samples_per_request", "samples", "seconds", "samples_per_s",
                           "requests", "bytes_per_sample"]))

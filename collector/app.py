@@ -28,6 +28,7 @@ from aiohttp import web
 from edgemon.collector.alerting import AlertingService, merge_openapi
 from edgemon.collector.config import CollectorConfig, HttpConfig, StorageConfig
 from edgemon.collector.forward.metrics import metrics_lines as forward_metrics_lines
+from edgemon.collector.forward.service import STATUS_KEY as FORWARD_STATUS_KEY
 from edgemon.collector.forward.service import ForwardService
 from edgemon.collector.http import dashboard
 from edgemon.collector.http.api import create_app
@@ -211,6 +212,7 @@ class CollectorService:
                          client_max_size=cfg.http.max_body_bytes,
                          host_limits=self.pipeline.series_limits.snapshot)
         self.dashboard.setup(app)
+        app[FORWARD_STATUS_KEY] = self.forward.status
         add_cors(app, cfg.http.cors_origins)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()

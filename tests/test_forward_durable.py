@@ -263,6 +263,9 @@ def test_agent_to_collector_to_victoria_metrics(tmp_path: Path, broker) -> None:
             [r] = collector.get("/edgemon/api/v1/forward")["receivers"]
             return r["pending_samples"] == 0 and r["samples_sent"] == stored
         wait_until(done, 60, "everything stored forwarded")
+        [line] = collector.get("/edgemon/api/v1/accounting")["forward"]
+        assert (line["name"], line["samples_sent"], line["samples_rejected"],
+                line["samples_skipped"]) == ("vm", stored, 0, 0)
         metrics = collector.get("/metrics", raw=True).decode()
         assert f'edgemon_collector_forward_samples_sent_total{{receiver="vm"}} {stored}' \
             in metrics

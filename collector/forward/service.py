@@ -26,11 +26,13 @@ from edgemon.collector.forward.forwarder import Forwarder
 from edgemon.collector.storage.base import ForwardPosition, Storage
 from edgemon.common.clock import now_ms
 
-__all__ = ["STATUS_PATH", "ForwardService", "ForwardStatus"]
+__all__ = ["STATUS_KEY", "STATUS_PATH", "ForwardService", "ForwardStatus"]
 
 log = logging.getLogger("edgemon.collector.forward")
 
 STATUS_PATH = "/edgemon/api/v1/forward"
+# on the HTTP app: ``() -> list[ForwardStatus]``, for the accounting endpoint's summary
+STATUS_KEY = web.AppKey("forward_status", object)
 
 
 @dataclass(frozen=True, slots=True)
