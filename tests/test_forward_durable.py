@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def open_store(tmp_path: Path) -> SQLiteStorage:
     return SQLiteStorage(tmp_path / "edgemon.db", compact_delay_ms=0)
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[SQLiteStorage]:
+    st = open_store(tmp_path)
+    yield st
+    st.close()
+
+
+@pytest.fixture
+def vm(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    server = VictoriaMetrics(tmp_path / "vm").start()
+    yield server
+    server.terminate()
 
 
 def position(storage: SQLiteStorage, name: str = "rx"):  # type: ignore[no-untyped-def]
@@ -105,49 +120,42 @@ def test_log_cursors_and_bound(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(VICTORIA is None, reason="victoria-metrics missing")
 def test_every_stored_sample_reaches_victoria_metrics_and_survives_it_being_down(
-        tmp_path: Path) -> None:
-    vm = VictoriaMetrics(tmp_path / "vm").start()
-    storage = open_store(tmp_path)
+        vm: VictoriaMetrics, storage: SQLiteStorage) -> None:
     fleet = Fleet(hosts=4, cpus=3)
     start = now_ms() // 1000 * 1000 - 3_600_000
-    try:
-        with Running(storage, config(vm.write_url, max_samples_per_request=500)) as run:
-            items = fleet.batches(start, 30)
-            for part in chunks(items, 7):  # stored while forwarding runs, compacted between
-                storage.store_batches(part)
-                storage.maintain(now_ms())
-            # back-filled history (10 days old) arrives too
-            storage.store_batches(fleet.batches(start - 10 * 86_400_000, 3, historical=True))
-            wait_until(lambda: caught_up(storage), 60, "forwarded everything")
-            assert vm.export('{fleet="test"}') == fleet.want()
-            assert position(storage).sent == fleet.total()
-
-            # the receiver goes away: requests are retried, nothing is skipped
-            vm.terminate()
-            more = fleet.batches(start + 600_000, 10)
-            storage.store_batches(more)
-            forwarder = run.service.forwarders[0]
-            wait_until(lambda: forwarder.counters.retries >= 3, 30, "retries while down")
-            p = position(storage)
-            assert p.pending_samples == sum(i.batch.sample_count for i in more)
-            assert p.rejected == p.skipped == 0
-            status = run.service.status()[0]
-            assert status.failures.get("network", 0) >= 3
-            vm.start()
-            wait_until(lambda: caught_up(storage), 60, "forwarded after the receiver is back")
+    with Running(storage, config(vm.write_url, max_samples_per_request=500)) as run:
+        items = fleet.batches(start, 30)
+        for part in chunks(items, 7):  # stored while forwarding runs, compacted between
+            storage.store_batches(part)
+            storage.maintain(now_ms())
+        # back-filled history (10 days old) arrives too
+        storage.store_batches(fleet.batches(start - 10 * 86_400_000, 3, historical=True))
+        wait_until(lambda: caught_up(storage), 60, "forwarded everything")
         assert vm.export('{fleet="test"}') == fleet.want()
-        p = position(storage)
-        assert (p.sent, p.rejected, p.skipped, p.resent) == (fleet.total(), 0, 0, 0)
-    finally:
-        storage.close()
+        assert position(storage).sent == fleet.total()
+
+        # the receiver goes away: requests are retried, nothing is skipped
         vm.terminate()
+        more = fleet.batches(start + 600_000, 10)
+        storage.store_batches(more)
+        forwarder = run.service.forwarders[0]
+        wait_until(lambda: forwarder.counters.retries >= 3, 30, "retries while down")
+        p = position(storage)
+        assert p.pending_samples == sum(i.batch.sample_count for i in more)
+        assert p.rejected == p.skipped == 0
+        status = run.service.status()[0]
+        assert status.failures.get("network", 0) >= 3
+        vm.start()
+        wait_until(lambda: caught_up(storage), 60, "forwarded after the receiver is back")
+    assert vm.export('{fleet="test"}') == fleet.want()
+    p = position(storage)
+    assert (p.sent, p.rejected, p.skipped, p.resent) == (fleet.total(), 0, 0, 0)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(VICTORIA is None, reason="victoria-metrics missing")
-def test_kill_9_mid_forwarding_resumes_from_the_cursor(tmp_path: Path) -> None:
-    vm = VictoriaMetrics(tmp_path / "vm").start()
-    storage = open_store(tmp_path)
+def test_kill_9_mid_forwarding_resumes_from_the_cursor(tmp_path: Path, vm: VictoriaMetrics,
+                                                       storage: SQLiteStorage) -> None:
     fleet = Fleet(hosts=5, cpus=4, per_batch=10)
     start = now_ms() // 1000 * 1000 - 7_200_000
     storage.forward_open({"rx": "all"}, now_ms())
@@ -180,15 +188,13 @@ def test_kill_9_mid_forwarding_resumes_from_the_cursor(tmp_path: Path) -> None:
     finally:
         if child.poll() is None:
             child.kill()
-        storage.close()
-        vm.terminate()
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus missing")
-def test_prometheus_out_of_bounds_is_counted_and_skipped(tmp_path: Path) -> None:
+def test_prometheus_out_of_bounds_is_counted_and_skipped(tmp_path: Path,
+                                                         storage: SQLiteStorage) -> None:
     prom = Prometheus(tmp_path / "prom").start()
-    storage = open_store(tmp_path)
     fleet = Fleet(hosts=2)
     start = now_ms() // 1000 * 1000 - 120_000
     try:
@@ -213,7 +219,6 @@ def test_prometheus_out_of_bounds_is_counted_and_skipped(tmp_path: Path) -> None
             found.update(prom.samples(f'{name}{{fleet="test"}}', start - 1000, now_ms()))
         assert found == fleet.want()
     finally:
-        storage.close()
         prom.terminate()
 
 
