@@ -18,6 +18,7 @@ import pytest
 
 from edgemon.collector.storage.sqlite import SQLiteStorage
 from edgemon.common.clock import now_ms
+from tests.support.broker import free_port
 from tests.support.forwarding import Fleet, Running, chunks, config
 from tests.support.tsdb import PROMETHEUS, VICTORIA, Prometheus, VictoriaMetrics
 from tests.support.waiting import wait_until
@@ -283,3 +284,78 @@ def test_agent_to_collector_to_victoria_metrics(tmp_path: Path, broker) -> None:
         agent.kill()
         collector.kill()
         vm.terminate()
+
+
+class FlakyReceiver:
+    """A remote-write receiver on loopback (stdlib HTTP server) that answers the first
+    requests with the given statuses, then 204 and keeps what it was sent."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from edgemon.collector.forward.remote_write import decode
+
+        self.statuses = list(statuses)
+        self.kept: list[tuple[tuple[tuple[str, str], ...], tuple[int, float]]] = []
+        self.answers: list[int] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status = owner.statuses.pop(0) if owner.statuses else 204
+                owner.answers.append(status)
+                if status == 204:
+                    owner.kept += [(tuple(lb), s) for lb, ss in decode(body) for s in ss]
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v1/write"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_5xx_and_429_are_retried_4xx_skipped_and_receivers_are_independent(
+        storage: SQLiteStorage) -> None:
+    """503 and 429 answers: the same request again (nothing lost, nothing kept twice); a 400:
+    the batches of that request are tried one by one, each refused alone counted; a receiver
+    that keeps failing does not hold back another one."""
+    fleet = Fleet(hosts=2)
+    items = fleet.batches(1_780_000_000_000, 6)
+    flaky = FlakyReceiver([503, 503, 429, 500])
+    refusing = FlakyReceiver([400] * 1000)
+    dead = f"http://127.0.0.1:{free_port()}/api/v1/write"  # nothing listens there
+    try:
+        with Running(storage, config(flaky.url, name="flaky", max_samples_per_request=10**5),
+                     config(refusing.url, name="refusing", max_samples_per_request=10**5),
+                     config(dead, name="dead")) as run:
+            storage.store_batches(items)
+            wait_until(lambda: caught_up(storage, "flaky"), 30, "flaky receiver served")
+            wait_until(lambda: caught_up(storage, "refusing"), 30, "refusing receiver passed")
+            counters = {f.name: f.counters for f in run.service.forwarders}
+            assert position(storage, "dead").pending_samples == fleet.total()
+            assert counters["dead"].failures["network"] >= 1
+        assert flaky.answers[:5] == [503, 503, 429, 500, 204]
+        want = sorted((k, s) for k, ss in fleet.want().items() for s in ss)
+        assert sorted(flaky.kept) == want  # every sample, once
+        assert counters["flaky"].failures == {"503": 2, "429": 1, "500": 1}
+        assert counters["flaky"].retries == 4
+        total = fleet.total()
+        flaky_pos, refusing_pos = position(storage, "flaky"), position(storage, "refusing")
+        assert (flaky_pos.sent, flaky_pos.rejected) == (total, 0)
+        # one request of all batches, refused; then each batch alone, refused
+        assert refusing.answers == [400] * (1 + len(items))
+        assert (refusing_pos.sent, refusing_pos.rejected) == (0, total)
+    finally:
+        flaky.close()
+        refusing.close()

@@ -120,7 +120,15 @@ class Forwarder:
         requests are read before the last one read is confirmed, so the commit that passes a
         request also marks the next one in flight: whenever the loop is behind, the cursor
         says exactly what a kill -9 would make it send again."""
-        positions = await self._off_loop(self.storage.forward_positions)
+        while not self._stopping:
+            try:
+                positions = await self._off_loop(self.storage.forward_positions)
+                break
+            except Exception:
+                log.exception("forward %s: reading the cursor failed; trying again", self.name)
+                await self._sleep(self.backoff.failed())
+        else:
+            return
         for p in positions:
             if p.name == self.name:
                 self.cursor = self.inflight = p.seq
@@ -153,7 +161,8 @@ class Forwarder:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    log.exception("forward %s: storage failed; trying again", self.name)
+                    log.exception("forward %s: reading, encoding or advancing failed; trying "
+                                  "again", self.name)
                     requests = []
                     if ahead is not None:
                         ahead.cancel()
