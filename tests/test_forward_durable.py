@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from edgemon.collector.storage.sqlite import SQLiteStorage
@@ -169,8 +170,14 @@ def test_kill_9_mid_forwarding_resumes_from_the_cursor(tmp_path: Path, vm: Victo
         # small requests: a while to send everything; kill it somewhere in the middle
         wait_until(lambda: 2 * fleet.total() // 10 < position(storage).sent, 60,
                    "part forwarded")
+        workers = [c.pid for c in psutil.Process(child.pid).children()]
+        assert workers  # the encoder process (and multiprocessing's resource tracker)
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
+        # the forwarder's worker processes do not outlive it
+        wait_until(lambda: not any(psutil.pid_exists(w) and psutil.Process(w).status() !=
+                                   psutil.STATUS_ZOMBIE for w in workers), 10,
+                   "encoder worker gone after its parent was killed")
         p = position(storage)
         assert 0 < p.sent < fleet.total()
         with Running(storage, config(vm.write_url, max_samples_per_request=5000)):
@@ -359,3 +366,29 @@ def test_5xx_and_429_are_retried_4xx_skipped_and_receivers_are_independent(
     finally:
         flaky.close()
         refusing.close()
+
+
+def test_encoder_process_killed_is_replaced(storage: SQLiteStorage) -> None:
+    """The worker process that encodes dies (SIGKILL): the next batches are encoded by a new
+    one, nothing is lost or skipped."""
+    fleet = Fleet(hosts=2)
+    receiver = FlakyReceiver([])
+    try:
+        with Running(storage, config(receiver.url)) as run:
+            storage.store_batches(fleet.batches(1_780_000_000_000, 3))
+            wait_until(lambda: caught_up(storage), 30, "first batches forwarded")
+            encoder = run.service.encoder
+            assert encoder is not None and encoder._pool is not None
+            [worker] = list(encoder._pool._processes.values())
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.join(10)
+            storage.store_batches(fleet.batches(1_780_000_100_000, 3))
+            wait_until(lambda: caught_up(storage), 30, "forwarded after the worker died")
+            [again] = list(encoder._pool._processes.values())
+            assert again.pid != worker.pid
+        want = sorted((k, s) for k, ss in fleet.want().items() for s in ss)
+        assert sorted(receiver.kept) == want
+        p = position(storage)
+        assert (p.sent, p.rejected, p.skipped) == (fleet.total(), 0, 0)
+    finally:
+        receiver.close()

@@ -101,7 +101,12 @@ class ForwardService:
         if not self.receivers:
             return
         if self.encoder is not None:
-            await self.encoder.start()
+            try:
+                await self.encoder.start()
+            except Exception as exc:
+                log.warning("forward: no encoder process (%s); encoding in this process", exc)
+                self.encoder.close()
+                self.encoder = None
         self._session = aiohttp.ClientSession()
         for cfg in self.receivers:
             fwd = Forwarder(cfg, self.storage, RemoteWriteClient(cfg, self._session),
