@@ -77,6 +77,10 @@ REGISTRY: dict[str, Bench] = {
                        "page weight", quick=["--quick"], full=[],
                        tiny=["--quick", "--hosts", "50"], timeout_quick=600, timeout_full=1800,
                        in_quick=False),
+    "forward": Bench("forward.py", "remote-write forwarding to a real VictoriaMetrics: samples/s, "
+                     "bytes per sample, ingest rate with and without forwarding (same run)",
+                     quick=["--quick"], tiny=["--hosts", "5", "--cycles", "12", "--repeat", "1"],
+                     timeout_quick=600, timeout_full=1800, in_quick=False),
     "hostile": Bench("hostile.py", "a hostile flood from one host: collector peak memory vs "
                      "baseline, rejects/s, a good host's publish->stored lag with and without",
                      quick=["--quick"], tiny=["--seconds", "2"], timeout_quick=150,

@@ -2,10 +2,11 @@
 
 Start order: HTTP security (token file, TLS key: a problem stops the start with exit 2) ->
 storage (opened in the writer thread, which does every ingest write from then on)
--> ingest worker + storage maintenance (its own thread) -> MQTT -> HTTP. Stop (SIGTERM/SIGINT, or
-``stop()``): refuse new MQTT messages (left unacknowledged: the broker keeps them for our
-persistent session) -> store and acknowledge everything already queued, let a running
-maintenance round finish -> flush agent acks and disconnect -> stop HTTP -> close storage.
+-> forwarding (``[[forward]]``) -> ingest worker + storage maintenance (its own thread) -> MQTT
+-> HTTP. Stop (SIGTERM/SIGINT, or ``stop()``): refuse new MQTT messages (left unacknowledged:
+the broker keeps them for our persistent session) -> store and acknowledge everything already
+queued -> stop forwarding (cursors kept) -> let a running maintenance round finish -> flush
+agent acks and disconnect -> stop HTTP -> close storage.
 
 Singleton work (storage maintenance, alert evaluation and notification) runs only while this
 collector leads (collector/cluster/): always on its own SQLite store; among collectors sharing
@@ -39,6 +40,9 @@ from edgemon.collector.config import (
     cluster_problems,
     is_shared_store,
 )
+from edgemon.collector.forward.metrics import ForwardMetrics
+from edgemon.collector.forward.service import STATUS_KEY as FORWARD_STATUS_KEY
+from edgemon.collector.forward.service import ForwardService
 from edgemon.collector.http import dashboard, export
 from edgemon.collector.http.api import create_app
 from edgemon.collector.http.auth import add_cors, security_middlewares
@@ -163,6 +167,7 @@ class CollectorService:
         # /metrics; other parts add theirs with self.metrics.register(a prometheus-client
         # Collector), e.g. forwarding queues
         self.metrics = CollectorMetrics()
+        self.forward: ForwardService | None = None
 
     def _http_security(self) -> ssl.SSLContext | None:
         """Load the token file and the TLS key (before anything else starts); warn about an
@@ -203,6 +208,10 @@ class CollectorService:
         self.storage = await loop.run_in_executor(self._writer, self.storage_factory,
                                                   cfg.storage)
         self.storage_open = True
+        # before ingest: batches stored from now on are in the forwarding log
+        self.forward = ForwardService(cfg.forward, self.storage)
+        await self.forward.start()
+        self.metrics.register(ForwardMetrics(self.forward.status))
         self.dashboard = dashboard.Dashboard(self.storage, executor=self._readers,
                                              tokens=self.tokens)
         self.inbox = Inbox(loop, max_messages=cfg.ingest.queue_max,
@@ -250,6 +259,7 @@ class CollectorService:
                                        *export.routes(self.alerting.engine
                                                       if self.alerting else None),
                                        *self.cluster.routes(),
+                                       *self.forward.routes(),
                                        *prometheus_routes(self.storage, alerting=(
                                            self.alerting.engine if self.alerting else None))],
                          extend_openapi=self._openapi,
@@ -259,6 +269,7 @@ class CollectorService:
                          client_max_size=cfg.http.max_body_bytes,
                          host_limits=self.pipeline.series_limits.snapshot)
         self.dashboard.setup(app)
+        app[FORWARD_STATUS_KEY] = self.forward.status
         add_cors(app, cfg.http.cors_origins)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -382,6 +393,11 @@ class CollectorService:
                 await self._worker
             except Exception:
                 log.exception("ingest worker failed")
+        if self.forward is not None:  # cursors kept; a request in flight is sent again
+            try:
+                await self.forward.stop()
+            except Exception:
+                log.exception("stopping forwarding failed")
         if self.maintenance is not None:  # before the storage closes: a round finishes first
             await loop.run_in_executor(None, self.maintenance.stop)
         if self.leadership is not None:  # the singleton work has stopped: let another lead

@@ -3,6 +3,8 @@
 Every key has a default (``collector.example.toml`` lists them all). An environment variable
 ``EDGEMON_COLLECTOR_<SECTION>_<KEY>`` (e.g. ``EDGEMON_COLLECTOR_HTTP_PORT=9500``) overrides the
 file. Errors name the key and where its value came from: ``file:line`` or the variable's name.
+``EDGEMON_COLLECTOR_ALERTING_ALERTMANAGERS`` replaces the ``[[alerting.alertmanagers]]`` tables
+(comma-separated URLs, or a TOML array of inline tables).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -393,6 +396,22 @@ class AlertingConfig(_Section):
     resend_delay_seconds: float = Field(60.0, ge=1, le=3600)
     alertmanagers: tuple[AlertmanagerConfig, ...] = ()
 
+    @field_validator("alertmanagers", mode="before")
+    @classmethod
+    def _alertmanagers_from_env(cls, value: Any) -> Any:
+        """From the environment (``EDGEMON_COLLECTOR_ALERTING_ALERTMANAGERS``), replacing the
+        file's tables: comma-separated URLs, or a TOML array of inline tables for the other
+        keys, e.g. ``[{url = "https://am:9093", bearer_token_file = "/etc/am.token"}]``."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"not a TOML array of inline tables: {exc}") from None
+        return [{"url": url.strip()} for url in text.split(",") if url.strip()]
+
     @field_validator("external_url")
     @classmethod
     def _external_url(cls, value: str) -> str:
@@ -416,8 +435,12 @@ class ForwardConfig(OutboundHttpConfig):
     retry_max_seconds: float = Field(30.0, gt=0, le=3600)
     # Extra labels added to every series (e.g. a cluster name); never override a sample's own.
     external_labels: dict[str, str] = {}
-    # Where to start on the first run: "all" (every stored sample) or "now" (only new ones).
+    # Where to start on the first run: "all" (every batch the forwarding log holds: all stored
+    # since forwarding was first configured on this store) or "now" (only new ones).
     start: Literal["all", "now"] = "all"
+    # A receiver more than this many samples behind has its oldest ones skipped (counted in
+    # edgemon_collector_forward_samples_skipped_total): the log's disk use stays bounded.
+    max_pending_samples: int = Field(50_000_000, ge=1000)
 
     @field_validator("external_labels")
     @classmethod

@@ -129,3 +129,26 @@ def test_check_config_cli(tmp_path: Path) -> None:
     ok = run_cli("check-config", "-c", str(example))
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith(f"{example}: ok")
+
+
+def test_alertmanagers_from_the_environment(tmp_path: Path) -> None:
+    """``EDGEMON_COLLECTOR_ALERTING_ALERTMANAGERS`` replaces the file's tables: URLs, or a TOML
+    array of inline tables; a bad one names the variable."""
+    path = tmp_path / "collector.toml"
+    path.write_text('[[alerting.alertmanagers]]\nurl = "http://file-am:9093"\n')
+    var = "EDGEMON_COLLECTOR_ALERTING_ALERTMANAGERS"
+    assert [a.url for a in load_config(path, environ={}).alerting.alertmanagers] == [
+        "http://file-am:9093"]
+    cfg = load_config(path, environ={var: "https://am-1:9093, https://am-2:9093"})
+    assert [(a.url, a.display_name) for a in cfg.alerting.alertmanagers] == [
+        ("https://am-1:9093", "am-1:9093"), ("https://am-2:9093", "am-2:9093")]
+    cfg = load_config(path, environ={
+        var: '[{url = "https://am:9093", name = "am", timeout_seconds = 3.5}]'})
+    [am] = cfg.alerting.alertmanagers
+    assert (am.url, am.name, am.timeout_seconds) == ("https://am:9093", "am", 3.5)
+    assert load_config(path, environ={var: ""}).alerting.alertmanagers == ()
+    with pytest.raises(ConfigError, match=f"{var} \\(environment\\): alerting.alertmanagers"):
+        load_config(path, environ={var: "[{url = "})
+    with pytest.raises(ConfigError, match=f"{var} \\(environment\\): alerting.alertmanagers.0"
+                                          ".timeout_seconds"):
+        load_config(path, environ={var: '[{url = "http://am", timeout_seconds = -1}]'})

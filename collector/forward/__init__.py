@@ -1,5 +1,4 @@
-"""Forwarding stored samples to Prometheus remote-write receivers (see README.md: the encoder
-and the client exist; the durable forwarder does not yet)."""
+"""Forwarding stored samples to Prometheus remote-write receivers, durably (see README.md)."""
 
 from edgemon.collector.forward.client import Outcome, RemoteWriteClient
 from edgemon.collector.forward.remote_write import decode, encode, series_labels

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from edgemon.collector.forward.service import STATUS_KEY as FORWARD_STATUS_KEY
 from edgemon.collector.http.api import (
     STORAGE_KEY,
     _call,
@@ -79,7 +80,11 @@ async def handler(request: web.Request) -> web.Response:
         if start is not None or end is not None:
             raise ParamError("start" if start is not None else "end", "needs host")
         hosts = await _call(request, lambda: accounting.hosts(detail=False))
-        return json_response({"hosts": [_host_totals(h) for h in hosts]})
+        doc: dict[str, Any] = {"hosts": [_host_totals(h) for h in hosts]}
+        forward = request.app.get(FORWARD_STATUS_KEY)
+        if forward is not None:  # one line per [[forward]] receiver (collector/forward/)
+            doc["forward"] = [s.doc() for s in forward()]  # type: ignore[operator]
+        return json_response(doc)
     host = _exact_host(host)
     if end is not None and start is None:
         raise ParamError("start", "required with end")
@@ -150,7 +155,11 @@ _TOTALS = {
 
 OPENAPI_SCHEMAS: dict[str, Any] = {
     "AccountingHosts": {"type": "object", "properties": {"hosts": {
-        "type": "array", "items": {"type": "object", "properties": _TOTALS}}}},
+        "type": "array", "items": {"type": "object", "properties": _TOTALS}},
+        "forward": {"type": "array", "description": "one entry per [[forward]] remote-write "
+                    "receiver, as GET /edgemon/api/v1/forward (samples_sent, "
+                    "samples_rejected, samples_skipped, samples_resent, pending_samples, "
+                    "lag_seconds, ...)", "items": {"type": "object"}}}},
     "AccountingHost": {"type": "object", "properties": {
         **_TOTALS,
         "instances": {"type": "array", "items": {"type": "object", "properties": {

@@ -12,6 +12,7 @@ alert rules import it, and ``RangeQuery`` checks a query against it when it is b
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -140,6 +141,35 @@ class StorageStats:
     quarantined: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ForwardBatch:
+    """One stored batch in the forwarding log (``Storage.forward_read``)."""
+
+    seq: int  # position in the log: increases with every stored batch, never reused
+    host: str
+    received_ms: int
+    samples: int
+    payload: bytes  # as stored (``batches.read_batch`` reads it)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPosition:
+    """Where one forward receiver stands (``Storage.forward_positions``); totals are kept
+    with the cursor, so they survive restarts."""
+
+    name: str
+    seq: int  # last seq confirmed (2xx), rejected (4xx) or skipped
+    head: int  # newest seq in the log
+    pending_batches: int
+    pending_samples: int
+    oldest_pending_ms: int | None  # received_ms of the oldest batch not yet sent
+    sent: int  # samples confirmed by the receiver
+    rejected: int  # samples refused for good (4xx), skipped
+    skipped: int  # samples dropped unsent: the receiver was max_pending_samples behind
+    resent: int  # samples sent again after a restart (the at-least-once window)
+    updated_ms: int
+
+
 class QueryTooLarge(ValueError):
     """A query would return more series or points than allowed; the message says how to narrow."""
 
@@ -207,6 +237,39 @@ class Storage(ABC):
         """What maintenance has yet to do: ``pending_batches``, ``pending_samples``,
         ``dirty_windows``, ``oldest_pending_received_ms`` (absent: nothing pending)."""
         return {}
+
+    # -- forwarding (``[[forward]]``, collector/forward/): a log of stored batches, in order,
+    # with one cursor per receiver. A backend without it raises NotImplementedError.
+
+    def forward_open(self, starts: Mapping[str, str], now_ms: int) -> dict[str, int]:
+        """Make the cursors exactly the names of ``starts`` (name -> "all" | "now": a new
+        cursor starts at the oldest batch held or after the newest); remove other cursors.
+        Returns, by name, the samples that will be sent again (in flight at the last stop)."""
+        raise NotImplementedError("this storage backend cannot forward")
+
+    def forward_read(self, name: str, after: int, max_samples: int,
+                     max_batches: int = 1000) -> list[ForwardBatch]:
+        """Logged batches with seq > ``after``, in order, up to ``max_samples`` samples (at
+        least one batch) and ``max_batches``."""
+        raise NotImplementedError("this storage backend cannot forward")
+
+    def forward_mark(self, name: str, inflight: int) -> None:
+        """Batches up to ``inflight`` are about to be sent (re-sent if the process dies)."""
+        raise NotImplementedError("this storage backend cannot forward")
+
+    def forward_advance(self, name: str, seq: int, *, sent: int = 0, rejected: int = 0,
+                        inflight: int = 0, now_ms: int = 0) -> None:
+        """The receiver answered for every batch up to ``seq``: move its cursor, add to its
+        totals, mark the next request (up to ``inflight``) as being sent, in one commit."""
+        raise NotImplementedError("this storage backend cannot forward")
+
+    def forward_trim(self, max_pending: Mapping[str, int], now_ms: int) -> dict[str, int]:
+        """Skip (and count) the oldest batches of receivers more than ``max_pending`` samples
+        behind; delete what every cursor has passed. Returns samples skipped now, by name."""
+        raise NotImplementedError("this storage backend cannot forward")
+
+    def forward_positions(self) -> list[ForwardPosition]:
+        raise NotImplementedError("this storage backend cannot forward")
 
     @abstractmethod
     def close(self) -> None: ...

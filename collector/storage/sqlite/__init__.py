@@ -8,7 +8,8 @@ transactions), split along the write/read seam:
   the quarantine of stored batches that cannot be read;
 * ``retention.py`` — per-tier retention in small deletes;
 * ``queries.py`` — hosts, series, gaps and range queries in one read snapshot;
-* ``sizes.py`` — bytes stored per tier and on disk, for ``/metrics``.
+* ``sizes.py`` — bytes stored per tier and on disk, for ``/metrics``;
+* ``forward_log.py`` — the forwarding log and one cursor per ``[[forward]]`` receiver.
 
 What another backend shares lives beside this package: ``batches.py`` (reading stored payloads
 with the protocol's decoder), ``selection.py`` (which series, groups and tier a query reads),
@@ -21,6 +22,7 @@ import time
 
 from edgemon.collector.storage.base import Storage
 from edgemon.collector.storage.sqlite.compaction import Compaction
+from edgemon.collector.storage.sqlite.forward_log import ForwardLog
 from edgemon.collector.storage.sqlite.queries import Queries
 from edgemon.collector.storage.sqlite.retention import Retention
 from edgemon.collector.storage.sqlite.sizes import Sizes
@@ -29,7 +31,7 @@ from edgemon.collector.storage.sqlite.writes import Writes
 __all__ = ["SQLiteStorage"]
 
 
-class SQLiteStorage(Writes, Compaction, Retention, Queries, Sizes, Storage):
+class SQLiteStorage(Writes, Compaction, Retention, Queries, Sizes, ForwardLog, Storage):
     """``Storage`` on one SQLite file (constructor options: ``schema.SQLiteFile``)."""
 
     def maintain(self, now_ms: int) -> None:
