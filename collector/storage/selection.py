@@ -28,6 +28,7 @@ __all__ = [
     "check_points_limit",
     "check_series_limit",
     "groups",
+    "is_glob",
     "labels_match",
     "match_hosts",
     "pick_tier",
@@ -51,7 +52,7 @@ def labels_match(labels_json: str, want: dict[str, str]) -> bool:
     return all(have.get(k) == v for k, v in want.items())
 
 
-def _is_glob(pattern: str) -> bool:
+def is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
 
@@ -59,8 +60,8 @@ def match_hosts(rows: Iterable[tuple[int, str]], patterns: tuple[str, ...]) -> d
     """The (id, name) rows whose name is one of ``patterns`` or matches one of its globs."""
     if not patterns:
         return dict(rows)
-    exact = {p for p in patterns if not _is_glob(p)}
-    globs = [p for p in patterns if _is_glob(p)]
+    exact = {p for p in patterns if not is_glob(p)}
+    globs = [p for p in patterns if is_glob(p)]
     return {hid: name for hid, name in rows
             if name in exact or any(fnmatch.fnmatchcase(name, g) for g in globs)}
 
