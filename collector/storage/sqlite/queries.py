@@ -267,9 +267,10 @@ class Queries(SQLiteFile):
 
         return flatten(batches(), resolve, {q.name})
 
-    def _series_chunks(self, db: sqlite3.Connection, wanted: list[tuple[int, int, int, int]]
-                       ) -> tuple[np.ndarray, ...]:
-        """Raw samples of (local index, series id, first window, end window) from chunks."""
+    def _series_chunks(self, db: sqlite3.Connection, wanted: list[tuple[int, int, int, int]],
+                       start: int, end: int) -> tuple[np.ndarray, ...]:
+        """Raw samples in [start, end) of (local index, series id, first window, end window)
+        from chunks."""
         rows: list[tuple[int, int, bytes]] = []
         spans = {(lo, hi) for _, _, lo, hi in wanted}
         if len(spans) == 1 and len(wanted) > 1:  # one range for all: IN lists, not a query each
@@ -292,14 +293,16 @@ class Queries(SQLiteFile):
         for chunk in chunked(block_ids):
             times.update(db.execute(
                 f"SELECT id, times FROM blocks WHERE id IN ({placeholders(chunk)})", chunk))
-        return self._cached_chunk_samples(rows, times)
+        return self._cached_chunk_samples(rows, times, start, end)
 
     def _cached_chunk_samples(self, rows: list[tuple[int, int, bytes]],
-                              times: dict[int, bytes]) -> tuple[np.ndarray, ...]:
+                              times: dict[int, bytes], start: int, end: int
+                              ) -> tuple[np.ndarray, ...]:
         """``_chunk_samples`` through the decoded cache: (local series index, timestamp, value,
-        block id) of chunk ``rows`` (local index, block id, data), given their blocks' times
-        blobs; chunks of blocks missing from ``times`` (removed by retention meanwhile) are left
-        out."""
+        block id) of the samples in [start, end) of chunk ``rows`` (local index, block id,
+        data), given their blocks' times blobs; chunks of blocks missing from ``times`` (removed
+        by retention meanwhile) are left out. A chunk's times increase: each is cut to the range
+        by bisection, so a short range in a long window costs what it keeps."""
         cache = self.decoded
         rows = [r for r in rows if r[1] in times]
         parts: list[tuple[np.ndarray, np.ndarray]] = [_NO_SAMPLES] * len(rows)
@@ -329,6 +332,10 @@ class Queries(SQLiteFile):
         if not rows:
             e = np.empty(0, dtype=np.int64)
             return e, e, e, e
+        for k, (ts_k, val_k) in enumerate(parts):
+            if ts_k.size and (ts_k[0] < start or ts_k[-1] >= end):
+                lo, hi = ts_k.searchsorted(start), ts_k.searchsorted(end)
+                parts[k] = (ts_k[lo:hi], val_k[lo:hi])
         sizes_a = np.array([p[0].size for p in parts], dtype=np.int64)
         sid = np.repeat(np.array([r[0] for r in rows], dtype=np.int64), sizes_a)
         order = np.repeat(np.array([r[1] for r in rows], dtype=np.int64), sizes_a)
@@ -352,7 +359,7 @@ class Queries(SQLiteFile):
                 wanted.append((i, sid, floor(start, window_ms), end))
             else:
                 wanted += [(i, sid, w, w + 1) for w in by_host.get(sel.host[i], ())]
-        c_sid, c_ts, c_val, c_order = self._series_chunks(db, wanted)
+        c_sid, c_ts, c_val, c_order = self._series_chunks(db, wanted, start, end)
         p_sid, p_ts, p_val, p_order = pending
         if windows is not None and p_sid.size:
             host = np.array(sel.host, dtype=np.int64)
