@@ -28,9 +28,11 @@ from tests.test_storage_sqlite import (
     TEMP,
     Fleet,
     _stage,
+    fleet,  # noqa: F401 (fixture)
     make_items,
     q,
     reference,
+    staged,  # noqa: F401 (fixture)
     store,
 )
 
@@ -60,23 +62,6 @@ QUERIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Fleet:
-    f = Fleet()
-    rng = np.random.default_rng(42)
-    for h, host in enumerate(("web-01", "web-02", "db-01")):
-        f.add_batches(host, f"inst{h}", 0, T0 + h * 7_000, SPAN // INTERVAL, rng)
-    return f
-
-
-@pytest.fixture(scope="module", params=("pending", "l0", "rolled"))
-def staged(request: pytest.FixtureRequest, fleet: Fleet,
-           tmp_path_factory: pytest.TempPathFactory) -> SQLiteStorage:
-    st = _stage(tmp_path_factory.mktemp(request.param), fleet, request.param)
-    yield st
-    st.close()
-
-
 def as_points(results: list[SeriesArrays]) -> dict[tuple[Any, ...], list[tuple[int, float]]]:
     return {(r.host, tuple(sorted(r.labels.items()))): list(zip(
         r.starts.tolist(), r.values.tolist(), strict=True)) for r in results}
@@ -87,7 +72,8 @@ def as_dict(results: list[Any]) -> dict[tuple[Any, ...], list[tuple[int, float]]
 
 
 @pytest.mark.parametrize("query", QUERIES, ids=lambda x: f"{x.name}-{x.tier}-{x.step_ms}")
-def test_query_arrays_equal_query(staged: SQLiteStorage, query: RangeQuery) -> None:
+def test_query_arrays_equal_query(staged: SQLiteStorage,  # noqa: F811 (the fixture)
+                                  query: RangeQuery) -> None:
     expected = staged.query(query)
     got = staged.query_arrays(query)
     assert as_points(got) == as_dict(expected)  # the same floats, bit for bit
@@ -100,15 +86,16 @@ def test_query_arrays_equal_query(staged: SQLiteStorage, query: RangeQuery) -> N
     assert as_points(Storage.query_arrays(staged, query)) == as_points(got)
 
 
-def test_raw_samples_at_one_millisecond_are_the_stored_samples(staged: SQLiteStorage,
-                                                               fleet: Fleet) -> None:
+def test_raw_samples_at_one_millisecond_are_the_stored_samples(
+        staged: SQLiteStorage, fleet: Fleet) -> None:  # noqa: F811 (the fixtures)
     query = read("temperature_celsius", T0, T0 + SPAN, 1, aggregation="last", tier="raw")
     expected = {(h, tuple(sorted(labels))): points
                 for (h, labels), points in reference(fleet, query).items()}
     assert as_points(staged.query_arrays(query)) == expected
 
 
-def test_repeated_reads_decode_once(tmp_path: Path, fleet: Fleet) -> None:
+def test_repeated_reads_decode_once(tmp_path: Path,
+                                    fleet: Fleet) -> None:  # noqa: F811 (the fixture)
     st = _stage(tmp_path, fleet, "rolled")
     try:
         query = read("cpu_usage_percent", T0, T0 + SPAN, MIN, aggregation="last", tier="1m")
