@@ -181,10 +181,12 @@ class SampleSource:
                 targets = wanted.get((r.host or "", tuple(sorted(r.labels.items()))))
                 if not targets or not r.starts.size:
                     continue
-                ts, stored = r.starts + (width - 1), r.values
-                keep = (ts >= mint) & (ts <= maxt)
-                if not keep.all():
-                    ts, stored = ts[keep], stored[keep]
+                ts, stored = r.starts, r.values
+                if width > 1:  # a bucket's last millisecond; the range's edge buckets may stick out
+                    ts = ts + (width - 1)
+                    keep = (ts >= mint) & (ts <= maxt)
+                    if not keep.all():
+                        ts, stored = ts[keep], stored[keep]
                 if not ts.size:
                     continue
                 for e in targets:

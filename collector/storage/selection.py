@@ -68,8 +68,11 @@ def labels_match(labels_json: str, want: dict[str, str]) -> bool:
     return all(have.get(k) == v for k, v in want.items())
 
 
+_GLOB_CHARS = frozenset("*?[")
+
+
 def is_glob(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")
+    return not _GLOB_CHARS.isdisjoint(pattern)
 
 
 def match_hosts(rows: Iterable[tuple[int, str]], patterns: tuple[str, ...]) -> dict[int, str]:
