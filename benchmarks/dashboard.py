@@ -145,7 +145,10 @@ def items(batches: list[dict[str, Any]], *, check: bool = False) -> list[IngestI
     out = []
     for b in batches:
         payload = _zstd.compress(msgpack.packb(b, use_bin_type=True))
-        batch = validate_batch(decode(payload)) if check else ValidBatch.model_construct(**b)
+        batch = validate_batch(decode(payload)) if check else ValidBatch(
+            v=b["v"], host=b["host"], instance=b["instance"], seq=b["seq"], sent=b["sent"],
+            t=b["t"], metrics=b["metrics"], extensions={},
+            sample_count=sum(len(e[2]) for m in b["metrics"] for e in m[5]))
         out.append(IngestItem(batch, payload, b["sent"] + 200, False))
     return out
 

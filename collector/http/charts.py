@@ -14,14 +14,19 @@ metric over the limit carries an ``error`` instead of values, and the rest still
 
 from __future__ import annotations
 
-import itertools
-import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edgemon.collector.storage.base import QueryTooLarge, RangeQuery, SeriesInfo, SeriesResult
+import numpy as np
+
+from edgemon.collector.storage.base import (
+    QueryTooLarge,
+    RangeQuery,
+    SeriesArrays,
+    SeriesInfo,
+    SeriesResult,
+)
 
 __all__ = ["MAX_METRICS", "MAX_SERIES", "ChartMetric", "align", "chart_metrics", "metric_query"]
 
@@ -54,55 +59,62 @@ def metric_query(metric: ChartMetric, host: str, start_ms: int, end_ms: int,
                       max_series=MAX_SERIES, max_points=MAX_SERIES * 2000)
 
 
-MetricAnswer = tuple[ChartMetric, list[SeriesResult] | None, str | None]
+MetricAnswer = tuple[ChartMetric, "list[SeriesArrays] | list[SeriesResult] | None", str | None]
 
 
 def run_metric(storage: Any, metric: ChartMetric, host: str, start_ms: int, end_ms: int,
                step_ms: int) -> MetricAnswer:
     """One metric's results, or the reason there are none (blocking: run it in the pool)."""
     try:
-        return metric, storage.query(metric_query(metric, host, start_ms, end_ms, step_ms)), None
+        query = metric_query(metric, host, start_ms, end_ms, step_ms)
+        return metric, storage.query_arrays(query), None
     except QueryTooLarge as exc:
         return metric, None, str(exc)
     except ValueError as exc:
         return metric, None, f"not charted: {exc}"
 
 
-def _break_after(xs: list[int], step_ms: int) -> int:
+def _break_after(xs: np.ndarray, step_ms: int) -> int:
     """The spacing beyond which two neighbouring times are a gap, not the usual interval."""
-    if len(xs) < 2:
+    if xs.size < 2:
         return 0
-    usual = statistics.median_low([b - a for a, b in itertools.pairwise(xs)])
+    usual = int(np.sort(np.diff(xs))[(xs.size - 2) // 2])  # the low median
     if usual <= step_ms:
         return int(step_ms * 1.5)  # one point per step: a missing step is a gap
     return 2 * usual  # sparser than the step: more than twice the usual spacing
 
 
+def _arrays(r: SeriesArrays | SeriesResult) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(r, SeriesArrays):
+        return r.starts, r.values
+    n = len(r.points)
+    return (np.fromiter((int(p[0]) for p in r.points), dtype=np.int64, count=n),
+            np.fromiter((p[1] for p in r.points), dtype=np.float64, count=n))
+
+
 def align(answers: Sequence[MetricAnswer], step_ms: int) -> dict[str, Any]:
-    """``{"x": [...], "metrics": [...]}`` with every series' values on the shared ``x``."""
-    times: set[int] = set()
-    for _metric, results, _error in answers:
-        for r in results or ():
-            times.update(int(ts) for ts, _ in r.points)
-    xs = sorted(times)
+    """``{"x": [...], "metrics": [...]}`` with every series' values on the shared ``x``
+    (numpy throughout: a 24 h page is tens of thousands of points)."""
+    arrays = [[_arrays(r) for r in results or ()] for _, results, _ in answers]
+    times = [ts for group in arrays for ts, _ in group if ts.size]
+    xs = np.unique(np.concatenate(times)) if times else np.empty(0, dtype=np.int64)
     gap = _break_after(xs, step_ms)
-    axis: list[int] = []
-    for i, x in enumerate(xs):
-        if i and gap and x - xs[i - 1] > gap:
-            axis.append(xs[i - 1] + gap // 2)  # a null row: the line breaks here
-        axis.append(x)
-    index = {x: i for i, x in enumerate(axis)}
+    axis = xs
+    if gap:
+        breaks = np.flatnonzero(np.diff(xs) > gap) + 1
+        if breaks.size:  # a null row after the last point before each hole: the line breaks
+            axis = np.insert(xs, breaks, xs[breaks - 1] + gap // 2)
     metrics = []
-    for metric, results, error in answers:
+    for (metric, results, error), group in zip(answers, arrays, strict=True):
         tiers = sorted({r.tier for r in results or ()})
         entry: dict[str, Any] = {"name": metric.name, "kind": metric.kind, "unit": metric.unit,
                                  "rate": metric.kind == "counter", "tier": tiers[0] if len(
                                      tiers) == 1 else None, "error": error, "series": []}
-        for r in results or ():
-            values: list[float | None] = [None] * len(axis)
-            for ts, v in r.points:
-                if math.isfinite(v):  # JSON has no NaN or infinity: those steps stay empty
-                    values[index[int(ts)]] = v
-            entry["series"].append({"labels": r.labels, "values": values})
+        for r, (ts, values) in zip(results or (), group, strict=True):
+            row = np.full(axis.size, np.nan)
+            row[np.searchsorted(axis, ts)] = values
+            # JSON has no NaN or infinity: those steps stay empty, like steps without data
+            entry["series"].append({"labels": r.labels, "values": [
+                v if v - v == 0 else None for v in row.tolist()]})
         metrics.append(entry)
-    return {"x": axis, "metrics": metrics}
+    return {"x": axis.tolist(), "metrics": metrics}

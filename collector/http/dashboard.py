@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 from aiohttp import web
 
 from edgemon.collector.http.alerts_api import active_alerts
@@ -377,14 +378,14 @@ class Dashboard:
         answers = await asyncio.gather(*(self._call(run_metric, self.storage, m, host, start,
                                                     end, step) for m in metrics))
 
-        def work() -> str:
+        def work() -> bytes:
             doc = align(answers, step)
             doc.update(host=host, start=start, end=end, step_ms=step, metrics_left_out=left_out,
                        newest_sample_ms=max((s.last_ms for s in series), default=None))
-            return json.dumps(doc, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+            return msgspec.json.encode(doc)  # align left no NaN; C speed for ~50 k numbers
 
         body = await self._call(work)
-        return _compressed(request, web.Response(text=body, content_type="application/json"))
+        return _compressed(request, web.Response(body=body, content_type="application/json"))
 
     # --- live ---------------------------------------------------------------------------------
 

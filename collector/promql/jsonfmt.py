@@ -52,10 +52,26 @@ def _point(ts: str, value: float) -> str:
     return f'[{ts},"{format_value(value)}"]'
 
 
-def _series_points(times: list[str], values: np.ndarray, present: np.ndarray) -> str:
-    idx = np.flatnonzero(present)
-    texts = format_values(values[idx])
-    return ",".join([f'[{times[i]},"{v}"]' for i, v in zip(idx.tolist(), texts, strict=True)])
+def _matrix_parts(result: QueryResult, value: InstantVector) -> list[str]:
+    """One ``{"metric":...,"values":[...]}`` per series with a point, by labels; every value
+    of every series written in one go (per-series calls cost more than the numbers)."""
+    times = format_timestamps(result.times)
+    order = [i for i in sorted(range(len(value.labels)), key=lambda i: value.labels[i])
+             if value.present[i].any()]
+    if not order:
+        return []
+    present = value.present[order]
+    rows, cols = np.nonzero(present)  # row-major: each series' points in time order
+    texts = format_values(value.values[order][rows, cols])
+    cuts = np.r_[0, np.cumsum(present.sum(axis=1))].tolist()
+    cols_list = cols.tolist()
+    parts = []
+    for k, i in enumerate(order):
+        lo, hi = cuts[k], cuts[k + 1]
+        points = ",".join([f'[{times[c]},"{v}"]' for c, v in zip(
+            cols_list[lo:hi], texts[lo:hi], strict=True)])
+        parts.append(f'{{"metric":{_metric(value.labels[i])},"values":[{points}]}}')
+    return parts
 
 
 def query_body(result: QueryResult) -> str:
@@ -83,12 +99,5 @@ def query_body(result: QueryResult) -> str:
         data = f'{{"resultType":"vector","result":[{",".join(parts)}]}}'
     else:
         assert isinstance(value, InstantVector)
-        times = format_timestamps(result.times)
-        order = sorted(range(len(value.labels)), key=lambda i: value.labels[i])
-        parts = []
-        for i in order:
-            if value.present[i].any():
-                parts.append(f'{{"metric":{_metric(value.labels[i])},"values":['
-                             f'{_series_points(times, value.values[i], value.present[i])}]}}')
-        data = f'{{"resultType":"matrix","result":[{",".join(parts)}]}}'
+        data = f'{{"resultType":"matrix","result":[{",".join(_matrix_parts(result, value))}]}}'
     return f'{{"status":"success","data":{data}}}'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import numpy as np
 
 __all__ = ["format_exponent", "format_sample", "format_timestamp", "format_timestamps",
@@ -53,32 +54,32 @@ def format_timestamp(ms: int) -> str:
 
 
 def format_values(values: np.ndarray) -> list[str]:
-    """``format_value`` of every element, vectorised: whole numbers through int64, the rest
-    through numpy's shortest round-trip text (what ``repr`` gives), exponents fixed up."""
+    """``format_value`` of every element, vectorised. msgspec's JSON encoder writes each float
+    with its shortest round-trip digits, positional where Go's ``'f'`` format is (``0.000025``),
+    at C speed (Python's ``repr`` costs ~20x more per value); ``.0`` is dropped, and the rare
+    elements it writes with an exponent or as ``null`` (NaN, infinities) are redone one by one."""
     values = np.asarray(values, dtype=np.float64)
-    out = np.empty(values.size, dtype=object)
-    whole = (values == np.trunc(values)) & (np.abs(values) < 1e15) & ~(
-        (values == 0) & np.signbit(values))
-    if whole.any():
-        out[whole] = values[whole].astype(np.int64).astype(str).astype(object)
-    rest = np.flatnonzero(~whole)
-    if rest.size:
-        texts = values[rest].astype(str).tolist()
-        for i, text in zip(rest.tolist(), texts, strict=True):
-            if "e" in text or "n" in text or text.endswith(".0"):
-                text = format_value(float(values[i]))
-            out[i] = text
-    return out.tolist()  # type: ignore[no-any-return]
+    if not values.size:
+        return []
+    text = msgspec.json.encode(values.tolist()).decode()
+    out = text[1:-1].replace(".0,", ",").removesuffix(".0").split(",")
+    if "e" in text or "n" in text:
+        for i, item in enumerate(out):
+            if "e" in item or "n" in item:
+                out[i] = format_value(float(values[i]))
+    return out
 
 
 def format_timestamps(ms: np.ndarray) -> list[str]:
-    """``format_timestamp`` of every element, vectorised."""
+    """``format_timestamp`` of every element, vectorised: the whole seconds through msgspec's
+    integer writer, milliseconds appended where there are any."""
     ms = np.asarray(ms, dtype=np.int64)
-    if ms.size and (ms >= 0).all():
-        seconds = (ms // 1000).astype(str)
-        fraction = ms % 1000
-        if not fraction.any():
-            return seconds.tolist()  # type: ignore[no-any-return]
-        tail = np.char.add(".", np.char.zfill((fraction).astype(str), 3))
-        return np.where(fraction != 0, np.char.add(seconds, tail), seconds).tolist()  # type: ignore[no-any-return]
-    return [format_timestamp(t) for t in ms.tolist()]
+    if not ms.size:
+        return []
+    if (ms < 0).any():
+        return [format_timestamp(t) for t in ms.tolist()]
+    seconds, fraction = np.divmod(ms, 1000)
+    out: list[str] = msgspec.json.encode(seconds.tolist()).decode()[1:-1].split(",")
+    for i in np.flatnonzero(fraction).tolist():
+        out[i] = f"{out[i]}.{int(fraction[i]):03d}"
+    return out

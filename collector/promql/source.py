@@ -15,7 +15,6 @@ new series become visible to PromQL at most that much later.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -173,27 +172,25 @@ class SampleSource:
                 wanted.setdefault((e.info.host, tuple(sorted(e.info.labels.items()))),
                                   []).append(e)
             common = _common_labels([e.info.labels for e in group])
-            results = self.storage.query(RangeQuery(
+            results = self.storage.query_arrays(RangeQuery(
                 name=name, start_ms=mint - (width - 1), end_ms=maxt + 1, step_ms=width,
                 aggregation="last" if tier == "raw" else rollup,  # type: ignore[arg-type]
                 hosts=tuple(sorted({e.info.host for e in group})),
                 labels=common, tier=tier, max_series=_NO_LIMIT, max_points=_NO_LIMIT))
             for r in results:
                 targets = wanted.get((r.host or "", tuple(sorted(r.labels.items()))))
-                if not targets or not r.points:
+                if not targets or not r.starts.size:
                     continue
-                # (ms, value) pairs -> (n, 2) floats: ms < 2**53 are exact in a double
-                arr = np.fromiter(itertools.chain.from_iterable(r.points), dtype=np.float64,
-                                  count=2 * len(r.points)).reshape(-1, 2)
-                ts = arr[:, 0].astype(np.int64) + (width - 1)
-                keep = (ts >= mint) & (ts <= maxt)
-                if not keep.all():
-                    ts, arr = ts[keep], arr[keep]
+                ts, stored = r.starts, r.values
+                if width > 1:  # a bucket's last millisecond; the range's edge buckets may stick out
+                    ts = ts + (width - 1)
+                    keep = (ts >= mint) & (ts <= maxt)
+                    if not keep.all():
+                        ts, stored = ts[keep], stored[keep]
                 if not ts.size:
                     continue
                 for e in targets:
-                    values = arr[:, 1].copy() if e.constant is None else np.full(ts.size,
-                                                                                e.constant)
+                    values = stored if e.constant is None else np.full(ts.size, e.constant)
                     found[e.labels] = (ts, values)
                     loaded += ts.size
                 if loaded > max_samples:

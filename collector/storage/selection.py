@@ -9,6 +9,7 @@ the step-aligned range and the query's size limits.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ __all__ = [
     "check_points_limit",
     "check_series_limit",
     "groups",
+    "is_glob",
     "labels_match",
     "match_hosts",
     "pick_tier",
@@ -44,23 +46,41 @@ def canonical_labels(keys: Iterable[str], values: Iterable[str]) -> str:
                       ensure_ascii=False)
 
 
+def _parsed_labels(labels_json: str) -> dict[str, str]:
+    """Parsed canonical labels, shared: the same few label sets repeat on every host (callers
+    copy before handing them out). Long ones are not kept (at most ~4 MB in the cache)."""
+    if len(labels_json) > 1024:
+        parsed: dict[str, str] = json.loads(labels_json)
+        return parsed
+    return _parsed_short(labels_json)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_short(labels_json: str) -> dict[str, str]:
+    parsed: dict[str, str] = json.loads(labels_json)
+    return parsed
+
+
 def labels_match(labels_json: str, want: dict[str, str]) -> bool:
     if not want:
         return True
-    have = json.loads(labels_json)
+    have = _parsed_labels(labels_json)
     return all(have.get(k) == v for k, v in want.items())
 
 
-def _is_glob(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")
+_GLOB_CHARS = frozenset("*?[")
+
+
+def is_glob(pattern: str) -> bool:
+    return not _GLOB_CHARS.isdisjoint(pattern)
 
 
 def match_hosts(rows: Iterable[tuple[int, str]], patterns: tuple[str, ...]) -> dict[int, str]:
     """The (id, name) rows whose name is one of ``patterns`` or matches one of its globs."""
     if not patterns:
         return dict(rows)
-    exact = {p for p in patterns if not _is_glob(p)}
-    globs = [p for p in patterns if _is_glob(p)]
+    exact = {p for p in patterns if not is_glob(p)}
+    globs = [p for p in patterns if is_glob(p)]
     return {hid: name for hid, name in rows
             if name in exact or any(fnmatch.fnmatchcase(name, g) for g in globs)}
 
@@ -106,7 +126,7 @@ def groups(sel: Selection, group_by: tuple[str, ...] | None,
     found: list[dict[str, Any]] = []
     index: dict[tuple[str, ...], int] = {}
     for i in range(len(sel)):
-        labels = json.loads(sel.labels[i])
+        labels = dict(_parsed_labels(sel.labels[i]))
         if group_by is None:
             key: tuple[str, ...] = (str(i),)
             meta = {"host": hosts[sel.host[i]], "labels": labels}

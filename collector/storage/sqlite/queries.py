@@ -17,9 +17,21 @@ from typing import Any
 import numpy as np
 
 from edgemon.collector.storage import aggregate as agg
-from edgemon.collector.storage.base import Gap, HostInfo, RangeQuery, SeriesInfo, SeriesResult
+from edgemon.collector.storage.base import (
+    Gap,
+    HostInfo,
+    RangeQuery,
+    SeriesArrays,
+    SeriesInfo,
+    SeriesResult,
+)
 from edgemon.collector.storage.batches import BatchColumns, Table, flatten
-from edgemon.collector.storage.encoding import decode_rollups
+from edgemon.collector.storage.encoding import (
+    ROLLUP_COLUMNS,
+    decode_chunks,
+    decode_rollups,
+    decode_times,
+)
 from edgemon.collector.storage.selection import (
     QueryRange,
     Selection,
@@ -27,6 +39,7 @@ from edgemon.collector.storage.selection import (
     check_points_limit,
     check_series_limit,
     groups,
+    is_glob,
     labels_match,
     match_hosts,
     pick_tier,
@@ -41,6 +54,12 @@ from edgemon.collector.storage.sqlite.schema import (
 )
 
 __all__ = ["Queries"]
+
+# decoded-cache keys: what kind of blob (with what else its decoding depends on)
+_CHUNK, _TIMES, _ROLLUP = "chunk", "times", "rollup"
+_NO_SAMPLES = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+# the bucket column a per-series read picks (PromQL: raw samples, a rollup bucket's value)
+_PICK = {"last": "last_v", "min": "min", "max": "max"}
 
 
 class Queries(SQLiteFile):
@@ -102,50 +121,7 @@ class Queries(SQLiteFile):
         return out
 
     def query(self, query: RangeQuery) -> list[SeriesResult]:
-        q = query  # validated when it was built
-        how = q.combine_by
-        step = q.step_ms
-        span = QueryRange.of(q)
-        with self._read() as db:
-            cut = self._cutoffs(db)
-            tier = pick_tier(q, cut)
-            hosts = match_hosts(db.execute("SELECT id, name FROM hosts").fetchall(), q.hosts)
-            if not hosts:
-                return []
-            sel = Selection()
-            host_list = sorted(hosts)
-            for chunk in chunked(host_list):
-                for sid, hid, labels, kind, unit, scale in db.execute(
-                        "SELECT id, host_id, labels, kind, unit, scale FROM series WHERE "
-                        f"name = ? AND host_id IN ({placeholders(chunk)}) AND "
-                        "last_ms >= ? AND first_ms < ?",
-                        (q.name, *chunk, span.read_from, span.end)):
-                    if labels_match(labels, q.labels):
-                        sel.add(sid, hid, labels, kind, unit, scale)
-            pending = self._pending(db, sel, host_list, q, span.read_from, span.end)
-            check_series_limit(q, len(sel))
-            group, found = groups(sel, q.group_by, hosts)
-            check_points_limit(q, span, tier, len(found))
-            if not len(sel):
-                return []
-            counter, scale = sel.counter(), sel.scales()
-            gscale = np.zeros(len(found), dtype=np.int64)
-            np.maximum.at(gscale, group, scale)
-            if tier == "raw":
-                sid, ts, val = self._raw_samples(db, sel, pending, span.read_from, span.end,
-                                                 None)
-                if how == "p95" and not q.rate:
-                    g, start, v = agg.percentile_steps(sid, ts, val, group, gscale, scale, step)
-                else:
-                    steps = agg.bucketize(sid, ts, val, counter, step)
-                    g, start, v = agg.combine(steps, group, gscale, scale, counter, how, q.rate)
-            else:
-                buckets = self._rollup_buckets(db, sel, pending, tier, span.read_from,
-                                               span.end, cut)
-                steps = agg.coarsen(buckets, step, counter)
-                g, start, v = agg.combine(steps, group, gscale, scale, counter, how, q.rate)
-        ok = np.isfinite(v) & (start >= span.start)
-        g, start, v = g[ok], start[ok], v[ok]  # sorted by (group, start)
+        found, tier, g, start, v = self._evaluate(query)
         cuts = [*np.flatnonzero(np.r_[True, g[1:] != g[:-1]]).tolist(), g.size]
         ts_list, v_list = start.tolist(), v.tolist()
         points = {int(g[lo]): list(zip(ts_list[lo:hi], v_list[lo:hi], strict=True))
@@ -153,10 +129,102 @@ class Queries(SQLiteFile):
         out = []
         for gi, meta in enumerate(found):
             if gi in points:
-                out.append(SeriesResult(meta["host"], q.name, meta["labels"], meta["kind"],
+                out.append(SeriesResult(meta["host"], query.name, meta["labels"], meta["kind"],
                                         meta["unit"], points[gi], tier))
         out.sort(key=lambda r: (r.host or "", sorted(r.labels.items())))
         return out
+
+    def query_arrays(self, query: RangeQuery) -> list[SeriesArrays]:
+        found, tier, g, start, v = self._evaluate(query)
+        cuts = [*np.flatnonzero(np.r_[True, g[1:] != g[:-1]]).tolist(), g.size]
+        out = []
+        for lo, hi in itertools.pairwise(cuts):
+            if lo < hi:
+                meta = found[int(g[lo])]
+                out.append(SeriesArrays(meta["host"], query.name, meta["labels"], meta["kind"],
+                                        meta["unit"], start[lo:hi], v[lo:hi], tier))
+        out.sort(key=lambda r: (r.host or "", sorted(r.labels.items())))
+        return out
+
+    def _evaluate(self, q: RangeQuery) -> tuple[list[dict[str, Any]], str, np.ndarray,
+                                                np.ndarray, np.ndarray]:
+        """(groups, tier, group, step start, value) of every non-empty step, sorted by
+        (group, start); ``q`` was validated when it was built."""
+        none = np.empty(0, dtype=np.int64)
+        how = q.combine_by
+        step = q.step_ms
+        span = QueryRange.of(q)
+        with self._read() as db:
+            cut = self._cutoffs(db)
+            tier = pick_tier(q, cut)
+            hosts = self._query_hosts(db, q.hosts)
+            if not hosts:
+                return [], tier, none, none, np.empty(0)
+            sel = Selection()
+            host_list = sorted(hosts)
+            for sid, hid, labels, kind, unit, scale in self._query_series(db, q, host_list,
+                                                                          span):
+                if labels_match(labels, q.labels):
+                    sel.add(sid, hid, labels, kind, unit, scale)
+            pending = self._pending(db, sel, host_list, q, span.read_from, span.end)
+            check_series_limit(q, len(sel))
+            group, found = groups(sel, q.group_by, hosts)
+            check_points_limit(q, span, tier, len(found))
+            if not len(sel):
+                return found, tier, none, none, np.empty(0)
+            counter, scale = sel.counter(), sel.scales()
+            # one value per sample or bucket of one series (PromQL's reads): no combining
+            single = q.group_by is None and not q.rate and how in _PICK
+            if tier == "raw":
+                sid, ts, val = self._raw_samples(db, sel, pending, span.read_from, span.end,
+                                                 None)
+                if single and step == 1:
+                    g, start, v = group[sid], ts, val / 10.0 ** scale[sid]
+                elif how == "p95" and not q.rate:
+                    gscale = _group_scales(group, scale, len(found))
+                    g, start, v = agg.percentile_steps(sid, ts, val, group, gscale, scale, step)
+                else:
+                    gscale = _group_scales(group, scale, len(found))
+                    steps = agg.bucketize(sid, ts, val, counter, step)
+                    g, start, v = agg.combine(steps, group, gscale, scale, counter, how, q.rate)
+            else:
+                buckets = self._rollup_buckets(db, sel, pending, tier, span.read_from,
+                                               span.end, cut)
+                if single and step == TIERS[tier][0] and _distinct_starts(buckets):
+                    sid, start = buckets["sid"], buckets["start"]
+                    g, v = group[sid], buckets[_PICK[how]] / 10.0 ** scale[sid]
+                else:
+                    gscale = _group_scales(group, scale, len(found))
+                    steps = agg.coarsen(buckets, step, counter)
+                    g, start, v = agg.combine(steps, group, gscale, scale, counter, how, q.rate)
+        ok = np.isfinite(v) & (start >= span.start)
+        if not ok.all():
+            g, start, v = g[ok], start[ok], v[ok]  # sorted by (group, start)
+        return found, tier, g, start, v
+
+    def _query_hosts(self, db: sqlite3.Connection, patterns: tuple[str, ...]) -> dict[int, str]:
+        """Hosts a query names: exact names through the unique index, globs by a scan."""
+        if not patterns or any(is_glob(p) for p in patterns):
+            return match_hosts(db.execute("SELECT id, name FROM hosts").fetchall(), patterns)
+        found: dict[int, str] = {}
+        for chunk in chunked(sorted(set(patterns))):
+            found.update(db.execute(
+                f"SELECT id, name FROM hosts WHERE name IN ({placeholders(chunk)})", chunk))
+        return found
+
+    @staticmethod
+    def _query_series(db: sqlite3.Connection, q: RangeQuery, host_list: list[int],
+                      span: QueryRange) -> Iterator[tuple[Any, ...]]:
+        """Series rows (id, host id, labels, kind, unit, scale) of ``q.name`` on these hosts
+        with samples in the span (every host: by name alone)."""
+        sql = ("SELECT id, host_id, labels, kind, unit, scale FROM series WHERE name = ? AND "
+               "last_ms >= ? AND first_ms < ?")
+        if not q.hosts:
+            yield from db.execute(sql, (q.name, span.read_from, span.end))
+            return
+        for chunk in chunked(host_list):
+            yield from db.execute(sql + f" AND host_id IN ({placeholders(chunk)})",
+                                  (q.name, span.read_from, span.end, *chunk))
 
     def _pending(self, db: sqlite3.Connection, sel: Selection, host_list: list[int],
                  q: RangeQuery, start: int, end: int) -> tuple[np.ndarray, ...]:
@@ -199,21 +267,83 @@ class Queries(SQLiteFile):
 
         return flatten(batches(), resolve, {q.name})
 
-    def _series_chunks(self, db: sqlite3.Connection, wanted: list[tuple[int, int, int, int]]
-                       ) -> tuple[np.ndarray, ...]:
-        """Raw samples of (local index, series id, first window, end window) from chunks."""
-        rows = []
-        for i, sid, lo, hi in wanted:
-            for block_id, data in db.execute(
-                    "SELECT block_id, data FROM chunks WHERE series_id = ? AND window_ms >= ? "
-                    "AND window_ms < ?", (sid, lo, hi)):
-                rows.append((i, block_id, data))
+    def _series_chunks(self, db: sqlite3.Connection, wanted: list[tuple[int, int, int, int]],
+                       start: int, end: int) -> tuple[np.ndarray, ...]:
+        """Raw samples in [start, end) of (local index, series id, first window, end window)
+        from chunks."""
+        rows: list[tuple[int, int, bytes]] = []
+        spans = {(lo, hi) for _, _, lo, hi in wanted}
+        if len(spans) == 1 and len(wanted) > 1:  # one range for all: IN lists, not a query each
+            lo, hi = spans.pop()
+            local = {sid: i for i, sid, _, _ in wanted}
+            for chunk in chunked(sorted(local)):
+                for sid, block_id, data in db.execute(
+                        "SELECT series_id, block_id, data FROM chunks WHERE series_id IN "
+                        f"({placeholders(chunk)}) AND window_ms >= ? AND window_ms < ?",
+                        (*chunk, lo, hi)):
+                    rows.append((local[sid], block_id, data))
+        else:
+            for i, sid, lo, hi in wanted:
+                for block_id, data in db.execute(
+                        "SELECT block_id, data FROM chunks WHERE series_id = ? AND "
+                        "window_ms >= ? AND window_ms < ?", (sid, lo, hi)):
+                    rows.append((i, block_id, data))
         block_ids = sorted({block_id for _, block_id, _ in rows})
-        times: dict[int, np.ndarray] = {}
+        times: dict[int, bytes] = {}
         for chunk in chunked(block_ids):
-            times.update(self._block_times(db.execute(
-                f"SELECT id, times FROM blocks WHERE id IN ({placeholders(chunk)})", chunk)))
-        return self._chunk_samples(rows, times)
+            times.update(db.execute(
+                f"SELECT id, times FROM blocks WHERE id IN ({placeholders(chunk)})", chunk))
+        return self._cached_chunk_samples(rows, times, start, end)
+
+    def _cached_chunk_samples(self, rows: list[tuple[int, int, bytes]],
+                              times: dict[int, bytes], start: int, end: int
+                              ) -> tuple[np.ndarray, ...]:
+        """``_chunk_samples`` through the decoded cache: (local series index, timestamp, value,
+        block id) of chunk ``rows`` (local index, block id, data), given their blocks' times
+        blobs; chunks of blocks missing from ``times`` (removed by retention meanwhile) are left
+        out. A chunk much longer than [start, end) is cut to it by bisection (its times
+        increase), so a short range in a long window costs what it keeps; the caller still
+        masks to the range."""
+        cache = self.decoded
+        rows = [r for r in rows if r[1] in times]
+        parts: list[tuple[np.ndarray, np.ndarray]] = [_NO_SAMPLES] * len(rows)
+        missing = []
+        for k, (_, block_id, data) in enumerate(rows):
+            hit = cache.get((_CHUNK, times[block_id], data))
+            if hit is None:
+                missing.append(k)
+            else:
+                parts[k] = hit
+        if missing:
+            decoded: dict[int, np.ndarray] = {}
+            for block_id in {rows[k][1] for k in missing}:
+                blob = times[block_id]
+                bt = cache.get((_TIMES, blob))
+                if bt is None:
+                    bt = decode_times(blob)
+                    cache.put((_TIMES, blob), bt)
+                decoded[block_id] = bt
+            ts, values, sizes = decode_chunks([rows[k][2] for k in missing],
+                                              [decoded[rows[k][1]] for k in missing])
+            ends = np.cumsum(sizes).tolist()
+            for k, lo, hi in zip(missing, [0, *ends[:-1]], ends, strict=True):
+                part = (ts[lo:hi].copy(), values[lo:hi].copy())
+                cache.put((_CHUNK, times[rows[k][1]], rows[k][2]), part)
+                parts[k] = part
+        if not rows:
+            e = np.empty(0, dtype=np.int64)
+            return e, e, e, e
+        for k, (ts_k, val_k) in enumerate(parts):
+            # a range much shorter than the chunk (an instant query's 5 minutes of a 2 h
+            # window): cut by bisection; otherwise the caller's mask over everything is cheaper
+            if ts_k.size > 64 and (end - start) * 4 < int(ts_k[-1]) - int(ts_k[0]):
+                lo, hi = ts_k.searchsorted(start), ts_k.searchsorted(end)
+                parts[k] = (ts_k[lo:hi], val_k[lo:hi])
+        sizes_a = np.array([p[0].size for p in parts], dtype=np.int64)
+        sid = np.repeat(np.array([r[0] for r in rows], dtype=np.int64), sizes_a)
+        order = np.repeat(np.array([r[1] for r in rows], dtype=np.int64), sizes_a)
+        return (sid, np.concatenate([p[0] for p in parts]),
+                np.concatenate([p[1] for p in parts]), order)
 
     def _raw_samples(self, db: sqlite3.Connection, sel: Selection,
                      pending: tuple[np.ndarray, ...], start: int, end: int,
@@ -232,7 +362,7 @@ class Queries(SQLiteFile):
                 wanted.append((i, sid, floor(start, window_ms), end))
             else:
                 wanted += [(i, sid, w, w + 1) for w in by_host.get(sel.host[i], ())]
-        c_sid, c_ts, c_val, c_order = self._series_chunks(db, wanted)
+        c_sid, c_ts, c_val, c_order = self._series_chunks(db, wanted, start, end)
         p_sid, p_ts, p_val, p_order = pending
         if windows is not None and p_sid.size:
             host = np.array(sel.host, dtype=np.int64)
@@ -271,17 +401,17 @@ class Queries(SQLiteFile):
         # pending samples are merged into the rollup buckets (as compaction will do)
         fresh = dirty | {hw for hw in pending_windows if hw[1] >= cut["raw"]}
         stale = pending_windows - fresh
-        owners, blobs = [], []
-        for i, sid in enumerate(sel.sid):
-            if sid is None:
-                continue
-            for (data,) in db.execute(
-                    "SELECT data FROM rollups WHERE series_id = ? AND tier = ? AND "
-                    "window_ms >= ? AND window_ms < ? ORDER BY window_ms",
-                    (sid, width, floor(start, tier_window), end)):
-                owners.append(i)
-                blobs.append(data)
-        stored, sizes = decode_rollups(blobs, width)
+        local = {sid: i for i, sid in enumerate(sel.sid) if sid is not None}
+        rows: list[tuple[int, int, bytes]] = []
+        for chunk in chunked(sorted(local)):
+            for sid, window, data in db.execute(
+                    "SELECT series_id, window_ms, data FROM rollups WHERE series_id IN "
+                    f"({placeholders(chunk)}) AND tier = ? AND window_ms >= ? AND "
+                    "window_ms < ?", (*chunk, width, floor(start, tier_window), end)):
+                rows.append((local[sid], window, data))
+        rows.sort(key=lambda r: (r[0], r[1]))  # by (series, time), as buckets are read
+        owners = [r[0] for r in rows]
+        stored, sizes = self._cached_rollups([r[2] for r in rows], width)
         stored["sid"] = np.repeat(np.array(owners, dtype=np.int64), sizes)
         keep = (stored["start"] >= start) & (stored["start"] < end)
         if fresh and stored["sid"].size:
@@ -309,6 +439,26 @@ class Queries(SQLiteFile):
             return buckets  # rollup rows come back in order: nothing to sort
         return agg.take(buckets, agg.sort_index(sid, starts))
 
+    def _cached_rollups(self, blobs: list[bytes], width: int
+                        ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """``decode_rollups`` through the decoded cache."""
+        cache = self.decoded
+        parts: list[dict[str, np.ndarray] | None] = [cache.get((_ROLLUP, width, b))
+                                                     for b in blobs]
+        missing = [k for k, p in enumerate(parts) if p is None]
+        if missing:
+            cols, sizes = decode_rollups([blobs[k] for k in missing], width)
+            ends = np.cumsum(sizes).tolist()
+            for k, lo, hi in zip(missing, [0, *ends[:-1]], ends, strict=True):
+                part = {c: a[lo:hi].copy() for c, a in cols.items()}
+                cache.put((_ROLLUP, width, blobs[k]), part)
+                parts[k] = part
+        done = [p for p in parts if p is not None]
+        sizes_a = np.array([p["start"].size for p in done], dtype=np.int64)
+        if not done:
+            return decode_rollups([], width)
+        return {c: np.concatenate([p[c] for p in done]) for c in ROLLUP_COLUMNS}, sizes_a
+
 
 def _pending_series(columns: BatchColumns, hid: int, name: str | None,
                     found: dict[tuple[int, str, str], list[Any]]) -> None:
@@ -334,3 +484,16 @@ def _window_keys(host: np.ndarray, ts: np.ndarray, window_ms: int) -> np.ndarray
 def _pair_keys(pairs: set[tuple[int, int]], window_ms: int) -> np.ndarray:
     return np.array([h * (1 << 32) + w // window_ms for h, w in pairs], dtype=np.int64)
 
+
+
+def _group_scales(group: np.ndarray, scale: np.ndarray, n_groups: int) -> np.ndarray:
+    """The largest scale among each group's series (values are pooled at that scale)."""
+    gscale = np.zeros(n_groups, dtype=np.int64)
+    np.maximum.at(gscale, group, scale)
+    return gscale
+
+
+def _distinct_starts(buckets: agg.Buckets) -> bool:
+    """Whether no two buckets share (series, start) (then there is nothing to coarsen)."""
+    sid, start = buckets["sid"], buckets["start"]
+    return not ((sid[1:] == sid[:-1]) & (start[1:] == start[:-1])).any()

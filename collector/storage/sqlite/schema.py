@@ -24,6 +24,7 @@ import numpy as np
 
 from edgemon.collector.storage import accounting
 from edgemon.collector.storage.batches import BatchColumns, BatchReader, UnreadableBatch
+from edgemon.collector.storage.decoded import DecodedCache
 from edgemon.collector.storage.encoding import decode_chunks, decode_times
 from edgemon.collector.storage.selection import HOUR, MINUTE, TIER_WIDTH_MS
 
@@ -183,6 +184,7 @@ class SQLiteFile:
         retention_rows: int = 5_000,
         cache_mb: int = 64,
         batch_cache_mb: int = 64,
+        decoded_cache_mb: int = 64,
         maintain_budget_ms: int = 1_000,
     ) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
@@ -206,6 +208,7 @@ class SQLiteFile:
         self.cache_mb = cache_mb
         self.maintain_budget_ms = maintain_budget_ms
         self.reader = BatchReader(batch_cache_mb << 20)  # decoded pending batches
+        self.decoded = DecodedCache(decoded_cache_mb << 20)  # decoded chunks/rollups, readers
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -288,6 +291,7 @@ class SQLiteFile:
                 db.close()
         self._local = threading.local()
         self.reader.clear()
+        self.decoded.clear()
 
     def _kill_point(self, stage: str) -> None:
         """Test hook: die like kill -9 after the N-th write of ``stage`` (inside a transaction)."""
