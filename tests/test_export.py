@@ -246,7 +246,9 @@ def test_memory_stays_bounded_whatever_the_range(tmp_path: Path,
     about one slice, a small fraction of the whole export, and no larger for 4x the range."""
     monkeypatch.setattr(export, "SLICE_MS", 30 * MINUTE)
     monkeypatch.setattr(export, "FLUSH_BYTES", 64 * 1024)
-    store = open_storage(tmp_path / "day.db")
+    # the storage's decoded-chunk cache is bounded on its own (decoded_cache_mb); here it would
+    # hide what the export itself holds, so it is off
+    store = open_storage(tmp_path / "day.db", decoded_cache_mb=0)
     promdata.fill(store, END - 8 * HOUR, END, hosts=promdata.HOSTS[:1])
     store.compact_all(END + HOUR)
     peaks, sizes = [], []
