@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from edgemon.agent.families import FAMILIES
+from edgemon.agent.families import DEFAULT_FAMILIES, FAMILIES
 from edgemon.common.private_files import check_not_world_accessible
 from edgemon.common.toml_config import (
     ConfigError,
@@ -80,6 +80,7 @@ class AgentConfig(NamedTuple):
     interval_seconds: float
     batch_cycles: int
     families: tuple[str, ...]
+    family_cycles: dict[str, int]  # family -> sampled every N cycles (absent: every cycle)
     broker: BrokerConfig
     buffer: BufferConfig
     log: LogConfig
@@ -246,7 +247,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "host_id": _Key(_host, None),
         "interval_seconds": _Key(_number(0.05, 3600), 10.0),
         "batch_cycles": _Key(_integer(1, MAX_TIMESTAMPS), 6),
-        "families": _Key(_families, tuple(FAMILIES)),
+        "families": _Key(_families, DEFAULT_FAMILIES),
     },
     "broker": {
         "host": _Key(_text(), "localhost"),
@@ -272,6 +273,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     "log": {
         "level": _Key(_level, "info"),
     },
+    # [intervals] <family> = seconds: sample that family less often than every cycle
+    "intervals": {name: _Key(_number(0.05, 86_400), None) for name in FAMILIES},
 }
 
 
@@ -352,6 +355,20 @@ def load_config(path: str | Path | None = None,
                     f"{_show(broker['username'])}: the broker only lets a host's user publish "
                     "on its own topics; set host_id to the user name the credentials were "
                     "made for, or use that host's credentials")
+    family_cycles: dict[str, int] = {}
+    interval = top.get("interval_seconds")
+    for name, seconds in clean["intervals"].items():
+        if seconds is None or interval is None or "families" not in top:
+            continue  # unset, or checked once interval_seconds and families are valid
+        cycles = round(seconds / interval)
+        if cycles < 1 or abs(cycles * interval - seconds) > 1e-9 * seconds:
+            key_problem("intervals", name, f"must be a whole multiple of interval_seconds "
+                        f"({interval:g}), got {_show(seconds)}")
+        elif name not in top["families"]:
+            key_problem("intervals", name, f"family {_show(name)} is not in families: "
+                        "add it there to sample it")
+        elif cycles > 1:
+            family_cycles[name] = cycles
     if problems:
         raise ConfigError(problems)
 
@@ -361,6 +378,7 @@ def load_config(path: str | Path | None = None,
         interval_seconds=top["interval_seconds"],
         batch_cycles=top["batch_cycles"],
         families=top["families"],
+        family_cycles=family_cycles,
         broker=BrokerConfig(**broker),
         buffer=BufferConfig(**clean["buffer"]),
         log=LogConfig(**clean["log"]),

@@ -27,9 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from edgemon.agent.config import BrokerConfig
+from edgemon.agent.lean_paho import mqtt  # before edgemon.common imports paho the usual way
 from edgemon.agent.presence import CollectorPresence
 from edgemon.common import mqtt_client
 from edgemon.common.clock import now_ms

@@ -27,7 +27,7 @@ from edgemon.agent import __version__, selfmetrics
 from edgemon.agent.buffer import Buffer
 from edgemon.agent.buffer_store import BufferStore
 from edgemon.agent.config import AgentConfig, ConfigError, as_dict
-from edgemon.agent.families import FAMILIES, Collect, Reading
+from edgemon.agent.families import FAMILIES, Collect, Reading, Unavailable
 from edgemon.agent.publisher import Publisher
 from edgemon.agent.sender import Sender
 from edgemon.common import sdnotify
@@ -51,6 +51,9 @@ def _make_collectors(names: tuple[str, ...]) -> dict[str, Collect]:
     for name in names:
         try:
             collectors[name] = FAMILIES[name]()
+        except Unavailable as exc:  # a property of this host: said once, no traceback
+            log.warning("family %s is not available on this host: %s", name, exc,
+                        extra={"family": name})
         except Exception:
             log.exception("family %s cannot start; sampling the others", name,
                           extra={"family": name})
@@ -162,7 +165,10 @@ class Runner:
         started = time.monotonic()
         ts_ms = now_ms()
         readings: list[Reading] = []
+        every = self.config.family_cycles
         for name, collect in (self.collectors or {}).items():
+            if self.cycles % every.get(name, 1):
+                continue  # [intervals]: this family is sampled every N cycles, from the first
             try:
                 readings += collect()
             except Exception as exc:
