@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import socket
-import ssl
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from edgemon.agent.families import DEFAULT_FAMILIES, FAMILIES
+from edgemon.agent.families import DEFAULT_FAMILIES, DEFAULT_INTERVALS, FAMILIES
 from edgemon.common.private_files import check_not_world_accessible
 from edgemon.common.toml_config import (
     ConfigError,
@@ -219,6 +219,8 @@ def _tls_problems(broker: dict[str, Any]) -> list[tuple[str, str]]:
         return [(key, "a client certificate needs both cert_file and key_file")]
     if not broker["tls"]:
         return []
+    import ssl  # only with TLS: an agent without it never loads ssl (lean_paho.py)
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         if broker["ca_file"] is not None:
@@ -358,8 +360,13 @@ def load_config(path: str | Path | None = None,
     family_cycles: dict[str, int] = {}
     interval = top.get("interval_seconds")
     for name, seconds in clean["intervals"].items():
-        if seconds is None or interval is None or "families" not in top:
-            continue  # unset, or checked once interval_seconds and families are valid
+        if interval is None or "families" not in top:
+            break  # checked once interval_seconds and families are valid
+        if seconds is None:  # every cycle, or at most every DEFAULT_INTERVALS seconds
+            cycles = math.ceil(DEFAULT_INTERVALS.get(name, 0) / interval - 1e-9)
+            if cycles > 1 and name in top["families"]:
+                family_cycles[name] = cycles
+            continue
         cycles = round(seconds / interval)
         if cycles < 1 or abs(cycles * interval - seconds) > 1e-9 * seconds:
             key_problem("intervals", name, f"must be a whole multiple of interval_seconds "

@@ -181,7 +181,14 @@ def test_family_intervals_are_whole_multiples_of_the_cycle(tmp_path: Path) -> No
     path = write(tmp_path, "interval_seconds = 10\n[intervals]\nprocesses = 60\ncpu = 10.0\n")
     config = load_config(path, environ={"EDGEMON_AGENT_INTERVALS_DISK": "30"})
     assert config.family_cycles == {"processes": 6, "disk": 3}  # cpu: every cycle anyway
-    assert load_config(None, environ={}).family_cycles == {}
+    # by default processes (a /proc scan) is sampled at most once a minute, the rest every cycle
+    assert load_config(None, environ={}).family_cycles == {"processes": 6}
+    assert load_config(None, environ={"EDGEMON_AGENT_INTERVAL_SECONDS": "7"}
+                       ).family_cycles == {"processes": 9}
+    assert load_config(None, environ={"EDGEMON_AGENT_INTERVALS_PROCESSES": "10"}
+                       ).family_cycles == {}
+    assert load_config(None, environ={"EDGEMON_AGENT_INTERVAL_SECONDS": "60"}
+                       ).family_cycles == {}
     path = write(tmp_path, 'families = ["cpu"]\n[intervals]\ncpu = 15\nload = 20\n'
                            "top_processes = 5\n")
     assert problems(path) == [

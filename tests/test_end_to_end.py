@@ -57,7 +57,7 @@ def test_every_family_reaches_the_api_with_plausible_values(
     assert set(FAMILY_PROBES) == set(DEFAULT_FAMILIES)
     available, _ = start()  # those this host has (no pressure without PSI, sensors on metal)
     probes = {FAMILY_PROBES[n] for n in available
-              if n != "sensors" or sensors.TEMPERATURE in {r[0] for r in sensors.collect()}}
+              if n != "sensors" or sensors.TEMPERATURE in {r[0] for r in available[n]()}}
     wait_until(lambda: probes <= _names(collector), 30,
                f"every family in the API (agent log: {agent.log})")
     hosts = {h["host"]: h for h in collector.get("/edgemon/api/v1/hosts")["hosts"]}

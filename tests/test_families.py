@@ -415,29 +415,38 @@ UDPLITE: inuse 0
 RAW: inuse 0
 FRAG: inuse 0 memory 0
 """
-TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout
-   0: 0100007F:0277 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
-   1: 0100007F:0277 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1
-   2: 0100007F:0277 0100007F:9C41 06 00000000:00000000 00:00000000 00000000     0        0 0 1
-"""
+SNMP = """Ip: Forwarding DefaultTTL
+Ip: 1 64
+Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors
+Tcp: 1 200 120000 -1 3038 2497 459 18 12 164251 150454 165 2 605 0
+Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors
+Udp: 173 60016 3 60190 4 0 0
+UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors
+UdpLite: 0 0 0 0 0 0 0
+"""  # noqa: E501 (the kernel's line)
 
 
 def test_sockets(tmp_path: Path) -> None:
     (tmp_path / "sockstat").write_text(SOCKSTAT)
     (tmp_path / "sockstat6").write_text("TCP6: inuse 1\nUDP6: inuse 4\nRAW6: inuse 0\n")
-    (tmp_path / "tcp").write_text(TCP)
-    (tmp_path / "tcp6").write_text(TCP.splitlines()[0] + "\n   0: 0 0 01 x\n")
+    (tmp_path / "snmp").write_text(SNMP)
     got = by_name(sockets.make(tmp_path)())
     assert got[("sockets_used", ())] == 187
     assert got[("sockets_in_use", ("tcp",))] == 5 and got[("sockets_in_use", ("udp6",))] == 4
     assert got[("sockets_in_use", ("frag",))] == 0 and got[("tcp_time_wait_sockets", ())] == 3
-    assert got[("tcp_connections", ("established",))] == 2  # one IPv4 and one IPv6
-    assert got[("tcp_connections", ("listen",))] == 1
-    assert got[("tcp_connections", ("time_wait",))] == 1
-    assert got[("tcp_connections", ("close_wait",))] == 0  # every state, 0 included
+    assert got[("tcp_orphan_sockets", ())] == 0
+    assert {k: v for k, v in got.items() if k[0].startswith(("tcp_", "udp_"))} == {
+        ("tcp_time_wait_sockets", ()): 3, ("tcp_orphan_sockets", ()): 0,
+        ("tcp_established_connections", ()): 12, ("tcp_active_opens_total", ()): 3038,
+        ("tcp_passive_opens_total", ()): 2497, ("tcp_attempt_fails_total", ()): 459,
+        ("tcp_resets_sent_total", ()): 605, ("tcp_retransmitted_segments_total", ()): 165,
+        ("tcp_receive_errors_total", ()): 2, ("udp_no_ports_total", ()): 60016,
+        ("udp_receive_errors_total", ()): 3, ("udp_receive_buffer_errors_total", ()): 4}
     (tmp_path / "sockstat6").unlink()
-    (tmp_path / "tcp6").unlink()  # no IPv6: the rest still reads
-    assert ("sockets_in_use", ("tcp6",)) not in by_name(sockets.collect(tmp_path))
+    (tmp_path / "snmp").unlink()  # no IPv6, no snmp: the rest still reads
+    assert set(by_name(sockets.collect(tmp_path))) == {
+        ("sockets_used", ()), ("tcp_time_wait_sockets", ()), ("tcp_orphan_sockets", ())} | {
+        ("sockets_in_use", (p,)) for p in ("tcp", "udp", "udplite", "raw", "frag")}
     with pytest.raises(Unavailable):
         sockets.make(tmp_path / "absent")
 
@@ -469,6 +478,9 @@ def test_sensors_where_present() -> None:
     assert sensors.collect(plugged) == [(sensors.BATTERY_CHARGE, (), 100),
                                         (sensors.BATTERY_PLUGGED, (), 1)]
     assert sensors.collect(SimpleNamespace()) == []  # a platform without any sensor function
+    with pytest.raises(Unavailable, match="no temperature, fan or battery sensor"):
+        sensors.make(SimpleNamespace(sensors_temperatures=lambda: {}, sensors_battery=lambda: None))
+    assert sensors.make(plugged)() == sensors.collect(plugged)
 
 
 # --- registry and real psutil ------------------------------------------------------------------
@@ -485,7 +497,7 @@ def test_registry_and_metric_names() -> None:
                               "processes", "top_processes"]
     assert [n for n in FAMILIES if n not in DEFAULT_FAMILIES] == ["top_processes"]
     defs = all_defs()
-    assert len({d.name for d in defs}) == len(defs) == 63
+    assert len({d.name for d in defs}) == len(defs) == 73
     for d in defs:
         assert NAME.match(d.name) and all(NAME.match(k) for k in d.label_keys), d
         assert is_name(d.name) and all(is_name(k) for k in d.label_keys), d  # protocol rules
@@ -514,7 +526,8 @@ def check_well_formed(readings: list[Reading]) -> None:
 def test_every_family_against_real_psutil() -> None:
     collects: dict[str, Callable[[], list[Reading]]]
     collects, unavailable = start(tuple(FAMILIES))
-    assert set(unavailable) <= {"pressure"}, unavailable  # the others exist on any Linux host
+    # the others exist on any Linux host
+    assert set(unavailable) <= {"pressure", "sensors"}, unavailable
     first = {n: c() for n, c in collects.items()}
     second = {n: c() for n, c in collects.items()}
     for readings in (*first.values(), *second.values()):

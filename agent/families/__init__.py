@@ -29,8 +29,8 @@ from edgemon.agent.families import (
 )
 from edgemon.agent.families._types import Collect, Family, Reading, Unavailable
 
-__all__ = ["DEFAULT_FAMILIES", "FAMILIES", "OPT_IN", "Collect", "Family", "Reading", "Unavailable",
-           "start"]
+__all__ = ["DEFAULT_FAMILIES", "DEFAULT_INTERVALS", "FAMILIES", "OPT_IN", "Collect", "Family",
+           "Reading", "Unavailable", "start"]
 
 FAMILIES: dict[str, Family] = {
     "cpu": cpu.make,
@@ -54,6 +54,10 @@ OPT_IN = frozenset({"top_processes"})
 """Families sampled only when ``families`` names them (their series churn: pids)."""
 
 DEFAULT_FAMILIES: tuple[str, ...] = tuple(name for name in FAMILIES if name not in OPT_IN)
+
+DEFAULT_INTERVALS: dict[str, float] = {"processes": 60.0}
+"""Seconds: families sampled at most this often unless ``[intervals]`` names them (costly to
+read every cycle; processes scans /proc)."""
 
 
 def start(names: tuple[str, ...] = DEFAULT_FAMILIES) -> tuple[dict[str, Collect], dict[str, str]]:

@@ -38,10 +38,10 @@ def parse(resource: str, text: str) -> list[Reading]:
     return out
 
 
-def collect(root: Path = ROOT) -> list[Reading]:
+def collect(root: Path = ROOT, resources: tuple[str, ...] = RESOURCES) -> list[Reading]:
     """Every resource file that reads; one that fails this cycle is skipped."""
     out: list[Reading] = []
-    for resource in RESOURCES:
+    for resource in resources:
         try:
             out += parse(resource, (root / resource).read_text())
         except OSError:
@@ -56,4 +56,5 @@ def make(root: Path = ROOT) -> Collect:
     except OSError as exc:
         raise Unavailable(f"no pressure stall information: {root / 'cpu'}: "
                           f"{exc.strerror or exc} (kernel < 4.20, or booted with psi=0)") from None
-    return lambda: collect(root)
+    present = tuple(r for r in RESOURCES if (root / r).exists())  # irq: Linux >= 6.1 only
+    return lambda: collect(root, present)

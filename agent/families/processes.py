@@ -1,9 +1,13 @@
 """Process family (Linux): processes by scheduler state and threads, from ``/proc/<pid>/stat``.
 
-One read of ``/proc/<pid>/stat`` per process per cycle, no psutil objects: the state is the
+One read of ``/proc/<pid>/stat`` per process per sample, no psutil objects: the state is the
 letter after the command name's closing parenthesis, the thread count the 18th field after it.
 A process that exits between listing and reading is skipped. Every state is sent each cycle
 (0 when no process is in it), so a series does not vanish when its count drops to zero.
+
+Sampled once a minute unless ``[intervals] processes`` says otherwise (``DEFAULT_INTERVALS`` in
+``__init__.py``): the scan costs about 14 µs of CPU per process (2 ms a sample with 140
+processes), where every other default family together costs about 1.5 ms a cycle.
 """
 
 from __future__ import annotations
@@ -24,6 +28,16 @@ STATES = {"R": "running", "S": "sleeping", "D": "disk_sleep", "Z": "zombie", "T"
 _REPORTED = ("running", "sleeping", "disk_sleep", "zombie", "stopped", "idle")
 
 
+def read_stat(proc: Path, pid: str) -> bytes:
+    """``/proc/<pid>/stat`` with plain ``os`` calls: a third cheaper than ``open()`` (no buffered
+    file object per process), which is most of this family's cost."""
+    fd = os.open(os.path.join(proc, pid, "stat"), os.O_RDONLY)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
 def state_and_threads(stat: bytes) -> tuple[str, int] | None:
     """(state name, threads) from one ``/proc/<pid>/stat`` content; None if malformed."""
     _, paren, rest = stat.rpartition(b")")
@@ -41,8 +55,7 @@ def collect(proc: Path = PROC) -> list[Reading]:
         pids = [e.name for e in entries if e.name.isdigit()]
     for pid in pids:
         try:
-            with open(os.path.join(proc, pid, "stat"), "rb") as f:
-                parsed = state_and_threads(f.read())
+            parsed = state_and_threads(read_stat(proc, pid))
         except OSError:  # gone since the listing
             continue
         if parsed is not None:

@@ -5,7 +5,8 @@ scale 1, labelled by chip and sensor label (the chip's reading index when the la
 so two unlabelled readings of a chip stay apart); fans (``sensors_fans()``, Linux) in RPM; the
 battery (``sensors_battery()``) as charge percent, whether mains power is plugged (1/0), and
 seconds left when discharging (omitted when unknown or unlimited). A host with none of these
-(most VMs and containers) sends nothing: the family costs one directory walk per cycle.
+at start (most VMs and containers) makes ``make`` raise ``Unavailable``: the agent says so once
+and does not walk /sys for them every cycle (0.2 ms each).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from edgemon.agent.families._types import Collect, Reading
+from edgemon.agent.families._types import Collect, Reading, Unavailable
 from edgemon.protocol.batch import GAUGE, MetricDef
 
 _SENSOR = ("chip", "sensor")
@@ -61,5 +62,7 @@ def collect(source: Any = psutil) -> list[Reading]:
 
 
 def make(source: Any = psutil) -> Collect:
-    """A stateless collector bound to ``source``."""
+    """A stateless collector bound to ``source``; ``Unavailable`` if it finds no sensor now."""
+    if not collect(source):
+        raise Unavailable("no temperature, fan or battery sensor (psutil found none)")
     return lambda: collect(source)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgemon.agent.families._types import Collect, Reading, Unavailable
+from edgemon.agent.families.processes import read_stat
 from edgemon.protocol.batch import GAUGE, MetricDef
 
 _PROCESS = ("pid", "name")
@@ -57,9 +58,8 @@ class _Top:
         seen: dict[str, tuple[str, int, int]] = {}
         for pid in pids:
             try:
-                with open(os.path.join(self.proc, pid, "stat"), "rb") as f:
-                    parsed = parse(f.read())
-            except OSError:
+                parsed = parse(read_stat(self.proc, pid))
+            except OSError:  # gone since the listing
                 continue
             if parsed is not None:
                 seen[pid] = parsed
