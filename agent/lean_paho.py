@@ -1,4 +1,4 @@
-"""Import paho-mqtt without the modules an agent process never uses: 7-8 MB of its RSS.
+"""Import paho-mqtt without the modules an agent process never uses: 8-11 MB of its RSS.
 
 paho's ``client`` module imports, at module level:
 
@@ -6,6 +6,7 @@ paho's ``client`` module imports, at module level:
   both optional (paho works without them); the agent connects straight to ``broker.host``;
 * ``urllib.request``, to read a ``mqtt_proxy`` environment variable, consulted only when PySocks
   is there; it loads ``http.client`` and the ``email`` package (2.5 MB);
+* ``hashlib``, for its websocket handshake only; it maps OpenSSL's libcrypto (3.4 MB);
 * ``ssl`` (5 MB with OpenSSL's libraries), which a connection without TLS never uses: paho
   names only ``ssl.SSLWantReadError`` and ``ssl.SSLWantWriteError`` outside its TLS code, in the
   ``except`` clauses of its socket reads and writes — and Python evaluates those on every
@@ -14,16 +15,17 @@ paho's ``client`` module imports, at module level:
 
 So while paho is imported, ``socks`` and ``dns`` are made to fail the way paho expects when they
 are absent (``sys.modules[name] = None`` makes ``import name`` raise ``ImportError``): proxy and
-SRV support are off, as on a host without those packages. ``urllib.request`` is a placeholder
-module (paho reaches it only through the proxy code, which is off), and when the agent runs
-without TLS, so is ``ssl``: ``NoTls`` has the two exception classes (a plain socket never
-raises them, so the ``except`` clauses behave exactly as with the real ones) and refuses any
-other name. Afterwards every name is put back, so a later ``import urllib.request`` or
-``import ssl`` anywhere in the process gets the real module; only paho's own reference stays
-the placeholder. ``edgemon-agent run`` calls ``import_paho(tls=config.broker.tls)`` before
-anything else imports paho; everything else (tests, tools) gets paho with real ``ssl``
-(``mqtt`` below). Turning TLS on needs a restart anyway (SIGHUP applies only the log level).
-``tests/test_agent_footprint.py`` checks what an agent process loads, with and without TLS.
+SRV support are off, as on a host without those packages. ``urllib.request`` and ``hashlib`` are
+``Deferred``: the real module is imported on first use (never, in an agent). When the agent runs
+without TLS, ``ssl`` is a stand-in too: ``NoTls`` has the two exception classes (a plain socket
+never raises them, so the ``except`` clauses behave exactly as with the real ones) and refuses
+any other name. Afterwards every name is put back, so a later ``import urllib.request``,
+``import hashlib`` or ``import ssl`` anywhere in the process gets the real module; only paho's
+own references stay the stand-ins. ``edgemon-agent run`` calls
+``import_paho(tls=config.broker.tls)`` before anything else imports paho; everything else
+(tests, tools) gets paho with the real ``ssl``. Turning TLS on needs a restart
+anyway (SIGHUP applies only the log level). ``tests/test_agent_footprint.py`` checks what an
+agent process loads, with and without TLS.
 """
 
 from __future__ import annotations
@@ -32,12 +34,26 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["NoTls", "has_tls", "import_paho"]
+__all__ = ["Deferred", "NoTls", "has_tls", "import_paho"]
 
 ABSENT = ("socks", "dns", "dns.resolver")
 """Optional imports of paho made to fail (features: proxies, SRV lookups), as if not installed."""
-PLACEHOLDER = "urllib.request"
-"""Imported by paho at module level, used only by its proxy code (off without ``socks``)."""
+DEFERRED = ("urllib.request", "hashlib")
+"""Imported by paho at module level, used only by its proxy code (off without ``socks``) and its
+websocket handshake (the agent speaks plain MQTT over TCP): a ``Deferred`` stand-in imports the
+real module on first use (hashlib alone maps OpenSSL's libcrypto: 3.4 MB)."""
+
+
+class Deferred(types.ModuleType):
+    """A module imported on first attribute access (``importlib.util.LazyLoader`` cannot be used:
+    in Python 3.11 the import system's own look at ``__spec__`` triggers the load at once)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import importlib
+
+        if sys.modules.get(self.__name__) is self:  # used while paho is being imported
+            raise AttributeError(f"{self.__name__}.{name}: not imported yet")
+        return getattr(importlib.import_module(self.__name__), name)
 
 
 class NoTls(types.ModuleType):
@@ -60,7 +76,7 @@ def import_paho(*, tls: bool = True) -> Any:
     if "paho.mqtt.client" in sys.modules:
         return sys.modules["paho.mqtt.client"]
     stand_ins: dict[str, Any] = dict.fromkeys(ABSENT)
-    stand_ins[PLACEHOLDER] = types.ModuleType(PLACEHOLDER)
+    stand_ins.update((name, Deferred(name)) for name in DEFERRED)
     if not tls:
         stand_ins["ssl"] = NoTls("ssl")
     saved = {name: sys.modules[name] for name in stand_ins if name in sys.modules}

@@ -17,14 +17,17 @@ import json, sys
 from edgemon.agent.lean_paho import NoTls, has_tls, import_paho
 client = import_paho(tls={tls})
 out = {{"loaded": sorted(m for m in ("ssl", "_ssl", "http.client", "email", "socks", "dns",
-                                     "urllib.request") if sys.modules.get(m) is not None),
+                                     "urllib.request", "hashlib", "_hashlib")
+                          if sys.modules.get(m) is not None),
        "has_tls": has_tls(), "paho_ssl_is_stub": isinstance(client.ssl, NoTls)}}
 try:
     client.ssl.SSLContext
 except AttributeError as exc:
     out["stub_refuses"] = str(exc)
-import ssl, urllib.request  # the real modules for anyone else in the process
-out["real_after"] = [hasattr(ssl, "SSLContext"), hasattr(urllib.request, "urlopen")]
+out["deferred_works"] = client.hashlib.sha1(b"x").hexdigest()[:8]  # loads the real one now
+import hashlib, ssl, urllib.request  # the real modules for anyone else in the process
+out["real_after"] = [hasattr(ssl, "SSLContext"), hasattr(urllib.request, "urlopen"),
+                     hasattr(hashlib, "sha256")]
 print(json.dumps(out))
 """
 
@@ -40,7 +43,8 @@ def test_paho_without_tls_loads_no_ssl_and_no_http_stack() -> None:
     assert out["loaded"] == []
     assert out["has_tls"] is False and out["paho_ssl_is_stub"] is True
     assert "started without TLS" in out["stub_refuses"]
-    assert out["real_after"] == [True, True]
+    assert out["real_after"] == [True, True, True]
+    assert out["deferred_works"] == "11f6ad8e"  # sha1(b"x")
 
 
 def test_paho_with_tls_has_the_real_ssl() -> None:
@@ -62,7 +66,8 @@ def test_an_agent_without_tls_never_maps_ssl_and_survives_a_killed_broker(
         wait_until(lambda: agent.output().count('"connected to the broker"') >= 1, 20,
                    f"agent connected ({agent.log})")
         assert agent.proc is not None
-        assert "_ssl" not in _maps(agent.proc.pid) and "libssl" not in _maps(agent.proc.pid)
+        maps = _maps(agent.proc.pid)
+        assert "_ssl" not in maps and "libssl" not in maps and "libcrypto" not in maps
         # a reset connection runs paho's `except ssl.SSLWantReadError` clauses: the stand-in's
         # classes must make them behave as with the real module (the network thread lives on)
         broker.kill()
