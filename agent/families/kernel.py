@@ -11,6 +11,7 @@ from typing import Any
 
 import psutil
 
+from edgemon.agent.families._proc import read_bytes
 from edgemon.agent.families._types import Collect, Reading
 from edgemon.protocol.batch import COUNTER, MetricDef
 
@@ -25,10 +26,9 @@ STAT = Path("/proc/stat")
 def forks(stat: Path = STAT) -> int | None:
     """The ``processes`` counter of ``/proc/stat``; None where the file or line is missing."""
     try:
-        with stat.open("rb") as f:
-            for line in f:
-                if line.startswith(b"processes "):
-                    return int(line.split()[1])
+        for line in read_bytes(stat).splitlines():
+            if line.startswith(b"processes "):
+                return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         return None
     return None

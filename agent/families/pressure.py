@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgemon.agent.families._proc import read_text
 from edgemon.agent.families._types import Collect, Reading, Unavailable
 from edgemon.protocol.batch import COUNTER, MetricDef
 
@@ -43,7 +44,7 @@ def collect(root: Path = ROOT, resources: tuple[str, ...] = RESOURCES) -> list[R
     out: list[Reading] = []
     for resource in resources:
         try:
-            out += parse(resource, (root / resource).read_text())
+            out += parse(resource, read_text(root / resource))
         except OSError:
             continue
     return out
@@ -52,7 +53,7 @@ def collect(root: Path = ROOT, resources: tuple[str, ...] = RESOURCES) -> list[R
 def make(root: Path = ROOT) -> Collect:
     """A collector of ``root``; ``Unavailable`` when the kernel offers no pressure file."""
     try:
-        (root / "cpu").read_text()
+        read_text(root / "cpu")
     except OSError as exc:
         raise Unavailable(f"no pressure stall information: {root / 'cpu'}: "
                           f"{exc.strerror or exc} (kernel < 4.20, or booted with psi=0)") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from edgemon.agent.families._proc import read_bytes
 from edgemon.agent.families._types import Collect, Reading, Unavailable
 from edgemon.protocol.batch import GAUGE, MetricDef
 
@@ -29,13 +30,9 @@ _REPORTED = ("running", "sleeping", "disk_sleep", "zombie", "stopped", "idle")
 
 
 def read_stat(proc: Path, pid: str) -> bytes:
-    """``/proc/<pid>/stat`` with plain ``os`` calls: a third cheaper than ``open()`` (no buffered
-    file object per process), which is most of this family's cost."""
-    fd = os.open(os.path.join(proc, pid, "stat"), os.O_RDONLY)
-    try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
+    """``/proc/<pid>/stat`` (``_proc.read_bytes``: plain ``os`` calls, a third of the CPU of
+    ``open()``, which is most of this family's cost)."""
+    return read_bytes(os.path.join(proc, pid, "stat"))
 
 
 def state_and_threads(stat: bytes) -> tuple[str, int] | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from edgemon.agent.families._proc import read_text
 from edgemon.agent.families._types import Collect, Reading, Unavailable
 from edgemon.protocol.batch import COUNTER, GAUGE, MetricDef
 
@@ -79,11 +80,11 @@ def parse_snmp(text: str) -> list[Reading]:
 
 def collect(net: Path = NET) -> list[Reading]:
     """Sockets in use (IPv4 and, where present, IPv6) and the TCP/UDP figures of snmp."""
-    out = parse_sockstat((net / "sockstat").read_text())
+    out = parse_sockstat(read_text(net / "sockstat"))
     with contextlib.suppress(OSError):  # no IPv6
-        out += parse_sockstat((net / "sockstat6").read_text(), "6")
+        out += parse_sockstat(read_text(net / "sockstat6"), "6")
     with contextlib.suppress(OSError):
-        out += parse_snmp((net / "snmp").read_text())
+        out += parse_snmp(read_text(net / "snmp"))
     return out
 
 
