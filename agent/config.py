@@ -41,6 +41,7 @@ __all__ = [
     "LogConfig",
     "as_dict",
     "default_host_id",
+    "family_cycles",
     "load_config",
 ]
 
@@ -80,7 +81,7 @@ class AgentConfig(NamedTuple):
     interval_seconds: float
     batch_cycles: int
     families: tuple[str, ...]
-    family_cycles: dict[str, int]  # family -> sampled every N cycles (absent: every cycle)
+    intervals: dict[str, float]  # [intervals]: family -> seconds, as set (see family_cycles)
     broker: BrokerConfig
     buffer: BufferConfig
     log: LogConfig
@@ -357,15 +358,12 @@ def load_config(path: str | Path | None = None,
                     f"{_show(broker['username'])}: the broker only lets a host's user publish "
                     "on its own topics; set host_id to the user name the credentials were "
                     "made for, or use that host's credentials")
-    family_cycles: dict[str, int] = {}
+    intervals: dict[str, float] = {}
     interval = top.get("interval_seconds")
     for name, seconds in clean["intervals"].items():
         if interval is None or "families" not in top:
             break  # checked once interval_seconds and families are valid
-        if seconds is None:  # every cycle, or at most every DEFAULT_INTERVALS seconds
-            cycles = math.ceil(DEFAULT_INTERVALS.get(name, 0) / interval - 1e-9)
-            if cycles > 1 and name in top["families"]:
-                family_cycles[name] = cycles
+        if seconds is None:
             continue
         cycles = round(seconds / interval)
         if cycles < 1 or abs(cycles * interval - seconds) > 1e-9 * seconds:
@@ -374,8 +372,8 @@ def load_config(path: str | Path | None = None,
         elif name not in top["families"]:
             key_problem("intervals", name, f"family {_show(name)} is not in families: "
                         "add it there to sample it")
-        elif cycles > 1:
-            family_cycles[name] = cycles
+        else:
+            intervals[name] = seconds
     if problems:
         raise ConfigError(problems)
 
@@ -385,11 +383,25 @@ def load_config(path: str | Path | None = None,
         interval_seconds=top["interval_seconds"],
         batch_cycles=top["batch_cycles"],
         families=top["families"],
-        family_cycles=family_cycles,
+        intervals=intervals,
         broker=BrokerConfig(**broker),
         buffer=BufferConfig(**clean["buffer"]),
         log=LogConfig(**clean["log"]),
     )
+
+
+def family_cycles(config: AgentConfig) -> dict[str, int]:
+    """Family -> sampled every N cycles, for the families not sampled every cycle: as
+    ``[intervals]`` says, else at most every ``DEFAULT_INTERVALS`` seconds (processes)."""
+    out: dict[str, int] = {}
+    for name in config.families:
+        if name in config.intervals:
+            cycles = round(config.intervals[name] / config.interval_seconds)
+        else:
+            cycles = math.ceil(DEFAULT_INTERVALS.get(name, 0) / config.interval_seconds - 1e-9)
+        if cycles > 1:
+            out[name] = cycles
+    return out
 
 
 def as_dict(config: AgentConfig) -> dict[str, Any]:

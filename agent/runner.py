@@ -26,7 +26,7 @@ from typing import Any
 from edgemon.agent import __version__, selfmetrics
 from edgemon.agent.buffer import Buffer
 from edgemon.agent.buffer_store import BufferStore
-from edgemon.agent.config import AgentConfig, ConfigError, as_dict
+from edgemon.agent.config import AgentConfig, ConfigError, as_dict, family_cycles
 from edgemon.agent.families import FAMILIES, Collect, Reading, Unavailable
 from edgemon.agent.publisher import Publisher
 from edgemon.agent.sender import Sender
@@ -98,6 +98,7 @@ class Runner:
             backfill_per_second=settings.backfill_batches_per_second,
             max_inflight=settings.max_inflight)
         self.cycles = 0
+        self._family_cycles = family_cycles(config)  # [intervals]; fixed until a restart
         self._unsealed = 0
         self._cycle_seconds: float | None = None
         self._throttles: dict[str, Throttle] = {}
@@ -165,7 +166,7 @@ class Runner:
         started = time.monotonic()
         ts_ms = now_ms()
         readings: list[Reading] = []
-        every = self.config.family_cycles
+        every = self._family_cycles
         for name, collect in (self.collectors or {}).items():
             if self.cycles % every.get(name, 1):
                 continue  # [intervals]: this family is sampled every N cycles, from the first

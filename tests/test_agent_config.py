@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from edgemon.agent.cli import main
-from edgemon.agent.config import SCHEMA, ConfigError, default_host_id, load_config
+from edgemon.agent.config import (
+    SCHEMA,
+    ConfigError,
+    default_host_id,
+    family_cycles,
+    load_config,
+)
 from edgemon.agent.families import DEFAULT_FAMILIES, FAMILIES
 
 EXAMPLE = Path(str(files("edgemon.agent") / "agent.example.toml"))
@@ -180,15 +186,17 @@ def test_check_config_prints_ok_or_the_error_and_exits_2(tmp_path: Path,
 def test_family_intervals_are_whole_multiples_of_the_cycle(tmp_path: Path) -> None:
     path = write(tmp_path, "interval_seconds = 10\n[intervals]\nprocesses = 60\ncpu = 10.0\n")
     config = load_config(path, environ={"EDGEMON_AGENT_INTERVALS_DISK": "30"})
-    assert config.family_cycles == {"processes": 6, "disk": 3}  # cpu: every cycle anyway
+    assert config.intervals == {"processes": 60.0, "cpu": 10.0, "disk": 30.0}
+    assert family_cycles(config) == {"processes": 6, "disk": 3}  # cpu: every cycle anyway
     # by default processes (a /proc scan) is sampled at most once a minute, the rest every cycle
-    assert load_config(None, environ={}).family_cycles == {"processes": 6}
-    assert load_config(None, environ={"EDGEMON_AGENT_INTERVAL_SECONDS": "7"}
-                       ).family_cycles == {"processes": 9}
-    assert load_config(None, environ={"EDGEMON_AGENT_INTERVALS_PROCESSES": "10"}
-                       ).family_cycles == {}
-    assert load_config(None, environ={"EDGEMON_AGENT_INTERVAL_SECONDS": "60"}
-                       ).family_cycles == {}
+    assert family_cycles(load_config(None, environ={})) == {"processes": 6}
+    assert family_cycles(load_config(None, environ={"EDGEMON_AGENT_INTERVAL_SECONDS": "7"})
+                         ) == {"processes": 9}
+    assert family_cycles(load_config(None, environ={"EDGEMON_AGENT_INTERVALS_PROCESSES": "10"})
+                         ) == {}
+    assert family_cycles(load_config(None, environ={"EDGEMON_AGENT_INTERVAL_SECONDS": "60"})
+                         ) == {}
+    assert family_cycles(load_config(None, environ={"EDGEMON_AGENT_FAMILIES": "cpu"})) == {}
     path = write(tmp_path, 'families = ["cpu"]\n[intervals]\ncpu = 15\nload = 20\n'
                            "top_processes = 5\n")
     assert problems(path) == [

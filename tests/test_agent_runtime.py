@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 
@@ -298,6 +298,32 @@ def test_the_loop_samples_on_schedule_and_buffers_without_a_broker(tmp_path: Pat
     # every interval would spread deviations evenly over 0-25 ms (median ~12.5 ms).
     deviations = sorted(abs(t - times[0] - round((t - times[0]) / 50) * 50) for t in times)
     assert deviations[len(deviations) // 2] < 8, deviations
+
+
+def test_a_family_with_a_longer_interval_is_sampled_every_nth_cycle(tmp_path: Path) -> None:
+    config = load_config(None, environ={
+        "EDGEMON_AGENT_BROKER_PORT": str(free_port()),
+        "EDGEMON_AGENT_INTERVAL_SECONDS": "0.05",
+        "EDGEMON_AGENT_FAMILIES": "cpu,load",
+        "EDGEMON_AGENT_INTERVALS_LOAD": "0.15",  # every third cycle, from the first
+        "EDGEMON_AGENT_BUFFER_PATH": str(tmp_path / "buffer.db"),
+        "EDGEMON_AGENT_HOST_ID": "h"})
+    calls: dict[str, list[int]] = {"cpu": [], "load": []}
+    runner: Runner
+
+    def family(name: str) -> Callable[[], list[Reading]]:
+        return lambda: calls[name].append(runner.cycles) or []
+
+    runner = Runner(config, collectors={"cpu": family("cpu"), "load": family("load")})
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        wait_until(lambda: runner.cycles >= 10, 10, "10 cycles")
+    finally:
+        runner.stop()
+        thread.join(5)
+    assert calls["cpu"] == list(range(len(calls["cpu"])))
+    assert calls["load"] == [c for c in calls["cpu"] if c % 3 == 0]
 
 
 def _cycle_times(path: Path) -> list[int]:
