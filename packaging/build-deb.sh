@@ -145,6 +145,9 @@ build_one() {
   # Shared objects stripped as dh_strip does (debug info and notes are not shipped).
   find "$venv" -type f \( -name '*.so' -o -name '*.so.*' \) -exec strip --strip-unneeded \
     --remove-section=.comment --remove-section=.note {} +
+  # Permissions as dh_fixperms sets them: nothing in the library tree is run directly (shared
+  # objects and modules are loaded by the interpreter), so no executable bit there.
+  find "$venv/lib" -type f -perm /111 -exec chmod 0644 {} +
   # The C library version the bundled shared objects need (what dpkg-shlibdeps would find).
   local glibc
   glibc="$(find "$venv" -type f \( -name '*.so' -o -name '*.so.*' \) -exec objdump -T {} + \
@@ -166,6 +169,9 @@ build_one() {
   gzip -9n <"$HERE/man/$pkg.1" >"$stage/usr/share/man/man1/$pkg.1.gz"
   gzip -9n <"$HERE/man/$pkg.toml.5" >"$stage/usr/share/man/man5/$pkg.toml.5.gz"
   install -D -m 0644 "$HERE/deb/lintian-overrides" "$stage/usr/share/lintian/overrides/$pkg"
+  if [ -f "$HERE/deb/lintian-overrides.$name" ]; then
+    cat "$HERE/deb/lintian-overrides.$name" >>"$stage/usr/share/lintian/overrides/$pkg"
+  fi
   sed -i "s/@PKG@/$pkg/g; s/@NAME@/$name/g" "$stage/usr/share/lintian/overrides/$pkg"
 
   mkdir "$stage/DEBIAN"

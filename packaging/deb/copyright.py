@@ -49,6 +49,15 @@ def licence_of(meta: dict[str, str], classifiers: list[str]) -> str:
     return "other"
 
 
+def _has_common_text(text: str) -> bool:
+    """Whether ``text`` holds a full licence that /usr/share/common-licenses has (lintian:
+    copyright-file-contains-full-*-license)."""
+    upper = text.upper()
+    return ("APACHE LICENSE" in upper and "VERSION 2.0" in upper
+            and "TERMS AND CONDITIONS" in upper) or "GNU GENERAL PUBLIC LICENSE" in upper or (
+        "GNU LESSER GENERAL PUBLIC LICENSE" in upper)
+
+
 def indented(text: str) -> str:
     """A licence text as a DEP-5 continuation block (blank lines as " .")."""
     lines = text.strip("\n").expandtabs().splitlines() or ["(empty)"]
@@ -93,6 +102,10 @@ def main(stage: Path, venv: str) -> str:
         if licence in COMMON:
             used.add(licence)
             out.append(f"License: {licence}")
+        elif _has_common_text(text):  # e.g. a full Apache or GPL text: point, do not copy
+            out += [f"License: {licence}",
+                    f" The licence files are installed in /{relative}/{info.name}; texts that",
+                    " Debian ships are in /usr/share/common-licenses."]
         else:  # the text inline: the same short name may cover different copyright lines
             out += [f"License: {licence}", indented(text or "See the distribution's metadata.")]
         out += [f"Comment: {name} {version}, bundled.", ""]
