@@ -266,6 +266,18 @@ def test_the_agent_does_not_import_the_collectors_heavy_dependencies() -> None:
 TICK = MetricDef("tick", GAUGE, "")
 
 
+def _run_cycles(runner: Runner, cycles: int) -> None:
+    """Run the agent's loop in a thread until it has done ``cycles`` cycles, then stop it."""
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        wait_until(lambda: runner.cycles >= cycles, 10, f"{cycles} cycles")
+    finally:
+        runner.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+
+
 def test_the_loop_samples_on_schedule_and_buffers_without_a_broker(tmp_path: Path) -> None:
     config = load_config(None, environ={
         "EDGEMON_AGENT_BROKER_PORT": str(free_port()),  # nobody listens there
@@ -280,14 +292,7 @@ def test_the_loop_samples_on_schedule_and_buffers_without_a_broker(tmp_path: Pat
         return [(TICK, (), next(counter))]
 
     runner = Runner(config, collectors={"tick": slow_family})
-    thread = threading.Thread(target=runner.run)
-    thread.start()
-    try:
-        wait_until(lambda: runner.cycles >= 30, 10, "30 cycles")
-    finally:
-        runner.stop()
-        thread.join(5)
-    assert not thread.is_alive()
+    _run_cycles(runner, 30)
     stats = read_stats(config.buffer.path)
     assert stats.pending_cycles == 0 and stats.batches == -(-runner.cycles // 4)
     times = _cycle_times(config.buffer.path)
@@ -315,13 +320,7 @@ def test_a_family_with_a_longer_interval_is_sampled_every_nth_cycle(tmp_path: Pa
         return lambda: calls[name].append(runner.cycles) or []
 
     runner = Runner(config, collectors={"cpu": family("cpu"), "load": family("load")})
-    thread = threading.Thread(target=runner.run)
-    thread.start()
-    try:
-        wait_until(lambda: runner.cycles >= 10, 10, "10 cycles")
-    finally:
-        runner.stop()
-        thread.join(5)
+    _run_cycles(runner, 10)
     assert calls["cpu"] == list(range(len(calls["cpu"])))
     assert calls["load"] == [c for c in calls["cpu"] if c % 3 == 0]
 
