@@ -119,15 +119,18 @@ def _status(config_path: str | None, as_json: bool) -> int:
 
 
 def _run(config_path: str | None) -> int:
-    # Do not hide the ssl module to save memory: paho's read loop names ssl.SSLWantReadError in
-    # an except clause, so a dropped connection would kill its network thread (seen in
-    # tests/test_faults.py when the broker is killed).
+    os.umask(0o077)  # the buffer, its -wal/-shm and lock file are for the agent's user only
+    config = _load(config_path)
+    # paho before anything else imports it: without the modules the agent never uses, and
+    # without ssl when TLS is off (lean_paho.py explains why that is safe; 7-8 MB of RSS)
+    from edgemon.agent.lean_paho import import_paho
+
+    import_paho(tls=config.broker.tls)
+
     from edgemon.agent.runner import Runner
     from edgemon.common.logs import setup_logging
     from edgemon.common.single_instance import run_exclusively
 
-    os.umask(0o077)  # the buffer, its -wal/-shm and lock file are for the agent's user only
-    config = _load(config_path)
     setup_logging(config.log.level)
     # The runner opens the buffer: only once the lock is held.
     return run_exclusively(config.buffer.path, "edgemon-agent",

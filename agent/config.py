@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import socket
-import ssl
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from edgemon.agent.families import FAMILIES
+from edgemon.agent.families import DEFAULT_FAMILIES, DEFAULT_INTERVALS, FAMILIES
 from edgemon.common.private_files import check_not_world_accessible
 from edgemon.common.toml_config import (
     ConfigError,
@@ -41,6 +41,7 @@ __all__ = [
     "LogConfig",
     "as_dict",
     "default_host_id",
+    "family_cycles",
     "load_config",
 ]
 
@@ -80,6 +81,7 @@ class AgentConfig(NamedTuple):
     interval_seconds: float
     batch_cycles: int
     families: tuple[str, ...]
+    intervals: dict[str, float]  # [intervals]: family -> seconds, as set (see family_cycles)
     broker: BrokerConfig
     buffer: BufferConfig
     log: LogConfig
@@ -218,6 +220,8 @@ def _tls_problems(broker: dict[str, Any]) -> list[tuple[str, str]]:
         return [(key, "a client certificate needs both cert_file and key_file")]
     if not broker["tls"]:
         return []
+    import ssl  # only with TLS: an agent without it never loads ssl (lean_paho.py)
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         if broker["ca_file"] is not None:
@@ -246,7 +250,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "host_id": _Key(_host, None),
         "interval_seconds": _Key(_number(0.05, 3600), 10.0),
         "batch_cycles": _Key(_integer(1, MAX_TIMESTAMPS), 6),
-        "families": _Key(_families, tuple(FAMILIES)),
+        "families": _Key(_families, DEFAULT_FAMILIES),
     },
     "broker": {
         "host": _Key(_text(), "localhost"),
@@ -272,6 +276,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     "log": {
         "level": _Key(_level, "info"),
     },
+    # [intervals] <family> = seconds: sample that family less often than every cycle
+    "intervals": {name: _Key(_number(0.05, 86_400), None) for name in FAMILIES},
 }
 
 
@@ -352,6 +358,22 @@ def load_config(path: str | Path | None = None,
                     f"{_show(broker['username'])}: the broker only lets a host's user publish "
                     "on its own topics; set host_id to the user name the credentials were "
                     "made for, or use that host's credentials")
+    intervals: dict[str, float] = {}
+    interval = top.get("interval_seconds")
+    for name, seconds in clean["intervals"].items():
+        if interval is None or "families" not in top:
+            break  # checked once interval_seconds and families are valid
+        if seconds is None:
+            continue
+        cycles = round(seconds / interval)
+        if cycles < 1 or abs(cycles * interval - seconds) > 1e-9 * seconds:
+            key_problem("intervals", name, f"must be a whole multiple of interval_seconds "
+                        f"({interval:g}), got {_show(seconds)}")
+        elif name not in top["families"]:
+            key_problem("intervals", name, f"family {_show(name)} is not in families: "
+                        "add it there to sample it")
+        else:
+            intervals[name] = seconds
     if problems:
         raise ConfigError(problems)
 
@@ -361,10 +383,25 @@ def load_config(path: str | Path | None = None,
         interval_seconds=top["interval_seconds"],
         batch_cycles=top["batch_cycles"],
         families=top["families"],
+        intervals=intervals,
         broker=BrokerConfig(**broker),
         buffer=BufferConfig(**clean["buffer"]),
         log=LogConfig(**clean["log"]),
     )
+
+
+def family_cycles(config: AgentConfig) -> dict[str, int]:
+    """Family -> sampled every N cycles, for the families not sampled every cycle: as
+    ``[intervals]`` says, else at most every ``DEFAULT_INTERVALS`` seconds (processes)."""
+    out: dict[str, int] = {}
+    for name in config.families:
+        if name in config.intervals:
+            cycles = round(config.intervals[name] / config.interval_seconds)
+        else:
+            cycles = math.ceil(DEFAULT_INTERVALS.get(name, 0) / config.interval_seconds - 1e-9)
+        if cycles > 1:
+            out[name] = cycles
+    return out
 
 
 def as_dict(config: AgentConfig) -> dict[str, Any]:

@@ -27,9 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from edgemon.agent.config import BrokerConfig
+from edgemon.agent.lean_paho import has_tls, import_paho
 from edgemon.agent.presence import CollectorPresence
 from edgemon.common import mqtt_client
 from edgemon.common.clock import now_ms
@@ -38,6 +37,8 @@ from edgemon.protocol import ack_topic, encode_status, status_topic
 from edgemon.protocol.presence import COLLECTOR_STATE_FILTER
 
 __all__ = ["Publisher", "connect_error", "reconnect_delay"]
+
+mqtt = import_paho()  # lean (lean_paho.py); with ssl unless `edgemon-agent run` said no TLS
 
 log = logging.getLogger("edgemon.agent.mqtt")
 
@@ -87,6 +88,8 @@ class Publisher:
         self._throttle = Throttle(60.0)
         self._unconfirmed: dict[int, mqtt.MQTTMessageInfo] = {}  # mid -> not yet PUBACKed
         self._lock = threading.Lock()
+        if broker.tls and not has_tls():  # a bug: `run` imports paho for the configuration
+            raise RuntimeError("broker.tls is set but paho was imported without ssl")
         # credentials, verified TLS (chain and broker.host), TCP_NODELAY
         client = mqtt_client.make_client(
             broker.client_id, clean_session=False, username=broker.username,

@@ -26,8 +26,8 @@ from typing import Any
 from edgemon.agent import __version__, selfmetrics
 from edgemon.agent.buffer import Buffer
 from edgemon.agent.buffer_store import BufferStore
-from edgemon.agent.config import AgentConfig, ConfigError, as_dict
-from edgemon.agent.families import FAMILIES, Collect, Reading
+from edgemon.agent.config import AgentConfig, ConfigError, as_dict, family_cycles
+from edgemon.agent.families import FAMILIES, Collect, Reading, Unavailable
 from edgemon.agent.publisher import Publisher
 from edgemon.agent.sender import Sender
 from edgemon.common import sdnotify
@@ -51,6 +51,9 @@ def _make_collectors(names: tuple[str, ...]) -> dict[str, Collect]:
     for name in names:
         try:
             collectors[name] = FAMILIES[name]()
+        except Unavailable as exc:  # a property of this host: said once, no traceback
+            log.warning("family %s is not available on this host: %s", name, exc,
+                        extra={"family": name})
         except Exception:
             log.exception("family %s cannot start; sampling the others", name,
                           extra={"family": name})
@@ -95,6 +98,7 @@ class Runner:
             backfill_per_second=settings.backfill_batches_per_second,
             max_inflight=settings.max_inflight)
         self.cycles = 0
+        self._family_cycles = family_cycles(config)  # [intervals]; fixed until a restart
         self._unsealed = 0
         self._cycle_seconds: float | None = None
         self._throttles: dict[str, Throttle] = {}
@@ -162,7 +166,10 @@ class Runner:
         started = time.monotonic()
         ts_ms = now_ms()
         readings: list[Reading] = []
+        every = self._family_cycles
         for name, collect in (self.collectors or {}).items():
+            if self.cycles % every.get(name, 1):
+                continue  # [intervals]: this family is sampled every N cycles, from the first
             try:
                 readings += collect()
             except Exception as exc:

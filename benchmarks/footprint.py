@@ -3,6 +3,11 @@ edgemon-agent, prometheus-node-exporter (scraped as Prometheus would) and collec
 MQTT), side by side on this host, at each sampling interval.
 
     python benchmarks/footprint.py [--quick] [--window S] [--intervals 10,1] [--warmup S]
+                                   [--baseline-ref REF]
+
+``--baseline-ref main`` also runs the agent of that git revision (its sources, from
+``git archive``, put first on its PYTHONPATH; the same interpreter and libraries) as
+``edgemon_baseline`` in the same window: before/after figures from one run.
 
 Starts a private Mosquitto on a free loopback port (persistence off) and, for each interval I,
 one of each agent: ``edgemon-agent run`` with a generated config, ``prometheus-node-exporter`` on
@@ -341,30 +346,47 @@ def _agent_config_text(host_id: str, interval: float, port: int, buffer: Path) -
             f'[buffer]\npath = "{buffer}"\n\n[log]\nlevel = "warning"\n')
 
 
-def start_edgemon(work: Path, interval: float, port: int) -> Tracked:
+def baseline_tree(work: Path, ref: str) -> Path:
+    """The edgemon packages of git revision ``ref`` laid out for PYTHONPATH (edgemon/agent, ...)."""
+    root = Path(__file__).resolve().parents[1]
+    tree = work / "baseline"
+    for part in ("agent", "collector", "protocol", "common"):
+        (tree / "edgemon" / part).mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(root), "archive", ref, part],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree / "edgemon" / part),
+                        "--strip-components=1"], input=archive, check=True)
+    return tree
+
+
+def start_edgemon(work: Path, interval: float, port: int, name: str = "edgemon",
+                  pythonpath: Path | None = None) -> Tracked:
     """edgemon-agent run with a generated TOML config; with environment overrides only if the
-    agent rejects that file (its keys were still being settled when this was written)."""
-    tag = f"edgemon-{interval:g}s"
+    agent rejects that file (its keys were still being settled when this was written).
+    ``pythonpath``: run the sources there instead (the baseline)."""
+    tag = f"{name}-{interval:g}s"
     d = work / tag
     d.mkdir()
     base = _agent_command()
     log = d / "agent.log"
-    host_id = f"bench-{interval:g}s".replace(".", "_")
+    host_id = f"bench-{name}-{interval:g}s".replace(".", "_")
     conf = d / "agent.toml"
     conf.write_text(_agent_config_text(host_id, interval, port, d / "buffer" / "buffer.db"))
     conf.chmod(0o600)  # the agent refuses a configuration others can read
     env = dict(os.environ)
     for key in [k for k in env if k.startswith("EDGEMON_AGENT_")]:
         del env[key]
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     try:
         check = subprocess.run([*base, "check-config", "-c", str(conf)], capture_output=True,
                                text=True, timeout=60, env=env, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        t = Tracked("edgemon", interval, None, base, log)
+        t = Tracked(name, interval, None, base, log)
         t.error = f"cannot run {base[0]}: {exc}"
         return t
     if "ModuleNotFoundError" in check.stderr or "ImportError" in check.stderr:
-        t = Tracked("edgemon", interval, None, base, log)
+        t = Tracked(name, interval, None, base, log)
         t.error = "agent not runnable: " + check.stderr.strip().splitlines()[-1][:300]
         return t
     if check.returncode == 0:
@@ -380,7 +402,7 @@ def start_edgemon(work: Path, interval: float, port: int) -> Tracked:
         cmd = [*base, "run"]
         how = "environment (check-config rejected the file: " + \
               (check.stderr.strip() or check.stdout.strip())[-300:] + ")"
-    t = Tracked("edgemon", interval, _spawn(cmd, log, env), cmd, log)
+    t = Tracked(name, interval, _spawn(cmd, log, env), cmd, log)
     t.extra["configured_by"] = how
     t.extra["host_id"] = host_id
     return t
@@ -512,7 +534,8 @@ def _ratio(a: Any, b: Any) -> float | None:
     return None
 
 
-def measure(intervals: list[float], window: float, warmup: float) -> dict[str, Any]:
+def measure(intervals: list[float], window: float, warmup: float,
+            baseline_ref: str | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="edgemon-footprint-"))
     mosq = None
     tracked: list[Tracked] = []
@@ -521,8 +544,11 @@ def measure(intervals: list[float], window: float, warmup: float) -> dict[str, A
     try:
         mosq, port = start_mosquitto(work)
         wire = WireCounter(port)
+        baseline = baseline_tree(work, baseline_ref) if baseline_ref else None
         for interval in intervals:
             tracked.append(start_edgemon(work, interval, port))
+            if baseline is not None:
+                tracked.append(start_edgemon(work, interval, port, "edgemon_baseline", baseline))
             ne, scraper = start_node_exporter(work, interval)
             tracked.append(ne)
             if scraper:
@@ -567,7 +593,7 @@ def measure(intervals: list[float], window: float, warmup: float) -> dict[str, A
                 f"edgemon/{peer}": {
                     key: _ratio(ours.get(key), run["agents"].get(peer, {}).get(key))
                     for key in ("rss_mb_steady", "rss_mb_max", "cpu_s_per_hour")}
-                for peer in PEERS}
+                for peer in (*PEERS, "edgemon_baseline") if peer in run["agents"]}
             runs.append(run)
         return {"runs": runs, "wire_errors": (wire.errors[:20] if wire else []),
                 "window_start_s": warmup, "window_s": window}
@@ -588,6 +614,8 @@ def main() -> None:
     parser.add_argument("--window", type=float, help="seconds measured after the warm-up")
     parser.add_argument("--intervals", default="10,1",
                         help="sampling/scrape intervals in seconds, comma-separated")
+    parser.add_argument("--baseline-ref", metavar="REF",
+                        help="also run the agent of this git revision, same window")
     parser.add_argument("--warmup", type=float,
                         help="seconds before the window (default: the longest interval + 5; "
                              "without --quick, until the agent's first batch is out: "
@@ -607,10 +635,11 @@ def main() -> None:
         "mosquitto": _version([MOSQUITTO, "-h"], r"mosquitto version (\S+)"),
         "edgemon": _version([*_agent_command(), "--version"], r"edgemon-agent (\S+)"),
     }
-    result = measure(intervals, window, warmup)
+    result = measure(intervals, window, warmup, args.baseline_ref)
     rows = []
+    names = (*AGENTS, "edgemon_baseline") if args.baseline_ref else AGENTS
     for run in result["runs"]:
-        for name in AGENTS:
+        for name in names:
             fig = run["agents"].get(name, {})
             if fig.get("status") != "ok":
                 rows.append({"interval": f"{run['interval_s']:g} s", "agent": name,
@@ -631,6 +660,7 @@ def main() -> None:
             print(f"{run['interval_s']:g} s  {peer}: RSS x{r['rss_mb_steady']}, "
                   f"CPU x{r['cpu_s_per_hour']}")
     path = write_result("footprint", {"quick": args.quick, "intervals_s": intervals,
+                                      "baseline_ref": args.baseline_ref,
                                       "warmup_s": warmup, "versions": versions,
                                       "clock_ticks_per_s": TICK, **result})
     print(f"\nwrote {path}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
-import ssl
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,8 @@ def use_tls(client: mqtt.Client, *, ca_file: Path | None, cert_file: Path | None
             key_file: Path | None = None) -> None:
     """Turn on TLS for ``client``: the broker's certificate and host name are verified against
     ``ca_file`` (the system CAs if None); a client certificate if ``cert_file``."""
+    import ssl  # here: an agent without TLS never loads it (edgemon/agent/lean_paho.py)
+
     client.tls_set(ca_certs=str(ca_file) if ca_file else None,
                    certfile=str(cert_file) if cert_file else None,
                    keyfile=str(key_file) if key_file else None,
@@ -90,6 +92,9 @@ def tls_failure_hint(exc: BaseException | None, *, ca_key: str, host_key: str,
 
     ``*_key`` name the settings to check in the caller's configuration (``broker.ca_file``).
     """
+    ssl = sys.modules.get("ssl")  # not imported: the exception cannot be an ssl one
+    if ssl is None:
+        return None
     if isinstance(exc, ssl.SSLCertVerificationError):
         return (f"TLS: the broker's certificate failed verification ({exc.verify_message}); "
                 f"check that {ca_key} is the CA that signed it and that {host_key} is a name in "

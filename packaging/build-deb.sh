@@ -19,7 +19,9 @@
 #   DEB_COMPRESS   dpkg-deb compressor: xz (default), gzip, zstd, none
 #   DEB_COMPRESS_LEVEL  default: 6 for the agent (small, shipped to every edge host), 3 for
 #                  the collector (160 MB of venv: level 6 triples its build time for -10%)
-#   DEB_MAINTAINER Maintainer: field
+#   DEB_MAINTAINER Maintainer: field, "Name <email>" (default: "$DEBFULLNAME <$DEBEMAIL>", the
+#                  variables dch uses; one of the two is required: no made-up address is shipped)
+#   SOURCE_DATE_EPOCH  date of the packages' changelog entry (default: the last commit's)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -60,10 +62,13 @@ read -r -a pip <<<"$PIP"
 
 for name in "${programs[@]}"; do
   for f in "systemd/edgemon-$name.service" "systemd/README.md" "$name/$name.example.toml" \
-           "packaging/deb/postinst.in" "packaging/deb/prerm.in" "packaging/deb/postrm.in"; do
+           "packaging/deb/postinst.in" "packaging/deb/prerm.in" "packaging/deb/postrm.in" \
+           "packaging/deb/copyright.py" "packaging/deb/lintian-overrides" \
+           "packaging/man/edgemon-$name.1" "packaging/man/edgemon-$name.toml.5"; do
     [ -f "$ROOT/$f" ] || die "missing $f: needed for edgemon-$name (the $(
       case "$f" in *.toml) echo "default /etc/edgemon/$name.toml, a conffile";;
                    *.service) echo "systemd unit";; *.md) echo "unit documentation";;
+                   *.1|*.5) echo "manual page";; *.py|*overrides) echo "packaging file";;
                    *) echo "maintainer script template";; esac
     )); cannot build edgemon-$name"
   done
@@ -75,7 +80,15 @@ print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$ROOT/pypro
 debversion="$(sed -E 's/([0-9])(a|b|rc|\.dev)([0-9]*)/\1~\2\3/' <<<"$version")"
 arch="$(dpkg --print-architecture)"
 compress="${DEB_COMPRESS:-xz}"
-maintainer="${DEB_MAINTAINER:-edgemon maintainers <edgemon@localhost>}"
+maintainer="${DEB_MAINTAINER:-}"
+if [ -z "$maintainer" ] && [ -n "${DEBEMAIL:-}" ]; then
+  maintainer="${DEBFULLNAME:-edgemon maintainers} <$DEBEMAIL>"
+fi
+[[ "$maintainer" =~ ^[^\<\>]+\ \<[^@\ ]+@[^@\ ]+\.[^@\ ]+\>$ ]] \
+  || die "set DEB_MAINTAINER=\"Name <email>\" (or DEBFULLNAME and DEBEMAIL): the packages' Maintainer field, got \"$maintainer\""
+command -v strip >/dev/null && command -v objdump >/dev/null \
+  || die "strip and objdump not found (Debian package: binutils)"
+epoch="${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)}"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/edgemon-deb.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
@@ -91,15 +104,17 @@ mkdir "$work/src"
 wheel="$(ls "$work"/wheels/edgemon-*.whl)"
 
 description_agent="edgemon agent: lightweight host monitoring over MQTT
- Samples this host (cpu, load, memory, disk usage, disk I/O, network, boot time) into a
- local SQLite buffer and ships the batches to the edgemon collector over MQTT, buffering
- through outages. Runs as the sandboxed systemd service edgemon-agent.service as user
- edgemon; configuration in /etc/edgemon/agent.toml, buffer in /var/lib/edgemon-agent."
+ Samples this host (cpu, load, memory, disks, network, sockets, pressure,
+ processes, sensors) into a local SQLite buffer and ships the batches to the
+ edgemon collector over MQTT, buffering through outages. Runs as the sandboxed
+ systemd service edgemon-agent.service as user edgemon; configuration in
+ /etc/edgemon/agent.toml, buffer in /var/lib/edgemon-agent."
 description_collector="edgemon collector: stores edge metrics from MQTT, serves an HTTP API
- Receives the edgemon agents' batches from an MQTT broker, stores them in SQLite with
- rollups and retention, and serves the query API and /metrics over HTTP. Runs as the
- sandboxed systemd service edgemon-collector.service as user edgemon; configuration in
- /etc/edgemon/collector.toml, database in /var/lib/edgemon-collector."
+ Receives the edgemon agents' batches from an MQTT broker, stores them with
+ rollups and retention, and serves the query API and /metrics over HTTP. Runs
+ as the sandboxed systemd service edgemon-collector.service as user edgemon;
+ configuration in /etc/edgemon/collector.toml, data in
+ /var/lib/edgemon-collector."
 
 build_one() {
   local name="$1" pkg="edgemon-$1"
@@ -125,18 +140,39 @@ build_one() {
     die "$pkg: build paths left in: $(grep -rlF "$work" "$stage" | head -3 | tr '\n' ' ')"
   fi
   [ -x "$venv/bin/$pkg" ] || die "$pkg: no $venv/bin/$pkg after pip install"
-  # Bytecode compiled here, with the installed paths, so the read-only /opt needs no writes.
-  "$PYBIN" -m compileall -q -s "$stage" -p / "$venv/lib" >/dev/null \
-    || echo "build-deb.sh: $pkg: some files did not byte-compile (kept as source)" >&2
+  # No bytecode in the package (Debian policy 6.5): postinst compiles it, prerm removes it.
+  find "$venv" -type d -name __pycache__ -prune -exec rm -rf {} +
+  # Shared objects stripped as dh_strip does (debug info and notes are not shipped).
+  find "$venv" -type f \( -name '*.so' -o -name '*.so.*' \) -exec strip --strip-unneeded \
+    --remove-section=.comment --remove-section=.note {} +
+  # Permissions as dh_fixperms sets them: nothing in the library tree is run directly (shared
+  # objects and modules are loaded by the interpreter), so no executable bit there.
+  find "$venv/lib" -type f -perm /111 -exec chmod 0644 {} +
+  # The C library version the bundled shared objects need (what dpkg-shlibdeps would find).
+  local glibc
+  glibc="$(find "$venv" -type f \( -name '*.so' -o -name '*.so.*' \) -exec objdump -T {} + \
+    2>/dev/null | { grep -o 'GLIBC_[0-9][0-9.]*' || true; } | sed 's/GLIBC_//' | sort -uV | tail -1)"
 
   install -D -m 0644 "$ROOT/systemd/$pkg.service" "$stage/lib/systemd/system/$pkg.service"
   install -D -m 0644 "$ROOT/$name/$name.example.toml" "$stage/etc/edgemon/$name.toml"
   mkdir -p "$stage/usr/bin" "$stage/usr/share/doc/$pkg"
   ln -s "/opt/edgemon/$name/bin/$pkg" "$stage/usr/bin/$pkg"
   install -m 0644 "$ROOT/systemd/README.md" "$stage/usr/share/doc/$pkg/README.systemd.md"
-  printf '%s\n' "edgemon ($pkg): Apache-2.0." \
-    "Bundled Python distributions in /opt/edgemon/$name/lib: see each *.dist-info for its licence." \
-    >"$stage/usr/share/doc/$pkg/copyright"
+  "$PYBIN" "$HERE/deb/copyright.py" "$stage" "/opt/edgemon/$name" \
+    >"$stage/usr/share/doc/$pkg/copyright" || die "$pkg: writing the copyright file failed"
+  # A native package's changelog (Debian format), compressed as dh_compress does.
+  printf '%s\n' "$pkg ($debversion) unstable; urgency=medium" "" \
+    "  * edgemon $version; what changed is in the project's CHANGELOG.md." "" \
+    " -- $maintainer  $(LC_ALL=C date -u -R -d "@$epoch")" \
+    | gzip -9n >"$stage/usr/share/doc/$pkg/changelog.gz"
+  mkdir -p "$stage/usr/share/man/man1" "$stage/usr/share/man/man5"
+  gzip -9n <"$HERE/man/$pkg.1" >"$stage/usr/share/man/man1/$pkg.1.gz"
+  gzip -9n <"$HERE/man/$pkg.toml.5" >"$stage/usr/share/man/man5/$pkg.toml.5.gz"
+  install -D -m 0644 "$HERE/deb/lintian-overrides" "$stage/usr/share/lintian/overrides/$pkg"
+  if [ -f "$HERE/deb/lintian-overrides.$name" ]; then
+    cat "$HERE/deb/lintian-overrides.$name" >>"$stage/usr/share/lintian/overrides/$pkg"
+  fi
+  sed -i "s/@PKG@/$pkg/g; s/@NAME@/$name/g" "$stage/usr/share/lintian/overrides/$pkg"
 
   mkdir "$stage/DEBIAN"
   for script in postinst prerm postrm; do
@@ -146,8 +182,12 @@ build_one() {
   echo "/etc/edgemon/$name.toml" >"$stage/DEBIAN/conffiles"
   # procps: /bin/kill for ExecReload=.
   local description="description_$name" extra=", procps"
+  [ -n "$glibc" ] && extra+=", libc6 (>= $glibc)"
   [ "$name" = collector ] && extra+=$'\nSuggests: mosquitto'
-  [ "$quick" = 1 ] && extra+=$'\nX-Edgemon-Build: quick (no dependencies bundled, not runnable)'
+  # A quick build says so in its description (a custom control field would be an
+  # unknown-field warning of lintian).
+  [ "$quick" = 1 ] && printf -v "$description" '%s\n .\n %s' "${!description}" \
+    "QUICK BUILD: edgemon's own code only, no dependency bundled; not runnable."
   cat >"$stage/DEBIAN/control" <<CONTROL
 Package: $pkg
 Version: $debversion

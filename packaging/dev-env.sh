@@ -12,6 +12,13 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # the packaging tests check the units with systemd-analyze and build .debs with dpkg-deb
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# ... strip and check them (binutils), run lintian on them, render the manual pages (groff);
+# the SPEC's second-language decoder test runs Node.js with the zstd command
+command -v lintian >/dev/null 2>&1 || need_apt+=(lintian)
+command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
+command -v groff >/dev/null 2>&1 || need_apt+=(groff-base)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 # packaging/fleet-ca.sh and the MQTT TLS tests make certificates with openssl
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # the Prometheus API tests run the real promtool and prometheus (conformance, federation)

@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 
 from edgemon.agent.cli import main
-from edgemon.agent.config import SCHEMA, ConfigError, default_host_id, load_config
-from edgemon.agent.families import FAMILIES
+from edgemon.agent.config import (
+    SCHEMA,
+    ConfigError,
+    default_host_id,
+    family_cycles,
+    load_config,
+)
+from edgemon.agent.families import DEFAULT_FAMILIES, FAMILIES
 
 EXAMPLE = Path(str(files("edgemon.agent") / "agent.example.toml"))
 
@@ -32,7 +38,8 @@ def problems(path: Path | None, environ: dict[str, str] | None = None) -> list[s
 def test_the_example_file_is_exactly_the_defaults() -> None:
     example = load_config(EXAMPLE, environ={}, hostname="web-01")
     assert example == load_config(None, environ={}, hostname="web-01")
-    assert example.families == tuple(FAMILIES)
+    assert example.families == DEFAULT_FAMILIES
+    assert set(FAMILIES) - set(DEFAULT_FAMILIES) == {"top_processes"}  # opt-in only
 
 
 def test_the_example_file_documents_every_key() -> None:
@@ -84,7 +91,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     ]))
     assert problems(path) == [
         f"{path}:1: intervall_seconds: unknown key",
-        f"{path}:9: [metrics]: unknown section; expected one of [broker], [buffer], [log]",
+        f"{path}:9: [metrics]: unknown section; expected one of [broker], [buffer], [log], "
+        "[intervals]",
         f"{path}:2: batch_cycles: must be an integer 1..4096, got 0",
         f'{path}:3: families: unknown family "gpu"; known: {", ".join(FAMILIES)}',
         f"{path}:5: buffer.max_bytes: must be an integer >= 131072, got 10",
@@ -173,3 +181,29 @@ def test_check_config_prints_ok_or_the_error_and_exits_2(tmp_path: Path,
     bad = write(tmp_path, "[broker]\nport = 0\n")
     assert main(["check-config", "-c", str(bad)]) == 2
     assert f"{bad}:2: broker.port: must be an integer 1..65535, got 0" in capsys.readouterr().err
+
+
+def test_family_intervals_are_whole_multiples_of_the_cycle(tmp_path: Path) -> None:
+    path = write(tmp_path, "interval_seconds = 10\n[intervals]\nprocesses = 60\ncpu = 10.0\n")
+    config = load_config(path, environ={"EDGEMON_AGENT_INTERVALS_DISK": "30"})
+    assert config.intervals == {"processes": 60.0, "cpu": 10.0, "disk": 30.0}
+    assert family_cycles(config) == {"processes": 6, "disk": 3}  # cpu: every cycle anyway
+    # by default processes (a /proc scan) is sampled at most once a minute, the rest every cycle
+    assert family_cycles(load_config(None, environ={})) == {"processes": 6}
+    assert family_cycles(load_config(None, environ={"EDGEMON_AGENT_INTERVAL_SECONDS": "7"})
+                         ) == {"processes": 9}
+    assert family_cycles(load_config(None, environ={"EDGEMON_AGENT_INTERVALS_PROCESSES": "10"})
+                         ) == {}
+    assert family_cycles(load_config(None, environ={"EDGEMON_AGENT_INTERVAL_SECONDS": "60"})
+                         ) == {}
+    assert family_cycles(load_config(None, environ={"EDGEMON_AGENT_FAMILIES": "cpu"})) == {}
+    path = write(tmp_path, 'families = ["cpu"]\n[intervals]\ncpu = 15\nload = 20\n'
+                           "top_processes = 5\n")
+    assert problems(path) == [
+        f"{path}:3: intervals.cpu: must be a whole multiple of interval_seconds (10), got 15.0",
+        f'{path}:4: intervals.load: family "load" is not in families: add it there to sample it',
+        f"{path}:5: intervals.top_processes: must be a whole multiple of interval_seconds (10), "
+        "got 5.0",
+    ]
+    assert problems(write(tmp_path, "[intervals]\ngpu = 60\n")) == [
+        f"{path}:2: intervals.gpu: unknown key"]

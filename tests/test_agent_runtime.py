@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 
@@ -266,6 +266,18 @@ def test_the_agent_does_not_import_the_collectors_heavy_dependencies() -> None:
 TICK = MetricDef("tick", GAUGE, "")
 
 
+def _run_cycles(runner: Runner, cycles: int) -> None:
+    """Run the agent's loop in a thread until it has done ``cycles`` cycles, then stop it."""
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        wait_until(lambda: runner.cycles >= cycles, 10, f"{cycles} cycles")
+    finally:
+        runner.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+
+
 def test_the_loop_samples_on_schedule_and_buffers_without_a_broker(tmp_path: Path) -> None:
     config = load_config(None, environ={
         "EDGEMON_AGENT_BROKER_PORT": str(free_port()),  # nobody listens there
@@ -280,14 +292,7 @@ def test_the_loop_samples_on_schedule_and_buffers_without_a_broker(tmp_path: Pat
         return [(TICK, (), next(counter))]
 
     runner = Runner(config, collectors={"tick": slow_family})
-    thread = threading.Thread(target=runner.run)
-    thread.start()
-    try:
-        wait_until(lambda: runner.cycles >= 30, 10, "30 cycles")
-    finally:
-        runner.stop()
-        thread.join(5)
-    assert not thread.is_alive()
+    _run_cycles(runner, 30)
     stats = read_stats(config.buffer.path)
     assert stats.pending_cycles == 0 and stats.batches == -(-runner.cycles // 4)
     times = _cycle_times(config.buffer.path)
@@ -298,6 +303,26 @@ def test_the_loop_samples_on_schedule_and_buffers_without_a_broker(tmp_path: Pat
     # every interval would spread deviations evenly over 0-25 ms (median ~12.5 ms).
     deviations = sorted(abs(t - times[0] - round((t - times[0]) / 50) * 50) for t in times)
     assert deviations[len(deviations) // 2] < 8, deviations
+
+
+def test_a_family_with_a_longer_interval_is_sampled_every_nth_cycle(tmp_path: Path) -> None:
+    config = load_config(None, environ={
+        "EDGEMON_AGENT_BROKER_PORT": str(free_port()),
+        "EDGEMON_AGENT_INTERVAL_SECONDS": "0.05",
+        "EDGEMON_AGENT_FAMILIES": "cpu,load",
+        "EDGEMON_AGENT_INTERVALS_LOAD": "0.15",  # every third cycle, from the first
+        "EDGEMON_AGENT_BUFFER_PATH": str(tmp_path / "buffer.db"),
+        "EDGEMON_AGENT_HOST_ID": "h"})
+    calls: dict[str, list[int]] = {"cpu": [], "load": []}
+    runner: Runner
+
+    def family(name: str) -> Callable[[], list[Reading]]:
+        return lambda: calls[name].append(runner.cycles) or []
+
+    runner = Runner(config, collectors={"cpu": family("cpu"), "load": family("load")})
+    _run_cycles(runner, 10)
+    assert calls["cpu"] == list(range(len(calls["cpu"])))
+    assert calls["load"] == [c for c in calls["cpu"] if c % 3 == 0]
 
 
 def _cycle_times(path: Path) -> list[int]:

@@ -7,12 +7,33 @@ import math
 import re
 from collections import namedtuple
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from edgemon.agent.families import FAMILIES, cpu, disk, diskio, load, memory, network, system
+from edgemon.agent.families import (
+    DEFAULT_FAMILIES,
+    FAMILIES,
+    Unavailable,
+    cpu,
+    cpu_seconds,
+    disk,
+    diskio,
+    filefd,
+    kernel,
+    load,
+    memory,
+    network,
+    pressure,
+    processes,
+    sensors,
+    sockets,
+    start,
+    system,
+    top_processes,
+)
 from edgemon.agent.families._types import Reading
 from edgemon.protocol.batch import (
     COUNTER,
@@ -22,6 +43,7 @@ from edgemon.protocol.batch import (
     expand_samples,
     to_scaled,
 )
+from edgemon.protocol.names import is_name
 from tests.support.waiting import wait_until
 
 # Same fields as psutil's Linux namedtuples (psutil._ntuples is private, moves between versions).
@@ -267,19 +289,220 @@ def test_network_skips_loopback() -> None:
         (network.RECV_DROPS, ("eth0",), 7), (network.SENT_DROPS, ("eth0",), 8)]
 
 
+# --- cpu_seconds -------------------------------------------------------------------------------
+
+def test_cpu_seconds_are_raw_counters_per_cpu_and_mode() -> None:
+    each = [cputimes(user=100.123, nice=1, system=50, idle=800, iowait=10, irq=2, softirq=3,
+                     steal=4, guest=7), cputimes(user=5, idle=6)]
+    source = SimpleNamespace(cpu_times=lambda percpu=False: each if percpu else None)
+    got = by_name(cpu_seconds.collect(source))
+    assert len(got) == 16  # 2 CPUs x 8 modes; guest is inside user already: not sent
+    assert got[("cpu_seconds_total", ("0", "user"))] == 100.12
+    assert got[("cpu_seconds_total", ("0", "steal"))] == 4
+    assert got[("cpu_seconds_total", ("1", "idle"))] == 6
+    assert ("cpu_seconds_total", ("0", "guest")) not in got
+    mac = namedtuple("scputimes", "user nice system idle")  # a platform with fewer modes
+    source = SimpleNamespace(cpu_times=lambda percpu=False: [mac(1.0, 2.0, 3.0, 4.0)])
+    assert {labels[1] for _, labels, _ in cpu_seconds.collect(source)} == {
+        "user", "nice", "system", "idle"}
+
+
+# --- kernel ------------------------------------------------------------------------------------
+
+def test_kernel_counters(tmp_path: Path) -> None:
+    scpustats = namedtuple("scpustats", "ctx_switches interrupts soft_interrupts syscalls")
+    source = SimpleNamespace(cpu_stats=lambda: scpustats(1000, 200, 30, 0))
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3 4\nctxt 1000\nbtime 1795000000\nprocesses 4321\n"
+                    "procs_running 2\n")
+    assert kernel.collect(source, stat) == [
+        (kernel.CONTEXT_SWITCHES, (), 1000), (kernel.INTERRUPTS, (), 200),
+        (kernel.SOFT_INTERRUPTS, (), 30), (kernel.FORKS, (), 4321)]
+    assert kernel.forks(tmp_path / "missing") is None  # not Linux: no forks counter
+    stat.write_text("processes lots\n")
+    assert kernel.collect(source, stat)[-1][0] is kernel.SOFT_INTERRUPTS
+
+
+# --- pressure ----------------------------------------------------------------------------------
+
+def test_pressure_totals_in_seconds(tmp_path: Path) -> None:
+    (tmp_path / "cpu").write_text("some avg10=1.00 avg60=0.50 avg300=0.10 total=247723007\n"
+                                  "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    (tmp_path / "memory").write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=15\n"
+                                     "full avg10=0.00 avg60=0.00 avg300=0.00 total=12\n")
+    (tmp_path / "io").write_text("some total=x\nbogus\n")  # malformed lines are skipped
+    got = by_name(pressure.make(tmp_path)())
+    assert got == {("pressure_waiting_seconds_total", ("cpu",)): 247.723007,
+                   ("pressure_stalled_seconds_total", ("cpu",)): 0.0,
+                   ("pressure_waiting_seconds_total", ("memory",)): 0.000015,
+                   ("pressure_stalled_seconds_total", ("memory",)): 0.000012}
+    assert to_scaled(got[("pressure_waiting_seconds_total", ("cpu",))], 6) == 247723007  # exact
+    with pytest.raises(Unavailable, match="no pressure stall information"):
+        pressure.make(tmp_path / "absent")
+
+
+# --- filefd ------------------------------------------------------------------------------------
+
+def test_filefd(tmp_path: Path) -> None:
+    path = tmp_path / "file-nr"
+    path.write_text("2432\t0\t9223372036854775807\n")
+    assert filefd.make(path)() == [(filefd.ALLOCATED, (), 2432),
+                                   (filefd.MAXIMUM, (), 9223372036854775807)]
+    assert filefd.parse("1 2\n") == [] and filefd.parse("a 0 3") == []
+    with pytest.raises(Unavailable):
+        filefd.make(tmp_path / "absent")
+
+
+# --- processes and top_processes ---------------------------------------------------------------
+
+def _stat(pid: int, comm: str, state: str, threads: int = 1, ticks: tuple[int, int] = (0, 0),
+          pages: int = 10) -> str:
+    # fields after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt
+    # cmajflt utime stime cutime cstime priority nice num_threads itrealvalue starttime vsize rss
+    return (f"{pid} ({comm}) {state} 1 1 1 0 -1 0 0 0 0 0 {ticks[0]} {ticks[1]} 0 0 20 0 "
+            f"{threads} 0 100 1000 {pages} 0 0\n")
+
+
+def fake_proc(root: Path, stats: dict[int, str]) -> Path:
+    (root / "self").mkdir(parents=True, exist_ok=True)
+    (root / "self" / "stat").write_text(_stat(1, "me", "R"))
+    for pid, text in stats.items():
+        (root / str(pid)).mkdir(exist_ok=True)
+        (root / str(pid) / "stat").write_text(text)
+    return root
+
+
+def test_processes_by_state(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path / "proc", {
+        1: _stat(1, "init", "S", 1), 2: _stat(2, "a (weird) name", "R", 4),
+        3: _stat(3, "zz", "Z"), 4: _stat(4, "k", "I"), 5: _stat(5, "d", "D", 2),
+        6: "6 (truncated) S 1\n", 7: _stat(7, "x", "?")})
+    (proc / "8").mkdir()  # a process that exited between listing and reading: no stat
+    got = by_name(processes.make(proc)())
+    assert got == {("processes", ("running",)): 1, ("processes", ("sleeping",)): 1,
+                   ("processes", ("disk_sleep",)): 1, ("processes", ("zombie",)): 1,
+                   ("processes", ("stopped",)): 0, ("processes", ("idle",)): 1,
+                   ("processes", ("other",)): 1, ("processes_threads", ()): 10}
+    with pytest.raises(Unavailable):
+        processes.make(tmp_path / "nothing")
+
+
+def test_top_processes_by_cpu_and_memory(tmp_path: Path) -> None:
+    now = [100.0]
+    stats = {pid: _stat(pid, f"p{pid}", "S", ticks=(pid * 10, 0), pages=pid) for pid in range(1, 9)}
+    proc = fake_proc(tmp_path / "proc", stats)
+    collect = top_processes.make(proc, clock=lambda: now[0], cpus=2)
+    first = collect()  # memory only: CPU needs a previous cycle
+    page = top_processes.PAGE
+    assert first == [(top_processes.RESIDENT, (str(p), f"p{p}"), p * page)
+                     for p in (8, 7, 6, 5, 4)]
+    now[0] += 10  # 10 s later: pid 2 used 5 s of CPU (25 % of 2 CPUs), pid 3 1 s, others none
+    ticks = top_processes.TICKS
+    fake_proc(proc, {2: _stat(2, "p2", "R", ticks=(20 + 5 * ticks, 0), pages=2),
+                     3: _stat(3, "p3", "S", ticks=(30, ticks), pages=3)})
+    cpu_readings = [r for r in collect() if r[0] is top_processes.CPU]
+    assert cpu_readings[:2] == [(top_processes.CPU, ("2", "p2"), 25.0),
+                                (top_processes.CPU, ("3", "p3"), 5.0)]
+    assert len(cpu_readings) == top_processes.TOP
+
+
+# --- sockets -----------------------------------------------------------------------------------
+
+SOCKSTAT = """sockets: used 187
+TCP: inuse 5 orphan 0 tw 3 alloc 7 mem 1
+UDP: inuse 2 mem 2
+UDPLITE: inuse 0
+RAW: inuse 0
+FRAG: inuse 0 memory 0
+"""
+SNMP = """Ip: Forwarding DefaultTTL
+Ip: 1 64
+Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors
+Tcp: 1 200 120000 -1 3038 2497 459 18 12 164251 150454 165 2 605 0
+Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors
+Udp: 173 60016 3 60190 4 0 0
+UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors
+UdpLite: 0 0 0 0 0 0 0
+"""  # noqa: E501 (the kernel's line)
+
+
+def test_sockets(tmp_path: Path) -> None:
+    (tmp_path / "sockstat").write_text(SOCKSTAT)
+    (tmp_path / "sockstat6").write_text("TCP6: inuse 1\nUDP6: inuse 4\nRAW6: inuse 0\n")
+    (tmp_path / "snmp").write_text(SNMP)
+    got = by_name(sockets.make(tmp_path)())
+    assert got[("sockets_used", ())] == 187
+    assert got[("sockets_in_use", ("tcp",))] == 5 and got[("sockets_in_use", ("udp6",))] == 4
+    assert got[("sockets_in_use", ("frag",))] == 0 and got[("tcp_time_wait_sockets", ())] == 3
+    assert got[("tcp_orphan_sockets", ())] == 0
+    assert {k: v for k, v in got.items() if k[0].startswith(("tcp_", "udp_"))} == {
+        ("tcp_time_wait_sockets", ()): 3, ("tcp_orphan_sockets", ()): 0,
+        ("tcp_established_connections", ()): 12, ("tcp_active_opens_total", ()): 3038,
+        ("tcp_passive_opens_total", ()): 2497, ("tcp_attempt_fails_total", ()): 459,
+        ("tcp_resets_sent_total", ()): 605, ("tcp_retransmitted_segments_total", ()): 165,
+        ("tcp_receive_errors_total", ()): 2, ("udp_no_ports_total", ()): 60016,
+        ("udp_receive_errors_total", ()): 3, ("udp_receive_buffer_errors_total", ()): 4}
+    (tmp_path / "sockstat6").unlink()
+    (tmp_path / "snmp").unlink()  # no IPv6, no snmp: the rest still reads
+    assert set(by_name(sockets.collect(tmp_path))) == {
+        ("sockets_used", ()), ("tcp_time_wait_sockets", ()), ("tcp_orphan_sockets", ())} | {
+        ("sockets_in_use", (p,)) for p in ("tcp", "udp", "udplite", "raw", "frag")}
+    with pytest.raises(Unavailable):
+        sockets.make(tmp_path / "absent")
+
+
+# --- sensors -----------------------------------------------------------------------------------
+
+shwtemp = namedtuple("shwtemp", "label current high critical")
+sfan = namedtuple("sfan", "label current")
+sbattery = namedtuple("sbattery", "percent secsleft power_plugged")
+
+
+def test_sensors_where_present() -> None:
+    source = SimpleNamespace(
+        sensors_temperatures=lambda: {"coretemp": [shwtemp("Core 0", 45.25, 80, 100),
+                                                   shwtemp("", 47.0, None, None),
+                                                   shwtemp("", float("nan"), None, None)],
+                                      "acpitz": [shwtemp("", -3.04, None, None)]},
+        sensors_fans=lambda: {"thinkpad": [sfan("", 2500)]},
+        sensors_battery=lambda: sbattery(87.5, 3600, False))
+    assert by_name(sensors.collect(source)) == {
+        ("sensor_temperature_celsius", ("acpitz", "0")): -3.0,
+        ("sensor_temperature_celsius", ("coretemp", "Core 0")): 45.2,
+        ("sensor_temperature_celsius", ("coretemp", "1")): 47.0,
+        ("sensor_fan_rpm", ("thinkpad", "0")): 2500,
+        ("battery_charge_percent", ()): 87.5, ("battery_power_plugged", ()): 0,
+        ("battery_time_left_seconds", ()): 3600}
+    plugged = SimpleNamespace(sensors_temperatures=lambda: {}, sensors_fans=lambda: {},
+                              sensors_battery=lambda: sbattery(100, -2, True))  # unlimited
+    assert sensors.collect(plugged) == [(sensors.BATTERY_CHARGE, (), 100),
+                                        (sensors.BATTERY_PLUGGED, (), 1)]
+    assert sensors.collect(SimpleNamespace()) == []  # a platform without any sensor function
+    with pytest.raises(Unavailable, match="no temperature, fan or battery sensor"):
+        sensors.make(SimpleNamespace(sensors_temperatures=lambda: {}, sensors_battery=lambda: None))
+    assert sensors.make(plugged)() == sensors.collect(plugged)
+
+
 # --- registry and real psutil ------------------------------------------------------------------
 
 def all_defs() -> list[MetricDef]:
-    modules = (cpu, load, memory, disk, diskio, network, system)
+    modules = (cpu, load, memory, disk, diskio, network, system, cpu_seconds, kernel, pressure,
+               sensors, sockets, filefd, processes, top_processes)
     return [v for mod in modules for v in vars(mod).values() if isinstance(v, MetricDef)]
 
 
 def test_registry_and_metric_names() -> None:
-    assert list(FAMILIES) == ["cpu", "load", "memory", "disk", "diskio", "network", "system"]
+    assert list(FAMILIES) == ["cpu", "load", "memory", "disk", "diskio", "network", "system",
+                              "cpu_seconds", "kernel", "pressure", "sensors", "sockets", "filefd",
+                              "processes", "top_processes"]
+    assert [n for n in FAMILIES if n not in DEFAULT_FAMILIES] == ["top_processes"]
     defs = all_defs()
-    assert len({d.name for d in defs}) == len(defs) == 41
+    assert len({d.name for d in defs}) == len(defs) == 73
     for d in defs:
         assert NAME.match(d.name) and all(NAME.match(k) for k in d.label_keys), d
+        assert is_name(d.name) and all(is_name(k) for k in d.label_keys), d  # protocol rules
+        assert not d.name.startswith(("__", "edgemon_", "agent_")), d  # reserved (SPEC §8)
+        assert len(d.label_keys) == len(set(d.label_keys)) <= 16, d
         assert d.kind in (GAUGE, COUNTER), d
         assert d.name.endswith("_total") == (d.kind == COUNTER), d
         assert d.unit != "percent" or (d.name.endswith("_percent") and d.scale == 2), d
@@ -301,12 +524,16 @@ def check_well_formed(readings: list[Reading]) -> None:
 
 
 def test_every_family_against_real_psutil() -> None:
-    collects: dict[str, Callable[[], list[Reading]]] = {n: make() for n, make in FAMILIES.items()}
+    collects: dict[str, Callable[[], list[Reading]]]
+    collects, unavailable = start(tuple(FAMILIES))
+    # the others exist on any Linux host
+    assert set(unavailable) <= {"pressure", "sensors"}, unavailable
     first = {n: c() for n, c in collects.items()}
     second = {n: c() for n, c in collects.items()}
     for readings in (*first.values(), *second.values()):
         check_well_formed(readings)
-    for name in ("load", "memory", "disk", "system"):  # present on any Linux host
+    for name in ("load", "memory", "disk", "system", "cpu_seconds", "kernel", "sockets",
+                 "filefd", "processes", "top_processes"):  # present on any Linux host
         assert second[name], name
     assert wait_until(lambda: [r for r in collects["cpu"]() if r[0] is cpu.USAGE],
                       5, "a CPU tick between two calls")

@@ -5,7 +5,8 @@ fast) and the collector package with ``--quick`` (same layout and scripts, no nu
 inside), then inspects them with dpkg-deb, runs the maintainer scripts and install.sh against a
 temporary root with stubbed system commands, and checks the packaged units with
 ``systemd-analyze verify`` and ``systemd-analyze security --offline=true``.
-Needs the Debian packages dpkg (dpkg-deb) and systemd (systemd-analyze).
+Needs the Debian packages dpkg (dpkg-deb) and systemd (systemd-analyze); lintian, groff and
+binutils for the Debian-policy checks.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ BUILD = PACKAGING / "build-deb.sh"
 INSTALL = PACKAGING / "install.sh"
 NAMES = ("agent", "collector")
 MAX_EXPOSURE = 2.0
+# Who builds the test packages: build-deb.sh refuses to make up a Maintainer field.
+MAINTAINER = "Edgemon Test Builder <builder@edgemon.test>"
 # The collector's stack: never in the agent package.
 COLLECTOR_ONLY = ("numpy", "aiohttp", "pydantic", "uvloop", "sqlite_utils")
 
@@ -67,7 +70,7 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _need("dpkg-deb", "dpkg")
     out = tmp_path_factory.mktemp("dist")
     env = {**os.environ, "PYTHON": _target_python(), "DEB_COMPRESS": "gzip",
-           "DEB_COMPRESS_LEVEL": "1"}
+           "DEB_COMPRESS_LEVEL": "1", "DEB_MAINTAINER": MAINTAINER}
     _run(BUILD, "--out", out, "agent", env=env)
     _run(BUILD, "--quick", "--out", out, "collector", env=env)
     arch = _run("dpkg", "--print-architecture").stdout.strip()
@@ -129,6 +132,10 @@ def test_package_layout(debs: dict[str, Path], name: str) -> None:
     assert entries[f"/usr/bin/{pkg}"][0].startswith("l")
     assert entries[f"/usr/bin/{pkg}"][2] == f"/opt/edgemon/{name}/bin/{pkg}"
     assert f"/usr/share/doc/{pkg}/copyright" in entries
+    assert f"/usr/share/doc/{pkg}/changelog.gz" in entries
+    assert f"/usr/share/man/man1/{pkg}.1.gz" in entries
+    assert f"/usr/share/man/man5/{pkg}.toml.5.gz" in entries
+    assert not [p for p in entries if "__pycache__" in p or p.endswith(".pyc")], "bytecode"
     others = {f"edgemon-{n}" for n in (*NAMES, "local")} - {pkg}
     assert not [p for p in entries if p.rsplit("/", 1)[-1] in others], "foreign commands"
     # Only the package's own trees: nothing in /var, /home, /tmp...
@@ -148,7 +155,7 @@ def test_agent_package_bundles_its_dependencies_and_not_the_collectors(
              "print(sys.prefix)\n"
              "import importlib.util as u\n"
              f"print([m for m in {COLLECTOR_ONLY!r} if u.find_spec(m)])")
-    lines = _run(python, "-I", "-c", probe).stdout.splitlines()
+    lines = _run(python, "-I", "-B", "-c", probe).stdout.splitlines()  # -B: tree stays as shipped
     assert lines == [str(trees["agent"] / "opt/edgemon/agent"), "[]"]
 
 
@@ -187,6 +194,9 @@ def test_control_and_conffiles(debs: dict[str, Path], trees: dict[str, Path], na
     depends = [d.strip() for d in fields["Depends"].split(",")]
     assert "adduser" in depends and any(re.fullmatch(r"python3\.\d+", d) for d in depends)
     assert "procps" in depends  # /bin/kill, for ExecReload=
+    assert fields["Maintainer"] == MAINTAINER
+    if name == "agent":  # bundles C extensions (the quick collector bundles none)
+        assert any(re.fullmatch(r"libc6 \(>= 2\.\d+\)", d) for d in depends), depends
     control = trees[name] / "DEBIAN"
     assert (control / "conffiles").read_text().split() == [f"/etc/edgemon/{name}.toml"]
     shipped = (trees[name] / "etc/edgemon" / f"{name}.toml").read_bytes()
@@ -219,7 +229,8 @@ def test_missing_example_config_is_a_clear_error(tmp_path: Path) -> None:
         shutil.copy2(ROOT / f, copy / f)
     (copy / "agent" / "agent.example.toml").unlink()
     proc = _run(copy / "packaging" / "build-deb.sh", "--quick", "--out", tmp_path / "dist",
-                check=False, env={**os.environ, "PYTHON": _target_python()})
+                check=False, env={**os.environ, "PYTHON": _target_python(),
+                                  "DEB_MAINTAINER": MAINTAINER})
     assert proc.returncode != 0
     assert "agent/agent.example.toml" in proc.stderr and "edgemon-agent" in proc.stderr
     assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())
@@ -498,3 +509,83 @@ def test_unit_settings(name: str) -> None:
         # psutil reads /proc/{stat,meminfo,diskstats,net/dev,...} and statvfs()s /home.
         assert service.get("ProcSubset", ["all"]) == ["all"]
         assert one("ProtectHome") == "read-only"
+
+
+# --- Debian policy: lintian, manual pages, copyright, bytecode ------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lintian_reports_no_error_and_no_warning_not_overridden(debs: dict[str, Path],
+                                                                name: str) -> None:
+    """Overrides, each with its reason, are in packaging/deb/lintian-overrides."""
+    lintian = _need("lintian", "lintian")
+    proc = _run(lintian, "--tag-display-limit", "0", debs[name], check=False)
+    found = [line for line in proc.stdout.splitlines() if line.startswith(("E:", "W:"))]
+    assert found == [], "\n".join(found)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_lintian_would_catch_a_shipped_pycache(debs: dict[str, Path], tmp_path: Path) -> None:
+    """The check above can fail: the same package with a __pycache__ added is an error."""
+    lintian = _need("lintian", "lintian")
+    tree = tmp_path / "tree"
+    _run("dpkg-deb", "-R", debs["collector"], tree)
+    cache = next((tree / "opt/edgemon/collector/lib").glob("python3.*/site-packages/edgemon"))
+    (cache / "__pycache__").mkdir()
+    (cache / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0" * 16)
+    _run("dpkg-deb", "--root-owner-group", "-Zgzip", "--build", tree, tmp_path / "bad.deb")
+    output = _run(lintian, "--tag-display-limit", "0", tmp_path / "bad.deb", check=False).stdout
+    assert "E: edgemon-collector: package-installs-python-pycache-dir" in output
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_manual_pages_render_without_warnings(trees: dict[str, Path], name: str) -> None:
+    groff = _need("groff", "groff")
+    pages = sorted((trees[name] / "usr/share/man").rglob("*.gz"))
+    assert [p.name for p in pages] == [f"edgemon-{name}.1.gz", f"edgemon-{name}.toml.5.gz"]
+    for page in pages:
+        source = subprocess.run(["gzip", "-dc", str(page)], capture_output=True, check=True).stdout
+        proc = subprocess.run([groff, "-man", "-ww", "-z"], input=source, capture_output=True)
+        assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode()
+        text = source.decode()
+        assert f".TH EDGEMON-{name.upper()}" in text and ".SH SEE ALSO" in text
+    agent_page = (PACKAGING / "man" / "edgemon-agent.toml.5").read_text()
+    for key in ("interval_seconds", "batch_cycles", "families", "[intervals]", "client_id",
+                "use_username_as_clientid", "max_bytes", "ack_timeout_seconds"):
+        assert key in agent_page, key
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_copyright_is_machine_readable_and_names_the_bundled_distributions(
+        trees: dict[str, Path], name: str) -> None:
+    text = (trees[name] / f"usr/share/doc/edgemon-{name}/copyright").read_text()
+    stanzas = [dict(re.findall(r"^([A-Z][\w-]*): ?(.*)$", block, re.M))
+               for block in text.strip().split("\n\n")]
+    assert stanzas[0]["Format"] == (
+        "https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/")
+    files = [st for st in stanzas if "Files" in st]
+    assert files[0] == {"Files": "*", "Copyright": "2026 the edgemon authors",
+                        "License": "Apache-2.0"}
+    assert all(st.get("Copyright") and st.get("License") for st in files)
+    licences = {st["License"] for st in files}
+    standalone = {st["License"] for st in stanzas if "Files" not in st and "License" in st}
+    assert "Apache-2.0" in standalone and "/usr/share/common-licenses/Apache-2.0" in text
+    if name == "agent":
+        bundled = " ".join(st["Files"] for st in files[1:])
+        for dist in ("psutil", "msgpack", "zstandard", "paho"):
+            assert f"site-packages/{dist}/*" in bundled, dist
+        assert len(licences) > 1  # the bundled distributions' own licences
+
+
+def test_postinst_compiles_the_bytecode_and_prerm_removes_it(trees: dict[str, Path],
+                                                             box: Sandbox) -> None:
+    venv = box.root / "opt/edgemon/agent"
+    shutil.copytree(trees["agent"] / "opt/edgemon/agent", venv, symlinks=True)
+    assert not list(venv.rglob("__pycache__"))
+    box.run(trees["agent"] / "DEBIAN" / "postinst", "configure")
+    compiled = list(venv.rglob("__pycache__/*.pyc"))
+    assert any("edgemon/agent/" in str(p) for p in compiled)
+    # compiled for the installed path, not the temporary root it was run against
+    pyc = next(p for p in compiled if p.name.startswith("cli."))
+    assert str(box.root).encode() not in pyc.read_bytes()
+    box.run(trees["agent"] / "DEBIAN" / "prerm", "remove")
+    assert not list(venv.rglob("__pycache__"))

@@ -203,3 +203,15 @@ def test_series_labels_and_metadata(engine: Engine) -> None:
     assert meta["net_bytes_total"] == [{"type": "counter", "help": "edgemon agent counter in "
                                         "bytes", "unit": "bytes"}]
     assert list(engine.metadata(limit=2)) == sorted(meta)[:2]
+
+
+def test_node_exporter_aliases_of_the_newer_families() -> None:
+    from edgemon.collector.promql.aliases import alias_labels, aliases_of
+
+    [cpu] = aliases_of("cpu_seconds_total")  # rate(node_cpu_seconds_total{mode="idle"}[5m])
+    assert cpu.name == "node_cpu_seconds_total" and cpu.constant is None
+    assert alias_labels(cpu, "web-01", {"cpu": "0", "mode": "idle"}) == {
+        "cpu": "0", "mode": "idle", "instance": "web-01", "job": "node"}
+    assert [a.name for a in aliases_of("kernel_context_switches_total")] == [
+        "node_context_switches_total"]
+    assert [a.name for a in aliases_of("file_descriptors_allocated")] == ["node_filefd_allocated"]

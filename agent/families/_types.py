@@ -7,7 +7,7 @@ from typing import Any, Protocol, TypeAlias
 
 from edgemon.protocol.batch import MetricDef
 
-__all__ = ["Collect", "Family", "Reading"]
+__all__ = ["Collect", "Family", "Reading", "Unavailable"]
 
 Reading: TypeAlias = tuple[MetricDef, tuple[str, ...], float | int]
 """(metric, label values in the order of ``metric.label_keys``, value); ints when scale is 0."""
@@ -20,3 +20,8 @@ class Family(Protocol):
     """A family's factory: ``make(source)`` reads from ``source`` (default psutil) when called."""
 
     def __call__(self, source: Any = ...) -> Collect: ...
+
+
+class Unavailable(Exception):
+    """Raised by ``make`` when this host cannot have the family (no such kernel interface): the
+    agent logs the message once, without a traceback, and samples the other families."""

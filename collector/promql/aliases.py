@@ -57,6 +57,14 @@ ALIASES: tuple[Alias, ...] = (
     Alias("node_disk_write_time_seconds_total", "diskio_write_time_seconds_total"),
     Alias("node_disk_io_time_seconds_total", "diskio_busy_time_seconds_total"),
     Alias("node_boot_time_seconds", "system_boot_time_seconds"),
+    Alias("node_cpu_seconds_total", "cpu_seconds_total"),  # same labels: cpu, mode
+    Alias("node_context_switches_total", "kernel_context_switches_total"),
+    Alias("node_intr_total", "kernel_interrupts_total"),
+    Alias("node_forks_total", "kernel_forks_total"),
+    Alias("node_filefd_allocated", "file_descriptors_allocated"),
+    Alias("node_filefd_maximum", "file_descriptors_maximum"),
+    Alias("node_sockstat_sockets_used", "sockets_used"),
+    Alias("node_sockstat_TCP_tw", "tcp_time_wait_sockets"),
     # node_exporter dashboards list their hosts with label_values(node_uname_info, instance)
     Alias("node_uname_info", "system_boot_time_seconds", constant=1.0, host_label="nodename"),
 )
