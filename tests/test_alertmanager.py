@@ -16,6 +16,7 @@ import pytest
 from edgemon.collector.alerting import AlertingService, parse_rules
 from edgemon.collector.alerting.memstore import InMemoryGridStorage
 from edgemon.collector.config import AlertmanagerConfig, ConfigError, load_config
+from edgemon.collector.http.metrics import CollectorMetrics
 from edgemon.common.clock import now_ms
 from tests.support.alertmanager import BINARY, Alertmanager
 from tests.support.waiting import wait_until_async
@@ -142,7 +143,9 @@ def test_alert_lifecycle_in_a_real_alertmanager_pair(tmp_path: Path) -> None:
                 resolved = [a for a in am1.alerts(active_only=False)
                             if a["labels"].get("alertname") == "cpu-high"]
                 assert resolved == [] or resolved[0]["status"]["state"] != "active"
-                lines = "\n".join(service.metrics_lines())
+                metrics = CollectorMetrics(process=False)
+                metrics.attach(alerting=service)
+                lines = metrics.text()
                 assert 'edgemon_alertmanager_errors_total{alertmanager="am2",reason="network"}' \
                     in lines
             finally:

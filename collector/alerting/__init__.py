@@ -123,10 +123,6 @@ class AlertingService:
     def routes(self) -> list[web.RouteDef]:
         return routes(self.engine)
 
-    def metrics_lines(self) -> list[str]:
-        """Prometheus text lines of the Alertmanager senders (none without them)."""
-        return self.alertmanagers.metrics_lines() if self.alertmanagers else []
-
     async def start(self) -> None:
         await self.worker.start()
         if self.alertmanagers is not None:

@@ -264,22 +264,3 @@ class AlertmanagerNotifier:
                       target.last_error)
             return True
         return False
-
-    def metrics_lines(self) -> list[str]:
-        """Prometheus text lines, per Alertmanager."""
-        out = ["# HELP edgemon_alertmanager_alerts_sent_total Alerts accepted by an "
-               "Alertmanager (re-sends included).",
-               "# TYPE edgemon_alertmanager_alerts_sent_total counter"]
-        out += [f'edgemon_alertmanager_alerts_sent_total{{alertmanager="{t.name}"}} '
-                f"{t.alerts_sent}" for t in self.targets]
-        out += ["# HELP edgemon_alertmanager_errors_total Failed POSTs to an Alertmanager, by "
-                "HTTP status or 'network'.",
-                "# TYPE edgemon_alertmanager_errors_total counter"]
-        out += [f'edgemon_alertmanager_errors_total{{alertmanager="{t.name}",reason="{r}"}} {n}'
-                for t in self.targets for r, n in sorted(t.errors.items())]
-        out += ["# HELP edgemon_alertmanager_up 1 if the last POST to an Alertmanager "
-                "succeeded.", "# TYPE edgemon_alertmanager_up gauge"]
-        out += [f'edgemon_alertmanager_up{{alertmanager="{t.name}"}} '
-                f"{1 if t.backoff.failures == 0 and t.last_success_ms else 0}"
-                for t in self.targets]
-        return out

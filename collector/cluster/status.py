@@ -51,12 +51,6 @@ class ClusterStatus:
                         expiries))
         return out
 
-    def metrics_lines(self) -> list[str]:
-        """The metrics as Prometheus text lines."""
-        return [line for name, kind, text, value in self.samples()
-                for line in (f"# HELP {name} {text}", f"# TYPE {name} {kind}",
-                             f"{name} {value}")]
-
     def collect(self) -> Iterator[Any]:
         """The same metrics as a prometheus-client collector (``CollectorMetrics.register``)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
