@@ -88,10 +88,10 @@ def record_declared(db: sqlite3.Connection, host_id: int, instance: str, last_se
         return
     db.execute(
         "INSERT INTO instance_accounts (host_id, instance, declared_last_seq, declared_ms) "
-        "VALUES (?, ?, ?, ?) ON CONFLICT (host_id, instance) DO UPDATE SET "
-        "declared_ms = CASE WHEN excluded.declared_last_seq >= coalesce(declared_last_seq, -1) "
-        "THEN excluded.declared_ms ELSE declared_ms END, "
-        "declared_last_seq = max(coalesce(declared_last_seq, -1), excluded.declared_last_seq)",
+        "VALUES (?, ?, ?, ?) ON CONFLICT (host_id, instance) DO UPDATE SET declared_ms = CASE "
+        "WHEN excluded.declared_last_seq >= coalesce(instance_accounts.declared_last_seq, -1) "
+        "THEN excluded.declared_ms ELSE instance_accounts.declared_ms END, declared_last_seq = "
+        "max(coalesce(instance_accounts.declared_last_seq, -1), excluded.declared_last_seq)",
         (host_id, instance, last_seq, ts_ms))
 
 

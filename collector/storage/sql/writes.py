@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import bisect
 import json
-import sqlite3
 import statistics
 from typing import Any
 
 from edgemon.collector.storage import accounting
 from edgemon.collector.storage.base import IngestItem, StoreResult
-from edgemon.collector.storage.sqlite.schema import SQLiteFile
+from edgemon.collector.storage.sql.store import SQLStore
 
 __all__ = ["Writes"]
 
 _OFFSETS_KEPT = 15  # live batches whose receive - send times give the clock offset (median)
 
 
-class Writes(SQLiteFile):
+class Writes(SQLStore):
     def store_batches(self, items: list[IngestItem]) -> list[StoreResult]:
         if not items:
             return []
@@ -62,8 +61,9 @@ class Writes(SQLiteFile):
                         seen["live"].append((batch.sent, batch.instance,
                                              it.received_ms - batch.sent))
             db.executemany(
-                "INSERT OR IGNORE INTO batches (host_id, instance, seq, received_ms, t_min, "
-                "t_max, samples, historical, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "INSERT INTO batches (host_id, instance, seq, received_ms, t_min, t_max, samples, "
+                "historical, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                rows)
             for key, new in ranges.items():
                 old = set(before[key])
                 new_set = {tuple(r) for r in new}
@@ -80,10 +80,11 @@ class Writes(SQLiteFile):
         self._host_ids.update(fresh)
         return results
 
-    def _update_host(self, db: sqlite3.Connection, hid: int, seen: dict[str, Any]) -> None:
+    def _update_host(self, db: Any, hid: int, seen: dict[str, Any]) -> None:
         for instance, last in seen["instances"].items():
-            db.execute("INSERT INTO instances VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-                       "last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
+            db.execute("INSERT INTO instances VALUES (?, ?, ?, ?) ON CONFLICT (host_id, "
+                       "instance) DO UPDATE SET last_seen_ms = max(instances.last_seen_ms, "
+                       "excluded.last_seen_ms)",
                        (hid, instance, last, last))
         row = db.execute("SELECT instance, instance_ts, status_seen, offsets FROM hosts "
                          "WHERE id = ?", (hid,)).fetchone()
@@ -111,7 +112,7 @@ class Writes(SQLiteFile):
         with self._write() as db:
             hid = self._host_id(db, host, fresh)
             accounting.record_declared(db, hid, instance, last_seq, timestamp_ms)
-            db.execute("INSERT OR IGNORE INTO instances VALUES (?, ?, ?, ?)",
+            db.execute("INSERT INTO instances VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                        (hid, instance, received_ms, received_ms))
             current, current_ts = db.execute(
                 "SELECT instance, instance_ts FROM hosts WHERE id = ?", (hid,)).fetchone()

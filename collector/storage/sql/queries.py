@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,10 +30,10 @@ from edgemon.collector.storage.selection import (
     match_hosts,
     pick_tier,
 )
-from edgemon.collector.storage.sqlite.schema import (
+from edgemon.collector.storage.sql.store import (
     PENDING_ORDER,
     TIERS,
-    SQLiteFile,
+    SQLStore,
     chunked,
     floor,
     placeholders,
@@ -43,7 +42,7 @@ from edgemon.collector.storage.sqlite.schema import (
 __all__ = ["Queries"]
 
 
-class Queries(SQLiteFile):
+class Queries(SQLStore):
     def hosts(self) -> list[HostInfo]:
         with self._read() as db:
             rows = db.execute(
@@ -70,7 +69,7 @@ class Queries(SQLiteFile):
 
     def series(self, host: str | None = None, name: str | None = None) -> list[SeriesInfo]:
         sql = ("SELECT h.name, s.host_id, s.name, s.labels, s.kind, s.unit, s.first_ms, "
-               "s.last_ms FROM series s JOIN hosts h ON h.id = s.host_id WHERE 1")
+               "s.last_ms FROM series s JOIN hosts h ON h.id = s.host_id WHERE 1 = 1")
         args: list[Any] = []
         if host is not None:
             sql += " AND h.name = ?"
@@ -158,7 +157,7 @@ class Queries(SQLiteFile):
         out.sort(key=lambda r: (r.host or "", sorted(r.labels.items())))
         return out
 
-    def _pending(self, db: sqlite3.Connection, sel: Selection, host_list: list[int],
+    def _pending(self, db: Any, sel: Selection, host_list: list[int],
                  q: RangeQuery, start: int, end: int) -> tuple[np.ndarray, ...]:
         """Samples of the query's metric in batches not compacted yet (they extend ``sel``)."""
         want = q.labels
@@ -199,7 +198,7 @@ class Queries(SQLiteFile):
 
         return flatten(batches(), resolve, {q.name})
 
-    def _series_chunks(self, db: sqlite3.Connection, wanted: list[tuple[int, int, int, int]]
+    def _series_chunks(self, db: Any, wanted: list[tuple[int, int, int, int]]
                        ) -> tuple[np.ndarray, ...]:
         """Raw samples of (local index, series id, first window, end window) from chunks."""
         rows = []
@@ -215,7 +214,7 @@ class Queries(SQLiteFile):
                 f"SELECT id, times FROM blocks WHERE id IN ({placeholders(chunk)})", chunk)))
         return self._chunk_samples(rows, times)
 
-    def _raw_samples(self, db: sqlite3.Connection, sel: Selection,
+    def _raw_samples(self, db: Any, sel: Selection,
                      pending: tuple[np.ndarray, ...], start: int, end: int,
                      windows: set[tuple[int, int]] | None) -> tuple[np.ndarray, ...]:
         """Deduplicated samples in [start, end) sorted by (series, ts): chunks + pending. With
@@ -246,7 +245,7 @@ class Queries(SQLiteFile):
         inside = (ts >= start) & (ts < end)
         return agg.sort_dedupe(sid[inside], ts[inside], val[inside], order[inside])
 
-    def _rollup_buckets(self, db: sqlite3.Connection, sel: Selection,
+    def _rollup_buckets(self, db: Any, sel: Selection,
                         pending: tuple[np.ndarray, ...], tier: str, start: int, end: int,
                         cut: dict[str, int]) -> agg.Buckets:
         """Buckets of ``tier`` starting in [start, end), sorted by (series, start): rollup rows,
