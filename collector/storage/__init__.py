@@ -1,7 +1,8 @@
 """Storage backends behind one interface (``base.Storage``).
 
 ``open_storage(url_or_path, **options)`` picks the backend: a file path (or ``sqlite:///path``)
-opens the embedded SQLite store; ``postgresql://`` is reserved for the PostgreSQL backend.
+opens the embedded SQLite store; a ``postgresql://`` (or ``postgres://``) URL the PostgreSQL
+store (``postgres/``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ def open_storage(url_or_path: str | os.PathLike[str], **options: Any) -> Storage
     """A ``Storage`` for ``url_or_path``; ``options`` go to the backend's constructor."""
     target = os.fspath(url_or_path)
     if target.startswith(("postgresql://", "postgres://")):
-        raise NotImplementedError(
-            "PostgreSQL storage is not implemented yet; use a SQLite file path such as "
-            "/var/lib/edgemon/edgemon.db")
+        from edgemon.collector.storage.postgres import PostgresStorage
+
+        return PostgresStorage(target, **options)
     if target.startswith("sqlite://"):
         target = target.removeprefix("sqlite://")
         if target.startswith("/") and not target.startswith("//"):

@@ -167,17 +167,20 @@ class Compaction(SQLStore):
         old: list[np.ndarray] = []  # samples of windows whose raw data retention removed
         bounds = np.flatnonzero(np.r_[True, (host[1:] != host[:-1]) | (win[1:] != win[:-1])])
         ends = np.r_[bounds[1:], sid.size]
+        blocks = []  # (first, end, host, window) of the blocks to write
         for s, e in zip(bounds.tolist(), ends.tolist(), strict=True):
             hid, w = int(host[s]), int(win[s])
             if w < cut["raw"] and db.execute("SELECT 1 FROM dirty WHERE host_id = ? AND "
                                              "window_ms = ?", (hid, w)).fetchone() is None:
                 old.append(np.arange(s, e))
-                continue
+            else:
+                blocks.append((s, e, hid, w))
+        self._partitions_for(db, "blocks", {w for *_, w in blocks})
+        for s, e, hid, w in blocks:
             self._write_block(db, sel, hid, w, sid[s:e], ts[s:e], val[s:e], "l0")
-            db.execute("INSERT INTO dirty VALUES (?, ?, 1, ?) ON CONFLICT (host_id, window_ms) DO "
-                       "UPDATE SET blocks = dirty.blocks + 1, samples = dirty.samples + "
-                       "excluded.samples",
-                       (hid, w, e - s))
+            db.execute("INSERT INTO dirty VALUES (?, ?, 1, ?) ON CONFLICT (host_id, window_ms) "
+                       "DO UPDATE SET blocks = dirty.blocks + 1, samples = dirty.samples + "
+                       "excluded.samples", (hid, w, e - s))
         if old:
             pick = np.concatenate(old)
             self._merge_rollups(db, sel, sid[pick], ts[pick], val[pick], cut)
@@ -208,7 +211,6 @@ class Compaction(SQLStore):
                 yield sel.sid[int(sid[s])], w, block_id, blob  # type: ignore[misc]
                 self._kill_point(stage)
 
-        self._partitions_for(db, "chunks", [w])
         db.executemany("INSERT INTO chunks (series_id, window_ms, block_id, data) "
                        "VALUES (?, ?, ?, ?)", rows())
 

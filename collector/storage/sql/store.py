@@ -116,7 +116,8 @@ class SQLStore:
     def _partitions_for(self, db: Any, table: str, windows: Iterable[int],
                         tier: int | None = None) -> None:
         """Before rows of ``table`` (blocks, chunks, or rollups of bucket width ``tier``) are
-        written for ``windows``: a backend with time partitions makes sure they have one."""
+        written for ``windows``: a backend with time partitions checks that they have one (or
+        fails the transaction, to make them and try again: ``postgres/database.py``)."""
 
     def _kill_point(self, stage: str) -> None:
         """Test hook: die like kill -9 after the N-th write of ``stage`` (inside a transaction)."""
