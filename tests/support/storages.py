@@ -35,14 +35,21 @@ class Stores:
             self._url = self._postgres.new_database()
         return self._url
 
-    def open(self, **opts: Any) -> SQLStorage:
+    def open(self, *, mixin: type | None = None, **opts: Any) -> SQLStorage:
+        """The store, as the backend's class (with ``mixin`` in front, if given)."""
+        cls: type[SQLStorage]
         if self.backend == "sqlite":
             from edgemon.collector.storage.sqlite import SQLiteStorage
 
-            return SQLiteStorage(self.location, **opts)
-        from edgemon.collector.storage.postgres import PostgresStorage
+            cls = SQLiteStorage
+        else:
+            from edgemon.collector.storage.postgres import PostgresStorage
 
-        return PostgresStorage(self.location, pool_size=4, **opts)
+            cls = PostgresStorage
+            opts.setdefault("pool_size", 4)
+        if mixin is not None:
+            cls = type(f"{mixin.__name__}{cls.__name__}", (mixin, cls), {})
+        return cls(self.location, **opts)
 
     @staticmethod
     def sql(storage: SQLStorage, statement: str, params: tuple[Any, ...] = ()) -> Any:
