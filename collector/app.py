@@ -88,18 +88,19 @@ def tls_context(http: HttpConfig) -> ssl.SSLContext | None:
 
 
 def open_default_storage(config: StorageConfig) -> Storage:
-    """The embedded SQLite backend at ``config.path`` (its directory is created)."""
+    """PostgreSQL at ``config.url`` (waiting for it if it is down), else the embedded SQLite
+    backend at ``config.path`` (its directory is created)."""
     from edgemon.collector.storage import open_storage
 
     path = Path(config.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     day_ms = 86_400_000
-    return open_storage(  # type: ignore[no-any-return]
-        path,
-        raw_retention_ms=config.retention_raw_days * day_ms,
-        rollup_1m_retention_ms=config.retention_1m_days * day_ms,
-        rollup_1h_retention_ms=config.retention_1h_days * day_ms,
-    )
+    retention = {"raw_retention_ms": config.retention_raw_days * day_ms,
+                 "rollup_1m_retention_ms": config.retention_1m_days * day_ms,
+                 "rollup_1h_retention_ms": config.retention_1h_days * day_ms}
+    if config.url:
+        return open_storage(config.url, wait=True, **retention)  # type: ignore[no-any-return]
+    return open_storage(path, **retention)  # type: ignore[no-any-return]
 
 
 class CollectorService:

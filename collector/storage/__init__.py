@@ -12,7 +12,20 @@ from typing import Any
 
 from edgemon.collector.storage.base import Storage
 
-__all__ = ["Storage", "open_storage"]
+__all__ = ["Storage", "open_storage", "sqlite_path"]
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite://`` URL (``sqlite:///relative/path``,
+    ``sqlite:////absolute/path``); anything else is a path already."""
+    if not url.startswith("sqlite://"):
+        return url
+    target = url.removeprefix("sqlite://")
+    if target.startswith("/") and not target.startswith("//"):
+        return target[1:]
+    if target.startswith("//"):
+        return target[1:]
+    return target
 
 
 def open_storage(url_or_path: str | os.PathLike[str], **options: Any) -> Storage:
@@ -23,11 +36,7 @@ def open_storage(url_or_path: str | os.PathLike[str], **options: Any) -> Storage
 
         return PostgresStorage(target, **options)
     if target.startswith("sqlite://"):
-        target = target.removeprefix("sqlite://")
-        if target.startswith("/") and not target.startswith("//"):
-            target = target[1:]  # sqlite:///relative/path, sqlite:////absolute/path
-        elif target.startswith("//"):
-            target = target[1:]
+        target = sqlite_path(target)
     elif "://" in target:
         scheme = target.split("://", 1)[0]
         raise ValueError(f"unknown storage scheme {scheme!r}: use a file path, sqlite:/// or "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
@@ -32,8 +33,9 @@ from typing import Any
 
 import psycopg
 from psycopg.types.numeric import NumericBinaryLoader, NumericLoader
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
+from edgemon.collector.storage.base import StorageUnavailable
 from edgemon.collector.storage.postgres import migrations
 from edgemon.collector.storage.sql.store import HOUR, TIERS, SQLStore
 
@@ -42,6 +44,7 @@ __all__ = ["MissingPartitions", "PostgresDatabase"]
 log = logging.getLogger("edgemon.collector.storage")
 
 WRITE_LOCK = 2  # advisory lock (LOCK_NAMESPACE, 2): the store's writers, one at a time
+_RETRY_DOWN_S = 1.0  # while the server is unreachable: one real try per second
 _ROLLUP_TABLES = {width: f"rollups_{name}" for name, (width, _) in TIERS.items()}
 
 
@@ -84,52 +87,101 @@ class _PgConn:
 
 
 class PostgresDatabase(SQLStore):
-    """A PostgreSQL database holding the store (``url``: a libpq connection URL)."""
+    """A PostgreSQL database holding the store (``url``: a libpq connection URL; a password
+    may also come from ``PGPASSWORD`` or ``~/.pgpass``, as for any libpq client)."""
 
-    def __init__(self, url: str, *, pool_size: int = 8, connect_timeout_s: float = 30.0,
-                 lock_timeout_ms: int = 5_000, window_ms: int = 2 * HOUR,
+    def __init__(self, url: str, *, pool_size: int = 8, connect_timeout_s: float = 10.0,
+                 lock_timeout_ms: int = 5_000, wait: bool = False, window_ms: int = 2 * HOUR,
                  **options: Any) -> None:
-        """``options``: ``SQLStore._configure`` (retention, compaction pacing)."""
+        """``wait``: if the server cannot be reached, retry (with a back-off up to 30 s) until
+        it can, instead of raising (the collector's start: a database still starting, or down
+        for a moment, is a transient fault). ``options``: ``SQLStore._configure``."""
         self._configure(window_ms=window_ms, **options)
         self.url = url
+        self.connect_timeout_s = connect_timeout_s
         self.lock_timeout_ms = lock_timeout_ms
         self._partitions: set[tuple[str, int]] = set()  # (parent, lower bound) known to exist
         self._partitions_lock = threading.Lock()
+        self._down_until = 0.0  # monotonic time before which requests fail at once
+        self._down_reason = ""
         self.pool = ConnectionPool(
             url, min_size=1, max_size=max(2, pool_size), open=False, name="edgemon-storage",
-            kwargs={"autocommit": True}, configure=self._configure_connection,
-            check=ConnectionPool.check_connection, timeout=connect_timeout_s)
-        self.pool.open(wait=True, timeout=connect_timeout_s)
-        try:
-            with self.pool.connection() as conn:
-                done = migrations.apply(conn)
-                for m in done:
-                    log.info("storage schema migrated to version %d: %s", m.version, m.name,
-                             extra={"schema_version": m.version})
-                with conn.transaction():
-                    conn.execute(
-                        "INSERT INTO meta (key, value) VALUES ('window_ms', %s), "
-                        "('cutoff_raw', 0), ('cutoff_1m', 0), ('cutoff_1h', 0) "
-                        "ON CONFLICT DO NOTHING", (window_ms,))
-                    row = conn.execute("SELECT value FROM meta WHERE key = 'window_ms'"
-                                       ).fetchone()
-                self.window_ms = int(row[0]) if row else window_ms  # fixed at creation
-            self._load_partitions()
-        except BaseException:
-            self.pool.close()
-            raise
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s))},
+            configure=self._configure_connection, check=ConnectionPool.check_connection,
+            timeout=connect_timeout_s)
+        delay = 1.0
+        while True:
+            try:
+                self._open(window_ms)
+                return
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                self.pool.close()
+                if not wait:
+                    raise StorageUnavailable(f"PostgreSQL at {_where(url)}: {exc}") from exc
+                log.warning("PostgreSQL at %s unavailable (%s); trying again in %.0f s",
+                            _where(url), str(exc).strip()[:200], delay)
+                time.sleep(delay)
+                delay = min(30.0, delay * 2)
+            except BaseException:
+                self.pool.close()
+                raise
+
+    def _open(self, window_ms: int) -> None:
+        """Open the pool, apply the migrations, read the store's fixed settings."""
+        self.pool.open(wait=True, timeout=self.connect_timeout_s)
+        with self.pool.connection() as conn:
+            done = migrations.apply(conn)
+            for m in done:
+                log.info("storage schema migrated to version %d: %s", m.version, m.name,
+                         extra={"schema_version": m.version})
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('window_ms', %s), "
+                    "('cutoff_raw', 0), ('cutoff_1m', 0), ('cutoff_1h', 0) "
+                    "ON CONFLICT DO NOTHING", (window_ms,))
+                row = conn.execute("SELECT value FROM meta WHERE key = 'window_ms'").fetchone()
+            self.window_ms = int(row[0]) if row else window_ms  # fixed at creation
+        self._load_partitions()
 
     @staticmethod
     def _configure_connection(conn: psycopg.Connection[Any]) -> None:
         conn.adapters.register_loader("numeric", _IntNumericLoader)
         conn.adapters.register_loader("numeric", _IntNumericBinaryLoader)
 
-    # -- transactions --------------------------------------------------------------------------
+    # -- connections and transactions ----------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection. While the server is unreachable every request fails at once
+        with ``StorageUnavailable`` (one real try per ``_RETRY_DOWN_S``), so a caller storing
+        messages one by one, or a burst of queries, does not wait a connect timeout each."""
+        if time.monotonic() < self._down_until:
+            raise StorageUnavailable(f"PostgreSQL unavailable: {self._down_reason}")
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            self._went_down(exc)
+            raise StorageUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            if conn is None or conn.broken or conn.closed:
+                self._went_down(exc)
+                raise StorageUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+            raise
+        self._down_until = 0.0
+
+    def _went_down(self, exc: BaseException) -> None:
+        if not self._down_until:
+            log.warning("PostgreSQL at %s unavailable: %s", _where(self.url),
+                        str(exc).strip()[:200])
+        self._down_reason = str(exc).strip()[:200]
+        self._down_until = time.monotonic() + _RETRY_DOWN_S
 
     @contextmanager
     def _write(self) -> Iterator[_PgConn]:
         """One write transaction: the process's write lock, then the store's advisory lock."""
-        with self._write_lock, self.pool.connection() as conn:
+        with self._write_lock, self._connection() as conn:
             try:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s, %s)",
@@ -142,7 +194,7 @@ class PostgresDatabase(SQLStore):
 
     @contextmanager
     def _read(self) -> Iterator[_PgConn]:
-        with self.pool.connection() as conn, conn.transaction():
+        with self._connection() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield _PgConn(conn)
 
@@ -176,7 +228,7 @@ class PostgresDatabase(SQLStore):
 
     def _load_partitions(self) -> None:
         found: set[tuple[str, int]] = set()
-        with self.pool.connection() as conn:
+        with self._connection() as conn:
             for parent in ("blocks", "chunks", *_ROLLUP_TABLES.values()):
                 for (child,) in conn.execute(
                         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON "
@@ -189,7 +241,7 @@ class PostgresDatabase(SQLStore):
         """One partition made or dropped in a transaction of its own, holding the store's
         write lock (no writer between) and nothing else (no deadlock with readers); it waits
         at most ``lock_timeout_ms`` for readers of the parent table to finish."""
-        with self._write_lock, self.pool.connection() as conn, conn.transaction():
+        with self._write_lock, self._connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)",
                          (migrations.LOCK_NAMESPACE, WRITE_LOCK))
             conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}".encode())
@@ -234,3 +286,12 @@ class MissingPartitions(Exception):
     def __init__(self, missing: set[tuple[str, int]]) -> None:
         super().__init__(f"partitions to make first: {sorted(missing)}")
         self.missing = missing
+
+
+def _where(url: str) -> str:
+    """Host, port and database of ``url``, without user or password (for logs)."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(unparsable URL)"
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
