@@ -91,12 +91,14 @@ class PostgresDatabase(SQLStore):
     may also come from ``PGPASSWORD`` or ``~/.pgpass``, as for any libpq client)."""
 
     def __init__(self, url: str, *, pool_size: int = 8, connect_timeout_s: float = 10.0,
-                 lock_timeout_ms: int = 5_000, wait: bool = False, window_ms: int = 2 * HOUR,
-                 **options: Any) -> None:
+                 lock_timeout_ms: int = 5_000, wait: bool = False, ingest_copy: bool = True,
+                 window_ms: int = 2 * HOUR, **options: Any) -> None:
         """``wait``: if the server cannot be reached, retry (with a back-off up to 30 s) until
         it can, instead of raising (the collector's start: a database still starting, or down
-        for a moment, is a transient fault). ``options``: ``SQLStore._configure``."""
+        for a moment, is a transient fault). ``ingest_copy``: store batches with binary COPY
+        (else INSERT). ``options``: ``SQLStore._configure``."""
         self._configure(window_ms=window_ms, **options)
+        self.ingest_copy = ingest_copy
         self.url = url
         self.connect_timeout_s = connect_timeout_s
         self.lock_timeout_ms = lock_timeout_ms

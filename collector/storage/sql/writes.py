@@ -60,10 +60,7 @@ class Writes(SQLStore):
                     if not it.historical:
                         seen["live"].append((batch.sent, batch.instance,
                                              it.received_ms - batch.sent))
-            db.executemany(
-                "INSERT INTO batches (host_id, instance, seq, received_ms, t_min, t_max, samples, "
-                "historical, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                rows)
+            self._insert_batches(db, rows)
             for key, new in ranges.items():
                 old = set(before[key])
                 new_set = {tuple(r) for r in new}
@@ -79,6 +76,15 @@ class Writes(SQLStore):
                 self._update_host(db, hid, seen)
         self._host_ids.update(fresh)
         return results
+
+    def _insert_batches(self, db: Any, rows: list[tuple[Any, ...]]) -> None:
+        """Insert new ``batches`` rows (host_id, instance, seq, received_ms, t_min, t_max,
+        samples, historical, payload): new by ``seq_ranges``, read under the write lock; the
+        unique key is the backstop."""
+        db.executemany(
+            "INSERT INTO batches (host_id, instance, seq, received_ms, t_min, t_max, samples, "
+            "historical, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            rows)
 
     def _update_host(self, db: Any, hid: int, seen: dict[str, Any]) -> None:
         for instance, last in seen["instances"].items():
