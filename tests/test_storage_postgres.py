@@ -258,3 +258,65 @@ def test_server_crash_mid_ingest_loses_nothing_and_stores_nothing_twice(tmp_path
         st.close()
     finally:
         server.remove()
+
+
+def test_the_collector_rides_out_a_database_crash(tmp_path: Path, broker: Any) -> None:
+    """A real collector (MQTT ingest, HTTP) on PostgreSQL: while the server is down nothing is
+    acknowledged to the agent, the collector keeps running and says it is not ready; once the
+    server is back every batch is stored, once, and acknowledged."""
+    from edgemon.collector.app import open_default_storage
+    from edgemon.collector.config import (
+        CollectorConfig,
+        HttpConfig,
+        MqttConfig,
+        StorageConfig,
+    )
+    from edgemon.protocol import metrics_topic
+    from tests.support.stand_in_agent import StandInAgent, make_batch
+    from tests.test_collector_ingest import RunningCollector
+
+    server = Postgres(tmp_path / "pg", durable=True).start()
+    url = server.new_database()
+    config = CollectorConfig(
+        mqtt=MqttConfig(host=broker.host, port=broker.port, client_id="collector-pg",
+                        keepalive=10),
+        storage=StorageConfig(path=tmp_path / "data" / "edgemon.db", url=url,
+                              maintain_interval_seconds=0.2),
+        http=HttpConfig(port=0, auth="none"))
+    running = RunningCollector(config, open_default_storage).start()
+    agent = StandInAgent(broker, "web-07")
+    try:
+        for seq in (1, 2, 3):
+            agent.publish(metrics_topic("web-07"), make_batch("web-07", seq))
+        for seq in (1, 2, 3):
+            agent.wait_acked(seq)
+        server.stop("immediate")
+        for seq in (4, 5, 6):
+            agent.publish(metrics_topic("web-07"), make_batch("web-07", seq))
+        wait_until(lambda: running.get("/readyz")[0] == 503, 30, "not ready while down")
+        assert running.thread.is_alive()
+        assert sorted(agent.acked()) == [1, 2, 3]  # nothing acknowledged while down
+        server.restart()
+        for seq in (4, 5, 6):
+            agent.wait_acked(seq)
+        wait_until(lambda: running.get("/readyz")[0] == 200, 30, "ready again")
+        agent.publish(metrics_topic("web-07"), make_batch("web-07", 2))  # a resend
+        agent.wait_acked(2, times=2)
+        storage = running.collector.storage
+        accounting = accounting_of(storage)  # type: ignore[arg-type]
+        assert accounting is not None
+        [host] = accounting.hosts("web-07")
+        assert (host.batches, host.missing_batches) == (6, 0)
+        assert host.samples == 6 * make_batch_samples()
+    finally:
+        agent.close()
+        running.stop()
+        server.remove()
+
+
+def make_batch_samples() -> int:
+    from edgemon.protocol import decode
+    from edgemon.protocol.schema import validate_batch
+    from tests.support.stand_in_agent import make_batch
+
+    return validate_batch(decode(make_batch("x", 1))).sample_count
