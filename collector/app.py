@@ -158,7 +158,9 @@ class CollectorService:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
-        log.info("starting collector", extra={"storage": str(cfg.storage.path),
+        where = (cfg.storage.url.rpartition("@")[2].partition("?")[0] if cfg.storage.url
+                 else cfg.storage.path)
+        log.info("starting collector", extra={"storage": str(where),  # no user nor password
                                                "mqtt": f"{cfg.mqtt.host}:{cfg.mqtt.port}",
                                                "http": f"{cfg.http.host}:{cfg.http.port}",
                                                "http_auth": cfg.http.auth})

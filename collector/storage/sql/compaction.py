@@ -31,7 +31,7 @@ from edgemon.collector.storage.encoding import (
     encode_times,
 )
 from edgemon.collector.storage.selection import Selection, canonical_labels
-from edgemon.collector.storage.sql.store import TIERS, SQLStore, log
+from edgemon.collector.storage.sql.store import TIERS, SQLStore, chunked, log, placeholders
 
 __all__ = ["Compaction"]
 
@@ -309,13 +309,7 @@ class Compaction(SQLStore):
         sid = buckets["sid"]
         tw = buckets["start"] - buckets["start"] % tier_window
         s = np.flatnonzero(np.r_[True, (sid[1:] != sid[:-1]) | (tw[1:] != tw[:-1])])
-        keys = [(int(sid[i]), int(tw[i])) for i in s]
-        existing = []
-        for i, window in keys:
-            row = db.execute("SELECT data FROM rollups WHERE series_id = ? AND tier = ? AND "
-                             "window_ms = ?", (sel.sid[i], width, window)).fetchone()
-            if row is not None:
-                existing.append((i, row[0]))
+        existing = self._rollup_rows(db, sel, width, [(int(sid[i]), int(tw[i])) for i in s])
         if existing:
             old, sizes = decode_rollups([blob for _, blob in existing], width)
             old["sid"] = np.repeat(np.array([i for i, _ in existing], dtype=np.int64), sizes)
@@ -339,6 +333,24 @@ class Compaction(SQLStore):
         db.executemany("INSERT INTO rollups (series_id, tier, window_ms, data) VALUES "
                        "(?, ?, ?, ?) ON CONFLICT (series_id, tier, window_ms) DO UPDATE SET "
                        "data = excluded.data", rows())
+
+    def _rollup_rows(self, db: Any, sel: Selection, width: int,
+                     keys: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        """(local index, data) of the stored rollup rows of (local index, tier window)
+        ``keys`` (sorted), in that order: one query per 500 series, not one per row."""
+        wanted = {(sel.sid[i], window): i for i, window in keys}
+        windows = sorted({window for _, window in keys})
+        found: list[tuple[int, int, bytes]] = []
+        for chunk in chunked(sorted({sel.sid[i] for i, _ in keys})):  # type: ignore[type-var]
+            for series_id, window, data in db.execute(
+                    f"SELECT series_id, window_ms, data FROM rollups WHERE tier = ? AND "
+                    f"window_ms IN ({placeholders(windows)}) AND series_id IN "
+                    f"({placeholders(chunk)})", (width, *windows, *chunk)):
+                i = wanted.get((series_id, window))
+                if i is not None:
+                    found.append((i, window, data))
+        found.sort(key=lambda row: (row[0], row[1]))
+        return [(i, data) for i, _, data in found]
 
     # -- quarantine ----------------------------------------------------------------------------
 
