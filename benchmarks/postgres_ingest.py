@@ -86,7 +86,7 @@ def main() -> int:
     parser.add_argument("--url", help="an admin URL of a PostgreSQL server to use")
     parser.add_argument("--per-txn", type=int, default=200, help="batches per transaction")
     args = parser.parse_args()
-    hosts, cycles = (20, 60) if args.quick else (200, 120)  # 120 cycles: 20 min at 10 s
+    hosts, cycles = (20, 60) if args.quick else (200, 60)  # 60 cycles: 10 min at 10 s
     items = _items(hosts, cycles)
     samples = sum(it.batch.sample_count for it in items)
     now = T0 + cycles * 10_000 + DAY
