@@ -320,3 +320,17 @@ def make_batch_samples() -> int:
     from tests.support.stand_in_agent import make_batch
 
     return validate_batch(decode(make_batch("x", 1))).sample_count
+
+
+def test_storage_url_is_checked_with_the_line_it_is_on(tmp_path: Path) -> None:
+    from edgemon.collector.config import ConfigError, load_config
+
+    path = tmp_path / "collector.toml"
+    path.write_text('[storage]\npath = "/tmp/x.db"\nurl = "mysql://db/edgemon"\n')
+    path.chmod(0o600)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    problems = "\n".join(info.value.problems)
+    assert "storage.url" in problems and ":3" in problems and "postgresql://" in problems
+    path.write_text('[storage]\nurl = "postgresql://edgemon@db:5432/edgemon"\n')
+    assert load_config(path).storage.url == "postgresql://edgemon@db:5432/edgemon"
