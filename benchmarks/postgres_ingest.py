@@ -91,12 +91,13 @@ def main() -> int:
     samples = sum(it.batch.sample_count for it in items)
     now = T0 + cycles * 10_000 + DAY
     server = None
+    workdir = tempfile.TemporaryDirectory(prefix="edgemon-bench-pg-")
     if args.url:
         admin = args.url
     else:
         from tests.support.postgres import Postgres
 
-        server = Postgres(Path(tempfile.mkdtemp(prefix="edgemon-bench-pg-")), durable=True).start()
+        server = Postgres(Path(workdir.name), durable=True).start()
         admin = server.admin_url
     rows: list[dict[str, Any]] = []
     try:
@@ -120,6 +121,7 @@ def main() -> int:
     finally:
         if server is not None:
             server.remove()
+        workdir.cleanup()
     base = rows[0]
     for r in rows:
         r["ingest_samples_per_s"] = round(samples / r["ingest_s"])
