@@ -55,6 +55,10 @@ REGISTRY: dict[str, Bench] = {
     "storage_ingest": Bench(
         "storage_ingest.py", "collector storage: samples/s written and bytes per stored sample",
         quick=["--quick"], full=[], tiny=["--quick"], timeout_quick=75, timeout_full=1800),
+    "postgres_ingest": Bench(
+        "postgres_ingest.py", "collector storage on PostgreSQL beside SQLite, same run: "
+        "samples/s stored (COPY and INSERT), compacted, bytes per sample",
+        quick=["--quick"], full=[], tiny=["--quick"], timeout_quick=120, timeout_full=1200),
     "footprint": Bench(
         "footprint.py", "agent RSS and CPU beside node_exporter (scraped) and collectd "
         "(to MQTT), same run, at 10 s and 1 s",

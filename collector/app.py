@@ -106,18 +106,19 @@ def tls_context(http: HttpConfig) -> ssl.SSLContext | None:
 
 
 def open_default_storage(config: StorageConfig) -> Storage:
-    """The embedded SQLite backend at ``config.path`` (its directory is created)."""
+    """PostgreSQL at ``config.url`` (waiting for it if it is down), else the embedded SQLite
+    backend at ``config.path`` (its directory is created)."""
     from edgemon.collector.storage import open_storage
 
     path = Path(config.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     day_ms = 86_400_000
-    return open_storage(  # type: ignore[no-any-return]
-        path,
-        raw_retention_ms=config.retention_raw_days * day_ms,
-        rollup_1m_retention_ms=config.retention_1m_days * day_ms,
-        rollup_1h_retention_ms=config.retention_1h_days * day_ms,
-    )
+    retention = {"raw_retention_ms": config.retention_raw_days * day_ms,
+                 "rollup_1m_retention_ms": config.retention_1m_days * day_ms,
+                 "rollup_1h_retention_ms": config.retention_1h_days * day_ms}
+    if config.url:
+        return open_storage(config.url, wait=True, **retention)  # type: ignore[no-any-return]
+    return open_storage(path, **retention)  # type: ignore[no-any-return]
 
 
 def default_leadership(config: CollectorConfig) -> Leadership:
@@ -197,7 +198,9 @@ class CollectorService:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
-        log.info("starting collector", extra={"storage": str(cfg.storage.path),
+        where = (cfg.storage.url.rpartition("@")[2].partition("?")[0] if cfg.storage.url
+                 else cfg.storage.path)
+        log.info("starting collector", extra={"storage": str(where),  # no user nor password
                                                "mqtt": f"{cfg.mqtt.host}:{cfg.mqtt.port}",
                                                "http": f"{cfg.http.host}:{cfg.http.port}",
                                                "http_auth": cfg.http.auth})

@@ -16,6 +16,7 @@ from edgemon.collector.broker.auth import add_commands as add_broker_auth_comman
 from edgemon.collector.broker.auth import read_password_file
 from edgemon.collector.config import CollectorConfig, ConfigError, load_config
 from edgemon.collector.http.token_cli import add_commands as add_token_commands
+from edgemon.collector.storage_commands import add_storage_commands
 from edgemon.common.private_files import InsecureFileMode, check_not_world_accessible
 
 __all__ = ["main"]
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_broker_auth_commands(sub)
     add_token_commands(sub, _load)
+    add_storage_commands(sub, _load)
     return parser
 
 

@@ -216,10 +216,22 @@ def is_shared_store(storage: StorageConfig) -> bool:
 
 class StorageConfig(_Section):
     path: Path = Path("./edgemon-data/edgemon.db")
+    # "" = the SQLite file at ``path``; "postgresql://user@host:port/db" = PostgreSQL (a
+    # password from PGPASSWORD or ~/.pgpass rather than in this file). With PostgreSQL, ``path``
+    # still says where the collector's other files go (tokens, alert state, its lock).
+    url: str = ""
     retention_raw_days: Positive = 7
     retention_1m_days: Positive = 90
     retention_1h_days: Positive = 730
     maintain_interval_seconds: float = Field(10.0, gt=0, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("a postgresql://user@host:port/database URL, or empty for the "
+                             "SQLite file at path")
+        return url
 
 
 class HttpConfig(_Section):

@@ -7,6 +7,8 @@ import pytest
 
 from tests.support.broker import Broker
 from tests.support.postgres import Postgres
+from tests.support.postgres import available as postgres_available
+from tests.support.storages import BACKENDS, Stores
 
 
 @pytest.fixture
@@ -29,3 +31,13 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
 @pytest.fixture
 def postgres_url(postgres_server: Postgres) -> str:
     return postgres_server.new_database()
+
+
+@pytest.fixture(params=BACKENDS)
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
+    """The store of one test, once on SQLite and once on PostgreSQL (``support/storages.py``)."""
+    if request.param == "postgres":
+        if (why := postgres_available()) is not None:
+            pytest.skip(why)
+        return Stores("postgres", tmp_path, request.getfixturevalue("postgres_server"))
+    return Stores("sqlite", tmp_path)

@@ -16,11 +16,18 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from edgemon.collector.http.api import create_app
-from edgemon.collector.storage.accounting import SQLiteAccounting, count_samples
+from edgemon.collector.storage.accounting import (
+    Accounting,
+    SQLiteAccounting,
+    accounting_of,
+    count_samples,
+)
 from edgemon.collector.storage.base import IngestItem
+from edgemon.collector.storage.sql import SQLStorage
 from edgemon.collector.storage.sqlite import SQLiteStorage
 from edgemon.protocol import GAUGE, BatchBuilder, MetricDef, decode, encode
 from edgemon.protocol.schema import validate_batch
+from tests.support.storages import Stores
 
 T0 = 1_780_012_800_000  # a day boundary
 LOAD = MetricDef("load1", GAUGE, "", 2)
@@ -42,11 +49,20 @@ def samples_in(item: IngestItem) -> int:
     return item.batch.sample_count
 
 
-def open_store(tmp_path: Path) -> SQLiteStorage:
-    return SQLiteStorage(tmp_path / "edgemon.db", compact_delay_ms=0)
+def open_store(where: Path | Stores) -> SQLStorage:
+    """The store of ``where``: a SQLite file in a directory, or the backend under test."""
+    if isinstance(where, Stores):
+        return where.open(compact_delay_ms=0)
+    return SQLiteStorage(where / "edgemon.db", compact_delay_ms=0)
 
 
-def fill(storage: SQLiteStorage) -> dict[tuple[str, str, int], IngestItem]:
+def accounts(storage: SQLStorage) -> Accounting:
+    found = accounting_of(storage)
+    assert found is not None
+    return found
+
+
+def fill(storage: SQLStorage) -> dict[tuple[str, str, int], IngestItem]:
     """web-01: instance a seqs 0-9 without 3, 4 and 7 (declared last 12), instance b 0-2;
     db-01: instance c 5-6 (nothing declared). One cycle every 10 s, 3 cycles a batch."""
     items: dict[tuple[str, str, int], IngestItem] = {}
@@ -64,12 +80,12 @@ def fill(storage: SQLiteStorage) -> dict[tuple[str, str, int], IngestItem]:
     return items
 
 
-def test_instances_batches_samples_ranges_and_gaps_at_the_end(tmp_path: Path) -> None:
-    storage = open_store(tmp_path)
+def test_instances_batches_samples_ranges_and_gaps_at_the_end(stores: Stores) -> None:
+    storage = open_store(stores)
     items = fill(storage)
     # duplicates count nothing
     storage.store_batches([items[("web-01", "a", 0)], items[("db-01", "c", 5)]])
-    accounting = SQLiteAccounting(storage.path)
+    accounting = accounts(storage)
     [web] = accounting.hosts("web-01")
     a, b = web.instances
     per_batch = samples_in(items[("web-01", "a", 0)])
@@ -100,10 +116,10 @@ def test_instances_batches_samples_ranges_and_gaps_at_the_end(tmp_path: Path) ->
     storage.close()
 
 
-def test_an_instance_whose_every_batch_was_lost_shows_them_all_missing(tmp_path: Path) -> None:
-    storage = open_store(tmp_path)
+def test_an_instance_whose_every_batch_was_lost_shows_them_all_missing(stores: Stores) -> None:
+    storage = open_store(stores)
     storage.record_status("edge-7", "gone", False, T0, T0, last_seq=4)
-    [edge] = SQLiteAccounting(storage.path).hosts("edge-7")
+    [edge] = accounts(storage).hosts("edge-7")
     assert (edge.batches, edge.missing_batches) == (0, 5)
     assert [(g.first_missing, g.last_missing) for g in edge.instances[0].gaps] == [(0, 4)]
     storage.close()
@@ -135,9 +151,9 @@ def test_a_database_from_before_accounting_counts_what_it_can_and_says_so(
 
 
 @pytest.mark.parametrize("stage", ["pending", "compacted"])
-def test_samples_of_a_host_in_a_time_range_are_counted_exactly(tmp_path: Path,
+def test_samples_of_a_host_in_a_time_range_are_counted_exactly(stores: Stores,
                                                                stage: str) -> None:
-    storage = open_store(tmp_path)
+    storage = open_store(stores)
     rng = random.Random(12)
     times: list[int] = []
     items = []
@@ -189,8 +205,8 @@ async def get(client: TestClient, url: str, status: int = 200) -> Any:
     return json.loads(text)
 
 
-def test_the_accounting_endpoint(tmp_path: Path) -> None:
-    storage = open_store(tmp_path)
+def test_the_accounting_endpoint(stores: Stores) -> None:
+    storage = open_store(stores)
     fill(storage)
 
     async def t(client: TestClient) -> None:

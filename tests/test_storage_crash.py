@@ -3,23 +3,24 @@
 The compaction runs in a child process that SIGKILLs itself in the middle of a transaction:
 after writing N chunk or rollup rows, or just before the N-th COMMIT of a compaction step
 (``EDGEMON_STORAGE_TEST_KILL=<stage>:<N>``). The parent
-then reopens the file and checks every sample against the reference, before and after
-finishing the compaction.
+then reopens the store and checks every sample against the reference, before and after
+finishing the compaction. On both backends (for PostgreSQL the client dies, the server rolls
+its transaction back; the server itself dying is ``test_storage_postgres.py``).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgemon.collector.storage.encoding import decode_chunks, decode_times
+from edgemon.collector.storage.sql import SQLStorage
+from tests.support.storages import Stores
 from tests.test_storage_sqlite import (
     DAY,
     HOUR,
@@ -30,14 +31,13 @@ from tests.test_storage_sqlite import (
     assert_matches,
     q,
     reference,
-    store,
 )
 
 CHILD = """
 import sys
-from edgemon.collector.storage.sqlite import SQLiteStorage
-st = SQLiteStorage(sys.argv[1], compact_delay_ms=0, close_grace_ms=int(sys.argv[3]),
-                   step_samples=5_000)  # several transactions per stage
+from edgemon.collector.storage import open_storage
+st = open_storage(sys.argv[1], compact_delay_ms=0, close_grace_ms=int(sys.argv[3]),
+                  step_samples=5_000)  # several transactions per stage
 st.compact_all(int(sys.argv[2]))
 print("compaction finished")
 """
@@ -62,9 +62,9 @@ def _check(st: object, fleet: Fleet) -> None:
         assert_matches(st.query(query), reference(fleet, query))  # type: ignore[attr-defined]
 
 
-def _stored_samples(path: Path) -> int:
+def _stored_samples(st: SQLStorage) -> int:
     """Samples physically kept: in chunks (decoded against their blocks) plus pending batches."""
-    with sqlite3.connect(path) as db:
+    with st._read() as db:
         times = {bid: decode_times(t) for bid, t in db.execute("SELECT id, times FROM blocks")}
         rows = db.execute("SELECT block_id, data FROM chunks").fetchall()
         pending = db.execute("SELECT coalesce(sum(samples), 0) FROM batches").fetchone()[0]
@@ -72,18 +72,18 @@ def _stored_samples(path: Path) -> int:
     return int(sizes.sum()) + pending
 
 
-def _run_child(path: Path, now: int, grace: int, kill: str) -> subprocess.CompletedProcess[str]:
+def _run_child(location: str, now: int, grace: int, kill: str
+               ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGEMON_STORAGE_TEST_KILL": kill}
-    return subprocess.run([sys.executable, "-c", CHILD, str(path), str(now), str(grace)],
+    return subprocess.run([sys.executable, "-c", CHILD, location, str(now), str(grace)],
                           env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("kill", ["l0:1", "l0:25", "l0end:1", "l0end:2", "l1:1", "l1:30", "l1:45",
                                   "l1end:1"])
-def test_kill_9_during_compaction(tmp_path: Path, kill: str) -> None:
+def test_kill_9_during_compaction(stores: Stores, kill: str) -> None:
     fleet = _fleet()
-    st = store(tmp_path)
-    path = Path(st.path)
+    st = stores.open(compact_delay_ms=0)
     items = fleet.items
     third = len(items) // 3
     if kill.startswith("l1"):
@@ -95,38 +95,37 @@ def test_kill_9_during_compaction(tmp_path: Path, kill: str) -> None:
         assert st.backlog()["pending_batches"] == 0
     else:
         st.store_batches(items)
-    with sqlite3.connect(path) as db:
-        rows_before = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+    rows_before = Stores.sql(st, "SELECT count(*) FROM chunks")
     st.close()
 
-    child = _run_child(path, T0 + SPAN + DAY, 10 * MIN, kill)
+    child = _run_child(stores.location, T0 + SPAN + DAY, 10 * MIN, kill)
     assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
     assert "compaction finished" not in child.stdout
 
-    st = store(tmp_path)
+    st = stores.open(compact_delay_ms=0)
     if kill.endswith(":1") and kill.startswith("l0"):
-        with sqlite3.connect(path) as db:  # the killed first transaction left nothing behind
-            assert db.execute("SELECT count(*) FROM chunks").fetchone()[0] == rows_before
+        # the killed first transaction left nothing behind
+        assert Stores.sql(st, "SELECT count(*) FROM chunks") == rows_before
     total = sum(len(p) for p in fleet.samples.values())
-    assert _stored_samples(path) == total  # nothing lost, nothing stored twice
+    assert _stored_samples(st) == total  # nothing lost, nothing stored twice
     _check(st, fleet)  # nor counted twice
     st.compact_all(T0 + SPAN + DAY)
     assert st.backlog(T0 + SPAN + DAY)["closable_windows"] == 0
     _check(st, fleet)
-    assert _stored_samples(path) == total
+    assert _stored_samples(st) == total
     st.close()
 
 
-def test_child_without_kill_finishes(tmp_path: Path) -> None:
+def test_child_without_kill_finishes(stores: Stores) -> None:
     """The harness itself: without the hook the child completes (so the kills above are real)."""
     fleet = _fleet()
-    st = store(tmp_path)
+    st = stores.open(compact_delay_ms=0)
     st.store_batches(fleet.items)
     st.close()
-    child = _run_child(tmp_path / "edgemon.db", T0 + SPAN + DAY, 10 * MIN, "")
+    child = _run_child(stores.location, T0 + SPAN + DAY, 10 * MIN, "")
     assert child.returncode == 0, child.stderr
     assert "compaction finished" in child.stdout
-    st = store(tmp_path)
+    st = stores.open(compact_delay_ms=0)
     assert st.backlog(T0 + SPAN + DAY) == {"pending_batches": 0, "pending_samples": 0,
                                            "dirty_windows": 0, "closable_windows": 0}
     _check(st, fleet)

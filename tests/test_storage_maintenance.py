@@ -1,19 +1,19 @@
-"""The storage maintenance thread (``storage/maintenance.py``) over a real SQLite store:
-background compaction, bounded rounds, failures counted and survived, a clean stop."""
+"""The storage maintenance thread (``storage/maintenance.py``) over a real store (SQLite and
+PostgreSQL): background compaction, bounded rounds, failures counted and survived, a clean
+stop."""
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edgemon.collector.storage.base import IngestItem
 from edgemon.collector.storage.maintenance import MaintenanceRunner
-from edgemon.collector.storage.sqlite import SQLiteStorage
 from edgemon.protocol import GAUGE, BatchBuilder, MetricDef, decode, encode
 from edgemon.protocol.schema import validate_batch
+from tests.support.storages import Stores
 from tests.support.waiting import wait_until
 
 T0 = 1_780_012_800_000
@@ -35,11 +35,12 @@ def items(host: str, count: int) -> list[IngestItem]:
     return out
 
 
-class CountingStorage(SQLiteStorage):
-    """The real store, counting maintenance steps; a step can be made to fail or to wait."""
+class Counting:
+    """In front of the real store: counts maintenance steps; a step can be made to fail or to
+    wait."""
 
-    def __init__(self, path: Path, **opts: Any) -> None:
-        super().__init__(path, **opts)
+    def __init__(self, location: str, **opts: Any) -> None:
+        super().__init__(location, **opts)  # type: ignore[call-arg]
         self.steps = 0
         self.fail_next = 0
         self.hold: threading.Event | None = None
@@ -53,11 +54,15 @@ class CountingStorage(SQLiteStorage):
         if self.fail_next:
             self.fail_next -= 1
             raise OSError("disk on fire")
-        return super().maintain_step(now_ms)
+        return super().maintain_step(now_ms)  # type: ignore[misc, no-any-return]
 
 
-def test_compacts_in_the_background_until_stopped(tmp_path: Path) -> None:
-    st = CountingStorage(tmp_path / "edgemon.db", compact_delay_ms=0, step_samples=60)
+def counting(stores: Stores, **opts: Any) -> Any:
+    return stores.open(mixin=Counting, **opts)
+
+
+def test_compacts_in_the_background_until_stopped(stores: Stores) -> None:
+    st = counting(stores, compact_delay_ms=0, step_samples=60)
     runner = MaintenanceRunner(st, interval=0.05, clock_ms=lambda: T0 + 3 * HOUR)
     runner.start()
     try:
@@ -72,9 +77,9 @@ def test_compacts_in_the_background_until_stopped(tmp_path: Path) -> None:
     st.close()
 
 
-def test_a_round_is_bounded_by_the_budget(tmp_path: Path) -> None:
+def test_a_round_is_bounded_by_the_budget(stores: Stores) -> None:
     """With no budget, a round is one step; the runner says work is left until it is not."""
-    st = CountingStorage(tmp_path / "edgemon.db", compact_delay_ms=0, step_samples=60,
+    st = counting(stores, compact_delay_ms=0, step_samples=60,
                          maintain_budget_ms=0)
     st.store_batches(items("web-01", 30))
     runner = MaintenanceRunner(st, clock_ms=lambda: T0 + 3 * HOUR)
@@ -87,10 +92,10 @@ def test_a_round_is_bounded_by_the_budget(tmp_path: Path) -> None:
     st.close()
 
 
-def test_a_failing_round_is_counted_logged_and_survived(tmp_path: Path,
+def test_a_failing_round_is_counted_logged_and_survived(stores: Stores,
                                                          caplog: pytest.LogCaptureFixture
                                                          ) -> None:
-    st = CountingStorage(tmp_path / "edgemon.db", compact_delay_ms=0)
+    st = counting(stores, compact_delay_ms=0)
     st.store_batches(items("web-01", 5))
     st.fail_next = 2
     runner = MaintenanceRunner(st, interval=0.05, clock_ms=lambda: T0 + 3 * HOUR)
@@ -105,8 +110,8 @@ def test_a_failing_round_is_counted_logged_and_survived(tmp_path: Path,
     st.close()
 
 
-def test_stop_lets_the_round_in_progress_finish(tmp_path: Path) -> None:
-    st = CountingStorage(tmp_path / "edgemon.db")
+def test_stop_lets_the_round_in_progress_finish(stores: Stores) -> None:
+    st = counting(stores)
     st.hold = threading.Event()
     runner = MaintenanceRunner(st, interval=0.05, clock_ms=lambda: T0)
     runner.start()

@@ -25,9 +25,10 @@ from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.storage.base import IngestItem, RangeQuery
 from edgemon.collector.storage.batches import BatchReader, UnreadableBatch, read_batch
 from edgemon.collector.storage.maintenance import MaintenanceRunner
-from edgemon.collector.storage.sqlite import SQLiteStorage
+from edgemon.collector.storage.sql import SQLStorage
 from edgemon.protocol import GAUGE, BatchBuilder, MetricDef, ProtocolError, decode, encode
 from edgemon.protocol.schema import validate_batch
+from tests.support.storages import Stores
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -107,9 +108,9 @@ UNREADABLE: dict[str, bytes] = {
 }
 
 
-def store(tmp_path: Path, **opts: Any) -> SQLiteStorage:
+def store(stores: Stores, **opts: Any) -> SQLStorage:
     opts.setdefault("compact_delay_ms", 0)
-    return SQLiteStorage(tmp_path / "edgemon.db", **opts)
+    return stores.open(**opts)
 
 
 def fleet_query(**kw: Any) -> RangeQuery:
@@ -117,8 +118,8 @@ def fleet_query(**kw: Any) -> RangeQuery:
                       aggregation="count", **kw)
 
 
-def stored_with_poison(tmp_path: Path, payload: bytes, **opts: Any) -> SQLiteStorage:
-    st = store(tmp_path, **opts)
+def stored_with_poison(stores: Stores, payload: bytes, **opts: Any) -> SQLStorage:
+    st = store(stores, **opts)
     items = [item(h, seq) for h in GOOD_HOSTS for seq in (1, 2, 3)]
     items.insert(2, item(BAD, 1, payload))  # between the good ones, in one transaction
     items.append(item(BAD, 2))  # the bad host's next batch is fine
@@ -126,7 +127,7 @@ def stored_with_poison(tmp_path: Path, payload: bytes, **opts: Any) -> SQLiteSto
     return st
 
 
-def count_by_host(st: SQLiteStorage, **kw: Any) -> dict[str | None, float]:
+def count_by_host(st: SQLStorage, **kw: Any) -> dict[str | None, float]:
     return {r.host: sum(v for _, v in r.points)
             for r in st.query(fleet_query(group_by=("host",), **kw))}
 
@@ -136,10 +137,10 @@ GOOD_SAMPLES = 3 * CYCLES * 2  # per good host: 3 batches x 6 cycles x 2 cpus
 
 @pytest.mark.parametrize("damage", sorted(UNREADABLE))
 def test_unreadable_batch_is_quarantined_and_stops_nothing(
-        tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+        stores: Stores, damage: str, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(UnreadableBatch):
         read_batch(UNREADABLE[damage])
-    st = stored_with_poison(tmp_path, UNREADABLE[damage])
+    st = stored_with_poison(stores, UNREADABLE[damage])
     caplog.set_level(logging.WARNING, logger="edgemon.collector.storage")
     expected = {**dict.fromkeys(GOOD_HOSTS, GOOD_SAMPLES), BAD: CYCLES * 2}
 
@@ -165,18 +166,19 @@ def test_unreadable_batch_is_quarantined_and_stops_nothing(
     assert st.stats().quarantined == {BAD: 1}
     warnings = [r for r in caplog.records if "quarantined" in r.getMessage()]
     assert len(warnings) == 1 and f"{BAD}/i1/1" in warnings[0].getMessage()
-    row = st._conn().execute("SELECT h.name, q.instance, q.seq, q.reason, q.payload, "
-                             "q.quarantined_ms FROM quarantine q JOIN hosts h ON "
-                             "h.id = q.host_id").fetchall()
+    with st._read() as db:
+        row = db.execute("SELECT h.name, q.instance, q.seq, q.reason, q.payload, "
+                         "q.quarantined_ms FROM quarantine q JOIN hosts h ON "
+                         "h.id = q.host_id").fetchall()
     assert [r[:3] for r in row] == [(BAD, "i1", 1)]
     assert row[0][3] and row[0][4] == UNREADABLE[damage] and row[0][5] == T0 + 2 * DAY
     st.close()
 
 
-def test_readers_have_it_quarantined_before_its_compaction_is_due(tmp_path: Path) -> None:
+def test_readers_have_it_quarantined_before_its_compaction_is_due(stores: Stores) -> None:
     """A query that meets the bad batch skips it; the next maintenance step moves it aside
     even though no compaction is due yet (the other batches stay pending)."""
-    st = stored_with_poison(tmp_path, UNREADABLE["not zstd"], compact_delay_ms=HOUR)
+    st = stored_with_poison(stores, UNREADABLE["not zstd"], compact_delay_ms=HOUR)
     now = T0 + 10 * MIN  # before the compaction delay
     assert count_by_host(st)[BAD] == CYCLES * 2
     assert st.maintain_step(now) is False
@@ -186,11 +188,11 @@ def test_readers_have_it_quarantined_before_its_compaction_is_due(tmp_path: Path
     st.close()
 
 
-def test_quarantine_survives_a_restart_and_reaches_metrics(tmp_path: Path) -> None:
-    st = stored_with_poison(tmp_path, UNREADABLE["series past the timestamps"])
+def test_quarantine_survives_a_restart_and_reaches_metrics(stores: Stores) -> None:
+    st = stored_with_poison(stores, UNREADABLE["series past the timestamps"])
     st.compact_all(T0 + DAY)
     st.close()
-    st = store(tmp_path)
+    st = store(stores)
     runner = MaintenanceRunner(st, clock_ms=lambda: T0 + DAY)
     assert runner.run_round() is False
     assert runner.stats.quarantined == {BAD: 1}
@@ -201,14 +203,13 @@ def test_quarantine_survives_a_restart_and_reaches_metrics(tmp_path: Path) -> No
     st.close()
 
 
-def test_quarantined_payload_is_dropped_with_the_raw_tier(tmp_path: Path) -> None:
+def test_quarantined_payload_is_dropped_with_the_raw_tier(stores: Stores) -> None:
     """The row (and the count) stays; the payload goes once raw data of its time expired."""
-    st = stored_with_poison(tmp_path, UNREADABLE["not zstd"], raw_retention_ms=DAY)
+    st = stored_with_poison(stores, UNREADABLE["not zstd"], raw_retention_ms=DAY)
     st.compact_all(T0 + HOUR)
-    db = st._conn()
-    assert db.execute("SELECT length(payload) FROM quarantine").fetchone()[0] > 0
+    assert Stores.sql(st, "SELECT length(payload) FROM quarantine") > 0
     st.compact_all(T0 + 3 * DAY)
-    assert db.execute("SELECT length(payload) FROM quarantine").fetchone()[0] == 0
+    assert Stores.sql(st, "SELECT length(payload) FROM quarantine") == 0
     assert st.stats().quarantined == {BAD: 1}
     st.close()
 
@@ -245,10 +246,10 @@ def _ingest_accepts(payload: bytes) -> bool:
 
 
 @pytest.mark.parametrize("case", sorted(EDGE_CASES))
-def test_storage_reads_what_ingest_accepts_and_quarantines_the_rest(tmp_path: Path,
+def test_storage_reads_what_ingest_accepts_and_quarantines_the_rest(stores: Stores,
                                                                     case: str) -> None:
     payload = EDGE_CASES[case]
-    st = stored_with_poison(tmp_path, payload)
+    st = stored_with_poison(stores, payload)
     st.compact_all(T0 + DAY)
     accepted = _ingest_accepts(payload)
     assert st.stats().quarantined == ({} if accepted else {BAD: 1})
@@ -276,7 +277,7 @@ def test_batch_reader_caches_within_its_bound_and_forgets() -> None:
     assert reader.decoded == 5 + 3 + 1 + 1  # the failure was remembered
 
 
-def test_alert_rules_keep_evaluating_the_fleet(tmp_path: Path) -> None:
+def test_alert_rules_keep_evaluating_the_fleet(stores: Stores, tmp_path: Path) -> None:
     """The issue's worst case: one unreadable batch made every metric rule fail for everyone."""
     from edgemon.collector.alerting import AlertEngine, parse_rules
 
@@ -284,7 +285,7 @@ def test_alert_rules_keep_evaluating_the_fleet(tmp_path: Path) -> None:
                         'url = "http://127.0.0.1:9/hook"\n\n[[rule]]\nname = "cpu-busy"\n'
                         'kind = "threshold"\nmetric = "cpu_usage_percent"\nwindow = "1m"\n'
                         'threshold = 5\nfor = "1m"\n')
-    st = stored_with_poison(tmp_path, UNREADABLE["not msgpack"], compact_delay_ms=HOUR)
+    st = stored_with_poison(stores, UNREADABLE["not msgpack"], compact_delay_ms=HOUR)
     engine = AlertEngine(st, tmp_path / "alerts.db", rules=rules,
                          clock_ms=lambda: T0 + 4 * MIN)
     report = engine.run_cycle()

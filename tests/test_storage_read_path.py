@@ -9,7 +9,6 @@ checked against a second storage object on the same file with the cache turned o
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 from edgemon.collector.storage.base import RangeQuery, SeriesArrays, Storage
 from edgemon.collector.storage.decoded import DecodedCache
 from edgemon.collector.storage.sqlite import SQLiteStorage
+from tests.support.storages import Stores
 from tests.test_storage_sqlite import (
     DAY,
     HOUR,
@@ -27,13 +27,14 @@ from tests.test_storage_sqlite import (
     T0,
     TEMP,
     Fleet,
+    Opener,
     _stage,
     fleet,  # noqa: F401 (fixture)
     make_items,
     q,
     reference,
     staged,  # noqa: F401 (fixture)
-    store,
+    store,  # noqa: F401 (fixture)
 )
 
 
@@ -94,9 +95,9 @@ def test_raw_samples_at_one_millisecond_are_the_stored_samples(
     assert as_points(staged.query_arrays(query)) == expected
 
 
-def test_repeated_reads_decode_once(tmp_path: Path,
+def test_repeated_reads_decode_once(stores: Stores,
                                     fleet: Fleet) -> None:  # noqa: F811 (the fixture)
-    st = _stage(tmp_path, fleet, "rolled")
+    st = _stage(stores, fleet, "rolled")
     try:
         query = read("cpu_usage_percent", T0, T0 + SPAN, MIN, aggregation="last", tier="1m")
         raw = read("cpu_usage_percent", T0, T0 + SPAN, 1, aggregation="last", tier="raw")
@@ -111,11 +112,12 @@ def test_repeated_reads_decode_once(tmp_path: Path,
         st.close()
 
 
-def test_rewritten_windows_never_answer_from_the_cache(tmp_path: Path) -> None:
+def test_rewritten_windows_never_answer_from_the_cache(
+        store: Opener, stores: Stores) -> None:  # noqa: F811 (the fixture)
     """Late samples land in windows already compacted and rolled up, then compaction rewrites
     them: a reader with a warm cache sees exactly what a reader without a cache sees."""
-    st = store(tmp_path)
-    cold = SQLiteStorage(tmp_path / "edgemon.db", decoded_cache_mb=0)
+    st = store()
+    cold = stores.open(decoded_cache_mb=0)  # a second reader of the same store, no cache
     points = [(T0 + k * INTERVAL, TEMP, (), 100 + k % 50) for k in range(2 * HOUR // INTERVAL)]
     st.store_batches([make_items("h", 1, points)])
     st.compact_all(T0 + DAY)

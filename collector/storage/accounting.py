@@ -2,12 +2,13 @@
 outside: batches and samples stored, sequence ranges, gaps (the end of an instance included),
 the last sequence number the agent declared, and samples stored in a time range.
 
-SQLite parts (``install``, ``record_declared``, ``SQLiteAccounting``) work on the storage file
-beside ``sqlite.py``:
+``install`` (SQLite; PostgreSQL creates the same in ``postgres/migrations.py``) and
+``record_declared`` work inside a store's transaction; ``Accounting`` reads any SQL store
+(``SQLiteAccounting``: a SQLite file by path):
 
 - ``instance_accounts`` has one row per (host, instance): ``samples`` and ``counted_batches``
   stored, kept by a trigger on ``batches`` (so they change in the very transaction that stores
-  a batch, and a duplicate, which ``INSERT OR IGNORE`` skips, counts nothing), and the highest
+  a batch, and a duplicate, which the insert skips, counts nothing), and the highest
   ``last_seq`` of the instance's status messages (``declared_last_seq``). A row goes when its
   instance goes (retention), by a second trigger.
 - A file that held batches before this table existed starts it from the batches not yet
@@ -28,6 +29,8 @@ from __future__ import annotations
 import itertools
 import math
 import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from typing import Any
 from edgemon.collector.storage.base import Gap, RangeQuery, Storage
 
 __all__ = [
+    "Accounting",
     "HostAccount",
     "InstanceAccount",
     "RangeCount",
@@ -88,10 +92,10 @@ def record_declared(db: sqlite3.Connection, host_id: int, instance: str, last_se
         return
     db.execute(
         "INSERT INTO instance_accounts (host_id, instance, declared_last_seq, declared_ms) "
-        "VALUES (?, ?, ?, ?) ON CONFLICT (host_id, instance) DO UPDATE SET "
-        "declared_ms = CASE WHEN excluded.declared_last_seq >= coalesce(declared_last_seq, -1) "
-        "THEN excluded.declared_ms ELSE declared_ms END, "
-        "declared_last_seq = max(coalesce(declared_last_seq, -1), excluded.declared_last_seq)",
+        "VALUES (?, ?, ?, ?) ON CONFLICT (host_id, instance) DO UPDATE SET declared_ms = CASE "
+        "WHEN excluded.declared_last_seq >= coalesce(instance_accounts.declared_last_seq, -1) "
+        "THEN excluded.declared_ms ELSE instance_accounts.declared_ms END, declared_last_seq = "
+        "max(coalesce(instance_accounts.declared_last_seq, -1), excluded.declared_last_seq)",
         (host_id, instance, last_seq, ts_ms))
 
 
@@ -155,8 +159,9 @@ def _missing(first: int | None, last: int | None, stored: int, declared: int | N
                                                          else last) - last)
 
 
-class SQLiteAccounting:
-    """Reads the accounting of a SQLite storage file (its own read-only connection per call)."""
+class Accounting:
+    """Reads the accounting of a SQL store, each call in one read transaction of ``read``
+    (a context manager yielding a connection that takes ``?`` placeholders)."""
 
     _INSTANCES = """
         SELECT h.id, h.name, i.instance, i.first_seen_ms, i.last_seen_ms, r.lo, r.hi, r.stored,
@@ -168,20 +173,12 @@ class SQLiteAccounting:
         LEFT JOIN instance_accounts a ON a.host_id = i.host_id AND a.instance = i.instance
         {where} ORDER BY h.name, i.first_seen_ms, i.instance"""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True,
-                             isolation_level=None)
-        db.execute("PRAGMA busy_timeout = 30000")
-        return db
+    def __init__(self, read: Callable[[], AbstractContextManager[Any]]) -> None:
+        self._read = read
 
     def hosts(self, host: str | None = None, *, detail: bool = True) -> list[HostAccount]:
         """Every host (or ``host``), instance by instance; ``detail``: with ranges and gaps."""
-        db = self._connect()
-        try:
-            db.execute("BEGIN")  # one snapshot for the summary and the ranges
+        with self._read() as db:  # one snapshot for the summary and the ranges
             where, args = ("WHERE h.name = ?", (host,)) if host is not None else ("", ())
             rows = db.execute(self._INSTANCES.format(where=where), args).fetchall()
             ranges: dict[tuple[int, str], list[tuple[int, int]]] = {}
@@ -192,9 +189,6 @@ class SQLiteAccounting:
                 for hid, inst, lo, hi in db.execute(sql + " ORDER BY host_id, instance, lo",
                                                     (rows[0][0],) if host is not None else ()):
                     ranges.setdefault((hid, inst), []).append((lo, hi))
-            db.execute("COMMIT")
-        finally:
-            db.close()
         out: dict[str, list[InstanceAccount]] = {}
         for (hid, name, inst, first_seen, last_seen, lo, hi, stored, counted, samples,
              declared, declared_ms) in rows:
@@ -212,9 +206,7 @@ class SQLiteAccounting:
     def gaps(self, host: str | None = None) -> list[Gap]:
         """Missing sequence numbers, between stored ones and after the last stored one up to
         the declared last (all of them, not only ``MAX_LISTED``)."""
-        db = self._connect()
-        try:
-            db.execute("BEGIN")
+        with self._read() as db:
             sql = ("SELECT h.name, r.instance, r.lo, r.hi FROM seq_ranges r JOIN hosts h "
                    "ON h.id = r.host_id")
             declared_sql = ("SELECT h.name, a.instance, a.declared_last_seq FROM "
@@ -231,9 +223,6 @@ class SQLiteAccounting:
                 seqs.setdefault((name, inst), []).append((lo, hi))
             declared = {(name, inst): last for name, inst, last in db.execute(declared_sql,
                                                                                 args)}
-            db.execute("COMMIT")
-        finally:
-            db.close()
         out: list[Gap] = []
         for key in sorted(seqs.keys() | declared.keys()):
             out += _gaps(key[0], key[1], seqs.get(key, []), declared.get(key))
@@ -250,11 +239,37 @@ def _gaps(host: str, instance: str, ranges: list[tuple[int, int]],
     return out
 
 
-def accounting_of(storage: Storage) -> SQLiteAccounting | None:
+class SQLiteAccounting(Accounting):
+    """The accounting of a SQLite storage file, through a read-only connection of its own
+    (tools read it without opening the storage)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        super().__init__(self._snapshot)
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True,
+                             isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout = 30000")
+            db.execute("BEGIN")
+            yield db
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+
+def accounting_of(storage: Storage) -> Accounting | None:
     """The accounting reader of ``storage``, None for a backend without one."""
+    from edgemon.collector.storage.sql.store import SQLStore
     from edgemon.collector.storage.sqlite import SQLiteStorage
 
-    return SQLiteAccounting(storage.path) if isinstance(storage, SQLiteStorage) else None
+    if isinstance(storage, SQLiteStorage):
+        return SQLiteAccounting(storage.path)
+    if isinstance(storage, SQLStore):
+        return Accounting(storage._read)
+    return None
 
 
 _BUCKET_MS = {"raw": 1, "1m": 60_000, "1h": 3_600_000}

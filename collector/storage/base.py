@@ -190,6 +190,11 @@ class QueryTooLarge(ValueError):
     """A query would return more series or points than allowed; the message says how to narrow."""
 
 
+class StorageUnavailable(OSError):
+    """The storage cannot be reached now (a database server down or restarting): a transient
+    fault. Ingest keeps the messages unacknowledged and tries again later."""
+
+
 class Storage(ABC):
     """A place that keeps batches exactly once and answers queries over them.
 

@@ -51,8 +51,11 @@ class Postgres:
     """One server for the tests. ``start`` makes and starts a private cluster unless
     ``EDGEMON_TEST_POSTGRES_URL`` is set (then that server is used and never stopped)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
+        """``durable``: every commit flushed (``fsync``, ``synchronous_commit``), for tests
+        that crash the server; otherwise fast and crash-unsafe."""
         self.workdir = workdir
+        self.durable = durable
         self.external = os.environ.get(URL_VARIABLE) or None
         self.port = free_port()
         self.host = "127.0.0.1"
@@ -86,11 +89,19 @@ class Postgres:
         subprocess.run([*self._as, initdb, "-D", str(self.datadir), "-U", self.user,
                         "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"],
                        check=True, capture_output=True)
+        return self.restart(timeout)
+
+    def restart(self, timeout: float = 60.0) -> Postgres:
+        """Start the (stopped) cluster again, on the same port."""
+        if self.external:
+            return self
+        pg_ctl = _server_binary("pg_ctl")
+        safety = "on" if self.durable else "off"
         options = (f"-c listen_addresses={self.host} -c port={self.port} "
-                   f"-c unix_socket_directories={self.workdir} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off "
+                   f"-c unix_socket_directories={self.workdir} -c fsync={safety} "
+                   f"-c synchronous_commit={safety} -c full_page_writes={safety} "
                    "-c max_connections=200")
-        subprocess.run([*self._as, pg_ctl, "-D", str(self.datadir), "-l", str(self.log),
+        subprocess.run([*self._as, str(pg_ctl), "-D", str(self.datadir), "-l", str(self.log),
                         "-o", options, "-w", "-t", str(int(timeout)), "start"],
                        check=True, capture_output=True)
         wait_until(self.accepting, timeout, f"postgres on port {self.port} ({self.log})")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 
-from edgemon.collector.storage.sqlite.schema import TIERS, SQLiteFile
+from edgemon.collector.storage.sql.store import TIERS
+from edgemon.collector.storage.sqlite.schema import SQLiteFile
 
 __all__ = ["Sizes"]
 

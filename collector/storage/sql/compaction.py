@@ -16,7 +16,6 @@ that meets it, counted and logged once; it never stops the compaction of any oth
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,13 +31,13 @@ from edgemon.collector.storage.encoding import (
     encode_times,
 )
 from edgemon.collector.storage.selection import Selection, canonical_labels
-from edgemon.collector.storage.sqlite.schema import TIERS, SQLiteFile, log
+from edgemon.collector.storage.sql.store import TIERS, SQLStore, chunked, log, placeholders
 
 __all__ = ["Compaction"]
 
 
-class Compaction(SQLiteFile):
-    def _resolver(self, db: sqlite3.Connection, sel: Selection, local: dict[int, int]) -> Any:
+class Compaction(SQLStore):
+    def _resolver(self, db: Any, sel: Selection, local: dict[int, int]) -> Any:
         """Series lookup for compaction (``batches.Resolve``); creates rows for new series in
         the transaction. New ids reach ``self._series_cache`` only after the commit
         (``resolve.fresh``)."""
@@ -62,11 +61,11 @@ class Compaction(SQLiteFile):
                     row = db.execute("SELECT id, scale, kind FROM series WHERE host_id = ? AND "
                                      "name = ? AND labels = ?", (hid, name, canon)).fetchone()
                     if row is None:
-                        cur = db.execute(
+                        new_id = db.execute(
                             "INSERT INTO series (host_id, name, labels, kind, unit, scale, "
-                            "first_ms, last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (hid, name, canon, kind, unit, scale, 1 << 62, 0))
-                        row = (cur.lastrowid, scale, kind)
+                            "first_ms, last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                            (hid, name, canon, kind, unit, scale, 1 << 62, 0)).fetchone()[0]
+                        row = (new_id, scale, kind)
                     hit = (row[0], row[1], row[2] == "counter")
                     fresh.setdefault(mkey, {})[labels] = hit
                 sid, sscale, is_counter = hit
@@ -92,28 +91,28 @@ class Compaction(SQLiteFile):
     def _compact_pending(self, now_ms: int) -> bool:
         """L0: the pending batches of some hosts -> one block per (host, window). Returns
         whether eligible batches are left."""
-        db = self._conn()
-        rows = db.execute("SELECT host_id, min(received_ms), sum(samples) FROM batches "
-                          "GROUP BY host_id ORDER BY 2").fetchall()
-        due = [(hid, n) for hid, oldest, n in rows
-               if oldest <= now_ms - self.compact_delay_ms or n >= self.step_samples]
-        if not due:
-            return False
-        budget = self.step_samples
-        chosen: list[tuple[int, int]] = []  # (host, last batch id taken)
-        more = False  # eligible batches left for the next step
-        for hid, _ in due:
-            if budget <= 0:
-                more = True
-                break
-            last = None
-            for batch_id, n in db.execute("SELECT id, samples FROM batches WHERE host_id = ? "
-                                          "ORDER BY id", (hid,)):
-                if last is not None and n > budget:
+        with self._read() as db:
+            rows = db.execute("SELECT host_id, min(received_ms), sum(samples) FROM batches "
+                              "GROUP BY host_id ORDER BY 2").fetchall()
+            due = [(hid, n) for hid, oldest, n in rows
+                   if oldest <= now_ms - self.compact_delay_ms or n >= self.step_samples]
+            if not due:
+                return False
+            budget = self.step_samples
+            chosen: list[tuple[int, int]] = []  # (host, last batch id taken)
+            more = False  # eligible batches left for the next step
+            for hid, _ in due:
+                if budget <= 0:
                     more = True
                     break
-                last, budget = batch_id, budget - n
-            chosen.append((hid, last))
+                last = None
+                for batch_id, n in db.execute("SELECT id, samples FROM batches WHERE host_id = ? "
+                                              "ORDER BY id", (hid,)):
+                    if last is not None and n > budget:
+                        more = True
+                        break
+                    last, budget = batch_id, budget - n
+                chosen.append((hid, last))
         taken: list[int] = []
         read: list[bytes] = []  # payloads read (to drop from the reader's cache after commit)
         unreadable: list[tuple[int, str]] = []
@@ -149,7 +148,7 @@ class Compaction(SQLiteFile):
         _log_quarantined(moved)
         return more
 
-    def _write_l0(self, db: sqlite3.Connection, sel: Selection, sid: np.ndarray,
+    def _write_l0(self, db: Any, sel: Selection, sid: np.ndarray,
                   ts: np.ndarray, val: np.ndarray, cut: dict[str, int]) -> None:
         window_ms = self.window_ms
         host = np.array(sel.host, dtype=np.int64)[sid]
@@ -168,28 +167,33 @@ class Compaction(SQLiteFile):
         old: list[np.ndarray] = []  # samples of windows whose raw data retention removed
         bounds = np.flatnonzero(np.r_[True, (host[1:] != host[:-1]) | (win[1:] != win[:-1])])
         ends = np.r_[bounds[1:], sid.size]
+        blocks = []  # (first, end, host, window) of the blocks to write
         for s, e in zip(bounds.tolist(), ends.tolist(), strict=True):
             hid, w = int(host[s]), int(win[s])
             if w < cut["raw"] and db.execute("SELECT 1 FROM dirty WHERE host_id = ? AND "
                                              "window_ms = ?", (hid, w)).fetchone() is None:
                 old.append(np.arange(s, e))
-                continue
+            else:
+                blocks.append((s, e, hid, w))
+        self._partitions_for(db, "blocks", {w for *_, w in blocks})
+        for s, e, hid, w in blocks:
             self._write_block(db, sel, hid, w, sid[s:e], ts[s:e], val[s:e], "l0")
-            db.execute("INSERT INTO dirty VALUES (?, ?, 1, ?) ON CONFLICT DO UPDATE SET "
-                       "blocks = blocks + 1, samples = samples + excluded.samples",
-                       (hid, w, e - s))
+            db.execute("INSERT INTO dirty VALUES (?, ?, 1, ?) ON CONFLICT (host_id, window_ms) "
+                       "DO UPDATE SET blocks = dirty.blocks + 1, samples = dirty.samples + "
+                       "excluded.samples", (hid, w, e - s))
         if old:
             pick = np.concatenate(old)
             self._merge_rollups(db, sel, sid[pick], ts[pick], val[pick], cut)
 
-    def _write_block(self, db: sqlite3.Connection, sel: Selection, hid: int, w: int,
+    def _write_block(self, db: Any, sel: Selection, hid: int, w: int,
                      sid: np.ndarray, ts: np.ndarray, val: np.ndarray, stage: str) -> None:
         """One block: the window's timestamps once, then one chunk per series (sorted by sid,
         ts)."""
         times = np.unique(ts)
-        cur = db.execute("INSERT INTO blocks (host_id, window_ms, n, times) VALUES (?, ?, ?, ?)",
-                         (hid, w, int(times.size), encode_times(times)))
-        block_id = cur.lastrowid
+        self._partitions_for(db, "blocks", [w])
+        block_id = db.execute("INSERT INTO blocks (host_id, window_ms, n, times) VALUES "
+                              "(?, ?, ?, ?) RETURNING id",
+                              (hid, w, int(times.size), encode_times(times))).fetchone()[0]
         starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
         ends = np.r_[starts[1:], sid.size]
         masks: list[bytes | None] = []
@@ -215,10 +219,10 @@ class Compaction(SQLiteFile):
     def _merge_windows(self, now_ms: int) -> bool:
         """L1: merge the blocks of windows with many, and roll up closed windows."""
         closed_before = now_ms - self.window_ms - self.close_grace_ms
-        db = self._conn()
-        rows = db.execute("SELECT host_id, window_ms, blocks, samples FROM dirty WHERE "
-                          "window_ms <= ? OR blocks >= ? ORDER BY window_ms LIMIT 10000",
-                          (closed_before, self.merge_blocks)).fetchall()
+        with self._read() as db:
+            rows = db.execute("SELECT host_id, window_ms, blocks, samples FROM dirty WHERE "
+                              "window_ms <= ? OR blocks >= ? ORDER BY window_ms LIMIT 10000",
+                              (closed_before, self.merge_blocks)).fetchall()
         if not rows:
             return False
         budget = self.step_samples
@@ -235,7 +239,7 @@ class Compaction(SQLiteFile):
             self._kill_point("l1end")
         return len(chosen) < len(rows)
 
-    def _window_samples(self, db: sqlite3.Connection, hid: int, w: int
+    def _window_samples(self, db: Any, hid: int, w: int
                         ) -> tuple[Selection, np.ndarray, np.ndarray, np.ndarray, list[int]]:
         """Every raw sample of a host's window, deduplicated, sorted by (series, ts)."""
         sel = Selection()
@@ -252,7 +256,7 @@ class Compaction(SQLiteFile):
         sid, ts, val = agg.sort_dedupe(sid, ts, val, order)
         return sel, sid, ts, val, list(times)
 
-    def _merge_window(self, db: sqlite3.Connection, hid: int, w: int, closed: bool,
+    def _merge_window(self, db: Any, hid: int, w: int, closed: bool,
                       cut: dict[str, int]) -> None:
         sel, sid, ts, val, block_ids = self._window_samples(db, hid, w)
         if len(block_ids) > 1:
@@ -271,7 +275,7 @@ class Compaction(SQLiteFile):
 
     # -- rollups -------------------------------------------------------------------------------
 
-    def _replace_rollups(self, db: sqlite3.Connection, sel: Selection, sid: np.ndarray,
+    def _replace_rollups(self, db: Any, sel: Selection, sid: np.ndarray,
                          ts: np.ndarray, val: np.ndarray, w: int, cut: dict[str, int]) -> None:
         """Rollups of a closed window, recomputed from all its raw samples, replace what the
         rollup rows held for that window."""
@@ -283,7 +287,7 @@ class Compaction(SQLiteFile):
             self._upsert_rollups(db, sel, buckets, width, tier_window, counter,
                                  replace=(w, w + self.window_ms))
 
-    def _merge_rollups(self, db: sqlite3.Connection, sel: Selection, sid: np.ndarray,
+    def _merge_rollups(self, db: Any, sel: Selection, sid: np.ndarray,
                        ts: np.ndarray, val: np.ndarray, cut: dict[str, int]) -> None:
         """Samples of windows whose raw data is gone: merged into the rollup buckets."""
         idx = np.lexsort((ts, sid))
@@ -296,7 +300,7 @@ class Compaction(SQLiteFile):
             buckets = agg.bucketize(sid[keep], ts[keep], val[keep], counter, width)
             self._upsert_rollups(db, sel, buckets, width, tier_window, counter, replace=None)
 
-    def _upsert_rollups(self, db: sqlite3.Connection, sel: Selection,
+    def _upsert_rollups(self, db: Any, sel: Selection,
                         buckets: agg.Buckets, width: int, tier_window: int,
                         counter: np.ndarray, replace: tuple[int, int] | None) -> None:
         """Write ``buckets`` (sorted by (sid, start)) into the rollup rows of their series and
@@ -305,13 +309,7 @@ class Compaction(SQLiteFile):
         sid = buckets["sid"]
         tw = buckets["start"] - buckets["start"] % tier_window
         s = np.flatnonzero(np.r_[True, (sid[1:] != sid[:-1]) | (tw[1:] != tw[:-1])])
-        keys = [(int(sid[i]), int(tw[i])) for i in s]
-        existing = []
-        for i, window in keys:
-            row = db.execute("SELECT data FROM rollups WHERE series_id = ? AND tier = ? AND "
-                             "window_ms = ?", (sel.sid[i], width, window)).fetchone()
-            if row is not None:
-                existing.append((i, row[0]))
+        existing = self._rollup_rows(db, sel, width, [(int(sid[i]), int(tw[i])) for i in s])
         if existing:
             old, sizes = decode_rollups([blob for _, blob in existing], width)
             old["sid"] = np.repeat(np.array([i for i, _ in existing], dtype=np.int64), sizes)
@@ -325,6 +323,7 @@ class Compaction(SQLiteFile):
             tw = buckets["start"] - buckets["start"] % tier_window
             s = np.flatnonzero(np.r_[True, (sid[1:] != sid[:-1]) | (tw[1:] != tw[:-1])])
         blobs = encode_rollups(buckets, s, tw[s], width)
+        self._partitions_for(db, "rollups", set(tw[s].tolist()), width)
 
         def rows() -> Iterator[tuple[int | None, int, int, bytes]]:
             for i, blob in zip(s.tolist(), blobs, strict=True):
@@ -332,11 +331,30 @@ class Compaction(SQLiteFile):
                 self._kill_point("l1")
 
         db.executemany("INSERT INTO rollups (series_id, tier, window_ms, data) VALUES "
-                       "(?, ?, ?, ?) ON CONFLICT DO UPDATE SET data = excluded.data", rows())
+                       "(?, ?, ?, ?) ON CONFLICT (series_id, tier, window_ms) DO UPDATE SET "
+                       "data = excluded.data", rows())
+
+    def _rollup_rows(self, db: Any, sel: Selection, width: int,
+                     keys: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        """(local index, data) of the stored rollup rows of (local index, tier window)
+        ``keys`` (sorted), in that order: one query per 500 series, not one per row."""
+        wanted = {(sel.sid[i], window): i for i, window in keys}
+        windows = sorted({window for _, window in keys})
+        found: list[tuple[int, int, bytes]] = []
+        for chunk in chunked(sorted({sel.sid[i] for i, _ in keys})):  # type: ignore[type-var]
+            for series_id, window, data in db.execute(
+                    f"SELECT series_id, window_ms, data FROM rollups WHERE tier = ? AND "
+                    f"window_ms IN ({placeholders(windows)}) AND series_id IN "
+                    f"({placeholders(chunk)})", (width, *windows, *chunk)):
+                i = wanted.get((series_id, window))
+                if i is not None:
+                    found.append((i, window, data))
+        found.sort(key=lambda row: (row[0], row[1]))
+        return [(i, data) for i, _, data in found]
 
     # -- quarantine ----------------------------------------------------------------------------
 
-    def _quarantine(self, db: sqlite3.Connection, unreadable: list[tuple[int, str]],
+    def _quarantine(self, db: Any, unreadable: list[tuple[int, str]],
                     now_ms: int) -> list[tuple[str, str, int, str]]:
         """Copy pending batches (id, reason) into ``quarantine`` (the caller deletes them from
         ``batches`` in the same transaction); (host, instance, seq, reason) of each."""

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import bisect
 import json
-import sqlite3
 import statistics
 from typing import Any
 
 from edgemon.collector.storage import accounting
 from edgemon.collector.storage.base import IngestItem, StoreResult
-from edgemon.collector.storage.sqlite.schema import SQLiteFile
+from edgemon.collector.storage.sql.store import SQLStore, chunked, placeholders
 
 __all__ = ["Writes"]
 
 _OFFSETS_KEPT = 15  # live batches whose receive - send times give the clock offset (median)
 
 
-class Writes(SQLiteFile):
+class Writes(SQLStore):
     def store_batches(self, items: list[IngestItem]) -> list[StoreResult]:
         if not items:
             return []
@@ -31,13 +30,8 @@ class Writes(SQLiteFile):
         with self._write() as db:
             hids = {name: self._host_id(db, name, fresh)
                     for name in {it.batch.host for it in items}}
-            ranges: dict[tuple[int, str], list[list[int]]] = {}
-            for it in items:
-                key = (hids[it.batch.host], it.batch.instance)
-                if key not in ranges:
-                    ranges[key] = [list(r) for r in db.execute(
-                        "SELECT lo, hi FROM seq_ranges WHERE host_id = ? AND instance = ? "
-                        "ORDER BY lo", key)]
+            ranges = self._seq_ranges(db, {(hids[it.batch.host], it.batch.instance)
+                                           for it in items})
             before = {k: [tuple(r) for r in v] for k, v in ranges.items()}
             results: list[StoreResult] = []
             rows = []
@@ -61,32 +55,69 @@ class Writes(SQLiteFile):
                     if not it.historical:
                         seen["live"].append((batch.sent, batch.instance,
                                              it.received_ms - batch.sent))
-            db.executemany(
-                "INSERT OR IGNORE INTO batches (host_id, instance, seq, received_ms, t_min, "
-                "t_max, samples, historical, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._insert_batches(db, rows)
+            gone: list[tuple[Any, ...]] = []
+            added: list[tuple[Any, ...]] = []
             for key, new in ranges.items():
                 old = set(before[key])
                 new_set = {tuple(r) for r in new}
-                gone = old - new_set
-                if gone:
-                    db.executemany("DELETE FROM seq_ranges WHERE host_id = ? AND instance = ? "
-                                   "AND lo = ?", [(*key, lo) for lo, _ in gone])
-                added = new_set - old
-                if added:
-                    db.executemany("INSERT INTO seq_ranges VALUES (?, ?, ?, ?)",
-                                   [(*key, lo, hi) for lo, hi in added])
-            for hid, seen in per_host.items():
-                self._update_host(db, hid, seen)
+                gone += [(*key, lo) for lo, _ in sorted(old - new_set)]
+                added += [(*key, lo, hi) for lo, hi in sorted(new_set - old)]
+            if gone:  # every delete before any insert: a range may keep its lo
+                db.executemany("DELETE FROM seq_ranges WHERE host_id = ? AND instance = ? AND "
+                               "lo = ?", gone)
+            if added:
+                db.executemany("INSERT INTO seq_ranges VALUES (?, ?, ?, ?)", added)
+            self._update_hosts(db, per_host)
         self._host_ids.update(fresh)
         return results
 
-    def _update_host(self, db: sqlite3.Connection, hid: int, seen: dict[str, Any]) -> None:
-        for instance, last in seen["instances"].items():
-            db.execute("INSERT INTO instances VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-                       "last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
-                       (hid, instance, last, last))
-        row = db.execute("SELECT instance, instance_ts, status_seen, offsets FROM hosts "
-                         "WHERE id = ?", (hid,)).fetchone()
+    @staticmethod
+    def _seq_ranges(db: Any, keys: set[tuple[int, str]]) -> dict[tuple[int, str],
+                                                                  list[list[int]]]:
+        """The stored sequence ranges of (host id, instance) ``keys``, sorted: one query per
+        500 hosts (a round trip each on PostgreSQL), not one per instance."""
+        ranges: dict[tuple[int, str], list[list[int]]] = {key: [] for key in keys}
+        for chunk in chunked(sorted({hid for hid, _ in keys})):
+            for hid, instance, lo, hi in db.execute(
+                    f"SELECT host_id, instance, lo, hi FROM seq_ranges WHERE host_id IN "
+                    f"({placeholders(chunk)}) ORDER BY host_id, instance, lo", chunk):
+                found = ranges.get((hid, instance))
+                if found is not None:
+                    found.append([lo, hi])
+        return ranges
+
+    def _insert_batches(self, db: Any, rows: list[tuple[Any, ...]]) -> None:
+        """Insert new ``batches`` rows (host_id, instance, seq, received_ms, t_min, t_max,
+        samples, historical, payload): new by ``seq_ranges``, read under the write lock; the
+        unique key is the backstop."""
+        db.executemany(
+            "INSERT INTO batches (host_id, instance, seq, received_ms, t_min, t_max, samples, "
+            "historical, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            rows)
+
+    def _update_hosts(self, db: Any, per_host: dict[int, dict[str, Any]]) -> None:
+        """Instances seen, and each host's row: last seen, current instance, clock offset."""
+        db.executemany("INSERT INTO instances VALUES (?, ?, ?, ?) ON CONFLICT (host_id, "
+                       "instance) DO UPDATE SET last_seen_ms = max(instances.last_seen_ms, "
+                       "excluded.last_seen_ms)",
+                       [(hid, instance, last, last) for hid, seen in sorted(per_host.items())
+                        for instance, last in sorted(seen["instances"].items())])
+        rows: dict[int, tuple[Any, ...]] = {}
+        for chunk in chunked(sorted(per_host)):
+            for hid, *row in db.execute(
+                    "SELECT id, instance, instance_ts, status_seen, offsets FROM hosts WHERE id "
+                    f"IN ({placeholders(chunk)})", chunk):
+                rows[hid] = tuple(row)
+        db.executemany(
+            "UPDATE hosts SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?), instance = ?, "
+            "instance_ts = ?, offsets = ?, clock_offset_ms = ?, online = coalesce(?, online) "
+            "WHERE id = ?",
+            [self._host_update(hid, rows[hid], seen) for hid, seen in sorted(per_host.items())])
+
+    @staticmethod
+    def _host_update(hid: int, row: tuple[Any, ...], seen: dict[str, Any]) -> tuple[Any, ...]:
+        """The parameters of one host's UPDATE, from its row and what this call saw."""
         instance, instance_ts, status_seen, offsets_json = row
         online = None
         offsets: list[int] = json.loads(offsets_json) if offsets_json else []
@@ -98,12 +129,8 @@ class Writes(SQLiteFile):
                 online = 1  # no birth/death seen yet: a live batch is the best evidence
         offsets = offsets[-_OFFSETS_KEPT:]
         offset = statistics.median_low(offsets) if offsets else None
-        db.execute(
-            "UPDATE hosts SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?), instance = ?, "
-            "instance_ts = ?, offsets = ?, clock_offset_ms = ?, online = coalesce(?, online) "
-            "WHERE id = ?",
-            (seen["seen"], instance, instance_ts, json.dumps(offsets) if offsets else None,
-             offset, online, hid))
+        return (seen["seen"], instance, instance_ts, json.dumps(offsets) if offsets else None,
+                offset, online, hid)
 
     def record_status(self, host: str, instance: str, online: bool, timestamp_ms: int,
                       received_ms: int, last_seq: int | None = None) -> None:
@@ -111,7 +138,7 @@ class Writes(SQLiteFile):
         with self._write() as db:
             hid = self._host_id(db, host, fresh)
             accounting.record_declared(db, hid, instance, last_seq, timestamp_ms)
-            db.execute("INSERT OR IGNORE INTO instances VALUES (?, ?, ?, ?)",
+            db.execute("INSERT INTO instances VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                        (hid, instance, received_ms, received_ms))
             current, current_ts = db.execute(
                 "SELECT instance, instance_ts FROM hosts WHERE id = ?", (hid,)).fetchone()

@@ -10,12 +10,12 @@ once the raw tier has expired past them.
 
 from __future__ import annotations
 
-from edgemon.collector.storage.sqlite.schema import DAY, TIERS, SQLiteFile, floor, placeholders
+from edgemon.collector.storage.sql.store import DAY, TIERS, SQLStore, floor, placeholders
 
 __all__ = ["Retention"]
 
 
-class Retention(SQLiteFile):
+class Retention(SQLStore):
     _ret_cursor = 0
     _ret_round: tuple[int, ...] | None = None  # cutoffs of the last finished walk
     _ret_walk: tuple[int, ...] | None = None  # cutoffs of the walk in progress
@@ -45,8 +45,8 @@ class Retention(SQLiteFile):
                 return more
             if self._ret_walk != key:
                 self._ret_walk, self._ret_cursor = key, 0
-                db.execute("UPDATE quarantine SET payload = x'' WHERE quarantined_ms < ? AND "
-                           "length(payload) > 0", (cut["raw"],))
+                db.execute("UPDATE quarantine SET payload = ? WHERE quarantined_ms < ? AND "
+                           "length(payload) > 0", (b"", cut["raw"]))
             ids = [r[0] for r in db.execute(
                 "SELECT id FROM series WHERE id > ? ORDER BY id LIMIT ?",
                 (self._ret_cursor, self.retention_series))]

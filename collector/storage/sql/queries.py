@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,10 +43,10 @@ from edgemon.collector.storage.selection import (
     match_hosts,
     pick_tier,
 )
-from edgemon.collector.storage.sqlite.schema import (
+from edgemon.collector.storage.sql.store import (
     PENDING_ORDER,
     TIERS,
-    SQLiteFile,
+    SQLStore,
     chunked,
     floor,
     placeholders,
@@ -62,7 +61,7 @@ _NO_SAMPLES = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
 _PICK = {"last": "last_v", "min": "min", "max": "max"}
 
 
-class Queries(SQLiteFile):
+class Queries(SQLStore):
     def hosts(self) -> list[HostInfo]:
         with self._read() as db:
             rows = db.execute(
@@ -89,7 +88,7 @@ class Queries(SQLiteFile):
 
     def series(self, host: str | None = None, name: str | None = None) -> list[SeriesInfo]:
         sql = ("SELECT h.name, s.host_id, s.name, s.labels, s.kind, s.unit, s.first_ms, "
-               "s.last_ms FROM series s JOIN hosts h ON h.id = s.host_id WHERE 1")
+               "s.last_ms FROM series s JOIN hosts h ON h.id = s.host_id WHERE 1 = 1")
         args: list[Any] = []
         if host is not None:
             sql += " AND h.name = ?"
@@ -202,7 +201,7 @@ class Queries(SQLiteFile):
             g, start, v = g[ok], start[ok], v[ok]  # sorted by (group, start)
         return found, tier, g, start, v
 
-    def _query_hosts(self, db: sqlite3.Connection, patterns: tuple[str, ...]) -> dict[int, str]:
+    def _query_hosts(self, db: Any, patterns: tuple[str, ...]) -> dict[int, str]:
         """Hosts a query names: exact names through the unique index, globs by a scan."""
         if not patterns or any(is_glob(p) for p in patterns):
             return match_hosts(db.execute("SELECT id, name FROM hosts").fetchall(), patterns)
@@ -213,7 +212,7 @@ class Queries(SQLiteFile):
         return found
 
     @staticmethod
-    def _query_series(db: sqlite3.Connection, q: RangeQuery, host_list: list[int],
+    def _query_series(db: Any, q: RangeQuery, host_list: list[int],
                       span: QueryRange) -> Iterator[tuple[Any, ...]]:
         """Series rows (id, host id, labels, kind, unit, scale) of ``q.name`` on these hosts
         with samples in the span (every host: by name alone)."""
@@ -226,7 +225,7 @@ class Queries(SQLiteFile):
             yield from db.execute(sql + f" AND host_id IN ({placeholders(chunk)})",
                                   (q.name, span.read_from, span.end, *chunk))
 
-    def _pending(self, db: sqlite3.Connection, sel: Selection, host_list: list[int],
+    def _pending(self, db: Any, sel: Selection, host_list: list[int],
                  q: RangeQuery, start: int, end: int) -> tuple[np.ndarray, ...]:
         """Samples of the query's metric in batches not compacted yet (they extend ``sel``)."""
         want = q.labels
@@ -267,7 +266,7 @@ class Queries(SQLiteFile):
 
         return flatten(batches(), resolve, {q.name})
 
-    def _series_chunks(self, db: sqlite3.Connection, wanted: list[tuple[int, int, int, int]],
+    def _series_chunks(self, db: Any, wanted: list[tuple[int, int, int, int]],
                        start: int, end: int) -> tuple[np.ndarray, ...]:
         """Raw samples in [start, end) of (local index, series id, first window, end window)
         from chunks."""
@@ -345,7 +344,7 @@ class Queries(SQLiteFile):
         return (sid, np.concatenate([p[0] for p in parts]),
                 np.concatenate([p[1] for p in parts]), order)
 
-    def _raw_samples(self, db: sqlite3.Connection, sel: Selection,
+    def _raw_samples(self, db: Any, sel: Selection,
                      pending: tuple[np.ndarray, ...], start: int, end: int,
                      windows: set[tuple[int, int]] | None) -> tuple[np.ndarray, ...]:
         """Deduplicated samples in [start, end) sorted by (series, ts): chunks + pending. With
@@ -376,7 +375,7 @@ class Queries(SQLiteFile):
         inside = (ts >= start) & (ts < end)
         return agg.sort_dedupe(sid[inside], ts[inside], val[inside], order[inside])
 
-    def _rollup_buckets(self, db: sqlite3.Connection, sel: Selection,
+    def _rollup_buckets(self, db: Any, sel: Selection,
                         pending: tuple[np.ndarray, ...], tier: str, start: int, end: int,
                         cut: dict[str, int]) -> agg.Buckets:
         """Buckets of ``tier`` starting in [start, end), sorted by (series, start): rollup rows,

@@ -1,0 +1,176 @@
+"""What the relational backends share: options, helpers, and the connection seam.
+
+``SQLStore`` holds the options and the in-process state every SQL backend has (caches, the
+write lock, the test kill hook) and the helpers the parts use. A backend subclass provides the
+connection seam: ``_write()`` (one write transaction, serialised), ``_read()`` (one read
+snapshot) and ``_conn()`` (a connection for statements outside a transaction, SQLite only;
+the shared parts use ``_read()`` instead). SQL in the shared parts is the dialect both SQLite
+(>= 3.35) and PostgreSQL understand, with ``?`` placeholders; the PostgreSQL connection
+translates the placeholders (``postgres/database.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+
+from edgemon.collector.storage.batches import BatchColumns, BatchReader, UnreadableBatch
+from edgemon.collector.storage.decoded import DecodedCache
+from edgemon.collector.storage.encoding import decode_chunks, decode_times
+from edgemon.collector.storage.selection import HOUR, MINUTE, TIER_WIDTH_MS
+
+__all__ = ["DAY", "HOUR", "MINUTE", "PENDING_ORDER", "TIERS", "SQLStore", "chunked", "floor",
+           "placeholders"]
+
+log = logging.getLogger("edgemon.collector.storage")
+
+DAY = 24 * HOUR
+
+# tier name -> (bucket width, width of the window one rollup row covers)
+TIERS: dict[str, tuple[int, int]] = {"1m": (TIER_WIDTH_MS["1m"], DAY),
+                                     "1h": (TIER_WIDTH_MS["1h"], 30 * DAY)}
+PENDING_ORDER = 1 << 62  # pending samples win ties against compacted ones (arrived later)
+_IN_CHUNK = 500  # host variables per IN (...) list
+_MAX_NOTED = 10_000  # unreadable pending batches readers note between two maintenance steps
+# Test hook: "<stage>:N" makes the process SIGKILL itself inside a compaction transaction, at
+# the N-th chunk/rollup row written (stage l0 or l1) or at the N-th end of a transaction just
+# before its COMMIT (l0end, l1end).
+_KILL_ENV = "EDGEMON_STORAGE_TEST_KILL"
+
+
+def floor(x: int, width: int) -> int:
+    return x - x % width
+
+
+def chunked(seq: list[Any], size: int = _IN_CHUNK) -> Iterator[list[Any]]:
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+def placeholders(values: list[Any]) -> str:
+    """``?,?,...`` for an ``IN (...)`` list of ``values``."""
+    return ",".join("?" * len(values))
+
+
+class SQLStore:
+    """Options and shared state of a relational store; see the module docstring."""
+
+    def _configure(
+        self,
+        *,
+        raw_retention_ms: int = 7 * DAY,
+        rollup_1m_retention_ms: int = 90 * DAY,
+        rollup_1h_retention_ms: int = 730 * DAY,
+        window_ms: int = 2 * HOUR,
+        compact_delay_ms: int = 60_000,
+        close_grace_ms: int = 10 * MINUTE,
+        merge_blocks: int = 8,
+        step_samples: int = 200_000,
+        retention_series: int = 2_000,
+        retention_rows: int = 5_000,
+        batch_cache_mb: int = 64,
+        decoded_cache_mb: int = 64,
+        maintain_budget_ms: int = 1_000,
+    ) -> None:
+        """The options every backend takes (its constructor passes them on)."""
+        if DAY % window_ms or window_ms % HOUR:
+            raise ValueError("window_ms must be a whole number of hours dividing a day")
+        self.retention = {"raw": raw_retention_ms, "1m": rollup_1m_retention_ms,
+                          "1h": rollup_1h_retention_ms}
+        self.window_ms = window_ms  # the backend replaces it by the one the store was made with
+        self.compact_delay_ms = compact_delay_ms
+        self.close_grace_ms = close_grace_ms
+        self.merge_blocks = max(2, merge_blocks)
+        self.step_samples = max(1, step_samples)
+        self.retention_series = retention_series
+        self.retention_rows = retention_rows
+        self.maintain_budget_ms = maintain_budget_ms
+        self.reader = BatchReader(batch_cache_mb << 20)  # decoded pending batches
+        self.decoded = DecodedCache(decoded_cache_mb << 20)  # decoded chunks/rollups, readers
+        self._write_lock = threading.RLock()
+        self._host_ids: dict[str, int] = {}
+        self._series_cache: dict[tuple[Any, ...], dict[tuple[str, ...], Any]] = {}
+        # ids of pending batches a reader found unreadable, quarantined by the next maintenance
+        self._unreadable: set[int] = set()
+        self._unreadable_lock = threading.Lock()
+        self._kill_stage, self._kill_after = None, 0
+        spec = os.environ.get(_KILL_ENV, "")
+        if spec:
+            stage, _, count = spec.partition(":")
+            self._kill_stage, self._kill_after = stage, int(count or 1)
+
+    # -- the connection seam (a backend provides these) ----------------------------------------
+
+    def _write(self) -> AbstractContextManager[Any]:
+        """One write transaction, with the store's write lock held."""
+        raise NotImplementedError
+
+    def _read(self) -> AbstractContextManager[Any]:
+        """One read transaction: every SELECT inside sees the same snapshot."""
+        raise NotImplementedError
+
+    def _partitions_for(self, db: Any, table: str, windows: Iterable[int],
+                        tier: int | None = None) -> None:
+        """Before rows of ``table`` (blocks, chunks, or rollups of bucket width ``tier``) are
+        written for ``windows``: a backend with time partitions checks that they have one (or
+        fails the transaction, to make them and try again: ``postgres/database.py``)."""
+
+    def _kill_point(self, stage: str) -> None:
+        """Test hook: die like kill -9 after the N-th write of ``stage`` (inside a transaction)."""
+        if self._kill_stage == stage:
+            self._kill_after -= 1
+            if self._kill_after <= 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- shared by the parts -------------------------------------------------------------------
+
+    def _host_id(self, db: Any, name: str, fresh: dict[str, int]) -> int:
+        """The host's id, creating the row; new ids go to ``fresh`` until the commit (a rolled
+        back id may be given to another host later)."""
+        hid = self._host_ids.get(name) or fresh.get(name)
+        if hid is None:
+            db.execute("INSERT INTO hosts (name) VALUES (?) ON CONFLICT DO NOTHING", (name,))
+            hid = fresh[name] = db.execute("SELECT id FROM hosts WHERE name = ?",
+                                           (name,)).fetchone()[0]
+        return hid
+
+    def _cutoffs(self, db: Any) -> dict[str, int]:
+        meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN "
+                               "('cutoff_raw', 'cutoff_1m', 'cutoff_1h')"))
+        return {"raw": int(meta["cutoff_raw"]), "1m": int(meta["cutoff_1m"]),
+                "1h": int(meta["cutoff_1h"])}
+
+    def _pending_columns(self, batch_id: int, payload: bytes) -> BatchColumns | None:
+        """The columns of a pending batch for a reader, or None when it is unreadable: then it
+        is skipped (never decoded again) and left for maintenance to quarantine."""
+        try:
+            return self.reader.read(payload)
+        except UnreadableBatch:
+            with self._unreadable_lock:
+                if len(self._unreadable) < _MAX_NOTED:
+                    self._unreadable.add(batch_id)
+            return None
+
+    @staticmethod
+    def _chunk_samples(rows: list[tuple[int, int, bytes]],
+                       times: dict[int, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """(local series index, timestamp, value, block id) of chunk ``rows`` (local index,
+        block id, data), given their blocks' timestamps; chunks of blocks missing from ``times``
+        (removed by retention meanwhile) are left out."""
+        rows = [r for r in rows if r[1] in times]
+        ts, values, sizes = decode_chunks([r[2] for r in rows], [times[r[1]] for r in rows])
+        sid = np.repeat(np.array([r[0] for r in rows], dtype=np.int64), sizes)
+        order = np.repeat(np.array([r[1] for r in rows], dtype=np.int64), sizes)
+        return sid, ts, values, order
+
+    @staticmethod
+    def _block_times(rows: Iterable[tuple[int, bytes]]) -> dict[int, np.ndarray]:
+        """Decoded timestamps of (block id, times blob) rows."""
+        return {block_id: decode_times(blob) for block_id, blob in rows}
