@@ -7,7 +7,8 @@ transactions), split along the write/read seam:
 * ``compaction.py`` — pending batches -> blocks and chunks, merged windows, 1m/1h rollups, and
   the quarantine of stored batches that cannot be read;
 * ``retention.py`` — per-tier retention in small deletes;
-* ``queries.py`` — hosts, series, gaps and range queries in one read snapshot.
+* ``queries.py`` — hosts, series, gaps and range queries in one read snapshot;
+* ``catalogues.py`` — each host's newest series catalogues (protocol SPEC.md §9).
 
 What another backend shares lives beside this package: ``batches.py`` (reading stored payloads
 with the protocol's decoder), ``selection.py`` (which series, groups and tier a query reads),
@@ -19,6 +20,7 @@ from __future__ import annotations
 import time
 
 from edgemon.collector.storage.base import Storage
+from edgemon.collector.storage.sqlite.catalogues import Catalogues
 from edgemon.collector.storage.sqlite.compaction import Compaction
 from edgemon.collector.storage.sqlite.queries import Queries
 from edgemon.collector.storage.sqlite.retention import Retention
@@ -27,7 +29,7 @@ from edgemon.collector.storage.sqlite.writes import Writes
 __all__ = ["SQLiteStorage"]
 
 
-class SQLiteStorage(Writes, Compaction, Retention, Queries, Storage):
+class SQLiteStorage(Writes, Catalogues, Compaction, Retention, Queries, Storage):
     """``Storage`` on one SQLite file (constructor options: ``schema.SQLiteFile``)."""
 
     def maintain(self, now_ms: int) -> None:
