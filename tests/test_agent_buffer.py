@@ -93,10 +93,13 @@ def test_refused_batches_are_deleted_and_counted_as_dropped_for_good(tmp_path: P
     for b in range(3):
         buf.append(T0 + b * 1000, cycle(b))
         refs += buf.seal(T0 + b * 1000)
-    ids, dropped = buf.reject("inst-a", [(1, 1)])
-    assert ids == [refs[1].id] and dropped == refs[1].samples > 0
+    # The first refusal may be of the referencing form (SPEC.md §9): kept, to go inline once.
+    assert buf.reject("inst-a", [(1, 1)]) == ([], 0, [refs[1].id])
+    assert decode(buf.get(refs[1].id)[1])["seq"] == 1  # inline now: any v1 reader reads it
+    ids, dropped, inline = buf.reject("inst-a", [(1, 1)])
+    assert ids == [refs[1].id] and dropped == refs[1].samples > 0 and inline == []
     assert [row[2] for row in batch_rows(tmp_path / "b.db")] == [0, 2]
-    assert buf.reject("inst-a", [(1, 1)]) == ([], 0)  # a repeated refusal counts nothing
+    assert buf.reject("inst-a", [(1, 1)]) == ([], 0, [])  # a repeated refusal counts nothing
     buf.close()
     again = open_buffer(tmp_path / "b.db", instance="inst-b")
     assert again.stats().dropped_samples_total == refs[1].samples
