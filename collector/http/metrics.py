@@ -87,6 +87,10 @@ def render_metrics(*, stats: IngestStats, rejects: Rejects, inbox: Inbox | None,
                  prefix="edgemon_")
     w.one("agent_acks_published_total", "counter", "Acknowledgements published to agents",
           stats.acks_published)
+    w.one("catalogues_stored_total", "counter", "Series catalogues stored and acknowledged "
+          "(protocol SPEC.md §9)", stats.catalogues_stored)
+    w.one("referencing_batches_total", "counter", "Batches received naming a series catalogue "
+          "instead of carrying it inline", stats.referencing_batches)
     if inbox is not None:
         w.one("queue_depth", "gauge", "Messages received and not yet stored/acknowledged",
               inbox.held)
