@@ -78,7 +78,7 @@ class Sealed(NamedTuple):
     payload: bytes  # inline
     catalogue: str  # id of the series catalogue the referencing form names
     catalogue_metrics: bytes  # msgpack of that catalogue's metrics
-    referencing: bytes  # the referencing form
+    referencing: bytes  # the referencing form; b"" when it would not be smaller
 
 
 class BatchRef(NamedTuple):
@@ -242,6 +242,8 @@ class Buffer:
                     (self.instance, seq, first, last, samples, now_ms, payload))
                 assert cursor.lastrowid is not None
                 refs.append(BatchRef(cursor.lastrowid, self.instance, seq, first, last, samples))
+                if not referencing:  # naming a catalogue would not be smaller (tiny batches)
+                    continue
                 self._db.execute("INSERT INTO catalogues (id, metrics, created_ms) VALUES "
                                  "(?, ?, ?) ON CONFLICT (id) DO UPDATE SET created_ms = "
                                  "excluded.created_ms", (ident, metrics, now_ms))
@@ -287,6 +289,8 @@ class Buffer:
                         + self._encode(cycles[half:], now_ms, out))
             log.error("dropping a cycle of %d samples: %s", builder.samples, exc)
             return builder.samples
+        if len(referencing_payload) >= len(payload):
+            referencing_payload = b""
         out.append(Sealed(seq, cycles[0][0], cycles[-1][0], builder.samples, payload, ident,
                           msgpack.packb(metrics), referencing_payload))
         return 0
