@@ -301,3 +301,25 @@ def test_a_host_keeps_only_its_newest_catalogues(ingest: Any) -> None:
     kept = [i for i in idents if storage.catalogue("h-a", i) is not None]
     assert kept == idents[-MAX_CATALOGUES_PER_HOST:]
     assert storage.catalogue("h-b", decode_catalogue(other).id) == other  # not crowded out
+
+
+def test_a_storage_without_catalogues_acknowledges_none_so_agents_stay_inline() -> None:
+    from tests.support.fake_storage import MemoryStorage
+
+    loop = asyncio.new_event_loop()
+    acks = _Acks()
+    with ThreadPoolExecutor(1) as writer:
+        pipeline = IngestPipeline(
+            storage=MemoryStorage(), inbox=Inbox(loop, max_messages=10, max_bytes=1 << 20),
+            mqtt=acks, config=IngestConfig(), writer=writer)  # type: ignore[arg-type]
+        message = _declared(_live("h-a", 1))[1]
+        [outcome] = loop.run_until_complete(pipeline.process(
+            [_message(catalogue_topic("h-a"), message, 1)]))
+        assert (outcome.kind, outcome.reason) == ("reject", "catalogues_unsupported")
+        assert acks.sent == []  # never acknowledged: the agent never names it
+        inline = encode(_live("h-a", 1))
+        [outcome] = loop.run_until_complete(pipeline.process(
+            [_message(metrics_topic("h-a"), inline, 2)]))
+        assert outcome.result.stored and acks.sent == [("h-a", {"instance": "inst",
+                                                                "acked": [1]})]
+    loop.close()
