@@ -232,7 +232,9 @@ class Buffer:
             return []
         cycles = [(ts, msgpack.unpackb(data)) for _id, ts, _n, data in rows]
         sealed: list[Sealed] = []
-        lost = self._encode(cycles, now_ms, sealed)
+        newest = self.newest_catalogue()
+        base = self.catalogue_metrics(newest[0]) if newest is not None else None
+        lost = self._encode(cycles, now_ms, sealed, base)
         refs: list[BatchRef] = []
         with self._transaction():
             for seq, first, last, samples, payload, ident, metrics, referencing in sealed:
@@ -264,7 +266,7 @@ class Buffer:
         return refs
 
     def _encode(self, cycles: Sequence[tuple[int, list[list[int]]]], now_ms: int,
-                out: list[Sealed]) -> int:
+                out: list[Sealed], base: list[list[Any]] | None = None) -> int:
         """Append encoded batches of ``cycles`` to ``out``; return samples that cannot be sent.
 
         A batch over a protocol limit is split in two halves by cycle; one cycle alone over a
@@ -280,13 +282,14 @@ class Buffer:
             inline = builder.build(host=self.host, instance=self.instance, seq=seq,
                                    sent_ms=now_ms)
             payload = encode(inline)
-            metrics, ident, referencing = compact(inline)
+            # the newest catalogue, extended if series appeared (SPEC.md §9)
+            metrics, ident, referencing = compact(inline, base)
             referencing_payload = encode(referencing)
         except LimitExceeded as exc:
             if len(cycles) > 1:
                 half = len(cycles) // 2
-                return (self._encode(cycles[:half], now_ms, out)
-                        + self._encode(cycles[half:], now_ms, out))
+                return (self._encode(cycles[:half], now_ms, out, base)
+                        + self._encode(cycles[half:], now_ms, out, base))
             log.error("dropping a cycle of %d samples: %s", builder.samples, exc)
             return builder.samples
         if len(referencing_payload) >= len(payload):

@@ -78,27 +78,44 @@ def is_catalogue_id(value: object) -> bool:
 
 # --- the agent's side: an inline batch map -> catalogue + referencing batch map ---------------
 
-def compact(batch: dict[str, Any]) -> tuple[list[list[Any]], str, dict[str, Any]]:
+MAX_ABSENT_SHARE: Final = 0.25  # of an extended catalogue's series a batch may lack
+
+
+def compact(batch: dict[str, Any], base: list[list[Any]] | None = None
+            ) -> tuple[list[list[Any]], str, dict[str, Any]]:
     """(catalogue metrics, catalogue id, referencing batch map) of an inline batch map.
 
-    The catalogue holds exactly the batch's series, metrics and label values in the inline
-    batch's order; ``resolve`` gives the inline batch back, equal to ``batch``."""
+    Without ``base`` the catalogue holds exactly the batch's series, in the inline batch's
+    order. With ``base`` (an earlier catalogue's metrics; the batch's metrics and label values
+    sorted, as ``BatchBuilder`` makes them) it holds ``base``'s series and the batch's, sorted,
+    as long as the batch lacks at most a quarter of them: a catalogue then changes only when a
+    series appears, not when one misses a batch. Either way ``resolve`` gives back exactly
+    ``batch``."""
+    runs: dict[str, dict[tuple[str, ...], list[list[Any]]]] = {}
+    heads: dict[str, list[Any]] = {}
+    for name, kind, unit, scale, keys, entries in batch["metrics"]:
+        heads[name] = [name, kind, unit, scale, list(keys)]
+        by_labels = runs[name] = {}
+        for labels, offset, deltas in entries:
+            by_labels.setdefault(tuple(labels), []).append([offset, deltas])
+    metrics = [[*heads[name], [list(k) for k in by_labels]] for name, by_labels in runs.items()]
+    if base:
+        extended = _extended(base, heads, runs)
+        total = sum(len(m[5]) for m in extended)
+        if total - sum(map(len, runs.values())) <= MAX_ABSENT_SHARE * total and \
+                total <= MAX_SERIES:
+            metrics = extended
     n_times = len(batch["t"])
-    metrics: list[list[Any]] = []
     values: list[int] = []
     sparse: list[list[Any]] = []
     index = 0
-    for name, kind, unit, scale, keys, entries in batch["metrics"]:
-        runs: dict[tuple[str, ...], list[list[Any]]] = {}
-        for labels, offset, deltas in entries:
-            runs.setdefault(tuple(labels), []).append([offset, deltas])
-        metrics.append([name, kind, unit, scale, list(keys), [list(k) for k in runs]])
-        for series_runs in runs.values():
-            if len(series_runs) == 1 and series_runs[0][0] == 0 and \
-                    len(series_runs[0][1]) == n_times:
-                values += series_runs[0][1]
+    for name, *_head, label_lists in metrics:
+        for labels in label_lists:
+            found = runs.get(name, {}).get(tuple(labels), [])
+            if len(found) == 1 and found[0][0] == 0 and len(found[0][1]) == n_times:
+                values += found[0][1]
             else:
-                sparse.append([index, series_runs])
+                sparse.append([index, found])
             index += 1
     ident = catalogue_id(metrics)
     referencing = {k: batch[k] for k in ("v", "host", "instance", "seq", "sent", "t")}
@@ -109,6 +126,22 @@ def compact(batch: dict[str, Any]) -> tuple[list[list[Any]], str, dict[str, Any]
     referencing.update({k: v for k, v in batch.items()
                         if k not in referencing and k != "metrics"})
     return metrics, ident, referencing
+
+
+def _extended(base: list[list[Any]], heads: dict[str, list[Any]],
+              runs: dict[str, dict[tuple[str, ...], list[list[Any]]]]) -> list[list[Any]]:
+    """``base``'s series and the batch's, metrics by name and label values sorted (a metric
+    whose kind, unit, scale or label keys changed keeps only the batch's series)."""
+    merged: dict[str, tuple[list[Any], set[tuple[str, ...]]]] = {}
+    for name, kind, unit, scale, keys, label_lists in base:
+        merged[name] = ([name, kind, unit, scale, list(keys)], {tuple(v) for v in label_lists})
+    for name, head in heads.items():
+        known = merged.get(name)
+        series = set(runs[name]) if known is None or known[0] != head else known[1] | set(
+            runs[name])
+        merged[name] = (head, series)
+    return [[*head, [list(v) for v in sorted(series)]]
+            for _name, (head, series) in sorted(merged.items())]
 
 
 def encode_catalogue(*, host: str, instance: str, metrics: list[list[Any]], ident: str,

@@ -146,6 +146,31 @@ def test_a_batch_names_its_catalogue_only_while_a_collector_holds_it(tmp_path: P
     assert buf.newest_catalogue() == (ident, True)
 
 
+def test_a_series_missing_from_a_batch_does_not_change_its_catalogue(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db")
+    for i in range(6):
+        buf.append(T0 + i * 1000, wide_cycle(i))
+    buf.seal(T0 + 6000)
+    ident, _ = buf.newest_catalogue()  # type: ignore[misc]
+    buf.catalogues_acked([ident])
+    for i in range(6, 12):  # one series gone: the catalogue stays, the batch names it
+        buf.append(T0 + i * 1000, wide_cycle(i)[1:])
+    [ref] = buf.seal(T0 + 12_000)
+    assert buf.newest_catalogue() == (ident, True)
+    metrics = buf.catalogue_metrics(ident)
+    assert metrics is not None
+    catalogue = decode_catalogue(encode_catalogue(host="test-host", instance="inst-a",
+                                                  metrics=metrics, ident=ident))
+    batch, named = decode_received(buf.get(ref.id)[1], {ident: catalogue}.get)  # type: ignore[index]
+    assert named and len({s.labels["sensor"] for s in expand_samples(batch.to_map())}) == 39
+    for i in range(12, 18):  # a new series: a new catalogue, declared before it is named
+        buf.append(T0 + i * 1000, [*wide_cycle(i), (TEMP, ("new",), 1.0)])
+    [ref] = buf.seal(T0 + 18_000)
+    new_ident, acked = buf.newest_catalogue()  # type: ignore[misc]
+    assert new_ident != ident and not acked
+    assert decode(buf.get(ref.id)[1])["seq"] == ref.seq  # type: ignore[index]  # inline
+
+
 def test_sealed_batches_keep_instance_seq_and_bytes_across_restarts(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     first = open_buffer(path, "inst-a")
