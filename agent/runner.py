@@ -41,6 +41,7 @@ __all__ = ["Runner", "new_instance_id"]
 
 log = logging.getLogger("edgemon.agent")
 SHUTDOWN_ACK_WAIT_SECONDS = 3.0
+CATALOGUE_REDECLARE_MAX = 3600.0  # seconds between declarations nobody acknowledges, at most
 
 
 def new_instance_id() -> str:
@@ -97,7 +98,8 @@ class Runner:
             backfill_per_second=settings.backfill_batches_per_second,
             max_inflight=settings.max_inflight)
         self.catalogue_topic = catalogue_topic(config.host_id)
-        self._declared: tuple[str, float] | None = None  # catalogue id, when (monotonic)
+        # the catalogue declared last: id, when (monotonic), seconds until it is declared again
+        self._declared: tuple[str, float, float] | None = None
         self.cycles = 0
         self._unsealed = 0
         self._cycle_seconds: float | None = None
@@ -201,22 +203,25 @@ class Runner:
 
     def _declare_catalogue(self) -> None:
         """Publish the newest series catalogue (retained) until a collector acknowledges it;
-        until then batches naming it go inline (SPEC.md §9). Again after the ack timeout."""
+        until then batches naming it go inline (SPEC.md §9). Again after the ack timeout,
+        doubling up to an hour (a collector that keeps no catalogues never acknowledges one)."""
         newest = self.store.newest_catalogue()
         if newest is None or newest[1]:
             return
         ident = newest[0]
         now = time.monotonic()
-        if self._declared is not None and self._declared[0] == ident and \
-                now - self._declared[1] < self.config.buffer.ack_timeout_seconds:
-            return
+        wait = self.config.buffer.ack_timeout_seconds
+        if self._declared is not None and self._declared[0] == ident:
+            if now - self._declared[1] < self._declared[2]:
+                return
+            wait = min(CATALOGUE_REDECLARE_MAX, 2 * self._declared[2])
         metrics = self.store.catalogue_metrics(ident)
         if metrics is None:
             return
         payload = encode_catalogue(host=self.config.host_id, instance=self.instance,
                                    metrics=metrics, ident=ident)
         if self.publisher.publish(self.catalogue_topic, payload, retain=True):
-            self._declared = (ident, now)
+            self._declared = (ident, now, wait)
             log.debug("declared a series catalogue", extra={"catalogue": ident})
 
     def _may_publish(self) -> bool:
@@ -237,12 +242,14 @@ class Runner:
                 continue
             if ack.catalogues:
                 self.store.catalogues_acked(ack.catalogues)
+                self._declared = None  # should one be unknown again later: declare it at once
             self.sender.forget(self.store.ack(ack.instance, ack.acked, now_ms()))
             if ack.rejected:
                 ids, samples, inline = self.store.reject(ack.instance, ack.rejected, ack.reason)
                 self.sender.forget(ids)
                 if inline:  # refused in the referencing form: due again now, inline
                     self.sender.forget(inline)
+                    self._declared = None
                     log.info("the collector refused %d batches naming a catalogue (%s): "
                              "sending them inline", len(inline), ack.reason or "no reason",
                              extra={"instance": ack.instance})
