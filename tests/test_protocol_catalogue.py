@@ -323,3 +323,35 @@ def test_a_storage_without_catalogues_acknowledges_none_so_agents_stay_inline() 
         assert outcome.result.stored and acks.sent == [("h-a", {"instance": "inst",
                                                                 "acked": [1]})]
     loop.close()
+
+
+def test_mutated_catalogues_and_referencing_batches_fail_only_with_protocol_errors() -> None:
+    """Random byte changes to the unpacked vectors: every outcome is a checked result or a
+    ``ProtocolError`` (never another exception, never a resolved batch breaking a rule)."""
+    import random
+
+    import zstandard
+
+    from edgemon.protocol.codec import dictionary
+    from edgemon.protocol.schema import validate_batch
+
+    rng = random.Random(17)
+    compressor = zstandard.ZstdCompressor(dict_data=dictionary(1), write_content_size=True)
+    catalogue = decode_catalogue(_hex("v1-catalogue.hex"))
+    originals = [_decompress(_hex("v1-catalogue.hex")), _decompress(_hex("v1-referencing.hex"))]
+    outcomes = {"refused": 0, "accepted": 0}
+    for i in range(3000):
+        packed = bytearray(originals[i % 2])
+        for _ in range(rng.randint(1, 4)):
+            packed[rng.randrange(len(packed))] = rng.randrange(256)
+        payload = compressor.compress(bytes(packed))
+        try:
+            if i % 2 == 0:
+                decode_catalogue(payload)
+            else:
+                batch, _ = decode_received(payload, {catalogue.id: catalogue}.get)
+                validate_batch(batch.to_map())  # what was accepted holds every inline rule
+            outcomes["accepted"] += 1
+        except ProtocolError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 2000 and outcomes["accepted"] > 0, outcomes
