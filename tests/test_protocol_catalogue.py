@@ -124,8 +124,9 @@ def test_a_catalogue_may_list_series_a_batch_does_not_carry() -> None:
 
 # --- hostile input ------------------------------------------------------------------------------
 
-def _catalogue_message(metrics: Any, ident: str | None = None, **extra: Any) -> bytes:
-    doc = {"v": 1, "host": "h-1", "instance": "inst",
+def _catalogue_message(metrics: Any, ident: str | None = None, host: str = "h-1",
+                       **extra: Any) -> bytes:
+    doc = {"v": 1, "host": host, "instance": "inst",
            "id": ident if ident is not None else catalogue_id(metrics), "metrics": metrics,
            **extra}
     return encode(doc)
@@ -355,3 +356,24 @@ def test_mutated_catalogues_and_referencing_batches_fail_only_with_protocol_erro
         except ProtocolError:
             outcomes["refused"] += 1
     assert outcomes["refused"] > 2000 and outcomes["accepted"] > 0, outcomes
+
+
+def test_a_host_declaring_many_catalogues_pushes_out_its_own_cached_ones() -> None:
+    from edgemon.collector.ingest.catalogues import CatalogueCache
+    from tests.support.fake_storage import MemoryStorage
+
+    cache = CatalogueCache(MemoryStorage(), max_series=100, max_host_series=30)
+
+    def catalogue(host: str, i: int, series: int) -> Catalogue:
+        metrics = [[f"m{i}", "gauge", "", 0, ["k"], [[str(n)] for n in range(series)]]]
+        return decode_catalogue(_catalogue_message(metrics, host=host))
+
+    good = catalogue("h-good", 0, 20)
+    cache.put(good)
+    noisy = [catalogue("h-noisy", i, 10) for i in range(20)]
+    for c in noisy:
+        cache.put(c)
+    assert cache.get("h-good", good.id) is good  # still cached, not read again
+    assert cache.misses == 0
+    kept = [c for c in noisy if ("h-noisy", c.id) in cache._cached]
+    assert kept == noisy[-3:]  # its own share: 30 series
