@@ -219,6 +219,8 @@ def is_referencing(packed: bytes) -> bool:
     """Whether the msgpack batch map in ``packed`` names a catalogue (a top-level key
     ``catalogue``). Skips values without building them; False for anything unreadable (the
     inline decoder then says what is wrong)."""
+    if b"catalogue" not in packed:  # the usual answer, without copying or walking anything
+        return False
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(packed), 1),
                                 max_str_len=256, max_bin_len=0, max_ext_len=0)
     unpacker.feed(packed)
@@ -243,13 +245,21 @@ def decode_received(payload: bytes, lookup: Any) -> tuple[ValidBatch, bool]:
     naming a catalogue it does not find is refused with reason ``unknown_catalogue`` (and its
     ``batch_key``, so its agent re-sends it with the catalogue inline)."""
     from edgemon.protocol.catalogue_reader import read_referencing_map
-    from edgemon.protocol.codec import _decompress, decode_batch
+    from edgemon.protocol.codec import _decompress
     from edgemon.protocol.reader import batch_key
+    from edgemon.protocol.schema import check_decoded
 
-    packed = _decompress(payload)
-    if not is_referencing(packed):
-        return decode_batch(payload), False
-    raw = read_referencing_map(packed)
+    # One pass over the bytes for either form (no second decompression, no scan first): the
+    # referencing reader reads an inline batch exactly as ``codec.decode_batch`` does, except
+    # that ``values`` and ``sparse``, keys of this section, must have their shape here.
+    raw = read_referencing_map(_decompress(payload))
+    if "catalogue" not in raw:
+        if "values" in raw or "sparse" in raw:
+            exc = MalformedPayload("values and sparse belong to a batch naming a catalogue",
+                                   reason="schema")
+            exc.batch_key = batch_key(raw)
+            raise exc
+        return check_decoded(raw), False
     try:
         catalogue = lookup(raw["catalogue"]) if is_catalogue_id(raw.get("catalogue")) else None
         if catalogue is None:

@@ -377,3 +377,11 @@ def test_a_host_declaring_many_catalogues_pushes_out_its_own_cached_ones() -> No
     assert cache.misses == 0
     kept = [c for c in noisy if ("h-noisy", c.id) in cache._cached]
     assert kept == noisy[-3:]  # its own share: 30 series
+
+
+def test_values_and_sparse_are_keys_of_a_referencing_batch_only() -> None:
+    batch = _live("h-a", 1)
+    batch["values"] = [1, 2, 3]  # registered by §9: not an unknown key an inline batch may carry
+    with pytest.raises(ProtocolError) as err:
+        decode_received(encode(batch), lambda ident: None)
+    assert (err.value.reason, err.value.batch_key) == ("schema", ("inst", 1))
