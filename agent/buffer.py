@@ -49,6 +49,7 @@ from edgemon.agent.buffer_file import (
     stats_of,
 )
 from edgemon.protocol import BatchBuilder, LimitExceeded, MetricDef, encode, to_scaled
+from edgemon.protocol.catalogue import UNKNOWN_CATALOGUE, compact
 from edgemon.protocol.limits import MAX_INT, MAX_LABEL_VALUE_LENGTH, MIN_INT
 
 __all__ = [
@@ -65,6 +66,19 @@ MAX_DROPPED_PUBLISHED = 100_000  # records of batches dropped after publication 
 _ROW_OVERHEAD = 64  # bytes a deleted batch frees besides its payload (estimate, for eviction)
 
 log = logging.getLogger("edgemon.agent.buffer")
+
+
+class Sealed(NamedTuple):
+    """A batch encoded for the buffer: both its forms (SPEC.md §9)."""
+
+    seq: int
+    first_ms: int
+    last_ms: int
+    samples: int
+    payload: bytes  # inline
+    catalogue: str  # id of the series catalogue the referencing form names
+    catalogue_metrics: bytes  # msgpack of that catalogue's metrics
+    referencing: bytes  # the referencing form; b"" when it would not be smaller
 
 
 class BatchRef(NamedTuple):
@@ -217,17 +231,27 @@ class Buffer:
         if not rows:
             return []
         cycles = [(ts, msgpack.unpackb(data)) for _id, ts, _n, data in rows]
-        sealed: list[tuple[int, int, int, int, bytes]] = []  # seq, first, last, samples, payload
-        lost = self._encode(cycles, now_ms, sealed)
+        sealed: list[Sealed] = []
+        newest = self.newest_catalogue()
+        base = self.catalogue_metrics(newest[0]) if newest is not None else None
+        lost = self._encode(cycles, now_ms, sealed, base)
         refs: list[BatchRef] = []
         with self._transaction():
-            for seq, first, last, samples, payload in sealed:
+            for seq, first, last, samples, payload, ident, metrics, referencing in sealed:
                 cursor = self._db.execute(
                     "INSERT INTO batches (instance, seq, first_ms, last_ms, samples, sealed_ms, "
                     "payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (self.instance, seq, first, last, samples, now_ms, payload))
                 assert cursor.lastrowid is not None
                 refs.append(BatchRef(cursor.lastrowid, self.instance, seq, first, last, samples))
+                if not referencing:  # naming a catalogue would not be smaller (tiny batches)
+                    continue
+                self._db.execute("INSERT INTO catalogues (id, metrics, created_ms) VALUES "
+                                 "(?, ?, ?) ON CONFLICT (id) DO UPDATE SET created_ms = "
+                                 "excluded.created_ms", (ident, metrics, now_ms))
+                self._db.execute("INSERT INTO referencing (batch_id, catalogue, payload) "
+                                 "VALUES (?, ?, ?)", (cursor.lastrowid, ident, referencing))
+            self._forget_catalogues()
             self._db.execute("DELETE FROM cycles WHERE id <= ?", (rows[-1][0],))
             self._add_meta(DROPPED, lost)
             used = {sid for _ts, pairs in cycles for sid, _v in pairs}
@@ -242,7 +266,7 @@ class Buffer:
         return refs
 
     def _encode(self, cycles: Sequence[tuple[int, list[list[int]]]], now_ms: int,
-                out: list[tuple[int, int, int, int, bytes]]) -> int:
+                out: list[Sealed], base: list[list[Any]] | None = None) -> int:
         """Append encoded batches of ``cycles`` to ``out``; return samples that cannot be sent.
 
         A batch over a protocol limit is split in two halves by cycle; one cycle alone over a
@@ -255,16 +279,23 @@ class Buffer:
                 builder.add(ts, metric, labels, value)
         seq = self._next_seq + len(out)
         try:
-            payload = encode(builder.build(host=self.host, instance=self.instance, seq=seq,
-                                           sent_ms=now_ms))
+            inline = builder.build(host=self.host, instance=self.instance, seq=seq,
+                                   sent_ms=now_ms)
+            payload = encode(inline)
+            # the newest catalogue, extended if series appeared (SPEC.md §9)
+            metrics, ident, referencing = compact(inline, base)
+            referencing_payload = encode(referencing)
         except LimitExceeded as exc:
             if len(cycles) > 1:
                 half = len(cycles) // 2
-                return (self._encode(cycles[:half], now_ms, out)
-                        + self._encode(cycles[half:], now_ms, out))
+                return (self._encode(cycles[:half], now_ms, out, base)
+                        + self._encode(cycles[half:], now_ms, out, base))
             log.error("dropping a cycle of %d samples: %s", builder.samples, exc)
             return builder.samples
-        out.append((seq, cycles[0][0], cycles[-1][0], builder.samples, payload))
+        if len(referencing_payload) >= len(payload):
+            referencing_payload = b""
+        out.append(Sealed(seq, cycles[0][0], cycles[-1][0], builder.samples, payload, ident,
+                          msgpack.packb(metrics), referencing_payload))
         return 0
 
     def ack(self, instance: str, ranges: Iterable[tuple[int, int]], now_ms: int) -> list[int]:
@@ -285,15 +316,68 @@ class Buffer:
             self._set_meta("last_ack_ms", now_ms)
         return ids
 
-    def reject(self, instance: str, ranges: Iterable[tuple[int, int]]) -> tuple[list[int], int]:
+    def reject(self, instance: str, ranges: Iterable[tuple[int, int]], reason: str = ""
+               ) -> tuple[list[int], int, list[int]]:
         """The collector refused these batches for good: delete them, count their samples dropped.
 
-        Returns the deleted batch ids and the number of samples added to the dropped total.
+        Except a batch that may have been refused in its referencing form (SPEC.md §9): it is
+        kept and sent inline from now on (once; refused inline, it goes). For the reason
+        ``unknown_catalogue`` its catalogue counts as not acknowledged any more, so every batch
+        naming it goes inline until the collector acknowledges it again.
+
+        Returns the deleted batch ids, the samples added to the dropped total and the ids of
+        the batches kept to be sent again inline.
         """
+        ranges = list(ranges)
+        retry: list[int] = []
         with self._transaction():
-            ids, dropped = self._delete_batches(instance, ranges)
+            for first, last in ranges:
+                rows = self._db.execute(
+                    "SELECT r.batch_id, r.catalogue FROM referencing r JOIN batches b ON "
+                    "b.id = r.batch_id WHERE b.instance = ? AND b.seq BETWEEN ? AND ? AND "
+                    "r.inline = 0", (instance, first, last)).fetchall()
+                for batch_id, ident in rows:
+                    self._db.execute("UPDATE referencing SET inline = 1 WHERE batch_id = ?",
+                                     (batch_id,))
+                    if reason == UNKNOWN_CATALOGUE:
+                        self._db.execute("UPDATE catalogues SET acked = 0 WHERE id = ?", (ident,))
+                    retry.append(batch_id)
+            kept = json.dumps(retry)
+            rows = []
+            for first, last in ranges:
+                rows += self._db.execute(
+                    "DELETE FROM batches WHERE instance = ? AND seq BETWEEN ? AND ? AND id NOT IN "
+                    "(SELECT value FROM json_each(?)) RETURNING id, samples",
+                    (instance, first, last, kept)).fetchall()
+            dropped = sum(n for _id, n in rows)
             self._add_meta(DROPPED, dropped)
-        return ids, dropped
+            self._forget_catalogues()
+        return [batch_id for batch_id, _n in rows], dropped, retry
+
+    def catalogues_acked(self, idents: Iterable[str]) -> None:
+        """A collector stored these catalogues: batches naming them go in the referencing form."""
+        with self._transaction():
+            self._db.executemany("UPDATE catalogues SET acked = 1 WHERE id = ?",
+                                 [(ident,) for ident in idents])
+
+    def newest_catalogue(self) -> tuple[str, bool] | None:
+        """(id, acknowledged) of the catalogue of the newest sealed batch, if any."""
+        row = self._db.execute("SELECT id, acked FROM catalogues "
+                               "ORDER BY created_ms DESC, id LIMIT 1").fetchone()
+        return None if row is None else (row[0], bool(row[1]))
+
+    def catalogue_metrics(self, ident: str) -> list[list[Any]] | None:
+        """The metrics of catalogue ``ident`` (SPEC.md §9), if the buffer has it."""
+        row = self._db.execute("SELECT metrics FROM catalogues WHERE id = ?",
+                               (ident,)).fetchone()
+        return None if row is None else msgpack.unpackb(row[0])
+
+    def _forget_catalogues(self) -> None:
+        """Catalogues no batch names any more go (inside the caller's transaction), except the
+        newest: the runner declares it."""
+        self._db.execute("DELETE FROM catalogues WHERE id NOT IN (SELECT catalogue FROM "
+                         "referencing) AND id NOT IN (SELECT id FROM catalogues ORDER BY "
+                         "created_ms DESC, id LIMIT 1)")
 
     def _delete_batches(self, instance: str, ranges: Iterable[tuple[int, int]]
                         ) -> tuple[list[int], int]:
@@ -346,8 +430,10 @@ class Buffer:
         self._reclaim()
         stuck = 0  # rounds that freed nothing (a reader holding the log): give up after a few
         while (excess := self.disk_bytes() - self.max_bytes) > 0 and stuck < 3:
-            rows = self._db.execute("SELECT id, samples, length(payload) FROM batches "
-                                    "ORDER BY id LIMIT 256").fetchall()
+            rows = self._db.execute(
+                "SELECT id, samples, length(payload) + coalesce((SELECT length(r.payload) FROM "
+                "referencing r WHERE r.batch_id = batches.id), 0) FROM batches "
+                "ORDER BY id LIMIT 256").fetchall()
             if rows:
                 chosen, freed = [], 0
                 for row in rows:
@@ -382,6 +468,7 @@ class Buffer:
             self._db.execute("DELETE FROM batches WHERE id BETWEEN ? AND ?",
                              (rows[0][0], rows[-1][0]))
             self._add_meta(DROPPED, samples)
+            self._forget_catalogues()
         return samples
 
     def _drop_oldest_cycle(self) -> int:
@@ -421,9 +508,14 @@ class Buffer:
         return [BatchRef(*row) for row in rows]
 
     def get(self, batch_id: int) -> tuple[BatchRef, bytes] | None:
-        """A sealed batch and its payload, or None once acknowledged or dropped."""
-        row = self._db.execute("SELECT id, instance, seq, first_ms, last_ms, samples, payload "
-                               "FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        """A sealed batch and the payload to send, or None once acknowledged or dropped: its
+        referencing form while its catalogue is acknowledged (and the collector did not refuse
+        it), else the inline form."""
+        row = self._db.execute(
+            "SELECT b.id, b.instance, b.seq, b.first_ms, b.last_ms, b.samples, "
+            "coalesce((SELECT r.payload FROM referencing r JOIN catalogues c ON c.id = "
+            "r.catalogue WHERE r.batch_id = b.id AND r.inline = 0 AND c.acked = 1), b.payload) "
+            "FROM batches b WHERE b.id = ?", (batch_id,)).fetchone()
         return None if row is None else (BatchRef(*row[:6]), row[6])
 
     def stats(self) -> BufferStats:

@@ -68,6 +68,25 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 -- count(*) and sum(samples) read this small index, not the payload pages
 CREATE INDEX IF NOT EXISTS batches_samples ON batches (samples);
+-- Series catalogues (protocol SPEC.md §9) of sealed batches: kept while a batch refers to one
+-- (and the newest always), acked once a collector acknowledged storing it.
+CREATE TABLE IF NOT EXISTS catalogues (
+    id TEXT PRIMARY KEY,           -- content hash (16 hex digits)
+    metrics BLOB NOT NULL,         -- msgpack catalogue metrics
+    created_ms INTEGER NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+-- The referencing form of a sealed batch (values only, naming its catalogue): sent instead of
+-- batches.payload while its catalogue is acked, unless the collector refused it once (inline).
+CREATE TABLE IF NOT EXISTS referencing (
+    batch_id INTEGER PRIMARY KEY,  -- batches.id
+    catalogue TEXT NOT NULL,
+    inline INTEGER NOT NULL DEFAULT 0,
+    payload BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS referencing_gone AFTER DELETE ON batches BEGIN
+    DELETE FROM referencing WHERE batch_id = old.id;
+END;
 -- Batches dropped from the budget after they had been published: the broker may still deliver
 -- them. If the collector acknowledges one later, its samples were not lost after all.
 CREATE TABLE IF NOT EXISTS dropped_published (

@@ -81,8 +81,19 @@ class BufferStore:
     def mark_published(self, batch_id: int) -> None:
         self._call("mark_published", lambda buffer: buffer.mark_published(batch_id), None)
 
-    def reject(self, instance: str, ranges: Iterable[tuple[int, int]]) -> tuple[list[int], int]:
-        return self._call("reject", lambda buffer: buffer.reject(instance, ranges), ([], 0))
+    def reject(self, instance: str, ranges: Iterable[tuple[int, int]], reason: str = ""
+               ) -> tuple[list[int], int, list[int]]:
+        return self._call("reject", lambda buffer: buffer.reject(instance, ranges, reason),
+                          ([], 0, []))
+
+    def catalogues_acked(self, idents: Iterable[str]) -> None:
+        self._call("ack", lambda buffer: buffer.catalogues_acked(idents), None)
+
+    def newest_catalogue(self) -> tuple[str, bool] | None:
+        return self._call("read", lambda buffer: buffer.newest_catalogue(), None)
+
+    def catalogue_metrics(self, ident: str) -> list[list[Any]] | None:
+        return self._call("read", lambda buffer: buffer.catalogue_metrics(ident), None)
 
     def enforce_budget(self, now_ms: int) -> int:
         return self._call("enforce_budget", lambda buffer: buffer.enforce_budget(now_ms), 0)

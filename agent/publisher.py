@@ -123,9 +123,9 @@ class Publisher:
         self._client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive)
         self._client.loop_start()
 
-    def publish(self, topic: str, payload: bytes) -> bool:
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         """Queue ``payload`` at QoS 1; False if paho refused it (then count a publish error)."""
-        info = self._client.publish(topic, payload, qos=1)
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             # NO_CONN still queues the message in paho's session: it goes out on reconnect.
             self.publish_errors += 1

@@ -34,11 +34,14 @@ from edgemon.common import sdnotify
 from edgemon.common.clock import now_ms
 from edgemon.common.logs import Throttle
 from edgemon.protocol import ProtocolError, decode_ack
+from edgemon.protocol.catalogue import encode_catalogue
+from edgemon.protocol.topics import catalogue_topic
 
 __all__ = ["Runner", "new_instance_id"]
 
 log = logging.getLogger("edgemon.agent")
 SHUTDOWN_ACK_WAIT_SECONDS = 3.0
+CATALOGUE_REDECLARE_MAX = 3600.0  # seconds between declarations nobody acknowledges, at most
 
 
 def new_instance_id() -> str:
@@ -97,6 +100,9 @@ class Runner:
             ack_timeout=settings.ack_timeout_seconds,
             backfill_per_second=settings.backfill_batches_per_second,
             max_inflight=settings.max_inflight)
+        self.catalogue_topic = catalogue_topic(config.host_id)
+        # the catalogue declared last: id, when (monotonic), seconds until it is declared again
+        self._declared: tuple[str, float, float] | None = None
         self.cycles = 0
         self._family_cycles = family_cycles(config)  # [intervals]; fixed until a restart
         self._unsealed = 0
@@ -199,7 +205,31 @@ class Runner:
                      extra={"in_flight": resent,
                             "collectors": self.publisher.presence.online_collectors()})
         if self._may_publish():
+            self._declare_catalogue()
             self.sender.pump()
+
+    def _declare_catalogue(self) -> None:
+        """Publish the newest series catalogue (retained) until a collector acknowledges it;
+        until then batches naming it go inline (SPEC.md §9). Again after the ack timeout,
+        doubling up to an hour (a collector that keeps no catalogues never acknowledges one)."""
+        newest = self.store.newest_catalogue()
+        if newest is None or newest[1]:
+            return
+        ident = newest[0]
+        now = time.monotonic()
+        wait = self.config.buffer.ack_timeout_seconds
+        if self._declared is not None and self._declared[0] == ident:
+            if now - self._declared[1] < self._declared[2]:
+                return
+            wait = min(CATALOGUE_REDECLARE_MAX, 2 * self._declared[2])
+        metrics = self.store.catalogue_metrics(ident)
+        if metrics is None:
+            return
+        payload = encode_catalogue(host=self.config.host_id, instance=self.instance,
+                                   metrics=metrics, ident=ident)
+        if self.publisher.publish(self.catalogue_topic, payload, retain=True):
+            self._declared = (ident, now, wait)
+            log.debug("declared a series catalogue", extra={"catalogue": ident})
 
     def _may_publish(self) -> bool:
         """Connected, and a collector is listening (or nothing is known about collectors)."""
@@ -217,10 +247,19 @@ class Runner:
             except ProtocolError as exc:
                 self._warn("bad_ack", "ignoring an invalid acknowledgement: %s", exc)
                 continue
+            if ack.catalogues:
+                self.store.catalogues_acked(ack.catalogues)
+                self._declared = None  # should one be unknown again later: declare it at once
             self.sender.forget(self.store.ack(ack.instance, ack.acked, now_ms()))
             if ack.rejected:
-                ids, samples = self.store.reject(ack.instance, ack.rejected)
+                ids, samples, inline = self.store.reject(ack.instance, ack.rejected, ack.reason)
                 self.sender.forget(ids)
+                if inline:  # refused in the referencing form: due again now, inline
+                    self.sender.forget(inline)
+                    self._declared = None
+                    log.info("the collector refused %d batches naming a catalogue (%s): "
+                             "sending them inline", len(inline), ack.reason or "no reason",
+                             extra={"instance": ack.instance})
                 if ids:
                     log.error("the collector refused %d batches (%d samples, counted as dropped):"
                               " %s", len(ids), samples, ack.reason or "no reason given",

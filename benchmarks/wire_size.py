@@ -1,10 +1,13 @@
 """Bytes per sample on the wire: edgemon v1 beside JSON, msgpack, Influx line protocol and
 Prometheus text (each raw and gzip'd), on real samples of this host batched as the agent does.
 
-    python benchmarks/wire_size.py [--cycles 6] [--interval 10] [--busy] [--quick]
+    python benchmarks/wire_size.py [--cycles 6] [--interval 10] [--busy] [--quick] [--result NAME]
 
 ``--busy`` runs a CPU, disk and network load beside the sampler so counters move as on a busy
-host. Writes benchmarks/results/wire_size.json.
+host. The first row is what an agent sends once the collector holds its series catalogue (a batch
+naming the catalogue by its hash, protocol SPEC.md §9); the inline v1 batch (what it sends before
+that, and what old agents send) and the catalogue message itself (sent once per series set)
+follow. Writes benchmarks/results/<NAME>.json (default ``wire_size``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import zstandard
 
 from edgemon.agent.families import start as start_families
 from edgemon.protocol import BatchBuilder, encode, expand_samples, to_scaled
+from edgemon.protocol.catalogue import compact, encode_catalogue
 
 try:
     from benchmarks._common import table, write_result
@@ -97,7 +101,11 @@ def encodings(wire: dict, rows: list[tuple]) -> dict[str, bytes]:
     naive = zstandard.ZstdCompressor(level=3).compress(msgpack.packb({
         "host": host, "t": sorted({r[2] for r in rows}),
         "series": [[n, dict(lab), vals] for (n, lab), vals in naive_series.items()]}))
-    out = {"edgemon v1 (msgpack+zstd, columnar, delta)": encode(wire),
+    metrics, ident, referencing = compact(wire)
+    out = {"edgemon v1 naming its series catalogue (steady state)": encode(referencing),
+           "edgemon v1 inline (msgpack+zstd, columnar, delta)": encode(wire),
+           "edgemon series catalogue (once per series set)": encode_catalogue(
+               host=host, instance=wire["instance"], metrics=metrics, ident=ident),
            "naive columnar msgpack+zstd": naive}
     for name, raw in [("JSON", as_json), ("msgpack rows", as_msgpack),
                       ("Influx line protocol", influx), ("Prometheus text", prom)]:
@@ -112,6 +120,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--busy", action="store_true", help="run a CPU/disk/network load")
     parser.add_argument("--quick", action="store_true", help="interval 1 s")
+    parser.add_argument("--result", default="wire_size", help="result file name")
     args = parser.parse_args()
     interval = 1.0 if args.quick else args.interval
     stop = multiprocessing.Event()
@@ -127,7 +136,8 @@ def main() -> None:
     wire = builder.build(host="bench-host", instance="0123456789ab", seq=1,
                          sent_ms=int(time.time() * 1000))
     n = len(rows)
-    ours = len(encode(wire))
+    referencing = compact(wire)[2]
+    ours = len(encode(referencing))
     results = []
     for name, blob in encodings(wire, rows).items():
         results.append({"format": name, "bytes": len(blob),
@@ -140,7 +150,7 @@ def main() -> None:
     print(f"{n} samples = {series} series x {args.cycles} cycles at {interval:g} s"
           f"{' (busy)' if args.busy else ''}\n")
     print(table(results, ["format", "bytes", "B/sample", "x edgemon"]))
-    path = write_result("wire_size", {"samples": n, "series": series, "cycles": args.cycles,
+    path = write_result(args.result, {"samples": n, "series": series, "cycles": args.cycles,
                                       "interval_s": interval, "busy": args.busy,
                                       "formats": results})
     print(f"\nwrote {path}")

@@ -104,7 +104,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from edgemon.protocol import (
         ProtocolError,
         backfill_topic,
-        decode,
         decode_status,
         expand_samples,
         metrics_topic,
@@ -112,12 +111,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
         status_topic,
         subscriptions,
     )
+    from edgemon.protocol.catalogue import Catalogue, decode_catalogue, decode_received
+    from edgemon.protocol.topics import catalogue_topic
+
+    catalogues: dict[tuple[str, str], Catalogue] = {}  # (host, id): the ones seen, bounded
 
     config = _load(args.config) if args.config else CollectorConfig()
     host, port = args.broker or (config.mqtt.host, config.mqtt.port)
     if args.host:
         try:
-            topics = [metrics_topic(args.host), backfill_topic(args.host), status_topic(args.host)]
+            topics = [metrics_topic(args.host), backfill_topic(args.host), status_topic(args.host),
+                      catalogue_topic(args.host)]
         except ProtocolError as exc:
             print(f"edgemon-collector tail: --host: {exc}", file=sys.stderr)
             return EXIT_CONFIG
@@ -147,7 +151,15 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 print(json.dumps({"host": source, "status": decode_status(message.payload)}),
                       flush=True)
                 return
-            batch = decode(message.payload)
+            if kind == "catalogue":  # kept to read the batches that refer to it (SPEC.md §9)
+                catalogue = decode_catalogue(message.payload)
+                if catalogue.host == source:
+                    if len(catalogues) >= 1000:
+                        del catalogues[next(iter(catalogues))]
+                    catalogues[(source, catalogue.id)] = catalogue
+                return
+            batch = decode_received(message.payload,
+                                    lambda ident: catalogues.get((source, ident)))[0].to_map()
             head = {"host": batch.get("host"), "instance": batch.get("instance"),
                     "seq": batch.get("seq"), "topic": kind}
             lines = [json.dumps({**head, **s._asdict()}) for s in expand_samples(batch)]

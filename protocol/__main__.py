@@ -1,7 +1,8 @@
 """``python -m edgemon.protocol decode [FILE]``: print the samples of a batch as JSON lines.
 
-FILE (default stdin) holds one payload, raw bytes or hex text. For live traffic from a broker use
-``edgemon-collector tail``.
+FILE (default stdin) holds one payload, raw bytes or hex text. A batch naming a series catalogue
+(SPEC.md §9) needs the catalogue message: ``--catalogue CATALOGUE_FILE``. For live traffic from a
+broker use ``edgemon-collector tail``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import sys
 
 from edgemon.protocol.batch import expand_samples
+from edgemon.protocol.catalogue import decode_catalogue, decode_received
 from edgemon.protocol.codec import decode
 from edgemon.protocol.errors import ProtocolError
 
@@ -30,9 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     dec = sub.add_parser("decode", help="decode one batch payload (raw or hex)")
     dec.add_argument("file", nargs="?", default="-")
     dec.add_argument("--raw", action="store_true", help="print the batch map, not its samples")
+    dec.add_argument("--catalogue", help="the series catalogue the batch names (raw or hex)")
     args = parser.parse_args(argv)
     try:
-        batch = decode(_read(args.file))
+        if args.catalogue:
+            catalogue = decode_catalogue(_read(args.catalogue))
+            batch = decode_received(_read(args.file), {catalogue.id: catalogue}.get)[0].to_map()
+        else:
+            batch = decode(_read(args.file))
     except (OSError, ProtocolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

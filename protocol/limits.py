@@ -27,6 +27,10 @@ MAX_SCALE: Final = 9  # decimal digits after the point
 MAX_INT: Final = (1 << 63) - 1  # values and deltas are signed 64-bit integers
 MIN_INT: Final = -(1 << 63)
 MAX_ACK_RANGES: Final = 1024
+# Series catalogues (SPEC.md §9): a catalogue is bounded like a batch (series, label values,
+# bytes); a collector keeps at most this many per host (the newest declared), so one host's
+# catalogues never crowd out another's; an ack names at most this many catalogue ids.
+MAX_CATALOGUES_PER_HOST: Final = 16
 # Values of top-level keys this version does not know (SPEC.md §7): all of them together hold at
 # most this many elements (scalars, arrays and maps each count one), nested at most this deep.
 MAX_EXTENSION_ELEMENTS: Final = 1024

@@ -49,11 +49,12 @@ _STR: Final = frozenset({str})
 _INT: Final = frozenset({int})
 
 
-def read_batch_map(packed: bytes) -> dict[str, Any]:
-    """The batch map in ``packed`` (one msgpack map, nothing after it), read within the limits.
+def read_batch_map(packed: bytes, kind: type[BatchReader] | None = None) -> dict[str, Any]:
+    """The batch map in ``packed`` (one msgpack map, nothing after it), read within the limits
+    (by ``kind``, a ``BatchReader`` subclass for the maps of ``catalogue_reader.py``).
 
     Raises ``ProtocolError`` (with ``batch_key`` when instance and seq were read first)."""
-    reader = BatchReader(packed)
+    reader = (kind or BatchReader)(packed)
     try:
         try:
             return reader.read()
@@ -187,8 +188,13 @@ class BatchReader:
             keys = self._flat(where, ".label_keys", MAX_LABELS, "label keys", strings=True)
             n_entries = self._array(f"{where}.series", MAX_SERIES, "series")
             self._spend("series", n_entries, MAX_SERIES, f"{where}.series")
-            metrics.append([*head, keys, [self._entry(where, j) for j in range(n_entries)]])
+            metrics.append([*head, keys, [self._item(where, j) for j in range(n_entries)]])
         return metrics
+
+    def _item(self, metric: str, index: int) -> Any:
+        """One element of a metric's series list: a series entry (a catalogue's reader reads
+        label values instead, ``catalogue_reader.py``)."""
+        return self._entry(metric, index)
 
     def _entry(self, metric: str, index: int) -> list[Any]:
         """One series entry ``[label_values, offset, values]``: label values strings, offset and

@@ -43,7 +43,8 @@ from edgemon.protocol.names import is_name, validate_instance_id
 from edgemon.protocol.reader import batch_key, read_batch_map
 from edgemon.protocol.topics import validate_host_id
 
-__all__ = ["KNOWN_KEYS", "ValidBatch", "batch_key", "check_decoded", "validate_batch"]
+__all__ = ["KNOWN_KEYS", "ValidBatch", "batch_key", "check_decoded", "check_metric_head",
+           "validate_batch"]
 
 KNOWN_KEYS: Final = ("v", "host", "instance", "seq", "sent", "t", "metrics")
 _INT: Final = frozenset({int})
@@ -171,20 +172,30 @@ def _metrics(metrics: list[list[Any]], n_times: int) -> int:
             raise _bad(f"{where}: metric name {name!r} is repeated")
         names.add(name)
         where = f"metrics[{i}] ({name})"
-        if type(kind) is not str or kind not in KINDS:
-            raise _bad(f"{where}: kind must be one of {sorted(KINDS)}")
-        if type(unit) is not str or len(unit) > MAX_NAME_LENGTH:
-            raise _bad(f"{where}: unit must be a string of at most {MAX_NAME_LENGTH} characters")
-        if type(scale) is not int or not 0 <= scale <= MAX_SCALE:
-            raise _bad(f"{where}: scale must be an integer from 0 to {MAX_SCALE}")
-        if len(set(keys)) != len(keys) or not all(is_name(k) for k in keys):
-            raise _bad(f"{where}: label keys must be unique valid names")
+        check_metric_head(where, name, kind, unit, scale, keys)
         samples += _entries(where, entries, len(keys), n_times)
         series += len(entries)
     if series > MAX_SERIES or samples > MAX_SAMPLES:
         raise LimitExceeded(f"batch holds {series} series / {samples} samples: over the limit",
                             reason="too_many_samples")
     return samples
+
+
+def check_metric_head(where: str, name: Any, kind: Any, unit: Any, scale: Any,
+                      keys: list[Any]) -> None:
+    """The rules of a metric's name, kind, unit, scale and label keys (inline batches and
+    catalogues, ``catalogue.py``)."""
+    if not is_name(name):
+        raise _bad(f"{where}: metric name {_shown(name)} is not [a-zA-Z_][a-zA-Z0-9_]* of at "
+                   f"most {MAX_NAME_LENGTH} characters")
+    if type(kind) is not str or kind not in KINDS:
+        raise _bad(f"{where}: kind must be one of {sorted(KINDS)}")
+    if type(unit) is not str or len(unit) > MAX_NAME_LENGTH:
+        raise _bad(f"{where}: unit must be a string of at most {MAX_NAME_LENGTH} characters")
+    if type(scale) is not int or not 0 <= scale <= MAX_SCALE:
+        raise _bad(f"{where}: scale must be an integer from 0 to {MAX_SCALE}")
+    if len(set(keys)) != len(keys) or not all(is_name(k) for k in keys):
+        raise _bad(f"{where}: label keys must be unique valid names")
 
 
 def _entries(where: str, entries: list[list[Any]], n_keys: int, n_times: int) -> int:

@@ -6,7 +6,13 @@ import json
 from typing import Any, NamedTuple
 
 from edgemon.protocol.errors import MalformedPayload
-from edgemon.protocol.limits import MAX_ACK_RANGES, MAX_INSTANCE_LENGTH, MAX_INT, VERSION
+from edgemon.protocol.limits import (
+    MAX_ACK_RANGES,
+    MAX_CATALOGUES_PER_HOST,
+    MAX_INSTANCE_LENGTH,
+    MAX_INT,
+    VERSION,
+)
 
 __all__ = ["Ack", "decode_ack", "decode_status", "encode_ack", "encode_status", "seqs_to_ranges"]
 
@@ -81,10 +87,11 @@ class Ack(NamedTuple):
     acked: list[tuple[int, int]]  # durably stored (now or before): delete them
     rejected: list[tuple[int, int]]  # will never be stored: delete them and count them dropped
     reason: str  # why the rejected ones were rejected ("" when none were)
+    catalogues: tuple[str, ...] = ()  # series catalogues now durably stored (SPEC.md §9)
 
 
 def encode_ack(*, instance: str, seqs: list[int], rejected: list[int] | None = None,
-               reason: str = "") -> bytes:
+               reason: str = "", catalogues: list[str] | None = None) -> bytes:
     """Collector -> agent: these sequence numbers of ``instance`` are durably stored.
 
     ``rejected`` lists batches the collector decoded but refuses for good (e.g. samples from a
@@ -94,6 +101,8 @@ def encode_ack(*, instance: str, seqs: list[int], rejected: list[int] | None = N
     if rejected:
         doc["rejected"] = seqs_to_ranges(rejected)
         doc["reason"] = reason
+    if catalogues:
+        doc["catalogues"] = catalogues
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -117,5 +126,9 @@ def decode_ack(payload: bytes) -> Ack:
     if "acked" not in doc:
         raise MalformedPayload("acked missing", reason="schema")
     reason = doc.get("reason", "")
+    catalogues = doc.get("catalogues", [])
+    if not isinstance(catalogues, list) or len(catalogues) > MAX_CATALOGUES_PER_HOST or \
+            not all(isinstance(c, str) and len(c) <= 64 for c in catalogues):
+        raise MalformedPayload("catalogues must be a list of catalogue ids", reason="schema")
     return Ack(doc["instance"], _ranges(doc, "acked"), _ranges(doc, "rejected"),
-               reason[:200] if isinstance(reason, str) else "")
+               reason[:200] if isinstance(reason, str) else "", tuple(catalogues))

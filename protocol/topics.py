@@ -13,6 +13,7 @@ __all__ = [
     "TopicParts",
     "ack_topic",
     "backfill_topic",
+    "catalogue_topic",
     "metrics_topic",
     "parse_topic",
     "status_topic",
@@ -21,7 +22,7 @@ __all__ = [
 ]
 
 PREFIX: Final = "edgemon/v1"
-KINDS: Final = ("metrics", "backfill", "status", "ack")
+KINDS: Final = ("metrics", "backfill", "status", "ack", "catalogue")
 
 # Letters, digits, dot, dash, underscore; starts with a letter or digit. No '/', '+', '#', no
 # spaces, no control characters: one host id is exactly one topic level.
@@ -62,9 +63,15 @@ def ack_topic(host: str) -> str:
     return f"{PREFIX}/{validate_host_id(host)}/ack"
 
 
+def catalogue_topic(host: str) -> str:
+    """The host's series catalogues (retained: the current one), SPEC.md §9."""
+    return f"{PREFIX}/{validate_host_id(host)}/catalogue"
+
+
 def subscriptions() -> list[str]:
     """What a collector (or any third-party reader) subscribes to."""
-    return [f"{PREFIX}/+/metrics", f"{PREFIX}/+/backfill", f"{PREFIX}/+/status"]
+    return [f"{PREFIX}/+/metrics", f"{PREFIX}/+/backfill", f"{PREFIX}/+/status",
+            f"{PREFIX}/+/catalogue"]
 
 
 class TopicParts(NamedTuple):

@@ -17,6 +17,12 @@ import pytest
 from edgemon.agent.buffer import FORMAT, Buffer, is_corruption, read_stats
 from edgemon.agent.buffer_store import BufferStore
 from edgemon.protocol import COUNTER, GAUGE, MetricDef, decode, expand_samples
+from edgemon.protocol.catalogue import (
+    UNKNOWN_CATALOGUE,
+    decode_catalogue,
+    decode_received,
+    encode_catalogue,
+)
 from edgemon.protocol.schema import validate_batch
 
 TEMP = MetricDef("test_temperature_celsius", GAUGE, "celsius", 2, ("sensor",))
@@ -93,13 +99,76 @@ def test_refused_batches_are_deleted_and_counted_as_dropped_for_good(tmp_path: P
     for b in range(3):
         buf.append(T0 + b * 1000, cycle(b))
         refs += buf.seal(T0 + b * 1000)
-    ids, dropped = buf.reject("inst-a", [(1, 1)])
-    assert ids == [refs[1].id] and dropped == refs[1].samples > 0
+    # The first refusal may be of the referencing form (SPEC.md §9): kept, to go inline once.
+    assert buf.reject("inst-a", [(1, 1)]) == ([], 0, [refs[1].id])
+    ids, dropped, inline = buf.reject("inst-a", [(1, 1)])
+    assert ids == [refs[1].id] and dropped == refs[1].samples > 0 and inline == []
     assert [row[2] for row in batch_rows(tmp_path / "b.db")] == [0, 2]
-    assert buf.reject("inst-a", [(1, 1)]) == ([], 0)  # a repeated refusal counts nothing
+    assert buf.reject("inst-a", [(1, 1)]) == ([], 0, [])  # a repeated refusal counts nothing
     buf.close()
     again = open_buffer(tmp_path / "b.db", instance="inst-b")
     assert again.stats().dropped_samples_total == refs[1].samples
+
+
+def wide_cycle(i: int, series: int = 40) -> list[Any]:
+    """A host-like cycle: many series, slowly moving values."""
+    return [(TEMP, (f"s{n}",), 20 + n + i / 4) for n in range(series)]
+
+
+def test_a_batch_names_its_catalogue_only_while_a_collector_holds_it(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db")
+    for i in range(6):
+        buf.append(T0 + i * 1000, wide_cycle(i))
+    [ref] = buf.seal(T0 + 6000)
+    inline = buf.get(ref.id)[1]  # type: ignore[index]
+    ident, acked = buf.newest_catalogue()  # type: ignore[misc]
+    assert not acked and decode(inline)["seq"] == ref.seq  # inline until acknowledged
+    buf.catalogues_acked([ident])
+    referencing = buf.get(ref.id)[1]  # type: ignore[index]
+    assert len(referencing) < len(inline)
+    metrics = buf.catalogue_metrics(ident)
+    assert metrics is not None
+    catalogue = decode_catalogue(encode_catalogue(host="test-host", instance="inst-a",
+                                                  metrics=metrics, ident=ident))
+    batch, named = decode_received(referencing, {ident: catalogue}.get)
+    assert named and batch.to_map() == decode(inline)  # the same samples
+    # The collector lost the catalogue: the batch is kept and goes inline; so do all batches
+    # naming it, until it is acknowledged again.
+    assert buf.reject("inst-a", [(ref.seq, ref.seq)], UNKNOWN_CATALOGUE) == ([], 0, [ref.id])
+    assert buf.newest_catalogue() == (ident, False)
+    assert buf.get(ref.id)[1] == inline  # type: ignore[index]
+    buf.catalogues_acked([ident])
+    assert buf.get(ref.id)[1] == inline  # type: ignore[index]  # refused once: inline for good
+    ids, dropped, again = buf.reject("inst-a", [(ref.seq, ref.seq)], "future_timestamp")
+    assert ids == [ref.id] and dropped == ref.samples and again == []  # refused inline: gone
+    assert buf.stats().identity_holds
+    # no batch names the catalogue any more, but it is the newest: kept to be declared
+    assert buf.newest_catalogue() == (ident, True)
+
+
+def test_a_series_missing_from_a_batch_does_not_change_its_catalogue(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db")
+    for i in range(6):
+        buf.append(T0 + i * 1000, wide_cycle(i))
+    buf.seal(T0 + 6000)
+    ident, _ = buf.newest_catalogue()  # type: ignore[misc]
+    buf.catalogues_acked([ident])
+    for i in range(6, 12):  # one series gone: the catalogue stays, the batch names it
+        buf.append(T0 + i * 1000, wide_cycle(i)[1:])
+    [ref] = buf.seal(T0 + 12_000)
+    assert buf.newest_catalogue() == (ident, True)
+    metrics = buf.catalogue_metrics(ident)
+    assert metrics is not None
+    catalogue = decode_catalogue(encode_catalogue(host="test-host", instance="inst-a",
+                                                  metrics=metrics, ident=ident))
+    batch, named = decode_received(buf.get(ref.id)[1], {ident: catalogue}.get)  # type: ignore[index]
+    assert named and len({s.labels["sensor"] for s in expand_samples(batch.to_map())}) == 39
+    for i in range(12, 18):  # a new series: a new catalogue, declared before it is named
+        buf.append(T0 + i * 1000, [*wide_cycle(i), (TEMP, ("new",), 1.0)])
+    [ref] = buf.seal(T0 + 18_000)
+    new_ident, acked = buf.newest_catalogue()  # type: ignore[misc]
+    assert new_ident != ident and not acked
+    assert decode(buf.get(ref.id)[1])["seq"] == ref.seq  # type: ignore[index]  # inline
 
 
 def test_sealed_batches_keep_instance_seq_and_bytes_across_restarts(tmp_path: Path) -> None:

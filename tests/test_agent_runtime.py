@@ -469,3 +469,45 @@ def test_systemd_notifications_watchdog_and_reload(tmp_path: Path) -> None:
     assert reloaded["restart_needed"] == ["interval_seconds"]
     debug = [e["msg"] for e in logs if e["level"] == "debug"]
     assert debug[0] == "reload: configuration read"  # the new level applies at once
+
+
+def test_an_unacknowledged_catalogue_is_declared_again_ever_less_often(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgemon.agent import runner as runner_module
+    from edgemon.protocol import encode_ack
+    from edgemon.protocol.catalogue import decode_catalogue
+
+    config = load_config(None, environ={
+        "EDGEMON_AGENT_BROKER_PORT": str(free_port()), "EDGEMON_AGENT_HOST_ID": "h",
+        "EDGEMON_AGENT_BUFFER_PATH": str(tmp_path / "buffer.db"),
+        "EDGEMON_AGENT_BUFFER_ACK_TIMEOUT_SECONDS": "10"})
+    runner = Runner(config, collectors={})
+    now = [1000.0]
+    monkeypatch.setattr(runner_module.time, "monotonic", lambda: now[0])
+    published: list[tuple[str, bytes, bool]] = []
+    monkeypatch.setattr(runner.publisher, "publish",
+                        lambda topic, payload, retain=False: published.append(
+                            (topic, payload, retain)) or True)
+    metric = MetricDef("wide_thing", GAUGE, "", 0, ("k",))
+    for i in range(6):
+        runner.store.append(1_800_000_000_000 + i, [(metric, (str(n),), n + i)
+                                                    for n in range(40)])
+    runner.store.seal(1_800_000_010_000)
+    declared = []
+    for t in range(0, 200):  # 200 s of loop turns, nobody acknowledging
+        now[0] = 1000.0 + t
+        before = len(published)
+        runner._declare_catalogue()
+        if len(published) > before:
+            declared.append(t)
+    assert declared == [0, 10, 30, 70, 150]  # ack timeout, doubling
+    topic, payload, retain = published[-1]
+    assert topic == "edgemon/v1/h/catalogue" and retain
+    ident = decode_catalogue(payload).id
+    runner._acks.put(encode_ack(instance="other", seqs=[], catalogues=[ident]))
+    runner._apply_acks()
+    assert runner.store.newest_catalogue() == (ident, True)
+    now[0] += 1000
+    runner._declare_catalogue()
+    assert len(published) == len(declared)  # acknowledged: not declared again
+    runner.store.close()

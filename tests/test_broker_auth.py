@@ -98,6 +98,7 @@ def test_acl_patterns_and_roles(auth: AuthDir) -> None:
     assert text == acl_text(auth.users())
     for line in ("pattern write edgemon/v1/%u/metrics", "pattern write edgemon/v1/%u/backfill",
                  "pattern write edgemon/v1/%u/status", "pattern read edgemon/v1/%u/ack",
+                 "pattern write edgemon/v1/%u/catalogue",  # its series catalogue (SPEC §9)
                  # everyone may see whether a collector is online (SPEC: collector presence)
                  "pattern read edgemon/v1/_collectors/+/state"):
         assert f"\n{line}\n" in text
@@ -105,7 +106,8 @@ def test_acl_patterns_and_roles(auth: AuthDir) -> None:
     assert [line for line in collector if not line.startswith("#")] == [
         "topic deny edgemon/v1/edgemon-collector/#",
         "topic read edgemon/v1/+/metrics", "topic read edgemon/v1/+/backfill",
-        "topic read edgemon/v1/+/status", "topic write edgemon/v1/+/ack",
+        "topic read edgemon/v1/+/status", "topic read edgemon/v1/+/catalogue",
+        "topic write edgemon/v1/+/ack",
         "topic write edgemon/v1/_alerts/#", "topic readwrite edgemon/v1/_collectors/#"]
     reader = text.split("user grafana\n")[1].strip().splitlines()
     assert reader == ["topic deny edgemon/v1/grafana/#", "topic read edgemon/v1/#"]

@@ -140,6 +140,30 @@ def test_tail_prints_samples_as_json_lines(broker: Broker) -> None:
     assert undecodable and undecodable[0]["reason"] == "not_zstd"
 
 
+def test_tail_reads_batches_that_name_a_catalogue(broker: Broker) -> None:
+    from edgemon.protocol import decode, encode
+    from edgemon.protocol.catalogue import compact, encode_catalogue
+    from edgemon.protocol.topics import catalogue_topic
+
+    metrics, ident, referencing = compact(decode(make_batch("tail-host", 9, n=2)))
+    agent = StandInAgent(broker, "tail-host")
+    try:
+        agent.publish(catalogue_topic("tail-host"), encode_catalogue(
+            host="tail-host", instance="inst-1", metrics=metrics, ident=ident), retain=True)
+        with collector_cli("tail", "--broker", f"127.0.0.1:{broker.port}", "--host",
+                           "tail-host", "--count", "1") as (proc, out, err):
+            wait_until(lambda: any('"subscribed"' in line for line in err.lines), 20,
+                       f"tail subscribed ({err.lines})")
+            agent.publish(metrics_topic("tail-host"), encode(referencing))
+            assert proc.wait(TIMEOUT) == 0
+    finally:
+        agent.close()
+    samples = [json.loads(line) for line in out.lines]
+    assert sorted(s["value"] for s in samples if s["name"] == "cpu_usage_percent") == [10.09,
+                                                                                        11.09]
+    assert len(samples) == 4 and all(s["seq"] == 9 for s in samples)
+
+
 def test_sighup_reloads_alert_rules_and_keeps_running(tmp_path: Path) -> None:
     """SIGHUP re-reads the rules file; a broken file keeps the old rules; the process lives."""
     import signal

@@ -179,6 +179,7 @@ def acl_text(users: list[User]) -> str:
         f"pattern write {PREFIX}/%u/metrics",
         f"pattern write {PREFIX}/%u/backfill",
         f"pattern write {PREFIX}/%u/status",
+        f"pattern write {PREFIX}/%u/catalogue",
         f"pattern read {PREFIX}/%u/ack",
         "# Everyone: whether a collector is online (retained presence, SPEC.md).",
         f"pattern read {COLLECTOR_STATE_FILTER}",
@@ -191,7 +192,8 @@ def acl_text(users: list[User]) -> str:
                   f"topic deny {PREFIX}/{user.name}/#"]
         if user.role == "collector":
             lines += [f"topic read {PREFIX}/+/metrics", f"topic read {PREFIX}/+/backfill",
-                      f"topic read {PREFIX}/+/status", f"topic write {PREFIX}/+/ack",
+                      f"topic read {PREFIX}/+/status", f"topic read {PREFIX}/+/catalogue",
+                      f"topic write {PREFIX}/+/ack",
                       f"topic write {PREFIX}/_alerts/#",
                       # presence (state) and delivery probes (probe, read back by itself)
                       f"topic readwrite {PREFIX}/{COLLECTORS_LEVEL}/#"]

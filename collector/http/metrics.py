@@ -100,6 +100,10 @@ _STATS_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("transaction_seconds_total", "transaction_seconds", "Time spent decoding and storing"),
     ("storage_errors_total", "storage_errors", "Batches that could not be stored"),
     ("agent_acks_published_total", "acks_published", "Acknowledgements published to agents"),
+    ("catalogues_stored_total", "catalogues_stored", "Series catalogues stored and "
+     "acknowledged (protocol SPEC.md §9)"),
+    ("referencing_batches_total", "referencing_batches", "Batches received naming a series "
+     "catalogue instead of carrying it inline"),
 )
 # (full name, attribute of MqttIngest, help) of the plain MQTT counters
 _M = PREFIX + "mqtt_"

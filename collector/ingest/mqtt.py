@@ -250,12 +250,14 @@ class MqttIngest:
         return self._puback(msg.mid, msg.qos)
 
     def publish_ack(self, host: str, instance: str, seqs: list[int], *,
-                    rejected: list[int] | None = None, reason: str = "") -> bool:
+                    rejected: list[int] | None = None, reason: str = "",
+                    catalogues: list[str] | None = None) -> bool:
         """Tell the agent which of its batches are durably stored, or refused for good (QoS 1).
 
         Never raises for a transport problem: an ack published while disconnected is sent after
         the reconnect; one that cannot even be queued is dropped, counted and False."""
-        payload = encode_ack(instance=instance, seqs=seqs, rejected=rejected, reason=reason)
+        payload = encode_ack(instance=instance, seqs=seqs, rejected=rejected, reason=reason,
+                             catalogues=catalogues)
         return self._publish(ack_topic(host), payload)
 
     def publish_alert(self, topic: str, payload: bytes) -> None:

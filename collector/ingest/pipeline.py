@@ -44,6 +44,7 @@ from typing import Any
 
 from edgemon.collector.config import IngestConfig
 from edgemon.collector.ingest.cardinality import SeriesLimits
+from edgemon.collector.ingest.catalogues import CatalogueCache
 from edgemon.collector.ingest.mqtt import Inbox, MqttIngest, RawMessage, now_ms
 from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.ingest.screen import Refusal, screen, series_keys, without
@@ -57,6 +58,7 @@ from edgemon.protocol import (
     encode,
     parse_topic,
 )
+from edgemon.protocol.catalogue import Catalogue, decode_catalogue, decode_received
 from edgemon.protocol.codec import FAST_LEVEL
 from edgemon.protocol.names import validate_instance_id
 from edgemon.protocol.schema import ValidBatch
@@ -77,7 +79,7 @@ class Outcome:
 
     msg: RawMessage
     host: str | None
-    kind: str  # "metrics" | "backfill" | "status" | "reject"
+    kind: str  # "metrics" | "backfill" | "status" | "catalogue" | "reject"
     reason: str | None = None
     detail: str = ""
     item: IngestItem | None = None
@@ -89,6 +91,7 @@ class Outcome:
     samples: int = 0  # decoded samples held by ``item``
     sent_ms: int | None = None  # the batch's ``sent`` (kept when ``item`` is let go)
     dropped: dict[str, tuple[int, str]] | None = None  # series left out: reason -> (n, example)
+    catalogue: Catalogue | None = None  # a declared series catalogue (SPEC.md §9)
 
     def reject(self, reason: str, detail: str) -> Outcome:
         """Turn this outcome into a rejection (keeping ``batch_key`` so the agent can be told)."""
@@ -110,6 +113,8 @@ class IngestStats:
     storage_errors: int = 0
     storage_retries: int = 0
     acks_published: int = 0
+    catalogues_stored: int = 0  # series catalogues stored and acknowledged (SPEC.md §9)
+    referencing_batches: int = 0  # batches received naming a catalogue instead of inline
     host_lag_ms: dict[str, int] = field(default_factory=dict)
     host_last_received_ms: dict[str, int] = field(default_factory=dict)
 
@@ -128,6 +133,7 @@ class IngestPipeline:
         self.stats = IngestStats()
         self.series_limits = SeriesLimits(config.max_series_per_host,
                                           config.max_new_series_per_hour)
+        self.catalogues = CatalogueCache(storage)
         self.storage_ok = True  # False while the storage refuses every write
         self.heartbeat = time.monotonic()  # last turn of the worker loop (systemd watchdog)
         self._decode_error_log = Throttle(DECODE_ERROR_LOG_INTERVAL)
@@ -228,6 +234,9 @@ class IngestPipeline:
                 unique.append(o)
         for o in statuses:
             self._record_status(o)
+        for o in outcomes:
+            if o.kind == "catalogue":
+                self._store_catalogue(o)
         if unique:
             try:
                 _attach(unique, self.storage.store_batches([_item(o) for o in unique]))
@@ -279,6 +288,8 @@ class IngestPipeline:
         try:
             if kind == "status":
                 return Outcome(msg, host, "status", status=self._checked_status(msg))
+            if kind == "catalogue":
+                return self._checked_catalogue(msg, host)
             if kind not in ("metrics", "backfill"):
                 return Outcome(msg, host, "reject", reason="unexpected_topic",
                                detail=f"collector does not read {kind} topics")
@@ -292,8 +303,33 @@ class IngestPipeline:
                               "once a minute; all are counted as reason decode_error)", host)
             return Outcome(msg, host, "reject", reason="decode_error", detail=repr(exc)[:200])
 
+    def _checked_catalogue(self, msg: RawMessage, host: str) -> Outcome:
+        catalogue = decode_catalogue(msg.payload)
+        if catalogue.host != host:
+            return Outcome(msg, host, "reject", reason="host_mismatch",
+                           detail=f"catalogue says host {catalogue.host[:64]!r}")
+        return Outcome(msg, host, "catalogue", catalogue=catalogue)
+
+    def _store_catalogue(self, o: Outcome) -> None:
+        """Keep a declared catalogue durably (then it is acknowledged); a storage without
+        catalogues acknowledges none, so agents keep sending batches inline."""
+        catalogue = o.catalogue
+        assert catalogue is not None
+        try:
+            self.storage.store_catalogue(catalogue.host, catalogue.id, o.msg.payload,
+                                         o.msg.received_ms)
+        except NotImplementedError:
+            o.reject("catalogues_unsupported", "this storage keeps no catalogues")
+            return
+        except Exception as exc:
+            log.exception("could not store a catalogue of %s", o.host)
+            o.reject("storage_error", repr(exc)[:200])
+            return
+        self.catalogues.put(catalogue)
+
     def _checked_batch(self, msg: RawMessage, host: str, kind: str) -> Outcome:
-        batch = decode_batch(msg.payload)
+        batch, referencing = decode_received(
+            msg.payload, lambda ident: self.catalogues.get(host, ident))
         key = (batch.instance, batch.seq)
         if batch.host != host:
             return Outcome(msg, host, "reject", reason="host_mismatch", batch_key=key,
@@ -304,6 +340,9 @@ class IngestPipeline:
         payload = msg.payload
         dropped: dict[str, tuple[int, str]] | None = None
         try:
+            if referencing:  # stored resolved: every stored batch is readable on its own
+                self.stats.referencing_batches += 1
+                payload = encode(batch.to_map(), level=FAST_LEVEL)
             screened = self._screened(host, batch, msg)
             if screened is not None:
                 payload, dropped = screened
@@ -401,6 +440,14 @@ class IngestPipeline:
                 continue
             if o.kind == "status":
                 stats.status_messages += 1
+                continue
+            if o.kind == "catalogue":
+                catalogue = o.catalogue
+                assert catalogue is not None
+                stats.catalogues_stored += 1
+                if self.mqtt is not None and self.mqtt.publish_ack(
+                        catalogue.host, catalogue.instance, [], catalogues=[catalogue.id]):
+                    stats.acks_published += 1
                 continue
             result = o.result
             if result is None:  # storage returned no result for it: do not claim it is stored

@@ -18,6 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgemon.protocol import backfill_topic, metrics_topic, status_topic, subscriptions
+from edgemon.protocol.topics import catalogue_topic
 
 __all__ = ["Subscriptions", "shared"]
 
@@ -60,7 +61,8 @@ class Subscriptions:
         else:
             topics = {shared(self.share, topic) for host in list(self.known_hosts())
                       if host not in isolated
-                      for topic in (metrics_topic(host), backfill_topic(host), status_topic(host))}
+                      for topic in (metrics_topic(host), backfill_topic(host), status_topic(host),
+                                    catalogue_topic(host))}
         topics.add(self.probe_topic)
         return topics
 

@@ -251,6 +251,19 @@ class Storage(ABC):
         self.maintain(now_ms)
         return False
 
+    def store_catalogue(self, host: str, ident: str, payload: bytes, received_ms: int) -> None:
+        """Keep the series catalogue ``ident`` of ``host`` (its message as received, SPEC.md §9)
+        durably, and only the ``MAX_CATALOGUES_PER_HOST`` newest declared of that host. Durable
+        on return: the collector acknowledges the catalogue after this. A backend without
+        catalogues raises ``NotImplementedError``: its collector then acknowledges none, and
+        agents keep sending their batches inline."""
+        raise NotImplementedError
+
+    def catalogue(self, host: str, ident: str) -> bytes | None:
+        """The catalogue message ``host`` declared as ``ident``, if kept (only ``host``'s own:
+        ids are per host)."""
+        return None
+
     def stats(self) -> StorageStats:
         """Counters about the storage itself (cheap: read after every maintenance round)."""
         return StorageStats()

@@ -171,6 +171,7 @@ def buffer_meta(path: Path) -> dict[str, int]:
     finally:
         db.close()
     return {"appended": int(meta.get("appended_samples_total", 0)),
+            "acknowledged": int(meta.get("acknowledged_samples_total", 0)),
             # dropped for good: some batches dropped after publication still arrive (and are
             # acknowledged later); the agent counts those apart
             "dropped": int(meta.get("dropped_samples_total", 0))
