@@ -321,7 +321,8 @@ class Buffer:
         """The collector refused these batches for good: delete them, count their samples dropped.
 
         Except a batch that may have been refused in its referencing form (SPEC.md §9): it is
-        kept and sent inline from now on (once; refused inline, it goes). For the reason
+        kept and sent inline from now on (once; refused inline for another reason, it goes;
+        ``unknown_catalogue`` never drops a batch that has a referencing form). For the reason
         ``unknown_catalogue`` its catalogue counts as not acknowledged any more, so every batch
         naming it goes inline until the collector acknowledges it again.
 
@@ -330,12 +331,16 @@ class Buffer:
         """
         ranges = list(ranges)
         retry: list[int] = []
+        # Only a referencing publish can be refused as unknown_catalogue: a batch already
+        # switched to inline gets that answer when an earlier referencing publish of it was
+        # still on its way. It is never a reason to drop a batch.
+        only_referencing = "" if reason == UNKNOWN_CATALOGUE else " AND r.inline = 0"
         with self._transaction():
             for first, last in ranges:
                 rows = self._db.execute(
                     "SELECT r.batch_id, r.catalogue FROM referencing r JOIN batches b ON "
-                    "b.id = r.batch_id WHERE b.instance = ? AND b.seq BETWEEN ? AND ? AND "
-                    "r.inline = 0", (instance, first, last)).fetchall()
+                    "b.id = r.batch_id WHERE b.instance = ? AND b.seq BETWEEN ? AND ?"
+                    + only_referencing, (instance, first, last)).fetchall()
                 for batch_id, ident in rows:
                     self._db.execute("UPDATE referencing SET inline = 1 WHERE batch_id = ?",
                                      (batch_id,))

@@ -137,6 +137,10 @@ def test_a_batch_names_its_catalogue_only_while_a_collector_holds_it(tmp_path: P
     assert buf.reject("inst-a", [(ref.seq, ref.seq)], UNKNOWN_CATALOGUE) == ([], 0, [ref.id])
     assert buf.newest_catalogue() == (ident, False)
     assert buf.get(ref.id)[1] == inline  # type: ignore[index]
+    # A second unknown_catalogue answer is for a referencing publish still on its way when
+    # the first came: the batch stays (an inline batch cannot be refused for that reason).
+    assert buf.reject("inst-a", [(ref.seq, ref.seq)], UNKNOWN_CATALOGUE) == ([], 0, [ref.id])
+    assert buf.stats().dropped_samples_total == 0
     buf.catalogues_acked([ident])
     assert buf.get(ref.id)[1] == inline  # type: ignore[index]  # refused once: inline for good
     ids, dropped, again = buf.reject("inst-a", [(ref.seq, ref.seq)], "future_timestamp")
