@@ -17,7 +17,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from itertools import accumulate, chain, repeat
-from operator import add
+from operator import add, itemgetter
 from typing import Any, Final
 
 import msgpack
@@ -194,27 +194,32 @@ def _metrics(metrics: list[list[Any]], n_times: int) -> int:
 
 # Metric heads (name, kind, unit, scale, label keys) that passed every rule of ``_metrics``: a
 # fleet sends the same few hundred again and again. Bounded: emptied when full.
-_GOOD_HEADS: dict[tuple[Any, ...], None] = {}
+_GOOD_HEADS: dict[tuple[tuple[str, str, str, int], tuple[str, ...]], None] = {}
 _GOOD_HEADS_MAX: Final = 16_384
+_TEXTS: Final = itemgetter(0, 1, 2)  # name, kind, unit of a metric
+_HEAD: Final = itemgetter(0, 1, 2, 3)  # name, kind, unit, scale
 
 
-def _known_good_head(name: Any, kind: Any, unit: Any, scale: Any, keys: list[Any]) -> bool:
-    """Whether this metric head passes the rules of ``_metrics`` (a remembered answer, or the
-    rules run once and the answer remembered when it is yes). Only exact str / int types are
-    remembered, so equal keys always mean equal heads."""
-    if type(name) is not str or type(kind) is not str or type(unit) is not str or \
-            type(scale) is not int or set(map(type, keys)) - _STR:
+def _known_good_heads(metrics: list[list[Any]]) -> bool:
+    """Whether every metric head (name, kind, unit, scale, label keys) passes the rules of
+    ``_metrics``: remembered answers, or the rules run and the answer remembered when it is yes.
+    Only exact str / int types are looked up (an equal bool or float is not the int it equals)."""
+    if not (set(map(type, chain.from_iterable(map(_TEXTS, metrics)))) <= _STR
+            and set(map(type, map(itemgetter(3), metrics))) <= _INT
+            and set(map(type, chain.from_iterable(map(itemgetter(4), metrics)))) <= _STR):
         return False
-    head = (name, kind, unit, scale, *keys)
-    if head in _GOOD_HEADS:
+    heads = list(zip(map(_HEAD, metrics), map(tuple, map(itemgetter(4), metrics)), strict=True))
+    if all(map(_GOOD_HEADS.__contains__, heads)):
         return True
-    if not (is_name(name) and kind in KINDS and len(unit) <= MAX_NAME_LENGTH
-            and 0 <= scale <= MAX_SCALE and len(set(keys)) == len(keys)
-            and all(is_name(k) for k in keys)):
-        return False
-    if len(_GOOD_HEADS) >= _GOOD_HEADS_MAX:
-        _GOOD_HEADS.clear()
-    _GOOD_HEADS[head] = None
+    for head in heads:
+        (name, kind, unit, scale), keys = head
+        if not (is_name(name) and kind in KINDS and len(unit) <= MAX_NAME_LENGTH
+                and 0 <= scale <= MAX_SCALE and len(set(keys)) == len(keys)
+                and all(is_name(k) for k in keys)):
+            return False
+        if len(_GOOD_HEADS) >= _GOOD_HEADS_MAX:
+            _GOOD_HEADS.clear()
+        _GOOD_HEADS[head] = None
     return True
 
 
@@ -225,9 +230,9 @@ def _metrics_at_once(metrics: list[list[Any]], n_times: int) -> int | None:
     fails or a rule needs a closer look (values large enough for the overflow check, one series
     in several entries). ``_metrics`` then runs the same rules one metric and one entry at a
     time, and names the first problem or passes the batch."""
-    if not all(_known_good_head(*m[:5]) for m in metrics):
+    if not _known_good_heads(metrics):
         return None
-    names = [m[0] for m in metrics]
+    names = list(map(itemgetter(0), metrics))
     if len(set(names)) != len(names):
         return None
     entries = list(chain.from_iterable(m[5] for m in metrics))

@@ -204,3 +204,33 @@ def test_the_agent_never_loads_msgspec() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=60, check=True).stdout.strip()
     assert out == "False"
+
+
+# --- the series screen's batch-at-once check (collector/ingest/screen.py) ----------------------
+
+def _screen_both_ways(payload: bytes) -> None:
+    from edgemon.collector.ingest import screen
+
+    try:
+        batch = decode_batch(payload)
+    except ProtocolError:
+        return
+    at_once = screen._all_plausible
+    screen._all_plausible = lambda *_: False  # type: ignore[assignment]
+    try:
+        one_by_one = screen.screen(batch)
+    finally:
+        screen._all_plausible = at_once  # type: ignore[assignment]
+    assert screen._all_plausible(batch.metrics) == (not one_by_one)
+    assert screen.screen(batch) == one_by_one
+
+
+@pytest.mark.parametrize("path", sorted(CORPUS.glob("*.bin")), ids=lambda p: p.stem)
+def test_screen_at_once_agrees_on_the_corpus(path: Path) -> None:
+    _screen_both_ways(path.read_bytes())
+
+
+@settings(FUZZ, max_examples=300)
+@given(adversarial_batches("h", 5))
+def test_screen_at_once_agrees_on_adversarial_batches(payload: bytes) -> None:
+    _screen_both_ways(payload)

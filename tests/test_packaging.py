@@ -28,7 +28,7 @@ INSTALL = PACKAGING / "install.sh"
 NAMES = ("agent", "collector")
 MAX_EXPOSURE = 2.0
 # The collector's stack: never in the agent package.
-COLLECTOR_ONLY = ("numpy", "aiohttp", "pydantic", "uvloop", "sqlite_utils")
+COLLECTOR_ONLY = ("numpy", "aiohttp", "pydantic", "uvloop", "sqlite_utils", "msgspec")
 
 
 def _need(tool: str, debian_package: str) -> str:
