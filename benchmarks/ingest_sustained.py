@@ -3,7 +3,8 @@ running, ack lag, collector CPU and the compaction back-log.
 
     python benchmarks/ingest_sustained.py [--seconds S] [--runs K] [--publishers P] [--window W]
 
-Per run, on a private Mosquitto (``ingest.start_broker``: unbounded queues):
+Per run, on a private Mosquitto (``ingest.start_broker``: unbounded in-flight window and queues,
+``set_tcp_nodelay true``):
 
 1. ceiling: ``P`` publisher processes (``fleet.Fleet``, TCP_NODELAY, pre-encoded one-minute
    batches of 486 samples from their own hosts, generated before the timed window) publish QoS 1
@@ -172,6 +173,14 @@ def run_publishers(port: int, args: argparse.Namespace, batches: int, watch: dic
     }
 
 
+def broker_config(port: int) -> str:
+    """An open listener, unbounded in-flight window and queues, TCP_NODELAY (as the generated
+    broker configuration sets it)."""
+    return (f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_inflight_messages 0\nmax_queued_messages 1000000\nmax_queued_bytes 0\n"
+            "set_tcp_nodelay true\n")
+
+
 def pending_samples(db: Path) -> int:
     """Samples stored but not yet compacted (read-only; the collector keeps writing)."""
     try:
@@ -189,7 +198,7 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     broker = collector = None
     result: dict[str, Any] = {}
     try:
-        broker, port = start_broker(work)
+        broker, port = start_broker(work, broker_config)
         ctx = mp.get_context("fork")
         ready, stop_sub = ctx.Event(), ctx.Event()
         sub = ctx.Process(target=bare_subscriber, args=(port, ready, stop_sub))
@@ -242,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, default=30_000,
                     help="pre-encoded batches per publisher for the collector phase")
     ap.add_argument("--ceiling-batches", type=int, default=60_000)
+    ap.add_argument("--label", default="", help="results file suffix (e.g. the code measured)")
     args = ap.parse_args(argv)
     runs = []
     for i in range(args.runs):
@@ -266,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, list(rows[0])))
     print("collector / ceiling: " + " / ".join(f"{x:.1%}" for x in
                                              (min(ratio), statistics.median(ratio), max(ratio))))
-    path = write_result("ingest_sustained", {"args": vars(args), "runs": runs,
-                                             "ratio_to_ceiling": ratio})
+    name = "ingest_sustained" + (f"_{args.label}" if args.label else "")
+    path = write_result(name, {"args": vars(args), "runs": runs, "ratio_to_ceiling": ratio})
     print(f"wrote {path}")
     return 0
 
