@@ -254,9 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label", default="", help="results file suffix (e.g. the code measured)")
     args = ap.parse_args(argv)
     runs = []
+    name = "ingest_sustained" + (f"_{args.label}" if args.label else "")
     for i in range(args.runs):
         print(f"run {i + 1}/{args.runs}", flush=True)
         runs.append(one_run(args))
+        write_result(name, {"args": vars(args), "runs": runs, "complete": False})  # so far
     rows = []
     for phase in ("ceiling", "collector"):
         rs = [r[phase] for r in runs]
@@ -276,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, list(rows[0])))
     print("collector / ceiling: " + " / ".join(f"{x:.1%}" for x in
                                              (min(ratio), statistics.median(ratio), max(ratio))))
-    name = "ingest_sustained" + (f"_{args.label}" if args.label else "")
-    path = write_result(name, {"args": vars(args), "runs": runs, "ratio_to_ceiling": ratio})
+    path = write_result(name, {"args": vars(args), "runs": runs, "ratio_to_ceiling": ratio,
+                               "complete": True})
     print(f"wrote {path}")
     return 0
 
