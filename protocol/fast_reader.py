@@ -27,15 +27,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import Annotated, Any, Final
 
-from edgemon.protocol.limits import (
-    MAX_LABEL_VALUE_LENGTH,
-    MAX_LABEL_VALUES,
-    MAX_LABELS,
-    MAX_METRICS,
-    MAX_SAMPLES,
-    MAX_SERIES,
-    MAX_TIMESTAMPS,
-)
+from edgemon.protocol import limits
 
 __all__ = ["MAX_FAST_BYTES", "available", "read_fast"]
 
@@ -44,7 +36,7 @@ __all__ = ["MAX_FAST_BYTES", "available", "read_fast"]
 MAX_FAST_BYTES: Final = 256 << 10
 _FIXMAP_7: Final = 0x87  # a fixmap of exactly the seven known keys: none twice, none unknown
 # A string of at most this many characters is at most MAX_LABEL_VALUE_LENGTH bytes of UTF-8.
-_SURELY_SHORT: Final = MAX_LABEL_VALUE_LENGTH // 4
+_SURELY_SHORT: Final = limits.MAX_LABEL_VALUE_LENGTH // 4
 
 try:
     import msgspec
@@ -57,12 +49,12 @@ def available() -> bool:
 
 
 if msgspec is not None:
-    _Str = Annotated[str, msgspec.Meta(max_length=MAX_LABEL_VALUE_LENGTH)]
-    _Entry = tuple[Annotated[list[_Str], msgspec.Meta(max_length=MAX_LABELS)], int,
-                   Annotated[list[int], msgspec.Meta(max_length=MAX_TIMESTAMPS)]]
+    _Str = Annotated[str, msgspec.Meta(max_length=limits.MAX_LABEL_VALUE_LENGTH)]
+    _Entry = tuple[Annotated[list[_Str], msgspec.Meta(max_length=limits.MAX_LABELS)], int,
+                   Annotated[list[int], msgspec.Meta(max_length=limits.MAX_TIMESTAMPS)]]
     _Metric = tuple[_Str, _Str, _Str, int,
-                    Annotated[list[_Str], msgspec.Meta(max_length=MAX_LABELS)],
-                    Annotated[list[_Entry], msgspec.Meta(max_length=MAX_SERIES)]]
+                    Annotated[list[_Str], msgspec.Meta(max_length=limits.MAX_LABELS)],
+                    Annotated[list[_Entry], msgspec.Meta(max_length=limits.MAX_SERIES)]]
 
     class _Batch(msgspec.Struct, forbid_unknown_fields=True):
         v: int
@@ -70,8 +62,8 @@ if msgspec is not None:
         instance: _Str
         seq: int
         sent: int
-        t: Annotated[list[int], msgspec.Meta(max_length=MAX_TIMESTAMPS)]
-        metrics: Annotated[list[_Metric], msgspec.Meta(max_length=MAX_METRICS)]
+        t: Annotated[list[int], msgspec.Meta(max_length=limits.MAX_TIMESTAMPS)]
+        metrics: Annotated[list[_Metric], msgspec.Meta(max_length=limits.MAX_METRICS)]
 
     _decoder = msgspec.msgpack.Decoder(_Batch)
 
@@ -83,7 +75,7 @@ def _too_long(strings: Iterable[str]) -> bool:
     strings = list(strings)
     if max(map(len, strings), default=0) <= _SURELY_SHORT:
         return False
-    return any(len(s.encode()) > MAX_LABEL_VALUE_LENGTH for s in strings
+    return any(len(s.encode()) > limits.MAX_LABEL_VALUE_LENGTH for s in strings
                if len(s) > _SURELY_SHORT)
 
 
@@ -111,7 +103,8 @@ def _read(packed: bytes) -> dict[str, Any] | None:
 # Every sample and every label value takes at least one byte of msgpack and every series entry
 # at least four (fixarray, empty fixarray, offset, fixarray), besides the batch map's own
 # header: msgpack of MAX_FAST_BYTES cannot exceed the batch's totals.
-_TOTALS_HOLD: Final = min(MAX_SAMPLES, 4 * MAX_SERIES, MAX_LABEL_VALUES) >= MAX_FAST_BYTES
+_SMALLEST_TOTAL: Final = min(limits.MAX_SAMPLES, 4 * limits.MAX_SERIES, limits.MAX_LABEL_VALUES)
+_TOTALS_HOLD: Final = _SMALLEST_TOTAL >= MAX_FAST_BYTES
 assert _TOTALS_HOLD, "MAX_FAST_BYTES too large: count the totals in _read"
 
 read_fast = _read if msgspec is not None else None
