@@ -464,4 +464,7 @@ def run(config: CollectorConfig) -> int:
     """Run the collector on uvloop until SIGTERM/SIGINT; the process exit status."""
     import uvloop
 
+    from edgemon.collector.gc_policy import tune_gc
+
+    tune_gc()  # ingest builds and drops millions of small lists a second (gc_policy.py)
     return uvloop.run(_main(config))

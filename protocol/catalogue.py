@@ -246,13 +246,20 @@ def decode_received(payload: bytes, lookup: Any) -> tuple[ValidBatch, bool]:
     ``batch_key``, so its agent re-sends it with the catalogue inline)."""
     from edgemon.protocol.catalogue_reader import read_referencing_map
     from edgemon.protocol.codec import _decompress
+    from edgemon.protocol.fast_reader import read_fast
     from edgemon.protocol.reader import batch_key
     from edgemon.protocol.schema import check_decoded
 
     # One pass over the bytes for either form (no second decompression, no scan first): the
     # referencing reader reads an inline batch exactly as ``codec.decode_batch`` does, except
     # that ``values`` and ``sparse``, keys of this section, must have their shape here.
-    raw = read_referencing_map(_decompress(payload))
+    packed = _decompress(payload)
+    # an inline batch of the common shape: msgspec's typed reader (C), as codec.decode_batch
+    # does; it answers None for anything else, and the pure reader takes over
+    fast = read_fast(packed) if read_fast is not None else None
+    if fast is not None:
+        return check_decoded(fast), False
+    raw = read_referencing_map(packed)
     if "catalogue" not in raw:
         if "values" in raw or "sparse" in raw:
             exc = MalformedPayload("values and sparse belong to a batch naming a catalogue",

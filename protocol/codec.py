@@ -87,13 +87,19 @@ def decode_batch(payload: bytes) -> ValidBatch:
     The payload must be exactly one zstd frame that declares its content size, with nothing
     after it; the compressed size, the declared size and the real decompressed size are checked
     against ``limits`` before anything is unpacked. Then ``reader`` builds the batch map within
-    the limits and ``schema`` checks every rule (SPEC.md §2, §6, §7)."""
+    the limits (``fast_reader`` first, when msgspec is installed) and ``schema`` checks every
+    rule (SPEC.md §2, §6, §7)."""
     # Loaded on first use: the agent, which only encodes, never loads the reader and the rules.
+    from edgemon.protocol.fast_reader import read_fast
     from edgemon.protocol.reader import read_batch_map
     from edgemon.protocol.schema import check_decoded
 
     packed = _decompress(payload)
-    raw = read_batch_map(packed)
+    # msgspec's typed decoder (C) takes the common shape when installed; anything else, and
+    # every rejection's precise reason, is the pure reader's (fast_reader.py: same result).
+    raw = read_fast(packed) if read_fast is not None else None
+    if raw is None:
+        raw = read_batch_map(packed)
     return check_decoded(raw)
 
 

@@ -31,7 +31,7 @@ MAX_EXPOSURE = 2.0
 # Who builds the test packages: build-deb.sh refuses to make up a Maintainer field.
 MAINTAINER = "Edgemon Test Builder <builder@edgemon.test>"
 # The collector's stack: never in the agent package.
-COLLECTOR_ONLY = ("numpy", "aiohttp", "pydantic", "uvloop", "sqlite_utils")
+COLLECTOR_ONLY = ("numpy", "aiohttp", "pydantic", "uvloop", "sqlite_utils", "msgspec")
 
 
 def _need(tool: str, debian_package: str) -> str:

@@ -297,7 +297,12 @@ class MqttIngest:
         with self._publish_lock:
             self._pending[info.mid] = info
         self.stall.published(info.mid)
-        self._prune_pending()  # its PUBACK may have come before we noted it
+        # Its PUBACK may have come before we noted it (``on_publish`` found nothing to forget):
+        # look at this one only; scanning every pending publish here cost O(pending) per ack.
+        if info.is_published():
+            with self._publish_lock:
+                self._pending.pop(info.mid, None)
+            self.stall.confirmed(info.mid)
         return True
 
     def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any,

@@ -1,9 +1,9 @@
 """The ingest pipeline: inbox -> decode/validate -> one storage transaction -> PUBACK -> agent ack.
 
 All ingest writes (``store_batches``, ``record_status``) run in ONE dedicated writer thread;
-decoding and validation (zstd, msgpack, pydantic: CPU work) run there too, never on the event
-loop. Storage maintenance (compaction) is not ingest's: ``storage.maintenance`` runs it in its
-own thread (the storage serialises writers itself).
+decoding and validation (zstd, msgspec's typed decoder or the pure reader, the schema: CPU work)
+run there too, never on the event loop. Storage maintenance (compaction) is not ingest's:
+``storage.maintenance`` runs it in its own thread (the storage serialises writers itself).
 Per group of messages taken from the inbox (up to ``max_batch_per_txn``):
 
 1. writer thread: parse the topic, decode every payload with ``protocol.decode_batch`` (the

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, chain
+from operator import itemgetter
 from typing import Any, Final
 
 from edgemon.agent import selfmetrics
@@ -60,6 +61,8 @@ def series_keys(metrics: list[list[Any]]) -> Iterator[SeriesKey]:
 
 def screen(batch: ValidBatch) -> dict[SeriesKey, Refusal]:
     """The series of ``batch`` that no real host produces, with why (the first reason found)."""
+    if _all_plausible(batch.metrics):
+        return {}
     refused: dict[SeriesKey, Refusal] = {}
     for name, kind, unit, scale, keys, entries in batch.metrics:
         whole = _metric_refusal(name, kind, unit, keys)
@@ -86,6 +89,45 @@ def screen(batch: ValidBatch) -> dict[SeriesKey, Refusal]:
                 refused[key] = Refusal(*_value_problem(name, kind, unit, scale, lo, hi, keys,
                                                        labels))
     return refused
+
+
+# Metric heads (name, kind, unit, label keys) ``_metric_refusal`` passed: a fleet sends the same
+# few hundred again and again. Bounded: emptied when full.
+_PLAIN_HEADS: dict[tuple[tuple[str, str, str], tuple[str, ...]], None] = {}
+_PLAIN_HEADS_MAX: Final = 16_384
+_TEXTS: Final = itemgetter(0, 1, 2)  # name, kind, unit of a metric
+_BOUNDED_BY: Final = itemgetter(1, 2, 3)  # kind, unit, scale: what ``_bounds`` depends on
+
+
+def _all_plausible(metrics: list[list[Any]]) -> bool:
+    """Whether ``screen`` refuses no series of ``metrics``: the same rules, each checked over the
+    whole batch at once in C loops (``map``, ``accumulate``, ``min``, ``max``) instead of entry
+    by entry, so that a clean batch (nearly every one) costs little; when this says no,
+    ``screen`` finds which series and why."""
+    heads = list(zip(map(_TEXTS, metrics), map(tuple, map(itemgetter(4), metrics)),
+                     strict=True))
+    if not all(map(_PLAIN_HEADS.__contains__, heads)):
+        for head in heads:
+            (name, kind, unit), keys = head
+            if _metric_refusal(name, kind, unit, list(keys)) is not None:
+                return False
+            if len(_PLAIN_HEADS) >= _PLAIN_HEADS_MAX:
+                _PLAIN_HEADS.clear()
+            _PLAIN_HEADS[head] = None
+    by_bounds: dict[tuple[Any, ...], list[list[int]]] = {}
+    for bounds, entries in zip(map(_BOUNDED_BY, metrics), map(itemgetter(5), metrics),
+                               strict=True):
+        by_bounds.setdefault(bounds, []).extend(map(itemgetter(2), entries))
+    labels = chain.from_iterable(map(itemgetter(0), chain.from_iterable(map(itemgetter(5),
+                                                                            metrics))))
+    if not all(map(str.isprintable, labels)):
+        return False
+    for (kind, unit, scale), values in by_bounds.items():
+        low, high = _bounds(kind, unit, scale)
+        if values and (min(map(min, map(accumulate, values))) < low
+                       or max(map(max, map(accumulate, values))) > high):
+            return False
+    return True
 
 
 def without(metrics: list[list[Any]], refused: dict[SeriesKey, Any]) -> list[list[Any]]:

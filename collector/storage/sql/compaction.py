@@ -116,6 +116,7 @@ class Compaction(SQLStore):
         taken: list[int] = []
         read: list[bytes] = []  # payloads read (to drop from the reader's cache after commit)
         unreadable: list[tuple[int, str]] = []
+        decoded = self._decode_chosen(chosen)  # CPU work, before the write lock is taken
         with self._write() as db:
             cut = self._cutoffs(db)
             sel = Selection()
@@ -129,10 +130,13 @@ class Compaction(SQLStore):
                             "ORDER BY id", (hid, last)):
                         taken.append(batch_id)
                         read.append(payload)
-                        try:
-                            columns = self.reader.read(payload, keep=False)
-                        except UnreadableBatch as exc:
-                            unreadable.append((batch_id, exc.reason))
+                        early = decoded.get(batch_id)
+                        if early is not None and early[0] == payload:
+                            columns = early[1]
+                        else:  # not seen before the lock (not expected): read it now
+                            columns = self._read_columns(payload)
+                        if isinstance(columns, str):
+                            unreadable.append((batch_id, columns))
                             continue
                         yield hid, batch_id, columns
 
@@ -147,6 +151,27 @@ class Compaction(SQLStore):
         self.reader.forget(read)
         _log_quarantined(moved)
         return more
+
+    def _decode_chosen(self, chosen: list[tuple[int, int]]
+                       ) -> dict[int, tuple[bytes, BatchColumns | str]]:
+        """The payloads of the chosen batches with their columns (or why they are unreadable),
+        decoded in a read transaction, without the write lock: ingest's writer commits
+        meanwhile. Inside the write transaction a batch is taken from here only if its payload
+        is still the one decoded."""
+        out: dict[int, tuple[bytes, BatchColumns | str]] = {}
+        with self._read() as db:
+            for hid, last in chosen:
+                for batch_id, payload in db.execute(
+                        "SELECT id, payload FROM batches WHERE host_id = ? AND id <= ? "
+                        "ORDER BY id", (hid, last)):
+                    out[batch_id] = (payload, self._read_columns(payload))
+        return out
+
+    def _read_columns(self, payload: bytes) -> BatchColumns | str:
+        try:
+            return self.reader.read(payload, keep=False)
+        except UnreadableBatch as exc:
+            return exc.reason
 
     def _write_l0(self, db: Any, sel: Selection, sid: np.ndarray,
                   ts: np.ndarray, val: np.ndarray, cut: dict[str, int]) -> None:
