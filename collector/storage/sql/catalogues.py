@@ -3,42 +3,29 @@
 A table of their own, beside the batches: a stored batch never needs one (the collector stores a
 batch that referred to a catalogue resolved, as the inline batch), so catalogues can be
 forgotten at any time; a batch naming a forgotten one is answered ``unknown_catalogue`` and its
-agent sends it again inline. Ids are per host: the key is (host, id).
+agent sends it again inline. Ids are per host: the key is (host, id). The table is made by the
+backend (``_catalogue_table``: SQLite on first use, ``sqlite/catalogues.py``; PostgreSQL in
+schema migration 2, ``postgres/migrations.py``).
 """
 
 from __future__ import annotations
 
-from edgemon.collector.storage.sqlite.schema import SQLiteFile
+from edgemon.collector.storage.sql.store import SQLStore
 from edgemon.protocol.limits import MAX_CATALOGUES_PER_HOST
 
 __all__ = ["Catalogues"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS catalogues (
-    host TEXT NOT NULL,
-    id TEXT NOT NULL,               -- the catalogue's content hash (16 hex digits)
-    received_ms INTEGER NOT NULL,   -- last declared (a re-declaration makes it the newest)
-    payload BLOB NOT NULL,          -- the catalogue message as received
-    PRIMARY KEY (host, id)
-) WITHOUT ROWID;
-"""
 
-
-class Catalogues(SQLiteFile):
-    _catalogues_ready = False
-
+class Catalogues(SQLStore):
     def _catalogue_table(self) -> None:
-        if not self._catalogues_ready:
-            with self._write_lock:
-                self._conn().executescript(_SCHEMA)
-                self._catalogues_ready = True
+        """Make sure the ``catalogues`` table exists (a backend whose schema has it: nothing)."""
 
     def store_catalogue(self, host: str, ident: str, payload: bytes, received_ms: int) -> None:
         self._catalogue_table()
         with self._write() as db:
             db.execute("INSERT INTO catalogues (host, id, received_ms, payload) "
                        "VALUES (?, ?, ?, ?) ON CONFLICT (host, id) DO UPDATE SET "
-                       "received_ms = max(received_ms, excluded.received_ms)",
+                       "received_ms = max(catalogues.received_ms, excluded.received_ms)",
                        (host, ident, received_ms, payload))
             db.execute("DELETE FROM catalogues WHERE host = ? AND id NOT IN (SELECT id FROM "
                        "catalogues WHERE host = ? ORDER BY received_ms DESC, id LIMIT ?)",

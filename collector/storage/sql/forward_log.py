@@ -1,14 +1,16 @@
 """The forwarding log and its cursors (``[[forward]]``, ``collector/forward/README.md``).
 
-``batches.id`` cannot be a cursor: it is a plain rowid, so once compaction has emptied
-``batches`` SQLite hands out id 1 again, and compaction deletes a batch's row whatever a
-receiver has seen. So forwarding keeps its own log:
+``batches.id`` cannot be a cursor: once compaction has emptied ``batches`` SQLite hands out
+id 1 again, and compaction deletes a batch's row whatever a receiver has seen. So forwarding
+keeps its own log:
 
 * ``forward_log``: one row per stored batch (host, receive time, samples, the payload as
-  stored), numbered by ``seq`` (``AUTOINCREMENT``: never reused). A trigger on ``batches``
-  writes it in the very transaction that stores the batch, only while a forward cursor exists;
-  a duplicate, which ``INSERT OR IGNORE`` skips, logs nothing. Compaction and retention never
-  look at it, so they are unchanged.
+  stored), numbered by ``seq``, never reused (SQLite: ``AUTOINCREMENT``; PostgreSQL: an
+  identity column). A trigger on ``batches`` writes it in the very transaction that stores the
+  batch, only while a forward cursor exists; a duplicate, which is not stored, logs nothing.
+  Compaction and retention never look at it, so they are unchanged. Writers are serialised
+  (one write transaction at a time, across collectors too on PostgreSQL), so ``seq`` grows in
+  commit order: a reader past ``seq`` n never misses a row committed later with a lower one.
 * ``forward_cursors``: per receiver name, the last ``seq`` it confirmed (2xx) or that was
   given up (4xx, or dropped by the bound), totals of samples sent / rejected / skipped /
   re-sent, and ``inflight``: the last ``seq`` of the request being sent. After a crash the
@@ -16,58 +18,38 @@ receiver has seen. So forwarding keeps its own log:
 * Rows every cursor has passed are deleted (``forward_trim``). A receiver more than its
   ``max_pending_samples`` behind has its oldest rows skipped (counted in ``skipped``), so a
   dead receiver costs at most that much disk.
+
+The SQL is the same on both engines; each backend makes the tables and trigger
+(``sqlite/forward_log.py`` on first use, ``postgres/migrations.py`` version 2) and tells the
+newest ``seq`` given (``_forward_head``).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
+from typing import Any
 
 from edgemon.collector.storage.base import ForwardBatch, ForwardPosition
-from edgemon.collector.storage.sqlite.schema import SQLiteFile
+from edgemon.collector.storage.sql.store import SQLStore
 
 __all__ = ["ForwardLog"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS forward_log (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    host_id INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL,
-    samples INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS forward_cursors (
-    name TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    inflight INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    sent INTEGER NOT NULL DEFAULT 0,
-    rejected INTEGER NOT NULL DEFAULT 0,
-    skipped INTEGER NOT NULL DEFAULT 0,
-    resent INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS forward_log_batch AFTER INSERT ON batches
-WHEN EXISTS (SELECT 1 FROM forward_cursors) BEGIN
-    INSERT INTO forward_log (host_id, received_ms, samples, payload)
-    VALUES (NEW.host_id, NEW.received_ms, NEW.samples, NEW.payload);
-END;
-"""
-
-
-def _head(db: sqlite3.Connection) -> int:
-    """The newest seq ever given (``sqlite_sequence`` remembers it even if the log is empty)."""
-    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'forward_log'").fetchone()
-    return int(row[0]) if row else 0
-
-
-class ForwardLog(SQLiteFile):
-    _forward_ready = False
+class ForwardLog(SQLStore):
+    # -- what a backend provides --------------------------------------------------------------
 
     def _forward_install(self) -> None:
-        if not self._forward_ready:
-            with self._write_lock:
-                self._conn().executescript(_SCHEMA)
-                self._forward_ready = True
+        """Make sure the log, the cursors and the logging trigger exist (nothing: a backend
+        whose schema has them)."""
+
+    def _forward_head(self, db: Any) -> int:
+        """The newest ``seq`` ever given (0: none), even if the log is empty now."""
+        raise NotImplementedError
+
+    def _forward_sync(self) -> None:
+        """Before a cursor write: relax its durability if the backend can (a cursor lost to a
+        power cut only means sending again, at least once)."""
+
+    # -- the log and cursors, the same SQL on every backend -----------------------------------
 
     def forward_open(self, starts: Mapping[str, str], now_ms: int) -> dict[str, int]:
         with self._write_lock:
@@ -78,7 +60,7 @@ class ForwardLog(SQLiteFile):
                     "SELECT name, seq, inflight FROM forward_cursors")}
                 for name in known.keys() - starts.keys():
                     db.execute("DELETE FROM forward_cursors WHERE name = ?", (name,))
-                head = _head(db)
+                head = self._forward_head(db)
                 for name, start in starts.items():
                     if name not in known:
                         seq = head if start == "now" else 0
@@ -169,7 +151,7 @@ class ForwardLog(SQLiteFile):
         self._forward_install()
         out = []
         with self._read() as db:
-            head = _head(db)
+            head = self._forward_head(db)
             for name, seq, updated, sent, rejected, skipped, resent in db.execute(
                     "SELECT name, seq, updated_ms, sent, rejected, skipped, resent FROM "
                     "forward_cursors ORDER BY name").fetchall():
@@ -182,12 +164,3 @@ class ForwardLog(SQLiteFile):
                                            rejected=rejected, skipped=skipped, resent=resent,
                                            updated_ms=updated))
         return out
-
-    def _forward_sync(self) -> None:
-        """Cursor writes (from the forwarder's own thread) need not wait for the disk: a
-        cursor lost to a power cut only means re-sending (at least once); a process kill loses
-        nothing (the WAL is written before COMMIT returns). The next ingest commit (FULL)
-        syncs them anyway."""
-        if not getattr(self._local, "forward_normal", False):
-            self._conn().execute("PRAGMA synchronous=NORMAL")
-            self._local.forward_normal = True

@@ -1,17 +1,18 @@
-"""How much the SQLite store holds, by tier, for ``/metrics`` (``Storage.tier_bytes``).
+"""How much the store holds, by tier, for ``/metrics`` (``Storage.tier_bytes``): the same
+SQL and the same meaning on both engines (bytes of stored blobs, without the database's own
+overhead; that is ``disk_bytes``, each backend's own).
 
-Sums of blob lengths: SQLite reads a blob's length from the record header without loading the
-blob, but every row of the table is still visited, so this is a scan. The maintenance thread
-calls it now and then (``MaintenanceRunner.gauges_interval``), never a scrape. Each table is
-read in its own short read transaction: a long snapshot would hold back WAL checkpoints.
+Sums of blob lengths. SQLite reads a blob's length from the record header without loading the
+blob; PostgreSQL's ``length(bytea)`` of a value kept out of line (TOAST) reads only its
+pointer. Every row of the table is still visited, so this is a scan: the maintenance thread
+calls it now and then (``MaintenanceRunner.sizes_interval``), never a scrape. Each table is
+read in its own short read transaction (a long snapshot would hold back SQLite's WAL
+checkpoints, and PostgreSQL's vacuum).
 """
 
 from __future__ import annotations
 
-import os
-
-from edgemon.collector.storage.sql.store import TIERS
-from edgemon.collector.storage.sqlite.schema import SQLiteFile
+from edgemon.collector.storage.sql.store import TIERS, SQLStore
 
 __all__ = ["Sizes"]
 
@@ -26,7 +27,7 @@ _PARTS: dict[str, list[tuple[str, tuple[int, ...]]]] = {
 }
 
 
-class Sizes(SQLiteFile):
+class Sizes(SQLStore):
     def tier_bytes(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for part, queries in _PARTS.items():
@@ -36,13 +37,3 @@ class Sizes(SQLiteFile):
                     total += int(db.execute(sql, params).fetchone()[0])
             out[part] = total
         return out
-
-    def disk_bytes(self) -> int | None:
-        """The database file with its WAL and shared-memory index."""
-        total = 0
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                total += os.stat(self.path + suffix).st_size
-            except FileNotFoundError:
-                continue
-        return total
