@@ -17,7 +17,6 @@ from edgemon import protocol
 from edgemon.collector.config import IngestConfig
 from edgemon.collector.ingest.inbox import Inbox, RawMessage
 from edgemon.collector.ingest.pipeline import IngestPipeline
-from edgemon.collector.storage.sqlite import SQLiteStorage
 from edgemon.protocol import ProtocolError, decode, encode, expand_samples
 from edgemon.protocol.catalogue import (
     UNKNOWN_CATALOGUE,
@@ -31,6 +30,7 @@ from edgemon.protocol.catalogue import (
 from edgemon.protocol.codec import _decompress
 from edgemon.protocol.limits import MAX_CATALOGUES_PER_HOST, MAX_LABEL_VALUES
 from edgemon.protocol.topics import catalogue_topic, metrics_topic
+from tests.support.storages import Stores
 
 VECTORS = Path(protocol.__file__).parent / "vectors"
 SPEC = Path(protocol.__file__).parent / "SPEC.md"
@@ -230,8 +230,9 @@ def _message(topic: str, payload: bytes, mid: int) -> RawMessage:
 
 
 @pytest.fixture
-def ingest(tmp_path: Path) -> Any:
-    storage = SQLiteStorage(tmp_path / "c.db")
+def ingest(stores: Stores) -> Any:
+    """The ingest pipeline over a store, on SQLite and on PostgreSQL."""
+    storage = stores.open()
     acks = _Acks()
     loop = asyncio.new_event_loop()
     with ThreadPoolExecutor(1) as writer:
