@@ -174,6 +174,9 @@ def test_migrate_copies_a_sqlite_store_exactly_and_can_run_again(
     lite = SQLiteStorage(path, compact_delay_ms=0, close_grace_ms=0)
     lite.compact_all(T0 + SPAN + DAY)
     assert st.query(query) == lite.query(query)
+    # the same blobs: the same bytes by part for /metrics (the disk is each engine's own)
+    sizes = st.tier_bytes()
+    assert sizes == lite.tier_bytes() and sizes["raw"] > 0 and sizes["1h"] > 0
     lite.close()
     st.close()
 
