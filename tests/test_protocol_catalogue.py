@@ -386,3 +386,22 @@ def test_values_and_sparse_are_keys_of_a_referencing_batch_only() -> None:
     with pytest.raises(ProtocolError) as err:
         decode_received(encode(batch), lambda ident: None)
     assert (err.value.reason, err.value.batch_key) == ("schema", ("inst", 1))
+
+
+def test_a_redeclared_catalogue_counts_as_the_newest(stores: Stores) -> None:
+    """Storage level, both backends: declaring a kept catalogue again makes it the newest (an
+    older received time never makes it older), so the host's oldest other one goes first."""
+    storage = stores.open()
+    try:
+        idents = [f"{i:016x}" for i in range(MAX_CATALOGUES_PER_HOST)]
+        for i, ident in enumerate(idents):
+            storage.store_catalogue("h-a", ident, ident.encode(), NOW + i)
+        storage.store_catalogue("h-a", idents[0], b"again", NOW + 100)  # payload kept as first
+        storage.store_catalogue("h-a", idents[0], b"again", NOW - 100)  # not made older
+        storage.store_catalogue("h-a", "f" * 16, b"new", NOW + 101)
+        kept = [i for i in idents if storage.catalogue("h-a", i) is not None]
+        assert kept == [idents[0], *idents[2:]]
+        assert storage.catalogue("h-a", idents[0]) == idents[0].encode()
+        assert storage.catalogue("h-a", "f" * 16) == b"new"
+    finally:
+        storage.close()
