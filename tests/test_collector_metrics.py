@@ -27,6 +27,7 @@ from tests.support import promdata
 from tests.support.broker import Broker
 from tests.support.processes import Collector
 from tests.support.prometheus import PROMTOOL, Prometheus, available
+from tests.support.storages import Stores
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,8 +126,9 @@ def test_register_hook_adds_a_collector() -> None:
 
 
 def test_storage_bytes_follow_compaction_and_a_scrape_never_reads_the_storage(
-        tmp_path: Path) -> None:
-    store = open_storage(tmp_path / "edgemon.db")
+        stores: Stores) -> None:
+    """On SQLite and on PostgreSQL (the same bytes by part; the disk as each engine sees it)."""
+    store = open_storage(stores.location)
     end = 1_700_000_000_000 - 1_700_000_000_000 % DAY + 2 * DAY
     promdata.fill(store, end - 2 * HOUR, end, hosts=promdata.HOSTS[:2])
     runner = MaintenanceRunner(store, clock_ms=lambda: end, sizes_interval=0,

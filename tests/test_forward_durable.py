@@ -17,10 +17,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from edgemon.collector.storage.sql import SQLStorage
 from edgemon.collector.storage.sqlite import SQLiteStorage
 from edgemon.common.clock import now_ms
 from tests.support.broker import free_port
 from tests.support.forwarding import Fleet, Running, chunks, config
+from tests.support.storages import Stores
 from tests.support.tsdb import PROMETHEUS, VICTORIA, Prometheus, VictoriaMetrics
 from tests.support.waiting import wait_until
 
@@ -39,26 +41,35 @@ def storage(tmp_path: Path) -> Iterator[SQLiteStorage]:
 
 
 @pytest.fixture
+def either_storage(stores: Stores) -> Iterator[SQLStorage]:
+    """The store on SQLite, then on PostgreSQL (the ``stores`` fixture)."""
+    st = stores.open(compact_delay_ms=0)
+    yield st
+    st.close()
+
+
+@pytest.fixture
 def vm(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     server = VictoriaMetrics(tmp_path / "vm").start()
     yield server
     server.terminate()
 
 
-def position(storage: SQLiteStorage, name: str = "rx"):  # type: ignore[no-untyped-def]
+def position(storage: SQLStorage, name: str = "rx"):  # type: ignore[no-untyped-def]
     [p] = [p for p in storage.forward_positions() if p.name == name]
     return p
 
 
-def caught_up(storage: SQLiteStorage, name: str = "rx") -> bool:
+def caught_up(storage: SQLStorage, name: str = "rx") -> bool:
     p = position(storage, name)
     return p.pending_batches == 0 and p.seq == p.head
 
 
-def test_log_cursors_and_bound(tmp_path: Path) -> None:
+def test_log_cursors_and_bound(stores: Stores) -> None:
     """Without receivers: what the log holds, in which order, after compaction, duplicates,
-    a crash with a request in flight, the bound, and a receiver removed from the config."""
-    storage = open_store(tmp_path)
+    a crash with a request in flight, the bound, and a receiver removed from the config (on
+    both backends)."""
+    storage = stores.open(compact_delay_ms=0)
     fleet = Fleet(hosts=2)
     start = 1_780_000_000_000
     storage.store_batches(fleet.batches(start, 2))  # before forwarding: not logged
@@ -84,7 +95,7 @@ def test_log_cursors_and_bound(tmp_path: Path) -> None:
     # a crash while sending seqs[1..2]: those are counted as re-sent at the next start
     storage.forward_advance("a", seqs[0], sent=got[0].samples, inflight=seqs[2])
     storage.close()
-    storage = open_store(tmp_path)
+    storage = stores.open(compact_delay_ms=0)
     resent = storage.forward_open({"a": "all", "b": "now"}, now_ms())
     assert resent == {"a": got[1].samples + got[2].samples}
     p = position(storage, "a")
@@ -333,10 +344,11 @@ class FlakyReceiver:
 
 
 def test_5xx_and_429_are_retried_4xx_skipped_and_receivers_are_independent(
-        storage: SQLiteStorage) -> None:
+        either_storage: SQLStorage) -> None:
     """503 and 429 answers: the same request again (nothing lost, nothing kept twice); a 400:
     the batches of that request are tried one by one, each refused alone counted; a receiver
     that keeps failing does not hold back another one."""
+    storage = either_storage
     fleet = Fleet(hosts=2)
     items = fleet.batches(1_780_000_000_000, 6)
     flaky = FlakyReceiver([503, 503, 429, 500])
@@ -368,9 +380,10 @@ def test_5xx_and_429_are_retried_4xx_skipped_and_receivers_are_independent(
         refusing.close()
 
 
-def test_encoder_process_killed_is_replaced(storage: SQLiteStorage) -> None:
+def test_encoder_process_killed_is_replaced(either_storage: SQLStorage) -> None:
     """The worker process that encodes dies (SIGKILL): the next batches are encoded by a new
     one, nothing is lost or skipped."""
+    storage = either_storage
     fleet = Fleet(hosts=2)
     receiver = FlakyReceiver([])
     try:

@@ -17,7 +17,6 @@ from edgemon import protocol
 from edgemon.collector.config import IngestConfig
 from edgemon.collector.ingest.inbox import Inbox, RawMessage
 from edgemon.collector.ingest.pipeline import IngestPipeline
-from edgemon.collector.storage.sqlite import SQLiteStorage
 from edgemon.protocol import ProtocolError, decode, encode, expand_samples
 from edgemon.protocol.catalogue import (
     UNKNOWN_CATALOGUE,
@@ -31,6 +30,7 @@ from edgemon.protocol.catalogue import (
 from edgemon.protocol.codec import _decompress
 from edgemon.protocol.limits import MAX_CATALOGUES_PER_HOST, MAX_LABEL_VALUES
 from edgemon.protocol.topics import catalogue_topic, metrics_topic
+from tests.support.storages import Stores
 
 VECTORS = Path(protocol.__file__).parent / "vectors"
 SPEC = Path(protocol.__file__).parent / "SPEC.md"
@@ -230,8 +230,9 @@ def _message(topic: str, payload: bytes, mid: int) -> RawMessage:
 
 
 @pytest.fixture
-def ingest(tmp_path: Path) -> Any:
-    storage = SQLiteStorage(tmp_path / "c.db")
+def ingest(stores: Stores) -> Any:
+    """The ingest pipeline over a store, on SQLite and on PostgreSQL."""
+    storage = stores.open()
     acks = _Acks()
     loop = asyncio.new_event_loop()
     with ThreadPoolExecutor(1) as writer:
@@ -385,3 +386,22 @@ def test_values_and_sparse_are_keys_of_a_referencing_batch_only() -> None:
     with pytest.raises(ProtocolError) as err:
         decode_received(encode(batch), lambda ident: None)
     assert (err.value.reason, err.value.batch_key) == ("schema", ("inst", 1))
+
+
+def test_a_redeclared_catalogue_counts_as_the_newest(stores: Stores) -> None:
+    """Storage level, both backends: declaring a kept catalogue again makes it the newest (an
+    older received time never makes it older), so the host's oldest other one goes first."""
+    storage = stores.open()
+    try:
+        idents = [f"{i:016x}" for i in range(MAX_CATALOGUES_PER_HOST)]
+        for i, ident in enumerate(idents):
+            storage.store_catalogue("h-a", ident, ident.encode(), NOW + i)
+        storage.store_catalogue("h-a", idents[0], b"again", NOW + 100)  # payload kept as first
+        storage.store_catalogue("h-a", idents[0], b"again", NOW - 100)  # not made older
+        storage.store_catalogue("h-a", "f" * 16, b"new", NOW + 101)
+        kept = [i for i in idents if storage.catalogue("h-a", i) is not None]
+        assert kept == [idents[0], *idents[2:]]
+        assert storage.catalogue("h-a", idents[0]) == idents[0].encode()
+        assert storage.catalogue("h-a", "f" * 16) == b"new"
+    finally:
+        storage.close()

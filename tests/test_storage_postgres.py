@@ -174,6 +174,9 @@ def test_migrate_copies_a_sqlite_store_exactly_and_can_run_again(
     lite = SQLiteStorage(path, compact_delay_ms=0, close_grace_ms=0)
     lite.compact_all(T0 + SPAN + DAY)
     assert st.query(query) == lite.query(query)
+    # the same blobs: the same bytes by part for /metrics (the disk is each engine's own)
+    sizes = st.tier_bytes()
+    assert sizes == lite.tier_bytes() and sizes["raw"] > 0 and sizes["1h"] > 0
     lite.close()
     st.close()
 
@@ -334,3 +337,61 @@ def test_storage_url_is_checked_with_the_line_it_is_on(tmp_path: Path) -> None:
     assert "storage.url" in problems and ":3" in problems and "postgresql://" in problems
     path.write_text('[storage]\nurl = "postgresql://edgemon@db:5432/edgemon"\n')
     assert load_config(path).storage.url == "postgresql://edgemon@db:5432/edgemon"
+
+
+# -- the forwarding log with several collectors ------------------------------------------------
+
+def test_forward_log_of_two_collectors_is_read_whole_and_once_while_they_write(
+        postgres_url: str) -> None:
+    """Two collectors store batches (and each other's, as a redelivery does) into one
+    database while a forwarder reads the log after the newest seq it has seen: it gets every
+    stored batch exactly once, in increasing seq. This needs seq to grow in commit order
+    (writers hold the store's advisory lock until COMMIT); a seq drawn outside it would let a
+    reader pass a batch still being committed and skip it."""
+    from tests.support.forwarding import Fleet
+
+    items = Fleet(hosts=4, per_batch=2).batches(1_780_000_000_000, 25)
+    a, b = PostgresStorage(postgres_url, pool_size=2), PostgresStorage(postgres_url, pool_size=2)
+    a.forward_open({"rx": "all"}, 0)
+    mine = {0: [i for i in items if i.batch.host in ("host-0", "host-1")],
+            1: [i for i in items if i.batch.host in ("host-2", "host-3")]}
+    done = threading.Event()
+    seen: list[tuple[int, bytes]] = []
+
+    def write(store: PostgresStorage, own: list[Any], other: list[Any]) -> None:
+        for n, item in enumerate(own):
+            store.store_batches([item])
+            if n % 3 == 0 and n < len(other):
+                store.store_batches([other[n]])  # the other collector's batch: a duplicate
+
+    def read() -> None:
+        after = 0
+        while True:
+            last = done.is_set()
+            got = a.forward_read("rx", after, 10**9)
+            seen.extend((x.seq, x.payload) for x in got)
+            if got:
+                after = got[-1].seq
+                a.forward_advance("rx", after, sent=sum(x.samples for x in got))
+            if last and not got:
+                return
+
+    reader = threading.Thread(target=read)
+    writers = [threading.Thread(target=write, args=(a, mine[0], mine[1])),
+               threading.Thread(target=write, args=(b, mine[1], mine[0]))]
+    reader.start()
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    done.set()
+    reader.join(60)
+    assert not reader.is_alive()
+    seqs = [s for s, _ in seen]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert sorted(p for _, p in seen) == sorted(i.payload for i in items)
+    [pos] = a.forward_positions()
+    assert (pos.seq, pos.head, pos.pending_batches) == (seqs[-1], seqs[-1], 0)
+    assert pos.sent == sum(i.batch.sample_count for i in items)
+    a.close()
+    b.close()

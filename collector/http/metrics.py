@@ -292,7 +292,7 @@ def _storage_families(maintenance: MaintenanceRunner,
                    round(g.sizes_seconds, 6))
     if g.disk_bytes is not None:
         yield _one("edgemon_storage_disk_bytes", "gauge", "Bytes the store takes on disk "
-                   "(SQLite: the file with its WAL)", g.disk_bytes)
+                   "(SQLite: the file with its WAL; PostgreSQL: pg_database_size)", g.disk_bytes)
     backlog = g.backlog
     if backlog:
         for key, help_text in (("pending_batches", "Stored batches not yet compacted"),

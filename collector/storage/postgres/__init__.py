@@ -39,6 +39,19 @@ class PostgresStorage(PostgresDatabase, SQLStorage):
             for row in rows:
                 copy.write_row(row)
 
+    def disk_bytes(self) -> int | None:
+        """The whole database (``pg_database_size``: tables, indexes, TOAST, free space kept
+        for reuse), as PostgreSQL sees it; not its share of the server's WAL."""
+        with self._read() as db:
+            return int(db.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+
+    def _forward_head(self, db: Any) -> int:
+        """The identity sequence's last value. A value drawn by a transaction rolled back is
+        never given again (a gap in seq, as in SQLite)."""
+        last, called = db.execute("SELECT last_value, is_called FROM forward_log_seq"
+                                  ).fetchone()
+        return int(last) if called else 0
+
     def maintain_step(self, now_ms: int) -> bool:
         """The shared step, with partitions made before it (those of the current windows, or
         the ones a step was rolled back for) and expired ones dropped after it."""

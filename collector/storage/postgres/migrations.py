@@ -178,9 +178,54 @@ CREATE TRIGGER instance_accounts_forgotten AFTER DELETE ON instances
     EXECUTE FUNCTION instance_accounts_forgotten();
 """
 
+# the series catalogues (``sql/catalogues.py``) and the forwarding log with its cursors
+# (``sql/forward_log.py``): the SQLite store makes the same tables on first use
+_V2 = """
+CREATE TABLE catalogues (
+    host text COLLATE "C" NOT NULL,
+    id text COLLATE "C" NOT NULL,
+    received_ms bigint NOT NULL,
+    payload bytea NOT NULL,
+    PRIMARY KEY (host, id)
+);
+CREATE TABLE forward_log (
+    seq bigint GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME forward_log_seq) PRIMARY KEY,
+    host_id bigint NOT NULL,
+    received_ms bigint NOT NULL,
+    samples bigint NOT NULL,
+    payload bytea NOT NULL
+);
+ALTER TABLE forward_log ALTER COLUMN payload SET STORAGE EXTERNAL;
+CREATE TABLE forward_cursors (
+    name text COLLATE "C" PRIMARY KEY,
+    seq bigint NOT NULL,
+    inflight bigint NOT NULL,
+    updated_ms bigint NOT NULL,
+    sent bigint NOT NULL DEFAULT 0,
+    rejected bigint NOT NULL DEFAULT 0,
+    skipped bigint NOT NULL DEFAULT 0,
+    resent bigint NOT NULL DEFAULT 0
+);
+-- every batch stored while a cursor exists, in the storing transaction, in id order; COPY
+-- fires it too. Writers hold the store's advisory write lock until COMMIT, so seq grows in
+-- commit order.
+CREATE FUNCTION forward_log_batches() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM forward_cursors) THEN
+        INSERT INTO forward_log (host_id, received_ms, samples, payload)
+        SELECT host_id, received_ms, samples, payload FROM stored ORDER BY id;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER forward_log_batches AFTER INSERT ON batches
+    REFERENCING NEW TABLE AS stored FOR EACH STATEMENT
+    EXECUTE FUNCTION forward_log_batches();
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the store: batches, sequence ranges, series, partitioned blocks, chunks and "
                  "rollups, accounting", _V1),
+    Migration(2, "series catalogues, the forwarding log and its cursors", _V2),
 )
 
 _TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (

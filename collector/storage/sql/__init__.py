@@ -5,6 +5,9 @@
   the quarantine of stored batches that cannot be read;
 * ``retention.py`` — per-tier retention in small deletes;
 * ``queries.py`` — hosts, series, gaps and range queries in one read snapshot;
+* ``sizes.py`` — bytes stored by tier, for ``/metrics``;
+* ``catalogues.py`` — each host's newest series catalogues (protocol SPEC.md §9);
+* ``forward_log.py`` — the forwarding log and one cursor per ``[[forward]]`` receiver;
 
 over ``store.SQLStore`` (options, helpers and the connection seam a backend fills in). The
 tables are described in ``collector/STORAGE.md``; each backend creates them (``sqlite/schema.py``,
@@ -21,15 +24,18 @@ from __future__ import annotations
 import time
 
 from edgemon.collector.storage.base import Storage
+from edgemon.collector.storage.sql.catalogues import Catalogues
 from edgemon.collector.storage.sql.compaction import Compaction
+from edgemon.collector.storage.sql.forward_log import ForwardLog
 from edgemon.collector.storage.sql.queries import Queries
 from edgemon.collector.storage.sql.retention import Retention
+from edgemon.collector.storage.sql.sizes import Sizes
 from edgemon.collector.storage.sql.writes import Writes
 
 __all__ = ["SQLStorage"]
 
 
-class SQLStorage(Writes, Compaction, Retention, Queries, Storage):
+class SQLStorage(Writes, Compaction, Retention, Queries, Sizes, Catalogues, ForwardLog, Storage):
     """``Storage`` over a backend's connection seam (``store.SQLStore``)."""
 
     def maintain(self, now_ms: int) -> None:

@@ -1,17 +1,11 @@
-"""Series catalogues (protocol SPEC.md §9): each host's newest declared catalogues, as received.
-
-A table of their own, beside the batches: a stored batch never needs one (the collector stores a
-batch that referred to a catalogue resolved, as the inline batch), so catalogues can be
-forgotten at any time; a batch naming a forgotten one is answered ``unknown_catalogue`` and its
-agent sends it again inline. Ids are per host: the key is (host, id).
-"""
+"""The SQLite ``catalogues`` table, made on first use; the methods are the shared
+``sql/catalogues.py``."""
 
 from __future__ import annotations
 
 from edgemon.collector.storage.sqlite.schema import SQLiteFile
-from edgemon.protocol.limits import MAX_CATALOGUES_PER_HOST
 
-__all__ = ["Catalogues"]
+__all__ = ["CatalogueTable"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS catalogues (
@@ -24,7 +18,7 @@ CREATE TABLE IF NOT EXISTS catalogues (
 """
 
 
-class Catalogues(SQLiteFile):
+class CatalogueTable(SQLiteFile):
     _catalogues_ready = False
 
     def _catalogue_table(self) -> None:
@@ -32,21 +26,3 @@ class Catalogues(SQLiteFile):
             with self._write_lock:
                 self._conn().executescript(_SCHEMA)
                 self._catalogues_ready = True
-
-    def store_catalogue(self, host: str, ident: str, payload: bytes, received_ms: int) -> None:
-        self._catalogue_table()
-        with self._write() as db:
-            db.execute("INSERT INTO catalogues (host, id, received_ms, payload) "
-                       "VALUES (?, ?, ?, ?) ON CONFLICT (host, id) DO UPDATE SET "
-                       "received_ms = max(received_ms, excluded.received_ms)",
-                       (host, ident, received_ms, payload))
-            db.execute("DELETE FROM catalogues WHERE host = ? AND id NOT IN (SELECT id FROM "
-                       "catalogues WHERE host = ? ORDER BY received_ms DESC, id LIMIT ?)",
-                       (host, host, MAX_CATALOGUES_PER_HOST))
-
-    def catalogue(self, host: str, ident: str) -> bytes | None:
-        self._catalogue_table()
-        with self._read() as db:
-            row = db.execute("SELECT payload FROM catalogues WHERE host = ? AND id = ?",
-                             (host, ident)).fetchone()
-        return None if row is None else bytes(row[0])
