@@ -213,8 +213,10 @@ class CollectorService:
         self.storage_open = True
         leadership = self.leadership = self.leadership_factory(cfg)
         # before ingest: batches stored from now on are in the forwarding log. Forwarding is
-        # singleton work: only the leader sends (``_follow_leadership``)
-        self.forward = ForwardService(cfg.forward, self.storage, leading=leadership.is_leader)
+        # singleton work: only the leader sends (``_follow_leadership``); alone on a store we
+        # lead from the start (AlwaysLeader says so only once started, below)
+        self.forward = ForwardService(cfg.forward, self.storage, leading=lambda: (
+            leadership.kind == AlwaysLeader.kind or leadership.is_leader()))
         await self.forward.start()
         self.metrics.register(ForwardMetrics(self.forward.status))
         self.dashboard = dashboard.Dashboard(self.storage, executor=self._readers,

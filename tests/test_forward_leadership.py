@@ -2,8 +2,9 @@
 sends. Two forwarding services over one store (two handles on one SQLite file, as two
 collectors on one PostgreSQL store), one leading: the follower sends nothing; when leadership
 moves, the new leader goes on from the cursor in the store and the receiver (Debian's
-victoria-metrics on loopback) has every sample once, none re-sent. How the app moves it:
-``CollectorService._follow_leadership`` (collector/app.py)."""
+victoria-metrics on loopback) has every sample once, none re-sent. And in the collector
+(``CollectorService._follow_leadership``, collector/app.py, over a real broker): forwarding
+pauses when leadership goes, what is stored meanwhile is sent when it comes back."""
 
 from __future__ import annotations
 
@@ -11,13 +12,29 @@ from pathlib import Path
 
 import pytest
 
+from edgemon.collector.app import open_default_storage
+from edgemon.collector.cluster import Leadership
+from edgemon.collector.config import (
+    CollectorConfig,
+    ForwardConfig,
+    HttpConfig,
+    MqttConfig,
+    StorageConfig,
+)
 from edgemon.collector.storage.sqlite import SQLiteStorage
 from edgemon.common.clock import now_ms
+from edgemon.protocol import decode, metrics_topic
+from edgemon.protocol.schema import validate_batch
+from tests.support.broker import Broker
 from tests.support.forwarding import Fleet, Running, config
+from tests.support.stand_in_agent import TIMEOUT, StandInAgent, make_batch
 from tests.support.tsdb import VICTORIA, VictoriaMetrics
 from tests.support.waiting import wait_until
+from tests.test_collector_ingest import RunningCollector
 
 pytestmark = pytest.mark.skipif(VICTORIA is None, reason="victoria-metrics missing")
+
+SAMPLES = validate_batch(decode(make_batch("h", 0))).sample_count  # per stand-in batch
 
 
 def test_only_the_leader_forwards_and_a_new_leader_resumes_at_the_cursor(tmp_path: Path) -> None:
@@ -70,4 +87,75 @@ def test_only_the_leader_forwards_and_a_new_leader_resumes_at_the_cursor(tmp_pat
         b.close()
         for store in stores:
             store.close()
+        vm.terminate()
+
+
+class SwitchedLeadership(Leadership):
+    """Leadership the test hands out and takes back (the real election is tested in
+    test_cluster_leader.py); tells the collector as PostgresLeader does."""
+
+    kind = "switched"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._leading = False
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.set(False)
+
+    def set(self, leading: bool) -> None:
+        if leading != self._leading:
+            self._leading = leading
+            self._changed(leading)
+
+    def is_leader(self) -> bool:
+        return self._leading
+
+
+def test_the_collector_forwards_only_while_it_leads(tmp_path: Path, broker: Broker) -> None:
+    vm = VictoriaMetrics(tmp_path / "vm").start()
+    leadership = SwitchedLeadership()
+    config = CollectorConfig(
+        mqtt=MqttConfig(host=broker.host, port=broker.port, client_id="c1", keepalive=10),
+        storage=StorageConfig(path=tmp_path / "c1" / "edgemon.db"),
+        http=HttpConfig(port=0, auth="none"),
+        forward=(ForwardConfig(url=vm.write_url, name="vm", retry_initial_seconds=0.05,
+                               retry_max_seconds=0.5),))
+    leadership.set(True)
+    running = RunningCollector(config, open_default_storage,
+                               leadership_factory=lambda _cfg: leadership).start()
+    agent = StandInAgent(broker, "h1")
+    service = running.collector
+    base = now_ms() - 3_600_000
+
+    def send(seqs: range) -> None:
+        for seq in seqs:
+            agent.publish(metrics_topic("h1"), make_batch("h1", seq, t0=base + seq * 30_000))
+        wait_until(lambda: set(seqs) <= set(agent.acked()), TIMEOUT, "acks")
+
+    def forwarded() -> int:
+        return sum(len(samples) for samples in vm.export('{host="h1"}').values())
+
+    try:
+        assert service.forward is not None
+        # the first leader opens the cursor (``start = "now"``: from then on)
+        wait_until(lambda: service.forward.running, TIMEOUT, "forwarding on the leader")
+        send(range(10))
+        wait_until(lambda: forwarded() == 10 * SAMPLES, 30, "the leader forwards the log")
+        leadership.set(False)
+        wait_until(lambda: not service.forward.running, TIMEOUT, "forwarding paused")
+        requests = service.forward.forwarders[0].counters.requests
+        send(range(10, 20))  # stored by a follower: logged, not sent
+        assert service.forward.forwarders[0].counters.requests == requests, "sent as follower"
+        assert forwarded() == 10 * SAMPLES
+        leadership.set(True)
+        wait_until(lambda: forwarded() == 20 * SAMPLES, 30, "forwarding resumed at the cursor")
+        [position] = service.storage.forward_positions()  # type: ignore[union-attr]
+        assert position.sent == 20 * SAMPLES and position.resent == 0
+    finally:
+        agent.close()
+        running.stop()
         vm.terminate()
