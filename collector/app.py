@@ -211,8 +211,12 @@ class CollectorService:
         self.storage = await loop.run_in_executor(self._writer, self.storage_factory,
                                                   cfg.storage)
         self.storage_open = True
-        # before ingest: batches stored from now on are in the forwarding log
-        self.forward = ForwardService(cfg.forward, self.storage)
+        leadership = self.leadership = self.leadership_factory(cfg)
+        # before ingest: batches stored from now on are in the forwarding log. Forwarding is
+        # singleton work: only the leader sends (``_follow_leadership``); alone on a store we
+        # lead from the start (AlwaysLeader says so only once started, below)
+        self.forward = ForwardService(cfg.forward, self.storage, leading=lambda: (
+            leadership.kind == AlwaysLeader.kind or leadership.is_leader()))
         await self.forward.start()
         self.metrics.register(ForwardMetrics(self.forward.status))
         self.dashboard = dashboard.Dashboard(self.storage, executor=self._readers,
@@ -221,7 +225,6 @@ class CollectorService:
                            max_bytes=cfg.ingest.queue_max_bytes)
         self.mqtt = MqttIngest(cfg.mqtt, self.inbox, shared_group=cfg.cluster.shared_group,
                                session_expiry_s=cfg.cluster.session_expiry_seconds)
-        leadership = self.leadership = self.leadership_factory(cfg)
         self.cluster = cluster_status.ClusterStatus(
             leadership, collector_id=cfg.mqtt.presence_id, shared_group=cfg.cluster.shared_group,
             store="postgresql" if is_shared_store(cfg.storage) else "sqlite")
@@ -297,8 +300,9 @@ class CollectorService:
         return export.merge_openapi(document)
 
     async def _follow_leadership(self) -> None:
-        """Run the singleton work (alert evaluation and notification) while leading, pause it
-        otherwise, and say the role in our presence. Maintenance asks ``is_leader`` itself."""
+        """Run the singleton work (alert evaluation and notification, forwarding) while
+        leading, pause it otherwise, and say the role in our presence. Maintenance asks
+        ``is_leader`` itself."""
         if self.leadership is None:
             return
         async with self._leading_lock:
@@ -312,6 +316,15 @@ class CollectorService:
                                   "start" if leading else "pause")
                 log.info("alert evaluation and notification %s (%s)",
                          "running" if leading else "paused", self.leadership.role)
+            forward = self.forward
+            if forward is not None and leading != forward.running:
+                try:
+                    await (forward.resume() if leading else forward.pause())
+                except Exception:
+                    log.exception("could not %s forwarding", "start" if leading else "pause")
+                if forward.receivers:
+                    log.info("forwarding %s (%s)", "running" if forward.running else "paused",
+                             self.leadership.role)
             if self.mqtt is not None:
                 self.mqtt.announce()
 

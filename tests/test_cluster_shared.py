@@ -103,7 +103,7 @@ def test_a_shared_group_splits_batches_and_survives_a_killed_collector(cluster: 
         status = a.get("/edgemon/api/v1/cluster")
         assert status["role"] == "leader" and status["shared_group"] is True
         assert status["store"] == "sqlite" and status["election"]["kind"] == "single"
-        assert "\nedgemon_cluster_leader 1\n" in a.get("/metrics", raw=True).decode()
+        assert "\nedgemon_cluster_leader 1.0\n" in a.get("/metrics", raw=True).decode()
         assert GROUP not in a.get("/metrics", raw=True).decode()  # the group name is a secret
         assert "$share/<group>/edgemon/v1/+/metrics" in a.output() and GROUP not in a.output()
 

@@ -63,7 +63,7 @@ class ClusterStatus:
 
 
 HELP_LEADER = ("1 while this collector runs the singleton work (retention, compaction, alert "
-               "evaluation and notification), else 0.")
+               "evaluation and notification, forwarding), else 0.")
 HELP_CHANGES = "Times this collector gained or lost leadership."
 HELP_EXPIRIES = ("Times leadership (or a take-over) ended because no check of the leader lock "
                  "succeeded within the lease.")

@@ -5,6 +5,13 @@ task that trims the log (the ``max_pending_samples`` bound) and refreshes the st
 
 ``start()`` always runs, with or without receivers: it makes the store's cursors match the
 configuration, so a receiver removed from the file stops costing log space at once.
+
+Forwarding is singleton work: among collectors that share a store (issue 20) only the leader
+sends, else every receiver would get the log once per collector. ``leading`` says whether this
+process leads; ``start()`` opens the cursors and runs the receivers only then, and the app calls
+``resume()`` / ``pause()`` on a change of leadership. The cursors (and the in-flight mark) are
+in the shared store, so a new leader goes on exactly where the old one stopped: at most the one
+request in flight when it died is sent again, counted as re-sent.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,8 +76,13 @@ class ForwardStatus:
 class ForwardService:
     def __init__(self, receivers: tuple[ForwardConfig, ...], storage: Storage, *,
                  refresh_seconds: float = 5.0, poll_seconds: float = 1.0,
-                 encode_in_process: bool = True) -> None:
+                 encode_in_process: bool = True,
+                 leading: Callable[[], bool] = lambda: True) -> None:
         self.receivers = receivers
+        self.leading = leading
+        self.running = False  # cursors opened and receivers sent to by this process
+        self._started = False
+        self._unsupported = False
         self.storage = storage
         self.refresh_seconds = refresh_seconds
         self.poll_seconds = poll_seconds
@@ -82,25 +95,38 @@ class ForwardService:
         # a worker process encodes (encoder.py); False: threads of this process (tests)
         self.encoder = Encoder() if encode_in_process and receivers else None
         self._tasks: list[asyncio.Task[None]] = []
+        self._encoder_started = False
 
     async def start(self) -> None:
+        """Open the cursors and send, if this process leads; else wait for ``resume()``."""
+        self._started = True
+        if self.leading():
+            await self.resume()
+
+    async def resume(self) -> None:
+        """Leadership gained: make the cursors match the configuration, count what was in
+        flight at the last stop (whichever collector it was) as re-sent, and send."""
+        if self.running or not self._started or self._unsupported:
+            return
         loop = asyncio.get_running_loop()
         starts = {r.display_name: r.start for r in self.receivers}
         try:
             resent = await loop.run_in_executor(self._executor, self.storage.forward_open,
                                                 starts, now_ms())
         except (NotImplementedError, AttributeError):
+            self._unsupported = True
             if self.receivers:
                 log.error("this storage backend cannot forward: [[forward]] ignored")
             return
-        self.enabled = True
+        self.enabled = self.running = True
         for name, n in resent.items():
             log.warning("forward %s: %d samples in flight at the last stop are sent again",
                         name, n, extra={"receiver": name, "samples": n})
         await self._housekeeping_once()
         if not self.receivers:
             return
-        if self.encoder is not None:
+        if self.encoder is not None and not self._encoder_started:
+            self._encoder_started = True
             try:
                 await self.encoder.start()
             except Exception as exc:
@@ -108,6 +134,7 @@ class ForwardService:
                 self.encoder.close()
                 self.encoder = None
         self._session = aiohttp.ClientSession()
+        self.forwarders = []
         for cfg in self.receivers:
             fwd = Forwarder(cfg, self.storage, RemoteWriteClient(cfg, self._session),
                             self._executor, poll_seconds=self.poll_seconds,
@@ -136,20 +163,28 @@ class ForwardService:
             except Exception:
                 log.exception("forward housekeeping failed; trying again")
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Stop sending (a request in flight gets ``timeout`` seconds to be answered, else it
-        is sent again at the next start), keep the cursors."""
+    async def pause(self, timeout: float = 5.0) -> None:
+        """Leadership lost (or stopping): stop sending (a request in flight gets ``timeout``
+        seconds to be answered, else the next leader sends it again), keep the cursors. The
+        receivers' last figures stay in ``status()``."""
+        self.running = False
         for fwd in self.forwarders:
             fwd.stop()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 task.cancel()
-            for task in self._tasks:
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         if self._session is not None:
             await self._session.close()
+            self._session = None
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop sending (as ``pause()``), keep the cursors, release the encoder."""
+        await self.pause(timeout)
         if self.encoder is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.encoder.close)
         self._executor.shutdown(wait=True)

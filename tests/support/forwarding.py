@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,10 +83,12 @@ class Running:
     """``ForwardService`` started in a thread with its own event loop; ``close()`` stops it."""
 
     def __init__(self, storage: Storage, *receivers: ForwardConfig,
-                 encode_in_process: bool = True) -> None:
+                 encode_in_process: bool = True,
+                 leading: Callable[[], bool] = lambda: True) -> None:
         self.loop = asyncio.new_event_loop()
         self.service = ForwardService(tuple(receivers), storage, refresh_seconds=0.2,
-                                      poll_seconds=0.05, encode_in_process=encode_in_process)
+                                      poll_seconds=0.05, encode_in_process=encode_in_process,
+                                      leading=leading)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self._call(self.service.start())
@@ -94,6 +96,12 @@ class Running:
     def _call(self, coro: Any) -> Any:
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return fut.result(timeout=60)
+
+    def pause(self) -> None:
+        self._call(self.service.pause())
+
+    def resume(self) -> None:
+        self._call(self.service.resume())
 
     def close(self) -> None:
         self._call(self.service.stop())
