@@ -587,11 +587,6 @@ def cluster_problems(config: CollectorConfig) -> list[tuple[str, str, str]]:
                          "collectors share (storage postgresql://...): with an embedded SQLite "
                          "store each collector would keep only its share of the batches. One "
                          "collector on its own in the group: set single_node = true"))
-    if config.forward and not cluster.single_node:
-        problems.append(("cluster", "shared_group", "[[forward]] is not yet run by the leader "
-                         "only: in a shared group every collector would send every batch, and "
-                         "one without [[forward]] would delete the others' cursors. Forward "
-                         "from a collector outside the group, or from a single_node one"))
     return problems
 
 

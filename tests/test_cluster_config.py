@@ -184,18 +184,3 @@ def test_cluster_metrics_as_a_prometheus_client_collector() -> None:
     assert "# TYPE edgemon_cluster_leader_changes_total counter" in exposed
     assert GROUP not in exposed
     assert status.document()["role"] == "leader" and GROUP not in str(status.document())
-
-
-def test_forwarding_in_a_shared_group_is_refused_until_it_is_leader_only(tmp_path: Path) -> None:
-    """The PostgreSQL store has the forwarding log: every collector of a group would forward
-    every batch (and one without [[forward]] would delete the others' cursors)."""
-    text = (f'[mqtt]\nprotocol = "5"\n[storage]\npath = "postgresql://db/em"\n'
-            f'[cluster]\nshared_group = "{GROUP}"\n')
-    forward = '[[forward]]\nurl = "http://127.0.0.1:8428/api/v1/write"\n'
-    with pytest.raises(ConfigError) as err:
-        load_config(write(tmp_path, text + forward), environ={})
-    [problem] = err.value.problems
-    assert ":6: cluster.shared_group: [[forward]] is not yet run by the leader only" in problem
-    assert load_config(write(tmp_path, text), environ={}).forward == ()
-    cfg = load_config(write(tmp_path, text + "single_node = true\n" + forward), environ={})
-    assert len(cfg.forward) == 1
