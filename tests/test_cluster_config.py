@@ -108,6 +108,7 @@ def test_shared_filters_wrap_the_data_topics_and_never_the_probe() -> None:
     assert subs.wanted() == {f"$share/{GROUP}/edgemon/v1/+/metrics",
                              f"$share/{GROUP}/edgemon/v1/+/backfill",
                              f"$share/{GROUP}/edgemon/v1/+/status",
+                             f"$share/{GROUP}/edgemon/v1/+/catalogue",
                              "edgemon/v1/_collectors/c/probe"}
     # a flooding host is left out by subscribing to the others by name: shared as well
     subs.isolated = lambda: {"h2": 60.0}

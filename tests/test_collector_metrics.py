@@ -63,6 +63,7 @@ def test_every_literal_reject_reason_of_ingest_is_exported_from_the_start() -> N
             found |= set(re.findall(r'^    reason = "([a-z_]+)"', text, re.M))
             found |= set(re.findall(r'record\("([a-z_]+)"', text))
             found |= set(re.findall(r'return "([a-z_]+_timestamp)"', text))
+            found |= set(re.findall(r'^UNKNOWN_CATALOGUE: Final = "([a-z_]+)"', text, re.M))
     found -= {"too_many_"}  # a prefix: "too_many_" + what overflowed, exported when it happens
     assert found - set(REJECT_REASONS) == set()
     assert {"rate_limited", "storage_error", "host_mismatch", "future_timestamp"} <= found

@@ -66,11 +66,12 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # tests/test_collector_metrics.py checks that every literal reason in protocol/ and
 # collector/ingest/ is listed here.
 REJECT_REASONS: tuple[str, ...] = (
-    "bad_collector_id", "bad_host", "bad_topic", "decode_error", "decompressed_too_large",
-    "future_timestamp", "host_mismatch", "invalid", "limit", "malformed", "not_json",
-    "not_msgpack", "not_zstd", "past_timestamp", "rate_limited", "schema", "storage_error",
-    "too_large", "too_many_extension_elements", "too_many_keys", "too_many_metrics",
-    "too_many_samples", "trailing_bytes", "unexpected_topic", "unknown_dictionary", "version",
+    "bad_collector_id", "bad_host", "bad_topic", "catalogue_hash", "decode_error",
+    "decompressed_too_large", "future_timestamp", "host_mismatch", "invalid", "limit",
+    "malformed", "not_json", "not_msgpack", "not_zstd", "past_timestamp", "rate_limited",
+    "schema", "storage_error", "too_large", "too_many_extension_elements", "too_many_keys",
+    "too_many_label_values", "too_many_metrics", "too_many_samples", "trailing_bytes",
+    "unexpected_topic", "unknown_catalogue", "unknown_dictionary", "version",
 )
 # Every reason series are dropped from a stored batch for (``series_rejects_total{reason}``).
 SERIES_REJECT_REASONS: tuple[str, ...] = (
