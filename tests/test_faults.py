@@ -122,12 +122,22 @@ def test_exhausted_budget_drops_exactly_the_oldest_and_reports_it(
         buffer_extra=f"{FAST}\nmax_bytes = 131072")  # the smallest budget: ~20 s of samples
     broker.stop()  # the uplink is gone: nothing leaves the host
     outage_start_ms = int(time.time() * 1000)
-    # What was buffered when the uplink went goes first (oldest first): wait until the budget
-    # has taken all of it and some of the outage's own samples too (on a loaded machine more
-    # was still waiting for its ack when the broker stopped).
-    before = buffer_meta(agent.buffer)
-    wait_until(lambda: buffer_meta(agent.buffer)["dropped_gross"] - before["dropped_gross"]
-               > before["buffered"], 90, "the budget to overflow into the outage")
+    # What was buffered when the uplink went goes first (oldest first; on a loaded machine more
+    # was still waiting for its ack when the broker stopped): wait until the budget has taken
+    # all of it and the outage's first seconds too, i.e. the oldest batch kept starts after the
+    # window checked below.
+    window_start_ms = outage_start_ms + 1000
+
+    def overflowed_into_the_outage() -> bool:
+        db = sqlite3.connect(f"{agent.buffer.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            oldest = db.execute("SELECT min(first_ms) FROM batches").fetchone()[0]
+        finally:
+            db.close()
+        return (buffer_meta(agent.buffer)["dropped_gross"] > 0 and oldest is not None
+                and oldest > window_start_ms + 1000)
+
+    wait_until(overflowed_into_the_outage, 90, "the budget to overflow into the outage")
     outage_end_ms = int(time.time() * 1000)
     broker.start()
     totals = assert_exact_accounting(collector, agent)
@@ -139,7 +149,6 @@ def test_exhausted_budget_drops_exactly_the_oldest_and_reports_it(
     assert 0 < reported <= totals["dropped_samples"]
     # Oldest first: within the outage, what survived is one unbroken run at its end. (The
     # outage's first second is left out: batches sealed just before the stop went out.)
-    window_start_ms = outage_start_ms + 1000
     doc = collector.get(f"/edgemon/api/v1/query?metric=system_uptime_seconds&host={HOST}&agg=count"
                         f"&step=1&start={window_start_ms}&end={outage_end_ms}&tier=raw")
     seconds = {p[0] // 1000 for s in doc["series"] for p in s["points"] if p[1] > 0}
