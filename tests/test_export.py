@@ -322,3 +322,25 @@ def test_openapi_describes_both_export_routes() -> None:
     for path in paths:
         names = {p["name"] for p in document["paths"][path]["get"]["parameters"]}
         assert {"start", "end", "format"} <= names
+
+
+def test_host_text_that_looks_like_a_formula_is_exported_as_text(tmp_path: Path) -> None:
+    """A host chooses its units and label values: in the CSV none of them may start a
+    spreadsheet formula (= + - @, tab, CR lead), whatever column it lands in."""
+    from edgemon.protocol import GAUGE, MetricDef
+    from tests.test_storage_sqlite import make_items
+
+    hostile = ("=HYPERLINK(\"http://x\")", "@SUM(1)", "+1", "-1+cmd", "\t=1", "\r=1")
+    metric = MetricDef("temperature_celsius", GAUGE, "=cmd()", 0, ("room",))
+    store = open_storage(tmp_path / "hostile.db")
+    store.store_batches([make_items("web-01", 1, [(END - HOUR + k * 1000, metric, (v,), k)
+                                                  for k, v in enumerate(hostile)])])
+    req = export.ExportRequest(("web-01",), (), END - 2 * HOUR, END, None, "avg", True)
+    text = "".join(export.samples_csv(store, req, export.select_series(store, req)))
+    store.close()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert sorted(r["label.room"] for r in rows) == sorted("'" + v for v in hostile)
+    assert {r["unit"] for r in rows} == {"'=cmd()"}
+    for row in rows:
+        assert not any(cell[:1] in ("=", "+", "-", "@", "\t", "\r")
+                       for key, cell in row.items() if key != "value")
