@@ -66,6 +66,7 @@ from edgemon.common.private_files import InsecureFileMode, check_not_world_acces
 __all__ = ["CollectorService", "StartupError", "open_default_storage", "run"]
 
 log = logging.getLogger("edgemon.collector")
+LEADING_RETRY_SECONDS = 5.0  # after a failed start or pause of the singleton work
 
 StorageFactory = Callable[[StorageConfig], Storage]
 LeadershipFactory = Callable[[CollectorConfig], Leadership]
@@ -147,6 +148,7 @@ class CollectorService:
         self.leadership: Leadership | None = None
         self.cluster: cluster_status.ClusterStatus | None = None
         self._leading_lock = asyncio.Lock()  # serialises starting/pausing the singleton work
+        self._leading_retry: asyncio.TimerHandle | None = None  # after a failed start or pause
         self.storage: Storage | None = None
         self.storage_open = False
         self.rejects = Rejects()
@@ -307,26 +309,42 @@ class CollectorService:
             return
         async with self._leading_lock:
             leading = self.leadership.is_leader() and not self._stopped
+            failed = False
             alerting = self.alerting
             if alerting is not None and leading != alerting.running:
                 try:
                     await (alerting.start() if leading else alerting.pause())
                 except Exception:
-                    log.exception("could not %s alert evaluation",
-                                  "start" if leading else "pause")
+                    failed = True
+                    log.exception("could not %s alert evaluation; trying again in %.0f s",
+                                  "start" if leading else "pause", LEADING_RETRY_SECONDS)
                 log.info("alert evaluation and notification %s (%s)",
                          "running" if leading else "paused", self.leadership.role)
             forward = self.forward
             if forward is not None and leading != forward.running:
                 try:
                     await (forward.resume() if leading else forward.pause())
-                except Exception:
-                    log.exception("could not %s forwarding", "start" if leading else "pause")
+                except Exception:  # e.g. the database dropped the connection at that moment
+                    failed = True
+                    log.exception("could not %s forwarding; trying again in %.0f s",
+                                  "start" if leading else "pause", LEADING_RETRY_SECONDS)
                 if forward.receivers:
                     log.info("forwarding %s (%s)", "running" if forward.running else "paused",
                              self.leadership.role)
             if self.mqtt is not None:
                 self.mqtt.announce()
+            if failed and not self._stopped:
+                self._retry_leading()
+
+    def _retry_leading(self) -> None:
+        """Run ``_follow_leadership`` again soon: a start or pause that failed on a transient
+        fault (storage, network) must not leave the singleton work stopped (or running) until
+        leadership next changes."""
+        if self._leading_retry is not None:
+            self._leading_retry.cancel()
+        loop = asyncio.get_running_loop()
+        self._leading_retry = loop.call_later(
+            LEADING_RETRY_SECONDS, lambda: asyncio.ensure_future(self._follow_leadership()))
 
     def _open_alerting(self) -> AlertingService:
         """The alert engine over our storage; transitions also go out on MQTT (QoS 1)."""
@@ -393,6 +411,8 @@ class CollectorService:
         sdnotify.notify("STOPPING=1")
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._leading_retry is not None:
+            self._leading_retry.cancel()
         log.info("stopping: no new messages; storing and acknowledging what is queued")
         if self.alerting is not None:
             async with self._leading_lock:

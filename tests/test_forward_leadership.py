@@ -159,3 +159,42 @@ def test_the_collector_forwards_only_while_it_leads(tmp_path: Path, broker: Brok
         agent.close()
         running.stop()
         vm.terminate()
+
+
+def test_forwarding_starts_after_the_store_failed_as_leadership_came(tmp_path: Path,
+                                                                    broker: Broker) -> None:
+    """The database drops the connection just as this collector becomes leader: opening the
+    cursors (and then trimming them) fails once each. Forwarding is not left off (or marked
+    running with no sender) until leadership next changes: the collector tries again."""
+    leadership = SwitchedLeadership()
+    config = CollectorConfig(
+        mqtt=MqttConfig(host=broker.host, port=broker.port, client_id="c1", keepalive=10),
+        storage=StorageConfig(path=tmp_path / "c1" / "edgemon.db"),
+        http=HttpConfig(port=0, auth="none"),
+        forward=(ForwardConfig(url="http://127.0.0.1:9/api/v1/write", name="vm"),))
+    failures = {"forward_open": 1, "forward_trim": 1}
+
+    def flaky_storage(cfg: StorageConfig) -> object:
+        storage = open_default_storage(cfg)
+        for name in failures:
+            real = getattr(storage, name)
+
+            def once(*args: object, _name: str = name, _real: object = real) -> object:
+                if failures[_name]:
+                    failures[_name] -= 1
+                    raise ConnectionError(f"{_name}: the server closed the connection")
+                return _real(*args)  # type: ignore[operator]
+            setattr(storage, name, once)
+        return storage
+
+    running = RunningCollector(config, flaky_storage,  # type: ignore[arg-type]
+                               leadership_factory=lambda _cfg: leadership).start()
+    service = running.collector
+    try:
+        assert service.forward is not None and not service.forward.running
+        leadership.set(True)
+        wait_until(lambda: service.forward.running and len(service.forward.forwarders) == 1,
+                   20, "forwarding started after the failed attempts")
+        assert failures == {"forward_open": 0, "forward_trim": 0}
+    finally:
+        running.stop()

@@ -118,11 +118,13 @@ class ForwardService:
             if self.receivers:
                 log.error("this storage backend cannot forward: [[forward]] ignored")
             return
+        # Before ``running``: should the storage fail here (a database connection dropped),
+        # this raises with nothing half started, and the caller's next ``resume`` starts it all.
+        await self._housekeeping_once()
         self.enabled = self.running = True
         for name, n in resent.items():
             log.warning("forward %s: %d samples in flight at the last stop are sent again",
                         name, n, extra={"receiver": name, "samples": n})
-        await self._housekeeping_once()
         if not self.receivers:
             return
         if self.encoder is not None and not self._encoder_started:
