@@ -77,7 +77,7 @@ class Sealed(NamedTuple):
     samples: int
     payload: bytes  # inline
     catalogue: str  # id of the series catalogue the referencing form names
-    catalogue_metrics: bytes  # msgpack of that catalogue's metrics
+    catalogue_metrics: bytes  # msgpack of that catalogue's metrics; b"" without a referencing form
     referencing: bytes  # the referencing form; b"" when it would not be smaller
 
 
@@ -232,8 +232,11 @@ class Buffer:
             return []
         cycles = [(ts, msgpack.unpackb(data)) for _id, ts, _n, data in rows]
         sealed: list[Sealed] = []
-        newest = self.newest_catalogue()
-        base = self.catalogue_metrics(newest[0]) if newest is not None else None
+        # the newest catalogue: its id and stored msgpack (reused as is while a batch names it
+        # unchanged) and its metrics (what a new one extends)
+        row = self._db.execute("SELECT id, metrics FROM catalogues "
+                               "ORDER BY created_ms DESC, id LIMIT 1").fetchone()
+        base = None if row is None else (row[0], row[1], msgpack.unpackb(row[1]))
         lost = self._encode(cycles, now_ms, sealed, base)
         refs: list[BatchRef] = []
         with self._transaction():
@@ -266,7 +269,8 @@ class Buffer:
         return refs
 
     def _encode(self, cycles: Sequence[tuple[int, list[list[int]]]], now_ms: int,
-                out: list[Sealed], base: list[list[Any]] | None = None) -> int:
+                out: list[Sealed], base: tuple[str, bytes, list[list[Any]]] | None = None
+                ) -> int:
         """Append encoded batches of ``cycles`` to ``out``; return samples that cannot be sent.
 
         A batch over a protocol limit is split in two halves by cycle; one cycle alone over a
@@ -283,7 +287,7 @@ class Buffer:
                                    sent_ms=now_ms)
             payload = encode(inline)
             # the newest catalogue, extended if series appeared (SPEC.md §9)
-            metrics, ident, referencing = compact(inline, base)
+            metrics, ident, referencing = compact(inline, base[2] if base else None)
             referencing_payload = encode(referencing)
         except LimitExceeded as exc:
             if len(cycles) > 1:
@@ -293,9 +297,13 @@ class Buffer:
             log.error("dropping a cycle of %d samples: %s", builder.samples, exc)
             return builder.samples
         if len(referencing_payload) >= len(payload):
-            referencing_payload = b""
+            referencing_payload = packed = b""  # not stored: no catalogue to keep either
+        elif base is not None and ident == base[0]:
+            packed = base[1]  # the same catalogue: its stored msgpack, not packed again
+        else:
+            packed = msgpack.packb(metrics)
         out.append(Sealed(seq, cycles[0][0], cycles[-1][0], builder.samples, payload, ident,
-                          msgpack.packb(metrics), referencing_payload))
+                          packed, referencing_payload))
         return 0
 
     def ack(self, instance: str, ranges: Iterable[tuple[int, int]], now_ms: int) -> list[int]:

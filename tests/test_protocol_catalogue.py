@@ -405,3 +405,19 @@ def test_a_redeclared_catalogue_counts_as_the_newest(stores: Stores) -> None:
         assert storage.catalogue("h-a", "f" * 16) == b"new"
     finally:
         storage.close()
+
+
+def test_a_referencing_batch_over_the_hosts_series_bound_is_stored_screened(
+        ingest: Any) -> None:
+    from edgemon.collector.ingest.cardinality import SeriesLimits
+
+    pipeline, storage, _ = ingest
+    pipeline.series_limits = SeriesLimits(1, 1000)  # room for one series of the host
+    batch = _live("h-a", 1)
+    batch["metrics"].append(["load5", "gauge", "", 2, [], [[[], 0, [40, 1, 1]]]])
+    _, message, payload = _declared(batch)
+    _run(pipeline, _message(catalogue_topic("h-a"), message, 1))
+    [outcome] = _run(pipeline, _message(metrics_topic("h-a"), payload, 2))
+    assert outcome.kind == "metrics" and outcome.result.stored
+    assert outcome.result.samples == 3 and sum(n for n, _ in outcome.dropped.values()) == 1
+    assert [s.name for s in storage.series(host="h-a")] == ["load1"]

@@ -19,7 +19,7 @@ import msgpack
 import pytest
 import zstandard
 
-from edgemon.collector.http.metrics import render_metrics
+from edgemon.collector.http.metrics import CollectorMetrics
 from edgemon.collector.ingest.pipeline import IngestStats
 from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.storage.base import IngestItem, RangeQuery
@@ -196,8 +196,9 @@ def test_quarantine_survives_a_restart_and_reaches_metrics(stores: Stores) -> No
     runner = MaintenanceRunner(st, clock_ms=lambda: T0 + DAY)
     assert runner.run_round() is False
     assert runner.stats.quarantined == {BAD: 1}
-    text = render_metrics(stats=IngestStats(), rejects=Rejects(), inbox=None, mqtt=None,
-                          storage_open=True, maintenance=runner)
+    metrics = CollectorMetrics(process=False)
+    metrics.attach(stats=IngestStats(), rejects=Rejects(), maintenance=runner)
+    text = metrics.text()
     assert f'edgemon_storage_quarantined_batches_total{{host="{BAD}"}} 1.0\n' in text
     assert "# TYPE edgemon_storage_quarantined_batches_total counter" in text
     st.close()

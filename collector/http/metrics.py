@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from edgemon.collector.ingest.mqtt import Inbox, MqttIngest
 
 __all__ = ["CONTENT_TYPE", "REJECT_REASONS", "SERIES_REJECT_REASONS", "CollectorMetrics",
-           "build_info", "render_metrics"]
+           "build_info"]
 
 PREFIX = "edgemon_collector_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -461,13 +461,3 @@ class CollectorMetrics:
     def text(self) -> str:
         """The Prometheus text exposition format 0.0.4 (``CONTENT_TYPE``)."""
         return generate_latest(self.registry).decode()
-
-
-def render_metrics(*, stats: IngestStats, rejects: Rejects, inbox: Inbox | None,
-                   mqtt: MqttIngest | None, storage_open: bool,
-                   maintenance: MaintenanceRunner | None = None) -> str:
-    """The ingest and storage families alone, as text (tools and tests)."""
-    metrics = CollectorMetrics(process=False)
-    metrics.attach(stats=stats, rejects=rejects, inbox=inbox, mqtt=mqtt,
-                   storage_open=lambda: storage_open, maintenance=maintenance)
-    return metrics.text()

@@ -340,14 +340,15 @@ class IngestPipeline:
         payload = msg.payload
         dropped: dict[str, tuple[int, str]] | None = None
         try:
-            if referencing:  # stored resolved: every stored batch is readable on its own
+            if referencing:
                 self.stats.referencing_batches += 1
-                payload = encode(batch.to_map(), level=FAST_LEVEL)
             screened = self._screened(host, batch, msg)
             if screened is not None:
                 payload, dropped = screened
                 batch = None  # type: ignore[assignment]  # let it go before the rest is decoded
                 batch = decode_batch(payload)
+            elif referencing:  # stored resolved: every stored batch is readable on its own
+                payload = encode(batch.to_map(), level=FAST_LEVEL)  # (screened: done above)
         except ProtocolError as exc:  # what is left does not encode within the limits
             return Outcome(msg, host, "reject", reason=exc.reason, detail=str(exc), batch_key=key)
         item = IngestItem(batch=batch, payload=payload, received_ms=msg.received_ms,
