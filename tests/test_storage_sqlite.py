@@ -756,3 +756,38 @@ def test_label_filter_when_the_last_batch_has_no_matching_series(store: Opener) 
                      labels={"iface": "one"}))
     assert [(r.labels, r.points) for r in got] == [({"iface": "one"}, [(T0, 5.0)])]
     st.close()
+
+
+def test_close_waits_for_a_query_running_in_another_thread(tmp_path: Path) -> None:
+    """Closing a SQLite connection that another thread is stepping a statement on frees the
+    statement under it and crashes the process (seen when a dashboard read was still running in
+    an executor thread as the collector shut down). ``close()`` waits for running transactions
+    and refuses new ones."""
+    storage = SQLiteStorage(tmp_path / "c.db")
+    inside, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def query() -> None:
+        try:
+            with storage._read() as db:
+                inside.set()
+                assert release.wait(10)
+                assert db.execute("SELECT count(*) FROM hosts").fetchone() == (0,)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    reader = threading.Thread(target=query)
+    reader.start()
+    assert inside.wait(10)
+    closer = threading.Thread(target=storage.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive(), "close() returned while a transaction was still running"
+    with pytest.raises(RuntimeError, match="closed"):
+        storage.hosts()  # a new transaction is refused at once, not queued behind close()
+    release.set()
+    reader.join(10)
+    closer.join(10)
+    assert not closer.is_alive() and not errors
+    with pytest.raises(RuntimeError, match="closed"):
+        storage.hosts()

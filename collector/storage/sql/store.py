@@ -3,7 +3,7 @@
 ``SQLStore`` holds the options and the in-process state every SQL backend has (caches, the
 write lock, the test kill hook) and the helpers the parts use. A backend subclass provides the
 connection seam: ``_write()`` (one write transaction, serialised), ``_read()`` (one read
-snapshot) and ``_conn()`` (a connection for statements outside a transaction, SQLite only;
+snapshot) and ``_open()`` (a connection for statements outside a transaction, SQLite only;
 the shared parts use ``_read()`` instead). SQL in the shared parts is the dialect both SQLite
 (>= 3.35) and PostgreSQL understand, with ``?`` placeholders; the PostgreSQL connection
 translates the placeholders (``postgres/database.py``).

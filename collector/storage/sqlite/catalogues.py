@@ -23,6 +23,6 @@ class CatalogueTable(SQLiteFile):
 
     def _catalogue_table(self) -> None:
         if not self._catalogues_ready:
-            with self._write_lock:
-                self._conn().executescript(_SCHEMA)
+            with self._write_lock, self._open() as db:
+                db.executescript(_SCHEMA)
                 self._catalogues_ready = True

@@ -40,8 +40,8 @@ class ForwardTables(SQLiteFile):
 
     def _forward_install(self) -> None:
         if not self._forward_ready:
-            with self._write_lock:
-                self._conn().executescript(_SCHEMA)
+            with self._write_lock, self._open() as db:
+                db.executescript(_SCHEMA)
                 self._forward_ready = True
 
     def _forward_head(self, db: sqlite3.Connection) -> int:
@@ -56,5 +56,6 @@ class ForwardTables(SQLiteFile):
         nothing (the WAL is written before COMMIT returns). The next ingest commit (FULL)
         syncs them anyway."""
         if not getattr(self._local, "forward_normal", False):
-            self._conn().execute("PRAGMA synchronous=NORMAL")
+            with self._open() as db:
+                db.execute("PRAGMA synchronous=NORMAL")
             self._local.forward_normal = True

@@ -156,6 +156,10 @@ class SQLiteFile(SQLStore):
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
+        # transactions running now: close() waits for them, since closing a connection that
+        # another thread is stepping a statement on frees that statement under it (a crash)
+        self._busy = 0
+        self._idle = threading.Condition(self._conns_lock)
         db = self._conn()
         with self._write_lock:
             db.execute("PRAGMA journal_mode=WAL")
@@ -192,10 +196,24 @@ class SQLiteFile(SQLStore):
         return db
 
     @contextmanager
+    def _open(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, held open: ``close()`` waits until it is given back."""
+        with self._conns_lock:
+            if self._closed:
+                raise RuntimeError("storage is closed")
+            self._busy += 1
+        try:
+            yield self._conn()
+        finally:
+            with self._conns_lock:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.notify_all()
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken with the process-wide write lock held."""
-        with self._write_lock:
-            db = self._conn()
+        with self._write_lock, self._open() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -207,16 +225,22 @@ class SQLiteFile(SQLStore):
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction: every SELECT inside sees the same snapshot."""
-        db = self._conn()
-        db.execute("BEGIN")
-        try:
-            yield db
-        finally:
-            db.execute("COMMIT")
+        with self._open() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 30.0) -> None:
+        """Close every connection once the transactions running now have ended (new ones are
+        refused at once). A transaction still running after ``wait_s`` keeps its connection,
+        which is then left to the garbage collector rather than closed under it."""
         with self._conns_lock:
             self._closed = True
+            self._idle.wait_for(lambda: not self._busy, timeout=wait_s)
+            if self._busy:
+                return
             conns, self._conns = self._conns, []
         for db in conns:
             with contextlib.suppress(sqlite3.Error):
