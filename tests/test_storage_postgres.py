@@ -263,6 +263,37 @@ def test_server_crash_mid_ingest_loses_nothing_and_stores_nothing_twice(tmp_path
         server.remove()
 
 
+def test_after_a_long_outage_the_storage_works_again_as_soon_as_the_server_is_back(
+        tmp_path: Path) -> None:
+    """A pool that backs its reconnect attempts off without bound (psycopg_pool's default)
+    sleeps longer the longer the server was down, and the collector stored nothing for 12-17 s
+    after the server was back. Within the few seconds the next request takes, it works."""
+    server = Postgres(tmp_path / "pg", durable=True).start()
+    try:
+        st = PostgresStorage(server.new_database(), connect_timeout_s=2)  # a request waits <= 2 s
+        assert st.hosts() == []
+        server.stop("immediate")
+        # A doubling back-off tries 1, 3, 7, 15 and 31 s after the first failure: the server is
+        # back at 18-21 s (restart included), 10 s or more before that back-off's next try.
+        outage = time.monotonic() + 16
+        while time.monotonic() < outage:  # requests keep coming while it is down, as ingest's
+            with pytest.raises(StorageUnavailable):
+                st.hosts()
+            time.sleep(0.2)
+        server.restart()
+        wait_until(lambda: _works(st), 4, "the storage working again")
+        st.close()
+    finally:
+        server.remove()
+
+
+def _works(st: PostgresStorage) -> bool:
+    try:
+        return st.hosts() == []
+    except StorageUnavailable:
+        return False
+
+
 def test_the_collector_rides_out_a_database_crash(tmp_path: Path, broker: Any) -> None:
     """A real collector (MQTT ingest, HTTP) on PostgreSQL: while the server is down nothing is
     acknowledged to the agent, the collector keeps running and says it is not ready; once the
