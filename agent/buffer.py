@@ -51,6 +51,7 @@ from edgemon.agent.buffer_file import (
 from edgemon.protocol import BatchBuilder, LimitExceeded, MetricDef, encode, to_scaled
 from edgemon.protocol.base import UNKNOWN_BASE, last_values, rebase
 from edgemon.protocol.catalogue import UNKNOWN_CATALOGUE, compact
+from edgemon.protocol.codec import BASED_DICTIONARY_ID, DICTIONARY_ID
 from edgemon.protocol.limits import MAX_INT, MAX_LABEL_VALUE_LENGTH, MIN_INT
 
 __all__ = [
@@ -295,7 +296,9 @@ class Buffer:
             payload = encode(inline)
             # the newest catalogue, extended if series appeared (SPEC.md §9)
             metrics, ident, referencing = compact(inline, base[2] if base else None)
-            referencing_payload = encode(self._on_base(referencing, metrics, seq))
+            based = self._on_base(referencing, metrics, seq)
+            referencing_payload = encode(based, dict_id=BASED_DICTIONARY_ID
+                                         if based is not referencing else DICTIONARY_ID)
             self._base = (seq, last_values(inline["metrics"]), False)
         except LimitExceeded as exc:
             if len(cycles) > 1:
