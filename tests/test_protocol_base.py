@@ -85,15 +85,25 @@ def test_counters_go_as_second_differences_and_a_steady_rate_costs_zeros() -> No
     assert based["base"] == [1, base_check([1000])]
 
 
-def test_a_base_that_is_not_held_or_not_the_one_checked_is_unknown_base() -> None:
-    rng = random.Random(3)
+def _pair(seed: int) -> tuple[dict[str, Any], dict[str, Any], Any, dict[str, Any],
+                              dict[Any, int]]:
+    """(inline batch 2, its referencing map, its catalogue, its based map on batch 1, batch 1's
+    last values)."""
+    rng = random.Random(seed)
     state: dict[Any, int] = {}
     previous = _batch(rng, 1, NOW - 120_000, state, holes=False)
     inline = _batch(rng, 2, NOW - 60_000, state, holes=False)
     metrics, ident, referencing = compact(inline)
-    catalogue = _catalogue(metrics, ident)
-    payload = encode(rebase(referencing, metrics, last_values(previous["metrics"]), 1))
     lasts = last_values(previous["metrics"])
+    based = rebase(referencing, metrics, lasts, 1)
+    assert based is not None
+    return inline, referencing, _catalogue(metrics, ident), based, lasts
+
+
+def test_a_base_that_is_not_held_or_not_the_one_checked_is_unknown_base() -> None:
+    inline, referencing, catalogue, based, lasts = _pair(3)
+    ident = catalogue.id
+    payload = encode(based)
     wrong = {k: v + 1 for k, v in lasts.items()}  # e.g. a base stored with a series dropped
     for lookup in (None, lambda i, s, c: None, lambda i, s, c: base_values(wrong, c)):
         with pytest.raises(ProtocolError) as info:
@@ -104,15 +114,8 @@ def test_a_base_that_is_not_held_or_not_the_one_checked_is_unknown_base() -> Non
 
 
 def test_malformed_based_batches_are_schema_errors() -> None:
-    rng = random.Random(5)
-    state: dict[Any, int] = {}
-    previous = _batch(rng, 1, NOW - 120_000, state, holes=False)
-    inline = _batch(rng, 2, NOW - 60_000, state, holes=False)
-    metrics, ident, referencing = compact(inline)
-    catalogue = _catalogue(metrics, ident)
-    based = rebase(referencing, metrics, last_values(previous["metrics"]), 1)
-    assert based is not None
-    lasts = last_values(previous["metrics"])
+    inline, _referencing, catalogue, based, lasts = _pair(5)
+    ident = catalogue.id
 
     def lookup(i: str, s: int, c: Any) -> list[int]:
         return base_values(lasts, c)
@@ -141,12 +144,7 @@ def test_numbers_beyond_64_bits_are_never_sent_based() -> None:
 
 
 def test_the_fast_reader_leaves_based_batches_to_the_pure_reader() -> None:
-    rng = random.Random(1)
-    state: dict[Any, int] = {}
-    previous = _batch(rng, 1, NOW - 120_000, state)
-    inline = _batch(rng, 2, NOW - 60_000, state)
-    metrics, _ident, referencing = compact(inline)
-    based = rebase(referencing, metrics, last_values(previous["metrics"]), 1)
+    based = _pair(1)[3]
     if read_fast is None:
         pytest.skip("msgspec is not installed")
     assert read_fast(msgpack.packb(based)) is None
