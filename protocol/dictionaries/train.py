@@ -4,7 +4,8 @@
 
 ID 1: inline batches (and catalogues and referencing batches, SPEC.md §2, §9). ID 2: based
 batches (SPEC.md §9.1), which carry only numbers: the corpus is random headers, timestamps and
-values of the sizes such batches hold (zeros, small and large differences, common factors).
+values of the sizes such batches hold (zeros, small and large differences, common factors),
+calibrated on the size distribution (not the values) of a busy host's based batches.
 
 Dictionaries are part of the protocol: once published, an ID's bytes never change (frames name
 the dictionary they need by ID). A new dictionary gets a new ID and is added beside the old ones.
@@ -73,34 +74,37 @@ def synthetic_batch(rng: random.Random, defs: list[MetricDef]) -> bytes:
 
 
 def synthetic_based_batch(rng: random.Random) -> bytes:
-    """A based batch (SPEC.md §9.1) of random shape and numbers: no host's data."""
+    """A based batch (SPEC.md §9.1) of random shape and numbers, no host's data: half the series
+    all zeros, the others of 1 to 18 bits (a few larger), some sharing a factor."""
     n_series = rng.randint(40, 400)
-    n_times = rng.choice([6, 6, 6, 3, 12, 60])
+    n_times = rng.choice([6, 6, 6, 6, 3, 12, 60])
+    interval = rng.choice([10_000, 10_000, 10_000, 60_000, 15_000, 5_000, 1_000])
     t = [rng.randrange(1_700_000_000_000, 1_900_000_000_000)] + [
-        rng.choice([10_000, 10_000, 60_000, 1_000, 15_000]) + rng.randint(-5, 5)
-        for _ in range(n_times - 1)]
+        interval + rng.randint(0, 80) for _ in range(n_times - 1)]
     values: list[int] = []
     factors: list[list[int]] = []
     for i in range(n_series):
-        shape = rng.random()
-        if shape < 0.3:
-            series = [0] * n_times
-        else:
-            top = 2 ** (rng.randint(1, 8) if shape < 0.55 else rng.randint(8, 20) if shape < 0.8
-                        else rng.randint(8, 24))
-            series = [rng.randint(-top, top) for _ in range(n_times)]
-            if shape >= 0.8:
-                factors.append([i, rng.choice([4096, 512, 1024, 8192, 100])])
-        if rng.random() < 0.3:
-            series[0] = rng.randint(-2 ** rng.randint(4, 30), 2 ** rng.randint(4, 30))
+        if rng.random() < 0.5:
+            values += [0] * n_times
+            continue
+        bits = rng.randint(1, 18) if rng.random() < 0.97 else rng.randint(19, 40)
+        series: list[int] = []
+        for _ in range(n_times):
+            if rng.random() < 0.1:
+                series.append(0)
+                continue
+            b = max(1, bits - rng.randint(0, 3))
+            v = rng.randrange(1 << (b - 1), 1 << b) if b > 1 else 1
+            series.append(v if rng.random() < 0.5 else -v)
         values += series
+        if rng.random() < 0.08:
+            factors.append([i, rng.choice([4096, 512, 1024, 1000, 100, 10, 8, 16, 2])])
     seq = rng.randint(1, 100_000)
     batch = {"v": 1, "host": f"host-{rng.randrange(1000)}",
              "instance": f"{rng.randrange(2**48):012x}", "seq": seq,
              "sent": sum(t) + rng.randint(0, 900), "t": t,
              "catalogue": f"{rng.randrange(2**64):016x}",
-             "base": [seq - 1, rng.randrange(16**15)],
-             "bvalues": values}
+             "base": [seq - 1, rng.randrange(16**15)], "bvalues": values}
     if rng.random() < 0.3:
         batch["sparse"] = [[rng.randrange(n_series),
                             [[rng.randrange(n_times), [rng.randint(-1000, 100_000)]]]]]
