@@ -20,6 +20,7 @@ Agent side (``last_values``, ``rebase``) uses msgpack and the SHA-256 of ``catal
 from __future__ import annotations
 
 from math import gcd
+from operator import sub
 from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
@@ -112,17 +113,18 @@ def rebase(referencing: dict[str, Any], metrics: list[list[Any]], last: dict[Ser
         deltas = values[position * n:(position + 1) * n]
         base = last.get(key, 0)
         bases.append(base)
-        d = [deltas[0] - base, *deltas[1:]]
-        x = [d[0], *(d[j] - d[j - 1] for j in range(1, n))] if kind == COUNTER else d
-        common = 0
-        for v in x:
-            common = gcd(common, v)
+        first = deltas[0] - base
+        if kind == COUNTER:
+            x = [first, deltas[1] - first, *map(sub, deltas[2:], deltas[1:-1])] if n > 1 \
+                else [first]
+        else:
+            x = [first, *deltas[1:]]
+        if max(x) > MAX_INT or min(x) < MIN_INT or not MIN_INT <= first <= MAX_INT:
+            return None
+        common = gcd(*x)
         if common >= MIN_FACTOR:
             x = [v // common for v in x]
             factors.append([index, common])
-        if any(v > MAX_INT or v < MIN_INT for v in x) or \
-                any(v > MAX_INT or v < MIN_INT for v in d):
-            return None
         out += x
     based = {k: v for k, v in referencing.items() if k != "values" and k != "sparse"}
     based["base"] = [base_seq, base_check(bases)]
