@@ -140,7 +140,8 @@ class Buffer:
         # acknowledged it. In memory: a restart is a new instance, whose first batch has none.
         self._base: tuple[int, dict[tuple[str, tuple[str, ...]], int], bool] | None = None
         self._base_pause = 0  # batches still sealed without a base after an unknown_base
-        self._unknown_bases = 0  # unknown_base answers so far (each pauses bases longer)
+        self._unknown_bases = 0  # unknown_base answers since a based batch was last stored
+        self._based: set[int] = set()  # seqs sealed based whose outcome is not known yet
 
     @property
     def last_sealed_seq(self) -> int | None:
@@ -326,14 +327,26 @@ class Buffer:
             return referencing
         if self._base is None or self._base[0] != seq - 1 or not self._base[2]:
             return referencing
-        return rebase(referencing, metrics, self._base[1], seq - 1) or referencing
+        based = rebase(referencing, metrics, self._base[1], seq - 1)
+        if based is None:
+            return referencing
+        self._based = {s for s in self._based if s > seq - 4096}
+        self._based.add(seq)
+        return based
 
     def bases_acked(self, instance: str, ranges: Iterable[tuple[int, int]]) -> None:
         """A collector that resolves bases stored these batches: the next batch may go on from
         the newest sealed one if it is among them."""
-        if self._base is not None and instance == self.instance and \
-                any(first <= self._base[0] <= last for first, last in ranges):
+        if instance != self.instance:
+            return
+        ranges = list(ranges)
+        if self._base is not None and any(first <= self._base[0] <= last
+                                          for first, last in ranges):
             self._base = (self._base[0], self._base[1], True)
+        resolved = {s for s in self._based if any(a <= s <= b for a, b in ranges)}
+        if resolved:  # the collector resolved a based batch: an unknown_base was a passing thing
+            self._based -= resolved
+            self._unknown_bases = 0
 
     def ack(self, instance: str, ranges: Iterable[tuple[int, int]], now_ms: int) -> list[int]:
         """Delete the batches of ``instance`` whose seq is in an inclusive range; return ids.
@@ -371,6 +384,7 @@ class Buffer:
         if reason == UNKNOWN_BASE:  # the collector lacks bases: none for a while (1, 2, 4 ...)
             self._unknown_bases += 1
             self._base_pause = 2 ** min(self._unknown_bases - 1, 6)
+            self._based = {s for s in self._based if not any(a <= s <= b for a, b in ranges)}
         # Only a referencing publish can be refused as unknown_catalogue or unknown_base: a
         # batch already switched to inline gets that answer when an earlier referencing publish
         # of it was still on its way. It is never a reason to drop a batch.

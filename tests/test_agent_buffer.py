@@ -188,8 +188,23 @@ def test_a_batch_goes_on_from_the_one_before_only_once_a_base_aware_collector_ac
     assert decode(buf.get(third.id)[1])["seq"] == third.seq  # type: ignore[index]
     assert buf.newest_catalogue() == (ident, True)  # the catalogue is still held
     buf.bases_acked("inst-a", [(third.seq, third.seq)])
-    fourth = seal(3)  # paused after the unknown_base answers: no base
-    assert b"bvalues" not in _packed(buf.get(fourth.id)[1])  # type: ignore[index]
+
+    # two unknown_base answers: the next two go without a base (1, then 2 for the second)
+    assert [b"bvalues" in _packed(buf.get(r.id)[1])  # type: ignore[index]
+            for r in (seal(3), seal(4))] == [False, False]
+    buf.bases_acked("inst-a", [(third.seq + 2, third.seq + 2)])
+    sixth = seal(5)
+    assert b"bvalues" in _packed(buf.get(sixth.id)[1])  # type: ignore[index]
+    # the collector resolved it: the next unknown_base pauses for one batch only, not four
+    buf.bases_acked("inst-a", [(sixth.seq, sixth.seq)])
+    seventh = seal(6)
+    assert buf.reject("inst-a", [(seventh.seq, seventh.seq)], UNKNOWN_BASE)[2] == [seventh.id]
+    buf.bases_acked("inst-a", [(seventh.seq, seventh.seq)])
+    eighth = seal(7)
+    buf.bases_acked("inst-a", [(eighth.seq, eighth.seq)])
+    ninth = seal(8)
+    assert [b"bvalues" in _packed(buf.get(r.id)[1])  # type: ignore[index]
+            for r in (eighth, ninth)] == [False, True]
     assert buf.stats().dropped_samples_total == 0 and buf.stats().identity_holds
 
 
