@@ -86,6 +86,9 @@ class BufferStore:
         return self._call("reject", lambda buffer: buffer.reject(instance, ranges, reason),
                           ([], 0, []))
 
+    def bases_acked(self, instance: str, ranges: Iterable[tuple[int, int]]) -> None:
+        self._call("ack", lambda buffer: buffer.bases_acked(instance, ranges), None)
+
     def catalogues_acked(self, idents: Iterable[str]) -> None:
         self._call("ack", lambda buffer: buffer.catalogues_acked(idents), None)
 

@@ -250,6 +250,8 @@ class Runner:
             if ack.catalogues:
                 self.store.catalogues_acked(ack.catalogues)
                 self._declared = None  # should one be unknown again later: declare it at once
+            if ack.bases:
+                self.store.bases_acked(ack.instance, ack.acked)
             self.sender.forget(self.store.ack(ack.instance, ack.acked, now_ms()))
             if ack.rejected:
                 ids, samples, inline = self.store.reject(ack.instance, ack.rejected, ack.reason)

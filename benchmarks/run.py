@@ -218,7 +218,8 @@ def _row(bench: str, figure: str, unit: str, ours: Any, baselines: dict[str, Any
 def figures_wire_size(r: dict[str, Any]) -> list[dict[str, Any]]:
     formats = {f["format"]: f.get("B/sample") for f in r.get("formats", [])}
     ours = next((v for k, v in formats.items() if k.startswith("edgemon")), None)
-    wanted = {"Influx line protocol + gzip": "Influx+gzip",
+    wanted = {"edgemon v1 naming its series catalogue, no base": "edgemon §9, no base",
+              "Influx line protocol + gzip": "Influx+gzip",
               "Prometheus text + gzip": "Prometheus+gzip",
               "naive columnar msgpack+zstd": "naive msgpack+zstd",
               "Netdata streaming (published)": "Netdata (published)"}

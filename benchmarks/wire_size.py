@@ -4,10 +4,13 @@ Prometheus text (each raw and gzip'd), on real samples of this host batched as t
     python benchmarks/wire_size.py [--cycles 6] [--interval 10] [--busy] [--quick] [--result NAME]
 
 ``--busy`` runs a CPU, disk and network load beside the sampler so counters move as on a busy
-host. The first row is what an agent sends once the collector holds its series catalogue (a batch
-naming the catalogue by its hash, protocol SPEC.md §9); the inline v1 batch (what it sends before
-that, and what old agents send) and the catalogue message itself (sent once per series set)
-follow. Writes benchmarks/results/<NAME>.json (default ``wire_size``).
+host. The first row is what an agent sends in the steady state: a batch naming its series
+catalogue by hash and going on from the batch before it (protocol SPEC.md §9.1; one cycle sampled
+just before the batch is that earlier batch). Then, from the same samples: the batch naming its
+catalogue without a base (§9: what is sent after the collector lost the base, and the previous
+release's steady state), the inline v1 batch (before a catalogue is acknowledged, and what old
+agents send) and the catalogue message itself (sent once per series set). Writes
+benchmarks/results/<NAME>.json (default ``wire_size``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import zstandard
 
 from edgemon.agent.families import start as start_families
 from edgemon.protocol import BatchBuilder, encode, expand_samples, to_scaled
+from edgemon.protocol.base import last_values, rebase
 from edgemon.protocol.catalogue import compact, encode_catalogue
+from edgemon.protocol.codec import BASED_DICTIONARY_ID, DICTIONARY_ID
 
 try:
     from benchmarks._common import table, write_result
@@ -54,27 +59,38 @@ def _busy(stop: multiprocessing.synchronize.Event) -> None:  # type: ignore[name
         os.unlink(path)
 
 
-def sample_cycles(cycles: int, interval: float) -> tuple[BatchBuilder, list[tuple]]:
+def sample_cycles(cycles: int, interval: float
+                  ) -> tuple[BatchBuilder, list[tuple], BatchBuilder]:
+    """(the batch of ``cycles`` cycles, its samples, the one-cycle batch sampled before it)."""
     collectors = list(start_families()[0].values())  # the default families this host has
     for collect in collectors:  # prime stateful families (cpu percent needs a previous reading)
         collect()
     time.sleep(min(interval, 1.0))
+    before = BatchBuilder()  # the batch the measured one goes on from (SPEC.md §9.1)
     builder = BatchBuilder()
     rows: list[tuple] = []
-    for i in range(cycles):
+    for i in range(cycles + 1):
         ts = int(time.time() * 1000)
         for collect in collectors:
             for metric, labels, value in collect():
                 scaled = to_scaled(value, metric.scale)
-                builder.add(ts, metric, labels, scaled)
-        if i < cycles - 1:
+                (builder if i else before).add(ts, metric, labels, scaled)
+        if i < cycles:
             time.sleep(interval)
-    wire = builder.build(host="bench-host", instance="0123456789ab", seq=1, sent_ms=ts)
+    wire = builder.build(host="bench-host", instance="0123456789ab", seq=2, sent_ms=ts)
     rows = [(s.name, s.labels, s.timestamp_ms, s.value, s.kind) for s in expand_samples(wire)]
-    return builder, rows
+    return builder, rows, before
 
 
-def encodings(wire: dict, rows: list[tuple]) -> dict[str, bytes]:
+def based_form(wire: dict, before: BatchBuilder) -> dict:
+    """``wire``'s referencing batch going on from the batch ``before`` (seq 1), as the agent
+    seals it once the collector acknowledged that one."""
+    base = before.build(host=wire["host"], instance=wire["instance"], seq=1, sent_ms=wire["sent"])
+    metrics, _ident, referencing = compact(wire, compact(base)[0])
+    return rebase(referencing, metrics, last_values(base["metrics"]), 1) or referencing
+
+
+def encodings(wire: dict, rows: list[tuple], before: BatchBuilder) -> dict[str, bytes]:
     host = wire["host"]
     as_json = json.dumps([{"name": n, "labels": {"host": host, **lab}, "ts": t, "value": v}
                           for n, lab, t, v, _ in rows]).encode()
@@ -102,7 +118,11 @@ def encodings(wire: dict, rows: list[tuple]) -> dict[str, bytes]:
         "host": host, "t": sorted({r[2] for r in rows}),
         "series": [[n, dict(lab), vals] for (n, lab), vals in naive_series.items()]}))
     metrics, ident, referencing = compact(wire)
-    out = {"edgemon v1 naming its series catalogue (steady state)": encode(referencing),
+    based = based_form(wire, before)
+    out = {"edgemon v1 going on from the batch before (steady state)":
+           encode(based, dict_id=BASED_DICTIONARY_ID if "bvalues" in based else DICTIONARY_ID),
+           "edgemon v1 going on from the batch before, dictionary 1": encode(based),
+           "edgemon v1 naming its series catalogue, no base": encode(referencing),
            "edgemon v1 inline (msgpack+zstd, columnar, delta)": encode(wire),
            "edgemon series catalogue (once per series set)": encode_catalogue(
                host=host, instance=wire["instance"], metrics=metrics, ident=ident),
@@ -128,18 +148,18 @@ def main() -> None:
     if loader:
         loader.start()
     try:
-        builder, rows = sample_cycles(args.cycles, interval)
+        builder, rows, before = sample_cycles(args.cycles, interval)
     finally:
         stop.set()
         if loader:
             loader.join(5)
-    wire = builder.build(host="bench-host", instance="0123456789ab", seq=1,
+    wire = builder.build(host="bench-host", instance="0123456789ab", seq=2,
                          sent_ms=int(time.time() * 1000))
     n = len(rows)
-    referencing = compact(wire)[2]
-    ours = len(encode(referencing))
+    blobs = encodings(wire, rows, before)
+    ours = len(next(iter(blobs.values())))
     results = []
-    for name, blob in encodings(wire, rows).items():
+    for name, blob in blobs.items():
         results.append({"format": name, "bytes": len(blob),
                         "B/sample": round(len(blob) / n, 3),
                         "x edgemon": round(len(blob) / ours, 1)})

@@ -111,10 +111,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
         status_topic,
         subscriptions,
     )
+    from edgemon.protocol.base import base_values, last_values
     from edgemon.protocol.catalogue import Catalogue, decode_catalogue, decode_received
     from edgemon.protocol.topics import catalogue_topic
 
     catalogues: dict[tuple[str, str], Catalogue] = {}  # (host, id): the ones seen, bounded
+    # (host, instance): (seq, last values) of the newest batch seen, for based ones (§9.1)
+    bases: dict[tuple[str, str], tuple[int, dict[Any, int]]] = {}
+
+    def base_of(source: str, instance: str, seq: int, catalogue: Catalogue) -> list[int] | None:
+        held = bases.get((source, instance))
+        return base_values(held[1], catalogue) if held and held[0] == seq else None
 
     config = _load(args.config) if args.config else CollectorConfig()
     host, port = args.broker or (config.mqtt.host, config.mqtt.port)
@@ -158,8 +165,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
                         del catalogues[next(iter(catalogues))]
                     catalogues[(source, catalogue.id)] = catalogue
                 return
-            batch = decode_received(message.payload,
-                                    lambda ident: catalogues.get((source, ident)))[0].to_map()
+            valid = decode_received(message.payload, lambda ident: catalogues.get((source, ident)),
+                                    lambda i, seq, c: base_of(source, i, seq, c))[0]
+            if len(bases) >= 1000 and (source, valid.instance) not in bases:
+                del bases[next(iter(bases))]
+            bases[(source, valid.instance)] = (valid.seq, last_values(valid.metrics))
+            batch = valid.to_map()
             head = {"host": batch.get("host"), "instance": batch.get("instance"),
                     "seq": batch.get("seq"), "topic": kind}
             lines = [json.dumps({**head, **s._asdict()}) for s in expand_samples(batch)]

@@ -1,7 +1,8 @@
 """``python -m edgemon.protocol decode [FILE]``: print the samples of a batch as JSON lines.
 
 FILE (default stdin) holds one payload, raw bytes or hex text. A batch naming a series catalogue
-(SPEC.md §9) needs the catalogue message: ``--catalogue CATALOGUE_FILE``. For live traffic from a
+(SPEC.md §9) needs the catalogue message: ``--catalogue CATALOGUE_FILE``; one that goes on from
+an earlier batch (§9.1) needs that batch too: ``--base BASE_FILE``. For live traffic from a
 broker use ``edgemon-collector tail``.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import json
 import sys
 
+from edgemon.protocol.base import base_values, last_values
 from edgemon.protocol.batch import expand_samples
 from edgemon.protocol.catalogue import decode_catalogue, decode_received
 from edgemon.protocol.codec import decode
@@ -33,11 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     dec.add_argument("file", nargs="?", default="-")
     dec.add_argument("--raw", action="store_true", help="print the batch map, not its samples")
     dec.add_argument("--catalogue", help="the series catalogue the batch names (raw or hex)")
+    dec.add_argument("--base", help="the batch a based batch goes on from (raw or hex)")
     args = parser.parse_args(argv)
     try:
         if args.catalogue:
             catalogue = decode_catalogue(_read(args.catalogue))
-            batch = decode_received(_read(args.file), {catalogue.id: catalogue}.get)[0].to_map()
+            lookup = None
+            if args.base:
+                base = decode_received(_read(args.base), {catalogue.id: catalogue}.get)[0]
+                lasts = last_values(base.metrics)
+                lookup = (lambda instance, seq, c: base_values(lasts, c)  # noqa: E731
+                          if (instance, seq) == (base.instance, base.seq) else None)
+            batch = decode_received(_read(args.file), {catalogue.id: catalogue}.get,
+                                    lookup)[0].to_map()
         else:
             batch = decode(_read(args.file))
     except (OSError, ProtocolError) as exc:

@@ -239,11 +239,16 @@ def is_referencing(packed: bytes) -> bool:
     return False
 
 
-def decode_received(payload: bytes, lookup: Any) -> tuple[ValidBatch, bool]:
+def decode_received(payload: bytes, lookup: Any, base_lookup: Any = None
+                    ) -> tuple[ValidBatch, bool]:
     """A received batch in either form, checked: (the inline batch, whether it referred to a
     catalogue). ``lookup(id)`` returns the ``Catalogue`` of the topic's host or None; a batch
     naming a catalogue it does not find is refused with reason ``unknown_catalogue`` (and its
-    ``batch_key``, so its agent re-sends it with the catalogue inline)."""
+    ``batch_key``, so its agent re-sends it with the catalogue inline). A based batch (SPEC.md
+    §9.1) needs ``base_lookup(instance, seq, catalogue)``: the last value of every series of
+    ``catalogue`` in that batch (0 where it has none), or None; without it, or when it answers
+    None, the batch is refused with reason ``unknown_base``."""
+    from edgemon.protocol.base import BASE_KEYS, unbase
     from edgemon.protocol.catalogue_reader import read_referencing_map
     from edgemon.protocol.codec import _decompress
     from edgemon.protocol.fast_reader import read_fast
@@ -261,9 +266,9 @@ def decode_received(payload: bytes, lookup: Any) -> tuple[ValidBatch, bool]:
         return check_decoded(fast), False
     raw = read_referencing_map(packed)
     if "catalogue" not in raw:
-        if "values" in raw or "sparse" in raw:
-            exc = MalformedPayload("values and sparse belong to a batch naming a catalogue",
-                                   reason="schema")
+        if "values" in raw or "sparse" in raw or any(k in raw for k in BASE_KEYS):
+            exc = MalformedPayload("values, sparse, base, bvalues and factors belong to a batch "
+                                   "naming a catalogue", reason="schema")
             exc.batch_key = batch_key(raw)
             raise exc
         return check_decoded(raw), False
@@ -275,6 +280,12 @@ def decode_received(payload: bytes, lookup: Any) -> tuple[ValidBatch, bool]:
                                        "digits", reason="schema")
             raise ProtocolError(f"batch refers to catalogue {raw['catalogue']}, which this "
                                 "collector does not hold for its host", reason=UNKNOWN_CATALOGUE)
+        if any(k in raw for k in BASE_KEYS):
+            instance = raw.get("instance")
+            if type(raw.get("seq")) is not int or type(raw.get("t")) is not list:
+                raise MalformedPayload("seq and t: required", reason="schema")
+            raw = unbase(raw, catalogue, None if base_lookup is None else (
+                lambda seq: base_lookup(instance, seq, catalogue)))
         return resolve(raw, catalogue), True
     except ProtocolError as exc:
         exc.batch_key = batch_key(raw)

@@ -33,7 +33,9 @@ def read_catalogue_map(packed: bytes) -> dict[str, Any]:
 
 def read_referencing_map(packed: bytes) -> dict[str, Any]:
     """The referencing batch map in ``packed``: the scalars and ``t`` of a batch, ``catalogue``,
-    ``values`` (flat integers) and ``sparse`` (``[[index, [[offset, [values]], ...]], ...]``)."""
+    ``values`` or ``bvalues`` (flat integers), ``sparse`` (``[[index, [[offset, [values]],
+    ...]], ...]``) and ``factors`` (``[[index, factor], ...]``); ``base`` is read as an
+    unknown key (two integers)."""
     return read_batch_map(packed, _ReferencingReader)
 
 
@@ -51,12 +53,25 @@ class _ReferencingReader(BatchReader):
     (``catalogue`` is a scalar), where an inline batch would have unknown keys."""
 
     def _extension(self, where: str, depth: int) -> Any:
-        if depth == 1 and where == "values":
+        if depth == 1 and where in ("values", "bvalues"):
             return self._flat("", "values", MAX_SAMPLES, "values", strings=False,
                               total=("samples", MAX_SAMPLES))
         if depth == 1 and where == "sparse":
             return self._sparse()
+        if depth == 1 and where == "factors":
+            return self._factors()
         return super()._extension(where, depth)
+
+    def _factors(self) -> list[list[Any]]:
+        """``factors`` of a based batch (SPEC.md §9.1): ``[[index, factor], ...]``."""
+        count = self._array("factors", MAX_SERIES, "series")
+        factors: list[list[Any]] = []
+        for i in range(count):
+            where = f"factors[{i}]"
+            if self._array(where, 2, "") != 2:
+                raise MalformedPayload(f"{where}: a factor is [index, factor]", reason="schema")
+            factors.append([self._scalar(f"{where}.index"), self._scalar(f"{where}.factor")])
+        return factors
 
     def _sparse(self) -> list[list[Any]]:
         count = self._array("sparse", MAX_SERIES, "series")

@@ -21,12 +21,13 @@ from edgemon.protocol.limits import MAX_COMPRESSED_BYTES, MAX_DECOMPRESSED_BYTES
 if TYPE_CHECKING:
     from edgemon.protocol.schema import ValidBatch
 
-__all__ = ["DICTIONARY_ID", "FAST_LEVEL", "ZSTD_LEVEL", "decode", "decode_batch", "dictionary",
-           "encode"]
+__all__ = ["BASED_DICTIONARY_ID", "DICTIONARY_ID", "FAST_LEVEL", "ZSTD_LEVEL", "decode",
+           "decode_batch", "dictionary", "encode"]
 
 ZSTD_LEVEL: Final = 19  # batches are small and sent once a minute: spend CPU on bytes
 FAST_LEVEL: Final = 3  # for re-encoding received batches (the collector): spend little CPU
 DICTIONARY_ID: Final = 1  # the dictionary new batches are compressed with (0 = none)
+BASED_DICTIONARY_ID: Final = 2  # the one of based batches (SPEC.md §9.1): numbers only
 _FRAME_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 _DICTIONARIES = Path(__file__).parent / "dictionaries"
 
@@ -53,17 +54,18 @@ def _decompressor(dict_id: int) -> zstandard.ZstdDecompressor:
     return decompressors[dict_id]
 
 
-def encode(batch: dict[str, Any], *, level: int = ZSTD_LEVEL) -> bytes:
+def encode(batch: dict[str, Any], *, level: int = ZSTD_LEVEL,
+           dict_id: int = DICTIONARY_ID) -> bytes:
     """msgpack the batch map, then compress it as one zstd frame that records its size."""
-    compressors: dict[int, zstandard.ZstdCompressor] | None = getattr(
+    compressors: dict[tuple[int, int], zstandard.ZstdCompressor] | None = getattr(
         _local, "compressors", None)
     if compressors is None:
         compressors = _local.compressors = {}
-    compressor = compressors.get(level)
+    compressor = compressors.get((level, dict_id))
     if compressor is None:
-        compressor = compressors[level] = zstandard.ZstdCompressor(
+        compressor = compressors[(level, dict_id)] = zstandard.ZstdCompressor(
             level=level, write_content_size=True, write_dict_id=True,
-            dict_data=dictionary(DICTIONARY_ID) if DICTIONARY_ID else None)
+            dict_data=dictionary(dict_id) if dict_id else None)
     packed = msgpack.packb(batch, use_bin_type=True)
     if len(packed) > MAX_DECOMPRESSED_BYTES:
         raise LimitExceeded(f"batch packs to {len(packed)} bytes > {MAX_DECOMPRESSED_BYTES}",

@@ -17,6 +17,10 @@ byte, far below ``limits.MAX_DECODE_BYTES``; larger batches take the pure path).
 running totals (samples, series, label values) and the 256-byte limit of a UTF-8 string are
 checked here, after the decode, on what is now known to be small.
 
+Batches naming a catalogue or going on from a base (SPEC.md §9, §9.1: ``catalogue``, ``values``
+or ``bvalues``, no ``metrics``) are never of that shape: ``catalogue.decode_received`` reads them
+with ``catalogue_reader`` (``tests/test_protocol_base.py`` checks that this one declines them).
+
 The agent never imports this module (it only encodes); without msgspec ``read_fast`` is ``None``.
 """
 

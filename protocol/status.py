@@ -88,14 +88,17 @@ class Ack(NamedTuple):
     rejected: list[tuple[int, int]]  # will never be stored: delete them and count them dropped
     reason: str  # why the rejected ones were rejected ("" when none were)
     catalogues: tuple[str, ...] = ()  # series catalogues now durably stored (SPEC.md §9)
+    bases: bool = False  # the acked batches may be named as a base (SPEC.md §9.1)
 
 
 def encode_ack(*, instance: str, seqs: list[int], rejected: list[int] | None = None,
-               reason: str = "", catalogues: list[str] | None = None) -> bytes:
+               reason: str = "", catalogues: list[str] | None = None,
+               bases: bool = False) -> bytes:
     """Collector -> agent: these sequence numbers of ``instance`` are durably stored.
 
     ``rejected`` lists batches the collector decoded but refuses for good (e.g. samples from a
     clock far in the future): the agent drops them and counts them instead of re-sending forever.
+    ``bases``: the collector resolves batches that go on from the acked ones (SPEC.md §9.1).
     """
     doc: dict[str, Any] = {"v": VERSION, "instance": instance, "acked": seqs_to_ranges(seqs)}
     if rejected:
@@ -103,6 +106,8 @@ def encode_ack(*, instance: str, seqs: list[int], rejected: list[int] | None = N
         doc["reason"] = reason
     if catalogues:
         doc["catalogues"] = catalogues
+    if bases and seqs:
+        doc["bases"] = True
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -131,4 +136,5 @@ def decode_ack(payload: bytes) -> Ack:
             not all(isinstance(c, str) and len(c) <= 64 for c in catalogues):
         raise MalformedPayload("catalogues must be a list of catalogue ids", reason="schema")
     return Ack(doc["instance"], _ranges(doc, "acked"), _ranges(doc, "rejected"),
-               reason[:200] if isinstance(reason, str) else "", tuple(catalogues))
+               reason[:200] if isinstance(reason, str) else "", tuple(catalogues),
+               doc.get("bases") is True)

@@ -16,7 +16,8 @@ import pytest
 
 from edgemon.agent.buffer import FORMAT, Buffer, is_corruption, read_stats
 from edgemon.agent.buffer_store import BufferStore
-from edgemon.protocol import COUNTER, GAUGE, MetricDef, decode, expand_samples
+from edgemon.protocol import COUNTER, GAUGE, MetricDef, ProtocolError, decode, expand_samples
+from edgemon.protocol.base import UNKNOWN_BASE
 from edgemon.protocol.catalogue import (
     UNKNOWN_CATALOGUE,
     decode_catalogue,
@@ -148,6 +149,68 @@ def test_a_batch_names_its_catalogue_only_while_a_collector_holds_it(tmp_path: P
     assert buf.stats().identity_holds
     # no batch names the catalogue any more, but it is the newest: kept to be declared
     assert buf.newest_catalogue() == (ident, True)
+
+
+def test_a_batch_goes_on_from_the_one_before_only_once_a_base_aware_collector_acked_it(
+        tmp_path: Path) -> None:
+    """SPEC.md §9.1: the referencing form is based on batch s - 1 when that one was acked with
+    ``"bases": true`` before s was sealed; refused as unknown_base it goes inline, not dropped,
+    and bases pause."""
+    buf = open_buffer(tmp_path / "b.db")
+
+    def seal(n: int) -> Any:
+        for i in range(6):
+            buf.append(T0 + (n * 6 + i) * 1000, wide_cycle(n * 6 + i))
+        [ref] = buf.seal(T0 + (n * 6 + 6) * 1000)
+        return ref
+
+    first = seal(0)
+    ident, _ = buf.newest_catalogue()  # type: ignore[misc]
+    buf.catalogues_acked([ident])
+    buf.ack("inst-a", [(first.seq, first.seq)], T0)  # a collector that does not say bases
+    second = seal(1)
+    assert b"bvalues" not in _packed(buf.get(second.id)[1])  # type: ignore[index]
+    buf.bases_acked("inst-a", [(second.seq, second.seq)])
+    buf.ack("inst-a", [(second.seq, second.seq)], T0)
+    third = seal(2)
+    based = buf.get(third.id)[1]  # type: ignore[index]
+    assert b"bvalues" in _packed(based)
+    metrics = buf.catalogue_metrics(ident)
+    assert metrics is not None
+    catalogue = decode_catalogue(encode_catalogue(host="test-host", instance="inst-a",
+                                                  metrics=metrics, ident=ident))
+    with pytest.raises(ProtocolError) as info:  # a reader without the base
+        decode_received(based, {ident: catalogue}.get)
+    assert info.value.reason == UNKNOWN_BASE
+    # refused as unknown_base (twice: a based publish still on its way): kept, goes inline
+    for _ in range(2):
+        assert buf.reject("inst-a", [(third.seq, third.seq)], UNKNOWN_BASE) == ([], 0, [third.id])
+    assert decode(buf.get(third.id)[1])["seq"] == third.seq  # type: ignore[index]
+    assert buf.newest_catalogue() == (ident, True)  # the catalogue is still held
+    buf.bases_acked("inst-a", [(third.seq, third.seq)])
+
+    # two unknown_base answers: the next two go without a base (1, then 2 for the second)
+    assert [b"bvalues" in _packed(buf.get(r.id)[1])  # type: ignore[index]
+            for r in (seal(3), seal(4))] == [False, False]
+    buf.bases_acked("inst-a", [(third.seq + 2, third.seq + 2)])
+    sixth = seal(5)
+    assert b"bvalues" in _packed(buf.get(sixth.id)[1])  # type: ignore[index]
+    # the collector resolved it: the next unknown_base pauses for one batch only, not four
+    buf.bases_acked("inst-a", [(sixth.seq, sixth.seq)])
+    seventh = seal(6)
+    assert buf.reject("inst-a", [(seventh.seq, seventh.seq)], UNKNOWN_BASE)[2] == [seventh.id]
+    buf.bases_acked("inst-a", [(seventh.seq, seventh.seq)])
+    eighth = seal(7)
+    buf.bases_acked("inst-a", [(eighth.seq, eighth.seq)])
+    ninth = seal(8)
+    assert [b"bvalues" in _packed(buf.get(r.id)[1])  # type: ignore[index]
+            for r in (eighth, ninth)] == [False, True]
+    assert buf.stats().dropped_samples_total == 0 and buf.stats().identity_holds
+
+
+def _packed(payload: bytes) -> bytes:
+    from edgemon.protocol.codec import _decompress
+    return _decompress(payload)
 
 
 def test_a_series_missing_from_a_batch_does_not_change_its_catalogue(tmp_path: Path) -> None:

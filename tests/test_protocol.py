@@ -335,9 +335,12 @@ def test_topics_round_trip() -> None:
 
 def test_ack_round_trip_and_ranges() -> None:
     payload = protocol.encode_ack(instance="abc", seqs=[5, 3, 4, 9, 9, 1])
-    assert protocol.decode_ack(payload) == ("abc", [(1, 1), (3, 5), (9, 9)], [], "", ())
+    assert protocol.decode_ack(payload) == ("abc", [(1, 1), (3, 5), (9, 9)], [], "", (), False)
     payload = protocol.encode_ack(instance="abc", seqs=[1], rejected=[7, 8], reason="future")
-    assert protocol.decode_ack(payload) == ("abc", [(1, 1)], [(7, 8)], "future", ())
+    assert protocol.decode_ack(payload) == ("abc", [(1, 1)], [(7, 8)], "future", (), False)
+    payload = protocol.encode_ack(instance="abc", seqs=[1], bases=True)  # SPEC.md §9.1
+    assert json.loads(payload)["bases"] is True and protocol.decode_ack(payload).bases
+    assert not protocol.decode_ack(b'{"v":1,"instance":"a","acked":[[1,1]],"bases":1}').bases
     payload = protocol.encode_ack(instance="abc", seqs=[], catalogues=["0123456789abcdef"])
     assert protocol.decode_ack(payload).catalogues == ("0123456789abcdef",)
     for bad in [b"{", b'{"v":1,"instance":"a","acked":[[3,1]]}',

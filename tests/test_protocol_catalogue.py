@@ -266,7 +266,7 @@ def test_ingest_acknowledges_a_catalogue_then_stores_batches_naming_it_resolved(
     assert storage.catalogue("h-a", ident) == message
     [outcome] = _run(pipeline, _message(metrics_topic("h-a"), payload, 2))
     assert outcome.kind == "metrics" and outcome.result.stored
-    assert acks.sent[-1] == ("h-a", {"instance": "inst", "acked": [1]})
+    assert acks.sent[-1] == ("h-a", {"instance": "inst", "acked": [1], "bases": True})
     assert pipeline.stats.referencing_batches == 1
 
 
@@ -323,7 +323,7 @@ def test_a_storage_without_catalogues_acknowledges_none_so_agents_stay_inline() 
         [outcome] = loop.run_until_complete(pipeline.process(
             [_message(metrics_topic("h-a"), inline, 2)]))
         assert outcome.result.stored and acks.sent == [("h-a", {"instance": "inst",
-                                                                "acked": [1]})]
+                                                                "acked": [1], "bases": True})]
     loop.close()
 
 

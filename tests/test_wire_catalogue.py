@@ -12,7 +12,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgemon.protocol import expand_samples
+from edgemon.protocol import ProtocolError, expand_samples
+from edgemon.protocol.base import base_values, last_values
 from edgemon.protocol.catalogue import decode_catalogue, decode_received, is_referencing
 from edgemon.protocol.codec import _decompress
 from edgemon.protocol.topics import catalogue_topic
@@ -102,11 +103,23 @@ def test_batches_name_the_acknowledged_catalogue_and_third_parties_can_read_them
     assert retained
     catalogue = decode_catalogue(payload)
     assert catalogue.host == HOST
-    named = [p for p in _referencing(capture.of("metrics"))
-             if decode_received(p, lambda i: catalogue if i == catalogue.id else None)]
-    assert named
-    batch, referencing = decode_received(named[-1], {catalogue.id: catalogue}.get)
-    assert referencing and {s.name for s in expand_samples(batch.to_map())} >= {"load1"}
+    # It reads the batches in order, keeping the last values of each (SPEC.md §9.1): a batch
+    # that goes on from the one before reads with those.
+    lasts: dict[tuple[str, int], dict] = {}
+    named = based = 0
+    for p, _ in capture.of("metrics"):
+        try:
+            batch, referencing = decode_received(
+                p, {catalogue.id: catalogue}.get,
+                lambda i, seq, c: base_values(lasts[(i, seq)], c) if (i, seq) in lasts else None)
+        except ProtocolError as exc:  # an older catalogue, or a base that named one
+            assert exc.reason in ("unknown_catalogue", "unknown_base"), exc
+            continue
+        lasts[(batch.instance, batch.seq)] = last_values(batch.metrics)
+        assert {s.name for s in expand_samples(batch.to_map())} >= {"load1"}
+        named += referencing
+        based += b"bvalues" in _decompress(p)
+    assert named and based, (named, based)
     assert agent.terminate() == 0
     _exactly_accounted(collector, agent)
     assert collector.terminate() == 0
@@ -136,6 +149,34 @@ def test_a_collector_that_lost_its_store_gets_every_batch_inline(
     wait_until(lambda: buffer_meta(agent.buffer)["batches"] <= 1, 30, "the buffer drained")
     wait_until(lambda: _counter(collector, "catalogues_stored_total") >= 1, 30,
                "the catalogue declared again")
+    assert "sending them inline" in agent.output()
+    assert agent.terminate() == 0
+    _exactly_accounted(collector, agent, acknowledged_before)
+    assert collector.terminate() == 0
+
+
+def test_a_collector_that_lost_its_store_but_reads_the_retained_catalogue_gets_based_batches_inline(
+        system: tuple[Broker, Collector, Agent, Capture]) -> None:
+    """SPEC.md §9.1: the new collector learns the catalogue from the retained message, but not
+    the batch a based batch goes on from: ``unknown_base``, the batch comes again inline, and
+    the batches after it go on from what this collector stored."""
+    _, collector, agent, capture = system
+    wait_until(lambda: sum(b"bvalues" in _decompress(p) for p in _referencing(
+        capture.of("metrics"))) >= 3, 30, f"based batches (agent log: {agent.log})")
+    assert collector.terminate() == 0
+    wait_until(lambda: buffer_meta(agent.buffer)["batches"] >= 3, 30, "the buffer growing")
+    acknowledged_before = buffer_meta(agent.buffer)["acknowledged"]
+    for path in collector.db.parent.glob(collector.db.name + "*"):
+        path.unlink()  # the store is gone; the retained catalogue is still on the broker
+    collector.token = None
+    collector.start()
+    wait_until(lambda: _counter(collector, "rejects_total", '{reason="unknown_base"}') > 0, 30,
+               "a based batch the new collector cannot resolve")
+    seen = len(capture.of("metrics"))
+    wait_until(lambda: sum(b"bvalues" in _decompress(p) for p, _ in
+                           capture.of("metrics")[seen:]) >= 2, 30,
+               "based batches again, on what the new collector stored")
+    wait_until(lambda: buffer_meta(agent.buffer)["batches"] <= 1, 30, "the buffer drained")
     assert "sending them inline" in agent.output()
     assert agent.terminate() == 0
     _exactly_accounted(collector, agent, acknowledged_before)

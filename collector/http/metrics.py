@@ -71,7 +71,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "malformed", "not_json", "not_msgpack", "not_zstd", "past_timestamp", "rate_limited",
     "schema", "storage_error", "too_large", "too_many_extension_elements", "too_many_keys",
     "too_many_label_values", "too_many_metrics", "too_many_samples", "trailing_bytes",
-    "unexpected_topic", "unknown_catalogue", "unknown_dictionary", "version",
+    "unexpected_topic", "unknown_base", "unknown_catalogue", "unknown_dictionary", "version",
 )
 # Every reason series are dropped from a stored batch for (``series_rejects_total{reason}``).
 SERIES_REJECT_REASONS: tuple[str, ...] = (

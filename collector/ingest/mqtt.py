@@ -251,13 +251,13 @@ class MqttIngest:
 
     def publish_ack(self, host: str, instance: str, seqs: list[int], *,
                     rejected: list[int] | None = None, reason: str = "",
-                    catalogues: list[str] | None = None) -> bool:
+                    catalogues: list[str] | None = None, bases: bool = False) -> bool:
         """Tell the agent which of its batches are durably stored, or refused for good (QoS 1).
 
         Never raises for a transport problem: an ack published while disconnected is sent after
         the reconnect; one that cannot even be queued is dropped, counted and False."""
         payload = encode_ack(instance=instance, seqs=seqs, rejected=rejected, reason=reason,
-                             catalogues=catalogues)
+                             catalogues=catalogues, bases=bases)
         return self._publish(ack_topic(host), payload)
 
     def publish_alert(self, topic: str, payload: bytes) -> None:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgemon.collector.config import IngestConfig
+from edgemon.collector.ingest.bases import BaseCache
 from edgemon.collector.ingest.cardinality import SeriesLimits
 from edgemon.collector.ingest.catalogues import CatalogueCache
 from edgemon.collector.ingest.mqtt import Inbox, MqttIngest, RawMessage, now_ms
@@ -134,6 +135,7 @@ class IngestPipeline:
         self.series_limits = SeriesLimits(config.max_series_per_host,
                                           config.max_new_series_per_hour)
         self.catalogues = CatalogueCache(storage)
+        self.bases = BaseCache(storage)  # what based batches go on from (SPEC.md §9.1)
         self.storage_ok = True  # False while the storage refuses every write
         self.heartbeat = time.monotonic()  # last turn of the worker loop (systemd watchdog)
         self._decode_error_log = Throttle(DECODE_ERROR_LOG_INTERVAL)
@@ -329,11 +331,13 @@ class IngestPipeline:
 
     def _checked_batch(self, msg: RawMessage, host: str, kind: str) -> Outcome:
         batch, referencing = decode_received(
-            msg.payload, lambda ident: self.catalogues.get(host, ident))
+            msg.payload, lambda ident: self.catalogues.get(host, ident),
+            lambda instance, seq, catalogue: self.bases.lookup(host, instance, seq, catalogue))
         key = (batch.instance, batch.seq)
         if batch.host != host:
             return Outcome(msg, host, "reject", reason="host_mismatch", batch_key=key,
                            detail=f"payload says host {batch.host[:64]!r}")
+        self.bases.put(host, batch.instance, batch.seq, batch.metrics)  # as sent: unscreened
         late = self._time_problem(batch.first_timestamp, batch.last_timestamp, msg.received_ms)
         if late is not None:
             return Outcome(msg, host, "reject", reason=late[0], detail=late[1], batch_key=key)
@@ -471,7 +475,7 @@ class IngestPipeline:
                     stats.host_lag_ms[host] = o.msg.received_ms - o.sent_ms
         if self.mqtt is not None:
             for (host, instance), seqs in acks.items():
-                if self.mqtt.publish_ack(host, instance, seqs):
+                if self.mqtt.publish_ack(host, instance, seqs, bases=True):
                     stats.acks_published += 1
             for (host, instance), (seqs, reason) in refused.items():
                 if self.mqtt.publish_ack(host, instance, [], rejected=seqs, reason=reason):

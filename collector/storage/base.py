@@ -264,6 +264,11 @@ class Storage(ABC):
         ids are per host)."""
         return None
 
+    def stored_batch(self, host: str, instance: str, seq: int) -> bytes | None:
+        """The stored payload of ``host``'s batch ``(instance, seq)`` while it is pending (not
+        yet compacted), else None: what a based batch goes on from (SPEC.md §9.1)."""
+        return None
+
     def stats(self) -> StorageStats:
         """Counters about the storage itself (cheap: read after every maintenance round)."""
         return StorageStats()

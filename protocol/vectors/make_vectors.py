@@ -104,8 +104,8 @@ VECTORS: list[tuple[str, str, str, Callable[[], bytes]]] = [
      "the frame must declare its content size (Frame_Content_Size)",
      lambda: frame(pack(BASIC), content_size=False)),
     ("unknown-dictionary", "unknown_dictionary",
-     "a frame naming a dictionary the decoder does not have (ID 2) is refused, never guessed",
-     lambda: frame(pack(BASIC), dict_id=2)),
+     "a frame naming a dictionary the decoder does not have (ID 999) is refused, never guessed",
+     lambda: frame(pack(BASIC), dict_id=999)),
     ("trailing-msgpack", "not_msgpack", "exactly one msgpack map, nothing after it",
      lambda: frame(pack(BASIC) + b"\xc0")),
     ("not-a-map", "schema", "the content is one msgpack map (an array here)",
@@ -194,15 +194,64 @@ POSITIVE: list[tuple[str, str, Callable[[], bytes]]] = [
 ]
 
 
+# --- based batches (SPEC.md §9.1): read with v1-catalogue and the base v1-referencing -----------
+
+BASED: dict[str, Any] = json.loads((HERE / "v1-based.json").read_text())
+READ_WITH = {"catalogue": "v1-catalogue.hex", "base": "v1-referencing.hex"}
+BASED_DICTIONARY = HERE.parent / "dictionaries" / "2.zdict"
+
+
+def based_frame(batch: dict[str, Any]) -> bytes:
+    """A based batch as agents compress it: dictionary 2."""
+    zdict = zstandard.ZstdCompressionDict(BASED_DICTIONARY.read_bytes(),
+                                          dict_type=zstandard.DICT_TYPE_FULLDICT)
+    return zstandard.ZstdCompressor(level=19, write_content_size=True, write_dict_id=True,
+                                    dict_data=zdict).compress(pack(batch))
+
+
+def based(**fields: Any) -> bytes:
+    """v1-based with top-level ``fields`` replaced (a value None removes the key)."""
+    return based_frame({k: v for k, v in {**BASED, **fields}.items() if v is not None})
+
+
+BASED_VECTORS: list[tuple[str, str, str, Callable[[], bytes]]] = [
+    ("based-with-values", "schema", "a based batch has bvalues instead of values, not both",
+     lambda: based(values=[1, 2, 3, 4, 5, 6])),
+    ("based-without-base", "schema", "bvalues needs base",
+     lambda: based(base=None)),
+    ("based-base-not-before", "schema", "the base's seq is below the batch's seq",
+     lambda: based(base=[43, BASED["base"][1]])),
+    ("based-check-too-large", "schema", "check is below 2^60",
+     lambda: based(base=[42, 2**60])),
+    ("based-bvalues-count", "schema", "len(bvalues) = dense series x len(t) (5 for 6 here)",
+     lambda: based(bvalues=BASED["bvalues"][:5])),
+    ("based-factor-of-sparse", "schema", "factors name dense series (series 0 is in sparse)",
+     lambda: based(factors=[[0, 1000]])),
+    ("based-factor-one", "schema", "a factor is >= 2",
+     lambda: based(factors=[[3, 1]])),
+    ("based-factor-twice", "schema", "a series is listed in factors at most once",
+     lambda: based(factors=[[3, 1000], [3, 1000]])),
+    ("based-counter-overflow", "schema", "a counter's cumulated differences stay within "
+     "signed 64 bits", lambda: based(bvalues=[75, -100, -50, 2**62, 2**62, 0], factors=None)),
+    ("based-check-mismatch", "unknown_base", "the base values the reader holds are not the ones "
+     "the check covers: the base is unknown to it", lambda: based(base=[42, 12345])),
+]
+
+
 def main() -> None:
-    for kind, vectors in (("positive", [(n, None, r, m) for n, r, m in POSITIVE]),
-                          ("negative", VECTORS)):
+    (HERE / "v1-based.hex").write_text(based_frame(BASED).hex() + "\n")
+    for kind, vectors, extra in (("positive", [(n, None, r, m) for n, r, m in POSITIVE], []),
+                                 ("negative", VECTORS, BASED_VECTORS)):
         out = HERE / kind
         out.mkdir(exist_ok=True)
         index = []
-        for name, reason, rule, make in vectors:
+        if kind == "positive":
+            index.append({"name": "v1-based", "file": "v1-based.hex", **READ_WITH,
+                          "rule": "a based batch (SPEC.md §9.1), going on from v1-referencing"})
+        for name, reason, rule, make in vectors + extra:
             (out / f"{name}.hex").write_text(make().hex() + "\n")
-            entry = {"name": name, "file": f"{kind}/{name}.hex", "reason": reason, "rule": rule}
+            entry = {"name": name, "file": f"{kind}/{name}.hex", "reason": reason, "rule": rule,
+                     **(READ_WITH if name.startswith("based-") else {})}
             index.append({k: v for k, v in entry.items() if v is not None})
         (HERE / f"{kind}.json").write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n")
         print(f"wrote {len(index)} {kind} vectors to {out}")

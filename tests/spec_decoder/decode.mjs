@@ -5,6 +5,7 @@
 // decompressed by the `zstd` command-line tool with the dictionary the frame names.
 //
 //   node decode.mjs DICTIONARY_DIR FILE.hex...
+//   node decode.mjs DICTIONARY_DIR FILE.hex:CATALOGUE.hex[:BASE.hex]...   (SPEC §9, §9.1)
 //
 // Prints one JSON line per file: {"file", "ok": true, "batch": {...}, "samples": [...]} or
 // {"file", "ok": false, "reason", "message"}. Integers are printed as decimal strings (they
@@ -13,6 +14,7 @@
 
 import { readFileSync, existsSync } from "node:fs";
 import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 
 // SPEC §6
@@ -305,19 +307,210 @@ function checkBatch(top) {
   return { batch: { host, instance, seq: seq.toString(), sent: sent.toString() }, samples };
 }
 
-function decode(payload, dictDir) {
+// --- msgpack encoding (shortest forms), for the content hashes of SPEC §9 and §9.1 ------------
+
+function encodeValue(x, out) {
+  if (x.t === "int") {
+    const v = x.v;
+    if (v >= 0n && v <= 127n) out.push(Number(v));
+    else if (v < 0n && v >= -32n) out.push(Number(v + 256n));
+    else {
+      const put = (tag, bytes, value) => {
+        out.push(tag);
+        for (let i = bytes - 1; i >= 0; i--) out.push(Number((BigInt.asUintN(64, value) >> BigInt(8 * i)) & 0xffn));
+      };
+      if (v > 0n) {
+        if (v <= 0xffn) put(0xcc, 1, v);
+        else if (v <= 0xffffn) put(0xcd, 2, v);
+        else if (v <= 0xffffffffn) put(0xce, 4, v);
+        else put(0xcf, 8, v);
+      } else if (v >= -128n) put(0xd0, 1, v);
+      else if (v >= -32768n) put(0xd1, 2, v);
+      else if (v >= -2147483648n) put(0xd2, 4, v);
+      else put(0xd3, 8, v);
+    }
+  } else if (x.t === "str") {
+    const bytes = Buffer.from(x.v, "utf8");
+    const n = bytes.length;
+    if (n < 32) out.push(0xa0 | n);
+    else if (n < 256) out.push(0xd9, n);
+    else out.push(0xda, n >> 8, n & 0xff);
+    for (const b of bytes) out.push(b);
+  } else if (x.t === "arr") {
+    const n = x.v.length;
+    if (n < 16) out.push(0x90 | n);
+    else if (n < 65536) out.push(0xdc, n >> 8, n & 0xff);
+    else out.push(0xdd, (n >>> 24) & 0xff, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+    for (const y of x.v) encodeValue(y, out);
+  } else schema("cannot hash this value");
+  return out;
+}
+const sha256hex = (x) => createHash("sha256").update(Buffer.from(encodeValue(x, []))).digest("hex");
+const I = (v) => ({ t: "int", v });
+const S = (v) => ({ t: "str", v });
+const A = (v) => ({ t: "arr", v });
+
+// --- catalogues and batches naming one (SPEC §9), batches going on from a base (§9.1) ----------
+
+function checkCatalogue(top) {
+  if (top.t !== "map") schema("not a map");
+  const m = top.v;
+  const v = m.get("v");
+  if (v?.t !== "int" || v.v !== 1n) refuse("version", "v is not the integer 1");
+  const host = str(m.get("host"), "host");
+  if (!HOST.test(host)) schema("host id");
+  if (!INSTANCE.test(str(m.get("instance"), "instance"))) schema("instance id");
+  const id = str(m.get("id"), "id");
+  if (!/^[0-9a-f]{16}$/.test(id)) schema("catalogue id");
+  const metricsX = m.get("metrics");
+  const metrics = [], series = [], names = new Set();
+  for (const metric of arr(metricsX, "metrics")) {
+    const fields = arr(metric, "metric");
+    if (fields.length !== 6) schema("a catalogue metric is a 6-element array");
+    const name = str(fields[0], "name");
+    if (!isName(name) || names.has(name)) schema("metric name");
+    names.add(name);
+    const kind = str(fields[1], "kind");
+    if (kind !== "gauge" && kind !== "counter") schema("kind");
+    const keys = arr(fields[4], "label keys").map((k) => str(k, "label key"));
+    const seen = new Set();
+    for (const labelsX of arr(fields[5], "series")) {
+      const labels = arr(labelsX, "label values").map((x) => str(x, "label value"));
+      if (labels.length !== keys.length) schema("label values do not match label keys");
+      const key = JSON.stringify(labels);
+      if (seen.has(key)) schema("a series is listed twice");
+      seen.add(key);
+      series.push({ metric: metrics.length, labels: labelsX, name, kind });
+    }
+    metrics.push(fields);
+  }
+  if (sha256hex(metricsX).slice(0, 16) !== id) refuse("catalogue_hash", "id is not the hash of metrics");
+  return { host, id, metrics, series };
+}
+
+const REFERENCING = ["catalogue", "values", "sparse", "base", "bvalues", "factors"];
+
+// The inline batch map (typed, as the Reader builds it) of a referencing or based batch map.
+// ``lastOf(seq)``: Map of JSON([name, labels]) -> last raw value (BigInt) of the base batch, or null.
+function resolve(m, catalogue, lastOf) {
+  if (m.has("metrics")) schema("a batch has either metrics or a catalogue, not both");
+  if (str(m.get("catalogue"), "catalogue") !== catalogue.id) refuse("unknown_catalogue", "unknown catalogue");
+  const n = arr(m.get("t"), "t").length;
+  const listed = new Map(); // catalogue series index -> runs
+  for (const itemX of m.has("sparse") ? arr(m.get("sparse"), "sparse") : []) {
+    const item = arr(itemX, "sparse series");
+    if (item.length !== 2) schema("a sparse series is [index, runs]");
+    const index = Number(int(item[0], "sparse index"));
+    if (index < 0 || index >= catalogue.series.length) schema("sparse index out of range");
+    if (listed.has(index)) schema("a sparse series is listed twice");
+    listed.set(index, arr(item[1], "runs"));
+  }
+  const dense = catalogue.series.map((_, i) => i).filter((i) => !listed.has(i));
+  let values;
+  if (m.has("base") || m.has("bvalues")) values = unbase(m, catalogue, dense, n, lastOf);
+  else values = arr(m.get("values"), "values").map((x) => int(x, "value"));
+  if (values.length !== dense.length * n) schema("values: wrong count");
+  const entries = catalogue.metrics.map(() => []);
+  let at = 0;
+  catalogue.series.forEach((s, i) => {
+    if (listed.has(i)) {
+      for (const runX of listed.get(i)) {
+        const run = arr(runX, "run");
+        if (run.length !== 2) schema("a run is [offset, values]");
+        entries[s.metric].push(A([s.labels, run[0], run[1]]));
+      }
+    } else {
+      entries[s.metric].push(A([s.labels, I(0n), A(values.slice(at, at + n).map(I))]));
+      at += n;
+    }
+  });
+  const inline = new Map([...m].filter(([k]) => !REFERENCING.includes(k)));
+  inline.set("metrics", A(catalogue.metrics.map((f, j) => [f, j]).filter(([, j]) => entries[j].length)
+    .map(([f, j]) => A([...f.slice(0, 5), A(entries[j])]))));
+  return { t: "map", v: inline };
+}
+
+function unbase(m, catalogue, dense, n, lastOf) {
+  if (m.has("values")) schema("a batch has either values or bvalues, not both");
+  if (!m.has("base") || !m.has("bvalues")) schema("base and bvalues go together");
+  const base = arr(m.get("base"), "base");
+  if (base.length !== 2) schema("base is [seq, check]");
+  const baseSeq = int(base[0], "base seq"), check = int(base[1], "check");
+  if (baseSeq < 0n || baseSeq >= int(m.get("seq"), "seq")) schema("base seq is not below seq");
+  if (check < 0n || check >= 2n ** 60n) schema("check is not a 60-bit number");
+  const bvalues = arr(m.get("bvalues"), "bvalues").map((x) => int(x, "bvalue"));
+  if (bvalues.length !== dense.length * n) schema("bvalues: wrong count");
+  const denseSet = new Set(dense), factor = new Map();
+  for (const itemX of m.has("factors") ? arr(m.get("factors"), "factors") : []) {
+    const item = arr(itemX, "factor");
+    if (item.length !== 2) schema("a factor is [index, factor]");
+    const index = Number(int(item[0], "factor index")), f = int(item[1], "factor");
+    if (!denseSet.has(index) || factor.has(index) || f < 2n) schema("bad factor");
+    factor.set(index, f);
+  }
+  const last = lastOf(baseSeq);
+  if (last === null) refuse("unknown_base", "the base batch is not known");
+  const bases = dense.map((i) => {
+    const s = catalogue.series[i];
+    return last.get(JSON.stringify([s.name, s.labels.v.map((x) => x.v)])) ?? 0n;
+  });
+  if (BigInt("0x" + sha256hex(A(bases.map(I))).slice(0, 15)) !== check) {
+    refuse("unknown_base", "the base values held are not the ones the check covers");
+  }
+  const out = [];
+  dense.forEach((i, k) => {
+    const x = bvalues.slice(k * n, (k + 1) * n).map((v) => add64(v * (factor.get(i) ?? 1n), 0n, "bvalues"));
+    let acc = 0n;
+    const d = catalogue.series[i].kind === "counter" ? x.map((v) => (acc = add64(acc, v, "bvalues"))) : x;
+    if (n) d[0] = add64(d[0], bases[k], "bvalues");
+    out.push(...d);
+  });
+  return out;
+}
+
+function readMap(payload, dictDir) {
   const packed = decompress(payload, dictDir);
   const reader = new Reader(packed);
   const top = reader.value(0);
   if (reader.pos !== packed.length) refuse("not_msgpack", "bytes after the msgpack map");
+  return top;
+}
+
+function decode(payload, dictDir, catalogue = null, lastOf = () => null) {
+  const top = readMap(payload, dictDir);
+  if (catalogue !== null && top.t === "map" && top.v.has("catalogue")) {
+    return checkBatch(resolve(top.v, catalogue, lastOf));
+  }
   return checkBatch(top);
 }
 
+// The last raw value of each series of a decoded batch (what a later batch goes on from).
+function lastValues(samples) {
+  const newest = new Map();
+  for (const s of samples) {
+    const key = JSON.stringify([s.name, Object.values(s.labels)]);
+    const held = newest.get(key);
+    if (!held || BigInt(s.ts) > held.ts) newest.set(key, { ts: BigInt(s.ts), raw: BigInt(s.raw) });
+  }
+  return new Map([...newest].map(([k, v]) => [k, v.raw]));
+}
+
+const hexOf = (file) => Buffer.from(readFileSync(file, "utf8").trim(), "hex");
+
+// Arguments: FILE.hex, or FILE.hex:CATALOGUE.hex[:BASE.hex] for a batch naming a catalogue (the
+// base: the batch it may go on from, read with the same catalogue).
 const [dictDir, ...files] = process.argv.slice(2);
 for (const file of files) {
-  const payload = Buffer.from(readFileSync(file, "utf8").trim(), "hex");
   try {
-    const { batch, samples } = decode(payload, dictDir);
+    const [path, cataloguePath, basePath] = file.split(":");
+    let catalogue = null, lastOf = () => null;
+    if (cataloguePath) catalogue = checkCatalogue(readMap(hexOf(cataloguePath), dictDir));
+    if (basePath) {
+      const base = decode(hexOf(basePath), dictDir, catalogue);
+      const last = lastValues(base.samples);
+      lastOf = (seq) => (seq.toString() === base.batch.seq ? last : null);
+    }
+    const { batch, samples } = decode(hexOf(path), dictDir, catalogue, lastOf);
     console.log(JSON.stringify({ file, ok: true, batch, samples }));
   } catch (err) {
     if (!(err instanceof Refused)) throw err;

@@ -37,3 +37,10 @@ class Catalogues(SQLStore):
             row = db.execute("SELECT payload FROM catalogues WHERE host = ? AND id = ?",
                              (host, ident)).fetchone()
         return None if row is None else bytes(row[0])
+
+    def stored_batch(self, host: str, instance: str, seq: int) -> bytes | None:
+        with self._read() as db:
+            row = db.execute("SELECT b.payload FROM batches b JOIN hosts h ON h.id = b.host_id "
+                             "WHERE h.name = ? AND b.instance = ? AND b.seq = ?",
+                             (host, instance, seq)).fetchone()
+        return None if row is None else bytes(row[0])

@@ -1,0 +1,97 @@
+"""The last values of each agent instance's newest batch: what a based batch goes on from
+(protocol SPEC.md §9.1).
+
+Every batch the pipeline decodes (inline or resolved, before any series is screened out: what
+the agent sent) leaves the last value of each of its series here, under (host, instance), the
+newest seq of an instance only. A based batch names its base by seq; a miss (a collector that
+restarted, an instance pushed out, another collector of a shared group that saw the base) reads
+the stored batch back from the storage while it is still pending. Either way the batch's check
+decides: values that are not the ones the agent built on (a base stored with series screened
+out) make the batch ``unknown_base``, and the agent sends it again inline. Nothing here is
+needed for a stored batch to be read: batches are stored resolved.
+
+Bounded: at most ``MAX_CACHED_SERIES`` series over all instances (least recently used go first).
+Used from the writer thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from edgemon.collector.storage.base import Storage
+from edgemon.protocol import ProtocolError, decode_batch
+from edgemon.protocol.base import base_values, last_values
+
+if TYPE_CHECKING:
+    from edgemon.protocol.catalogue import Catalogue
+
+__all__ = ["MAX_CACHED_SERIES", "BaseCache"]
+
+log = logging.getLogger("edgemon.collector.ingest.bases")
+
+MAX_CACHED_SERIES = 200_000  # about 40 MB of keys and values at worst
+
+Lasts = dict[tuple[str, tuple[str, ...]], int]
+
+
+class BaseCache:
+    def __init__(self, storage: Storage, max_series: int = MAX_CACHED_SERIES) -> None:
+        self.storage = storage
+        self.max_series = max_series
+        self._cached: OrderedDict[tuple[str, str], tuple[int, Lasts]] = OrderedDict()
+        self._series = 0
+        self.misses = 0
+        self.storage_reads = 0
+
+    def put(self, host: str, instance: str, seq: int, metrics: list[list[object]]) -> None:
+        """Remember the last values of a decoded batch's ``metrics`` if it is the newest of its
+        instance seen here."""
+        key = (host, instance)
+        held = self._cached.get(key)
+        if held is not None and held[0] >= seq:
+            return
+        lasts = last_values(metrics)  # type: ignore[arg-type]
+        self._drop(key)
+        self._cached[key] = (seq, lasts)
+        self._series += len(lasts)
+        while self._series > self.max_series and len(self._cached) > 1:
+            self._drop(next(iter(self._cached)))
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        gone = self._cached.pop(key, None)
+        if gone is not None:
+            self._series -= len(gone[1])
+
+    def lookup(self, host: str, instance: str, seq: int, catalogue: Catalogue
+               ) -> list[int] | None:
+        """The last value in batch ``seq`` of ``host``'s ``instance`` of every series of
+        ``catalogue`` (0 where that batch has none), or None if neither this cache nor the
+        storage has that batch."""
+        held = self._cached.get((host, instance))
+        if held is not None and held[0] == seq:
+            self._cached.move_to_end((host, instance))
+            lasts = held[1]
+        else:
+            self.misses += 1
+            found = self._stored(host, instance, seq)
+            if found is None:
+                return None
+            lasts = found
+        return base_values(lasts, catalogue)
+
+    def _stored(self, host: str, instance: str, seq: int) -> Lasts | None:
+        try:
+            payload = self.storage.stored_batch(host, instance, seq)
+        except Exception:  # unknown then: the agent re-sends inline, nothing is lost
+            log.exception("could not read batch %s/%s of %s", instance, seq, host)
+            return None
+        if payload is None:
+            return None
+        self.storage_reads += 1
+        try:
+            return last_values(decode_batch(payload).metrics)
+        except ProtocolError:  # it was checked when stored: a damaged row is an unknown one
+            log.error("stored batch %s/%s of %s does not decode", instance, seq, host)
+            return None

@@ -1,0 +1,193 @@
+"""Batches that go on from an earlier batch (SPEC.md §9.1): round trips, what is refused, and
+ingest resolving them from its memory or from the stored base (real storage, SQLite and
+PostgreSQL; the end-to-end fallbacks through Mosquitto are in tests/test_wire_catalogue.py)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import msgpack
+import pytest
+
+from edgemon.protocol import ProtocolError, encode
+from edgemon.protocol.base import (
+    UNKNOWN_BASE,
+    base_check,
+    base_values,
+    last_values,
+    rebase,
+)
+from edgemon.protocol.batch import BatchBuilder, MetricDef
+from edgemon.protocol.catalogue import compact, decode_catalogue, decode_received, encode_catalogue
+from edgemon.protocol.codec import BASED_DICTIONARY_ID
+from edgemon.protocol.fast_reader import read_fast
+from edgemon.protocol.limits import MAX_INT
+from edgemon.protocol.topics import catalogue_topic, metrics_topic
+from tests.test_protocol_catalogue import NOW, _message, _run, ingest  # noqa: F401
+
+CPU = MetricDef("cpu_seconds_total", "counter", "seconds", 2, ("cpu",))
+MEM = MetricDef("memory_free_bytes", "gauge", "bytes")
+LOAD = MetricDef("load1", "gauge", "", 2)
+
+
+def _batch(rng: random.Random, seq: int, start: int, state: dict[Any, int],
+           holes: bool = True) -> dict[str, Any]:
+    """Six cycles of a host whose counters climb, memory moves by pages, load wanders."""
+    builder = BatchBuilder()
+    for cycle in range(6):
+        ts = start + cycle * 10_000
+        for cpu in ("0", "1", "total"):
+            state[cpu] = state.get(cpu, rng.randrange(10**9)) + rng.randrange(1000)
+            builder.add(ts, CPU, (cpu,), state[cpu])
+        state["mem"] = state.get("mem", 4096 * rng.randrange(10**6)) + 4096 * rng.randint(-99, 99)
+        builder.add(ts, MEM, (), state["mem"])
+        if not holes or rng.random() < 0.7:
+            builder.add(ts, LOAD, (), rng.randrange(400))
+    return builder.build(host="h-a", instance="inst", seq=seq, sent_ms=start + 60_000)
+
+
+def _catalogue(metrics: list[list[Any]], ident: str) -> Any:
+    return decode_catalogue(encode_catalogue(host="h-a", instance="inst", metrics=metrics,
+                                             ident=ident))
+
+
+def test_based_batches_resolve_to_exactly_the_inline_batch() -> None:
+    rng = random.Random(7)
+    state: dict[Any, int] = {}
+    previous = _batch(rng, 1, NOW - 200_000, state)
+    metrics = None
+    for seq in range(2, 30):
+        inline = _batch(rng, seq, NOW - 200_000 + 60_000 * (seq - 1), state)
+        metrics, ident, referencing = compact(inline, metrics)
+        based = rebase(referencing, metrics, last_values(previous["metrics"]), seq - 1)
+        assert based is not None and "values" not in based and based["base"][0] == seq - 1
+        catalogue = _catalogue(metrics, ident)
+        lasts = last_values(previous["metrics"])
+        got, referencing_form = decode_received(
+            encode(based, dict_id=BASED_DICTIONARY_ID), {ident: catalogue}.get,
+            lambda i, s, c, lasts=lasts, seq=seq: base_values(lasts, c)
+            if (i, s) == ("inst", seq - 1) else None)
+        assert referencing_form and got.to_map() == inline
+        previous = inline
+    assert based.get("factors"), "memory moves by pages: its numbers share a factor"
+
+
+def test_counters_go_as_second_differences_and_a_steady_rate_costs_zeros() -> None:
+    builder = BatchBuilder()
+    for cycle in range(4):
+        builder.add(NOW + cycle * 10_000, CPU, ("0",), 1000 + 30 * (cycle + 1))
+    inline = builder.build(host="h-a", instance="inst", seq=2, sent_ms=NOW + 60_000)
+    metrics, _ident, referencing = compact(inline)
+    based = rebase(referencing, metrics, {("cpu_seconds_total", ("0",)): 1000}, 1)
+    assert based is not None
+    assert based["bvalues"] == [1, 0, 0, 0] and based["factors"] == [[0, 30]]
+    assert based["base"] == [1, base_check([1000])]
+
+
+def _pair(seed: int) -> tuple[dict[str, Any], dict[str, Any], Any, dict[str, Any],
+                              dict[Any, int]]:
+    """(inline batch 2, its referencing map, its catalogue, its based map on batch 1, batch 1's
+    last values)."""
+    rng = random.Random(seed)
+    state: dict[Any, int] = {}
+    previous = _batch(rng, 1, NOW - 120_000, state, holes=False)
+    inline = _batch(rng, 2, NOW - 60_000, state, holes=False)
+    metrics, ident, referencing = compact(inline)
+    lasts = last_values(previous["metrics"])
+    based = rebase(referencing, metrics, lasts, 1)
+    assert based is not None
+    return inline, referencing, _catalogue(metrics, ident), based, lasts
+
+
+def test_a_base_that_is_not_held_or_not_the_one_checked_is_unknown_base() -> None:
+    inline, referencing, catalogue, based, lasts = _pair(3)
+    ident = catalogue.id
+    payload = encode(based)
+    wrong = {k: v + 1 for k, v in lasts.items()}  # e.g. a base stored with a series dropped
+    for lookup in (None, lambda i, s, c: None, lambda i, s, c: base_values(wrong, c)):
+        with pytest.raises(ProtocolError) as info:
+            decode_received(payload, {ident: catalogue}.get, lookup)
+        assert info.value.reason == UNKNOWN_BASE and info.value.batch_key == ("inst", 2)
+    # the inline and the plain referencing forms of the same batch need no base
+    assert decode_received(encode(referencing), {ident: catalogue}.get)[0].to_map() == inline
+
+
+def test_malformed_based_batches_are_schema_errors() -> None:
+    inline, _referencing, catalogue, based, lasts = _pair(5)
+    ident = catalogue.id
+
+    def lookup(i: str, s: int, c: Any) -> list[int]:
+        return base_values(lasts, c)
+
+    for change in ({"values": [1]}, {"base": None}, {"bvalues": None}, {"base": [2, 1]},
+                   {"base": [1]}, {"base": [1, -1]}, {"bvalues": based["bvalues"][:-1]},
+                   {"factors": [[0, 1]]}, {"factors": [[99, 2]]}, {"factors": [[0, 2], [0, 2]]},
+                   {"factors": 3}, {"catalogue": None}):
+        bad = {k: v for k, v in {**based, **change}.items() if v is not None}
+        with pytest.raises(ProtocolError) as info:
+            decode_received(encode(bad), {ident: catalogue}.get, lookup)
+        assert info.value.reason == "schema", change
+    # an inline batch holding based keys is not a based batch: refused too, never half-read
+    with pytest.raises(ProtocolError) as info:
+        decode_received(encode({**inline, "bvalues": [1]}), {ident: catalogue}.get, lookup)
+    assert info.value.reason == "schema"
+
+
+def test_numbers_beyond_64_bits_are_never_sent_based() -> None:
+    builder = BatchBuilder()
+    builder.add(NOW, CPU, ("0",), MAX_INT)
+    builder.add(NOW + 10_000, CPU, ("0",), MAX_INT)
+    inline = builder.build(host="h-a", instance="inst", seq=2, sent_ms=NOW + 60_000)
+    metrics, _ident, referencing = compact(inline)
+    assert rebase(referencing, metrics, {("cpu_seconds_total", ("0",)): -5}, 1) is None
+
+
+def test_the_fast_reader_leaves_based_batches_to_the_pure_reader() -> None:
+    based = _pair(1)[3]
+    if read_fast is None:
+        pytest.skip("msgspec is not installed")
+    assert read_fast(msgpack.packb(based)) is None
+
+
+# --- ingest: from memory, from the stored base, or unknown_base ----------------------------------
+
+def _series(seq: int, value: int) -> dict[str, Any]:
+    return {"v": 1, "host": "h-a", "instance": "inst", "seq": seq, "sent": NOW,
+            "t": [NOW - 20_000 - 60_000 * (10 - seq), 10_000, 10_000],
+            "metrics": [["load1", "gauge", "", 2, [], [[[], 0, [42, 1, 1]]]],
+                        ["net_bytes_total", "counter", "bytes", 0, ["iface"],
+                         [[["eth0"], 0, [value, 4000, 4000]]]]]}
+
+
+def test_ingest_resolves_a_based_batch_from_memory_then_from_the_stored_base(
+        ingest: Any) -> None:  # noqa: F811
+    pipeline, storage, acks = ingest
+    first = _series(1, 10**12)
+    metrics, ident, referencing = compact(first)
+    message = encode_catalogue(host="h-a", instance="inst", metrics=metrics, ident=ident)
+    _run(pipeline, _message(catalogue_topic("h-a"), message, 1))
+    [stored] = _run(pipeline, _message(metrics_topic("h-a"), encode(referencing), 2))
+    assert stored.result.stored and acks.sent[-1][1].get("bases") is True
+    lasts = last_values(first["metrics"])
+    for seq, mid in ((2, 3), (3, 5)):
+        inline = _series(seq, 10**12 + 8000 + 12000 * (seq - 2) + 4000)
+        metrics, ident2, referencing = compact(inline, metrics)
+        assert ident2 == ident
+        based = encode(rebase(referencing, metrics, lasts, seq - 1),
+                       dict_id=BASED_DICTIONARY_ID)
+        [outcome] = _run(pipeline, _message(metrics_topic("h-a"), based, mid))
+        assert outcome.kind == "metrics" and outcome.result.stored, outcome
+        assert decode_received(storage.stored_batch("h-a", "inst", seq), {}.get)[0].to_map() \
+            == inline  # stored resolved: it reads on its own
+        lasts = last_values(inline["metrics"])
+        pipeline.bases._cached.clear()  # as after a restart: the next one reads the stored base
+    assert pipeline.bases.storage_reads == 1
+    # a base this collector never stored: unknown_base, and the agent is told which batch
+    inline = _series(9, 10**13)
+    _m, _i, referencing = compact(inline, metrics)
+    based = encode(rebase(referencing, metrics, lasts, 7), dict_id=BASED_DICTIONARY_ID)
+    [outcome] = _run(pipeline, _message(metrics_topic("h-a"), based, 9))
+    assert (outcome.kind, outcome.reason) == ("reject", UNKNOWN_BASE)
+    assert acks.sent[-1] == ("h-a", {"instance": "inst", "acked": [], "rejected": [9],
+                                     "reason": UNKNOWN_BASE})
