@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import math
 import re
+import subprocess
 from collections import namedtuple
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -191,8 +192,10 @@ class FakeDisks:
     def __init__(self, real: list[Any], every: list[Any] | None = None,
                  errors: dict[str, OSError] | None = None) -> None:
         self.real, self.every, self.errors = real, every, errors or {}
+        self.listed = 0
 
     def disk_partitions(self, all: bool = False) -> list[Any]:
+        self.listed += 1
         if all:
             assert self.every is not None, "all=True read although / was already there"
             return self.every
@@ -238,6 +241,33 @@ def test_disk_keeps_overlay_root_and_works_without_statvfs() -> None:
                                                                        ("/data", "ext4")]
     assert {m.name for m, _, _ in disk.collect(source, statvfs=None)} == {
         "disk_total_bytes", "disk_used_bytes", "disk_free_bytes", "disk_usage_percent"}
+
+
+def test_disk_lists_mounts_again_only_when_the_mount_table_changed() -> None:
+    source = FakeDisks([sdiskpart("/dev/sda1", "/", "ext4", "rw")])
+    changes = iter([False, False, True, False])
+    collect = disk.make(source, statvfs=None, changed=lambda: next(changes))
+    seen = [{labels[0] for _m, labels, _v in collect()}]
+    source.real = [*source.real, sdiskpart("/dev/sdb1", "/data", "ext4", "rw")]  # mounted
+    seen += [{labels[0] for _m, labels, _v in collect()} for _ in range(3)]
+    assert seen == [{"/"}, {"/"}, {"/", "/data"}, {"/", "/data"}]  # listed once it is flagged
+    assert source.listed == 2  # at the first cycle and after the change only
+    assert disk.make(source, statvfs=None)() and source.listed == 3  # a fake: every cycle
+
+
+def test_mount_watch_sees_a_real_mount_and_unmount(tmp_path: Path) -> None:
+    watch = disk.MountWatch()
+    assert not watch()  # nothing changed since it was opened (in this test, at least)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "edgemon-test", str(tmp_path)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount here: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        assert watch() and not watch()  # flagged once, cleared by the look
+    finally:
+        subprocess.run(["umount", str(tmp_path)], check=True)
+    assert watch()
+    assert disk.MountWatch(str(tmp_path / "missing"))()  # cannot watch: always "changed"
 
 
 # --- diskio ------------------------------------------------------------------------------------
