@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["read_bytes", "read_text"]
+__all__ = ["open_dir", "read_bytes", "read_text", "read_whole_at"]
 
 LIMIT = 1 << 20  # no kernel summary file we read is near this; bounds a surprise
 
@@ -31,3 +31,28 @@ def read_bytes(path: Path | str) -> bytes:
 def read_text(path: Path | str) -> str:
     """``read_bytes`` decoded as ASCII-compatible text (invalid bytes replaced)."""
     return read_bytes(path).decode("utf-8", "replace")
+
+
+def open_dir(path: Path | str) -> int:
+    """A descriptor of directory ``path`` to read under with ``read_whole_at``; ``OSError``."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def read_whole_at(dir_fd: int, name: str, size: int = 4096) -> bytes:
+    """File ``name`` under the open directory ``dir_fd``, for files the kernel makes whole at
+    open (``single_open``: ``/proc/<pid>/stat``), so a read that does not fill ``size`` bytes got
+    all of it: one relative open (no path to join and walk from /) and one read, where
+    ``read_bytes`` needs a second to see the end. Reads on if the buffer filled; ``OSError``."""
+    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    try:
+        data = os.read(fd, size)
+        if len(data) < size:
+            return data
+        chunks = [data]
+        while len(data) and size < LIMIT:
+            data = os.read(fd, 65536)
+            chunks.append(data)
+            size += len(data)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
