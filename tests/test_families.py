@@ -35,6 +35,7 @@ from edgemon.agent.families import (
     system,
     top_processes,
 )
+from edgemon.agent.families._proc import ProcFile
 from edgemon.agent.families._types import Reading
 from edgemon.protocol.batch import (
     COUNTER,
@@ -511,6 +512,25 @@ def test_sensors_where_present() -> None:
     with pytest.raises(Unavailable, match="no temperature, fan or battery sensor"):
         sensors.make(SimpleNamespace(sensors_temperatures=lambda: {}, sensors_battery=lambda: None))
     assert sensors.make(plugged)() == sensors.collect(plugged)
+
+
+# --- kept-open kernel files ---------------------------------------------------------------------
+
+def test_a_kept_open_file_reads_afresh_every_time(tmp_path: Path) -> None:
+    uptime = ProcFile("/proc/uptime")  # the kernel makes it again on every read at offset 0
+    first = uptime.read()
+    wait_until(lambda: uptime.read() != first, 5, "/proc/uptime to move on a kept-open file")
+    assert uptime.text().count(" ") == 1
+
+    path = tmp_path / "file"
+    missing = ProcFile(path)
+    with pytest.raises(FileNotFoundError):
+        missing.read()
+    path.write_bytes(b"x" * 70_000)  # more than one pread's worth
+    assert missing.read() == b"x" * 70_000  # opened at the next read
+    path.write_bytes(b"short\n")
+    assert missing.text() == "short\n"  # read from the start again, no stale tail
+    missing.close()
 
 
 # --- registry and real psutil ------------------------------------------------------------------
