@@ -27,7 +27,7 @@ from edgemon.agent import __version__, selfmetrics
 from edgemon.agent.buffer import Buffer
 from edgemon.agent.buffer_store import BufferStore
 from edgemon.agent.config import AgentConfig, ConfigError, as_dict, family_cycles
-from edgemon.agent.families import FAMILIES, Collect, Reading, Unavailable
+from edgemon.agent.families import FAMILIES, Collect, Reading, Unavailable, cycle
 from edgemon.agent.publisher import Publisher
 from edgemon.agent.sender import Sender
 from edgemon.common import sdnotify
@@ -173,13 +173,14 @@ class Runner:
         ts_ms = now_ms()
         readings: list[Reading] = []
         every = self._family_cycles
-        for name, collect in (self.collectors or {}).items():
-            if self.cycles % every.get(name, 1):
-                continue  # [intervals]: this family is sampled every N cycles, from the first
-            try:
-                readings += collect()
-            except Exception as exc:
-                self._warn(f"family:{name}", "family %s failed: %r", name, exc)
+        with cycle():  # the families reading /proc/stat share one read of it
+            for name, collect in (self.collectors or {}).items():
+                if self.cycles % every.get(name, 1):
+                    continue  # [intervals]: this family is sampled every N cycles, from the first
+                try:
+                    readings += collect()
+                except Exception as exc:
+                    self._warn(f"family:{name}", "family %s failed: %r", name, exc)
         readings += selfmetrics.readings(self._health(), ts_ms)
         self.store.append(ts_ms, readings)
         self.cycles += 1

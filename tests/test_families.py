@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
 
 from edgemon.agent.families import (
@@ -36,6 +37,7 @@ from edgemon.agent.families import (
     top_processes,
 )
 from edgemon.agent.families._proc import ProcFile
+from edgemon.agent.families._procstat import ProcStat
 from edgemon.agent.families._types import Reading
 from edgemon.protocol.batch import (
     COUNTER,
@@ -512,6 +514,51 @@ def test_sensors_where_present() -> None:
     with pytest.raises(Unavailable, match="no temperature, fan or battery sensor"):
         sensors.make(SimpleNamespace(sensors_temperatures=lambda: {}, sensors_battery=lambda: None))
     assert sensors.make(plugged)() == sensors.collect(plugged)
+
+
+# --- /proc/stat, shared ------------------------------------------------------------------------
+
+PROC_STAT = """cpu  219411 342 19139 45123 731 0 1076 348 0 0
+cpu0 109700 213 9490 22561 367 0 356 172 0 0
+cpu1 109711 129 9649 22562 364 0 720 176 0 0
+intr 2780633 9 0 0 0 0 0 0 0 0 0 0 0 0 15 0 0 0 0 0 0 0 0 0 0 0 0 0 0
+ctxt 7046101
+btime 1796040518
+processes 37290
+procs_running 3
+procs_blocked 0
+softirq 4562034 0 1408395 2 165443 0 0 1066 1604466 0 1382662
+"""
+
+
+def test_proc_stat_answers_as_psutil_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "stat").write_text(PROC_STAT)
+    stat = ProcStat(tmp_path / "stat")
+    monkeypatch.setattr(psutil, "PROCFS_PATH", str(tmp_path))  # psutil reads the same file
+    if len(psutil.cpu_times()) != 10:
+        pytest.skip("psutil's cpu_times fields differ on this kernel")
+    for mine, theirs in ((stat.cpu_times(), psutil.cpu_times()),
+                         *zip(stat.cpu_times(percpu=True), psutil.cpu_times(percpu=True),
+                              strict=True),
+                         (stat.cpu_stats(), psutil.cpu_stats())):
+        assert (mine._fields, tuple(mine)) == (theirs._fields, tuple(theirs))
+    assert stat.boot_time() == psutil.boot_time() == 1796040518.0
+    assert stat.forks() == 37290
+    assert kernel.collect(stat, tmp_path / "missing")[-1] == (kernel.FORKS, (), 37290)
+    assert len(cpu_seconds.collect(stat)) == 16 and system.collect(stat)[0][2] == 1796040518
+
+
+def test_proc_stat_is_read_once_per_cycle(tmp_path: Path) -> None:
+    path = tmp_path / "stat"
+    path.write_text(PROC_STAT)
+    stat = ProcStat(path)
+    with stat.cycle():
+        before = stat.cpu_times()
+        path.write_text(PROC_STAT.replace("cpu  219411", "cpu  219511"))
+        assert stat.cpu_times() == before and stat.cpu_stats().ctx_switches == 7046101
+    assert stat.cpu_times().user == before.user + 1  # outside a cycle: read every time
+    with stat.cycle():
+        assert stat.cpu_times().user == before.user + 1  # a new cycle reads it again
 
 
 # --- kept-open kernel files ---------------------------------------------------------------------

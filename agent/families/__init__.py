@@ -5,7 +5,8 @@ Uniform shape: every family module exposes ``make(source=psutil) -> Collect``. T
 sampling cycle; it returns that cycle's ``Reading``s. State between cycles (CPU times) lives in
 the returned object, never in the module. Tests pass a fake ``source`` with recorded values.
 A family this host cannot have raises ``Unavailable`` from ``make``: the agent says why once
-and samples the others.
+and samples the others. The caller samples one cycle's families inside ``with cycle():`` so
+that those reading ``/proc/stat`` share one read of it (``_procstat.py``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from edgemon.agent.families import (
     system,
     top_processes,
 )
+from edgemon.agent.families._procstat import cycle
 from edgemon.agent.families._types import Collect, Family, Reading, Unavailable
 
 __all__ = ["DEFAULT_FAMILIES", "DEFAULT_INTERVALS", "FAMILIES", "OPT_IN", "Collect", "Family",
-           "Reading", "Unavailable", "start"]
+           "Reading", "Unavailable", "cycle", "start"]
 
 FAMILIES: dict[str, Family] = {
     "cpu": cpu.make,
