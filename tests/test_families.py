@@ -6,6 +6,7 @@ import errno
 import math
 import re
 import subprocess
+import warnings
 from collections import namedtuple
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from edgemon.agent.families import (
     system,
     top_processes,
 )
+from edgemon.agent.families._meminfo import MemInfo
 from edgemon.agent.families._proc import ProcFile
 from edgemon.agent.families._procstat import ProcStat
 from edgemon.agent.families._types import Reading
@@ -559,6 +561,57 @@ def test_proc_stat_is_read_once_per_cycle(tmp_path: Path) -> None:
     assert stat.cpu_times().user == before.user + 1  # outside a cycle: read every time
     with stat.cycle():
         assert stat.cpu_times().user == before.user + 1  # a new cycle reads it again
+
+
+MEMINFO = """MemTotal:       24731708 kB
+MemFree:        11640720 kB
+MemAvailable:   18525956 kB
+Buffers:          172940 kB
+Cached:          7110648 kB
+SwapCached:            0 kB
+Active:          2419640 kB
+Inactive:        9950020 kB
+SwapTotal:       2097148 kB
+SwapFree:        1048572 kB
+Shmem:            534740 kB
+KReclaimable:     474424 kB
+Slab:             534664 kB
+SReclaimable:     474424 kB
+HugePages_Total:       0
+"""
+
+
+@pytest.mark.parametrize("meminfo", [
+    MEMINFO,
+    MEMINFO.replace("MemAvailable:   18525956", "MemAvailable:   99999999"),  # > total: free
+    MEMINFO.replace("MemAvailable:   18525956 kB\n", ""),  # an old kernel: psutil's estimate
+    MEMINFO.replace("SwapFree:        1048572 kB\n", ""),  # psutil asks sysinfo() instead
+])
+def test_meminfo_answers_as_psutil_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        meminfo: str) -> None:
+    (tmp_path / "meminfo").write_text(meminfo)
+    (tmp_path / "vmstat").write_text("nr_free_pages 1\npswpin 25\npswpout 7\nother 3\n")
+    monkeypatch.setattr(psutil, "PROCFS_PATH", str(tmp_path))  # psutil reads the same files
+    mem = MemInfo(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # psutil's, on the degraded files
+        for mine, theirs in ((mem.virtual_memory(), psutil.virtual_memory()),
+                             (mem.swap_memory(), psutil.swap_memory())):
+            assert (mine._fields, tuple(mine)) == (theirs._fields, tuple(theirs))
+    assert mem.swap_memory().sin == 25 * 4096
+    assert by_name(memory.make(mem)())[("memory_available_bytes", ())] == \
+        psutil.virtual_memory().available
+
+
+def test_meminfo_is_read_once_per_cycle(tmp_path: Path) -> None:
+    (tmp_path / "meminfo").write_text(MEMINFO)
+    (tmp_path / "vmstat").write_text("pswpin 25\npswpout 7\n")
+    mem = MemInfo(tmp_path)
+    with mem.cycle():
+        free = mem.virtual_memory().free
+        (tmp_path / "meminfo").write_text(MEMINFO.replace("11640720", "11640721"))
+        assert mem.virtual_memory().free == free  # the same read, within a cycle
+    assert mem.virtual_memory().free == free + 1024  # outside one: read again
 
 
 # --- kept-open kernel files ---------------------------------------------------------------------

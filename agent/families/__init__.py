@@ -6,10 +6,14 @@ sampling cycle; it returns that cycle's ``Reading``s. State between cycles (CPU 
 the returned object, never in the module. Tests pass a fake ``source`` with recorded values.
 A family this host cannot have raises ``Unavailable`` from ``make``: the agent says why once
 and samples the others. The caller samples one cycle's families inside ``with cycle():`` so
-that those reading ``/proc/stat`` share one read of it (``_procstat.py``).
+that those reading ``/proc/stat`` share one read of it (``_procstat.py``), and ``/proc/meminfo``
+likewise (``_meminfo.py``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from edgemon.agent.families import (
     cpu,
@@ -28,7 +32,8 @@ from edgemon.agent.families import (
     system,
     top_processes,
 )
-from edgemon.agent.families._procstat import cycle
+from edgemon.agent.families._meminfo import MEMINFO
+from edgemon.agent.families._procstat import STAT
 from edgemon.agent.families._types import Collect, Family, Reading, Unavailable
 
 __all__ = ["DEFAULT_FAMILIES", "DEFAULT_INTERVALS", "FAMILIES", "OPT_IN", "Collect", "Family",
@@ -60,6 +65,14 @@ DEFAULT_FAMILIES: tuple[str, ...] = tuple(name for name in FAMILIES if name not 
 DEFAULT_INTERVALS: dict[str, float] = {"processes": 60.0}
 """Seconds: families sampled at most this often unless ``[intervals]`` names them (costly to
 read every cycle; processes scans /proc)."""
+
+
+@contextmanager
+def cycle() -> Iterator[None]:
+    """One sampling cycle: the families sampled in the block share one read of each file that
+    several of them (or several calls of one) read."""
+    with STAT.cycle(), MEMINFO.cycle():
+        yield
 
 
 def start(names: tuple[str, ...] = DEFAULT_FAMILIES) -> tuple[dict[str, Collect], dict[str, str]]:

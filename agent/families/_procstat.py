@@ -24,7 +24,7 @@ import psutil
 
 from edgemon.agent.families._proc import ProcFile
 
-__all__ = ["SOURCE", "STAT", "ProcStat", "cycle"]
+__all__ = ["SOURCE", "STAT", "ProcStat"]
 
 PATH = Path("/proc/stat")
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -132,7 +132,3 @@ STAT = ProcStat()
 SOURCE: Any = STAT if sys.platform.startswith("linux") and PATH.exists() else psutil
 """What cpu, cpu_seconds, kernel and system sample by default."""
 
-
-def cycle() -> Any:
-    """``STAT.cycle()``: one read of /proc/stat for every family sampled in the block."""
-    return STAT.cycle()
