@@ -14,6 +14,7 @@ STOPPING=1 on the way out (``sdnotify``).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -131,6 +132,10 @@ class Runner:
             buffer_state = "open" if self.store.buffer is not None else "unavailable"
             sdnotify.notify(f"READY=1\nSTATUS=sampling every {self.config.interval_seconds:g} s;"
                             f" buffer {buffer_state}")
+            # What start-up made (modules, families, clients) lives as long as the agent: out of
+            # the cyclic collector's way, its full collections walk only what cycles make.
+            gc.collect()
+            gc.freeze()
             try:
                 self._loop()
             finally:
