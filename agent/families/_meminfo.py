@@ -3,23 +3,22 @@ cycle.
 
 psutil opens and parses ``/proc/meminfo`` for each of the two calls and ``/proc/vmstat`` for the
 second: three opens a cycle for the memory family. ``MemInfo`` keeps both files open
-(``_proc.ProcFile``), reads ``/proc/meminfo`` once per ``cycle()`` (as ``_procstat.ProcStat``
-does for ``/proc/stat``) and computes psutil's values with psutil's formulas (7.x, mimicking
-procps' ``free``; ``tests/test_families.py`` compares both on recorded files). Where psutil would
-fall back or warn (no ``MemAvailable``, fields or swap counters missing) it asks psutil itself.
+(``_proc.ProcFile``), reads ``/proc/meminfo`` once per ``cycle()`` (``_proc.PerCycle``, as
+``_procstat.ProcStat`` does ``/proc/stat``) and computes psutil's values with psutil's formulas
+(7.x, mimicking procps' ``free``; ``tests/test_families.py`` compares both on recorded files).
+Where psutil would fall back or warn (no ``MemAvailable``, fields or swap counters missing) it
+asks psutil itself.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import psutil
 
-from edgemon.agent.families._proc import ProcFile
+from edgemon.agent.families._proc import PerCycle, ProcFile
 
 __all__ = ["MEMINFO", "SOURCE", "MemInfo", "SwapMemory", "VirtualMemory"]
 
@@ -64,23 +63,12 @@ def _percent(part: int, whole: int) -> float:
         return 0.0
 
 
-class MemInfo:
+class MemInfo(PerCycle):
     """``virtual_memory()`` and ``swap_memory()`` from ``proc``/meminfo and ``proc``/vmstat."""
 
     def __init__(self, proc: Path | str = PROC) -> None:
         self.meminfo = ProcFile(Path(proc) / "meminfo")
         self.vmstat = ProcFile(Path(proc) / "vmstat")
-        self._in_cycle = False
-        self._mems: dict[bytes, int] | None = None
-
-    @contextmanager
-    def cycle(self) -> Iterator[None]:
-        """Calls inside the block share one read of meminfo (made at the first of them)."""
-        self._in_cycle, self._mems = True, None
-        try:
-            yield
-        finally:
-            self._in_cycle, self._mems = False, None
 
     def virtual_memory(self) -> VirtualMemory:
         mems = self._read()
@@ -112,15 +100,15 @@ class MemInfo:
         return SwapMemory(total, total - free, free, _percent(total - free, total), sin, sout)
 
     def _read(self) -> dict[bytes, int]:
-        if self._mems is not None:
-            return self._mems
+        mems: dict[bytes, int] = self._once(self._parse)
+        return mems
+
+    def _parse(self) -> dict[bytes, int]:
         mems = {}
         for line in self.meminfo.read().splitlines():
             fields = line.split()
             if len(fields) >= 2:
                 mems[fields[0]] = int(fields[1]) * 1024
-        if self._in_cycle:
-            self._mems = mems
         return mems
 
 

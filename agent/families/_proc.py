@@ -4,9 +4,12 @@ buffered file object (``Path.read_text`` costs about three times as much CPU for
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ProcFile", "open_dir", "read_bytes", "read_text", "read_whole_at"]
+__all__ = ["PerCycle", "ProcFile", "open_dir", "read_bytes", "read_text", "read_whole_at"]
 
 LIMIT = 1 << 20  # no kernel summary file we read is near this; bounds a surprise
 
@@ -97,3 +100,28 @@ class ProcFile:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+
+
+class PerCycle:
+    """A source several families (or several calls of one) ask in one sampling cycle: inside
+    ``with source.cycle():`` what ``_once`` reads is read at the first call and reused until the
+    block ends; outside one, every call reads afresh."""
+
+    _in_cycle = False
+    _cached: Any = None
+
+    @contextmanager
+    def cycle(self) -> Iterator[None]:
+        self._in_cycle, self._cached = True, None
+        try:
+            yield
+        finally:
+            self._in_cycle, self._cached = False, None
+
+    def _once(self, read: Callable[[], Any]) -> Any:
+        if self._cached is not None:
+            return self._cached
+        value = read()
+        if self._in_cycle:
+            self._cached = value
+        return value

@@ -15,14 +15,12 @@ from __future__ import annotations
 import os
 import sys
 from collections import namedtuple
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import psutil
 
-from edgemon.agent.families._proc import ProcFile
+from edgemon.agent.families._proc import PerCycle, ProcFile
 
 __all__ = ["SOURCE", "STAT", "ProcStat"]
 
@@ -50,25 +48,14 @@ class _Parsed(NamedTuple):
     forks: int | None
 
 
-class ProcStat:
+class ProcStat(PerCycle):
     """psutil's ``cpu_times``, ``cpu_stats``, ``boot_time`` and ``cpu_count`` (the latter from
     psutil itself) from ``path``, plus ``forks()``; read once per ``cycle()``."""
 
     def __init__(self, path: Path | str = PATH, ticks: int = TICKS) -> None:
         self.file = ProcFile(path)
         self.ticks = ticks
-        self._in_cycle = False
-        self._parsed: _Parsed | None = None
         self._types: dict[int, Any] = {}
-
-    @contextmanager
-    def cycle(self) -> Iterator[None]:
-        """Calls inside the block share one read of the file (made at the first of them)."""
-        self._in_cycle, self._parsed = True, None
-        try:
-            yield
-        finally:
-            self._in_cycle, self._parsed = False, None
 
     def cpu_times(self, percpu: bool = False) -> Any:
         parsed = self._read()
@@ -91,11 +78,7 @@ class ProcStat:
         return psutil.cpu_count()
 
     def _read(self) -> _Parsed:
-        if self._parsed is not None:
-            return self._parsed
-        parsed = self._parse(self.file.read())
-        if self._in_cycle:
-            self._parsed = parsed
+        parsed: _Parsed = self._once(lambda: self._parse(self.file.read()))
         return parsed
 
     def _times(self, fields: list[bytes]) -> Any:
