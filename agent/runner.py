@@ -140,6 +140,7 @@ class Runner:
                 self._loop()
             finally:
                 self._shutdown()
+                gc.unfreeze()  # a runner inside a larger process (tests) gives them back
         finally:
             restore()
         return 0
