@@ -142,6 +142,10 @@ class Buffer:
         self._base_pause = 0  # batches still sealed without a base after an unknown_base
         self._unknown_bases = 0  # unknown_base answers since a based batch was last stored
         self._based: set[int] = set()  # seqs sealed based whose outcome is not known yet
+        # the newest pending cycle's time, or more (an upper bound: only used to spot a clock
+        # that went back, which seals first; sealing with nothing pending does nothing)
+        self._last_pending_ms: int | None = db.execute(
+            "SELECT max(ts_ms) FROM cycles").fetchone()[0]
 
     @property
     def last_sealed_seq(self) -> int | None:
@@ -195,8 +199,7 @@ class Buffer:
         metric's keys, are skipped (and logged once per metric). A timestamp not after the
         pending cycles' (the clock went back) seals them first, so a batch's times increase.
         """
-        last_pending_ms = self._db.execute("SELECT max(ts_ms) FROM cycles").fetchone()[0]
-        if last_pending_ms is not None and ts_ms <= last_pending_ms:
+        if self._last_pending_ms is not None and ts_ms <= self._last_pending_ms:
             self.seal(ts_ms)
         values: dict[int, int] = {}
         new: dict[tuple[MetricDef, tuple[str, ...]], int] = {}
@@ -215,7 +218,10 @@ class Buffer:
                          json.dumps([_clean_label(v) for v in labels]))).lastrowid
                     assert sid is not None
                     new[key] = sid
-                scaled = _scaled(metric, value)
+                if type(value) is int and not metric.scale:  # most readings: no arithmetic
+                    scaled = value if MIN_INT <= value <= MAX_INT else None
+                else:
+                    scaled = _scaled(metric, value)
                 if scaled is None:
                     self._warn_once(metric.name, f"value {value!r} is not a finite 64-bit number")
                     continue
@@ -224,6 +230,8 @@ class Buffer:
                 self._db.execute("INSERT INTO cycles (ts_ms, samples, data) VALUES (?, ?, ?)",
                                  (ts_ms, len(values), msgpack.packb(list(values.items()))))
                 self._add_meta(APPENDED, len(values))
+        if values:
+            self._last_pending_ms = ts_ms
         for key, sid in new.items():
             self._series[key] = sid
             self._by_id[sid] = (key[0], tuple(_clean_label(v) for v in key[1]))
@@ -271,6 +279,7 @@ class Buffer:
             if stale:
                 self._db.execute("DELETE FROM series WHERE id NOT IN "
                                  "(SELECT value FROM json_each(?))", (json.dumps(sorted(used)),))
+        self._last_pending_ms = None
         if stale:
             self._series = {k: sid for k, sid in self._series.items() if sid in used}
             self._by_id = {sid: k for sid, k in self._by_id.items() if sid in used}

@@ -143,38 +143,35 @@ def file_bytes(path: str) -> int:
         return 0
 
 
+_DISK_PAGES = "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
+
+_STATS = (  # one statement: one consistent read, and one call instead of eight every cycle
+    "SELECT (SELECT count(*) FROM batches), (SELECT coalesce(sum(samples), 0) FROM batches), "
+    "(SELECT count(*) FROM cycles), (SELECT coalesce(sum(samples), 0) FROM cycles), "
+    "(SELECT min(ts_ms) FROM cycles), (SELECT first_ms FROM batches ORDER BY id LIMIT 1), "
+    "(SELECT coalesce(sum(samples), 0) FROM dropped_published), "
+    f"({_DISK_PAGES}), "
+    + ", ".join(f"(SELECT value FROM meta WHERE key = '{key}')"
+                for key in (APPENDED, DROPPED, ACKNOWLEDGED, DELIVERED_AFTER_DROP, "last_ack_ms")))
+
+
 def disk_bytes_of(db: sqlite3.Connection, path: Path) -> int:
     """Bytes the buffer takes on disk: database pages plus the write-ahead log."""
-    pages, page_size = (db.execute(f"PRAGMA {p}").fetchone()[0]
-                        for p in ("page_count", "page_size"))
-    return int(pages * page_size + file_bytes(f"{path}-wal"))
+    return int(db.execute(_DISK_PAGES).fetchone()[0] + file_bytes(f"{path}-wal"))
 
 
 def stats_of(db: sqlite3.Connection, path: Path) -> BufferStats:
-    """The statistics of the open buffer ``db`` (at ``path``), in one read transaction."""
-    in_transaction = db.in_transaction
-    if not in_transaction:
-        db.execute("BEGIN")
-    try:
-        batches, samples = db.execute(
-            "SELECT count(*), coalesce(sum(samples), 0) FROM batches").fetchone()
-        cycles, pending, first_cycle = db.execute(
-            "SELECT count(*), coalesce(sum(samples), 0), min(ts_ms) FROM cycles").fetchone()
-        oldest = db.execute("SELECT first_ms FROM batches ORDER BY id LIMIT 1").fetchone()
-        in_doubt = db.execute("SELECT coalesce(sum(samples), 0) FROM dropped_published"
-                              ).fetchone()[0]
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        size = disk_bytes_of(db, path)
-    finally:
-        if not in_transaction:
-            db.execute("COMMIT")
-    appended, dropped = int(meta.get(APPENDED, 0)), int(meta.get(DROPPED, 0))
+    """The statistics of the open buffer ``db`` (at ``path``), read by one statement (one
+    consistent view)."""
+    (batches, samples, cycles, pending, first_cycle, oldest, in_doubt, pages, appended, dropped,
+     acknowledged, delivered, last_ack_ms) = db.execute(_STATS).fetchone()
+    appended, dropped = int(appended or 0), int(dropped or 0)
     # a buffer an older agent wrote (read-only here) counts acknowledged samples from its next start
-    acknowledged = int(meta.get(ACKNOWLEDGED, appended - dropped - samples - pending))
-    return BufferStats(batches, samples, cycles, pending, size,
-                       oldest[0] if oldest is not None else first_cycle, appended, acknowledged,
-                       dropped, int(meta.get(DELIVERED_AFTER_DROP, 0)), int(in_doubt),
-                       meta.get("last_ack_ms"))
+    acknowledged = int(appended - dropped - samples - pending if acknowledged is None
+                       else acknowledged)
+    return BufferStats(batches, samples, cycles, pending, int(pages + file_bytes(f"{path}-wal")),
+                       oldest if oldest is not None else first_cycle, appended, acknowledged,
+                       dropped, int(delivered or 0), int(in_doubt), last_ack_ms)
 
 
 def read_stats(path: Path | str) -> BufferStats:

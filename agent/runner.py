@@ -14,6 +14,7 @@ STOPPING=1 on the way out (``sdnotify``).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -27,7 +28,7 @@ from edgemon.agent import __version__, selfmetrics
 from edgemon.agent.buffer import Buffer
 from edgemon.agent.buffer_store import BufferStore
 from edgemon.agent.config import AgentConfig, ConfigError, as_dict, family_cycles
-from edgemon.agent.families import FAMILIES, Collect, Reading, Unavailable
+from edgemon.agent.families import FAMILIES, Collect, Reading, Unavailable, cycle
 from edgemon.agent.publisher import Publisher
 from edgemon.agent.sender import Sender
 from edgemon.common import sdnotify
@@ -131,10 +132,15 @@ class Runner:
             buffer_state = "open" if self.store.buffer is not None else "unavailable"
             sdnotify.notify(f"READY=1\nSTATUS=sampling every {self.config.interval_seconds:g} s;"
                             f" buffer {buffer_state}")
+            # What start-up made (modules, families, clients) lives as long as the agent: out of
+            # the cyclic collector's way, its full collections walk only what cycles make.
+            gc.collect()
+            gc.freeze()
             try:
                 self._loop()
             finally:
                 self._shutdown()
+                gc.unfreeze()  # a runner inside a larger process (tests) gives them back
         finally:
             restore()
         return 0
@@ -173,13 +179,14 @@ class Runner:
         ts_ms = now_ms()
         readings: list[Reading] = []
         every = self._family_cycles
-        for name, collect in (self.collectors or {}).items():
-            if self.cycles % every.get(name, 1):
-                continue  # [intervals]: this family is sampled every N cycles, from the first
-            try:
-                readings += collect()
-            except Exception as exc:
-                self._warn(f"family:{name}", "family %s failed: %r", name, exc)
+        with cycle():  # the families reading /proc/stat share one read of it
+            for name, collect in (self.collectors or {}).items():
+                if self.cycles % every.get(name, 1):
+                    continue  # [intervals]: this family is sampled every N cycles, from the first
+                try:
+                    readings += collect()
+                except Exception as exc:
+                    self._warn(f"family:{name}", "family %s failed: %r", name, exc)
         readings += selfmetrics.readings(self._health(), ts_ms)
         self.store.append(ts_ms, readings)
         self.cycles += 1

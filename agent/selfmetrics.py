@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from edgemon.agent.buffer_file import BufferStats
 from edgemon.agent.families import Reading
+from edgemon.agent.families._proc import ProcFile
 from edgemon.common import clock
 from edgemon.protocol.batch import COUNTER, GAUGE, MetricDef
 
@@ -45,11 +46,13 @@ class AgentHealth(NamedTuple):
     publish_errors: int
 
 
+_STATM = ProcFile("/proc/self/statm")  # kept open: read again every cycle
+
+
 def rss_bytes() -> int | None:
     """Resident memory of this process (Linux /proc; None elsewhere)."""
     try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE_SIZE
+        return int(_STATM.read().split()[1]) * _PAGE_SIZE
     except (OSError, ValueError, IndexError):
         return None
 

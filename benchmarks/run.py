@@ -64,6 +64,11 @@ REGISTRY: dict[str, Bench] = {
         "(to MQTT), same run, at 10 s and 1 s",
         quick=["--quick"], full=[], tiny=["--window", "3", "--intervals", "1", "--warmup", "2"],
         timeout_quick=120, timeout_full=900),
+    "family_cost": Bench(
+        "family_cost.py", "agent metric families: CPU per call of each on this host, and what "
+        "that makes per hour at 10 s (default [intervals])", quick=["--calls", "50"],
+        full=["--calls", "300"], tiny=["--calls", "2", "--pause", "0"], timeout_quick=60,
+        timeout_full=300),
     "ingest": Bench("ingest.py", "end to end: a simulated fleet through Mosquitto into the "
                     "collector, samples/s and latency", quick=["--quick"], timeout_quick=300,
                     in_quick=False),
@@ -269,6 +274,31 @@ def figures_footprint(r: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def figures_family_cost(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per family (its CPU s/h at 10 s), then the default families together."""
+    rows = []
+    for name, f in (r.get("families") or {}).items():
+        if "unavailable" in f:
+            rows.append(_row("family_cost", name, "CPU s/h", None, {},
+                             f"unavailable here: {f['unavailable']}"))
+            continue
+        every = f.get("every_cycles", 1)
+        rows.append(_row("family_cost", name, "CPU s/h", f.get("cpu_s_per_hour"), {},
+                         f"{f.get('ms_per_call')} ms/call, {f.get('readings')} readings"
+                         + (f", every {every} cycles" if every != 1 else "")
+                         + (", opt-in (not in the total)" if f.get("opt_in") else "")))
+    rows.append(_row("family_cost", "default families together", "CPU s/h",
+                     r.get("default_cpu_s_per_hour"), {},
+                     f"the sum of the rows above at {r.get('interval_s', 10):g} s, "
+                     f"{r.get('calls')} calls each, {r.get('pause_s')} s apart"))
+    if _num(r.get("cycle_cpu_s_per_hour")):
+        rows.append(_row("family_cost", "default families in one cycle", "CPU s/h",
+                         r["cycle_cpu_s_per_hour"], {},
+                         f"sampled together as the agent does ({r.get('cycle_ms')} ms a cycle):"
+                         " shared reads counted once"))
+    return rows
+
+
 STORAGE_FIGURES = [  # key path in storage_ingest.json -> figure, unit
     (("store_samples_per_s",), "store rate", "samples/s"),
     (("compact_samples_per_s",), "compaction rate", "samples/s"),
@@ -314,6 +344,8 @@ def headline(entry: dict[str, Any]) -> list[dict[str, Any]]:
         return figures_footprint(r)
     if entry["name"] == "storage_ingest":
         return figures_storage_ingest(r)
+    if entry["name"] == "family_cost":
+        return figures_family_cost(r)
     return figures_generic(entry["name"], r)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import queue
 import signal
 import sqlite3
 import subprocess
@@ -24,6 +25,7 @@ import pytest
 from edgemon.agent.buffer import read_stats
 from edgemon.agent.config import AgentConfig, load_config
 from edgemon.agent.families import Collect
+from edgemon.agent.publisher import Publisher, idle_wake
 from edgemon.agent.runner import Runner
 from edgemon.protocol import (
     COUNTER,
@@ -31,6 +33,7 @@ from edgemon.protocol import (
     decode,
     decode_status,
     encode_ack,
+    encode_status,
     expand_samples,
     parse_topic,
 )
@@ -423,3 +426,36 @@ def test_invalid_presence_is_ignored_and_counted(tmp_path: Path, broker: Broker,
         wait_until(lambda: agent.publisher.presence.invalid_total >= 1, 10, "counted")
         assert agent.publisher.presence.publishing_allowed  # nothing valid: as if none seen
         wait_until(lambda: seqs_received(collector, agent.instance), 10, "batches published")
+
+
+def test_the_network_thread_sleeps_while_idle_and_still_sends_at_once(
+        tmp_path: Path, broker: Broker, collector: FakeCollector) -> None:
+    """paho's thread wakes for traffic, not every second (its default): at keepalive 60 it may
+    sleep 15 s; a publish from the agent's thread still goes out at once."""
+    assert (idle_wake(60), idle_wake(5)) == (15.0, 1.25)
+    config = load_config(None, environ=environ(tmp_path, broker, broker_keepalive="60"))
+    publisher = Publisher(config.broker, host_id=HOST, instance="idle", birth={},
+                          acks=queue.Queue(), wake=threading.Event(), max_inflight=4)
+    client = publisher._client
+    wakes: list[float] = []
+    loop_misc = client.loop_misc  # what paho's loop runs after every select(), traffic or not
+
+    def counted() -> Any:
+        wakes.append(time.monotonic())
+        return loop_misc()
+
+    client.loop_misc = counted  # type: ignore[method-assign]
+    publisher.start()
+    try:
+        wait_until(lambda: collector.statuses(), 10, "the birth message")
+        wait_until(lambda: publisher.drain(0.1), 10, "the birth PUBACKed")
+        quiet_from = time.monotonic()
+        time.sleep(2.5)  # measuring the absence of wake-ups: paho's default makes two here
+        assert len([t for t in wakes if t >= quiet_from]) <= 1, wakes
+        sent = time.monotonic()
+        assert publisher.publish(f"edgemon/v1/{HOST}/status",
+                                 encode_status(online=True, instance="idle", timestamp_ms=1))
+        wait_until(lambda: len(collector.statuses()) >= 2, 5, "the publish, before a wake-up")
+        assert time.monotonic() - sent < idle_wake(60) / 2
+    finally:
+        publisher.stop()

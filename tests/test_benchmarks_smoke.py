@@ -74,3 +74,22 @@ def test_unknown_and_placeholder_benchmarks(tmp_path: Path) -> None:
         assert {b["name"]: b["status"] for b in summary["benchmarks"]} == dict.fromkeys(
             placeholders, "skipped")
         assert all("not yet available" in b["reason"] for b in summary["benchmarks"])
+
+
+def test_family_cost_rows(tmp_path: Path) -> None:
+    proc = _run("--tiny", "--only", "family_cost", "--no-plots", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    rows = {f["figure"]: f for f in summary["figures"] if f["benchmark"] == "family_cost"}
+    result = json.loads((tmp_path / "results" / "family_cost.json").read_text())
+    assert set(rows) == {*result["families"], "default families together",
+                         "default families in one cycle"}
+    assert _number(rows["default families in one cycle"]["edgemon"])
+    measured = {n for n, f in result["families"].items() if "unavailable" not in f}
+    assert {"cpu", "memory", "processes"} <= measured  # on Linux, at least these
+    for name in measured:
+        assert rows[name]["unit"] == "CPU s/h" and _number(rows[name]["edgemon"])
+    total = rows["default families together"]["edgemon"]
+    assert abs(total - sum(rows[n]["edgemon"] for n in measured
+                           if not result["families"][n]["opt_in"])) < 0.01
+    assert "family_cost" in (tmp_path / "RESULTS.md").read_text()

@@ -5,12 +5,15 @@ from __future__ import annotations
 import errno
 import math
 import re
+import subprocess
+import warnings
 from collections import namedtuple
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
 
 from edgemon.agent.families import (
@@ -34,6 +37,9 @@ from edgemon.agent.families import (
     system,
     top_processes,
 )
+from edgemon.agent.families._meminfo import MemInfo
+from edgemon.agent.families._proc import ProcFile
+from edgemon.agent.families._procstat import ProcStat
 from edgemon.agent.families._types import Reading
 from edgemon.protocol.batch import (
     COUNTER,
@@ -191,8 +197,10 @@ class FakeDisks:
     def __init__(self, real: list[Any], every: list[Any] | None = None,
                  errors: dict[str, OSError] | None = None) -> None:
         self.real, self.every, self.errors = real, every, errors or {}
+        self.listed = 0
 
     def disk_partitions(self, all: bool = False) -> list[Any]:
+        self.listed += 1
         if all:
             assert self.every is not None, "all=True read although / was already there"
             return self.every
@@ -238,6 +246,33 @@ def test_disk_keeps_overlay_root_and_works_without_statvfs() -> None:
                                                                        ("/data", "ext4")]
     assert {m.name for m, _, _ in disk.collect(source, statvfs=None)} == {
         "disk_total_bytes", "disk_used_bytes", "disk_free_bytes", "disk_usage_percent"}
+
+
+def test_disk_lists_mounts_again_only_when_the_mount_table_changed() -> None:
+    source = FakeDisks([sdiskpart("/dev/sda1", "/", "ext4", "rw")])
+    changes = iter([False, False, True, False])
+    collect = disk.make(source, statvfs=None, changed=lambda: next(changes))
+    seen = [{labels[0] for _m, labels, _v in collect()}]
+    source.real = [*source.real, sdiskpart("/dev/sdb1", "/data", "ext4", "rw")]  # mounted
+    seen += [{labels[0] for _m, labels, _v in collect()} for _ in range(3)]
+    assert seen == [{"/"}, {"/"}, {"/", "/data"}, {"/", "/data"}]  # listed once it is flagged
+    assert source.listed == 2  # at the first cycle and after the change only
+    assert disk.make(source, statvfs=None)() and source.listed == 3  # a fake: every cycle
+
+
+def test_mount_watch_sees_a_real_mount_and_unmount(tmp_path: Path) -> None:
+    watch = disk.MountWatch()
+    assert not watch()  # nothing changed since it was opened (in this test, at least)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "edgemon-test", str(tmp_path)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount here: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        assert watch() and not watch()  # flagged once, cleared by the look
+    finally:
+        subprocess.run(["umount", str(tmp_path)], check=True)
+    assert watch()
+    assert disk.MountWatch(str(tmp_path / "missing"))()  # cannot watch: always "changed"
 
 
 # --- diskio ------------------------------------------------------------------------------------
@@ -481,6 +516,121 @@ def test_sensors_where_present() -> None:
     with pytest.raises(Unavailable, match="no temperature, fan or battery sensor"):
         sensors.make(SimpleNamespace(sensors_temperatures=lambda: {}, sensors_battery=lambda: None))
     assert sensors.make(plugged)() == sensors.collect(plugged)
+
+
+# --- /proc/stat, shared ------------------------------------------------------------------------
+
+PROC_STAT = """cpu  219411 342 19139 45123 731 0 1076 348 0 0
+cpu0 109700 213 9490 22561 367 0 356 172 0 0
+cpu1 109711 129 9649 22562 364 0 720 176 0 0
+intr 2780633 9 0 0 0 0 0 0 0 0 0 0 0 0 15 0 0 0 0 0 0 0 0 0 0 0 0 0 0
+ctxt 7046101
+btime 1796040518
+processes 37290
+procs_running 3
+procs_blocked 0
+softirq 4562034 0 1408395 2 165443 0 0 1066 1604466 0 1382662
+"""
+
+
+def test_proc_stat_answers_as_psutil_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "stat").write_text(PROC_STAT)
+    stat = ProcStat(tmp_path / "stat")
+    monkeypatch.setattr(psutil, "PROCFS_PATH", str(tmp_path))  # psutil reads the same file
+    if len(psutil.cpu_times()) != 10:
+        pytest.skip("psutil's cpu_times fields differ on this kernel")
+    for mine, theirs in ((stat.cpu_times(), psutil.cpu_times()),
+                         *zip(stat.cpu_times(percpu=True), psutil.cpu_times(percpu=True),
+                              strict=True),
+                         (stat.cpu_stats(), psutil.cpu_stats())):
+        assert (mine._fields, tuple(mine)) == (theirs._fields, tuple(theirs))
+    assert stat.boot_time() == psutil.boot_time() == 1796040518.0
+    assert stat.forks() == 37290
+    assert kernel.collect(stat, tmp_path / "missing")[-1] == (kernel.FORKS, (), 37290)
+    assert len(cpu_seconds.collect(stat)) == 16 and system.collect(stat)[0][2] == 1796040518
+
+
+def test_proc_stat_is_read_once_per_cycle(tmp_path: Path) -> None:
+    path = tmp_path / "stat"
+    path.write_text(PROC_STAT)
+    stat = ProcStat(path)
+    with stat.cycle():
+        before = stat.cpu_times()
+        path.write_text(PROC_STAT.replace("cpu  219411", "cpu  219511"))
+        assert stat.cpu_times() == before and stat.cpu_stats().ctx_switches == 7046101
+    assert stat.cpu_times().user == before.user + 1  # outside a cycle: read every time
+    with stat.cycle():
+        assert stat.cpu_times().user == before.user + 1  # a new cycle reads it again
+
+
+MEMINFO = """MemTotal:       24731708 kB
+MemFree:        11640720 kB
+MemAvailable:   18525956 kB
+Buffers:          172940 kB
+Cached:          7110648 kB
+SwapCached:            0 kB
+Active:          2419640 kB
+Inactive:        9950020 kB
+SwapTotal:       2097148 kB
+SwapFree:        1048572 kB
+Shmem:            534740 kB
+KReclaimable:     474424 kB
+Slab:             534664 kB
+SReclaimable:     474424 kB
+HugePages_Total:       0
+"""
+
+
+@pytest.mark.parametrize("meminfo", [
+    MEMINFO,
+    MEMINFO.replace("MemAvailable:   18525956", "MemAvailable:   99999999"),  # > total: free
+    MEMINFO.replace("MemAvailable:   18525956 kB\n", ""),  # an old kernel: psutil's estimate
+    MEMINFO.replace("SwapFree:        1048572 kB\n", ""),  # psutil asks sysinfo() instead
+])
+def test_meminfo_answers_as_psutil_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        meminfo: str) -> None:
+    (tmp_path / "meminfo").write_text(meminfo)
+    (tmp_path / "vmstat").write_text("nr_free_pages 1\npswpin 25\npswpout 7\nother 3\n")
+    monkeypatch.setattr(psutil, "PROCFS_PATH", str(tmp_path))  # psutil reads the same files
+    mem = MemInfo(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # psutil's, on the degraded files
+        for mine, theirs in ((mem.virtual_memory(), psutil.virtual_memory()),
+                             (mem.swap_memory(), psutil.swap_memory())):
+            assert (mine._fields, tuple(mine)) == (theirs._fields, tuple(theirs))
+    assert mem.swap_memory().sin == 25 * 4096
+    assert by_name(memory.make(mem)())[("memory_available_bytes", ())] == \
+        psutil.virtual_memory().available
+
+
+def test_meminfo_is_read_once_per_cycle(tmp_path: Path) -> None:
+    (tmp_path / "meminfo").write_text(MEMINFO)
+    (tmp_path / "vmstat").write_text("pswpin 25\npswpout 7\n")
+    mem = MemInfo(tmp_path)
+    with mem.cycle():
+        free = mem.virtual_memory().free
+        (tmp_path / "meminfo").write_text(MEMINFO.replace("11640720", "11640721"))
+        assert mem.virtual_memory().free == free  # the same read, within a cycle
+    assert mem.virtual_memory().free == free + 1024  # outside one: read again
+
+
+# --- kept-open kernel files ---------------------------------------------------------------------
+
+def test_a_kept_open_file_reads_afresh_every_time(tmp_path: Path) -> None:
+    uptime = ProcFile("/proc/uptime")  # the kernel makes it again on every read at offset 0
+    first = uptime.read()
+    wait_until(lambda: uptime.read() != first, 5, "/proc/uptime to move on a kept-open file")
+    assert uptime.text().count(" ") == 1
+
+    path = tmp_path / "file"
+    missing = ProcFile(path)
+    with pytest.raises(FileNotFoundError):
+        missing.read()
+    path.write_bytes(b"x" * 70_000)  # more than one pread's worth
+    assert missing.read() == b"x" * 70_000  # opened at the next read
+    path.write_bytes(b"short\n")
+    assert missing.text() == "short\n"  # read from the start again, no stale tail
+    missing.close()
 
 
 # --- registry and real psutil ------------------------------------------------------------------

@@ -5,10 +5,15 @@ Uniform shape: every family module exposes ``make(source=psutil) -> Collect``. T
 sampling cycle; it returns that cycle's ``Reading``s. State between cycles (CPU times) lives in
 the returned object, never in the module. Tests pass a fake ``source`` with recorded values.
 A family this host cannot have raises ``Unavailable`` from ``make``: the agent says why once
-and samples the others.
+and samples the others. The caller samples one cycle's families inside ``with cycle():`` so
+that those reading ``/proc/stat`` share one read of it (``_procstat.py``), and ``/proc/meminfo``
+likewise (``_meminfo.py``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from edgemon.agent.families import (
     cpu,
@@ -27,10 +32,12 @@ from edgemon.agent.families import (
     system,
     top_processes,
 )
+from edgemon.agent.families._meminfo import MEMINFO
+from edgemon.agent.families._procstat import STAT
 from edgemon.agent.families._types import Collect, Family, Reading, Unavailable
 
 __all__ = ["DEFAULT_FAMILIES", "DEFAULT_INTERVALS", "FAMILIES", "OPT_IN", "Collect", "Family",
-           "Reading", "Unavailable", "start"]
+           "Reading", "Unavailable", "cycle", "start"]
 
 FAMILIES: dict[str, Family] = {
     "cpu": cpu.make,
@@ -58,6 +65,14 @@ DEFAULT_FAMILIES: tuple[str, ...] = tuple(name for name in FAMILIES if name not 
 DEFAULT_INTERVALS: dict[str, float] = {"processes": 60.0}
 """Seconds: families sampled at most this often unless ``[intervals]`` names them (costly to
 read every cycle; processes scans /proc)."""
+
+
+@contextmanager
+def cycle() -> Iterator[None]:
+    """One sampling cycle: the families sampled in the block share one read of each file that
+    several of them (or several calls of one) read."""
+    with STAT.cycle(), MEMINFO.cycle():
+        yield
 
 
 def start(names: tuple[str, ...] = DEFAULT_FAMILIES) -> tuple[dict[str, Collect], dict[str, str]]:

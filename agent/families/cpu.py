@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import psutil
-
+from edgemon.agent.families._procstat import SOURCE
 from edgemon.agent.families._types import Collect, Reading
 from edgemon.protocol.batch import GAUGE, MetricDef
 
@@ -63,6 +62,6 @@ class _Cpu:
         return out
 
 
-def make(source: Any = psutil) -> Collect:
+def make(source: Any = SOURCE) -> Collect:
     """A stateful collector bound to ``source``: percentages from its second call on."""
     return _Cpu(source)

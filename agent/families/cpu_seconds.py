@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import psutil
-
+from edgemon.agent.families._procstat import SOURCE
 from edgemon.agent.families._types import Collect, Reading
 from edgemon.protocol.batch import COUNTER, MetricDef
 
@@ -21,7 +20,7 @@ SECONDS = MetricDef("cpu_seconds_total", COUNTER, "seconds", 2, ("cpu", "mode"))
 MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
-def collect(source: Any = psutil) -> list[Reading]:
+def collect(source: Any = SOURCE) -> list[Reading]:
     """Per-CPU, per-mode seconds since boot from ``source.cpu_times(percpu=True)``."""
     out: list[Reading] = []
     for i, times in enumerate(source.cpu_times(percpu=True)):
@@ -31,6 +30,6 @@ def collect(source: Any = psutil) -> list[Reading]:
     return out
 
 
-def make(source: Any = psutil) -> Collect:
+def make(source: Any = SOURCE) -> Collect:
     """A stateless collector bound to ``source``."""
     return lambda: collect(source)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgemon.agent.families._proc import read_text
+from edgemon.agent.families._proc import ProcFile
 from edgemon.agent.families._types import Collect, Reading, Unavailable
 from edgemon.protocol.batch import GAUGE, MetricDef
 
@@ -27,4 +27,5 @@ def make(path: Path = FILE_NR) -> Collect:
     """A collector of ``path``; ``Unavailable`` where it does not exist (not Linux)."""
     if not path.exists():
         raise Unavailable(f"no {path} (not Linux)")
-    return lambda: parse(read_text(path))
+    file = ProcFile(path)  # kept open: read again from the start every cycle
+    return lambda: parse(file.text())

@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from edgemon.agent.families._proc import read_bytes
+from edgemon.agent.families._procstat import SOURCE, ProcStat
 from edgemon.agent.families._types import Collect, Reading
 from edgemon.protocol.batch import COUNTER, MetricDef
 
@@ -34,18 +33,19 @@ def forks(stat: Path = STAT) -> int | None:
     return None
 
 
-def collect(source: Any = psutil, stat: Path = STAT) -> list[Reading]:
+def collect(source: Any = SOURCE, stat: Path = STAT) -> list[Reading]:
     """The counters the platform has (psutil reports 0 for those it does not count)."""
     stats = source.cpu_stats()
     out: list[Reading] = [(CONTEXT_SWITCHES, (), int(stats.ctx_switches)),
                           (INTERRUPTS, (), int(stats.interrupts)),
                           (SOFT_INTERRUPTS, (), int(stats.soft_interrupts))]
-    created = forks(stat)
+    # the shared /proc/stat of this cycle when sampling it, else the file at ``stat``
+    created = source.forks() if isinstance(source, ProcStat) else forks(stat)
     if created is not None:
         out.append((FORKS, (), created))
     return out
 
 
-def make(source: Any = psutil, stat: Path = STAT) -> Collect:
+def make(source: Any = SOURCE, stat: Path = STAT) -> Collect:
     """A stateless collector bound to ``source`` and ``stat``."""
     return lambda: collect(source, stat)

@@ -1,11 +1,13 @@
-"""Memory family: RAM and swap (swap in/out are raw byte counters)."""
+"""Memory family: RAM and swap (swap in/out are raw byte counters).
+
+Sampled from psutil's ``virtual_memory()`` and ``swap_memory()``; on Linux by default from
+``_meminfo.MemInfo``, which gives psutil's values from kept-open files read once per cycle."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import psutil
-
+from edgemon.agent.families._meminfo import SOURCE
 from edgemon.agent.families._types import Collect, Reading
 from edgemon.protocol.batch import COUNTER, GAUGE, MetricDef
 
@@ -28,7 +30,7 @@ _SWAP = ((SWAP_TOTAL, "total"), (SWAP_USED, "used"), (SWAP_FREE, "free"), (SWAP_
          (SWAP_OUT, "sout"))
 
 
-def collect(source: Any = psutil) -> list[Reading]:
+def collect(source: Any = SOURCE) -> list[Reading]:
     """RAM from ``source.virtual_memory()``, swap from ``source.swap_memory()``."""
     vm, sw = source.virtual_memory(), source.swap_memory()
     out: list[Reading] = [(m, (), int(getattr(vm, f))) for m, f in _RAM if hasattr(vm, f)]
@@ -38,6 +40,6 @@ def collect(source: Any = psutil) -> list[Reading]:
     return out
 
 
-def make(source: Any = psutil) -> Collect:
+def make(source: Any = SOURCE) -> Collect:
     """A stateless collector bound to ``source``."""
     return lambda: collect(source)

@@ -13,9 +13,10 @@ EOPNOTSUPP) ``make`` raises ``Unavailable`` and the agent says so once at start.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from edgemon.agent.families._proc import read_text
+from edgemon.agent.families._proc import ProcFile, read_text
 from edgemon.agent.families._types import Collect, Reading, Unavailable
 from edgemon.protocol.batch import COUNTER, MetricDef
 
@@ -41,10 +42,14 @@ def parse(resource: str, text: str) -> list[Reading]:
 
 def collect(root: Path = ROOT, resources: tuple[str, ...] = RESOURCES) -> list[Reading]:
     """Every resource file that reads; one that fails this cycle is skipped."""
+    return _collect({r: lambda r=r: read_text(root / r) for r in resources})
+
+
+def _collect(readers: dict[str, Callable[[], str]]) -> list[Reading]:
     out: list[Reading] = []
-    for resource in resources:
+    for resource, read in readers.items():
         try:
-            out += parse(resource, read_text(root / resource))
+            out += parse(resource, read())
         except OSError:
             continue
     return out
@@ -58,4 +63,5 @@ def make(root: Path = ROOT) -> Collect:
         raise Unavailable(f"no pressure stall information: {root / 'cpu'}: "
                           f"{exc.strerror or exc} (kernel < 4.20, or booted with psi=0)") from None
     present = tuple(r for r in RESOURCES if (root / r).exists())  # irq: Linux >= 6.1 only
-    return lambda: collect(root, present)
+    files = {r: ProcFile(root / r).text for r in present}  # kept open: read again each cycle
+    return lambda: _collect(files)

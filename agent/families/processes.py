@@ -6,7 +6,7 @@ A process that exits between listing and reading is skipped. Every state is sent
 (0 when no process is in it), so a series does not vanish when its count drops to zero.
 
 Sampled once a minute unless ``[intervals] processes`` says otherwise (``DEFAULT_INTERVALS`` in
-``__init__.py``): the scan costs about 14 µs of CPU per process (2 ms a sample with 140
+``__init__.py``): the scan costs about 10 µs of CPU per process (1.4 ms a sample with 140
 processes), where every other default family together costs about 1.5 ms a cycle.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgemon.agent.families._proc import read_bytes
+from edgemon.agent.families._proc import open_dir, read_whole_at
 from edgemon.agent.families._types import Collect, Reading, Unavailable
 from edgemon.protocol.batch import GAUGE, MetricDef
 
@@ -29,10 +29,17 @@ STATES = {"R": "running", "S": "sleeping", "D": "disk_sleep", "Z": "zombie", "T"
 _REPORTED = ("running", "sleeping", "disk_sleep", "zombie", "stopped", "idle")
 
 
-def read_stat(proc: Path, pid: str) -> bytes:
-    """``/proc/<pid>/stat`` (``_proc.read_bytes``: plain ``os`` calls, a third of the CPU of
-    ``open()``, which is most of this family's cost)."""
-    return read_bytes(os.path.join(proc, pid, "stat"))
+def read_stat(proc_fd: int, pid: str) -> bytes:
+    """``<pid>/stat`` under the open ``/proc`` (``_proc.read_whole_at``: one relative
+    ``os.open`` and one ``os.read``, a quarter less CPU than by path; reading is most of this
+    family's cost)."""
+    return read_whole_at(proc_fd, pid + "/stat")
+
+
+def pids(proc_fd: int) -> list[str]:
+    """The numeric entries of the open ``/proc``: process ids."""
+    with os.scandir(proc_fd) as entries:
+        return [e.name for e in entries if e.name.isdigit()]
 
 
 def state_and_threads(stat: bytes) -> tuple[str, int] | None:
@@ -44,15 +51,14 @@ def state_and_threads(stat: bytes) -> tuple[str, int] | None:
     return STATES.get(fields[0].decode("ascii", "replace"), "other"), int(fields[17])
 
 
-def collect(proc: Path = PROC) -> list[Reading]:
-    """Counts of every reported state (0 included), and any other state seen, and threads."""
+def collect(proc_fd: int) -> list[Reading]:
+    """Counts of every reported state (0 included), and any other state seen, and threads, from
+    the open ``/proc`` directory ``proc_fd``."""
     counts = dict.fromkeys(_REPORTED, 0)
     threads = 0
-    with os.scandir(proc) as entries:
-        pids = [e.name for e in entries if e.name.isdigit()]
-    for pid in pids:
+    for pid in pids(proc_fd):
         try:
-            parsed = state_and_threads(read_stat(proc, pid))
+            parsed = state_and_threads(read_stat(proc_fd, pid))
         except OSError:  # gone since the listing
             continue
         if parsed is not None:
@@ -65,4 +71,5 @@ def make(proc: Path = PROC) -> Collect:
     """A collector of ``proc``; ``Unavailable`` without a Linux-style ``/proc``."""
     if not (proc / "self" / "stat").exists():
         raise Unavailable(f"no {proc}/<pid>/stat (not Linux)")
-    return lambda: collect(proc)
+    proc_fd = open_dir(proc)  # kept open while the agent runs
+    return lambda: collect(proc_fd)

@@ -15,9 +15,10 @@ other families together); node_exporter leaves its equivalent (tcpstat) off by d
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
-from edgemon.agent.families._proc import read_text
+from edgemon.agent.families._proc import ProcFile, read_text
 from edgemon.agent.families._types import Collect, Reading, Unavailable
 from edgemon.protocol.batch import COUNTER, GAUGE, MetricDef
 
@@ -80,11 +81,15 @@ def parse_snmp(text: str) -> list[Reading]:
 
 def collect(net: Path = NET) -> list[Reading]:
     """Sockets in use (IPv4 and, where present, IPv6) and the TCP/UDP figures of snmp."""
-    out = parse_sockstat(read_text(net / "sockstat"))
+    return _collect(lambda name: read_text(net / name))
+
+
+def _collect(read: Callable[[str], str]) -> list[Reading]:
+    out = parse_sockstat(read("sockstat"))
     with contextlib.suppress(OSError):  # no IPv6
-        out += parse_sockstat(read_text(net / "sockstat6"), "6")
+        out += parse_sockstat(read("sockstat6"), "6")
     with contextlib.suppress(OSError):
-        out += parse_snmp(read_text(net / "snmp"))
+        out += parse_snmp(read("snmp"))
     return out
 
 
@@ -92,4 +97,5 @@ def make(net: Path = NET) -> Collect:
     """A collector of ``net``; ``Unavailable`` without ``/proc/net/sockstat`` (not Linux)."""
     if not (net / "sockstat").exists():
         raise Unavailable(f"no {net / 'sockstat'} (not Linux)")
-    return lambda: collect(net)
+    files = {name: ProcFile(net / name) for name in ("sockstat", "sockstat6", "snmp")}
+    return lambda: _collect(lambda name: files[name].text())  # kept open, read again each cycle

@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from edgemon.agent.families._proc import open_dir
 from edgemon.agent.families._types import Collect, Reading, Unavailable
-from edgemon.agent.families.processes import read_stat
+from edgemon.agent.families.processes import pids, read_stat
 from edgemon.protocol.batch import GAUGE, MetricDef
 
 _PROCESS = ("pid", "name")
@@ -47,18 +48,16 @@ class _Top:
     """Keeps each process's CPU ticks of the previous cycle (pids gone are forgotten)."""
 
     def __init__(self, proc: Path, clock: Callable[[], float], cpus: int) -> None:
-        self.proc, self.clock, self.cpus = proc, clock, cpus
+        self.proc_fd, self.clock, self.cpus = open_dir(proc), clock, cpus  # open while we run
         self.before: dict[str, int] = {}
         self.at: float | None = None
 
     def __call__(self) -> list[Reading]:
         now = self.clock()
-        with os.scandir(self.proc) as entries:
-            pids = [e.name for e in entries if e.name.isdigit()]
         seen: dict[str, tuple[str, int, int]] = {}
-        for pid in pids:
+        for pid in pids(self.proc_fd):
             try:
-                parsed = parse(read_stat(self.proc, pid))
+                parsed = parse(read_stat(self.proc_fd, pid))
             except OSError:  # gone since the listing
                 continue
             if parsed is not None:
