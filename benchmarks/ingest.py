@@ -31,8 +31,8 @@ reported):
 ``--compare-inflight N``: also a collector phase with the broker's ``max_inflight_messages`` at N
 (Mosquitto's default is 20) instead of unbounded. ``--set SECTION.KEY=VALUE``: collector
 settings (e.g. its number of ingest processes). ``--py-spy``: record the collector tree during
-step 2 of the last run (py-spy, non-blocking, 50 Hz) and print the functions with the most own
-time. The fleet step-up of the former version (fleets of doubling size at 10 s, simulated
+step 2 of the first run (py-spy, non-blocking, 50 Hz) and print the functions with the most
+own time. The fleet step-up of the former version (fleets of doubling size at 10 s, simulated
 in-process) is gone: its simulator shared the two cores with the collector and was the limit.
 
 Writes ``benchmarks/results/ingest.json`` (with ``headline`` figures for ``run.py``); prints
@@ -408,7 +408,7 @@ def warmup(seconds: float) -> float:
     return min(60.0, seconds / 3)
 
 
-def one_run(pubs: Publishers, args: argparse.Namespace, last: bool) -> dict[str, Any]:
+def one_run(pubs: Publishers, args: argparse.Namespace, first: bool) -> dict[str, Any]:
     result: dict[str, Any] = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
     for nodelay in (True, False):
         key = "ceiling" if nodelay else "ceiling_no_nodelay"
@@ -416,7 +416,7 @@ def one_run(pubs: Publishers, args: argparse.Namespace, last: bool) -> dict[str,
         print(f"  {key}: {result[key]['stored_samples_per_s']:,} samples/s, "
               f"lag p99 {result[key]['lag_p99_ms']} ms", flush=True)
     c = result["collector"] = collector_phase(pubs, args, nodelay=True, seconds=args.seconds,
-                                              profile=args.py_spy and last)
+                                              profile=args.py_spy and first)
     print(f"  collector: {c['stored_samples_per_s']:,} samples/s "
           f"({c['stored_samples_per_s_after_warmup']} after {warmup(args.seconds):g} s), "
           f"lag p50/p99 "
@@ -596,7 +596,7 @@ def print_report(runs: list[dict[str, Any]], s: dict[str, Any], args: argparse.N
     procs = last.get("cpu_by_process", {}).get("collector", {})
     print("last run, collector tree CPU per process: "
           + ", ".join(f"{k} {100 * v:.0f}%" for k, v in procs.items()))
-    spy = last.get("py_spy")
+    spy = runs[0]["collector"].get("py_spy")
     if spy:
         if "error" in spy:
             print(f"py-spy failed: {spy['error']}")
@@ -636,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a collector setting (TOML value), e.g. --set 'ingest.workers=2'; "
                          f"sections: {', '.join(SECTIONS)}; repeatable")
     ap.add_argument("--py-spy", action="store_true",
-                    help="profile the collector tree in the last run (needs py-spy)")
+                    help="profile the collector tree in the first run (needs py-spy)")
     ap.add_argument("--dir", type=Path, default=None, help="where the work directories go")
     ap.add_argument("--label", default="", help="results file suffix (e.g. the code measured)")
     args = ap.parse_args(argv)
@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"encoded in {[p['prepare_s'] for p in pubs.prepared]} s", flush=True)
         for i in range(args.runs):
             print(f"run {i + 1}/{args.runs}", flush=True)
-            runs.append(one_run(pubs, args, last=i == args.runs - 1))
+            runs.append(one_run(pubs, args, first=i == 0))
             write_result(name, {"args": {k: str(v) if isinstance(v, Path) else v
                                          for k, v in vars(args).items()},
                                 "runs": runs, "complete": False})
