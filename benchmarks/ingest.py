@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import json
 import math
 import multiprocessing as mp
 import os
@@ -398,8 +399,33 @@ def collector_phase(pubs: Publishers, args: argparse.Namespace, *, nodelay: bool
         for proc in (collector, broker):
             if proc is not None:
                 stop(proc)
+        complaints = log_complaints(work / "collector.log")
         shutil.rmtree(work, ignore_errors=True)
+    r["collector_log_complaints"] = complaints
     return r
+
+
+def log_complaints(log: Path) -> dict[str, int]:
+    """How often the collector logged each warning or error (its first 100 characters), but
+    the usual ones of a benchmark's collector (no API tokens, no external URL)."""
+    out: dict[str, int] = {}
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = {"level": "error", "msg": line}
+        if not isinstance(entry, dict) or entry.get("level") not in ("warning", "error",
+                                                                     "critical"):
+            continue
+        msg = str(entry.get("msg", ""))
+        if msg.startswith(("no API tokens", "alerting.external_url")):
+            continue
+        out[msg[:100]] = out.get(msg[:100], 0) + 1
+    return out
 
 
 def warmup(seconds: float) -> float:
