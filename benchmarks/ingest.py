@@ -500,7 +500,7 @@ def summarise(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
             continue
         s[phase] = {k: mmm(col(phase, k)) for k in (
             "stored_samples_per_s", "stored_samples_per_s_after_warmup", "lag_p50_ms",
-            "lag_p99_ms", "lag_p99_worst_10s_ms", "backlog_at_end",
+            "lag_p99_ms", "lag_p99_worst_10s_ms", "longest_stall_s", "backlog_at_end",
             "backlog_slope_samples_per_s", "with_nodelay_same_interval",
             "unbounded_same_interval")}
         s[phase]["cpu"] = {w: mmm(cpu(phase, w)) for w in
@@ -544,7 +544,8 @@ def headline(s: dict[str, Any], args: argparse.Namespace, runs_: list[dict[str, 
         {"figure": "ack lag p99", "unit": "ms", "value": med("collector", "lag_p99_ms"),
          "baselines": {"transport ceiling": med("ceiling", "lag_p99_ms")},
          "note": f"p50 {med('collector', 'lag_p50_ms')} ms; worst 10 s p99 "
-                 f"{med('collector', 'lag_p99_worst_10s_ms')} ms"},
+                 f"{med('collector', 'lag_p99_worst_10s_ms')} ms; longest stretch without "
+                 f"an ack {med('collector', 'longest_stall_s')} s"},
         {"figure": "collector process tree CPU", "unit": "cores",
          "value": cpu("collector", "collector"), "baselines": {},
          "note": f"broker {cpu('collector', 'broker')}, publishers "
@@ -602,6 +603,7 @@ def print_report(runs: list[dict[str, Any]], s: dict[str, Any], args: argparse.N
             "CPU % receiver": cell(cpu(receiver), 100),
             "broker": cell(cpu("broker"), 100),
             "publishers": cell(cpu("publisher"), 100),
+            "longest stall s": cell([r.get("longest_stall_s") for r in rs]),
             "back-log end": cell([r.get("backlog_at_end") for r in rs]),
             "slope /s": cell([r.get("backlog_slope_samples_per_s") for r in rs]),
             "PSS MB": cell([(r.get("collector_memory_mb") or {}).get("peak_pss") for r in rs]),

@@ -205,6 +205,10 @@ def combine(results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
         if 0 <= t < len(per_second):
             per_second[int(t)] += SAMPLES_PER_BATCH
     in_window = sum(1 for t, _ in acks if t <= span)
+    gap = longest = 0
+    for n in per_second[:math.ceil(span)]:
+        gap = gap + 1 if n == 0 else 0
+        longest = max(longest, gap)
     lags = sorted(lag for _, lag in acks)
     worst_p99 = []
     for lo in range(0, math.ceil(seconds), 10):
@@ -215,6 +219,7 @@ def combine(results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
         "window_s": seconds, "span_s": round(span, 1),
         "stored_samples_per_s": round(in_window * SAMPLES_PER_BATCH / span) if span else 0,
         "stored_per_second": per_second,
+        "longest_stall_s": longest,  # whole seconds in a row without a single ack
         "lag_p50_ms": _ms(_percentile(lags, 0.5)), "lag_p99_ms": _ms(_percentile(lags, 0.99)),
         "lag_max_ms": _ms(lags[-1] if lags else None),
         "lag_p99_worst_10s_ms": _ms(max(worst_p99) if worst_p99 else None),
