@@ -160,6 +160,13 @@ class SimHost:
         return {"v": 1, "host": self.host, "instance": self.instance, "seq": seq,
                 "sent": int(time.time() * 1000), "t": t_deltas, "metrics": metrics}
 
+    def again(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch``'s values as this host's next batch (next seq and timestamps)."""
+        t = [self.next_ms + batch["t"][0] % 15, *batch["t"][1:]]  # jitter as next_batch
+        self.next_ms += self.cycles * self.interval_ms
+        seq, self.seq = self.seq, self.seq + 1
+        return {**batch, "seq": seq, "sent": int(time.time() * 1000), "t": t}
+
 
 SAMPLES_PER_SERIES_CYCLE = len(SERIES)
 
@@ -210,19 +217,11 @@ class Fleet:
                               cycles=cycles, interval_ms=interval_ms) for i in range(hosts)]
         self.by_name = {h.host: h for h in self.hosts}
         self.encode = encode if zstd_level is None else _FastEncoder(zstd_level)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or f"fleet-{uuid.uuid4().hex[:12]}",
-                                  clean_session=True)
-        if username is not None:  # a secured broker: the user may read only its own acks
-            self.client.username_pw_set(username, password)
+        self._credentials = (username, password)
         self._ack_filter = ack_topic(self.hosts[0].host) if username else f"{PREFIX}/+/ack"
-        if nodelay:  # as the agent and the collector do
-            self.client.on_socket_open = set_tcp_nodelay
-        self.client.max_inflight_messages_set(0)  # unlimited: the broker is the bottleneck
-        self.client.max_queued_messages_set(0)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
+        self.client = self._new_client(client_id, nodelay)
         self._lock = threading.Lock()
+        self._acks_came = threading.Condition(self._lock)
         self._subscribed = threading.Event()
         self._pending: dict[tuple[str, str, int], tuple[float, int]] = {}
         self.latencies: list[float] = []  # seconds, publish -> ack, per acked batch
@@ -232,6 +231,32 @@ class Fleet:
         self.ack_times: deque[tuple[float, int]] = deque()  # (time, samples) of each ack
 
     # --- connection ---------------------------------------------------------------------------
+
+    def _new_client(self, client_id: str | None, nodelay: bool) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                             client_id=client_id or f"fleet-{uuid.uuid4().hex[:12]}",
+                             clean_session=True)
+        username, password = self._credentials
+        if username is not None:  # a secured broker: the user may read only its own acks
+            client.username_pw_set(username, password)
+        if nodelay:  # as the agent and the collector do
+            client.on_socket_open = set_tcp_nodelay
+        client.max_inflight_messages_set(0)  # unlimited: the broker is the bottleneck
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        return client
+
+    def attach(self, host: str, port: int, *, nodelay: bool) -> Fleet:
+        """Point the fleet at another broker (after ``close()``): a new connection, with or
+        without TCP_NODELAY, statistics and un-acked batches cleared. Call ``connect()``."""
+        self.broker = (host, port)
+        self.client = self._new_client(None, nodelay)
+        self._subscribed.clear()
+        with self._lock:
+            self._pending.clear()
+        self.reset_stats()
+        return self
 
     def connect(self, timeout: float = 10.0) -> Fleet:
         self.client.connect(*self.broker, keepalive=30)
@@ -272,18 +297,31 @@ class Fleet:
                             self.ack_times.append((now, entry[1]))
                         else:
                             self.rejected += 1
+            self._acks_came.notify_all()
 
     # --- generating and publishing --------------------------------------------------------------
 
-    def prepare(self, batches_per_host: int, *, backfill: bool = False) -> list[Prepared]:
-        """Encoded batches, round robin over the hosts (host 0 seq k, host 1 seq k, ...)."""
+    def prepare(self, batches_per_host: int, *, backfill: bool = False,
+                distinct: int | None = None) -> list[Prepared]:
+        """Encoded batches, round robin over the hosts (host 0 seq k, host 1 seq k, ...).
+
+        ``distinct``: simulate only that many batches per host and send their values again
+        after that (new sequence numbers and timestamps; counters step back then): about 3x
+        faster to generate, for loads of millions of samples."""
         out: list[Prepared] = []
-        for _ in range(batches_per_host):
+        samples = len(SERIES) * self.hosts[0].cycles
+        topics = {h.host: backfill_topic(h.host) if backfill else metrics_topic(h.host)
+                  for h in self.hosts}
+        seen: dict[str, list[dict[str, Any]]] = {h.host: [] for h in self.hosts}
+        for r in range(batches_per_host):
             for h in self.hosts:
-                batch = h.next_batch()
-                samples = len(SERIES) * h.cycles
-                topic = backfill_topic(h.host) if backfill else metrics_topic(h.host)
-                out.append((h.host, h.instance, batch["seq"], samples, topic,
+                if distinct is None or r < distinct:
+                    batch = h.next_batch()
+                    if distinct is not None:
+                        seen[h.host].append(batch)
+                else:
+                    batch = h.again(seen[h.host][r % distinct])
+                out.append((h.host, h.instance, batch["seq"], samples, topics[h.host],
                             self.encode(batch)))
         return out
 
@@ -321,6 +359,11 @@ class Fleet:
     def unacked(self) -> int:
         with self._lock:
             return len(self._pending)
+
+    def wait_unacked_below(self, n: int, timeout: float) -> bool:
+        """Until fewer than ``n`` batches are un-acked (True) or ``timeout`` s passed."""
+        with self._acks_came:
+            return self._acks_came.wait_for(lambda: len(self._pending) < n, timeout)
 
     def wait_acked(self, timeout: float) -> bool:
         """Until every published batch is acked (True) or ``timeout`` s passed (False)."""

@@ -69,19 +69,17 @@ REGISTRY: dict[str, Bench] = {
         "that makes per hour at 10 s (default [intervals])", quick=["--calls", "50"],
         full=["--calls", "300"], tiny=["--calls", "2", "--pause", "0"], timeout_quick=60,
         timeout_full=300),
-    "ingest": Bench("ingest.py", "end to end: a simulated fleet through Mosquitto into the "
-                    "collector, samples/s and latency", quick=["--quick"], timeout_quick=300,
-                    in_quick=False),
+    "ingest": Bench("ingest.py", "end to end through Mosquitto into the collector from "
+                    "publisher processes: stored samples/s with compaction running beside a bare "
+                    "acking subscriber (transport ceiling), back-log slope, ack lag, CPU per "
+                    "process tree, TCP_NODELAY on/off, same run", quick=["--quick"],
+                    tiny=["--runs", "1", "--seconds", "3", "--ceiling-seconds", "2",
+                          "--nodelay-seconds", "2", "--hosts", "50", "--max-rate", "100000"],
+                    timeout_quick=420, timeout_full=3600, in_quick=False),
     "ingest_cpu": Bench("ingest_cpu.py", "collector writer CPU per stored sample: the pure "
                         "decoder as it was vs the msgspec path, same run", quick=["--runs", "1"],
                         full=[], tiny=["--hosts", "20", "--rounds", "1", "--runs", "1"],
                         timeout_quick=300, timeout_full=900),
-    "ingest_sustained": Bench("ingest_sustained.py", "stored samples/s with compaction running "
-                              "beside a bare acking subscriber (transport ceiling), same run",
-                              quick=["--runs", "1", "--seconds", "30"],
-                              tiny=["--runs", "1", "--seconds", "2", "--hosts", "50",
-                                    "--batches", "200", "--ceiling-batches", "400"],
-                              timeout_quick=600, timeout_full=2400, in_quick=False),
     "query": Bench("query.py", "collector API query latency over stored data", quick=["--quick"]),
     "offline": Bench("offline.py", "agent through a broker outage: buffer growth and back-fill",
                      quick=["--quick"]),
