@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from edgemon.protocol.schema import ValidBatch
 
 __all__ = ["BASED_DICTIONARY_ID", "DICTIONARY_ID", "FAST_LEVEL", "ZSTD_LEVEL", "decode",
-           "decode_batch", "dictionary", "encode"]
+           "decode_batch", "dictionary", "encode", "published_dictionaries"]
 
 ZSTD_LEVEL: Final = 19  # batches are small and sent once a minute: spend CPU on bytes
 FAST_LEVEL: Final = 3  # for re-encoding received batches (the collector): spend little CPU
@@ -32,6 +32,12 @@ _FRAME_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 _DICTIONARIES = Path(__file__).parent / "dictionaries"
 
 _local = threading.local()  # zstd contexts are not thread-safe: one set per thread
+
+
+def published_dictionaries() -> dict[int, bytes]:
+    """Every published dictionary's bytes by ID (``dictionaries/<id>.zdict``), in ID order."""
+    found = {int(p.stem): p for p in _DICTIONARIES.glob("*.zdict") if p.stem.isdigit()}
+    return {i: found[i].read_bytes() for i in sorted(found) if i > 0}
 
 
 @cache

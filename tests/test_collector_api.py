@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
+import zstandard
 from aiohttp.test_utils import TestClient, TestServer
 
 from edgemon.collector.http.api import auto_step_ms, create_app, parse_time_ms
@@ -238,5 +242,41 @@ def test_only_a_bad_request_is_a_400_an_internal_error_is_a_500_with_a_traceback
         [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert "GET /edgemon/api/v1/hosts failed" in record.getMessage()
         assert record.exc_info is not None and "a bug" in str(record.exc_info[1])
+
+    api(storage, t)
+
+
+def test_the_published_dictionaries_are_served_with_their_digests(storage: MemoryStorage
+                                                                  ) -> None:
+    """A reader that meets a dictionary it lacks (SPEC.md §2) fetches it from the collector and
+    checks it: the bytes are the published file's, the digest is theirs, and the based test
+    vector decodes with what was fetched."""
+    vectors = Path(__file__).resolve().parents[1] / "protocol" / "vectors"
+    files = Path(__file__).resolve().parents[1] / "protocol" / "dictionaries"
+
+    async def t(client: TestClient) -> None:
+        listed = (await get_json(client, "/edgemon/api/v1/dictionaries"))["dictionaries"]
+        on_disk = sorted(int(p.stem) for p in files.glob("*.zdict"))
+        assert [d["id"] for d in listed] == on_disk and {1, 2} <= set(on_disk)
+        fetched: dict[int, bytes] = {}
+        for d in listed:
+            resp = await client.get(d["url"])
+            assert resp.status == 200 and resp.content_type == "application/octet-stream"
+            body = await resp.read()
+            assert body == (files / f"{d['id']}.zdict").read_bytes()
+            assert hashlib.sha256(body).hexdigest() == d["sha256"] and len(body) == d["size"]
+            assert resp.headers["ETag"] == f'"{d["sha256"]}"'
+            again = await client.get(d["url"], headers={"If-None-Match": resp.headers["ETag"]})
+            assert again.status == 304 and not await again.read()
+            fetched[d["id"]] = body
+        frame = bytes.fromhex((vectors / "v1-based.hex").read_text().split()[0])
+        assert zstandard.get_frame_parameters(frame).dict_id == 2
+        plain = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(
+            fetched[2], dict_type=zstandard.DICT_TYPE_FULLDICT)).decompress(frame)
+        expected = json.loads((vectors / "v1-based.json").read_text())
+        assert msgpack.unpackb(plain) == expected  # the based vector, read with what was fetched
+        assert "error" in await get_json(client, "/edgemon/api/v1/dictionaries/999", 404)
+        for bad in ("abc", "-1", "1e3", "9" * 30):
+            assert "error" in await get_json(client, f"/edgemon/api/v1/dictionaries/{bad}", 400)
 
     api(storage, t)

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edgemon.collector.http import dictionaries
 from edgemon.collector.http.responses import (
     ERROR_SCHEMA,
     JSON_CONTENT,
@@ -435,6 +436,8 @@ def create_app(storage: Storage, *, executor: Executor | None = None,
     app = web.Application(middlewares=[errors_middleware, *middlewares],
                           client_max_size=client_max_size)
     document = accounting.merge_openapi(copy.deepcopy(OPENAPI))
+    document["paths"].update(dictionaries.OPENAPI_PATHS)
+    document["components"]["schemas"].update(dictionaries.OPENAPI_SCHEMAS)
     app[OPENAPI_KEY] = extend_openapi(document) if extend_openapi else document
     app.router.add_routes(extra_routes)
     app[STORAGE_KEY] = storage
@@ -448,6 +451,7 @@ def create_app(storage: Storage, *, executor: Executor | None = None,
     app.router.add_get("/edgemon/api/v1/query", query_handler)
     app.router.add_get("/edgemon/api/v1/gaps", gaps_handler)
     app.router.add_get(accounting.PATH, accounting.handler)
+    dictionaries.add_routes(app)
     app.router.add_get("/edgemon/api/v1/openapi.json", openapi_handler)
     app.router.add_get("/healthz", healthz_handler)
     app.router.add_get("/readyz", readyz_handler)
