@@ -478,7 +478,7 @@ def results_md(summary: dict[str, Any], results: dict[str, Any], plots: list[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short windows: a few minutes per benchmark")
+    parser.add_argument("--quick", action="store_true", help="short windows, minutes each")
     parser.add_argument("--only", help="comma-separated names: " + ", ".join(REGISTRY))
     parser.add_argument("--out", type=Path, default=HERE,
                         help="where results/, RESULTS.md and plots go (default: benchmarks/)")
