@@ -12,10 +12,13 @@ Per run, on a private Mosquitto (``ingest.start_broker``: unbounded in-flight wi
    process, TCP_NODELAY): it reads instance and seq from the first bytes of each batch and acks
    at once, storing nothing. What MQTT and paho carry on this machine;
 2. collector: the same publishers against a real collector (``edgemon-collector run``, default
-   storage settings, compaction every 2 s) for ``S`` seconds.
+   storage settings, compaction every 2 s) for ``S`` seconds, once per ``--workers`` setting
+   (``[ingest] workers``: 0 = decode in the collector's own process, N = N worker processes).
 
 Reported per run: acked (= durably stored) samples/s over the timed window, ack lag p50/p99,
-CPU of the collector, the broker and the publishers (share of one core, from /proc), and the
+CPU of the collector (its main process and each child: ingest workers, their forkserver), the
+broker and the publishers (share of one core, from /proc), the collector's peak RSS (main
+process + children, sampled every second), and the
 samples waiting for compaction at 10 s intervals and at the end (read from the collector's
 database, read-only). min / median / max over the runs. Writes
 ``benchmarks/results/ingest_sustained.json``. Figures from a loaded machine are only comparable
@@ -25,6 +28,7 @@ within one run: the ratio to the ceiling is the figure that travels.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import shutil
@@ -40,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import msgpack
 import paho.mqtt.client as mqtt
+import psutil
 import zstandard
 from _common import table, write_result
 from fleet import Fleet
@@ -130,8 +135,25 @@ def publisher(index: int, port: int, hosts: int, batches: int, window: int, seco
              "rejected": s["rejected"], "unacked": s["unacked"]})
 
 
+def family(pid: int) -> dict[str, int]:
+    """The collector's process and its children (ingest workers, the forkserver), by name."""
+    out = {"collector": pid}
+    with contextlib.suppress(psutil.Error):
+        for i, child in enumerate(psutil.Process(pid).children(recursive=True)):
+            out[f"collector.{child.name()[:24]}.{i}"] = child.pid
+    return out
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            total += psutil.Process(pid).memory_info().rss
+    return total / (1 << 20)
+
+
 def run_publishers(port: int, args: argparse.Namespace, batches: int, watch: dict[str, int],
-                   db: Path | None) -> dict[str, Any]:
+                   db: Path | None, on_go: Any = None) -> dict[str, Any]:
     ctx = mp.get_context("fork")
     go, out = ctx.Event(), ctx.Queue()
     prepared = ctx.Semaphore(0)
@@ -146,11 +168,18 @@ def run_publishers(port: int, args: argparse.Namespace, batches: int, watch: dic
     watch = {**watch, **{f"publisher{i}": p.pid for i, p in enumerate(procs)}}
     cpu0 = {k: cpu_seconds(pid) for k, pid in watch.items()}
     backlog: list[tuple[float, int]] = []
+    collector = [pid for k, pid in watch.items() if k.startswith("collector")]
+    peak_rss = 0.0
     t0 = time.monotonic()
     go.set()
+    if on_go is not None:
+        on_go()
+    next_backlog = t0 + 10
     while any(p.is_alive() for p in procs) and time.monotonic() - t0 < args.seconds:
-        time.sleep(min(10.0, max(0.1, args.seconds - (time.monotonic() - t0))))
-        if db is not None:
+        time.sleep(min(1.0, max(0.1, args.seconds - (time.monotonic() - t0))))
+        peak_rss = max(peak_rss, rss_mb(collector))
+        if db is not None and time.monotonic() >= next_backlog:
+            next_backlog += 10
             backlog.append((round(time.monotonic() - t0, 1), pending_samples(db)))
     wall = time.monotonic() - t0
     cpu = {k: round((cpu_seconds(pid) - cpu0[k]) / wall, 3) for k, pid in watch.items()
@@ -167,6 +196,7 @@ def run_publishers(port: int, args: argparse.Namespace, batches: int, watch: dic
         "lag_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1)
         if lat else None,
         "cpu_share_of_one_core": cpu,
+        "collector_peak_rss_mb": round(peak_rss, 1) if collector else None,
         "backlog_samples": backlog,
         "publishers_ran_out": any(r["exhausted"] for r in results),
         "rejected": sum(r["rejected"] for r in results),
@@ -210,18 +240,54 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         stop_sub.set()
         sub.join(10)
         print(f"  ceiling: {result['ceiling']['stored_samples_per_s']:,} samples/s", flush=True)
-        collector, _http, db = start_collector(work, port)
-        result["collector"] = run_publishers(
-            port, args, args.batches, {"broker": broker.pid, "collector": collector.pid}, db)
-        result["collector"]["backlog_at_end"] = pending_samples(db)
-        print(f"  collector: {result['collector']['stored_samples_per_s']:,} samples/s, "
-              f"backlog {result['collector']['backlog_at_end']:,}", flush=True)
+        for workers in args.workers:
+            phase = collector_phase(workers)
+            run_dir = work / phase
+            run_dir.mkdir()
+            collector, _http, db = start_collector(
+                run_dir, port, ingest=f"queue_max = 20000\npast_tolerance_days = 30\n"
+                f"workers = {workers}\n")
+            deadline = time.monotonic() + 60  # ready before its workers are: wait for them
+            while len(family(collector.pid)) < 1 + workers + (workers > 0) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.2)
+            spy: list[Any] = []
+            pid = collector.pid
+            try:
+                result[phase] = run_publishers(
+                    port, args, args.batches, {"broker": broker.pid, **family(collector.pid)},
+                    db, on_go=lambda pid=pid, w=workers, spy=spy: spy.append(
+                        profile(args, pid, f"w{w}")))
+                result[phase]["backlog_at_end"] = pending_samples(db)
+            finally:
+                for p in spy:
+                    if p is not None:
+                        p.wait(args.seconds + 120)
+                stop(collector)
+                collector = None
+            print(f"  {phase}: {result[phase]['stored_samples_per_s']:,} samples/s, "
+                  f"backlog {result[phase]['backlog_at_end']:,}", flush=True)
     finally:
         for proc in (collector, broker):
             if proc is not None:
                 stop(proc)
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def profile(args: argparse.Namespace, pid: int, name: str) -> Any:
+    """``py-spy record`` of the collector and its worker processes over the timed window
+    (``--profile DIR``: raw collapsed stacks, one file per phase), or None."""
+    if args.profile is None:
+        return None
+    import subprocess
+
+    out = Path(args.profile) / f"{name}-{pid}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([shutil.which("py-spy") or "py-spy", "record", "--subprocesses",
+                             "--nonblocking", "-r", "50", "-p", str(pid), "-d",
+                             str(int(args.seconds)), "-f", "raw", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def spread(values: list[float]) -> str:
@@ -231,11 +297,18 @@ def spread(values: list[float]) -> str:
     return " / ".join(f"{v:,.0f}" for v in (min(vals), statistics.median(vals), max(vals)))
 
 
+def collector_phase(workers: int) -> str:
+    return f"collector, workers = {workers}"
+
+
 def cpu_cell(rs: list[dict[str, Any]], receiver: str) -> str:
-    """Median CPU (% of one core) of the receiver, the broker and all publishers together."""
+    """Median CPU (% of one core) of the receiver (main process + children, and the main
+    process alone), the broker and all publishers together."""
     def median_of(pick: Any) -> str:
         return f"{100 * statistics.median(pick(r['cpu_share_of_one_core']) for r in rs):.0f}"
-    return " / ".join((median_of(lambda c: c.get(receiver, 0)),
+    return " / ".join((median_of(lambda c: sum(v for k, v in c.items()
+                                               if k.split(".")[0] == receiver)) +
+                       f" ({median_of(lambda c: c.get(receiver, 0))})",
                        median_of(lambda c: c.get("broker", 0)),
                        median_of(lambda c: sum(v for k, v in c.items()
                                                if k.startswith("publisher")))))
@@ -252,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="pre-encoded batches per publisher for the collector phase")
     ap.add_argument("--ceiling-batches", type=int, default=60_000)
     ap.add_argument("--label", default="", help="results file suffix (e.g. the code measured)")
+    ap.add_argument("--profile", help="py-spy the collector phases into this directory")
+    ap.add_argument("--workers", type=lambda text: [int(x) for x in text.split(",")],
+                    default=[0, 2], help="[ingest] workers settings to run, e.g. 0,1,2")
     args = ap.parse_args(argv)
     runs = []
     name = "ingest_sustained" + (f"_{args.label}" if args.label else "")
@@ -260,24 +336,36 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(one_run(args))
         write_result(name, {"args": vars(args), "runs": runs, "complete": False})  # so far
     rows = []
-    for phase in ("ceiling", "collector"):
+    phases = ["ceiling", *map(collector_phase, args.workers)]
+    for phase in phases:
         rs = [r[phase] for r in runs]
         rows.append({
             "phase": phase,
             "stored samples/s (min / med / max)": spread([r["stored_samples_per_s"] for r in rs]),
             "ack lag p50 ms": spread([r["lag_p50_ms"] for r in rs]),
             "ack lag p99 ms": spread([r["lag_p99_ms"] for r in rs]),
-            "CPU % (receiver / broker / publishers)": cpu_cell(
+            "CPU % (receiver total (main) / broker / publishers)": cpu_cell(
                 rs, "subscriber" if phase == "ceiling" else "collector"),
+            "peak RSS MB": spread([r.get("collector_peak_rss_mb") for r in rs]),
             "backlog at end": spread([r.get("backlog_at_end") for r in rs]),
         })
-    ratio = [r["collector"]["stored_samples_per_s"] / r["ceiling"]["stored_samples_per_s"]
-             for r in runs]
     print(f"{args.runs} run(s) of {args.seconds:.0f} s per phase, {args.publishers} publishers x "
           f"window {args.window}; loaded 2-core machine")
     print(table(rows, list(rows[0])))
-    print("collector / ceiling: " + " / ".join(f"{x:.1%}" for x in
-                                             (min(ratio), statistics.median(ratio), max(ratio))))
+    ratio: dict[str, list[float]] = {}
+    for phase in phases[1:]:
+        ratio[phase] = [r[phase]["stored_samples_per_s"] / r["ceiling"]["stored_samples_per_s"]
+                        for r in runs]
+        print(f"{phase} / ceiling: " + " / ".join(
+            f"{x:.1%}" for x in (min(ratio[phase]), statistics.median(ratio[phase]),
+                                 max(ratio[phase]))))
+    if len(phases) > 2:
+        base = phases[1]
+        for phase in phases[2:]:
+            rel = [r[phase]["stored_samples_per_s"] / r[base]["stored_samples_per_s"]
+                   for r in runs]
+            print(f"{phase} / {base}: " + " / ".join(
+                f"{x:.2f}x" for x in (min(rel), statistics.median(rel), max(rel))))
     path = write_result(name, {"args": vars(args), "runs": runs, "ratio_to_ceiling": ratio,
                                "complete": True})
     print(f"wrote {path}")

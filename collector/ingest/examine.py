@@ -26,6 +26,7 @@ The per-host facts it needs from the collector come with the call:
 from __future__ import annotations
 
 import traceback
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
@@ -58,7 +59,9 @@ Admit = Callable[[str, list[SeriesKey], int], dict[SeriesKey, str]]
 @dataclass(slots=True)
 class BatchHead:
     """What storage and the fleet view read of a stored batch (``ValidBatch``'s fields by the
-    same names): ``metrics`` holds only the metrics the fleet view watches."""
+    same names): ``metrics`` holds only the metrics the fleet view watches, each series entry
+    cut to its last sample (``[labels, offset of that sample, [its value]]``: the newest value
+    of each series, all that ``http/fleet.py`` reads)."""
 
     host: str
     instance: str
@@ -76,10 +79,19 @@ class BatchHead:
     def last_timestamp(self) -> int:
         return last_timestamp(self.t)
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled small and quickly (workers' answers)
+        return BatchHead, (self.host, self.instance, self.seq, self.sent, self.t, self.metrics,
+                           self.sample_count)
+
     @classmethod
     def of(cls, batch: ValidBatch) -> BatchHead:
-        return cls(batch.host, batch.instance, batch.seq, batch.sent, batch.t,
-                   [m for m in batch.metrics if m[0] in WATCHED], batch.sample_count)
+        watched = [[name, kind, unit, scale, keys,
+                    [[labels, offset + len(deltas) - 1, [sum(deltas)]]
+                     for labels, offset, deltas in entries]]
+                   for name, kind, unit, scale, keys, entries in batch.metrics
+                   if name in WATCHED]
+        return cls(batch.host, batch.instance, batch.seq, batch.sent, batch.t, watched,
+                   batch.sample_count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +113,19 @@ class Facts:
     head: BatchHead | None = None  # (in-process, ``whole_batches``: the ValidBatch itself)
     payload: bytes | None = None  # the bytes to store; None: the received ones
     dropped: dict[str, tuple[int, str]] | None = None  # series left out: reason -> (n, example)
-    series: list[int] | None = None  # hashes of the series to store, not yet admitted
+    # hashes of the series to store, not yet admitted (``series_hash``; native 64-bit unsigned
+    # integers, ``memoryview(series).cast("Q")`` reads them)
+    series: bytes | None = None
     referencing: bool = False
     status: dict[str, Any] | None = None
     catalogue: CatalogueHead | None = None
     need: tuple[str, str] | None = None  # (host, catalogue id) to supply
     trace: str | None = None  # an unexpected decoder error's traceback, for the log
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled small and quickly (workers' answers)
+        return Facts, (self.kind, self.host, self.reason, self.detail, self.batch_key, self.head,
+                       self.payload, self.dropped, self.series, self.referencing, self.status,
+                       self.catalogue, self.need, self.trace)
 
 
 class NeedCatalogue(Exception):
@@ -203,11 +222,11 @@ class Examiner:
         if late is not None:
             return Facts("reject", host, reason=late[0], detail=late[1], batch_key=key)
         stored: bytes | None = None
-        series: list[int] | None = None
+        series: bytes | None = None
         refusals = screen(batch)
         keys = [k for k in series_keys(batch.metrics) if k not in refusals]
         if admit is None:
-            series = [series_hash(k, self.salt) for k in keys]
+            series = array("Q", [series_hash(k, self.salt) for k in keys]).tobytes()
         else:
             for k, reason in admit(host, keys, received_ms).items():
                 refusals[k] = Refusal(reason, f"{k[0]}: over the host's bound of "

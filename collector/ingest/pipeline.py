@@ -105,6 +105,8 @@ class IngestStats:
     acks_published: int = 0
     catalogues_stored: int = 0  # series catalogues stored and acknowledged (SPEC.md §9)
     referencing_batches: int = 0  # batches received naming a catalogue instead of inline
+    worker_restarts: int = 0  # ingest worker processes started again after dying (workers.py)
+    worker_crashes: int = 0  # messages that killed a worker twice (rejected "worker_crash")
     host_lag_ms: dict[str, int] = field(default_factory=dict)
     host_last_received_ms: dict[str, int] = field(default_factory=dict)
 
@@ -317,12 +319,15 @@ class IngestPipeline:
         again = []
         for i, f in enumerate(facts):
             if f.series and f.host is not None:
-                refused = self.series_limits.admit_hashes(f.host, f.series, msgs[i].received_ms)
+                refused = self.series_limits.admit_hashes(
+                    f.host, memoryview(f.series).cast("Q"), msgs[i].received_ms)
                 if refused:
                     tasks[i] = replace(tasks[i], refused=refused)
                     again.append(i)
         if again:
             facts = await self._examined(tasks, again, facts)
+        self.stats.worker_restarts = self.pool.restarts
+        self.stats.worker_crashes = self.pool.crashed
         return [self._outcome(m, f) for m, f in zip(msgs, facts, strict=True)]
 
     async def _examined(self, tasks: list[Task], which: list[int], facts: list[Any]
