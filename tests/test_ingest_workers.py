@@ -195,6 +195,13 @@ def test_a_payload_that_kills_its_worker_twice_is_rejected_and_nothing_else(
         assert pool.restarts == 2 and pool.crashed == 1
         assert rig.rejects.by_reason() == {"worker_crash": 1}
         assert _all_stored(rig.ingest(_group(rig, 30, 2)))  # the pool works on
+        # the poisoning host's next messages are not examined for a while: no more restarts
+        again = rig.ingest([(b"edgemon/v1/h-poison/metrics", poison_worker.POISON),
+                            (b"edgemon/v1/h-poison/metrics", _good("h-poison", 3)),
+                            *_group(rig, 3, 3)])
+        assert [(o.host, o.reason) for o in again[:2]] == [("h-poison", "worker_crash")] * 2
+        assert _all_stored(again[2:])
+        assert pool.restarts == 2 and pool.crashed == 1
     finally:
         _close(rig)
 
@@ -280,3 +287,24 @@ def test_referencing_batches_are_resolved_by_every_worker_and_stored_inline(
             loop.run_until_complete(pipeline.close_pool())
     loop.close()
     storage.close()
+
+
+def test_workers_setting_is_validated_by_check_config(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    def check(text: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "collector.toml"
+        path.write_text(text)
+        path.chmod(0o600)
+        return subprocess.run([sys.executable, "-m", "edgemon.collector.cli", "check-config",
+                               "-c", str(path)], capture_output=True, text=True, timeout=30,
+                              env={"PATH": "/usr/bin:/bin"})
+
+    bad = check("[ingest]\nworkers = -1\n")
+    assert bad.returncode == 2 and "ingest.workers" in bad.stderr, bad
+    ok = check("[ingest]\nworkers = 0\n")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout.split("\n", 1)[1])["ingest"]["workers"] == 0
+    assert IngestConfig().workers == 1  # the default the benchmark justified on 2 cores

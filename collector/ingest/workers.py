@@ -14,7 +14,10 @@ or does not answer within ``HANG_SECONDS`` is (killed and) started again by its 
 message of the chunk it held is then examined once more, alone, on the new worker. A message
 that kills a worker a second time is answered ``Facts(kind="reject", reason="worker_crash")``
 (PUBACKed and counted, not acknowledged to its agent, which keeps the batch and sends it again
-later); nothing else is lost or refused. ``restarts`` and ``crashed`` count both for /metrics.
+later); nothing else is lost or refused. For ``QUARANTINE_SECONDS`` after that, the host's
+messages are answered the same way without being examined: a host sending poison cannot keep
+the workers restarting (its agent sends them again later: nothing of it is lost either).
+``restarts`` and ``crashed`` count both for /metrics.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ __all__ = ["HANG_SECONDS", "Task", "WorkerPool"]
 log = logging.getLogger("edgemon.collector.ingest.workers")
 
 HANG_SECONDS: Final = 10.0  # no answer to one chunk for this long: the worker is stuck
+QUARANTINE_SECONDS: Final = 60.0  # a host whose message killed a worker twice: not examined
+MAX_QUARANTINED: Final = 10_000
 CHUNK: Final = 16  # messages per chunk at most: a crash costs a chunk's re-examination
 _WORKER_MODULE: Final = "edgemon.collector.ingest.workers"
 
@@ -145,7 +150,9 @@ class _Slot:
                 out.extend(self._call([task]))
             except _Died as died:
                 self.pool.crashed += 1
-                out.append(_crashed(task, str(died)))
+                crashed = _crashed(task, f"an ingest worker died examining it twice ({died})")
+                self.pool.quarantine(crashed.host)
+                out.append(crashed)
                 self._restart(died)
         return out
 
@@ -168,6 +175,8 @@ class _Slot:
             proc.join(1.0)
             raise _Died(f"exit status {proc.exitcode}" if proc.exitcode is not None
                         else repr(exc)) from None
+        except Exception as exc:  # e.g. an answer that does not unpickle: start afresh
+            raise _Died(repr(exc)[:200]) from None
         finally:
             self.busy = False
         return facts
@@ -186,13 +195,15 @@ class _Slot:
                 time.sleep(1.0)
 
 
-def _crashed(task: Task, why: str) -> Facts:
+def _host(task: Task) -> str | None:
     try:
-        host: str | None = parse_topic(task.topic).host
+        return parse_topic(task.topic).host
     except ProtocolError:
-        host = None
-    return Facts("reject", host, reason="worker_crash",
-                 detail=f"an ingest worker died examining it twice ({why})")
+        return None
+
+
+def _crashed(task: Task, detail: str) -> Facts:
+    return Facts("reject", _host(task), reason="worker_crash", detail=detail)
 
 
 def _settle(future: asyncio.Future[list[Facts]], facts: list[Facts] | None,
@@ -223,6 +234,7 @@ class WorkerPool:
         self.slots = [_Slot(self, i) for i in range(workers)]
         self.restarts = 0  # worker processes started again after dying or hanging
         self.crashed = 0  # messages that killed a worker twice (rejected "worker_crash")
+        self.quarantined: dict[str | None, float] = {}  # host -> until (time.monotonic)
         self._started = False
 
     def start(self) -> None:
@@ -236,6 +248,22 @@ class WorkerPool:
     def started(self) -> bool:
         return self._started
 
+    def quarantine(self, host: str | None) -> None:
+        """Examine nothing of ``host`` for ``QUARANTINE_SECONDS`` (any thread)."""
+        now = time.monotonic()
+        held = self.quarantined
+        if len(held) >= MAX_QUARANTINED:
+            held = {h: t for h, t in held.items() if t > now}
+        held[host] = now + QUARANTINE_SECONDS
+        self.quarantined = held
+
+    def _held(self, task: Task, now: float) -> Facts | None:
+        until = self.quarantined.get(_host(task))
+        if until is None or until <= now:
+            return None
+        return _crashed(task, "not examined: a message of this host killed an ingest worker "
+                        f"twice less than {QUARANTINE_SECONDS:.0f} s ago")
+
     def pids(self) -> list[int]:
         return [slot.proc.pid for slot in self.slots if slot.proc is not None]
 
@@ -243,6 +271,15 @@ class WorkerPool:
         """The ``Facts`` of each task, in order (chunks spread over the workers)."""
         if not tasks:
             return []
+        if self.quarantined:
+            now = time.monotonic()
+            held = [self._held(t, now) for t in tasks]
+            if any(held):
+                rest = iter(await self.examine([t for t, h in zip(tasks, held, strict=True)
+                                                if h is None]))
+                return [h if h is not None else next(rest) for h in held]
+            if all(t <= now for t in self.quarantined.values()):
+                self.quarantined = {}
         loop = asyncio.get_running_loop()
         size = max(1, min(CHUNK, -(-len(tasks) // len(self.slots))))
         futures = []
