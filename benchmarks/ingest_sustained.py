@@ -2,6 +2,7 @@
 running, ack lag, collector CPU and the compaction back-log.
 
     python benchmarks/ingest_sustained.py [--seconds S] [--runs K] [--publishers P] [--window W]
+        [--workers 0,1,2] [--no-alerting] [--profile DIR]
 
 Per run, on a private Mosquitto (``ingest.start_broker``: unbounded in-flight window and queues,
 ``set_tcp_nodelay true``):
@@ -18,7 +19,8 @@ Per run, on a private Mosquitto (``ingest.start_broker``: unbounded in-flight wi
 Reported per run: acked (= durably stored) samples/s over the timed window, ack lag p50/p99,
 CPU of the collector (its main process and each child: ingest workers, their forkserver), the
 broker and the publishers (share of one core, from /proc), the collector's peak RSS (main
-process + children, sampled every second), and the
+process + children, sampled every second), the collector's CPU seconds per million samples
+stored (all its processes: what travels when other load takes CPU from it), and the
 samples waiting for compaction at 10 s intervals and at the end (read from the collector's
 database, read-only). min / median / max over the runs. Writes
 ``benchmarks/results/ingest_sustained.json``. Figures from a loaded machine are only comparable
@@ -246,9 +248,11 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
             run_dir.mkdir()
             collector, _http, db = start_collector(
                 run_dir, port, ingest=f"queue_max = 20000\npast_tolerance_days = 30\n"
-                f"workers = {workers}\n")
+                f"workers = {workers}\n" + ("" if args.alerting else
+                                             "[alerting]\nenabled = false\n"))
             deadline = time.monotonic() + 60  # ready before its workers are: wait for them
-            while len(family(collector.pid)) < 1 + workers + (workers > 0) and \
+            # with workers: the forkserver and multiprocessing's resource tracker too
+            while len(family(collector.pid)) < 1 + workers + 2 * (workers > 0) and \
                     time.monotonic() < deadline:
                 time.sleep(0.2)
             spy: list[Any] = []
@@ -294,7 +298,16 @@ def spread(values: list[float]) -> str:
     vals = [v for v in values if v is not None]
     if not vals:
         return "-"
-    return " / ".join(f"{v:,.0f}" for v in (min(vals), statistics.median(vals), max(vals)))
+    fmt = "{:,.2f}" if max(vals) < 10 else "{:,.0f}"
+    return " / ".join(fmt.format(v) for v in (min(vals), statistics.median(vals), max(vals)))
+
+
+def cpu_per_million(r: dict[str, Any], phase: str) -> float:
+    """CPU seconds the receiver (all its processes) spent per million samples stored: what
+    travels between runs on a machine whose other load takes CPU from the receiver."""
+    receiver = "subscriber" if phase == "ceiling" else "collector"
+    share = sum(v for k, v in r["cpu_share_of_one_core"].items() if k.split(".")[0] == receiver)
+    return share / max(1, r["stored_samples_per_s"]) * 1e6
 
 
 def collector_phase(workers: int) -> str:
@@ -326,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ceiling-batches", type=int, default=60_000)
     ap.add_argument("--label", default="", help="results file suffix (e.g. the code measured)")
     ap.add_argument("--profile", help="py-spy the collector phases into this directory")
+    ap.add_argument("--no-alerting", dest="alerting", action="store_false",
+                    help="collector without alert evaluation (default: the shipped rules)")
     ap.add_argument("--workers", type=lambda text: [int(x) for x in text.split(",")],
                     default=[0, 2], help="[ingest] workers settings to run, e.g. 0,1,2")
     args = ap.parse_args(argv)
@@ -346,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             "ack lag p99 ms": spread([r["lag_p99_ms"] for r in rs]),
             "CPU % (receiver total (main) / broker / publishers)": cpu_cell(
                 rs, "subscriber" if phase == "ceiling" else "collector"),
+            "receiver CPU s per 1 M samples": spread([cpu_per_million(r, phase) for r in rs]),
             "peak RSS MB": spread([r.get("collector_peak_rss_mb") for r in rs]),
             "backlog at end": spread([r.get("backlog_at_end") for r in rs]),
         })
