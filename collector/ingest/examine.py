@@ -14,7 +14,7 @@ The per-host facts it needs from the collector come with the call:
 
 * ``admit(host, keys, now_ms)``: the cardinality bound (``cardinality.SeriesLimits``), state
   shared by every message of the host. In a worker process it is not at hand: the examiner
-  then returns the hashes of the series it would store (``Facts.series``, ``series_hash``) and
+  then returns the hashes of the series it would store (``Facts.series``, ``series_hashes``) and
   the collector admits them; if it refuses some, it asks again with ``refused`` (hash ->
   reason), and the examiner drops those too.
 * catalogues (SPEC.md §9): the examiner caches those it decoded (``CatalogueCache``); one it
@@ -26,7 +26,6 @@ The per-host facts it needs from the collector come with the call:
 from __future__ import annotations
 
 import traceback
-from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
@@ -50,7 +49,7 @@ from edgemon.protocol.names import validate_instance_id
 from edgemon.protocol.schema import ValidBatch
 
 __all__ = ["Admit", "BatchHead", "CatalogueHead", "Examiner", "Facts", "NeedCatalogue",
-           "series_hash"]
+           "series_hashes"]
 
 # host, the series it would store, received_ms -> the refused ones with their reason
 Admit = Callable[[str, list[SeriesKey], int], dict[SeriesKey, str]]
@@ -113,8 +112,7 @@ class Facts:
     head: BatchHead | None = None  # (in-process, ``whole_batches``: the ValidBatch itself)
     payload: bytes | None = None  # the bytes to store; None: the received ones
     dropped: dict[str, tuple[int, str]] | None = None  # series left out: reason -> (n, example)
-    # hashes of the series to store, not yet admitted (``series_hash``; native 64-bit unsigned
-    # integers, ``memoryview(series).cast("Q")`` reads them)
+    # hashes of the series to store, not yet admitted (``series_hashes``)
     series: bytes | None = None
     referencing: bool = False
     status: dict[str, Any] | None = None
@@ -134,12 +132,12 @@ class NeedCatalogue(Exception):
         self.key = (host, ident)
 
 
-def series_hash(key: SeriesKey, salt: bytes) -> int:
-    """A 64-bit hash of a series, the same in every process given the same ``salt`` (the salt
-    is random per collector run: no one can choose colliding series)."""
-    name, labels = key
-    data = "\x00".join((name, *labels)).encode("utf-8", "surrogatepass")
-    return int.from_bytes(blake2b(data, digest_size=8, key=salt).digest(), "little")
+def series_hashes(keys: Iterable[SeriesKey], salt: bytes) -> bytes:
+    """A 64-bit hash of each series, packed (8 bytes each, ``memoryview(...).cast("Q")`` reads
+    them): the same in every process given the same ``salt`` (random per collector run: no one
+    can choose colliding series)."""
+    return b"".join([blake2b("\x00".join((name, *labels)).encode("utf-8", "surrogatepass"),
+                             digest_size=8, key=salt).digest() for name, labels in keys])
 
 
 @dataclass
@@ -150,7 +148,7 @@ class Examiner:
     load: Callable[[str, str], bytes | None] | None = None
     max_series: int = 0  # the cardinality bound, for the detail of a refused series
     max_new_per_hour: int = 0
-    salt: bytes = b""  # for ``series_hash`` (workers)
+    salt: bytes = b""  # for ``series_hashes`` (workers)
     # in-process: ``Facts.head`` is the decoded batch itself (nothing to send anywhere)
     whole_batches: bool = False
     catalogues: CatalogueCache = field(init=False)
@@ -226,7 +224,7 @@ class Examiner:
         refusals = screen(batch)
         keys = [k for k in series_keys(batch.metrics) if k not in refusals]
         if admit is None:
-            series = array("Q", [series_hash(k, self.salt) for k in keys]).tobytes()
+            series = series_hashes(keys, self.salt)
         else:
             for k, reason in admit(host, keys, received_ms).items():
                 refusals[k] = Refusal(reason, f"{k[0]}: over the host's bound of "
@@ -283,11 +281,7 @@ class Examiner:
 
 def _refusing(refused: dict[int, str], salt: bytes) -> Admit:
     """``admit`` for the second look at a batch: refuse the series the collector refused."""
-    def admit(_host: str, keys: Iterable[SeriesKey], _now_ms: int) -> dict[SeriesKey, str]:
-        out = {}
-        for k in keys:
-            reason = refused.get(series_hash(k, salt))
-            if reason is not None:
-                out[k] = reason
-        return out
+    def admit(_host: str, keys: list[SeriesKey], _now_ms: int) -> dict[SeriesKey, str]:
+        hashes = memoryview(series_hashes(keys, salt)).cast("Q")
+        return {k: refused[h] for k, h in zip(keys, hashes, strict=True) if h in refused}
     return admit

@@ -1,8 +1,12 @@
 """The ingest pipeline: inbox -> decode/validate -> one storage transaction -> PUBACK -> agent ack.
 
 All ingest writes (``store_batches``, ``record_status``) run in ONE dedicated writer thread;
-decoding and validation (zstd, msgspec's typed decoder or the pure reader, the schema: CPU work)
-run there too, never on the event loop. Storage maintenance (compaction) is not ingest's:
+decoding and validation (zstd, msgspec's typed decoder or the pure reader, the schema: CPU work;
+``examine.py``) run in ``[ingest] workers`` worker processes (``workers.py``; the event loop
+hands them each group and admits the series of each batch under its host's cardinality bound
+before the writer stores it, while the workers examine the next groups: collector/STORAGE.md,
+"Ingest processes"), or, with ``workers = 0``, in the writer thread as step 1 below says;
+never on the event loop. Storage maintenance (compaction) is not ingest's:
 ``storage.maintenance`` runs it in its own thread (the storage serialises writers itself).
 Per group of messages taken from the inbox (up to ``max_batch_per_txn``):
 
