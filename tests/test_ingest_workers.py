@@ -39,6 +39,7 @@ from tests.test_fuzz_ingest import (
     make_rig,
     now_ms,
 )
+from tests.test_protocol_catalogue import _Acks
 
 HOST_TOPIC = b"edgemon/v1/fuzz-host/metrics"
 
@@ -221,21 +222,6 @@ def test_a_worker_that_does_not_answer_is_killed_and_replaced(tmp_path: Path) ->
 
 
 # --- catalogues: supplied to whichever worker lacks one, on SQLite and PostgreSQL --------------
-
-class _Acks:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-
-    def ack(self, msg: RawMessage) -> bool:
-        return True
-
-    def publish_ack(self, host: str, instance: str, seqs: list[int], **kw: Any) -> bool:
-        self.sent.append((host, {"instance": instance, "acked": seqs, **kw}))
-        return True
-
-    def after_release(self) -> None:
-        pass
-
 
 def _message(topic: str, payload: bytes, mid: int) -> RawMessage:
     return RawMessage(topic=topic, payload=payload, mid=mid, qos=1, retain=False,

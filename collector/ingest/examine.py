@@ -71,10 +71,6 @@ class BatchHead:
     sample_count: int
 
     @property
-    def first_timestamp(self) -> int:
-        return self.t[0]
-
-    @property
     def last_timestamp(self) -> int:
         return last_timestamp(self.t)
 

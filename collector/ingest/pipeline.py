@@ -168,11 +168,8 @@ class IngestPipeline:
         while True:
             self.heartbeat = time.monotonic()
             if retry:
-                if self._stop.is_set():
-                    self._leave(retry)
+                if not await self._wait_to_retry(retry, backoff):
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), backoff)
                 msgs = retry + await self.inbox.get_many(max(0, limit - len(retry)), timeout=0)
             else:
                 msgs = await self.inbox.get_many(limit, timeout=1.0)  # 1 s: the heartbeat
@@ -189,10 +186,17 @@ class IngestPipeline:
         """Finish what is queued, then let ``run`` return (call ``inbox.close()`` first)."""
         self._stop.set()
 
-    def _leave(self, msgs: list[RawMessage]) -> None:
-        log.warning("storage unavailable at shutdown: leaving %d message(s) unacknowledged for "
-                    "the broker to deliver again", len(msgs))
-        self.inbox.release(msgs)
+    async def _wait_to_retry(self, retry: list[RawMessage], backoff: float) -> bool:
+        """Wait ``backoff`` seconds before storing ``retry`` again; False (and ``retry`` left
+        for the broker to deliver again) when stopping."""
+        if self._stop.is_set():
+            log.warning("storage unavailable at shutdown: leaving %d message(s) unacknowledged "
+                        "for the broker to deliver again", len(retry))
+            self.inbox.release(retry)
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), backoff)
+        return True
 
     async def process(self, msgs: list[RawMessage]) -> list[Outcome]:
         """Store one group, then acknowledge what is settled. What happened to each message.
@@ -283,11 +287,8 @@ class IngestPipeline:
                 raise feeder.exception()  # type: ignore[misc]
             outcomes: list[Outcome] | None = None
             if retry:
-                if self._stop.is_set():
-                    self._leave(retry)
+                if not await self._wait_to_retry(retry, backoff):
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), backoff)
                 try:
                     outcomes = await self._examine_pooled(retry)
                 except BaseException:
