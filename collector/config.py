@@ -301,7 +301,7 @@ class IngestConfig(_Section):
     max_new_series_per_hour: int = Field(1000, ge=1, le=10_000_000)
     # Worker processes that decode, validate and screen received batches (0: the writer thread
     # does, in the collector's own process). collector/STORAGE.md, "Ingest processes".
-    workers: int = Field(1, ge=0, le=64)
+    workers: int = Field(2, ge=0, le=64)
 
 
 class LogConfig(_Section):

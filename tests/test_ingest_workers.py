@@ -293,4 +293,4 @@ def test_workers_setting_is_validated_by_check_config(tmp_path: Path) -> None:
     ok = check("[ingest]\nworkers = 0\n")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout.split("\n", 1)[1])["ingest"]["workers"] == 0
-    assert IngestConfig().workers == 1  # the default the benchmark justified on 2 cores
+    assert IngestConfig().workers == 2  # the default the benchmark justified on 2 cores
