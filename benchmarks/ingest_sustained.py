@@ -370,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, list(rows[0])))
     ratio: dict[str, list[float]] = {}
     for phase in phases[1:]:
-        ratio[phase] = [r[phase]["stored_samples_per_s"] / r["ceiling"]["stored_samples_per_s"]
+        ratio[phase] = [r[phase]["stored_samples_per_s"]
+                        / max(1, r["ceiling"]["stored_samples_per_s"])
                         for r in runs]
         print(f"{phase} / ceiling: " + " / ".join(
             f"{x:.1%}" for x in (min(ratio[phase]), statistics.median(ratio[phase]),
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(phases) > 2:
         base = phases[1]
         for phase in phases[2:]:
-            rel = [r[phase]["stored_samples_per_s"] / r[base]["stored_samples_per_s"]
+            rel = [r[phase]["stored_samples_per_s"] / max(1, r[base]["stored_samples_per_s"])
                    for r in runs]
             print(f"{phase} / {base}: " + " / ".join(
                 f"{x:.2f}x" for x in (min(rel), statistics.median(rel), max(rel))))
