@@ -299,6 +299,9 @@ class IngestConfig(_Section):
     # max_series_per_host are in. Series beyond are dropped (counted); the rest keep flowing.
     max_series_per_host: int = Field(5000, ge=1, le=10_000_000)
     max_new_series_per_hour: int = Field(1000, ge=1, le=10_000_000)
+    # Worker processes that decode, validate and screen received batches (0: the writer thread
+    # does, in the collector's own process). collector/STORAGE.md, "Ingest processes".
+    workers: int = Field(2, ge=0, le=64)
 
 
 class LogConfig(_Section):

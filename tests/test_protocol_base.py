@@ -10,6 +10,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from edgemon.collector.ingest.workers import _slot_of
 from edgemon.protocol import ProtocolError, encode
 from edgemon.protocol.base import (
     UNKNOWN_BASE,
@@ -181,8 +182,8 @@ def test_ingest_resolves_a_based_batch_from_memory_then_from_the_stored_base(
         assert decode_received(storage.stored_batch("h-a", "inst", seq), {}.get)[0].to_map() \
             == inline  # stored resolved: it reads on its own
         lasts = last_values(inline["metrics"])
-        pipeline.bases._cached.clear()  # as after a restart: the next one reads the stored base
-    assert pipeline.bases.storage_reads == 1
+        pipeline.examiner.bases._cached.clear()  # as after a restart: the stored base is read
+    assert pipeline.examiner.bases.storage_reads == 1
     # a base this collector never stored: unknown_base, and the agent is told which batch
     inline = _series(9, 10**13)
     _m, _i, referencing = compact(inline, metrics)
@@ -191,3 +192,53 @@ def test_ingest_resolves_a_based_batch_from_memory_then_from_the_stored_base(
     assert (outcome.kind, outcome.reason) == ("reject", UNKNOWN_BASE)
     assert acks.sent[-1] == ("h-a", {"instance": "inst", "acked": [], "rejected": [9],
                                      "reason": UNKNOWN_BASE})
+
+
+def test_ingest_workers_resolve_based_batches_from_their_own_cache_and_after_a_restart(
+        ingest: Any) -> None:  # noqa: F811
+    """With worker processes (``[ingest] workers``) each host's batches go to one worker, whose
+    cache holds the base; a worker started again (its cache gone) is given the stored base; a
+    base that was never stored is still ``unknown_base``. Two hosts on different workers."""
+    import os
+    import signal
+
+    pipeline, storage, _acks = ingest
+    pipeline.loop.run_until_complete(pipeline.start_pool())
+    try:
+        assert pipeline.pool is not None and len(pipeline.pool.pids()) == 2
+        assert {_slot_of(metrics_topic(h), 2) for h in ("h-a", "h-d")} == {0, 1}
+        state: dict[str, Any] = {}
+        mid = 1
+        for host in ("h-a", "h-d"):
+            first = dict(_series(1, 10**12), host=host)
+            metrics, ident, referencing = compact(first)
+            message = encode_catalogue(host=host, instance="inst", metrics=metrics, ident=ident)
+            _run(pipeline, _message(catalogue_topic(host), message, mid))
+            [stored] = _run(pipeline, _message(metrics_topic(host), encode(referencing), mid + 1))
+            assert stored.result.stored, stored
+            state[host] = (metrics, last_values(first["metrics"]))
+            mid += 2
+        for seq in (2, 3, 4):
+            if seq == 4:  # every worker starts again with nothing cached
+                for pid in pipeline.pool.pids():
+                    os.kill(pid, signal.SIGKILL)
+            for host in ("h-a", "h-d"):
+                metrics, lasts = state[host]
+                inline = dict(_series(seq, 10**12 + 12000 * seq), host=host)
+                _m, _i, referencing = compact(inline, metrics)
+                based = encode(rebase(referencing, metrics, lasts, seq - 1),
+                               dict_id=BASED_DICTIONARY_ID)
+                [outcome] = _run(pipeline, _message(metrics_topic(host), based, mid))
+                mid += 1
+                assert outcome.kind == "metrics" and outcome.result.stored, (seq, host, outcome)
+                assert decode_received(storage.stored_batch(host, "inst", seq), {}.get
+                                       )[0].to_map() == inline
+                state[host] = (metrics, last_values(inline["metrics"]))
+        metrics, lasts = state["h-d"]
+        _m, _i, referencing = compact(dict(_series(9, 10**13), host="h-d"), metrics)
+        based = encode(rebase(referencing, metrics, lasts, 7), dict_id=BASED_DICTIONARY_ID)
+        [outcome] = _run(pipeline, _message(metrics_topic("h-d"), based, mid))
+        assert (outcome.kind, outcome.reason) == ("reject", UNKNOWN_BASE)
+        assert pipeline.pool.restarts >= 1
+    finally:
+        pipeline.loop.run_until_complete(pipeline.close_pool())

@@ -72,6 +72,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "schema", "storage_error", "too_large", "too_many_extension_elements", "too_many_keys",
     "too_many_label_values", "too_many_metrics", "too_many_samples", "trailing_bytes",
     "unexpected_topic", "unknown_base", "unknown_catalogue", "unknown_dictionary", "version",
+    "worker_crash",
 )
 # Every reason series are dropped from a stored batch for (``series_rejects_total{reason}``).
 SERIES_REJECT_REASONS: tuple[str, ...] = (
@@ -105,6 +106,10 @@ _STATS_COUNTERS: tuple[tuple[str, str, str], ...] = (
      "acknowledged (protocol SPEC.md §9)"),
     ("referencing_batches_total", "referencing_batches", "Batches received naming a series "
      "catalogue instead of carrying it inline"),
+    ("worker_restarts_total", "worker_restarts", "Ingest worker processes started again after "
+     "dying or hanging ([ingest] workers)"),
+    ("worker_crashes_total", "worker_crashes", "Messages that killed an ingest worker twice "
+     "(rejected, reason worker_crash)"),
 )
 # (full name, attribute of MqttIngest, help) of the plain MQTT counters
 _M = PREFIX + "mqtt_"

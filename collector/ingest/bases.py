@@ -11,34 +11,47 @@ out) make the batch ``unknown_base``, and the agent sends it again inline. Nothi
 needed for a stored batch to be read: batches are stored resolved.
 
 Bounded: at most ``MAX_CACHED_SERIES`` series over all instances (least recently used go first).
-Used from the writer thread only.
+One per examiner (``examine.py``): the writer thread's, or each ingest worker process's, which
+sees every batch of the hosts routed to it (``workers.py``). ``load(host, instance, seq)`` reads
+a stored batch (the storage, in-process); without it (a worker) a miss raises ``NeedBase`` and
+the collector supplies the stored batch with the next try (``supplied``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from edgemon.collector.storage.base import Storage
 from edgemon.protocol import ProtocolError, decode_batch
 from edgemon.protocol.base import base_values, last_values
 
 if TYPE_CHECKING:
     from edgemon.protocol.catalogue import Catalogue
 
-__all__ = ["MAX_CACHED_SERIES", "BaseCache"]
+__all__ = ["MAX_CACHED_SERIES", "BaseCache", "NeedBase", "read_stored"]
 
 log = logging.getLogger("edgemon.collector.ingest.bases")
 
 MAX_CACHED_SERIES = 200_000  # about 40 MB of keys and values at worst
 
 Lasts = dict[tuple[str, tuple[str, ...]], int]
+BaseKey = tuple[str, str, int]  # host, instance, seq
+
+
+class NeedBase(Exception):
+    """A worker's cache lacks a base: the collector reads it from the storage and asks again."""
+
+    def __init__(self, key: BaseKey) -> None:
+        super().__init__(*key)
+        self.key = key
 
 
 class BaseCache:
-    def __init__(self, storage: Storage, max_series: int = MAX_CACHED_SERIES) -> None:
-        self.storage = storage
+    def __init__(self, load: Callable[[str, str, int], bytes | None] | None = None,
+                 max_series: int = MAX_CACHED_SERIES) -> None:
+        self.load = load
         self.max_series = max_series
         self._cached: OrderedDict[tuple[str, str], tuple[int, Lasts]] = OrderedDict()
         self._series = 0
@@ -64,34 +77,45 @@ class BaseCache:
         if gone is not None:
             self._series -= len(gone[1])
 
-    def lookup(self, host: str, instance: str, seq: int, catalogue: Catalogue
-               ) -> list[int] | None:
+    def lookup(self, host: str, instance: str, seq: int, catalogue: Catalogue,
+               supplied: Mapping[BaseKey, bytes | None] | None = None) -> list[int] | None:
         """The last value in batch ``seq`` of ``host``'s ``instance`` of every series of
         ``catalogue`` (0 where that batch has none), or None if neither this cache nor the
-        storage has that batch."""
+        storage has that batch (``NeedBase`` if it must be asked for: no ``load``)."""
         held = self._cached.get((host, instance))
         if held is not None and held[0] == seq:
             self._cached.move_to_end((host, instance))
             lasts = held[1]
         else:
+            key = (host, instance, seq)
+            if supplied is not None and key in supplied:
+                payload = supplied[key]
+            elif self.load is None:
+                raise NeedBase(key)
+            else:
+                payload = read_stored(self.load, key)
             self.misses += 1
-            found = self._stored(host, instance, seq)
+            found = None if payload is None else self._lasts(key, payload)
             if found is None:
                 return None
             lasts = found
         return base_values(lasts, catalogue)
 
-    def _stored(self, host: str, instance: str, seq: int) -> Lasts | None:
-        try:
-            payload = self.storage.stored_batch(host, instance, seq)
-        except Exception:  # unknown then: the agent re-sends inline, nothing is lost
-            log.exception("could not read batch %s/%s of %s", instance, seq, host)
-            return None
-        if payload is None:
-            return None
+    def _lasts(self, key: BaseKey, payload: bytes) -> Lasts | None:
+        host, instance, seq = key
         self.storage_reads += 1
         try:
             return last_values(decode_batch(payload).metrics)
         except ProtocolError:  # it was checked when stored: a damaged row is an unknown one
             log.error("stored batch %s/%s of %s does not decode", instance, seq, host)
             return None
+
+
+def read_stored(load: Callable[[str, str, int], bytes | None], key: BaseKey) -> bytes | None:
+    """The stored payload of batch ``key`` (None: not stored, compacted, or unreadable now)."""
+    host, instance, seq = key
+    try:
+        return load(host, instance, seq)
+    except Exception:  # unknown then: the agent re-sends inline, nothing is lost
+        log.exception("could not read batch %s/%s of %s", instance, seq, host)
+        return None

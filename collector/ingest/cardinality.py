@@ -68,7 +68,12 @@ class SeriesLimits:
               now_ms: int) -> dict[tuple[str, tuple[str, ...]], str]:
         """Mark ``series`` of ``host`` as seen at ``now_ms``; those refused, with their reason
         ("series_limit" or "new_series_limit")."""
-        refused: dict[tuple[str, tuple[str, ...]], str] = {}
+        keys = {hash(key): key for key in series}
+        return {keys[h]: reason for h, reason in self.admit_hashes(host, keys, now_ms).items()}
+
+    def admit_hashes(self, host: str, hashes: Iterable[int], now_ms: int) -> dict[int, str]:
+        """``admit`` for series given by a 64-bit hash each (ingest workers: ``examine.py``)."""
+        refused: dict[int, str] = {}
         with self._lock:
             if now_ms - self._swept_ms >= _PRUNE_EVERY_MS:
                 self._sweep(now_ms)
@@ -77,14 +82,13 @@ class SeriesLimits:
                 state = self._hosts[host] = _Host({}, float(self.max_series), now_ms)
             self._refill(state, now_ms)
             seen = state.seen
-            for key in series:
-                h = hash(key)
+            for h in hashes:
                 if h in seen:
                     seen[h] = now_ms
                 elif len(seen) >= self.max_series:
-                    refused[key] = "series_limit"
+                    refused[h] = "series_limit"
                 elif state.allowance < 1:
-                    refused[key] = "new_series_limit"
+                    refused[h] = "new_series_limit"
                 else:
                     state.allowance -= 1
                     seen[h] = now_ms

@@ -1,20 +1,21 @@
 """The decoded series catalogues ingest resolves referencing batches with (SPEC.md §9).
 
-A bounded cache in front of the storage's catalogue table: at most ``MAX_CACHED_SERIES`` series
-over all hosts (least recently used go first), and at most ``MAX_HOST_SERIES`` of one host (its
-own least recently used go first: a host declaring many large catalogues pushes out its own, not
-everyone else's); a miss reads the stored message and decodes it
-again (a catalogue the storage no longer has is unknown: its batches are answered
+A bounded cache in front of the storage's catalogue table (``load``; in an ingest worker
+process there is none: the collector supplies a missing catalogue's stored message, ``take``):
+at most ``MAX_CACHED_SERIES`` series over all hosts (least recently used go first), and at most
+``MAX_HOST_SERIES`` of one host (its own least recently used go first: a host declaring many
+large catalogues pushes out its own, not everyone else's); a miss reads the stored message and
+decodes it again (a catalogue the storage no longer has is unknown: its batches are answered
 ``unknown_catalogue``). Keys are (host, id): a host can only ever reach its own catalogues.
-Used from the writer thread only.
+Used from one thread only (the writer thread, or an ingest worker process's).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 
-from edgemon.collector.storage.base import Storage
 from edgemon.protocol import ProtocolError
 from edgemon.protocol.catalogue import Catalogue, decode_catalogue
 
@@ -27,9 +28,10 @@ MAX_HOST_SERIES = 70_000  # one host's share: its largest valid catalogue (65,53
 
 
 class CatalogueCache:
-    def __init__(self, storage: Storage, max_series: int = MAX_CACHED_SERIES,
+    def __init__(self, load: Callable[[str, str], bytes | None] | None,
+                 max_series: int = MAX_CACHED_SERIES,
                  max_host_series: int = MAX_HOST_SERIES) -> None:
-        self.storage = storage
+        self.load = load  # (host, id) -> the stored catalogue message, or None
         self.max_series = max_series
         self.max_host_series = max_host_series
         self._cached: OrderedDict[tuple[str, str], Catalogue] = OrderedDict()
@@ -62,18 +64,28 @@ class CatalogueCache:
             else:
                 del self._host_series[key[0]]
 
-    def get(self, host: str, ident: str) -> Catalogue | None:
-        """``host``'s catalogue ``ident``, or None if the storage does not keep it."""
+    def cached(self, host: str, ident: str) -> Catalogue | None:
+        """``host``'s catalogue ``ident`` if it is in the cache."""
         found = self._cached.get((host, ident))
         if found is not None:
             self._cached.move_to_end((host, ident))
+        return found
+
+    def get(self, host: str, ident: str) -> Catalogue | None:
+        """``host``'s catalogue ``ident``, or None if the storage does not keep it."""
+        found = self.cached(host, ident)
+        if found is not None or self.load is None:
             return found
         self.misses += 1
         try:
-            payload = self.storage.catalogue(host, ident)
+            payload = self.load(host, ident)
         except Exception:  # unknown then: the agent re-sends inline, nothing is lost
             log.exception("could not read catalogue %s of %s", ident, host)
             return None
+        return self.take(host, ident, payload)
+
+    def take(self, host: str, ident: str, payload: bytes | None) -> Catalogue | None:
+        """Cache ``host``'s catalogue ``ident`` from its stored message (None: not stored)."""
         if payload is None:
             return None
         try:

@@ -1,8 +1,12 @@
 """The ingest pipeline: inbox -> decode/validate -> one storage transaction -> PUBACK -> agent ack.
 
 All ingest writes (``store_batches``, ``record_status``) run in ONE dedicated writer thread;
-decoding and validation (zstd, msgspec's typed decoder or the pure reader, the schema: CPU work)
-run there too, never on the event loop. Storage maintenance (compaction) is not ingest's:
+decoding and validation (zstd, msgspec's typed decoder or the pure reader, the schema: CPU work;
+``examine.py``) run in ``[ingest] workers`` worker processes (``workers.py``; the event loop
+hands them each group and admits the series of each batch under its host's cardinality bound
+before the writer stores it, while the workers examine the next groups: collector/STORAGE.md,
+"Ingest processes"), or, with ``workers = 0``, in the writer thread as step 1 below says;
+never on the event loop. Storage maintenance (compaction) is not ingest's:
 ``storage.maintenance`` runs it in its own thread (the storage serialises writers itself).
 Per group of messages taken from the inbox (up to ``max_batch_per_txn``):
 
@@ -37,32 +41,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgemon.collector.config import IngestConfig
-from edgemon.collector.ingest.bases import BaseCache
+from edgemon.collector.ingest.bases import read_stored
 from edgemon.collector.ingest.cardinality import SeriesLimits
-from edgemon.collector.ingest.catalogues import CatalogueCache
+from edgemon.collector.ingest.examine import CatalogueHead, Examiner, Facts
 from edgemon.collector.ingest.mqtt import Inbox, MqttIngest, RawMessage, now_ms
 from edgemon.collector.ingest.rejects import Rejects
-from edgemon.collector.ingest.screen import Refusal, screen, series_keys, without
+from edgemon.collector.ingest.workers import Task, WorkerPool
 from edgemon.collector.storage.base import IngestItem, Storage, StoreResult
 from edgemon.common.logs import Throttle
-from edgemon.protocol import (
-    MalformedPayload,
-    ProtocolError,
-    decode_batch,
-    decode_status,
-    encode,
-    parse_topic,
-)
-from edgemon.protocol.catalogue import Catalogue, decode_catalogue, decode_received
-from edgemon.protocol.codec import FAST_LEVEL
-from edgemon.protocol.names import validate_instance_id
-from edgemon.protocol.schema import ValidBatch
 
 __all__ = ["IngestPipeline", "IngestStats", "Outcome"]
 
@@ -72,6 +64,8 @@ MAX_TRACKED_HOSTS = 10_000
 DECODE_ERROR_LOG_INTERVAL = 60.0  # seconds between tracebacks of unexpected decoder errors
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
+PIPELINE_DEPTH = 2  # groups examined by the workers ahead of the one being stored
+SUPPLY_ROUNDS = 3  # times a message may ask for catalogues (a worker lacking one asks)
 
 
 @dataclass(slots=True)
@@ -92,7 +86,7 @@ class Outcome:
     samples: int = 0  # decoded samples held by ``item``
     sent_ms: int | None = None  # the batch's ``sent`` (kept when ``item`` is let go)
     dropped: dict[str, tuple[int, str]] | None = None  # series left out: reason -> (n, example)
-    catalogue: Catalogue | None = None  # a declared series catalogue (SPEC.md §9)
+    catalogue: CatalogueHead | None = None  # a declared series catalogue (SPEC.md §9)
 
     def reject(self, reason: str, detail: str) -> Outcome:
         """Turn this outcome into a rejection (keeping ``batch_key`` so the agent can be told)."""
@@ -116,6 +110,8 @@ class IngestStats:
     acks_published: int = 0
     catalogues_stored: int = 0  # series catalogues stored and acknowledged (SPEC.md §9)
     referencing_batches: int = 0  # batches received naming a catalogue instead of inline
+    worker_restarts: int = 0  # ingest worker processes started again after dying (workers.py)
+    worker_crashes: int = 0  # messages that killed a worker twice (rejected "worker_crash")
     host_lag_ms: dict[str, int] = field(default_factory=dict)
     host_last_received_ms: dict[str, int] = field(default_factory=dict)
 
@@ -134,8 +130,17 @@ class IngestPipeline:
         self.stats = IngestStats()
         self.series_limits = SeriesLimits(config.max_series_per_host,
                                           config.max_new_series_per_hour)
-        self.catalogues = CatalogueCache(storage)
-        self.bases = BaseCache(storage)  # what based batches go on from (SPEC.md §9.1)
+        # decode, validate, resolve, screen: in the writer thread, or in worker processes
+        self.examiner = Examiner(config.future_tolerance_seconds, config.past_tolerance_days,
+                                 load=storage.catalogue, max_series=config.max_series_per_host,
+                                 max_new_per_hour=config.max_new_series_per_hour,
+                                 whole_batches=True, load_base=storage.stored_batch)
+        self.pool = WorkerPool(config.workers,
+                               future_tolerance_seconds=config.future_tolerance_seconds,
+                               past_tolerance_days=config.past_tolerance_days,
+                               max_series=config.max_series_per_host,
+                               max_new_per_hour=config.max_new_series_per_hour) \
+            if config.workers else None
         self.storage_ok = True  # False while the storage refuses every write
         self.heartbeat = time.monotonic()  # last turn of the worker loop (systemd watchdog)
         self._decode_error_log = Throttle(DECODE_ERROR_LOG_INTERVAL)
@@ -145,19 +150,27 @@ class IngestPipeline:
 
     async def run(self) -> None:
         """Take, store and acknowledge until ``stop()`` was called and the inbox is empty."""
+        if self.pool is not None:
+            try:
+                await self.start_pool()
+            except Exception:
+                log.exception("could not start the ingest worker processes: examining messages "
+                              "in the writer thread instead")
+                await self.close_pool()
+            if self.pool.started:
+                try:
+                    await self._run_pooled()
+                finally:
+                    await self.close_pool()
+                return
         retry: list[RawMessage] = []
         backoff = 0.0
         limit = self.config.max_batch_per_txn
         while True:
             self.heartbeat = time.monotonic()
             if retry:
-                if self._stop.is_set():
-                    log.warning("storage unavailable at shutdown: leaving %d message(s) "
-                                "unacknowledged for the broker to deliver again", len(retry))
-                    self.inbox.release(retry)
+                if not await self._wait_to_retry(retry, backoff):
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), backoff)
                 msgs = retry + await self.inbox.get_many(max(0, limit - len(retry)), timeout=0)
             else:
                 msgs = await self.inbox.get_many(limit, timeout=1.0)  # 1 s: the heartbeat
@@ -174,15 +187,41 @@ class IngestPipeline:
         """Finish what is queued, then let ``run`` return (call ``inbox.close()`` first)."""
         self._stop.set()
 
+    async def _wait_to_retry(self, retry: list[RawMessage], backoff: float) -> bool:
+        """Wait ``backoff`` seconds before storing ``retry`` again; False (and ``retry`` left
+        for the broker to deliver again) when stopping."""
+        if self._stop.is_set():
+            log.warning("storage unavailable at shutdown: leaving %d message(s) unacknowledged "
+                        "for the broker to deliver again", len(retry))
+            self.inbox.release(retry)
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), backoff)
+        return True
+
     async def process(self, msgs: list[RawMessage]) -> list[Outcome]:
         """Store one group, then acknowledge what is settled. What happened to each message.
 
         Messages marked ``retry`` stay held in the inbox's accounting; the caller retries them.
+        Examined by the worker processes once ``start_pool`` ran (``run`` does), else in the
+        writer thread.
         """
+        if self.pool is None or not self.pool.started:
+            return await self._commit(msgs, self._store_group, msgs)
+        try:
+            outcomes = await self._examine_pooled(msgs)
+        except BaseException:
+            self.inbox.release(msgs)
+            raise
+        return await self._commit(msgs, self._store_outcomes, outcomes)
+
+    async def _commit(self, msgs: list[RawMessage], store: Callable[[Any], list[Outcome]],
+                      what: Any) -> list[Outcome]:
+        """``store(what)`` in the writer thread, then acknowledge what is settled."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
-            outcomes = await loop.run_in_executor(self.writer, self._store_group, msgs)
+            outcomes = await loop.run_in_executor(self.writer, store, what)
         except BaseException:
             self.inbox.release(msgs)
             raise
@@ -196,17 +235,165 @@ class IngestPipeline:
         self.inbox.release([o.msg for o in settled])
         return outcomes
 
+    # --- worker processes (``[ingest] workers``, workers.py) ------------------------------------
+
+    async def start_pool(self) -> None:
+        """Start the worker processes (``run`` does; call it before ``process`` otherwise)."""
+        if self.pool is not None and not self.pool.started:
+            await asyncio.get_running_loop().run_in_executor(None, self.pool.start)
+
+    async def close_pool(self) -> None:
+        if self.pool is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.pool.close)
+
+    async def _run_pooled(self) -> None:
+        """Two stages: the workers examine the next groups while the writer stores this one."""
+        examined: asyncio.Queue[list[Outcome] | None] = asyncio.Queue(PIPELINE_DEPTH)
+        feeder = asyncio.create_task(self._feed(examined), name="edgemon-ingest-examine")
+        try:
+            await self._drain(examined, feeder)
+        finally:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
+            while not examined.empty():  # left at shutdown: for the broker to deliver again
+                left = examined.get_nowait()
+                if left:
+                    self.inbox.release([o.msg for o in left])
+
+    async def _feed(self, examined: asyncio.Queue[list[Outcome] | None]) -> None:
+        limit = self.config.max_batch_per_txn
+        while True:
+            msgs = await self.inbox.get_many(limit, timeout=1.0)
+            if not msgs:
+                if self._stop.is_set() or self.inbox.closed:
+                    await examined.put(None)
+                    return
+                continue
+            try:
+                outcomes = await self._examine_pooled(msgs)
+                await examined.put(outcomes)
+            except BaseException:
+                self.inbox.release(msgs)
+                raise
+
+    async def _drain(self, examined: asyncio.Queue[list[Outcome] | None],
+                     feeder: asyncio.Task[None]) -> None:
+        retry: list[RawMessage] = []
+        backoff = 0.0
+        done = False
+        while True:
+            self.heartbeat = time.monotonic()
+            if feeder.done() and feeder.exception() is not None:
+                raise feeder.exception()  # type: ignore[misc]
+            outcomes: list[Outcome] | None = None
+            if retry:
+                if not await self._wait_to_retry(retry, backoff):
+                    return
+                try:
+                    outcomes = await self._examine_pooled(retry)
+                except BaseException:
+                    self.inbox.release(retry)
+                    raise
+                more = examined.get_nowait() if not done and not examined.empty() else []
+                if more is None:
+                    done = True
+                outcomes += more or []
+            elif done:
+                return
+            else:
+                try:
+                    outcomes = await asyncio.wait_for(examined.get(), 1.0)  # 1 s: heartbeat
+                except TimeoutError:
+                    continue
+                if outcomes is None:  # the feeder is done: nothing more will come
+                    return
+            msgs = [o.msg for o in outcomes]
+            stored = await self._commit(msgs, self._store_outcomes, outcomes)
+            retry = [o.msg for o in stored if o.retry]
+            backoff = min(RETRY_MAX, backoff * 2 or RETRY_FIRST) if retry else 0.0
+            if self.mqtt is not None:
+                self.mqtt.after_release()
+
+    async def _examine_pooled(self, msgs: list[RawMessage]) -> list[Outcome]:
+        """Examine ``msgs`` in the worker processes: supply the stored catalogues they ask
+        for, admit the series of each batch in order (the host's cardinality bound), and have
+        a batch with refused series examined again without them."""
+        assert self.pool is not None
+        tasks = [Task(m.topic, m.payload, m.received_ms) for m in msgs]
+        facts = await self._examined(tasks, list(range(len(tasks))), [None] * len(tasks))
+        again = []
+        for i, f in enumerate(facts):
+            if f.series and f.host is not None:
+                refused = self.series_limits.admit_hashes(
+                    f.host, memoryview(f.series).cast("Q"), msgs[i].received_ms)
+                if refused:
+                    tasks[i] = replace(tasks[i], refused=refused)
+                    again.append(i)
+        if again:
+            facts = await self._examined(tasks, again, facts)
+        self.stats.worker_restarts = self.pool.restarts
+        self.stats.worker_crashes = self.pool.crashed
+        return [self._outcome(m, f) for m, f in zip(msgs, facts, strict=True)]
+
+    async def _examined(self, tasks: list[Task], which: list[int], facts: list[Any]
+                        ) -> list[Facts]:
+        """``facts`` with those of ``tasks[which]`` (re)examined, the stored catalogues and
+        bases the workers ask for supplied."""
+        assert self.pool is not None
+        loop = asyncio.get_running_loop()
+        for _ in range(SUPPLY_ROUNDS):
+            for i, f in zip(which, await self.pool.examine([tasks[i] for i in which]),
+                            strict=True):
+                facts[i] = f
+            which = [i for i in which if facts[i].kind in ("need_catalogue", "need_base")]
+            if not which:
+                break
+            catalogues = {facts[i].need for i in which if facts[i].kind == "need_catalogue"}
+            bases = {facts[i].need_base for i in which if facts[i].kind == "need_base"}
+            found, found_bases = await loop.run_in_executor(
+                self.writer, self._stored_for_workers, catalogues, bases)
+            for i in which:
+                t = tasks[i]
+                tasks[i] = replace(t, supplied={**(t.supplied or {}), **found} if found
+                                   else t.supplied,
+                                   supplied_bases={**(t.supplied_bases or {}), **found_bases}
+                                   if found_bases else t.supplied_bases)
+        for i in which:  # asked again for what it was given: cannot happen; never store it
+            facts[i] = Facts("reject", facts[i].host, reason="decode_error",
+                             detail="a worker kept asking for what it was given")
+        return facts
+
+    def _stored_for_workers(self, catalogues: Iterable[tuple[str, str]],
+                            bases: Iterable[tuple[str, str, int]]
+                            ) -> tuple[dict[tuple[str, str], bytes | None],
+                                       dict[tuple[str, str, int], bytes | None]]:
+        """The stored message of each (host, id) in ``catalogues`` and the stored payload of
+        each (host, instance, seq) in ``bases`` (None: unknown, or unreadable)."""
+        out: dict[tuple[str, str], bytes | None] = {}
+        for host, ident in catalogues:
+            try:
+                out[(host, ident)] = self.storage.catalogue(host, ident)
+            except Exception:  # unknown then: the agent re-sends inline, nothing is lost
+                log.exception("could not read catalogue %s of %s", ident, host)
+                out[(host, ident)] = None
+        return out, {key: read_stored(self.storage.stored_batch, key) for key in bases}
+
     # --- writer thread ------------------------------------------------------------------------
 
     def _store_group(self, msgs: list[RawMessage]) -> list[Outcome]:
-        """Classify and store ``msgs`` in order, in as few transactions as the bound on decoded
-        samples held at once (``max_samples_per_txn``) allows."""
-        outcomes: list[Outcome] = []
+        """Examine and store ``msgs`` in order (``workers = 0``)."""
+        return self._store_outcomes(map(self._classify, msgs))
+
+    def _store_outcomes(self, outcomes: Iterable[Outcome]) -> list[Outcome]:
+        """Store ``outcomes`` in order, in as few transactions as the bound on decoded samples
+        held at once (``max_samples_per_txn``) allows (``outcomes`` may be a lazy map that
+        decodes each message as it is taken)."""
+        out: list[Outcome] = []
         chunk: list[Outcome] = []
         held = 0
-        for msg in msgs:
-            o = self._classify(msg)
-            outcomes.append(o)
+        for o in outcomes:
+            out.append(o)
             chunk.append(o)
             held += o.samples
             if held >= self.config.max_samples_per_txn:
@@ -214,7 +401,7 @@ class IngestPipeline:
                 chunk, held = [], 0
         if chunk:
             self._store_chunk(chunk)
-        return outcomes
+        return out
 
     def _store_chunk(self, outcomes: list[Outcome]) -> None:
         """Record the statuses and store the batches of ``outcomes`` in one transaction, then
@@ -282,35 +469,27 @@ class IngestPipeline:
                 o.failed, o.detail = True, repr(exc)[:200]
 
     def _classify(self, msg: RawMessage) -> Outcome:
-        """Decode and check one message (no storage yet): an accepted item, a status or a reject."""
-        try:
-            host, kind = parse_topic(msg.topic)
-        except ProtocolError as exc:
-            return Outcome(msg, None, "reject", reason=exc.reason, detail=str(exc))
-        try:
-            if kind == "status":
-                return Outcome(msg, host, "status", status=self._checked_status(msg))
-            if kind == "catalogue":
-                return self._checked_catalogue(msg, host)
-            if kind not in ("metrics", "backfill"):
-                return Outcome(msg, host, "reject", reason="unexpected_topic",
-                               detail=f"collector does not read {kind} topics")
-            return self._checked_batch(msg, host, kind)
-        except ProtocolError as exc:
-            return Outcome(msg, host, "reject", reason=exc.reason, detail=str(exc),
-                           batch_key=exc.batch_key)
-        except Exception as exc:  # a decoder bug must not stop ingest of everyone else
-            if self._decode_error_log() is not None:
-                log.exception("unexpected error decoding a message from %s (logged at most "
-                              "once a minute; all are counted as reason decode_error)", host)
-            return Outcome(msg, host, "reject", reason="decode_error", detail=repr(exc)[:200])
+        """Examine one message in this thread (no storage yet): an accepted item, a status, a
+        catalogue or a reject."""
+        return self._outcome(msg, self.examiner.examine(msg.topic, msg.payload, msg.received_ms,
+                                                        admit=self.series_limits.admit))
 
-    def _checked_catalogue(self, msg: RawMessage, host: str) -> Outcome:
-        catalogue = decode_catalogue(msg.payload)
-        if catalogue.host != host:
-            return Outcome(msg, host, "reject", reason="host_mismatch",
-                           detail=f"catalogue says host {catalogue.host[:64]!r}")
-        return Outcome(msg, host, "catalogue", catalogue=catalogue)
+    def _outcome(self, msg: RawMessage, f: Facts) -> Outcome:
+        """The outcome of ``msg`` from its examination."""
+        if f.trace is not None and self._decode_error_log() is not None:
+            log.error("unexpected error decoding a message from %s (logged at most once a "
+                      "minute; all are counted as reason decode_error)\n%s", f.host, f.trace)
+        o = Outcome(msg, f.host, f.kind, reason=f.reason, detail=f.detail, batch_key=f.batch_key,
+                    status=f.status, dropped=f.dropped, catalogue=f.catalogue)
+        if f.referencing:
+            self.stats.referencing_batches += 1
+        head = f.head
+        if head is not None:
+            o.item = IngestItem(batch=head, payload=msg.payload if f.payload is None  # type: ignore[arg-type]
+                                else f.payload, received_ms=msg.received_ms,
+                                historical=f.kind == "backfill")
+            o.samples, o.sent_ms = head.sample_count, head.sent
+        return o
 
     def _store_catalogue(self, o: Outcome) -> None:
         """Keep a declared catalogue durably (then it is acknowledged); a storage without
@@ -322,95 +501,9 @@ class IngestPipeline:
                                          o.msg.received_ms)
         except NotImplementedError:
             o.reject("catalogues_unsupported", "this storage keeps no catalogues")
-            return
         except Exception as exc:
             log.exception("could not store a catalogue of %s", o.host)
             o.reject("storage_error", repr(exc)[:200])
-            return
-        self.catalogues.put(catalogue)
-
-    def _checked_batch(self, msg: RawMessage, host: str, kind: str) -> Outcome:
-        batch, referencing = decode_received(
-            msg.payload, lambda ident: self.catalogues.get(host, ident),
-            lambda instance, seq, catalogue: self.bases.lookup(host, instance, seq, catalogue))
-        key = (batch.instance, batch.seq)
-        if batch.host != host:
-            return Outcome(msg, host, "reject", reason="host_mismatch", batch_key=key,
-                           detail=f"payload says host {batch.host[:64]!r}")
-        self.bases.put(host, batch.instance, batch.seq, batch.metrics)  # as sent: unscreened
-        late = self._time_problem(batch.first_timestamp, batch.last_timestamp, msg.received_ms)
-        if late is not None:
-            return Outcome(msg, host, "reject", reason=late[0], detail=late[1], batch_key=key)
-        payload = msg.payload
-        dropped: dict[str, tuple[int, str]] | None = None
-        try:
-            if referencing:
-                self.stats.referencing_batches += 1
-            screened = self._screened(host, batch, msg)
-            if screened is not None:
-                payload, dropped = screened
-                batch = None  # type: ignore[assignment]  # let it go before the rest is decoded
-                batch = decode_batch(payload)
-            elif referencing:  # stored resolved: every stored batch is readable on its own
-                payload = encode(batch.to_map(), level=FAST_LEVEL)  # (screened: done above)
-        except ProtocolError as exc:  # what is left does not encode within the limits
-            return Outcome(msg, host, "reject", reason=exc.reason, detail=str(exc), batch_key=key)
-        item = IngestItem(batch=batch, payload=payload, received_ms=msg.received_ms,
-                          historical=kind == "backfill")
-        return Outcome(msg, host, kind, item=item, batch_key=key, samples=batch.sample_count,
-                       sent_ms=batch.sent, dropped=dropped)
-
-    def _screened(self, host: str, batch: ValidBatch, msg: RawMessage
-                  ) -> tuple[bytes, dict[str, tuple[int, str]]] | None:
-        """None if every series of ``batch`` may be stored; else the payload of the rest (less
-        the series no real host sends and those over the host's cardinality bound) and the
-        dropped series by reason. The caller decodes that payload with the decoder of every
-        payload: what is stored is what ``decode`` returns."""
-        refused = screen(batch)
-        keys = [k for k in series_keys(batch.metrics) if k not in refused]
-        limits = self.series_limits
-        for k, reason in limits.admit(host, keys, msg.received_ms).items():
-            refused[k] = Refusal(reason, f"{k[0]}: over the host's bound of "
-                                 f"{limits.max_series} series / {limits.max_new_per_hour} new "
-                                 "series per hour")
-        if not refused:
-            return None
-        dropped: dict[str, tuple[int, str]] = {}
-        for refusal in refused.values():
-            n, example = dropped.get(refusal.reason, (0, refusal.detail))
-            dropped[refusal.reason] = (n + 1, example)
-        return encode(batch.to_map(without(batch.metrics, refused)), level=FAST_LEVEL), dropped
-
-    def _time_problem(self, oldest: int, newest: int, received_ms: int, *,
-                      past: bool = True) -> tuple[str, str] | None:
-        """(reason, detail) if a timestamp lies outside the collector's clock tolerance."""
-        tolerance_s = self.config.future_tolerance_seconds
-        if newest > received_ms + tolerance_s * 1000:
-            ahead_s = (newest - received_ms) / 1000
-            return "future_timestamp", (f"timestamp {ahead_s:.0f} s ahead of the collector's "
-                                        f"clock (tolerance {tolerance_s} s)")
-        if past and oldest < received_ms - self.config.past_tolerance_days * 86_400_000:
-            return "past_timestamp", (f"timestamp older than {self.config.past_tolerance_days} "
-                                      "days")
-        return None
-
-    def _checked_status(self, msg: RawMessage) -> dict[str, Any]:
-        """A status message that storage can record: ``decode_status``, a valid instance id, and
-        ``ts`` an integer within the clock tolerance of batches. A Last Will (offline) may be
-        older than ``past_tolerance_days``: the agent composes it when it connects."""
-        try:
-            doc = decode_status(msg.payload)
-        except RecursionError:
-            raise MalformedPayload("not JSON: nested too deeply", reason="not_json") from None
-        validate_instance_id(doc["instance"])
-        ts = doc["ts"]
-        if type(ts) is not int or ts < 0:
-            raise MalformedPayload("status ts must be milliseconds since the epoch (an integer)",
-                                   reason="schema")
-        late = self._time_problem(ts, ts, msg.received_ms, past=doc["state"] == "online")
-        if late is not None:
-            raise ProtocolError(f"status {late[1]}", reason=late[0])
-        return doc
 
     def _record_status(self, o: Outcome) -> None:
         doc = o.status or {}

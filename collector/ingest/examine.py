@@ -1,0 +1,303 @@
+"""What ingest learns from one received message before storing it, with no shared state: the
+work that may run in another process (``workers.py``) or in the writer thread (``workers = 0``).
+
+``Examiner.examine(topic, payload, received_ms)`` parses the topic, decodes and checks the
+payload (``decode_received``: zstd, msgspec's typed reader or the pure one, the schema,
+catalogue resolution), checks the clock tolerance, screens out the series no real host sends
+(``screen.py``) and, when the host's cardinality bound is known (``admit``), those over it;
+what is left is re-encoded (zstd level ``FAST_LEVEL``) and decoded once more, so that what is
+stored is what ``decode`` returns. It never raises: every outcome is a ``Facts``, small and
+picklable: the kind, the reject reason, the batch's head (``BatchHead``: what storage and the
+fleet view read of a batch) and the bytes to store when they are not the received ones.
+
+The per-host facts it needs from the collector come with the call:
+
+* ``admit(host, keys, now_ms)``: the cardinality bound (``cardinality.SeriesLimits``), state
+  shared by every message of the host. In a worker process it is not at hand: the examiner
+  then returns the hashes of the series it would store (``Facts.series``, ``series_hashes``) and
+  the collector admits them; if it refuses some, it asks again with ``refused`` (hash ->
+  reason), and the examiner drops those too.
+* catalogues (SPEC.md §9): the examiner caches those it decoded (``CatalogueCache``); one it
+  does not hold is asked of ``load(host, id)`` (the storage, in-process) or, in a worker, answered
+  as ``Facts(kind="need_catalogue")``: the collector reads the stored catalogue and asks again
+  with it in ``supplied`` ((host, id) -> payload, None when the storage has none).
+* bases (SPEC.md §9.1): the examiner keeps the last values of the newest batch of each agent
+  instance it decoded (``bases.BaseCache``; a host's messages always go to the same worker); a
+  base it does not hold is read with ``load_base(host, instance, seq)`` (in-process) or, in a
+  worker, answered as ``Facts(kind="need_base")``: the collector reads the stored batch and asks
+  again with it in ``supplied_bases`` ((host, instance, seq) -> payload or None).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from typing import Any
+
+from edgemon.collector.http.fleet import WATCHED
+from edgemon.collector.ingest.bases import BaseCache, BaseKey, NeedBase
+from edgemon.collector.ingest.catalogues import CatalogueCache
+from edgemon.collector.ingest.screen import Refusal, SeriesKey, screen, series_keys, without
+from edgemon.protocol import (
+    MalformedPayload,
+    ProtocolError,
+    decode_batch,
+    decode_status,
+    encode,
+    parse_topic,
+)
+from edgemon.protocol.batch import last_timestamp
+from edgemon.protocol.catalogue import Catalogue, decode_catalogue, decode_received
+from edgemon.protocol.codec import FAST_LEVEL
+from edgemon.protocol.names import validate_instance_id
+from edgemon.protocol.schema import ValidBatch
+
+__all__ = ["Admit", "BatchHead", "CatalogueHead", "Examiner", "Facts", "NeedCatalogue",
+           "series_hashes"]
+
+# host, the series it would store, received_ms -> the refused ones with their reason
+Admit = Callable[[str, list[SeriesKey], int], dict[SeriesKey, str]]
+
+
+@dataclass(slots=True)
+class BatchHead:
+    """What storage and the fleet view read of a stored batch (``ValidBatch``'s fields by the
+    same names): ``metrics`` holds only the metrics the fleet view watches, each series entry
+    cut to its last sample (``[labels, offset of that sample, [its value]]``: the newest value
+    of each series, all that ``http/fleet.py`` reads)."""
+
+    host: str
+    instance: str
+    seq: int
+    sent: int
+    t: list[int]
+    metrics: list[list[Any]]
+    sample_count: int
+
+    @property
+    def last_timestamp(self) -> int:
+        return last_timestamp(self.t)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled small and quickly (workers' answers)
+        return BatchHead, (self.host, self.instance, self.seq, self.sent, self.t, self.metrics,
+                           self.sample_count)
+
+    @classmethod
+    def of(cls, batch: ValidBatch) -> BatchHead:
+        watched = [[name, kind, unit, scale, keys,
+                    [[labels, offset + len(deltas) - 1, [sum(deltas)]]
+                     for labels, offset, deltas in entries]]
+                   for name, kind, unit, scale, keys, entries in batch.metrics
+                   if name in WATCHED]
+        return cls(batch.host, batch.instance, batch.seq, batch.sent, batch.t, watched,
+                   batch.sample_count)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueHead:
+    host: str
+    instance: str
+    id: str
+
+
+@dataclass(slots=True)
+class Facts:
+    """What became of one message before storage (see the module's docstring)."""
+
+    kind: str  # metrics | backfill | status | catalogue | reject | need_catalogue | need_base
+    host: str | None
+    reason: str | None = None
+    detail: str = ""
+    batch_key: tuple[str, int] | None = None  # (instance, seq) of a decodable batch
+    head: BatchHead | None = None  # (in-process, ``whole_batches``: the ValidBatch itself)
+    payload: bytes | None = None  # the bytes to store; None: the received ones
+    dropped: dict[str, tuple[int, str]] | None = None  # series left out: reason -> (n, example)
+    # hashes of the series to store, not yet admitted (``series_hashes``)
+    series: bytes | None = None
+    referencing: bool = False
+    status: dict[str, Any] | None = None
+    catalogue: CatalogueHead | None = None
+    need: tuple[str, str] | None = None  # (host, catalogue id) to supply
+    trace: str | None = None  # an unexpected decoder error's traceback, for the log
+    need_base: BaseKey | None = None  # (host, instance, seq) of a stored batch to supply
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled small and quickly (workers' answers)
+        return Facts, (self.kind, self.host, self.reason, self.detail, self.batch_key, self.head,
+                       self.payload, self.dropped, self.series, self.referencing, self.status,
+                       self.catalogue, self.need, self.trace, self.need_base)
+
+
+class NeedCatalogue(Exception):
+    def __init__(self, host: str, ident: str) -> None:
+        super().__init__(host, ident)
+        self.key = (host, ident)
+
+
+def series_hashes(keys: Iterable[SeriesKey], salt: bytes) -> bytes:
+    """A 64-bit hash of each series, packed (8 bytes each, ``memoryview(...).cast("Q")`` reads
+    them): the same in every process given the same ``salt`` (random per collector run: no one
+    can choose colliding series)."""
+    return b"".join([blake2b("\x00".join((name, *labels)).encode("utf-8", "surrogatepass"),
+                             digest_size=8, key=salt).digest() for name, labels in keys])
+
+
+@dataclass
+class Examiner:
+    future_tolerance_seconds: int
+    past_tolerance_days: float
+    # in-process: read a catalogue the cache lacks (the storage); None: ask the caller
+    load: Callable[[str, str], bytes | None] | None = None
+    max_series: int = 0  # the cardinality bound, for the detail of a refused series
+    max_new_per_hour: int = 0
+    salt: bytes = b""  # for ``series_hashes`` (workers)
+    # in-process: ``Facts.head`` is the decoded batch itself (nothing to send anywhere)
+    whole_batches: bool = False
+    # in-process: read a stored batch a based batch goes on from; None: ask the caller
+    load_base: Callable[[str, str, int], bytes | None] | None = None
+    catalogues: CatalogueCache = field(init=False)
+    bases: BaseCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.catalogues = CatalogueCache(self.load)
+        self.bases = BaseCache(self.load_base)
+
+    def examine(self, topic: str, payload: bytes, received_ms: int, *,
+                admit: Admit | None = None, refused: dict[int, str] | None = None,
+                supplied: dict[tuple[str, str], bytes | None] | None = None,
+                supplied_bases: dict[BaseKey, bytes | None] | None = None) -> Facts:
+        """Never raises (see the module's docstring)."""
+        try:
+            host, kind = parse_topic(topic)
+        except ProtocolError as exc:
+            return Facts("reject", None, reason=exc.reason, detail=str(exc))
+        try:
+            if kind == "status":
+                return Facts("status", host, status=self._checked_status(payload, received_ms))
+            if kind == "catalogue":
+                return self._checked_catalogue(payload, host)
+            if kind not in ("metrics", "backfill"):
+                return Facts("reject", host, reason="unexpected_topic",
+                             detail=f"collector does not read {kind} topics")
+            if refused is not None:
+                admit = _refusing(refused, self.salt)
+            return self._checked_batch(payload, host, kind, received_ms, admit, supplied or {},
+                                       supplied_bases)
+        except NeedCatalogue as need:
+            return Facts("need_catalogue", host, need=need.key)
+        except NeedBase as need:
+            return Facts("need_base", host, need_base=need.key)
+        except ProtocolError as exc:
+            return Facts("reject", host, reason=exc.reason, detail=str(exc),
+                         batch_key=exc.batch_key)
+        except Exception as exc:  # a decoder bug must not stop ingest of everyone else
+            return Facts("reject", host, reason="decode_error", detail=repr(exc)[:200],
+                         trace=traceback.format_exc())
+
+    def _lookup(self, host: str, supplied: dict[tuple[str, str], bytes | None]
+                ) -> Callable[[str], Catalogue | None]:
+        def lookup(ident: str) -> Catalogue | None:
+            found = self.catalogues.cached(host, ident)
+            if found is not None:
+                return found
+            if (host, ident) in supplied:
+                return self.catalogues.take(host, ident, supplied[(host, ident)])
+            if self.load is None:
+                raise NeedCatalogue(host, ident)
+            return self.catalogues.get(host, ident)
+        return lookup
+
+    def _checked_catalogue(self, payload: bytes, host: str) -> Facts:
+        catalogue = decode_catalogue(payload)
+        if catalogue.host != host:
+            return Facts("reject", host, reason="host_mismatch",
+                         detail=f"catalogue says host {catalogue.host[:64]!r}")
+        # Kept now: a referencing batch resolved with it is stored inline, readable on its own,
+        # whether or not storing the catalogue itself succeeds.
+        self.catalogues.put(catalogue)
+        return Facts("catalogue", host,
+                     catalogue=CatalogueHead(catalogue.host, catalogue.instance, catalogue.id))
+
+    def _checked_batch(self, payload: bytes, host: str, kind: str, received_ms: int,
+                       admit: Admit | None, supplied: dict[tuple[str, str], bytes | None],
+                       supplied_bases: dict[BaseKey, bytes | None] | None) -> Facts:
+        bases = self.bases
+        batch, referencing = decode_received(
+            payload, self._lookup(host, supplied),
+            lambda instance, seq, catalogue: bases.lookup(host, instance, seq, catalogue,
+                                                          supplied_bases))
+        key = (batch.instance, batch.seq)
+        if batch.host != host:
+            return Facts("reject", host, reason="host_mismatch", batch_key=key,
+                         detail=f"payload says host {batch.host[:64]!r}")
+        bases.put(host, batch.instance, batch.seq, batch.metrics)  # as sent: unscreened
+        late = self.time_problem(batch.first_timestamp, batch.last_timestamp, received_ms)
+        if late is not None:
+            return Facts("reject", host, reason=late[0], detail=late[1], batch_key=key)
+        stored: bytes | None = None
+        series: bytes | None = None
+        refusals = screen(batch)
+        keys = [k for k in series_keys(batch.metrics) if k not in refusals]
+        if admit is None:
+            series = series_hashes(keys, self.salt)
+        else:
+            for k, reason in admit(host, keys, received_ms).items():
+                refusals[k] = Refusal(reason, f"{k[0]}: over the host's bound of "
+                                      f"{self.max_series} series / {self.max_new_per_hour} new "
+                                      "series per hour")
+        dropped: dict[str, tuple[int, str]] | None = None
+        try:
+            if refusals:
+                dropped = {}
+                for refusal in refusals.values():
+                    n, example = dropped.get(refusal.reason, (0, refusal.detail))
+                    dropped[refusal.reason] = (n + 1, example)
+                stored = encode(batch.to_map(without(batch.metrics, refusals)), level=FAST_LEVEL)
+                batch = None  # type: ignore[assignment]  # let it go before decoding again
+                batch = decode_batch(stored)
+            elif referencing:  # stored resolved: every stored batch is readable on its own
+                stored = encode(batch.to_map(), level=FAST_LEVEL)
+        except ProtocolError as exc:  # what is left does not encode within the limits
+            return Facts("reject", host, reason=exc.reason, detail=str(exc), batch_key=key)
+        head = batch if self.whole_batches else BatchHead.of(batch)
+        return Facts(kind, host, batch_key=key, head=head, payload=stored,  # type: ignore[arg-type]
+                     dropped=dropped, series=series, referencing=referencing)
+
+    def time_problem(self, oldest: int, newest: int, received_ms: int, *,
+                     past: bool = True) -> tuple[str, str] | None:
+        """(reason, detail) if a timestamp lies outside the collector's clock tolerance."""
+        tolerance_s = self.future_tolerance_seconds
+        if newest > received_ms + tolerance_s * 1000:
+            ahead_s = (newest - received_ms) / 1000
+            return "future_timestamp", (f"timestamp {ahead_s:.0f} s ahead of the collector's "
+                                        f"clock (tolerance {tolerance_s} s)")
+        if past and oldest < received_ms - self.past_tolerance_days * 86_400_000:
+            return "past_timestamp", (f"timestamp older than {self.past_tolerance_days} days")
+        return None
+
+    def _checked_status(self, payload: bytes, received_ms: int) -> dict[str, Any]:
+        """A status message that storage can record: ``decode_status``, a valid instance id, and
+        ``ts`` an integer within the clock tolerance of batches. A Last Will (offline) may be
+        older than ``past_tolerance_days``: the agent composes it when it connects."""
+        try:
+            doc = decode_status(payload)
+        except RecursionError:
+            raise MalformedPayload("not JSON: nested too deeply", reason="not_json") from None
+        validate_instance_id(doc["instance"])
+        ts = doc["ts"]
+        if type(ts) is not int or ts < 0:
+            raise MalformedPayload("status ts must be milliseconds since the epoch (an integer)",
+                                   reason="schema")
+        late = self.time_problem(ts, ts, received_ms, past=doc["state"] == "online")
+        if late is not None:
+            raise ProtocolError(f"status {late[1]}", reason=late[0])
+        return doc
+
+
+def _refusing(refused: dict[int, str], salt: bytes) -> Admit:
+    """``admit`` for the second look at a batch: refuse the series the collector refused."""
+    def admit(_host: str, keys: list[SeriesKey], _now_ms: int) -> dict[SeriesKey, str]:
+        hashes = memoryview(series_hashes(keys, salt)).cast("Q")
+        return {k: refused[h] for k, h in zip(keys, hashes, strict=True) if h in refused}
+    return admit
