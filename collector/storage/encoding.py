@@ -19,6 +19,7 @@ where ``planes(u) = u8 width | width byte planes of n values``.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import threading
 
@@ -34,6 +35,7 @@ __all__ = [
     "encode_chunks",
     "encode_rollups",
     "encode_times",
+    "encode_times_many",
     "unzigzag",
     "zigzag",
 ]
@@ -135,17 +137,20 @@ def decode_times(blob: bytes) -> np.ndarray:
 
 def encode_chunks(values: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                   masks: list[bytes | None], level: int = 3) -> list[bytes]:
-    """One chunk per segment ``values[starts[i]:ends[i]]`` (one series each).
+    """One chunk per segment ``values[starts[i]:ends[i]]`` (one series each; segments are
+    contiguous and in order, as ``np.flatnonzero`` of series changes gives them).
 
     ``masks[i]`` is ``np.packbits`` of which of the block's timestamps the series has, or None
-    when it has all of them. Deltas, zigzag and widths are computed for all segments at once.
+    when it has all of them. Everything before zstd is computed for all segments at once (deltas,
+    zigzag, widths, headers and byte planes laid out in one buffer: ``_pack_segments``); what is
+    left per chunk is one zstd call.
     """
     values = np.asarray(values, dtype=_I64)
-    n = values.size
-    if n == 0:
+    if values.size == 0:
         return []
     starts = np.asarray(starts, dtype=np.int64)
     ends = np.asarray(ends, dtype=np.int64)
+    sizes = ends - starts
     with np.errstate(over="ignore"):
         dv = _diff(values)
         dv[starts] = 0
@@ -155,20 +160,87 @@ def encode_chunks(values: np.ndarray, starts: np.ndarray, ends: np.ndarray,
         second = second[second < ends]
         ddv[second] = dv[second]
     z1, z2 = zigzag(dv), zigzag(ddv)
-    w1 = [_width_of(x) for x in np.maximum.reduceat(z1, starts)]
-    w2 = [_width_of(x) for x in np.maximum.reduceat(z2, starts)]
-    cctx = _cctx(level)
-    out = []
-    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-        # Counters rising at a steady rate shrink under delta-of-delta; noisy gauges do not.
-        if e - s > 2 and w2[i] < w1[i]:
-            mode, coded, width = 2, z2[s:e], w2[i]
-        else:
-            mode, coded, width = 1, z1[s:e], w1[i]
-        mask = masks[i]
-        head = _CHUNK_HEAD.pack(_VERSION, mode, e - s, int(values[s]), mask is not None)
-        out.append(cctx.compress(b"".join((head, mask or b"", _planes(coded, width)))))
-    return out
+    w1 = _byte_widths(np.maximum.reduceat(z1, starts))
+    w2 = _byte_widths(np.maximum.reduceat(z2, starts))
+    # Counters rising at a steady rate shrink under delta-of-delta; noisy gauges do not.
+    mode2 = (sizes > 2) & (w2 < w1)
+    seg = np.repeat(np.arange(starts.size), sizes)
+    coded = np.where(mode2[seg], z2, z1)
+    head = np.zeros(starts.size, dtype=np.dtype([("version", "u1"), ("mode", "u1"),
+                                                 ("n", "<u4"), ("v0", "<i8"),
+                                                 ("has_mask", "u1")]))
+    head["version"], head["mode"], head["n"] = _VERSION, np.where(mode2, 2, 1), sizes
+    head["v0"] = values[starts]
+    head["has_mask"] = [m is not None for m in masks]
+    return _pack_segments(head.view(np.uint8).reshape(starts.size, -1), masks, coded,
+                          sizes, np.where(mode2, w2, w1), _cctx(level))
+
+
+def encode_times_many(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                      level: int = 3) -> list[bytes]:
+    """``encode_times`` of every segment ``ts[starts[i]:ends[i]]`` (contiguous, in order, each
+    strictly increasing and not empty), computed at once."""
+    ts = np.asarray(ts, dtype=_I64)
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    sizes = ends - starts
+    if (sizes <= 0).any():
+        raise ValueError("a block needs at least one timestamp")
+    with np.errstate(over="ignore"):
+        d = _diff(ts)
+        d[starts] = 0
+        dd = _diff(d)
+        dd[starts] = 0
+        second = starts + 1
+        second = second[second < ends]
+        dd[second] = d[second]
+    coded = zigzag(dd)
+    head = np.zeros(starts.size, dtype=np.dtype([("version", "u1"), ("n", "<u4"),
+                                                 ("t0", "<i8")]))
+    head["version"], head["n"], head["t0"] = _VERSION, sizes, ts[starts]
+    widths = _byte_widths(np.maximum.reduceat(coded, starts))
+    return _pack_segments(head.view(np.uint8).reshape(starts.size, -1), None, coded, sizes,
+                          widths, _cctx(level))
+
+
+def _pack_segments(heads: np.ndarray, extras: list[bytes | None] | None, coded: np.ndarray,
+                   sizes: np.ndarray, widths: np.ndarray,
+                   cctx: zstandard.ZstdCompressor) -> list[bytes]:
+    """One zstd frame per segment of ``coded`` (uint64, segments of ``sizes`` back to back):
+    ``heads[i] | extras[i] | u8 widths[i] | planes`` where planes are the low ``widths[i]``
+    bytes of the segment's values, byte plane by byte plane (as ``_planes``). The bytes of all
+    frames are laid out in one buffer with numpy; only the zstd call is per segment."""
+    n_seg, head_len = heads.shape
+    extra_len = np.zeros(n_seg, dtype=np.int64)
+    if extras is not None:
+        extra_len[:] = [len(x) if x else 0 for x in extras]
+    widths = widths.astype(np.int64)
+    body = head_len + extra_len  # where the width byte goes
+    lengths = body + 1 + widths * sizes
+    offsets = np.zeros(n_seg + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    out = np.zeros(int(offsets[-1]), dtype=np.uint8)
+    out[(offsets[:-1, None] + np.arange(head_len)).ravel()] = heads.ravel()
+    if extras is not None:
+        for i in np.flatnonzero(extra_len).tolist():
+            at = int(offsets[i]) + head_len
+            out[at:at + int(extra_len[i])] = np.frombuffer(extras[i], dtype=np.uint8)  # type: ignore[arg-type]
+    out[offsets[:-1] + body] = widths
+    seg = np.repeat(np.arange(n_seg), sizes)
+    first = np.zeros(n_seg, dtype=np.int64)
+    np.cumsum(sizes[:-1], out=first[1:])
+    pos = np.arange(coded.size, dtype=np.int64) - first[seg]  # index inside its segment
+    planes = (offsets[:-1] + body + 1)[seg] + pos
+    n_of = sizes[seg]
+    w_of = widths[seg]
+    le = coded.astype("<u8", copy=False).view(np.uint8).reshape(-1, 8)
+    for b in range(int(widths.max()) if n_seg else 0):
+        keep = w_of > b
+        out[planes[keep] + b * n_of[keep]] = le[keep, b]
+    buf = memoryview(out.data)
+    bounds = offsets.tolist()
+    compress = cctx.compress
+    return [compress(buf[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
 
 
 def decode_chunks(blobs: list[bytes], block_times: list[np.ndarray]
