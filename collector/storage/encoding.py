@@ -206,17 +206,22 @@ def encode_times_many(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray,
 def _pack_segments(heads: np.ndarray, extras: list[bytes | None] | None, coded: np.ndarray,
                    sizes: np.ndarray, widths: np.ndarray,
                    cctx: zstandard.ZstdCompressor) -> list[bytes]:
-    """One zstd frame per segment of ``coded`` (uint64, segments of ``sizes`` back to back):
-    ``heads[i] | extras[i] | u8 widths[i] | planes`` where planes are the low ``widths[i]``
-    bytes of the segment's values, byte plane by byte plane (as ``_planes``). The bytes of all
-    frames are laid out in one buffer with numpy; only the zstd call is per segment."""
+    """One zstd frame per segment of ``coded`` (uint64 rows of K columns, or a vector: K = 1;
+    segments of ``sizes`` rows back to back): ``heads[i] | extras[i] | u8 widths[i, c] for each
+    column | planes of column 0 | planes of column 1 ...`` where a column's planes are the low
+    ``widths[i, c]`` bytes of its values in the segment, byte plane by byte plane (as
+    ``_planes``). The bytes of all frames are laid out in one buffer with numpy; only the zstd
+    call is per segment."""
+    coded = coded.reshape(coded.shape[0], -1)
+    n_cols = coded.shape[1]
+    widths = widths.astype(np.int64).reshape(-1, n_cols)
     n_seg, head_len = heads.shape
     extra_len = np.zeros(n_seg, dtype=np.int64)
     if extras is not None:
         extra_len[:] = [len(x) if x else 0 for x in extras]
-    widths = widths.astype(np.int64)
-    body = head_len + extra_len  # where the width byte goes
-    lengths = body + 1 + widths * sizes
+    body = head_len + extra_len  # where the width bytes go
+    col_bytes = widths * sizes[:, None]  # bytes of each column's planes
+    lengths = body + n_cols + col_bytes.sum(axis=1)
     offsets = np.zeros(n_seg + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     out = np.zeros(int(offsets[-1]), dtype=np.uint8)
@@ -225,18 +230,21 @@ def _pack_segments(heads: np.ndarray, extras: list[bytes | None] | None, coded: 
         for i in np.flatnonzero(extra_len).tolist():
             at = int(offsets[i]) + head_len
             out[at:at + int(extra_len[i])] = np.frombuffer(extras[i], dtype=np.uint8)  # type: ignore[arg-type]
-    out[offsets[:-1] + body] = widths
+    out[((offsets[:-1] + body)[:, None] + np.arange(n_cols)).ravel()] = widths.ravel()
+    # where each column's planes begin, per segment
+    col_at = (offsets[:-1] + body + n_cols)[:, None] + np.cumsum(col_bytes, axis=1) - col_bytes
     seg = np.repeat(np.arange(n_seg), sizes)
     first = np.zeros(n_seg, dtype=np.int64)
     np.cumsum(sizes[:-1], out=first[1:])
-    pos = np.arange(coded.size, dtype=np.int64) - first[seg]  # index inside its segment
-    planes = (offsets[:-1] + body + 1)[seg] + pos
+    pos = np.arange(coded.shape[0], dtype=np.int64) - first[seg]  # row inside its segment
     n_of = sizes[seg]
-    w_of = widths[seg]
-    le = coded.astype("<u8", copy=False).view(np.uint8).reshape(-1, 8)
-    for b in range(int(widths.max()) if n_seg else 0):
-        keep = w_of > b
-        out[planes[keep] + b * n_of[keep]] = le[keep, b]
+    le = coded.astype("<u8", copy=False).view(np.uint8).reshape(-1, n_cols, 8)
+    for c in range(n_cols):
+        w_of = widths[seg, c]
+        planes = col_at[seg, c] + pos
+        for b in range(int(widths[:, c].max()) if n_seg else 0):
+            keep = np.flatnonzero(w_of > b)
+            out[planes[keep] + b * n_of[keep]] = le[keep, c, b]
     buf = memoryview(out.data)
     bounds = offsets.tolist()
     compress = cctx.compress
@@ -245,39 +253,58 @@ def _pack_segments(heads: np.ndarray, extras: list[bytes | None] | None, coded: 
 
 def decode_chunks(blobs: list[bytes], block_times: list[np.ndarray]
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(timestamps, values, sizes) of many chunks at once, concatenated in order."""
-    dctx = _dctx()
+    """(timestamps, values, sizes) of many chunks at once, concatenated in order.
+
+    Per chunk only the zstd call (and the bitmap of a chunk that lacks some of its block's
+    timestamps); headers and byte planes are read for all chunks at once from one buffer."""
     n_blobs = len(blobs)
-    sizes = np.zeros(n_blobs, dtype=np.int64)
-    v0 = np.zeros(n_blobs, dtype=_I64)
-    mode2 = np.zeros(n_blobs, dtype=bool)
-    ts_parts, coded_parts = [], []
-    for i, (blob, bt) in enumerate(zip(blobs, block_times, strict=True)):
-        raw = memoryview(dctx.decompress(blob))
-        version, mode, n, first, has_mask = _CHUNK_HEAD.unpack_from(raw, 0)
-        if version != _VERSION:
-            raise ValueError(f"unknown chunk version {version}")
-        pos = _CHUNK_HEAD.size
-        if has_mask:
-            size = (bt.size + 7) // 8
-            bits = np.unpackbits(np.frombuffer(raw[pos:pos + size], dtype=np.uint8),
-                                 count=bt.size).view(bool)
-            ts_parts.append(bt[bits])
-            pos += size
-        else:
-            ts_parts.append(bt)
-        if ts_parts[-1].size != n:
-            raise ValueError("chunk does not match its block's timestamps")
-        u, _ = _unplanes(raw, pos, n)
-        coded_parts.append(u)
-        sizes[i], v0[i], mode2[i] = n, first, mode == 2
     if not n_blobs:
         e = np.empty(0, dtype=_I64)
-        return e, e, sizes
-    ts = np.concatenate(ts_parts)
-    d = unzigzag(np.concatenate(coded_parts))
-    starts = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
+        return e, e, np.zeros(0, dtype=np.int64)
+    if len(block_times) != n_blobs:
+        raise ValueError("one block's timestamps per chunk")
+    decompress = _dctx().decompress
+    raws = [decompress(blob) for blob in blobs]
+    lengths = np.fromiter(map(len, raws), dtype=np.int64, count=n_blobs)
+    if (lengths < _CHUNK_HEAD.size + 1).any():
+        raise ValueError("chunk too short")
+    offsets = np.zeros(n_blobs + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    buf = np.frombuffer(b"".join(raws), dtype=np.uint8)
+    head = buf[(offsets[:-1, None] + np.arange(_CHUNK_HEAD.size)).ravel()].view(
+        np.dtype([("version", "u1"), ("mode", "u1"), ("n", "<u4"), ("v0", "<i8"),
+                  ("has_mask", "u1")]))
+    if (head["version"] != _VERSION).any():
+        bad = int(head["version"][head["version"] != _VERSION][0])
+        raise ValueError(f"unknown chunk version {bad}")
+    sizes = head["n"].astype(np.int64)
+    ts_parts = list(block_times)
+    pos = offsets[:-1] + _CHUNK_HEAD.size  # where each chunk's planes begin
+    for i in np.flatnonzero(head["has_mask"]).tolist():
+        bt = block_times[i]
+        size = (bt.size + 7) // 8
+        at = int(pos[i])
+        bits = np.unpackbits(buf[at:at + size], count=bt.size).view(bool)
+        ts_parts[i] = bt[bits]
+        pos[i] += size
+    if (np.fromiter(map(len, ts_parts), dtype=np.int64, count=n_blobs) != sizes).any():
+        raise ValueError("chunk does not match its block's timestamps")
+    widths = buf[pos].astype(np.int64)
+    if (pos + 1 + widths * sizes > offsets[1:]).any() or (widths > 8).any():
+        raise ValueError("chunk too short")
     seg = np.repeat(np.arange(n_blobs), sizes)
+    starts = np.zeros(n_blobs, dtype=np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    at = (pos + 1)[seg] + np.arange(seg.size, dtype=np.int64) - starts[seg]
+    n_of, w_of = sizes[seg], widths[seg]
+    u = np.zeros(seg.size, dtype=_U64)
+    for byte in range(int(widths.max())):
+        rows = np.flatnonzero(w_of > byte)
+        u[rows] |= buf[at[rows] + byte * n_of[rows]].astype(_U64) << _U64(8 * byte)
+    ts = np.concatenate(ts_parts)
+    d = unzigzag(u)
+    v0 = head["v0"].astype(_I64)
+    mode2 = head["mode"] == 2
     with np.errstate(over="ignore"):
         if mode2.any():
             rows = mode2[seg]
@@ -363,19 +390,12 @@ def encode_rollups(buckets: dict[str, np.ndarray], starts: np.ndarray, windows: 
         ], axis=1)
     zz = zigzag(coded)
     widths = _byte_widths(np.maximum.reduceat(zz, starts, axis=0))  # (segments, columns)
-    top = widths.max(axis=0)
-    # byte planes of every column for all rows at once: planes[c][j] = byte j of column c
-    planes = [np.stack([(zz[:, c] >> _U64(8 * j)).astype(np.uint8) for j in range(int(top[c]))])
-              if top[c] else None for c in range(_K)]
-    ends = np.r_[starts[1:], n]
-    cctx = _cctx(level)
-    out = []
-    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-        w = widths[i]
-        parts = [_ROLLUP_HEAD.pack(_VERSION, e - s, int(windows[i])), bytes(w.astype(np.uint8))]
-        parts += [planes[c][:w[c], s:e].tobytes() for c in range(_K) if w[c]]
-        out.append(cctx.compress(b"".join(parts)))
-    return out
+    sizes = np.diff(np.r_[starts, n])
+    head = np.zeros(starts.size, dtype=np.dtype([("version", "u1"), ("n", "<u4"),
+                                                 ("window", "<i8")]))
+    head["version"], head["n"], head["window"] = _VERSION, sizes, windows
+    return _pack_segments(head.view(np.uint8).reshape(starts.size, -1), None, zz, sizes,
+                          widths, _cctx(level))
 
 
 def decode_rollups(blobs: list[bytes], bucket_ms: int
