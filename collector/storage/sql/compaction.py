@@ -16,7 +16,8 @@ that meets it, counted and logged once; it never stops the compaction of any oth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,7 @@ class Compaction(SQLStore):
         unreadable: list[tuple[int, str]] = []
         batches: list[tuple[int, int, BatchColumns]] = []
         with self._write() as db:
+            began = time.monotonic()
             ids = [batch_id for _, batch_id, _ in part]
             host_of = {batch_id: hid for hid, batch_id, _ in part}
             found: list[tuple[int, bytes]] = []
@@ -105,6 +107,7 @@ class Compaction(SQLStore):
             moved = self._quarantine(db, unreadable, now_ms)
             db.executemany("DELETE FROM batches WHERE id = ?", [(i,) for i in taken])
             self._kill_point("l0end")
+        self._give_way(time.monotonic() - began)
         resolved.commit()
         self.reader.forget(read)
         _log_quarantined(moved)
@@ -247,60 +250,108 @@ class Compaction(SQLStore):
             chosen.append(row)
             budget -= row[3]
         with self._write() as db:
-            cut = self._cutoffs(db)
-            for hid, w, _, _ in chosen:
-                self._merge_window(db, hid, w, w <= closed_before, cut)
+            began = time.monotonic()
+            self._merge_chosen(db, [(hid, w) for hid, w, _, _ in chosen], closed_before,
+                               self._cutoffs(db))
             self._kill_point("l1end")
+        self._give_way(time.monotonic() - began)
         return len(chosen) < len(rows)
 
-    def _window_samples(self, db: Any, hid: int, w: int
-                        ) -> tuple[Selection, np.ndarray, np.ndarray, np.ndarray, list[int]]:
-        """Every raw sample of a host's window, deduplicated, sorted by (series, ts)."""
+    def _window_samples(self, db: Any, windows: list[tuple[int, int]]
+                        ) -> tuple[Selection, np.ndarray, np.ndarray, np.ndarray,
+                                   dict[tuple[int, int], list[int]]]:
+        """Every raw sample of the (host, window) pairs ``windows``, deduplicated, sorted by
+        (series, ts), with the blocks of each pair. One query per 500 hosts or series for
+        each table, not one per window."""
         sel = Selection()
         local: dict[int, int] = {}
-        for sid, kind, scale in db.execute("SELECT id, kind, scale FROM series WHERE "
-                                           "host_id = ?", (hid,)):
-            local[sid] = sel.add(sid, hid, "", kind, "", scale)
-        times = self._block_times(db.execute(
-            "SELECT id, times FROM blocks WHERE host_id = ? AND window_ms = ?", (hid, w)))
-        rows = [(local[series_id], block_id, data) for series_id, block_id, data in db.execute(
-            "SELECT series_id, block_id, data FROM chunks WHERE window_ms = ? AND "
-            "series_id IN (SELECT id FROM series WHERE host_id = ?)", (w, hid))]
-        sid, ts, val, order = self._chunk_samples(rows, times)
+        hosts = sorted({hid for hid, _ in windows})
+        for some in chunked(hosts):
+            for sid, hid, kind, scale in db.execute(
+                    f"SELECT id, host_id, kind, scale FROM series WHERE host_id IN "
+                    f"({placeholders(some)}) ORDER BY id", some):
+                local[sid] = sel.add(sid, hid, "", kind, "", scale)
+        wanted = set(windows)
+        spans = sorted({w for _, w in windows})
+        blocks: dict[tuple[int, int], list[int]] = {}
+        rows_t: list[tuple[int, bytes]] = []
+        for some in chunked(hosts):
+            for block_id, hid, w, times in db.execute(
+                    f"SELECT id, host_id, window_ms, times FROM blocks WHERE host_id IN "
+                    f"({placeholders(some)}) AND window_ms IN ({placeholders(spans)})",
+                    (*some, *spans)):
+                if (hid, w) in wanted:
+                    blocks.setdefault((hid, w), []).append(block_id)
+                    rows_t.append((block_id, times))
+        times_of = self._block_times(rows_t)
+        rows = []
+        for some in chunked(list(local)):
+            rows += [(local[series_id], block_id, data) for series_id, block_id, data in
+                     db.execute(f"SELECT series_id, block_id, data FROM chunks WHERE "
+                                f"window_ms IN ({placeholders(spans)}) AND series_id IN "
+                                f"({placeholders(some)})", (*spans, *some))
+                     if block_id in times_of]
+        sid, ts, val, order = self._chunk_samples(rows, times_of)
         sid, ts, val = agg.sort_dedupe(sid, ts, val, order)
-        return sel, sid, ts, val, list(times)
+        return sel, sid, ts, val, blocks
 
-    def _merge_window(self, db: Any, hid: int, w: int, closed: bool,
+    def _merge_chosen(self, db: Any, windows: list[tuple[int, int]], closed_before: int,
                       cut: dict[str, int]) -> None:
-        sel, sid, ts, val, block_ids = self._window_samples(db, hid, w)
-        if len(block_ids) > 1:
-            db.execute("DELETE FROM chunks WHERE window_ms = ? AND series_id IN "
-                       "(SELECT id FROM series WHERE host_id = ?)", (w, hid))
-            db.executemany("DELETE FROM blocks WHERE id = ?", [(i,) for i in block_ids])
-            if sid.size:
-                self._write_blocks(db, np.array(sel.sid, dtype=np.int64)[sid], ts, val,
-                                   np.full(sid.size, hid), np.full(sid.size, w), "l1")
+        """L1 for the (host, window) pairs ``windows`` in one transaction: those with several
+        blocks get one merged block; closed ones get their rollups recomputed and lose their
+        dirty mark, the others keep it with one block."""
+        sel, sid, ts, val, blocks = self._window_samples(db, windows)
+        host = np.array(sel.host, dtype=np.int64)[sid]
+        win = ts - ts % self.window_ms
+        merged = [hw for hw in windows if len(blocks.get(hw, ())) > 1]
+        if merged:
+            db.executemany("DELETE FROM chunks WHERE window_ms = ? AND series_id IN "
+                           "(SELECT id FROM series WHERE host_id = ?)",
+                           [(w, hid) for hid, w in merged])
+            db.executemany("DELETE FROM blocks WHERE id = ?",
+                           [(i,) for hw in merged for i in blocks[hw]])
+            pick = _pairs_in(host, win, merged)
+            if pick.any():
+                idx = np.lexsort((ts[pick], sid[pick], win[pick], host[pick]))
+                self._write_blocks(db, np.array(sel.sid, dtype=np.int64)[sid[pick][idx]],
+                                   ts[pick][idx], val[pick][idx], host[pick][idx],
+                                   win[pick][idx], "l1")
+        closed = [(hid, w) for hid, w in windows if w <= closed_before]
         if closed:
-            if sid.size:
-                self._replace_rollups(db, sel, sid, ts, val, w, cut)
-            db.execute("DELETE FROM dirty WHERE host_id = ? AND window_ms = ?", (hid, w))
-        else:
-            db.execute("UPDATE dirty SET blocks = 1, samples = ? WHERE host_id = ? AND "
-                       "window_ms = ?", (int(sid.size), hid, w))
+            pick = _pairs_in(host, win, closed)
+            if pick.any():
+                self._replace_rollups(db, sel, sid[pick], ts[pick], val[pick], closed, cut)
+            db.executemany("DELETE FROM dirty WHERE host_id = ? AND window_ms = ?", closed)
+        open_ = [(hid, w) for hid, w in windows if w > closed_before]
+        if open_:
+            db.executemany("UPDATE dirty SET blocks = 1, samples = ? WHERE host_id = ? AND "
+                           "window_ms = ?",
+                           [(int(np.count_nonzero((host == hid) & (win == w))), hid, w)
+                            for hid, w in open_])
 
     # -- rollups -------------------------------------------------------------------------------
 
-    def _replace_rollups(self, db: Any, sel: Selection, sid: np.ndarray,
-                         ts: np.ndarray, val: np.ndarray, w: int, cut: dict[str, int]) -> None:
-        """Rollups of a closed window, recomputed from all its raw samples, replace what the
-        rollup rows held for that window."""
+    def _replace_rollups(self, db: Any, sel: Selection, sid: np.ndarray, ts: np.ndarray,
+                         val: np.ndarray, windows: list[tuple[int, int]],
+                         cut: dict[str, int]) -> None:
+        """Rollups of closed (host, window) pairs, recomputed from all their raw samples
+        (sorted by (series, ts)), replace what the rollup rows held for those windows."""
         counter = sel.counter()
+        host = np.array(sel.host, dtype=np.int64)
+        win = ts - ts % self.window_ms
         for name, (width, tier_window) in TIERS.items():
-            if w + self.window_ms <= cut[name]:
+            kept = [(hid, w) for hid, w in windows if w + self.window_ms > cut[name]]
+            keep = win + self.window_ms > cut[name]
+            if not kept or not keep.any():
                 continue
-            buckets = agg.bucketize(sid, ts, val, counter, width)
+            buckets = agg.bucketize(sid[keep], ts[keep], val[keep], counter, width)
+
+            def replaced(old: agg.Buckets, kept: list[tuple[int, int]] = kept) -> np.ndarray:
+                return _pairs_in(host[old["sid"]], old["start"] - old["start"] % self.window_ms,
+                                 kept)
+
             self._upsert_rollups(db, sel, buckets, width, tier_window, counter,
-                                 replace=(w, w + self.window_ms))
+                                 replace=replaced)
 
     def _merge_rollups(self, db: Any, sel: Selection, sid: np.ndarray,
                        ts: np.ndarray, val: np.ndarray, cut: dict[str, int]) -> None:
@@ -317,10 +368,11 @@ class Compaction(SQLStore):
 
     def _upsert_rollups(self, db: Any, sel: Selection,
                         buckets: agg.Buckets, width: int, tier_window: int,
-                        counter: np.ndarray, replace: tuple[int, int] | None) -> None:
+                        counter: np.ndarray,
+                        replace: Callable[[agg.Buckets], np.ndarray] | None) -> None:
         """Write ``buckets`` (sorted by (sid, start)) into the rollup rows of their series and
-        tier windows: replacing what those rows held in [replace) or, without ``replace``,
-        merging bucket by bucket."""
+        tier windows: replacing the stored buckets ``replace(stored)`` says are replaced or,
+        without ``replace``, merging bucket by bucket."""
         sid = buckets["sid"]
         tw = buckets["start"] - buckets["start"] % tier_window
         s = np.flatnonzero(np.r_[True, (sid[1:] != sid[:-1]) | (tw[1:] != tw[:-1])])
@@ -329,7 +381,7 @@ class Compaction(SQLStore):
             old, sizes = decode_rollups([blob for _, blob in existing], width)
             old["sid"] = np.repeat(np.array([i for i, _ in existing], dtype=np.int64), sizes)
             if replace is not None:
-                outside = (old["start"] < replace[0]) | (old["start"] >= replace[1])
+                outside = ~replace(old)
                 both = agg.concat_buckets([agg.take(old, np.flatnonzero(outside)), buckets])
                 buckets = agg.take(both, np.lexsort((both["start"], both["sid"])))
             else:
@@ -416,6 +468,20 @@ class Compaction(SQLStore):
                 "SELECT h.name, count(*) FROM quarantine q JOIN hosts h ON h.id = q.host_id "
                 "GROUP BY h.name ORDER BY h.name"))
         return StorageStats(quarantined=quarantined)
+
+
+def _pairs_in(host: np.ndarray, win: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """Which (host, window) rows are among ``pairs``."""
+    if not pairs:
+        return np.zeros(host.size, dtype=bool)
+    ph, pw = np.array(pairs, dtype=np.int64).T
+    span = int(max(int(pw.max()), int(win.max()) if win.size else 0)) + 1
+    if span < (1 << 62) // (int(max(int(ph.max()), int(host.max()) if host.size else 0)) + 1):
+        return np.isin(host * span + win, ph * span + pw)
+    wanted = set(pairs)
+    return np.fromiter(((h, w) in wanted for h, w in zip(host.tolist(), win.tolist(),
+                                                         strict=True)), dtype=bool,
+                       count=host.size)
 
 
 def _transactions(chosen: list[tuple[int, int, int]], bound: int
