@@ -42,7 +42,7 @@ log = logging.getLogger("edgemon.collector.storage.maintenance")
 
 POLL = 0.1  # seconds between the supervisor's looks at the child and the flags
 RESTART_MIN, RESTART_MAX = 1.0, 30.0  # back-off before starting a dead child again
-STOP_WAIT = 60.0  # seconds a stopping child gets to finish its round before it is killed
+STOP_WAIT = 20.0  # seconds a stopping child gets to finish its round before it is killed
 
 
 class CompactionProcess:
@@ -214,7 +214,23 @@ def child_main(target: str, options: dict[str, Any], reports: Connection, notes:
     def alive() -> bool:
         return parent is None or parent.is_alive()
 
-    storage = open_storage(target, **options)
+    storage = None
+    delay = RESTART_MIN
+    while storage is None:  # a store that is down: wait for it, but stop when told to
+        if stop.is_set() or not alive():
+            os._exit(0)
+        try:
+            storage = open_storage(target, **{**options, "wait": False}) \
+                if str(target).startswith(("postgresql:", "postgres:")) \
+                else open_storage(target, **options)
+        except Exception as exc:
+            log.warning("compaction process: cannot open the storage (%s); trying again in "
+                        "%.0f s", str(exc).strip()[:200], delay)
+            stop.wait(delay)
+            delay = min(RESTART_MAX, delay * 2)
+    # while the collector has messages waiting, leave the write lock free after each
+    # compaction transaction as long as it was held (``SQLStore._give_way``)
+    storage.give_way = lambda: bool(busy.value)  # type: ignore[attr-defined]
     try:
         def should_run() -> bool:
             return bool(leading.value) and not stop.is_set()

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -102,6 +103,9 @@ class SQLStore:
         self.decoded = DecodedCache(decoded_cache_mb << 20)  # decoded chunks/rollups, readers
         self._write_lock = threading.RLock()
         self._maintain_lock = threading.RLock()  # one maintenance step at a time
+        # whether a compaction transaction gives way after its commit (ingest waits): set by the
+        # compaction process from the collector's ``busy`` (``_give_way``)
+        self.give_way: Any = None
         self._host_ids: dict[str, int] = {}
         self._series_cache: dict[tuple[Any, ...], dict[tuple[str, ...], Any]] = {}
         self._layouts = LayoutCache(self._series_cache)  # series ids per host batch layout
@@ -129,6 +133,15 @@ class SQLStore:
         """Before rows of ``table`` (blocks, chunks, or rollups of bucket width ``tier``) are
         written for ``windows``: a backend with time partitions checks that they have one (or
         fails the transaction, to make them and try again: ``postgres/database.py``)."""
+
+    def _give_way(self, held_s: float) -> None:
+        """After a compaction transaction held the write lock ``held_s`` seconds: while
+        ``give_way()`` says ingest waits, leave the lock free as long (at least 5 ms). Another
+        process waiting in SQLite's busy handler polls with growing sleeps (1, 2, 5 ... 100
+        ms), never more than it has already waited: a gap as long as the hold is one it sees,
+        where an immediate next ``BEGIN IMMEDIATE`` would starve it."""
+        if self.give_way is not None and self.give_way():
+            time.sleep(max(0.005, held_s))
 
     def _kill_point(self, stage: str) -> None:
         """Test hook: die like kill -9 after the N-th write of ``stage`` (inside a transaction)."""
