@@ -151,14 +151,7 @@ def encode_chunks(values: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     starts = np.asarray(starts, dtype=np.int64)
     ends = np.asarray(ends, dtype=np.int64)
     sizes = ends - starts
-    with np.errstate(over="ignore"):
-        dv = _diff(values)
-        dv[starts] = 0
-        ddv = _diff(dv)
-        ddv[starts] = 0
-        second = starts + 1
-        second = second[second < ends]
-        ddv[second] = dv[second]
+    dv, ddv = _seg_deltas(values, starts, ends)
     z1, z2 = zigzag(dv), zigzag(ddv)
     w1 = _byte_widths(np.maximum.reduceat(z1, starts))
     w2 = _byte_widths(np.maximum.reduceat(z2, starts))
@@ -176,6 +169,21 @@ def encode_chunks(values: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                           sizes, np.where(mode2, w2, w1), _cctx(level))
 
 
+def _seg_deltas(x: np.ndarray, starts: np.ndarray, ends: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Delta and delta of delta of ``x`` inside each segment [starts[i], ends[i]) (both 0 at a
+    segment's first row; the second row's delta of delta is its delta), wrapping."""
+    with np.errstate(over="ignore"):
+        d = _diff(x)
+        d[starts] = 0
+        dd = _diff(d)
+        dd[starts] = 0
+        second = starts + 1
+        second = second[second < ends]
+        dd[second] = d[second]
+    return d, dd
+
+
 def encode_times_many(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                       level: int = 3) -> list[bytes]:
     """``encode_times`` of every segment ``ts[starts[i]:ends[i]]`` (contiguous, in order, each
@@ -186,15 +194,7 @@ def encode_times_many(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     sizes = ends - starts
     if (sizes <= 0).any():
         raise ValueError("a block needs at least one timestamp")
-    with np.errstate(over="ignore"):
-        d = _diff(ts)
-        d[starts] = 0
-        dd = _diff(d)
-        dd[starts] = 0
-        second = starts + 1
-        second = second[second < ends]
-        dd[second] = d[second]
-    coded = zigzag(dd)
+    coded = zigzag(_seg_deltas(ts, starts, ends)[1])
     head = np.zeros(starts.size, dtype=np.dtype([("version", "u1"), ("n", "<u4"),
                                                  ("t0", "<i8")]))
     head["version"], head["n"], head["t0"] = _VERSION, sizes, ts[starts]
