@@ -57,6 +57,12 @@ REGISTRY: dict[str, Bench] = {
     "storage_ingest": Bench(
         "storage_ingest.py", "collector storage: samples/s written and bytes per stored sample",
         quick=["--quick"], full=[], tiny=["--quick"], timeout_quick=75, timeout_full=1800),
+    "compaction": Bench(
+        "compaction.py", "storage compaction samples/s for one batch per host and for 12, and "
+        "ingest's writer latency while compaction runs, beside a baseline revision (same run)",
+        quick=["--quick"], full=[], tiny=["--hosts", "24", "--rounds", "1", "--backlog", "1",
+                                          "--seconds", "1"],
+        timeout_quick=600, timeout_full=1800, in_quick=False),
     "postgres_ingest": Bench(
         "postgres_ingest.py", "collector storage on PostgreSQL beside SQLite, same run: "
         "samples/s stored (COPY and INSERT), compacted, bytes per sample",

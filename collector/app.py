@@ -59,11 +59,13 @@ from edgemon.collector.ingest.pipeline import IngestPipeline
 from edgemon.collector.ingest.rate_limit import limiter_from_config
 from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.storage.base import Storage
+from edgemon.collector.storage.compaction_process import CompactionProcess
 from edgemon.collector.storage.maintenance import MaintenanceRunner
 from edgemon.common import sdnotify
 from edgemon.common.private_files import InsecureFileMode, check_not_world_accessible
 
-__all__ = ["CollectorService", "StartupError", "open_default_storage", "run"]
+__all__ = ["CollectorService", "StartupError", "default_storage_spec", "open_default_storage",
+           "run"]
 
 log = logging.getLogger("edgemon.collector")
 LEADING_RETRY_SECONDS = 5.0  # after a failed start or pause of the singleton work
@@ -106,20 +108,27 @@ def tls_context(http: HttpConfig) -> ssl.SSLContext | None:
     return context
 
 
+def default_storage_spec(config: StorageConfig) -> tuple[str, dict[str, Any]]:
+    """(URL or file path, options) of the store ``open_default_storage`` opens (the
+    compaction process opens it the same way)."""
+    path = Path(config.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    day_ms = 86_400_000
+    retention: dict[str, Any] = {"raw_retention_ms": config.retention_raw_days * day_ms,
+                                 "rollup_1m_retention_ms": config.retention_1m_days * day_ms,
+                                 "rollup_1h_retention_ms": config.retention_1h_days * day_ms}
+    if config.url:
+        return config.url, {"wait": True, **retention}
+    return str(path), retention
+
+
 def open_default_storage(config: StorageConfig) -> Storage:
     """PostgreSQL at ``config.url`` (waiting for it if it is down), else the embedded SQLite
     backend at ``config.path`` (its directory is created)."""
     from edgemon.collector.storage import open_storage
 
-    path = Path(config.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    day_ms = 86_400_000
-    retention = {"raw_retention_ms": config.retention_raw_days * day_ms,
-                 "rollup_1m_retention_ms": config.retention_1m_days * day_ms,
-                 "rollup_1h_retention_ms": config.retention_1h_days * day_ms}
-    if config.url:
-        return open_storage(config.url, wait=True, **retention)  # type: ignore[no-any-return]
-    return open_storage(path, **retention)  # type: ignore[no-any-return]
+    target, options = default_storage_spec(config)
+    return open_storage(target, **options)  # type: ignore[no-any-return]
 
 
 def default_leadership(config: CollectorConfig) -> Leadership:
@@ -247,10 +256,19 @@ class CollectorService:
             if self.pipeline is not None else []
         self._worker = asyncio.create_task(self.pipeline.run(), name="edgemon-ingest")
         inbox = self.inbox
-        self.maintenance = MaintenanceRunner(self.storage,
-                                             interval=cfg.storage.maintain_interval_seconds,
-                                             busy=lambda: inbox.queued > 0,
-                                             should_run=leadership.is_leader)
+        if cfg.storage.compaction_process and self.storage_factory is open_default_storage:
+            # compaction in a process of its own (storage/compaction_process.py)
+            target, options = default_storage_spec(cfg.storage)
+            if cfg.storage.url:
+                options["pool_size"] = 2
+            self.maintenance = CompactionProcess(  # type: ignore[assignment]
+                target, options, self.storage, interval=cfg.storage.maintain_interval_seconds,
+                busy=lambda: inbox.queued > 0, should_run=leadership.is_leader)
+        else:
+            self.maintenance = MaintenanceRunner(self.storage,
+                                                 interval=cfg.storage.maintain_interval_seconds,
+                                                 busy=lambda: inbox.queued > 0,
+                                                 should_run=leadership.is_leader)
         self.maintenance.start()
         self.metrics.attach(stats=self.pipeline.stats, rejects=self.rejects, inbox=self.inbox,
                             mqtt=self.mqtt, storage_open=lambda: self.storage_open,

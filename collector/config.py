@@ -224,6 +224,9 @@ class StorageConfig(_Section):
     retention_1m_days: Positive = 90
     retention_1h_days: Positive = 730
     maintain_interval_seconds: float = Field(10.0, gt=0, le=3600)
+    # compaction, rollups and retention in a process of their own (False: a thread of the
+    # collector's, as before; collector/STORAGE.md "Processes")
+    compaction_process: bool = True
 
     @field_validator("url")
     @classmethod

@@ -15,6 +15,7 @@ from edgemon.collector.storage.encoding import (
     encode_chunks,
     encode_rollups,
     encode_times,
+    encode_times_many,
     unzigzag,
     zigzag,
 )
@@ -69,6 +70,28 @@ def test_times_and_chunks_round_trip(seed: int) -> None:
     assert sizes.tolist() == [e.size for e in values]
     assert (ts == np.concatenate([e[0] for e in expect])).all()
     assert (v == np.concatenate(values)).all()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_blobs_built_together_equal_blobs_built_one_by_one(seed: int) -> None:
+    """The batched builders (all segments laid out in one buffer) give each segment exactly
+    the bytes it gets alone: block times, chunks (with and without bitmaps), rollup rows."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 40, int(rng.integers(1, 30)))
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    values = _values(rng, int(ends[-1]), seed % 4)
+    masks = [None if rng.random() < 0.6 else rng.bytes(int(rng.integers(1, 6)))
+             for _ in sizes]
+    together = encode_chunks(values, starts, ends, masks)
+    alone = [encode_chunks(values[s:e], np.array([0]), np.array([e - s]), [m])[0]
+             for s, e, m in zip(starts.tolist(), ends.tolist(), masks, strict=True)]
+    assert together == alone
+    ts = np.concatenate([np.sort(rng.choice(1 << 40, n, replace=False)) + (1 << 61) * (seed % 2)
+                         for n in sizes.tolist()]).astype(np.int64)
+    assert encode_times_many(ts, starts, ends) == [encode_times(ts[s:e]) for s, e in
+                                                   zip(starts.tolist(), ends.tolist(),
+                                                       strict=True)]
 
 
 def test_chunk_rejects_wrong_block() -> None:

@@ -72,7 +72,9 @@ def test_compacts_in_the_background_until_stopped(stores: Stores) -> None:
         wait_until(lambda: runner.runs >= 2, TIMEOUT, "more rounds")
     finally:
         runner.stop()
-    assert runner.errors == 0 and st.steps > 40 // 10  # 10 batches (60 samples) per step
+    # 10 batches (60 samples) per step; a step no longer holds the write lock throughout, so
+    # the batches can land during the first step, which then compacts some of them
+    assert runner.errors == 0 and st.steps >= 40 // 10
     assert runner.stats.quarantined == {}
     st.close()
 

@@ -187,10 +187,13 @@ class BatchReader:
         self.used = 0
         self.decoded = 0  # payloads decoded (cache misses), for tests and benchmarks
         self._cache: dict[bytes, BatchColumns | str] = {}  # str: why it is unreadable
+        self._ids: dict[bytes, int] = {}  # the batch row of a cached payload, when known
         self._lock = threading.Lock()
 
-    def read(self, payload: bytes, *, keep: bool = True) -> BatchColumns:
-        """The payload's columns; ``keep=False`` for a last read (compaction): not cached."""
+    def read(self, payload: bytes, *, keep: bool = True, batch_id: int | None = None
+             ) -> BatchColumns:
+        """The payload's columns; ``keep=False`` for a last read (compaction): not cached.
+        ``batch_id``: the row it was read from (``cached_ids``)."""
         hit = self._cache.get(payload)
         if hit is None:
             hit = _read_or_reason(payload)
@@ -201,6 +204,8 @@ class BatchReader:
                         and self.used + size <= self.max_bytes:
                     self._cache[payload] = hit
                     self.used += size
+                    if batch_id is not None:
+                        self._ids[payload] = batch_id
         if isinstance(hit, str):
             raise UnreadableBatch(hit)
         return hit
@@ -209,12 +214,19 @@ class BatchReader:
         with self._lock:
             for payload in payloads:
                 item = self._cache.pop(payload, None)
+                self._ids.pop(payload, None)
                 if item is not None:
                     self.used -= _size(payload, item)
+
+    def cached_ids(self) -> dict[bytes, int]:
+        """The cached payloads whose batch row is known, with its id."""
+        with self._lock:
+            return dict(self._ids)
 
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._ids.clear()
             self.used = 0
 
 

@@ -19,6 +19,7 @@ where ``planes(u) = u8 width | width byte planes of n values``.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import threading
 
@@ -34,6 +35,7 @@ __all__ = [
     "encode_chunks",
     "encode_rollups",
     "encode_times",
+    "encode_times_many",
     "unzigzag",
     "zigzag",
 ]
@@ -135,77 +137,174 @@ def decode_times(blob: bytes) -> np.ndarray:
 
 def encode_chunks(values: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                   masks: list[bytes | None], level: int = 3) -> list[bytes]:
-    """One chunk per segment ``values[starts[i]:ends[i]]`` (one series each).
+    """One chunk per segment ``values[starts[i]:ends[i]]`` (one series each; segments are
+    contiguous and in order, as ``np.flatnonzero`` of series changes gives them).
 
     ``masks[i]`` is ``np.packbits`` of which of the block's timestamps the series has, or None
-    when it has all of them. Deltas, zigzag and widths are computed for all segments at once.
+    when it has all of them. Everything before zstd is computed for all segments at once (deltas,
+    zigzag, widths, headers and byte planes laid out in one buffer: ``_pack_segments``); what is
+    left per chunk is one zstd call.
     """
     values = np.asarray(values, dtype=_I64)
-    n = values.size
-    if n == 0:
+    if values.size == 0:
         return []
     starts = np.asarray(starts, dtype=np.int64)
     ends = np.asarray(ends, dtype=np.int64)
+    sizes = ends - starts
+    dv, ddv = _seg_deltas(values, starts, ends)
+    z1, z2 = zigzag(dv), zigzag(ddv)
+    w1 = _byte_widths(np.maximum.reduceat(z1, starts))
+    w2 = _byte_widths(np.maximum.reduceat(z2, starts))
+    # Counters rising at a steady rate shrink under delta-of-delta; noisy gauges do not.
+    mode2 = (sizes > 2) & (w2 < w1)
+    seg = np.repeat(np.arange(starts.size), sizes)
+    coded = np.where(mode2[seg], z2, z1)
+    head = np.zeros(starts.size, dtype=np.dtype([("version", "u1"), ("mode", "u1"),
+                                                 ("n", "<u4"), ("v0", "<i8"),
+                                                 ("has_mask", "u1")]))
+    head["version"], head["mode"], head["n"] = _VERSION, np.where(mode2, 2, 1), sizes
+    head["v0"] = values[starts]
+    head["has_mask"] = [m is not None for m in masks]
+    return _pack_segments(head.view(np.uint8).reshape(starts.size, -1), masks, coded,
+                          sizes, np.where(mode2, w2, w1), _cctx(level))
+
+
+def _seg_deltas(x: np.ndarray, starts: np.ndarray, ends: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Delta and delta of delta of ``x`` inside each segment [starts[i], ends[i]) (both 0 at a
+    segment's first row; the second row's delta of delta is its delta), wrapping."""
     with np.errstate(over="ignore"):
-        dv = _diff(values)
-        dv[starts] = 0
-        ddv = _diff(dv)
-        ddv[starts] = 0
+        d = _diff(x)
+        d[starts] = 0
+        dd = _diff(d)
+        dd[starts] = 0
         second = starts + 1
         second = second[second < ends]
-        ddv[second] = dv[second]
-    z1, z2 = zigzag(dv), zigzag(ddv)
-    w1 = [_width_of(x) for x in np.maximum.reduceat(z1, starts)]
-    w2 = [_width_of(x) for x in np.maximum.reduceat(z2, starts)]
-    cctx = _cctx(level)
-    out = []
-    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-        # Counters rising at a steady rate shrink under delta-of-delta; noisy gauges do not.
-        if e - s > 2 and w2[i] < w1[i]:
-            mode, coded, width = 2, z2[s:e], w2[i]
-        else:
-            mode, coded, width = 1, z1[s:e], w1[i]
-        mask = masks[i]
-        head = _CHUNK_HEAD.pack(_VERSION, mode, e - s, int(values[s]), mask is not None)
-        out.append(cctx.compress(b"".join((head, mask or b"", _planes(coded, width)))))
-    return out
+        dd[second] = d[second]
+    return d, dd
+
+
+def encode_times_many(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                      level: int = 3) -> list[bytes]:
+    """``encode_times`` of every segment ``ts[starts[i]:ends[i]]`` (contiguous, in order, each
+    strictly increasing and not empty), computed at once."""
+    ts = np.asarray(ts, dtype=_I64)
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    sizes = ends - starts
+    if (sizes <= 0).any():
+        raise ValueError("a block needs at least one timestamp")
+    coded = zigzag(_seg_deltas(ts, starts, ends)[1])
+    head = np.zeros(starts.size, dtype=np.dtype([("version", "u1"), ("n", "<u4"),
+                                                 ("t0", "<i8")]))
+    head["version"], head["n"], head["t0"] = _VERSION, sizes, ts[starts]
+    widths = _byte_widths(np.maximum.reduceat(coded, starts))
+    return _pack_segments(head.view(np.uint8).reshape(starts.size, -1), None, coded, sizes,
+                          widths, _cctx(level))
+
+
+def _pack_segments(heads: np.ndarray, extras: list[bytes | None] | None, coded: np.ndarray,
+                   sizes: np.ndarray, widths: np.ndarray,
+                   cctx: zstandard.ZstdCompressor) -> list[bytes]:
+    """One zstd frame per segment of ``coded`` (uint64 rows of K columns, or a vector: K = 1;
+    segments of ``sizes`` rows back to back): ``heads[i] | extras[i] | u8 widths[i, c] for each
+    column | planes of column 0 | planes of column 1 ...`` where a column's planes are the low
+    ``widths[i, c]`` bytes of its values in the segment, byte plane by byte plane (as
+    ``_planes``). The bytes of all frames are laid out in one buffer with numpy; only the zstd
+    call is per segment."""
+    coded = coded.reshape(coded.shape[0], -1)
+    n_cols = coded.shape[1]
+    widths = widths.astype(np.int64).reshape(-1, n_cols)
+    n_seg, head_len = heads.shape
+    extra_len = np.zeros(n_seg, dtype=np.int64)
+    if extras is not None:
+        extra_len[:] = [len(x) if x else 0 for x in extras]
+    body = head_len + extra_len  # where the width bytes go
+    col_bytes = widths * sizes[:, None]  # bytes of each column's planes
+    lengths = body + n_cols + col_bytes.sum(axis=1)
+    offsets = np.zeros(n_seg + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    out = np.zeros(int(offsets[-1]), dtype=np.uint8)
+    out[(offsets[:-1, None] + np.arange(head_len)).ravel()] = heads.ravel()
+    if extras is not None:
+        for i in np.flatnonzero(extra_len).tolist():
+            at = int(offsets[i]) + head_len
+            out[at:at + int(extra_len[i])] = np.frombuffer(extras[i], dtype=np.uint8)  # type: ignore[arg-type]
+    out[((offsets[:-1] + body)[:, None] + np.arange(n_cols)).ravel()] = widths.ravel()
+    # where each column's planes begin, per segment
+    col_at = (offsets[:-1] + body + n_cols)[:, None] + np.cumsum(col_bytes, axis=1) - col_bytes
+    seg = np.repeat(np.arange(n_seg), sizes)
+    first = np.zeros(n_seg, dtype=np.int64)
+    np.cumsum(sizes[:-1], out=first[1:])
+    pos = np.arange(coded.shape[0], dtype=np.int64) - first[seg]  # row inside its segment
+    n_of = sizes[seg]
+    le = coded.astype("<u8", copy=False).view(np.uint8).reshape(-1, n_cols, 8)
+    for c in range(n_cols):
+        w_of = widths[seg, c]
+        planes = col_at[seg, c] + pos
+        for b in range(int(widths[:, c].max()) if n_seg else 0):
+            keep = np.flatnonzero(w_of > b)
+            out[planes[keep] + b * n_of[keep]] = le[keep, c, b]
+    buf = memoryview(out.data)
+    bounds = offsets.tolist()
+    compress = cctx.compress
+    return [compress(buf[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
 
 
 def decode_chunks(blobs: list[bytes], block_times: list[np.ndarray]
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(timestamps, values, sizes) of many chunks at once, concatenated in order."""
-    dctx = _dctx()
+    """(timestamps, values, sizes) of many chunks at once, concatenated in order.
+
+    Per chunk only the zstd call (and the bitmap of a chunk that lacks some of its block's
+    timestamps); headers and byte planes are read for all chunks at once from one buffer."""
     n_blobs = len(blobs)
-    sizes = np.zeros(n_blobs, dtype=np.int64)
-    v0 = np.zeros(n_blobs, dtype=_I64)
-    mode2 = np.zeros(n_blobs, dtype=bool)
-    ts_parts, coded_parts = [], []
-    for i, (blob, bt) in enumerate(zip(blobs, block_times, strict=True)):
-        raw = memoryview(dctx.decompress(blob))
-        version, mode, n, first, has_mask = _CHUNK_HEAD.unpack_from(raw, 0)
-        if version != _VERSION:
-            raise ValueError(f"unknown chunk version {version}")
-        pos = _CHUNK_HEAD.size
-        if has_mask:
-            size = (bt.size + 7) // 8
-            bits = np.unpackbits(np.frombuffer(raw[pos:pos + size], dtype=np.uint8),
-                                 count=bt.size).view(bool)
-            ts_parts.append(bt[bits])
-            pos += size
-        else:
-            ts_parts.append(bt)
-        if ts_parts[-1].size != n:
-            raise ValueError("chunk does not match its block's timestamps")
-        u, _ = _unplanes(raw, pos, n)
-        coded_parts.append(u)
-        sizes[i], v0[i], mode2[i] = n, first, mode == 2
     if not n_blobs:
         e = np.empty(0, dtype=_I64)
-        return e, e, sizes
-    ts = np.concatenate(ts_parts)
-    d = unzigzag(np.concatenate(coded_parts))
-    starts = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
+        return e, e, np.zeros(0, dtype=np.int64)
+    if len(block_times) != n_blobs:
+        raise ValueError("one block's timestamps per chunk")
+    decompress = _dctx().decompress
+    raws = [decompress(blob) for blob in blobs]
+    lengths = np.fromiter(map(len, raws), dtype=np.int64, count=n_blobs)
+    if (lengths < _CHUNK_HEAD.size + 1).any():
+        raise ValueError("chunk too short")
+    offsets = np.zeros(n_blobs + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    buf = np.frombuffer(b"".join(raws), dtype=np.uint8)
+    head = buf[(offsets[:-1, None] + np.arange(_CHUNK_HEAD.size)).ravel()].view(
+        np.dtype([("version", "u1"), ("mode", "u1"), ("n", "<u4"), ("v0", "<i8"),
+                  ("has_mask", "u1")]))
+    if (head["version"] != _VERSION).any():
+        bad = int(head["version"][head["version"] != _VERSION][0])
+        raise ValueError(f"unknown chunk version {bad}")
+    sizes = head["n"].astype(np.int64)
+    ts_parts = list(block_times)
+    pos = offsets[:-1] + _CHUNK_HEAD.size  # where each chunk's planes begin
+    for i in np.flatnonzero(head["has_mask"]).tolist():
+        bt = block_times[i]
+        size = (bt.size + 7) // 8
+        at = int(pos[i])
+        bits = np.unpackbits(buf[at:at + size], count=bt.size).view(bool)
+        ts_parts[i] = bt[bits]
+        pos[i] += size
+    if (np.fromiter(map(len, ts_parts), dtype=np.int64, count=n_blobs) != sizes).any():
+        raise ValueError("chunk does not match its block's timestamps")
+    widths = buf[pos].astype(np.int64)
+    if (pos + 1 + widths * sizes > offsets[1:]).any() or (widths > 8).any():
+        raise ValueError("chunk too short")
     seg = np.repeat(np.arange(n_blobs), sizes)
+    starts = np.zeros(n_blobs, dtype=np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    at = (pos + 1)[seg] + np.arange(seg.size, dtype=np.int64) - starts[seg]
+    n_of, w_of = sizes[seg], widths[seg]
+    u = np.zeros(seg.size, dtype=_U64)
+    for byte in range(int(widths.max())):
+        rows = np.flatnonzero(w_of > byte)
+        u[rows] |= buf[at[rows] + byte * n_of[rows]].astype(_U64) << _U64(8 * byte)
+    ts = np.concatenate(ts_parts)
+    d = unzigzag(u)
+    v0 = head["v0"].astype(_I64)
+    mode2 = head["mode"] == 2
     with np.errstate(over="ignore"):
         if mode2.any():
             rows = mode2[seg]
@@ -291,19 +390,12 @@ def encode_rollups(buckets: dict[str, np.ndarray], starts: np.ndarray, windows: 
         ], axis=1)
     zz = zigzag(coded)
     widths = _byte_widths(np.maximum.reduceat(zz, starts, axis=0))  # (segments, columns)
-    top = widths.max(axis=0)
-    # byte planes of every column for all rows at once: planes[c][j] = byte j of column c
-    planes = [np.stack([(zz[:, c] >> _U64(8 * j)).astype(np.uint8) for j in range(int(top[c]))])
-              if top[c] else None for c in range(_K)]
-    ends = np.r_[starts[1:], n]
-    cctx = _cctx(level)
-    out = []
-    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-        w = widths[i]
-        parts = [_ROLLUP_HEAD.pack(_VERSION, e - s, int(windows[i])), bytes(w.astype(np.uint8))]
-        parts += [planes[c][:w[c], s:e].tobytes() for c in range(_K) if w[c]]
-        out.append(cctx.compress(b"".join(parts)))
-    return out
+    sizes = np.diff(np.r_[starts, n])
+    head = np.zeros(starts.size, dtype=np.dtype([("version", "u1"), ("n", "<u4"),
+                                                 ("window", "<i8")]))
+    head["version"], head["n"], head["window"] = _VERSION, sizes, windows
+    return _pack_segments(head.view(np.uint8).reshape(starts.size, -1), None, zz, sizes,
+                          widths, _cctx(level))
 
 
 def decode_rollups(blobs: list[bytes], bucket_ms: int

@@ -68,8 +68,13 @@ class MaintenanceRunner:
                  busy: Callable[[], bool] = lambda: False,
                  clock_ms: Callable[[], int] = now_ms,
                  backlog_interval: float = 10.0, sizes_interval: float = 120.0,
-                 should_run: Callable[[], bool] = lambda: True) -> None:
+                 should_run: Callable[[], bool] = lambda: True,
+                 idle_pause: float = 1.0) -> None:
+        """``idle_pause``: the pause after a step, as a share of the step's time, while
+        nothing waits to be stored (1: half the time; the compaction process, whose interpreter
+        ingest does not need, gives 0)."""
         self.storage = storage
+        self.idle_pause = idle_pause
         self.should_run = should_run
         self.interval = interval
         self.busy = busy
@@ -110,7 +115,7 @@ class MaintenanceRunner:
                         or not self.should_run()):
                     break
                 took = time.monotonic() - started
-                time.sleep(max(MIN_PAUSE, took * (2 if self.busy() else 1)))
+                time.sleep(max(MIN_PAUSE, took * (2 if self.busy() else self.idle_pause)))
             self.runs += 1
         except Exception:
             self.errors += 1

@@ -55,7 +55,7 @@ class PostgresStorage(PostgresDatabase, SQLStorage):
     def maintain_step(self, now_ms: int) -> bool:
         """The shared step, with partitions made before it (those of the current windows, or
         the ones a step was rolled back for) and expired ones dropped after it."""
-        with self._write_lock:
+        with self._maintain_lock:  # not the write lock: each transaction takes it
             self.make_partitions(self._live_partitions(now_ms))
             for _ in range(_ATTEMPTS):
                 try:

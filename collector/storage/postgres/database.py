@@ -112,13 +112,14 @@ class PostgresDatabase(SQLStore):
         self._partitions_lock = threading.Lock()
         self._down_until = 0.0  # monotonic time before which requests fail at once
         self._down_reason = ""
-        self.pool = ConnectionPool(
-            url, min_size=1, max_size=max(2, pool_size), open=False, name="edgemon-storage",
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s))},
-            configure=self._configure_connection, check=ConnectionPool.check_connection,
-            timeout=connect_timeout_s, reconnect_timeout=_POOL_RECONNECT_S)
         delay = 1.0
         while True:
+            # a new pool for every attempt: a closed one cannot be opened again
+            self.pool = ConnectionPool(
+                url, min_size=1, max_size=max(2, pool_size), open=False, name="edgemon-storage",
+                kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s))},
+                configure=self._configure_connection, check=ConnectionPool.check_connection,
+                timeout=connect_timeout_s, reconnect_timeout=_POOL_RECONNECT_S)
             try:
                 self._open(window_ms)
                 return

@@ -49,7 +49,7 @@ class SQLStorage(Writes, Compaction, Retention, Queries, Sizes, Catalogues, Forw
     def maintain_step(self, now_ms: int) -> bool:
         """Quarantine what readers found unreadable, one L0 step, one L1 step, one retention
         step; whether work is left (call again soon) or not."""
-        with self._write_lock:
+        with self._maintain_lock:  # not the write lock: each transaction takes it
             self._quarantine_noted(now_ms)
             more = self._compact_pending(now_ms)
             more = self._merge_windows(now_ms) or more

@@ -16,81 +16,35 @@ that meets it, counted and logged once; it never stops the compaction of any oth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from edgemon.collector.storage import aggregate as agg
 from edgemon.collector.storage.base import StorageStats
-from edgemon.collector.storage.batches import BatchColumns, Table, UnreadableBatch, flatten
+from edgemon.collector.storage.batches import BatchColumns, UnreadableBatch
 from edgemon.collector.storage.encoding import (
     decode_rollups,
     encode_chunks,
     encode_rollups,
-    encode_times,
+    encode_times_many,
 )
-from edgemon.collector.storage.selection import Selection, canonical_labels
+from edgemon.collector.storage.selection import Selection
+from edgemon.collector.storage.sql.layouts import Gathered, Resolved, gather
 from edgemon.collector.storage.sql.store import TIERS, SQLStore, chunked, log, placeholders
 
 __all__ = ["Compaction"]
 
 
 class Compaction(SQLStore):
-    def _resolver(self, db: Any, sel: Selection, local: dict[int, int]) -> Any:
-        """Series lookup for compaction (``batches.Resolve``); creates rows for new series in
-        the transaction. New ids reach ``self._series_cache`` only after the commit
-        (``resolve.fresh``)."""
-        cache = self._series_cache
-        fresh: dict[tuple[Any, ...], dict[tuple[str, ...], tuple[int, int, bool]]] = {}
-        tables: dict[tuple[Any, ...], tuple[Table, Any]] = {}
-
-        def resolve(hid: int, name: str, kind: str, unit: str, scale: int,
-                    keys: tuple[str, ...]) -> tuple[Table, Any]:
-            mkey = (hid, name, keys)
-            found = tables.get(mkey)
-            if found is not None:
-                return found
-            table: Table = {}
-            known = cache.get(mkey, {})
-
-            def miss(labels: tuple[str, ...]) -> tuple[int, int]:
-                hit = known.get(labels) or fresh.get(mkey, {}).get(labels)
-                if hit is None:
-                    canon = canonical_labels(keys, labels)
-                    row = db.execute("SELECT id, scale, kind FROM series WHERE host_id = ? AND "
-                                     "name = ? AND labels = ?", (hid, name, canon)).fetchone()
-                    if row is None:
-                        new_id = db.execute(
-                            "INSERT INTO series (host_id, name, labels, kind, unit, scale, "
-                            "first_ms, last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                            (hid, name, canon, kind, unit, scale, 1 << 62, 0)).fetchone()[0]
-                        row = (new_id, scale, kind)
-                    hit = (row[0], row[1], row[2] == "counter")
-                    fresh.setdefault(mkey, {})[labels] = hit
-                sid, sscale, is_counter = hit
-                i = local.get(sid)
-                if i is None:
-                    i = local[sid] = sel.add(sid, hid, "", "counter" if is_counter else "gauge",
-                                             unit, sscale)
-                table[labels] = (i, sscale)
-                return i, sscale
-
-            found = tables[mkey] = (table, miss)
-            return found
-
-        resolve.fresh = fresh  # type: ignore[attr-defined]
-        return resolve
-
-    def _remember_series(self, fresh: dict[tuple[Any, ...], dict[Any, Any]]) -> None:
-        for mkey, labels in fresh.items():
-            self._series_cache.setdefault(mkey, {}).update(labels)
-
     # -- L0 ------------------------------------------------------------------------------------
 
     def _compact_pending(self, now_ms: int) -> bool:
-        """L0: the pending batches of some hosts -> one block per (host, window). Returns
-        whether eligible batches are left."""
+        """L0: the pending batches of some hosts (at most ``step_samples`` samples) -> one block
+        per (host, window) per transaction, in transactions of at most ``txn_samples`` samples
+        each (whole batches). Returns whether eligible batches are left."""
         with self._read() as db:
             rows = db.execute("SELECT host_id, min(received_ms), sum(samples) FROM batches "
                               "GROUP BY host_id ORDER BY 2").fetchall()
@@ -99,71 +53,76 @@ class Compaction(SQLStore):
             if not due:
                 return False
             budget = self.step_samples
-            chosen: list[tuple[int, int]] = []  # (host, last batch id taken)
+            chosen: list[tuple[int, int, int]] = []  # (host, batch id, samples)
             more = False  # eligible batches left for the next step
             for hid, _ in due:
                 if budget <= 0:
                     more = True
                     break
-                last = None
+                first = True
                 for batch_id, n in db.execute("SELECT id, samples FROM batches WHERE host_id = ? "
                                               "ORDER BY id", (hid,)):
-                    if last is not None and n > budget:
+                    if not first and n > budget:
                         more = True
                         break
-                    last, budget = batch_id, budget - n
-                chosen.append((hid, last))
+                    first, budget = False, budget - n
+                    chosen.append((hid, batch_id, n))
+        decoded = self._decode_chosen([batch_id for _, batch_id, _ in chosen])
+        for part in _transactions(chosen, min(self.txn_samples, self.step_samples)):
+            self._compact_part(part, decoded, now_ms)
+        return more
+
+    def _compact_part(self, part: list[tuple[int, int, int]],
+                      decoded: dict[int, tuple[bytes, BatchColumns | str]], now_ms: int) -> None:
+        """One L0 transaction: the batches ``part`` (host, batch id, samples) that are still
+        pending -> blocks and chunks; those batches deleted (or quarantined)."""
         taken: list[int] = []
         read: list[bytes] = []  # payloads read (to drop from the reader's cache after commit)
         unreadable: list[tuple[int, str]] = []
-        decoded = self._decode_chosen(chosen)  # CPU work, before the write lock is taken
+        batches: list[tuple[int, int, BatchColumns]] = []
         with self._write() as db:
-            cut = self._cutoffs(db)
-            sel = Selection()
-            local: dict[int, int] = {}
-            resolve = self._resolver(db, sel, local)
-
-            def batches() -> Iterator[tuple[int, int, BatchColumns]]:
-                for hid, last in chosen:
-                    for batch_id, payload in db.execute(
-                            "SELECT id, payload FROM batches WHERE host_id = ? AND id <= ? "
-                            "ORDER BY id", (hid, last)):
-                        taken.append(batch_id)
-                        read.append(payload)
-                        early = decoded.get(batch_id)
-                        if early is not None and early[0] == payload:
-                            columns = early[1]
-                        else:  # not seen before the lock (not expected): read it now
-                            columns = self._read_columns(payload)
-                        if isinstance(columns, str):
-                            unreadable.append((batch_id, columns))
-                            continue
-                        yield hid, batch_id, columns
-
-            sid, ts, val, order = flatten(batches(), resolve)
-            sid, ts, val = agg.sort_dedupe(sid, ts, val, order)
-            if sid.size:
-                self._write_l0(db, sel, sid, ts, val, cut)
+            began = time.monotonic()
+            ids = [batch_id for _, batch_id, _ in part]
+            host_of = {batch_id: hid for hid, batch_id, _ in part}
+            found: list[tuple[int, bytes]] = []
+            for some in chunked(ids):
+                found += db.execute(f"SELECT id, payload FROM batches WHERE id IN "
+                                    f"({placeholders(some)})", some).fetchall()
+            for batch_id, payload in sorted(found):
+                taken.append(batch_id)
+                read.append(payload)
+                early = decoded.get(batch_id)
+                if early is not None and early[0] == payload:
+                    columns = early[1]
+                else:  # not seen before the lock (an id given again): read it now
+                    columns = self._read_columns(payload)
+                if isinstance(columns, str):
+                    unreadable.append((batch_id, columns))
+                else:
+                    batches.append((host_of[batch_id], batch_id, columns))
+            resolved = Resolved(self._layouts)
+            g = gather(batches, lambda hid, cols: resolved.layout(db, hid, cols))
+            if g.sid.size:
+                self._write_l0(db, g, self._cutoffs(db))
             moved = self._quarantine(db, unreadable, now_ms)
             db.executemany("DELETE FROM batches WHERE id = ?", [(i,) for i in taken])
             self._kill_point("l0end")
-        self._remember_series(resolve.fresh)
+        self._give_way(time.monotonic() - began)
+        resolved.commit()
         self.reader.forget(read)
         _log_quarantined(moved)
-        return more
 
-    def _decode_chosen(self, chosen: list[tuple[int, int]]
-                       ) -> dict[int, tuple[bytes, BatchColumns | str]]:
+    def _decode_chosen(self, ids: list[int]) -> dict[int, tuple[bytes, BatchColumns | str]]:
         """The payloads of the chosen batches with their columns (or why they are unreadable),
         decoded in a read transaction, without the write lock: ingest's writer commits
         meanwhile. Inside the write transaction a batch is taken from here only if its payload
         is still the one decoded."""
         out: dict[int, tuple[bytes, BatchColumns | str]] = {}
         with self._read() as db:
-            for hid, last in chosen:
+            for some in chunked(ids):
                 for batch_id, payload in db.execute(
-                        "SELECT id, payload FROM batches WHERE host_id = ? AND id <= ? "
-                        "ORDER BY id", (hid, last)):
+                        f"SELECT id, payload FROM batches WHERE id IN ({placeholders(some)})",
+                        some):
                     out[batch_id] = (payload, self._read_columns(payload))
         return out
 
@@ -173,67 +132,100 @@ class Compaction(SQLStore):
         except UnreadableBatch as exc:
             return exc.reason
 
-    def _write_l0(self, db: Any, sel: Selection, sid: np.ndarray,
-                  ts: np.ndarray, val: np.ndarray, cut: dict[str, int]) -> None:
-        window_ms = self.window_ms
-        host = np.array(sel.host, dtype=np.int64)[sid]
-        win = ts - ts % window_ms
-        idx = np.lexsort((ts, sid, win, host))
-        sid, ts, val, host, win = sid[idx], ts[idx], val[idx], host[idx], win[idx]
-        # series first/last
-        first = np.full(len(sel), np.iinfo(np.int64).max)
-        last = np.full(len(sel), np.iinfo(np.int64).min)
-        np.minimum.at(first, sid, ts)
-        np.maximum.at(last, sid, ts)
+    def _write_l0(self, db: Any, g: Gathered, cut: dict[str, int]) -> None:
+        """The samples of one L0 transaction: deduplicated (the batch received last wins),
+        series first/last updated, one block per (host, window) plus its chunks, windows marked
+        dirty; samples of windows whose raw data retention removed go to the rollups."""
+        ids, local = np.unique(g.sid, return_inverse=True)  # local index, by series id
+        sid, ts, val = agg.sort_dedupe(local.astype(np.int64), g.ts, g.val, g.order)
+        hosts = np.zeros(ids.size, dtype=np.int64)
+        hosts[local] = g.host
+        starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+        ends = np.r_[starts[1:], sid.size]
         db.executemany("UPDATE series SET first_ms = min(first_ms, ?), last_ms = "
                        "max(last_ms, ?) WHERE id = ?",
-                       [(int(first[i]), int(last[i]), sel.sid[i]) for i in range(len(sel))
-                        if first[i] <= last[i]])
-        old: list[np.ndarray] = []  # samples of windows whose raw data retention removed
+                       zip(ts[starts].tolist(), ts[ends - 1].tolist(),
+                           ids[sid[starts]].tolist(), strict=True))
+        window_ms = self.window_ms
+        host, win = hosts[sid], ts - ts % window_ms
+        idx = np.lexsort((ts, sid, win, host))
+        sid, ts, val, host, win = sid[idx], ts[idx], val[idx], host[idx], win[idx]
         bounds = np.flatnonzero(np.r_[True, (host[1:] != host[:-1]) | (win[1:] != win[:-1])])
-        ends = np.r_[bounds[1:], sid.size]
-        blocks = []  # (first, end, host, window) of the blocks to write
-        for s, e in zip(bounds.tolist(), ends.tolist(), strict=True):
+        block_ends = np.r_[bounds[1:], sid.size]
+        keep = np.ones(sid.size, dtype=bool)
+        old: list[tuple[int, int]] = []  # samples of windows whose raw data retention removed
+        fresh: list[tuple[int, int, int]] = []  # (host, window, samples) of each block
+        for s, e in zip(bounds.tolist(), block_ends.tolist(), strict=True):
             hid, w = int(host[s]), int(win[s])
             if w < cut["raw"] and db.execute("SELECT 1 FROM dirty WHERE host_id = ? AND "
                                              "window_ms = ?", (hid, w)).fetchone() is None:
-                old.append(np.arange(s, e))
+                old.append((s, e))
+                keep[s:e] = False
             else:
-                blocks.append((s, e, hid, w))
-        self._partitions_for(db, "blocks", {w for *_, w in blocks})
-        for s, e, hid, w in blocks:
-            self._write_block(db, sel, hid, w, sid[s:e], ts[s:e], val[s:e], "l0")
-            db.execute("INSERT INTO dirty VALUES (?, ?, 1, ?) ON CONFLICT (host_id, window_ms) "
-                       "DO UPDATE SET blocks = dirty.blocks + 1, samples = dirty.samples + "
-                       "excluded.samples", (hid, w, e - s))
+                fresh.append((hid, w, e - s))
+        if fresh:
+            self._write_blocks(db, ids[sid[keep]], ts[keep], val[keep], host[keep], win[keep],
+                               "l0")
+            db.executemany("INSERT INTO dirty VALUES (?, ?, 1, ?) ON CONFLICT (host_id, "
+                           "window_ms) DO UPDATE SET blocks = dirty.blocks + 1, samples = "
+                           "dirty.samples + excluded.samples", fresh)
         if old:
-            pick = np.concatenate(old)
-            self._merge_rollups(db, sel, sid[pick], ts[pick], val[pick], cut)
+            pick = np.concatenate([np.arange(s, e) for s, e in old])
+            sel, at = self._selection(db, ids[np.unique(sid[pick])])
+            self._merge_rollups(db, sel, at[ids[sid[pick]]], ts[pick], val[pick], cut)
 
-    def _write_block(self, db: Any, sel: Selection, hid: int, w: int,
-                     sid: np.ndarray, ts: np.ndarray, val: np.ndarray, stage: str) -> None:
-        """One block: the window's timestamps once, then one chunk per series (sorted by sid,
-        ts)."""
-        times = np.unique(ts)
-        self._partitions_for(db, "blocks", [w])
-        block_id = db.execute("INSERT INTO blocks (host_id, window_ms, n, times) VALUES "
-                              "(?, ?, ?, ?) RETURNING id",
-                              (hid, w, int(times.size), encode_times(times))).fetchone()[0]
-        starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
-        ends = np.r_[starts[1:], sid.size]
-        masks: list[bytes | None] = []
-        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-            if e - s == times.size:
-                masks.append(None)
-            else:
-                bits = np.zeros(times.size, dtype=bool)
-                bits[np.searchsorted(times, ts[s:e])] = True
-                masks.append(np.packbits(bits).tobytes())
+    def _selection(self, db: Any, series_ids: np.ndarray) -> tuple[Selection, dict[Any, int]]:
+        """A Selection of ``series_ids`` (from their rows) and an array-like mapping a series
+        id to its local index."""
+        sel = Selection()
+        for some in chunked(series_ids.tolist()):
+            for series_id, hid, kind, scale in db.execute(
+                    f"SELECT id, host_id, kind, scale FROM series WHERE id IN "
+                    f"({placeholders(some)}) ORDER BY id", some):
+                sel.add(series_id, hid, "", kind, "", scale)
+        lookup = np.full(int(series_ids.max()) + 1, -1, dtype=np.int64)
+        lookup[np.array(sel.sid, dtype=np.int64)] = np.arange(len(sel))
+        return sel, lookup  # type: ignore[return-value]
+
+    def _write_blocks(self, db: Any, series_id: np.ndarray, ts: np.ndarray, val: np.ndarray,
+                      host: np.ndarray, win: np.ndarray, stage: str) -> None:
+        """Blocks of samples sorted by (host, window, series, ts), one per (host, window): its
+        timestamps once, then one chunk per series. Every blob is built at once for all blocks
+        (``encode_times_many``, ``encode_chunks``)."""
+        block_start = np.r_[True, (host[1:] != host[:-1]) | (win[1:] != win[:-1])]
+        block = np.cumsum(block_start) - 1  # block number of every sample
+        first_of_block = np.flatnonzero(block_start)
+        # each block's distinct timestamps, in order
+        bidx = np.lexsort((ts, block))
+        bt, bb = ts[bidx], block[bidx]
+        distinct = np.r_[True, (bb[1:] != bb[:-1]) | (bt[1:] != bt[:-1])]
+        times, times_block = bt[distinct], bb[distinct]
+        t_starts = np.flatnonzero(np.r_[True, times_block[1:] != times_block[:-1]])
+        t_ends = np.r_[t_starts[1:], times.size]
+        n_times = t_ends - t_starts
+        self._partitions_for(db, "blocks", set(win[first_of_block].tolist()))
+        times_blobs = encode_times_many(times, t_starts, t_ends)
+        block_ids = [db.execute("INSERT INTO blocks (host_id, window_ms, n, times) VALUES "
+                                "(?, ?, ?, ?) RETURNING id", (h, w, n, blob)).fetchone()[0]
+                     for h, w, n, blob in zip(host[first_of_block].tolist(),
+                                              win[first_of_block].tolist(), n_times.tolist(),
+                                              times_blobs, strict=True)]
+        starts = np.flatnonzero(block_start | np.r_[True, series_id[1:] != series_id[:-1]])
+        ends = np.r_[starts[1:], series_id.size]
+        chunk_block = block[starts]
+        masks: list[bytes | None] = [None] * starts.size
+        for i in np.flatnonzero(ends - starts != n_times[chunk_block]).tolist():
+            b, s, e = int(chunk_block[i]), int(starts[i]), int(ends[i])
+            bits = np.zeros(int(n_times[b]), dtype=bool)
+            bits[np.searchsorted(times[t_starts[b]:t_ends[b]], ts[s:e])] = True
+            masks[i] = np.packbits(bits).tobytes()
         blobs = encode_chunks(val, starts, ends, masks)
+        windows = win[starts].tolist()
+        owners = [block_ids[b] for b in chunk_block.tolist()]
 
         def rows() -> Iterator[tuple[int, int, int, bytes]]:
-            for s, blob in zip(starts.tolist(), blobs, strict=True):
-                yield sel.sid[int(sid[s])], w, block_id, blob  # type: ignore[misc]
+            for row in zip(series_id[starts].tolist(), windows, owners, blobs, strict=True):
+                yield row
                 self._kill_point(stage)
 
         db.executemany("INSERT INTO chunks (series_id, window_ms, block_id, data) "
@@ -250,7 +242,7 @@ class Compaction(SQLStore):
                               (closed_before, self.merge_blocks)).fetchall()
         if not rows:
             return False
-        budget = self.step_samples
+        budget = min(self.txn_samples, self.step_samples)  # one transaction
         chosen = []
         for row in rows:
             if chosen and row[3] > budget:
@@ -258,59 +250,108 @@ class Compaction(SQLStore):
             chosen.append(row)
             budget -= row[3]
         with self._write() as db:
-            cut = self._cutoffs(db)
-            for hid, w, _, _ in chosen:
-                self._merge_window(db, hid, w, w <= closed_before, cut)
+            began = time.monotonic()
+            self._merge_chosen(db, [(hid, w) for hid, w, _, _ in chosen], closed_before,
+                               self._cutoffs(db))
             self._kill_point("l1end")
+        self._give_way(time.monotonic() - began)
         return len(chosen) < len(rows)
 
-    def _window_samples(self, db: Any, hid: int, w: int
-                        ) -> tuple[Selection, np.ndarray, np.ndarray, np.ndarray, list[int]]:
-        """Every raw sample of a host's window, deduplicated, sorted by (series, ts)."""
+    def _window_samples(self, db: Any, windows: list[tuple[int, int]]
+                        ) -> tuple[Selection, np.ndarray, np.ndarray, np.ndarray,
+                                   dict[tuple[int, int], list[int]]]:
+        """Every raw sample of the (host, window) pairs ``windows``, deduplicated, sorted by
+        (series, ts), with the blocks of each pair. One query per 500 hosts or series for
+        each table, not one per window."""
         sel = Selection()
         local: dict[int, int] = {}
-        for sid, kind, scale in db.execute("SELECT id, kind, scale FROM series WHERE "
-                                           "host_id = ?", (hid,)):
-            local[sid] = sel.add(sid, hid, "", kind, "", scale)
-        times = self._block_times(db.execute(
-            "SELECT id, times FROM blocks WHERE host_id = ? AND window_ms = ?", (hid, w)))
-        rows = [(local[series_id], block_id, data) for series_id, block_id, data in db.execute(
-            "SELECT series_id, block_id, data FROM chunks WHERE window_ms = ? AND "
-            "series_id IN (SELECT id FROM series WHERE host_id = ?)", (w, hid))]
-        sid, ts, val, order = self._chunk_samples(rows, times)
+        hosts = sorted({hid for hid, _ in windows})
+        for some in chunked(hosts):
+            for sid, hid, kind, scale in db.execute(
+                    f"SELECT id, host_id, kind, scale FROM series WHERE host_id IN "
+                    f"({placeholders(some)}) ORDER BY id", some):
+                local[sid] = sel.add(sid, hid, "", kind, "", scale)
+        wanted = set(windows)
+        spans = sorted({w for _, w in windows})
+        blocks: dict[tuple[int, int], list[int]] = {}
+        rows_t: list[tuple[int, bytes]] = []
+        for some in chunked(hosts):
+            for block_id, hid, w, times in db.execute(
+                    f"SELECT id, host_id, window_ms, times FROM blocks WHERE host_id IN "
+                    f"({placeholders(some)}) AND window_ms IN ({placeholders(spans)})",
+                    (*some, *spans)):
+                if (hid, w) in wanted:
+                    blocks.setdefault((hid, w), []).append(block_id)
+                    rows_t.append((block_id, times))
+        times_of = self._block_times(rows_t)
+        rows = []
+        for some in chunked(list(local)):
+            rows += [(local[series_id], block_id, data) for series_id, block_id, data in
+                     db.execute(f"SELECT series_id, block_id, data FROM chunks WHERE "
+                                f"window_ms IN ({placeholders(spans)}) AND series_id IN "
+                                f"({placeholders(some)})", (*spans, *some))
+                     if block_id in times_of]
+        sid, ts, val, order = self._chunk_samples(rows, times_of)
         sid, ts, val = agg.sort_dedupe(sid, ts, val, order)
-        return sel, sid, ts, val, list(times)
+        return sel, sid, ts, val, blocks
 
-    def _merge_window(self, db: Any, hid: int, w: int, closed: bool,
+    def _merge_chosen(self, db: Any, windows: list[tuple[int, int]], closed_before: int,
                       cut: dict[str, int]) -> None:
-        sel, sid, ts, val, block_ids = self._window_samples(db, hid, w)
-        if len(block_ids) > 1:
-            db.execute("DELETE FROM chunks WHERE window_ms = ? AND series_id IN "
-                       "(SELECT id FROM series WHERE host_id = ?)", (w, hid))
-            db.executemany("DELETE FROM blocks WHERE id = ?", [(i,) for i in block_ids])
-            if sid.size:
-                self._write_block(db, sel, hid, w, sid, ts, val, "l1")
+        """L1 for the (host, window) pairs ``windows`` in one transaction: those with several
+        blocks get one merged block; closed ones get their rollups recomputed and lose their
+        dirty mark, the others keep it with one block."""
+        sel, sid, ts, val, blocks = self._window_samples(db, windows)
+        host = np.array(sel.host, dtype=np.int64)[sid]
+        win = ts - ts % self.window_ms
+        merged = [hw for hw in windows if len(blocks.get(hw, ())) > 1]
+        if merged:
+            db.executemany("DELETE FROM chunks WHERE window_ms = ? AND series_id IN "
+                           "(SELECT id FROM series WHERE host_id = ?)",
+                           [(w, hid) for hid, w in merged])
+            db.executemany("DELETE FROM blocks WHERE id = ?",
+                           [(i,) for hw in merged for i in blocks[hw]])
+            pick = _pairs_in(host, win, merged)
+            if pick.any():
+                idx = np.lexsort((ts[pick], sid[pick], win[pick], host[pick]))
+                self._write_blocks(db, np.array(sel.sid, dtype=np.int64)[sid[pick][idx]],
+                                   ts[pick][idx], val[pick][idx], host[pick][idx],
+                                   win[pick][idx], "l1")
+        closed = [(hid, w) for hid, w in windows if w <= closed_before]
         if closed:
-            if sid.size:
-                self._replace_rollups(db, sel, sid, ts, val, w, cut)
-            db.execute("DELETE FROM dirty WHERE host_id = ? AND window_ms = ?", (hid, w))
-        else:
-            db.execute("UPDATE dirty SET blocks = 1, samples = ? WHERE host_id = ? AND "
-                       "window_ms = ?", (int(sid.size), hid, w))
+            pick = _pairs_in(host, win, closed)
+            if pick.any():
+                self._replace_rollups(db, sel, sid[pick], ts[pick], val[pick], closed, cut)
+            db.executemany("DELETE FROM dirty WHERE host_id = ? AND window_ms = ?", closed)
+        open_ = [(hid, w) for hid, w in windows if w > closed_before]
+        if open_:
+            db.executemany("UPDATE dirty SET blocks = 1, samples = ? WHERE host_id = ? AND "
+                           "window_ms = ?",
+                           [(int(np.count_nonzero((host == hid) & (win == w))), hid, w)
+                            for hid, w in open_])
 
     # -- rollups -------------------------------------------------------------------------------
 
-    def _replace_rollups(self, db: Any, sel: Selection, sid: np.ndarray,
-                         ts: np.ndarray, val: np.ndarray, w: int, cut: dict[str, int]) -> None:
-        """Rollups of a closed window, recomputed from all its raw samples, replace what the
-        rollup rows held for that window."""
+    def _replace_rollups(self, db: Any, sel: Selection, sid: np.ndarray, ts: np.ndarray,
+                         val: np.ndarray, windows: list[tuple[int, int]],
+                         cut: dict[str, int]) -> None:
+        """Rollups of closed (host, window) pairs, recomputed from all their raw samples
+        (sorted by (series, ts)), replace what the rollup rows held for those windows."""
         counter = sel.counter()
+        host = np.array(sel.host, dtype=np.int64)
+        win = ts - ts % self.window_ms
         for name, (width, tier_window) in TIERS.items():
-            if w + self.window_ms <= cut[name]:
+            kept = [(hid, w) for hid, w in windows if w + self.window_ms > cut[name]]
+            keep = win + self.window_ms > cut[name]
+            if not kept or not keep.any():
                 continue
-            buckets = agg.bucketize(sid, ts, val, counter, width)
+            buckets = agg.bucketize(sid[keep], ts[keep], val[keep], counter, width)
+
+            def replaced(old: agg.Buckets, kept: list[tuple[int, int]] = kept) -> np.ndarray:
+                return _pairs_in(host[old["sid"]], old["start"] - old["start"] % self.window_ms,
+                                 kept)
+
             self._upsert_rollups(db, sel, buckets, width, tier_window, counter,
-                                 replace=(w, w + self.window_ms))
+                                 replace=replaced)
 
     def _merge_rollups(self, db: Any, sel: Selection, sid: np.ndarray,
                        ts: np.ndarray, val: np.ndarray, cut: dict[str, int]) -> None:
@@ -327,10 +368,11 @@ class Compaction(SQLStore):
 
     def _upsert_rollups(self, db: Any, sel: Selection,
                         buckets: agg.Buckets, width: int, tier_window: int,
-                        counter: np.ndarray, replace: tuple[int, int] | None) -> None:
+                        counter: np.ndarray,
+                        replace: Callable[[agg.Buckets], np.ndarray] | None) -> None:
         """Write ``buckets`` (sorted by (sid, start)) into the rollup rows of their series and
-        tier windows: replacing what those rows held in [replace) or, without ``replace``,
-        merging bucket by bucket."""
+        tier windows: replacing the stored buckets ``replace(stored)`` says are replaced or,
+        without ``replace``, merging bucket by bucket."""
         sid = buckets["sid"]
         tw = buckets["start"] - buckets["start"] % tier_window
         s = np.flatnonzero(np.r_[True, (sid[1:] != sid[:-1]) | (tw[1:] != tw[:-1])])
@@ -339,7 +381,7 @@ class Compaction(SQLStore):
             old, sizes = decode_rollups([blob for _, blob in existing], width)
             old["sid"] = np.repeat(np.array([i for i, _ in existing], dtype=np.int64), sizes)
             if replace is not None:
-                outside = (old["start"] < replace[0]) | (old["start"] >= replace[1])
+                outside = ~replace(old)
                 both = agg.concat_buckets([agg.take(old, np.flatnonzero(outside)), buckets])
                 buckets = agg.take(both, np.lexsort((both["start"], both["sid"])))
             else:
@@ -426,6 +468,36 @@ class Compaction(SQLStore):
                 "SELECT h.name, count(*) FROM quarantine q JOIN hosts h ON h.id = q.host_id "
                 "GROUP BY h.name ORDER BY h.name"))
         return StorageStats(quarantined=quarantined)
+
+
+def _pairs_in(host: np.ndarray, win: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """Which (host, window) rows are among ``pairs``."""
+    if not pairs:
+        return np.zeros(host.size, dtype=bool)
+    ph, pw = np.array(pairs, dtype=np.int64).T
+    span = int(max(int(pw.max()), int(win.max()) if win.size else 0)) + 1
+    if span < (1 << 62) // (int(max(int(ph.max()), int(host.max()) if host.size else 0)) + 1):
+        return np.isin(host * span + win, ph * span + pw)
+    wanted = set(pairs)
+    return np.fromiter(((h, w) in wanted for h, w in zip(host.tolist(), win.tolist(),
+                                                         strict=True)), dtype=bool,
+                       count=host.size)
+
+
+def _transactions(chosen: list[tuple[int, int, int]], bound: int
+                  ) -> Iterator[list[tuple[int, int, int]]]:
+    """``chosen`` (host, batch id, samples), host by host, cut into parts of at most ``bound``
+    samples (whole batches; a batch larger than that is a part of its own)."""
+    part: list[tuple[int, int, int]] = []
+    size = 0
+    for item in chosen:
+        if part and size + item[2] > bound:
+            yield part
+            part, size = [], 0
+        part.append(item)
+        size += item[2]
+    if part:
+        yield part
 
 
 def _log_quarantined(moved: list[tuple[str, str, int, str]]) -> None:

@@ -68,6 +68,7 @@ class Retention(SQLStore):
                 (*ids, oldest_kept)).rowcount
             if gone:
                 self._series_cache.clear()
+                self._layouts.clear()
             # agent instances not heard of for longer than anything is kept
             horizon = now_ms - max(self.retention.values()) - DAY
             for hid, inst in db.execute(

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -25,6 +26,7 @@ from edgemon.collector.storage.batches import BatchColumns, BatchReader, Unreada
 from edgemon.collector.storage.decoded import DecodedCache
 from edgemon.collector.storage.encoding import decode_chunks, decode_times
 from edgemon.collector.storage.selection import HOUR, MINUTE, TIER_WIDTH_MS
+from edgemon.collector.storage.sql.layouts import LayoutCache
 
 __all__ = ["DAY", "HOUR", "MINUTE", "PENDING_ORDER", "TIERS", "SQLStore", "chunked", "floor",
            "placeholders"]
@@ -41,8 +43,10 @@ _IN_CHUNK = 500  # host variables per IN (...) list
 _MAX_NOTED = 10_000  # unreadable pending batches readers note between two maintenance steps
 # Test hook: "<stage>:N" makes the process SIGKILL itself inside a compaction transaction, at
 # the N-th chunk/rollup row written (stage l0 or l1) or at the N-th end of a transaction just
-# before its COMMIT (l0end, l1end).
+# before its COMMIT (l0end, l1end). With ``EDGEMON_STORAGE_TEST_KILL_ONCE=<path>`` it fires only
+# if that file does not exist yet, and makes it first (a restarted process then runs through).
 _KILL_ENV = "EDGEMON_STORAGE_TEST_KILL"
+_KILL_ONCE_ENV = "EDGEMON_STORAGE_TEST_KILL_ONCE"
 
 
 def floor(x: int, width: int) -> int:
@@ -73,6 +77,7 @@ class SQLStore:
         close_grace_ms: int = 10 * MINUTE,
         merge_blocks: int = 8,
         step_samples: int = 200_000,
+        txn_samples: int = 20_000,
         retention_series: int = 2_000,
         retention_rows: int = 5_000,
         batch_cache_mb: int = 64,
@@ -89,14 +94,21 @@ class SQLStore:
         self.close_grace_ms = close_grace_ms
         self.merge_blocks = max(2, merge_blocks)
         self.step_samples = max(1, step_samples)
+        # samples per compaction write transaction: how long ingest's writer can wait for it
+        self.txn_samples = max(1, txn_samples)
         self.retention_series = retention_series
         self.retention_rows = retention_rows
         self.maintain_budget_ms = maintain_budget_ms
         self.reader = BatchReader(batch_cache_mb << 20)  # decoded pending batches
         self.decoded = DecodedCache(decoded_cache_mb << 20)  # decoded chunks/rollups, readers
         self._write_lock = threading.RLock()
+        self._maintain_lock = threading.RLock()  # one maintenance step at a time
+        # whether a compaction transaction gives way after its commit (ingest waits): set by the
+        # compaction process from the collector's ``busy`` (``_give_way``)
+        self.give_way: Any = None
         self._host_ids: dict[str, int] = {}
         self._series_cache: dict[tuple[Any, ...], dict[tuple[str, ...], Any]] = {}
+        self._layouts = LayoutCache(self._series_cache)  # series ids per host batch layout
         # ids of pending batches a reader found unreadable, quarantined by the next maintenance
         self._unreadable: set[int] = set()
         self._unreadable_lock = threading.Lock()
@@ -122,11 +134,28 @@ class SQLStore:
         written for ``windows``: a backend with time partitions checks that they have one (or
         fails the transaction, to make them and try again: ``postgres/database.py``)."""
 
+    def _give_way(self, held_s: float) -> None:
+        """After a compaction transaction held the write lock ``held_s`` seconds: while
+        ``give_way()`` says ingest waits, leave the lock free as long (at least 5 ms). Another
+        process waiting in SQLite's busy handler polls with growing sleeps (1, 2, 5 ... 100
+        ms), never more than it has already waited: a gap as long as the hold is one it sees,
+        where an immediate next ``BEGIN IMMEDIATE`` would starve it."""
+        if self.give_way is not None and self.give_way():
+            time.sleep(max(0.005, held_s))
+
     def _kill_point(self, stage: str) -> None:
         """Test hook: die like kill -9 after the N-th write of ``stage`` (inside a transaction)."""
         if self._kill_stage == stage:
             self._kill_after -= 1
             if self._kill_after <= 0:
+                once = os.environ.get(_KILL_ONCE_ENV)
+                if once:
+                    try:
+                        with open(once, "x"):
+                            pass
+                    except FileExistsError:
+                        self._kill_stage = None
+                        return
                 os.kill(os.getpid(), signal.SIGKILL)
 
     # -- shared by the parts -------------------------------------------------------------------
@@ -151,12 +180,27 @@ class SQLStore:
         """The columns of a pending batch for a reader, or None when it is unreadable: then it
         is skipped (never decoded again) and left for maintenance to quarantine."""
         try:
-            return self.reader.read(payload)
+            return self.reader.read(payload, batch_id=batch_id)
         except UnreadableBatch:
             with self._unreadable_lock:
                 if len(self._unreadable) < _MAX_NOTED:
                     self._unreadable.add(batch_id)
             return None
+
+    def forget_compacted(self) -> int:
+        """Drop from the cache of decoded pending batches those no longer pending (compacted
+        or quarantined by another process: ``compaction_process.py``); how many."""
+        cached = self.reader.cached_ids()
+        if not cached:
+            return 0
+        alive: set[int] = set()
+        with self._read() as db:
+            for some in chunked(sorted(set(cached.values()))):
+                alive.update(i for (i,) in db.execute(
+                    f"SELECT id FROM batches WHERE id IN ({placeholders(some)})", some))
+        gone = [payload for payload, i in cached.items() if i not in alive]
+        self.reader.forget(gone)
+        return len(gone)
 
     @staticmethod
     def _chunk_samples(rows: list[tuple[int, int, bytes]],
