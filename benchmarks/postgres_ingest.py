@@ -134,7 +134,7 @@ def main() -> int:
           f"{args.per_txn} batches per transaction (a loaded 2-core machine: read the ratios)")
     print(table(rows, ["store", "ingest_samples_per_s", "ingest_vs_sqlite",
                        "compact_samples_per_s", "compact_vs_sqlite", "bytes_per_sample"]))
-    out = write_result("postgres_ingest" + ("_quick" if args.quick else ""), {
+    out = write_result("postgres_ingest", {  # run.py reads this name in every mode
         "hosts": hosts, "cycles": cycles, "batches": len(items), "samples": samples,
         "per_txn": args.per_txn, "rows": rows,
         "note": "SQLite synchronous=FULL; PostgreSQL fsync=on, synchronous_commit=on, same "

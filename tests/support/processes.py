@@ -162,12 +162,17 @@ class Collector(Process):
 
 
 def buffer_meta(path: Path) -> dict[str, int]:
-    """The agent buffer's counters, read-only (the agent may be running or dead)."""
+    """The agent buffer's counters, read-only (the agent may be running or dead). A buffer the
+    agent is still creating (some tables not made yet) reads as empty."""
     db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
     try:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         batches = db.execute("SELECT coalesce(sum(samples), 0), count(*) FROM batches").fetchone()
         cycles = db.execute("SELECT coalesce(sum(samples), 0) FROM cycles").fetchone()[0]
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        meta, batches, cycles = {}, (0, 0), 0
     finally:
         db.close()
     return {"appended": int(meta.get("appended_samples_total", 0)),
