@@ -17,9 +17,19 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port, left in TIME_WAIT: a server that binds it with SO_REUSEADDR (as
+    mosquitto, PostgreSQL, Go's and Python's servers do) gets it, while the kernel gives it to
+    no other ``bind(0)`` or ``connect()`` for a minute, so a parallel test process (a
+    pytest-xdist worker) or an outgoing connection cannot take it before the server starts."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = int(listener.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)):
+            accepted, _ = listener.accept()
+            accepted.close()  # this side closes first, so TIME_WAIT holds the port
+    return port
 
 
 class TlsFiles(NamedTuple):

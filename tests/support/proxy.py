@@ -92,7 +92,7 @@ class LossyRelay:
                             lossy = id(pair) in self._lossy
                         if not lossy:
                             client.sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: select() on a socket close() closed
             return
         finally:
             for sock in pair:
