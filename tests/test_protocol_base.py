@@ -10,7 +10,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from edgemon.collector.ingest.workers import _slot_of
+from edgemon.collector.ingest.workers import Task, _slot_of
 from edgemon.protocol import ProtocolError, encode
 from edgemon.protocol.base import (
     UNKNOWN_BASE,
@@ -206,7 +206,7 @@ def test_ingest_workers_resolve_based_batches_from_their_own_cache_and_after_a_r
     pipeline.loop.run_until_complete(pipeline.start_pool())
     try:
         assert pipeline.pool is not None and len(pipeline.pool.pids()) == 2
-        assert {_slot_of(metrics_topic(h), 2) for h in ("h-a", "h-d")} == {0, 1}
+        assert {_slot_of(Task(metrics_topic(h), b"", 0), 2) for h in ("h-a", "h-d")} == {0, 1}
         state: dict[str, Any] = {}
         mid = 1
         for host in ("h-a", "h-d"):

@@ -199,10 +199,10 @@ class _Slot:
                 time.sleep(1.0)
 
 
-def _slot_of(topic: str, slots: int) -> int:
-    """The worker of a topic's host (``edgemon/v1/<host>/...``): stable within a run."""
-    host = topic.split("/", 3)[2] if topic.count("/") >= 3 else topic
-    return zlib.crc32(host.encode("utf-8", "surrogatepass")) % slots
+def _slot_of(task: Task, slots: int) -> int:
+    """The worker of a task's host: stable within a run (a topic with no host: worker 0)."""
+    host = _host(task)
+    return 0 if host is None else zlib.crc32(host.encode("utf-8", "surrogatepass")) % slots
 
 
 def _host(task: Task) -> str | None:
@@ -295,7 +295,7 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         routed: list[list[int]] = [[] for _ in self.slots]
         for i, task in enumerate(tasks):
-            routed[_slot_of(task.topic, len(self.slots))].append(i)
+            routed[_slot_of(task, len(self.slots))].append(i)
         futures, parts = [], []
         for index, which in enumerate(routed):
             for k in range(0, len(which), CHUNK):
