@@ -24,13 +24,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from edgemon.collector.ingest.catalogues import read_stored
 from edgemon.protocol import ProtocolError, decode_batch
 from edgemon.protocol.base import base_values, last_values
 
 if TYPE_CHECKING:
     from edgemon.protocol.catalogue import Catalogue
 
-__all__ = ["MAX_CACHED_SERIES", "BaseCache", "NeedBase", "read_stored"]
+__all__ = ["MAX_CACHED_SERIES", "BaseCache", "NeedBase"]
 
 log = logging.getLogger("edgemon.collector.ingest.bases")
 
@@ -93,7 +94,7 @@ class BaseCache:
             elif self.load is None:
                 raise NeedBase(key)
             else:
-                payload = read_stored(self.load, key)
+                payload = read_stored(self.load, *key)
             self.misses += 1
             found = None if payload is None else self._lasts(key, payload)
             if found is None:
@@ -110,12 +111,3 @@ class BaseCache:
             log.error("stored batch %s/%s of %s does not decode", instance, seq, host)
             return None
 
-
-def read_stored(load: Callable[[str, str, int], bytes | None], key: BaseKey) -> bytes | None:
-    """The stored payload of batch ``key`` (None: not stored, compacted, or unreadable now)."""
-    host, instance, seq = key
-    try:
-        return load(host, instance, seq)
-    except Exception:  # unknown then: the agent re-sends inline, nothing is lost
-        log.exception("could not read batch %s/%s of %s", instance, seq, host)
-        return None

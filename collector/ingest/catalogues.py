@@ -19,7 +19,7 @@ from collections.abc import Callable
 from edgemon.protocol import ProtocolError
 from edgemon.protocol.catalogue import Catalogue, decode_catalogue
 
-__all__ = ["MAX_CACHED_SERIES", "CatalogueCache"]
+__all__ = ["MAX_CACHED_SERIES", "CatalogueCache", "read_stored"]
 
 log = logging.getLogger("edgemon.collector.ingest.catalogues")
 
@@ -77,12 +77,7 @@ class CatalogueCache:
         if found is not None or self.load is None:
             return found
         self.misses += 1
-        try:
-            payload = self.load(host, ident)
-        except Exception:  # unknown then: the agent re-sends inline, nothing is lost
-            log.exception("could not read catalogue %s of %s", ident, host)
-            return None
-        return self.take(host, ident, payload)
+        return self.take(host, ident, read_stored(self.load, host, ident))
 
     def take(self, host: str, ident: str, payload: bytes | None) -> Catalogue | None:
         """Cache ``host``'s catalogue ``ident`` from its stored message (None: not stored)."""
@@ -97,3 +92,15 @@ class CatalogueCache:
             return None
         self.put(catalogue)
         return catalogue
+
+
+def read_stored(load: Callable[..., bytes | None], *key: object) -> bytes | None:
+    """``load(*key)``: a stored catalogue or batch a message refers to; None when the storage
+    does not have it or cannot read it now (then the message's referent is unknown: its agent
+    re-sends it inline, nothing is lost)."""
+    try:
+        return load(*key)
+    except Exception:
+        log.exception("could not read %s %r from the storage",
+                      getattr(load, "__name__", "a stored message"), key)
+        return None

@@ -47,8 +47,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgemon.collector.config import IngestConfig
-from edgemon.collector.ingest.bases import read_stored
 from edgemon.collector.ingest.cardinality import SeriesLimits
+from edgemon.collector.ingest.catalogues import read_stored
 from edgemon.collector.ingest.examine import CatalogueHead, Examiner, Facts
 from edgemon.collector.ingest.mqtt import Inbox, MqttIngest, RawMessage, now_ms
 from edgemon.collector.ingest.rejects import Rejects
@@ -370,14 +370,8 @@ class IngestPipeline:
                                        dict[tuple[str, str, int], bytes | None]]:
         """The stored message of each (host, id) in ``catalogues`` and the stored payload of
         each (host, instance, seq) in ``bases`` (None: unknown, or unreadable)."""
-        out: dict[tuple[str, str], bytes | None] = {}
-        for host, ident in catalogues:
-            try:
-                out[(host, ident)] = self.storage.catalogue(host, ident)
-            except Exception:  # unknown then: the agent re-sends inline, nothing is lost
-                log.exception("could not read catalogue %s of %s", ident, host)
-                out[(host, ident)] = None
-        return out, {key: read_stored(self.storage.stored_batch, key) for key in bases}
+        return ({key: read_stored(self.storage.catalogue, *key) for key in catalogues},
+                {key: read_stored(self.storage.stored_batch, *key) for key in bases})
 
     # --- writer thread ------------------------------------------------------------------------
 
