@@ -65,7 +65,7 @@ DECODE_ERROR_LOG_INTERVAL = 60.0  # seconds between tracebacks of unexpected dec
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 PIPELINE_DEPTH = 2  # groups examined by the workers ahead of the one being stored
-SUPPLY_ROUNDS = 3  # times a message may ask for catalogues (a worker lacking one asks)
+SUPPLY_ROUNDS = 3  # examinations of a message: a worker may ask for its catalogue, then its base
 
 
 @dataclass(slots=True)
