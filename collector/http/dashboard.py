@@ -16,6 +16,12 @@ role. The pages read the ordinary API with that cookie, plus:
 Every response carries a strict Content-Security-Policy (no inline script or style, nothing
 but this origin) and ``nosniff``; the pages put untrusted strings (host, metric, label,
 annotation) into the document only as text.
+
+The three signed-in pages repeat the same ~15 lines of ``<head>`` (charset, viewport, icon,
+style sheet, the modules to preload) on purpose: each file is served byte for byte as it is on
+disk (``load_assets``: ETag and gzip made once at start), so a page reads whole in an editor
+and the server has no templating to get wrong. What they share beyond markup, the top bar and
+sign-out, is drawn once, by ``js/common.js``.
 """
 
 from __future__ import annotations
