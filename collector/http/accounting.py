@@ -24,8 +24,8 @@ from edgemon.collector.http.api import (
     _exact_host,
     _known_hosts,
     _now_ms,
-    gap_doc,
 )
+from edgemon.collector.http.documents import gap_doc
 from edgemon.collector.http.query_params import time_param
 from edgemon.collector.http.responses import (
     ParamError,

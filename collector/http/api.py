@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import csv
-import io
 import logging
-import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
@@ -21,6 +18,14 @@ from typing import Any
 from aiohttp import web
 
 from edgemon.collector.http import dictionaries
+from edgemon.collector.http.documents import (
+    gap_doc,
+    host_doc,
+    json_number,
+    points_json,
+    query_csv,
+    series_doc,
+)
 from edgemon.collector.http.query_params import (
     AUTO_POINTS,
     NAME_RE,
@@ -49,14 +54,11 @@ from edgemon.collector.storage.accounting import accounting_of
 from edgemon.collector.storage.base import (
     AGGREGATIONS,
     TIERS,
-    Gap,
-    HostInfo,
     RangeQuery,
-    SeriesInfo,
     SeriesResult,
     Storage,
 )
-from edgemon.common.clock import now_ms, rfc3339_ms
+from edgemon.common.clock import now_ms
 from edgemon.protocol import ProtocolError, validate_host_id
 from edgemon.protocol.names import NAME_PATTERN
 
@@ -75,78 +77,7 @@ HOST_LIMITS_KEY = web.AppKey("host_limits", object)
 _NAME = NAME_PATTERN  # metric names and label keys, as batches carry them
 
 
-# --- serialisation -----------------------------------------------------------------------------
-
-def _number(value: Any) -> float | int | None:
-    """A JSON-safe number, or None for NaN/inf (which JSON cannot carry)."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(f):
-        return None
-    return int(f) if f.is_integer() and abs(f) < 2**53 else f
-
-
-def _points(points: list[tuple[int, float]]) -> list[list[float | int]]:
-    out: list[list[float | int]] = []
-    for ts, value in points:
-        v = _number(value)
-        if v is not None:  # steps without a finite value are omitted, like steps without data
-            out.append([int(ts), v])
-    return out
-
-
-# Host-sent text is untrusted: in CSV, cells a spreadsheet would run as a formula are
-# neutralised (OWASP CSV injection); JSON is escaped by responses.json_text.
-_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _csv_text(value: str) -> str:
-    """A text cell a spreadsheet shows as text: a leading ``'`` before a formula start."""
-    return "'" + value if value.startswith(_CSV_FORMULA_START) else value
-
-
-def host_doc(h: HostInfo, limits: HostCardinality | None = None) -> dict[str, Any]:
-    return {"host": h.host, "online": h.online, "instance": h.instance,
-            "last_seen": rfc3339_ms(h.last_seen_ms), "last_seen_ms": h.last_seen_ms,
-            "last_status_ms": h.last_status_ms, "clock_offset_ms": h.clock_offset_ms,
-            "instances": h.instances,
-            "over_limit": limits is not None and limits.over_limit,
-            "series": None if limits is None else {
-                "active": limits.active_series, "max": limits.max_series,
-                "max_new_per_hour": limits.max_new_series_per_hour,
-                "rejected_total": limits.rejected_series_total,
-                "last_rejected_ms": limits.last_rejected_ms}}
-
-
-def series_doc(s: SeriesInfo) -> dict[str, Any]:
-    return {"host": s.host, "name": s.name, "labels": s.labels, "kind": s.kind, "unit": s.unit,
-            "first_ms": s.first_ms, "last_ms": s.last_ms}
-
-
-def gap_doc(g: Gap) -> dict[str, Any]:
-    return {"host": g.host, "instance": g.instance, "first_missing": g.first_missing,
-            "last_missing": g.last_missing, "missing": g.last_missing - g.first_missing + 1}
-
-
-def _query_csv(results: list[SeriesResult]) -> str:
-    """RFC 4180 CSV (CRLF, so a CR or LF inside a cell is quoted); text cells neutralised."""
-    keys = sorted({k for r in results for k in r.labels})
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["timestamp_ms", "time", "host", *map(_csv_text, keys), "value"])
-    for r in results:
-        text = [_csv_text(r.host or ""), *(_csv_text(r.labels.get(k, "")) for k in keys)]
-        for ts, value in _points(r.points):
-            writer.writerow([ts, rfc3339_ms(ts), *text, repr(value)
-                             if isinstance(value, float) else value])
-    return out.getvalue()
-
+# --- serialisation ---------------------------------------------------------------------------
 
 def _wants_csv(request: web.Request, params: QueryParams) -> bool:
     if params.format is not None:
@@ -225,7 +156,7 @@ async def query_handler(request: web.Request) -> web.Response:
             return error_response(404, f"unknown host {unknown[0]!r}")
     storage = request.app[STORAGE_KEY]
     if _wants_csv(request, params):
-        text = await _call(request, lambda: _query_csv(_run_query(storage, query)))
+        text = await _call(request, lambda: query_csv(_run_query(storage, query)))
         return web.Response(text=text, content_type="text/csv",
                             headers={"Content-Disposition":
                                      f'inline; filename="{query.name}.csv"', **NOSNIFF})
@@ -250,13 +181,13 @@ def _query_json(query: RangeQuery, results: list[SeriesResult]) -> str:
         "metric": query.name,
         "start": query.start_ms,
         "end": query.end_ms,
-        "step": _number(query.step_ms / 1000),
+        "step": json_number(query.step_ms / 1000),
         "step_ms": query.step_ms,
         "agg": query.aggregation,
         "rate": query.rate,
         "tier": tier,
         "series": [{"host": r.host, "labels": r.labels, "kind": r.kind, "unit": r.unit,
-                    "tier": r.tier, "points": _points(r.points)} for r in results],
+                    "tier": r.tier, "points": points_json(r.points)} for r in results],
     })
 
 
