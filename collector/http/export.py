@@ -40,8 +40,6 @@ from edgemon.collector.http.api import (
     CLOCK_KEY,
     EXECUTOR_KEY,
     STORAGE_KEY,
-    parse_duration_ms,
-    parse_time_ms,
 )
 from edgemon.collector.http.documents import csv_text, json_number
 from edgemon.collector.http.responses import (
@@ -54,6 +52,7 @@ from edgemon.collector.http.responses import (
     json_text,
     param_doc,
 )
+from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
 from edgemon.collector.storage.base import AGGREGATIONS, RangeQuery, SeriesInfo, Storage
 from edgemon.common.clock import rfc3339_ms
 from edgemon.protocol import ProtocolError, validate_host_id
