@@ -17,7 +17,8 @@ common failure of edge devices. The cost is one fsync per cycle (every 10 s by d
 
 This module raises ``sqlite3.Error`` and ``OSError``; ``buffer_store.BufferStore`` is the layer
 that keeps the agent running through them. Every method runs on the thread that opened the
-buffer. The file itself (schema, checks, statistics) is ``buffer_file.py``.
+buffer. The file itself (schema, checks, statistics) is ``buffer_file.py``; what the next batch
+may go on from (SPEC.md §9.1) is ``base_chain.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from edgemon.agent.base_chain import BaseChain
 from edgemon.agent.buffer_file import (
     ACKNOWLEDGED,
     APPENDED,
@@ -49,7 +51,7 @@ from edgemon.agent.buffer_file import (
     stats_of,
 )
 from edgemon.protocol import BatchBuilder, LimitExceeded, MetricDef, encode, to_scaled
-from edgemon.protocol.base import UNKNOWN_BASE, last_values, rebase
+from edgemon.protocol.base import UNKNOWN_BASE
 from edgemon.protocol.catalogue import UNKNOWN_CATALOGUE, compact
 from edgemon.protocol.codec import BASED_DICTIONARY_ID, DICTIONARY_ID
 from edgemon.protocol.limits import MAX_INT, MAX_LABEL_VALUE_LENGTH, MIN_INT
@@ -135,13 +137,7 @@ class Buffer:
             "SELECT coalesce(max(seq) + 1, 0) FROM batches WHERE instance = ?",
             (instance,)).fetchone()[0])
         self._warned: set[str] = set()
-        # The newest sealed batch of this instance, which the next one may go on from (SPEC.md
-        # §9.1): its seq, its last values, and whether a collector that resolves bases
-        # acknowledged it. In memory: a restart is a new instance, whose first batch has none.
-        self._base: tuple[int, dict[tuple[str, tuple[str, ...]], int], bool] | None = None
-        self._base_pause = 0  # batches still sealed without a base after an unknown_base
-        self._unknown_bases = 0  # unknown_base answers since a based batch was last stored
-        self._based: set[int] = set()  # seqs sealed based whose outcome is not known yet
+        self._bases = BaseChain()  # what the next batch may go on from (SPEC.md §9.1)
         # the newest pending cycle's time, or more (an upper bound: only used to spot a clock
         # that went back, which seals first; sealing with nothing pending does nothing)
         self._last_pending_ms: int | None = db.execute(
@@ -306,10 +302,10 @@ class Buffer:
             payload = encode(inline)
             # the newest catalogue, extended if series appeared (SPEC.md §9)
             metrics, ident, referencing = compact(inline, base[2] if base else None)
-            based = self._on_base(referencing, metrics, seq)
+            based = self._bases.based(referencing, metrics, seq)
             referencing_payload = encode(based, dict_id=BASED_DICTIONARY_ID
                                          if based is not referencing else DICTIONARY_ID)
-            self._base = (seq, last_values(inline["metrics"]), False)
+            self._bases.sealed(seq, inline["metrics"])
         except LimitExceeded as exc:
             if len(cycles) > 1:
                 half = len(cycles) // 2
@@ -327,35 +323,11 @@ class Buffer:
                           packed, referencing_payload))
         return 0
 
-    def _on_base(self, referencing: dict[str, Any], metrics: list[list[Any]], seq: int
-                 ) -> dict[str, Any]:
-        """The referencing batch going on from the batch before it (SPEC.md §9.1) when a
-        collector that resolves bases acknowledged that one, else as it is."""
-        if self._base_pause > 0:
-            self._base_pause -= 1
-            return referencing
-        if self._base is None or self._base[0] != seq - 1 or not self._base[2]:
-            return referencing
-        based = rebase(referencing, metrics, self._base[1], seq - 1)
-        if based is None:
-            return referencing
-        self._based = {s for s in self._based if s > seq - 4096}
-        self._based.add(seq)
-        return based
-
     def bases_acked(self, instance: str, ranges: Iterable[tuple[int, int]]) -> None:
         """A collector that resolves bases stored these batches: the next batch may go on from
         the newest sealed one if it is among them."""
-        if instance != self.instance:
-            return
-        ranges = list(ranges)
-        if self._base is not None and any(first <= self._base[0] <= last
-                                          for first, last in ranges):
-            self._base = (self._base[0], self._base[1], True)
-        resolved = {s for s in self._based if any(a <= s <= b for a, b in ranges)}
-        if resolved:  # the collector resolved a based batch: an unknown_base was a passing thing
-            self._based -= resolved
-            self._unknown_bases = 0
+        if instance == self.instance:
+            self._bases.acked(ranges)
 
     def ack(self, instance: str, ranges: Iterable[tuple[int, int]], now_ms: int) -> list[int]:
         """Delete the batches of ``instance`` whose seq is in an inclusive range; return ids.
@@ -391,9 +363,7 @@ class Buffer:
         ranges = list(ranges)
         retry: list[int] = []
         if reason == UNKNOWN_BASE:  # the collector lacks bases: none for a while (1, 2, 4 ...)
-            self._unknown_bases += 1
-            self._base_pause = 2 ** min(self._unknown_bases - 1, 6)
-            self._based = {s for s in self._based if not any(a <= s <= b for a, b in ranges)}
+            self._bases.refused(ranges)
         # Only a referencing publish can be refused as unknown_catalogue or unknown_base: a
         # batch already switched to inline gets that answer when an earlier referencing publish
         # of it was still on its way. It is never a reason to drop a batch.

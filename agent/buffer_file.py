@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from edgemon.common import clock
+from edgemon.common.sqlite_files import connect_read_only
 
 __all__ = [
     "EMPTY_STATS",
@@ -182,9 +183,8 @@ def read_stats(path: Path | str) -> BufferStats:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no buffer at {path}")
-    db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    db = connect_read_only(path, busy_timeout_ms=2000)
     try:
-        db.execute("PRAGMA busy_timeout = 2000")
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_schema")}
         if not {"batches", "cycles", "meta", "dropped_published"} <= tables:
             return EMPTY_STATS._replace(disk_bytes=file_bytes(str(path)))  # schema not written

@@ -5,6 +5,13 @@ Every key has a default (``collector.example.toml`` lists them all). An environm
 file. Errors name the key and where its value came from: ``file:line`` or the variable's name.
 ``EDGEMON_COLLECTOR_ALERTING_ALERTMANAGERS`` replaces the ``[[alerting.alertmanagers]]`` tables
 (comma-separated URLs, or a TOML array of inline tables).
+
+Why ~600 lines in one module: it is the schema of ``collector.example.toml``, one pydantic model
+per section in the file's order, with the loader that names the line or variable of a bad value
+(``load_config``, using ``common.toml_config``); splitting the sections apart would scatter one
+document's keys over several files. What is not schema lives elsewhere (the TOML positions and
+environment overrides in ``common/toml_config.py``, the private-file check in
+``common/private_files.py``).
 """
 
 from __future__ import annotations

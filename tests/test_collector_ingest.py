@@ -32,7 +32,7 @@ from edgemon.collector.config import (
     MqttConfig,
     StorageConfig,
 )
-from edgemon.collector.http.api import _query_csv
+from edgemon.collector.http.documents import query_csv
 from edgemon.collector.ingest.cardinality import ACTIVE_MS, SeriesLimits
 from edgemon.collector.ingest.rejects import OTHER_HOST, Rejects
 from edgemon.collector.storage.base import RangeQuery, SeriesResult, Storage
@@ -592,7 +592,7 @@ def test_csv_cells_that_start_a_formula_or_break_a_row_are_neutralised() -> None
     results = [SeriesResult(host="h", name="m", labels={"k": v}, kind="gauge", unit="",
                             points=[(1000, 1.0)])
                for v in ("\tcmd", "\r=1+1", "a\rb", "a\nb", "plain", "-1")]
-    text = _query_csv(results)
+    text = query_csv(results)
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert [r[3] for r in rows[1:]] == ["'\tcmd", "'\r=1+1", "a\rb", "a\nb", "plain", "'-1"]
     assert text.count("\r\n") == len(rows)  # one record per line: the CR and LF are quoted

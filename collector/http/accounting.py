@@ -24,9 +24,9 @@ from edgemon.collector.http.api import (
     _exact_host,
     _known_hosts,
     _now_ms,
-    _param,
-    gap_doc,
 )
+from edgemon.collector.http.documents import gap_doc
+from edgemon.collector.http.query_params import time_param
 from edgemon.collector.http.responses import (
     ParamError,
     error_response,
@@ -91,8 +91,8 @@ async def handler(request: web.Request) -> web.Response:
     now = _now_ms(request)
     window = None
     if start is not None:
-        start_ms = _param("start", parse_time_ms, start, now)
-        end_ms = _param("end", parse_time_ms, end, now) if end is not None else now
+        start_ms = time_param("start", parse_time_ms, start, now)
+        end_ms = time_param("end", parse_time_ms, end, now) if end is not None else now
         if start_ms >= end_ms:
             raise ParamError("start", "must be before end")
         window = (start_ms, end_ms)

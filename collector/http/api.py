@@ -1,7 +1,8 @@
 """The HTTP API (aiohttp): thin handlers that parse, call storage in a thread, serialise.
 
-Query parameters are validated with pydantic; a bad one is a 400 ``{"error": "..."}`` naming it
-(``responses.py``: the helpers, the error schema and the middleware every route shares).
+Query parameters are validated with pydantic (``query_params.py``); a bad one is a 400
+``{"error": "..."}`` naming it (``responses.py``: the helpers, the error schema and the
+middleware every route shares).
 Storage is blocking, so every call runs in the read executor, never on the event loop.
 """
 
@@ -9,19 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import csv
-import io
 import logging
-import math
-import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgemon.collector.http import dictionaries
+from edgemon.collector.http.documents import (
+    gap_doc,
+    host_doc,
+    json_number,
+    points_json,
+    query_csv,
+    series_doc,
+)
+from edgemon.collector.http.query_params import (
+    AUTO_POINTS,
+    NAME_RE,
+    QueryParams,
+    auto_step_ms,
+    parse_query_params,
+)
 from edgemon.collector.http.responses import (
     ERROR_SCHEMA,
     JSON_CONTENT,
@@ -43,20 +54,15 @@ from edgemon.collector.storage.accounting import accounting_of
 from edgemon.collector.storage.base import (
     AGGREGATIONS,
     TIERS,
-    Aggregation,
-    Gap,
-    HostInfo,
     RangeQuery,
-    SeriesInfo,
     SeriesResult,
     Storage,
-    Tier,
 )
-from edgemon.common.clock import now_ms, rfc3339_ms
+from edgemon.common.clock import now_ms
 from edgemon.protocol import ProtocolError, validate_host_id
 from edgemon.protocol.names import NAME_PATTERN
 
-__all__ = ["QueryParams", "create_app", "parse_duration_ms", "parse_time_ms"]
+__all__ = ["QueryParams", "auto_step_ms", "create_app", "parse_duration_ms", "parse_time_ms"]
 
 log = logging.getLogger("edgemon.collector.http.api")
 
@@ -69,216 +75,9 @@ OPENAPI_KEY = web.AppKey("openapi", dict)
 HOST_LIMITS_KEY = web.AppKey("host_limits", object)
 
 _NAME = NAME_PATTERN  # metric names and label keys, as batches carry them
-_NAME_RE = re.compile(_NAME)
-_HOST_GLOB_RE = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,128}")
-_NICE_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
-                 43200, 86400)
-AUTO_POINTS = 300
-DEFAULT_RANGE_MS = 3_600_000
 
 
-# --- parameter parsing -----------------------------------------------------------------------
-
-def auto_step_ms(span_ms: int) -> int:
-    raw_s = span_ms / AUTO_POINTS / 1000
-    for step in _NICE_STEPS_S:
-        if step >= raw_s:
-            return step * 1000
-    return math.ceil(raw_s / 86400) * 86_400_000
-
-
-class QueryParams(BaseModel):
-    """``GET /edgemon/api/v1/query`` parameters after the raw query string was grouped."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    metric: Annotated[str, Field(min_length=1, max_length=128, pattern=f"^{_NAME}$")]
-    start: str | None = None
-    end: str | None = None
-    step: str | None = None
-    agg: Aggregation = "avg"
-    host: list[str] = []
-    label: dict[str, Annotated[str, Field(max_length=256)]] = {}
-    rate: bool = False
-    group_by: str | None = None
-    tier: Tier = "auto"
-    format: Literal["json", "csv"] | None = None
-
-    @field_validator("host")
-    @classmethod
-    def _hosts(cls, hosts: list[str]) -> list[str]:
-        for h in hosts:
-            if not _HOST_GLOB_RE.fullmatch(h):
-                raise ValueError(f"{h[:80]!r} is not a host id or glob ([A-Za-z0-9._-] and *?[])")
-        return hosts
-
-    @field_validator("label")
-    @classmethod
-    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key in labels:
-            if not _NAME_RE.fullmatch(key):
-                raise ValueError(f"label key {key[:40]!r} is not a valid name")
-        return labels
-
-    @field_validator("group_by")
-    @classmethod
-    def _group_by(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        keys = value.split(",")
-        if not all(_NAME_RE.fullmatch(k.strip()) for k in keys):
-            raise ValueError("use 'host' and/or label keys separated by commas")
-        return value
-
-    def to_range_query(self, now_ms: int) -> RangeQuery:
-        """Resolve times and step; raise ``ParamError`` naming the parameter (``BadRequest``
-        for a combination ``RangeQuery`` refuses)."""
-        end = _param("end", parse_time_ms, self.end, now_ms) if self.end else now_ms
-        if self.start:
-            start = _param("start", parse_time_ms, self.start, now_ms)
-        else:
-            start = end - DEFAULT_RANGE_MS
-        if start >= end:
-            raise ParamError("start", "must be before end")
-        if self.step:
-            step = _param("step", lambda s, _now: parse_duration_ms(s), self.step, now_ms)
-            if step < 1000:
-                raise ParamError("step", "must be at least 1 second")
-        else:
-            step = auto_step_ms(end - start)
-        group_by = tuple(k.strip() for k in self.group_by.split(",")) if self.group_by else None
-        try:
-            return RangeQuery(name=self.metric, start_ms=start, end_ms=end, step_ms=step,
-                              aggregation=self.agg, hosts=tuple(self.host),
-                              labels=dict(self.label), rate=self.rate, group_by=group_by,
-                              tier=self.tier)
-        except ValueError as exc:  # a combination the query type refuses
-            raise BadRequest(str(exc)) from None
-
-
-def _param(name: str, parse: Callable[[str, int], int], value: str, now_ms: int) -> int:
-    try:
-        return parse(value, now_ms)
-    except ValueError as exc:
-        raise ParamError(name, str(exc)) from None
-
-
-def parse_query_params(query: Any) -> QueryParams:
-    """Group a MultiDict (``host`` repeatable, ``label.<key>``) and validate it."""
-    raw: dict[str, Any] = {}
-    labels: dict[str, str] = {}
-    hosts: list[str] = []
-    for key in query:
-        if key in raw or (key.startswith("label.") and key[6:] in labels):
-            continue
-        values = query.getall(key)
-        if key == "host":
-            hosts.extend(values)
-            continue
-        if len(values) > 1:
-            raise ParamError(key, "given more than once")
-        if key.startswith("label."):
-            if not _NAME_RE.fullmatch(key[6:]):
-                raise ParamError(key[:80], "label key is not a valid name")
-            labels[key[6:]] = values[0]
-        elif key == "label":
-            raise ParamError("label", "use label.<key>=<value>")
-        else:
-            raw[key] = values[0]
-    if hosts:
-        raw["host"] = hosts
-    if labels:
-        raw["label"] = labels
-    try:
-        return QueryParams.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        loc = [str(p) for p in err["loc"]]
-        if loc and loc[0] == "label" and len(loc) > 1:
-            name = f"label.{loc[1]}"
-        elif loc and loc[0] == "host" and len(loc) > 1:
-            name = "host"
-        else:
-            name = loc[0] if loc else "query"
-        message = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
-        message = message.removeprefix("Value error, ")
-        if err["type"] == "missing":
-            message = "required"
-        raise ParamError(name, message) from None
-
-
-# --- serialisation -----------------------------------------------------------------------------
-
-def _number(value: Any) -> float | int | None:
-    """A JSON-safe number, or None for NaN/inf (which JSON cannot carry)."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(f):
-        return None
-    return int(f) if f.is_integer() and abs(f) < 2**53 else f
-
-
-def _points(points: list[tuple[int, float]]) -> list[list[float | int]]:
-    out: list[list[float | int]] = []
-    for ts, value in points:
-        v = _number(value)
-        if v is not None:  # steps without a finite value are omitted, like steps without data
-            out.append([int(ts), v])
-    return out
-
-
-# Host-sent text is untrusted: in CSV, cells a spreadsheet would run as a formula are
-# neutralised (OWASP CSV injection); JSON is escaped by responses.json_text.
-_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _csv_text(value: str) -> str:
-    """A text cell a spreadsheet shows as text: a leading ``'`` before a formula start."""
-    return "'" + value if value.startswith(_CSV_FORMULA_START) else value
-
-
-def host_doc(h: HostInfo, limits: HostCardinality | None = None) -> dict[str, Any]:
-    return {"host": h.host, "online": h.online, "instance": h.instance,
-            "last_seen": rfc3339_ms(h.last_seen_ms), "last_seen_ms": h.last_seen_ms,
-            "last_status_ms": h.last_status_ms, "clock_offset_ms": h.clock_offset_ms,
-            "instances": h.instances,
-            "over_limit": limits is not None and limits.over_limit,
-            "series": None if limits is None else {
-                "active": limits.active_series, "max": limits.max_series,
-                "max_new_per_hour": limits.max_new_series_per_hour,
-                "rejected_total": limits.rejected_series_total,
-                "last_rejected_ms": limits.last_rejected_ms}}
-
-
-def series_doc(s: SeriesInfo) -> dict[str, Any]:
-    return {"host": s.host, "name": s.name, "labels": s.labels, "kind": s.kind, "unit": s.unit,
-            "first_ms": s.first_ms, "last_ms": s.last_ms}
-
-
-def gap_doc(g: Gap) -> dict[str, Any]:
-    return {"host": g.host, "instance": g.instance, "first_missing": g.first_missing,
-            "last_missing": g.last_missing, "missing": g.last_missing - g.first_missing + 1}
-
-
-def _query_csv(results: list[SeriesResult]) -> str:
-    """RFC 4180 CSV (CRLF, so a CR or LF inside a cell is quoted); text cells neutralised."""
-    keys = sorted({k for r in results for k in r.labels})
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["timestamp_ms", "time", "host", *map(_csv_text, keys), "value"])
-    for r in results:
-        text = [_csv_text(r.host or ""), *(_csv_text(r.labels.get(k, "")) for k in keys)]
-        for ts, value in _points(r.points):
-            writer.writerow([ts, rfc3339_ms(ts), *text, repr(value)
-                             if isinstance(value, float) else value])
-    return out.getvalue()
-
+# --- serialisation ---------------------------------------------------------------------------
 
 def _wants_csv(request: web.Request, params: QueryParams) -> bool:
     if params.format is not None:
@@ -323,7 +122,7 @@ async def series_handler(request: web.Request) -> web.Response:
     host = _exact_host(request.match_info["host"])
     query_params(request, ("metric",))
     metric = request.query.get("metric")
-    if metric is not None and not _NAME_RE.fullmatch(metric):
+    if metric is not None and not NAME_RE.fullmatch(metric):
         raise ParamError("metric", "not a metric name")
     series = await _call(request, request.app[STORAGE_KEY].series, host, metric)
     if not series and host not in await _known_hosts(request):
@@ -357,7 +156,7 @@ async def query_handler(request: web.Request) -> web.Response:
             return error_response(404, f"unknown host {unknown[0]!r}")
     storage = request.app[STORAGE_KEY]
     if _wants_csv(request, params):
-        text = await _call(request, lambda: _query_csv(_run_query(storage, query)))
+        text = await _call(request, lambda: query_csv(_run_query(storage, query)))
         return web.Response(text=text, content_type="text/csv",
                             headers={"Content-Disposition":
                                      f'inline; filename="{query.name}.csv"', **NOSNIFF})
@@ -382,13 +181,13 @@ def _query_json(query: RangeQuery, results: list[SeriesResult]) -> str:
         "metric": query.name,
         "start": query.start_ms,
         "end": query.end_ms,
-        "step": _number(query.step_ms / 1000),
+        "step": json_number(query.step_ms / 1000),
         "step_ms": query.step_ms,
         "agg": query.aggregation,
         "rate": query.rate,
         "tier": tier,
         "series": [{"host": r.host, "labels": r.labels, "kind": r.kind, "unit": r.unit,
-                    "tier": r.tier, "points": _points(r.points)} for r in results],
+                    "tier": r.tier, "points": points_json(r.points)} for r in results],
     })
 
 

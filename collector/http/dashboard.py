@@ -16,6 +16,12 @@ role. The pages read the ordinary API with that cookie, plus:
 Every response carries a strict Content-Security-Policy (no inline script or style, nothing
 but this origin) and ``nosniff``; the pages put untrusted strings (host, metric, label,
 annotation) into the document only as text.
+
+The three signed-in pages repeat the same ~15 lines of ``<head>`` (charset, viewport, icon,
+style sheet, the modules to preload) on purpose: each file is served byte for byte as it is on
+disk (``load_assets``: ETag and gzip made once at start), so a page reads whole in an editor
+and the server has no templating to get wrong. What they share beyond markup, the top bar and
+sign-out, is drawn once, by ``js/common.js``.
 """
 
 from __future__ import annotations
@@ -37,22 +43,20 @@ import msgspec
 from aiohttp import web
 
 from edgemon.collector.http.alerts_api import active_alerts
-from edgemon.collector.http.api import auto_step_ms, error_response, json_response
+from edgemon.collector.http.api import error_response, json_response
 from edgemon.collector.http.auth import AUTH_KEY, Principal
 from edgemon.collector.http.charts import align, chart_metrics, run_metric
+from edgemon.collector.http.dashboard_params import host_param, parse_fleet_query, parse_range
 from edgemon.collector.http.fleet import (
     COLUMNS,
     STALE_AFTER_MS,
-    STATES,
     FleetState,
     FleetView,
     ObservedStorage,
-    RowFilter,
     filter_rows,
 )
 from edgemon.collector.http.live import LiveHub
 from edgemon.collector.http.sessions import SessionStore, same_origin
-from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
 from edgemon.collector.http.tokens import TokenStore
 from edgemon.collector.storage.base import Storage
 from edgemon.common.clock import now_ms
@@ -82,7 +86,6 @@ HOST_PAGE = "host.html"
 SESSION_PATH = "/edgemon/api/v1/session"
 SEED_SLICE = 2000  # hosts per seeding query: a read-pool job of a second or so, not minutes
 FLEET_TICK_S = 2.0
-MAX_RANGE_MS = 800 * 86_400_000
 MAX_TOKEN_CHARS = 256
 FLEET_CACHE_ENTRIES = 256  # distinct fleet queries answered from memory per snapshot
 
@@ -367,7 +370,7 @@ class Dashboard:
     # --- one host's charts --------------------------------------------------------------------
 
     async def charts(self, request: web.Request) -> web.Response:
-        host = _host_param(request.match_info["host"])
+        host = host_param(request.match_info["host"])
         start, end, step = parse_range(request.query, self.clock_ms())
         series = await self._call(self.storage.series, host)
         if not series:
@@ -395,7 +398,7 @@ class Dashboard:
                 return error_response(400, f"parameter '{key}': unknown parameter")
         host = request.query.get("host")
         if host is not None:
-            host = _host_param(host)
+            host = host_param(host)
         if self.hub.full():
             return error_response(503, "too many live streams open; try again later")
         who: Principal | None = request.get(AUTH_KEY)
@@ -417,106 +420,6 @@ class Dashboard:
             first.append(("host", {"host": host, "newest_sample_ms": fig.newest_ms,
                                    "last_seen_ms": fig.received_ms}))
         return await self.hub.serve(request, host, still_allowed, first)
-
-
-# --- parameters --------------------------------------------------------------------------------
-
-class _BadParam(web.HTTPBadRequest):
-    def __init__(self, param: str, message: str) -> None:
-        body = json.dumps({"error": f"parameter '{param[:80]}': {message}"})
-        super().__init__(text=body, content_type="application/json")
-
-
-def _host_param(value: str) -> str:
-    try:
-        return validate_host_id(value)
-    except ProtocolError as exc:
-        raise _BadParam("host", str(exc)) from None
-
-
-def _int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
-    text = query.get(name)
-    if text is None:
-        return default
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise _BadParam(name, f"an integer from {low} to {high}")
-    return int(text)
-
-
-def parse_fleet_query(query: Any) -> tuple[int, int, str, bool, RowFilter]:
-    """(offset, limit, sort column, descending, filter) from ``/fleet``'s query string."""
-    fixed = {"offset", "limit", "sort", "order", "q", "state", "host"}
-    minimum: list[tuple[str, float]] = []
-    maximum: list[tuple[str, float]] = []
-    for key in query:
-        if len(query.getall(key)) > 1:
-            raise _BadParam(key, "given more than once")
-        prefix, _, column = key.partition(".")
-        if key in fixed:
-            continue
-        if prefix not in ("min", "max") or COLUMNS.get(column) != "number":
-            raise _BadParam(key, "unknown parameter (filters: min.<column>, max.<column> for "
-                                 f"{', '.join(c for c, k in COLUMNS.items() if k == 'number')})")
-        try:
-            bound = float(query[key])
-        except ValueError:
-            raise _BadParam(key, "a number") from None
-        if bound != bound or bound in (float("inf"), float("-inf")):
-            raise _BadParam(key, "a finite number")
-        (minimum if prefix == "min" else maximum).append((column, bound))
-    column = query.get("sort", "host")
-    if column not in COLUMNS:
-        raise _BadParam("sort", f"one of {', '.join(COLUMNS)}")
-    order = query.get("order", "asc")
-    if order not in ("asc", "desc"):
-        raise _BadParam("order", "asc or desc")
-    text = query.get("q", "")
-    if len(text) > 128:
-        raise _BadParam("q", "at most 128 characters")
-    states = frozenset(s for s in query.get("state", "").split(",") if s)
-    if not states <= set(STATES):
-        raise _BadParam("state", f"comma-separated: {', '.join(STATES)}")
-    host = query.get("host")
-    if host is not None:
-        host = _host_param(host)
-    offset = _int_param(query, "offset", 0, 0, 10**7)
-    limit = _int_param(query, "limit", 100, 1, 1000)
-    return offset, limit, column, order == "desc", RowFilter(text.strip(), states,
-                                                             tuple(minimum), tuple(maximum),
-                                                             host)
-
-
-def parse_range(query: Any, now: int) -> tuple[int, int, int]:
-    """(start, end, step) in ms from ``start``/``end``/``step`` (default: the last hour)."""
-    for key in query:
-        if key not in ("start", "end", "step"):
-            raise _BadParam(key, "unknown parameter (start, end, step)")
-
-    def when(name: str, default: int) -> int:
-        text = query.get(name)
-        if text is None:
-            return default
-        try:
-            return parse_time_ms(text, now)
-        except ValueError as exc:
-            raise _BadParam(name, str(exc)) from None
-
-    end = when("end", now)
-    start = when("start", end - 3_600_000)
-    if start >= end:
-        raise _BadParam("start", "must be before end")
-    if end - start > MAX_RANGE_MS:
-        raise _BadParam("start", f"the range may span at most {MAX_RANGE_MS // 86_400_000} days")
-    if "step" in query:
-        try:
-            step = parse_duration_ms(query["step"])
-        except ValueError as exc:
-            raise _BadParam("step", str(exc)) from None
-        if step < 1000 or (end - start) // step > 5000:
-            raise _BadParam("step", "at least 1 s and at most 5000 steps in the range")
-    else:
-        step = auto_step_ms(end - start)
-    return start, end, step
 
 
 # --- responses ---------------------------------------------------------------------------------
@@ -617,4 +520,4 @@ def merge_openapi(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-__all__ += ["OPENAPI_PATHS", "merge_openapi", "parse_fleet_query", "parse_range"]
+__all__ += ["OPENAPI_PATHS", "merge_openapi"]

@@ -40,11 +40,8 @@ from edgemon.collector.http.api import (
     CLOCK_KEY,
     EXECUTOR_KEY,
     STORAGE_KEY,
-    _csv_text,
-    _number,
-    parse_duration_ms,
-    parse_time_ms,
 )
+from edgemon.collector.http.documents import csv_text, json_number
 from edgemon.collector.http.responses import (
     JSON_CONTENT,
     NOSNIFF,
@@ -55,6 +52,7 @@ from edgemon.collector.http.responses import (
     json_text,
     param_doc,
 )
+from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
 from edgemon.collector.storage.base import AGGREGATIONS, RangeQuery, SeriesInfo, Storage
 from edgemon.common.clock import rfc3339_ms
 from edgemon.protocol import ProtocolError, validate_host_id
@@ -269,11 +267,11 @@ def _columns(points: list[tuple[int, float]], missing: str) -> tuple[list[int], 
 def samples_csv(storage: Storage, req: ExportRequest, series: list[SeriesInfo]) -> Iterator[str]:
     keys = sorted({k for s in series for k in s.labels})
     yield _csv_line(["timestamp_ms", "time", "host", "metric", "kind", "unit",
-                     *(_csv_text(f"label.{k}") for k in keys), "value"])
+                     *(csv_text(f"label.{k}") for k in keys), "value"])
     for info in series:
         # the series' cells, quoted once (RFC 4180); times and numbers never need quoting
-        fixed = _csv_line([_csv_text(info.host), _csv_text(info.name), info.kind,
-                           _csv_text(info.unit), *(_csv_text(info.labels.get(k, ""))
+        fixed = _csv_line([csv_text(info.host), csv_text(info.name), info.kind,
+                           csv_text(info.unit), *(csv_text(info.labels.get(k, ""))
                                                    for k in keys)])[:-2]
         for points in series_points(storage, info, req):
             ts, times, values = _columns(points, "")
@@ -325,7 +323,7 @@ _HISTORY_COLUMNS = ("at_ms", "at", "rule", "host", "from_status", "status", "val
 
 def _history_row(r: HistoryRecord) -> list[Any]:
     return [r.at_ms, rfc3339_ms(r.at_ms), r.rule, r.host, r.from_status, r.status,
-            None if r.value is None else _number(r.value), r.labels, r.starts_at, r.ends_at,
+            None if r.value is None else json_number(r.value), r.labels, r.starts_at, r.ends_at,
             r.silenced, r.notified, r.historical, r.reason, r.fingerprint, r.created_ms, r.id]
 
 
@@ -350,7 +348,7 @@ def history_csv(pages: Iterator[list[HistoryRecord]]) -> Iterator[str]:
         for r in page:
             row = _history_row(r)
             row[7] = json_text(row[7])  # labels as one JSON cell
-            writer.writerow([_csv_text(c) if isinstance(c, str) else
+            writer.writerow([csv_text(c) if isinstance(c, str) else
                              int(c) if isinstance(c, bool) else "" if c is None else c
                              for c in row])
         yield out.getvalue()

@@ -48,6 +48,12 @@ Delivery contract (see protocol SPEC §5):
   beyond any agent's rate is left out of the subscriptions for a while, so that the broker drops
   its messages instead of queueing them ahead of every other host's; then one reconnect repairs
   whatever the broker lost while its queue for us was full.
+
+Why ~600 lines in one module: ``MqttIngest`` is one paho client's state (connection
+generation, pending PUBACKs, subscriptions, presence) shared by paho's network thread and the
+event loop under one publish lock; the contract above is about how those callbacks interleave,
+and reads best in one place. The parts with state of their own are already apart: ``inbox.py``,
+``stall.py``, ``flood_guard.py``, ``subscriptions.py``, ``rate_limit.py``, ``rejects.py``.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemon.collector.storage.base import Gap, RangeQuery, Storage
+from edgemon.common.sqlite_files import connect_read_only
 
 __all__ = [
     "Accounting",
@@ -249,10 +250,8 @@ class SQLiteAccounting(Accounting):
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True,
-                             isolation_level=None)
+        db = connect_read_only(self.path, busy_timeout_ms=30_000)
         try:
-            db.execute("PRAGMA busy_timeout = 30000")
             db.execute("BEGIN")
             yield db
             db.execute("COMMIT")

@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 
 from edgemon.collector.storage.postgres import migrations
+from edgemon.common.sqlite_files import connect_read_only
 
 __all__ = ["MigrationError", "TableCheck", "migrate_sqlite_to_postgres"]
 
@@ -75,9 +76,8 @@ def migrate_sqlite_to_postgres(source: str | Path, target_url: str, *,
     path = Path(source)
     if not path.is_file():
         raise MigrationError(f"{path}: no such SQLite file")
-    src = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    src = connect_read_only(path, busy_timeout_ms=30_000)
     try:
-        src.execute("PRAGMA busy_timeout = 30000")
         src.execute("BEGIN")  # one snapshot for the copy and its check
         meta = dict(src.execute("SELECT key, value FROM meta"))
         if "window_ms" not in meta:
