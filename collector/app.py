@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edgemon.collector.alerting import AlertingService, merge_openapi
+from edgemon.collector.alerting.service import AlertingService
 from edgemon.collector.cluster import AlwaysLeader, Leadership
 from edgemon.collector.cluster import status as cluster_status
 from edgemon.collector.config import (
@@ -44,6 +44,7 @@ from edgemon.collector.forward.metrics import ForwardMetrics
 from edgemon.collector.forward.service import STATUS_KEY as FORWARD_STATUS_KEY
 from edgemon.collector.forward.service import ForwardService
 from edgemon.collector.http import dashboard, export
+from edgemon.collector.http.alerts_api import merge_openapi
 from edgemon.collector.http.api import create_app
 from edgemon.collector.http.auth import add_cors, security_middlewares
 from edgemon.collector.http.metrics import CollectorMetrics

@@ -14,15 +14,8 @@ Wiring (see README.md)::
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
-from pathlib import Path
+import importlib
 from typing import Any
-
-import aiohttp
-from aiohttp import web
 
 from edgemon.collector.alerting.alertmanager import AlertmanagerNotifier
 from edgemon.collector.alerting.engine import AlertEngine, CycleReport
@@ -50,16 +43,6 @@ from edgemon.collector.alerting.rules import (
 )
 from edgemon.collector.alerting.state import SeriesTable
 from edgemon.collector.alerting.transitions import Transition
-from edgemon.collector.config import AlertmanagerConfig
-from edgemon.collector.http.alerts_api import (
-    OPENAPI_PATHS,
-    OPENAPI_SCHEMAS,
-    add_routes,
-    merge_openapi,
-    routes,
-)
-from edgemon.collector.storage.base import Storage
-from edgemon.common.clock import now_ms
 
 __all__ = [
     "DEFAULT_RULES_PATH",
@@ -91,64 +74,22 @@ __all__ = [
     "webhook_payload",
 ]
 
+# The service and the HTTP side import this package's modules; importing them here eagerly
+# made ``import edgemon.collector.http.alerts_api`` (before this package) circular. They load
+# on first use instead (PEP 562), so both import orders work.
+_LAZY = {
+    "AlertingService": "edgemon.collector.alerting.service",
+    "OPENAPI_PATHS": "edgemon.collector.http.alerts_api",
+    "OPENAPI_SCHEMAS": "edgemon.collector.http.alerts_api",
+    "add_routes": "edgemon.collector.http.alerts_api",
+    "merge_openapi": "edgemon.collector.http.alerts_api",
+    "routes": "edgemon.collector.http.alerts_api",
+}
 
-class AlertingService:
-    """The engine's evaluation loop and the delivery worker, started and stopped together.
 
-    ``storage``: the collector's ``Storage``; ``db_path``: the alerting SQLite file (created);
-    ``rules_path``: the rules file (None = built-in defaults); ``publish(topic, payload)``: MQTT
-    publisher for transitions (None = none); ``executor``: where blocking cycles run (None = the
-    loop's default executor). Construct it off the event loop if you mind a few ms of SQLite.
-    """
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
-    def __init__(self, storage: Storage, db_path: str | Path, *,
-                 rules_path: str | Path | None = None, rules: RuleSet | None = None,
-                 publish: Callable[[str, bytes], Any] | None = None,
-                 executor: Executor | None = None,
-                 clock_ms: Callable[[], int] = now_ms,
-                 session: aiohttp.ClientSession | None = None,
-                 external_url: str = "",
-                 alertmanagers: Sequence[AlertmanagerConfig] = (),
-                 resend_delay_ms: int = 60_000) -> None:
-        self.engine = AlertEngine(storage, db_path, rules=rules, rules_path=rules_path,
-                                  clock_ms=clock_ms, publish=publish, external_url=external_url)
-        self.worker = DeliveryWorker(self.engine, session=session)
-        self.alertmanagers = (AlertmanagerNotifier(self.engine, alertmanagers,
-                                                   resend_delay_ms=resend_delay_ms,
-                                                   session=session) if alertmanagers else None)
-        self.executor = executor
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def routes(self) -> list[web.RouteDef]:
-        return routes(self.engine)
-
-    async def start(self) -> None:
-        await self.worker.start()
-        if self.alertmanagers is not None:
-            await self.alertmanagers.start()
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self.engine.run(self._stop, self.executor),
-                                         name="edgemon-alert-evaluation")
-
-    @property
-    def running(self) -> bool:
-        """Evaluating and delivering (between ``start`` and ``pause``/``stop``)."""
-        return self._task is not None
-
-    async def pause(self) -> None:
-        """Finish the running cycle and stop delivering (the outbox keeps the rest), but keep
-        the engine open for the API: another collector leads now. ``start`` resumes."""
-        self._stop.set()
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
-            self._task = None
-        await self.worker.stop()
-        if self.alertmanagers is not None:
-            await self.alertmanagers.stop()
-
-    async def stop(self) -> None:
-        """Finish the running cycle, stop delivering (the outbox keeps the rest), close."""
-        await self.pause()
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.close)

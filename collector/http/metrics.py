@@ -52,7 +52,7 @@ from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.storage.maintenance import MaintenanceRunner
 
 if TYPE_CHECKING:
-    from edgemon.collector.alerting import AlertingService
+    from edgemon.collector.alerting.service import AlertingService
     from edgemon.collector.ingest.mqtt import Inbox, MqttIngest
 
 __all__ = ["CONTENT_TYPE", "REJECT_REASONS", "SERIES_REJECT_REASONS", "CollectorMetrics",
