@@ -226,7 +226,11 @@ def main() -> None:
             walls: dict[str, list[float]] = {name: [] for name in servers}
             cpu = dict.fromkeys(servers, 0)
             for rep in range(reps + 1):  # the first round warms all up and is not counted
-                for name, (pid, port) in servers.items():
+                names = list(servers)
+                # the order rotates every round: no server always follows the same one
+                names = names[rep % len(names):] + names[:rep % len(names)]
+                for name in names:
+                    pid, port = servers[name]
                     before = cpu_ns(pid)
                     wall = timed_get(port, expr, end, range_ms, step)
                     if rep:
