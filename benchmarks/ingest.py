@@ -122,11 +122,12 @@ def start_broker(work: Path, config: Callable[[int], str] | None = None,
 def start_collector(work: Path, mqtt_port: int, *, http_extra: str = "",
                     ingest: str = "queue_max = 20000\npast_tolerance_days = 30\n",
                     mqtt_extra: str = "", storage_extra: str = "",
-                    env: dict[str, str] | None = None,
+                    env: dict[str, str] | None = None, executable: Path = COLLECTOR,
                     ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """A collector on ``mqtt_port`` with its data in ``work``; ``http_extra``, ``ingest``,
     ``mqtt_extra`` and ``storage_extra`` are TOML lines for those sections, ``env`` added to its
-    environment. Returns (process, HTTP port, database path) once ready."""
+    environment; ``executable``: another checkout's ``edgemon-collector`` (a baseline). Returns
+    (process, HTTP port, database path) once ready."""
     http = free_port()
     db = work / "data" / "edgemon.db"
     conf = work / "collector.toml"
@@ -136,7 +137,7 @@ def start_collector(work: Path, mqtt_port: int, *, http_extra: str = "",
                     f"[ingest]\n{ingest}")
     conf.chmod(0o600)
     log = open(work / "collector.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([str(COLLECTOR), "run", "-c", str(conf)], stdout=log,
+    proc = subprocess.Popen([str(executable), "run", "-c", str(conf)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, **env} if env else None)
     log.close()

@@ -9,6 +9,11 @@ edgemon / Prometheus (below 1: edgemon is faster).
 
     python benchmarks/query.py            # 1 host x 30 d at 10 s, 1000 hosts x 1 h
     python benchmarks/query.py --quick    # 1 host x 30 d at 60 s, 200 hosts x 1 h
+    python benchmarks/query.py --quick --baseline /path/to/main/.venv/bin/edgemon-collector
+
+``--baseline``: another checkout's collector (e.g. a worktree of main) serves a copy of the same
+data in the same run, its queries interleaved with the other two: before/after figures taken
+under the same machine load.
 
 Goal (issue 15): no slower than Prometheus on the single-host queries. Besides wall-clock
 latency the table shows each server's CPU time per query (all its threads, from
@@ -171,6 +176,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout's edgemon-collector, measured beside this one")
     args = parser.parse_args()
     days, interval, fleet = (30, 60_000, 200) if args.quick else (30, 10_000, 1000)
     reps = args.reps or (8 if args.quick else 30)
@@ -196,41 +203,56 @@ def main() -> None:
                         "--max-block-duration=744h", str(exported), str(work / "tsdb")],
                        check=True, capture_output=True, timeout=1800)
         exported.unlink()
+        if args.baseline is not None:
+            shutil.copytree(db.parent, work / "baseline" / "data")
         (work / "broker").mkdir()
         broker, mqtt_port = start_broker(work / "broker")
         procs.append(broker)
         collector, http_port, _ = start_collector(work / "collector", mqtt_port,
                                                   http_extra='auth = "none"')
         procs.append(collector)
+        servers = {"edgemon": (collector.pid, http_port)}
+        if args.baseline is not None:
+            baseline, base_port, _ = start_collector(work / "baseline", mqtt_port,
+                                                     http_extra='auth = "none"',
+                                                     executable=args.baseline.resolve())
+            procs.append(baseline)
+            servers["baseline"] = (baseline.pid, base_port)
         prometheus, prom_port = start_prometheus(work, work / "tsdb")
         procs.append(prometheus)
+        servers["prometheus"] = (prometheus.pid, prom_port)
         rows, results = [], []
         for group, label, expr, range_ms, step in QUERIES:
-            ours, theirs = [], []
-            cpu = {"edgemon": 0, "prometheus": 0}
-            for rep in range(reps + 1):  # the first round warms both up and is not counted
-                before = cpu_ns(collector.pid)
-                a = timed_get(http_port, expr, end, range_ms, step)
-                middle = cpu_ns(collector.pid), cpu_ns(prometheus.pid)
-                b = timed_get(prom_port, expr, end, range_ms, step)
-                after = cpu_ns(prometheus.pid)
-                if rep:
-                    ours.append(a)
-                    theirs.append(b)
-                    cpu["edgemon"] += middle[0] - before
-                    cpu["prometheus"] += after - middle[1]
-            figures = {"edgemon_p50_ms": percentile(ours, 50),
-                       "edgemon_p99_ms": percentile(ours, 99),
-                       "prometheus_p50_ms": percentile(theirs, 50),
-                       "prometheus_p99_ms": percentile(theirs, 99),
-                       "edgemon_cpu_ms": cpu["edgemon"] / reps / 1e6,
-                       "prometheus_cpu_ms": cpu["prometheus"] / reps / 1e6}
+            walls: dict[str, list[float]] = {name: [] for name in servers}
+            cpu = dict.fromkeys(servers, 0)
+            for rep in range(reps + 1):  # the first round warms all up and is not counted
+                names = list(servers)
+                # the order rotates every round: no server always follows the same one
+                names = names[rep % len(names):] + names[:rep % len(names)]
+                for name in names:
+                    pid, port = servers[name]
+                    before = cpu_ns(pid)
+                    wall = timed_get(port, expr, end, range_ms, step)
+                    if rep:
+                        walls[name].append(wall)
+                        cpu[name] += cpu_ns(pid) - before
+            figures = {}
+            for name in servers:
+                figures |= {f"{name}_p50_ms": percentile(walls[name], 50),
+                            f"{name}_p99_ms": percentile(walls[name], 99),
+                            f"{name}_cpu_ms": cpu[name] / reps / 1e6}
+            if "baseline" in servers:
+                figures["ratio_cpu_to_baseline"] = (figures["edgemon_cpu_ms"]
+                                                    / max(figures["baseline_cpu_ms"], 1e-6))
             ratio = figures["edgemon_p50_ms"] / figures["prometheus_p50_ms"]
             cpu_ratio = figures["edgemon_cpu_ms"] / max(figures["prometheus_cpu_ms"], 1e-6)
             results.append({"group": group, "query": label, "expr": expr, "range_ms": range_ms,
                             "step_ms": step, **figures, "ratio_p50": ratio,
                             "ratio_cpu": cpu_ratio})
             rows.append({"group": group, "query": label,
+                         "baseline p50/p99 ms": f"{figures.get('baseline_p50_ms', 0):.1f} / "
+                                                f"{figures.get('baseline_p99_ms', 0):.1f}",
+                         "baseline CPU ms": f"{figures.get('baseline_cpu_ms', 0):.1f}",
                          "edgemon p50/p99 ms": f"{figures['edgemon_p50_ms']:.1f} / "
                                                f"{figures['edgemon_p99_ms']:.1f}",
                          "prometheus p50/p99 ms": f"{figures['prometheus_p50_ms']:.1f} / "
@@ -240,8 +262,10 @@ def main() -> None:
                              f"{figures['edgemon_cpu_ms']:.1f} / "
                              f"{figures['prometheus_cpu_ms']:.1f}",
                          "ratio CPU": f"{cpu_ratio:.2f}"})
-        print(table(rows, ["group", "query", "edgemon p50/p99 ms", "prometheus p50/p99 ms",
-                           "ratio p50", "CPU ms/query edgemon / prometheus", "ratio CPU"]))
+        before = ["baseline p50/p99 ms", "baseline CPU ms"] if "baseline" in servers else []
+        print(table(rows, ["group", "query", *before, "edgemon p50/p99 ms",
+                           "prometheus p50/p99 ms", "ratio p50",
+                           "CPU ms/query edgemon / prometheus", "ratio CPU"]))
         single = [r["ratio_p50"] for r in results if r["group"].startswith("1 host")]
         fleet_ratios = [r["ratio_p50"] for r in results if r["group"].startswith("fleet")]
         headline = [
@@ -274,7 +298,8 @@ def main() -> None:
             "prepare_seconds": round(prepare_s, 1), "queries": results,
             "single_host_goal_met": goal,
             "single_host_cpu_goal_met": all(r <= 1.0 for r in single_cpu),
-            "load_average": list(os.getloadavg()), "headline": headline})
+            "load_average": list(os.getloadavg()), "headline": headline,
+            **({"baseline": str(args.baseline)} if args.baseline is not None else {})})
         print(f"written {path}")
     finally:
         for proc in reversed(procs):

@@ -171,6 +171,10 @@ def _where(request: web.Request) -> dict[str, Any]:
 def limits_middleware(*, max_body_bytes: int, max_query_bytes: int) -> Middleware:
     """413 for a body over ``max_body_bytes``, 414/400 for a long or crowded query string."""
 
+    def too_large() -> web.Response:  # built only when needed: every request passes here
+        return error_response(413, f"request body over the limit of {max_body_bytes} bytes "
+                                   "(http.max_body_bytes)")
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         query = request.rel_url.raw_query_string
@@ -180,14 +184,12 @@ def limits_middleware(*, max_body_bytes: int, max_query_bytes: int) -> Middlewar
         if len(request.query) > MAX_QUERY_PARAMS:
             return error_response(400, f"{len(request.query)} query parameters are more than "
                                        f"the {MAX_QUERY_PARAMS} accepted")
-        too_large = error_response(413, f"request body over the limit of {max_body_bytes} "
-                                        "bytes (http.max_body_bytes)")
         if request.content_length is not None and request.content_length > max_body_bytes:
-            return too_large
+            return too_large()
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:  # a chunked body, caught while it was read
-            return too_large
+            return too_large()
 
     return middleware
 

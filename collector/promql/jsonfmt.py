@@ -52,14 +52,36 @@ def _point(ts: str, value: float) -> str:
     return f'[{ts},"{format_value(value)}"]'
 
 
+def _joined_points(heads: list[str], texts: list[str]) -> str:
+    """``[t,"v"],[t,"v"]...`` of one series: ``heads[k]`` is ``"],[<t>,"`` (``_heads``) of its
+    k-th point, ``texts[k]`` its value; strings interleaved and joined at C speed (an f-string
+    per point costs ~3x more on a day of minutes)."""
+    if not texts:
+        return ""
+    flat: list[str] = [""] * (2 * len(texts))
+    flat[0::2] = heads
+    flat[1::2] = texts
+    flat[0] = flat[0][3:]  # the first point has no '"],' before it
+    flat.append('"]')
+    return "".join(flat)
+
+
+def _heads(times: list[str]) -> list[str]:
+    """``"],[<t>,"`` of every timestamp text (one join and one split: no string per point is
+    built in Python)."""
+    if not times:
+        return []
+    return ('"],[' + ',"\x00"],['.join(times) + ',"').split("\x00")
+
+
 def _matrix_parts(result: QueryResult, value: InstantVector) -> list[str]:
     """One ``{"metric":...,"values":[...]}`` per series with a point, by labels; every value
     of every series written in one go (per-series calls cost more than the numbers)."""
-    times = format_timestamps(result.times)
     order = [i for i in sorted(range(len(value.labels)), key=lambda i: value.labels[i])
              if value.present[i].any()]
     if not order:
         return []
+    heads = _heads(format_timestamps(result.times))
     present = value.present[order]
     rows, cols = np.nonzero(present)  # row-major: each series' points in time order
     texts = format_values(value.values[order][rows, cols])
@@ -68,9 +90,9 @@ def _matrix_parts(result: QueryResult, value: InstantVector) -> list[str]:
     parts = []
     for k, i in enumerate(order):
         lo, hi = cuts[k], cuts[k + 1]
-        points = ",".join([f'[{times[c]},"{v}"]' for c, v in zip(
-            cols_list[lo:hi], texts[lo:hi], strict=True)])
-        parts.append(f'{{"metric":{_metric(value.labels[i])},"values":[{points}]}}')
+        mine = heads if hi - lo == len(heads) else [heads[c] for c in cols_list[lo:hi]]
+        parts.append(f'{{"metric":{_metric(value.labels[i])},"values":['
+                     f'{_joined_points(mine, texts[lo:hi])}]}}')
     return parts
 
 
@@ -85,8 +107,7 @@ def query_body(result: QueryResult) -> str:
     elif isinstance(value, RangeVector):
         parts = []
         for labels, ts, values in matrix_series(value):
-            points = ",".join([f'[{t},"{v}"]' for t, v in zip(
-                format_timestamps(ts), format_values(values), strict=True)])
+            points = _joined_points(_heads(format_timestamps(ts)), format_values(values))
             parts.append(f'{{"metric":{_metric(labels)},"values":[{points}]}}')
         data = f'{{"resultType":"matrix","result":[{",".join(parts)}]}}'
     elif result.result_type == "vector":

@@ -42,7 +42,8 @@ __all__ = [
 
 BUCKET_COLS = ("count", "sum", "min", "max", "first_v", "last_ts", "last_v", "corr")
 _ALL = ("sid", "start", *BUCKET_COLS)
-Buckets = dict[str, np.ndarray]  # a bucket set: equal-length int64 columns named _ALL
+Buckets = dict[str, np.ndarray]  # a bucket set: equal-length int64 columns named _ALL (a
+# reader's may hold only the columns it asked for)
 _I64 = np.int64
 _TWO64 = float(2**64)
 
@@ -57,11 +58,13 @@ def concat_buckets(parts: list[Buckets]) -> Buckets:
         return empty_buckets()
     if len(parts) == 1:
         return parts[0]
-    return {c: np.concatenate([p[c] for p in parts]) for c in _ALL}
+    return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
 
 
 def take(buckets: Buckets, index: np.ndarray) -> Buckets:
-    return {c: buckets[c][index] for c in _ALL}
+    """The buckets at ``index``, of every column ``buckets`` has (all, or some a reader
+    asked for)."""
+    return {c: a[index] for c, a in buckets.items()}
 
 
 def sort_index(sid: np.ndarray, ts: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
@@ -92,6 +95,8 @@ def sort_dedupe(sid: np.ndarray, ts: np.ndarray, val: np.ndarray,
     (the one received last)."""
     if sid.size == 0:
         return sid, ts, val
+    if ((sid[1:] > sid[:-1]) | ((sid[1:] == sid[:-1]) & (ts[1:] > ts[:-1]))).all():
+        return sid, ts, val  # already in order, no repeats (one series from its chunks)
     idx = sort_index(sid, ts, order)
     sid, ts, val = sid[idx], ts[idx], val[idx]
     keep = np.ones(sid.size, dtype=bool)

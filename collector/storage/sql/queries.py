@@ -178,7 +178,7 @@ class Queries(SQLStore):
                 sid, ts, val = self._raw_samples(db, sel, pending, span.read_from, span.end,
                                                  None)
                 if single and step == 1:
-                    g, start, v = group[sid], ts, val / 10.0 ** scale[sid]
+                    g, start, v = group[sid], ts, val / (10.0 ** scale)[sid]  # a power per series
                 elif how == "p95" and not q.rate:
                     gscale = _group_scales(group, scale, len(found))
                     g, start, v = agg.percentile_steps(sid, ts, val, group, gscale, scale, step)
@@ -187,11 +187,19 @@ class Queries(SQLStore):
                     steps = agg.bucketize(sid, ts, val, counter, step)
                     g, start, v = agg.combine(steps, group, gscale, scale, counter, how, q.rate)
             else:
-                buckets = self._rollup_buckets(db, sel, pending, tier, span.read_from,
-                                               span.end, cut)
-                if single and step == TIERS[tier][0] and _distinct_starts(buckets):
+                as_stored = single and step == TIERS[tier][0]
+                # as stored: only the bucket column picked is read (a month of minutes is
+                # 43,200 buckets of 9 columns)
+                buckets = self._rollup_buckets(
+                    db, sel, pending, tier, span.read_from, span.end, cut,
+                    ("start", _PICK[how]) if as_stored else ROLLUP_COLUMNS)
+                if as_stored and not _distinct_starts(buckets):  # to coarsen: every column
+                    as_stored = False
+                    buckets = self._rollup_buckets(db, sel, pending, tier, span.read_from,
+                                                   span.end, cut)
+                if as_stored:
                     sid, start = buckets["sid"], buckets["start"]
-                    g, v = group[sid], buckets[_PICK[how]] / 10.0 ** scale[sid]
+                    g, v = group[sid], buckets[_PICK[how]] / (10.0 ** scale)[sid]
                 else:
                     gscale = _group_scales(group, scale, len(found))
                     steps = agg.coarsen(buckets, step, counter)
@@ -377,9 +385,12 @@ class Queries(SQLStore):
 
     def _rollup_buckets(self, db: Any, sel: Selection,
                         pending: tuple[np.ndarray, ...], tier: str, start: int, end: int,
-                        cut: dict[str, int]) -> agg.Buckets:
+                        cut: dict[str, int], columns: tuple[str, ...] = ROLLUP_COLUMNS,
+                        ) -> agg.Buckets:
         """Buckets of ``tier`` starting in [start, end), sorted by (series, start): rollup rows,
-        with windows that are dirty or have pending samples recomputed from raw samples."""
+        with windows that are dirty or have pending samples recomputed from raw samples.
+        ``columns``: the bucket columns wanted besides ``sid`` (``start`` among them); all of
+        them when pending samples are merged into stored buckets."""
         window_ms = self.window_ms
         width, tier_window = TIERS[tier]
         counter = sel.counter()
@@ -400,6 +411,8 @@ class Queries(SQLStore):
         # pending samples are merged into the rollup buckets (as compaction will do)
         fresh = dirty | {hw for hw in pending_windows if hw[1] >= cut["raw"]}
         stale = pending_windows - fresh
+        if stale:  # merged into stored buckets: that needs every column
+            columns = ROLLUP_COLUMNS
         local = {sid: i for i, sid in enumerate(sel.sid) if sid is not None}
         rows: list[tuple[int, int, bytes]] = []
         for chunk in chunked(sorted(local)):
@@ -410,12 +423,14 @@ class Queries(SQLStore):
                 rows.append((local[sid], window, data))
         rows.sort(key=lambda r: (r[0], r[1]))  # by (series, time), as buckets are read
         owners = [r[0] for r in rows]
-        stored, sizes = self._cached_rollups([r[2] for r in rows], width)
+        stored, sizes = self._cached_rollups([r[2] for r in rows], width, columns)
         stored["sid"] = np.repeat(np.array(owners, dtype=np.int64), sizes)
         keep = (stored["start"] >= start) & (stored["start"] < end)
-        if fresh and stored["sid"].size:
-            keep &= ~np.isin(_window_keys(host[stored["sid"]], stored["start"], window_ms),
-                             _pair_keys(fresh, window_ms))
+        if fresh and stored["sid"].size:  # only buckets from the first fresh window on
+            near = np.flatnonzero(stored["start"] >= min(w for _, w in fresh))
+            redone = np.isin(_window_keys(host[stored["sid"][near]], stored["start"][near],
+                                          window_ms), _pair_keys(fresh, window_ms))
+            keep[near[redone]] = False
         if not keep.all():
             stored = agg.take(stored, np.flatnonzero(keep))
         if stale:
@@ -432,15 +447,18 @@ class Queries(SQLStore):
                                                    floor(start, width), end, fresh)
             recomputed = agg.bucketize(r_sid, r_ts, r_val, counter, width)
             recomputed = agg.take(recomputed, np.flatnonzero(recomputed["start"] >= start))
+        recomputed = {c: recomputed[c] for c in stored}
         buckets = agg.concat_buckets([stored, recomputed])
         sid, starts = buckets["sid"], buckets["start"]
         if ((sid[1:] > sid[:-1]) | ((sid[1:] == sid[:-1]) & (starts[1:] > starts[:-1]))).all():
             return buckets  # rollup rows come back in order: nothing to sort
         return agg.take(buckets, agg.sort_index(sid, starts))
 
-    def _cached_rollups(self, blobs: list[bytes], width: int
+    def _cached_rollups(self, blobs: list[bytes], width: int,
+                        columns: tuple[str, ...] = ROLLUP_COLUMNS,
                         ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """``decode_rollups`` through the decoded cache."""
+        """``decode_rollups`` through the decoded cache: ``columns`` of every blob's buckets,
+        one after the other, and each blob's bucket count."""
         cache = self.decoded
         parts: list[dict[str, np.ndarray] | None] = [cache.get((_ROLLUP, width, b))
                                                      for b in blobs]
@@ -455,8 +473,9 @@ class Queries(SQLStore):
         done = [p for p in parts if p is not None]
         sizes_a = np.array([p["start"].size for p in done], dtype=np.int64)
         if not done:
-            return decode_rollups([], width)
-        return {c: np.concatenate([p[c] for p in done]) for c in ROLLUP_COLUMNS}, sizes_a
+            empty, sizes_a = decode_rollups([], width)
+            return {c: empty[c] for c in columns}, sizes_a
+        return {c: np.concatenate([p[c] for p in done]) for c in columns}, sizes_a
 
 
 def _pending_series(columns: BatchColumns, hid: int, name: str | None,
