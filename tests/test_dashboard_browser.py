@@ -83,7 +83,7 @@ class Stack:
     def __init__(self, root: Path) -> None:
         self.webhook = Webhook().start()
         self.broker = Broker(root / "broker").start()
-        rules = root / "rules.toml"
+        rules = self.rules = root / "rules.toml"
         rules.write_text(RULES.format(url=self.webhook.url))
         self.collector = Collector(root / "collector", self.broker,
                                    extra=f'\n[alerting]\nrules_path = "{rules}"\n').start()
@@ -338,6 +338,12 @@ def test_a_read_token_sees_everything_but_cannot_create_a_silence(stack: Stack) 
         b.wait_ready()
         assert b.find("#create-silence").get_attribute("disabled") is not None
         assert b.find("#silence-note").is_displayed()
+        assert b.find("#reload-rules").get_attribute("disabled") is not None
+        assert b.find("#reload-note").is_displayed()
+        status = b.js_async("const done = arguments[0];"
+                            "fetch('/edgemon/api/v1/rules/reload', {method: 'POST'})"
+                            ".then(r => done(r.status))")
+        assert status == 403
         status = b.js_async("""const done = arguments[0];
             fetch('/edgemon/api/v1/silences', {method: 'POST', headers:
               {'Content-Type': 'application/json'}, body: JSON.stringify({matchers:
@@ -399,3 +405,27 @@ def test_an_alert_fires_on_the_page_and_a_silence_made_there_stops_its_notificat
     wait_until(lambda: "expired" in text(admin, "#status"), 10, "silence expired")
     assert not [s for s in stack.collector.get("/edgemon/api/v1/silences")["silences"]
                 if s["state"] == "active"]
+
+
+def test_an_admin_reloads_the_rules_on_the_page_and_a_bad_file_keeps_the_old_ones(
+        stack: Stack, admin: chromium.Browser) -> None:
+    def rule_names() -> list[str]:
+        return [r["name"] for r in stack.collector.get("/edgemon/api/v1/rules")["rules"]]
+
+    before = rule_names()
+    good = RULES.format(url=stack.webhook.url)
+    admin.get(stack.base + "/alerts")
+    admin.wait_ready()
+    stack.rules.write_text(good + '\n[[rule]]\nname = "half-written"\nkind = "threshold"\n')
+    admin.find("#reload-rules").click()
+    wait_until(lambda: "not reloaded" in text(admin, "#status"), 10, "the refusal on the page")
+    assert str(stack.rules) in text(admin, "#status")  # the file's own complaint, with its line
+    assert rule_names() == before
+    stack.rules.write_text(good + '\n[[rule]]\nname = "memory-above-everything"\n'
+                           'kind = "threshold"\nmetric = "memory_usage_percent"\n'
+                           'window = "1s"\nop = ">"\nthreshold = 1000.0\n')
+    admin.find("#reload-rules").click()
+    wait_until(lambda: "Rules reloaded" in text(admin, "#status"), 10, "the reload on the page")
+    assert f"{len(before) + 1} rules" in text(admin, "#status")
+    assert rule_names() == [*before, "memory-above-everything"]
+    assert javascript_errors(admin) == []
