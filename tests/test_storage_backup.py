@@ -40,6 +40,16 @@ def _config(folder: Path, url: str | None) -> Path:
     return conf
 
 
+def _source(stores: Stores, tmp_path: Path) -> tuple[Path, str | None]:
+    """The configuration of a collector whose store is this test's (a SQLite file in
+    ``source/``, or the test's PostgreSQL database), and the database URL if any."""
+    url = stores.location if stores.backend == "postgres" else None
+    conf = _config(tmp_path / "source", url)
+    if url is None:
+        stores.path = tmp_path / "source" / "edgemon.db"
+    return conf, url
+
+
 def _live_batch(seq: int) -> object:
     t = T0 + seq * POINTS * 10_000
     return make_items(LIVE, seq, [(t + i * 10_000, TEMP, (), 100 + seq + i)
@@ -60,10 +70,7 @@ def _open(location: str) -> SQLStorage:
 def test_a_backup_under_ingest_restores_every_sample_it_holds(
         stores: Stores, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fleet = _fleet()
-    source_url = stores.location if stores.backend == "postgres" else None
-    conf = _config(tmp_path / "source", source_url)
-    if source_url is None:
-        stores.path = tmp_path / "source" / "edgemon.db"
+    conf, source_url = _source(stores, tmp_path)
     (tmp_path / "source" / "tokens.json").write_text('{"tokens": []}\n')
     with contextlib.closing(sqlite3.connect(tmp_path / "source" / "alerts.db")) as alerts:
         alerts.execute("CREATE TABLE silences (id TEXT)")
@@ -129,10 +136,7 @@ def test_a_backup_under_ingest_restores_every_sample_it_holds(
 def test_a_damaged_or_unfinished_backup_is_refused_and_nothing_replaced(
         stores: Stores, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fleet = _fleet()
-    source_url = stores.location if stores.backend == "postgres" else None
-    conf = _config(tmp_path / "source", source_url)
-    if source_url is None:
-        stores.path = tmp_path / "source" / "edgemon.db"
+    conf, source_url = _source(stores, tmp_path)
     st = stores.open(**OPTIONS)
     st.store_batches(fleet.items[:3])
     st.close()
