@@ -128,13 +128,15 @@ def _dump_postgres(url: str, target: Path) -> tuple[int, int]:
     import psycopg
 
     try:
-        with psycopg.connect(url, connect_timeout=10) as conn:
+        # autocommit: our BEGIN is the transaction (psycopg would open a read-committed one
+        # first, whose every statement sees a newer state than the snapshot it exported)
+        with psycopg.connect(url, connect_timeout=10, autocommit=True) as conn:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
             batches, samples = conn.execute(_ACCOUNTS).fetchone()  # type: ignore[misc]
             _run([_tool("pg_dump"), "--format=custom", "--no-owner", f"--snapshot={snapshot}",
                   f"--file={target}", f"--dbname={url}"])
-            conn.rollback()
+            conn.execute("ROLLBACK")
     except psycopg.Error as exc:
         raise BackupError(f"PostgreSQL: {str(exc).strip()}") from exc
     return int(batches), int(samples)
