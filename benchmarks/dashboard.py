@@ -484,6 +484,10 @@ def main() -> None:
         if collector is not None:
             stop(collector)
         stop(broker)
+        if args.dir is None:  # a temporary store: gone with the run
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
     result = {
         "hosts": args.hosts, "days": days, "store": store,
         "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg()),

@@ -106,6 +106,11 @@ REGISTRY: dict[str, Bench] = {
                      "bytes per sample, ingest rate with and without forwarding (same run)",
                      quick=["--quick"], tiny=["--hosts", "5", "--cycles", "12", "--repeat", "1"],
                      timeout_quick=600, timeout_full=1800, in_quick=False),
+    "scale_out": Bench("scale_out.py", "ingest samples/s with 1 collector on SQLite, 1 and 2 on "
+                       "one PostgreSQL (shared group), same run; bytes per sample and two "
+                       "queries on both stores", quick=["--quick"], full=[],
+                       tiny=["--hosts", "10", "--seconds", "1", "--runs", "1"],
+                       timeout_quick=400, timeout_full=1200, in_quick=False),
     "hostile": Bench("hostile.py", "a hostile flood from one host: collector peak memory vs "
                      "baseline, rejects/s, a good host's publish->stored lag with and without",
                      quick=["--quick"], tiny=["--seconds", "2"], timeout_quick=150,

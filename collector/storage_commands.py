@@ -1,5 +1,6 @@
 """``edgemon-collector migrate-schema`` and ``migrate``: the PostgreSQL store's schema, and a
-SQLite store copied into PostgreSQL (``storage/migrate.py``).
+SQLite store copied into PostgreSQL (``storage/migrate.py``); ``backup`` and ``restore`` of
+either store with a checksum manifest (``storage/backup.py``).
 
 Exit codes: 0 done (or nothing to do), 1 the database cannot be reached or the copy failed
 (nothing changed), 2 a usage or configuration error.
@@ -8,6 +9,7 @@ Exit codes: 0 done (or nothing to do), 1 the database cannot be reached or the c
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +73,46 @@ def cmd_migrate(args: argparse.Namespace, load: Callable[[Path | None], Any]) ->
     return 0
 
 
+def _store_and_files(args: argparse.Namespace, load: Callable[[Path | None], Any]
+                     ) -> tuple[str, dict[str, Path]]:
+    """The store's location and the collector's own files (alert state, tokens) of a config."""
+    from edgemon.collector.http.tokens import default_tokens_path
+
+    cfg = load(args.config)
+    location = cfg.storage.url or str(cfg.storage.path)
+    alerts = cfg.alerting.state_path or Path(cfg.storage.path).parent / "alerts.db"
+    tokens = default_tokens_path(cfg.http.tokens_path, cfg.storage.path)
+    return location, {"alerts.db": Path(alerts), "tokens.json": Path(tokens)}
+
+
+def cmd_backup(args: argparse.Namespace, load: Callable[[Path | None], Any]) -> int:
+    from edgemon.collector.storage.backup import BackupError, backup
+
+    location, files = _store_and_files(args, load)
+    try:
+        manifest = backup(location, args.destination, extra=files,
+                          progress=lambda line: print(line, flush=True))
+    except (BackupError, OSError, sqlite3.Error) as exc:
+        print(f"edgemon-collector: backup failed: {str(exc).strip()}", file=sys.stderr)
+        return 1
+    print(f"backup written to {args.destination}: {len(manifest.files)} files, "
+          f"{manifest.samples} samples")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, load: Callable[[Path | None], Any]) -> int:
+    from edgemon.collector.storage.backup import BackupError, restore
+
+    location, files = _store_and_files(args, load)
+    try:
+        restore(args.source, location, extra=files,
+                progress=lambda line: print(line, flush=True))
+    except (BackupError, OSError, sqlite3.Error) as exc:
+        print(f"edgemon-collector: restore failed: {str(exc).strip()}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_storage_commands(sub: Any, load: Callable[[Path | None], Any]) -> None:
     schema = sub.add_parser("migrate-schema",
                             help="create or upgrade the PostgreSQL store's schema")
@@ -87,3 +129,16 @@ def add_storage_commands(sub: Any, load: Callable[[Path | None], Any]) -> None:
     migrate.add_argument("-c", "--config", type=Path, help="take --to from [storage] url here")
     migrate.add_argument("--url", help=argparse.SUPPRESS)
     migrate.set_defaults(func=lambda args: cmd_migrate(args, load))
+
+    back = sub.add_parser("backup", help="an online, consistent copy of the store (and alert "
+                                         "state, tokens) with a checksum manifest")
+    back.add_argument("destination", type=Path, help="a new or empty directory")
+    back.add_argument("-c", "--config", type=Path, help="the collector's configuration")
+    back.set_defaults(func=lambda args: cmd_backup(args, load))
+
+    rest = sub.add_parser("restore", help="check a backup's checksums, then replace the store "
+                                          "(and alert state, tokens) with it; stop the "
+                                          "collectors first")
+    rest.add_argument("source", type=Path, help="a directory written by backup")
+    rest.add_argument("-c", "--config", type=Path, help="the collector's configuration")
+    rest.set_defaults(func=lambda args: cmd_restore(args, load))

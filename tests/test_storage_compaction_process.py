@@ -16,7 +16,7 @@ from edgemon.collector.storage.compaction_process import CompactionProcess
 from tests.support.storages import Stores
 from tests.support.waiting import wait_until
 from tests.test_storage_crash import _check, _fleet, _stored_samples
-from tests.test_storage_sqlite import DAY
+from tests.test_storage_sqlite import DAY, HOUR, INTERVAL, MIN, T0, TEMP, make_items, q
 
 TIMEOUT = 120.0
 # the test data is months old: keep every tier, and compact at once
@@ -96,3 +96,49 @@ def test_a_child_killed_from_outside_is_restarted(stores: Stores) -> None:
     finally:
         proc.stop()
     _all_there(st, fleet)
+
+
+def test_two_compaction_processes_on_one_store_compact_each_sample_once(
+        stores: Stores) -> None:
+    """Two collectors' compaction processes on one store at once (a fail-over's overlap, or two
+    that both believe they lead): every step re-reads under the store's write lock what it
+    takes, so the work is shared, never done twice, and nothing is lost."""
+    fleet, st, first = _started(stores)
+    second = CompactionProcess(stores.location, _options(stores), st, interval=0.05)
+    second.start()
+    try:
+        wait_until(lambda: _done(st) and first.runs > 0 and second.runs > 0, TIMEOUT,
+                   "both processes compacting the one store")
+        assert first.errors == 0 and second.errors == 0
+        assert first.restarts == 0 and second.restarts == 0
+    finally:
+        first.stop()
+        second.stop()
+    _all_there(st, fleet)
+
+
+def test_a_series_another_compactor_deleted_is_made_again_not_written_to(
+        stores: Stores) -> None:
+    """Compactor ``a`` knows a series (its id cached); ``b``, on the same store, deletes it
+    when all its samples expired; the host then sends that series again and ``a`` compacts it:
+    the samples go to a series that exists, not to the deleted id (where no query finds them)."""
+    opts = {"compact_delay_ms": 0, "raw_retention_ms": DAY, "rollup_1m_retention_ms": DAY,
+            "rollup_1h_retention_ms": DAY}
+    a, b = stores.open(**opts), stores.open(**opts)
+    try:
+        a.store_batches([make_items("h", 0, [(T0 + i * INTERVAL, TEMP, (), 200 + i)
+                                             for i in range(6)])])
+        a.compact_all(T0 + HOUR)
+        later = T0 + 10 * DAY
+        b.compact_all(later)  # every tier expired: the series goes
+        assert Stores.sql(b, "SELECT count(*) FROM series") == 0
+        a.store_batches([make_items("h", 1, [(later + i * INTERVAL, TEMP, (), 300 + i)
+                                             for i in range(6)])])
+        a.compact_all(later + HOUR)
+        assert Stores.sql(b, "SELECT count(*) FROM batches") == 0
+        got = b.query(q("temperature_celsius", later, later + HOUR, MIN, tier="raw",
+                        aggregation="count"))
+        assert [sum(v for _, v in r.points) for r in got] == [6]
+    finally:
+        a.close()
+        b.close()

@@ -1,5 +1,6 @@
 // Alerts: what fires now, recent transitions, and silences (created and expired with an admin
-// token; the server refuses it for a read token whatever this page shows).
+// token, as is reloading the rules; the server refuses both to a read token whatever this page
+// shows).
 
 import { api, withQuery } from "./api.js";
 import { initPage, openLive, say, session, throttle } from "./common.js";
@@ -123,6 +124,17 @@ async function expire(id) {
   }
 }
 
+async function reloadRules() {
+  try {
+    const done = await api("/edgemon/api/v1/rules/reload", { method: "POST" });
+    say(`Rules reloaded from ${visible(done.source)}: ${done.rules} rules, ${done.enabled} enabled.`);
+    await refresh();
+  } catch (error) {
+    const why = Array.isArray(error.doc?.errors) ? error.doc.errors.map((e) => visible(String(e))).join("; ") : error.message;
+    say(`Rules not reloaded, the old ones stay: ${why}`, "error");
+  }
+}
+
 async function refresh() {
   try {
     await Promise.all([loadActive(), loadHistory(), loadSilences()]);
@@ -142,6 +154,7 @@ function bind() {
   });
   $("#add-matcher").addEventListener("click", () => $("#matchers").append(matcherRow()));
   $("#silence-form").addEventListener("submit", createSilence);
+  $("#reload-rules").addEventListener("click", reloadRules);
   $("#show-expired").addEventListener("change", () => loadSilences().catch((e) => say(e.message, "error")));
   replace($("#matchers"), matcherRow("alertname"));
 }
@@ -152,6 +165,8 @@ $("#created-by").value = session.name ?? "";
 if (!canWrite()) {
   for (const control of $("#silence-form").querySelectorAll("input, select, button")) control.disabled = true;
   $("#silence-note").hidden = false;
+  $("#reload-rules").disabled = true;
+  $("#reload-note").hidden = false;
 }
 await refresh();
 openLive(null, { fleet: throttle(refresh, 2000) });

@@ -1,7 +1,7 @@
 // The collector's API with the session cookie (same origin only; the token is never here).
 
 export class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
+  constructor(status, message, doc = null) { super(message); this.status = status; this.doc = doc; }
 }
 
 /** A path on this server to come back to after signing in (never another host). */
@@ -27,7 +27,7 @@ export async function api(path, { method = "GET", body, signal, redirect = true 
   if (response.status === 401 && redirect) goSignIn();
   if (!response.ok) {
     const message = doc && typeof doc.error === "string" ? doc.error : `HTTP ${response.status}`;
-    throw new ApiError(response.status, message);
+    throw new ApiError(response.status, message, doc);
   }
   return doc;
 }

@@ -82,6 +82,7 @@ class Compaction(SQLStore):
         batches: list[tuple[int, int, BatchColumns]] = []
         with self._write() as db:
             began = time.monotonic()
+            self._drop_series_ids_deleted_elsewhere(db)
             ids = [batch_id for _, batch_id, _ in part]
             host_of = {batch_id: hid for hid, batch_id, _ in part}
             found: list[tuple[int, bytes]] = []

@@ -10,7 +10,14 @@ once the raw tier has expired past them.
 
 from __future__ import annotations
 
-from edgemon.collector.storage.sql.store import DAY, TIERS, SQLStore, floor, placeholders
+from edgemon.collector.storage.sql.store import (
+    DAY,
+    SERIES_DELETED,
+    TIERS,
+    SQLStore,
+    floor,
+    placeholders,
+)
 
 __all__ = ["Retention"]
 
@@ -69,6 +76,10 @@ class Retention(SQLStore):
             if gone:
                 self._series_cache.clear()
                 self._layouts.clear()
+                # other processes on this store drop their cached ids at their next L0 step
+                db.execute("INSERT INTO meta (key, value) VALUES (?, 1) ON CONFLICT (key) DO "
+                           "UPDATE SET value = meta.value + 1", (SERIES_DELETED,))
+                self._series_deletions = self._series_deletions_in(db)
             # agent instances not heard of for longer than anything is kept
             horizon = now_ms - max(self.retention.values()) - DAY
             for hid, inst in db.execute(

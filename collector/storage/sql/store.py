@@ -28,8 +28,8 @@ from edgemon.collector.storage.encoding import decode_chunks, decode_times
 from edgemon.collector.storage.selection import HOUR, MINUTE, TIER_WIDTH_MS
 from edgemon.collector.storage.sql.layouts import LayoutCache
 
-__all__ = ["DAY", "HOUR", "MINUTE", "PENDING_ORDER", "TIERS", "SQLStore", "chunked", "floor",
-           "placeholders"]
+__all__ = ["DAY", "HOUR", "MINUTE", "PENDING_ORDER", "SERIES_DELETED", "TIERS", "SQLStore",
+           "chunked", "floor", "placeholders"]
 
 log = logging.getLogger("edgemon.collector.storage")
 
@@ -39,6 +39,8 @@ DAY = 24 * HOUR
 TIERS: dict[str, tuple[int, int]] = {"1m": (TIER_WIDTH_MS["1m"], DAY),
                                      "1h": (TIER_WIDTH_MS["1h"], 30 * DAY)}
 PENDING_ORDER = 1 << 62  # pending samples win ties against compacted ones (arrived later)
+# meta key: how many times retention deleted series from this store (any process)
+SERIES_DELETED = "series_deleted"
 _IN_CHUNK = 500  # host variables per IN (...) list
 _MAX_NOTED = 10_000  # unreadable pending batches readers note between two maintenance steps
 # Test hook: "<stage>:N" makes the process SIGKILL itself inside a compaction transaction, at
@@ -109,6 +111,7 @@ class SQLStore:
         self._host_ids: dict[str, int] = {}
         self._series_cache: dict[tuple[Any, ...], dict[tuple[str, ...], Any]] = {}
         self._layouts = LayoutCache(self._series_cache)  # series ids per host batch layout
+        self._series_deletions: int | None = None  # the store's count the caches were kept under
         # ids of pending batches a reader found unreadable, quarantined by the next maintenance
         self._unreadable: set[int] = set()
         self._unreadable_lock = threading.Lock()
@@ -169,6 +172,22 @@ class SQLStore:
             hid = fresh[name] = db.execute("SELECT id FROM hosts WHERE name = ?",
                                            (name,)).fetchone()[0]
         return hid
+
+    @staticmethod
+    def _series_deletions_in(db: Any) -> int:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (SERIES_DELETED,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _drop_series_ids_deleted_elsewhere(self, db: Any) -> None:
+        """In a write transaction, before cached series ids are used: when retention in
+        another process on this store (another collector's compaction, a compaction process
+        started since) deleted series since the caches were kept, they are dropped, so that no
+        sample is written to a deleted series' id (where no query would find it)."""
+        deletions = self._series_deletions_in(db)
+        if deletions != self._series_deletions:
+            self._series_cache.clear()
+            self._layouts.clear()
+            self._series_deletions = deletions
 
     def _cutoffs(self, db: Any) -> dict[str, int]:
         meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN "
