@@ -5,7 +5,9 @@
 * ``examine.series_hashes`` (a hash per series, remembered) against a keyed blake2b per series,
   with the memory emptied when full and series too long to remember;
 * ``schema._known_good_heads`` (remembered metric heads): a head equal to a remembered one but
-  with a boolean or float scale, or an unhashable label key, is still refused by the rules.
+  with a boolean or float scale, or an unhashable label key, is still refused by the rules;
+* ``base.unbase`` (a based batch's values, checked in one pass when all are integers): the
+  same values and the same refusals, in the same order, as series by series.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from hypothesis import strategies as st
 
 from edgemon.collector.ingest import examine, screen
 from edgemon.protocol import ProtocolError, schema
+from edgemon.protocol.base import base_check, unbase
+from edgemon.protocol.catalogue import Catalogue
 from edgemon.protocol.limits import MAX_INT, MIN_INT
 from tests.test_fuzz_ingest import FUZZ
 
@@ -123,3 +127,57 @@ def test_an_unhashable_label_key_is_no_remembered_head() -> None:
     """(The readers never build one; the look-up must still answer, not raise.)"""
     schema.check_decoded(_batch(1, ["k"]))
     assert not schema._known_good_heads(_batch(1, [["k"]])["metrics"])
+
+
+# --- based batches: bvalues checked in one pass when all are integers (protocol/base.py) -------
+
+def _unbased(bvalues: list[Any], bases: list[int], factors: list[list[int]] | None = None
+             ) -> list[int]:
+    """``unbase`` of a based batch of two timestamps over a gauge and a counter series."""
+    metrics = [["fp_gauge", "gauge", "", 0, [], [[]]],
+               ["fp_total", "counter", "", 0, [], [[]]]]
+    catalogue = Catalogue("h", "i1", "0123456789abcdef", metrics, [(0, []), (1, [])], [5, 5])
+    raw: dict[str, Any] = {"seq": 2, "t": [1_700_000_000_000, 10_000], "bvalues": bvalues,
+                           "base": [1, base_check(bases)], "catalogue": catalogue.id}
+    if factors:
+        raw["factors"] = factors
+    return unbase(raw, catalogue, lambda _seq: bases)["values"]
+
+
+def _refusal(bvalues: list[Any], bases: list[int]) -> str:
+    with pytest.raises(ProtocolError) as caught:
+        _unbased(bvalues, bases)
+    assert caught.value.reason == "schema"
+    return str(caught.value)
+
+
+def test_unbase_values() -> None:
+    # delta-coded values: the first moved by the base; a counter's deltas are running sums
+    assert _unbased([5, -2, 3, 4], [100, 1000]) == [105, -2, 1003, 7]
+    assert _unbased([1, 2, 3, 4], [0, 0], [[0, 16], [1, 20]]) == [16, 32, 60, 140]
+
+
+@pytest.mark.parametrize("odd", [True, 1.5, None, "1"])
+def test_unbase_refuses_what_is_not_an_integer(odd: Any) -> None:
+    assert _refusal([1, 2, 3, odd], [0, 0]) == "bvalues must be integers"
+    # series by series, in order: a number too large in the first series is found first
+    assert _refusal([MAX_INT, 2, 3, odd], [1, 0]) == \
+        "bvalues of series 0: a number beyond signed 64 bits"
+
+
+@pytest.mark.parametrize("bvalues, bases, series", [
+    ([MAX_INT, 0, 0, 0], [1, 0], 0),  # the gauge's first value moved past 64 bits by its base
+    ([0, MIN_INT, 0, 0], [0, 0], None),  # at the bound: fine
+    ([0, 0, MAX_INT, 1], [0, 0], 1),  # the counter's running sum
+    ([0, 0, 1, MAX_INT], [0, 0], 1),
+    ([0, 0, MIN_INT, -1], [0, 0], 1),
+    ([0, 0, MAX_INT, 0], [0, -1], None),
+    ([0, 0, MAX_INT + 1, 0], [0, -1], 1),  # beyond 64 bits before the base brings it back
+])
+def test_unbase_refuses_numbers_beyond_64_bits(bvalues: list[int], bases: list[int],
+                                               series: int | None) -> None:
+    if series is None:
+        _unbased(bvalues, bases)
+    else:
+        assert _refusal(bvalues, bases) == \
+            f"bvalues of series {series}: a number beyond signed 64 bits"
