@@ -94,7 +94,10 @@ class _Unchecked:
 
 def _measure(hosts: int, rounds: int, repeat: int, now: int) -> dict[str, Any]:
     """(in the tree's own process) CPU seconds of each form and stage, best of ``repeat``."""
+    from edgemon.collector.gc_policy import tune_gc
+
     data = _payloads(hosts, rounds, now)
+    tune_gc()  # as the collector does (the payloads out of the collector's sight)
     out: dict[str, Any] = {"samples": data["samples"]}
     for form in ("inline", "based"):
         best: dict[str, float] = {}
