@@ -88,6 +88,11 @@ REGISTRY: dict[str, Bench] = {
                         "decoder as it was vs the msgspec path, same run", quick=["--runs", "1"],
                         full=[], tiny=["--hosts", "20", "--rounds", "1", "--runs", "1"],
                         timeout_quick=300, timeout_full=900),
+    "examine_cpu": Bench("examine_cpu.py", "an ingest worker's Examiner: CPU per sample by "
+                         "stage (read, schema, screen, series hashes, ...), inline and based "
+                         "batches", quick=["--runs", "1"], full=[],
+                         tiny=["--hosts", "10", "--rounds", "1", "--runs", "1", "--repeat", "1"],
+                         timeout_quick=300, timeout_full=900),
     "query": Bench("query.py", "collector API query latency over stored data", quick=["--quick"]),
     "offline": Bench("offline.py", "agent through a broker outage: buffer growth and back-fill",
                      quick=["--quick"]),

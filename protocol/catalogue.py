@@ -323,18 +323,27 @@ def resolve(raw: dict[str, Any], catalogue: Catalogue) -> ValidBatch:
     entries_of: list[list[list[Any]]] = [[] for _ in catalogue.metrics]
     label_values = packed = entries = 0
     at = 0
+    label_bytes = catalogue.label_bytes
     for index, (metric, labels) in enumerate(catalogue.series):
         runs = runs_of.get(index)
-        if runs is None:
-            entry_runs: list[list[Any]] = [[0, values[at:at + n_times]]]
+        if runs is None:  # a dense series: one entry of n_times values (counted below)
+            entries_of[metric].append([labels, 0, values[at:at + n_times]])
             at += n_times
-        else:
-            entry_runs = runs
-        for offset, deltas in entry_runs:
+            continue
+        for offset, deltas in runs:
             entries_of[metric].append([labels, offset, deltas])
             entries += 1
             label_values += len(labels)
-            packed += catalogue.label_bytes[index] + 9 + 5 + 9 * len(deltas)
+            packed += label_bytes[index] + 9 + 5 + 9 * len(deltas)
+    # the dense series' share of the totals, summed at once
+    if runs_of:
+        dense_series = [catalogue.series[i] for i in range(n_series) if i not in runs_of]
+        dense_bytes = sum(label_bytes[i] for i in range(n_series) if i not in runs_of)
+    else:
+        dense_series, dense_bytes = catalogue.series, sum(label_bytes)
+    entries += dense
+    label_values += sum(len(labels) for _metric, labels in dense_series)
+    packed += dense_bytes + dense * (9 + 5 + 9 * n_times)
     if entries > MAX_SERIES or label_values > MAX_LABEL_VALUES:
         raise LimitExceeded(f"resolved batch holds {entries} series entries / {label_values} "
                             "label values: over the limit", reason="too_many_label_values")

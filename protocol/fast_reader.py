@@ -41,6 +41,7 @@ MAX_FAST_BYTES: Final = 256 << 10
 _FIXMAP_7: Final = 0x87  # a fixmap of exactly the seven known keys: none twice, none unknown
 # A string of at most this many characters is at most MAX_LABEL_VALUE_LENGTH bytes of UTF-8.
 _SURELY_SHORT: Final = limits.MAX_LABEL_VALUE_LENGTH // 4
+_TEXTS: Final = itemgetter(0, 1, 2)  # a metric's name, kind and unit
 
 try:
     import msgspec
@@ -91,8 +92,9 @@ def _read(packed: bytes) -> dict[str, Any] | None:
         b = _decoder.decode(packed)
     except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
         return None
-    heads = chain.from_iterable((m[0], m[1], m[2], *m[4]) for m in b.metrics)
-    if _too_long(chain((b.host, b.instance), heads)):
+    texts = chain.from_iterable(map(_TEXTS, b.metrics))  # name, kind, unit
+    if _too_long(chain((b.host, b.instance), texts,
+                       chain.from_iterable(map(itemgetter(4), b.metrics)))):
         return None
     entries = chain.from_iterable(m[5] for m in b.metrics)
     if _too_long(chain.from_iterable(map(itemgetter(0), entries))):

@@ -212,7 +212,16 @@ _HEAD: Final = itemgetter(0, 1, 2, 3)  # name, kind, unit, scale
 def _known_good_heads(metrics: list[list[Any]]) -> bool:
     """Whether every metric head (name, kind, unit, scale, label keys) passes the rules of
     ``_metrics``: remembered answers, or the rules run and the answer remembered when it is yes.
-    Only exact str / int types are looked up (an equal bool or float is not the int it equals)."""
+    Only exact int scales are looked up (an equal bool or float is not the int it equals); a
+    head equal to a remembered one holds strings where that one does (no other type the readers
+    build equals a string)."""
+    if set(map(type, map(itemgetter(3), metrics))) <= _INT:
+        try:
+            if all(map(_GOOD_HEADS.__contains__, zip(
+                    map(_HEAD, metrics), map(tuple, map(itemgetter(4), metrics)), strict=True))):
+                return True
+        except TypeError:  # an unhashable label key: the rules below say no
+            pass
     if not (set(map(type, chain.from_iterable(map(_TEXTS, metrics)))) <= _STR
             and set(map(type, map(itemgetter(3), metrics))) <= _INT
             and set(map(type, chain.from_iterable(map(itemgetter(4), metrics)))) <= _STR):
@@ -255,7 +264,8 @@ def _metrics_at_once(metrics: list[list[Any]], n_times: int) -> int | None:
         return None
     # |every value| * the longest entry within 64 bits: no running sum can leave them (and no
     # value is outside MIN_INT..MAX_INT); larger ones get ``_entries``' exact check.
-    if max(max(map(max, values)), -min(map(min, values))) * max(lengths) > MAX_INT:
+    flat = list(chain.from_iterable(values))
+    if max(max(flat), -min(flat)) * max(lengths) > MAX_INT:
         return None
     owners = chain.from_iterable(repeat(m[0], len(m[5])) for m in metrics)
     if len(set(zip(owners, map(tuple, labels), strict=True))) != len(entries):

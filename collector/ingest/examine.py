@@ -34,7 +34,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
-from typing import Any
+from typing import Any, Final
 
 from edgemon.collector.http.fleet import WATCHED
 from edgemon.collector.ingest.bases import BaseCache, BaseKey, NeedBase
@@ -138,9 +138,37 @@ class NeedCatalogue(Exception):
 def series_hashes(keys: Iterable[SeriesKey], salt: bytes) -> bytes:
     """A 64-bit hash of each series, packed (8 bytes each, ``memoryview(...).cast("Q")`` reads
     them): the same in every process given the same ``salt`` (random per collector run: no one
-    can choose colliding series)."""
-    return b"".join([blake2b("\x00".join((name, *labels)).encode("utf-8", "surrogatepass"),
-                             digest_size=8, key=salt).digest() for name, labels in keys])
+    can choose colliding series). A fleet sends the same series again and again: each hash is
+    computed once and then looked up (``_DIGESTS``), one dict lookup per series where a keyed
+    blake2b costs several times that."""
+    keys = list(keys)
+    known = _DIGESTS.get(salt)
+    if known is None:
+        known = _DIGESTS[salt] = {}
+        while len(_DIGESTS) > 4:  # a few salts at most (one per collector run; tests use more)
+            del _DIGESTS[next(iter(_DIGESTS))]
+    found = list(map(known.get, keys))
+    if None in found:
+        if len(known) + len(keys) > _DIGESTS_MAX:
+            known.clear()
+        for i, digest in enumerate(found):
+            if digest is None:
+                name, labels = key = keys[i]
+                text = "\x00".join((name, *labels))
+                found[i] = digest = blake2b(text.encode("utf-8", "surrogatepass"),
+                                            digest_size=8, key=salt).digest()
+                if len(text) <= _CACHED_TEXT_MAX and len(labels) <= _CACHED_LABELS_MAX:
+                    known[key] = digest
+    return b"".join(found)  # type: ignore[arg-type]
+
+
+# salt -> (metric name, label values) -> its 8-byte hash. Bounded: emptied when full; only
+# series of at most 8 label values and 256 characters in all are kept (nearly all real ones),
+# so an entry holds at most about 1 KB with its key's strings: 32k entries, about 30 MB at worst.
+_DIGESTS: dict[bytes, dict[SeriesKey, bytes]] = {}
+_DIGESTS_MAX: Final = 32_768
+_CACHED_TEXT_MAX: Final = 256
+_CACHED_LABELS_MAX: Final = 8
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from edgemon.agent import selfmetrics
 from edgemon.protocol.batch import COUNTER, MetricDef
+from edgemon.protocol.limits import MAX_INT, MIN_INT
 from edgemon.protocol.schema import ValidBatch
 
 __all__ = ["PERCENT_TOLERANCE", "PLAUSIBLE_MAX", "Refusal", "SeriesKey", "screen", "series_keys",
@@ -124,10 +125,23 @@ def _all_plausible(metrics: list[list[Any]]) -> bool:
         return False
     for (kind, unit, scale), values in by_bounds.items():
         low, high = _bounds(kind, unit, scale)
-        if values and (min(map(min, map(accumulate, values))) < low
-                       or max(map(max, map(accumulate, values))) > high):
+        if values and not _running_within(values, low, high):
             return False
     return True
+
+
+def _running_within(values: list[list[int]], low: int, high: int) -> bool:
+    """Whether every running sum of every list of delta-coded ``values`` (non-empty lists of
+    a checked batch: ``schema`` saw every running sum within signed 64 bits) lies in
+    [``low``, ``high``]. Bounds wider than 64 bits need no look; lists without a negative
+    number rise from their first value to their sum (no running sum built); the rest are
+    accumulated once."""
+    if low <= MIN_INT and high >= MAX_INT:
+        return True
+    if min(map(min, values)) >= 0:
+        return min(map(itemgetter(0), values)) >= low and max(map(sum, values)) <= high
+    running = list(chain.from_iterable(map(accumulate, values)))
+    return min(running) >= low and max(running) <= high
 
 
 def without(metrics: list[list[Any]], refused: dict[SeriesKey, Any]) -> list[list[Any]]:

@@ -153,10 +153,10 @@ def _columns(batch: dict[str, Any]) -> BatchColumns:
     with np.errstate(over="ignore"):
         values = cumsum_by_segment(raw_values, bounds[:-1], entry)  # values are delta-coded
     ts = times[offset_a[entry] + within]
-    ends = np.cumsum(per_metric).tolist()
-    metrics = tuple(MetricPart(*head, tuple(k), end - n, end) for head, k, n, end in zip(
-        zip(names, kinds, units, scales, strict=True), keys, per_metric.tolist(), ends,
-        strict=True))
+    ends = np.cumsum(per_metric)
+    metrics = tuple(map(MetricPart._make, zip(names, kinds, units, scales, map(tuple, keys),
+                                              (ends - per_metric).tolist(), ends.tolist(),
+                                              strict=True)))
     labels = list(map(tuple, label_lists))
     for column in (bounds, ts, values):
         column.flags.writeable = False  # shared by every reader of the cache

@@ -351,11 +351,17 @@ def _seg_diff(x: np.ndarray, first: np.ndarray, initial: np.ndarray | int) -> np
     return d
 
 
+_ZERO = np.zeros(1, dtype=_I64)
+_ZERO.flags.writeable = False
+
+
 def cumsum_by_segment(d: np.ndarray, starts: np.ndarray, seg: np.ndarray) -> np.ndarray:
     """Cumulative sum restarting at each segment start (``starts[0]`` is 0, ``seg`` = segment
     of each row; wrapping modulo 2**64: call it under ``np.errstate(over="ignore")``)."""
     c = np.cumsum(d)
-    before = np.r_[_I64(0), c[starts[1:] - 1]] if starts.size else np.empty(0, dtype=_I64)
+    # np.concatenate, not np.r_ (the same array; r_ parses its index in Python, per call)
+    before = np.concatenate((_ZERO, c[starts[1:] - 1])) if starts.size \
+        else np.empty(0, dtype=_I64)
     return c - before[seg]
 
 
