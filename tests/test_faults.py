@@ -433,13 +433,18 @@ def _helper_processes(collector: Collector) -> tuple[list[int], list[int]]:
     """(ingest worker pids, compaction process pids) of a running collector: the workers are
     the forkserver's children, the compaction process a ``spawn`` child of the collector."""
     assert collector.proc is not None
-    workers, compaction = [], []
+    workers: list[int] = []
+    compaction: list[int] = []
     for child in psutil.Process(collector.proc.pid).children():
-        cmdline = " ".join(child.cmdline())
-        if "multiprocessing.forkserver" in cmdline:
-            workers += [c.pid for c in child.children()]
-        elif "multiprocessing.spawn" in cmdline:
-            compaction.append(child.pid)
+        try:  # a killed child may be gone, or a zombie its parent has not reaped yet
+            cmdline = " ".join(child.cmdline())
+            if "multiprocessing.forkserver" in cmdline:
+                workers += [c.pid for c in child.children()
+                            if c.status() != psutil.STATUS_ZOMBIE]
+            elif "multiprocessing.spawn" in cmdline:
+                compaction.append(child.pid)
+        except psutil.Error:
+            continue
     return workers, compaction
 
 
