@@ -94,6 +94,12 @@ def test_broker_stop_and_kill9_lose_nothing(make_system: Callable[..., tuple]) -
     broker.kill()
     wait_until(lambda: _batches(agent) >= 3, 30, "a back-log while the broker is dead")
     broker.start()
+    # and kill -9 once more with batches and acks in flight, based batches flowing again
+    with WireWatcher(broker, HOST) as wire:
+        _based_flowing(wire, "after the first kill")
+        broker.kill()
+    wait_until(lambda: _batches(agent) >= 3, 30, "a back-log after the second kill")
+    broker.start()
     assert_exact_accounting(collector, agent)
 
 
