@@ -1,5 +1,8 @@
 """Fault injection with real processes: broker, collector and agent crashes, outages, a full
-budget, a corrupt buffer, a lost buffer, back-fill under live traffic, collector presence.
+budget, a corrupt buffer, a lost buffer, back-fill under live traffic, collector presence, a
+client taking over the collector's client id, its ingest workers and compaction process killed;
+the collector runs its defaults (two ingest worker processes, compaction in its own process)
+and the agent sends based batches (SPEC.md §9.1) once acknowledged with bases.
 
 Every test ends with exact accounting, checked the way an operator would (README, "Checking
 exactness"): ``edgemon-agent status --json`` on the agent (its identity must hold) and the
