@@ -13,7 +13,6 @@ collector holds without having acknowledged it yet: the samples stored add up ex
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -335,16 +334,6 @@ def _metric(collector: Collector, name: str) -> float:
     return float(match.group(1))
 
 
-def _log_lines(process: Collector | Agent) -> list[dict[str, Any]]:
-    lines = []
-    for line in process.output().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            continue
-    return lines
-
-
 def _errors(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [line for line in lines if line.get("level") in ("error", "critical")]
 
@@ -386,7 +375,7 @@ def test_broker_stopped_25_seconds(make_system: Callable[..., tuple]) -> None:
     broker, collector, agent = make_system()
     with WireWatcher(broker, HOST) as wire:
         _based_flowing(wire, "before the outage")
-        collector_logged, agent_logged = len(_log_lines(collector)), len(_log_lines(agent))
+        collector_logged, agent_logged = len(collector.log_lines()), len(agent.log_lines())
         broker.stop()
         back_at = time.monotonic() + 25
         wait_until(lambda: not collector.running() or not agent.running()
@@ -397,12 +386,12 @@ def test_broker_stopped_25_seconds(make_system: Callable[..., tuple]) -> None:
         _based_flowing(wire, "after the outage")
     totals = assert_exact_accounting(collector, agent)
     assert totals["dropped_samples"] == 0
-    lines = _log_lines(collector)[collector_logged:]
+    lines = collector.log_lines()[collector_logged:]
     assert _errors(lines) == [], _errors(lines)[:5]
     warned = [line["msg"] for line in lines if line.get("level") == "warning"]
     assert sum(m.startswith("lost the connection") for m in warned) == 1, warned
     assert not any(m.startswith("cannot connect") for m in warned), warned
-    agent_lines = _log_lines(agent)[agent_logged:]
+    agent_lines = agent.log_lines()[agent_logged:]
     assert _errors(agent_lines) == [], _errors(agent_lines)[:5]
 
 
@@ -412,7 +401,7 @@ def test_a_client_taking_over_the_collectors_client_id(make_system: Callable[...
     twice wiping its session: the broker drops the collector's connection each time; the
     collector never exits, logs no ERROR, and nothing is lost."""
     broker, collector, agent = make_system()
-    logged = len(_log_lines(collector))
+    logged = len(collector.log_lines())
     with WireWatcher(broker, HOST) as wire:
         _based_flowing(wire, "before the takeovers")
         for clean_session in (True, False, True):
@@ -434,7 +423,7 @@ def test_a_client_taking_over_the_collectors_client_id(make_system: Callable[...
         _based_flowing(wire, "after the takeovers")
     totals = assert_exact_accounting(collector, agent)
     assert totals["dropped_samples"] == 0
-    lines = _log_lines(collector)[logged:]
+    lines = collector.log_lines()[logged:]
     assert _errors(lines) == [], _errors(lines)[:5]
 
 
