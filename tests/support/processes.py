@@ -55,6 +55,16 @@ class Process:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines of its output (``level``, ``msg``, ...), other lines left out."""
+        lines = []
+        for line in self.output().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+        return lines
+
 
 class Agent(Process):
     def __init__(self, workdir: Path, broker: Broker, *, host_id: str = "test-host",
