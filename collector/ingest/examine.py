@@ -26,6 +26,11 @@ The per-host facts it needs from the collector come with the call:
   base it does not hold is read with ``load_base(host, instance, seq)`` (in-process) or, in a
   worker, answered as ``Facts(kind="need_base")``: the collector reads the stored batch and asks
   again with it in ``supplied_bases`` ((host, instance, seq) -> payload or None).
+
+Resolving is where a small message can cost much (a few bytes naming a catalogue of long label
+values): ``Facts.charge`` is the packed size of the inline batch it resolved into, which the
+collector takes from the host's rate limit on top of the received frame (``RateLimiter.charge``),
+so a host pays for what it makes the collector build, in either form.
 """
 
 from __future__ import annotations
@@ -122,11 +127,14 @@ class Facts:
     need: tuple[str, str] | None = None  # (host, catalogue id) to supply
     trace: str | None = None  # an unexpected decoder error's traceback, for the log
     need_base: BaseKey | None = None  # (host, instance, seq) of a stored batch to supply
+    # bytes to charge the host's rate limit beyond the received frame: the packed size of the
+    # inline batch a batch naming a catalogue resolved into (its cost, whatever became of it)
+    charge: int = 0
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled small and quickly (workers' answers)
         return Facts, (self.kind, self.host, self.reason, self.detail, self.batch_key, self.head,
                        self.payload, self.dropped, self.series, self.referencing, self.status,
-                       self.catalogue, self.need, self.trace, self.need_base)
+                       self.catalogue, self.need, self.trace, self.need_base, self.charge)
 
 
 class NeedCatalogue(Exception):
@@ -158,6 +166,7 @@ class Examiner:
     load_base: Callable[[str, str, int], bytes | None] | None = None
     catalogues: CatalogueCache = field(init=False)
     bases: BaseCache = field(init=False)
+    _resolved: int = field(init=False, default=0)  # ``cost`` of the message being examined
 
     def __post_init__(self) -> None:
         self.catalogues = CatalogueCache(self.load)
@@ -168,6 +177,19 @@ class Examiner:
                 supplied: dict[tuple[str, str], bytes | None] | None = None,
                 supplied_bases: dict[BaseKey, bytes | None] | None = None) -> Facts:
         """Never raises (see the module's docstring)."""
+        self._resolved = 0
+        facts = self._examine(topic, payload, received_ms, admit, refused, supplied,
+                              supplied_bases)
+        facts.charge = self._resolved
+        return facts
+
+    def _cost(self, packed: int) -> None:
+        self._resolved += packed
+
+    def _examine(self, topic: str, payload: bytes, received_ms: int, admit: Admit | None,
+                 refused: dict[int, str] | None,
+                 supplied: dict[tuple[str, str], bytes | None] | None,
+                 supplied_bases: dict[BaseKey, bytes | None] | None) -> Facts:
         try:
             host, kind = parse_topic(topic)
         except ProtocolError as exc:
@@ -226,7 +248,7 @@ class Examiner:
         batch, referencing = decode_received(
             payload, self._lookup(host, supplied),
             lambda instance, seq, catalogue: bases.lookup(host, instance, seq, catalogue,
-                                                          supplied_bases))
+                                                          supplied_bases), cost=self._cost)
         key = (batch.instance, batch.seq)
         if batch.host != host:
             return Facts("reject", host, reason="host_mismatch", batch_key=key,

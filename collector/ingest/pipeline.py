@@ -477,6 +477,8 @@ class IngestPipeline:
                     status=f.status, dropped=f.dropped, catalogue=f.catalogue)
         if f.referencing:
             self.stats.referencing_batches += 1
+        if f.charge and f.host is not None and self.mqtt is not None:
+            self.mqtt.charge(f.host, f.charge)  # what resolving it cost: the sender pays
         head = f.head
         if head is not None:
             o.item = IngestItem(batch=head, payload=msg.payload if f.payload is None  # type: ignore[arg-type]
