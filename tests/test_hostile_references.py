@@ -352,3 +352,27 @@ def test_a_resolved_batch_is_charged_whatever_became_of_it() -> None:
     inline = encode({**head("h-a", 3), "metrics": [["load1", "gauge", "", 2, [], [
         [[], 0, [42, 1, 1]]]]]})
     assert examiner.examine(metrics_topic("h-a"), inline, NOW, admit=lambda *a: {}).charge == 0
+
+
+def test_a_host_inventing_instances_pushes_out_only_its_own_bases() -> None:
+    """The bases ingest holds in memory are bounded per host too: a host sending batches under
+    ever new instance ids (each the newest of its instance) evicts its own, not a good host's,
+    whose next based batch would otherwise need a read of the store."""
+    from edgemon.collector.ingest.bases import BaseCache
+    from edgemon.protocol.catalogue import decode_catalogue
+
+    def metrics(n: int) -> list[list[Any]]:
+        return [["m", "gauge", "", 0, ["k"], [[[str(i)], 0, [i + 1]] for i in range(n)]]]
+
+    reads: list[tuple[str, str, int]] = []
+    cache = BaseCache(lambda *key: reads.append(key), max_series=100, max_host_series=30)
+    cache.put("h-good", "inst", 1, metrics(20))
+    for i in range(20):
+        cache.put("h-noisy", f"i{i}", 1, metrics(10))
+    _ident, (_t, message) = declare("h-good", [["m", "gauge", "", 0, ["k"],
+                                                [[str(i)] for i in range(20)]]])
+    catalogue = decode_catalogue(message)
+    assert cache.lookup("h-good", "inst", 1, catalogue) == list(range(1, 21))
+    assert reads == []  # held, not read again
+    held = [k for k in cache._cached if k[0] == "h-noisy"]
+    assert held == [("h-noisy", f"i{i}") for i in (17, 18, 19)]  # its own share: 30 series
