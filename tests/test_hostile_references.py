@@ -376,3 +376,55 @@ def test_a_host_inventing_instances_pushes_out_only_its_own_bases() -> None:
     assert reads == []  # held, not read again
     held = [k for k in cache._cached if k[0] == "h-noisy"]
     assert held == [("h-noisy", f"i{i}") for i in (17, 18, 19)]  # its own share: 30 series
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["writer-thread", "workers"])
+def test_a_burst_of_batches_naming_a_big_catalogue_is_resolved_only_within_the_hosts_budget(
+        stores: Any, pooled: bool) -> None:
+    """Charging the rate limit after resolving comes too late for a burst: every message that
+    arrived before the first was resolved is already queued. So resolving itself is within a
+    budget per host (the byte rate limit's burst and rate): of five ~100-byte batches that each
+    resolve into ~4.7 MB, arriving together, the 8 MiB budget resolves one; the others are
+    refused ``rate_limited`` before they are built (not for good: no batch key, its agent sends
+    them again later), and another host's batch in the same group is stored."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgemon.collector.config import IngestConfig
+    from edgemon.collector.ingest.inbox import Inbox
+    from edgemon.collector.ingest.pipeline import IngestPipeline
+    from tests.test_protocol_catalogue import _Acks
+
+    storage = stores.open()
+    loop = asyncio.new_event_loop()
+    config = IngestConfig(rate_limit_bytes_per_second=1000, rate_limit_byte_burst=8 << 20,
+                          workers=2 if pooled else 0)
+    with ThreadPoolExecutor(1) as writer:
+        pipeline = IngestPipeline(storage=storage, inbox=Inbox(loop, max_messages=100,
+                                                               max_bytes=1 << 24),
+                                  mqtt=_Acks(), config=config,  # type: ignore[arg-type]
+                                  writer=writer)
+        pipeline.loop = loop  # type: ignore[attr-defined]
+        if pooled:
+            loop.run_until_complete(pipeline.start_pool())
+        try:
+            labels = [["x" * 192 + f"{i:08d}"] for i in range(20_000)]
+            ident, catalogue = declare("h-amp", [["m", "gauge", "", 0, ["k"], labels]])
+            _, good_catalogue = declare("h-good", CPU_NET)
+            for mid, message in enumerate((catalogue, good_catalogue)):
+                [o] = _run(pipeline, _message(*message, mid))
+                assert o.kind == "catalogue", o
+            burst = [_message(*referencing("h-amp", ident, seq, [0] * 20_000, t=[NOW - 1000]),
+                              10 + seq) for seq in range(1, 6)]
+            good = _message(*referencing("h-good", catalogue_id(CPU_NET), 1, FIRST), 20)
+            outcomes = _run(pipeline, *burst, good)
+        finally:
+            if pooled:
+                loop.run_until_complete(pipeline.close_pool())
+    loop.close()
+    storage.close()
+    shown = [(o.kind, o.reason, o.batch_key) for o in outcomes]
+    assert shown == [("metrics", None, ("inst", 1))] + [("reject", "rate_limited", None)] * 4 \
+        + [("metrics", None, ("inst", 1))], shown
+    assert outcomes[0].result.stored and outcomes[-1].result.stored
+    assert pipeline.rejects.by_host_reason()[("h-amp", "rate_limited")] == 4

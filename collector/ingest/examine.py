@@ -28,9 +28,13 @@ The per-host facts it needs from the collector come with the call:
   again with it in ``supplied_bases`` ((host, instance, seq) -> payload or None).
 
 Resolving is where a small message can cost much (a few bytes naming a catalogue of long label
-values): ``Facts.charge`` is the packed size of the inline batch it resolved into, which the
-collector takes from the host's rate limit on top of the received frame (``RateLimiter.charge``),
-so a host pays for what it makes the collector build, in either form.
+values resolve into megabytes). So each host has a budget of resolved bytes here, a token bucket
+with the byte rate and burst of the host's rate limit (``resolve_limit``): a batch whose resolved
+size (bounded before it is built) the host's budget does not hold is refused ``rate_limited``
+before it is built, like a message over the rate limit (not acknowledged to its agent, which
+sends it again later). A host's messages all come to the same examiner (``workers.py``), so the
+budget sees all of its resolving. ``Facts.charge``, the packed size of what was resolved, is also
+taken from the host's rate limit in the collector (``RateLimiter.charge``): its frames pay too.
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ from typing import Any
 from edgemon.collector.http.fleet import WATCHED
 from edgemon.collector.ingest.bases import BaseCache, BaseKey, NeedBase
 from edgemon.collector.ingest.catalogues import CatalogueCache
+from edgemon.collector.ingest.rate_limit import RateLimiter
 from edgemon.collector.ingest.screen import Refusal, SeriesKey, screen, series_keys, without
 from edgemon.protocol import (
+    LimitExceeded,
     MalformedPayload,
     ProtocolError,
     decode_batch,
@@ -164,13 +170,23 @@ class Examiner:
     whole_batches: bool = False
     # in-process: read a stored batch a based batch goes on from; None: ask the caller
     load_base: Callable[[str, str, int], bytes | None] | None = None
+    # bytes/s and burst of resolved batches per host (the host's byte rate limit; 0: none)
+    resolve_bytes_per_second: float = 0.0
+    resolve_byte_burst: int = 32 << 20
+    max_hosts: int = 10_000
     catalogues: CatalogueCache = field(init=False)
     bases: BaseCache = field(init=False)
+    resolve_limit: RateLimiter = field(init=False)
     _resolved: int = field(init=False, default=0)  # ``cost`` of the message being examined
+    _budgeted: bool = field(init=False, default=True)  # its resolving spends the budget
 
     def __post_init__(self) -> None:
         self.catalogues = CatalogueCache(self.load)
         self.bases = BaseCache(self.load_base)
+        self.resolve_limit = RateLimiter(messages_per_second=0, message_burst=1,
+                                         bytes_per_second=self.resolve_bytes_per_second,
+                                         byte_burst=self.resolve_byte_burst,
+                                         max_hosts=self.max_hosts)
 
     def examine(self, topic: str, payload: bytes, received_ms: int, *,
                 admit: Admit | None = None, refused: dict[int, str] | None = None,
@@ -178,12 +194,20 @@ class Examiner:
                 supplied_bases: dict[BaseKey, bytes | None] | None = None) -> Facts:
         """Never raises (see the module's docstring)."""
         self._resolved = 0
+        # a second look (without the series the cardinality bound refused) was paid for by
+        # the first
+        self._budgeted = refused is None
         facts = self._examine(topic, payload, received_ms, admit, refused, supplied,
                               supplied_bases)
         facts.charge = self._resolved
         return facts
 
-    def _cost(self, packed: int) -> None:
+    def _cost(self, host: str, packed: int) -> None:
+        """Resolving ``packed`` bytes for ``host``: within its budget, or refused before."""
+        if self._budgeted and not self.resolve_limit.allow(host, packed):
+            raise LimitExceeded(f"resolving this batch ({packed} bytes) is over the host's byte "
+                                "rate limit; its agent sends it again later",
+                                reason="rate_limited")
         self._resolved += packed
 
     def _examine(self, topic: str, payload: bytes, received_ms: int, admit: Admit | None,
@@ -210,9 +234,9 @@ class Examiner:
             return Facts("need_catalogue", host, need=need.key)
         except NeedBase as need:
             return Facts("need_base", host, need_base=need.key)
-        except ProtocolError as exc:
+        except ProtocolError as exc:  # over the rate limit: not refused for good (no batch key)
             return Facts("reject", host, reason=exc.reason, detail=str(exc),
-                         batch_key=exc.batch_key)
+                         batch_key=None if exc.reason == "rate_limited" else exc.batch_key)
         except Exception as exc:  # a decoder bug must not stop ingest of everyone else
             return Facts("reject", host, reason="decode_error", detail=repr(exc)[:200],
                          trace=traceback.format_exc())
@@ -248,7 +272,8 @@ class Examiner:
         batch, referencing = decode_received(
             payload, self._lookup(host, supplied),
             lambda instance, seq, catalogue: bases.lookup(host, instance, seq, catalogue,
-                                                          supplied_bases), cost=self._cost)
+                                                          supplied_bases),
+            cost=lambda packed: self._cost(host, packed))
         key = (batch.instance, batch.seq)
         if batch.host != host:
             return Facts("reject", host, reason="host_mismatch", batch_key=key,

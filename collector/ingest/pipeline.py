@@ -134,12 +134,14 @@ class IngestPipeline:
         self.examiner = Examiner(config.future_tolerance_seconds, config.past_tolerance_days,
                                  load=storage.catalogue, max_series=config.max_series_per_host,
                                  max_new_per_hour=config.max_new_series_per_hour,
-                                 whole_batches=True, load_base=storage.stored_batch)
+                                 whole_batches=True, load_base=storage.stored_batch,
+                                 **_resolve_limit(config))
         self.pool = WorkerPool(config.workers,
                                future_tolerance_seconds=config.future_tolerance_seconds,
                                past_tolerance_days=config.past_tolerance_days,
                                max_series=config.max_series_per_host,
-                               max_new_per_hour=config.max_new_series_per_hour) \
+                               max_new_per_hour=config.max_new_series_per_hour,
+                               **_resolve_limit(config)) \
             if config.workers else None
         self.storage_ok = True  # False while the storage refuses every write
         self.heartbeat = time.monotonic()  # last turn of the worker loop (systemd watchdog)
@@ -569,6 +571,13 @@ class IngestPipeline:
             for (host, instance), (seqs, reason) in refused.items():
                 if self.mqtt.publish_ack(host, instance, [], rejected=seqs, reason=reason):
                     stats.acks_published += 1
+
+
+def _resolve_limit(config: IngestConfig) -> dict[str, Any]:
+    """The budget of resolved bytes per host (``examine.py``): the host's byte rate limit."""
+    return {"resolve_bytes_per_second": config.rate_limit_bytes_per_second,
+            "resolve_byte_burst": config.rate_limit_byte_burst,
+            "max_hosts": config.rate_limit_max_hosts}
 
 
 def _item(o: Outcome) -> IngestItem:
