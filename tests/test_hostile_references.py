@@ -388,6 +388,8 @@ def test_a_burst_of_batches_naming_a_big_catalogue_is_resolved_only_within_the_h
     refused ``rate_limited`` before they are built (not for good: no batch key, its agent sends
     them again later), and another host's batch in the same group is stored."""
     import asyncio
+    import os
+    import signal
     from concurrent.futures import ThreadPoolExecutor
 
     from edgemon.collector.config import IngestConfig
@@ -418,6 +420,14 @@ def test_a_burst_of_batches_naming_a_big_catalogue_is_resolved_only_within_the_h
                               10 + seq) for seq in range(1, 6)]
             good = _message(*referencing("h-good", catalogue_id(CPU_NET), 1, FIRST), 20)
             outcomes = _run(pipeline, *burst, good)
+            # the next group (a round of its own; a worker started again would know nothing):
+            # the host's budget still holds what the first one left, less than one batch
+            if pooled:
+                for pid in pipeline.pool.pids():
+                    os.kill(pid, signal.SIGKILL)
+            later = _run(pipeline, *[_message(*referencing("h-amp", ident, seq, [0] * 20_000,
+                                                           t=[NOW - 1000]), 20 + seq)
+                                     for seq in (6, 7)])
         finally:
             if pooled:
                 loop.run_until_complete(pipeline.close_pool())
@@ -427,4 +437,5 @@ def test_a_burst_of_batches_naming_a_big_catalogue_is_resolved_only_within_the_h
     assert shown == [("metrics", None, ("inst", 1))] + [("reject", "rate_limited", None)] * 4 \
         + [("metrics", None, ("inst", 1))], shown
     assert outcomes[0].result.stored and outcomes[-1].result.stored
-    assert pipeline.rejects.by_host_reason()[("h-amp", "rate_limited")] == 4
+    assert [(o.kind, o.reason) for o in later] == [("reject", "rate_limited")] * 2
+    assert pipeline.rejects.by_host_reason()[("h-amp", "rate_limited")] == 6

@@ -28,13 +28,17 @@ The per-host facts it needs from the collector come with the call:
   again with it in ``supplied_bases`` ((host, instance, seq) -> payload or None).
 
 Resolving is where a small message can cost much (a few bytes naming a catalogue of long label
-values resolve into megabytes). So each host has a budget of resolved bytes here, a token bucket
-with the byte rate and burst of the host's rate limit (``resolve_limit``): a batch whose resolved
-size (bounded before it is built) the host's budget does not hold is refused ``rate_limited``
-before it is built, like a message over the rate limit (not acknowledged to its agent, which
-sends it again later). A host's messages all come to the same examiner (``workers.py``), so the
-budget sees all of its resolving. ``Facts.charge``, the packed size of what was resolved, is also
-taken from the host's rate limit in the collector (``RateLimiter.charge``): its frames pay too.
+values resolve into megabytes). So each host has a budget of resolved bytes, a token bucket with
+the byte rate and burst of the host's rate limit: a batch whose resolved size (bounded before it
+is built) the host's budget does not hold is refused ``rate_limited`` before it is built, like a
+message over the rate limit (not acknowledged to its agent, which sends it again later). In the
+writer thread the examiner keeps the buckets (``resolve_limit``). Worker processes keep no state
+that matters (one may be started again at any time), so there the collector keeps them and gives
+each message its host's ``budget``: what the bucket holds, at most ``MAX_RESOLVED_PER_ROUND`` (one
+maximal batch) for all of the host's messages of one ``round`` (one examination of a group),
+which the worker counts down; the collector then takes what was resolved (``Facts.charge``) from
+the bucket. ``Facts.charge`` is also taken from the host's MQTT rate limit
+(``RateLimiter.charge``): its frames pay too.
 """
 
 from __future__ import annotations
@@ -65,8 +69,10 @@ from edgemon.protocol.codec import FAST_LEVEL
 from edgemon.protocol.names import validate_instance_id
 from edgemon.protocol.schema import ValidBatch
 
-__all__ = ["Admit", "BatchHead", "CatalogueHead", "Examiner", "Facts", "NeedCatalogue",
-           "series_hashes"]
+__all__ = ["MAX_RESOLVED_PER_ROUND", "Admit", "BatchHead", "CatalogueHead", "Examiner", "Facts",
+           "NeedCatalogue", "series_hashes"]
+
+MAX_RESOLVED_PER_ROUND = 8 << 20  # resolved bytes of one host per round (workers): one batch's
 
 # host, the series it would store, received_ms -> the refused ones with their reason
 Admit = Callable[[str, list[SeriesKey], int], dict[SeriesKey, str]]
@@ -179,6 +185,9 @@ class Examiner:
     resolve_limit: RateLimiter = field(init=False)
     _resolved: int = field(init=False, default=0)  # ``cost`` of the message being examined
     _budgeted: bool = field(init=False, default=True)  # its resolving spends the budget
+    _budget: float | None = field(init=False, default=None)  # given with it (workers)
+    _round: int = field(init=False, default=0)
+    _spent: dict[str, int] = field(init=False, default_factory=dict)  # host -> in this round
 
     def __post_init__(self) -> None:
         self.catalogues = CatalogueCache(self.load)
@@ -191,12 +200,18 @@ class Examiner:
     def examine(self, topic: str, payload: bytes, received_ms: int, *,
                 admit: Admit | None = None, refused: dict[int, str] | None = None,
                 supplied: dict[tuple[str, str], bytes | None] | None = None,
-                supplied_bases: dict[BaseKey, bytes | None] | None = None) -> Facts:
-        """Never raises (see the module's docstring)."""
+                supplied_bases: dict[BaseKey, bytes | None] | None = None,
+                budget: float | None = None, round_: int = 0) -> Facts:
+        """Never raises (see the module's docstring). ``budget``: the bytes the host may have
+        resolved in round ``round_`` (given by the collector to a worker); None: the
+        examiner's own ``resolve_limit`` decides."""
         self._resolved = 0
         # a second look (without the series the cardinality bound refused) was paid for by
         # the first
         self._budgeted = refused is None
+        self._budget = budget
+        if round_ != self._round:
+            self._round, self._spent = round_, {}
         facts = self._examine(topic, payload, received_ms, admit, refused, supplied,
                               supplied_bases)
         facts.charge = self._resolved
@@ -204,11 +219,20 @@ class Examiner:
 
     def _cost(self, host: str, packed: int) -> None:
         """Resolving ``packed`` bytes for ``host``: within its budget, or refused before."""
-        if self._budgeted and not self.resolve_limit.allow(host, packed):
+        if self._budgeted and not self._within_budget(host, packed):
             raise LimitExceeded(f"resolving this batch ({packed} bytes) is over the host's byte "
                                 "rate limit; its agent sends it again later",
                                 reason="rate_limited")
         self._resolved += packed
+
+    def _within_budget(self, host: str, packed: int) -> bool:
+        if self._budget is None:
+            return self.resolve_limit.allow(host, packed)
+        spent = self._spent.get(host, 0) + packed
+        if spent > self._budget:
+            return False
+        self._spent[host] = spent
+        return True
 
     def _examine(self, topic: str, payload: bytes, received_ms: int, admit: Admit | None,
                  refused: dict[int, str] | None,

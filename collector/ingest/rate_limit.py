@@ -89,6 +89,14 @@ class RateLimiter:
             bucket.bytes -= need_bytes
             return True
 
+    def available(self, host: str) -> float:
+        """The bytes ``host``'s bucket holds now (below zero after a ``charge``)."""
+        now = self._clock()
+        with self._lock:
+            bucket = self._bucket(host, now)
+            self._refill(bucket, now)
+            return bucket.bytes
+
     def charge(self, host: str, size: int) -> None:
         """Take ``size`` more bytes from ``host``'s bucket for a message ``allow`` admitted that
         turned out to cost more than its frame declared (a batch naming a catalogue, resolved:
@@ -98,7 +106,7 @@ class RateLimiter:
             return
         now = self._clock()
         with self._lock:
-            bucket = self._buckets.get(host) or self._overflow
+            bucket = self._bucket(host, now)
             self._refill(bucket, now)
             bucket.bytes = max(-self.byte_burst, bucket.bytes - size)
 

@@ -61,6 +61,8 @@ class Task:
     supplied: dict[tuple[str, str], bytes | None] | None = None  # stored catalogues asked for
     # stored batches asked for as bases: (host, instance, seq) -> payload
     supplied_bases: dict[tuple[str, str, int], bytes | None] | None = None
+    budget: float | None = None  # bytes its host may have resolved in this round (examine.py)
+    round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +72,6 @@ class _Setup:
     max_series: int
     max_new_per_hour: int
     salt: bytes
-    resolve_bytes_per_second: float
-    resolve_byte_burst: int
-    max_hosts: int
 
 
 class _Died(Exception):
@@ -83,8 +82,7 @@ def _serve(conn: Connection, setup: _Setup) -> None:
     """A worker process: examine every chunk received until the pipe closes."""
     examiner = Examiner(setup.future_tolerance_seconds, setup.past_tolerance_days,
                         max_series=setup.max_series, max_new_per_hour=setup.max_new_per_hour,
-                        salt=setup.salt, resolve_bytes_per_second=setup.resolve_bytes_per_second,
-                        resolve_byte_burst=setup.resolve_byte_burst, max_hosts=setup.max_hosts)
+                        salt=setup.salt)
     examine = examiner.examine
     conn.send(os.getpid())
     while True:
@@ -93,7 +91,8 @@ def _serve(conn: Connection, setup: _Setup) -> None:
         except (EOFError, OSError):
             return
         conn.send([examine(t.topic, t.payload, t.received_ms, refused=t.refused,
-                           supplied=t.supplied, supplied_bases=t.supplied_bases)
+                           supplied=t.supplied, supplied_bases=t.supplied_bases,
+                           budget=t.budget, round_=t.round)
                    for t in chunk])
 
 
@@ -236,14 +235,12 @@ class WorkerPool:
     def __init__(self, workers: int, *, future_tolerance_seconds: int, past_tolerance_days: float,
                  max_series: int, max_new_per_hour: int,
                  serve: Callable[[Connection, Any], None] = _serve,
-                 hang_seconds: float = HANG_SECONDS, resolve_bytes_per_second: float = 0.0,
-                 resolve_byte_burst: int = 32 << 20, max_hosts: int = 10_000) -> None:
+                 hang_seconds: float = HANG_SECONDS) -> None:
         self.serve = serve  # a worker process's body (tests wrap it: a poison payload)
         self.hang_seconds = hang_seconds
         self.salt = secrets.token_bytes(16)
         self.setup = _Setup(future_tolerance_seconds, past_tolerance_days, max_series,
-                            max_new_per_hour, self.salt, resolve_bytes_per_second,
-                            resolve_byte_burst, max_hosts)
+                            max_new_per_hour, self.salt)
         self.context = mp.get_context("forkserver")
         self.context.set_forkserver_preload([_WORKER_MODULE])
         # one queue per worker: a host's messages always go to the same one (``_slot_of``), in
