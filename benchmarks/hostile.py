@@ -5,8 +5,9 @@
 A private Mosquitto and a real collector process (default ``[ingest]`` limits). A good host (the
 fleet simulator, one host, 5 batches/s of 81 series x 6 cycles) publishes first alone, then
 during a flood from one other host: garbage, decompression and msgpack bombs, valid-looking
-batches claiming the good host, far-future batches, JSON bombs on its status topic, published
-QoS 1 as fast as the broker takes them. Measured, in the same run:
+batches claiming the good host, far-future batches, JSON bombs on its status topic, ~100-byte
+batches naming a catalogue of 20,000 long label values that the host declared first (each
+resolves into ~4.7 MB), published QoS 1 as fast as the broker takes them. Measured, in the same run:
 
 * the good host's lag, publish -> stored (the collector acknowledges only committed batches),
   p50/p99, without and with the flood;
