@@ -114,8 +114,9 @@ class DeliveryWorker:
     sleep between checks (it also wakes when a cycle queued notifications)."""
 
     def __init__(self, engine: AlertEngine, *, session: aiohttp.ClientSession | None = None,
-                 poll_s: float = 1.0) -> None:
+                 poll_s: float = 1.0, should_run: Callable[[], bool] = lambda: True) -> None:
         self.engine = engine
+        self.should_run = should_run  # asked before every message (the collector's leadership)
         self.store = engine.store
         self.poll_s = poll_s
         self._session = session
@@ -201,6 +202,8 @@ class DeliveryWorker:
 
     async def _drain(self, name: str) -> int | None:
         while True:
+            if not self.should_run():
+                return None
             now = self.engine.clock_ms()
             rows, due = await asyncio.to_thread(self._next, name, now)
             if not rows:
