@@ -82,8 +82,6 @@ def _store_and_files(args: argparse.Namespace, load: Callable[[Path | None], Any
     location = cfg.storage.url or str(cfg.storage.path)
     alerts = cfg.alerting.state_path or Path(cfg.storage.path).parent / "alerts.db"
     tokens = default_tokens_path(cfg.http.tokens_path, cfg.storage.path)
-    if cfg.storage.url:  # the alert state is in the database (schema alerting): in the dump
-        return location, {"tokens.json": Path(tokens)}
     return location, {"alerts.db": Path(alerts), "tokens.json": Path(tokens)}
 
 

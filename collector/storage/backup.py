@@ -8,7 +8,8 @@ A backup is a directory:
   --format=custom`` on a snapshot exported by a repeatable-read transaction of our own, which
   also reads the store's accounting, so the counts and the dump are the same state);
 * ``alerts.db`` (the same API) and ``tokens.json``, when the collector has them (on PostgreSQL
-  the alert state is in the database, schema ``alerting``, and in the dump);
+  the alert state is in the database, schema ``alerting``, so in the dump; an ``alerts.db``
+  left from the collector's SQLite days is copied as any file);
 * ``manifest.json``, written last (write, fsync, rename): every file's size and SHA-256, and
   the store's accounting at the snapshot (batches and samples ever stored). A directory without
   a manifest is an unfinished backup and is never restored.
