@@ -2,7 +2,8 @@
 into the PostgreSQL database, schema ``alerting``: alerts, history, the outbox with its
 idempotency keys, silences, rule progress, the engine id; verified, and safe to run again. An
 engine on the copy goes on where the SQLite one stopped: a pending notification keeps its key,
-a firing alert is not notified again, new ids follow the copied ones."""
+a firing alert is not notified again, new ids follow the copied ones. And ``backup``/``restore``
+of a PostgreSQL store carry the alert state (in the dump), restored over the live one."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from edgemon.collector.alerting import AlertEngine, parse_rules
 from edgemon.collector.alerting.memstore import InMemoryGridStorage
 from edgemon.collector.alerting.store import AlertStore
 from edgemon.collector.cli import main
+from edgemon.collector.storage.backup import backup, restore
+from edgemon.collector.storage.postgres import PostgresStorage
 from edgemon.collector.storage.sqlite import SQLiteStorage
 from tests.support.postgres import Postgres, available
 
@@ -97,3 +100,23 @@ def test_migrate_copies_the_alert_state_and_an_engine_goes_on_from_it(
     assert second_key == f"{pg.store.engine_id}-{history_id}"
     assert second_key.split("-")[0] == first_key.split("-")[0]
     pg.close()
+
+
+def test_restore_of_a_postgres_store_puts_the_alert_state_back(tmp_path: Path,
+                                                               postgres_url: str) -> None:
+    """Restored over the live database, whose schema ``alerting`` exists (the dump makes it
+    again: without dropping it first the restore failed, "schema alerting already exists")."""
+    PostgresStorage(postgres_url).close()
+    store = AlertStore(postgres_url)
+    kept = store.add_silence([{"name": "host", "value": "h1"}], 0, T0, "ops", "kept", 0)
+    store.close()
+    backup(postgres_url, tmp_path / "backup")
+    store = AlertStore(postgres_url)  # changed after the backup: undone by the restore
+    store.expire_silence(kept, 5)
+    store.add_silence([{"name": "host", "value": "h2"}], 0, T0, "ops", "later", 0)
+    store.close()
+    restore(tmp_path / "backup", postgres_url)
+    store = AlertStore(postgres_url)
+    assert [(s["id"], s["ends_ms"], s["comment"]) for s in store.silences()] == [
+        (kept, T0, "kept")]
+    store.close()
