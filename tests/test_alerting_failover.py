@@ -13,7 +13,6 @@ only the leader evaluates and notifies.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -28,7 +27,7 @@ from edgemon.common.clock import now_ms
 from edgemon.protocol import BatchBuilder, encode, metrics_topic, to_scaled
 from tests.support import postgres
 from tests.support.broker import Broker
-from tests.support.processes import Collector
+from tests.support.processes import Collector, cluster_roles, the_leader
 from tests.support.stand_in_agent import CPU, StandInAgent
 from tests.support.waiting import wait_until
 from tests.support.webhook import Webhook
@@ -117,16 +116,10 @@ class Group:
         return collector
 
     def roles(self) -> dict[str, str]:
-        out = {}
-        for name, collector in self.collectors.items():
-            if collector.running():
-                with contextlib.suppress(OSError):
-                    out[name] = collector.get("/edgemon/api/v1/cluster")["role"]
-        return out
+        return cluster_roles(self.collectors)
 
     def leader(self) -> str | None:
-        leaders = [n for n, role in self.roles().items() if role == "leader"]
-        return leaders[0] if len(leaders) == 1 else None
+        return the_leader(self.collectors)
 
     def sql(self, statement: str) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.url, autocommit=True) as conn:

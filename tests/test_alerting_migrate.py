@@ -20,29 +20,11 @@ from edgemon.collector.storage.backup import backup, restore
 from edgemon.collector.storage.postgres import PostgresStorage
 from edgemon.collector.storage.sqlite import SQLiteStorage
 from tests.support.postgres import Postgres, available
+from tests.test_alerting_engine import CPU, MIN, RECEIVER, T0, settings
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=available() or "")
 
-T0 = 1_800_000_000_000 // 3_600_000 * 3_600_000
-MIN = 60_000
-RULES = """[settings]
-settle = "0s"
-group_wait = "0s"
-record_pending = true
-
-[[receiver]]
-name = "ops"
-url = "http://127.0.0.1:9/hook"
-
-[[rule]]
-name = "cpu-high"
-kind = "threshold"
-metric = "cpu_usage_percent"
-match = { cpu = "total" }
-window = "1m"
-threshold = 80
-for = "2m"
-"""
+RULES = settings() + RECEIVER + CPU.replace('for = "5m"', 'for = "2m"')
 
 
 def _state(store: AlertStore) -> dict[str, list[tuple[object, ...]]]:
