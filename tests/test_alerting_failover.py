@@ -6,8 +6,9 @@ only the leader evaluates and notifies.
   shared outbox; kill -9 of the leader; the survivor takes over and delivers that very row
   (the same idempotency key) once, and does not fire the alert again (it reads the state the
   old leader committed);
-* the killed collector comes back as a follower; a silence created through ITS API suppresses
-  the leader's notification for another host (the transition is recorded, silenced);
+* the killed collector comes back as a follower; its API shows the leader's evaluations, and a
+  silence created through it suppresses the leader's notification for another host (the
+  transition is recorded, silenced);
 * the resolution of the first alert reaches the receiver once.
 """
 
@@ -186,6 +187,13 @@ def test_a_fail_over_while_an_alert_fires_notifies_each_transition_once(group: G
         group.collectors[leader].start()
         wait_until(lambda: group.roles() == {leader: "follower", follower: "leader"}, 15,
                    "the old leader rejoins as a follower")
+        # its rules API shows the leader's evaluations (from the store), not its own
+        rejoined = now_ms()
+        wait_until(lambda: group.sql("SELECT last_eval_ms FROM alerting.rule_state")[0][0]
+                   > rejoined + 1500, 20, "the leader evaluates on")
+        stored = group.sql("SELECT last_eval_ms FROM alerting.rule_state")[0][0]
+        [rule] = group.collectors[leader].get("/edgemon/api/v1/rules")["rules"]
+        assert rule["health"]["last_eval_ms"] >= stored and rule["health"]["active"] == 1, rule
         status, _, body = group.collectors[leader].request(
             "POST", "/edgemon/api/v1/silences", headers={"Content-Type": "application/json"},
             body=json.dumps({"matchers": [{"name": "host", "value": "h2"}],

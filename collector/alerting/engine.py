@@ -146,6 +146,7 @@ class AlertEngine:
         self._prev_cycle_ms: int | None = None
         self._last_prune_ms = 0
         self._receivers_changed = True  # outbox rows of removed receivers: dropped next cycle
+        self.evaluating = False  # this engine runs the cycles now (AlertingService: it leads)
         # counters for /metrics (http/metrics.py): cycles, rule evaluations and transitions
         self.cycles = 0
         self.cycle_failures = 0
@@ -576,10 +577,13 @@ class AlertEngine:
 
     def rule_health(self, name: str) -> dict[str, Any] | None:
         """How the enabled rule ``name`` was last evaluated (None: not evaluated by this
-        engine: disabled or unknown)."""
+        engine: disabled or unknown). On a shared store while another collector evaluates
+        (``evaluating`` false): as that one last committed it (blocking: a read)."""
         rt = self._runtimes.get(name)
         if rt is None:
             return None
+        if self.store.shared and not self.evaluating:
+            return self.store.rule_health(name)
         return {"last_eval_ms": rt.last_eval_ms, "duration_ms": rt.duration_ms,
                 "series": len(rt.table), "error": rt.error, "watermark_ms": rt.watermark,
                 "active": int((rt.table.status[:len(rt.table)] != INACTIVE).sum()),

@@ -73,6 +73,7 @@ class AlertingService:
         if self.engine.store.shared:
             await asyncio.get_running_loop().run_in_executor(self.executor,
                                                              self.engine.reload_state)
+        self.engine.evaluating = True
         await self.worker.start()
         if self.alertmanagers is not None:
             await self.alertmanagers.start()
@@ -94,6 +95,7 @@ class AlertingService:
             with contextlib.suppress(Exception):
                 await self._task
             self._task = None
+        self.engine.evaluating = False
         await self.worker.stop()
         if self.alertmanagers is not None:
             await self.alertmanagers.stop()

@@ -385,6 +385,21 @@ class AlertStore:
         return [AlertRecord.from_row(r) for r in self.query(
             f"SELECT * FROM alerts{where} ORDER BY rule, key", params)]
 
+    def rule_health(self, rule: str) -> dict[str, Any]:
+        """``AlertEngine.rule_health`` of ``rule`` as stored by the engine that evaluates it."""
+        rows = self.query(
+            "SELECT last_eval_ms, duration_ms, series, error, watermark, "
+            "(SELECT count(*) FROM alerts WHERE rule=?) AS active, "
+            "(SELECT count(*) FROM holes WHERE rule=?) AS holes "
+            "FROM rule_state WHERE rule=?", (rule, rule, rule))
+        if not rows:
+            return {"last_eval_ms": None, "duration_ms": None, "series": 0, "error": None,
+                    "watermark_ms": -1, "active": 0, "holes": 0}
+        r = rows[0]
+        return {"last_eval_ms": r["last_eval_ms"], "duration_ms": r["duration_ms"],
+                "series": r["series"] or 0, "error": r["error"], "watermark_ms": r["watermark"],
+                "active": int(r["active"]), "holes": int(r["holes"])}
+
     def holes(self) -> list[HoleRecord]:
         return [HoleRecord.from_row(r)
                 for r in self.query("SELECT * FROM holes ORDER BY rule, from_ms")]
