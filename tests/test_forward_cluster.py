@@ -1,0 +1,122 @@
+"""Forwarding from a shared group (issue 16 with issue 20): two real collector processes on one
+PostgreSQL store, each decoding in its ingest worker processes, get a host's catalogue, a
+referencing batch and based batches (SPEC.md §9, §9.1) in turns; only the leader sends to
+VictoriaMetrics, and VictoriaMetrics ends up with every sample once, with the values and
+timestamps of the batches as the agent built them (the forms are resolved before storing,
+whichever collector stored them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgemon.collector.storage.batches import read_batch
+from edgemon.protocol import encode, metrics_topic
+from edgemon.protocol.base import last_values, rebase
+from edgemon.protocol.catalogue import compact, encode_catalogue
+from edgemon.protocol.codec import BASED_DICTIONARY_ID
+from edgemon.protocol.topics import catalogue_topic
+from tests.support import postgres
+from tests.support.stand_in_agent import StandInAgent
+from tests.support.tsdb import VICTORIA, VictoriaMetrics
+from tests.support.waiting import wait_until
+from tests.test_cluster_bases import _batch
+from tests.test_cluster_postgres import SharedStore
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(VICTORIA is None, reason="victoria-metrics missing"),
+              pytest.mark.skipif(postgres.available() is not None,
+                                 reason=postgres.available() or "")]
+
+BATCHES = 12
+
+Key = tuple[tuple[str, str], ...]
+
+
+class ForwardingGroup(SharedStore):
+    """``SharedStore`` with a ``[[forward]]`` receiver in both collectors' configuration."""
+
+    def __init__(self, tmp_path: Path, url: str, write_url: str) -> None:
+        self.write_url = write_url
+        super().__init__(tmp_path, url)
+
+    def _collector(self, tmp_path: Path, name: str, url: str) -> Any:
+        collector = super()._collector(tmp_path, name, url)
+        collector.config.write_text(collector.config.read_text() + (
+            f'\n[[forward]]\nname = "vm"\nurl = "{self.write_url}"\n'
+            "retry_initial_seconds = 0.05\nretry_max_seconds = 0.5\n"))
+        return collector
+
+    def receivers(self, name: str) -> list[dict[str, Any]]:
+        return self.collectors[name].get("/edgemon/api/v1/forward")["receivers"]  # type: ignore[no-any-return]
+
+
+def as_built() -> dict[Key, list[tuple[int, float]]]:
+    """Every sample of the inline batches, read with storage's reader: what a receiver should
+    hold (labels as forwarded, value scaled back)."""
+    out: dict[Key, list[tuple[int, float]]] = {}
+    for seq in range(BATCHES):
+        cols = read_batch(encode(_batch(seq)))
+        bounds = cols.bounds.tolist()
+        for metric in cols.metrics:
+            for entry in range(metric.first, metric.end):
+                labels = dict(zip(metric.keys, cols.labels[entry], strict=True))
+                key = tuple(sorted({**labels, "host": "h1", "__name__": metric.name}.items()))
+                lo, hi = bounds[entry], bounds[entry + 1]
+                out.setdefault(key, []).extend(
+                    (int(t), int(v) / 10 ** metric.scale)
+                    for t, v in zip(cols.ts[lo:hi], cols.values[lo:hi], strict=True))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_only_the_leader_forwards_resolved_samples_stored_by_either_collector(
+        tmp_path: Path, postgres_url: str) -> None:
+    vm = VictoriaMetrics(tmp_path / "vm").start()
+    group = ForwardingGroup(tmp_path, postgres_url, vm.write_url)
+    agent = None
+    try:
+        for collector in group.collectors.values():
+            collector.start()
+        wait_until(lambda: group.leader() is not None, 30, "a leader")
+        leader = group.leader()
+        assert leader is not None
+        follower = "b" if leader == "a" else "a"
+        wait_until(lambda: group.receivers(leader), 30, "the leader forwarding")
+        agent = StandInAgent(group.broker, "h1", password=group.passwords["h1"])
+        metrics, ident, referencing = compact(_batch(0))
+        agent.publish(catalogue_topic("h1"), encode_catalogue(
+            host="h1", instance="inst-1", metrics=metrics, ident=ident))
+        wait_until(lambda: any(ident in a.catalogues for a in agent.acks), 30,  # type: ignore[union-attr]
+                   "the catalogue acknowledged")
+        agent.publish(metrics_topic("h1"), encode(referencing))
+        agent.wait_acked(0)
+        for seq in range(1, BATCHES):
+            _m, _same, referencing = compact(_batch(seq), metrics)
+            based = rebase(referencing, metrics, last_values(_batch(seq - 1)["metrics"]),
+                           seq - 1)
+            assert based is not None
+            agent.publish(metrics_topic("h1"), encode(based, dict_id=BASED_DICTIONARY_ID))
+            agent.wait_acked(seq)
+        assert agent.rejected() == []
+        stored = {name: group.batches_stored(name) for name in group.collectors}
+        assert sum(stored.values()) == BATCHES and min(stored.values()) > 0, stored
+
+        want = as_built()
+        total = sum(map(len, want.values()))
+
+        def sent() -> int:
+            [r] = group.receivers(leader)
+            return int(r["samples_sent"]) if r["pending_samples"] == 0 else -1
+        wait_until(lambda: sent() == total, 60, "every stored sample forwarded")
+        assert group.leader() == leader, "leadership moved: the test means one leader"
+        [r] = group.receivers(leader)
+        assert (r["samples_rejected"], r["samples_skipped"], r["samples_resent"]) == (0, 0, 0)
+        assert group.receivers(follower) == []  # it never led: it sent nothing
+        assert vm.export('{host="h1"}') == want  # each once, the agent's values
+    finally:
+        if agent is not None:
+            agent.close()
+        group.close()
+        vm.terminate()
