@@ -22,14 +22,20 @@ class Alertmanager(Process):
     """``resolve_timeout`` applies to alerts sent without ``endsAt`` (ours always have one)."""
 
     def __init__(self, workdir: Path, *, resolve_timeout: str = "2s",
-                 port: int | None = None) -> None:
+                 port: int | None = None, webhook: str | None = None) -> None:
+        """``webhook``: a URL the Alertmanager notifies (firing and resolved, at once)."""
         assert BINARY, "prometheus-alertmanager is not installed (packaging/dev-env.sh)"
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         config = workdir / "alertmanager.yml"
+        receiver = "  - name: blackhole\n"
+        if webhook is not None:
+            receiver += (f"    webhook_configs:\n      - url: {webhook}\n"
+                         "        send_resolved: true\n")
         config.write_text(f"global:\n  resolve_timeout: {resolve_timeout}\n"
                           "route:\n  receiver: blackhole\n  group_wait: 0s\n"
-                          "receivers:\n  - name: blackhole\n")
+                          "  group_interval: 1s\n  repeat_interval: 1h\n"
+                          f"receivers:\n{receiver}")
         super().__init__("alertmanager", [
             BINARY, f"--config.file={config}", f"--storage.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=",
