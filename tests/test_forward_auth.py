@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from edgemon.collector.forward.metrics import ForwardMetrics
 from edgemon.common.clock import now_ms
 from tests.support.forwarding import Fleet, Running, config
 from tests.support.tsdb import VICTORIA, VictoriaMetrics
@@ -40,6 +42,21 @@ def test_a_wrong_password_waits_for_the_fix_over_tls(tmp_path: Path) -> None:
             p = position(storage)
             assert (p.sent, p.rejected, p.skipped) == (0, 0, 0)
             assert p.pending_samples == fleet.total()
+            registry = CollectorRegistry()
+            registry.register(ForwardMetrics(run.service.status))  # type: ignore[arg-type]
+
+            def metrics() -> str:
+                return generate_latest(registry).decode()
+            wait_until(lambda: 'edgemon_collector_forward_pending_samples{receiver="rx"} '
+                       f"{float(fleet.total())}" in metrics(), 10, "the queue in /metrics")
+            text = metrics()
+            [failures] = [line for line in text.splitlines() if line.startswith(
+                'edgemon_collector_forward_failures_total{reason="401",receiver="rx"}')]
+            assert float(failures.split()[-1]) >= 3
+            [lag] = [line for line in text.splitlines()
+                     if line.startswith('edgemon_collector_forward_lag_seconds{receiver="rx"}')]
+            assert float(lag.split()[-1]) > 0
+            assert 'edgemon_collector_forward_samples_rejected_total{receiver="rx"} 0.0' in text
             secret.write_text("right\n")  # the operator fixes it: read again at each request
             wait_until(lambda: caught_up(storage), 30, "everything forwarded")
         p = position(storage)
