@@ -257,3 +257,28 @@ def test_alertmanager_config_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="choose one"):
         load_config(path, environ={})
     assert load_config(None, environ={}).external_url() == "http://127.0.0.1:9400"
+
+
+def test_check_config_shows_the_derived_external_url(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Receivers configured, no ``external_url``: ``check-config`` shows the one links will
+    use (from [http]) and says it was derived; the receivers' secrets are masked."""
+    from edgemon.collector.cli import main
+
+    path = tmp_path / "collector.toml"
+    receivers = ('[[alerting.alertmanagers]]\nurl = "http://am:9093"\nbearer_token = "s3cret"\n'
+                 '\n[[forward]]\nurl = "http://vm:8428/api/v1/write"\nusername = "u"\n'
+                 'password = "s3cret"\n')
+    path.write_text('[http]\nhost = "10.1.2.3"\nport = 9444\n\n' + receivers)
+    path.chmod(0o600)
+    assert main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out.split("\n", 1)[1])
+    assert doc["alerting"]["external_url"] == "http://10.1.2.3:9444"
+    assert doc["alerting"]["external_url_derived"] is True
+    assert "s3cret" not in out
+    path.write_text('[alerting]\nexternal_url = "https://mon.example"\n\n' + receivers)
+    assert main(["check-config", "-c", str(path)]) == 0
+    doc = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert doc["alerting"]["external_url"] == "https://mon.example"
+    assert "external_url_derived" not in doc["alerting"]
