@@ -22,6 +22,7 @@ from edgemon.collector.http.metrics import CollectorMetrics
 from edgemon.common.clock import now_ms
 from tests.support.alertmanager import BINARY, Alertmanager
 from tests.support.waiting import wait_until_async
+from tests.support.webhook import Webhook
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(BINARY is None, reason="prometheus-alertmanager missing")]
@@ -160,44 +161,16 @@ def test_alert_lifecycle_in_a_real_alertmanager_pair(tmp_path: Path) -> None:
         am2.terminate()
 
 
-class Webhook:
-    """An HTTP receiver on loopback the Alertmanager notifies: keeps every JSON body."""
-
-    def __init__(self) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.bodies: list[dict[str, Any]] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                owner.bodies.append(json.loads(body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-
-    def resolved(self, host: str) -> list[dict[str, Any]]:
-        return [a for b in self.bodies for a in b["alerts"]
-                if a["status"] == "resolved" and a["labels"].get("host") == host]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def resolved(webhook: Webhook, host: str) -> list[dict[str, Any]]:
+    """The resolved alerts of ``host`` in the notifications the Alertmanager sent."""
+    return [a for a in webhook.alerts()
+            if a["status"] == "resolved" and a["labels"].get("host") == host]
 
 
 def test_resolution_ends_at_the_resolve_time(tmp_path: Path) -> None:
     """A resolution is sent with endsAt = when edgemon resolved it (not when it was sent):
     the Alertmanager's own resolved notification carries it."""
-    webhook = Webhook()
+    webhook = Webhook().start()
     am = Alertmanager(tmp_path / "am", webhook=webhook.url).start()
 
     async def main() -> None:
@@ -219,10 +192,10 @@ def test_resolution_ends_at_the_resolve_time(tmp_path: Path) -> None:
                 # Alertmanager keeps it with the endsAt we sent: the resolve (sample) time
                 assert len(every) <= 1 and all(
                     e.startswith(_iso_second(history[0].ends_at)) for e in ends)
-                await wait_until_async(lambda: webhook.resolved("db-01"), 20,
+                await wait_until_async(lambda: resolved(webhook, "db-01"), 20,
                                        "the Alertmanager's resolved notification")
-                [resolved] = webhook.resolved("db-01")[:1]
-                ends_at = datetime.fromisoformat(resolved["endsAt"])  # Go: ns, zeros dropped
+                [first] = resolved(webhook, "db-01")[:1]
+                ends_at = datetime.fromisoformat(first["endsAt"])  # Go: ns, zeros dropped
                 assert round(ends_at.timestamp() * 1000) == history[0].ends_at
             finally:
                 await service.stop()
@@ -231,7 +204,7 @@ def test_resolution_ends_at_the_resolve_time(tmp_path: Path) -> None:
         asyncio.run(main())
     finally:
         am.terminate()
-        webhook.close()
+        webhook.stop()
 
 
 def _iso_second(ms: int | None) -> str:

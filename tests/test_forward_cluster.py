@@ -13,16 +13,12 @@ from typing import Any
 import pytest
 
 from edgemon.collector.storage.batches import read_batch
-from edgemon.protocol import encode, metrics_topic
-from edgemon.protocol.base import last_values, rebase
-from edgemon.protocol.catalogue import compact, encode_catalogue
-from edgemon.protocol.codec import BASED_DICTIONARY_ID
-from edgemon.protocol.topics import catalogue_topic
+from edgemon.protocol import encode
 from tests.support import postgres
 from tests.support.stand_in_agent import StandInAgent
 from tests.support.tsdb import VICTORIA, VictoriaMetrics
 from tests.support.waiting import wait_until
-from tests.test_cluster_bases import _batch
+from tests.test_cluster_bases import _batch, send_catalogue_then_based
 from tests.test_cluster_postgres import SharedStore
 
 pytestmark = [pytest.mark.slow,
@@ -85,20 +81,7 @@ def test_only_the_leader_forwards_resolved_samples_stored_by_either_collector(
         follower = "b" if leader == "a" else "a"
         wait_until(lambda: group.receivers(leader), 30, "the leader forwarding")
         agent = StandInAgent(group.broker, "h1", password=group.passwords["h1"])
-        metrics, ident, referencing = compact(_batch(0))
-        agent.publish(catalogue_topic("h1"), encode_catalogue(
-            host="h1", instance="inst-1", metrics=metrics, ident=ident))
-        wait_until(lambda: any(ident in a.catalogues for a in agent.acks), 30,  # type: ignore[union-attr]
-                   "the catalogue acknowledged")
-        agent.publish(metrics_topic("h1"), encode(referencing))
-        agent.wait_acked(0)
-        for seq in range(1, BATCHES):
-            _m, _same, referencing = compact(_batch(seq), metrics)
-            based = rebase(referencing, metrics, last_values(_batch(seq - 1)["metrics"]),
-                           seq - 1)
-            assert based is not None
-            agent.publish(metrics_topic("h1"), encode(based, dict_id=BASED_DICTIONARY_ID))
-            agent.wait_acked(seq)
+        send_catalogue_then_based(agent, BATCHES)
         assert agent.rejected() == []
         stored = {name: group.batches_stored(name) for name in group.collectors}
         assert sum(stored.values()) == BATCHES and min(stored.values()) > 0, stored
