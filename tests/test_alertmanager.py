@@ -255,3 +255,50 @@ def test_check_config_shows_the_derived_external_url(tmp_path: Path,
     doc = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert doc["alerting"]["external_url"] == "https://mon.example"
     assert "external_url_derived" not in doc["alerting"]
+
+
+# bcrypt (cost 4: Alertmanager checks it at every request) of "edgemon-test-pw", made once with
+# crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+PASSWORD, HASHED = "edgemon-test-pw", "$2b$04$itKRo1swQH0lottoRVP/Oe/xpxETCab/4JyHoPnJFBVwJ.FSsKi4i"
+
+
+def test_an_alertmanager_over_tls_with_basic_auth(tmp_path: Path) -> None:
+    """The Alertmanager serves HTTPS only and wants a user and password (its web config): the
+    alert arrives through ``ca_file`` and the credentials; a member given a wrong password
+    counts the 401 and gets nothing."""
+    from tests.test_receivers import Certs
+
+    certs = Certs(tmp_path / "ca")
+    am = Alertmanager(tmp_path / "am", tls=(certs.ca, certs.crt, certs.key),
+                      basic_auth=("edgemon", PASSWORD, HASHED)).start()
+    assert am.url.startswith("https://")
+
+    async def main() -> None:
+        store = InMemoryGridStorage(interval_ms=1000)
+        good = AlertmanagerConfig(url=am.url, name="good", timeout_seconds=2,
+                                  ca_file=certs.ca, username="edgemon", password=PASSWORD)
+        wrong = AlertmanagerConfig(url=am.url, name="wrong", timeout_seconds=2,
+                                   ca_file=certs.ca, username="edgemon", password="nope")
+        service = AlertingService(store, tmp_path / "alerts.db", rules=parse_rules(rules(20)),
+                                  external_url=EXTERNAL, resend_delay_ms=1000,
+                                  alertmanagers=[good, wrong])
+        with Feeder(store, {"tls-01": 40.0}):
+            await service.start()
+            try:
+                await wait_until_async(lambda: cpu_alerts(am), 20, "the alert over TLS")
+                assert [a["labels"]["host"] for a in cpu_alerts(am)] == ["tls-01"]
+                metrics = CollectorMetrics(process=False)
+                metrics.attach(alerting=service)
+                await wait_until_async(
+                    lambda: 'edgemon_alertmanager_errors_total{alertmanager="wrong",reason="401"}'
+                    in metrics.text(), 20, "the wrong password's 401 counted")
+                good_errors = [line for line in metrics.text().splitlines() if line.startswith(
+                    'edgemon_alertmanager_errors_total{alertmanager="good"')]
+                assert good_errors and all(line.endswith(" 0.0") for line in good_errors)
+            finally:
+                await service.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        am.terminate()
