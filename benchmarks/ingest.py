@@ -313,7 +313,7 @@ class Watch:
 
 # --- phases -----------------------------------------------------------------------------------
 
-SECTIONS = ("mqtt", "ingest", "storage", "http")  # of the collector's configuration (--set)
+SECTIONS = ("mqtt", "ingest", "storage", "http", "forward")  # collector settings (--set)
 
 
 def broker_config(port: int, inflight: int = 0) -> str:
@@ -361,12 +361,19 @@ def ceiling_phase(pubs: Publishers, args: argparse.Namespace, nodelay: bool) -> 
     return r
 
 
-def forward_status(http: int) -> dict[str, Any]:
-    """The collector's one ``[[forward]]`` receiver as ``GET /edgemon/api/v1/forward`` shows it."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{http}/edgemon/api/v1/forward",
-                                timeout=10) as resp:
-        [receiver] = json.loads(resp.read())["receivers"]
-    return receiver  # type: ignore[no-any-return]
+def forward_status(http: int) -> dict[str, float]:
+    """The collector's ``[[forward]]`` receiver "vm" as its ``/metrics`` show it (sent,
+    pending, lag, requests, retries, rejected)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out = {}
+    for name in ("samples_sent", "pending_samples", "lag_seconds", "requests", "retries",
+                 "samples_rejected"):
+        total = "" if name in ("pending_samples", "lag_seconds") else "_total"
+        prefix = f'edgemon_collector_forward_{name}{total}{{receiver="vm"}} '
+        out[name] = next((float(line[len(prefix):]) for line in text.splitlines()
+                          if line.startswith(prefix)), float("nan"))
+    return out
 
 
 def collector_phase(pubs: Publishers, args: argparse.Namespace, *, nodelay: bool,
@@ -381,8 +388,12 @@ def collector_phase(pubs: Publishers, args: argparse.Namespace, *, nodelay: bool
         sets = {k: dict(args.set.get(k, {})) for k in SECTIONS}
         sets["ingest"] = {"queue_max": "20000", "past_tolerance_days": "30", **sets["ingest"]}
         extra = {k: "".join(f"{key} = {v}\n" for key, v in kv.items()) for k, kv in sets.items()}
-        forward = (f'[[forward]]\nname = "vm"\nurl = "{forward_url}"\n'
-                   if forward_url else "")
+        forward = ""
+        if forward_url:  # and /metrics readable without a token (the forwarder's figures)
+            forward = f'[[forward]]\nname = "vm"\nurl = "{forward_url}"\n{extra["forward"]}'
+            if "auth" not in sets["http"]:
+                extra["http"] += 'auth = "none"\n'
+
         collector, http, db = start_collector(
             work, port, env=env, http_extra=extra["http"], mqtt_extra=extra["mqtt"],
             storage_extra=extra["storage"], ingest=extra["ingest"], tables=forward)
@@ -404,6 +415,12 @@ def collector_phase(pubs: Publishers, args: argparse.Namespace, *, nodelay: bool
                                                 "lag_seconds", "requests", "retries",
                                                 "samples_rejected")}
             r["forward"]["sent_samples_per_s"] = round(fwd["samples_sent"] / seconds)
+            t_end = time.monotonic()  # the publishers have stopped: how long to catch up
+            while fwd["pending_samples"] != 0 and time.monotonic() < t_end + 300:
+                time.sleep(1)
+                fwd = forward_status(http)
+            r["forward"]["caught_up_after_s"] = (round(time.monotonic() - t_end, 1)
+                                                 if fwd["pending_samples"] == 0 else None)
         r.update(watch.report(seconds, r["stored_samples_per_s"]))
         r["stored_samples_per_s_after_warmup"] = rate_between(r, warmup(seconds), seconds)
         r["stored_per_10s"] = [rate_between(r, lo, min(lo + 10, seconds))
