@@ -84,6 +84,13 @@ def transitions(service: AlertingService) -> int:
         "SELECT count(*) FROM history WHERE status IN ('firing','resolved')")[0][0])
 
 
+def metrics_text(service: AlertingService) -> str:
+    """The collector's ``/metrics`` text with this alerting service attached."""
+    metrics = CollectorMetrics(process=False)
+    metrics.attach(alerting=service)
+    return metrics.text()
+
+
 def am_config(am: Alertmanager, name: str) -> AlertmanagerConfig:
     return AlertmanagerConfig(url=am.url, name=name, timeout_seconds=2)
 
@@ -146,11 +153,8 @@ def test_alert_lifecycle_in_a_real_alertmanager_pair(tmp_path: Path) -> None:
                 resolved = [a for a in am1.alerts(active_only=False)
                             if a["labels"].get("alertname") == "cpu-high"]
                 assert resolved == [] or resolved[0]["status"]["state"] != "active"
-                metrics = CollectorMetrics(process=False)
-                metrics.attach(alerting=service)
-                lines = metrics.text()
                 assert 'edgemon_alertmanager_errors_total{alertmanager="am2",reason="network"}' \
-                    in lines
+                    in metrics_text(service)
             finally:
                 await service.stop()
 
@@ -287,13 +291,12 @@ def test_an_alertmanager_over_tls_with_basic_auth(tmp_path: Path) -> None:
             try:
                 await wait_until_async(lambda: cpu_alerts(am), 20, "the alert over TLS")
                 assert [a["labels"]["host"] for a in cpu_alerts(am)] == ["tls-01"]
-                metrics = CollectorMetrics(process=False)
-                metrics.attach(alerting=service)
                 await wait_until_async(
                     lambda: 'edgemon_alertmanager_errors_total{alertmanager="wrong",reason="401"}'
-                    in metrics.text(), 20, "the wrong password's 401 counted")
-                good_errors = [line for line in metrics.text().splitlines() if line.startswith(
-                    'edgemon_alertmanager_errors_total{alertmanager="good"')]
+                    in metrics_text(service), 20, "the wrong password's 401 counted")
+                good_errors = [line for line in metrics_text(service).splitlines()
+                               if line.startswith('edgemon_alertmanager_errors_total'
+                                                  '{alertmanager="good"')]
                 assert good_errors and all(line.endswith(" 0.0") for line in good_errors)
             finally:
                 await service.stop()
