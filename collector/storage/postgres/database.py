@@ -210,6 +210,7 @@ class PostgresDatabase(SQLStore):
     def close(self) -> None:
         self.pool.close()
         self.reader.clear()
+        self.pending_cache.clear()
         self.decoded.clear()
 
     # -- partitions ---------------------------------------------------------------------------
