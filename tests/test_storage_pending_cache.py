@@ -15,7 +15,7 @@ import pytest
 
 from edgemon.collector.storage.base import IngestItem, RangeQuery
 from edgemon.collector.storage.batches import read_batch
-from edgemon.collector.storage.pending_cache import ABSENT, PendingMetricCache, project
+from edgemon.collector.storage.pending_cache import PendingMetricCache, project
 from edgemon.collector.storage.sql import SQLStorage
 from edgemon.protocol import GAUGE, BatchBuilder, MetricDef, decode, encode
 from edgemon.protocol.schema import validate_batch
@@ -79,8 +79,8 @@ def test_a_new_batch_is_read_next_cycle_and_only_it_is_decoded(stores: Stores) -
     st = stores.open(compact_delay_ms=0)
     store_all(st, [item(h, m + 1, m) for h in HOSTS for m in range(4)])
     same_as_without_cache(st, stores)
-    # every batch projected once per metric that was new to the cache (CPU, then load1),
-    # its payload decoded once
+    # every batch projected once per metric that was new to the cache (CPU, then load1: the
+    # second projection holds both), its payload decoded once
     decoded = st.pending_cache.decoded
     assert decoded == 2 * 12 and st.reader.decoded == 12
     answers(st)
@@ -200,35 +200,44 @@ def test_alert_rules_give_the_same_transitions_with_and_without_the_cache(
 
 def test_memory_bound_and_idle_entries_give_way() -> None:
     columns = read_batch(item("edge-01", 1, 0).payload)
-    cpu = project(columns, CPU.name)
-    assert not isinstance(cpu, str)
-    assert project(columns, "absent_metric") == ABSENT
+    names = frozenset({CPU.name})
+    size = project(columns, names).nbytes + 300
     clock = [0.0]
-    cache = PendingMetricCache(cpu.nbytes * 3 + 200, idle_s=60, clock=lambda: clock[0])
+    cache = PendingMetricCache(size * 3 + 100, idle_s=60, clock=lambda: clock[0])
     for i in range(10):
-        cache.fill((i, 1, "i1", i, 0), columns, [CPU.name])
+        cache.fill((i, 1, "i1", i, 0), columns, names)
         assert cache.used <= cache.max_bytes
     assert len(cache) == 3  # full: later batches were not admitted, the cached ones stay
     assert cache.get((0, 1, "i1", 0, 0), CPU.name) is not None
+    assert cache.get((0, 1, "i1", 0, 0), LOAD.name) is None  # not projected: a miss
     clock[0] = 30.0
     assert cache.get((1, 1, "i1", 1, 0), CPU.name) is not None
-    clock[0] = 70.0  # batches 0 and 2 idle for 60 s, batch 1 for 40 s
-    cache.fill((5, 1, "i1", 5, 0), columns, [CPU.name])
+    clock[0] = 70.0  # batches 0 and 2 idle for 60 s or more, batch 1 for 40 s
+    cache.fill((5, 1, "i1", 5, 0), columns, names)
     assert cache.get((5, 1, "i1", 5, 0), CPU.name) is not None
     assert cache.get((1, 1, "i1", 1, 0), CPU.name) is not None
+    assert cache.get((2, 1, "i1", 2, 0), CPU.name) is None  # gave way
     assert cache.used <= cache.max_bytes
     assert cache.forget([(5, 1, "i1", 5, 0), (1, 1, "i1", 1, 0)]) == 2
     assert PendingMetricCache(0).enabled is False
 
 
-@pytest.mark.parametrize("name", [CPU.name, LOAD.name])
-def test_a_projection_holds_exactly_its_metric(name: str) -> None:
+@pytest.mark.parametrize("names", [{CPU.name}, {LOAD.name}, {CPU.name, LOAD.name}, {"none"}])
+def test_a_projection_holds_exactly_its_metrics(names: set[str]) -> None:
     columns = read_batch(item("edge-01", 3, 0).payload)
-    part = project(columns, name)
-    assert not isinstance(part, str)
-    (m,) = [m for m in columns.metrics if m.name == name]
-    lo, hi = int(columns.bounds[m.first]), int(columns.bounds[m.end])
-    assert part.labels == columns.labels[m.first:m.end]
-    assert part.ts.tolist() == columns.ts[lo:hi].tolist()
-    assert part.values.tolist() == columns.values[lo:hi].tolist()
-    assert part.bounds.tolist() == (columns.bounds[m.first:m.end + 1] - lo).tolist()
+    part = project(columns, names)
+    kept = [m for m in columns.metrics if m.name in names]
+    assert [m.name for m in part.metrics] == [m.name for m in kept]
+    expected_ts, expected_values, labels = [], [], []
+    for m in kept:
+        lo, hi = int(columns.bounds[m.first]), int(columns.bounds[m.end])
+        expected_ts += columns.ts[lo:hi].tolist()
+        expected_values += columns.values[lo:hi].tolist()
+        labels += columns.labels[m.first:m.end]
+    assert part.labels == labels
+    assert part.ts.tolist() == expected_ts
+    assert part.values.tolist() == expected_values
+    assert part.bounds[-1] == len(expected_ts) and part.bounds[0] == 0
+    for pm, m in zip(part.metrics, kept, strict=True):
+        assert part.entry_sizes(pm.first, pm.end).tolist() == \
+            columns.entry_sizes(m.first, m.end).tolist()

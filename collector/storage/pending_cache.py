@@ -2,7 +2,7 @@
 the not-yet-compacted back-log (alert rules every cycle, dashboards) take instead of the payload.
 
 A stored pending batch never changes until compaction or quarantine deletes its row, so the
-columns of metric ``name`` in batch ``ident`` can be kept under (ident, name). ``ident`` is the
+columns of the metrics readers ask for can be kept under the batch's ``ident``. ``ident`` is the
 row's id together with its (host, instance, seq, received time): SQLite may give a deleted row's
 id to a later batch, but never to one with the same host, instance and seq (ingest stores a
 sequence number once), so a reused id cannot hit a stale entry. A reader selects the ids of the
@@ -11,10 +11,13 @@ payloads of the rest, inside the same read transaction: it sees every batch of i
 exactly once whatever compaction did meanwhile, and a batch another collector stored on the same
 database is simply a new id.
 
-Decoding a batch for one metric projects every metric read recently (``hot``), so the few
-metrics alert rules read cost one decode per batch in all, not one per rule. A projection holds
-only its own slices (copied), about 16 bytes per sample plus its label values: the alert
-metrics of a batch are a small part of it.
+One entry per batch holds the columns of every metric read recently (the last 64 names any
+reader asked for), copied out of the batch's: the few metrics alert rules read cost one decode
+per batch in all, not one per rule, and a fraction of the batch's memory. A reader asking for a
+metric the entry does not cover yet projects the batch again (from the payload), now with that
+metric too. Each entry's size is counted as its arrays plus a fixed overhead per array, label
+set, metric and entry: about 2-3 KB per batch for the default rules' metrics (6 metrics, 8
+series, 48 samples of a 474-sample batch).
 
 Bounded in bytes (``max_bytes``; 0 turns the cache off): entries are admitted while there is
 room; when full, entries no reader used for ``idle_s`` seconds give way, least recently used
@@ -29,52 +32,49 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import numpy as np
 
 from edgemon.collector.storage.batches import BatchColumns, MetricPart
 
-__all__ = ["ABSENT", "PendingMetricCache", "project"]
+__all__ = ["PendingMetricCache", "project"]
 
 # (id, host_id, instance, seq, received_ms) of a batch row
 Ident = tuple[int, int, str, int, int]
-ABSENT = "absent"  # the batch has no samples of the metric
-_ABSENT_BYTES = 120
 _HOT_NAMES = 64  # metric names remembered as read recently
+_ENTRY_BYTES = 300  # an entry's key, ident and bookkeeping
 
 
-def project(columns: BatchColumns, name: str) -> BatchColumns | str:
-    """The columns of metric ``name`` alone (copies), or ``ABSENT``."""
-    parts = [m for m in columns.metrics if m.name == name]
-    if not parts:
-        return ABSENT
+def project(columns: BatchColumns, names: Collection[str]) -> BatchColumns:
+    """The columns of the metrics in ``names`` alone (copies; no metric: empty columns)."""
+    parts = [m for m in columns.metrics if m.name in names]
     metrics, labels, bounds, ts, values = [], [], [np.zeros(1, dtype=np.int64)], [], []
     at, base = 0, 0
     for m in parts:
         lo, hi = int(columns.bounds[m.first]), int(columns.bounds[m.end])
-        metrics.append(MetricPart(m.name, m.kind, m.unit, m.scale, m.keys, at, at + m.end
-                                  - m.first))
+        metrics.append(MetricPart(m.name, m.kind, m.unit, m.scale, m.keys, at,
+                                  at + m.end - m.first))
         at += m.end - m.first
         labels += columns.labels[m.first:m.end]
         bounds.append(columns.bounds[m.first + 1:m.end + 1] - lo + base)
         ts.append(columns.ts[lo:hi])
         values.append(columns.values[lo:hi])
         base += hi - lo
-    out = [np.concatenate(bounds), np.concatenate(ts), np.concatenate(values)]
+    empty = np.empty(0, dtype=np.int64)
+    out = [np.concatenate(bounds), np.concatenate([empty, *ts]),
+           np.concatenate([empty, *values])]
     for column in out:
         column.flags.writeable = False
-    nbytes = sum(c.nbytes for c in out) + 120 * len(labels) + 200 * len(metrics) + 200
+    # arrays (with numpy's ~112 bytes of header each), label tuples, metric parts, the object
+    nbytes = (sum(c.nbytes + 112 for c in out) + 120 * len(labels) + 200 * len(metrics)
+              + 200)
     return BatchColumns(tuple(metrics), labels, out[0], out[1], out[2], nbytes)
 
 
-def _size(item: BatchColumns | str) -> int:
-    return item.nbytes if isinstance(item, BatchColumns) else _ABSENT_BYTES
-
-
 class PendingMetricCache:
-    """Projected columns by (batch ident, metric name); see the module docstring."""
+    """Projected columns by batch ident; see the module docstring."""
 
     def __init__(self, max_bytes: int, *, idle_s: float = 120.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -83,10 +83,10 @@ class PendingMetricCache:
         self.used = 0
         self.hits = 0
         self.misses = 0
-        self.decoded = 0  # batches projected (each read once from its payload)
+        self.decoded = 0  # projections made from a payload
         self._clock = clock
-        # (ident, name) -> (item, size, last use); least recently used first
-        self._entries: OrderedDict[tuple[Ident, str], tuple[BatchColumns | str, int, float]] = \
+        # ident -> (columns, names they cover, size, last use); least recently used first
+        self._entries: OrderedDict[Ident, tuple[BatchColumns, frozenset[str], int, float]] = \
             OrderedDict()
         self._hot: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
@@ -95,69 +95,67 @@ class PendingMetricCache:
     def enabled(self) -> bool:
         return self.max_bytes > 0
 
-    def get(self, ident: Ident, name: str) -> BatchColumns | str | None:
-        """The cached projection (or ``ABSENT``), None when not cached."""
-        key = (ident, name)
+    def get(self, ident: Ident, name: str) -> BatchColumns | None:
+        """The cached columns of the batch (holding metric ``name``, if the batch has it),
+        None when not cached."""
         with self._lock:
-            found = self._entries.get(key)
-            if found is None:
+            found = self._entries.get(ident)
+            if found is None or name not in found[1]:
                 self.misses += 1
                 return None
-            self._entries[key] = (found[0], found[1], self._clock())
-            self._entries.move_to_end(key)
+            self._entries[ident] = (*found[:3], self._clock())
+            self._entries.move_to_end(ident)
             self.hits += 1
             return found[0]
 
-    def read(self, name: str) -> list[str]:
-        """Note that ``name`` is being read; the hot names to project on a decode (it first)."""
+    def read(self, name: str) -> frozenset[str]:
+        """Note that ``name`` is being read; the metric names to project on a decode."""
         with self._lock:
             self._hot[name] = None
             self._hot.move_to_end(name)
             while len(self._hot) > _HOT_NAMES:
                 self._hot.popitem(last=False)
-            return [name, *[n for n in reversed(self._hot) if n != name]]
+            return frozenset(self._hot)
 
-    def fill(self, ident: Ident, columns: BatchColumns, names: list[str]) -> None:
-        """Keep the projections of ``columns`` on ``names`` (as room allows)."""
-        items = [(name, project(columns, name)) for name in names]
+    def fill(self, ident: Ident, columns: BatchColumns, names: frozenset[str]) -> BatchColumns:
+        """The projection of ``columns`` on ``names``, kept (as room allows)."""
+        item = project(columns, names)
+        size = item.nbytes + _ENTRY_BYTES
         now = self._clock()
         with self._lock:
             self.decoded += 1
-            for name, item in items:
-                key = (ident, name)
-                size = _size(item)
-                old = self._entries.pop(key, None)
-                if old is not None:
-                    self.used -= old[1]
-                if not self._make_room(size, now):
-                    continue
-                self._entries[key] = (item, size, now)
+            old = self._entries.pop(ident, None)
+            if old is not None:
+                self.used -= old[2]
+            if self._make_room(size, now):
+                self._entries[ident] = (item, names, size, now)
                 self.used += size
+        return item
 
     def _make_room(self, size: int, now: float) -> bool:
         """Drop idle entries, least recently used first, until ``size`` more bytes fit."""
         while self.used + size > self.max_bytes and self._entries:
-            key, (_, dropped, last) = next(iter(self._entries.items()))
+            ident, (_, _, dropped, last) = next(iter(self._entries.items()))
             if now - last < self.idle_s:
                 return False
-            del self._entries[key]
+            del self._entries[ident]
             self.used -= dropped
         return self.used + size <= self.max_bytes
 
     def idents(self) -> set[Ident]:
         with self._lock:
-            return {ident for ident, _ in self._entries}
+            return set(self._entries)
 
     def forget(self, gone: Iterable[Ident]) -> int:
-        """Drop the entries of batches no longer pending; how many entries."""
-        drop = set(gone)
-        if not drop:
-            return 0
+        """Drop the entries of batches no longer pending; how many."""
+        dropped = 0
         with self._lock:
-            keys = [k for k in self._entries if k[0] in drop]
-            for key in keys:
-                self.used -= self._entries.pop(key)[1]
-            return len(keys)
+            for ident in gone:
+                found = self._entries.pop(ident, None)
+                if found is not None:
+                    self.used -= found[2]
+                    dropped += 1
+        return dropped
 
     def clear(self) -> None:
         with self._lock:

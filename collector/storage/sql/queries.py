@@ -31,7 +31,6 @@ from edgemon.collector.storage.encoding import (
     decode_rollups,
     decode_times,
 )
-from edgemon.collector.storage.pending_cache import project
 from edgemon.collector.storage.selection import (
     QueryRange,
     Selection,
@@ -272,7 +271,7 @@ class Queries(SQLStore):
 
     def _projected(self, db: Any, host_list: list[int], name: str, start: int, end: int
                    ) -> Iterator[tuple[int, int, BatchColumns]]:
-        """(host id, order, columns of metric ``name``) of the pending batches of these hosts
+        """(host id, order, columns holding metric ``name``) of the pending batches of these hosts
         with samples in [start, end), in id order: from ``pending_cache`` by batch row, and
         only the payloads of rows it does not hold read and decoded (``pending_cache.py``)."""
         cache = self.pending_cache
@@ -284,19 +283,18 @@ class Queries(SQLStore):
             found = [cache.get(ident, name) for ident in rows]
             missing = {ident[0]: ident for ident, item in zip(rows, found, strict=True)
                        if item is None}
-            fresh: dict[int, BatchColumns | str] = {}
+            fresh: dict[int, BatchColumns] = {}
             for ids in chunked(sorted(missing)):
                 for batch_id, payload in db.execute(
                         f"SELECT id, payload FROM batches WHERE id IN ({placeholders(ids)})",
                         ids):
                     columns = self._pending_columns(batch_id, payload)
                     if columns is not None:
-                        cache.fill(missing[batch_id], columns, names)
-                        fresh[batch_id] = project(columns, name)
+                        fresh[batch_id] = cache.fill(missing[batch_id], columns, names)
             for ident, item in zip(rows, found, strict=True):
                 if item is None:
                     item = fresh.get(ident[0])  # None: unreadable, skipped
-                if isinstance(item, BatchColumns):
+                if item is not None:
                     yield ident[1], PENDING_ORDER + ident[0], item
 
     def _series_chunks(self, db: Any, wanted: list[tuple[int, int, int, int]],
