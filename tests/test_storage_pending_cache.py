@@ -201,7 +201,7 @@ def test_alert_rules_give_the_same_transitions_with_and_without_the_cache(
 def test_memory_bound_and_idle_entries_give_way() -> None:
     columns = read_batch(item("edge-01", 1, 0).payload)
     names = frozenset({CPU.name})
-    size = project(columns, names).nbytes + 300
+    size = project(columns, names).nbytes + 200
     clock = [0.0]
     cache = PendingMetricCache(size * 3 + 100, idle_s=60, clock=lambda: clock[0])
     for i in range(10):

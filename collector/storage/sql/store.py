@@ -85,7 +85,7 @@ class SQLStore:
         retention_rows: int = 5_000,
         batch_cache_mb: int = 64,
         decoded_cache_mb: int = 64,
-        pending_cache_mb: int = 64,
+        pending_cache_mb: int = 128,
         maintain_budget_ms: int = 1_000,
     ) -> None:
         """The options every backend takes (its constructor passes them on)."""
