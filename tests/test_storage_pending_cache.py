@@ -198,6 +198,27 @@ def test_alert_rules_give_the_same_transitions_with_and_without_the_cache(
     cold.close()
 
 
+def test_the_first_alert_cycle_decodes_each_pending_batch_once(stores: Stores,
+                                                               tmp_path: Path) -> None:
+    from edgemon.collector.alerting import AlertEngine, parse_rules
+
+    rules = parse_rules('[[rule]]\nname = "cpu_high"\nkind = "threshold"\n'
+                        'metric = "cpu_usage_percent"\nthreshold = 20\nwindow = "1m"\n\n'
+                        '[[rule]]\nname = "load_high"\nkind = "threshold"\nmetric = "load1"\n'
+                        'threshold = 5\nwindow = "1m"\n')
+    st = stores.open(compact_delay_ms=0, batch_cache_mb=0)  # every payload read is a decode
+    store_all(st, [item(h, m + 1, m) for h in HOSTS for m in range(4)])
+    engine = AlertEngine(st, tmp_path / "alerts.db", rules=rules,
+                         clock_ms=lambda: T0 + 5 * MIN)
+    report = engine.run_cycle()
+    assert {name: "error" in r for name, r in report.rules.items()} == \
+        {"cpu_high": False, "load_high": False}
+    # both rules' metrics from one decode of each batch in the rules' look-back
+    assert st.reader.decoded == len(st.pending_cache) >= len(HOSTS)
+    engine.close()
+    st.close()
+
+
 def test_memory_bound_and_idle_entries_give_way() -> None:
     columns = read_batch(item("edge-01", 1, 0).payload)
     names = frozenset({CPU.name})
