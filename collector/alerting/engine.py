@@ -313,6 +313,7 @@ class AlertEngine:
 
         results: list[tuple[_Runtime, EvalResult, list[tuple[Hole, RawTransition]],
                             list[Hole] | None]] = []
+        self._announce_metrics()
         for rt in list(self._runtimes.values()):
             rule = rt.rule
             # every cycle evaluates every rule, except those with a longer `interval` of their own
@@ -364,6 +365,18 @@ class AlertEngine:
                 except Exception:
                     log.exception("outbox listener failed")
         return report
+
+    def _announce_metrics(self) -> None:
+        """Tell a store with a pending-batch cache every metric the rules read, before the
+        first query: a batch it decodes is then kept for all of them at once, not decoded
+        again for each rule's metric (``storage/pending_cache.py``)."""
+        cache = getattr(self.storage, "pending_cache", None)
+        if cache is None:
+            return
+        for rt in self._runtimes.values():
+            metric = getattr(rt.rule, "metric", None)
+            if metric:
+                cache.read(metric)
 
     def _evaluate(self, rt: _Runtime, now: int, hosts: Callable[[], list[HostInfo]],
                   report: CycleReport,

@@ -149,6 +149,7 @@ class PostgresDatabase(PooledDatabase, SQLStore):
     def close(self) -> None:
         self.pool.close()
         self.reader.clear()
+        self.pending_cache.clear()
         self.decoded.clear()
 
     # -- partitions ---------------------------------------------------------------------------
