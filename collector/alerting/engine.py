@@ -6,6 +6,10 @@ Everything the cycle decides is handed to the store (``store.py``) in one transa
 in-memory state is replaced only after that commit, so a failed commit is simply evaluated
 again next cycle. What the receivers get is built by ``notify.py``; what the API shows, by
 ``collector/http/alerts_api.py``.
+
+Why one module of ~600 lines: restoring the state from the store, the cycle and its commit all
+read and replace the same per-rule runtimes (``_Runtime``) under one lock; split apart, that
+state would have three owners. Records, persistence, evaluation and documents live elsewhere.
 """
 
 from __future__ import annotations
