@@ -1,7 +1,7 @@
 """Alerting: evaluation time per cycle for a large fleet under the default rules, and the latency
 from a sample to the webhook notification it causes.
 
-    python benchmarks/alerting.py [--hosts 10000] [--cycles 5] [--quick]
+    python benchmarks/alerting.py [--hosts 10000] [--cycles 5] [--quick] [--backlog MINUTES]
 
 Cycle: ``InMemoryGridStorage`` (the in-memory numpy fake) holds every metric the default rules
 read for N hosts (1 CPU, memory, 2 mounts, 2 interfaces each), 7 h of disk usage (6 h regression
@@ -16,7 +16,14 @@ sample that crosses the threshold to the webhook POST arriving. With the shipped
 same path adds the step (window) length, the wait for the next sample, the agent's batch
 period and group_wait (see README.md).
 
-Writes benchmarks/results/alerting.json.
+Back-log (``--backlog M``, not run by default): the default rules over a real SQLite store whose
+last M minutes of every host (one-minute batches of 474 samples) are still pending compaction, as
+on a busy collector; each cycle stores one more minute of every host, then two engines run it:
+one over a store without the pending-batch cache (``pending_cache_mb = 0``: every rule reads and
+decodes the payloads in its window) and one with it, on the same database in the same run,
+checking that both give the same transitions.
+
+Writes benchmarks/results/alerting.json (``--backlog-only``: alerting_backlog.json).
 """
 
 from __future__ import annotations
@@ -168,6 +175,127 @@ def bench_cycle(n_hosts: int, cycles: int) -> dict[str, Any]:
                                    for k, v in per_rule.items()}}
 
 
+# --- the pending back-log on a real store ----------------------------------------------------
+
+PENDING_FILLER = 70  # series of other metrics in each batch (81 series x 6 cycles = 486 samples)
+
+
+def pending_templates(minutes: int, end: int) -> list[tuple[dict[str, Any], Any]]:
+    """One validated one-minute batch per minute ending at ``end`` (every host sends the same
+    shape: the default rules' metrics and ``PENDING_FILLER`` other series, 6 cycles of 10 s)."""
+    from edgemon.protocol import COUNTER, GAUGE, BatchBuilder, MetricDef, decode, encode
+    from edgemon.protocol.schema import validate_batch
+
+    cpu = MetricDef("cpu_usage_percent", GAUGE, "percent", 2, ("cpu",))
+    mem = MetricDef("memory_usage_percent", GAUGE, "percent", 2)
+    disk = MetricDef("disk_usage_percent", GAUGE, "percent", 2, ("mount", "device", "fstype"))
+    load = MetricDef("load1", GAUGE, "", 2)
+    rx = MetricDef("network_receive_errors_total", COUNTER, "", 0, ("iface",))
+    tx = MetricDef("network_transmit_errors_total", COUNTER, "", 0, ("iface",))
+    filler = MetricDef("node_filler_value", GAUGE, "", 0, ("n",))
+    out = []
+    for m in range(minutes):
+        start = end - (minutes - m) * GRID
+        b = BatchBuilder()
+        for k in range(6):
+            t = start + k * 10_000
+            b.add(t, cpu, ("total",), 2000 + k)
+            b.add(t, mem, (), 4000 + k)
+            b.add(t, disk, ("/", "sda1", "ext4"), 3000 + m)
+            b.add(t, disk, ("/data", "sdb1", "xfs"), 5000 + m)
+            b.add(t, load, (), 50 + k)
+            for iface in ("eth0", "wlan0"):
+                b.add(t, rx, (iface,), 10 * m)
+                b.add(t, tx, (iface,), 10 * m)
+            for n in range(PENDING_FILLER):
+                b.add(t, filler, (str(n),), n * 100 + k)
+        raw = b.build(host="template", instance="i1", seq=m + 1, sent_ms=start + GRID)
+        out.append((raw, validate_batch(decode(encode(raw)))))
+    return out
+
+
+def pending_items(template: tuple[dict[str, Any], Any], hosts: list[str], seq: int
+                  ) -> list[Any]:
+    """The (wire map, validated batch) ``template`` as every host's batch ``seq``, each encoded
+    with its own host name."""
+    import dataclasses
+
+    from edgemon.collector.storage.base import IngestItem
+    from edgemon.protocol import encode
+
+    raw, valid = dict(template[0]), template[1]
+    items = []
+    for h in hosts:
+        raw["host"], raw["seq"] = h, seq
+        items.append(IngestItem(dataclasses.replace(valid, host=h, seq=seq), encode(raw),
+                                valid.sent + 100, False))
+    return items
+
+
+def bench_pending(n_hosts: int, backlog_minutes: int, cycles: int) -> dict[str, Any]:
+    """Cycle time of the default rules over a SQLite store whose last ``backlog_minutes``
+    minutes are still pending (not compacted), with and without the pending-batch cache, on
+    one database in the same run: each cycle stores one more minute of every host, then both
+    engines (one store each: ``pending_cache_mb`` 0 = the payload path, and the default) run
+    the cycle."""
+    from edgemon.collector.storage.sqlite import SQLiteStorage
+
+    hosts = [f"edge-{i:05d}" for i in range(n_hosts)]
+    end = T0 + (backlog_minutes + cycles) * GRID
+    minutes = pending_templates(backlog_minutes + cycles, end)
+    out: dict[str, Any] = {"hosts": n_hosts, "backlog_minutes": backlog_minutes,
+                           "samples_per_batch": sum(len(e[2]) for m in minutes[0][0]["metrics"]
+                                                    for e in m[5])}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "edgemon.db"
+        writer = SQLiteStorage(path, compact_delay_ms=10 * 24 * 3_600_000)
+        t = time.perf_counter()
+        for m in range(backlog_minutes):
+            for lo in range(0, n_hosts, 1000):
+                writer.store_batches(pending_items(minutes[m], hosts[lo:lo + 1000], m + 1))
+        out["store_backlog_s"] = round(time.perf_counter() - t, 1)
+        stores = {"payload path (before)": SQLiteStorage(path, pending_cache_mb=0),
+                  "pending cache (after)": SQLiteStorage(path)}
+        now = [T0]
+        engines = {name: AlertEngine(st, Path(tmp) / f"alerts-{k}.db", rules=load_rules(),
+                                     clock_ms=lambda: now[0])
+                   for k, (name, st) in enumerate(stores.items())}
+        now[0] = end - cycles * GRID + 5_000
+        first = {}
+        for name, engine in engines.items():
+            t = time.perf_counter()
+            engine.run_cycle()
+            first[name] = round(time.perf_counter() - t, 3)
+        rows = []
+        for i in range(cycles):
+            m = backlog_minutes + i
+            for lo in range(0, n_hosts, 1000):
+                writer.store_batches(pending_items(minutes[m], hosts[lo:lo + 1000], m + 1))
+            now[0] = end - (cycles - i - 1) * GRID + 5_000
+            row: dict[str, Any] = {"cycle": i + 1}
+            reports = {}
+            for name, engine in engines.items():
+                t = time.perf_counter()
+                reports[name] = engine.run_cycle()
+                row[name] = round(time.perf_counter() - t, 3)
+            a, b = (sorted((tr.host, tr.status, tr.at_ms) for tr in r.transitions)
+                    for r in reports.values())
+            row["same_transitions"] = a == b
+            rows.append(row)
+        out["first_cycle_s"] = first
+        out["cycles"] = rows
+        out["median_s"] = {name: statistics.median(r[name] for r in rows) for name in engines}
+        cache = stores["pending cache (after)"].pending_cache
+        out["cache"] = {**cache.stats(), "mb": round(cache.used / 2**20, 1),
+                        "bytes_per_batch": round(cache.used / max(1, len(cache.idents())))}
+        out["pending_batches_at_end"] = n_hosts * (backlog_minutes + cycles)
+        for engine in engines.values():
+            engine.close()
+        for st in (*stores.values(), writer):
+            st.close()
+    return out
+
+
 LATENCY_RULES = """
 [settings]
 interval = "250ms"
@@ -263,9 +391,28 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=5)
     parser.add_argument("--events", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="1000 hosts, 3 cycles, 5 events")
+    parser.add_argument("--backlog", type=int, default=0, metavar="MINUTES",
+                        help="also run the default rules over a SQLite store with this many "
+                             "minutes of every host pending compaction, with and without the "
+                             "pending-batch cache (same run, same database)")
+    parser.add_argument("--backlog-only", action="store_true",
+                        help="only the --backlog comparison")
     args = parser.parse_args()
     if args.quick:
         args.hosts, args.cycles, args.events = 1000, 3, 5
+    pending = None
+    if args.backlog:
+        pending = bench_pending(args.hosts, args.backlog, args.cycles)
+        print(f"{pending['hosts']} hosts x {pending['backlog_minutes']} minutes pending "
+              f"({pending['samples_per_batch']} samples a batch) on SQLite, default rules; "
+              f"first cycle {pending['first_cycle_s']}")
+        names = list(pending["median_s"])
+        print(table(pending["cycles"], ["cycle", *names, "same_transitions"]))
+        print(f"median cycle: {pending['median_s']}; cache {pending['cache']}")
+        if args.backlog_only:
+            path = write_result("alerting_backlog", {"pending": pending})
+            print(f"wrote {path}")
+            return
     cycle = bench_cycle(args.hosts, args.cycles)
     print(f"{cycle['hosts']} hosts, {cycle['series']} series, {cycle['queries_per_cycle']} "
           f"storage queries per cycle (fleet built in {cycle['build_s']} s; first cycle with "
@@ -283,7 +430,7 @@ def main() -> None:
           f"SQLite) {'met' if engine_goal else 'NOT met'}: median {cycle['median_engine_s']} s;"
           f" with the fake storage answering the queries {'met' if total_goal else 'NOT met'}: "
           f"median {cycle['median_total_s']} s (storage {cycle['median_storage_s']} s)")
-    path = write_result("alerting", {"cycle": cycle, "latency": latency,
+    path = write_result("alerting", {"cycle": cycle, "latency": latency, "pending": pending,
                                      "goal_engine_under_1s": engine_goal,
                                      "goal_total_under_1s": total_goal})
     print(f"wrote {path}")

@@ -29,7 +29,10 @@ reported):
    for ``--nodelay-seconds``, beside step 2's rate over its own first as many seconds.
 
 ``--compare-inflight N``: also a collector phase with the broker's ``max_inflight_messages`` at N
-(Mosquitto's default is 20) instead of unbounded. ``--set SECTION.KEY=VALUE``: collector
+(Mosquitto's default is 20) instead of unbounded. ``--compare-forward SECONDS``: also a
+collector phase forwarding every stored sample to a VictoriaMetrics on loopback (``[[forward]]``,
+issue 16), beside the same first seconds of step 2; the forwarder's figures as the window ends
+(sent, pending). ``--set SECTION.KEY=VALUE``: collector
 settings (e.g. its number of ingest processes). ``--py-spy``: record the collector tree during
 step 2 of the first run (py-spy, non-blocking, 50 Hz) and print the functions with the most
 own time. The fleet step-up of the former version (fleets of doubling size at 10 s, simulated
@@ -123,10 +126,12 @@ def start_collector(work: Path, mqtt_port: int, *, http_extra: str = "",
                     ingest: str = "queue_max = 20000\npast_tolerance_days = 30\n",
                     mqtt_extra: str = "", storage_extra: str = "",
                     env: dict[str, str] | None = None, executable: Path = COLLECTOR,
+                    tables: str = "",
                     ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """A collector on ``mqtt_port`` with its data in ``work``; ``http_extra``, ``ingest``,
-    ``mqtt_extra`` and ``storage_extra`` are TOML lines for those sections, ``env`` added to its
-    environment; ``executable``: another checkout's ``edgemon-collector`` (a baseline). Returns
+    ``mqtt_extra`` and ``storage_extra`` are TOML lines for those sections, ``tables`` more
+    TOML at the end (e.g. ``[[forward]]``), ``env`` added to its environment; ``executable``:
+    another checkout's ``edgemon-collector`` (a baseline). Returns
     (process, HTTP port, database path) once ready."""
     http = free_port()
     db = work / "data" / "edgemon.db"
@@ -134,7 +139,7 @@ def start_collector(work: Path, mqtt_port: int, *, http_extra: str = "",
     conf.write_text(f"[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n{mqtt_extra}\n"
                     f"[storage]\npath = \"{db}\"\nmaintain_interval_seconds = 2\n{storage_extra}\n"
                     f"[http]\nhost = \"127.0.0.1\"\nport = {http}\n{http_extra}\n"
-                    f"[ingest]\n{ingest}")
+                    f"[ingest]\n{ingest}\n{tables}")
     conf.chmod(0o600)
     log = open(work / "collector.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen([str(executable), "run", "-c", str(conf)], stdout=log,
@@ -310,7 +315,7 @@ class Watch:
 
 # --- phases -----------------------------------------------------------------------------------
 
-SECTIONS = ("mqtt", "ingest", "storage", "http")  # of the collector's configuration (--set)
+SECTIONS = ("mqtt", "ingest", "storage", "http", "forward")  # collector settings (--set)
 
 
 def broker_config(port: int, inflight: int = 0) -> str:
@@ -358,8 +363,24 @@ def ceiling_phase(pubs: Publishers, args: argparse.Namespace, nodelay: bool) -> 
     return r
 
 
+def forward_status(http: int) -> dict[str, float]:
+    """The collector's ``[[forward]]`` receiver "vm" as its ``/metrics`` show it (sent,
+    pending, lag, requests, retries, rejected)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out = {}
+    for name in ("samples_sent", "pending_samples", "lag_seconds", "requests", "retries",
+                 "samples_rejected"):
+        total = "" if name in ("pending_samples", "lag_seconds") else "_total"
+        prefix = f'edgemon_collector_forward_{name}{total}{{receiver="vm"}} '
+        out[name] = next((float(line[len(prefix):]) for line in text.splitlines()
+                          if line.startswith(prefix)), float("nan"))
+    return out
+
+
 def collector_phase(pubs: Publishers, args: argparse.Namespace, *, nodelay: bool,
-                    seconds: float, profile: bool, inflight: int = 0) -> dict[str, Any]:
+                    seconds: float, profile: bool, inflight: int = 0,
+                    forward_url: str | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="edgemon-ingest-collector-", dir=args.dir))
     broker = collector = None
     env, attempts = (None, None) if nodelay else nagle_env(work)
@@ -369,9 +390,15 @@ def collector_phase(pubs: Publishers, args: argparse.Namespace, *, nodelay: bool
         sets = {k: dict(args.set.get(k, {})) for k in SECTIONS}
         sets["ingest"] = {"queue_max": "20000", "past_tolerance_days": "30", **sets["ingest"]}
         extra = {k: "".join(f"{key} = {v}\n" for key, v in kv.items()) for k, kv in sets.items()}
+        forward = ""
+        if forward_url:  # and /metrics readable without a token (the forwarder's figures)
+            forward = f'[[forward]]\nname = "vm"\nurl = "{forward_url}"\n{extra["forward"]}'
+            if "auth" not in sets["http"]:
+                extra["http"] += 'auth = "none"\n'
+
         collector, http, db = start_collector(
             work, port, env=env, http_extra=extra["http"], mqtt_extra=extra["mqtt"],
-            storage_extra=extra["storage"], ingest=extra["ingest"])
+            storage_extra=extra["storage"], ingest=extra["ingest"], tables=forward)
         watch = Watch({"collector": (collector.pid, True), "broker": (broker.pid, False),
                        **publisher_roots(pubs)}, collector="collector", db=db, http=http)
 
@@ -384,6 +411,18 @@ def collector_phase(pubs: Publishers, args: argparse.Namespace, *, nodelay: bool
         r = pubs.run(port, nodelay=nodelay, seconds=seconds, window=args.window,
                      on_start=on_start, tick=watch.tick, pace=args.pace)
         watch.tick(final=True)
+        if forward_url:  # where forwarding stands as the window ends
+            fwd = forward_status(http)
+            r["forward"] = {k: fwd[k] for k in ("samples_sent", "pending_samples",
+                                                "lag_seconds", "requests", "retries",
+                                                "samples_rejected")}
+            r["forward"]["sent_samples_per_s"] = round(fwd["samples_sent"] / seconds)
+            t_end = time.monotonic()  # the publishers have stopped: how long to catch up
+            while fwd["pending_samples"] != 0 and time.monotonic() < t_end + 300:
+                time.sleep(1)
+                fwd = forward_status(http)
+            r["forward"]["caught_up_after_s"] = (round(time.monotonic() - t_end, 1)
+                                                 if fwd["pending_samples"] == 0 else None)
         r.update(watch.report(seconds, r["stored_samples_per_s"]))
         r["stored_samples_per_s_after_warmup"] = rate_between(r, warmup(seconds), seconds)
         r["stored_per_10s"] = [rate_between(r, lo, min(lo + 10, seconds))
@@ -466,8 +505,31 @@ def one_run(pubs: Publishers, args: argparse.Namespace, first: bool) -> dict[str
         print(f"  collector, broker max_inflight_messages {args.compare_inflight}: "
               f"{m['stored_samples_per_s']:,} samples/s (unbounded, same interval: "
               f"{m['unbounded_same_interval']}); lag p99 {m['lag_p99_ms']} ms", flush=True)
+    if args.compare_forward:
+        f = result["collector_forward"] = forward_phase(pubs, args)
+        f["without_forwarding_same_interval"] = rate_between(c, 0, args.compare_forward)
+        print(f"  collector forwarding to VictoriaMetrics: {f['stored_samples_per_s']:,} "
+              f"samples/s stored (without forwarding, same interval: "
+              f"{f['without_forwarding_same_interval']}); forwarded {f['forward']}; "
+              f"CPU {f['cpu_share_of_one_core']}", flush=True)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
+
+
+def forward_phase(pubs: Publishers, args: argparse.Namespace) -> dict[str, Any]:
+    """A collector phase (``--compare-forward`` seconds) with a ``[[forward]]`` receiver: a
+    VictoriaMetrics on loopback (Debian's, started here)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.support.tsdb import VictoriaMetrics
+
+    work = Path(tempfile.mkdtemp(prefix="edgemon-ingest-vm-", dir=args.dir))
+    vm = VictoriaMetrics(work).start()
+    try:
+        return collector_phase(pubs, args, nodelay=True, seconds=args.compare_forward,
+                               profile=False, forward_url=vm.write_url)
+    finally:
+        vm.terminate()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -496,14 +558,14 @@ def summarise(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
 
     s: dict[str, Any] = {}
     for phase in ("ceiling", "ceiling_no_nodelay", "collector", "collector_no_nodelay",
-                  "collector_inflight"):
+                  "collector_inflight", "collector_forward"):
         if phase not in runs[0]:
             continue
         s[phase] = {k: mmm(col(phase, k)) for k in (
             "stored_samples_per_s", "stored_samples_per_s_after_warmup", "lag_p50_ms",
             "lag_p99_ms", "lag_p99_worst_10s_ms", "longest_stall_s", "backlog_at_end",
             "backlog_slope_samples_per_s", "with_nodelay_same_interval",
-            "unbounded_same_interval")}
+            "unbounded_same_interval", "without_forwarding_same_interval")}
         s[phase]["cpu"] = {w: mmm(cpu(phase, w)) for w in
                            ("collector", "subscriber", "broker", "publisher")}
         mem = [r[phase].get("collector_memory_mb", {}) for r in runs]
@@ -572,6 +634,17 @@ def headline(s: dict[str, Any], args: argparse.Namespace, runs_: list[dict[str, 
                     "value": med("collector_inflight", "unbounded_same_interval"),
                     "baselines": {f"max_inflight_messages {args.compare_inflight}":
                                   med("collector_inflight", "stored_samples_per_s")}})
+    if "collector_forward" in s:
+        fwd = [r["collector_forward"]["forward"] for r in runs_ if "collector_forward" in r]
+        out.append({"figure": f"collector stored samples/s, first {args.compare_forward:g} s, "
+                              "forwarding every stored sample to VictoriaMetrics",
+                    "unit": "samples/s",
+                    "value": med("collector_forward", "stored_samples_per_s"),
+                    "baselines": {"without forwarding": med(
+                        "collector_forward", "without_forwarding_same_interval")},
+                    "note": "forwarded samples/s, pending at the end: "
+                            + "; ".join(f"{f['sent_samples_per_s']}, {f['pending_samples']}"
+                                        for f in fwd)})
     return out
 
 
@@ -584,7 +657,9 @@ def print_report(runs: list[dict[str, Any]], s: dict[str, Any], args: argparse.N
                          ("collector_no_nodelay",
                           f"collector, {args.nodelay_seconds:g} s, no TCP_NODELAY"),
                          ("collector_inflight", f"collector, {args.nodelay_seconds:g} s, broker "
-                                                f"max_inflight_messages {args.compare_inflight}")):
+                                                f"max_inflight_messages {args.compare_inflight}"),
+                         ("collector_forward", f"collector, {args.compare_forward:g} s, "
+                                               "forwarding to VictoriaMetrics")):
         if phase not in runs[0]:
             continue
         receiver = "subscriber" if phase.startswith("ceiling") else "collector"
@@ -661,6 +736,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="also a collector phase (--nodelay-seconds long) with the broker's "
                          "max_inflight_messages at N (Mosquitto's default: 20) instead of "
                          "unbounded")
+    ap.add_argument("--compare-forward", type=float, default=0, metavar="SECONDS",
+                    help="also a collector phase this long forwarding every stored sample to a "
+                         "VictoriaMetrics on loopback ([[forward]]), beside the same interval "
+                         "of the collector phase without")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="a collector setting (TOML value), e.g. --set 'ingest.workers=2'; "
                          f"sections: {', '.join(SECTIONS)}; repeatable")

@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from edgemon.collector.alerting.service import AlertingService
+from edgemon.collector.alerting.store import AlertStore
 from edgemon.collector.cluster import AlwaysLeader, Leadership
 from edgemon.collector.cluster import status as cluster_status
 from edgemon.collector.config import (
@@ -369,7 +370,13 @@ class CollectorService:
         """The alert engine over our storage; transitions also go out on MQTT (QoS 1)."""
         cfg = self.config.alerting
         assert self.storage is not None and self.mqtt is not None
-        state = cfg.state_path or Path(self.config.storage.path).parent / "alerts.db"
+        state: Path | AlertStore = (cfg.state_path
+                                    or Path(self.config.storage.path).parent / "alerts.db")
+        if is_shared_store(self.config.storage):  # one alert state for the whole group
+            state = AlertStore(self.config.storage.url, wait=True)
+            if cfg.state_path:
+                log.warning("alerting.state_path is ignored: with storage.url the alert state "
+                            "is in that PostgreSQL database (schema alerting)")
         if not cfg.external_url and (cfg.alertmanagers or _is_loopback(self.config.http.host)):
             log.warning("alerting.external_url is not set: links in notifications use %s; set "
                         "it to the address people reach the API at", self.config.external_url())
@@ -377,7 +384,12 @@ class CollectorService:
                                publish=self.mqtt.publish_alert, executor=self._readers,
                                external_url=self.config.external_url(),
                                alertmanagers=cfg.alertmanagers,
-                               resend_delay_ms=int(cfg.resend_delay_seconds * 1000))
+                               resend_delay_ms=int(cfg.resend_delay_seconds * 1000),
+                               should_run=self._leading)
+
+    def _leading(self) -> bool:
+        """Asked before every step of singleton work (an alert cycle, a notification)."""
+        return self.leadership is not None and self.leadership.is_leader()
 
     async def _watchdog_loop(self, interval: float) -> None:
         """WATCHDOG=1 twice per interval, only while the ingest worker keeps turning (it turns at

@@ -35,6 +35,8 @@ from edgemon.protocol.limits import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from edgemon.protocol.schema import ValidBatch
 
 # CPython's own SHA-256, not hashlib's OpenSSL one: loading libcrypto costs the agent ~3.6 MB
@@ -242,15 +244,17 @@ def is_referencing(packed: bytes) -> bool:
     return False
 
 
-def decode_received(payload: bytes, lookup: Any, base_lookup: Any = None
-                    ) -> tuple[ValidBatch, bool]:
+def decode_received(payload: bytes, lookup: Any, base_lookup: Any = None, *,
+                    cost: Callable[[int], None] | None = None) -> tuple[ValidBatch, bool]:
     """A received batch in either form, checked: (the inline batch, whether it referred to a
     catalogue). ``lookup(id)`` returns the ``Catalogue`` of the topic's host or None; a batch
     naming a catalogue it does not find is refused with reason ``unknown_catalogue`` (and its
     ``batch_key``, so its agent re-sends it with the catalogue inline). A based batch (SPEC.md
     §9.1) needs ``base_lookup(instance, seq, catalogue)``: the last value of every series of
     ``catalogue`` in that batch (0 where it has none), or None; without it, or when it answers
-    None, the batch is refused with reason ``unknown_base``."""
+    None, the batch is refused with reason ``unknown_base``. ``cost(n)`` is told the packed size
+    ``n`` of the inline batch a referencing batch resolves into, before it is built (what reading
+    it costs beyond its own bytes: a reader charges its sender for it)."""
     from edgemon.protocol.base import BASE_KEYS, unbase
     from edgemon.protocol.catalogue_reader import read_referencing_map
     from edgemon.protocol.codec import _decompress
@@ -289,16 +293,18 @@ def decode_received(payload: bytes, lookup: Any, base_lookup: Any = None
                 raise MalformedPayload("seq and t: required", reason="schema")
             raw = unbase(raw, catalogue, None if base_lookup is None else (
                 lambda seq: base_lookup(instance, seq, catalogue)))
-        return resolve(raw, catalogue), True
+        return resolve(raw, catalogue, cost), True
     except ProtocolError as exc:
         exc.batch_key = batch_key(raw)
         raise
 
 
-def resolve(raw: dict[str, Any], catalogue: Catalogue) -> ValidBatch:
+def resolve(raw: dict[str, Any], catalogue: Catalogue,
+            cost: Callable[[int], None] | None = None) -> ValidBatch:
     """The inline batch of a referencing batch map (as ``read_referencing_map`` built it),
     checked by every rule of an inline batch. The resolved batch is bounded before it is built:
-    its label values and its packed size stay within the limits of an inline batch."""
+    its label values and its packed size stay within the limits of an inline batch (that size,
+    an upper bound, goes to ``cost`` before the batch is built)."""
     from edgemon.protocol.schema import check_decoded
 
     if "metrics" in raw:
@@ -353,9 +359,12 @@ def resolve(raw: dict[str, Any], catalogue: Catalogue) -> ValidBatch:
     if entries > MAX_SERIES or label_values > MAX_LABEL_VALUES:
         raise LimitExceeded(f"resolved batch holds {entries} series entries / {label_values} "
                             "label values: over the limit", reason="too_many_label_values")
-    if packed + 64 * len(catalogue.metrics) > MAX_DECOMPRESSED_BYTES:
+    packed += 64 * len(catalogue.metrics)
+    if packed > MAX_DECOMPRESSED_BYTES:
         raise LimitExceeded("resolved batch would pack to more than "
                             f"{MAX_DECOMPRESSED_BYTES} bytes", reason="decompressed_too_large")
+    if cost is not None:
+        cost(packed)
     metrics = [[*head[:5], found] for head, found in zip(catalogue.metrics, entries_of,
                                                          strict=True) if found]
     inline = {k: v for k, v in raw.items() if k not in REFERENCING_KEYS}

@@ -34,6 +34,17 @@ def postgres_url(postgres_server: Postgres) -> str:
 
 
 @pytest.fixture(params=BACKENDS)
+def alert_state(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where an alerting test keeps the engine's state (``alerting/store.py``): once a SQLite
+    file, once a PostgreSQL database of its own (schema ``alerting``)."""
+    if request.param == "postgres":
+        if (why := postgres_available()) is not None:
+            pytest.skip(why)
+        return str(request.getfixturevalue("postgres_server").new_database("edgemon_alerts"))
+    return tmp_path / "alerts.db"
+
+
+@pytest.fixture(params=BACKENDS)
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
     """The store of one test, once on SQLite and once on PostgreSQL (``support/storages.py``)."""
     if request.param == "postgres":

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from edgemon.collector.alerting import (
     parse_rules,
 )
 from edgemon.collector.alerting.memstore import InMemoryGridStorage
+from edgemon.collector.alerting.store import AlertStore
 from edgemon.collector.http.alerts_api import active_alerts, alert_history
 from edgemon.common.clock import now_ms
 from tests.support.waiting import DistinctClock, wait_until_async
@@ -133,12 +133,13 @@ def sequence(receiver: Receiver) -> list[tuple[str, str]]:
     return [(a["labels"]["host"], a["status"]) for a in receiver.alerts()]
 
 
-def test_receiver_down_then_up_delivers_every_transition_once_in_order(tmp_path: Path) -> None:
+def test_receiver_down_then_up_delivers_every_transition_once_in_order(
+        tmp_path: Path, alert_state: Path | str) -> None:
     async def main() -> None:
         receiver = await Receiver().start()
         receiver.down = True
         store = InMemoryGridStorage()
-        engine = new_engine(store, tmp_path / "a.db", parse_rules(rules_text(receiver.url)))
+        engine = new_engine(store, alert_state, parse_rules(rules_text(receiver.url)))
         worker = DeliveryWorker(engine, poll_s=0.05)
         await worker.start()
         try:
@@ -181,12 +182,13 @@ def test_receiver_down_then_up_delivers_every_transition_once_in_order(tmp_path:
     asyncio.run(main())
 
 
-def test_restart_mid_notification_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
+def test_restart_mid_notification_loses_nothing_and_duplicates_nothing(
+        tmp_path: Path, alert_state: Path | str) -> None:
     async def main() -> None:
         receiver = await Receiver().start()
         store = InMemoryGridStorage()
         rules = parse_rules(rules_text(receiver.url))
-        engine = new_engine(store, tmp_path / "a.db", rules)
+        engine = new_engine(store, alert_state, rules)
         for h in ("h1", "h2", "h3"):
             down(store, h)
             cycle(engine)  # three messages (one host each)
@@ -196,12 +198,12 @@ def test_restart_mid_notification_loses_nothing_and_duplicates_nothing(tmp_path:
         await wait_for(lambda: len(receiver.messages) == 1 and receiver.attempts >= 2)
         await worker.stop()
         engine.close()
-        with sqlite3.connect(tmp_path / "a.db") as db:
-            assert db.execute("SELECT count(*) FROM outbox WHERE state='pending'").fetchone() \
-                == (2,)
+        reopened = AlertStore(alert_state)  # committed: another handle sees it
+        assert reopened.query("SELECT count(*) FROM outbox WHERE state='pending'")[0][0] == 2
+        reopened.close()
         # a new engine object on the same file, receiver back
         receiver.down, receiver.down_after = False, None
-        engine2 = new_engine(store, tmp_path / "a.db", rules)
+        engine2 = new_engine(store, alert_state, rules)
         worker2 = DeliveryWorker(engine2, poll_s=0.05)
         await worker2.start()
         try:
@@ -218,12 +220,13 @@ def test_restart_mid_notification_loses_nothing_and_duplicates_nothing(tmp_path:
     asyncio.run(main())
 
 
-def test_crash_between_post_and_commit_resends_with_the_same_keys(tmp_path: Path) -> None:
+def test_crash_between_post_and_commit_resends_with_the_same_keys(
+        tmp_path: Path, alert_state: Path | str) -> None:
     """HTTP cannot be exactly-once by itself: the repeat carries the same idempotency keys."""
     async def main() -> None:
         receiver = await Receiver().start()
         store = InMemoryGridStorage()
-        engine = new_engine(store, tmp_path / "a.db", parse_rules(rules_text(receiver.url)))
+        engine = new_engine(store, alert_state, parse_rules(rules_text(receiver.url)))
         down(store, "h1")
         cycle(engine)
         worker = DeliveryWorker(engine, poll_s=0.05)
@@ -263,12 +266,13 @@ os.kill(os.getpid(), signal.SIGKILL)  # ... and the process dies before deliveri
 """
 
 
-def test_kill_9_after_writing_the_outbox_delivers_once_after_restart(tmp_path: Path) -> None:
+def test_kill_9_after_writing_the_outbox_delivers_once_after_restart(
+        tmp_path: Path, alert_state: Path | str) -> None:
     async def main() -> None:
         receiver = await Receiver().start()
         rules_file = tmp_path / "rules.toml"
         rules_file.write_text(rules_text(receiver.url))
-        db = tmp_path / "a.db"
+        db = alert_state
         when = now_ms()
         proc = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-c", KILL_SCRIPT, str(db), str(rules_file),
@@ -295,11 +299,12 @@ def test_kill_9_after_writing_the_outbox_delivers_once_after_restart(tmp_path: P
     asyncio.run(main())
 
 
-def test_silence_suppresses_notifications_but_not_history(tmp_path: Path) -> None:
+def test_silence_suppresses_notifications_but_not_history(
+        tmp_path: Path, alert_state: Path | str) -> None:
     async def main() -> None:
         receiver = await Receiver().start()
         store = InMemoryGridStorage()
-        engine = new_engine(store, tmp_path / "a.db", parse_rules(rules_text(receiver.url)))
+        engine = new_engine(store, alert_state, parse_rules(rules_text(receiver.url)))
         now = now_ms()
         sid = engine.store.add_silence([{"name": "host", "value": "h1|h9", "isRegex": True,
                                          "isEqual": True}], now - 1000, now + 3_600_000,

@@ -44,10 +44,12 @@ def settings(**kw: str) -> str:
     return "[settings]\n" + "".join(f"{k} = {v}\n" for k, v in base.items()) + "\n"
 
 
-def engine(tmp_path: Path, store: InMemoryGridStorage, rules: str, clock: Clock,
+def engine(where: Path | str, store: InMemoryGridStorage, rules: str, clock: Clock,
            **kw: Any) -> AlertEngine:
-    return AlertEngine(store, tmp_path / "alerts.db", rules=parse_rules(rules), clock_ms=clock,
-                       **kw)
+    """An engine keeping its state in ``alerts.db`` in the directory ``where``, else at
+    ``where`` itself (the ``alert_state`` fixture: a SQLite file or a PostgreSQL URL)."""
+    db = where / "alerts.db" if isinstance(where, Path) and where.is_dir() else where
+    return AlertEngine(store, db, rules=parse_rules(rules), clock_ms=clock, **kw)
 
 
 def cpu(store: InMemoryGridStorage, host: str, minute_from: int, minute_to: int, value: float,
@@ -101,18 +103,18 @@ def test_one_storage_query_per_rule_for_every_host(tmp_path: Path) -> None:
     eng.close()
 
 
-def test_restart_keeps_the_pending_timer(tmp_path: Path) -> None:
+def test_restart_keeps_the_pending_timer(alert_state: Path | str) -> None:
     store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     rules = settings() + CPU
-    eng = engine(tmp_path, store, rules, clock)
+    eng = engine(alert_state, store, rules, clock)
     cpu(store, "h1", 0, 3, 20.0)
     cpu(store, "h1", 3, 6, 95.0)
     run_minutes(eng, clock, 1, 7)
     assert [a["status"] for a in active_alerts(eng)] == ["pending"]
     eng.close()
     # a new engine on the same file: the timer started at minute 4 (end of the first hot step)
-    eng2 = engine(tmp_path, store, rules, clock)
+    eng2 = engine(alert_state, store, rules, clock)
     assert [a["status"] for a in active_alerts(eng2)] == ["pending"]
     cpu(store, "h1", 6, 12, 95.0)
     run_minutes(eng2, clock, 7, 13)
@@ -122,16 +124,16 @@ def test_restart_keeps_the_pending_timer(tmp_path: Path) -> None:
     eng2.close()
 
 
-def test_restart_does_not_notify_a_firing_alert_again(tmp_path: Path) -> None:
+def test_restart_does_not_notify_a_firing_alert_again(alert_state: Path | str) -> None:
     store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     rules = settings() + RECEIVER + CPU
-    eng = engine(tmp_path, store, rules, clock)
+    eng = engine(alert_state, store, rules, clock)
     cpu(store, "h1", 0, 30, 95.0)
     run_minutes(eng, clock, 1, 10)
     assert [(a["status"], a["receiver"]) for a in outbox(eng)] == [("firing", "ops")]
     eng.close()
-    eng2 = engine(tmp_path, store, rules, clock)
+    eng2 = engine(alert_state, store, rules, clock)
     run_minutes(eng2, clock, 10, 25)
     assert len(outbox(eng2)) == 1
     assert [h[1] for h in history(eng2)] == ["pending", "firing"]
@@ -172,13 +174,13 @@ def test_backfilled_problem_that_ended_long_ago_is_history_only(tmp_path: Path) 
 
 
 def test_old_transitions_are_historical_but_an_ongoing_problem_notifies_once(
-        tmp_path: Path) -> None:
+        tmp_path: Path, alert_state: Path | str) -> None:
     store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     rules = settings(notify_max_age="2m") + RECEIVER + CPU.replace('for = "5m"', 'for = "2m"')
     cpu(store, "h1", 0, 20, 20.0)
     cpu(store, "h2", 0, 20, 20.0)
-    eng = engine(tmp_path, store, rules, clock)
+    eng = engine(alert_state, store, rules, clock)
     run_minutes(eng, clock, 1, 11)
     eng.close()
     # the collector is down from minute 10 to 60; meanwhile h1 got hot for good (from minute
@@ -187,7 +189,7 @@ def test_old_transitions_are_historical_but_an_ongoing_problem_notifies_once(
     cpu(store, "h2", 20, 60, 20.0)
     cpu(store, "h2", 45, 55, 95.0)
     clock.ms = T0 + 60 * MIN
-    eng = engine(tmp_path, store, rules, clock)
+    eng = engine(alert_state, store, rules, clock)
     eng.run_cycle()
     h = history(eng)
     assert [x for x in h if x[0] == "h2"] == [("h2", "pending", 46, True, False),
@@ -219,12 +221,12 @@ def test_firing_alert_without_data_resolves_as_no_data(tmp_path: Path) -> None:
     eng.close()
 
 
-def test_reload_resolves_alerts_of_a_removed_rule(tmp_path: Path) -> None:
+def test_reload_resolves_alerts_of_a_removed_rule(tmp_path: Path, alert_state: Path | str) -> None:
     store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     path = tmp_path / "rules.toml"
     path.write_text(settings() + RECEIVER + CPU.replace('for = "5m"', 'for = "0s"'))
-    eng = AlertEngine(store, tmp_path / "a.db", rules_path=path, clock_ms=clock)
+    eng = AlertEngine(store, alert_state, rules_path=path, clock_ms=clock)
     cpu(store, "h1", 0, 30, 95.0)
     run_minutes(eng, clock, 1, 4)
     assert [a["status"] for a in outbox(eng)] == ["firing"]
@@ -241,7 +243,7 @@ def test_reload_resolves_alerts_of_a_removed_rule(tmp_path: Path) -> None:
     assert alert_history(eng, limit=1)[0]["reason"] == "rule removed or changed"
     eng.close()
     # and a restart with the rule gone does not bring it back
-    eng2 = AlertEngine(store, tmp_path / "a.db", rules_path=path, clock_ms=clock)
+    eng2 = AlertEngine(store, alert_state, rules_path=path, clock_ms=clock)
     eng2.run_cycle()
     assert active_alerts(eng2) == [] and len(outbox(eng2)) == 2
     eng2.close()

@@ -6,8 +6,10 @@ back after the Alertmanager restarts without a new transition. An HA pair gets e
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from edgemon.collector.http.metrics import CollectorMetrics
 from edgemon.common.clock import now_ms
 from tests.support.alertmanager import BINARY, Alertmanager
 from tests.support.waiting import wait_until_async
+from tests.support.webhook import Webhook
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(BINARY is None, reason="prometheus-alertmanager missing")]
@@ -79,6 +82,13 @@ def cpu_alerts(am: Alertmanager) -> list[dict[str, Any]]:
 def transitions(service: AlertingService) -> int:
     return int(service.engine.store.query(
         "SELECT count(*) FROM history WHERE status IN ('firing','resolved')")[0][0])
+
+
+def metrics_text(service: AlertingService) -> str:
+    """The collector's ``/metrics`` text with this alerting service attached."""
+    metrics = CollectorMetrics(process=False)
+    metrics.attach(alerting=service)
+    return metrics.text()
 
 
 def am_config(am: Alertmanager, name: str) -> AlertmanagerConfig:
@@ -143,11 +153,8 @@ def test_alert_lifecycle_in_a_real_alertmanager_pair(tmp_path: Path) -> None:
                 resolved = [a for a in am1.alerts(active_only=False)
                             if a["labels"].get("alertname") == "cpu-high"]
                 assert resolved == [] or resolved[0]["status"]["state"] != "active"
-                metrics = CollectorMetrics(process=False)
-                metrics.attach(alerting=service)
-                lines = metrics.text()
                 assert 'edgemon_alertmanager_errors_total{alertmanager="am2",reason="network"}' \
-                    in lines
+                    in metrics_text(service)
             finally:
                 await service.stop()
 
@@ -158,9 +165,17 @@ def test_alert_lifecycle_in_a_real_alertmanager_pair(tmp_path: Path) -> None:
         am2.terminate()
 
 
+def resolved(webhook: Webhook, host: str) -> list[dict[str, Any]]:
+    """The resolved alerts of ``host`` in the notifications the Alertmanager sent."""
+    return [a for a in webhook.alerts()
+            if a["status"] == "resolved" and a["labels"].get("host") == host]
+
+
 def test_resolution_ends_at_the_resolve_time(tmp_path: Path) -> None:
-    """A resolution is sent with endsAt = when edgemon resolved it (not when it was sent)."""
-    am = Alertmanager(tmp_path / "am").start()
+    """A resolution is sent with endsAt = when edgemon resolved it (not when it was sent):
+    the Alertmanager's own resolved notification carries it."""
+    webhook = Webhook().start()
+    am = Alertmanager(tmp_path / "am", webhook=webhook.url).start()
 
     async def main() -> None:
         store = InMemoryGridStorage(interval_ms=1000)
@@ -181,6 +196,11 @@ def test_resolution_ends_at_the_resolve_time(tmp_path: Path) -> None:
                 # Alertmanager keeps it with the endsAt we sent: the resolve (sample) time
                 assert len(every) <= 1 and all(
                     e.startswith(_iso_second(history[0].ends_at)) for e in ends)
+                await wait_until_async(lambda: resolved(webhook, "db-01"), 20,
+                                       "the Alertmanager's resolved notification")
+                [first] = resolved(webhook, "db-01")[:1]
+                ends_at = datetime.fromisoformat(first["endsAt"])  # Go: ns, zeros dropped
+                assert round(ends_at.timestamp() * 1000) == history[0].ends_at
             finally:
                 await service.stop()
 
@@ -188,6 +208,7 @@ def test_resolution_ends_at_the_resolve_time(tmp_path: Path) -> None:
         asyncio.run(main())
     finally:
         am.terminate()
+        webhook.stop()
 
 
 def _iso_second(ms: int | None) -> str:
@@ -213,3 +234,74 @@ def test_alertmanager_config_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="choose one"):
         load_config(path, environ={})
     assert load_config(None, environ={}).external_url() == "http://127.0.0.1:9400"
+
+
+def test_check_config_shows_the_derived_external_url(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Receivers configured, no ``external_url``: ``check-config`` shows the one links will
+    use (from [http]) and says it was derived; the receivers' secrets are masked."""
+    from edgemon.collector.cli import main
+
+    path = tmp_path / "collector.toml"
+    receivers = ('[[alerting.alertmanagers]]\nurl = "http://am:9093"\nbearer_token = "s3cret"\n'
+                 '\n[[forward]]\nurl = "http://vm:8428/api/v1/write"\nusername = "u"\n'
+                 'password = "s3cret"\n')
+    path.write_text('[http]\nhost = "10.1.2.3"\nport = 9444\n\n' + receivers)
+    path.chmod(0o600)
+    assert main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out.split("\n", 1)[1])
+    assert doc["alerting"]["external_url"] == "http://10.1.2.3:9444"
+    assert doc["alerting"]["external_url_derived"] is True
+    assert "s3cret" not in out
+    path.write_text('[alerting]\nexternal_url = "https://mon.example"\n\n' + receivers)
+    assert main(["check-config", "-c", str(path)]) == 0
+    doc = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert doc["alerting"]["external_url"] == "https://mon.example"
+    assert "external_url_derived" not in doc["alerting"]
+
+
+# bcrypt (cost 4: Alertmanager checks it at every request) of "edgemon-test-pw", made once with
+# crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+PASSWORD, HASHED = "edgemon-test-pw", "$2b$04$itKRo1swQH0lottoRVP/Oe/xpxETCab/4JyHoPnJFBVwJ.FSsKi4i"
+
+
+def test_an_alertmanager_over_tls_with_basic_auth(tmp_path: Path) -> None:
+    """The Alertmanager serves HTTPS only and wants a user and password (its web config): the
+    alert arrives through ``ca_file`` and the credentials; a member given a wrong password
+    counts the 401 and gets nothing."""
+    from tests.test_receivers import Certs
+
+    certs = Certs(tmp_path / "ca")
+    am = Alertmanager(tmp_path / "am", tls=(certs.ca, certs.crt, certs.key),
+                      basic_auth=("edgemon", PASSWORD, HASHED)).start()
+    assert am.url.startswith("https://")
+
+    async def main() -> None:
+        store = InMemoryGridStorage(interval_ms=1000)
+        good = AlertmanagerConfig(url=am.url, name="good", timeout_seconds=2,
+                                  ca_file=certs.ca, username="edgemon", password=PASSWORD)
+        wrong = AlertmanagerConfig(url=am.url, name="wrong", timeout_seconds=2,
+                                   ca_file=certs.ca, username="edgemon", password="nope")
+        service = AlertingService(store, tmp_path / "alerts.db", rules=parse_rules(rules(20)),
+                                  external_url=EXTERNAL, resend_delay_ms=1000,
+                                  alertmanagers=[good, wrong])
+        with Feeder(store, {"tls-01": 40.0}):
+            await service.start()
+            try:
+                await wait_until_async(lambda: cpu_alerts(am), 20, "the alert over TLS")
+                assert [a["labels"]["host"] for a in cpu_alerts(am)] == ["tls-01"]
+                await wait_until_async(
+                    lambda: 'edgemon_alertmanager_errors_total{alertmanager="wrong",reason="401"}'
+                    in metrics_text(service), 20, "the wrong password's 401 counted")
+                good_errors = [line for line in metrics_text(service).splitlines()
+                               if line.startswith('edgemon_alertmanager_errors_total'
+                                                  '{alertmanager="good"')]
+                assert good_errors and all(line.endswith(" 0.0") for line in good_errors)
+            finally:
+                await service.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        am.terminate()

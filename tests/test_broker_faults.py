@@ -320,13 +320,7 @@ def _stored_batches(collector: Collector) -> float:
 
 
 def _levels(collector: Collector) -> list[dict[str, Any]]:
-    lines = []
-    for line in collector.output().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            continue
-    return lines
+    return collector.log_lines()
 
 
 def test_broker_killed_and_restarted_at_50_random_instants_under_load(

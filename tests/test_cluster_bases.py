@@ -28,6 +28,26 @@ def _batch(seq: int) -> dict[str, Any]:
                          [[["eth0"], 0, [10**12 + 12_288 * seq, 4096, 4096]]]]]}
 
 
+def send_catalogue_then_based(agent: StandInAgent, batches: int) -> None:
+    """As an agent does: h1's catalogue, batch 0 referencing it, then batches 1.. each based
+    on the one before; each acknowledged before the next."""
+    metrics, ident, referencing = compact(_batch(0))
+    agent.publish(catalogue_topic("h1"), encode_catalogue(
+        host="h1", instance="inst-1", metrics=metrics, ident=ident))
+    wait_until(lambda: any(ident in a.catalogues for a in agent.acks), 30,
+               "the catalogue acknowledged")
+    agent.publish(metrics_topic("h1"), encode(referencing))
+    agent.wait_acked(0)
+    for seq in range(1, batches):
+        inline = _batch(seq)
+        _m, same, referencing = compact(inline, metrics)
+        assert same == ident
+        based = rebase(referencing, metrics, last_values(_batch(seq - 1)["metrics"]), seq - 1)
+        assert based is not None
+        agent.publish(metrics_topic("h1"), encode(based, dict_id=BASED_DICTIONARY_ID))
+        agent.wait_acked(seq)
+
+
 def test_a_based_batch_resolves_on_whichever_collector_of_the_group_gets_it(
         shared: SharedStore) -> None:  # noqa: F811
     for collector in shared.collectors.values():
@@ -35,22 +55,7 @@ def test_a_based_batch_resolves_on_whichever_collector_of_the_group_gets_it(
     wait_until(lambda: shared.leader() is not None, 30, "a leader")
     agent = StandInAgent(shared.broker, "h1", password=shared.passwords["h1"])
     try:
-        metrics, ident, referencing = compact(_batch(0))
-        agent.publish(catalogue_topic("h1"), encode_catalogue(
-            host="h1", instance="inst-1", metrics=metrics, ident=ident))
-        wait_until(lambda: any(ident in a.catalogues for a in agent.acks), 30,
-                   "the catalogue acknowledged")
-        agent.publish(metrics_topic("h1"), encode(referencing))
-        agent.wait_acked(0)
-        for seq in range(1, 12):
-            inline = _batch(seq)
-            _m, same, referencing = compact(inline, metrics)
-            assert same == ident
-            based = rebase(referencing, metrics, last_values(_batch(seq - 1)["metrics"]),
-                           seq - 1)
-            assert based is not None
-            agent.publish(metrics_topic("h1"), encode(based, dict_id=BASED_DICTIONARY_ID))
-            agent.wait_acked(seq)
+        send_catalogue_then_based(agent, 12)
         assert agent.rejected() == []
         assert all(a.bases for a in agent.acks if a.acked)
         stored = {name: shared.batches_stored(name) for name in shared.collectors}

@@ -12,7 +12,6 @@ group on a real Mosquitto with the generated ACL, fed by stand-in agents:
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from edgemon.protocol.schema import validate_batch
 from tests.support import postgres
 from tests.support.accounting import accounting
 from tests.support.broker import Broker
-from tests.support.processes import Collector
+from tests.support.processes import Collector, cluster_roles, the_leader
 from tests.support.stand_in_agent import TIMEOUT, StandInAgent, make_batch
 from tests.support.waiting import wait_until
 
@@ -69,16 +68,10 @@ class SharedStore:
 
     def roles(self) -> dict[str, str]:
         """The role each running collector states now (a dead or busy one is left out)."""
-        out = {}
-        for name, collector in self.collectors.items():
-            if collector.running():
-                with contextlib.suppress(OSError):
-                    out[name] = collector.get("/edgemon/api/v1/cluster")["role"]
-        return out
+        return cluster_roles(self.collectors)
 
     def leader(self) -> str | None:
-        leaders = [n for n, role in self.roles().items() if role == "leader"]
-        return leaders[0] if len(leaders) == 1 else None
+        return the_leader(self.collectors)
 
     def watch(self) -> None:
         """Poll both roles until ``close()``; two leaders in one poll is recorded."""

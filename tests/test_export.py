@@ -282,10 +282,11 @@ def _history(store: AlertStore, n: int) -> None:
 
 
 def test_alert_history_csv_pages_through_every_row_oldest_first(
-        fleet: tuple[Storage, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        fleet: tuple[Storage, int], alert_state: Path | str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     storage, _ = fleet
     monkeypatch.setattr(export, "HISTORY_PAGE", 7)  # pages end between rows of one time
-    store = AlertStore(tmp_path / "alerts.db")
+    store = AlertStore(alert_state)
     _history(store, 50)
 
     async def t(client: TestClient) -> None:

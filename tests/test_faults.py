@@ -1,5 +1,8 @@
 """Fault injection with real processes: broker, collector and agent crashes, outages, a full
-budget, a corrupt buffer, a lost buffer, back-fill under live traffic, collector presence.
+budget, a corrupt buffer, a lost buffer, back-fill under live traffic, collector presence, a
+client taking over the collector's client id, its ingest workers and compaction process killed;
+the collector runs its defaults (two ingest worker processes, compaction in its own process)
+and the agent sends based batches (SPEC.md §9.1) once acknowledged with bases.
 
 Every test ends with exact accounting, checked the way an operator would (README, "Checking
 exactness"): ``edgemon-agent status --json`` on the agent (its identity must hold) and the
@@ -10,13 +13,18 @@ collector holds without having acknowledged it yet: the samples stored add up ex
 
 from __future__ import annotations
 
+import os
 import random
+import re
+import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
+import psutil
 import pytest
 
 from tests.support.accounting import (
@@ -29,6 +37,7 @@ from tests.support.broker import Broker
 from tests.support.presence import publish_collector_state
 from tests.support.processes import Agent, Collector, buffer_meta
 from tests.support.waiting import wait_until
+from tests.support.wire import WireWatcher
 
 HOST = "faulty-host"
 FAST = "ack_timeout_seconds = 2.0\nbackfill_batches_per_second = 100.0\nmax_inflight = 32"
@@ -86,6 +95,12 @@ def test_broker_stop_and_kill9_lose_nothing(make_system: Callable[..., tuple]) -
     time.sleep(0.3)  # let traffic be in flight at the moment of the kill, not a wait for state
     broker.kill()
     wait_until(lambda: _batches(agent) >= 3, 30, "a back-log while the broker is dead")
+    broker.start()
+    # and kill -9 once more with batches and acks in flight, based batches flowing again
+    with WireWatcher(broker, HOST) as wire:
+        _based_flowing(wire, "after the first kill")
+        broker.kill()
+    wait_until(lambda: _batches(agent) >= 3, 30, "a back-log after the second kill")
     broker.start()
     assert_exact_accounting(collector, agent)
 
@@ -307,3 +322,150 @@ def test_batches_lost_at_the_end_of_an_instance_are_visible_at_the_collector(
     assert missing == set(lost) and account_of["missing_batches"] == len(lost)
     gaps = collector.get(f"/edgemon/api/v1/gaps?host={HOST}")["gaps"]
     assert {(g["instance"], g["last_missing"]) for g in gaps} >= {(instance, held[-1])}
+
+
+# --- the rest of issue 14's fault run: based batches and the collector's worker processes in play
+
+def _metric(collector: Collector, name: str) -> float:
+    """One unlabelled ``edgemon_collector_<name>`` value from /metrics."""
+    text = collector.get("/metrics", raw=True).decode()
+    match = re.search(rf"^edgemon_collector_{name} (\S+)$", text, re.M)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+def _errors(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [line for line in lines if line.get("level") in ("error", "critical")]
+
+
+def _based_flowing(wire: WireWatcher, what: str) -> None:
+    """Wait until more batches went out based (SPEC.md §9.1) than so far."""
+    before = wire.counts()[0]
+    wait_until(lambda: wire.counts()[0] >= before + 3, 30, f"based batches on the wire {what}")
+
+
+def test_collector_kill9_twice_the_second_mid_backlog(make_system: Callable[..., tuple]) -> None:
+    """Collector kill -9 with based batches flowing, a back-log beyond the broker's queue,
+    restart, and kill -9 again while it drains that back-log: nothing lost, nothing twice, and
+    based batches flow again afterwards."""
+    broker, collector, agent = make_system(
+        max_queued_messages=5,
+        buffer_extra="ack_timeout_seconds = 2.0\nbackfill_batches_per_second = 5.0\n"
+                     "max_inflight = 32")
+    with WireWatcher(broker, HOST) as wire:
+        _based_flowing(wire, "before the first kill")
+        collector.kill()
+        wait_until(lambda: _batches(agent) >= 40, 60, "a back-log")
+        collector.start()
+        backlog = _batches(agent)
+        wait_until(lambda: _batches(agent) <= backlog - 10, 30, "the back-fill under way")
+        collector.kill()  # mid-back-log: part of it stored, part in flight, the rest waiting
+        mid = _batches(agent)
+        assert mid >= 10, "the back-log drained before the second kill"
+        wait_until(lambda: _batches(agent) >= mid + 10, 30, "a back-log again")
+        collector.start()
+        _based_flowing(wire, "after the second restart")
+    totals = assert_exact_accounting(collector, agent)
+    assert totals["dropped_samples"] == 0
+
+
+def test_broker_stopped_25_seconds(make_system: Callable[..., tuple]) -> None:
+    """The broker away for 25 s (both sides' back-off at its cap): the collector and the agent
+    stay up, each says the outage once at WARNING and nothing at ERROR; nothing is lost."""
+    broker, collector, agent = make_system()
+    with WireWatcher(broker, HOST) as wire:
+        _based_flowing(wire, "before the outage")
+        collector_logged, agent_logged = len(collector.log_lines()), len(agent.log_lines())
+        broker.stop()
+        back_at = time.monotonic() + 25
+        wait_until(lambda: not collector.running() or not agent.running()
+                   or time.monotonic() >= back_at, 30, "25 s of outage")
+        assert collector.running(), collector.output()[-3000:]
+        assert agent.running(), agent.output()[-3000:]
+        broker.start()
+        _based_flowing(wire, "after the outage")
+    totals = assert_exact_accounting(collector, agent)
+    assert totals["dropped_samples"] == 0
+    lines = collector.log_lines()[collector_logged:]
+    assert _errors(lines) == [], _errors(lines)[:5]
+    warned = [line["msg"] for line in lines if line.get("level") == "warning"]
+    assert sum(m.startswith("lost the connection") for m in warned) == 1, warned
+    assert not any(m.startswith("cannot connect") for m in warned), warned
+    agent_lines = agent.log_lines()[agent_logged:]
+    assert _errors(agent_lines) == [], _errors(agent_lines)[:5]
+
+
+def test_a_client_taking_over_the_collectors_client_id(make_system: Callable[..., tuple]) -> None:
+    """On a broker that does not bind client ids to users (the generated configuration does:
+    test_mqtt_security), another client connects with the collector's client id three times,
+    twice wiping its session: the broker drops the collector's connection each time; the
+    collector never exits, logs no ERROR, and nothing is lost."""
+    broker, collector, agent = make_system()
+    logged = len(collector.log_lines())
+    with WireWatcher(broker, HOST) as wire:
+        _based_flowing(wire, "before the takeovers")
+        for clean_session in (True, False, True):
+            connections = _metric(collector, "mqtt_connections_total")
+            taken = broker.log.read_text().count("Client edgemon-collector already connected")
+            intruder = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edgemon-collector",
+                                   clean_session=clean_session)
+            intruder.connect(broker.host, broker.port)
+            intruder.loop_start()
+            try:
+                wait_until(lambda t=taken: broker.log.read_text().count(
+                    "Client edgemon-collector already connected") > t, 10, "the takeover")
+            finally:
+                intruder.disconnect()
+                intruder.loop_stop()
+            wait_until(lambda c=connections: _metric(collector, "mqtt_connections_total") > c,
+                       30, "the collector connected again")
+            assert collector.running(), collector.output()[-3000:]
+        _based_flowing(wire, "after the takeovers")
+    totals = assert_exact_accounting(collector, agent)
+    assert totals["dropped_samples"] == 0
+    lines = collector.log_lines()[logged:]
+    assert _errors(lines) == [], _errors(lines)[:5]
+
+
+def _helper_processes(collector: Collector) -> tuple[list[int], list[int]]:
+    """(ingest worker pids, compaction process pids) of a running collector: the workers are
+    the forkserver's children, the compaction process a ``spawn`` child of the collector."""
+    assert collector.proc is not None
+    workers: list[int] = []
+    compaction: list[int] = []
+    for child in psutil.Process(collector.proc.pid).children():
+        try:  # a killed child may be gone, or a zombie its parent has not reaped yet
+            cmdline = " ".join(child.cmdline())
+            if "multiprocessing.forkserver" in cmdline:
+                workers += [c.pid for c in child.children()
+                            if c.status() != psutil.STATUS_ZOMBIE]
+            elif "multiprocessing.spawn" in cmdline:
+                compaction.append(child.pid)
+        except psutil.Error:
+            continue
+    return workers, compaction
+
+
+def test_ingest_workers_and_compaction_killed_during_a_broker_outage(
+        make_system: Callable[..., tuple]) -> None:
+    """kill -9 of both ingest worker processes and of the compaction process while the broker
+    is dead: the collector starts them again, never exits, and nothing is lost."""
+    broker, collector, agent = make_system()
+    with WireWatcher(broker, HOST) as wire:
+        _based_flowing(wire, "before the outage")
+        workers, compaction = _helper_processes(collector)
+        assert len(workers) == 2 and len(compaction) == 1, (workers, compaction)  # the defaults
+        restarts = _metric(collector, "worker_restarts_total")
+        broker.kill()
+        for pid in [*workers, *compaction]:
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: (_helper_processes(collector)[1] or compaction) != compaction, 30,
+                   "a new compaction process")
+        assert collector.running(), collector.output()[-3000:]
+        broker.start()
+        wait_until(lambda: _metric(collector, "worker_restarts_total") > restarts, 30,
+                   "the ingest worker started again")
+        _based_flowing(wire, "after the outage")
+    totals = assert_exact_accounting(collector, agent)
+    assert totals["dropped_samples"] == 0
+    assert collector.running()

@@ -165,48 +165,111 @@ def test_every_stored_sample_reaches_victoria_metrics_and_survives_it_being_down
     assert (p.sent, p.rejected, p.skipped, p.resent) == (fleet.total(), 0, 0, 0)
 
 
+def _killed_mid_forwarding(tmp_path: Path, storage: SQLiteStorage, url: str, fleet: Fleet,
+                           start: int) -> list[int]:
+    """Store 60 batches per host, forward them from a process of its own in requests of 50
+    samples (a while to send everything) and kill -9 it somewhere in the middle; the ids of
+    its child processes."""
+    storage.forward_open({"rx": "all"}, now_ms())
+    storage.store_batches(fleet.batches(start, 60))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-m", "tests.support.forwarding",
+                              str(tmp_path / "edgemon.db"), url, "50"], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: 2 * fleet.total() // 10 < position(storage).sent, 60,
+                   "part forwarded")
+        workers = [c.pid for c in psutil.Process(child.pid).children()]
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+        return workers
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(VICTORIA is None, reason="victoria-metrics missing")
 def test_kill_9_mid_forwarding_resumes_from_the_cursor(tmp_path: Path, vm: VictoriaMetrics,
                                                        storage: SQLiteStorage) -> None:
     fleet = Fleet(hosts=5, cpus=4, per_batch=10)
     start = now_ms() // 1000 * 1000 - 7_200_000
-    storage.forward_open({"rx": "all"}, now_ms())
-    storage.store_batches(fleet.batches(start, 60))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen([sys.executable, "-m", "tests.support.forwarding",
-                              str(tmp_path / "edgemon.db"), vm.write_url, "50"], cwd=ROOT,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    workers = _killed_mid_forwarding(tmp_path, storage, vm.write_url, fleet, start)
+    assert workers  # the encoder process (and multiprocessing's resource tracker)
+    # the forwarder's worker processes do not outlive it
+    wait_until(lambda: not any(psutil.pid_exists(w) and psutil.Process(w).status() !=
+                               psutil.STATUS_ZOMBIE for w in workers), 10,
+               "encoder worker gone after its parent was killed")
+    p = position(storage)
+    assert 0 < p.sent < fleet.total()
+    with Running(storage, config(vm.write_url, max_samples_per_request=5000)):
+        wait_until(lambda: caught_up(storage), 60, "forwarded after the restart")
+    p = position(storage)
+    assert p.sent == fleet.total() and p.rejected == p.skipped == 0
+    # exactly the one request in flight (one batch of 50 samples each here)
+    assert p.resent == 50
+    found = vm.export('{fleet="test"}')
+    # VictoriaMetrics keeps a re-sent sample twice (no -dedup.minScrapeInterval): every
+    # sample is there, and extra copies are the re-sent request (none if the killed
+    # process had not sent it yet)
+    assert {k: sorted(set(v)) for k, v in found.items()} == fleet.want()
+    extra = sum(len(v) for v in found.values()) - fleet.total()
+    assert extra in (0, p.resent)
+
+
+def _receiver(kind: str, workdir: Path) -> VictoriaMetrics | Prometheus:
+    if kind == "prometheus":
+        if PROMETHEUS is None:
+            pytest.skip("prometheus missing")
+        return Prometheus(workdir).start()
+    if VICTORIA is None:
+        pytest.skip("victoria-metrics missing")
+    return VictoriaMetrics(workdir).start()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["victoria-metrics", "prometheus"])
+def test_kill_9_then_the_receiver_down_is_still_exact(tmp_path: Path, storage: SQLiteStorage,
+                                                      kind: str) -> None:
+    """The issue's case on both receivers: the forwarding process killed with SIGKILL mid-way,
+    the receiver stopped while the next one starts (retried, nothing skipped), then back: every
+    sample there once, the re-sent ones counted (exactly the request in flight).
+    VictoriaMetrics keeps a re-sent sample twice (no dedup configured). Prometheus (no
+    out-of-order window) refuses the re-sent request with 400 "out of order sample" when it
+    already holds it (a series' samples older than its newest, which are these very samples):
+    counted as rejected, and the samples are there once."""
+    receiver = _receiver(kind, tmp_path / kind)
+    fleet = Fleet(hosts=5, cpus=4, per_batch=10)
+    start = now_ms() // 1000 * 1000 - 1_800_000
     try:
-        # small requests: a while to send everything; kill it somewhere in the middle
-        wait_until(lambda: 2 * fleet.total() // 10 < position(storage).sent, 60,
-                   "part forwarded")
-        workers = [c.pid for c in psutil.Process(child.pid).children()]
-        assert workers  # the encoder process (and multiprocessing's resource tracker)
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(10)
-        # the forwarder's worker processes do not outlive it
-        wait_until(lambda: not any(psutil.pid_exists(w) and psutil.Process(w).status() !=
-                                   psutil.STATUS_ZOMBIE for w in workers), 10,
-                   "encoder worker gone after its parent was killed")
+        _killed_mid_forwarding(tmp_path, storage, receiver.write_url, fleet, start)
+        receiver.terminate()
+        killed_at = position(storage).sent
+        assert 0 < killed_at < fleet.total()
+        with Running(storage, config(receiver.write_url, max_samples_per_request=5000)) as run:
+            counters = run.service.forwarders[0].counters
+            wait_until(lambda: counters.retries >= 3, 30, "retries while the receiver is down")
+            p = position(storage)
+            assert (p.sent, p.rejected, p.skipped) == (killed_at, 0, 0)
+            assert p.pending_samples == fleet.total() - killed_at
+            receiver.start()
+            wait_until(lambda: caught_up(storage), 60, "forwarded once the receiver is back")
         p = position(storage)
-        assert 0 < p.sent < fleet.total()
-        with Running(storage, config(vm.write_url, max_samples_per_request=5000)):
-            wait_until(lambda: caught_up(storage), 60, "forwarded after the restart")
-        p = position(storage)
-        assert p.sent == fleet.total() and p.rejected == p.skipped == 0
-        # exactly the one request in flight (one batch of 50 samples each here)
-        assert p.resent == 50
-        found = vm.export('{fleet="test"}')
-        # VictoriaMetrics keeps a re-sent sample twice (no -dedup.minScrapeInterval): every
-        # sample is there, and extra copies are the re-sent request (none if the killed
-        # process had not sent it yet)
-        assert {k: sorted(set(v)) for k, v in found.items()} == fleet.want()
-        extra = sum(len(v) for v in found.values()) - fleet.total()
-        assert extra in (0, p.resent)
+        assert (p.skipped, p.resent) == (0, 50)
+        if isinstance(receiver, Prometheus):
+            assert p.sent + p.rejected == fleet.total() and p.rejected in (0, p.resent)
+            found = {}
+            for name in ("cpu_usage_percent", "net_rx_bytes_total"):
+                found.update(receiver.samples(f'{name}{{fleet="test"}}', start - 1000,
+                                              now_ms()))
+            assert found == fleet.want()  # each sample once
+        else:
+            assert (p.sent, p.rejected) == (fleet.total(), 0)
+            found = receiver.export('{fleet="test"}')
+            assert {k: sorted(set(v)) for k, v in found.items()} == fleet.want()
+            assert sum(len(v) for v in found.values()) - fleet.total() in (0, p.resent)
     finally:
-        if child.poll() is None:
-            child.kill()
+        receiver.terminate()
 
 
 @pytest.mark.slow

@@ -20,7 +20,13 @@ from edgemon.protocol.base import (
     rebase,
 )
 from edgemon.protocol.batch import BatchBuilder, MetricDef
-from edgemon.protocol.catalogue import compact, decode_catalogue, decode_received, encode_catalogue
+from edgemon.protocol.catalogue import (
+    catalogue_id,
+    compact,
+    decode_catalogue,
+    decode_received,
+    encode_catalogue,
+)
 from edgemon.protocol.codec import BASED_DICTIONARY_ID
 from edgemon.protocol.fast_reader import read_fast
 from edgemon.protocol.limits import MAX_INT
@@ -242,3 +248,41 @@ def test_ingest_workers_resolve_based_batches_from_their_own_cache_and_after_a_r
         assert pipeline.pool.restarts >= 1
     finally:
         pipeline.loop.run_until_complete(pipeline.close_pool())
+
+
+def test_resolving_the_costliest_based_batch_stays_within_the_stated_bound() -> None:
+    """MAX_DECODE_BYTES (SPEC.md §6) holds for based batches too, though resolving builds a
+    second list of numbers: counters (their running sums are new integers) of 3-digit CPython
+    integers (beyond 2^60), as many as the resolved batch's packed-size bound lets through."""
+    import tracemalloc
+
+    from edgemon.protocol.limits import (
+        MAX_COMPRESSED_BYTES,
+        MAX_DECODE_BYTES,
+        MAX_DECOMPRESSED_BYTES,
+        MAX_TIMESTAMPS,
+    )
+
+    n, series = MAX_TIMESTAMPS, 226  # 925,696 numbers: the most that resolve within 8 MiB
+    metrics = [["m_total", "counter", "", 0, ["s"], [[str(s)] for s in range(series)]]]
+    catalogue = _catalogue(metrics, catalogue_id(metrics))
+    big = 2**61
+    x = [big] + [-2 * big if i % 2 else 2 * big for i in range(1, n)]  # sums: +-2^61
+    based = {"v": 1, "host": "h-a", "instance": "inst", "seq": 2, "sent": NOW,
+             "t": [NOW - n] + [1] * (n - 1), "catalogue": catalogue.id,
+             "base": [1, base_check([0] * series)], "bvalues": x * series}
+    assert len(msgpack.packb(based)) <= MAX_DECOMPRESSED_BYTES
+    payload = encode(based, level=1)
+    del based, x
+    tracemalloc.start()
+    try:
+        batch, _ = decode_received(payload, {catalogue.id: catalogue}.get,
+                                   lambda i, s, c: [0] * series)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert batch.sample_count == n * series
+    total = peak + MAX_COMPRESSED_BYTES + MAX_DECOMPRESSED_BYTES
+    print(f"based: {peak / 2**20:.1f} MiB built, {total / 2**20:.1f} MiB in all "
+          f"(bound {MAX_DECODE_BYTES / 2**20:.1f} MiB)")
+    assert total <= MAX_DECODE_BYTES

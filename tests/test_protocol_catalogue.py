@@ -223,6 +223,9 @@ class _Acks:
     def after_release(self) -> None:
         pass
 
+    def charge(self, host: str, size: int) -> None:  # resolving's cost: no rate limit here
+        pass
+
 
 def _message(topic: str, payload: bytes, mid: int) -> RawMessage:
     return RawMessage(topic=topic, payload=payload, mid=mid, qos=1, retain=False,

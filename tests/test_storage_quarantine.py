@@ -300,3 +300,75 @@ def test_alert_rules_keep_evaluating_the_fleet(stores: Stores, tmp_path: Path) -
     assert st.stats().quarantined == {BAD: 1}
     engine.close()
     st.close()
+
+
+# --- with compaction in its own process (storage/compaction_process.py) -------------------------
+
+KEEP_ALL = {"raw_retention_ms": 3000 * DAY, "rollup_1m_retention_ms": 3000 * DAY,
+            "rollup_1h_retention_ms": 3000 * DAY}  # the test data is months old
+
+
+def _compaction_options(stores: Stores, delay_ms: int) -> dict[str, Any]:
+    return {"compact_delay_ms": delay_ms, **KEEP_ALL,
+            **({"pool_size": 2} if stores.backend == "postgres" else {})}
+
+
+def _exported_csv(st: SQLStorage, host: str) -> list[dict[str, str]]:
+    import csv
+    import io
+
+    from edgemon.collector.http import export
+
+    req = export.ExportRequest(hosts=(host,), metrics=(CPU.name,), start_ms=T0,
+                               end_ms=T0 + DAY, step_ms=None, agg="avg", csv=True)
+    text = "".join(export.samples_csv(st, req, export.select_series(st, req)))
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.mark.parametrize("damage", ["not msgpack", "value beyond 64 bits"])
+def test_the_compaction_process_quarantines_and_compacts_everyone_else(
+        stores: Stores, damage: str) -> None:
+    """An unreadable batch written straight into the store, compaction in its own process:
+    the child compacts every other batch, quarantines the bad one (counted in the parent's
+    view, for /metrics), and fails no round; queries and the export of other hosts answer."""
+    from edgemon.collector.storage.compaction_process import CompactionProcess
+    from tests.support.waiting import wait_until
+
+    options = _compaction_options(stores, 0)
+    st = stored_with_poison(stores, UNREADABLE[damage], **options)
+    proc = CompactionProcess(stores.location, options, st, interval=0.05)
+    proc.start()
+    try:
+        wait_until(lambda: proc.stats.quarantined == {BAD: 1}
+                   and st.backlog()["pending_batches"] == 0, 120, "the child's quarantine")
+        assert proc.errors == 0 and proc.restarts == 0
+    finally:
+        proc.stop()
+    assert count_by_host(st) == {**dict.fromkeys(GOOD_HOSTS, GOOD_SAMPLES), BAD: CYCLES * 2}
+    assert len(_exported_csv(st, "good-01")) == GOOD_SAMPLES
+    assert len(_exported_csv(st, BAD)) == CYCLES * 2  # its readable batch
+    assert Stores.sql(st, "SELECT count(*) FROM quarantine") == 1
+    st.close()
+
+
+def test_a_batch_the_parents_readers_met_is_quarantined_by_the_child(stores: Stores) -> None:
+    """Nothing is due for compaction yet: a query in the collector's process meets the bad
+    batch, skips it and notes it; the compaction process quarantines it at its next step."""
+    from edgemon.collector.storage.compaction_process import CompactionProcess
+    from tests.support.waiting import wait_until
+
+    options = _compaction_options(stores, 3000 * DAY)
+    st = stored_with_poison(stores, UNREADABLE["truncated frame"], **options)
+    proc = CompactionProcess(stores.location, options, st, interval=0.05)
+    proc.start()
+    try:
+        wait_until(lambda: proc.runs > 0, 120, "a round of the child")
+        assert proc.stats.quarantined == {}  # nothing read it yet: nothing known
+        assert count_by_host(st)[BAD] == CYCLES * 2  # the query skips it (and notes it)
+        wait_until(lambda: proc.stats.quarantined == {BAD: 1}, 120, "the child's quarantine")
+        assert st.backlog()["pending_batches"] == 2 * 3 + 1  # the others wait for their time
+        assert count_by_host(st)["good-02"] == GOOD_SAMPLES
+        assert proc.errors == 0
+    finally:
+        proc.stop()
+    st.close()

@@ -116,14 +116,16 @@ def _signature(rule: Any) -> str:
 
 
 class AlertEngine:
-    """Evaluate rules over a ``Storage``; keep state, history and the outbox in ``db_path``.
+    """Evaluate rules over a ``Storage``; keep state, history and the outbox in ``db_path`` (a
+    SQLite file, a ``postgresql://`` URL shared by the collectors, or an open ``AlertStore``).
 
     ``rules``: a loaded ``RuleSet`` (default: ``load_rules(rules_path)``, i.e. the built-in
     defaults when ``rules_path`` is None). ``clock_ms``: wall clock in ms. ``publish(topic,
     payload_bytes)``: MQTT publisher for transitions (None = no MQTT).
     """
 
-    def __init__(self, storage: Storage, db_path: str | Path, *, rules: RuleSet | None = None,
+    def __init__(self, storage: Storage, db_path: str | Path | AlertStore, *,
+                 rules: RuleSet | None = None,
                  rules_path: str | Path | None = None,
                  clock_ms: Callable[[], int] = now_ms,
                  publish: Callable[[str, bytes], Any] | None = None,
@@ -135,7 +137,7 @@ class AlertEngine:
         self.rules_path = rules_path
         self.ruleset = rules if rules is not None else load_rules(rules_path)
         self.rules_loaded_ms = clock_ms()
-        self.store = AlertStore(db_path)
+        self.store = db_path if isinstance(db_path, AlertStore) else AlertStore(db_path)
         self.started_ms = clock_ms()
         self._cycle_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
@@ -143,6 +145,8 @@ class AlertEngine:
         self._retired: list[_Runtime] = []
         self._prev_cycle_ms: int | None = None
         self._last_prune_ms = 0
+        self._receivers_changed = True  # outbox rows of removed receivers: dropped next cycle
+        self.evaluating = False  # this engine runs the cycles now (AlertingService: it leads)
         # counters for /metrics (http/metrics.py): cycles, rule evaluations and transitions
         self.cycles = 0
         self.cycle_failures = 0
@@ -185,8 +189,7 @@ class AlertEngine:
             self.ruleset = ruleset
             self.rules_loaded_ms = self.clock_ms()
             self._sync_runtimes()
-            kept = set(ruleset.receivers) | {MQTT_RECEIVER}
-            self.store.drop_receiver_rows(kept, self.clock_ms())
+            self._receivers_changed = True
 
     def _sync_runtimes(self) -> None:
         wanted = {r.name: r for r in self.ruleset.enabled}
@@ -199,6 +202,17 @@ class AlertEngine:
         for name, rule in wanted.items():
             if name not in self._runtimes:
                 self._runtimes[name] = _Runtime(rule, SeriesTable(), _signature(rule))
+
+    def reload_state(self) -> None:
+        """Forget the in-memory state and read it again from the store (blocking): a
+        collector that becomes the leader of a shared store goes on from where the previous
+        leader committed, not from what it read at its own start."""
+        with self._cycle_lock:
+            self._runtimes = {}
+            self._retired = []
+            self._prev_cycle_ms = None
+            self._receivers_changed = True
+            self._restore()
 
     def _restore(self) -> None:
         """Rebuild the in-memory state from the database (after a restart)."""
@@ -244,14 +258,17 @@ class AlertEngine:
 
     # --- the cycle ------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event, executor: Executor | None = None) -> None:
+    async def run(self, stop: asyncio.Event, executor: Executor | None = None,
+                  should_run: Callable[[], bool] = lambda: True) -> None:
         """Evaluate every ``settings.interval`` until ``stop`` is set (cycles run in
-        ``executor``: storage and SQLite calls block)."""
+        ``executor``: storage and SQLite calls block), each cycle only if ``should_run()``
+        (the collector's leadership, asked before every cycle)."""
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             began = loop.time()
             try:
-                await loop.run_in_executor(executor, self.run_cycle)
+                if should_run():
+                    await loop.run_in_executor(executor, self.run_cycle)
             except Exception:
                 log.exception("alert evaluation cycle failed")
             wait = self.settings.interval / 1000 - (loop.time() - began)
@@ -282,6 +299,9 @@ class AlertEngine:
         began = time.perf_counter()
         report = CycleReport(now)
         settings = self.settings
+        if self._receivers_changed:  # here, not at a reload: only the leader writes the outbox
+            self.store.drop_receiver_rows(set(self.ruleset.receivers) | {MQTT_RECEIVER}, now)
+            self._receivers_changed = False
         silences = SilenceSet(self.store.silences(now), now)
         hosts_cache: list[HostInfo] | None = None
 
@@ -293,6 +313,7 @@ class AlertEngine:
 
         results: list[tuple[_Runtime, EvalResult, list[tuple[Hole, RawTransition]],
                             list[Hole] | None]] = []
+        self._announce_metrics()
         for rt in list(self._runtimes.values()):
             rule = rt.rule
             # every cycle evaluates every rule, except those with a longer `interval` of their own
@@ -344,6 +365,18 @@ class AlertEngine:
                 except Exception:
                     log.exception("outbox listener failed")
         return report
+
+    def _announce_metrics(self) -> None:
+        """Tell a store with a pending-batch cache every metric the rules read, before the
+        first query: a batch it decodes is then kept for all of them at once, not decoded
+        again for each rule's metric (``storage/pending_cache.py``)."""
+        cache = getattr(self.storage, "pending_cache", None)
+        if cache is None:
+            return
+        for rt in self._runtimes.values():
+            metric = getattr(rt.rule, "metric", None)
+            if metric:
+                cache.read(metric)
 
     def _evaluate(self, rt: _Runtime, now: int, hosts: Callable[[], list[HostInfo]],
                   report: CycleReport,
@@ -557,10 +590,13 @@ class AlertEngine:
 
     def rule_health(self, name: str) -> dict[str, Any] | None:
         """How the enabled rule ``name`` was last evaluated (None: not evaluated by this
-        engine: disabled or unknown)."""
+        engine: disabled or unknown). On a shared store while another collector evaluates
+        (``evaluating`` false): as that one last committed it (blocking: a read)."""
         rt = self._runtimes.get(name)
         if rt is None:
             return None
+        if self.store.shared and not self.evaluating:
+            return self.store.rule_health(name)
         return {"last_eval_ms": rt.last_eval_ms, "duration_ms": rt.duration_ms,
                 "series": len(rt.table), "error": rt.error, "watermark_ms": rt.watermark,
                 "active": int((rt.table.status[:len(rt.table)] != INACTIVE).sum()),

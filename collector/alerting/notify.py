@@ -5,12 +5,16 @@ Per receiver, strictly oldest first: the oldest pending row starts a message onc
 within ``group_wait`` of it (at most one transition per alert: a later transition of the same
 alert goes in the next message, so order per alert is kept). While a receiver fails, nothing
 newer is sent to it: it is retried with capped exponential back-off, and the queue is kept in
-SQLite, so a restart resumes where it stopped.
+the alert store (``store.py``: SQLite, or the collectors' shared PostgreSQL database), so a
+restart, or a new leader, resumes where it stopped.
 
 A 2xx answer marks the rows delivered in the same transaction that records the delivery. A
 crash between the receiver's answer and that commit sends the same message again after the
 restart, with the same ``Idempotency-Key`` header and the same per-transition
-``idempotencyKey`` in every alert: receivers that care can drop the repeat.
+``idempotencyKey`` in every alert: receivers that care can drop the repeat. So does a leader
+that dies (kill -9, lost lease) between the answer and the commit: the new leader sends that
+message again, with the same keys. Only the leader delivers (``should_run``, asked before
+every message).
 """
 
 from __future__ import annotations
@@ -114,8 +118,9 @@ class DeliveryWorker:
     sleep between checks (it also wakes when a cycle queued notifications)."""
 
     def __init__(self, engine: AlertEngine, *, session: aiohttp.ClientSession | None = None,
-                 poll_s: float = 1.0) -> None:
+                 poll_s: float = 1.0, should_run: Callable[[], bool] = lambda: True) -> None:
         self.engine = engine
+        self.should_run = should_run  # asked before every message (the collector's leadership)
         self.store = engine.store
         self.poll_s = poll_s
         self._session = session
@@ -201,6 +206,8 @@ class DeliveryWorker:
 
     async def _drain(self, name: str) -> int | None:
         while True:
+            if not self.should_run():
+                return None
             now = self.engine.clock_ms()
             rows, due = await asyncio.to_thread(self._next, name, now)
             if not rows:

@@ -1,5 +1,6 @@
-"""The alerting engine's own SQLite file (stdlib sqlite3, WAL): alert state, history, the
-notification outbox, deliveries, silences and per-rule progress.
+"""The alerting engine's state: alert state, history, the notification outbox, deliveries,
+silences and per-rule progress. In its own SQLite file beside an embedded store, or in the
+shared PostgreSQL database (schema ``alerting``) when the collectors share one: ``backends.py``.
 
 This module is the only one that knows the tables: the engine hands it records
 (``AlertRecord``, ``HistoryRecord``, ``OutboxRecord``, ``RuleProgress``, ``HoleRecord``) and
@@ -8,19 +9,28 @@ gets records back; columns are named, and the JSON inside them is encoded and de
 Everything one evaluation cycle decides (state rows, history rows, outbox rows, watermarks) is
 written in one transaction (``AlertStore.cycle()``), so a crash leaves either all of it or none.
 A delivery marks its outbox rows delivered in the same transaction that records the delivery.
+
+The tables are those of ``_SCHEMA`` (SQLite) and of migration 3 of the PostgreSQL store
+(``storage/postgres/migrations.py``, the same columns with PostgreSQL types); the SQL here is
+what both accept.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
-import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Self
+
+from edgemon.collector.alerting.backends import (
+    AlertBackend,
+    PostgresBackend,
+    SQLiteBackend,
+    is_postgres_url,
+)
 
 __all__ = ["AlertRecord", "AlertStore", "CycleWrite", "HistoryRecord", "HoleRecord",
            "OutboxRecord", "RuleProgress"]
@@ -139,6 +149,7 @@ class _Record:
     """A row as a dataclass: its fields are the table's columns (``id`` is the database's)."""
 
     TABLE: ClassVar[str]
+    KEY: ClassVar[tuple[str, ...]] = ()  # the primary key, for ``upsert_sql``
     JSON: ClassVar[frozenset[str]] = frozenset()  # columns holding JSON text
     BOOL: ClassVar[frozenset[str]] = frozenset()  # columns holding 0/1
 
@@ -147,20 +158,28 @@ class _Record:
         return [f.name for f in fields(cls) if f.name != "id"]  # type: ignore[arg-type]
 
     @classmethod
-    def insert_sql(cls, verb: str = "INSERT") -> str:
+    def insert_sql(cls) -> str:
         names = cls.columns()
-        return (f"{verb} INTO {cls.TABLE} ({', '.join(names)}) "
+        return (f"INSERT INTO {cls.TABLE} ({', '.join(names)}) "
                 f"VALUES ({', '.join('?' * len(names))})")
+
+    @classmethod
+    def upsert_sql(cls) -> str:
+        """Insert, or replace the row with the same ``KEY``."""
+        rest = [n for n in cls.columns() if n not in cls.KEY]
+        return (f"{cls.insert_sql()} ON CONFLICT ({', '.join(cls.KEY)}) DO UPDATE SET "
+                + ", ".join(f"{n}=excluded.{n}" for n in rest))
 
     @classmethod
     def row_of(cls, record: _Record) -> tuple[Any, ...]:
         """The values of ``cls``'s columns in ``record`` (one of ``cls`` or of a subclass that
         carries more), JSON columns encoded."""
         values = ((n, getattr(record, n)) for n in cls.columns())
-        return tuple(json.dumps(v) if n in cls.JSON and v is not None else v for n, v in values)
+        return tuple(json.dumps(v) if n in cls.JSON and v is not None
+                     else int(v) if n in cls.BOOL else v for n, v in values)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Self:
+    def from_row(cls, row: Any) -> Self:
         out: dict[str, Any] = {}
         for f in fields(cls):  # type: ignore[arg-type]
             value = row[f.name]
@@ -177,6 +196,7 @@ class AlertRecord(_Record):
     """A series that is pending or firing, with its timers (``alerts``)."""
 
     TABLE: ClassVar[str] = "alerts"
+    KEY: ClassVar[tuple[str, ...]] = ("rule", "key")
     JSON: ClassVar[frozenset[str]] = frozenset({"labels", "alert_labels", "annotations"})
     BOOL: ClassVar[frozenset[str]] = frozenset({"notified"})
 
@@ -247,6 +267,7 @@ class RuleProgress(_Record):
     """How far a rule got and how its last evaluation went (``rule_state``)."""
 
     TABLE: ClassVar[str] = "rule_state"
+    KEY: ClassVar[tuple[str, ...]] = ("rule",)
     JSON: ClassVar[frozenset[str]] = frozenset({"blob"})
 
     rule: str
@@ -265,6 +286,7 @@ class HoleRecord(_Record):
     """A stretch of a series still waiting for back-filled data (``holes``)."""
 
     TABLE: ClassVar[str] = "holes"
+    KEY: ClassVar[tuple[str, ...]] = ("rule", "key", "from_ms")
     JSON: ClassVar[frozenset[str]] = frozenset({"body"})
 
     rule: str
@@ -276,21 +298,21 @@ class HoleRecord(_Record):
 class CycleWrite:
     """What one evaluation cycle writes, all in the transaction of ``AlertStore.cycle()``."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Any) -> None:
         self._db = db
 
     def add_history(self, record: HistoryRecord) -> int:
         """Store a transition; returns its id (the outbox rows refer to it)."""
-        cursor = self._db.execute(HistoryRecord.insert_sql(), HistoryRecord.row_of(record))
-        return int(cursor.lastrowid or 0)
+        cursor = self._db.execute(f"{HistoryRecord.insert_sql()} RETURNING id",
+                                  HistoryRecord.row_of(record))
+        return int(cursor.fetchone()[0])
 
     def add_outbox(self, records: Iterable[OutboxRecord]) -> None:
         self._db.executemany(OutboxRecord.insert_sql(), [OutboxRecord.row_of(r) for r in records])
 
     def put_alerts(self, records: Iterable[AlertRecord]) -> None:
         """Insert or replace (by rule and key) the state of active series."""
-        self._db.executemany(AlertRecord.insert_sql("INSERT OR REPLACE"),
-                             [AlertRecord.row_of(r) for r in records])
+        self._db.executemany(AlertRecord.upsert_sql(), [AlertRecord.row_of(r) for r in records])
 
     def delete_alerts(self, rule: str, keys: Iterable[str]) -> None:
         self._db.executemany("DELETE FROM alerts WHERE rule=? AND key=?",
@@ -304,54 +326,40 @@ class CycleWrite:
             self._db.execute("DELETE FROM rule_state WHERE rule=?", (rule,))
 
     def save_progress(self, progress: RuleProgress) -> None:
-        self._db.execute(RuleProgress.insert_sql("INSERT OR REPLACE"),
-                         RuleProgress.row_of(progress))
+        self._db.execute(RuleProgress.upsert_sql(), RuleProgress.row_of(progress))
 
     def replace_holes(self, rule: str, holes: Iterable[HoleRecord]) -> None:
         self._db.execute("DELETE FROM holes WHERE rule=?", (rule,))
-        self._db.executemany(HoleRecord.insert_sql("INSERT OR REPLACE"),
-                             [HoleRecord.row_of(h) for h in holes])
+        self._db.executemany(HoleRecord.upsert_sql(), [HoleRecord.row_of(h) for h in holes])
 
 
 class AlertStore:
-    """One connection, serialised by a lock: the cycle runs in a worker thread, the API and
-    the delivery worker call from others."""
+    """The alert state at ``location``: a SQLite file path, or a ``postgresql://`` URL (the
+    collectors' shared database; ``wait``: keep trying while it cannot be reached)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.RLock()
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                  timeout=30.0)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=OFF")
+    def __init__(self, location: str | Path, *, wait: bool = False) -> None:
+        self.backend: AlertBackend = (
+            PostgresBackend(str(location), wait=wait) if is_postgres_url(location)
+            else SQLiteBackend(location, _SCHEMA))
         with self.transaction() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            row = db.execute("SELECT value FROM meta WHERE key='engine_id'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('engine_id', ?)", (uuid.uuid4().hex[:12],))
-                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        self.engine_id: str = self.db.execute(
-            "SELECT value FROM meta WHERE key='engine_id'").fetchone()[0]
+            db.execute("INSERT INTO meta (key, value) VALUES ('engine_id', ?), ('schema', ?) "
+                       "ON CONFLICT (key) DO NOTHING",
+                       (uuid.uuid4().hex[:12], str(SCHEMA_VERSION)))
+        # the first half of every idempotency key: one per state, whoever writes it
+        self.engine_id: str = str(self.query(
+            "SELECT value FROM meta WHERE key='engine_id'")[0][0])
+
+    @property
+    def shared(self) -> bool:
+        """Whether other collectors use this state too (PostgreSQL)."""
+        return self.backend.shared
 
     def close(self) -> None:
-        with self.lock:
-            self.db.close()
+        self.backend.close()
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """A write transaction: committed at the end, rolled back on an exception."""
+        return self.backend.transaction()
 
     @contextlib.contextmanager
     def cycle(self) -> Iterator[CycleWrite]:
@@ -359,10 +367,10 @@ class AlertStore:
         with self.transaction() as db:
             yield CycleWrite(db)
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """A read for diagnostics and tests; the program's own reads have methods below."""
-        with self.lock:
-            return self.db.execute(sql, params).fetchall()
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A read for diagnostics and tests; the program's own reads have methods below. Rows
+        read by column name or index (``sqlite3.Row``, or ``backends.Row``)."""
+        return self.backend.query(sql, params)
 
     # --- state, progress, history -------------------------------------------------------------
 
@@ -376,6 +384,21 @@ class AlertStore:
         where, params = _filters((("rule=?", rule), ("host=?", host), ("status=?", status)))
         return [AlertRecord.from_row(r) for r in self.query(
             f"SELECT * FROM alerts{where} ORDER BY rule, key", params)]
+
+    def rule_health(self, rule: str) -> dict[str, Any]:
+        """``AlertEngine.rule_health`` of ``rule`` as stored by the engine that evaluates it."""
+        rows = self.query(
+            "SELECT last_eval_ms, duration_ms, series, error, watermark, "
+            "(SELECT count(*) FROM alerts WHERE rule=?) AS active, "
+            "(SELECT count(*) FROM holes WHERE rule=?) AS holes "
+            "FROM rule_state WHERE rule=?", (rule, rule, rule))
+        if not rows:
+            return {"last_eval_ms": None, "duration_ms": None, "series": 0, "error": None,
+                    "watermark_ms": -1, "active": 0, "holes": 0}
+        r = rows[0]
+        return {"last_eval_ms": r["last_eval_ms"], "duration_ms": r["duration_ms"],
+                "series": r["series"] or 0, "error": r["error"], "watermark_ms": r["watermark"],
+                "active": int(r["active"]), "holes": int(r["holes"])}
 
     def holes(self) -> list[HoleRecord]:
         return [HoleRecord.from_row(r)
@@ -431,7 +454,8 @@ class AlertStore:
                     created_by: str, comment: str, now_ms: int) -> str:
         sid = uuid.uuid4().hex
         with self.transaction() as db:
-            db.execute("INSERT INTO silences VALUES (?,?,?,?,?,?,?,?)",
+            db.execute("INSERT INTO silences (id, matchers, starts_ms, ends_ms, created_by, "
+                       "comment, created_ms, updated_ms) VALUES (?,?,?,?,?,?,?,?)",
                        (sid, json.dumps(matchers), starts_ms, ends_ms, created_by, comment,
                         now_ms, now_ms))
         return sid
@@ -452,18 +476,18 @@ class AlertStore:
         return [r[0] for r in self.query(
             "SELECT DISTINCT receiver FROM outbox WHERE state='pending'")]
 
-    def pending_rows(self, receiver: str, limit: int) -> list[sqlite3.Row]:
+    def pending_rows(self, receiver: str, limit: int) -> list[Any]:
         """The oldest ``limit`` rows not yet delivered to ``receiver``, in order."""
         return self.query("SELECT * FROM outbox WHERE receiver=? AND state='pending' "
                           "ORDER BY id LIMIT ?", (receiver, limit))
 
-    def oldest_pending(self, receiver: str) -> sqlite3.Row | None:
+    def oldest_pending(self, receiver: str) -> Any | None:
         rows = self.query("SELECT * FROM outbox WHERE receiver=? AND state='pending' "
                           "ORDER BY id LIMIT 1", (receiver,))
         return rows[0] if rows else None
 
-    def group_rows(self, receiver: str, first: sqlite3.Row, group_wait_ms: int,
-                   limit: int) -> list[sqlite3.Row]:
+    def group_rows(self, receiver: str, first: Any, group_wait_ms: int,
+                   limit: int) -> list[Any]:
         """The message that starts with ``first``: pending rows of the same receiver and rule
         created within ``group_wait_ms`` of it, in id order, at most one per fingerprint."""
         rows = self.query(
@@ -471,7 +495,7 @@ class AlertStore:
             "AND created_ms<=? ORDER BY id LIMIT ?",
             (receiver, first["rule"], first["id"], first["created_ms"] + group_wait_ms,
              limit * 4))
-        out: list[sqlite3.Row] = []
+        out: list[Any] = []
         seen: set[str] = set()
         for r in rows:
             if r["fingerprint"] in seen:
@@ -507,7 +531,8 @@ class AlertStore:
             failures = (row["failures"] if row else 0) + 1
             delay = min(max_ms, initial_ms * 2 ** min(failures - 1, 40))
             next_attempt = now_ms + delay
-            db.execute("INSERT INTO receiver_state VALUES (?,?,?,?) ON CONFLICT (receiver) DO "
+            db.execute("INSERT INTO receiver_state (receiver, failures, next_attempt_ms, "
+                       "last_error) VALUES (?,?,?,?) ON CONFLICT (receiver) DO "
                        "UPDATE SET failures=excluded.failures, next_attempt_ms=excluded."
                        "next_attempt_ms, last_error=excluded.last_error",
                        (receiver, failures, next_attempt, error[:500]))

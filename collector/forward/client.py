@@ -1,7 +1,14 @@
 """One remote-write receiver (``[[forward]]``): POST an encoded ``WriteRequest``, classify the
-answer as the remote-write spec asks: 2xx confirmed; 5xx, 429 and no answer retried (with
+answer as the remote-write spec asks: 2xx confirmed; 5xx, 408, 429 and no answer retried (with
 back-off, the same data again); any other 4xx will never succeed (counted by status, skipped,
-with the receiver's reason logged)."""
+with the receiver's reason logged).
+
+Except 401, 403 and 404: they say nothing about the data but that this collector's credentials
+or URL are wrong (a password rotated on one side first, a proxy's path), which an operator
+fixes (a ``password_file`` or ``bearer_token_file`` is read again at every request). Prometheus
+drops the data then; here it is retried with back-off and logged as an error, the queue and
+its lag growing visibly (``max_pending_samples`` still bounds it), so nothing is lost to a
+configuration fault."""
 
 from __future__ import annotations
 
@@ -23,7 +30,11 @@ log = logging.getLogger("edgemon.collector.forward")
 class Outcome(enum.Enum):
     CONFIRMED = "confirmed"
     RETRY = "retry"
-    REJECTED = "rejected"  # 4xx but 408/429: the data is skipped
+    REJECTED = "rejected"  # 4xx but 408/429 (and the configuration faults): data skipped
+
+
+# 4xx answers about this collector's credentials or URL, not about the data: retried
+CONFIGURATION_FAULTS = (401, 403, 404)
 
 
 @dataclass
@@ -58,6 +69,10 @@ class RemoteWriteClient:
             return Outcome.CONFIRMED
         self._count(str(status), f"HTTP {status}: {text.strip()}")
         if status >= 500 or status in (408, 429):
+            return Outcome.RETRY
+        if status in CONFIGURATION_FAULTS:
+            log.error("forward %s: %s: check the receiver's url and credentials; the data "
+                      "waits and is sent again", self.name, self.last_error)
             return Outcome.RETRY
         log.error("forward %s rejected a request for good, skipped: %s", self.name,
                   self.last_error)

@@ -1,7 +1,13 @@
-"""Stored batches -> remote-write series: the payload as stored is read with storage's own
+"""Stored batches -> remote-write requests: the payload as stored is read with storage's own
 reader (``storage.batches.read_batch``), values are scaled back to floats (value / 10**scale,
-the number the API serves), and the entries of one series across the batches of a request are
-merged into one ``TimeSeries`` (labels sent once per request, not once per batch)."""
+the number the API serves), and the samples of one series across the batches of a request are
+merged into one ``TimeSeries`` (labels sent once per request, not once per batch), in time
+order, a timestamp sent twice by overlapping batches taken from the later batch.
+
+The work per sample is numpy's: each series entry of a batch is named by a request-local
+series number (its labels' encoded bytes, ``LabelCache``, looked up once per entry), the
+samples of the request are sorted by (series, time, arrival) in one ``lexsort``, and
+``remote_write.encode_columns`` writes them out."""
 
 from __future__ import annotations
 
@@ -11,13 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from edgemon.collector.forward.remote_write import encode, series_labels
+from edgemon.collector.forward.remote_write import encode_columns, label_fields, series_labels
 from edgemon.collector.storage.base import ForwardBatch
 from edgemon.collector.storage.batches import UnreadableBatch, read_batch
 
 __all__ = ["LabelCache", "Request", "encode_batches", "encode_groups", "group", "to_requests"]
-
-Labels = tuple[tuple[str, str], ...]
 
 
 @dataclass
@@ -32,69 +36,70 @@ class Request:
     series: int = field(default=0)
 
 
-Points = list[tuple[int, float]]
-
-
 class LabelCache:
-    """Remote-write labels by (host, metric, label keys, label values): built once per series,
-    not once per batch (bounded: cleared when full)."""
+    """A series' remote-write label fields (``remote_write.label_fields``) by (host, metric,
+    label keys, label values): built once per series, not once per batch (bounded: cleared
+    when full)."""
 
     def __init__(self, external: Mapping[str, str], limit: int = 200_000) -> None:
         self.external = dict(external)
         self.limit = limit
-        self._cache: dict[tuple[Any, ...], Labels] = {}
+        self._cache: dict[tuple[Any, ...], bytes] = {}
 
     def get(self, host: str, name: str, keys: tuple[str, ...], values: tuple[str, ...]
-            ) -> Labels:
+            ) -> bytes:
         key = (host, name, keys, values)
         hit = self._cache.get(key)
         if hit is None:
             if len(self._cache) >= self.limit:
                 self._cache.clear()
-            hit = self._cache[key] = tuple(series_labels(
+            hit = self._cache[key] = label_fields(series_labels(
                 name, host, dict(zip(keys, values, strict=True)), self.external))
         return hit
 
 
-def _series_of(batch: ForwardBatch, labels: LabelCache, out: dict[Labels, Points]) -> None:
+def _columns_of(batch: ForwardBatch, labels: LabelCache, series: dict[bytes, int],
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(series number, timestamp, value) of each sample of ``batch``; new series numbered in
+    ``series`` (label fields -> number) in the order they first appear."""
     cols = read_batch(batch.payload)
-    bounds = cols.bounds.tolist()
-    divisor = np.ones(len(bounds) - 1)
+    counts = np.diff(cols.bounds)
+    sizes = counts.tolist()
+    numbers = np.zeros(len(sizes), np.int64)
+    divisor = np.ones(len(sizes))
     for metric in cols.metrics:
         divisor[metric.first:metric.end] = 10.0 ** metric.scale
-    values = (cols.values / np.repeat(divisor, np.diff(cols.bounds))).tolist()
-    times = cols.ts.tolist()
-    for metric in cols.metrics:
         keys = tuple(metric.keys)
         for entry in range(metric.first, metric.end):
-            lo, hi = bounds[entry], bounds[entry + 1]
-            if lo == hi:
-                continue
-            key = labels.get(batch.host, metric.name, keys, tuple(cols.labels[entry]))
-            points = list(zip(times[lo:hi], values[lo:hi], strict=True))
-            have = out.get(key)
-            if have is None:
-                out[key] = points
-            elif have[-1][0] < points[0][0]:
-                have.extend(points)
-            else:  # overlapping batches: in time order, a timestamp twice -> the later batch
-                merged = dict(have)
-                merged.update(points)
-                out[key] = sorted(merged.items())
+            if sizes[entry]:
+                fields = labels.get(batch.host, metric.name, keys, tuple(cols.labels[entry]))
+                numbers[entry] = series.setdefault(fields, len(series))
+    return (np.repeat(numbers, counts), cols.ts,
+            cols.values / np.repeat(divisor, counts))
 
 
 def encode_batches(batches: Sequence[ForwardBatch], labels: LabelCache) -> Request:
     """One request holding every sample of ``batches``."""
-    series: dict[Labels, Points] = {}
+    series: dict[bytes, int] = {}
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     unreadable = 0
     for batch in batches:
         try:
-            _series_of(batch, labels, series)
+            parts.append(_columns_of(batch, labels, series))
         except UnreadableBatch:
             unreadable += batch.samples
-    samples = sum(map(len, series.values()))
-    return Request(encode(series.items()), samples, list(batches), batches[-1].seq, unreadable,
-                   len(series))
+    if parts:
+        number, ts, values = (np.concatenate(c) for c in zip(*parts, strict=True))
+    else:
+        number, ts, values = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    order = np.lexsort((np.arange(len(ts)), ts, number))  # by series, time, then arrival
+    number, ts, values = number[order], ts[order], values[order]
+    last = np.ones(len(ts), bool)  # of its (series, timestamp): the later batch's sample
+    last[:-1] = (number[:-1] != number[1:]) | (ts[:-1] != ts[1:])
+    number, ts, values = number[last], ts[last], values[last]
+    starts = np.searchsorted(number, np.arange(len(series) + 1)).tolist()
+    body = encode_columns(list(series), starts, ts, values)
+    return Request(body, len(ts), list(batches), batches[-1].seq, unreadable, len(series))
 
 
 def group(batches: Sequence[ForwardBatch], max_samples: int) -> list[list[ForwardBatch]]:

@@ -69,6 +69,11 @@ class Encoder:
             self.close()
             return await loop.run_in_executor(self._executor(), encode_groups, groups, external)
 
+    def pids(self) -> list[int]:
+        """The worker processes' ids (for benchmarks that read their CPU time)."""
+        pool = self._pool
+        return list(getattr(pool, "_processes", None) or ()) if pool is not None else []
+
     async def start(self) -> None:
         """Spawn the worker now (its imports take a moment), not at the first batch."""
         await self.encode([], ())

@@ -28,7 +28,8 @@ _PER_RECEIVER: list[tuple[str, str, str, Callable[[ForwardStatus], float]]] = [
      lambda s: s.lag_seconds),
     ("requests_total", "counter", "Remote-write requests sent (this process).",
      lambda s: s.requests),
-    ("retries_total", "counter", "Requests sent again after 5xx, 408, 429 or no answer.",
+    ("retries_total", "counter", "Requests sent again after 5xx, 408, 429, no answer, or "
+     "401/403/404 (the collector's credentials or URL).",
      lambda s: s.retries),
     ("bytes_sent_total", "counter", "Request bodies confirmed, bytes on the wire.",
      lambda s: s.bytes_sent),

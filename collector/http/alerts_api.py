@@ -157,13 +157,14 @@ def routes(engine: AlertEngine) -> list[web.RouteDef]:
     async def rules(request: web.Request) -> web.Response:
         query_params(request, ())
         ruleset = engine.ruleset
+        statuses = await asyncio.to_thread(rules_status, engine)  # on a follower: a read
         return json_response({"source": ruleset.source, "digest": ruleset.digest,
                               "loaded_ms": engine.rules_loaded_ms,
                               "settings": ruleset.settings.model_dump(mode="json"),
                               "receivers": [{"name": r.name, "url": _redacted(r.url),
                                              "send_resolved": r.send_resolved}
                                             for r in ruleset.receivers.values()],
-                              "rules": rules_status(engine)})
+                              "rules": statuses})
 
     async def reload(request: web.Request) -> web.Response:
         query_params(request, ())

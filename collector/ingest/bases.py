@@ -10,7 +10,10 @@ decides: values that are not the ones the agent built on (a base stored with ser
 out) make the batch ``unknown_base``, and the agent sends it again inline. Nothing here is
 needed for a stored batch to be read: batches are stored resolved.
 
-Bounded: at most ``MAX_CACHED_SERIES`` series over all instances (least recently used go first).
+Bounded: at most ``MAX_CACHED_SERIES`` series over all instances (least recently used go first),
+and at most ``MAX_HOST_SERIES`` of one host's instances (its own least recently used go first: a
+host inventing instances pushes out its own bases, never everyone else's, whose based batches
+would then each cost a read of the store).
 One per examiner (``examine.py``): the writer thread's, or each ingest worker process's, which
 sees every batch of the hosts routed to it (``workers.py``). ``load(host, instance, seq)`` reads
 a stored batch (the storage, in-process); without it (a worker) a miss raises ``NeedBase`` and
@@ -36,6 +39,7 @@ __all__ = ["MAX_CACHED_SERIES", "BaseCache", "NeedBase"]
 log = logging.getLogger("edgemon.collector.ingest.bases")
 
 MAX_CACHED_SERIES = 200_000  # about 40 MB of keys and values at worst
+MAX_HOST_SERIES = 70_000  # one host's share: its largest valid batch (65,536 series) fits
 
 Lasts = dict[tuple[str, tuple[str, ...]], int]
 BaseKey = tuple[str, str, int]  # host, instance, seq
@@ -51,11 +55,14 @@ class NeedBase(Exception):
 
 class BaseCache:
     def __init__(self, load: Callable[[str, str, int], bytes | None] | None = None,
-                 max_series: int = MAX_CACHED_SERIES) -> None:
+                 max_series: int = MAX_CACHED_SERIES,
+                 max_host_series: int = MAX_HOST_SERIES) -> None:
         self.load = load
         self.max_series = max_series
+        self.max_host_series = max_host_series
         self._cached: OrderedDict[tuple[str, str], tuple[int, Lasts]] = OrderedDict()
         self._series = 0
+        self._host_series: dict[str, int] = {}
         self.misses = 0
         self.storage_reads = 0
 
@@ -70,6 +77,12 @@ class BaseCache:
         self._drop(key)
         self._cached[key] = (seq, lasts)
         self._series += len(lasts)
+        self._host_series[host] = self._host_series.get(host, 0) + len(lasts)
+        if self._host_series[host] > self.max_host_series:
+            for other in [k for k in self._cached if k[0] == host and k != key]:
+                self._drop(other)
+                if self._host_series[host] <= self.max_host_series:
+                    break
         while self._series > self.max_series and len(self._cached) > 1:
             self._drop(next(iter(self._cached)))
 
@@ -77,6 +90,11 @@ class BaseCache:
         gone = self._cached.pop(key, None)
         if gone is not None:
             self._series -= len(gone[1])
+            left = self._host_series[key[0]] - len(gone[1])
+            if left:
+                self._host_series[key[0]] = left
+            else:
+                del self._host_series[key[0]]
 
     def lookup(self, host: str, instance: str, seq: int, catalogue: Catalogue,
                supplied: Mapping[BaseKey, bytes | None] | None = None) -> list[int] | None:

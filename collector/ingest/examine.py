@@ -26,6 +26,19 @@ The per-host facts it needs from the collector come with the call:
   base it does not hold is read with ``load_base(host, instance, seq)`` (in-process) or, in a
   worker, answered as ``Facts(kind="need_base")``: the collector reads the stored batch and asks
   again with it in ``supplied_bases`` ((host, instance, seq) -> payload or None).
+
+Resolving is where a small message can cost much (a few bytes naming a catalogue of long label
+values resolve into megabytes). So each host has a budget of resolved bytes, a token bucket with
+the byte rate and burst of the host's rate limit: a batch whose resolved size (bounded before it
+is built) the host's budget does not hold is refused ``rate_limited`` before it is built, like a
+message over the rate limit (not acknowledged to its agent, which sends it again later). In the
+writer thread the examiner keeps the buckets (``resolve_limit``). Worker processes keep no state
+that matters (one may be started again at any time), so there the collector keeps them and gives
+each message its host's ``budget``: what the bucket holds, at most ``MAX_RESOLVED_PER_ROUND`` (one
+maximal batch) for all of the host's messages of one ``round`` (one examination of a group),
+which the worker counts down; the collector then takes what was resolved (``Facts.charge``) from
+the bucket. ``Facts.charge`` is also taken from the host's MQTT rate limit
+(``RateLimiter.charge``): its frames pay too.
 """
 
 from __future__ import annotations
@@ -39,8 +52,10 @@ from typing import Any, Final
 from edgemon.collector.http.fleet import WATCHED
 from edgemon.collector.ingest.bases import BaseCache, BaseKey, NeedBase
 from edgemon.collector.ingest.catalogues import CatalogueCache
+from edgemon.collector.ingest.rate_limit import RateLimiter
 from edgemon.collector.ingest.screen import Refusal, SeriesKey, screen, series_keys, without
 from edgemon.protocol import (
+    LimitExceeded,
     MalformedPayload,
     ProtocolError,
     decode_batch,
@@ -54,8 +69,10 @@ from edgemon.protocol.codec import FAST_LEVEL
 from edgemon.protocol.names import validate_instance_id
 from edgemon.protocol.schema import ValidBatch
 
-__all__ = ["Admit", "BatchHead", "CatalogueHead", "Examiner", "Facts", "NeedCatalogue",
-           "series_hashes"]
+__all__ = ["MAX_RESOLVED_PER_ROUND", "Admit", "BatchHead", "CatalogueHead", "Examiner", "Facts",
+           "NeedCatalogue", "series_hashes"]
+
+MAX_RESOLVED_PER_ROUND = 8 << 20  # resolved bytes of one host per round (workers): one batch's
 
 # host, the series it would store, received_ms -> the refused ones with their reason
 Admit = Callable[[str, list[SeriesKey], int], dict[SeriesKey, str]]
@@ -122,11 +139,14 @@ class Facts:
     need: tuple[str, str] | None = None  # (host, catalogue id) to supply
     trace: str | None = None  # an unexpected decoder error's traceback, for the log
     need_base: BaseKey | None = None  # (host, instance, seq) of a stored batch to supply
+    # bytes to charge the host's rate limit beyond the received frame: the packed size of the
+    # inline batch a batch naming a catalogue resolved into (its cost, whatever became of it)
+    charge: int = 0
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled small and quickly (workers' answers)
         return Facts, (self.kind, self.host, self.reason, self.detail, self.batch_key, self.head,
                        self.payload, self.dropped, self.series, self.referencing, self.status,
-                       self.catalogue, self.need, self.trace, self.need_base)
+                       self.catalogue, self.need, self.trace, self.need_base, self.charge)
 
 
 class NeedCatalogue(Exception):
@@ -184,18 +204,68 @@ class Examiner:
     whole_batches: bool = False
     # in-process: read a stored batch a based batch goes on from; None: ask the caller
     load_base: Callable[[str, str, int], bytes | None] | None = None
+    # bytes/s and burst of resolved batches per host (the host's byte rate limit; 0: none)
+    resolve_bytes_per_second: float = 0.0
+    resolve_byte_burst: int = 32 << 20
+    max_hosts: int = 10_000
     catalogues: CatalogueCache = field(init=False)
     bases: BaseCache = field(init=False)
+    resolve_limit: RateLimiter = field(init=False)
+    _resolved: int = field(init=False, default=0)  # ``cost`` of the message being examined
+    _budgeted: bool = field(init=False, default=True)  # its resolving spends the budget
+    _budget: float | None = field(init=False, default=None)  # given with it (workers)
+    _round: int = field(init=False, default=0)
+    _spent: dict[str, int] = field(init=False, default_factory=dict)  # host -> in this round
 
     def __post_init__(self) -> None:
         self.catalogues = CatalogueCache(self.load)
         self.bases = BaseCache(self.load_base)
+        self.resolve_limit = RateLimiter(messages_per_second=0, message_burst=1,
+                                         bytes_per_second=self.resolve_bytes_per_second,
+                                         byte_burst=self.resolve_byte_burst,
+                                         max_hosts=self.max_hosts)
 
     def examine(self, topic: str, payload: bytes, received_ms: int, *,
                 admit: Admit | None = None, refused: dict[int, str] | None = None,
                 supplied: dict[tuple[str, str], bytes | None] | None = None,
-                supplied_bases: dict[BaseKey, bytes | None] | None = None) -> Facts:
-        """Never raises (see the module's docstring)."""
+                supplied_bases: dict[BaseKey, bytes | None] | None = None,
+                budget: float | None = None, round_: int = 0) -> Facts:
+        """Never raises (see the module's docstring). ``budget``: the bytes the host may have
+        resolved in round ``round_`` (given by the collector to a worker); None: the
+        examiner's own ``resolve_limit`` decides."""
+        self._resolved = 0
+        # a second look (without the series the cardinality bound refused) was paid for by
+        # the first
+        self._budgeted = refused is None
+        self._budget = budget
+        if round_ != self._round:
+            self._round, self._spent = round_, {}
+        facts = self._examine(topic, payload, received_ms, admit, refused, supplied,
+                              supplied_bases)
+        facts.charge = self._resolved
+        return facts
+
+    def _cost(self, host: str, packed: int) -> None:
+        """Resolving ``packed`` bytes for ``host``: within its budget, or refused before."""
+        if self._budgeted and not self._within_budget(host, packed):
+            raise LimitExceeded(f"resolving this batch ({packed} bytes) is over the host's byte "
+                                "rate limit; its agent sends it again later",
+                                reason="rate_limited")
+        self._resolved += packed
+
+    def _within_budget(self, host: str, packed: int) -> bool:
+        if self._budget is None:
+            return self.resolve_limit.allow(host, packed)
+        spent = self._spent.get(host, 0) + packed
+        if spent > self._budget:
+            return False
+        self._spent[host] = spent
+        return True
+
+    def _examine(self, topic: str, payload: bytes, received_ms: int, admit: Admit | None,
+                 refused: dict[int, str] | None,
+                 supplied: dict[tuple[str, str], bytes | None] | None,
+                 supplied_bases: dict[BaseKey, bytes | None] | None) -> Facts:
         try:
             host, kind = parse_topic(topic)
         except ProtocolError as exc:
@@ -216,9 +286,9 @@ class Examiner:
             return Facts("need_catalogue", host, need=need.key)
         except NeedBase as need:
             return Facts("need_base", host, need_base=need.key)
-        except ProtocolError as exc:
+        except ProtocolError as exc:  # over the rate limit: not refused for good (no batch key)
             return Facts("reject", host, reason=exc.reason, detail=str(exc),
-                         batch_key=exc.batch_key)
+                         batch_key=None if exc.reason == "rate_limited" else exc.batch_key)
         except Exception as exc:  # a decoder bug must not stop ingest of everyone else
             return Facts("reject", host, reason="decode_error", detail=repr(exc)[:200],
                          trace=traceback.format_exc())
@@ -254,7 +324,8 @@ class Examiner:
         batch, referencing = decode_received(
             payload, self._lookup(host, supplied),
             lambda instance, seq, catalogue: bases.lookup(host, instance, seq, catalogue,
-                                                          supplied_bases))
+                                                          supplied_bases),
+            cost=lambda packed: self._cost(host, packed))
         key = (batch.instance, batch.seq)
         if batch.host != host:
             return Facts("reject", host, reason="host_mismatch", batch_key=key,

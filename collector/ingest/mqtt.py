@@ -552,6 +552,12 @@ class MqttIngest:
         as ``rate_limited``. Call before ``start``."""
         self.rate_limiter, self._rate_rejects = limiter, rejects
 
+    def charge(self, host: str, size: int) -> None:
+        """Charge ``host``'s rate limit ``size`` more bytes: what resolving a batch that names a
+        catalogue cost beyond its frame (``Facts.charge``); no limit, no charge."""
+        if self.rate_limiter is not None:
+            self.rate_limiter.charge(host, size)
+
     def _over_rate_limit(self, topic: str, payload: bytes, size: int) -> bool:
         """Whether the message's host (from the topic) is over its rate limit; every message
         also counts towards its host's flood check."""

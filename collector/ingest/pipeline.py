@@ -49,12 +49,19 @@ from typing import Any
 from edgemon.collector.config import IngestConfig
 from edgemon.collector.ingest.cardinality import SeriesLimits
 from edgemon.collector.ingest.catalogues import read_stored
-from edgemon.collector.ingest.examine import CatalogueHead, Examiner, Facts
+from edgemon.collector.ingest.examine import (
+    MAX_RESOLVED_PER_ROUND,
+    CatalogueHead,
+    Examiner,
+    Facts,
+)
 from edgemon.collector.ingest.mqtt import Inbox, MqttIngest, RawMessage, now_ms
+from edgemon.collector.ingest.rate_limit import RateLimiter
 from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.ingest.workers import Task, WorkerPool
 from edgemon.collector.storage.base import IngestItem, Storage, StoreResult
 from edgemon.common.logs import Throttle
+from edgemon.protocol import ProtocolError, parse_topic
 
 __all__ = ["IngestPipeline", "IngestStats", "Outcome"]
 
@@ -134,13 +141,20 @@ class IngestPipeline:
         self.examiner = Examiner(config.future_tolerance_seconds, config.past_tolerance_days,
                                  load=storage.catalogue, max_series=config.max_series_per_host,
                                  max_new_per_hour=config.max_new_series_per_hour,
-                                 whole_batches=True, load_base=storage.stored_batch)
+                                 whole_batches=True, load_base=storage.stored_batch,
+                                 **_resolve_limit(config))
         self.pool = WorkerPool(config.workers,
                                future_tolerance_seconds=config.future_tolerance_seconds,
                                past_tolerance_days=config.past_tolerance_days,
                                max_series=config.max_series_per_host,
                                max_new_per_hour=config.max_new_series_per_hour) \
             if config.workers else None
+        # the hosts' budgets of resolved bytes when workers examine (examine.py)
+        self.resolve_limit = RateLimiter(messages_per_second=0, message_burst=1,
+                                         bytes_per_second=config.rate_limit_bytes_per_second,
+                                         byte_burst=config.rate_limit_byte_burst,
+                                         max_hosts=config.rate_limit_max_hosts)
+        self._round = 0
         self.storage_ok = True  # False while the storage refuses every write
         self.heartbeat = time.monotonic()  # last turn of the worker loop (systemd watchdog)
         self._decode_error_log = Throttle(DECODE_ERROR_LOG_INTERVAL)
@@ -320,8 +334,13 @@ class IngestPipeline:
         for, admit the series of each batch in order (the host's cardinality bound), and have
         a batch with refused series examined again without them."""
         assert self.pool is not None
-        tasks = [Task(m.topic, m.payload, m.received_ms) for m in msgs]
+        self._round += 1
+        tasks = [Task(m.topic, m.payload, m.received_ms, budget=self._budget(m.topic),
+                      round=self._round) for m in msgs]
         facts = await self._examined(tasks, list(range(len(tasks))), [None] * len(tasks))
+        for f in facts:  # what was resolved leaves the host's budget
+            if f.charge and f.host is not None:
+                self.resolve_limit.charge(f.host, f.charge)
         again = []
         for i, f in enumerate(facts):
             if f.series and f.host is not None:
@@ -363,6 +382,16 @@ class IngestPipeline:
             facts[i] = Facts("reject", facts[i].host, reason="decode_error",
                              detail="a worker kept asking for what it was given")
         return facts
+
+    def _budget(self, topic: str) -> float | None:
+        """Resolved bytes the topic's host may spend in this round (None: no limit)."""
+        if not self.resolve_limit.enabled:
+            return None
+        try:
+            host = parse_topic(topic).host
+        except ProtocolError:
+            return 0.0
+        return min(float(MAX_RESOLVED_PER_ROUND), self.resolve_limit.available(host))
 
     def _stored_for_workers(self, catalogues: Iterable[tuple[str, str]],
                             bases: Iterable[tuple[str, str, int]]
@@ -477,6 +506,8 @@ class IngestPipeline:
                     status=f.status, dropped=f.dropped, catalogue=f.catalogue)
         if f.referencing:
             self.stats.referencing_batches += 1
+        if f.charge and f.host is not None and self.mqtt is not None:
+            self.mqtt.charge(f.host, f.charge)  # what resolving it cost: the sender pays
         head = f.head
         if head is not None:
             o.item = IngestItem(batch=head, payload=msg.payload if f.payload is None  # type: ignore[arg-type]
@@ -567,6 +598,13 @@ class IngestPipeline:
             for (host, instance), (seqs, reason) in refused.items():
                 if self.mqtt.publish_ack(host, instance, [], rejected=seqs, reason=reason):
                     stats.acks_published += 1
+
+
+def _resolve_limit(config: IngestConfig) -> dict[str, Any]:
+    """The budget of resolved bytes per host (``examine.py``): the host's byte rate limit."""
+    return {"resolve_bytes_per_second": config.rate_limit_bytes_per_second,
+            "resolve_byte_burst": config.rate_limit_byte_burst,
+            "max_hosts": config.rate_limit_max_hosts}
 
 
 def _item(o: Outcome) -> IngestItem:

@@ -89,6 +89,27 @@ class RateLimiter:
             bucket.bytes -= need_bytes
             return True
 
+    def available(self, host: str) -> float:
+        """The bytes ``host``'s bucket holds now (below zero after a ``charge``)."""
+        now = self._clock()
+        with self._lock:
+            bucket = self._bucket(host, now)
+            self._refill(bucket, now)
+            return bucket.bytes
+
+    def charge(self, host: str, size: int) -> None:
+        """Take ``size`` more bytes from ``host``'s bucket for a message ``allow`` admitted that
+        turned out to cost more than its frame declared (a batch naming a catalogue, resolved:
+        SPEC.md §9). The bucket may go below zero, at most one burst: the host's next messages
+        wait until it has refilled (any thread)."""
+        if self.bytes_per_second <= 0 or size <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            bucket = self._bucket(host, now)
+            self._refill(bucket, now)
+            bucket.bytes = max(-self.byte_burst, bucket.bytes - size)
+
     def _full_bucket(self, now: float) -> TokenBucket:
         return TokenBucket(self.message_burst, self.byte_burst, now)
 

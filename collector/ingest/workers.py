@@ -61,6 +61,8 @@ class Task:
     supplied: dict[tuple[str, str], bytes | None] | None = None  # stored catalogues asked for
     # stored batches asked for as bases: (host, instance, seq) -> payload
     supplied_bases: dict[tuple[str, str, int], bytes | None] | None = None
+    budget: float | None = None  # bytes its host may have resolved in this round (examine.py)
+    round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,8 @@ def _serve(conn: Connection, setup: _Setup) -> None:
         except (EOFError, OSError):
             return
         conn.send([examine(t.topic, t.payload, t.received_ms, refused=t.refused,
-                           supplied=t.supplied, supplied_bases=t.supplied_bases)
+                           supplied=t.supplied, supplied_bases=t.supplied_bases,
+                           budget=t.budget, round_=t.round)
                    for t in chunk])
 
 

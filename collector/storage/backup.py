@@ -7,7 +7,9 @@ A backup is a directory:
   consistent state while the collector goes on writing) or ``edgemon.dump`` (``pg_dump
   --format=custom`` on a snapshot exported by a repeatable-read transaction of our own, which
   also reads the store's accounting, so the counts and the dump are the same state);
-* ``alerts.db`` (the same API) and ``tokens.json``, when the collector has them;
+* ``alerts.db`` (the same API) and ``tokens.json``, when the collector has them (on PostgreSQL
+  the alert state is in the database, schema ``alerting``, so in the dump; an ``alerts.db``
+  left from the collector's SQLite days is copied as any file);
 * ``manifest.json``, written last (write, fsync, rename): every file's size and SHA-256, and
   the store's accounting at the snapshot (batches and samples ever stored). A directory without
   a manifest is an unfinished backup and is never restored.
@@ -16,7 +18,8 @@ A backup is a directory:
 refuses the restore with nothing changed. Then: SQLite is copied beside its target, fsynced and
 renamed over it (the target's WAL and shared-memory files removed first: stop the collector);
 PostgreSQL: the dump's SQL script runs in ONE ``psql`` transaction after the store's
-tables, sequences and functions in schema ``public`` are dropped (all or nothing; the database
+tables, sequences and functions in schema ``public`` and the alert state (schema ``alerting``)
+are dropped (all or nothing; the database
 must be the store's alone, as ``migrate-schema`` expects). Last, the restored store's
 accounting is compared with the manifest's.
 """
@@ -256,11 +259,13 @@ def restore(source: Path, location: str, *, extra: dict[str, Path] | None = None
 
 
 # Everything of the schema ``public`` (the store's tables with their partitions, sequences,
-# functions) dropped, in the restore's transaction. ``pg_restore --clean`` cannot do it: it
+# functions) and the schema ``alerting`` (the alert state) dropped, in the restore's
+# transaction. ``pg_restore --clean`` cannot do it: it
 # drops the inherited constraints of the partitions one by one, which PostgreSQL refuses.
 _DROP_STORE = """DO $$
 DECLARE r record;
 BEGIN
+    DROP SCHEMA IF EXISTS alerting CASCADE;
     FOR r IN SELECT c.oid::regclass AS t FROM pg_class c JOIN pg_namespace n ON
              n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
              AND NOT c.relispartition LOOP

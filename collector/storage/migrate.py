@@ -11,8 +11,11 @@ The target must be empty (just created, or only migrated to its schema) or hold 
 then the command verifies it again and changes nothing (safe to re-run). A target with other
 data is refused. The compaction window of the target is the source's.
 
-Alert state, silences and tokens are in files of their own beside the storage file
-(``alerts.db``, ``tokens.json``); they are not part of the store and are not copied here.
+The alerting engine's state (``alerts.db`` beside the storage file: alert state, history, the
+notification outbox and deliveries, silences, rule progress) is copied in the same transaction
+into the schema ``alerting`` when that file exists, with its ids and its engine id, so a
+notification still waiting in the outbox goes out from PostgreSQL with the same idempotency
+key; it is verified the same way. Tokens (``tokens.json``) stay a file of each collector's own.
 """
 
 from __future__ import annotations
@@ -54,6 +57,29 @@ _TABLES: dict[str, tuple[tuple[str, ...], str]] = {
                            "declared_last_seq", "declared_ms"), "host_id, instance"),
 }
 _IDENTITY = {"hosts": "id", "batches": "id", "quarantine": "id", "series": "id"}
+# the alert state (``alerting/store.py``): table of alerts.db -> (columns, key order), copied
+# into the schema ``alerting``
+_ALERT_TABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "meta": (("key", "value"), "key"),
+    "rule_state": (("rule", "kind", "signature", "watermark", "last_eval_ms", "duration_ms",
+                    "series", "error", "blob"), "rule"),
+    "alerts": (("rule", "key", "host", "labels", "status", "active_since", "fired_at",
+                "clearing_since", "value", "wm", "last_data", "notified", "fingerprint",
+                "alert_labels", "annotations", "updated_ms"), "rule, key"),
+    "history": (("id", "rule", "key", "host", "labels", "from_status", "status", "at_ms",
+                 "created_ms", "value", "starts_at", "ends_at", "historical", "silenced",
+                 "notified", "reason", "fingerprint", "annotations"), "id"),
+    "outbox": (("id", "history_id", "receiver", "rule", "fingerprint", "idempotency_key",
+                "body", "created_ms", "attempts", "state", "delivered_ms", "delivery_id"), "id"),
+    "deliveries": (("id", "receiver", "group_key", "idempotency_key", "sent_ms", "alerts",
+                    "status_code"), "id"),
+    "receiver_state": (("receiver", "failures", "next_attempt_ms", "last_error"), "receiver"),
+    "silences": (("id", "matchers", "starts_ms", "ends_ms", "created_by", "comment",
+                  "created_ms", "updated_ms"), "id"),
+    "holes": (("rule", "key", "from_ms", "body"), "rule, key, from_ms"),
+}
+_ALERT_IDENTITY = ("history", "outbox", "deliveries")
+_ALERT_SCHEMA = "alerting"
 _FETCH = 2_000
 
 
@@ -69,40 +95,103 @@ class TableCheck:
 
 
 def migrate_sqlite_to_postgres(source: str | Path, target_url: str, *,
+                               alerts: str | Path | None = None,
                                progress: Callable[[str], None] = lambda _: None
                                ) -> tuple[bool, list[TableCheck]]:
-    """Copy ``source`` (a SQLite store file) into ``target_url``; (copied now, the checks of
-    every table). ``copied`` is False when the target already held this copy (verified)."""
+    """Copy ``source`` (a SQLite store file) and the alert state ``alerts`` (default:
+    ``alerts.db`` beside ``source``, when it exists) into ``target_url``; (copied now, the
+    checks of every table). ``copied`` is False when the target already held this copy
+    (verified)."""
     path = Path(source)
     if not path.is_file():
         raise MigrationError(f"{path}: no such SQLite file")
+    alerts_path = Path(alerts) if alerts is not None else path.parent / "alerts.db"
+    if alerts is not None and not alerts_path.is_file():
+        raise MigrationError(f"{alerts_path}: no such SQLite file")
     src = connect_read_only(path, busy_timeout_ms=30_000)
+    alert_src = (connect_read_only(alerts_path, busy_timeout_ms=30_000)
+                 if alerts_path.is_file() else None)
     try:
-        src.execute("BEGIN")  # one snapshot for the copy and its check
-        meta = dict(src.execute("SELECT key, value FROM meta"))
-        if "window_ms" not in meta:
-            raise MigrationError(f"{path}: not an edgemon storage file (no meta)")
-        have = {name for (name,) in src.execute("SELECT name FROM sqlite_schema")}
-        tables = [t for t in _TABLES if t in have]
-        with psycopg.connect(target_url, autocommit=True) as dst:
-            migrations.apply(dst)
-            with dst.transaction():
-                dst.execute("SELECT pg_advisory_xact_lock(%s, %s)",
-                            (migrations.LOCK_NAMESPACE, 2))
-                state = dict(dst.execute("SELECT key, value FROM meta").fetchall())
-                if state.get(MARKER):
-                    return False, _verify(src, dst, tables, progress, meta)
-                busy = [t for t in ("hosts", "batches", "series") if dst.execute(
-                    f"SELECT EXISTS (SELECT 1 FROM {t})".encode()).fetchone()[0]]  # type: ignore[index]
-                if busy:
-                    raise MigrationError(f"the target already holds data ({', '.join(busy)}): "
-                                         "migrate into an empty database")
-                _copy(src, dst, tables, meta, "instance_accounts" in have, progress)
-                checks = _verify(src, dst, tables, progress, meta)
-                dst.execute("INSERT INTO meta (key, value) VALUES (%s, 1)", (MARKER,))
-            return True, checks
+        return _migrate(src, alert_src, path, target_url, progress)
     finally:
         src.close()
+        if alert_src is not None:
+            alert_src.close()
+
+
+def _migrate(src: sqlite3.Connection, alert_src: sqlite3.Connection | None, path: Path,
+             target_url: str, progress: Callable[[str], None]) -> tuple[bool, list[TableCheck]]:
+    src.execute("BEGIN")  # one snapshot for the copy and its check
+    alert_tables: list[str] = []
+    if alert_src is not None:
+        alert_src.execute("BEGIN")
+        have_alerts = {n for (n,) in alert_src.execute("SELECT name FROM sqlite_schema")}
+        alert_tables = [t for t in _ALERT_TABLES if t in have_alerts]
+    meta = dict(src.execute("SELECT key, value FROM meta"))
+    if "window_ms" not in meta:
+        raise MigrationError(f"{path}: not an edgemon storage file (no meta)")
+    have = {name for (name,) in src.execute("SELECT name FROM sqlite_schema")}
+    tables = [t for t in _TABLES if t in have]
+    with psycopg.connect(target_url, autocommit=True) as dst:
+        migrations.apply(dst)
+        with dst.transaction():
+            dst.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                        (migrations.LOCK_NAMESPACE, 2))
+            state = dict(dst.execute("SELECT key, value FROM meta").fetchall())
+            if state.get(MARKER):
+                return False, (_verify(src, dst, tables, progress, meta)
+                               + _verify_alerts(alert_src, dst, alert_tables, progress))
+            busy = [t for t in ("hosts", "batches", "series", "alerting.history",
+                                "alerting.outbox", "alerting.silences") if dst.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {t})".encode()).fetchone()[0]]  # type: ignore[index]
+            if busy:
+                raise MigrationError(f"the target already holds data ({', '.join(busy)}): "
+                                     "migrate into an empty database")
+            _copy(src, dst, tables, meta, "instance_accounts" in have, progress)
+            if alert_src is not None:
+                _copy_alerts(alert_src, dst, alert_tables, progress)
+            checks = (_verify(src, dst, tables, progress, meta)
+                      + _verify_alerts(alert_src, dst, alert_tables, progress))
+            dst.execute("INSERT INTO meta (key, value) VALUES (%s, 1)", (MARKER,))
+        return True, checks
+
+
+def _copy_alerts(src: sqlite3.Connection, dst: psycopg.Connection[Any], tables: list[str],
+                 progress: Callable[[str], None]) -> None:
+    """The alert state into the schema ``alerting``, ids and engine id kept (the target's
+    own engine id, made when a collector first opened it, is replaced)."""
+    dst.execute(f"DELETE FROM {_ALERT_SCHEMA}.meta".encode())
+    for table in tables:
+        columns, order = _ALERT_TABLES[table]
+        n = 0
+        with dst.cursor().copy(f"COPY {_ALERT_SCHEMA}.{table} ({', '.join(columns)}) "
+                               f"FROM STDIN".encode()) as copy:
+            for row in _rows(src, table, columns, order):
+                copy.write_row(row)
+                n += 1
+        progress(f"alert state {table}: {n} rows copied")
+    for table in _ALERT_IDENTITY:
+        name = f"{_ALERT_SCHEMA}.{table}"
+        dst.execute(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
+                    f"coalesce((SELECT max(id) FROM {name}), 0) + 1, false)".encode())
+
+
+def _verify_alerts(src: sqlite3.Connection | None, dst: psycopg.Connection[Any],
+                   tables: list[str], progress: Callable[[str], None]) -> list[TableCheck]:
+    """The alert tables on both sides: the same rows (count and SHA-256)."""
+    checks = []
+    for table in tables if src is not None else []:
+        columns, order = _ALERT_TABLES[table]
+        want = _digest(_rows(src, table, columns, order))
+        got = _digest(_rows(dst.cursor(binary=True), f"{_ALERT_SCHEMA}.{table}", columns,
+                            order))
+        if want != got:
+            raise MigrationError(f"alert state {table}: source has {want[0]} rows (sha256 "
+                                 f"{want[1][:16]}), target {got[0]} (sha256 {got[1][:16]}): "
+                                 "not the same copy")
+        checks.append(TableCheck(f"{_ALERT_SCHEMA}.{table}", want[0], want[1]))
+        progress(f"alert state {table}: {want[0]} rows verified (sha256 {want[1][:16]})")
+    return checks
 
 
 def _copy(src: sqlite3.Connection, dst: psycopg.Connection[Any], tables: list[str],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -54,6 +55,16 @@ class Process:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines of its output (``level``, ``msg``, ...), other lines left out."""
+        lines = []
+        for line in self.output().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+        return lines
 
 
 class Agent(Process):
@@ -159,6 +170,22 @@ class Collector(Process):
         with self._open("GET", path) as resp:
             body = resp.read()
         return body if raw else json.loads(body)
+
+
+def cluster_roles(collectors: dict[str, Collector]) -> dict[str, str]:
+    """The role each running collector states now (a dead or busy one is left out)."""
+    out = {}
+    for name, collector in collectors.items():
+        if collector.running():
+            with contextlib.suppress(OSError):
+                out[name] = collector.get("/edgemon/api/v1/cluster")["role"]
+    return out
+
+
+def the_leader(collectors: dict[str, Collector]) -> str | None:
+    """The one collector that says it leads (None: none, or more than one)."""
+    leaders = [n for n, role in cluster_roles(collectors).items() if role == "leader"]
+    return leaders[0] if len(leaders) == 1 else None
 
 
 def buffer_meta(path: Path) -> dict[str, int]:

@@ -1,4 +1,6 @@
-"""A webhook receiver on a loopback port (stdlib HTTP server in a thread): records every POST."""
+"""A webhook receiver on a loopback port (stdlib HTTP server in a thread): records every POST
+it accepts. ``status``: what it answers (200; e.g. 503 to be down: then the POST is counted in
+``refused``, not recorded)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Any
 class Webhook:
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.status = 200
+        self.refused = 0
         self._lock = threading.Lock()
         owner = self
 
@@ -18,8 +22,12 @@ class Webhook:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with owner._lock:
-                    owner.messages.append(json.loads(body))
-                self.send_response(200)
+                    status = owner.status
+                    if status == 200:
+                        owner.messages.append(json.loads(body))
+                    else:
+                        owner.refused += 1
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -10,7 +10,7 @@
 * ``_read()`` is one ``REPEATABLE READ READ ONLY`` transaction: every SELECT sees one snapshot.
 
 Connections are autocommit (transactions are explicit), results are binary, and each statement
-of the shared SQL has its ``?`` placeholders turned into psycopg's ``%s`` once (``_PgConn``).
+of the shared SQL has its ``?`` placeholders turned into psycopg's ``%s`` once (``PgConn``).
 ``numeric`` results (``sum`` of bigints) are read as Python ints: the schema has no numeric
 column, so a numeric is always a sum of integers.
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
@@ -33,24 +32,16 @@ from typing import Any
 
 import psycopg
 from psycopg.types.numeric import NumericBinaryLoader, NumericLoader
-from psycopg_pool import ConnectionPool, PoolTimeout
 
-from edgemon.collector.storage.base import StorageUnavailable
 from edgemon.collector.storage.postgres import migrations
+from edgemon.collector.storage.postgres.pool import PooledDatabase
 from edgemon.collector.storage.sql.store import HOUR, TIERS, SQLStore
 
-__all__ = ["MissingPartitions", "PostgresDatabase"]
+__all__ = ["MissingPartitions", "PgConn", "PostgresDatabase"]
 
 log = logging.getLogger("edgemon.collector.storage")
 
 WRITE_LOCK = 2  # advisory lock (LOCK_NAMESPACE, 2): the store's writers, one at a time
-_RETRY_DOWN_S = 1.0  # while the server is unreachable: one real try per second
-# How long the pool's own reconnect attempts go on (1 s, 2 s, 4 s apart) before it stops and
-# leaves the next one to the next request (one per _RETRY_DOWN_S). psycopg_pool's default (5
-# minutes) doubles the gap without bound: after an outage of a minute the pool slept 30 s or
-# more before its next try, and the collector stored nothing for that long after the server was
-# back (measured: 12-17 s after a 5-40 s outage with the default, < 0.2 s with this).
-_POOL_RECONNECT_S = 5.0
 _ROLLUP_TABLES = {width: f"rollups_{name}" for name, (width, _) in TIERS.items()}
 
 
@@ -74,7 +65,7 @@ def _integral(value: Decimal) -> int | Decimal:
     return int(value) if value == value.to_integral_value() else value
 
 
-class _PgConn:
+class PgConn:
     """The face of a psycopg connection the shared SQL parts use (as sqlite3's): ``execute``
     and ``executemany`` with ``?`` placeholders, returning a cursor."""
 
@@ -92,7 +83,7 @@ class _PgConn:
         return cur
 
 
-class PostgresDatabase(SQLStore):
+class PostgresDatabase(PooledDatabase, SQLStore):
     """A PostgreSQL database holding the store (``url``: a libpq connection URL; a password
     may also come from ``PGPASSWORD`` or ``~/.pgpass``, as for any libpq client)."""
 
@@ -105,39 +96,15 @@ class PostgresDatabase(SQLStore):
         (else INSERT). ``options``: ``SQLStore._configure``."""
         self._configure(window_ms=window_ms, **options)
         self.ingest_copy = ingest_copy
-        self.url = url
-        self.connect_timeout_s = connect_timeout_s
         self.lock_timeout_ms = lock_timeout_ms
         self._partitions: set[tuple[str, int]] = set()  # (parent, lower bound) known to exist
         self._partitions_lock = threading.Lock()
-        self._down_until = 0.0  # monotonic time before which requests fail at once
-        self._down_reason = ""
-        delay = 1.0
-        while True:
-            # a new pool for every attempt: a closed one cannot be opened again
-            self.pool = ConnectionPool(
-                url, min_size=1, max_size=max(2, pool_size), open=False, name="edgemon-storage",
-                kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s))},
-                configure=self._configure_connection, check=ConnectionPool.check_connection,
-                timeout=connect_timeout_s, reconnect_timeout=_POOL_RECONNECT_S)
-            try:
-                self._open(window_ms)
-                return
-            except (psycopg.OperationalError, PoolTimeout) as exc:
-                self.pool.close()
-                if not wait:
-                    raise StorageUnavailable(f"PostgreSQL at {_where(url)}: {exc}") from exc
-                log.warning("PostgreSQL at %s unavailable (%s); trying again in %.0f s",
-                            _where(url), str(exc).strip()[:200], delay)
-                time.sleep(delay)
-                delay = min(30.0, delay * 2)
-            except BaseException:
-                self.pool.close()
-                raise
+        self._open_pool(url, name="edgemon-storage", pool_size=pool_size,
+                        connect_timeout_s=connect_timeout_s, wait=wait,
+                        configure=self._configure_connection, first=lambda: self._open(window_ms))
 
     def _open(self, window_ms: int) -> None:
-        """Open the pool, apply the migrations, read the store's fixed settings."""
-        self.pool.open(wait=True, timeout=self.connect_timeout_s)
+        """Apply the migrations, read the store's fixed settings."""
         with self.pool.connection() as conn:
             done = migrations.apply(conn)
             for m in done:
@@ -160,56 +127,29 @@ class PostgresDatabase(SQLStore):
     # -- connections and transactions ----------------------------------------------------------
 
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection. While the server is unreachable every request fails at once
-        with ``StorageUnavailable`` (one real try per ``_RETRY_DOWN_S``), so a caller storing
-        messages one by one, or a burst of queries, does not wait a connect timeout each."""
-        if time.monotonic() < self._down_until:
-            raise StorageUnavailable(f"PostgreSQL unavailable: {self._down_reason}")
-        conn: psycopg.Connection[Any] | None = None
-        try:
-            with self.pool.connection() as conn:
-                yield conn
-        except PoolTimeout as exc:
-            self._went_down(exc)
-            raise StorageUnavailable(f"PostgreSQL unavailable: {exc}") from exc
-        except psycopg.OperationalError as exc:
-            if conn is None or conn.broken or conn.closed:
-                self._went_down(exc)
-                raise StorageUnavailable(f"PostgreSQL unavailable: {exc}") from exc
-            raise
-        self._down_until = 0.0
-
-    def _went_down(self, exc: BaseException) -> None:
-        if not self._down_until:
-            log.warning("PostgreSQL at %s unavailable: %s", _where(self.url),
-                        str(exc).strip()[:200])
-        self._down_reason = str(exc).strip()[:200]
-        self._down_until = time.monotonic() + _RETRY_DOWN_S
-
-    @contextmanager
-    def _write(self) -> Iterator[_PgConn]:
+    def _write(self) -> Iterator[PgConn]:
         """One write transaction: the process's write lock, then the store's advisory lock."""
         with self._write_lock, self._connection() as conn:
             try:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s, %s)",
                                  (migrations.LOCK_NAMESPACE, WRITE_LOCK))
-                    yield _PgConn(conn)
+                    yield PgConn(conn)
             except psycopg.errors.CheckViolation:
                 # "no partition of relation ... found for row": another collector dropped one
                 self._load_partitions()
                 raise
 
     @contextmanager
-    def _read(self) -> Iterator[_PgConn]:
+    def _read(self) -> Iterator[PgConn]:
         with self._connection() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield _PgConn(conn)
+            yield PgConn(conn)
 
     def close(self) -> None:
         self.pool.close()
         self.reader.clear()
+        self.pending_cache.clear()
         self.decoded.clear()
 
     # -- partitions ---------------------------------------------------------------------------
@@ -222,7 +162,7 @@ class PostgresDatabase(SQLStore):
         return next(tier_window for name, (_, tier_window) in TIERS.items()
                     if parent == f"rollups_{name}")
 
-    def _partitions_for(self, db: _PgConn, table: str, windows: Iterable[int],
+    def _partitions_for(self, db: PgConn, table: str, windows: Iterable[int],
                         tier: int | None = None) -> None:
         """Inside a write transaction: raise ``MissingPartitions`` if one is missing. A
         partition is never made inside a transaction that has written rows: making one locks
@@ -296,12 +236,3 @@ class MissingPartitions(Exception):
     def __init__(self, missing: set[tuple[str, int]]) -> None:
         super().__init__(f"partitions to make first: {sorted(missing)}")
         self.missing = missing
-
-
-def _where(url: str) -> str:
-    """Host, port and database of ``url``, without user or password (for logs)."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "(unparsable URL)"
-    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"

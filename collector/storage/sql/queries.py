@@ -44,6 +44,7 @@ from edgemon.collector.storage.selection import (
     pick_tier,
 )
 from edgemon.collector.storage.sql.store import (
+    PENDING_IDENT,
     PENDING_ORDER,
     TIERS,
     SQLStore,
@@ -272,7 +273,37 @@ class Queries(SQLStore):
                     if columns is not None:
                         yield hid, PENDING_ORDER + batch_id, columns
 
-        return flatten(batches(), resolve, {q.name})
+        source = self._projected(db, host_list, q.name, start, end) \
+            if self.pending_cache.enabled else batches()
+        return flatten(source, resolve, {q.name})
+
+    def _projected(self, db: Any, host_list: list[int], name: str, start: int, end: int
+                   ) -> Iterator[tuple[int, int, BatchColumns]]:
+        """(host id, order, columns holding metric ``name``) of the pending batches of these hosts
+        with samples in [start, end), in id order: from ``pending_cache`` by batch row, and
+        only the payloads of rows it does not hold read and decoded (``pending_cache.py``)."""
+        cache = self.pending_cache
+        names = cache.read(name)
+        for chunk in chunked(host_list):
+            rows = [tuple(r) for r in db.execute(
+                f"SELECT {PENDING_IDENT} FROM batches WHERE host_id IN ({placeholders(chunk)}) "
+                "AND t_max >= ? AND t_min < ? ORDER BY id", (*chunk, start, end))]
+            found = [cache.get(ident, name) for ident in rows]
+            missing = {ident[0]: ident for ident, item in zip(rows, found, strict=True)
+                       if item is None}
+            fresh: dict[int, BatchColumns] = {}
+            for ids in chunked(sorted(missing)):
+                for batch_id, payload in db.execute(
+                        f"SELECT id, payload FROM batches WHERE id IN ({placeholders(ids)})",
+                        ids):
+                    columns = self._pending_columns(batch_id, payload)
+                    if columns is not None:
+                        fresh[batch_id] = cache.fill(missing[batch_id], columns, names)
+            for ident, item in zip(rows, found, strict=True):
+                if item is None:
+                    item = fresh.get(ident[0])  # None: unreadable, skipped
+                if item is not None:
+                    yield ident[1], PENDING_ORDER + ident[0], item
 
     def _series_chunks(self, db: Any, wanted: list[tuple[int, int, int, int]],
                        start: int, end: int) -> tuple[np.ndarray, ...]:

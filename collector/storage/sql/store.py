@@ -25,10 +25,12 @@ import numpy as np
 from edgemon.collector.storage.batches import BatchColumns, BatchReader, UnreadableBatch
 from edgemon.collector.storage.decoded import DecodedCache
 from edgemon.collector.storage.encoding import decode_chunks, decode_times
+from edgemon.collector.storage.pending_cache import PendingMetricCache
 from edgemon.collector.storage.selection import HOUR, MINUTE, TIER_WIDTH_MS
 from edgemon.collector.storage.sql.layouts import LayoutCache
 
-__all__ = ["DAY", "HOUR", "MINUTE", "PENDING_ORDER", "SERIES_DELETED", "TIERS", "SQLStore",
+__all__ = ["DAY", "HOUR", "MINUTE", "PENDING_IDENT", "PENDING_ORDER", "SERIES_DELETED", "TIERS",
+           "SQLStore",
            "chunked", "floor", "placeholders"]
 
 log = logging.getLogger("edgemon.collector.storage")
@@ -38,6 +40,8 @@ DAY = 24 * HOUR
 # tier name -> (bucket width, width of the window one rollup row covers)
 TIERS: dict[str, tuple[int, int]] = {"1m": (TIER_WIDTH_MS["1m"], DAY),
                                      "1h": (TIER_WIDTH_MS["1h"], 30 * DAY)}
+# the columns that tell a pending batch row from any other, ever (``pending_cache.py``)
+PENDING_IDENT = "id, host_id, instance, seq, received_ms"
 PENDING_ORDER = 1 << 62  # pending samples win ties against compacted ones (arrived later)
 # meta key: how many times retention deleted series from this store (any process)
 SERIES_DELETED = "series_deleted"
@@ -84,6 +88,7 @@ class SQLStore:
         retention_rows: int = 5_000,
         batch_cache_mb: int = 64,
         decoded_cache_mb: int = 64,
+        pending_cache_mb: int = 128,
         maintain_budget_ms: int = 1_000,
     ) -> None:
         """The options every backend takes (its constructor passes them on)."""
@@ -103,6 +108,8 @@ class SQLStore:
         self.maintain_budget_ms = maintain_budget_ms
         self.reader = BatchReader(batch_cache_mb << 20)  # decoded pending batches
         self.decoded = DecodedCache(decoded_cache_mb << 20)  # decoded chunks/rollups, readers
+        # one metric's columns of each pending batch, by batch row (alert rules, dashboards)
+        self.pending_cache = PendingMetricCache(pending_cache_mb << 20)
         self._write_lock = threading.RLock()
         self._maintain_lock = threading.RLock()  # one maintenance step at a time
         # whether a compaction transaction gives way after its commit (ingest waits): set by the
@@ -207,18 +214,22 @@ class SQLStore:
             return None
 
     def forget_compacted(self) -> int:
-        """Drop from the cache of decoded pending batches those no longer pending (compacted
-        or quarantined by another process: ``compaction_process.py``); how many."""
+        """Drop from the caches of decoded pending batches those no longer pending (compacted
+        or quarantined by another process: ``compaction_process.py``); how many payloads."""
         cached = self.reader.cached_ids()
-        if not cached:
+        projected = self.pending_cache.idents()
+        if not cached and not projected:
             return 0
-        alive: set[int] = set()
+        rows: set[tuple[Any, ...]] = set()
         with self._read() as db:
-            for some in chunked(sorted(set(cached.values()))):
-                alive.update(i for (i,) in db.execute(
-                    f"SELECT id FROM batches WHERE id IN ({placeholders(some)})", some))
+            for some in chunked(sorted({*cached.values(), *(i[0] for i in projected)})):
+                rows.update(db.execute(
+                    f"SELECT {PENDING_IDENT} FROM batches WHERE id IN ({placeholders(some)})",
+                    some))
+        alive = {row[0] for row in rows}
         gone = [payload for payload, i in cached.items() if i not in alive]
         self.reader.forget(gone)
+        self.pending_cache.forget(i for i in projected if i not in rows)  # also a reused id
         return len(gone)
 
     @staticmethod

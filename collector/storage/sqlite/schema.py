@@ -249,3 +249,4 @@ class SQLiteFile(SQLStore):
                 db.close()
         self._local = threading.local()
         self.reader.clear()
+        self.pending_cache.clear()

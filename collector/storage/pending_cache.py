@@ -1,0 +1,173 @@
+"""One metric's columns of each pending batch, keyed by the batch row: what repeated readers of
+the not-yet-compacted back-log (alert rules every cycle, dashboards) take instead of the payload.
+
+A stored pending batch never changes until compaction or quarantine deletes its row, so the
+columns of the metrics readers ask for can be kept under the batch's ``ident``. ``ident`` is the
+row's id together with its (host, instance, seq, received time): SQLite may give a deleted row's
+id to a later batch, but never to one with the same host, instance and seq (ingest stores a
+sequence number once), so a reused id cannot hit a stale entry. A reader selects the ids of the
+pending batches in its range (no payloads), takes what is cached, and reads and decodes only the
+payloads of the rest, inside the same read transaction: it sees every batch of its snapshot
+exactly once whatever compaction did meanwhile, and a batch another collector stored on the same
+database is simply a new id.
+
+One entry per batch holds the columns of every metric read recently (the last 64 names any
+reader asked for), copied out of the batch's: the few metrics alert rules read cost one decode
+per batch in all, not one per rule, and a fraction of the batch's memory. A reader asking for a
+metric the entry does not cover yet projects the batch again (from the payload), now with that
+metric too. Each entry's size is counted as its arrays plus a fixed overhead per array, label
+set, metric and entry: 2.8 KB per batch for the default rules' metrics (6 metrics, 8 series,
+48 samples of a 474-sample batch; tracemalloc measures 2.6 KB), so the default 128 MB
+(``pending_cache_mb``) holds about 47,000 pending batches: 10,000 hosts sending a batch a
+minute, almost five minutes of them.
+
+Bounded in bytes (``max_bytes``; 0 turns the cache off): entries are admitted while there is
+room; when full, entries no reader used for ``idle_s`` seconds give way, least recently used
+first. A scan over more pending batches than fit therefore keeps what it cached instead of
+evicting it for the next cycle's misses. ``forget`` drops entries of batches that are gone
+(compacted or quarantined: ``SQLStore.forget_compacted``). Thread-safe; cached arrays are
+read-only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+import numpy as np
+
+from edgemon.collector.storage.batches import BatchColumns, MetricPart
+
+__all__ = ["PendingMetricCache", "project"]
+
+# (id, host_id, instance, seq, received_ms) of a batch row
+Ident = tuple[int, int, str, int, int]
+_HOT_NAMES = 64  # metric names remembered as read recently
+_ENTRY_BYTES = 200  # an entry's key, ident and bookkeeping
+
+
+def project(columns: BatchColumns, names: Collection[str]) -> BatchColumns:
+    """The columns of the metrics in ``names`` alone (copies; no metric: empty columns)."""
+    parts = [m for m in columns.metrics if m.name in names]
+    metrics, labels, bounds, ts, values = [], [], [np.zeros(1, dtype=np.int64)], [], []
+    at, base = 0, 0
+    for m in parts:
+        lo, hi = int(columns.bounds[m.first]), int(columns.bounds[m.end])
+        metrics.append(MetricPart(m.name, m.kind, m.unit, m.scale, m.keys, at,
+                                  at + m.end - m.first))
+        at += m.end - m.first
+        labels += columns.labels[m.first:m.end]
+        bounds.append(columns.bounds[m.first + 1:m.end + 1] - lo + base)
+        ts.append(columns.ts[lo:hi])
+        values.append(columns.values[lo:hi])
+        base += hi - lo
+    empty = np.empty(0, dtype=np.int64)
+    out = [np.concatenate(bounds), np.concatenate([empty, *ts]),
+           np.concatenate([empty, *values])]
+    for column in out:
+        column.flags.writeable = False
+    # arrays (with numpy's ~112 bytes of header each), label tuples, metric parts, the object
+    nbytes = (sum(c.nbytes + 112 for c in out) + 60 * len(labels) + 100 * len(metrics)
+              + 200)
+    return BatchColumns(tuple(metrics), labels, out[0], out[1], out[2], nbytes)
+
+
+class PendingMetricCache:
+    """Projected columns by batch ident; see the module docstring."""
+
+    def __init__(self, max_bytes: int, *, idle_s: float = 120.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_bytes = max(0, int(max_bytes))
+        self.idle_s = idle_s
+        self.used = 0
+        self.hits = 0
+        self.misses = 0
+        self.decoded = 0  # projections made from a payload
+        self._clock = clock
+        # ident -> (columns, names they cover, size, last use); least recently used first
+        self._entries: OrderedDict[Ident, tuple[BatchColumns, frozenset[str], int, float]] = \
+            OrderedDict()
+        self._hot: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    def get(self, ident: Ident, name: str) -> BatchColumns | None:
+        """The cached columns of the batch (holding metric ``name``, if the batch has it),
+        None when not cached."""
+        with self._lock:
+            found = self._entries.get(ident)
+            if found is None or name not in found[1]:
+                self.misses += 1
+                return None
+            self._entries[ident] = (*found[:3], self._clock())
+            self._entries.move_to_end(ident)
+            self.hits += 1
+            return found[0]
+
+    def read(self, name: str) -> frozenset[str]:
+        """Note that ``name`` is being read; the metric names to project on a decode."""
+        with self._lock:
+            self._hot[name] = None
+            self._hot.move_to_end(name)
+            while len(self._hot) > _HOT_NAMES:
+                self._hot.popitem(last=False)
+            return frozenset(self._hot)
+
+    def fill(self, ident: Ident, columns: BatchColumns, names: frozenset[str]) -> BatchColumns:
+        """The projection of ``columns`` on ``names``, kept (as room allows)."""
+        item = project(columns, names)
+        size = item.nbytes + _ENTRY_BYTES
+        now = self._clock()
+        with self._lock:
+            self.decoded += 1
+            old = self._entries.pop(ident, None)
+            if old is not None:
+                self.used -= old[2]
+            if self._make_room(size, now):
+                self._entries[ident] = (item, names, size, now)
+                self.used += size
+        return item
+
+    def _make_room(self, size: int, now: float) -> bool:
+        """Drop idle entries, least recently used first, until ``size`` more bytes fit."""
+        while self.used + size > self.max_bytes and self._entries:
+            ident, (_, _, dropped, last) = next(iter(self._entries.items()))
+            if now - last < self.idle_s:
+                return False
+            del self._entries[ident]
+            self.used -= dropped
+        return self.used + size <= self.max_bytes
+
+    def idents(self) -> set[Ident]:
+        with self._lock:
+            return set(self._entries)
+
+    def forget(self, gone: Iterable[Ident]) -> int:
+        """Drop the entries of batches no longer pending; how many."""
+        dropped = 0
+        with self._lock:
+            for ident in gone:
+                found = self._entries.pop(ident, None)
+                if found is not None:
+                    self.used -= found[2]
+                    dropped += 1
+        return dropped
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.used = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"entries": len(self._entries), "bytes": self.used, "hits": self.hits,
+                    "misses": self.misses, "decoded": self.decoded}
