@@ -17,6 +17,10 @@ Each side runs in a process of its own (the baseline: the sources of ``--baselin
   ``MaintenanceRunner``; this tree: the compaction process, ``CompactionProcess``). Reported:
   the writer's call latency p50/p99/max, the share of the wall time it spent in
   ``store_batches``, the same without compaction, and the samples compacted meanwhile.
+* **L0's choice of one step** (CPU time, best of 5): which pending batches a step takes, over a
+  pending table of ``--pending`` batches (60 s of a fleet's traffic), when the oldest 0.3 s of
+  them are due (a collector that keeps up) and when all are (one behind). The baseline tree has no
+  ``_choose_pending``: it runs main's old query (``_old_choice``, a copy).
 
 Prints a table and writes ``benchmarks/results/compaction.json``. Not a test.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -135,9 +140,63 @@ def writer(directory: str, hosts: int, backlog_rounds: int, seconds: float,
             "compacted_samples_per_s": compacted / wall}
 
 
+def _old_choice(st: Any, db: Any, now_ms: int) -> list[tuple[int, int, int]]:
+    """The L0 choice as main made it before ``Compaction._choose_pending``: one GROUP BY over
+    the whole pending table, then each due host's batches."""
+    rows = db.execute("SELECT host_id, min(received_ms), sum(samples) FROM batches "
+                      "GROUP BY host_id ORDER BY 2").fetchall()
+    due = [hid for hid, oldest, n in rows
+           if oldest <= now_ms - st.compact_delay_ms or n >= st.step_samples]
+    budget, chosen = st.step_samples, []
+    for hid in due:
+        if budget <= 0:
+            break
+        first = True
+        for batch_id, n in db.execute("SELECT id, samples FROM batches WHERE host_id = ? "
+                                      "ORDER BY id", (hid,)):
+            if not first and n > budget:
+                break
+            first, budget = False, budget - n
+            chosen.append((hid, batch_id, n))
+    return chosen
+
+
+def choice(directory: str, pending: int, hosts: int, repeat: int = 5) -> dict[str, Any]:
+    """CPU time of L0's choice of batches (one step) over a pending table of ``pending``
+    batches of 528 samples and 1.3 kB of (incompressible) payload, received over 60 s by
+    ``hosts`` hosts in turn, with the compaction delay at 60 s: "keeping up", the oldest 0.3 s
+    of batches due (fewer than a step takes: hosts due by size are looked for too); "behind",
+    every batch due (the step's budget is spent on the oldest)."""
+    from edgemon.collector.storage.sqlite import SQLiteStorage
+
+    st = SQLiteStorage(os.path.join(directory, "choice.db"),
+                       **{**OPTIONS, "compact_delay_ms": 60_000})
+    rng = random.Random(1)
+    payload = bytes(rng.getrandbits(8) for _ in range(1300))
+    with st._write() as db:
+        db.executemany("INSERT INTO batches (host_id, instance, seq, received_ms, t_min, t_max, "
+                       "samples, historical, payload) VALUES (?, 'i', ?, ?, ?, ?, 528, 0, ?)",
+                       ((1 + i % hosts, i, T0 + i * 60_000 // pending, T0, T0, payload)
+                        for i in range(pending)))
+    choose = getattr(st, "_choose_pending", None)
+    out: dict[str, Any] = {"pending": pending, "hosts": hosts}
+    for case, now in (("keeping up", T0 + 60_300), ("behind", T0 + 200_000)):
+        best, chosen = float("inf"), 0
+        for _ in range(repeat):
+            t = time.process_time()
+            with st._read() as db:
+                got = choose(db, now)[0] if choose else _old_choice(st, db, now)
+            best = min(best, time.process_time() - t)
+            chosen = len(got)
+        out[case] = {"cpu_ms": best * 1e3, "batches": chosen}
+    st.close()
+    return out
+
+
 def worker(args: argparse.Namespace) -> None:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edgemon-compaction-") as d:
+        out["choice"] = choice(d, args.pending, args.choice_hosts)
         out["one"] = shape(d, args.hosts, 1, args.rounds)
         out["twelve"] = shape(d, max(1, args.hosts // 12), 12, args.rounds)
         out["writer_alone"] = writer(d, args.hosts, args.backlog, args.seconds, False)
@@ -153,7 +212,8 @@ def run_side(args: argparse.Namespace, pythonpath: Path | None) -> dict[str, Any
         env["PYTHONPATH"] = str(pythonpath)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--hosts", str(args.hosts),
            "--rounds", str(args.rounds), "--backlog", str(args.backlog),
-           "--seconds", str(args.seconds)]
+           "--seconds", str(args.seconds), "--pending", str(args.pending),
+           "--choice-hosts", str(args.choice_hosts)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -170,12 +230,17 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--backlog", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--pending", type=int, default=60_000,
+                    help="pending batches when L0's choice is timed")
+    ap.add_argument("--choice-hosts", type=int, default=60_000,
+                    help="hosts of those batches (as many: one batch a minute each)")
     args = ap.parse_args()
     if args.worker:
         worker(args)
         return 0
     if args.quick:
         args.hosts, args.rounds, args.backlog, args.seconds = 240, 2, 3, 6.0
+        args.pending = args.choice_hosts = 20_000
     from benchmarks.footprint import baseline_tree
 
     with tempfile.TemporaryDirectory(prefix="edgemon-compaction-base-") as work:
@@ -193,6 +258,10 @@ def main() -> int:
             new[key]["l0_samples_per_s"])
         row(f"closing the windows (merge + rollups) samples/s, {what}",
             base[key]["close_samples_per_s"], new[key]["close_samples_per_s"])
+    for case in ("keeping up", "behind"):
+        row(f"L0 choice of one step, {args.pending} pending batches, {case}: CPU ms",
+            base["choice"][case]["cpu_ms"], new["choice"][case]["cpu_ms"], 2)
+        assert base["choice"][case]["batches"] == new["choice"][case]["batches"]
     for key in ("writer_alone", "writer_compacting"):
         for field in ("p50_ms", "p99_ms", "max_ms", "in_store_share", "compacted_samples_per_s"):
             row(f"{key} ({base[key]['mode']} / {new[key]['mode']}): {field}",

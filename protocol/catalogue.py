@@ -19,6 +19,8 @@ are loaded by the decoding functions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import count
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
@@ -63,6 +65,7 @@ __all__ = [
 UNKNOWN_CATALOGUE: Final = "unknown_catalogue"  # the reject reason: re-send with it inline
 CATALOGUE_ID_LENGTH: Final = 16  # lowercase hex characters: the first 8 bytes of a SHA-256
 REFERENCING_KEYS: Final = ("catalogue", "values", "sparse")
+_LABELS: Final = itemgetter(1)  # a catalogue series' label values
 _HEX: Final = frozenset("0123456789abcdef")
 
 
@@ -330,7 +333,10 @@ def resolve(raw: dict[str, Any], catalogue: Catalogue,
     label_values = packed = entries = 0
     at = 0
     label_bytes = catalogue.label_bytes
-    for index, (metric, labels) in enumerate(catalogue.series):
+    if not runs_of:  # every series dense (the usual batch): one entry of n_times values each
+        for (metric, labels), at in zip(catalogue.series, count(0, n_times)):
+            entries_of[metric].append([labels, 0, values[at:at + n_times]])
+    for index, (metric, labels) in enumerate(catalogue.series if runs_of else ()):
         runs = runs_of.get(index)
         if runs is None:  # a dense series: one entry of n_times values (counted below)
             entries_of[metric].append([labels, 0, values[at:at + n_times]])
@@ -348,7 +354,7 @@ def resolve(raw: dict[str, Any], catalogue: Catalogue,
     else:
         dense_series, dense_bytes = catalogue.series, sum(label_bytes)
     entries += dense
-    label_values += sum(len(labels) for _metric, labels in dense_series)
+    label_values += sum(map(len, map(_LABELS, dense_series)))
     packed += dense_bytes + dense * (9 + 5 + 9 * n_times)
     if entries > MAX_SERIES or label_values > MAX_LABEL_VALUES:
         raise LimitExceeded(f"resolved batch holds {entries} series entries / {label_values} "

@@ -331,11 +331,17 @@ CREATE TABLE alerting.holes (
 );
 """
 
+# L0's choice of due hosts (compaction._choose_pending) from the index, not the table
+_V4 = """
+CREATE INDEX batches_by_age ON batches (received_ms, host_id, samples);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the store: batches, sequence ranges, series, partitioned blocks, chunks and "
                  "rollups, accounting", _V1),
     Migration(2, "series catalogues, the forwarding log and its cursors", _V2),
     Migration(3, "the alerting engine's state (schema alerting)", _V3),
+    Migration(4, "an index of pending batches by age, for compaction", _V4),
 )
 
 _TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -39,6 +39,8 @@ __all__ = ["Compaction"]
 
 
 class Compaction(SQLStore):
+    due_page = 256  # rows of ``batches_by_age`` read at once when looking for due hosts
+
     # -- L0 ------------------------------------------------------------------------------------
 
     def _compact_pending(self, now_ms: int) -> bool:
@@ -46,31 +48,77 @@ class Compaction(SQLStore):
         per (host, window) per transaction, in transactions of at most ``txn_samples`` samples
         each (whole batches). Returns whether eligible batches are left."""
         with self._read() as db:
-            rows = db.execute("SELECT host_id, min(received_ms), sum(samples) FROM batches "
-                              "GROUP BY host_id ORDER BY 2").fetchall()
-            due = [(hid, n) for hid, oldest, n in rows
-                   if oldest <= now_ms - self.compact_delay_ms or n >= self.step_samples]
-            if not due:
-                return False
-            budget = self.step_samples
-            chosen: list[tuple[int, int, int]] = []  # (host, batch id, samples)
-            more = False  # eligible batches left for the next step
-            for hid, _ in due:
-                if budget <= 0:
-                    more = True
-                    break
-                first = True
-                for batch_id, n in db.execute("SELECT id, samples FROM batches WHERE host_id = ? "
-                                              "ORDER BY id", (hid,)):
-                    if not first and n > budget:
-                        more = True
-                        break
-                    first, budget = False, budget - n
-                    chosen.append((hid, batch_id, n))
+            chosen, more = self._choose_pending(db, now_ms)
+        if not chosen:
+            return False
         decoded = self._decode_chosen([batch_id for _, batch_id, _ in chosen])
         for part in _transactions(chosen, min(self.txn_samples, self.step_samples)):
             self._compact_part(part, decoded, now_ms)
         return more
+
+    def _choose_pending(self, db: Any, now_ms: int) -> tuple[list[tuple[int, int, int]], bool]:
+        """The batches of one L0 step, (host, batch id, samples), and whether eligible batches
+        are left. Due hosts are those whose oldest pending batch is older than
+        ``compact_delay_ms`` or that hold ``step_samples`` pending samples, in the order of
+        their oldest batch (then host id); each one's batches in id order while the step's
+        budget lasts (a host's first batch always).
+
+        Bounded by what it chooses, not by the pending table: hosts due by age come from the
+        ``batches_by_age`` index in pages, in order, and the search stops once the budget is
+        spent. Only when they leave budget are hosts due by size looked for, among the younger
+        batches (index only)."""
+        cutoff = now_ms - self.compact_delay_ms
+        budget = self.step_samples
+        chosen: list[tuple[int, int, int]] = []
+        seen: set[int] = set()
+
+        def take(hid: int) -> bool:  # the host's batches while the budget lasts; any left?
+            nonlocal budget
+            first = True
+            for batch_id, n in db.execute("SELECT id, samples FROM batches WHERE host_id = ? "
+                                          "ORDER BY id", (hid,)):
+                if not first and n > budget:
+                    return True
+                first, budget = False, budget - n
+                chosen.append((hid, batch_id, n))
+            return False
+
+        more = False
+        for hid in self._hosts_due_by_age(db, cutoff, seen):
+            if budget <= 0:
+                return chosen, True
+            more = take(hid) or more
+        for hid, _oldest, _n in db.execute(
+                # +host_id: grouped from batches_by_age alone, not via the (host_id, ...)
+                # unique index and a read of the table for every row
+                "SELECT +host_id AS h, min(received_ms), sum(samples) FROM batches WHERE "
+                "received_ms > ? GROUP BY h HAVING sum(samples) >= ? ORDER BY 2, 1",
+                (cutoff, self.step_samples)).fetchall():
+            if hid in seen:  # due by age too (a batch of it is old): taken above
+                continue
+            if budget <= 0:
+                return chosen, True
+            more = take(hid) or more
+        return chosen, more
+
+    def _hosts_due_by_age(self, db: Any, cutoff: int, seen: set[int]) -> Iterator[int]:
+        """Hosts with a batch received at or before ``cutoff``, in the order of their oldest
+        one (then host id), each once (added to ``seen``): a walk of ``batches_by_age`` in
+        pages, as far as the caller reads."""
+        page = self.due_page
+        rows = db.execute("SELECT received_ms, host_id FROM batches WHERE received_ms <= ? "
+                          f"ORDER BY received_ms, host_id LIMIT {page}", (cutoff,)).fetchall()
+        while True:
+            for _received, hid in rows:
+                if hid not in seen:
+                    seen.add(hid)
+                    yield hid
+            if len(rows) < page:
+                return
+            # past the last row's (time, host): what follows there is a host already seen
+            rows = db.execute("SELECT received_ms, host_id FROM batches WHERE received_ms <= ? "
+                              "AND (received_ms, host_id) > (?, ?) ORDER BY received_ms, "
+                              f"host_id LIMIT {page}", (cutoff, *rows[-1])).fetchall()
 
     def _compact_part(self, part: list[tuple[int, int, int]],
                       decoded: dict[int, tuple[bytes, BatchColumns | str]], now_ms: int) -> None:

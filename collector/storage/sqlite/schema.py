@@ -68,6 +68,8 @@ CREATE TABLE IF NOT EXISTS batches (
     payload BLOB NOT NULL,
     UNIQUE (host_id, instance, seq)
 );
+-- L0's choice of due hosts (compaction._choose_pending) without reading the table
+CREATE INDEX IF NOT EXISTS batches_by_age ON batches (received_ms, host_id, samples);
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
     host_id INTEGER NOT NULL,
