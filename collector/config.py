@@ -304,6 +304,12 @@ class IngestConfig(_Section):
     rate_limit_bytes_per_second: int = Field(4 << 20, ge=0)
     rate_limit_byte_burst: int = Field(32 << 20, ge=1 << 20)
     rate_limit_max_hosts: int = Field(10_000, ge=1, le=10_000_000)
+    # Budget of resolved bytes per host (0 disables): what batches naming a catalogue resolve
+    # into (SPEC.md §9), which costs CPU the frame does not show. Lower than the byte rate: a
+    # 500-series host back-filling 20 batches/s resolves ~1.1 MB/s. The burst holds one
+    # batch of the largest inline size (8 MiB), so every batch within the limits resolves.
+    rate_limit_resolved_bytes_per_second: int = Field(2 << 20, ge=0)
+    rate_limit_resolved_byte_burst: int = Field(8 << 20, ge=8 << 20)
     # Cardinality bound per host (collector/ingest/cardinality.py): at most this many distinct
     # series seen in the last 24 h, and this many new ones per hour once a host's first
     # max_series_per_host are in. Series beyond are dropped (counted); the rest keep flowing.

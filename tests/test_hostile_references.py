@@ -399,8 +399,8 @@ def test_a_burst_of_batches_naming_a_big_catalogue_is_resolved_only_within_the_h
 
     storage = stores.open()
     loop = asyncio.new_event_loop()
-    config = IngestConfig(rate_limit_bytes_per_second=1000, rate_limit_byte_burst=8 << 20,
-                          workers=2 if pooled else 0)
+    config = IngestConfig(rate_limit_resolved_bytes_per_second=1000,
+                          rate_limit_resolved_byte_burst=8 << 20, workers=2 if pooled else 0)
     with ThreadPoolExecutor(1) as writer:
         pipeline = IngestPipeline(storage=storage, inbox=Inbox(loop, max_messages=100,
                                                                max_bytes=1 << 24),
@@ -439,3 +439,85 @@ def test_a_burst_of_batches_naming_a_big_catalogue_is_resolved_only_within_the_h
     assert outcomes[0].result.stored and outcomes[-1].result.stored
     assert [(o.kind, o.reason) for o in later] == [("reject", "rate_limited")] * 2
     assert pipeline.rejects.by_host_reason()[("h-amp", "rate_limited")] == 6
+
+
+AMPLIFIER = [["m", "gauge", "", 0, ["k"], [["x" * 192 + f"{i:08d}"] for i in range(20_000)]]]
+
+
+def _pipeline_run(stores: Any, config: Any, groups: list[list[Any]],
+                  ) -> tuple[list[list[Any]], Any]:
+    """Each group of ``groups`` (RawMessages) examined and stored by a pipeline of ``config``
+    (worker processes when ``config.workers``): their outcomes, and the pipeline."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgemon.collector.ingest.inbox import Inbox
+    from edgemon.collector.ingest.pipeline import IngestPipeline
+    from tests.test_protocol_catalogue import _Acks
+
+    storage = stores.open()
+    loop = asyncio.new_event_loop()
+    outcomes = []
+    with ThreadPoolExecutor(1) as writer:
+        pipeline = IngestPipeline(storage=storage, inbox=Inbox(loop, max_messages=100,
+                                                               max_bytes=1 << 24),
+                                  mqtt=_Acks(), config=config,  # type: ignore[arg-type]
+                                  writer=writer)
+        pipeline.loop = loop  # type: ignore[attr-defined]
+        if config.workers:
+            loop.run_until_complete(pipeline.start_pool())
+        try:
+            outcomes = [_run(pipeline, *group) for group in groups]
+        finally:
+            if config.workers:
+                loop.run_until_complete(pipeline.close_pool())
+    loop.close()
+    storage.close()
+    return outcomes, pipeline
+
+
+def test_resolving_has_a_budget_of_its_own_below_the_byte_rate_limit(stores: Any) -> None:
+    """Resolving has a budget of its own (``rate_limit_resolved_*``: by default 8 MiB burst,
+    2 MiB/s), not the byte rate limit's (32 MiB burst): of five ~100-byte batches arriving
+    together that each resolve into ~4.7 MB, one is resolved and four are refused
+    ``rate_limited`` before they are built, where the byte burst would have held all five
+    (a rate of 1 byte/s here, so that the refill while resolving does not count)."""
+    from edgemon.collector.config import IngestConfig
+
+    ident, catalogue = declare("h-amp", AMPLIFIER)
+    burst = [_message(*referencing("h-amp", ident, seq, [0] * 20_000, t=[NOW - 1000]),
+                      10 + seq) for seq in range(1, 6)]
+    config = IngestConfig(workers=0, rate_limit_resolved_bytes_per_second=1)
+    assert config.rate_limit_byte_burst > 5 * 4_700_000  # what the byte burst would admit
+    [[declared], outcomes], pipeline = _pipeline_run(
+        stores, config, [[_message(*catalogue, 1)], burst])
+    assert declared.kind == "catalogue", declared
+    assert [(o.kind, o.reason) for o in outcomes] == \
+        [("metrics", None)] + [("reject", "rate_limited")] * 4, outcomes
+    defaults = IngestConfig()
+    for limiter in (pipeline.resolve_limit, pipeline.examiner.resolve_limit):
+        assert limiter.byte_burst == defaults.rate_limit_resolved_byte_burst == 8 << 20
+    assert pipeline.resolve_limit.bytes_per_second == 1
+    assert defaults.rate_limit_resolved_bytes_per_second == 2 << 20
+
+
+def test_the_second_look_at_a_batch_over_the_series_bound_is_charged_too(stores: Any) -> None:
+    """With workers, a batch with series over its host's cardinality bound is resolved twice
+    (the second look drops the refused series): its host's budget pays for both."""
+    from edgemon.collector.config import IngestConfig
+    from edgemon.collector.ingest.examine import Examiner
+
+    ident, catalogue = declare("h-amp", AMPLIFIER)
+    message = _message(*referencing("h-amp", ident, 1, [0] * 20_000, t=[NOW - 1000]), 11)
+    examiner = Examiner(300, 30, load=lambda h, i: catalogue[1], whole_batches=True)
+    once = examiner.examine(message.topic, message.payload, NOW, admit=lambda *a: {}).charge
+    assert once > 4_000_000
+    burst = 16 << 20
+    config = IngestConfig(workers=2, rate_limit_resolved_bytes_per_second=1000,
+                          rate_limit_resolved_byte_burst=burst, max_series_per_host=5000)
+    [[declared], [o]], pipeline = _pipeline_run(
+        stores, config, [[_message(*catalogue, 1)], [message]])
+    assert declared.kind == "catalogue", declared
+    assert o.kind == "metrics" and o.dropped, o  # 15,000 series over the bound: a second look
+    # at 1000 bytes/s, a minute's refill is far less than one look
+    assert pipeline.resolve_limit.available("h-amp") <= burst - 2 * once + 60_000
