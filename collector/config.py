@@ -292,6 +292,10 @@ class IngestConfig(_Section):
     max_batch_per_txn: int = Field(200, ge=1, le=100_000)
     queue_max: int = Field(1000, ge=1, le=1_000_000)
     queue_max_bytes: int = Field(64 << 20, ge=1 << 20)
+    # Messages one host may hold in the inbox (queued or being stored); more from it are dropped
+    # as rate_limited (its agent sends them again), so one host never fills the inbox. Twice
+    # an agent's default max_inflight (16): room for a reconnection's redeliveries.
+    queue_max_per_host: int = Field(32, ge=1, le=1_000_000)
     future_tolerance_seconds: int = Field(300, ge=0)
     past_tolerance_days: Positive = 30
     # Decoded samples held at once by one group; beyond it the group is stored in several

@@ -350,14 +350,12 @@ class IngestPipeline:
                 if refused:
                     tasks[i] = replace(tasks[i], refused=refused)
                     again.append(i)
-        if again:  # the second look resolves the batch again: its host pays for it too
-            first = {i: facts[i].charge for i in again}
+        if again:  # the second look resolves the batch again: its budget pays for that too
             facts = await self._examined(tasks, again, facts)
-            for i in again:
+            for i in again:  # (the byte rate limit is charged the resolved size once)
                 f = facts[i]
                 if f.charge and f.host is not None:
                     self.resolve_limit.charge(f.host, f.charge)
-                f.charge += first[i]
         self.stats.worker_restarts = self.pool.restarts
         self.stats.worker_crashes = self.pool.crashed
         return [self._outcome(m, f) for m, f in zip(msgs, facts, strict=True)]
