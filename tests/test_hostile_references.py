@@ -383,12 +383,28 @@ def test_a_host_inventing_instances_pushes_out_only_its_own_bases() -> None:
     assert held == [("h-noisy", f"i{i}") for i in (17, 18, 19)]  # its own share: 30 series
 
 
+def _started_pipeline(storage: Any, loop: Any, config: Any, writer: Any) -> Any:
+    """An ingest pipeline of ``config`` over ``storage``, its worker processes started when
+    ``config.workers``."""
+    from edgemon.collector.ingest.inbox import Inbox
+    from edgemon.collector.ingest.pipeline import IngestPipeline
+    from tests.test_protocol_catalogue import _Acks
+
+    pipeline = IngestPipeline(storage=storage, inbox=Inbox(loop, max_messages=100,
+                                                           max_bytes=1 << 24),
+                              mqtt=_Acks(), config=config, writer=writer)  # type: ignore[arg-type]
+    pipeline.loop = loop  # type: ignore[attr-defined]
+    if config.workers:
+        loop.run_until_complete(pipeline.start_pool())
+    return pipeline
+
+
 @pytest.mark.parametrize("pooled", [False, True], ids=["writer-thread", "workers"])
 def test_a_burst_of_batches_naming_a_big_catalogue_is_resolved_only_within_the_hosts_budget(
         stores: Any, pooled: bool) -> None:
     """Charging the rate limit after resolving comes too late for a burst: every message that
     arrived before the first was resolved is already queued. So resolving itself is within a
-    budget per host (the byte rate limit's burst and rate): of five ~100-byte batches that each
+    budget per host (its own burst and rate, ``rate_limit_resolved_*``): of five batches that each
     resolve into ~4.7 MB, arriving together, the 8 MiB budget resolves one; the others are
     refused ``rate_limited`` before they are built (not for good: no batch key, its agent sends
     them again later), and another host's batch in the same group is stored."""
@@ -398,22 +414,13 @@ def test_a_burst_of_batches_naming_a_big_catalogue_is_resolved_only_within_the_h
     from concurrent.futures import ThreadPoolExecutor
 
     from edgemon.collector.config import IngestConfig
-    from edgemon.collector.ingest.inbox import Inbox
-    from edgemon.collector.ingest.pipeline import IngestPipeline
-    from tests.test_protocol_catalogue import _Acks
 
     storage = stores.open()
     loop = asyncio.new_event_loop()
     config = IngestConfig(rate_limit_resolved_bytes_per_second=1000,
                           rate_limit_resolved_byte_burst=8 << 20, workers=2 if pooled else 0)
     with ThreadPoolExecutor(1) as writer:
-        pipeline = IngestPipeline(storage=storage, inbox=Inbox(loop, max_messages=100,
-                                                               max_bytes=1 << 24),
-                                  mqtt=_Acks(), config=config,  # type: ignore[arg-type]
-                                  writer=writer)
-        pipeline.loop = loop  # type: ignore[attr-defined]
-        if pooled:
-            loop.run_until_complete(pipeline.start_pool())
+        pipeline = _started_pipeline(storage, loop, config, writer)
         try:
             labels = [["x" * 192 + f"{i:08d}"] for i in range(20_000)]
             ident, catalogue = declare("h-amp", [["m", "gauge", "", 0, ["k"], labels]])
@@ -456,21 +463,12 @@ def _pipeline_run(stores: Any, config: Any, groups: list[list[Any]],
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from edgemon.collector.ingest.inbox import Inbox
-    from edgemon.collector.ingest.pipeline import IngestPipeline
-    from tests.test_protocol_catalogue import _Acks
 
     storage = stores.open()
     loop = asyncio.new_event_loop()
     outcomes = []
     with ThreadPoolExecutor(1) as writer:
-        pipeline = IngestPipeline(storage=storage, inbox=Inbox(loop, max_messages=100,
-                                                               max_bytes=1 << 24),
-                                  mqtt=_Acks(), config=config,  # type: ignore[arg-type]
-                                  writer=writer)
-        pipeline.loop = loop  # type: ignore[attr-defined]
-        if config.workers:
-            loop.run_until_complete(pipeline.start_pool())
+        pipeline = _started_pipeline(storage, loop, config, writer)
         try:
             outcomes = [_run(pipeline, *group) for group in groups]
         finally:
