@@ -235,7 +235,8 @@ class CollectorService:
         self.dashboard = dashboard.Dashboard(self.storage, executor=self._readers,
                                              tokens=self.tokens)
         self.inbox = Inbox(loop, max_messages=cfg.ingest.queue_max,
-                           max_bytes=cfg.ingest.queue_max_bytes)
+                           max_bytes=cfg.ingest.queue_max_bytes,
+                           host_share=cfg.ingest.queue_max_per_host)
         self.mqtt = MqttIngest(cfg.mqtt, self.inbox, shared_group=cfg.cluster.shared_group,
                                session_expiry_s=cfg.cluster.session_expiry_seconds)
         self.cluster = cluster_status.ClusterStatus(

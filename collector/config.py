@@ -292,6 +292,10 @@ class IngestConfig(_Section):
     max_batch_per_txn: int = Field(200, ge=1, le=100_000)
     queue_max: int = Field(1000, ge=1, le=1_000_000)
     queue_max_bytes: int = Field(64 << 20, ge=1 << 20)
+    # Messages one host may hold in the inbox (queued or being stored); more from it are dropped
+    # as rate_limited (its agent sends them again), so one host never fills the inbox. Twice
+    # an agent's default max_inflight (16): room for a reconnection's redeliveries.
+    queue_max_per_host: int = Field(32, ge=1, le=1_000_000)
     future_tolerance_seconds: int = Field(300, ge=0)
     past_tolerance_days: Positive = 30
     # Decoded samples held at once by one group; beyond it the group is stored in several
@@ -304,6 +308,12 @@ class IngestConfig(_Section):
     rate_limit_bytes_per_second: int = Field(4 << 20, ge=0)
     rate_limit_byte_burst: int = Field(32 << 20, ge=1 << 20)
     rate_limit_max_hosts: int = Field(10_000, ge=1, le=10_000_000)
+    # Budget of resolved bytes per host (0 disables): what batches naming a catalogue resolve
+    # into (SPEC.md §9), which costs CPU the frame does not show. Lower than the byte rate: a
+    # 500-series host back-filling 20 batches/s resolves ~1.1 MB/s. The burst holds one
+    # batch of the largest inline size (8 MiB), so every batch within the limits resolves.
+    rate_limit_resolved_bytes_per_second: int = Field(2 << 20, ge=0)
+    rate_limit_resolved_byte_burst: int = Field(8 << 20, ge=8 << 20)
     # Cardinality bound per host (collector/ingest/cardinality.py): at most this many distinct
     # series seen in the last 24 h, and this many new ones per hour once a host's first
     # max_series_per_host are in. Series beyond are dropped (counted); the rest keep flowing.

@@ -152,3 +152,20 @@ def test_alertmanagers_from_the_environment(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"{var} \\(environment\\): alerting.alertmanagers.0"
                                           ".timeout_seconds"):
         load_config(path, environ={var: '[{url = "http://am", timeout_seconds = -1}]'})
+
+
+def test_the_budget_of_resolved_bytes_is_its_own_and_holds_one_maximal_batch(
+        tmp_path: Path) -> None:
+    """``[ingest] rate_limit_resolved_*``: below the byte rate by default, set by the file or
+    the environment, and a burst below one maximal inline batch (8 MiB, which would never
+    resolve) is refused with its line."""
+    ingest = load_config(None, environ={}).ingest
+    assert ingest.rate_limit_resolved_bytes_per_second < ingest.rate_limit_bytes_per_second
+    assert ingest.rate_limit_resolved_byte_burst == 8 << 20
+    cfg = load_config(None, environ={
+        "EDGEMON_COLLECTOR_INGEST_RATE_LIMIT_RESOLVED_BYTES_PER_SECOND": "1048576"})
+    assert cfg.ingest.rate_limit_resolved_bytes_per_second == 1 << 20
+    path = write(tmp_path, "[ingest]\nrate_limit_resolved_byte_burst = 1048576\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert f"{path}:2: ingest.rate_limit_resolved_byte_burst:" in str(err.value)

@@ -748,6 +748,46 @@ def test_rate_limited_messages_are_acknowledged_dropped_and_counted(tmp_path: Pa
         rig.loop.close()
 
 
+def test_a_host_holding_its_share_of_the_inbox_leaves_room_for_the_others() -> None:
+    """A flooding host holds at most ``queue_max_per_host`` messages of the inbox: beyond that
+    its messages are acknowledged, dropped and counted ``rate_limited`` (its agent sends them
+    again), so the inbox never fills for everyone, and another host's message waits behind at
+    most that many of the flooding host's."""
+    loop = asyncio.new_event_loop()
+    inbox = Inbox(loop, max_messages=100, max_bytes=1 << 20, host_share=3)
+    rejects = Rejects()
+    front = MqttIngest(MqttConfig(client_id="share-front"), inbox)  # never connects
+    front.use_rate_limit(RateLimiter(messages_per_second=0, message_burst=1,
+                                     bytes_per_second=0, byte_burst=1, max_hosts=10), rejects)
+
+    def publish(host: str, mid: int) -> None:
+        message = mqtt.MQTTMessage(mid=mid, topic=f"edgemon/v1/{host}/metrics".encode())
+        message.payload, message.qos = mid.to_bytes(2, "big"), 1
+        front._handle(message)
+
+    try:
+        for mid in range(1, 6):
+            publish("loud", mid)
+        publish("quiet", 6)
+        publish("quiet", 7)
+        assert inbox.held == 5  # loud's share (3) and quiet's two
+        assert front.rate_limited == 2
+        assert rejects.by_host_reason()[("loud", "rate_limited")] == 2
+        first = loop.run_until_complete(inbox.get_many(2, timeout=1))
+        assert [m.mid for m in first] == [1, 2]
+        rest = loop.run_until_complete(inbox.get_many(10, timeout=1))
+        assert [m.mid for m in rest] == [3, 6, 7]  # in the order received
+        inbox.release(first)  # loud holds one now: room for two more
+        publish("loud", 10)
+        publish("loud", 8)
+        publish("loud", 9)
+        assert front.rate_limited == 3 and inbox.held == 5
+        assert [m.mid for m in loop.run_until_complete(inbox.get_many(10, timeout=1))] == [10, 8]
+        assert inbox.queued == 0 and inbox.oldest_received_ms() is None
+    finally:
+        loop.close()
+
+
 def test_rate_limiter_table_is_bounded_and_idle_hosts_give_way() -> None:
     clock = [0.0]
     limiter = RateLimiter(messages_per_second=10, message_burst=1, bytes_per_second=0,

@@ -303,6 +303,11 @@ def test_a_small_message_naming_a_big_catalogue_is_charged_its_resolved_size(
     into, the first one empties the host's byte bucket and the next wait for its refill, while
     another host's messages are admitted as before."""
     pipeline, _storage, _acks = ingest
+    # the budget of resolved bytes (its own, 8 MiB by default) is not what this test is about:
+    # one that holds the batches the MQTT byte rate admits
+    pipeline.resolve_limit = pipeline.examiner.resolve_limit = RateLimiter(
+        messages_per_second=0, message_burst=1, bytes_per_second=1 << 20, byte_burst=64 << 20,
+        max_hosts=100)
     clock = [1000.0]
     limiter = RateLimiter(messages_per_second=100, message_burst=1000,
                           bytes_per_second=1 << 20, byte_burst=8 << 20, max_hosts=100,
@@ -378,12 +383,28 @@ def test_a_host_inventing_instances_pushes_out_only_its_own_bases() -> None:
     assert held == [("h-noisy", f"i{i}") for i in (17, 18, 19)]  # its own share: 30 series
 
 
+def _started_pipeline(storage: Any, loop: Any, config: Any, writer: Any) -> Any:
+    """An ingest pipeline of ``config`` over ``storage``, its worker processes started when
+    ``config.workers``."""
+    from edgemon.collector.ingest.inbox import Inbox
+    from edgemon.collector.ingest.pipeline import IngestPipeline
+    from tests.test_protocol_catalogue import _Acks
+
+    pipeline = IngestPipeline(storage=storage, inbox=Inbox(loop, max_messages=100,
+                                                           max_bytes=1 << 24),
+                              mqtt=_Acks(), config=config, writer=writer)  # type: ignore[arg-type]
+    pipeline.loop = loop  # type: ignore[attr-defined]
+    if config.workers:
+        loop.run_until_complete(pipeline.start_pool())
+    return pipeline
+
+
 @pytest.mark.parametrize("pooled", [False, True], ids=["writer-thread", "workers"])
 def test_a_burst_of_batches_naming_a_big_catalogue_is_resolved_only_within_the_hosts_budget(
         stores: Any, pooled: bool) -> None:
     """Charging the rate limit after resolving comes too late for a burst: every message that
     arrived before the first was resolved is already queued. So resolving itself is within a
-    budget per host (the byte rate limit's burst and rate): of five ~100-byte batches that each
+    budget per host (its own burst and rate, ``rate_limit_resolved_*``): of five batches that each
     resolve into ~4.7 MB, arriving together, the 8 MiB budget resolves one; the others are
     refused ``rate_limited`` before they are built (not for good: no batch key, its agent sends
     them again later), and another host's batch in the same group is stored."""
@@ -393,22 +414,13 @@ def test_a_burst_of_batches_naming_a_big_catalogue_is_resolved_only_within_the_h
     from concurrent.futures import ThreadPoolExecutor
 
     from edgemon.collector.config import IngestConfig
-    from edgemon.collector.ingest.inbox import Inbox
-    from edgemon.collector.ingest.pipeline import IngestPipeline
-    from tests.test_protocol_catalogue import _Acks
 
     storage = stores.open()
     loop = asyncio.new_event_loop()
-    config = IngestConfig(rate_limit_bytes_per_second=1000, rate_limit_byte_burst=8 << 20,
-                          workers=2 if pooled else 0)
+    config = IngestConfig(rate_limit_resolved_bytes_per_second=1000,
+                          rate_limit_resolved_byte_burst=8 << 20, workers=2 if pooled else 0)
     with ThreadPoolExecutor(1) as writer:
-        pipeline = IngestPipeline(storage=storage, inbox=Inbox(loop, max_messages=100,
-                                                               max_bytes=1 << 24),
-                                  mqtt=_Acks(), config=config,  # type: ignore[arg-type]
-                                  writer=writer)
-        pipeline.loop = loop  # type: ignore[attr-defined]
-        if pooled:
-            loop.run_until_complete(pipeline.start_pool())
+        pipeline = _started_pipeline(storage, loop, config, writer)
         try:
             labels = [["x" * 192 + f"{i:08d}"] for i in range(20_000)]
             ident, catalogue = declare("h-amp", [["m", "gauge", "", 0, ["k"], labels]])
@@ -439,3 +451,76 @@ def test_a_burst_of_batches_naming_a_big_catalogue_is_resolved_only_within_the_h
     assert outcomes[0].result.stored and outcomes[-1].result.stored
     assert [(o.kind, o.reason) for o in later] == [("reject", "rate_limited")] * 2
     assert pipeline.rejects.by_host_reason()[("h-amp", "rate_limited")] == 6
+
+
+AMPLIFIER = [["m", "gauge", "", 0, ["k"], [["x" * 192 + f"{i:08d}"] for i in range(20_000)]]]
+
+
+def _pipeline_run(stores: Any, config: Any, groups: list[list[Any]],
+                  ) -> tuple[list[list[Any]], Any]:
+    """Each group of ``groups`` (RawMessages) examined and stored by a pipeline of ``config``
+    (worker processes when ``config.workers``): their outcomes, and the pipeline."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+
+    storage = stores.open()
+    loop = asyncio.new_event_loop()
+    outcomes = []
+    with ThreadPoolExecutor(1) as writer:
+        pipeline = _started_pipeline(storage, loop, config, writer)
+        try:
+            outcomes = [_run(pipeline, *group) for group in groups]
+        finally:
+            if config.workers:
+                loop.run_until_complete(pipeline.close_pool())
+    loop.close()
+    storage.close()
+    return outcomes, pipeline
+
+
+def test_resolving_has_a_budget_of_its_own_below_the_byte_rate_limit(stores: Any) -> None:
+    """Resolving has a budget of its own (``rate_limit_resolved_*``: by default 8 MiB burst,
+    2 MiB/s), not the byte rate limit's (32 MiB burst): of five ~100-byte batches arriving
+    together that each resolve into ~4.7 MB, one is resolved and four are refused
+    ``rate_limited`` before they are built, where the byte burst would have held all five
+    (a rate of 1 byte/s here, so that the refill while resolving does not count)."""
+    from edgemon.collector.config import IngestConfig
+
+    ident, catalogue = declare("h-amp", AMPLIFIER)
+    burst = [_message(*referencing("h-amp", ident, seq, [0] * 20_000, t=[NOW - 1000]),
+                      10 + seq) for seq in range(1, 6)]
+    config = IngestConfig(workers=0, rate_limit_resolved_bytes_per_second=1)
+    assert config.rate_limit_byte_burst > 5 * 4_700_000  # what the byte burst would admit
+    [[declared], outcomes], pipeline = _pipeline_run(
+        stores, config, [[_message(*catalogue, 1)], burst])
+    assert declared.kind == "catalogue", declared
+    assert [(o.kind, o.reason) for o in outcomes] == \
+        [("metrics", None)] + [("reject", "rate_limited")] * 4, outcomes
+    defaults = IngestConfig()
+    for limiter in (pipeline.resolve_limit, pipeline.examiner.resolve_limit):
+        assert limiter.byte_burst == defaults.rate_limit_resolved_byte_burst == 8 << 20
+    assert pipeline.resolve_limit.bytes_per_second == 1
+    assert defaults.rate_limit_resolved_bytes_per_second == 2 << 20
+
+
+def test_the_second_look_at_a_batch_over_the_series_bound_is_charged_too(stores: Any) -> None:
+    """With workers, a batch with series over its host's cardinality bound is resolved twice
+    (the second look drops the refused series): its host's budget pays for both."""
+    from edgemon.collector.config import IngestConfig
+    from edgemon.collector.ingest.examine import Examiner
+
+    ident, catalogue = declare("h-amp", AMPLIFIER)
+    message = _message(*referencing("h-amp", ident, 1, [0] * 20_000, t=[NOW - 1000]), 11)
+    examiner = Examiner(300, 30, load=lambda h, i: catalogue[1], whole_batches=True)
+    once = examiner.examine(message.topic, message.payload, NOW, admit=lambda *a: {}).charge
+    assert once > 4_000_000
+    burst = 16 << 20
+    config = IngestConfig(workers=2, rate_limit_resolved_bytes_per_second=1000,
+                          rate_limit_resolved_byte_burst=burst, max_series_per_host=5000)
+    [[declared], [o]], pipeline = _pipeline_run(
+        stores, config, [[_message(*catalogue, 1)], [message]])
+    assert declared.kind == "catalogue", declared
+    assert o.kind == "metrics" and o.dropped, o  # 15,000 series over the bound: a second look
+    # at 1000 bytes/s, a minute's refill is far less than one look
+    assert pipeline.resolve_limit.available("h-amp") <= burst - 2 * once + 60_000

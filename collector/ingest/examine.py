@@ -28,17 +28,19 @@ The per-host facts it needs from the collector come with the call:
   again with it in ``supplied_bases`` ((host, instance, seq) -> payload or None).
 
 Resolving is where a small message can cost much (a few bytes naming a catalogue of long label
-values resolve into megabytes). So each host has a budget of resolved bytes, a token bucket with
-the byte rate and burst of the host's rate limit: a batch whose resolved size (bounded before it
-is built) the host's budget does not hold is refused ``rate_limited`` before it is built, like a
-message over the rate limit (not acknowledged to its agent, which sends it again later). In the
-writer thread the examiner keeps the buckets (``resolve_limit``). Worker processes keep no state
-that matters (one may be started again at any time), so there the collector keeps them and gives
-each message its host's ``budget``: what the bucket holds, at most ``MAX_RESOLVED_PER_ROUND`` (one
-maximal batch) for all of the host's messages of one ``round`` (one examination of a group),
-which the worker counts down; the collector then takes what was resolved (``Facts.charge``) from
-the bucket. ``Facts.charge`` is also taken from the host's MQTT rate limit
-(``RateLimiter.charge``): its frames pay too.
+values resolve into megabytes). So each host has a budget of resolved bytes, a token bucket of
+its own (``[ingest] rate_limit_resolved_bytes_per_second`` and ``_byte_burst``): a batch whose
+resolved size (bounded before it is built) the host's budget does not hold is refused
+``rate_limited`` before it is built, like a message over the rate limit (not acknowledged to its
+agent, which sends it again later). In the writer thread the examiner keeps the buckets
+(``resolve_limit``). Worker processes keep no state that matters (one may be started again at
+any time), so there the collector keeps them and gives each message its host's ``budget``: what
+the bucket holds, at most ``MAX_RESOLVED_PER_ROUND`` (one maximal batch) for all of the host's
+messages of one ``round`` (one examination of a group), which the worker counts down; the
+collector then takes what was resolved (``Facts.charge``) from the bucket, for a second look
+(without the series over the cardinality bound) too, which resolves the batch again.
+``Facts.charge`` is also taken from the host's MQTT rate limit (``RateLimiter.charge``): its
+frames pay too.
 """
 
 from __future__ import annotations
@@ -234,8 +236,8 @@ class Examiner:
         resolved in round ``round_`` (given by the collector to a worker); None: the
         examiner's own ``resolve_limit`` decides."""
         self._resolved = 0
-        # a second look (without the series the cardinality bound refused) was paid for by
-        # the first
+        # a second look (without the series the cardinality bound refused) is not refused: the
+        # first was admitted; the collector charges what it resolved afterwards
         self._budgeted = refused is None
         self._budget = budget
         if round_ != self._round:

@@ -74,7 +74,7 @@ from paho.mqtt.properties import Properties
 
 from edgemon.collector.config import MqttConfig
 from edgemon.collector.ingest.flood_guard import FloodGuard
-from edgemon.collector.ingest.inbox import Inbox, RawMessage
+from edgemon.collector.ingest.inbox import Inbox, RawMessage, host_of
 from edgemon.collector.ingest.rate_limit import RateLimiter, message_cost
 from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.ingest.stall import StallDetector, StallState, probe_topic
@@ -570,11 +570,14 @@ class MqttIngest:
         limiter = self.rate_limiter
         if limiter is None or limiter.allow(host or "_unknown", message_cost(payload, size)):
             return False
+        self._count_rate_limited(host, "over the host's rate limit; the agent sends the batch "
+                                 "again after its ack timeout")
+        return True
+
+    def _count_rate_limited(self, host: str | None, detail: str) -> None:
         self.rate_limited += 1
         if self._rate_rejects is not None:
-            self._rate_rejects.record("rate_limited", host, "over the host's rate limit; the "
-                                      "agent sends the batch again after its ack timeout")
-        return True
+            self._rate_rejects.record("rate_limited", host, detail)
 
     def _handle(self, message: mqtt.MQTTMessage) -> str:
         """What becomes of ``message``: ``HANDED_OVER`` (ingest PUBACKs it once stored),
@@ -596,6 +599,11 @@ class MqttIngest:
             return REFUSED  # left for the broker to deliver to the next run
         if self._over_rate_limit(topic, payload, size):
             return DROPPED  # counted; its agent sends the batch again
+        if self.inbox.over_share(topic):  # room kept for the other hosts (inbox.py)
+            self._count_rate_limited(host_of(topic) or None, "the host holds its share of the "
+                                     "inbox; the agent sends the batch again after its ack "
+                                     "timeout")
+            return DROPPED
         msg = RawMessage(topic=topic, payload=payload, mid=message.mid, qos=message.qos,
                          retain=bool(message.retain), received_ms=now_ms(),
                          generation=self.generation, size=size)

@@ -150,10 +150,11 @@ class IngestPipeline:
                                max_new_per_hour=config.max_new_series_per_hour) \
             if config.workers else None
         # the hosts' budgets of resolved bytes when workers examine (examine.py)
+        limit = _resolve_limit(config)
         self.resolve_limit = RateLimiter(messages_per_second=0, message_burst=1,
-                                         bytes_per_second=config.rate_limit_bytes_per_second,
-                                         byte_burst=config.rate_limit_byte_burst,
-                                         max_hosts=config.rate_limit_max_hosts)
+                                         bytes_per_second=limit["resolve_bytes_per_second"],
+                                         byte_burst=limit["resolve_byte_burst"],
+                                         max_hosts=limit["max_hosts"])
         self._round = 0
         self.storage_ok = True  # False while the storage refuses every write
         self.heartbeat = time.monotonic()  # last turn of the worker loop (systemd watchdog)
@@ -349,8 +350,12 @@ class IngestPipeline:
                 if refused:
                     tasks[i] = replace(tasks[i], refused=refused)
                     again.append(i)
-        if again:
+        if again:  # the second look resolves the batch again: its budget pays for that too
             facts = await self._examined(tasks, again, facts)
+            for i in again:  # (the byte rate limit is charged the resolved size once)
+                f = facts[i]
+                if f.charge and f.host is not None:
+                    self.resolve_limit.charge(f.host, f.charge)
         self.stats.worker_restarts = self.pool.restarts
         self.stats.worker_crashes = self.pool.crashed
         return [self._outcome(m, f) for m, f in zip(msgs, facts, strict=True)]
@@ -601,9 +606,9 @@ class IngestPipeline:
 
 
 def _resolve_limit(config: IngestConfig) -> dict[str, Any]:
-    """The budget of resolved bytes per host (``examine.py``): the host's byte rate limit."""
-    return {"resolve_bytes_per_second": config.rate_limit_bytes_per_second,
-            "resolve_byte_burst": config.rate_limit_byte_burst,
+    """The budget of resolved bytes per host (``examine.py``)."""
+    return {"resolve_bytes_per_second": config.rate_limit_resolved_bytes_per_second,
+            "resolve_byte_burst": config.rate_limit_resolved_byte_burst,
             "max_hosts": config.rate_limit_max_hosts}
 
 
