@@ -47,7 +47,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from edgemon.collector.ingest.pipeline import IngestStats
+from edgemon.collector.ingest.outcomes import IngestStats
 from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.storage.maintenance import MaintenanceRunner
 
