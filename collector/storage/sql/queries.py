@@ -122,7 +122,7 @@ class Queries(SQLStore):
 
     def query(self, query: RangeQuery) -> list[SeriesResult]:
         found, tier, g, start, v = self._evaluate(query)
-        cuts = [*np.flatnonzero(np.r_[True, g[1:] != g[:-1]]).tolist(), g.size]
+        cuts = [*np.flatnonzero(np.concatenate(((True,), g[1:] != g[:-1]))).tolist(), g.size]
         ts_list, v_list = start.tolist(), v.tolist()
         points = {int(g[lo]): list(zip(ts_list[lo:hi], v_list[lo:hi], strict=True))
                   for lo, hi in itertools.pairwise(cuts) if lo < hi}
@@ -542,7 +542,7 @@ def _as_arrays(q: RangeQuery, evaluated: tuple[list[dict[str, Any]], str, np.nda
                                                 np.ndarray, np.ndarray]) -> list[SeriesArrays]:
     """``query_arrays``' answer from ``_evaluate``'s."""
     found, tier, g, start, v = evaluated
-    cuts = [*np.flatnonzero(np.r_[True, g[1:] != g[:-1]]).tolist(), g.size]
+    cuts = [*np.flatnonzero(np.concatenate(((True,), g[1:] != g[:-1]))).tolist(), g.size]
     out = []
     for lo, hi in itertools.pairwise(cuts):
         if lo < hi:
