@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgemon.collector.storage.base import RangeQuery, SeriesArrays, Storage
+from edgemon.collector.storage.base import QueryTooLarge, RangeQuery, SeriesArrays, Storage
 from edgemon.collector.storage.decoded import DecodedCache
 from edgemon.collector.storage.sql import queries as sql_queries
 from edgemon.collector.storage.sqlite import SQLiteStorage
@@ -88,6 +88,44 @@ def test_query_arrays_equal_query(staged: SQLiteStorage,  # noqa: F811 (the fixt
         assert (np.diff(r.starts) > 0).all()
     # the interface's default (what a backend without its own gets) agrees too
     assert as_points(Storage.query_arrays(staged, query)) == as_points(got)
+
+
+def test_queries_of_one_page_in_one_transaction_answer_as_each_alone(
+        staged: SQLiteStorage) -> None:  # noqa: F811 (the fixture)
+    """What a host page asks (every metric of one host, counters as rates, so two read
+    ranges): ``query_arrays_many`` shares the series rows and pending batches it reads between
+    the queries, and still answers each exactly as ``query_arrays`` alone, a query over
+    another host or a label, and the error of a query over its limit, in order."""
+    end = T0 + SPAN
+    page = []
+    for start, step in ((end - 15 * MIN, 10_000), (T0, 5 * MIN), (T0, HOUR)):
+        page += [read("cpu_usage_percent", start, end, step, hosts=("web-01",)),
+                 read("net_bytes_total", start, end, step, hosts=("web-01",), rate=True,
+                      aggregation="sum"),
+                 read("temperature_celsius", start, end, step, hosts=("web-01",)),
+                 read("cpu_usage_percent", start, end, step, hosts=("web-01",),
+                      labels={"cpu": "1"}),
+                 read("net_bytes_total", start, end, step, hosts=("db-01",), rate=True,
+                      aggregation="sum"),
+                 q("cpu_usage_percent", start, end, step, hosts=("web-01",), max_series=1)]
+    answers = staged.query_arrays_many(page)
+    assert len(answers) == len(page)
+    for query, got in zip(page, answers, strict=True):
+        if query.max_series == 1:
+            with pytest.raises(QueryTooLarge) as alone:
+                staged.query_arrays(query)
+            assert isinstance(got, QueryTooLarge) and str(got) == str(alone.value)
+            continue
+        assert not isinstance(got, ValueError), got
+        expected = staged.query_arrays(query)
+        assert expected, query  # the page reads data, not only empty answers
+        assert as_points(got) == as_points(expected)
+        assert [(r.host, r.labels, r.kind, r.unit, r.tier) for r in got] == [
+            (r.host, r.labels, r.kind, r.unit, r.tier) for r in expected]
+    # the interface's default (one query after another) agrees too
+    assert [as_points(a) if isinstance(a, list) else str(a)
+            for a in Storage.query_arrays_many(staged, page)] == [
+        as_points(a) if isinstance(a, list) else str(a) for a in answers]
 
 
 @pytest.mark.parametrize("query", [x for x in QUERIES if x.tier in ("1m", "1h")

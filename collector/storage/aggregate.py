@@ -106,6 +106,17 @@ def sort_dedupe(sid: np.ndarray, ts: np.ndarray, val: np.ndarray,
     return sid[keep], ts[keep], val[keep]
 
 
+def _ends(s: np.ndarray, n: int) -> np.ndarray:
+    """``np.r_[s[1:], n]``: where each run starting at ``s`` ends (np.r_ parses its index in
+    Python on every call, several times a query)."""
+    return np.concatenate((s[1:], (n,)))
+
+
+def _bounds(s: np.ndarray, n: int) -> np.ndarray:
+    """``np.r_[s, n]``: run starts and the end of the last run."""
+    return np.concatenate((s, (n,)))
+
+
 def _segments(*keys: np.ndarray) -> np.ndarray:
     """Start index of every run of equal keys (arrays already sorted by those keys)."""
     n = keys[0].size
@@ -129,7 +140,7 @@ def bucketize(sid: np.ndarray, ts: np.ndarray, val: np.ndarray, counter: np.ndar
         return empty_buckets()
     start = _floor(ts, width)
     s = _segments(sid, start)
-    e = np.r_[s[1:], sid.size] - 1
+    e = _ends(s, sid.size) - 1
     is_counter = counter[sid]
     with np.errstate(over="ignore"):
         corr = np.zeros_like(val)
@@ -141,7 +152,7 @@ def bucketize(sid: np.ndarray, ts: np.ndarray, val: np.ndarray, counter: np.ndar
         return {
             "sid": sid[s],
             "start": start[s],
-            "count": np.diff(np.r_[s, sid.size]).astype(_I64),
+            "count": np.diff(_bounds(s, sid.size)).astype(_I64),
             "sum": np.add.reduceat(val, s),
             "min": np.minimum.reduceat(val, s),
             "max": np.maximum.reduceat(val, s),
@@ -157,7 +168,7 @@ def _reduce(buckets: Buckets, s: np.ndarray, counter: np.ndarray) -> Buckets:
     n = buckets["sid"].size
     first_row = np.zeros(n, dtype=bool)
     first_row[s] = True
-    e = np.r_[s[1:], n] - 1
+    e = _ends(s, n) - 1
     with np.errstate(over="ignore"):
         # a reset between two parts: the later part starts below where the earlier one ended
         cross = np.zeros(n, dtype=_I64)
@@ -274,13 +285,13 @@ def combine(steps: Buckets, group: np.ndarray, gscale: np.ndarray,
         if aggregation == "sum":
             v = np.add.reduceat(r, s)
         elif aggregation == "avg":
-            v = np.add.reduceat(r, s) / np.diff(np.r_[s, g.size])
+            v = np.add.reduceat(r, s) / np.diff(_bounds(s, g.size))
         elif aggregation == "min":
             v = np.minimum.reduceat(r, s)
         elif aggregation == "max":
             v = np.maximum.reduceat(r, s)
         elif aggregation == "count":
-            v = np.diff(np.r_[s, g.size]).astype(np.float64)
+            v = np.diff(_bounds(s, g.size)).astype(np.float64)
         else:
             raise ValueError(f"aggregation {aggregation!r} cannot combine rates")
         return g[s], start[s], v
@@ -313,7 +324,7 @@ def combine(steps: Buckets, group: np.ndarray, gscale: np.ndarray,
             first_row[s] = True
             seg = np.cumsum(first_row) - 1
             pick = np.lexsort((last_v, steps["last_ts"][idx], seg))
-            e = pick[np.r_[s[1:], g.size] - 1]
+            e = pick[_ends(s, g.size) - 1]
             return gs, start[s], last_v[e] / div
     raise ValueError(f"unknown aggregation {aggregation!r}")
 
@@ -332,7 +343,7 @@ def percentile_steps(sid: np.ndarray, ts: np.ndarray, val: np.ndarray, group: np
     idx = np.lexsort((v, start, g))
     g, start, v = g[idx], start[idx], v[idx]
     s = _segments(g, start)
-    n = np.diff(np.r_[s, g.size])
+    n = np.diff(_bounds(s, g.size))
     pos = (n - 1) * (q / 100.0)
     lo = np.floor(pos).astype(_I64)
     hi = np.minimum(lo + 1, n - 1)

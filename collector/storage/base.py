@@ -12,7 +12,7 @@ alert rules import it, and ``RangeQuery`` checks a query against it when it is b
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -223,6 +223,19 @@ class Storage(ABC):
     @abstractmethod
     def query(self, query: RangeQuery) -> list[SeriesResult]:
         """Aggregate each step of a range; raise QueryTooLarge or ValueError for bad queries."""
+
+    def query_arrays_many(self, queries: Sequence[RangeQuery],
+                          ) -> list[list[SeriesArrays] | ValueError]:
+        """``query_arrays`` of each query, or the ``ValueError`` (``QueryTooLarge`` among them)
+        it raised, in order; a backend overrides it to answer them all from one snapshot with
+        the reads they share done once (a host page asks for every metric of one host)."""
+        out: list[list[SeriesArrays] | ValueError] = []
+        for q in queries:
+            try:
+                out.append(self.query_arrays(q))
+            except ValueError as exc:
+                out.append(exc)
+        return out
 
     def query_arrays(self, query: RangeQuery) -> list[SeriesArrays]:
         """``query`` with each series' points as numpy arrays instead of a list of tuples (the

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -122,7 +123,7 @@ class Queries(SQLStore):
 
     def query(self, query: RangeQuery) -> list[SeriesResult]:
         found, tier, g, start, v = self._evaluate(query)
-        cuts = [*np.flatnonzero(np.r_[True, g[1:] != g[:-1]]).tolist(), g.size]
+        cuts = [*np.flatnonzero(np.concatenate(((True,), g[1:] != g[:-1]))).tolist(), g.size]
         ts_list, v_list = start.tolist(), v.tolist()
         points = {int(g[lo]): list(zip(ts_list[lo:hi], v_list[lo:hi], strict=True))
                   for lo, hi in itertools.pairwise(cuts) if lo < hi}
@@ -135,76 +136,90 @@ class Queries(SQLStore):
         return out
 
     def query_arrays(self, query: RangeQuery) -> list[SeriesArrays]:
-        found, tier, g, start, v = self._evaluate(query)
-        cuts = [*np.flatnonzero(np.r_[True, g[1:] != g[:-1]]).tolist(), g.size]
-        out = []
-        for lo, hi in itertools.pairwise(cuts):
-            if lo < hi:
-                meta = found[int(g[lo])]
-                out.append(SeriesArrays(meta["host"], query.name, meta["labels"], meta["kind"],
-                                        meta["unit"], start[lo:hi], v[lo:hi], tier))
-        out.sort(key=lambda r: (r.host or "", sorted(r.labels.items())))
+        return _as_arrays(query, self._evaluate(query))
+
+    def query_arrays_many(self, queries: Sequence[RangeQuery],
+                          ) -> list[list[SeriesArrays] | ValueError]:
+        """``query_arrays`` of each query, all in one read transaction (one snapshot), the
+        reads they share done once: the cut-offs, the hosts, the hosts' series rows and pending
+        batches over one range (a host page: every metric of one host)."""
+        out: list[list[SeriesArrays] | ValueError] = []
+        with self._read() as db:
+            shared = _SharedReads(self._cutoffs(db), several=len(queries) > 1)
+            for q in queries:
+                try:
+                    out.append(_as_arrays(q, self._evaluate_in(db, q, shared)))
+                except ValueError as exc:  # QueryTooLarge is one
+                    out.append(exc)
         return out
 
     def _evaluate(self, q: RangeQuery) -> tuple[list[dict[str, Any]], str, np.ndarray,
                                                 np.ndarray, np.ndarray]:
         """(groups, tier, group, step start, value) of every non-empty step, sorted by
         (group, start); ``q`` was validated when it was built."""
+        with self._read() as db:
+            return self._evaluate_in(db, q, _SharedReads(self._cutoffs(db)))
+
+    def _evaluate_in(self, db: Any, q: RangeQuery, shared: _SharedReads,
+                     ) -> tuple[list[dict[str, Any]], str, np.ndarray, np.ndarray, np.ndarray]:
+        """``_evaluate`` inside read transaction ``db``; ``shared``: reads other queries of
+        the same transaction made already."""
         none = np.empty(0, dtype=np.int64)
         how = q.combine_by
         step = q.step_ms
         span = QueryRange.of(q)
-        with self._read() as db:
-            cut = self._cutoffs(db)
-            tier = pick_tier(q, cut)
-            hosts = self._query_hosts(db, q.hosts)
-            if not hosts:
-                return [], tier, none, none, np.empty(0)
-            sel = Selection()
-            host_list = sorted(hosts)
-            for sid, hid, labels, kind, unit, scale in self._query_series(db, q, host_list,
-                                                                          span):
-                if labels_match(labels, q.labels):
-                    sel.add(sid, hid, labels, kind, unit, scale)
-            pending = self._pending(db, sel, host_list, q, span.read_from, span.end)
-            check_series_limit(q, len(sel))
-            group, found = groups(sel, q.group_by, hosts)
-            check_points_limit(q, span, tier, len(found))
-            if not len(sel):
-                return found, tier, none, none, np.empty(0)
-            counter, scale = sel.counter(), sel.scales()
-            # one value per sample or bucket of one series (PromQL's reads): no combining
-            single = q.group_by is None and not q.rate and how in _PICK
-            if tier == "raw":
-                sid, ts, val = self._raw_samples(db, sel, pending, span.read_from, span.end,
-                                                 None)
-                if single and step == 1:
-                    g, start, v = group[sid], ts, val / (10.0 ** scale)[sid]  # a power per series
-                elif how == "p95" and not q.rate:
-                    gscale = _group_scales(group, scale, len(found))
-                    g, start, v = agg.percentile_steps(sid, ts, val, group, gscale, scale, step)
-                else:
-                    gscale = _group_scales(group, scale, len(found))
-                    steps = agg.bucketize(sid, ts, val, counter, step)
-                    g, start, v = agg.combine(steps, group, gscale, scale, counter, how, q.rate)
+        cut = shared.cut
+        tier = pick_tier(q, cut)
+        hosts = shared.hosts.get(q.hosts)
+        if hosts is None:
+            hosts = shared.hosts[q.hosts] = self._query_hosts(db, q.hosts)
+        if not hosts:
+            return [], tier, none, none, np.empty(0)
+        sel = Selection()
+        host_list = sorted(hosts)
+        for sid, hid, labels, kind, unit, scale in self._series_rows(db, q, host_list,
+                                                                     span, shared):
+            if labels_match(labels, q.labels):
+                sel.add(sid, hid, labels, kind, unit, scale)
+        pending = self._pending(db, sel, host_list, q, span.read_from, span.end, shared)
+        check_series_limit(q, len(sel))
+        group, found = groups(sel, q.group_by, hosts)
+        check_points_limit(q, span, tier, len(found))
+        if not len(sel):
+            return found, tier, none, none, np.empty(0)
+        counter, scale = sel.counter(), sel.scales()
+        # one value per sample or bucket of one series (PromQL's reads): no combining
+        single = q.group_by is None and not q.rate and how in _PICK
+        if tier == "raw":
+            sid, ts, val = self._raw_samples(db, sel, pending, span.read_from, span.end,
+                                             None)
+            if single and step == 1:
+                g, start, v = group[sid], ts, val / (10.0 ** scale)[sid]  # a power per series
+            elif how == "p95" and not q.rate:
+                gscale = _group_scales(group, scale, len(found))
+                g, start, v = agg.percentile_steps(sid, ts, val, group, gscale, scale, step)
             else:
-                as_stored = single and step == TIERS[tier][0]
-                # as stored: only the bucket column picked is read (a month of minutes is
-                # 43,200 buckets of 9 columns)
-                buckets = self._rollup_buckets(
-                    db, sel, pending, tier, span.read_from, span.end, cut,
-                    ("start", _PICK[how]) if as_stored else ROLLUP_COLUMNS)
-                if as_stored and not _distinct_starts(buckets):  # to coarsen: every column
-                    as_stored = False
-                    buckets = self._rollup_buckets(db, sel, pending, tier, span.read_from,
-                                                   span.end, cut)
-                if as_stored:
-                    sid, start = buckets["sid"], buckets["start"]
-                    g, v = group[sid], buckets[_PICK[how]] / (10.0 ** scale)[sid]
-                else:
-                    gscale = _group_scales(group, scale, len(found))
-                    steps = agg.coarsen(buckets, step, counter)
-                    g, start, v = agg.combine(steps, group, gscale, scale, counter, how, q.rate)
+                gscale = _group_scales(group, scale, len(found))
+                steps = agg.bucketize(sid, ts, val, counter, step)
+                g, start, v = agg.combine(steps, group, gscale, scale, counter, how, q.rate)
+        else:
+            as_stored = single and step == TIERS[tier][0]
+            # as stored: only the bucket column picked is read (a month of minutes is
+            # 43,200 buckets of 9 columns)
+            buckets = self._rollup_buckets(
+                db, sel, pending, tier, span.read_from, span.end, cut,
+                ("start", _PICK[how]) if as_stored else ROLLUP_COLUMNS)
+            if as_stored and not _distinct_starts(buckets):  # to coarsen: every column
+                as_stored = False
+                buckets = self._rollup_buckets(db, sel, pending, tier, span.read_from,
+                                               span.end, cut)
+            if as_stored:
+                sid, start = buckets["sid"], buckets["start"]
+                g, v = group[sid], buckets[_PICK[how]] / (10.0 ** scale)[sid]
+            else:
+                gscale = _group_scales(group, scale, len(found))
+                steps = agg.coarsen(buckets, step, counter)
+                g, start, v = agg.combine(steps, group, gscale, scale, counter, how, q.rate)
         ok = np.isfinite(v) & (start >= span.start)
         if not ok.all():
             g, start, v = g[ok], start[ok], v[ok]  # sorted by (group, start)
@@ -219,6 +234,23 @@ class Queries(SQLStore):
             found.update(db.execute(
                 f"SELECT id, name FROM hosts WHERE name IN ({placeholders(chunk)})", chunk))
         return found
+
+    def _series_rows(self, db: Any, q: RangeQuery, host_list: list[int], span: QueryRange,
+                     shared: _SharedReads) -> Iterator[tuple[Any, ...]]:
+        """``_query_series``; in a transaction of several queries over a few hosts, the hosts'
+        series of every name are read once (one statement, through the (host, name) index)."""
+        if not shared.several or not q.hosts or len(host_list) > _SHARED_HOSTS:
+            return self._query_series(db, q, host_list, span)
+        key = (tuple(host_list), span.read_from, span.end)
+        by_name = shared.series.get(key)
+        if by_name is None:
+            by_name = shared.series[key] = {}
+            for name, *row in db.execute(
+                    "SELECT name, id, host_id, labels, kind, unit, scale FROM series WHERE "
+                    f"host_id IN ({placeholders(host_list)}) AND last_ms >= ? AND "
+                    "first_ms < ?", (*host_list, span.read_from, span.end)):
+                by_name.setdefault(name, []).append(tuple(row))
+        return iter(by_name.get(q.name, ()))
 
     @staticmethod
     def _query_series(db: Any, q: RangeQuery, host_list: list[int],
@@ -235,7 +267,8 @@ class Queries(SQLStore):
                                   (q.name, span.read_from, span.end, *chunk))
 
     def _pending(self, db: Any, sel: Selection, host_list: list[int],
-                 q: RangeQuery, start: int, end: int) -> tuple[np.ndarray, ...]:
+                 q: RangeQuery, start: int, end: int,
+                 shared: _SharedReads | None = None) -> tuple[np.ndarray, ...]:
         """Samples of the query's metric in batches not compacted yet (they extend ``sel``)."""
         want = q.labels
         tables: dict[tuple[Any, ...], tuple[Table, Any]] = {}
@@ -264,6 +297,15 @@ class Queries(SQLStore):
             return found
 
         def batches() -> Iterator[tuple[int, int, BatchColumns]]:
+            if shared is not None and shared.several and len(host_list) <= _SHARED_HOSTS:
+                key = (tuple(host_list), start, end)  # the same for every query of a page
+                found = shared.pending.get(key)
+                if found is None:
+                    found = shared.pending[key] = list(read_batches())
+                return iter(found)
+            return read_batches()
+
+        def read_batches() -> Iterator[tuple[int, int, BatchColumns]]:
             for chunk in chunked(host_list):
                 for batch_id, hid, payload in db.execute(
                         f"SELECT id, host_id, payload FROM batches WHERE host_id IN "
@@ -507,6 +549,39 @@ class Queries(SQLStore):
             empty, sizes_a = decode_rollups([], width)
             return {c: empty[c] for c in columns}, sizes_a
         return {c: np.concatenate([p[c] for p in done]) for c in columns}, sizes_a
+
+
+_SHARED_HOSTS = 16  # a query over more hosts reads only its own metric's series and batches
+
+
+@dataclass
+class _SharedReads:
+    """What the queries of one read transaction read once: the tiers' cut-offs, the hosts each
+    set of patterns names and, when there are ``several`` queries, the series rows and pending
+    batches of a few hosts over one range."""
+
+    cut: dict[str, int]
+    several: bool = False
+    hosts: dict[tuple[str, ...], dict[int, str]] = field(default_factory=dict)
+    series: dict[tuple[Any, ...], dict[str, list[tuple[Any, ...]]]] = field(
+        default_factory=dict)
+    pending: dict[tuple[Any, ...], list[tuple[int, int, BatchColumns]]] = field(
+        default_factory=dict)
+
+
+def _as_arrays(q: RangeQuery, evaluated: tuple[list[dict[str, Any]], str, np.ndarray,
+                                                np.ndarray, np.ndarray]) -> list[SeriesArrays]:
+    """``query_arrays``' answer from ``_evaluate``'s."""
+    found, tier, g, start, v = evaluated
+    cuts = [*np.flatnonzero(np.concatenate(((True,), g[1:] != g[:-1]))).tolist(), g.size]
+    out = []
+    for lo, hi in itertools.pairwise(cuts):
+        if lo < hi:
+            meta = found[int(g[lo])]
+            out.append(SeriesArrays(meta["host"], q.name, meta["labels"], meta["kind"],
+                                    meta["unit"], start[lo:hi], v[lo:hi], tier))
+    out.sort(key=lambda r: (r.host or "", sorted(r.labels.items())))
+    return out
 
 
 def _pending_series(columns: BatchColumns, hid: int, name: str | None,
