@@ -385,6 +385,27 @@ class AlertStore:
         return [AlertRecord.from_row(r) for r in self.query(
             f"SELECT * FROM alerts{where} ORDER BY rule, key", params)]
 
+    def alerts_page(self, *, after: tuple[str, str] | None = None, limit: int,
+                    rule: str | None = None, host: str | None = None,
+                    status: str | None = None) -> list[AlertRecord]:
+        """At most ``limit`` active series by rule and key, those after the ``(rule, key)`` of
+        the last one of the previous page (a keyset page: the primary key serves it, and an
+        alert that comes or goes between two pages never shifts the others)."""
+        where, params = _filters((("rule=?", rule), ("host=?", host), ("status=?", status)))
+        if after is not None:
+            where += (" AND" if where else " WHERE") + " (rule, key) > (?, ?)"
+            params += list(after)
+        return [AlertRecord.from_row(r) for r in self.query(
+            f"SELECT * FROM alerts{where} ORDER BY rule, key LIMIT ?", [*params, limit])]
+
+    def alert_counts(self, *, rule: str | None = None, host: str | None = None,
+                     status: str | None = None) -> list[tuple[str, str, int]]:
+        """``(rule, status, count)`` of the active series matching the filters, by rule."""
+        where, params = _filters((("rule=?", rule), ("host=?", host), ("status=?", status)))
+        return [(r["rule"], r["status"], int(r["n"])) for r in self.query(
+            f"SELECT rule, status, count(*) AS n FROM alerts{where} GROUP BY rule, status "
+            "ORDER BY rule, status", params)]
+
     def rule_health(self, rule: str) -> dict[str, Any]:
         """``AlertEngine.rule_health`` of ``rule`` as stored by the engine that evaluates it."""
         rows = self.query(

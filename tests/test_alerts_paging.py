@@ -1,0 +1,159 @@
+"""``GET /edgemon/api/v1/alerts`` page by page: bounds, a stable order with no alert missed or
+repeated across pages, and the totals of every page (a real aiohttp server on loopback, a real
+SQLite alert state)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from edgemon.collector.alerting import AlertEngine, routes
+from edgemon.collector.alerting.memstore import InMemoryGridStorage
+from edgemon.collector.http.alerts_api import ALERTS_LIMIT, ALERTS_LIMIT_MAX, OPENAPI_PATHS
+from edgemon.collector.http.responses import errors_middleware
+
+T0 = 1_800_000_000_000
+HOSTS = 23
+# every host down: "host-down" fires at once, "host-down-long" stays pending for an hour
+RULES = """[settings]
+settle = "0s"
+
+[[rule]]
+name = "host-down"
+kind = "host_down"
+no_data_for = "1h"
+
+[[rule]]
+name = "host-down-long"
+kind = "host_down"
+no_data_for = "1h"
+for = "1h"
+"""
+
+
+Body = Callable[[TestClient, AlertEngine, InMemoryGridStorage], Awaitable[None]]
+
+
+def with_alerts(tmp_path: Path, body: Body) -> None:
+    """``body(client, engine, store)`` with every one of HOSTS hosts down."""
+    async def main() -> None:
+        (tmp_path / "rules.toml").write_text(RULES)
+        store = InMemoryGridStorage()
+        engine = AlertEngine(store, tmp_path / "a.db", rules_path=tmp_path / "rules.toml",
+                             clock_ms=lambda: T0)
+        for i in range(HOSTS):
+            store.set_status(f"h{i:03d}", False, T0 - 1000)
+        engine.run_cycle()
+        app = web.Application(middlewares=[errors_middleware])
+        app.add_routes(routes(engine))
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        try:
+            await body(client, engine, store)
+        finally:
+            await client.close()
+            engine.close()
+
+    asyncio.run(main())
+
+
+async def get(client: TestClient, url: str, status: int = 200) -> Any:
+    resp = await client.get(url)
+    assert resp.status == status, await resp.text()
+    return await resp.json()
+
+
+def test_pages_cover_every_alert_once_in_order(tmp_path: Path) -> None:
+    async def test(client: TestClient, engine: AlertEngine, _store: InMemoryGridStorage,
+                   ) -> None:
+        everything = await get(client, "/edgemon/api/v1/alerts")
+        assert set(everything) == {"alerts"}  # under the default limit: the answer as before
+        expected = [(a["rule"], a["host"]) for a in everything["alerts"]]
+        assert len(expected) == 2 * HOSTS and expected == sorted(expected)
+
+        seen: list[tuple[str, str]] = []
+        url = "/edgemon/api/v1/alerts?limit=5"
+        pages = 0
+        while True:
+            page = await get(client, url)
+            pages += 1
+            assert len(page["alerts"]) <= 5 and page["limit"] == 5
+            assert page["total"] == 2 * HOSTS
+            assert page["counts"] == {"firing": HOSTS, "pending": HOSTS}
+            assert page["rules"] == [{"rule": "host-down", "pending": 0, "firing": HOSTS},
+                                     {"rule": "host-down-long", "pending": HOSTS, "firing": 0}]
+            seen += [(a["rule"], a["host"]) for a in page["alerts"]]
+            if page["next"] is None:
+                break
+            url = f"/edgemon/api/v1/alerts?limit=5&after={page['next']}"
+        assert seen == expected  # none missed, none twice, the same order
+        assert pages == -(-2 * HOSTS // 5)
+
+        firing = await get(client, "/edgemon/api/v1/alerts?status=firing&limit=10")
+        assert firing["total"] == HOSTS and firing["counts"] == {"firing": HOSTS, "pending": 0}
+        assert {a["status"] for a in firing["alerts"]} == {"firing"}
+        one = await get(client, "/edgemon/api/v1/alerts?host=h007&limit=1")
+        assert one["total"] == 2 and len(one["alerts"]) == 1 and one["next"] is not None
+        rest = await get(client, f"/edgemon/api/v1/alerts?host=h007&after={one['next']}")
+        assert [a["rule"] for a in one["alerts"] + rest["alerts"]] == \
+            ["host-down", "host-down-long"]
+        assert rest["next"] is None and rest["limit"] == ALERTS_LIMIT
+
+    with_alerts(tmp_path, test)
+
+
+def test_a_page_stays_in_place_when_earlier_alerts_go(tmp_path: Path) -> None:
+    async def test(client: TestClient, engine: AlertEngine, store: InMemoryGridStorage,
+                   ) -> None:
+        first = await get(client, "/edgemon/api/v1/alerts?limit=4&status=firing")
+        assert [a["host"] for a in first["alerts"]] == ["h000", "h001", "h002", "h003"]
+        store.set_status("h001", True, T0 + 1)  # an alert of the first page resolves
+        store.set_last_seen("h001", T0 + 1)
+        engine.run_cycle(T0 + 10_000)
+        second = await get(client, f"/edgemon/api/v1/alerts?limit=4&status=firing"
+                                   f"&after={first['next']}")
+        assert [a["host"] for a in second["alerts"]] == ["h004", "h005", "h006", "h007"]
+        assert second["total"] == HOSTS - 1
+
+    with_alerts(tmp_path, test)
+
+
+def test_more_alerts_than_the_default_limit(tmp_path: Path) -> None:
+    async def test(client: TestClient, engine: AlertEngine, store: InMemoryGridStorage,
+                   ) -> None:
+        for i in range(HOSTS, ALERTS_LIMIT // 2 + 3):
+            store.set_status(f"h{i:03d}", False, T0 - 1000)
+        engine.run_cycle(T0 + 10_000)
+        plain = await get(client, "/edgemon/api/v1/alerts")
+        total = 2 * (ALERTS_LIMIT // 2 + 3)
+        assert len(plain["alerts"]) == ALERTS_LIMIT  # bounded, and it says there is more
+        assert plain["total"] == total and plain["next"] is not None
+        rest = await get(client, f"/edgemon/api/v1/alerts?after={plain['next']}")
+        assert len(rest["alerts"]) == total - ALERTS_LIMIT and rest["next"] is None
+
+    with_alerts(tmp_path, test)
+
+
+def test_bad_paging_parameters(tmp_path: Path) -> None:
+    async def test(client: TestClient, engine: AlertEngine, _store: InMemoryGridStorage,
+                   ) -> None:
+        for bad, word in (("limit=0", "'limit'"), (f"limit={ALERTS_LIMIT_MAX + 1}", "'limit'"),
+                          ("limit=-3", "'limit'"), ("limit=ten", "'limit'"),
+                          ("after=%%%", "'after'"), ("after=bm90IGpzb24", "'after'"),
+                          ("after=WzEsMl0", "'after'"), ("after=WyJhIl0", "'after'"),
+                          ("limit=1&limit=2", "more than once")):
+            body = await get(client, f"/edgemon/api/v1/alerts?{bad}", 400)
+            assert word in body["error"], (bad, body)
+        limit = next(p for p in OPENAPI_PATHS["/edgemon/api/v1/alerts"]["get"]["parameters"]
+                     if p["name"] == "limit")
+        assert limit["schema"]["minimum"] == 1
+        assert limit["schema"]["maximum"] == ALERTS_LIMIT_MAX
+        assert (await get(client, f"/edgemon/api/v1/alerts?limit={ALERTS_LIMIT_MAX}"))[
+            "total"] == 2 * HOSTS
+
+    with_alerts(tmp_path, test)
