@@ -14,7 +14,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from edgemon.collector.alerting import AlertEngine, routes
 from edgemon.collector.alerting.memstore import InMemoryGridStorage
-from edgemon.collector.http.alerts_api import ALERTS_LIMIT, ALERTS_LIMIT_MAX, OPENAPI_PATHS
+from edgemon.collector.http.alerts_api import (
+    ALERTS_LIMIT,
+    ALERTS_LIMIT_MAX,
+    OPENAPI_PATHS,
+    every_active_alert,
+)
+from edgemon.collector.http.alerts_cache import state_cache
+from edgemon.collector.http.api import EXECUTOR_KEY
+from edgemon.collector.http.prometheus_api import routes as prometheus_routes
 from edgemon.collector.http.responses import errors_middleware
 
 T0 = 1_800_000_000_000
@@ -36,16 +44,25 @@ for = "1h"
 """
 
 
+class Clock:
+    ms = T0
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+clock = Clock()
 Body = Callable[[TestClient, AlertEngine, InMemoryGridStorage], Awaitable[None]]
 
 
 def with_alerts(tmp_path: Path, body: Body) -> None:
     """``body(client, engine, store)`` with every one of HOSTS hosts down."""
     async def main() -> None:
+        clock.ms = T0
         (tmp_path / "rules.toml").write_text(RULES)
         store = InMemoryGridStorage()
         engine = AlertEngine(store, tmp_path / "a.db", rules_path=tmp_path / "rules.toml",
-                             clock_ms=lambda: T0)
+                             clock_ms=clock)
         for i in range(HOSTS):
             store.set_status(f"h{i:03d}", False, T0 - 1000)
         engine.run_cycle()
@@ -155,5 +172,85 @@ def test_bad_paging_parameters(tmp_path: Path) -> None:
         assert limit["schema"]["maximum"] == ALERTS_LIMIT_MAX
         assert (await get(client, f"/edgemon/api/v1/alerts?limit={ALERTS_LIMIT_MAX}"))[
             "total"] == 2 * HOSTS
+
+    with_alerts(tmp_path, test)
+
+
+# --- the cache of what the endpoints build (http/alerts_cache.py) -------------------------------
+
+def test_an_unchanged_state_is_built_once_and_a_change_is_seen_at_once(tmp_path: Path) -> None:
+    async def test(client: TestClient, engine: AlertEngine, store: InMemoryGridStorage) -> None:
+        cache = state_cache(engine)
+        url = "/edgemon/api/v1/alerts?limit=10&status=firing"
+        first = await get(client, url)
+        built = cache.builds
+        assert await get(client, url) == first and cache.builds == built  # kept
+        assert every_active_alert(engine) is every_active_alert(engine)
+
+        store.set_status("h100", False, T0 - 1000)  # a new host goes down: a cycle commits it
+        engine.run_cycle()
+        assert (await get(client, url))["total"] == HOSTS + 1
+        assert len(every_active_alert(engine)) == 2 * (HOSTS + 1)
+        assert cache.builds > built
+
+        # a silence made through the API: the next answer shows it
+        resp = await client.post("/edgemon/api/v1/silences", json={
+            "matchers": [{"name": "host", "value": "h000"}], "duration": "1h"})
+        assert resp.status == 201, await resp.text()
+        sid = (await resp.json())["id"]
+        assert (await get(client, url))["alerts"][0]["silenced_by"] == sid
+        assert {a["silenced_by"] for a in every_active_alert(engine)
+                if a["host"] == "h000"} == {sid}
+
+    with_alerts(tmp_path, test)
+
+
+def test_a_silence_starting_later_covers_its_alerts_when_the_clock_gets_there(
+        tmp_path: Path) -> None:
+    async def test(client: TestClient, engine: AlertEngine, _store: InMemoryGridStorage) -> None:
+        resp = await client.post("/edgemon/api/v1/silences", json={
+            "matchers": [{"name": "host", "value": "h001"}], "startsAt": T0 + 60_000,
+            "duration": "1h"})
+        assert resp.status == 201, await resp.text()
+        sid = (await resp.json())["id"]
+        url = "/edgemon/api/v1/alerts?host=h001&limit=5"
+        assert [a["silenced_by"] for a in (await get(client, url))["alerts"]] == [None, None]
+        assert (await get(client, url))["alerts"][0]["silenced_by"] is None  # kept
+        writes = engine.store.writes
+        clock.ms = T0 + 60_000  # no write at all: only the clock moves
+        assert [a["silenced_by"] for a in (await get(client, url))["alerts"]] == [sid, sid]
+        assert {a["silenced_by"] for a in every_active_alert(engine)
+                if a["host"] == "h001"} == {sid}
+        clock.ms = T0 + 60_000 + 3_600_000  # and it ends
+        assert [a["silenced_by"] for a in (await get(client, url))["alerts"]] == [None, None]
+        clock.ms = T0 + 60_000  # a clock set back: built again, not the later answer
+        assert [a["silenced_by"] for a in (await get(client, url))["alerts"]] == [sid, sid]
+        assert engine.store.writes == writes
+
+    with_alerts(tmp_path, test)
+
+
+def test_prometheus_alerts_are_kept_until_the_state_changes(tmp_path: Path) -> None:
+    async def test(_client: TestClient, engine: AlertEngine, store: InMemoryGridStorage) -> None:
+        app = web.Application()
+        app[EXECUTOR_KEY] = None  # the loop's default executor
+        app.router.add_routes(prometheus_routes(store, alerting=engine))
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        try:
+            cache = state_cache(engine)
+            doc = await get(client, "/api/v1/alerts")
+            assert doc["status"] == "success" and len(doc["data"]["alerts"]) == 2 * HOSTS
+            built = cache.builds
+            assert await get(client, "/api/v1/alerts") == doc and cache.builds == built
+            store.set_status("h000", True, T0 + 1)
+            store.set_last_seen("h000", T0 + 1)
+            clock.ms = T0 + 10_000
+            engine.run_cycle()
+            after = (await get(client, "/api/v1/alerts"))["data"]["alerts"]
+            assert "h000" not in {a["labels"]["host"] for a in after
+                                  if a["labels"]["alertname"] == "host-down"}
+        finally:
+            await client.close()
 
     with_alerts(tmp_path, test)

@@ -341,6 +341,9 @@ class AlertStore:
         self.backend: AlertBackend = (
             PostgresBackend(str(location), wait=wait) if is_postgres_url(location)
             else SQLiteBackend(location, _SCHEMA))
+        # write transactions committed through this store: the key of what readers keep
+        # (http/alerts_cache.py); only exact if no one else writes (``shared`` is False)
+        self.writes = 0
         with self.transaction() as db:
             db.execute("INSERT INTO meta (key, value) VALUES ('engine_id', ?), ('schema', ?) "
                        "ON CONFLICT (key) DO NOTHING",
@@ -357,9 +360,14 @@ class AlertStore:
     def close(self) -> None:
         self.backend.close()
 
-    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
         """A write transaction: committed at the end, rolled back on an exception."""
-        return self.backend.transaction()
+        try:
+            with self.backend.transaction() as db:
+                yield db
+        finally:  # after the commit: a reader that saw the old count may have read the new
+            self.writes += 1  # rows (and misses next time), none sees the new count early
 
     @contextlib.contextmanager
     def cycle(self) -> Iterator[CycleWrite]:

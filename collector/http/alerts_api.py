@@ -26,6 +26,7 @@ from edgemon.collector.alerting.rules import RulesError
 from edgemon.collector.alerting.silences import Matcher, SilenceSet
 from edgemon.collector.alerting.store import AlertRecord, HistoryRecord
 from edgemon.collector.http import responses
+from edgemon.collector.http.alerts_cache import state_cache
 from edgemon.collector.http.responses import (
     BadRequest,
     ParamError,
@@ -39,8 +40,8 @@ from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
 from edgemon.common.clock import rfc3339_ms
 
 __all__ = ["ALERTS_LIMIT", "ALERTS_LIMIT_MAX", "OPENAPI_PATHS", "OPENAPI_SCHEMAS",
-           "active_alerts", "active_alerts_page", "add_routes", "alert_history", "merge_openapi",
-           "routes", "rules_status"]
+           "active_alerts", "active_alerts_page", "add_routes", "alert_history",
+           "every_active_alert", "merge_openapi", "routes", "rules_status"]
 
 ALERTS_LIMIT = 500  # active alerts per page unless the client says (10,000 hosts down: ~6 MB)
 ALERTS_LIMIT_MAX = 5000
@@ -108,12 +109,21 @@ def history_doc(record: HistoryRecord) -> dict[str, Any]:
 
 
 def active_alerts(engine: AlertEngine, rule: str | None = None, host: str | None = None,
-                  status: str | None = None) -> list[dict[str, Any]]:
-    """Pending and firing alerts (blocking: SQLite), with the silence covering each."""
-    now = engine.clock_ms()
-    silences = SilenceSet(engine.store.silences(now), now)
-    return [alert_doc(a, silences.silenced_by(a.alert_labels) if silences else None)
+                  status: str | None = None, *, now: int | None = None,
+                  silences: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Pending and firing alerts (blocking: SQLite), with the silence covering each at ``now``
+    (``silences``: the store's, not yet ended at ``now``, if already read)."""
+    now = engine.clock_ms() if now is None else now
+    covering = SilenceSet(engine.store.silences(now) if silences is None else silences, now)
+    return [alert_doc(a, covering.silenced_by(a.alert_labels) if covering else None)
             for a in engine.store.alerts(rule=rule, host=host, status=status)]
+
+
+def every_active_alert(engine: AlertEngine) -> list[dict[str, Any]]:
+    """``active_alerts(engine)``, built again only when the alert state changed (blocking;
+    shared with other callers: read it, never change it)."""
+    return state_cache(engine).get(
+        "active", lambda now, silences: active_alerts(engine, now=now, silences=silences))
 
 
 def active_alerts_page(engine: AlertEngine, *, limit: int, after: tuple[str, str] | None = None,
@@ -122,10 +132,23 @@ def active_alerts_page(engine: AlertEngine, *, limit: int, after: tuple[str, str
     """One page of the active alerts by rule and key (blocking: SQLite), with the counts of
     every alert matching the filters: ``alerts``, ``total``, ``counts`` (per status),
     ``rules`` (per rule and status), ``limit`` and ``next`` (the cursor of the next page,
-    None on the last)."""
+    None on the last). Pages of at most ``ALERTS_LIMIT`` are kept until the alert state
+    changes (``alerts_cache.py``): shared, read them, never change them."""
+    if limit > ALERTS_LIMIT:  # kept only while small
+        return _active_alerts_page(engine, engine.clock_ms(), None, limit=limit, after=after,
+                                   rule=rule, host=host, status=status)
+    return state_cache(engine).get(  # type: ignore[no-any-return]
+        ("page", limit, after, rule, host, status),
+        lambda now, silences: _active_alerts_page(engine, now, silences, limit=limit,
+                                                  after=after, rule=rule, host=host,
+                                                  status=status))
+
+
+def _active_alerts_page(engine: AlertEngine, now: int, silences: list[dict[str, Any]] | None,
+                        *, limit: int, after: tuple[str, str] | None, rule: str | None,
+                        host: str | None, status: str | None) -> dict[str, Any]:
     filters = {"rule": rule, "host": host, "status": status}
-    now = engine.clock_ms()
-    silences = SilenceSet(engine.store.silences(now), now)
+    covering = SilenceSet(engine.store.silences(now) if silences is None else silences, now)
     records = engine.store.alerts_page(after=after, limit=limit + 1, **filters)
     more = len(records) > limit
     records = records[:limit]
@@ -134,7 +157,7 @@ def active_alerts_page(engine: AlertEngine, *, limit: int, after: tuple[str, str
     for name, state, n in engine.store.alert_counts(**filters):
         per_rule.setdefault(name, {"rule": name, "pending": 0, "firing": 0})[state] = n
         counts[state] = counts.get(state, 0) + n
-    return {"alerts": [alert_doc(a, silences.silenced_by(a.alert_labels) if silences else None)
+    return {"alerts": [alert_doc(a, covering.silenced_by(a.alert_labels) if covering else None)
                        for a in records],
             "total": sum(counts.values()), "counts": counts, "rules": list(per_rule.values()),
             "limit": limit,
