@@ -4,15 +4,12 @@ SQLite alert state)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from edgemon.collector.alerting import AlertEngine, routes
+from edgemon.collector.alerting import AlertEngine
 from edgemon.collector.alerting.memstore import InMemoryGridStorage
 from edgemon.collector.http.alerts_api import (
     ALERTS_LIMIT,
@@ -23,19 +20,12 @@ from edgemon.collector.http.alerts_api import (
 from edgemon.collector.http.alerts_cache import state_cache
 from edgemon.collector.http.api import EXECUTOR_KEY
 from edgemon.collector.http.prometheus_api import routes as prometheus_routes
-from edgemon.collector.http.responses import errors_middleware
+from tests.test_alerting_api import RULES as API_RULES
+from tests.test_alerting_api import T0, Clock, get, with_client
 
-T0 = 1_800_000_000_000
 HOSTS = 23
 # every host down: "host-down" fires at once, "host-down-long" stays pending for an hour
-RULES = """[settings]
-settle = "0s"
-
-[[rule]]
-name = "host-down"
-kind = "host_down"
-no_data_for = "1h"
-
+RULES = API_RULES + """
 [[rule]]
 name = "host-down-long"
 kind = "host_down"
@@ -44,50 +34,17 @@ for = "1h"
 """
 
 
-class Clock:
-    ms = T0
-
-    def __call__(self) -> int:
-        return self.ms
-
-
-clock = Clock()
-Body = Callable[[TestClient, AlertEngine, InMemoryGridStorage], Awaitable[None]]
-
-
-def with_alerts(tmp_path: Path, body: Body) -> None:
-    """``body(client, engine, store)`` with every one of HOSTS hosts down."""
-    async def main() -> None:
-        clock.ms = T0
-        (tmp_path / "rules.toml").write_text(RULES)
-        store = InMemoryGridStorage()
-        engine = AlertEngine(store, tmp_path / "a.db", rules_path=tmp_path / "rules.toml",
-                             clock_ms=clock)
-        for i in range(HOSTS):
-            store.set_status(f"h{i:03d}", False, T0 - 1000)
-        engine.run_cycle()
-        app = web.Application(middlewares=[errors_middleware])
-        app.add_routes(routes(engine))
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        try:
-            await body(client, engine, store)
-        finally:
-            await client.close()
-            engine.close()
-
-    asyncio.run(main())
-
-
-async def get(client: TestClient, url: str, status: int = 200) -> Any:
-    resp = await client.get(url)
-    assert resp.status == status, await resp.text()
-    return await resp.json()
+def all_down(engine: AlertEngine, store: InMemoryGridStorage) -> None:
+    """Every one of HOSTS hosts down, and a cycle that sees it."""
+    for i in range(HOSTS):
+        store.set_status(f"h{i:03d}", False, T0 - 1000)
+    engine.run_cycle()
 
 
 def test_pages_cover_every_alert_once_in_order(tmp_path: Path) -> None:
-    async def test(client: TestClient, engine: AlertEngine, _store: InMemoryGridStorage,
-                   ) -> None:
+    async def test(client: TestClient, engine: AlertEngine, store: InMemoryGridStorage,
+                   _path: Path) -> None:
+        all_down(engine, store)
         everything = await get(client, "/edgemon/api/v1/alerts")
         assert set(everything) == {"alerts"}  # under the default limit: the answer as before
         expected = [(a["rule"], a["host"]) for a in everything["alerts"]]
@@ -121,12 +78,13 @@ def test_pages_cover_every_alert_once_in_order(tmp_path: Path) -> None:
             ["host-down", "host-down-long"]
         assert rest["next"] is None and rest["limit"] == ALERTS_LIMIT
 
-    with_alerts(tmp_path, test)
+    with_client(tmp_path, test, RULES)
 
 
 def test_a_page_stays_in_place_when_earlier_alerts_go(tmp_path: Path) -> None:
     async def test(client: TestClient, engine: AlertEngine, store: InMemoryGridStorage,
-                   ) -> None:
+                   _path: Path) -> None:
+        all_down(engine, store)
         first = await get(client, "/edgemon/api/v1/alerts?limit=4&status=firing")
         assert [a["host"] for a in first["alerts"]] == ["h000", "h001", "h002", "h003"]
         store.set_status("h001", True, T0 + 1)  # an alert of the first page resolves
@@ -137,12 +95,13 @@ def test_a_page_stays_in_place_when_earlier_alerts_go(tmp_path: Path) -> None:
         assert [a["host"] for a in second["alerts"]] == ["h004", "h005", "h006", "h007"]
         assert second["total"] == HOSTS - 1
 
-    with_alerts(tmp_path, test)
+    with_client(tmp_path, test, RULES)
 
 
 def test_more_alerts_than_the_default_limit(tmp_path: Path) -> None:
     async def test(client: TestClient, engine: AlertEngine, store: InMemoryGridStorage,
-                   ) -> None:
+                   _path: Path) -> None:
+        all_down(engine, store)
         for i in range(HOSTS, ALERTS_LIMIT // 2 + 3):
             store.set_status(f"h{i:03d}", False, T0 - 1000)
         engine.run_cycle(T0 + 10_000)
@@ -153,12 +112,13 @@ def test_more_alerts_than_the_default_limit(tmp_path: Path) -> None:
         rest = await get(client, f"/edgemon/api/v1/alerts?after={plain['next']}")
         assert len(rest["alerts"]) == total - ALERTS_LIMIT and rest["next"] is None
 
-    with_alerts(tmp_path, test)
+    with_client(tmp_path, test, RULES)
 
 
 def test_bad_paging_parameters(tmp_path: Path) -> None:
-    async def test(client: TestClient, engine: AlertEngine, _store: InMemoryGridStorage,
-                   ) -> None:
+    async def test(client: TestClient, engine: AlertEngine, store: InMemoryGridStorage,
+                   _path: Path) -> None:
+        all_down(engine, store)
         for bad, word in (("limit=0", "'limit'"), (f"limit={ALERTS_LIMIT_MAX + 1}", "'limit'"),
                           ("limit=-3", "'limit'"), ("limit=ten", "'limit'"),
                           ("after=%%%", "'after'"), ("after=bm90IGpzb24", "'after'"),
@@ -173,13 +133,15 @@ def test_bad_paging_parameters(tmp_path: Path) -> None:
         assert (await get(client, f"/edgemon/api/v1/alerts?limit={ALERTS_LIMIT_MAX}"))[
             "total"] == 2 * HOSTS
 
-    with_alerts(tmp_path, test)
+    with_client(tmp_path, test, RULES)
 
 
 # --- the cache of what the endpoints build (http/alerts_cache.py) -------------------------------
 
 def test_an_unchanged_state_is_built_once_and_a_change_is_seen_at_once(tmp_path: Path) -> None:
-    async def test(client: TestClient, engine: AlertEngine, store: InMemoryGridStorage) -> None:
+    async def test(client: TestClient, engine: AlertEngine, store: InMemoryGridStorage,
+                   _path: Path) -> None:
+        all_down(engine, store)
         cache = state_cache(engine)
         url = "/edgemon/api/v1/alerts?limit=10&status=firing"
         first = await get(client, url)
@@ -202,12 +164,14 @@ def test_an_unchanged_state_is_built_once_and_a_change_is_seen_at_once(tmp_path:
         assert {a["silenced_by"] for a in every_active_alert(engine)
                 if a["host"] == "h000"} == {sid}
 
-    with_alerts(tmp_path, test)
+    with_client(tmp_path, test, RULES)
 
 
 def test_a_silence_starting_later_covers_its_alerts_when_the_clock_gets_there(
         tmp_path: Path) -> None:
-    async def test(client: TestClient, engine: AlertEngine, _store: InMemoryGridStorage) -> None:
+    async def test(client: TestClient, engine: AlertEngine, store: InMemoryGridStorage,
+                   _path: Path) -> None:
+        all_down(engine, store)
         resp = await client.post("/edgemon/api/v1/silences", json={
             "matchers": [{"name": "host", "value": "h001"}], "startsAt": T0 + 60_000,
             "duration": "1h"})
@@ -217,21 +181,23 @@ def test_a_silence_starting_later_covers_its_alerts_when_the_clock_gets_there(
         assert [a["silenced_by"] for a in (await get(client, url))["alerts"]] == [None, None]
         assert (await get(client, url))["alerts"][0]["silenced_by"] is None  # kept
         writes = engine.store.writes
-        clock.ms = T0 + 60_000  # no write at all: only the clock moves
+        Clock.ms = T0 + 60_000  # no write at all: only the clock moves
         assert [a["silenced_by"] for a in (await get(client, url))["alerts"]] == [sid, sid]
         assert {a["silenced_by"] for a in every_active_alert(engine)
                 if a["host"] == "h001"} == {sid}
-        clock.ms = T0 + 60_000 + 3_600_000  # and it ends
+        Clock.ms = T0 + 60_000 + 3_600_000  # and it ends
         assert [a["silenced_by"] for a in (await get(client, url))["alerts"]] == [None, None]
-        clock.ms = T0 + 60_000  # a clock set back: built again, not the later answer
+        Clock.ms = T0 + 60_000  # a clock set back: built again, not the later answer
         assert [a["silenced_by"] for a in (await get(client, url))["alerts"]] == [sid, sid]
         assert engine.store.writes == writes
 
-    with_alerts(tmp_path, test)
+    with_client(tmp_path, test, RULES)
 
 
 def test_prometheus_alerts_are_kept_until_the_state_changes(tmp_path: Path) -> None:
-    async def test(_client: TestClient, engine: AlertEngine, store: InMemoryGridStorage) -> None:
+    async def test(_client: TestClient, engine: AlertEngine, store: InMemoryGridStorage,
+                   _path: Path) -> None:
+        all_down(engine, store)
         app = web.Application()
         app[EXECUTOR_KEY] = None  # the loop's default executor
         app.router.add_routes(prometheus_routes(store, alerting=engine))
@@ -245,7 +211,7 @@ def test_prometheus_alerts_are_kept_until_the_state_changes(tmp_path: Path) -> N
             assert await get(client, "/api/v1/alerts") == doc and cache.builds == built
             store.set_status("h000", True, T0 + 1)
             store.set_last_seen("h000", T0 + 1)
-            clock.ms = T0 + 10_000
+            Clock.ms = T0 + 10_000
             engine.run_cycle()
             after = (await get(client, "/api/v1/alerts"))["data"]["alerts"]
             assert "h000" not in {a["labels"]["host"] for a in after
@@ -253,4 +219,4 @@ def test_prometheus_alerts_are_kept_until_the_state_changes(tmp_path: Path) -> N
         finally:
             await client.close()
 
-    with_alerts(tmp_path, test)
+    with_client(tmp_path, test, RULES)
