@@ -15,6 +15,9 @@ from edgemon.collector.http.alerts_api import (
     ALERTS_LIMIT,
     ALERTS_LIMIT_MAX,
     OPENAPI_PATHS,
+    active_alerts,
+    active_alerts_page,
+    decode_cursor,
     every_active_alert,
 )
 from edgemon.collector.http.alerts_cache import state_cache
@@ -220,3 +223,33 @@ def test_prometheus_alerts_are_kept_until_the_state_changes(tmp_path: Path) -> N
             await client.close()
 
     with_client(tmp_path, test, RULES)
+
+
+def test_pages_and_counts_on_sqlite_and_postgresql(tmp_path: Path,
+                                                    alert_state: Path | str) -> None:
+    (tmp_path / "rules.toml").write_text(RULES)
+    Clock.ms = T0
+    store = InMemoryGridStorage()
+    engine = AlertEngine(store, alert_state, rules_path=tmp_path / "rules.toml", clock_ms=Clock())
+    try:
+        all_down(engine, store)
+        every = [(a["rule"], a["host"]) for a in active_alerts(engine)]
+        seen: list[tuple[str, str]] = []
+        after = None
+        while True:
+            page = active_alerts_page(engine, limit=7, after=after)
+            assert page["total"] == 2 * HOSTS
+            assert page["counts"] == {"firing": HOSTS, "pending": HOSTS}
+            seen += [(a["rule"], a["host"]) for a in page["alerts"]]
+            if page["next"] is None:
+                break
+            after = decode_cursor(page["next"])
+        assert seen == every and len(every) == 2 * HOSTS
+        cache = state_cache(engine)
+        built = cache.builds
+        every_active_alert(engine)
+        every_active_alert(engine)
+        # a shared state (PostgreSQL) is written by other collectors too: read every time
+        assert cache.builds - built == (2 if engine.store.shared else 1)
+    finally:
+        engine.close()

@@ -40,8 +40,8 @@ from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
 from edgemon.common.clock import rfc3339_ms
 
 __all__ = ["ALERTS_LIMIT", "ALERTS_LIMIT_MAX", "OPENAPI_PATHS", "OPENAPI_SCHEMAS",
-           "active_alerts", "active_alerts_page", "add_routes", "alert_history",
-           "every_active_alert", "merge_openapi", "routes", "rules_status"]
+           "active_alerts", "active_alerts_page", "add_routes", "alert_history", "decode_cursor",
+           "encode_cursor", "every_active_alert", "merge_openapi", "routes", "rules_status"]
 
 ALERTS_LIMIT = 500  # active alerts per page unless the client says (10,000 hosts down: ~6 MB)
 ALERTS_LIMIT_MAX = 5000
