@@ -30,8 +30,10 @@ const PAGE = 100;
 let cursors = [];  // the "after" of each page before this one: [] on the first page
 
 async function loadActive() {
-  const after = cursors.at(-1);
+  const wanted = cursors.slice();
+  const after = wanted.at(-1);
   const doc = await api(withQuery("/edgemon/api/v1/alerts", { host: hostFilter, limit: PAGE, after }));
+  if (wanted.length !== cursors.length || wanted.at(-1) !== cursors.at(-1)) return;  // turned since
   if (!doc.alerts.length && cursors.length) {  // this page emptied since: back to the first
     cursors = [];
     return loadActive();
@@ -61,12 +63,17 @@ async function loadActive() {
   $("#active-next").dataset.after = doc.next ?? "";
 }
 
+let turning = false;  // a page on its way: a second press waits for it (the cursor is its)
+
 function turnPage(step) {
+  if (turning) return;
   if (step > 0 && $("#active-next").dataset.after) cursors.push($("#active-next").dataset.after);
-  else if (step < 0) cursors.pop();
+  else if (step < 0 && cursors.length) cursors.pop();
   else return;
+  turning = true;
   loadActive().then(() => $("#active-h").scrollIntoView({ block: "nearest" }))
-    .catch((e) => say(e.message, "error"));
+    .catch((e) => say(e.message, "error"))
+    .finally(() => { turning = false; });
 }
 
 async function loadHistory() {
