@@ -30,10 +30,10 @@ const PAGE = 100;
 let cursors = [];  // the "after" of each page before this one: [] on the first page
 
 async function loadActive() {
-  const wanted = cursors.slice();
+  const [wanted, host] = [cursors.slice(), hostFilter];
   const after = wanted.at(-1);
-  const doc = await api(withQuery("/edgemon/api/v1/alerts", { host: hostFilter, limit: PAGE, after }));
-  if (wanted.length !== cursors.length || wanted.at(-1) !== cursors.at(-1)) return;  // turned since
+  const doc = await api(withQuery("/edgemon/api/v1/alerts", { host, limit: PAGE, after }));
+  if (wanted.length !== cursors.length || after !== cursors.at(-1) || host !== hostFilter) return;  // turned or filtered since
   if (!doc.alerts.length && cursors.length) {  // this page emptied since: back to the first
     cursors = [];
     return loadActive();
