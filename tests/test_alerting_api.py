@@ -47,11 +47,11 @@ class Clock:
 
 
 def with_client(tmp_path: Path, test: Callable[[TestClient, AlertEngine, InMemoryGridStorage, Path],
-                                                Awaitable[None]]) -> None:
+                                                Awaitable[None]], rules: str = RULES) -> None:
     async def main() -> None:
         Clock.ms = T0
         path = tmp_path / "rules.toml"
-        path.write_text(RULES)
+        path.write_text(rules)
         store = InMemoryGridStorage()
         engine = AlertEngine(store, tmp_path / "a.db", rules_path=path, clock_ms=Clock())
         app = web.Application(middlewares=[errors_middleware])

@@ -341,6 +341,9 @@ class AlertStore:
         self.backend: AlertBackend = (
             PostgresBackend(str(location), wait=wait) if is_postgres_url(location)
             else SQLiteBackend(location, _SCHEMA))
+        # write transactions committed through this store: the key of what readers keep
+        # (http/alerts_cache.py); only exact if no one else writes (``shared`` is False)
+        self.writes = 0
         with self.transaction() as db:
             db.execute("INSERT INTO meta (key, value) VALUES ('engine_id', ?), ('schema', ?) "
                        "ON CONFLICT (key) DO NOTHING",
@@ -357,9 +360,14 @@ class AlertStore:
     def close(self) -> None:
         self.backend.close()
 
-    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
         """A write transaction: committed at the end, rolled back on an exception."""
-        return self.backend.transaction()
+        try:
+            with self.backend.transaction() as db:
+                yield db
+        finally:  # after the commit: a reader that saw the old count may have read the new
+            self.writes += 1  # rows (and misses next time), none sees the new count early
 
     @contextlib.contextmanager
     def cycle(self) -> Iterator[CycleWrite]:
@@ -384,6 +392,27 @@ class AlertStore:
         where, params = _filters((("rule=?", rule), ("host=?", host), ("status=?", status)))
         return [AlertRecord.from_row(r) for r in self.query(
             f"SELECT * FROM alerts{where} ORDER BY rule, key", params)]
+
+    def alerts_page(self, *, after: tuple[str, str] | None = None, limit: int,
+                    rule: str | None = None, host: str | None = None,
+                    status: str | None = None) -> list[AlertRecord]:
+        """At most ``limit`` active series by rule and key, those after the ``(rule, key)`` of
+        the last one of the previous page (a keyset page: the primary key serves it, and an
+        alert that comes or goes between two pages never shifts the others)."""
+        where, params = _filters((("rule=?", rule), ("host=?", host), ("status=?", status)))
+        if after is not None:
+            where += (" AND" if where else " WHERE") + " (rule, key) > (?, ?)"
+            params += list(after)
+        return [AlertRecord.from_row(r) for r in self.query(
+            f"SELECT * FROM alerts{where} ORDER BY rule, key LIMIT ?", [*params, limit])]
+
+    def alert_counts(self, *, rule: str | None = None, host: str | None = None,
+                     status: str | None = None) -> list[tuple[str, str, int]]:
+        """``(rule, status, count)`` of the active series matching the filters, by rule."""
+        where, params = _filters((("rule=?", rule), ("host=?", host), ("status=?", status)))
+        return [(r["rule"], r["status"], int(r["n"])) for r in self.query(
+            f"SELECT rule, status, count(*) AS n FROM alerts{where} GROUP BY rule, status "
+            "ORDER BY rule, status", params)]
 
     def rule_health(self, rule: str) -> dict[str, Any]:
         """``AlertEngine.rule_health`` of ``rule`` as stored by the engine that evaluates it."""

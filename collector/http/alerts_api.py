@@ -11,6 +11,8 @@ engine and SQLite calls run in a thread (they block).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import re
 from typing import Annotated, Any
@@ -24,6 +26,7 @@ from edgemon.collector.alerting.rules import RulesError
 from edgemon.collector.alerting.silences import Matcher, SilenceSet
 from edgemon.collector.alerting.store import AlertRecord, HistoryRecord
 from edgemon.collector.http import responses
+from edgemon.collector.http.alerts_cache import state_cache
 from edgemon.collector.http.responses import (
     BadRequest,
     ParamError,
@@ -36,8 +39,12 @@ from edgemon.collector.http.responses import (
 from edgemon.collector.http.timeparse import parse_duration_ms, parse_time_ms
 from edgemon.common.clock import rfc3339_ms
 
-__all__ = ["OPENAPI_PATHS", "OPENAPI_SCHEMAS", "active_alerts", "add_routes", "alert_history",
-           "merge_openapi", "routes", "rules_status"]
+__all__ = ["ALERTS_LIMIT", "ALERTS_LIMIT_MAX", "OPENAPI_PATHS", "OPENAPI_SCHEMAS",
+           "active_alerts", "active_alerts_page", "add_routes", "alert_history", "decode_cursor",
+           "encode_cursor", "every_active_alert", "merge_openapi", "routes", "rules_status"]
+
+ALERTS_LIMIT = 500  # active alerts per page unless the client says (10,000 hosts down: ~6 MB)
+ALERTS_LIMIT_MAX = 5000
 
 
 def _time_param(params: dict[str, str], key: str, now: int) -> int | None:
@@ -102,12 +109,80 @@ def history_doc(record: HistoryRecord) -> dict[str, Any]:
 
 
 def active_alerts(engine: AlertEngine, rule: str | None = None, host: str | None = None,
-                  status: str | None = None) -> list[dict[str, Any]]:
-    """Pending and firing alerts (blocking: SQLite), with the silence covering each."""
-    now = engine.clock_ms()
-    silences = SilenceSet(engine.store.silences(now), now)
-    return [alert_doc(a, silences.silenced_by(a.alert_labels) if silences else None)
+                  status: str | None = None, *, now: int | None = None,
+                  silences: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Pending and firing alerts (blocking: SQLite), with the silence covering each at ``now``
+    (``silences``: the store's, not yet ended at ``now``, if already read)."""
+    now = engine.clock_ms() if now is None else now
+    covering = SilenceSet(engine.store.silences(now) if silences is None else silences, now)
+    return [alert_doc(a, covering.silenced_by(a.alert_labels) if covering else None)
             for a in engine.store.alerts(rule=rule, host=host, status=status)]
+
+
+def every_active_alert(engine: AlertEngine) -> list[dict[str, Any]]:
+    """``active_alerts(engine)``, built again only when the alert state changed (blocking;
+    shared with other callers: read it, never change it)."""
+    return state_cache(engine).get(
+        "active", lambda now, silences: active_alerts(engine, now=now, silences=silences))
+
+
+def active_alerts_page(engine: AlertEngine, *, limit: int, after: tuple[str, str] | None = None,
+                       rule: str | None = None, host: str | None = None,
+                       status: str | None = None) -> dict[str, Any]:
+    """One page of the active alerts by rule and key (blocking: SQLite), with the counts of
+    every alert matching the filters: ``alerts``, ``total``, ``counts`` (per status),
+    ``rules`` (per rule and status), ``limit`` and ``next`` (the cursor of the next page,
+    None on the last). Pages of at most ``ALERTS_LIMIT`` are kept until the alert state
+    changes (``alerts_cache.py``): shared, read them, never change them."""
+    if limit > ALERTS_LIMIT:  # kept only while small
+        return _active_alerts_page(engine, engine.clock_ms(), None, limit=limit, after=after,
+                                   rule=rule, host=host, status=status)
+    return state_cache(engine).get(  # type: ignore[no-any-return]
+        ("page", limit, after, rule, host, status),
+        lambda now, silences: _active_alerts_page(engine, now, silences, limit=limit,
+                                                  after=after, rule=rule, host=host,
+                                                  status=status))
+
+
+def _active_alerts_page(engine: AlertEngine, now: int, silences: list[dict[str, Any]] | None,
+                        *, limit: int, after: tuple[str, str] | None, rule: str | None,
+                        host: str | None, status: str | None) -> dict[str, Any]:
+    filters = {"rule": rule, "host": host, "status": status}
+    covering = SilenceSet(engine.store.silences(now) if silences is None else silences, now)
+    records = engine.store.alerts_page(after=after, limit=limit + 1, **filters)
+    more = len(records) > limit
+    records = records[:limit]
+    per_rule: dict[str, dict[str, Any]] = {}
+    counts = {"pending": 0, "firing": 0}
+    for name, state, n in engine.store.alert_counts(**filters):
+        per_rule.setdefault(name, {"rule": name, "pending": 0, "firing": 0})[state] = n
+        counts[state] = counts.get(state, 0) + n
+    return {"alerts": [alert_doc(a, covering.silenced_by(a.alert_labels) if covering else None)
+                       for a in records],
+            "total": sum(counts.values()), "counts": counts, "rules": list(per_rule.values()),
+            "limit": limit,
+            "next": encode_cursor(records[-1].rule, records[-1].key) if more else None}
+
+
+def encode_cursor(rule: str, key: str) -> str:
+    """The opaque ``after`` of the page that follows the alert ``(rule, key)``."""
+    raw = json.dumps([rule, key], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """``encode_cursor``'s ``(rule, key)``; ``ParamError`` for anything it did not make."""
+    try:
+        if len(cursor) > 8192:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        rule, key = json.loads(raw)
+        if not isinstance(rule, str) or not isinstance(key, str):
+            raise ValueError("not two strings")
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise ParamError("after", "not a cursor: pass the 'next' of the previous page") \
+            from None
+    return rule, key
 
 
 def alert_history(engine: AlertEngine, **filters: Any) -> list[dict[str, Any]]:
@@ -128,12 +203,21 @@ def routes(engine: AlertEngine) -> list[web.RouteDef]:
     which ``create_app`` installs: it answers ``BadRequest`` with 400)."""
 
     async def alerts(request: web.Request) -> web.Response:
-        params = query_params(request, ("rule", "host", "status"))
+        params = query_params(request, ("rule", "host", "status", "limit", "after"))
         if params.get("status") not in (None, "pending", "firing"):
             raise ParamError("status", "use pending or firing")
-        data = await asyncio.to_thread(active_alerts, engine, params.get("rule"),
-                                       params.get("host"), params.get("status"))
-        return json_response({"alerts": data})
+        limit = ALERTS_LIMIT
+        if "limit" in params:
+            if not params["limit"].isdigit() or not 1 <= int(params["limit"]) <= ALERTS_LIMIT_MAX:
+                raise ParamError("limit", f"an integer 1..{ALERTS_LIMIT_MAX}")
+            limit = int(params["limit"])
+        after = decode_cursor(params["after"]) if "after" in params else None
+        page = await asyncio.to_thread(
+            active_alerts_page, engine, limit=limit, after=after, rule=params.get("rule"),
+            host=params.get("host"), status=params.get("status"))
+        if "limit" in params or "after" in params or page["next"] is not None:
+            return json_response(page)
+        return json_response({"alerts": page["alerts"]})  # as before paging: all there is
 
     async def history(request: web.Request) -> web.Response:
         params = query_params(request, ("rule", "host", "since", "until", "status", "limit"))
@@ -257,7 +341,14 @@ OPENAPI_PATHS: dict[str, Any] = {
         "summary": "Active alerts (pending and firing)", "tags": ["alerting"],
         "parameters": [param_doc("rule", "only this rule"), param_doc("host", "only this host"),
                        param_doc("status", "pending or firing",
-                                 {"type": "string", "enum": ["pending", "firing"]})],
+                                 {"type": "string", "enum": ["pending", "firing"]}),
+                       param_doc("limit", f"at most this many, by rule and key (default "
+                                          f"{ALERTS_LIMIT}); with limit or after, or when "
+                                          "there are more, the answer also has total, counts, "
+                                          "rules and next",
+                                 {"type": "integer", "minimum": 1,
+                                  "maximum": ALERTS_LIMIT_MAX, "default": ALERTS_LIMIT}),
+                       param_doc("after", "the next page: the 'next' of the previous answer")],
         "responses": {"200": ok_doc("ActiveAlerts"), "400": _BAD}}},
     "/edgemon/api/v1/alerts/history": {"get": {
         "summary": "Recorded transitions, newest first", "tags": ["alerting"],
@@ -310,7 +401,18 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "fired_at_ms": {"type": ["integer", "null"]},
             "value": {"type": ["number", "null"]}, "notified": {"type": "boolean"},
             "silenced_by": {"type": ["string", "null"]}, "fingerprint": {"type": "string"},
-            "annotations": _LABELS}}}}},
+            "annotations": _LABELS}}},
+        "total": {"type": "integer", "description": "alerts matching the filters, every page"},
+        "counts": {"type": "object", "description": "of those, how many per status",
+                   "properties": {"pending": {"type": "integer"},
+                                  "firing": {"type": "integer"}}},
+        "rules": {"type": "array", "description": "of those, how many per rule and status",
+                  "items": {"type": "object", "properties": {
+                      "rule": {"type": "string"}, "pending": {"type": "integer"},
+                      "firing": {"type": "integer"}}}},
+        "limit": {"type": "integer"},
+        "next": {"type": ["string", "null"],
+                 "description": "pass as 'after' for the next page; null on the last"}}},
     "AlertHistory": {"type": "object", "properties": {"history": {"type": "array", "items": {
         "type": "object", "properties": {
             "id": {"type": "integer"}, "rule": {"type": "string"}, "host": {"type": "string"},

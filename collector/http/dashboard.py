@@ -41,7 +41,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from edgemon.collector.http.alerts_api import active_alerts
+from edgemon.collector.http.alerts_api import every_active_alert
 from edgemon.collector.http.api import error_response, json_response
 from edgemon.collector.http.auth import AUTH_KEY, Principal
 from edgemon.collector.http.charts import chart_document
@@ -224,7 +224,7 @@ class Dashboard:
             return {}
         out: dict[str, int] = {}
         digest = hashlib.sha256()
-        for a in active_alerts(self.engine):
+        for a in every_active_alert(self.engine):
             digest.update(f"{a['fingerprint']}:{a['status']}:{a['silenced_by']}\n".encode())
             if a["status"] == "firing":
                 out[a["host"]] = out.get(a["host"], 0) + 1

@@ -23,7 +23,8 @@ import promql_parser as pp
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
-from edgemon.collector.http.alerts_api import active_alerts, rules_status
+from edgemon.collector.http.alerts_api import every_active_alert, rules_status
+from edgemon.collector.http.alerts_cache import state_cache
 from edgemon.collector.http.api import EXECUTOR_KEY
 from edgemon.collector.http.federate import federate_handler
 from edgemon.collector.http.prometheus_rules import alerts_data, rules_data
@@ -261,7 +262,7 @@ def routes(storage: Storage, *, alerting: Any = None, limits: QueryLimits | None
             return _ok(success_body({"groups": []}))
 
         def build() -> dict[str, Any]:
-            return rules_data(rules_status(alerting), active_alerts(alerting),
+            return rules_data(rules_status(alerting), every_active_alert(alerting),
                               source=str(alerting.ruleset.source or "(built-in rules)"),
                               interval_ms=int(alerting.settings.interval), kind=kind)
 
@@ -270,8 +271,11 @@ def routes(storage: Storage, *, alerting: Any = None, limits: QueryLimits | None
     async def alerts(request: web.Request) -> web.Response:
         if alerting is None:
             return _ok(success_body({"alerts": []}))
-        active = await _in_thread(request, lambda: active_alerts(alerting))
-        return _ok(success_body(alerts_data(active)))
+        # every alert, as Prometheus answers; the body kept until the alert state changes
+        body = await _in_thread(request, lambda: state_cache(alerting).get(
+            "prometheus-alerts", lambda _now, _silences: success_body(
+                alerts_data(every_active_alert(alerting)))))
+        return _ok(body)
 
     async def not_found(request: web.Request) -> web.Response:
         return _error(_NotFound(f"{request.method} {request.path} is not part of the "

@@ -24,8 +24,20 @@ function value(v) {
   return v === null || v === undefined ? "–" : number(v, 4);
 }
 
+// A page of the active alerts at a time (10,000 hosts down must not mean 10,000 rows): the
+// server counts them all, the page shows the counts and walks the pages with its cursor.
+const PAGE = 100;
+let cursors = [];  // the "after" of each page before this one: [] on the first page
+
 async function loadActive() {
-  const doc = await api(withQuery("/edgemon/api/v1/alerts", { host: hostFilter }));
+  const [wanted, host] = [cursors.slice(), hostFilter];
+  const after = wanted.at(-1);
+  const doc = await api(withQuery("/edgemon/api/v1/alerts", { host, limit: PAGE, after }));
+  if (wanted.length !== cursors.length || after !== cursors.at(-1) || host !== hostFilter) return;  // turned or filtered since
+  if (!doc.alerts.length && cursors.length) {  // this page emptied since: back to the first
+    cursors = [];
+    return loadActive();
+  }
   const rows = doc.alerts.map((a) => el("tr", { dataset: { rule: a.rule, host: a.host, status: a.status } },
     el("td", {}, el("span", { class: `state alert-${a.status}` }, a.status)),
     el("td", {}, visible(a.rule)),
@@ -38,9 +50,30 @@ async function loadActive() {
     el("td", {}, canWrite() ? el("button", { type: "button", on: { click: () => prefill(a) } }, "Silence…") : "")));
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 9, class: "empty" }, "Nothing is firing or pending.")));
   replace($("#active-rows"), rows);
-  const firing = doc.alerts.filter((a) => a.status === "firing").length;
-  replace($("#alert-counts"), el("span", { class: "count count-firing" }, el("span", { class: "count-n" }, String(firing)), " firing"),
-    el("span", { class: "count" }, el("span", { class: "count-n" }, String(doc.alerts.length - firing)), " pending"));
+  replace($("#alert-counts"), el("span", { class: "count count-firing" }, el("span", { class: "count-n" }, number(doc.counts.firing, 0)), " firing"),
+    el("span", { class: "count" }, el("span", { class: "count-n" }, number(doc.counts.pending, 0)), " pending"));
+  replace($("#alert-rules"), doc.rules.map((r) => el("li", { dataset: { rule: r.rule } },
+    `${visible(r.rule)}: ${number(r.firing, 0)} firing, ${number(r.pending, 0)} pending`)));
+  const first = cursors.length * PAGE + 1;
+  $("#active-range").textContent = doc.total
+    ? `Showing ${number(first, 0)}–${number(first + doc.alerts.length - 1, 0)} of ${number(doc.total, 0)}`
+    : "";
+  $("#active-prev").disabled = !cursors.length;
+  $("#active-next").disabled = !doc.next;
+  $("#active-next").dataset.after = doc.next ?? "";
+}
+
+let turning = false;  // a page on its way: a second press waits for it (the cursor is its)
+
+function turnPage(step) {
+  if (turning) return;
+  if (step > 0 && $("#active-next").dataset.after) cursors.push($("#active-next").dataset.after);
+  else if (step < 0 && cursors.length) cursors.pop();
+  else return;
+  turning = true;
+  loadActive().then(() => $("#active-h").scrollIntoView({ block: "nearest" }))
+    .catch((e) => say(e.message, "error"))
+    .finally(() => { turning = false; });
 }
 
 async function loadHistory() {
@@ -149,9 +182,12 @@ function bind() {
   $("#alert-filter").addEventListener("submit", (event) => {
     event.preventDefault();
     hostFilter = $("#host-filter").value.trim();
+    cursors = [];
     history.replaceState(null, "", withQuery("/alerts", { host: hostFilter }));
     refresh();
   });
+  $("#active-prev").addEventListener("click", () => turnPage(-1));
+  $("#active-next").addEventListener("click", () => turnPage(1));
   $("#add-matcher").addEventListener("click", () => $("#matchers").append(matcherRow()));
   $("#silence-form").addEventListener("submit", createSilence);
   $("#reload-rules").addEventListener("click", reloadRules);
