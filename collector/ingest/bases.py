@@ -23,11 +23,11 @@ the collector supplies the stored batch with the next try (``supplied``).
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from edgemon.collector.ingest.catalogues import read_stored
+from edgemon.collector.ingest.host_lru import HostBoundedLRU
 from edgemon.protocol import ProtocolError, decode_batch
 from edgemon.protocol.base import base_values, last_values
 
@@ -58,11 +58,8 @@ class BaseCache:
                  max_series: int = MAX_CACHED_SERIES,
                  max_host_series: int = MAX_HOST_SERIES) -> None:
         self.load = load
-        self.max_series = max_series
-        self.max_host_series = max_host_series
-        self._cached: OrderedDict[tuple[str, str], tuple[int, Lasts]] = OrderedDict()
-        self._series = 0
-        self._host_series: dict[str, int] = {}
+        self._cached: HostBoundedLRU[tuple[int, Lasts]] = HostBoundedLRU(max_series,
+                                                                         max_host_series)
         self.misses = 0
         self.storage_reads = 0
 
@@ -74,27 +71,7 @@ class BaseCache:
         if held is not None and held[0] >= seq:
             return
         lasts = last_values(metrics)  # type: ignore[arg-type]
-        self._drop(key)
-        self._cached[key] = (seq, lasts)
-        self._series += len(lasts)
-        self._host_series[host] = self._host_series.get(host, 0) + len(lasts)
-        if self._host_series[host] > self.max_host_series:
-            for other in [k for k in self._cached if k[0] == host and k != key]:
-                self._drop(other)
-                if self._host_series[host] <= self.max_host_series:
-                    break
-        while self._series > self.max_series and len(self._cached) > 1:
-            self._drop(next(iter(self._cached)))
-
-    def _drop(self, key: tuple[str, str]) -> None:
-        gone = self._cached.pop(key, None)
-        if gone is not None:
-            self._series -= len(gone[1])
-            left = self._host_series[key[0]] - len(gone[1])
-            if left:
-                self._host_series[key[0]] = left
-            else:
-                del self._host_series[key[0]]
+        self._cached.put(key, (seq, lasts), len(lasts))
 
     def lookup(self, host: str, instance: str, seq: int, catalogue: Catalogue,
                supplied: Mapping[BaseKey, bytes | None] | None = None) -> list[int] | None:
@@ -103,7 +80,7 @@ class BaseCache:
         storage has that batch (``NeedBase`` if it must be asked for: no ``load``)."""
         held = self._cached.get((host, instance))
         if held is not None and held[0] == seq:
-            self._cached.move_to_end((host, instance))
+            self._cached.hit((host, instance))
             lasts = held[1]
         else:
             key = (host, instance, seq)

@@ -13,9 +13,9 @@ Used from one thread only (the writer thread, or an ingest worker process's).
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 
+from edgemon.collector.ingest.host_lru import HostBoundedLRU
 from edgemon.protocol import ProtocolError
 from edgemon.protocol.catalogue import Catalogue, decode_catalogue
 
@@ -32,44 +32,15 @@ class CatalogueCache:
                  max_series: int = MAX_CACHED_SERIES,
                  max_host_series: int = MAX_HOST_SERIES) -> None:
         self.load = load  # (host, id) -> the stored catalogue message, or None
-        self.max_series = max_series
-        self.max_host_series = max_host_series
-        self._cached: OrderedDict[tuple[str, str], Catalogue] = OrderedDict()
-        self._series = 0
-        self._host_series: dict[str, int] = {}
+        self._cached: HostBoundedLRU[Catalogue] = HostBoundedLRU(max_series, max_host_series)
         self.misses = 0
 
     def put(self, catalogue: Catalogue) -> None:
-        host = catalogue.host
-        key = (host, catalogue.id)
-        self._drop(key)
-        self._cached[key] = catalogue
-        self._series += len(catalogue.series)
-        self._host_series[host] = self._host_series.get(host, 0) + len(catalogue.series)
-        if self._host_series[host] > self.max_host_series:
-            for other in [k for k in self._cached if k[0] == host and k != key]:
-                self._drop(other)
-                if self._host_series[host] <= self.max_host_series:
-                    break
-        while self._series > self.max_series and len(self._cached) > 1:
-            self._drop(next(iter(self._cached)))
-
-    def _drop(self, key: tuple[str, str]) -> None:
-        gone = self._cached.pop(key, None)
-        if gone is not None:
-            self._series -= len(gone.series)
-            left = self._host_series[key[0]] - len(gone.series)
-            if left:
-                self._host_series[key[0]] = left
-            else:
-                del self._host_series[key[0]]
+        self._cached.put((catalogue.host, catalogue.id), catalogue, len(catalogue.series))
 
     def cached(self, host: str, ident: str) -> Catalogue | None:
         """``host``'s catalogue ``ident`` if it is in the cache."""
-        found = self._cached.get((host, ident))
-        if found is not None:
-            self._cached.move_to_end((host, ident))
-        return found
+        return self._cached.hit((host, ident))
 
     def get(self, host: str, ident: str) -> Catalogue | None:
         """``host``'s catalogue ``ident``, or None if the storage does not keep it."""
