@@ -4,6 +4,10 @@ A query reads, in one snapshot, rollup rows, raw chunks and still-pending batche
 it sees every stored batch at once and counts none twice. Which series, groups and tier it reads
 is decided in ``selection.py``; the numbers are computed in ``aggregate.py``. A pending batch
 that cannot be read is skipped (and quarantined by the next maintenance step).
+
+Why one module of ~600 lines: the three sources (rollups, chunks, pending batches) are read
+by one class in one transaction, sharing its reads (``_SharedReads``) and caches between
+the queries of a page; selection, aggregation and decoding already live elsewhere.
 """
 
 from __future__ import annotations
