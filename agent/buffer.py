@@ -19,6 +19,10 @@ This module raises ``sqlite3.Error`` and ``OSError``; ``buffer_store.BufferStore
 that keeps the agent running through them. Every method runs on the thread that opened the
 buffer. The file itself (schema, checks, statistics) is ``buffer_file.py``; what the next batch
 may go on from (SPEC.md §9.1) is ``base_chain.py``.
+
+Why one module of ~600 lines: every method changes what the buffer holds and its counters in
+the same transaction; the file layer (``buffer_file.py``) and the base chain
+(``base_chain.py``) are already apart.
 """
 
 from __future__ import annotations

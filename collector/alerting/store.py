@@ -13,6 +13,9 @@ A delivery marks its outbox rows delivered in the same transaction that records 
 The tables are those of ``_SCHEMA`` (SQLite) and of migration 3 of the PostgreSQL store
 (``storage/postgres/migrations.py``, the same columns with PostgreSQL types); the SQL here is
 what both accept.
+
+Why one module of ~600 lines: it is the only one that knows the tables (the rule of this
+package), so every record, statement and the schema stay together.
 """
 
 from __future__ import annotations
