@@ -305,3 +305,38 @@ def test_an_alertmanager_over_tls_with_basic_auth(tmp_path: Path) -> None:
         asyncio.run(main())
     finally:
         am.terminate()
+
+
+def test_a_collector_that_lost_the_lead_tells_alertmanager_nothing(tmp_path: Path) -> None:
+    """Only the leader sends to Alertmanager: after the lease is lost, a due resend is not
+    posted (the new leader's notifier sends it)."""
+    am = Alertmanager(tmp_path / "am").start()
+    leading = {"now": True}
+
+    async def main() -> None:
+        store = InMemoryGridStorage(interval_ms=1000)
+        service = AlertingService(store, tmp_path / "alerts.db", rules=parse_rules(rules(20)),
+                                  external_url=EXTERNAL, resend_delay_ms=1000,
+                                  alertmanagers=[am_config(am, "am")],
+                                  should_run=lambda: leading["now"])
+        notifier = service.alertmanagers
+        assert notifier is not None
+        with Feeder(store, {"db-01": 40.0}):
+            await service.start()
+            try:
+                await wait_until_async(lambda: cpu_alerts(am), 20, "the alert, sent while leading")
+                [target] = notifier.targets
+                leading["now"] = False
+                target.sent.clear()  # everything is due again
+                await notifier.send_due(target)
+                assert target.sent == {}, "a follower posted to Alertmanager"
+                leading["now"] = True
+                await notifier.send_due(target)
+                assert target.sent, "the leader did not post the due alert"
+            finally:
+                await service.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        am.terminate()

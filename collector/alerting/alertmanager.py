@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -128,8 +129,10 @@ class AlertmanagerNotifier:
 
     def __init__(self, engine: AlertEngine, configs: list[AlertmanagerConfig] | tuple[
                  AlertmanagerConfig, ...], *, resend_delay_ms: int = 60_000,
-                 session: aiohttp.ClientSession | None = None, poll_s: float = 5.0) -> None:
+                 session: aiohttp.ClientSession | None = None, poll_s: float = 5.0,
+                 should_run: Callable[[], bool] = lambda: True) -> None:
         self.engine = engine
+        self.should_run = should_run  # leadership: only the leader tells Alertmanager
         self.resend_delay_ms = resend_delay_ms
         self.poll_s = poll_s
         self._session = session
@@ -212,6 +215,8 @@ class AlertmanagerNotifier:
         now = self.engine.clock_ms()
         if target.retry_at_ms > now:
             return target.retry_at_ms
+        if not self.should_run():  # lost the lead: the new leader's notifier sends
+            return now + int(self.poll_s * 1000)
         alerts = await asyncio.to_thread(alertmanager_alerts, self.engine, now)
         due = self._due(target, alerts, now)
         valid_until = now + self.valid_for_ms()

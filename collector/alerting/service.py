@@ -59,7 +59,8 @@ class AlertingService:
         self.worker = DeliveryWorker(self.engine, session=session, should_run=should_run)
         self.alertmanagers = (AlertmanagerNotifier(self.engine, alertmanagers,
                                                    resend_delay_ms=resend_delay_ms,
-                                                   session=session) if alertmanagers else None)
+                                                   session=session, should_run=should_run)
+                              if alertmanagers else None)
         self.executor = executor
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
