@@ -16,7 +16,6 @@ A shared store (PostgreSQL: other collectors write it) is read every time.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,15 +73,16 @@ class AlertStateCache:
         return value
 
 
-_CACHES: weakref.WeakKeyDictionary[Any, AlertStateCache] = weakref.WeakKeyDictionary()
 _CACHES_LOCK = threading.Lock()
+_ATTRIBUTE = "_alert_state_cache"
 
 
 def state_cache(engine: Any) -> AlertStateCache:
     """The one cache of ``engine`` (the alerting API, Prometheus' API and the dashboard share
-    it)."""
+    it), kept on the engine itself: it goes when the engine goes."""
     with _CACHES_LOCK:
-        cache = _CACHES.get(engine)
+        cache: AlertStateCache | None = getattr(engine, _ATTRIBUTE, None)
         if cache is None:
-            cache = _CACHES[engine] = AlertStateCache(engine)
+            cache = AlertStateCache(engine)
+            setattr(engine, _ATTRIBUTE, cache)
         return cache
