@@ -21,6 +21,7 @@ class HostBoundedLRU(Generic[V]):
         self._entries: OrderedDict[Key, tuple[V, int]] = OrderedDict()
         self.size = 0
         self._host_size: dict[str, int] = {}
+        self._host_keys: dict[str, OrderedDict[Key, None]] = {}  # each host's, oldest first
 
     def get(self, key: Key) -> V | None:
         """The value under ``key`` (its place in the order unchanged), or None."""
@@ -33,6 +34,7 @@ class HostBoundedLRU(Generic[V]):
         if held is None:
             return None
         self._entries.move_to_end(key)
+        self._host_keys[key[0]].move_to_end(key)
         return held[0]
 
     def put(self, key: Key, value: V, size: int) -> None:
@@ -43,11 +45,10 @@ class HostBoundedLRU(Generic[V]):
         self._entries[key] = (value, size)
         self.size += size
         self._host_size[host] = self._host_size.get(host, 0) + size
-        if self._host_size[host] > self.max_host_size:
-            for other in [k for k in self._entries if k[0] == host and k != key]:
-                self.drop(other)
-                if self._host_size[host] <= self.max_host_size:
-                    break
+        own = self._host_keys.setdefault(host, OrderedDict())
+        own[key] = None
+        while self._host_size[host] > self.max_host_size and len(own) > 1:
+            self.drop(next(iter(own)))  # the host's own least recently used, never ``key``
         while self.size > self.max_size and len(self._entries) > 1:
             self.drop(next(iter(self._entries)))
 
@@ -56,15 +57,18 @@ class HostBoundedLRU(Generic[V]):
         if gone is None:
             return
         self.size -= gone[1]
-        left = self._host_size[key[0]] - gone[1]
-        if left:
-            self._host_size[key[0]] = left
+        host = key[0]
+        own = self._host_keys[host]
+        del own[key]
+        if own:
+            self._host_size[host] -= gone[1]
         else:
-            del self._host_size[key[0]]
+            del self._host_size[host], self._host_keys[host]
 
     def clear(self) -> None:
         self._entries.clear()
         self._host_size.clear()
+        self._host_keys.clear()
         self.size = 0
 
     def __contains__(self, key: object) -> bool:
