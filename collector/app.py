@@ -116,12 +116,13 @@ def default_storage_spec(config: StorageConfig) -> tuple[str, dict[str, Any]]:
     path = Path(config.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     day_ms = 86_400_000
-    retention: dict[str, Any] = {"raw_retention_ms": config.retention_raw_days * day_ms,
+    options: dict[str, Any] = {"raw_retention_ms": config.retention_raw_days * day_ms,
                                  "rollup_1m_retention_ms": config.retention_1m_days * day_ms,
-                                 "rollup_1h_retention_ms": config.retention_1h_days * day_ms}
+                                 "rollup_1h_retention_ms": config.retention_1h_days * day_ms,
+                                 "pending_cache_mb": config.pending_cache_mb}
     if config.url:
-        return config.url, {"wait": True, **retention}
-    return str(path), retention
+        return config.url, {"wait": True, **options}
+    return str(path), options
 
 
 def open_default_storage(config: StorageConfig) -> Storage:

@@ -234,6 +234,9 @@ class StorageConfig(_Section):
     # compaction, rollups and retention in a process of their own (False: a thread of the
     # collector's, as before; collector/STORAGE.md "Processes")
     compaction_process: bool = True
+    # MB of columns of pending batches kept for alert rules and queries (storage/
+    # pending_cache.py), in the collector and in the compaction process each; 0: none
+    pending_cache_mb: int = Field(128, ge=0, le=65536)
 
     @field_validator("url")
     @classmethod

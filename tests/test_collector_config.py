@@ -169,3 +169,22 @@ def test_the_budget_of_resolved_bytes_is_its_own_and_holds_one_maximal_batch(
     with pytest.raises(ConfigError) as err:
         load_config(path, environ={})
     assert f"{path}:2: ingest.rate_limit_resolved_byte_burst:" in str(err.value)
+
+
+def test_pending_cache_mb_reaches_the_store(tmp_path: Path) -> None:
+    """``[storage] pending_cache_mb`` sizes the pending-batch cache of the store the collector
+    (and its compaction process) opens; 0 turns it off; a negative size is refused."""
+    from edgemon.collector.app import default_storage_spec
+    from edgemon.collector.storage import open_storage
+
+    for mb in (0, 3):
+        config = load_config(write(tmp_path, f'[storage]\npath = "{tmp_path / "e.db"}"\n'
+                                             f"pending_cache_mb = {mb}\n"), environ={})
+        target, options = default_storage_spec(config.storage)
+        store = open_storage(target, **options)
+        try:
+            assert store.pending_cache.max_bytes == mb << 20
+        finally:
+            store.close()
+    with pytest.raises(ConfigError, match="pending_cache_mb"):
+        load_config(write(tmp_path, "[storage]\npending_cache_mb = -1\n"), environ={})
