@@ -3,7 +3,9 @@ schema (``{"error": "..."}``, plus ``"errors": [...]`` where there are several),
 exception that is the client's fault, ``BadRequest``.
 
 ``errors_middleware`` turns ``BadRequest`` into a 400 and aiohttp's own errors (404, 405, 413)
-into the same schema; anything else is a bug: a 500 that says nothing of it, with the traceback
+into the same schema; a storage that is unreachable for now (``StorageUnavailable``: a
+PostgreSQL outage) into a 503 with ``Retry-After``, logged without a traceback at most every
+``UNAVAILABLE_LOG_S``; anything else is a bug: a 500 that says nothing of it, with the traceback
 in the log.
 """
 
@@ -15,6 +17,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
+
+from edgemon.collector.storage.base import StorageUnavailable
+from edgemon.common.logs import Throttle
 
 __all__ = [
     "ERROR_SCHEMA",
@@ -33,6 +38,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("edgemon.collector.http")
+UNAVAILABLE_LOG_S = 60.0
+RETRY_AFTER_S = 5
+_unavailable_logs = Throttle(UNAVAILABLE_LOG_S)
 
 JSON_CONTENT = "application/json"
 
@@ -106,6 +114,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status >= 400 and exc.content_type != JSON_CONTENT:
             return error_response(exc.status, exc.reason)
         raise
+    except StorageUnavailable as exc:  # a transient fault, not a bug: the client may retry
+        held_back = _unavailable_logs()
+        if held_back is not None:
+            log.warning("%s %s: storage unavailable (%d such requests not logged): %s",
+                        request.method, request.path, held_back, exc)
+        return error_response(503, f"storage unavailable, try again: {exc}",
+                              headers={"Retry-After": str(RETRY_AFTER_S)})
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return error_response(500, "internal error (see the collector's log)")
