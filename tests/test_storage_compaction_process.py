@@ -142,3 +142,26 @@ def test_a_series_another_compactor_deleted_is_made_again_not_written_to(
     finally:
         a.close()
         b.close()
+
+
+def test_the_parents_caches_are_pruned_at_most_every_forget_interval(tmp_path: Path) -> None:
+    """Pruning the parent's caches of pending batches reads every cached batch's identity:
+    after a round report at most once per ``FORGET_INTERVAL_S``, not after every round."""
+    from edgemon.collector.storage import compaction_process as cp
+    from edgemon.collector.storage.base import StorageStats
+    from edgemon.collector.storage.maintenance import StorageGauges
+    from edgemon.collector.storage.sqlite import SQLiteStorage
+
+    store = SQLiteStorage(str(tmp_path / "e.db"))
+    calls: list[int] = []
+    store.forget_compacted = lambda: calls.append(1) or 0  # type: ignore[method-assign]
+    try:
+        proc = cp.CompactionProcess(str(tmp_path / "e.db"), {}, store)
+        for _ in range(5):
+            proc._report((True, StorageStats(), StorageGauges()))
+        assert len(calls) == 1 and proc.runs == 5
+        proc._next_forget = 0.0  # the interval passed
+        proc._report((True, StorageStats(), StorageGauges()))
+        assert len(calls) == 2
+    finally:
+        store.close()
