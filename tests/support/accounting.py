@@ -35,12 +35,12 @@ def unacknowledged(agent: Agent) -> dict[tuple[str, int], int]:
     return {(instance, seq): samples for instance, seq, samples in rows}
 
 
-def accounting(collector: Collector, host: str) -> dict[str, Any]:
+def accounting(collector: Collector, host: str, timeout: float = 10) -> dict[str, Any]:
     """The collector's accounting of ``host``, with the samples it holds over all time."""
     now_ms = int(time.time() * 1000)
     doc: dict[str, Any] = collector.get(
         f"/edgemon/api/v1/accounting?host={host}&start={now_ms - 86_400_000}"
-        f"&end={now_ms + 3_600_000}")
+        f"&end={now_ms + 3_600_000}", timeout=timeout)
     return doc
 
 
@@ -67,13 +67,15 @@ def assert_exact_accounting(collector: Collector, agent: Agent) -> dict[str, Any
     seen: dict[str, Any] = {}
 
     def adds_up() -> bool:
-        doc = seen["doc"] = accounting(collector, agent.host_id)
+        # the answer's time is not what is tested: on a loaded machine a collector busy with
+        # a back-log's compaction has answered in more than 10 s (CI: two fault tests)
+        doc = seen["doc"] = accounting(collector, agent.host_id, timeout=60)
         expected = (status["acknowledged_samples"] + status["dropped_then_delivered_samples"]
                     + stored_of(doc, held))
         seen["expected"] = expected
         return doc["samples"] == expected
 
-    wait_until(adds_up, 20, f"stored == acknowledged + delivered after drop + held and stored "
+    wait_until(adds_up, 30, f"stored == acknowledged + delivered after drop + held and stored "
                             f"({status}, {seen})")
     doc = seen["doc"]
     assert doc["samples_complete"], doc

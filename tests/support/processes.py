@@ -148,14 +148,14 @@ class Collector(Process):
             return exc.code, dict(exc.headers), exc.read()
 
     def _open(self, method: str, path: str, body: bytes | None = None, token: str | None = "",
-              headers: dict[str, str] | None = None) -> Any:
+              headers: dict[str, str] | None = None, timeout: float = 10) -> Any:
         scheme = "https" if self.tls_ca else "http"
         request = urllib.request.Request(f"{scheme}://127.0.0.1:{self.http_port}{path}",
                                          data=body, method=method, headers=dict(headers or {}))
         if token is not None and (token or self.token):
             request.add_header("Authorization", f"Bearer {token or self.token}")
         context = ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else None
-        return urllib.request.urlopen(request, timeout=10, context=context)
+        return urllib.request.urlopen(request, timeout=timeout, context=context)
 
     def _ready(self) -> bool:
         if not self.running():
@@ -165,9 +165,9 @@ class Collector(Process):
         except (OSError, urllib.error.URLError):
             return False
 
-    def get(self, path: str, *, raw: bool = False) -> Any:
+    def get(self, path: str, *, raw: bool = False, timeout: float = 10) -> Any:
         """GET with the admin token; raises ``HTTPError`` on an error status."""
-        with self._open("GET", path) as resp:
+        with self._open("GET", path, timeout=timeout) as resp:
             body = resp.read()
         return body if raw else json.loads(body)
 
