@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Any, Final
 
-from edgemon.collector.http.fleet import WATCHED
+from edgemon.collector.http.fleet import CPU, WATCHED
 from edgemon.collector.ingest.bases import BaseCache, BaseKey, NeedBase
 from edgemon.collector.ingest.catalogues import CatalogueCache
 from edgemon.collector.ingest.rate_limit import RateLimiter
@@ -91,7 +91,8 @@ class BatchHead:
     """What storage and the fleet view read of a stored batch (``ValidBatch``'s fields by the
     same names): ``metrics`` holds only the metrics the fleet view watches, each series entry
     cut to its last sample (``[labels, offset of that sample, [its value]]``: the newest value
-    of each series, all that ``http/fleet.py`` reads)."""
+    of each series, all that ``http/fleet.py`` reads), and of the CPU metric only the entries
+    ``FleetState`` takes (``cpu="total"``; not one per core)."""
 
     host: str
     instance: str
@@ -113,7 +114,9 @@ class BatchHead:
     def of(cls, batch: ValidBatch) -> BatchHead:
         watched = [[name, kind, unit, scale, keys,
                     [[labels, offset + len(deltas) - 1, [sum(deltas)]]
-                     for labels, offset, deltas in entries]]
+                     for labels, offset, deltas in entries
+                     if name != CPU or dict(zip(keys, labels, strict=False)).get("cpu")
+                     == "total"]]
                    for name, kind, unit, scale, keys, entries in batch.metrics
                    if name in WATCHED]
         return cls(batch.host, batch.instance, batch.seq, batch.sent, batch.t, watched,
