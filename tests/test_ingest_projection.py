@@ -141,3 +141,33 @@ def test_a_batch_stored_without_a_projection_is_decoded_as_before(stores: Stores
     assert storage.query(q)[0].points
     assert storage.reader.decoded == 1 and storage.pending_cache.decoded == 1
     storage.close()
+
+
+def test_every_accepted_corpus_batch_projects_to_what_its_stored_bytes_read_as() -> None:
+    """The fuzz corpus (hostile and odd payloads of every shape ingest accepts or refuses): for
+    each batch ingest accepts, the projection it hands over on all of the batch's metrics, and
+    on a part of them, is what a reader projects from the bytes stored."""
+    from edgemon.collector.ingest.examine import Examiner
+    from tests.test_fuzz_ingest import CORPUS, CORPUS_WINDOW, _corpus
+
+    def examiner() -> Examiner:
+        return Examiner(300, CORPUS_WINDOW["past_tolerance_days"], whole_batches=True)
+
+    accepted = 0
+    for name, _reason in _corpus():
+        topic_file = CORPUS / f"{name}.topic"
+        topic = topic_file.read_bytes().decode("utf-8", "replace") if topic_file.exists() \
+            else "edgemon/v1/fuzz-host/metrics"
+        payload = (CORPUS / f"{name}.bin").read_bytes()
+        first = examiner().examine(topic, payload, NOW, admit=lambda *a: {})
+        if first.kind not in ("metrics", "backfill"):
+            continue
+        accepted += 1
+        stored = first.payload if first.payload is not None else payload
+        columns = read_batch(stored)
+        every = frozenset(m.name for m in columns.metrics)
+        for names in (every, frozenset(sorted(every)[::2]) or frozenset({"x"})):
+            facts = examiner().examine(topic, payload, NOW, admit=lambda *a: {}, project=names)
+            assert facts.projected is not None, name
+            _same(facts.projected.columns, project(columns, names))
+    assert accepted >= 5
