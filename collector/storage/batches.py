@@ -35,7 +35,6 @@ __all__ = [
     "MetricPart",
     "Resolve",
     "UnreadableBatch",
-    "columns_of",
     "flatten",
     "read_batch",
     "rescale",
@@ -92,7 +91,7 @@ def _only(items: Iterable[Any], kind: type) -> bool:
     return set(map(type, items)) <= {kind}
 
 
-def columns_of(batch: dict[str, Any]) -> BatchColumns:
+def _columns(batch: dict[str, Any]) -> BatchColumns:
     """Check a decoded batch map for what storage reads, and lay it out as columns.
 
     Every check runs over a whole batch at once (``set(map(type, ...))``, numpy): a batch costs
@@ -172,7 +171,7 @@ def read_batch(payload: bytes) -> BatchColumns:
         batch = decode(payload)
     except ProtocolError as exc:
         raise UnreadableBatch(f"{exc.reason}: {exc}"[:500]) from None
-    return columns_of(batch)
+    return _columns(batch)
 
 
 class BatchReader:

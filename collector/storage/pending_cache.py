@@ -36,11 +36,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
 
-from edgemon.collector.storage.batches import BatchColumns, MetricPart, UnreadableBatch, columns_of
+from edgemon.collector.storage.batches import BatchColumns, MetricPart
 
 __all__ = ["PendingMetricCache", "Projection", "project", "projection_of"]
 
@@ -66,14 +67,8 @@ def project(columns: BatchColumns, names: Collection[str]) -> BatchColumns:
         values.append(columns.values[lo:hi])
         base += hi - lo
     empty = np.empty(0, dtype=np.int64)
-    out = [np.concatenate(bounds), np.concatenate([empty, *ts]),
-           np.concatenate([empty, *values])]
-    for column in out:
-        column.flags.writeable = False
-    # arrays (with numpy's ~112 bytes of header each), label tuples, metric parts, the object
-    nbytes = (sum(c.nbytes + 112 for c in out) + 60 * len(labels) + 100 * len(metrics)
-              + 200)
-    return BatchColumns(tuple(metrics), labels, out[0], out[1], out[2], nbytes)
+    return _columns_of_parts(tuple(metrics), labels, [
+        np.concatenate(bounds), np.concatenate([empty, *ts]), np.concatenate([empty, *values])])
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,16 +97,48 @@ def projection_of(t: list[int], metrics: list[list[Any]], names: frozenset[str]
                   ) -> Projection | None:
     """The ``Projection`` on ``names`` of a decoded, checked batch (its delta-coded ``t`` and
     its ``metrics`` as the batch map holds them): equal to ``project`` of the columns storage
-    reads from the batch's payload, made from the metrics in ``names`` alone. None when there
-    is nothing to project or storage would not read them (then a reader decodes the payload,
-    as without this)."""
-    if not names:
+    reads from the batch's payload (``batches.read_batch``), built from the metrics in
+    ``names`` alone (a few series of the batch) with running sums over Python lists and three
+    arrays: a quarter of what ``read_batch``'s two dozen numpy passes cost on them. None when
+    there is nothing to project or it would not fit 64 bits (then a reader decodes the
+    payload, as without this)."""
+    if not names or not t or t[0] <= 0 or min(t[1:], default=1) <= 0:
         return None
+    times = list(accumulate(t))
+    parts: list[MetricPart] = []
+    labels: list[tuple[str, ...]] = []
+    sizes: list[int] = []
+    ts: list[int] = []
+    values: list[int] = []
+    for name, kind, unit, scale, keys, entries in metrics:
+        if name not in names:
+            continue
+        first = len(labels)
+        for label_values, offset, deltas in entries:
+            n = len(deltas)
+            if not n or offset < 0 or offset + n > len(times):
+                return None
+            labels.append(tuple(label_values))
+            sizes.append(n)
+            ts += times[offset:offset + n]
+            values += accumulate(deltas)
+        parts.append(MetricPart(name, kind, unit, scale, tuple(keys), first, len(labels)))
     try:
-        columns = columns_of({"t": t, "metrics": [m for m in metrics if m[0] in names]})
-    except UnreadableBatch:
+        columns = [np.array(c, dtype=np.int64) for c in ([0, *accumulate(sizes)], ts, values)]
+    except OverflowError:  # a running sum beyond 64 bits: storage would not read it
         return None
-    return Projection(names, project(columns, names))
+    return Projection(names, _columns_of_parts(tuple(parts), labels, columns))
+
+
+def _columns_of_parts(metrics: tuple[MetricPart, ...], labels: list[tuple[str, ...]],
+                      columns: list[np.ndarray]) -> BatchColumns:
+    """``BatchColumns`` of (bounds, ts, values), read-only, sized as ``project`` counts: arrays
+    (with numpy's ~112 bytes of header each), label tuples, metric parts, the object."""
+    for column in columns:
+        column.flags.writeable = False
+    nbytes = (sum(c.nbytes + 112 for c in columns) + 60 * len(labels) + 100 * len(metrics)
+              + 200)
+    return BatchColumns(metrics, labels, columns[0], columns[1], columns[2], nbytes)
 
 
 class PendingMetricCache:
