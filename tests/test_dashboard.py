@@ -333,6 +333,33 @@ def test_fleet_figures_follow_stored_batches() -> None:
     assert state.figures("h1") is None
 
 
+def test_the_head_a_worker_sends_gives_the_fleet_the_figures_of_the_whole_batch() -> None:
+    """``BatchHead`` (what an ingest worker hands the collector) keeps of each watched metric
+    only what ``FleetState`` takes (the newest value; of the CPU, the total alone, not one entry
+    per core): the figures are those of the whole batch."""
+    from dataclasses import replace
+
+    from edgemon.collector.ingest.examine import BatchHead
+
+    t0 = now_ms() - 60 * SEC
+    samples = host_samples(t0, 3, cpu=40, memory=55.5, disks={"/": 30, "/data": 91.25},
+                           rx_per_s=1000)
+    samples += [(t0 + 20 * SEC, CPU, (str(core),), 99) for core in range(1, 8)]
+    whole, cut = FleetState(), FleetState()
+    item = batch("h1", 0, samples)
+    head = BatchHead.of(item.batch)
+    assert [len(m[5]) for m in head.metrics if m[0] == CPU.name] == [1]
+    result = [StoreResult("h1", "inst-1", 0, True, 0)]
+    whole.observe([item], result)
+    cut.observe([replace(item, batch=head)], result)  # type: ignore[arg-type]
+    a, b = whole.copy()["h1"], cut.copy()["h1"]
+    # (a counter's rate within its first batch needs the sample before the last, which the head
+    # does not carry: from the next batch on, the rate spans the two batches)
+    assert replace(a, net={k: (c.ts, c.value) for k, c in a.net.items()}) == \
+        replace(b, net={k: (c.ts, c.value) for k, c in b.net.items()})
+    assert a.cpu is not None and a.cpu[1] == 40.0
+
+
 def test_a_host_with_thousands_of_mounts_costs_only_a_bounded_table() -> None:
     state = FleetState()
     ts = now_ms()

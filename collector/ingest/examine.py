@@ -41,6 +41,11 @@ collector then takes what was resolved (``Facts.charge``) from the bucket, for a
 (without the series over the cardinality bound) too, which resolves the batch again.
 ``Facts.charge`` is also taken from the host's MQTT rate limit (``RateLimiter.charge``): its
 frames pay too.
+
+``project``: the metric names the collector's cache of pending batches holds for its readers
+(alert rules: ``storage/pending_cache.py``). An accepted batch's columns of those metrics come
+back as ``Facts.projected``, made from the batch just decoded, so that the collector caches them
+when it stores the batch instead of decoding the stored payload again for its first reader.
 """
 
 from __future__ import annotations
@@ -51,11 +56,12 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Any, Final
 
-from edgemon.collector.http.fleet import WATCHED
+from edgemon.collector.http.fleet import CPU, WATCHED
 from edgemon.collector.ingest.bases import BaseCache, BaseKey, NeedBase
 from edgemon.collector.ingest.catalogues import CatalogueCache
 from edgemon.collector.ingest.rate_limit import RateLimiter
 from edgemon.collector.ingest.screen import Refusal, SeriesKey, screen, series_keys, without
+from edgemon.collector.storage.pending_cache import Projection, projection_of
 from edgemon.protocol import (
     LimitExceeded,
     MalformedPayload,
@@ -85,7 +91,8 @@ class BatchHead:
     """What storage and the fleet view read of a stored batch (``ValidBatch``'s fields by the
     same names): ``metrics`` holds only the metrics the fleet view watches, each series entry
     cut to its last sample (``[labels, offset of that sample, [its value]]``: the newest value
-    of each series, all that ``http/fleet.py`` reads)."""
+    of each series, all that ``http/fleet.py`` reads), and of the CPU metric only the entries
+    ``FleetState`` takes (``cpu="total"``; not one per core)."""
 
     host: str
     instance: str
@@ -107,7 +114,9 @@ class BatchHead:
     def of(cls, batch: ValidBatch) -> BatchHead:
         watched = [[name, kind, unit, scale, keys,
                     [[labels, offset + len(deltas) - 1, [sum(deltas)]]
-                     for labels, offset, deltas in entries]]
+                     for labels, offset, deltas in entries
+                     if name != CPU or dict(zip(keys, labels, strict=False)).get("cpu")
+                     == "total"]]
                    for name, kind, unit, scale, keys, entries in batch.metrics
                    if name in WATCHED]
         return cls(batch.host, batch.instance, batch.seq, batch.sent, batch.t, watched,
@@ -144,11 +153,13 @@ class Facts:
     # bytes to charge the host's rate limit beyond the received frame: the packed size of the
     # inline batch a batch naming a catalogue resolved into (its cost, whatever became of it)
     charge: int = 0
+    projected: Projection | None = None  # the stored batch's columns of the ``project`` names
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled small and quickly (workers' answers)
         return Facts, (self.kind, self.host, self.reason, self.detail, self.batch_key, self.head,
                        self.payload, self.dropped, self.series, self.referencing, self.status,
-                       self.catalogue, self.need, self.trace, self.need_base, self.charge)
+                       self.catalogue, self.need, self.trace, self.need_base, self.charge,
+                       self.projected)
 
 
 class NeedCatalogue(Exception):
@@ -217,6 +228,7 @@ class Examiner:
     _budgeted: bool = field(init=False, default=True)  # its resolving spends the budget
     _budget: float | None = field(init=False, default=None)  # given with it (workers)
     _round: int = field(init=False, default=0)
+    _project: frozenset[str] = field(init=False, default=frozenset())  # given with the message
     _spent: dict[str, int] = field(init=False, default_factory=dict)  # host -> in this round
 
     def __post_init__(self) -> None:
@@ -231,11 +243,14 @@ class Examiner:
                 admit: Admit | None = None, refused: dict[int, str] | None = None,
                 supplied: dict[tuple[str, str], bytes | None] | None = None,
                 supplied_bases: dict[BaseKey, bytes | None] | None = None,
-                budget: float | None = None, round_: int = 0) -> Facts:
+                budget: float | None = None, round_: int = 0,
+                project: frozenset[str] = frozenset()) -> Facts:
         """Never raises (see the module's docstring). ``budget``: the bytes the host may have
         resolved in round ``round_`` (given by the collector to a worker); None: the
-        examiner's own ``resolve_limit`` decides."""
+        examiner's own ``resolve_limit`` decides. ``project``: the metric names whose columns
+        an accepted batch's ``Facts.projected`` holds."""
         self._resolved = 0
+        self._project = project
         # a second look (without the series the cardinality bound refused) is not refused: the
         # first was admitted; the collector charges what it resolved afterwards
         self._budgeted = refused is None
@@ -362,8 +377,12 @@ class Examiner:
         except ProtocolError as exc:  # what is left does not encode within the limits
             return Facts("reject", host, reason=exc.reason, detail=str(exc), batch_key=key)
         head = batch if self.whole_batches else BatchHead.of(batch)
+        # ``batch`` is what decoding the stored bytes gives (the received ones, or ``stored``)
+        projected = projection_of(batch.t, batch.metrics, self._project) if self._project \
+            else None
         return Facts(kind, host, batch_key=key, head=head, payload=stored,  # type: ignore[arg-type]
-                     dropped=dropped, series=series, referencing=referencing)
+                     dropped=dropped, series=series, referencing=referencing,
+                     projected=projected)
 
     def time_problem(self, oldest: int, newest: int, received_ms: int, *,
                      past: bool = True) -> tuple[str, str] | None:

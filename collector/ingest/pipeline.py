@@ -288,8 +288,9 @@ class IngestPipeline:
         a batch with refused series examined again without them."""
         assert self.pool is not None
         self._round += 1
+        project = self._project()
         tasks = [Task(m.topic, m.payload, m.received_ms, budget=self._budget(m.topic),
-                      round=self._round) for m in msgs]
+                      round=self._round, project=project) for m in msgs]
         facts = await self._examined(tasks, list(range(len(tasks))), [None] * len(tasks))
         for f in facts:  # what was resolved leaves the host's budget
             if f.charge and f.host is not None:
@@ -339,6 +340,12 @@ class IngestPipeline:
             facts[i] = Facts("reject", facts[i].host, reason="decode_error",
                              detail="a worker kept asking for what it was given")
         return facts
+
+    def _project(self) -> frozenset[str]:
+        """The metrics the storage's cache of pending batches keeps for its readers: what an
+        accepted batch's columns are projected on where it is examined (``Facts.projected``)."""
+        cache = getattr(self.storage, "pending_cache", None)
+        return frozenset() if cache is None else cache.hot()
 
     def _budget(self, topic: str) -> float | None:
         """Resolved bytes the topic's host may spend in this round (None: no limit)."""
@@ -452,7 +459,8 @@ class IngestPipeline:
         """Examine one message in this thread (no storage yet): an accepted item, a status, a
         catalogue or a reject."""
         return self._outcome(msg, self.examiner.examine(msg.topic, msg.payload, msg.received_ms,
-                                                        admit=self.series_limits.admit))
+                                                        admit=self.series_limits.admit,
+                                                        project=self._project()))
 
     def _outcome(self, msg: RawMessage, f: Facts) -> Outcome:
         """The outcome of ``msg`` from its examination."""
@@ -469,7 +477,7 @@ class IngestPipeline:
         if head is not None:
             o.item = IngestItem(batch=head, payload=msg.payload if f.payload is None  # type: ignore[arg-type]
                                 else f.payload, received_ms=msg.received_ms,
-                                historical=f.kind == "backfill")
+                                historical=f.kind == "backfill", projected=f.projected)
             o.samples, o.sent_ms = head.sample_count, head.sent
         return o
 

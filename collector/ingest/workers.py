@@ -63,6 +63,9 @@ class Task:
     supplied_bases: dict[tuple[str, str, int], bytes | None] | None = None
     budget: float | None = None  # bytes its host may have resolved in this round (examine.py)
     round: int = 0
+    # metric names to project an accepted batch on (``Facts.projected``; one object for a
+    # whole chunk: pickled once)
+    project: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,7 @@ def _serve(conn: Connection, setup: _Setup) -> None:
             return
         conn.send([examine(t.topic, t.payload, t.received_ms, refused=t.refused,
                            supplied=t.supplied, supplied_bases=t.supplied_bases,
-                           budget=t.budget, round_=t.round)
+                           budget=t.budget, round_=t.round, project=t.project)
                    for t in chunk])
 
 

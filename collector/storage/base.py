@@ -14,11 +14,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
 from edgemon.protocol.schema import ValidBatch
+
+if TYPE_CHECKING:
+    from edgemon.collector.storage.pending_cache import Projection
 
 Aggregation = Literal["avg", "min", "max", "sum", "count", "last", "p95"]
 AGGREGATIONS: tuple[Aggregation, ...] = get_args(Aggregation)
@@ -36,6 +39,9 @@ class IngestItem:
     payload: bytes  # the bytes as received, or the accepted series re-encoded (the durable record)
     received_ms: int
     historical: bool  # arrived on the backfill topic
+    # some metrics' columns of the batch, for the cache of pending batches once it is stored
+    # (``pending_cache.py``); None: a reader decodes the payload when it needs them
+    projected: Projection | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,13 +35,15 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
 
 from edgemon.collector.storage.batches import BatchColumns, MetricPart
 
-__all__ = ["PendingMetricCache", "project"]
+__all__ = ["PendingMetricCache", "Projection", "project", "projection_of"]
 
 # (id, host_id, instance, seq, received_ms) of a batch row
 Ident = tuple[int, int, str, int, int]
@@ -65,14 +67,78 @@ def project(columns: BatchColumns, names: Collection[str]) -> BatchColumns:
         values.append(columns.values[lo:hi])
         base += hi - lo
     empty = np.empty(0, dtype=np.int64)
-    out = [np.concatenate(bounds), np.concatenate([empty, *ts]),
-           np.concatenate([empty, *values])]
-    for column in out:
+    return _columns_of_parts(tuple(metrics), labels, [
+        np.concatenate(bounds), np.concatenate([empty, *ts]), np.concatenate([empty, *values])])
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """``project`` of a batch's columns on ``names``, made where the batch was decoded anyway (an
+    ingest worker) for ``PendingMetricCache.put`` once the batch is stored. Pickled as its
+    arrays' bytes: unpickled, they are read-only views of those bytes, no copy."""
+
+    names: frozenset[str]
+    columns: BatchColumns
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        c = self.columns
+        return _projection, (self.names, c.metrics, c.labels, c.bounds.tobytes(),
+                             c.ts.tobytes(), c.values.tobytes(), c.nbytes)
+
+
+def _projection(names: frozenset[str], metrics: tuple[MetricPart, ...],
+                labels: list[tuple[str, ...]], bounds: bytes, ts: bytes, values: bytes,
+                nbytes: int) -> Projection:
+    arrays = [np.frombuffer(b, dtype=np.int64) for b in (bounds, ts, values)]  # read-only
+    return Projection(names, BatchColumns(metrics, labels, *arrays, nbytes))
+
+
+def projection_of(t: list[int], metrics: list[list[Any]], names: frozenset[str]
+                  ) -> Projection | None:
+    """The ``Projection`` on ``names`` of a decoded, checked batch (its delta-coded ``t`` and
+    its ``metrics`` as the batch map holds them): equal to ``project`` of the columns storage
+    reads from the batch's payload (``batches.read_batch``), built from the metrics in
+    ``names`` alone (a few series of the batch) with running sums over Python lists and three
+    arrays: a quarter of what ``read_batch``'s two dozen numpy passes cost on them. None when
+    there is nothing to project or it would not fit 64 bits (then a reader decodes the
+    payload, as without this)."""
+    if not names or not t or t[0] <= 0 or min(t[1:], default=1) <= 0:
+        return None
+    times = list(accumulate(t))
+    parts: list[MetricPart] = []
+    labels: list[tuple[str, ...]] = []
+    sizes: list[int] = []
+    ts: list[int] = []
+    values: list[int] = []
+    for name, kind, unit, scale, keys, entries in metrics:
+        if name not in names:
+            continue
+        first = len(labels)
+        for label_values, offset, deltas in entries:
+            n = len(deltas)
+            if not n or offset < 0 or offset + n > len(times):
+                return None
+            labels.append(tuple(label_values))
+            sizes.append(n)
+            ts += times[offset:offset + n]
+            values += accumulate(deltas)
+        parts.append(MetricPart(name, kind, unit, scale, tuple(keys), first, len(labels)))
+    try:
+        columns = [np.array(c, dtype=np.int64) for c in ([0, *accumulate(sizes)], ts, values)]
+    except OverflowError:  # a running sum beyond 64 bits: storage would not read it
+        return None
+    return Projection(names, _columns_of_parts(tuple(parts), labels, columns))
+
+
+def _columns_of_parts(metrics: tuple[MetricPart, ...], labels: list[tuple[str, ...]],
+                      columns: list[np.ndarray]) -> BatchColumns:
+    """``BatchColumns`` of (bounds, ts, values), read-only, sized as ``project`` counts: arrays
+    (with numpy's ~112 bytes of header each), label tuples, metric parts, the object."""
+    for column in columns:
         column.flags.writeable = False
-    # arrays (with numpy's ~112 bytes of header each), label tuples, metric parts, the object
-    nbytes = (sum(c.nbytes + 112 for c in out) + 60 * len(labels) + 100 * len(metrics)
+    nbytes = (sum(c.nbytes + 112 for c in columns) + 60 * len(labels) + 100 * len(metrics)
               + 200)
-    return BatchColumns(tuple(metrics), labels, out[0], out[1], out[2], nbytes)
+    return BatchColumns(metrics, labels, columns[0], columns[1], columns[2], nbytes)
 
 
 class PendingMetricCache:
@@ -91,6 +157,7 @@ class PendingMetricCache:
         self._entries: OrderedDict[Ident, tuple[BatchColumns, frozenset[str], int, float]] = \
             OrderedDict()
         self._hot: OrderedDict[str, None] = OrderedDict()
+        self._names: frozenset[str] | None = None  # frozenset(self._hot), made when asked
         self._lock = threading.Lock()
 
     @property
@@ -113,19 +180,39 @@ class PendingMetricCache:
     def read(self, name: str) -> frozenset[str]:
         """Note that ``name`` is being read; the metric names to project on a decode."""
         with self._lock:
-            self._hot[name] = None
-            self._hot.move_to_end(name)
-            while len(self._hot) > _HOT_NAMES:
-                self._hot.popitem(last=False)
-            return frozenset(self._hot)
+            if name in self._hot:
+                self._hot.move_to_end(name)  # the set stays the same
+            else:
+                self._hot[name] = None
+                while len(self._hot) > _HOT_NAMES:
+                    self._hot.popitem(last=False)
+                self._names = None
+            if self._names is None:
+                self._names = frozenset(self._hot)
+            return self._names
+
+    def hot(self) -> frozenset[str]:
+        """The metric names read recently (empty when the cache is off): what ingest projects
+        a new batch on (``projection_of``). The same object while they stay the same."""
+        if not self.enabled:
+            return frozenset()
+        with self._lock:
+            if self._names is None:
+                self._names = frozenset(self._hot)
+            return self._names
 
     def fill(self, ident: Ident, columns: BatchColumns, names: frozenset[str]) -> BatchColumns:
         """The projection of ``columns`` on ``names``, kept (as room allows)."""
-        item = project(columns, names)
+        with self._lock:
+            self.decoded += 1
+        return self.put(ident, project(columns, names), names)
+
+    def put(self, ident: Ident, item: BatchColumns, names: frozenset[str]) -> BatchColumns:
+        """Keep ``item``, the projection on ``names`` of batch ``ident``'s columns (as room
+        allows)."""
         size = item.nbytes + _ENTRY_BYTES
         now = self._clock()
         with self._lock:
-            self.decoded += 1
             old = self._entries.pop(ident, None)
             if old is not None:
                 self.used -= old[2]

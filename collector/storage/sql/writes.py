@@ -3,7 +3,9 @@
 ``store_batches`` keeps each received payload as-is in ``batches`` (the durable write-ahead
 record) and records its sequence number in ``seq_ranges`` (de-duplication forever, and gaps), in
 one transaction committed before returning. Nothing is decoded here: compaction and queries read
-the payloads later (``batches.py``).
+the payloads later (``batches.py``). A batch that comes with its ``projected`` columns (made by
+ingest from the batch it decoded) has them put in the cache of pending batches under its new
+row once the transaction is committed (``pending_cache.py``): its first reader decodes nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 
 from edgemon.collector.storage import accounting
 from edgemon.collector.storage.base import IngestItem, StoreResult
-from edgemon.collector.storage.sql.store import SQLStore, chunked, placeholders
+from edgemon.collector.storage.pending_cache import Projection
+from edgemon.collector.storage.sql.store import PENDING_IDENT, SQLStore, chunked, placeholders
 
 __all__ = ["Writes"]
 
@@ -27,6 +30,9 @@ class Writes(SQLStore):
         if not items:
             return []
         fresh: dict[str, int] = {}
+        cache = self.pending_cache
+        # (host id, instance, seq) of a stored batch -> its columns for the cache
+        projected: dict[tuple[int, str, int], Projection] = {}
         with self._write() as db:
             hids = {name: self._host_id(db, name, fresh)
                     for name in {it.batch.host for it in items}}
@@ -52,10 +58,13 @@ class Writes(SQLStore):
                     t_max = batch.last_timestamp
                     rows.append((hid, batch.instance, batch.seq, it.received_ms, batch.t[0],
                                  t_max, samples, int(it.historical), it.payload))
+                    if it.projected is not None and cache.enabled:
+                        projected[(hid, batch.instance, batch.seq)] = it.projected
                     if not it.historical:
                         seen["live"].append((batch.sent, batch.instance,
                                              it.received_ms - batch.sent))
             self._insert_batches(db, rows)
+            idents = self._pending_idents(db, list(projected)) if projected else []
             gone: list[tuple[Any, ...]] = []
             added: list[tuple[Any, ...]] = []
             for key, new in ranges.items():
@@ -70,7 +79,25 @@ class Writes(SQLStore):
                 db.executemany("INSERT INTO seq_ranges VALUES (?, ?, ?, ?)", added)
             self._update_hosts(db, per_host)
         self._host_ids.update(fresh)
+        for ident in idents:  # committed: these rows are there for every reader from now on
+            p = projected[ident[1:4]]
+            cache.put(ident, p.columns, p.names)
         return results
+
+    @staticmethod
+    def _pending_idents(db: Any, keys: list[tuple[int, str, int]]) -> list[tuple[Any, ...]]:
+        """The ident (``PENDING_IDENT``) of the batch rows of (host id, instance, seq) ``keys``:
+        one query per 500 hosts, by the unique key's host and sequence numbers."""
+        wanted = set(keys)
+        out = []
+        for chunk in chunked(sorted({hid for hid, _, _ in keys})):
+            hosts = set(chunk)
+            seqs = sorted({seq for hid, _, seq in keys if hid in hosts})
+            out += [tuple(row) for row in db.execute(
+                f"SELECT {PENDING_IDENT} FROM batches WHERE host_id IN ({placeholders(chunk)}) "
+                f"AND seq IN ({placeholders(seqs)})", (*chunk, *seqs))
+                if (row[1], row[2], row[3]) in wanted]
+        return out
 
     @staticmethod
     def _seq_ranges(db: Any, keys: set[tuple[int, str]]) -> dict[tuple[int, str],
