@@ -144,6 +144,7 @@ class Compaction(SQLStore):
         nothing it was prepared from changed meanwhile (``_apply_l0``); else, in that same
         transaction, done there from the start (``_compact_in_lock``)."""
         plan = self._prepare_l0(part, decoded, cut)
+        self._take_turn()
         with self._write() as db:
             began = time.monotonic()
             if plan is not None and self._apply_l0(db, plan):
@@ -350,6 +351,7 @@ class Compaction(SQLStore):
                 break
             chosen.append(row)
             budget -= row[3]
+        self._take_turn()
         with self._write() as db:
             began = time.monotonic()
             self._merge_chosen(db, [(hid, w) for hid, w, _, _ in chosen], closed_before,
