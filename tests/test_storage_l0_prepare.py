@@ -2,7 +2,8 @@
 transaction (``_apply_l0``), on both backends: the same rows as the in-lock path on random data
 (duplicates across batches, batches sent again by a restarted agent), exactly once when what a
 plan was prepared from changes before it is applied (the in-lock path then does the part), and
-no encoding inside the write transaction of a part that needs no new series."""
+no encoding inside the write transaction of a part that needs no new series. The same for L1's
+merges of open windows (``_prepare_l1``, ``_apply_l1``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from edgemon.collector.storage.base import IngestItem
 from edgemon.collector.storage.sql import SQLStorage, block_blobs
-from edgemon.collector.storage.sql.compaction import L0Plan
+from edgemon.collector.storage.sql.compaction import L0Plan, L1Plan
 from edgemon.protocol import COUNTER, GAUGE, BatchBuilder, MetricDef, decode, encode
 from edgemon.protocol.schema import validate_batch
 from tests.support.storages import Stores
@@ -91,7 +92,8 @@ class Spying:
 
     def __init__(self, location: str, **opts: Any) -> None:
         super().__init__(location, **opts)  # type: ignore[call-arg]
-        self.applied = self.fallbacks = 0
+        self.applied = self.fallbacks = self.applied_l1 = self.fallbacks_l1 = 0
+        self.between_l1: Callable[[Any], None] | None = None
         self.prepare = True
         self.between: Callable[[Any], None] | None = None
 
@@ -108,10 +110,24 @@ class Spying:
         self.fallbacks += not done
         return done
 
+    def _prepare_l1(self, windows: list[tuple[int, int]]) -> L1Plan | None:
+        plan = super()._prepare_l1(windows) if self.prepare else None  # type: ignore[misc]
+        if plan is not None and self.between_l1 is not None:
+            between, self.between_l1 = self.between_l1, None
+            between(self)
+        return plan
+
+    def _apply_l1(self, db: Any, plan: L1Plan, cut: dict[str, int]) -> bool:
+        done: bool = super()._apply_l1(db, plan, cut)  # type: ignore[misc]
+        self.applied_l1 += done
+        self.fallbacks_l1 += not done
+        return done
+
 
 def open_spying(stores: Stores, **opts: Any) -> Any:
+    opts = {"merge_blocks": 1_000, **opts}
     return stores.open(mixin=Spying, compact_delay_ms=0, txn_samples=400, step_samples=2_000,
-                       merge_blocks=1_000, **opts)
+                       **opts)
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -125,28 +141,33 @@ def test_the_prepared_path_stores_what_the_in_lock_path_stores(stores: Stores,
     for prepare in (True, False):
         other = Stores(stores.backend, tmp_path / f"p{prepare}", stores._postgres)
         (tmp_path / f"p{prepare}").mkdir()
-        st = open_spying(other)
+        st = open_spying(other, merge_blocks=3)
         st.prepare = prepare
         try:
-            for part in (warm, rest[:30], rest[30:]):
+            for part in (warm, rest[:20], rest[20:40], rest[40:60], rest[60:]):
                 st.store_batches(part)
                 st.compact_all(NOW)
-            results.append((stored(st), raw_samples(st), st.applied))
+            results.append((stored(st), raw_samples(st), st.applied, st.applied_l1))
+            st.compact_all(NOW + 3 * HOUR)  # the windows close: merged and rolled up
+            results[-1] = (*results[-1], stored(st))
         finally:
             st.close()
-    (fast, fast_samples, applied), (slow, slow_samples, _) = results
+    (fast, fast_samples, applied, applied_l1, fast_closed), (slow, slow_samples, *_, slow_closed
+                                                             ) = results
     assert applied > 0  # the prepared path did parts (the in-lock one made the new series)
+    assert applied_l1 > 0  # and merges
     assert fast == slow
     assert fast_samples == slow_samples
     assert fast["batches"] == []
+    assert fast_closed == slow_closed and fast_closed["rollups"] and not fast_closed["dirty"]
 
 
 Sent = list[tuple[str, list[tuple[int, int, str, int]]]]  # (host, points) of each batch
 
 
-def exactly_once_setup(stores: Stores) -> tuple[Any, list[IngestItem], Sent]:
+def exactly_once_setup(stores: Stores, **opts: Any) -> tuple[Any, list[IngestItem], Sent]:
     """A store whose series exist, and the batches of its next step (none overlapping)."""
-    st = open_spying(stores)
+    st = open_spying(stores, **opts)
     sent = [(f"h{h}", [(T0 + seq * 60_000 + k * 10_000, m, "eth0", seq * 10 + k)
                        for k in range(6) for m in (0, 1)])
             for seq in range(8) for h in range(3)]
@@ -243,10 +264,32 @@ def test_a_cutoff_moved_meanwhile_is_seen(stores: Stores) -> None:
     st.close()
 
 
+def test_blocks_added_to_a_window_while_its_merge_was_prepared_are_merged_once(
+        stores: Stores) -> None:
+    st, _, sent = exactly_once_setup(stores, merge_blocks=2)
+    late = ("h0", [(T0 + 30 * 60_000, 0, "", 5)])
+
+    def l0_elsewhere(_: Any) -> None:  # another block of h0's window, and its dirty count
+        with other_process(stores) as other:
+            other.store_batches([batch(late[0], "i1", 30, late[1])])
+            other._compact_pending(NOW)
+
+    st.between_l1 = l0_elsewhere
+    st.compact_all(NOW)
+    assert st.fallbacks_l1 >= 1 and st.applied >= 1
+    assert samples(st) == expected([*sent, late])
+    with st._read() as db:
+        assert db.execute("SELECT max(blocks) FROM dirty").fetchone()[0] == 1
+    st.close()
+
+
 def test_no_encoding_in_the_write_transaction_once_the_series_exist(
         stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
-    st, _, _ = exactly_once_setup(stores)
+    st, items, _ = exactly_once_setup(stores, merge_blocks=2)
     st.txn_samples = 50  # several parts
+    for item in items[3:]:  # read by a query: kept until compacted
+        st.reader.read(item.payload)
+    assert st.reader.used > 0
     in_write = [False]
     calls = {True: 0, False: 0}
     write = st._write
@@ -272,6 +315,8 @@ def test_no_encoding_in_the_write_transaction_once_the_series_exist(
                         counted(block_blobs.encode_times_many))
     st.compact_all(NOW)
     assert st.backlog()["pending_batches"] == 0
-    assert calls == {True: 0, False: 2 * st.applied} and st.applied >= 2
-    assert st.fallbacks == 0
+    assert calls[True] == 0
+    assert calls[False] > 2 * st.applied and st.applied >= 2 and st.applied_l1 >= 1
+    assert st.fallbacks == st.fallbacks_l1 == 0
+    assert st.reader.used == 0  # the compacted batches' columns are dropped from the cache
     st.close()

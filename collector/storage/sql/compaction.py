@@ -32,7 +32,7 @@ from edgemon.collector.storage.sql.block_blobs import BlockBlobs, encode_blocks,
 from edgemon.collector.storage.sql.layouts import Gathered, NewSeries, Resolved, gather
 from edgemon.collector.storage.sql.store import TIERS, SQLStore, chunked, log, placeholders
 
-__all__ = ["Compaction", "L0Plan"]
+__all__ = ["Compaction", "L0Plan", "L1Plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,22 @@ class L0Plan:
     blobs: BlockBlobs
     fresh: list[tuple[int, int, int]]  # (host, window, samples) of each block: dirty marks
     resolved: Resolved
+
+
+@dataclass(frozen=True, slots=True)
+class L1Plan:
+    """The merge of some open windows prepared outside the write lock
+    (``Compaction._prepare_l1``): what it was read from (block ids and dirty (blocks, samples)
+    of each (host, window), the cutoffs) and what to write (the merged blocks' rows, the
+    windows' sample counts for their dirty rows)."""
+
+    windows: list[tuple[int, int]]
+    blocks: dict[tuple[int, int], list[int]]
+    dirty: dict[tuple[int, int], tuple[int, int]]
+    cut: dict[str, int]
+    merged: list[tuple[int, int]]  # windows of more than one block: replaced by one
+    blobs: BlockBlobs | None
+    samples: list[tuple[int, int, int]]  # (samples, host, window) of each window
 
 
 class Compaction(SQLStore):
@@ -148,7 +164,7 @@ class Compaction(SQLStore):
         with self._write() as db:
             began = time.monotonic()
             if plan is not None and self._apply_l0(db, plan):
-                read, moved, resolved = plan.payloads, [], plan.resolved
+                read, moved, resolved = list(plan.payloads.values()), [], plan.resolved
             else:
                 read, moved, resolved = self._compact_in_lock(db, part, decoded, now_ms)
             self._kill_point("l0end")
@@ -351,14 +367,95 @@ class Compaction(SQLStore):
                 break
             chosen.append(row)
             budget -= row[3]
+        windows = [(hid, w) for hid, w, _, _ in chosen]
+        plan = self._prepare_l1([hw for hw in windows if hw[1] > closed_before])
         self._take_turn()
         with self._write() as db:
             began = time.monotonic()
-            self._merge_chosen(db, [(hid, w) for hid, w, _, _ in chosen], closed_before,
-                               self._cutoffs(db))
+            cut = self._cutoffs(db)
+            if plan is not None and self._apply_l1(db, plan, cut):
+                windows = [hw for hw in windows if hw[1] <= closed_before]
+            if windows:
+                self._merge_chosen(db, windows, closed_before, cut)
             self._kill_point("l1end")
         self._give_way(time.monotonic() - began)
         return len(chosen) < len(rows)
+
+    def _prepare_l1(self, windows: list[tuple[int, int]]) -> L1Plan | None:
+        """The merge of the open (host, window) pairs ``windows``, without the write lock: read
+        in one read snapshot (with the ids of their blocks and their dirty rows), merged and
+        encoded. None when there is none."""
+        if not windows:
+            return None
+        with self._read() as db:
+            cut = self._cutoffs(db)
+            dirty = self._dirty_rows(db, windows)
+            sel, sid, ts, val, blocks = self._window_samples(db, windows)
+        host = np.array(sel.host, dtype=np.int64)[sid]
+        win = ts - ts % self.window_ms
+        merged = [hw for hw in windows if len(blocks.get(hw, ())) > 1]
+        pick = _pairs_in(host, win, merged)
+        blobs = None
+        if pick.any():
+            idx = np.lexsort((ts[pick], sid[pick], win[pick], host[pick]))
+            blobs = encode_blocks(np.array(sel.sid, dtype=np.int64)[sid[pick][idx]],
+                                  ts[pick][idx], val[pick][idx], host[pick][idx],
+                                  win[pick][idx])
+        samples = [(int(np.count_nonzero((host == hid) & (win == w))), hid, w)
+                   for hid, w in windows]
+        return L1Plan(windows, _sorted_blocks(blocks), dirty, cut, merged, blobs, samples)
+
+    def _apply_l1(self, db: Any, plan: L1Plan, cut: dict[str, int]) -> bool:
+        """In the write transaction ``db``: write ``plan`` if its windows still have the blocks
+        and dirty rows it was prepared from and the cutoffs (``cut``, read in ``db``) are the
+        same; whether it did (if not, nothing was written)."""
+        if cut != plan.cut or self._dirty_rows(db, plan.windows) != plan.dirty:
+            return False
+        if _sorted_blocks(self._window_blocks(db, plan.windows)) != plan.blocks:
+            return False
+        if plan.merged:
+            db.executemany("DELETE FROM chunks WHERE window_ms = ? AND series_id IN "
+                           "(SELECT id FROM series WHERE host_id = ?)",
+                           [(w, hid) for hid, w in plan.merged])
+            db.executemany("DELETE FROM blocks WHERE id = ?",
+                           [(i,) for hw in plan.merged for i in plan.blocks[hw]])
+        if plan.blobs is not None:
+            self._insert_blocks(db, plan.blobs, "l1")
+        db.executemany("UPDATE dirty SET blocks = 1, samples = ? WHERE host_id = ? AND "
+                       "window_ms = ?", plan.samples)
+        return True
+
+    @staticmethod
+    def _dirty_rows(db: Any, windows: list[tuple[int, int]]
+                    ) -> dict[tuple[int, int], tuple[int, int]]:
+        """(blocks, samples) of the dirty rows of the (host, window) pairs ``windows``."""
+        wanted = set(windows)
+        spans = sorted({w for _, w in windows})
+        out = {}
+        for some in chunked(sorted({hid for hid, _ in windows})):
+            for hid, w, n, samples in db.execute(
+                    f"SELECT host_id, window_ms, blocks, samples FROM dirty WHERE host_id IN "
+                    f"({placeholders(some)}) AND window_ms IN ({placeholders(spans)})",
+                    (*some, *spans)):
+                if (hid, w) in wanted:
+                    out[(hid, w)] = (n, samples)
+        return out
+
+    @staticmethod
+    def _window_blocks(db: Any, windows: list[tuple[int, int]]
+                       ) -> dict[tuple[int, int], list[int]]:
+        """The block ids of the (host, window) pairs ``windows``."""
+        wanted = set(windows)
+        spans = sorted({w for _, w in windows})
+        out: dict[tuple[int, int], list[int]] = {}
+        for some in chunked(sorted({hid for hid, _ in windows})):
+            for block_id, hid, w in db.execute(
+                    f"SELECT id, host_id, window_ms FROM blocks WHERE host_id IN "
+                    f"({placeholders(some)}) AND window_ms IN ({placeholders(spans)})",
+                    (*some, *spans)):
+                if (hid, w) in wanted:
+                    out.setdefault((hid, w), []).append(block_id)
+        return out
 
     def _window_samples(self, db: Any, windows: list[tuple[int, int]]
                         ) -> tuple[Selection, np.ndarray, np.ndarray, np.ndarray,
@@ -571,6 +668,11 @@ class Compaction(SQLStore):
                 "SELECT h.name, count(*) FROM quarantine q JOIN hosts h ON h.id = q.host_id "
                 "GROUP BY h.name ORDER BY h.name"))
         return StorageStats(quarantined=quarantined)
+
+
+def _sorted_blocks(blocks: dict[tuple[int, int], list[int]]
+                   ) -> dict[tuple[int, int], list[int]]:
+    return {hw: sorted(ids) for hw, ids in blocks.items()}
 
 
 def _pairs_in(host: np.ndarray, win: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
