@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,17 +26,44 @@ import numpy as np
 from edgemon.collector.storage import aggregate as agg
 from edgemon.collector.storage.base import StorageStats
 from edgemon.collector.storage.batches import BatchColumns, UnreadableBatch
-from edgemon.collector.storage.encoding import (
-    decode_rollups,
-    encode_chunks,
-    encode_rollups,
-    encode_times_many,
-)
+from edgemon.collector.storage.encoding import decode_rollups, encode_rollups
 from edgemon.collector.storage.selection import Selection
-from edgemon.collector.storage.sql.layouts import Gathered, Resolved, gather
+from edgemon.collector.storage.sql.block_blobs import BlockBlobs, encode_blocks, sort_l0
+from edgemon.collector.storage.sql.layouts import Gathered, NewSeries, Resolved, gather
 from edgemon.collector.storage.sql.store import TIERS, SQLStore, chunked, log, placeholders
 
-__all__ = ["Compaction"]
+__all__ = ["Compaction", "L0Plan", "L1Plan"]
+
+
+@dataclass(frozen=True, slots=True)
+class L0Plan:
+    """One L0 transaction prepared outside the write lock (``Compaction._prepare_l0``): the
+    payloads of its batches by id, what it was prepared under (the store's series deletion
+    count its series ids were cached under, the cutoffs), and the rows to write."""
+
+    payloads: dict[int, bytes]
+    deletions: int
+    cut: dict[str, int]
+    first_last: list[tuple[int, int, int]]  # (first ts, last ts, series id)
+    blobs: BlockBlobs
+    fresh: list[tuple[int, int, int]]  # (host, window, samples) of each block: dirty marks
+    resolved: Resolved
+
+
+@dataclass(frozen=True, slots=True)
+class L1Plan:
+    """The merge of some open windows prepared outside the write lock
+    (``Compaction._prepare_l1``): what it was read from (block ids and dirty (blocks, samples)
+    of each (host, window), the cutoffs) and what to write (the merged blocks' rows, the
+    windows' sample counts for their dirty rows)."""
+
+    windows: list[tuple[int, int]]
+    blocks: dict[tuple[int, int], list[int]]
+    dirty: dict[tuple[int, int], tuple[int, int]]
+    cut: dict[str, int]
+    merged: list[tuple[int, int]]  # windows of more than one block: replaced by one
+    blobs: BlockBlobs | None
+    samples: list[tuple[int, int, int]]  # (samples, host, window) of each window
 
 
 class Compaction(SQLStore):
@@ -49,11 +77,12 @@ class Compaction(SQLStore):
         each (whole batches). Returns whether eligible batches are left."""
         with self._read() as db:
             chosen, more = self._choose_pending(db, now_ms)
+            cut = self._cutoffs(db)
         if not chosen:
             return False
         decoded = self._decode_chosen([batch_id for _, batch_id, _ in chosen])
         for part in _transactions(chosen, min(self.txn_samples, self.step_samples)):
-            self._compact_part(part, decoded, now_ms)
+            self._compact_part(part, decoded, cut, now_ms)
         return more
 
     def _choose_pending(self, db: Any, now_ms: int) -> tuple[list[tuple[int, int, int]], bool]:
@@ -121,45 +150,120 @@ class Compaction(SQLStore):
                               f"host_id LIMIT {page}", (cutoff, *rows[-1])).fetchall()
 
     def _compact_part(self, part: list[tuple[int, int, int]],
-                      decoded: dict[int, tuple[bytes, BatchColumns | str]], now_ms: int) -> None:
+                      decoded: dict[int, tuple[bytes, BatchColumns | str]], cut: dict[str, int],
+                      now_ms: int) -> None:
         """One L0 transaction: the batches ``part`` (host, batch id, samples) that are still
-        pending -> blocks and chunks; those batches deleted (or quarantined)."""
-        taken: list[int] = []
-        read: list[bytes] = []  # payloads read (to drop from the reader's cache after commit)
-        unreadable: list[tuple[int, str]] = []
-        batches: list[tuple[int, int, BatchColumns]] = []
+        pending -> blocks and chunks; those batches deleted (or quarantined).
+
+        Prepared outside the write lock when it can be (``_prepare_l0``: every blob encoded
+        from the batches decoded before it), then applied in a short write transaction if
+        nothing it was prepared from changed meanwhile (``_apply_l0``); else, in that same
+        transaction, done there from the start (``_compact_in_lock``)."""
+        plan = self._prepare_l0(part, decoded, cut)
+        self._take_turn()
         with self._write() as db:
             began = time.monotonic()
-            self._drop_series_ids_deleted_elsewhere(db)
-            ids = [batch_id for _, batch_id, _ in part]
-            host_of = {batch_id: hid for hid, batch_id, _ in part}
-            found: list[tuple[int, bytes]] = []
-            for some in chunked(ids):
-                found += db.execute(f"SELECT id, payload FROM batches WHERE id IN "
-                                    f"({placeholders(some)})", some).fetchall()
-            for batch_id, payload in sorted(found):
-                taken.append(batch_id)
-                read.append(payload)
-                early = decoded.get(batch_id)
-                if early is not None and early[0] == payload:
-                    columns = early[1]
-                else:  # not seen before the lock (an id given again): read it now
-                    columns = self._read_columns(payload)
-                if isinstance(columns, str):
-                    unreadable.append((batch_id, columns))
-                else:
-                    batches.append((host_of[batch_id], batch_id, columns))
-            resolved = Resolved(self._layouts)
-            g = gather(batches, lambda hid, cols: resolved.layout(db, hid, cols))
-            if g.sid.size:
-                self._write_l0(db, g, self._cutoffs(db))
-            moved = self._quarantine(db, unreadable, now_ms)
-            db.executemany("DELETE FROM batches WHERE id = ?", [(i,) for i in taken])
+            if plan is not None and self._apply_l0(db, plan):
+                read, moved, resolved = list(plan.payloads.values()), [], plan.resolved
+            else:
+                read, moved, resolved = self._compact_in_lock(db, part, decoded, now_ms)
             self._kill_point("l0end")
         self._give_way(time.monotonic() - began)
         resolved.commit()
         self.reader.forget(read)
         _log_quarantined(moved)
+
+    def _compact_in_lock(self, db: Any, part: list[tuple[int, int, int]],
+                         decoded: dict[int, tuple[bytes, BatchColumns | str]], now_ms: int
+                         ) -> tuple[list[bytes], list[tuple[str, str, int, str]], Resolved]:
+        """L0 of ``part`` done inside the write transaction ``db``, from what it reads there:
+        the payloads read, the batches quarantined, and the series and layouts resolved."""
+        read: list[bytes] = []  # payloads read (to drop from the reader's cache after commit)
+        unreadable: list[tuple[int, str]] = []
+        batches: list[tuple[int, int, BatchColumns]] = []
+        self._drop_series_ids_deleted_elsewhere(db)
+        host_of = {batch_id: hid for hid, batch_id, _ in part}
+        found = self._pending_payloads(db, [batch_id for _, batch_id, _ in part])
+        for batch_id, payload in sorted(found.items()):
+            read.append(payload)
+            early = decoded.get(batch_id)
+            if early is not None and early[0] == payload:
+                columns = early[1]
+            else:  # not seen before the lock (an id given again): read it now
+                columns = self._read_columns(payload)
+            if isinstance(columns, str):
+                unreadable.append((batch_id, columns))
+            else:
+                batches.append((host_of[batch_id], batch_id, columns))
+        resolved = Resolved(self._layouts)
+        g = gather(batches, lambda hid, cols: resolved.layout(db, hid, cols))
+        if g.sid.size:
+            self._write_l0(db, g, self._cutoffs(db))
+        moved = self._quarantine(db, unreadable, now_ms)
+        db.executemany("DELETE FROM batches WHERE id = ?", [(i,) for i in sorted(found)])
+        return read, moved, resolved
+
+    @staticmethod
+    def _pending_payloads(db: Any, ids: list[int]) -> dict[int, bytes]:
+        """The payloads of those of the batches ``ids`` that are pending, by id."""
+        found: dict[int, bytes] = {}
+        for some in chunked(ids):
+            found.update(db.execute(f"SELECT id, payload FROM batches WHERE id IN "
+                                    f"({placeholders(some)})", some).fetchall())
+        return found
+
+    def _prepare_l0(self, part: list[tuple[int, int, int]],
+                    decoded: dict[int, tuple[bytes, BatchColumns | str]],
+                    cut: dict[str, int]) -> L0Plan | None:
+        """Everything L0 of ``part`` computes, without the write lock: series ids from the
+        caches, samples deduplicated and sorted, every blob encoded. None when the part needs
+        the in-lock path: a batch not decoded or unreadable (quarantined there), a series not
+        made yet, no known series deletion count, samples of a window older than the raw
+        cutoff (their rollups are read and merged there)."""
+        deletions = self._series_deletions  # before any cached id is read (``_apply_l0``)
+        if deletions is None:
+            return None
+        batches: list[tuple[int, int, BatchColumns]] = []
+        payloads: dict[int, bytes] = {}
+        for hid, batch_id, _ in sorted(part, key=lambda item: item[1]):
+            early = decoded.get(batch_id)
+            if early is None or isinstance(early[1], str):
+                return None
+            payloads[batch_id] = early[0]
+            batches.append((hid, batch_id, early[1]))
+        resolved = Resolved(self._layouts)
+        try:
+            g = gather(batches, lambda hid, cols: resolved.layout(None, hid, cols))
+        except NewSeries:
+            return None
+        if not g.sid.size:
+            return None
+        s = sort_l0(g, self.window_ms)
+        if any(s.win[b] < cut["raw"] for b in s.bounds):
+            return None
+        fresh = [(int(s.host[b]), int(s.win[b]), e - b) for b, e in zip(s.bounds, s.ends,
+                                                                        strict=True)]
+        blobs = encode_blocks(s.ids[s.sid], s.ts, s.val, s.host, s.win)
+        return L0Plan(payloads, deletions, cut, s.first_last, blobs, fresh, resolved)
+
+    def _apply_l0(self, db: Any, plan: L0Plan) -> bool:
+        """In the write transaction ``db``: write ``plan`` if what it was prepared from is
+        unchanged (the same batches pending with the same payloads, no series deleted since
+        its ids were cached, the same cutoffs), deleting its batches; whether it did (if not,
+        nothing was written)."""
+        self._drop_series_ids_deleted_elsewhere(db)
+        if self._series_deletions != plan.deletions or self._cutoffs(db) != plan.cut:
+            return False
+        if self._pending_payloads(db, list(plan.payloads)) != plan.payloads:
+            return False
+        db.executemany("UPDATE series SET first_ms = min(first_ms, ?), last_ms = "
+                       "max(last_ms, ?) WHERE id = ?", plan.first_last)
+        self._insert_blocks(db, plan.blobs, "l0")
+        db.executemany("INSERT INTO dirty VALUES (?, ?, 1, ?) ON CONFLICT (host_id, "
+                       "window_ms) DO UPDATE SET blocks = dirty.blocks + 1, samples = "
+                       "dirty.samples + excluded.samples", plan.fresh)
+        db.executemany("DELETE FROM batches WHERE id = ?", [(i,) for i in plan.payloads])
+        return True
 
     def _decode_chosen(self, ids: list[int]) -> dict[int, tuple[bytes, BatchColumns | str]]:
         """The payloads of the chosen batches with their columns (or why they are unreadable),
@@ -182,36 +286,24 @@ class Compaction(SQLStore):
             return exc.reason
 
     def _write_l0(self, db: Any, g: Gathered, cut: dict[str, int]) -> None:
-        """The samples of one L0 transaction: deduplicated (the batch received last wins),
-        series first/last updated, one block per (host, window) plus its chunks, windows marked
-        dirty; samples of windows whose raw data retention removed go to the rollups."""
-        ids, local = np.unique(g.sid, return_inverse=True)  # local index, by series id
-        sid, ts, val = agg.sort_dedupe(local.astype(np.int64), g.ts, g.val, g.order)
-        hosts = np.zeros(ids.size, dtype=np.int64)
-        hosts[local] = g.host
-        starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
-        ends = np.r_[starts[1:], sid.size]
+        """The samples of one L0 transaction, in it: deduplicated (the batch received last
+        wins), series first/last updated, one block per (host, window) plus its chunks, windows
+        marked dirty; samples of windows whose raw data retention removed go to the rollups."""
+        s = sort_l0(g, self.window_ms)
+        ids, sid, ts, val, host, win = s.ids, s.sid, s.ts, s.val, s.host, s.win
         db.executemany("UPDATE series SET first_ms = min(first_ms, ?), last_ms = "
-                       "max(last_ms, ?) WHERE id = ?",
-                       zip(ts[starts].tolist(), ts[ends - 1].tolist(),
-                           ids[sid[starts]].tolist(), strict=True))
-        window_ms = self.window_ms
-        host, win = hosts[sid], ts - ts % window_ms
-        idx = np.lexsort((ts, sid, win, host))
-        sid, ts, val, host, win = sid[idx], ts[idx], val[idx], host[idx], win[idx]
-        bounds = np.flatnonzero(np.r_[True, (host[1:] != host[:-1]) | (win[1:] != win[:-1])])
-        block_ends = np.r_[bounds[1:], sid.size]
+                       "max(last_ms, ?) WHERE id = ?", s.first_last)
         keep = np.ones(sid.size, dtype=bool)
         old: list[tuple[int, int]] = []  # samples of windows whose raw data retention removed
         fresh: list[tuple[int, int, int]] = []  # (host, window, samples) of each block
-        for s, e in zip(bounds.tolist(), block_ends.tolist(), strict=True):
-            hid, w = int(host[s]), int(win[s])
+        for b, e in zip(s.bounds, s.ends, strict=True):
+            hid, w = int(host[b]), int(win[b])
             if w < cut["raw"] and db.execute("SELECT 1 FROM dirty WHERE host_id = ? AND "
                                              "window_ms = ?", (hid, w)).fetchone() is None:
-                old.append((s, e))
-                keep[s:e] = False
+                old.append((b, e))
+                keep[b:e] = False
             else:
-                fresh.append((hid, w, e - s))
+                fresh.append((hid, w, e - b))
         if fresh:
             self._write_blocks(db, ids[sid[keep]], ts[keep], val[keep], host[keep], win[keep],
                                "l0")
@@ -219,7 +311,7 @@ class Compaction(SQLStore):
                            "window_ms) DO UPDATE SET blocks = dirty.blocks + 1, samples = "
                            "dirty.samples + excluded.samples", fresh)
         if old:
-            pick = np.concatenate([np.arange(s, e) for s, e in old])
+            pick = np.concatenate([np.arange(b, e) for b, e in old])
             sel, at = self._selection(db, ids[np.unique(sid[pick])])
             self._merge_rollups(db, sel, at[ids[sid[pick]]], ts[pick], val[pick], cut)
 
@@ -238,43 +330,20 @@ class Compaction(SQLStore):
 
     def _write_blocks(self, db: Any, series_id: np.ndarray, ts: np.ndarray, val: np.ndarray,
                       host: np.ndarray, win: np.ndarray, stage: str) -> None:
-        """Blocks of samples sorted by (host, window, series, ts), one per (host, window): its
-        timestamps once, then one chunk per series. Every blob is built at once for all blocks
-        (``encode_times_many``, ``encode_chunks``)."""
-        block_start = np.r_[True, (host[1:] != host[:-1]) | (win[1:] != win[:-1])]
-        block = np.cumsum(block_start) - 1  # block number of every sample
-        first_of_block = np.flatnonzero(block_start)
-        # each block's distinct timestamps, in order
-        bidx = np.lexsort((ts, block))
-        bt, bb = ts[bidx], block[bidx]
-        distinct = np.r_[True, (bb[1:] != bb[:-1]) | (bt[1:] != bt[:-1])]
-        times, times_block = bt[distinct], bb[distinct]
-        t_starts = np.flatnonzero(np.r_[True, times_block[1:] != times_block[:-1]])
-        t_ends = np.r_[t_starts[1:], times.size]
-        n_times = t_ends - t_starts
-        self._partitions_for(db, "blocks", set(win[first_of_block].tolist()))
-        times_blobs = encode_times_many(times, t_starts, t_ends)
+        """Blocks of samples sorted by (host, window, series, ts), one per (host, window), encoded
+        and inserted in the transaction ``db`` (``block_blobs.encode_blocks``)."""
+        self._insert_blocks(db, encode_blocks(series_id, ts, val, host, win), stage)
+
+    def _insert_blocks(self, db: Any, blobs: BlockBlobs, stage: str) -> None:
+        """The rows of encoded blocks: each block, then its chunks (with the block's new id)."""
+        self._partitions_for(db, "blocks", blobs.windows)
         block_ids = [db.execute("INSERT INTO blocks (host_id, window_ms, n, times) VALUES "
-                                "(?, ?, ?, ?) RETURNING id", (h, w, n, blob)).fetchone()[0]
-                     for h, w, n, blob in zip(host[first_of_block].tolist(),
-                                              win[first_of_block].tolist(), n_times.tolist(),
-                                              times_blobs, strict=True)]
-        starts = np.flatnonzero(block_start | np.r_[True, series_id[1:] != series_id[:-1]])
-        ends = np.r_[starts[1:], series_id.size]
-        chunk_block = block[starts]
-        masks: list[bytes | None] = [None] * starts.size
-        for i in np.flatnonzero(ends - starts != n_times[chunk_block]).tolist():
-            b, s, e = int(chunk_block[i]), int(starts[i]), int(ends[i])
-            bits = np.zeros(int(n_times[b]), dtype=bool)
-            bits[np.searchsorted(times[t_starts[b]:t_ends[b]], ts[s:e])] = True
-            masks[i] = np.packbits(bits).tobytes()
-        blobs = encode_chunks(val, starts, ends, masks)
-        windows = win[starts].tolist()
-        owners = [block_ids[b] for b in chunk_block.tolist()]
+                                "(?, ?, ?, ?) RETURNING id", row).fetchone()[0]
+                     for row in blobs.blocks]
 
         def rows() -> Iterator[tuple[int, int, int, bytes]]:
-            for row in zip(series_id[starts].tolist(), windows, owners, blobs, strict=True):
-                yield row
+            for series_id, window, block, data in blobs.chunks:
+                yield series_id, window, block_ids[block], data
                 self._kill_point(stage)
 
         db.executemany("INSERT INTO chunks (series_id, window_ms, block_id, data) "
@@ -298,13 +367,95 @@ class Compaction(SQLStore):
                 break
             chosen.append(row)
             budget -= row[3]
+        windows = [(hid, w) for hid, w, _, _ in chosen]
+        plan = self._prepare_l1([hw for hw in windows if hw[1] > closed_before])
+        self._take_turn()
         with self._write() as db:
             began = time.monotonic()
-            self._merge_chosen(db, [(hid, w) for hid, w, _, _ in chosen], closed_before,
-                               self._cutoffs(db))
+            cut = self._cutoffs(db)
+            if plan is not None and self._apply_l1(db, plan, cut):
+                windows = [hw for hw in windows if hw[1] <= closed_before]
+            if windows:
+                self._merge_chosen(db, windows, closed_before, cut)
             self._kill_point("l1end")
         self._give_way(time.monotonic() - began)
         return len(chosen) < len(rows)
+
+    def _prepare_l1(self, windows: list[tuple[int, int]]) -> L1Plan | None:
+        """The merge of the open (host, window) pairs ``windows``, without the write lock: read
+        in one read snapshot (with the ids of their blocks and their dirty rows), merged and
+        encoded. None when there is none."""
+        if not windows:
+            return None
+        with self._read() as db:
+            cut = self._cutoffs(db)
+            dirty = self._dirty_rows(db, windows)
+            sel, sid, ts, val, blocks = self._window_samples(db, windows)
+        host = np.array(sel.host, dtype=np.int64)[sid]
+        win = ts - ts % self.window_ms
+        merged = [hw for hw in windows if len(blocks.get(hw, ())) > 1]
+        pick = _pairs_in(host, win, merged)
+        blobs = None
+        if pick.any():
+            idx = np.lexsort((ts[pick], sid[pick], win[pick], host[pick]))
+            blobs = encode_blocks(np.array(sel.sid, dtype=np.int64)[sid[pick][idx]],
+                                  ts[pick][idx], val[pick][idx], host[pick][idx],
+                                  win[pick][idx])
+        samples = [(int(np.count_nonzero((host == hid) & (win == w))), hid, w)
+                   for hid, w in windows]
+        return L1Plan(windows, _sorted_blocks(blocks), dirty, cut, merged, blobs, samples)
+
+    def _apply_l1(self, db: Any, plan: L1Plan, cut: dict[str, int]) -> bool:
+        """In the write transaction ``db``: write ``plan`` if its windows still have the blocks
+        and dirty rows it was prepared from and the cutoffs (``cut``, read in ``db``) are the
+        same; whether it did (if not, nothing was written)."""
+        if cut != plan.cut or self._dirty_rows(db, plan.windows) != plan.dirty:
+            return False
+        if _sorted_blocks(self._window_blocks(db, plan.windows)) != plan.blocks:
+            return False
+        if plan.merged:
+            db.executemany("DELETE FROM chunks WHERE window_ms = ? AND series_id IN "
+                           "(SELECT id FROM series WHERE host_id = ?)",
+                           [(w, hid) for hid, w in plan.merged])
+            db.executemany("DELETE FROM blocks WHERE id = ?",
+                           [(i,) for hw in plan.merged for i in plan.blocks[hw]])
+        if plan.blobs is not None:
+            self._insert_blocks(db, plan.blobs, "l1")
+        db.executemany("UPDATE dirty SET blocks = 1, samples = ? WHERE host_id = ? AND "
+                       "window_ms = ?", plan.samples)
+        return True
+
+    @staticmethod
+    def _dirty_rows(db: Any, windows: list[tuple[int, int]]
+                    ) -> dict[tuple[int, int], tuple[int, int]]:
+        """(blocks, samples) of the dirty rows of the (host, window) pairs ``windows``."""
+        wanted = set(windows)
+        spans = sorted({w for _, w in windows})
+        out = {}
+        for some in chunked(sorted({hid for hid, _ in windows})):
+            for hid, w, n, samples in db.execute(
+                    f"SELECT host_id, window_ms, blocks, samples FROM dirty WHERE host_id IN "
+                    f"({placeholders(some)}) AND window_ms IN ({placeholders(spans)})",
+                    (*some, *spans)):
+                if (hid, w) in wanted:
+                    out[(hid, w)] = (n, samples)
+        return out
+
+    @staticmethod
+    def _window_blocks(db: Any, windows: list[tuple[int, int]]
+                       ) -> dict[tuple[int, int], list[int]]:
+        """The block ids of the (host, window) pairs ``windows``."""
+        wanted = set(windows)
+        spans = sorted({w for _, w in windows})
+        out: dict[tuple[int, int], list[int]] = {}
+        for some in chunked(sorted({hid for hid, _ in windows})):
+            for block_id, hid, w in db.execute(
+                    f"SELECT id, host_id, window_ms FROM blocks WHERE host_id IN "
+                    f"({placeholders(some)}) AND window_ms IN ({placeholders(spans)})",
+                    (*some, *spans)):
+                if (hid, w) in wanted:
+                    out.setdefault((hid, w), []).append(block_id)
+        return out
 
     def _window_samples(self, db: Any, windows: list[tuple[int, int]]
                         ) -> tuple[Selection, np.ndarray, np.ndarray, np.ndarray,
@@ -517,6 +668,11 @@ class Compaction(SQLStore):
                 "SELECT h.name, count(*) FROM quarantine q JOIN hosts h ON h.id = q.host_id "
                 "GROUP BY h.name ORDER BY h.name"))
         return StorageStats(quarantined=quarantined)
+
+
+def _sorted_blocks(blocks: dict[tuple[int, int], list[int]]
+                   ) -> dict[tuple[int, int], list[int]]:
+    return {hw: sorted(ids) for hw, ids in blocks.items()}
 
 
 def _pairs_in(host: np.ndarray, win: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 from edgemon.collector.storage.batches import BatchColumns, rescale
 from edgemon.collector.storage.selection import canonical_labels
 
-__all__ = ["Gathered", "LayoutCache", "Resolved", "gather"]
+__all__ = ["Gathered", "LayoutCache", "NewSeries", "Resolved", "gather"]
 
 _I64 = np.int64
 # (host_id, metrics, labels): the batch's shape as far as series are concerned
@@ -48,6 +48,10 @@ class LayoutCache:
         self.last.clear()
 
 
+class NewSeries(Exception):
+    """A layout needs a series not in the caches, and there is no transaction to make it in."""
+
+
 @dataclass
 class Resolved:
     """Series and layouts found in one transaction; ``commit`` keeps them after it commits (a
@@ -63,6 +67,8 @@ class Resolved:
         self.cache.last.update(self.layouts)
 
     def layout(self, db: Any, hid: int, cols: BatchColumns) -> Layout:
+        """The layout of a batch of host ``hid``; with ``db`` None (outside the write
+        transaction) from the caches only, else ``NewSeries``."""
         key: LayoutKey = (hid, cols.metrics, tuple(cols.labels))
         for found in (self.layouts.get(hid), self.cache.last.get(hid)):
             if found is not None and found[0] == key:
@@ -77,6 +83,8 @@ class Resolved:
                 labels = cols.labels[i]
                 hit = known.get(labels) or fresh.get(labels)
                 if hit is None:
+                    if db is None:
+                        raise NewSeries(hid, m.name, labels)
                     hit = fresh[labels] = _series_row(db, hid, m.name, m.keys, labels, m.kind,
                                                       m.unit, m.scale)
                 sids[i], scales[i] = hit[0], hit[1]

@@ -115,6 +115,7 @@ class SQLStore:
         # whether a compaction transaction gives way after its commit (ingest waits): set by the
         # compaction process from the collector's ``busy`` (``_give_way``)
         self.give_way: Any = None
+        self._free_until = 0.0  # monotonic time until which it leaves the write lock free
         self._host_ids: dict[str, int] = {}
         self._series_cache: dict[tuple[Any, ...], dict[tuple[str, ...], Any]] = {}
         self._layouts = LayoutCache(self._series_cache)  # series ids per host batch layout
@@ -146,12 +147,22 @@ class SQLStore:
 
     def _give_way(self, held_s: float) -> None:
         """After a compaction transaction held the write lock ``held_s`` seconds: while
-        ``give_way()`` says ingest waits, leave the lock free as long (at least 5 ms). Another
-        process waiting in SQLite's busy handler polls with growing sleeps (1, 2, 5 ... 100
-        ms), never more than it has already waited: a gap as long as the hold is one it sees,
-        where an immediate next ``BEGIN IMMEDIATE`` would starve it."""
+        ``give_way()`` says ingest waits, the lock is left free as long (at least 5 ms) before
+        compaction's next write transaction (``_take_turn``). Another process waiting in
+        SQLite's busy handler polls with growing sleeps (1, 2, 5 ... 100 ms), never more than
+        it has already waited: a gap as long as the hold is one it sees, where an immediate
+        next ``BEGIN IMMEDIATE`` would starve it. The gap is counted from the commit, so the
+        work compaction does without the lock meanwhile (preparing its next transaction) is
+        part of it, not followed by it."""
         if self.give_way is not None and self.give_way():
-            time.sleep(max(0.005, held_s))
+            self._free_until = time.monotonic() + max(0.005, held_s)
+
+    def _take_turn(self) -> None:
+        """Before a compaction write transaction: wait out what is left of the gap
+        ``_give_way`` asked for, if ingest still waits."""
+        left = self._free_until - time.monotonic()
+        if left > 0 and self.give_way is not None and self.give_way():
+            time.sleep(left)
 
     def _kill_point(self, stage: str) -> None:
         """Test hook: die like kill -9 after the N-th write of ``stage`` (inside a transaction)."""

@@ -1,0 +1,322 @@
+"""L0 prepared outside the write lock (``Compaction._prepare_l0``) and applied in a short write
+transaction (``_apply_l0``), on both backends: the same rows as the in-lock path on random data
+(duplicates across batches, batches sent again by a restarted agent), exactly once when what a
+plan was prepared from changes before it is applied (the in-lock path then does the part), and
+no encoding inside the write transaction of a part that needs no new series. The same for L1's
+merges of open windows (``_prepare_l1``, ``_apply_l1``)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from edgemon.collector.storage.base import IngestItem
+from edgemon.collector.storage.sql import SQLStorage, block_blobs
+from edgemon.collector.storage.sql.compaction import L0Plan, L1Plan
+from edgemon.protocol import COUNTER, GAUGE, BatchBuilder, MetricDef, decode, encode
+from edgemon.protocol.schema import validate_batch
+from tests.support.storages import Stores
+
+T0 = 1_780_012_800_000
+HOUR = 3_600_000
+NOW = T0 + HOUR  # the window of T0 not closed yet: no rollups, and no merges (merge_blocks)
+METRICS = (MetricDef("load1", GAUGE, "", 2), MetricDef("bytes", COUNTER, "B", 0, ("dev",)))
+
+
+def batch(host: str, instance: str, seq: int, points: list[tuple[int, int, str, int]]
+          ) -> IngestItem:
+    """A batch of (timestamp, metric index, label value, value) points."""
+    builder = BatchBuilder()
+    for ts, m, label, value in points:
+        builder.add(ts, METRICS[m], (label,) if METRICS[m].label_keys else (), value)
+    payload = encode(builder.build(host=host, instance=instance, seq=seq,
+                                   sent_ms=T0 + (seq + 1) * 60_000))
+    return IngestItem(validate_batch(decode(payload)), payload, T0 + seq * 60_000, False)
+
+
+def random_items(rng: random.Random, hosts: int, per_host: int) -> list[IngestItem]:
+    """Batches of a minute each, host by host interleaved; some overlap the minute before
+    (duplicates across batches, other values), some are sent again by a new instance."""
+    items = []
+    for seq in range(per_host):
+        for h in range(hosts):
+            start = T0 + seq * 60_000 - rng.choice((0, 0, 30_000))
+            points = [(start + k * 10_000, m, label, rng.randint(0, 10_000))
+                      for k in range(6) for m, label in ((0, ""), (1, "eth0"), (1, "eth1"))
+                      if rng.random() < 0.9]
+            if rng.random() < 0.1:  # a new series, now and then
+                points.append((start, 1, f"tun{rng.randint(0, 3)}", rng.randint(0, 100)))
+            items.append(batch(f"h{h}", "i1", seq, points))
+            if rng.random() < 0.1:  # a restarted agent sends it again
+                items.append(batch(f"h{h}", "i2", seq, points))
+    return items
+
+
+def stored(store: SQLStorage) -> dict[str, list[Any]]:
+    """Every row compaction writes, blobs included, in id order."""
+    queries = {
+        "series": "SELECT id, host_id, name, labels, kind, scale, first_ms, last_ms FROM series",
+        "blocks": "SELECT id, host_id, window_ms, n, times FROM blocks",
+        "chunks": "SELECT series_id, window_ms, block_id, data FROM chunks",
+        "dirty": "SELECT host_id, window_ms, blocks, samples FROM dirty",
+        "batches": "SELECT id FROM batches",
+        "rollups": "SELECT series_id, tier, window_ms, data FROM rollups",
+    }
+    with store._read() as db:
+        return {name: sorted(tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                             for row in db.execute(sql)) for name, sql in queries.items()}
+
+
+def raw_samples(store: SQLStorage) -> list[tuple[str, str, str, int, float]]:
+    """Every sample the blocks hold, not deduplicated: (host, name, labels, ts, value)."""
+    with store._read() as db:
+        key = {sid: (h, n, lab) for sid, h, n, lab in db.execute(
+            "SELECT s.id, h.name, s.name, s.labels FROM series s JOIN hosts h ON "
+            "h.id = s.host_id")}
+        times = store._block_times(db.execute("SELECT id, times FROM blocks").fetchall())
+        local = sorted(key)
+        rows = [(local.index(sid), block_id, data) for sid, block_id, data in
+                db.execute("SELECT series_id, block_id, data FROM chunks")]
+    sid, ts, val, _ = store._chunk_samples(rows, times)
+    return sorted((*key[local[i]], t, v) for i, t, v in
+                  zip(sid.tolist(), ts.tolist(), val.tolist(), strict=True))
+
+
+class Spying:
+    """In front of the real store: counts the parts applied from a plan, runs ``between``
+    between a part's prepare and its apply, and can turn the prepared path off."""
+
+    def __init__(self, location: str, **opts: Any) -> None:
+        super().__init__(location, **opts)  # type: ignore[call-arg]
+        self.applied = self.fallbacks = self.applied_l1 = self.fallbacks_l1 = 0
+        self.between_l1: Callable[[Any], None] | None = None
+        self.prepare = True
+        self.between: Callable[[Any], None] | None = None
+
+    def _prepare_l0(self, *args: Any) -> L0Plan | None:
+        plan = super()._prepare_l0(*args) if self.prepare else None  # type: ignore[misc]
+        if plan is not None and self.between is not None:
+            between, self.between = self.between, None
+            between(self)
+        return plan
+
+    def _apply_l0(self, db: Any, plan: L0Plan) -> bool:
+        done: bool = super()._apply_l0(db, plan)  # type: ignore[misc]
+        self.applied += done
+        self.fallbacks += not done
+        return done
+
+    def _prepare_l1(self, windows: list[tuple[int, int]]) -> L1Plan | None:
+        plan = super()._prepare_l1(windows) if self.prepare else None  # type: ignore[misc]
+        if plan is not None and self.between_l1 is not None:
+            between, self.between_l1 = self.between_l1, None
+            between(self)
+        return plan
+
+    def _apply_l1(self, db: Any, plan: L1Plan, cut: dict[str, int]) -> bool:
+        done: bool = super()._apply_l1(db, plan, cut)  # type: ignore[misc]
+        self.applied_l1 += done
+        self.fallbacks_l1 += not done
+        return done
+
+
+def open_spying(stores: Stores, **opts: Any) -> Any:
+    opts = {"merge_blocks": 1_000, **opts}
+    return stores.open(mixin=Spying, compact_delay_ms=0, txn_samples=400, step_samples=2_000,
+                       **opts)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_the_prepared_path_stores_what_the_in_lock_path_stores(stores: Stores,
+                                                                tmp_path: Any,
+                                                                seed: int) -> None:
+    rng = random.Random(seed)
+    warm = random_items(rng, 6, 2)
+    rest = random_items(random.Random(seed + 100), 6, 12)
+    results = []
+    for prepare in (True, False):
+        other = Stores(stores.backend, tmp_path / f"p{prepare}", stores._postgres)
+        (tmp_path / f"p{prepare}").mkdir()
+        st = open_spying(other, merge_blocks=3)
+        st.prepare = prepare
+        try:
+            for part in (warm, rest[:20], rest[20:40], rest[40:60], rest[60:]):
+                st.store_batches(part)
+                st.compact_all(NOW)
+            results.append((stored(st), raw_samples(st), st.applied, st.applied_l1))
+            st.compact_all(NOW + 3 * HOUR)  # the windows close: merged and rolled up
+            results[-1] = (*results[-1], stored(st))
+        finally:
+            st.close()
+    (fast, fast_samples, applied, applied_l1, fast_closed), (slow, slow_samples, *_, slow_closed
+                                                             ) = results
+    assert applied > 0  # the prepared path did parts (the in-lock one made the new series)
+    assert applied_l1 > 0  # and merges
+    assert fast == slow
+    assert fast_samples == slow_samples
+    assert fast["batches"] == []
+    assert fast_closed == slow_closed and fast_closed["rollups"] and not fast_closed["dirty"]
+
+
+Sent = list[tuple[str, list[tuple[int, int, str, int]]]]  # (host, points) of each batch
+
+
+def exactly_once_setup(stores: Stores, **opts: Any) -> tuple[Any, list[IngestItem], Sent]:
+    """A store whose series exist, and the batches of its next step (none overlapping)."""
+    st = open_spying(stores, **opts)
+    sent = [(f"h{h}", [(T0 + seq * 60_000 + k * 10_000, m, "eth0", seq * 10 + k)
+                       for k in range(6) for m in (0, 1)])
+            for seq in range(8) for h in range(3)]
+    items = [batch(host, "i1", i // 3, points) for i, (host, points) in enumerate(sent)]
+    st.store_batches(items[:3])
+    st.compact_all(NOW)
+    st.store_batches(items[3:])
+    return st, items, sent
+
+
+def expected(sent: Sent) -> list[tuple[str, str, int, float]]:
+    return sorted((host, METRICS[m].name, ts, float(value))  # stored at the metric's scale
+                  for host, points in sent for ts, m, _, value in points)
+
+
+def samples(store: SQLStorage) -> list[tuple[str, str, int, float]]:
+    return sorted((host, name, ts, value) for host, name, _, ts, value in raw_samples(store))
+
+
+@contextmanager
+def other_process(stores: Stores) -> Iterator[SQLStorage]:
+    """The same store opened again: another process on it (another collector's compaction)."""
+    other = stores.open()
+    try:
+        yield other
+    finally:
+        other.close()
+
+
+def test_batches_compacted_elsewhere_meanwhile_are_stored_once(stores: Stores) -> None:
+    st, _, sent = exactly_once_setup(stores)
+
+    def elsewhere(_: Any) -> None:
+        with other_process(stores) as other:
+            other.compact_all(NOW)
+
+    st.between = elsewhere
+    st.compact_all(NOW)
+    assert st.fallbacks >= 1
+    assert samples(st) == expected(sent)
+    st.close()
+
+
+def test_a_batch_changed_meanwhile_is_stored_as_it_is_then(stores: Stores) -> None:
+    st, _, sent = exactly_once_setup(stores)
+    changed = ("h0", [(T0 + 99 * 60_000, 0, "", 7)])
+    replacement = batch(changed[0], "i1", 99, changed[1])
+
+    def change(store: Any) -> None:  # the first pending batch's id now holds another batch
+        with store._write() as db:
+            first = db.execute("SELECT min(id) FROM batches").fetchone()[0]
+            db.execute("UPDATE batches SET payload = ? WHERE id = ?",
+                       (replacement.payload, first))
+
+    st.between = change
+    st.compact_all(NOW)
+    assert st.fallbacks >= 1
+    assert samples(st) == expected([*sent[:3], changed, *sent[4:]])
+    st.close()
+
+
+def test_series_deleted_elsewhere_meanwhile_are_made_again(stores: Stores) -> None:
+    st, _, sent = exactly_once_setup(stores)
+
+    def retention_elsewhere(store: Any) -> None:  # h0's series lose their samples and rows
+        with store._write() as db:
+            ids = [i for (i,) in db.execute("SELECT s.id FROM series s JOIN hosts h ON "
+                                            "h.id = s.host_id WHERE h.name = 'h0'")]
+            for i in ids:
+                db.execute("DELETE FROM chunks WHERE series_id = ?", (i,))
+                db.execute("DELETE FROM series WHERE id = ?", (i,))
+            db.execute("UPDATE meta SET value = value + 1 WHERE key = 'series_deleted'")
+            if db.execute("SELECT 1 FROM meta WHERE key = 'series_deleted'").fetchone() is None:
+                db.execute("INSERT INTO meta (key, value) VALUES ('series_deleted', 1)")
+
+    st.between = retention_elsewhere
+    st.compact_all(NOW)
+    assert st.fallbacks >= 1
+    assert samples(st) == expected(sent[1:])  # h0's first batch: its samples deleted
+    st.close()
+
+
+def test_a_cutoff_moved_meanwhile_is_seen(stores: Stores) -> None:
+    st, _, sent = exactly_once_setup(stores)
+
+    def retention_moved(store: Any) -> None:
+        with store._write() as db:
+            db.execute("UPDATE meta SET value = value + 1 WHERE key = 'cutoff_raw'")
+
+    st.between = retention_moved
+    st.compact_all(NOW)
+    assert st.fallbacks >= 1
+    assert samples(st) == expected(sent)
+    st.close()
+
+
+def test_blocks_added_to_a_window_while_its_merge_was_prepared_are_merged_once(
+        stores: Stores) -> None:
+    st, _, sent = exactly_once_setup(stores, merge_blocks=2)
+    late = ("h0", [(T0 + 30 * 60_000, 0, "", 5)])
+
+    def l0_elsewhere(_: Any) -> None:  # another block of h0's window, and its dirty count
+        with other_process(stores) as other:
+            other.store_batches([batch(late[0], "i1", 30, late[1])])
+            other._compact_pending(NOW)
+
+    st.between_l1 = l0_elsewhere
+    st.compact_all(NOW)
+    assert st.fallbacks_l1 >= 1 and st.applied >= 1
+    assert samples(st) == expected([*sent, late])
+    with st._read() as db:
+        assert db.execute("SELECT max(blocks) FROM dirty").fetchone()[0] == 1
+    st.close()
+
+
+def test_no_encoding_in_the_write_transaction_once_the_series_exist(
+        stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    st, items, _ = exactly_once_setup(stores, merge_blocks=2)
+    st.txn_samples = 50  # several parts
+    for item in items[3:]:  # read by a query: kept until compacted
+        st.reader.read(item.payload)
+    assert st.reader.used > 0
+    in_write = [False]
+    calls = {True: 0, False: 0}
+    write = st._write
+
+    @contextmanager
+    def watched() -> Iterator[Any]:
+        with write() as db:
+            in_write[0] = True
+            try:
+                yield db
+            finally:
+                in_write[0] = False
+
+    def counted(real: Callable[..., Any]) -> Callable[..., Any]:
+        def encode_counted(*args: Any) -> Any:
+            calls[in_write[0]] += 1
+            return real(*args)
+        return encode_counted
+
+    st._write = watched
+    monkeypatch.setattr(block_blobs, "encode_chunks", counted(block_blobs.encode_chunks))
+    monkeypatch.setattr(block_blobs, "encode_times_many",
+                        counted(block_blobs.encode_times_many))
+    st.compact_all(NOW)
+    assert st.backlog()["pending_batches"] == 0
+    assert calls[True] == 0
+    assert calls[False] > 2 * st.applied and st.applied >= 2 and st.applied_l1 >= 1
+    assert st.fallbacks == st.fallbacks_l1 == 0
+    assert st.reader.used == 0  # the compacted batches' columns are dropped from the cache
+    st.close()
