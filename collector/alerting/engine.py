@@ -82,6 +82,10 @@ __all__ = ["AlertEngine", "CycleReport"]
 log = logging.getLogger("edgemon.collector.alerting")
 
 HOLE_PATIENCE_MS = 30 * 60_000
+# An active alert whose stored fields (status, timers, notified, identity, annotations) did not
+# change is written again at most this often: only its value, watermark, last data time and
+# the annotations rendered from the value lag, by at most this (plus a cycle) in the store.
+ALERT_REFRESH_MS = 60_000
 BIG = 1 << 40  # max_series / max_points of the engine's queries: it wants every host
 
 
@@ -108,6 +112,18 @@ class _Runtime:
     duration_ms: float | None = None
     error: str | None = None
     stored: dict[str, Identity] = field(default_factory=dict)  # key -> identity as saved
+    # what the store holds of the alert rows: when each row was last written (-1: not since
+    # this runtime began) and under which rule object (another one: identity, annotations
+    # may differ, so every row is written again)
+    written_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    written_rule: Any = None
+    lagging: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # value, wm or
+    # last data newer in memory than in the store
+    written_now: np.ndarray | None = None  # rows written by the cycle being committed
+    moved_now: np.ndarray | None = None  # rows whose value, wm or last data moved this cycle
+    # after a restore: the oldest stored watermark of an active alert; the first cycle reads
+    # from there, so a row stored with a lagging watermark replays its steps (-1: none)
+    replay_from: int = -1
 
 
 def _signature(rule: Any) -> str:
@@ -252,6 +268,9 @@ class AlertEngine:
                 rt.stored[alert.key] = Identity(alert.alert_labels, alert.fingerprint,
                                                 alert.annotations)
             rt.holes = holes_by_rule.get(name, [])
+            active = rt.table.active_rows()
+            if active.size:
+                rt.replay_from = int(rt.table.wm[active].min())
             if rule is not None and _signature(rule) == signature:
                 self._runtimes[name] = rt
             else:
@@ -347,7 +366,8 @@ class AlertEngine:
         for rt, res, _hole_out, holes in results:
             rt.table = res.state
             rt.last_eval_ms = now
-            rt.restored_wm = -1
+            rt.restored_wm = rt.replay_from = -1
+            self._note_written(rt, len(res.state), now)
             if res.newest_ms > rt.watermark:
                 rt.watermark = res.newest_ms
             if holes is not None:
@@ -404,6 +424,8 @@ class AlertEngine:
             start = now - rule.window - step - settle  # fill the ring
         elif rt.watermark >= 0:
             start = rt.watermark - settle - step
+            if rt.replay_from >= 0:
+                start = min(start, rt.replay_from)
         else:
             warm = (rule.min_history + 2) * step if isinstance(rule, AnomalyRule) else 0
             start = now - (rule.for_ + rule.keep_firing_for + warm + 2 * step + settle)
@@ -535,7 +557,7 @@ class AlertEngine:
                     outbox_rows += self._record(write, tr, rule, True, now)
                     report.transitions.append(tr)
                     touched.add(row)
-                self._save_alerts(write, rt, table, touched, now)
+                self._save_alerts(write, rt, table, touched, now, res.holes)
                 baselines = table.baselines() if isinstance(rule, AnomalyRule) else None
                 write.save_progress(RuleProgress(
                     rule=rule.name, kind=rule.kind, signature=rt.signature,
@@ -548,13 +570,17 @@ class AlertEngine:
         return outbox_rows
 
     def _save_alerts(self, write: CycleWrite, rt: _Runtime, table: SeriesTable,
-                     touched: set[int], now: int) -> None:
-        """The stored state of the rule's active series; resolved ones are deleted."""
+                     touched: set[int], now: int, holes: list[Hole]) -> None:
+        """The stored state of the rule's active series that changed (``_rows_to_write``);
+        resolved ones are deleted."""
         rule = rt.rule
         write.delete_alerts(rule.name, [table.keys[r] for r in touched
                                         if table.status[r] == INACTIVE])
+        n = len(table)
+        rows = np.flatnonzero((table.status[:n] != INACTIVE)
+                              & self._rows_to_write(rt, table, now, holes))
         records = []
-        for r in np.flatnonzero(table.status[:len(table)] != INACTIVE).tolist():
+        for r in rows.tolist():
             key, host, labels = table.keys[r], table.hosts[r], table.labels[r]
             ident = self._identity(rt, key, host, labels)
             value = finite(float(table.value[r]))
@@ -569,6 +595,61 @@ class AlertEngine:
                 alert_labels=ident.alert_labels,
                 annotations=self._render(rt, key, host, labels, value), updated_ms=now))
         write.put_alerts(records)
+        rt.written_now = rows
+
+    @staticmethod
+    def _rows_to_write(rt: _Runtime, table: SeriesTable, now: int,
+                       holes: list[Hole]) -> np.ndarray:
+        """Which rows of ``table`` (this cycle's state) the store must get now: those whose
+        status, timers or ``notified`` differ from the committed state (``rt.table``), new
+        ones, those that jumped over a hole (their stored watermark must be past it), every
+        row under a new rule object or after a restore, and those whose value, watermark or
+        last data time moved since they were written once they were not written for
+        ``ALERT_REFRESH_MS``."""
+        n = len(table)
+        due = np.ones(n, dtype=bool)
+        rt.moved_now = None
+        if rt.written_rule is not rt.rule:
+            return due
+        before = rt.table
+        m = min(len(before), n)
+        written = np.full(m, -1, dtype=np.int64)
+        k = min(m, rt.written_ms.size)
+        written[:k] = rt.written_ms[:k]
+        lagging = np.zeros(m, dtype=bool)
+        k = min(m, rt.lagging.size)
+        lagging[:k] = rt.lagging[:k]
+        moved = ((table.wm[:m] != before.wm[:m]) | (table.last_data[:m] != before.last_data[:m])
+                 | ~((table.value[:m] == before.value[:m])
+                     | (np.isnan(table.value[:m]) & np.isnan(before.value[:m]))))
+        rt.moved_now = np.flatnonzero(moved)
+        changed = (written < 0) | ((lagging | moved) & (now - written >= ALERT_REFRESH_MS))
+        for name in ("status", "notified", "active_since", "fired_at", "clearing_since"):
+            changed |= getattr(table, name)[:m] != getattr(before, name)[:m]
+        due[:m] = changed
+        for hole in holes:
+            row = table.index.get(hole.key)
+            if row is not None:
+                due[row] = True
+        return due
+
+    @staticmethod
+    def _note_written(rt: _Runtime, rows: int, now: int) -> None:
+        """After the commit: remember which rows the store now holds as of ``now``."""
+        if rt.written_ms.size < rows:
+            grown = np.full(rows, -1, dtype=np.int64)
+            grown[:rt.written_ms.size] = rt.written_ms
+            rt.written_ms = grown
+            more = np.zeros(rows, dtype=bool)
+            more[:rt.lagging.size] = rt.lagging
+            rt.lagging = more
+        if rt.moved_now is not None:
+            rt.lagging[rt.moved_now] = True
+        if rt.written_now is not None:
+            rt.written_ms[rt.written_now] = now
+            rt.lagging[rt.written_now] = False
+        rt.written_now = rt.moved_now = None
+        rt.written_rule = rt.rule
 
     def _record(self, write: CycleWrite, tr: Transition, rule: Any, notify: bool,
                 now: int) -> int:
