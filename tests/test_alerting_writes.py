@@ -16,7 +16,7 @@ from edgemon.collector.alerting import engine as alerting_engine
 from edgemon.collector.alerting.engine import ALERT_REFRESH_MS
 from edgemon.collector.alerting.memstore import InMemoryGridStorage
 from edgemon.collector.alerting.store import AlertRecord, CycleWrite
-from edgemon.collector.http.alerts_api import active_alerts
+from edgemon.collector.http.alerts_api import active_alerts, alert_history
 from tests.test_alerting_engine import (
     CPU,
     MIN,
@@ -25,7 +25,6 @@ from tests.test_alerting_engine import (
     Clock,
     cpu,
     engine,
-    history,
     outbox,
     settings,
 )
@@ -140,8 +139,18 @@ PATTERNS = {  # host -> (from minute, to minute, cpu) stretches
     "flappy": [(0, 8, 95.0), (8, 14, 20.0), (14, 30, 95.0), (30, 60, 40.0)],
     "late": [(0, 15, 20.0), (15, 60, 96.0)],
     "quiet": [(0, 21, 97.0)],  # stops sending: resolves with "no data"
+    "vanishing": [(0, 18, 50.0), (18, 19, 60.0), (19, 20, 90.0)],  # an anomaly, then silence
 }
 CLEARING = CPU + 'keep_firing_for = "3m"\n'
+ANOMALY = """[[rule]]
+name = "cpu-odd"
+kind = "anomaly"
+metric = "cpu_usage_percent"
+match = { cpu = "total" }
+min_history = 3
+min_stddev = 1
+alpha = 0.5
+"""
 
 
 def run(alert_state: Path | str, restarts: set[int]) -> tuple[list[Any], list[Any], int]:
@@ -152,7 +161,7 @@ def run(alert_state: Path | str, restarts: set[int]) -> tuple[list[Any], list[An
         for a, b, value in stretches:
             cpu(store, host, a, b, value)
     clock = Clock(T0)
-    rules = settings() + RECEIVER + CLEARING
+    rules = settings() + RECEIVER + CLEARING + "\n" + ANOMALY
     eng = engine(alert_state, store, rules, clock)
     holes = 0
     for i, t in enumerate(range(T0 + MIN, T0 + 50 * MIN, INTERVAL)):
@@ -162,7 +171,10 @@ def run(alert_state: Path | str, restarts: set[int]) -> tuple[list[Any], list[An
         clock.ms = t
         eng.run_cycle()
         holes = max(holes, len(eng.store.holes()))
-    result = (history(eng), [(o["status"], o["labels"]["host"]) for o in outbox(eng)], holes)
+    transitions = [(r["rule"], r["host"], r["status"], r["at_ms"], r["value"], r["reason"],
+                    r["historical"], r["notified"], r["annotations"])
+                   for r in sorted(alert_history(eng, limit=10_000), key=lambda r: r["id"])]
+    result = (transitions, [(o["status"], o["labels"]["host"]) for o in outbox(eng)], holes)
     eng.close()
     return result
 
@@ -175,6 +187,8 @@ def test_a_restart_from_lagging_rows_goes_on_as_if_it_never_stopped(
     reference = run(tmp_path / "reference.db", set())
     assert reference[2] == 0
     assert ("resolved", "quiet") in reference[1] and ("firing", "late") in reference[1]
+    assert {(rule, status) for rule, _, status, *_ in reference[0]} >= {
+        ("cpu-high", "resolved"), ("cpu-odd", "firing"), ("cpu-odd", "resolved")}
     # restarts at many offsets within a minute's step, while rows are stored behind memory
     restarted = run(alert_state, {40, 59, 95, 101, 137, 170, 200, 233, 260})
     assert restarted == reference

@@ -605,7 +605,7 @@ class AlertEngine:
         ones, those that jumped over a hole (their stored watermark must be past it), every
         row under a new rule object or after a restore, and those whose value, watermark or
         last data time moved since they were written once they were not written for
-        ``ALERT_REFRESH_MS``."""
+        ``ALERT_REFRESH_MS`` (an anomaly rule's at once)."""
         n = len(table)
         due = np.ones(n, dtype=bool)
         rt.moved_now = None
@@ -624,6 +624,10 @@ class AlertEngine:
                      | (np.isnan(table.value[:m]) & np.isnan(before.value[:m]))))
         rt.moved_now = np.flatnonzero(moved)
         changed = (written < 0) | ((lagging | moved) & (now - written >= ALERT_REFRESH_MS))
+        if isinstance(rt.rule, AnomalyRule):
+            # its rows' watermarks are restored from the baselines, not replayed: the stored
+            # value must be the current one (a "no data" resolution after a restart carries it)
+            changed |= moved
         for name in ("status", "notified", "active_since", "fired_at", "clearing_since"):
             changed |= getattr(table, name)[:m] != getattr(before, name)[:m]
         due[:m] = changed
