@@ -13,6 +13,7 @@ import pytest
 
 from edgemon.collector.alerting import AlertEngine, parse_rules
 from edgemon.collector.alerting import engine as alerting_engine
+from edgemon.collector.alerting.alertmanager import alertmanager_alerts
 from edgemon.collector.alerting.engine import ALERT_REFRESH_MS
 from edgemon.collector.alerting.memstore import InMemoryGridStorage
 from edgemon.collector.alerting.store import AlertRecord, CycleWrite
@@ -151,6 +152,15 @@ min_history = 3
 min_stddev = 1
 alpha = 0.5
 """
+RATE = """[[rule]]
+name = "errors"
+kind = "rate"
+metric = "errors_total"
+window = "1m"
+threshold = 1
+for = "2m"
+keep_firing_for = "2m"
+"""
 
 
 def run(alert_state: Path | str, restarts: set[int]) -> tuple[list[Any], list[Any], int]:
@@ -160,8 +170,11 @@ def run(alert_state: Path | str, restarts: set[int]) -> tuple[list[Any], list[An
     for host, stretches in PATTERNS.items():
         for a, b, value in stretches:
             cpu(store, host, a, b, value)
+    per_minute = np.r_[np.full(10, 30.0), np.full(15, 120.0), np.full(25, 30.0)]
+    store.write("errors_total", "counting", {}, T0 + MIN * np.arange(50, dtype=np.int64),
+                np.cumsum(per_minute))
     clock = Clock(T0)
-    rules = settings() + RECEIVER + CLEARING + "\n" + ANOMALY
+    rules = settings() + RECEIVER + CLEARING + "\n" + ANOMALY + "\n" + RATE
     eng = engine(alert_state, store, rules, clock)
     holes = 0
     for i, t in enumerate(range(T0 + MIN, T0 + 50 * MIN, INTERVAL)):
@@ -188,7 +201,8 @@ def test_a_restart_from_lagging_rows_goes_on_as_if_it_never_stopped(
     assert reference[2] == 0
     assert ("resolved", "quiet") in reference[1] and ("firing", "late") in reference[1]
     assert {(rule, status) for rule, _, status, *_ in reference[0]} >= {
-        ("cpu-high", "resolved"), ("cpu-odd", "firing"), ("cpu-odd", "resolved")}
+        ("cpu-high", "resolved"), ("cpu-odd", "firing"), ("cpu-odd", "resolved"),
+        ("errors", "firing"), ("errors", "resolved")}
     # restarts at many offsets within a minute's step, while rows are stored behind memory
     restarted = run(alert_state, {40, 59, 95, 101, 137, 170, 200, 233, 260})
     assert restarted == reference
@@ -213,4 +227,20 @@ def test_new_annotations_are_stored_by_the_next_cycle_after_a_reload(
     rows = stored(eng)
     assert {a["annotations"]["summary"] for a in rows.values()} == {f"{h} is hot" for h in HOSTS}
     assert {a["alert_labels"]["severity"] for a in rows.values()} == {"critical"}
+    eng.close()
+
+
+def test_alertmanager_sees_a_firing_alert_fresh_while_its_stored_data_time_lags(
+        alert_state: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(alerting_engine, "ALERT_REFRESH_MS", 30 * MIN)
+    store = InMemoryGridStorage(60_000)
+    clock = Clock(T0)
+    eng = engine(alert_state, store, settings(notify_max_age="3m") + CPU, clock)
+    cpu(store, "h1", 0, 40, 95.0)
+    for t in range(T0 + MIN, T0 + 20 * MIN, INTERVAL):
+        clock.ms = t
+        eng.run_cycle()
+    (row,) = eng.store.alerts(status="firing")
+    assert row.last_data is not None and row.last_data < clock.ms - 3 * MIN  # stored behind
+    assert [a.status for a in alertmanager_alerts(eng, clock.ms).values()] == ["firing"]
     eng.close()

@@ -424,8 +424,8 @@ class AlertEngine:
             start = now - rule.window - step - settle  # fill the ring
         elif rt.watermark >= 0:
             start = rt.watermark - settle - step
-            if rt.replay_from >= 0:
-                start = min(start, rt.replay_from)
+            if rt.replay_from >= 0:  # a step before it too, as above (rates)
+                start = min(start, rt.replay_from - step)
         else:
             warm = (rule.min_history + 2) * step if isinstance(rule, AnomalyRule) else 0
             start = now - (rule.for_ + rule.keep_firing_for + warm + 2 * step + settle)
@@ -676,6 +676,19 @@ class AlertEngine:
         write.add_outbox([OutboxRecord(tr.id, receiver, tr.rule, tr.fingerprint, key, body, now)
                           for receiver, body in bodies])
         return len(bodies)
+
+    def last_data_ms(self, rule: str, key: str) -> int | None:
+        """The newest data time of the alert ``key`` of ``rule`` in this engine's memory (None:
+        unknown). The store's may be up to ``ALERT_REFRESH_MS`` behind while this engine
+        evaluates; without a lock: a table is replaced whole, never changed after its commit."""
+        rt = self._runtimes.get(rule)
+        if rt is None:
+            return None
+        table = rt.table
+        row = table.index.get(key)
+        if row is None or row >= len(table) or table.last_data[row] < 0:
+            return None
+        return int(table.last_data[row])
 
     def rule_health(self, name: str) -> dict[str, Any] | None:
         """How the enabled rule ``name`` was last evaluated (None: not evaluated by this
