@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from edgemon.collector.alerting import AlertEngine, parse_rules
-from edgemon.collector.alerting import engine as alerting_engine
+from edgemon.collector.alerting import written as alerting_written
 from edgemon.collector.alerting.alertmanager import alertmanager_alerts
-from edgemon.collector.alerting.engine import ALERT_REFRESH_MS
 from edgemon.collector.alerting.memstore import InMemoryGridStorage
 from edgemon.collector.alerting.store import AlertRecord, CycleWrite
+from edgemon.collector.alerting.written import ALERT_REFRESH_MS
 from edgemon.collector.http.alerts_api import active_alerts, alert_history
 from tests.test_alerting_engine import (
     CPU,
@@ -196,7 +196,7 @@ def test_a_restart_from_lagging_rows_goes_on_as_if_it_never_stopped(
         alert_state: Path | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # rows rewritten every 5 steps at most: their stored watermark, value and last data
     # time are minutes behind when the engine stops
-    monkeypatch.setattr(alerting_engine, "ALERT_REFRESH_MS", 5 * MIN)
+    monkeypatch.setattr(alerting_written, "ALERT_REFRESH_MS", 5 * MIN)
     reference = run(tmp_path / "reference.db", set())
     assert reference[2] == 0
     assert ("resolved", "quiet") in reference[1] and ("firing", "late") in reference[1]
@@ -232,7 +232,7 @@ def test_new_annotations_are_stored_by_the_next_cycle_after_a_reload(
 
 def test_alertmanager_sees_a_firing_alert_fresh_while_its_stored_data_time_lags(
         alert_state: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(alerting_engine, "ALERT_REFRESH_MS", 30 * MIN)
+    monkeypatch.setattr(alerting_written, "ALERT_REFRESH_MS", 30 * MIN)
     store = InMemoryGridStorage(60_000)
     clock = Clock(T0)
     eng = engine(alert_state, store, settings(notify_max_age="3m") + CPU, clock)

@@ -2,12 +2,12 @@
 
 Per cycle: at most one ``Storage.query`` per due rule (all hosts at once) plus one
 ``Storage.hosts()``; a second query for a rule only while some hosts are back-filling holes.
-Everything the cycle decides is handed to the store (``store.py``) in one transaction; the
-in-memory state is replaced only after that commit, so a failed commit is simply evaluated
-again next cycle. What the receivers get is built by ``notify.py``; what the API shows, by
-``collector/http/alerts_api.py``.
+Everything the cycle decides is handed to the store (``store.py``) in one transaction (of the
+alert rows, those that changed: ``written.py``); the in-memory state is replaced only after that
+commit, so a failed commit is simply evaluated again next cycle. What the receivers get is built
+by ``notify.py``; what the API shows, by ``collector/http/alerts_api.py``.
 
-Why one module of ~600 lines: restoring the state from the store, the cycle and its commit all
+Why one module of ~700 lines: restoring the state from the store, the cycle and its commit all
 read and replace the same per-rule runtimes (``_Runtime``) under one lock; split apart, that
 state would have three owners. Records, persistence, evaluation and documents live elsewhere.
 """
@@ -74,6 +74,7 @@ from edgemon.collector.alerting.transitions import (
     rule_identity,
     transition,
 )
+from edgemon.collector.alerting.written import WrittenRows
 from edgemon.collector.storage.base import HostInfo, RangeQuery, Storage
 from edgemon.common.clock import now_ms
 
@@ -82,10 +83,6 @@ __all__ = ["AlertEngine", "CycleReport"]
 log = logging.getLogger("edgemon.collector.alerting")
 
 HOLE_PATIENCE_MS = 30 * 60_000
-# An active alert whose stored fields (status, timers, notified, identity, annotations) did not
-# change is written again at most this often: only its value, watermark, last data time and
-# the annotations rendered from the value lag, by at most this (plus a cycle) in the store.
-ALERT_REFRESH_MS = 60_000
 BIG = 1 << 40  # max_series / max_points of the engine's queries: it wants every host
 
 
@@ -112,15 +109,7 @@ class _Runtime:
     duration_ms: float | None = None
     error: str | None = None
     stored: dict[str, Identity] = field(default_factory=dict)  # key -> identity as saved
-    # what the store holds of the alert rows: when each row was last written (-1: not since
-    # this runtime began) and under which rule object (another one: identity, annotations
-    # may differ, so every row is written again)
-    written_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    written_rule: Any = None
-    lagging: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # value, wm or
-    # last data newer in memory than in the store
-    written_now: np.ndarray | None = None  # rows written by the cycle being committed
-    moved_now: np.ndarray | None = None  # rows whose value, wm or last data moved this cycle
+    written: WrittenRows = field(default_factory=WrittenRows)  # what the store holds of rows
     # after a restore: the oldest stored watermark of an active alert; the first cycle reads
     # from there, so a row stored with a lagging watermark replays its steps (-1: none)
     replay_from: int = -1
@@ -367,7 +356,7 @@ class AlertEngine:
             rt.table = res.state
             rt.last_eval_ms = now
             rt.restored_wm = rt.replay_from = -1
-            self._note_written(rt, len(res.state), now)
+            rt.written.committed(rt.rule, len(res.state), now)
             if res.newest_ms > rt.watermark:
                 rt.watermark = res.newest_ms
             if holes is not None:
@@ -571,14 +560,17 @@ class AlertEngine:
 
     def _save_alerts(self, write: CycleWrite, rt: _Runtime, table: SeriesTable,
                      touched: set[int], now: int, holes: list[Hole]) -> None:
-        """The stored state of the rule's active series that changed (``_rows_to_write``);
-        resolved ones are deleted."""
+        """The stored state of the rule's active series that are due (``written.py``; an
+        anomaly rule's watermarks are restored from its baselines, not replayed, so its stored
+        values must be current: a "no data" resolution after a restart carries them); resolved
+        ones are deleted."""
         rule = rt.rule
         write.delete_alerts(rule.name, [table.keys[r] for r in touched
                                         if table.status[r] == INACTIVE])
         n = len(table)
-        rows = np.flatnonzero((table.status[:n] != INACTIVE)
-                              & self._rows_to_write(rt, table, now, holes))
+        due = rt.written.due(rule, rt.table, table, now, (h.key for h in holes),
+                             moves_at_once=isinstance(rule, AnomalyRule))
+        rows = np.flatnonzero((table.status[:n] != INACTIVE) & due)
         records = []
         for r in rows.tolist():
             key, host, labels = table.keys[r], table.hosts[r], table.labels[r]
@@ -595,65 +587,7 @@ class AlertEngine:
                 alert_labels=ident.alert_labels,
                 annotations=self._render(rt, key, host, labels, value), updated_ms=now))
         write.put_alerts(records)
-        rt.written_now = rows
-
-    @staticmethod
-    def _rows_to_write(rt: _Runtime, table: SeriesTable, now: int,
-                       holes: list[Hole]) -> np.ndarray:
-        """Which rows of ``table`` (this cycle's state) the store must get now: those whose
-        status, timers or ``notified`` differ from the committed state (``rt.table``), new
-        ones, those that jumped over a hole (their stored watermark must be past it), every
-        row under a new rule object or after a restore, and those whose value, watermark or
-        last data time moved since they were written once they were not written for
-        ``ALERT_REFRESH_MS`` (an anomaly rule's at once)."""
-        n = len(table)
-        due = np.ones(n, dtype=bool)
-        rt.moved_now = None
-        if rt.written_rule is not rt.rule:
-            return due
-        before = rt.table
-        m = min(len(before), n)
-        written = np.full(m, -1, dtype=np.int64)
-        k = min(m, rt.written_ms.size)
-        written[:k] = rt.written_ms[:k]
-        lagging = np.zeros(m, dtype=bool)
-        k = min(m, rt.lagging.size)
-        lagging[:k] = rt.lagging[:k]
-        moved = ((table.wm[:m] != before.wm[:m]) | (table.last_data[:m] != before.last_data[:m])
-                 | ~((table.value[:m] == before.value[:m])
-                     | (np.isnan(table.value[:m]) & np.isnan(before.value[:m]))))
-        rt.moved_now = np.flatnonzero(moved)
-        changed = (written < 0) | ((lagging | moved) & (now - written >= ALERT_REFRESH_MS))
-        if isinstance(rt.rule, AnomalyRule):
-            # its rows' watermarks are restored from the baselines, not replayed: the stored
-            # value must be the current one (a "no data" resolution after a restart carries it)
-            changed |= moved
-        for name in ("status", "notified", "active_since", "fired_at", "clearing_since"):
-            changed |= getattr(table, name)[:m] != getattr(before, name)[:m]
-        due[:m] = changed
-        for hole in holes:
-            row = table.index.get(hole.key)
-            if row is not None:
-                due[row] = True
-        return due
-
-    @staticmethod
-    def _note_written(rt: _Runtime, rows: int, now: int) -> None:
-        """After the commit: remember which rows the store now holds as of ``now``."""
-        if rt.written_ms.size < rows:
-            grown = np.full(rows, -1, dtype=np.int64)
-            grown[:rt.written_ms.size] = rt.written_ms
-            rt.written_ms = grown
-            more = np.zeros(rows, dtype=bool)
-            more[:rt.lagging.size] = rt.lagging
-            rt.lagging = more
-        if rt.moved_now is not None:
-            rt.lagging[rt.moved_now] = True
-        if rt.written_now is not None:
-            rt.written_ms[rt.written_now] = now
-            rt.lagging[rt.written_now] = False
-        rt.written_now = rt.moved_now = None
-        rt.written_rule = rt.rule
+        rt.written.writing(rows)
 
     def _record(self, write: CycleWrite, tr: Transition, rule: Any, notify: bool,
                 now: int) -> int:
@@ -679,7 +613,7 @@ class AlertEngine:
 
     def last_data_ms(self, rule: str, key: str) -> int | None:
         """The newest data time of the alert ``key`` of ``rule`` in this engine's memory (None:
-        unknown). The store's may be up to ``ALERT_REFRESH_MS`` behind while this engine
+        unknown). The store's may be up to ``written.ALERT_REFRESH_MS`` behind while this engine
         evaluates; without a lock: a table is replaced whole, never changed after its commit."""
         rt = self._runtimes.get(rule)
         if rt is None:
