@@ -81,7 +81,10 @@ def alertmanager_alerts(engine: AlertEngine, now: int) -> dict[str, AmAlert]:
             tr.annotations, int(tr.starts_at or tr.at_ms), int(tr.ends_at or tr.at_ms),
             alert_link(base, tr.rule, tr.host))
     for a in store.alerts(status="firing"):
-        if a.last_data is None or a.last_data < fresh_after:
+        # the stored time lags by up to written.ALERT_REFRESH_MS; the evaluating engine knows it now
+        last = max(a.last_data if a.last_data is not None else -1,
+                   engine.last_data_ms(a.rule, a.key) or -1)
+        if last < 0 or last < fresh_after:
             continue
         out[a.fingerprint] = AmAlert(a.fingerprint, "firing", a.alert_labels, a.annotations,
                                      int(a.fired_at or a.active_since or a.updated_ms), None,

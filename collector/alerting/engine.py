@@ -2,12 +2,12 @@
 
 Per cycle: at most one ``Storage.query`` per due rule (all hosts at once) plus one
 ``Storage.hosts()``; a second query for a rule only while some hosts are back-filling holes.
-Everything the cycle decides is handed to the store (``store.py``) in one transaction; the
-in-memory state is replaced only after that commit, so a failed commit is simply evaluated
-again next cycle. What the receivers get is built by ``notify.py``; what the API shows, by
-``collector/http/alerts_api.py``.
+Everything the cycle decides is handed to the store (``store.py``) in one transaction (of the
+alert rows, those that changed: ``written.py``); the in-memory state is replaced only after that
+commit, so a failed commit is simply evaluated again next cycle. What the receivers get is built
+by ``notify.py``; what the API shows, by ``collector/http/alerts_api.py``.
 
-Why one module of ~600 lines: restoring the state from the store, the cycle and its commit all
+Why one module of ~700 lines: restoring the state from the store, the cycle and its commit all
 read and replace the same per-rule runtimes (``_Runtime``) under one lock; split apart, that
 state would have three owners. Records, persistence, evaluation and documents live elsewhere.
 """
@@ -74,6 +74,7 @@ from edgemon.collector.alerting.transitions import (
     rule_identity,
     transition,
 )
+from edgemon.collector.alerting.written import WrittenRows
 from edgemon.collector.storage.base import HostInfo, RangeQuery, Storage
 from edgemon.common.clock import now_ms
 
@@ -108,6 +109,10 @@ class _Runtime:
     duration_ms: float | None = None
     error: str | None = None
     stored: dict[str, Identity] = field(default_factory=dict)  # key -> identity as saved
+    written: WrittenRows = field(default_factory=WrittenRows)  # what the store holds of rows
+    # after a restore: the oldest stored watermark of an active alert; the first cycle reads
+    # from there, so a row stored with a lagging watermark replays its steps (-1: none)
+    replay_from: int = -1
 
 
 def _signature(rule: Any) -> str:
@@ -252,6 +257,9 @@ class AlertEngine:
                 rt.stored[alert.key] = Identity(alert.alert_labels, alert.fingerprint,
                                                 alert.annotations)
             rt.holes = holes_by_rule.get(name, [])
+            active = rt.table.active_rows()
+            if active.size:
+                rt.replay_from = int(rt.table.wm[active].min())
             if rule is not None and _signature(rule) == signature:
                 self._runtimes[name] = rt
             else:
@@ -347,7 +355,8 @@ class AlertEngine:
         for rt, res, _hole_out, holes in results:
             rt.table = res.state
             rt.last_eval_ms = now
-            rt.restored_wm = -1
+            rt.restored_wm = rt.replay_from = -1
+            rt.written.committed(rt.rule, len(res.state), now)
             if res.newest_ms > rt.watermark:
                 rt.watermark = res.newest_ms
             if holes is not None:
@@ -404,6 +413,8 @@ class AlertEngine:
             start = now - rule.window - step - settle  # fill the ring
         elif rt.watermark >= 0:
             start = rt.watermark - settle - step
+            if rt.replay_from >= 0:  # a step before it too, as above (rates)
+                start = min(start, rt.replay_from - step)
         else:
             warm = (rule.min_history + 2) * step if isinstance(rule, AnomalyRule) else 0
             start = now - (rule.for_ + rule.keep_firing_for + warm + 2 * step + settle)
@@ -535,7 +546,7 @@ class AlertEngine:
                     outbox_rows += self._record(write, tr, rule, True, now)
                     report.transitions.append(tr)
                     touched.add(row)
-                self._save_alerts(write, rt, table, touched, now)
+                self._save_alerts(write, rt, table, touched, now, res.holes)
                 baselines = table.baselines() if isinstance(rule, AnomalyRule) else None
                 write.save_progress(RuleProgress(
                     rule=rule.name, kind=rule.kind, signature=rt.signature,
@@ -548,13 +559,20 @@ class AlertEngine:
         return outbox_rows
 
     def _save_alerts(self, write: CycleWrite, rt: _Runtime, table: SeriesTable,
-                     touched: set[int], now: int) -> None:
-        """The stored state of the rule's active series; resolved ones are deleted."""
+                     touched: set[int], now: int, holes: list[Hole]) -> None:
+        """The stored state of the rule's active series that are due (``written.py``; an
+        anomaly rule's watermarks are restored from its baselines, not replayed, so its stored
+        values must be current: a "no data" resolution after a restart carries them); resolved
+        ones are deleted."""
         rule = rt.rule
         write.delete_alerts(rule.name, [table.keys[r] for r in touched
                                         if table.status[r] == INACTIVE])
+        n = len(table)
+        due = rt.written.due(rule, rt.table, table, now, (h.key for h in holes),
+                             moves_at_once=isinstance(rule, AnomalyRule))
+        rows = np.flatnonzero((table.status[:n] != INACTIVE) & due)
         records = []
-        for r in np.flatnonzero(table.status[:len(table)] != INACTIVE).tolist():
+        for r in rows.tolist():
             key, host, labels = table.keys[r], table.hosts[r], table.labels[r]
             ident = self._identity(rt, key, host, labels)
             value = finite(float(table.value[r]))
@@ -569,6 +587,7 @@ class AlertEngine:
                 alert_labels=ident.alert_labels,
                 annotations=self._render(rt, key, host, labels, value), updated_ms=now))
         write.put_alerts(records)
+        rt.written.writing(rows)
 
     def _record(self, write: CycleWrite, tr: Transition, rule: Any, notify: bool,
                 now: int) -> int:
@@ -591,6 +610,19 @@ class AlertEngine:
         write.add_outbox([OutboxRecord(tr.id, receiver, tr.rule, tr.fingerprint, key, body, now)
                           for receiver, body in bodies])
         return len(bodies)
+
+    def last_data_ms(self, rule: str, key: str) -> int | None:
+        """The newest data time of the alert ``key`` of ``rule`` in this engine's memory (None:
+        unknown). The store's may be up to ``written.ALERT_REFRESH_MS`` behind while this engine
+        evaluates; without a lock: a table is replaced whole, never changed after its commit."""
+        rt = self._runtimes.get(rule)
+        if rt is None:
+            return None
+        table = rt.table
+        row = table.index.get(key)
+        if row is None or row >= len(table) or table.last_data[row] < 0:
+            return None
+        return int(table.last_data[row])
 
     def rule_health(self, name: str) -> dict[str, Any] | None:
         """How the enabled rule ``name`` was last evaluated (None: not evaluated by this
