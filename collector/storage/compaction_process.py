@@ -124,10 +124,12 @@ class CompactionProcess:
         stop = self._ctx.Event()
         leading = self._ctx.Value("b", 0, lock=False)
         busy = self._ctx.Value("b", 0, lock=False)
+        waiting = self._ctx.Value("b", 0, lock=False)  # the child waits for the write lock
         self._flags(leading, busy)
+        self.storage.compaction_waits = lambda: bool(waiting.value)  # type: ignore[attr-defined]
         proc = self._ctx.Process(
             target=child_main, name="edgemon-compaction", daemon=True,
-            args=(self.target, self.options, child_end, notes_in, stop, leading, busy,
+            args=(self.target, self.options, child_end, notes_in, stop, leading, busy, waiting,
                   self.interval, self.backlog_interval, self.sizes_interval, self.log_level))
         proc.start()
         child_end.close()
@@ -156,6 +158,7 @@ class CompactionProcess:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+            waiting.value = 0  # a child killed while it waited: the writer need not wait
             reports.close()
             notes.close()
             self.pid = None
@@ -206,7 +209,8 @@ class CompactionProcess:
 
 
 def child_main(target: str, options: dict[str, Any], reports: Connection, notes: Connection,
-               stop: Any, leading: Any, busy: Any, interval: float, backlog_interval: float,
+               stop: Any, leading: Any, busy: Any, waiting: Any, interval: float,
+               backlog_interval: float,
                sizes_interval: float, log_level: str) -> None:
     """The compaction process: open the store, run maintenance rounds, report each one."""
     import signal
@@ -239,6 +243,8 @@ def child_main(target: str, options: dict[str, Any], reports: Connection, notes:
     # while the collector has messages waiting, leave the write lock free after each
     # compaction transaction as long as it was held (``SQLStore._give_way``)
     storage.give_way = lambda: bool(busy.value)  # type: ignore[attr-defined]
+    # and while it waits for the lock, the collector's writer leaves it free (``waiting``)
+    storage.waiting_flag = waiting  # type: ignore[attr-defined]
     try:
         def should_run() -> bool:
             return bool(leading.value) and not stop.is_set()

@@ -160,8 +160,7 @@ class Compaction(SQLStore):
         nothing it was prepared from changed meanwhile (``_apply_l0``); else, in that same
         transaction, done there from the start (``_compact_in_lock``)."""
         plan = self._prepare_l0(part, decoded, cut)
-        self._take_turn()
-        with self._write() as db:
+        with self._compaction_write() as db:
             began = time.monotonic()
             if plan is not None and self._apply_l0(db, plan):
                 read, moved, resolved = list(plan.payloads.values()), [], plan.resolved
@@ -369,8 +368,7 @@ class Compaction(SQLStore):
             budget -= row[3]
         windows = [(hid, w) for hid, w, _, _ in chosen]
         plan = self._prepare_l1([hw for hw in windows if hw[1] > closed_before])
-        self._take_turn()
-        with self._write() as db:
+        with self._compaction_write() as db:
             began = time.monotonic()
             cut = self._cutoffs(db)
             if plan is not None and self._apply_l1(db, plan, cut):

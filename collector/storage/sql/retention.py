@@ -29,8 +29,7 @@ class Retention(SQLStore):
 
     def _apply_retention(self, now_ms: int) -> bool:
         """Move the cutoffs forward and delete a bounded number of expired rows."""
-        self._take_turn()  # after compaction's transactions, the gap they leave ingest
-        with self._write() as db:
+        with self._compaction_write() as db:
             cut = self._cutoffs(db)
             want = {
                 "raw": floor(now_ms - self.retention["raw"], self.window_ms),

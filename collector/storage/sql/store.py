@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,7 @@ _MAX_NOTED = 10_000  # unreadable pending batches readers note between two maint
 # the N-th chunk/rollup row written (stage l0 or l1) or at the N-th end of a transaction just
 # before its COMMIT (l0end, l1end). With ``EDGEMON_STORAGE_TEST_KILL_ONCE=<path>`` it fires only
 # if that file does not exist yet, and makes it first (a restarted process then runs through).
+_LET_IN_S = 0.1  # how long ingest's writer leaves the lock to a waiting compaction, at most
 _KILL_ENV = "EDGEMON_STORAGE_TEST_KILL"
 _KILL_ONCE_ENV = "EDGEMON_STORAGE_TEST_KILL_ONCE"
 
@@ -116,6 +117,11 @@ class SQLStore:
         # compaction process from the collector's ``busy`` (``_give_way``)
         self.give_way: Any = None
         self._free_until = 0.0  # monotonic time until which it leaves the write lock free
+        # the other half, across processes: a shared flag the compaction process raises while
+        # it waits for the write lock (``_compaction_write``), and the collector's writer reads
+        # (``_let_compaction_in``); set by ``compaction_process.py``
+        self.waiting_flag: Any = None  # in the compaction process
+        self.compaction_waits: Any = None  # in the collector
         self._host_ids: dict[str, int] = {}
         self._series_cache: dict[tuple[Any, ...], dict[tuple[str, ...], Any]] = {}
         self._layouts = LayoutCache(self._series_cache)  # series ids per host batch layout
@@ -163,6 +169,36 @@ class SQLStore:
         left = self._free_until - time.monotonic()
         if left > 0 and self.give_way is not None and self.give_way():
             time.sleep(left)
+
+    @contextmanager
+    def _compaction_write(self) -> Iterator[Any]:
+        """A compaction write transaction: after the gap ``_give_way`` asked for, with the
+        shared flag raised while it waits for the lock."""
+        self._take_turn()
+        flag = self.waiting_flag
+        if flag is not None:
+            flag.value = 1
+        try:
+            with self._write() as db:
+                if flag is not None:
+                    flag.value = 0
+                yield db
+        finally:
+            if flag is not None:
+                flag.value = 0
+
+    def _let_compaction_in(self) -> None:
+        """Before an ingest write transaction: while the compaction process waits for the
+        write lock, leave it free (at most ``_LET_IN_S``). It waits in SQLite's busy handler,
+        which polls at growing intervals (at most 100 ms apart); a writer that starts its next
+        transaction right after each commit would leave it only the polls that happen to fall
+        between two transactions."""
+        waits = self.compaction_waits
+        if waits is None or not waits():
+            return
+        deadline = time.monotonic() + _LET_IN_S
+        while waits() and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def _kill_point(self, stage: str) -> None:
         """Test hook: die like kill -9 after the N-th write of ``stage`` (inside a transaction)."""
