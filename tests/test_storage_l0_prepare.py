@@ -320,3 +320,51 @@ def test_no_encoding_in_the_write_transaction_once_the_series_exist(
     assert st.fallbacks == st.fallbacks_l1 == 0
     assert st.reader.used == 0  # the compacted batches' columns are dropped from the cache
     st.close()
+
+
+class Flag:
+    """A stand-in for the shared ``multiprocessing.Value``: every value it was set to."""
+
+    def __init__(self) -> None:
+        self.history: list[int] = []
+
+    @property
+    def value(self) -> int:
+        return self.history[-1] if self.history else 0
+
+    @value.setter
+    def value(self, v: int) -> None:
+        self.history.append(v)
+
+
+def test_compaction_raises_the_waiting_flag_only_until_it_has_the_lock(stores: Stores) -> None:
+    st, _, _ = exactly_once_setup(stores)
+    flag = st.waiting_flag = Flag()
+    inside: list[int] = []
+    write = st._write
+
+    @contextmanager
+    def watched() -> Iterator[Any]:
+        inside.append(flag.value)  # waiting for the lock now
+        with write() as db:
+            yield db
+
+    st._write = watched
+    st.compact_all(NOW)
+    assert inside and set(inside) == {1}
+    assert flag.value == 0 and flag.history[:2] == [1, 0]
+    st.close()
+
+
+def test_the_writer_lets_a_waiting_compaction_in_first(stores: Stores) -> None:
+    st = open_spying(stores)
+    asked = []
+
+    def waits() -> bool:  # compaction waits until the writer has looked twice
+        asked.append(1)
+        return len(asked) < 3
+
+    st.compaction_waits = waits
+    st.store_batches([batch("h9", "i1", 0, [(T0, 0, "", 1)])])
+    assert len(asked) == 3
+    st.close()
