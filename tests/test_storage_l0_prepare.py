@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -368,3 +369,42 @@ def test_the_writer_lets_a_waiting_compaction_in_first(stores: Stores) -> None:
     st.store_batches([batch("h9", "i1", 0, [(T0, 0, "", 1)])])
     assert len(asked) == 3
     st.close()
+
+
+def test_the_compaction_process_tries_the_sqlite_write_lock_itself_until_its_busy_timeout(
+        tmp_path: Path) -> None:
+    """With ``waiting_flag`` set (the compaction process), ``BEGIN IMMEDIATE`` is retried every
+    millisecond rather than in SQLite's busy handler: it takes the lock once another connection
+    leaves it free, fails as before at the busy timeout, and leaves the busy timeout as it was."""
+    import sqlite3
+    import threading
+
+    from edgemon.collector.storage.sqlite.schema import SQLiteFile
+
+    holder = SQLiteFile(tmp_path / "s.db", busy_timeout_ms=5_000)
+    poller = SQLiteFile(tmp_path / "s.db", busy_timeout_ms=300)
+    poller.waiting_flag = Flag()
+    begun: list[str] = []  # the statements the poller's connection ran
+    poller._conn().set_trace_callback(begun.append)
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with holder._write():
+            taken.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert taken.wait(10)
+    with pytest.raises(sqlite3.OperationalError, match="locked"), poller._write():
+        pass  # the timeout: 300 ms
+    # tried again and again (SQLite's busy handler would run the statement once)
+    assert begun.count("BEGIN IMMEDIATE") > 10
+    timer = threading.Timer(0.05, release.set)
+    timer.start()
+    with poller._write() as db:  # taken once the holder commits
+        assert release.is_set()
+        assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 300
+    thread.join(10)
+    holder.close()
+    poller.close()
