@@ -15,7 +15,7 @@ import pytest
 
 from edgemon.collector.storage.base import IngestItem, RangeQuery
 from edgemon.collector.storage.batches import read_batch
-from edgemon.collector.storage.pending_cache import PendingMetricCache, project
+from edgemon.collector.storage.pending_cache import PendingMetricCache, Projection, project
 from edgemon.collector.storage.sql import SQLStorage
 from edgemon.protocol import GAUGE, BatchBuilder, MetricDef, decode, encode
 from edgemon.protocol.schema import validate_batch
@@ -241,6 +241,42 @@ def test_memory_bound_and_idle_entries_give_way() -> None:
     assert cache.used <= cache.max_bytes
     assert cache.forget([(5, 1, "i1", 5, 0), (1, 1, "i1", 1, 0)]) == 2
     assert PendingMetricCache(0).enabled is False
+
+
+def test_an_entry_stays_when_its_replacement_finds_no_room() -> None:
+    columns = read_batch(item("edge-01", 1, 0).payload)
+    narrow, wide = frozenset({CPU.name}), frozenset({CPU.name, LOAD.name})
+    size = project(columns, narrow).nbytes + 200
+    cache = PendingMetricCache(size * 2 + 100, idle_s=60, clock=lambda: 0.0)
+    cache.fill((0, 1, "i1", 0, 0), columns, narrow)
+    cache.fill((1, 1, "i1", 1, 0), columns, narrow)
+    cache.fill((0, 1, "i1", 0, 0), columns, wide)  # larger, and nothing idle to drop
+    assert cache.get((0, 1, "i1", 0, 0), CPU.name) is not None  # the narrow one is kept
+    assert cache.used == sum(e[2] for e in cache._entries.values()) <= cache.max_bytes
+
+
+def _projected(it: IngestItem, *, historical: bool = False) -> IngestItem:
+    names = frozenset({CPU.name})
+    return IngestItem(it.batch, it.payload, it.received_ms, historical,
+                      Projection(names, project(read_batch(it.payload), names)))
+
+
+def test_ingest_caches_live_batches_only_and_any_number_of_one_hosts(stores: Stores) -> None:
+    """A transaction of 1,200 batches of one host (more sequence numbers than one query's
+    parameters may hold) caches every live one; a back-fill's batches are left to their first
+    reader, not put in front of what readers use now."""
+    st = stores.open()
+    if stores.backend == "sqlite":  # as an SQLite built with the old default of 999 would have
+        import sqlite3
+
+        st._conn().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # type: ignore[attr-defined]
+    live = [_projected(item("edge-01", seq, seq % 600)) for seq in range(1_200)]
+    store_all(st, live)
+    assert len(st.pending_cache) == 1_200
+    back = [_projected(item("edge-02", seq, seq), historical=True) for seq in range(20)]
+    store_all(st, back)
+    assert len(st.pending_cache) == 1_200
+    st.close()
 
 
 @pytest.mark.parametrize("names", [{CPU.name}, {LOAD.name}, {CPU.name, LOAD.name}, {"none"}])

@@ -124,9 +124,12 @@ class CompactionProcess:
         stop = self._ctx.Event()
         leading = self._ctx.Value("b", 0, lock=False)
         busy = self._ctx.Value("b", 0, lock=False)
-        waiting = self._ctx.Value("b", 0, lock=False)  # the child waits for the write lock
+        # the child waits for SQLite's write lock (the number of that wait; 0: it does not).
+        # Not on PostgreSQL: its advisory lock queues waiters, so the writer need not wait.
+        waiting = self._ctx.Value("i", 0, lock=False)
         self._flags(leading, busy)
-        self.storage.compaction_waits = lambda: bool(waiting.value)  # type: ignore[attr-defined]
+        if not _is_postgres(self.target):
+            self.storage.compaction_waits = lambda: waiting.value  # type: ignore[attr-defined]
         proc = self._ctx.Process(
             target=child_main, name="edgemon-compaction", daemon=True,
             args=(self.target, self.options, child_end, notes_in, stop, leading, busy, waiting,
@@ -233,7 +236,7 @@ def child_main(target: str, options: dict[str, Any], reports: Connection, notes:
             os._exit(0)
         try:
             storage = open_storage(target, **{**options, "wait": False}) \
-                if str(target).startswith(("postgresql:", "postgres:")) \
+                if _is_postgres(target) \
                 else open_storage(target, **options)
         except Exception as exc:
             log.warning("compaction process: cannot open the storage (%s); trying again in "
@@ -244,7 +247,8 @@ def child_main(target: str, options: dict[str, Any], reports: Connection, notes:
     # compaction transaction as long as it was held (``SQLStore._give_way``)
     storage.give_way = lambda: bool(busy.value)  # type: ignore[attr-defined]
     # and while it waits for the lock, the collector's writer leaves it free (``waiting``)
-    storage.waiting_flag = waiting  # type: ignore[attr-defined]
+    if not _is_postgres(target):
+        storage.waiting_flag = waiting  # type: ignore[attr-defined]
     try:
         def should_run() -> bool:
             return bool(leading.value) and not stop.is_set()
@@ -279,3 +283,7 @@ def child_main(target: str, options: dict[str, Any], reports: Connection, notes:
     finally:
         storage.close()
     os._exit(0)  # no atexit work inherited from the parent's modules
+
+
+def _is_postgres(target: str) -> bool:
+    return str(target).startswith(("postgresql:", "postgres:"))

@@ -219,6 +219,9 @@ class PendingMetricCache:
             if self._make_room(size, now):
                 self._entries[ident] = (item, names, size, now)
                 self.used += size
+            elif old is not None:  # no room for the new one: the one it held stays (it fits:
+                self._entries[ident] = old  # only entries were dropped since it was counted)
+                self.used += old[2]
         return item
 
     def _make_room(self, size: int, now: float) -> bool:

@@ -121,7 +121,9 @@ class SQLStore:
         # it waits for the write lock (``_compaction_write``), and the collector's writer reads
         # (``_let_compaction_in``); set by ``compaction_process.py``
         self.waiting_flag: Any = None  # in the compaction process
-        self.compaction_waits: Any = None  # in the collector
+        self.compaction_waits: Any = None  # in the collector: the number of the wait, or 0
+        self._wait_number = 0  # the compaction process's waits for the lock, counted
+        self._outwaited = 0  # the wait ingest's writer gave up leaving the lock free for
         self._host_ids: dict[str, int] = {}
         self._series_cache: dict[tuple[Any, ...], dict[tuple[str, ...], Any]] = {}
         self._layouts = LayoutCache(self._series_cache)  # series ids per host batch layout
@@ -173,11 +175,12 @@ class SQLStore:
     @contextmanager
     def _compaction_write(self) -> Iterator[Any]:
         """A compaction write transaction: after the gap ``_give_way`` asked for, with the
-        shared flag raised while it waits for the lock."""
+        shared flag raised while it waits for the lock (to the number of this wait, never 0)."""
         self._take_turn()
         flag = self.waiting_flag
         if flag is not None:
-            flag.value = 1
+            self._wait_number = self._wait_number % 2_000_000_000 + 1
+            flag.value = self._wait_number
         try:
             with self._write() as db:
                 if flag is not None:
@@ -189,15 +192,24 @@ class SQLStore:
 
     def _let_compaction_in(self) -> None:
         """Before an ingest write transaction: while the compaction process waits for the
-        write lock, leave it free (at most ``_LET_IN_S``). It waits in SQLite's busy handler,
-        which polls at growing intervals (at most 100 ms apart); a writer that starts its next
-        transaction right after each commit would leave it only the polls that happen to fall
-        between two transactions."""
+        write lock, leave it free until it has it, at most ``_LET_IN_S`` for each of its waits.
+        A writer that starts its next transaction right after each commit would leave it only
+        the moments that happen to fall between two transactions. A wait it did not end in that
+        time (a compaction process stopped, or behind another writer) is not waited for again:
+        ingest pays ``_LET_IN_S`` once, not per transaction."""
         waits = self.compaction_waits
-        if waits is None or not waits():
+        if waits is None:
+            return
+        number = waits()
+        if not number or number == self._outwaited:
             return
         deadline = time.monotonic() + _LET_IN_S
-        while waits() and time.monotonic() < deadline:
+        while True:
+            if waits() != number:
+                return
+            if time.monotonic() >= deadline:
+                self._outwaited = number
+                return
             time.sleep(0.001)
 
     def _kill_point(self, stage: str) -> None:

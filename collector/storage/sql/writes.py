@@ -59,7 +59,8 @@ class Writes(SQLStore):
                     t_max = batch.last_timestamp
                     rows.append((hid, batch.instance, batch.seq, it.received_ms, batch.t[0],
                                  t_max, samples, int(it.historical), it.payload))
-                    if it.projected is not None and cache.enabled:
+                    # live batches only: a back-fill's would crowd out what readers use now
+                    if it.projected is not None and cache.enabled and not it.historical:
                         projected[(hid, batch.instance, batch.seq)] = it.projected
                     if not it.historical:
                         seen["live"].append((batch.sent, batch.instance,
@@ -88,16 +89,19 @@ class Writes(SQLStore):
     @staticmethod
     def _pending_idents(db: Any, keys: list[tuple[int, str, int]]) -> list[tuple[Any, ...]]:
         """The ident (``PENDING_IDENT``) of the batch rows of (host id, instance, seq) ``keys``:
-        one query per 500 hosts, by the unique key's host and sequence numbers."""
+        one query per 500 hosts and 500 sequence numbers, by the unique key's host and sequence
+        numbers (a host back-filling thousands of batches in one transaction stays within the
+        engines' limits on parameters)."""
         wanted = set(keys)
         out = []
         for chunk in chunked(sorted({hid for hid, _, _ in keys})):
             hosts = set(chunk)
-            seqs = sorted({seq for hid, _, seq in keys if hid in hosts})
-            out += [tuple(row) for row in db.execute(
-                f"SELECT {PENDING_IDENT} FROM batches WHERE host_id IN ({placeholders(chunk)}) "
-                f"AND seq IN ({placeholders(seqs)})", (*chunk, *seqs))
-                if (row[1], row[2], row[3]) in wanted]
+            for seqs in chunked(sorted({seq for hid, _, seq in keys if hid in hosts})):
+                out += [tuple(row) for row in db.execute(
+                    f"SELECT {PENDING_IDENT} FROM batches WHERE host_id IN "
+                    f"({placeholders(chunk)}) AND seq IN ({placeholders(seqs)})",
+                    (*chunk, *seqs))
+                    if (row[1], row[2], row[3]) in wanted]
         return out
 
     @staticmethod
