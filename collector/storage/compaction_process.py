@@ -264,7 +264,7 @@ def child_main(target: str, options: dict[str, Any], reports: Connection, notes:
         runner = MaintenanceRunner(storage, interval=interval, busy=lambda: bool(busy.value),
                                    backlog_interval=backlog_interval,
                                    sizes_interval=sizes_interval, should_run=should_run,
-                                   idle_pause=0.0)
+                                   idle_pause=0.0, busy_pause=0.0)
         while not stop.is_set() and alive():
             try:
                 take_notes()
