@@ -131,3 +131,35 @@ def test_stop_lets_the_round_in_progress_finish(stores: Stores) -> None:
     stopper.join(TIMEOUT)
     assert seen_when_stopped == [1]  # stop() returned after the round, not before
     st.close()
+
+
+@pytest.mark.parametrize(("busy_pause", "factor"), [(2.0, 2.0), (0.0, 0.0)])
+def test_the_pause_after_a_step_while_messages_wait_is_the_runners_own(
+        monkeypatch: pytest.MonkeyPatch, busy_pause: float, factor: float) -> None:
+    """In the collector's interpreter maintenance pauses twice each step's time while messages
+    wait; the compaction process (``busy_pause`` 0) pauses only the least pause: it gives the
+    write lock way per transaction instead."""
+    from edgemon.collector.storage import maintenance
+
+    class Steps:
+        maintain_budget_ms = 60_000
+        left = 3
+
+        def maintain_step(self, now: int) -> bool:
+            clock[0] += 0.5  # each step takes half a second
+            self.left -= 1
+            return self.left > 0
+
+        def stats(self) -> Any:
+            return maintenance.StorageStats()
+
+    clock = [0.0]
+    pauses: list[float] = []
+    monkeypatch.setattr(maintenance.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(maintenance.time, "sleep", pauses.append)
+    runner = MaintenanceRunner(Steps(), busy=lambda: True,  # type: ignore[arg-type]
+                               busy_pause=busy_pause, idle_pause=0.0,
+                               backlog_interval=1e9, sizes_interval=1e9)
+    runner.refresh_gauges = lambda **_: None  # type: ignore[method-assign]
+    runner.run_round()
+    assert pauses == [max(maintenance.MIN_PAUSE, 0.5 * factor)] * 2

@@ -75,9 +75,8 @@ class MaintenanceRunner:
         wait (2: a third of the time). Both are for maintenance sharing the collector's
         interpreter; the compaction process, whose interpreter ingest does not need, gives 0
         for both: it leaves ingest the write lock after each of its transactions instead
-        (``SQLStore._give_way``), and a pause per step capped it at a third of its time while
-        ingest ran flat out (issue 18: it compacted ~105 k samples/s on 20 % of a core while
-        the back-log grew)."""
+        (``SQLStore._give_way``), where a pause per step would hold it to a third of its time
+        while ingest runs flat out."""
         self.storage = storage
         self.idle_pause = idle_pause
         self.busy_pause = busy_pause
