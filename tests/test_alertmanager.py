@@ -6,9 +6,11 @@ back after the Alertmanager restarts without a new transition. An HA pair gets e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,24 @@ class Feeder:
         self._thread.join()
 
 
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, alertmanagers: list[AlertmanagerConfig],
+                  hosts: dict[str, float], threshold: float = 20, **options: Any
+                  ) -> AsyncIterator[tuple[AlertingService, Feeder]]:
+    """An alerting service (the ``cpu-high`` rule at ``threshold``) sending to
+    ``alertmanagers``, with a ``Feeder`` writing ``hosts``' CPU, started; stopped on leaving."""
+    store = InMemoryGridStorage(interval_ms=1000)
+    service = AlertingService(store, tmp_path / "alerts.db",
+                              rules=parse_rules(rules(threshold)), external_url=EXTERNAL,
+                              resend_delay_ms=1000, alertmanagers=alertmanagers, **options)
+    with Feeder(store, hosts) as feeder:
+        await service.start()
+        try:
+            yield service, feeder
+        finally:
+            await service.stop()
+
+
 def cpu_alerts(am: Alertmanager) -> list[dict[str, Any]]:
     return [a for a in am.alerts() if a["labels"].get("alertname") == "cpu-high"]
 
@@ -100,63 +120,56 @@ def test_alert_lifecycle_in_a_real_alertmanager_pair(tmp_path: Path) -> None:
     am2 = Alertmanager(tmp_path / "am2").start()
 
     async def main() -> None:
-        store = InMemoryGridStorage(interval_ms=1000)
-        service = AlertingService(store, tmp_path / "alerts.db", rules=parse_rules(rules(50)),
-                                  external_url=EXTERNAL, resend_delay_ms=1000,
-                                  alertmanagers=[am_config(am1, "am1"), am_config(am2, "am2")])
         # 30 % CPU: quiet at a threshold of 50; the operator lowers it to 20
-        with Feeder(store, {"web-01": 30.0, "web-02": 10.0}) as feeder:
-            await service.start()
-            try:
-                await asyncio.sleep(0)  # let the loops begin
-                assert cpu_alerts(am1) == []
-                service.engine.set_rules(parse_rules(rules(20)))
-                for am in (am1, am2):
-                    await wait_until_async(lambda am=am: cpu_alerts(am), 20,
-                                           "the alert in both Alertmanagers")
-                alert = cpu_alerts(am1)[0]
-                assert alert["labels"] == {"alertname": "cpu-high", "host": "web-01",
-                                           "cpu": "total", "severity": "critical",
-                                           "team": "edge"}
-                assert alert["annotations"] == {"summary": "CPU 30 % on web-01"}
-                assert alert["generatorURL"].startswith(
-                    f"{EXTERNAL}/edgemon/api/v1/alerts/history?rule=cpu-high&host=web-01")
-                assert alert["status"]["state"] == "active"
-                listed = am1.amtool_query("alertname=cpu-high")
-                assert [a["labels"]["host"] for a in listed] == ["web-01"]
+        async with running(tmp_path, [am_config(am1, "am1"), am_config(am2, "am2")],
+                           {"web-01": 30.0, "web-02": 10.0}, threshold=50) as (service, feeder):
+            await asyncio.sleep(0)  # let the loops begin
+            assert cpu_alerts(am1) == []
+            service.engine.set_rules(parse_rules(rules(20)))
+            for am in (am1, am2):
+                await wait_until_async(lambda am=am: cpu_alerts(am), 20,
+                                       "the alert in both Alertmanagers")
+            alert = cpu_alerts(am1)[0]
+            assert alert["labels"] == {"alertname": "cpu-high", "host": "web-01",
+                                       "cpu": "total", "severity": "critical",
+                                       "team": "edge"}
+            assert alert["annotations"] == {"summary": "CPU 30 % on web-01"}
+            assert alert["generatorURL"].startswith(
+                f"{EXTERNAL}/edgemon/api/v1/alerts/history?rule=cpu-high&host=web-01")
+            assert alert["status"]["state"] == "active"
+            listed = am1.amtool_query("alertname=cpu-high")
+            assert [a["labels"]["host"] for a in listed] == ["web-01"]
 
-                # past resolve_timeout (2 s) and past one endsAt (4 x 1 s): still active
-                fired = transitions(service)
-                started = alert["startsAt"]
-                deadline = time.monotonic() + 7
-                while time.monotonic() < deadline:
-                    await asyncio.to_thread(time.sleep, 0.5)
-                    current = cpu_alerts(am1)
-                    assert len(current) == 1 and current[0]["startsAt"] == started
-                assert transitions(service) == fired
+            # past resolve_timeout (2 s) and past one endsAt (4 x 1 s): still active
+            fired = transitions(service)
+            started = alert["startsAt"]
+            deadline = time.monotonic() + 7
+            while time.monotonic() < deadline:
+                await asyncio.to_thread(time.sleep, 0.5)
+                current = cpu_alerts(am1)
+                assert len(current) == 1 and current[0]["startsAt"] == started
+            assert transitions(service) == fired
 
-                # the Alertmanager goes down, comes back empty: the alert is there again,
-                # without a new transition
-                am2.terminate()
-                await asyncio.to_thread(time.sleep, 1.5)  # a few failed sends, backing off
-                am2.start()
-                await wait_until_async(lambda: cpu_alerts(am2), 10,
-                                       "the alert back in the restarted Alertmanager")
-                assert transitions(service) == fired
-                assert cpu_alerts(am2)[0]["startsAt"] == started
+            # the Alertmanager goes down, comes back empty: the alert is there again,
+            # without a new transition
+            am2.terminate()
+            await asyncio.to_thread(time.sleep, 1.5)  # a few failed sends, backing off
+            am2.start()
+            await wait_until_async(lambda: cpu_alerts(am2), 10,
+                                   "the alert back in the restarted Alertmanager")
+            assert transitions(service) == fired
+            assert cpu_alerts(am2)[0]["startsAt"] == started
 
-                # edgemon resolves: both Alertmanagers resolve it
-                feeder.values["web-01"] = 5.0
-                for am in (am1, am2):
-                    await wait_until_async(lambda am=am: not cpu_alerts(am), 20,
-                                           "the alert resolved in both Alertmanagers")
-                resolved = [a for a in am1.alerts(active_only=False)
-                            if a["labels"].get("alertname") == "cpu-high"]
-                assert resolved == [] or resolved[0]["status"]["state"] != "active"
-                assert 'edgemon_alertmanager_errors_total{alertmanager="am2",reason="network"}' \
-                    in metrics_text(service)
-            finally:
-                await service.stop()
+            # edgemon resolves: both Alertmanagers resolve it
+            feeder.values["web-01"] = 5.0
+            for am in (am1, am2):
+                await wait_until_async(lambda am=am: not cpu_alerts(am), 20,
+                                       "the alert resolved in both Alertmanagers")
+            resolved = [a for a in am1.alerts(active_only=False)
+                        if a["labels"].get("alertname") == "cpu-high"]
+            assert resolved == [] or resolved[0]["status"]["state"] != "active"
+            assert 'edgemon_alertmanager_errors_total{alertmanager="am2",reason="network"}' \
+                in metrics_text(service)
 
     try:
         asyncio.run(main())
@@ -178,31 +191,23 @@ def test_resolution_ends_at_the_resolve_time(tmp_path: Path) -> None:
     am = Alertmanager(tmp_path / "am", webhook=webhook.url).start()
 
     async def main() -> None:
-        store = InMemoryGridStorage(interval_ms=1000)
-        service = AlertingService(store, tmp_path / "alerts.db", rules=parse_rules(rules(20)),
-                                  external_url=EXTERNAL, resend_delay_ms=1000,
-                                  alertmanagers=[am_config(am, "am")])
-        with Feeder(store, {"db-01": 40.0}) as feeder:
-            await service.start()
-            try:
-                await wait_until_async(lambda: cpu_alerts(am), 20, "the alert")
-                feeder.values["db-01"] = 1.0
-                await wait_until_async(lambda: not cpu_alerts(am), 20, "its resolution")
-                history = service.engine.store.history(status="resolved")
-                assert len(history) == 1
-                every = [a for a in am.alerts(active_only=False)
-                         if a["labels"].get("host") == "db-01"]
-                ends = {a["endsAt"] for a in every}
-                # Alertmanager keeps it with the endsAt we sent: the resolve (sample) time
-                assert len(every) <= 1 and all(
-                    e.startswith(_iso_second(history[0].ends_at)) for e in ends)
-                await wait_until_async(lambda: resolved(webhook, "db-01"), 20,
-                                       "the Alertmanager's resolved notification")
-                [first] = resolved(webhook, "db-01")[:1]
-                ends_at = datetime.fromisoformat(first["endsAt"])  # Go: ns, zeros dropped
-                assert round(ends_at.timestamp() * 1000) == history[0].ends_at
-            finally:
-                await service.stop()
+        async with running(tmp_path, [am_config(am, "am")], {"db-01": 40.0}) as (service, feeder):
+            await wait_until_async(lambda: cpu_alerts(am), 20, "the alert")
+            feeder.values["db-01"] = 1.0
+            await wait_until_async(lambda: not cpu_alerts(am), 20, "its resolution")
+            history = service.engine.store.history(status="resolved")
+            assert len(history) == 1
+            every = [a for a in am.alerts(active_only=False)
+                     if a["labels"].get("host") == "db-01"]
+            ends = {a["endsAt"] for a in every}
+            # Alertmanager keeps it with the endsAt we sent: the resolve (sample) time
+            assert len(every) <= 1 and all(
+                e.startswith(_iso_second(history[0].ends_at)) for e in ends)
+            await wait_until_async(lambda: resolved(webhook, "db-01"), 20,
+                                   "the Alertmanager's resolved notification")
+            [first] = resolved(webhook, "db-01")[:1]
+            ends_at = datetime.fromisoformat(first["endsAt"])  # Go: ns, zeros dropped
+            assert round(ends_at.timestamp() * 1000) == history[0].ends_at
 
     try:
         asyncio.run(main())
@@ -278,28 +283,20 @@ def test_an_alertmanager_over_tls_with_basic_auth(tmp_path: Path) -> None:
     assert am.url.startswith("https://")
 
     async def main() -> None:
-        store = InMemoryGridStorage(interval_ms=1000)
         good = AlertmanagerConfig(url=am.url, name="good", timeout_seconds=2,
                                   ca_file=certs.ca, username="edgemon", password=PASSWORD)
         wrong = AlertmanagerConfig(url=am.url, name="wrong", timeout_seconds=2,
                                    ca_file=certs.ca, username="edgemon", password="nope")
-        service = AlertingService(store, tmp_path / "alerts.db", rules=parse_rules(rules(20)),
-                                  external_url=EXTERNAL, resend_delay_ms=1000,
-                                  alertmanagers=[good, wrong])
-        with Feeder(store, {"tls-01": 40.0}):
-            await service.start()
-            try:
-                await wait_until_async(lambda: cpu_alerts(am), 20, "the alert over TLS")
-                assert [a["labels"]["host"] for a in cpu_alerts(am)] == ["tls-01"]
-                await wait_until_async(
-                    lambda: 'edgemon_alertmanager_errors_total{alertmanager="wrong",reason="401"}'
-                    in metrics_text(service), 20, "the wrong password's 401 counted")
-                good_errors = [line for line in metrics_text(service).splitlines()
-                               if line.startswith('edgemon_alertmanager_errors_total'
-                                                  '{alertmanager="good"')]
-                assert good_errors and all(line.endswith(" 0.0") for line in good_errors)
-            finally:
-                await service.stop()
+        async with running(tmp_path, [good, wrong], {"tls-01": 40.0}) as (service, _):
+            await wait_until_async(lambda: cpu_alerts(am), 20, "the alert over TLS")
+            assert [a["labels"]["host"] for a in cpu_alerts(am)] == ["tls-01"]
+            await wait_until_async(
+                lambda: 'edgemon_alertmanager_errors_total{alertmanager="wrong",reason="401"}'
+                in metrics_text(service), 20, "the wrong password's 401 counted")
+            good_errors = [line for line in metrics_text(service).splitlines()
+                           if line.startswith('edgemon_alertmanager_errors_total'
+                                              '{alertmanager="good"')]
+            assert good_errors and all(line.endswith(" 0.0") for line in good_errors)
 
     try:
         asyncio.run(main())
@@ -314,27 +311,19 @@ def test_a_collector_that_lost_the_lead_tells_alertmanager_nothing(tmp_path: Pat
     leading = {"now": True}
 
     async def main() -> None:
-        store = InMemoryGridStorage(interval_ms=1000)
-        service = AlertingService(store, tmp_path / "alerts.db", rules=parse_rules(rules(20)),
-                                  external_url=EXTERNAL, resend_delay_ms=1000,
-                                  alertmanagers=[am_config(am, "am")],
-                                  should_run=lambda: leading["now"])
-        notifier = service.alertmanagers
-        assert notifier is not None
-        with Feeder(store, {"db-01": 40.0}):
-            await service.start()
-            try:
-                await wait_until_async(lambda: cpu_alerts(am), 20, "the alert, sent while leading")
-                [target] = notifier.targets
-                leading["now"] = False
-                target.sent.clear()  # everything is due again
-                await notifier.send_due(target)
-                assert target.sent == {}, "a follower posted to Alertmanager"
-                leading["now"] = True
-                await notifier.send_due(target)
-                assert target.sent, "the leader did not post the due alert"
-            finally:
-                await service.stop()
+        async with running(tmp_path, [am_config(am, "am")], {"db-01": 40.0},
+                           should_run=lambda: leading["now"]) as (service, _):
+            notifier = service.alertmanagers
+            assert notifier is not None
+            await wait_until_async(lambda: cpu_alerts(am), 20, "the alert, sent while leading")
+            [target] = notifier.targets
+            leading["now"] = False
+            target.sent.clear()  # everything is due again
+            await notifier.send_due(target)
+            assert target.sent == {}, "a follower posted to Alertmanager"
+            leading["now"] = True
+            await notifier.send_due(target)
+            assert target.sent, "the leader did not post the due alert"
 
     try:
         asyncio.run(main())
