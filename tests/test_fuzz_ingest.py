@@ -788,6 +788,28 @@ def test_a_host_holding_its_share_of_the_inbox_leaves_room_for_the_others() -> N
         loop.close()
 
 
+def test_a_bad_host_id_over_its_inbox_share_is_counted_without_its_text() -> None:
+    """A topic whose host part is not a valid host id (markup, 4 KB) and that holds its share of
+    the inbox is counted ``rate_limited`` under ``_unknown``, as the rate limit counts it: the text
+    never reaches the rejects that /metrics and the dashboard show."""
+    loop = asyncio.new_event_loop()
+    inbox = Inbox(loop, max_messages=100, max_bytes=1 << 20, host_share=1)
+    rejects = Rejects()
+    front = MqttIngest(MqttConfig(client_id="share-front"), inbox)  # never connects
+    front.use_rate_limit(RateLimiter(messages_per_second=0, message_burst=1,
+                                     bytes_per_second=0, byte_burst=1, max_hosts=10), rejects)
+    hostile = "<img src=x onerror=alert(1)>" + "x" * 4000
+    try:
+        for mid in (1, 2):
+            message = mqtt.MQTTMessage(mid=mid, topic=f"edgemon/v1/{hostile}/metrics".encode())
+            message.payload, message.qos = b"x", 1
+            front._handle(message)
+        assert front.rate_limited == 1
+        assert rejects.by_host_reason() == {("_unknown", "rate_limited"): 1}
+    finally:
+        loop.close()
+
+
 def test_rate_limiter_table_is_bounded_and_idle_hosts_give_way() -> None:
     clock = [0.0]
     limiter = RateLimiter(messages_per_second=10, message_burst=1, bytes_per_second=0,

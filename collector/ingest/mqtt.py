@@ -74,7 +74,7 @@ from paho.mqtt.properties import Properties
 
 from edgemon.collector.config import MqttConfig
 from edgemon.collector.ingest.flood_guard import FloodGuard
-from edgemon.collector.ingest.inbox import Inbox, RawMessage, host_of
+from edgemon.collector.ingest.inbox import Inbox, RawMessage
 from edgemon.collector.ingest.rate_limit import RateLimiter, message_cost
 from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.ingest.stall import StallDetector, StallState, probe_topic
@@ -558,13 +558,9 @@ class MqttIngest:
         if self.rate_limiter is not None:
             self.rate_limiter.charge(host, size)
 
-    def _over_rate_limit(self, topic: str, payload: bytes, size: int) -> bool:
-        """Whether the message's host (from the topic) is over its rate limit; every message
-        also counts towards its host's flood check."""
-        try:
-            host: str | None = parse_topic(topic).host
-        except ProtocolError:
-            host = None  # bad topics share one bucket (and are rejected by the pipeline)
+    def _over_rate_limit(self, host: str | None, payload: bytes, size: int) -> bool:
+        """Whether the message's ``host`` (None: a bad topic) is over its rate limit; every
+        message also counts towards its host's flood check."""
         if host is not None and self.flood.received(host):
             self._wake.set()  # a new flooder: the watcher leaves it out at once
         limiter = self.rate_limiter
@@ -597,10 +593,14 @@ class MqttIngest:
         if self.inbox.closed:
             self.refused_stopping += 1
             return REFUSED  # left for the broker to deliver to the next run
-        if self._over_rate_limit(topic, payload, size):
+        try:
+            host: str | None = parse_topic(topic).host  # checked: it may reach the rejects
+        except ProtocolError:
+            host = None  # bad topics share one bucket (and are rejected by the pipeline)
+        if self._over_rate_limit(host, payload, size):
             return DROPPED  # counted; its agent sends the batch again
         if self.inbox.over_share(topic):  # room kept for the other hosts (inbox.py)
-            self._count_rate_limited(host_of(topic) or None, "the host holds its share of the "
+            self._count_rate_limited(host, "the host holds its share of the "
                                      "inbox; the agent sends the batch again after its ack "
                                      "timeout")
             return DROPPED
