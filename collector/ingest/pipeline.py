@@ -56,7 +56,6 @@ from edgemon.collector.ingest.examine import (
 )
 from edgemon.collector.ingest.mqtt import Inbox, MqttIngest, RawMessage, now_ms
 from edgemon.collector.ingest.outcomes import IngestStats, Outcome
-from edgemon.collector.ingest.rate_limit import RateLimiter
 from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.ingest.workers import Task, WorkerPool
 from edgemon.collector.storage.base import IngestItem, Storage, StoreResult
@@ -101,12 +100,9 @@ class IngestPipeline:
                                max_series=config.max_series_per_host,
                                max_new_per_hour=config.max_new_series_per_hour) \
             if config.workers else None
-        # the hosts' budgets of resolved bytes when workers examine (examine.py)
-        limit = _resolve_limit(config)
-        self.resolve_limit = RateLimiter(messages_per_second=0, message_burst=1,
-                                         bytes_per_second=limit["resolve_bytes_per_second"],
-                                         byte_burst=limit["resolve_byte_burst"],
-                                         max_hosts=limit["max_hosts"])
+        # the hosts' budgets of resolved bytes (examine.py): the examiner's, also when workers
+        # examine, so a host has one budget whichever examines its batches
+        self.resolve_limit = self.examiner.resolve_limit
         self._round = 0
         self.storage_ok = True  # False while the storage refuses every write
         self.heartbeat = time.monotonic()  # last turn of the worker loop (systemd watchdog)
@@ -292,9 +288,7 @@ class IngestPipeline:
         tasks = [Task(m.topic, m.payload, m.received_ms, budget=self._budget(m.topic),
                       round=self._round, project=project) for m in msgs]
         facts = await self._examined(tasks, list(range(len(tasks))), [None] * len(tasks))
-        for f in facts:  # what was resolved leaves the host's budget
-            if f.charge and f.host is not None:
-                self.resolve_limit.charge(f.host, f.charge)
+        self._charge_resolved(facts)
         again = []
         for i, f in enumerate(facts):
             if f.series and f.host is not None:
@@ -305,10 +299,7 @@ class IngestPipeline:
                     again.append(i)
         if again:  # the second look resolves the batch again: its budget pays for that too
             facts = await self._examined(tasks, again, facts)
-            for i in again:  # (the byte rate limit is charged the resolved size once)
-                f = facts[i]
-                if f.charge and f.host is not None:
-                    self.resolve_limit.charge(f.host, f.charge)
+            self._charge_resolved([facts[i] for i in again])
         self.stats.worker_restarts = self.pool.restarts
         self.stats.worker_crashes = self.pool.crashed
         return [self._outcome(m, f) for m, f in zip(msgs, facts, strict=True)]
@@ -346,6 +337,14 @@ class IngestPipeline:
         accepted batch's columns are projected on where it is examined (``Facts.projected``)."""
         cache = getattr(self.storage, "pending_cache", None)
         return frozenset() if cache is None else cache.hot()
+
+    def _charge_resolved(self, facts: list[Facts]) -> None:
+        """What resolving these batches cost leaves their hosts' budgets of resolved bytes (a
+        second look is charged again; the byte rate limit of the MQTT front only once, by
+        ``Facts.charge`` in ``_outcome``)."""
+        for f in facts:
+            if f.charge and f.host is not None:
+                self.resolve_limit.charge(f.host, f.charge)
 
     def _budget(self, topic: str) -> float | None:
         """Resolved bytes the topic's host may spend in this round (None: no limit)."""
