@@ -748,17 +748,25 @@ def test_rate_limited_messages_are_acknowledged_dropped_and_counted(tmp_path: Pa
         rig.loop.close()
 
 
+def _share_front(loop: asyncio.AbstractEventLoop, host_share: int
+                 ) -> tuple[Inbox, MqttIngest, Rejects]:
+    """An MQTT front (never connected) over an inbox of ``host_share`` messages a host, with a
+    rate limit that lets everything through."""
+    inbox = Inbox(loop, max_messages=100, max_bytes=1 << 20, host_share=host_share)
+    rejects = Rejects()
+    front = MqttIngest(MqttConfig(client_id="share-front"), inbox)
+    front.use_rate_limit(RateLimiter(messages_per_second=0, message_burst=1,
+                                     bytes_per_second=0, byte_burst=1, max_hosts=10), rejects)
+    return inbox, front, rejects
+
+
 def test_a_host_holding_its_share_of_the_inbox_leaves_room_for_the_others() -> None:
     """A flooding host holds at most ``queue_max_per_host`` messages of the inbox: beyond that
     its messages are acknowledged, dropped and counted ``rate_limited`` (its agent sends them
     again), so the inbox never fills for everyone, and another host's message waits behind at
     most that many of the flooding host's."""
     loop = asyncio.new_event_loop()
-    inbox = Inbox(loop, max_messages=100, max_bytes=1 << 20, host_share=3)
-    rejects = Rejects()
-    front = MqttIngest(MqttConfig(client_id="share-front"), inbox)  # never connects
-    front.use_rate_limit(RateLimiter(messages_per_second=0, message_burst=1,
-                                     bytes_per_second=0, byte_burst=1, max_hosts=10), rejects)
+    inbox, front, rejects = _share_front(loop, host_share=3)
 
     def publish(host: str, mid: int) -> None:
         message = mqtt.MQTTMessage(mid=mid, topic=f"edgemon/v1/{host}/metrics".encode())
@@ -793,11 +801,7 @@ def test_a_bad_host_id_over_its_inbox_share_is_counted_without_its_text() -> Non
     the inbox is counted ``rate_limited`` under ``_unknown``, as the rate limit counts it: the text
     never reaches the rejects that /metrics and the dashboard show."""
     loop = asyncio.new_event_loop()
-    inbox = Inbox(loop, max_messages=100, max_bytes=1 << 20, host_share=1)
-    rejects = Rejects()
-    front = MqttIngest(MqttConfig(client_id="share-front"), inbox)  # never connects
-    front.use_rate_limit(RateLimiter(messages_per_second=0, message_burst=1,
-                                     bytes_per_second=0, byte_burst=1, max_hosts=10), rejects)
+    _, front, rejects = _share_front(loop, host_share=1)
     hostile = "<img src=x onerror=alert(1)>" + "x" * 4000
     try:
         for mid in (1, 2):
