@@ -7,10 +7,15 @@ from paho's thread; the runner asks, from its own thread:
   ``online`` (batches then stay in the buffer instead of going into the void). An agent that
   has seen no presence at all (an older collector, or a broker that lost its retained
   messages) publishes as before and relies on the ack timeout.
-- ``take_came_online()``: True once after a collector came online: no collector was online
-  before (or we had just reconnected and knew nothing yet), or a collector announced itself
-  live (not a retained replay: it has just connected and subscribed, so whatever we sent
-  before may have reached nobody). The runner then re-sends everything unacknowledged at once.
+- ``take_came_online()``: True once after a collector came online when none was (or we had
+  just reconnected and knew nothing yet): whatever we sent meanwhile may have reached nobody,
+  so the runner re-sends everything unacknowledged at once. Not when a collector that is
+  online announces itself again (its role changed: it does so several times around a
+  restart) nor when a second one comes online beside one that is: what we sent reached the
+  one online, and each needless re-send of a whole window lands in that host's inbox share
+  at the collector on top of the window itself (over it, a batch is dropped and waits out
+  the ack timeout). A collector that reconnects without its offline state being seen (a
+  half-open connection taken over) is covered by its persistent session and the ack timeout.
 
 Every (re)connection of the agent forgets what it knew (``reset``): the broker's retained
 states arrive right after the subscription and tell the truth again.
@@ -63,8 +68,7 @@ class CollectorPresence:
             else:
                 self._online[collector] = state.online
             now_online = any(self._online.values())
-            if now_online and (not was_online or (state is not None and state.online
-                                                  and not retained)):
+            if now_online and not was_online:
                 self._came_online = True
         if was_online != now_online:
             if now_online:

@@ -183,8 +183,14 @@ def test_presence_allows_publishing_unless_collectors_are_known_and_none_is_onli
     assert not presence.take_came_online()  # once
     presence.update(topic("b"), state("b", True), retained=True)
     assert not presence.take_came_online()  # a retained replay of what we knew
+    presence.update(topic("b"), state("b", True), retained=False)
+    assert not presence.take_came_online()  # b announced itself again (a role change)
     presence.update(topic("a"), state("a", True), retained=False)
-    assert presence.take_came_online()  # a collector has just (re)subscribed: send again
+    assert not presence.take_came_online()  # a second one beside b: what we sent reached b
+    presence.update(topic("a"), state("a", False), retained=False)
+    presence.update(topic("b"), state("b", False), retained=False)
+    presence.update(topic("a"), state("a", True), retained=False)
+    assert presence.take_came_online()  # none was online, now a is: send again
     presence.update(topic("a"), state("a", False), retained=False)
     presence.update(topic("b"), state("b", False), retained=False)
     assert not presence.publishing_allowed and presence.online_collectors() == []
