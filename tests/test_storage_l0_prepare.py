@@ -58,7 +58,9 @@ def random_items(rng: random.Random, hosts: int, per_host: int) -> list[IngestIt
 
 
 def stored(store: SQLStorage) -> dict[str, list[Any]]:
-    """Every row compaction writes, blobs included, in id order."""
+    """Every row compaction writes, blobs included, in id order; a series by (host id, name,
+    labels), not by its id (which ids a backend's sequence gives depends on the transactions
+    that made series, e.g. PostgreSQL's retried for a missing partition)."""
     queries = {
         "series": "SELECT id, host_id, name, labels, kind, scale, first_ms, last_ms FROM series",
         "blocks": "SELECT id, host_id, window_ms, n, times FROM blocks",
@@ -68,8 +70,13 @@ def stored(store: SQLStorage) -> dict[str, list[Any]]:
         "rollups": "SELECT series_id, tier, window_ms, data FROM rollups",
     }
     with store._read() as db:
-        return {name: sorted(tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
-                             for row in db.execute(sql)) for name, sql in queries.items()}
+        key = {sid: (hid, name, labels) for sid, hid, name, labels in db.execute(
+            "SELECT id, host_id, name, labels FROM series")}
+        out = {name: [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                      for row in db.execute(sql)] for name, sql in queries.items()}
+    for name in ("series", "chunks", "rollups"):
+        out[name] = [(key[row[0]], *row[1:]) for row in out[name]]
+    return {name: sorted(rows) for name, rows in out.items()}
 
 
 def raw_samples(store: SQLStorage) -> list[tuple[str, str, str, int, float]]:
@@ -98,18 +105,18 @@ class Spying:
         self.prepare = True
         self.between: Callable[[Any], None] | None = None
 
-    def _prepare_l0(self, *args: Any) -> L0Plan | None:
-        plan = super()._prepare_l0(*args) if self.prepare else None  # type: ignore[misc]
-        if plan is not None and self.between is not None:
+    def _prepare_l0(self, *args: Any) -> L0Plan | str:
+        plan = super()._prepare_l0(*args) if self.prepare else "off"  # type: ignore[misc]
+        if isinstance(plan, L0Plan) and self.between is not None:
             between, self.between = self.between, None
             between(self)
         return plan
 
-    def _apply_l0(self, db: Any, plan: L0Plan) -> bool:
-        done: bool = super()._apply_l0(db, plan)  # type: ignore[misc]
-        self.applied += done
-        self.fallbacks += not done
-        return done
+    def _apply_l0(self, db: Any, plan: L0Plan) -> str | None:
+        why: str | None = super()._apply_l0(db, plan)  # type: ignore[misc]
+        self.applied += why is None
+        self.fallbacks += why is not None
+        return why
 
     def _prepare_l1(self, windows: list[tuple[int, int]]) -> L1Plan | None:
         plan = super()._prepare_l1(windows) if self.prepare else None  # type: ignore[misc]
