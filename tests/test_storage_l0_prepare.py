@@ -330,6 +330,39 @@ def test_no_encoding_in_the_write_transaction_once_the_series_exist(
     st.close()
 
 
+def test_new_hosts_are_compacted_from_a_plan_once_their_series_are_made(stores: Stores) -> None:
+    """A host's first batches: their series are made in a short transaction of their own,
+    then the part is written from its plan like any other (no in-lock fallback, counted by
+    reason in the storage's stats), every sample once."""
+    st = open_spying(stores)
+    sent = [(f"h{h}", [(T0 + seq * 60_000 + k * 10_000, m, f"eth{seq % 2}", seq * 10 + k)
+                       for k in range(6) for m in (0, 1)])
+            for seq in range(3) for h in range(4)]
+    st.store_batches([batch(host, "i1", i // 4, points) for i, (host, points) in enumerate(sent)])
+    st.compact_all(NOW)
+    counts = st.stats().compaction
+    assert st.fallbacks == 0 and st.applied >= 1
+    assert counts["l0_prepared"] == st.applied and counts["l0_series_transactions"] >= 1
+    assert not [k for k in counts if k.startswith("l0_in_lock")]
+    assert samples(st) == expected(sent)
+    assert st.backlog()["pending_batches"] == 0
+    st.close()
+
+
+def test_a_plan_rejected_under_the_lock_is_counted_by_reason(stores: Stores) -> None:
+    st, _, sent = exactly_once_setup(stores)
+
+    def elsewhere(_: Any) -> None:
+        with other_process(stores) as other:
+            other.compact_all(NOW)
+
+    st.between = elsewhere
+    st.compact_all(NOW)
+    assert st.stats().compaction["l0_in_lock_batches_changed"] == st.fallbacks >= 1
+    assert samples(st) == expected(sent)
+    st.close()
+
+
 class Flag:
     """A stand-in for the shared ``multiprocessing.Value``: every value it was set to."""
 
@@ -363,6 +396,58 @@ def test_compaction_raises_the_waiting_flag_only_until_it_has_the_lock(stores: S
     assert flag.value == 0 and flag.history[:2] == [1, 0]
     numbers = [v for v in flag.history if v]
     assert numbers == list(range(1, len(numbers) + 1))  # each wait has a number of its own
+    st.close()
+
+
+def test_compaction_gives_way_only_while_the_writer_waits(stores: Stores) -> None:
+    """With the writer's flag (SQLite, a compaction process), compaction leaves the lock free
+    before a write transaction only while ingest's writer waits for it, until the writer has
+    it (its wait's number changes); a writer that does not wait costs it no pause."""
+    st, _, sent = exactly_once_setup(stores)
+    st.give_way = lambda: True  # messages wait: without the flag, a gap after every commit
+    looks: list[int] = []
+
+    def waits() -> int:  # the writer waits (wait 5) for the first two looks at each turn
+        looks.append(1)
+        return 5 if len(looks) % 4 in (1, 2) else 0
+
+    st.writer_waits = waits
+    turns = [0]  # compaction write transactions
+    write = st._write
+
+    @contextmanager
+    def counted() -> Iterator[Any]:
+        turns[0] += 1
+        with write() as db:
+            yield db
+
+    st._write = counted
+    st.compact_all(NOW)
+    gave_way = st.stats().compaction["gave_way"]
+    assert 1 <= gave_way < turns[0]
+    # a turn the writer waited at: looked until its wait ended (3 looks), else once
+    assert len(looks) == turns[0] + 2 * gave_way
+    assert samples(st) == expected(sent)
+    st.close()
+
+
+def test_the_writer_raises_its_flag_only_until_it_has_the_lock(stores: Stores) -> None:
+    st = open_spying(stores)
+    flag = st.writer_flag = Flag()
+    inside: list[int] = []
+    write = st._write
+
+    @contextmanager
+    def watched() -> Iterator[Any]:
+        inside.append(flag.value)  # waiting for the lock now
+        with write() as db:
+            yield db
+
+    st._write = watched
+    for seq in range(3):
+        st.store_batches([batch("h9", "i1", seq, [(T0 + seq * 1000, 0, "", 1)])])
+    assert inside == [1, 2, 3] and flag.value == 0
+    assert st.stats().compaction["writer_transactions"] == 3
     st.close()
 
 
