@@ -291,8 +291,9 @@ def _storage_families(maintenance: MaintenanceRunner,
                   "prepared without the write lock), l0_in_lock_<reason> (done inside it, and "
                   "why), l0_series_transactions (series made ahead of a plan), gave_way and "
                   "gave_way_seconds (compaction leaving the lock to the waiting writer), "
-                  "writer_transactions, writer_wait_seconds, writer_waits_over_100ms (ingest's "
-                  "writer waiting for the lock)", ["event"],
+                  "<who>_transactions, <who>_wait_seconds, <who>_waits_over_100ms, "
+                  "<who>_hold_seconds (who: writer, ingest's; compaction: its write "
+                  "transactions, waiting for and holding the write lock)", ["event"],
                   [([k], round(v, 6)) for k, v in sorted(maintenance.stats.compaction.items())])
     g = maintenance.gauges
     if g.tier_bytes:

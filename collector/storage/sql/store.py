@@ -207,40 +207,41 @@ class SQLStore:
         """A compaction write transaction: after its turn (``_take_turn``), with the shared flag
         raised while it waits for the lock (to the number of this wait, never 0)."""
         self._take_turn()
-        with self._flagged_write(self.waiting_flag, "_wait_number") as (db, _):
+        with self._flagged_write(self.waiting_flag, "_wait_number", "compaction") as db:
             yield db
 
     @contextmanager
     def _ingest_write(self) -> Iterator[Any]:
         """Ingest's write transaction: after leaving a waiting compaction its turn
-        (``_let_compaction_in``), with the writer's flag raised while it waits for the lock;
-        how long it waited is counted (``writer_*``)."""
+        (``_let_compaction_in``), with the writer's flag raised while it waits for the lock."""
         self._let_compaction_in()
-        with self._flagged_write(self.writer_flag, "_writer_wait_number") as (db, waited):
-            self.counts["writer_transactions"] += 1
-            self.counts["writer_wait_seconds"] += waited
-            if waited >= 0.1:
-                self.counts["writer_waits_over_100ms"] += 1
+        with self._flagged_write(self.writer_flag, "_writer_wait_number", "writer") as db:
             yield db
 
     @contextmanager
-    def _flagged_write(self, flag: Any, counter: str) -> Iterator[tuple[Any, float]]:
+    def _flagged_write(self, flag: Any, number: str, who: str) -> Iterator[Any]:
         """A write transaction with the shared ``flag`` (if any) raised to the number of this
-        wait (never 0, counted in attribute ``counter``) until it has the lock; the
-        transaction and the seconds that took."""
+        wait (never 0, kept in attribute ``number``) until it has the lock; counted in
+        ``counts`` as ``who``'s: transactions, seconds waiting for the lock (waits of 100 ms
+        or more), seconds holding it (the commit included)."""
         began = time.monotonic()
         if flag is not None:
-            number = getattr(self, counter) % 2_000_000_000 + 1
-            setattr(self, counter, number)
-            flag.value = number
+            setattr(self, number, getattr(self, number) % 2_000_000_000 + 1)
+            flag.value = getattr(self, number)
         try:
             with self._write() as db:
                 if flag is not None:
                     flag.value = 0
-                yield db, time.monotonic() - began
+                got = time.monotonic()
+                yield db
         finally:
             if flag is not None:
                 flag.value = 0
+        done, counts = time.monotonic(), self.counts
+        counts[f"{who}_transactions"] += 1
+        counts[f"{who}_wait_seconds"] += got - began
+        counts[f"{who}_waits_over_100ms"] += got - began >= 0.1
+        counts[f"{who}_hold_seconds"] += done - got
 
     def _let_compaction_in(self) -> None:
         """Before an ingest write transaction: while the compaction process waits for the
