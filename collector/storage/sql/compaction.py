@@ -32,7 +32,9 @@ from edgemon.collector.storage.sql.block_blobs import BlockBlobs, encode_blocks,
 from edgemon.collector.storage.sql.layouts import Gathered, NewSeries, Resolved, gather
 from edgemon.collector.storage.sql.store import TIERS, SQLStore, chunked, log, placeholders
 
-__all__ = ["Compaction", "L0Plan", "L1Plan"]
+__all__ = ["BEHIND_TXN_FACTOR", "Compaction", "L0Plan", "L1Plan"]
+
+BEHIND_TXN_FACTOR = 2  # L0 transactions of up to this many times txn_samples while behind
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +83,11 @@ class Compaction(SQLStore):
         if not chosen:
             return False
         decoded = self._decode_chosen([batch_id for _, batch_id, _ in chosen])
-        for part in _transactions(chosen, min(self.txn_samples, self.step_samples)):
+        # behind (more is due than a step takes): fewer, larger transactions, each commit (an
+        # fsync with SQLite's synchronous=FULL) costing the write lock as much as writing
+        # 10-20 k prepared samples
+        bound = self.txn_samples * (BEHIND_TXN_FACTOR if more else 1)
+        for part in _transactions(chosen, min(bound, self.step_samples)):
             self._compact_part(part, decoded, cut, now_ms)
         return more
 
