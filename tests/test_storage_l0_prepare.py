@@ -17,7 +17,7 @@ import pytest
 
 from edgemon.collector.storage.base import IngestItem
 from edgemon.collector.storage.sql import SQLStorage, block_blobs
-from edgemon.collector.storage.sql.compaction import L0Plan, L1Plan
+from edgemon.collector.storage.sql.compaction import BEHIND_TXN_FACTOR, L0Plan, L1Plan
 from edgemon.protocol import COUNTER, GAUGE, BatchBuilder, MetricDef, decode, encode
 from edgemon.protocol.schema import validate_batch
 from tests.support.storages import Stores
@@ -360,6 +360,34 @@ def test_a_plan_rejected_under_the_lock_is_counted_by_reason(stores: Stores) -> 
     st.compact_all(NOW)
     assert st.stats().compaction["l0_in_lock_batches_changed"] == st.fallbacks >= 1
     assert samples(st) == expected(sent)
+    st.close()
+
+
+def test_l0_transactions_grow_only_while_compaction_is_behind(stores: Stores) -> None:
+    """At most ``txn_samples`` per L0 transaction while a step takes all that is due; up to
+    ``BEHIND_TXN_FACTOR`` times that while more is due than a step takes."""
+    st = open_spying(stores)
+    st.txn_samples, st.step_samples = 30, 120
+    sent = [(f"h{h}", [(T0 + seq * 60_000 + k * 10_000, 0, "", seq * 10 + k)
+                       for k in range(6)]) for seq in range(2) for h in range(30)]
+    st.store_batches([batch(host, "i1", i // 30, points) for i, (host, points) in enumerate(sent)])
+    sizes: list[tuple[bool, int]] = []  # (behind, samples) of each L0 transaction
+    step, part = st._compact_pending, st._compact_part
+    behind = [False]
+
+    def watched_step(now_ms: int) -> bool:
+        behind[0] = st.backlog(now_ms)["pending_samples"] > st.step_samples
+        return bool(step(now_ms))
+
+    def watched_part(chosen: list[tuple[int, int, int]], *args: Any) -> None:
+        sizes.append((behind[0], sum(n for *_, n in chosen)))
+        part(chosen, *args)
+
+    st._compact_pending, st._compact_part = watched_step, watched_part
+    st.compact_all(NOW)
+    assert samples(st) == expected(sent)
+    assert max(n for late, n in sizes if not late) <= st.txn_samples
+    assert max(n for late, n in sizes if late) == BEHIND_TXN_FACTOR * st.txn_samples
     st.close()
 
 
