@@ -33,7 +33,7 @@ from tests.test_fuzz_ingest import (
     hostile,
 )
 
-pytestmark = pytest.mark.skipif(stored_reader.msgspec is None, reason="msgspec not installed")
+pytestmark = pytest.mark.skipif(not stored_reader.available(), reason="msgspec not installed")
 
 
 def complete(payload: bytes) -> BatchColumns | None:

@@ -5,9 +5,10 @@ rule of SPEC.md) before it was stored. Reading it back for compaction, queries a
 that check cost a third of the decode (``schema.check_decoded``), for rules storage does not
 rely on. ``read_common`` takes the msgpack of a payload of the common shape (exactly the seven
 known keys in a fixmap, strings and integers where the layout has them, at most
-``fast_reader.MAX_FAST_BYTES``: the shape and bound of ingest's own msgspec reader) with
-msgspec's typed decoder (C: types and array lengths within the limits, never an allocation from
-a length it has not read bytes for), and keeps of the protocol's rules those storage relies on:
+``fast_reader.MAX_FAST_BYTES``) with ingest's own msgspec typed decoder
+(``fast_reader.read_typed``: types, array and string lengths within the limits, in C, never an
+allocation from a length it has not read bytes for), and keeps of the protocol's rules those
+storage relies on:
 
 - the version (a later format is not read as this one);
 - the metric heads (names, kinds, units, scales, unique valid label keys: what a series is
@@ -16,59 +17,30 @@ a length it has not read bytes for), and keeps of the protocol's rules those sto
 
 Storage's own checks follow in ``batches._columns`` (counts, offsets, 64-bit increasing
 timestamps, non-empty values). Not run again: the host and instance ids (storage files a batch
-under the host its row names), ``seq`` and ``sent`` (kept in the row), the byte length of label
-values, the overflow of cumulated values (storage's sums wrap), one series in two entries (the
-later sample wins, as across batches), the batch's totals (bounded by the msgpack's size).
+under the host its row names), ``seq`` and ``sent`` (kept in the row), the UTF-8 byte length
+of strings (their length in characters is bounded), the overflow of cumulated values
+(storage's sums wrap), one series in two entries (the later sample wins, as across batches),
+the batch's totals (bounded by the msgpack's size).
 Anything else (another shape, a decode error, a head or version that fails) is ``None``: the
 caller reads the payload the complete way, which reads or names precisely why not.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Any
 
 from edgemon.protocol import limits
-from edgemon.protocol.fast_reader import MAX_FAST_BYTES
+from edgemon.protocol.fast_reader import available, read_typed
 from edgemon.protocol.schema import good_heads
 
-__all__ = ["read_common"]
-
-_FIXMAP_7: Final = 0x87  # a fixmap of exactly the seven known keys: none twice, none unknown
-
-try:
-    import msgspec
-except ImportError:  # without msgspec every payload is read the complete way
-    msgspec = None  # type: ignore[assignment]
-
-if msgspec is not None:
-    _Entry = tuple[Annotated[list[str], msgspec.Meta(max_length=limits.MAX_LABELS)], int,
-                   Annotated[list[int], msgspec.Meta(max_length=limits.MAX_TIMESTAMPS)]]
-    _Metric = tuple[str, str, str, int,
-                    Annotated[list[str], msgspec.Meta(max_length=limits.MAX_LABELS)],
-                    Annotated[list[_Entry], msgspec.Meta(max_length=limits.MAX_SERIES)]]
-
-    class _Stored(msgspec.Struct, forbid_unknown_fields=True):
-        v: int
-        host: str
-        instance: str
-        seq: int
-        sent: int
-        t: Annotated[list[int], msgspec.Meta(max_length=limits.MAX_TIMESTAMPS)]
-        metrics: Annotated[list[_Metric], msgspec.Meta(max_length=limits.MAX_METRICS)]
-
-    _decoder = msgspec.msgpack.Decoder(_Stored)
+__all__ = ["available", "read_common"]
 
 
 def read_common(packed: bytes) -> tuple[list[int], list[Any]] | None:
     """(timestamp deltas, metrics as tuples) of the msgpack of a stored payload of the common
     shape whose version and metric heads pass, else None."""
-    if msgspec is None or not packed or packed[0] != _FIXMAP_7 or len(packed) > MAX_FAST_BYTES:
-        return None
-    try:
-        b = _decoder.decode(packed)
-    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
-        return None
-    if b.v != limits.VERSION or not good_heads(b.metrics) \
+    b = read_typed(packed)
+    if b is None or b.v != limits.VERSION or not good_heads(b.metrics) \
             or len({m[0] for m in b.metrics}) != len(b.metrics):
         return None
     return b.t, b.metrics
