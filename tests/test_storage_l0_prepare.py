@@ -394,9 +394,8 @@ class Flag:
         self.history.append(v)
 
 
-def test_compaction_raises_the_waiting_flag_only_until_it_has_the_lock(stores: Stores) -> None:
-    st, _, _ = exactly_once_setup(stores)
-    flag = st.waiting_flag = Flag()
+def flag_at_each_write(st: Any, flag: Flag) -> list[int]:
+    """The value of ``flag`` as each of the store's write transactions asks for the lock."""
     inside: list[int] = []
     write = st._write
 
@@ -407,6 +406,13 @@ def test_compaction_raises_the_waiting_flag_only_until_it_has_the_lock(stores: S
             yield db
 
     st._write = watched
+    return inside
+
+
+def test_compaction_raises_the_waiting_flag_only_until_it_has_the_lock(stores: Stores) -> None:
+    st, _, _ = exactly_once_setup(stores)
+    flag = st.waiting_flag = Flag()
+    inside = flag_at_each_write(st, flag)
     st.compact_all(NOW)
     assert inside and all(inside)  # raised (to the wait's number) while it waited
     assert flag.value == 0 and flag.history[:2] == [1, 0]
@@ -450,16 +456,7 @@ def test_compaction_gives_way_only_while_the_writer_waits(stores: Stores) -> Non
 def test_the_writer_raises_its_flag_only_until_it_has_the_lock(stores: Stores) -> None:
     st = open_spying(stores)
     flag = st.writer_flag = Flag()
-    inside: list[int] = []
-    write = st._write
-
-    @contextmanager
-    def watched() -> Iterator[Any]:
-        inside.append(flag.value)  # waiting for the lock now
-        with write() as db:
-            yield db
-
-    st._write = watched
+    inside = flag_at_each_write(st, flag)
     for seq in range(3):
         st.store_batches([batch("h9", "i1", seq, [(T0 + seq * 1000, 0, "", 1)])])
     assert inside == [1, 2, 3] and flag.value == 0
