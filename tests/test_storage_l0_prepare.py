@@ -351,6 +351,24 @@ def test_new_hosts_are_compacted_from_a_plan_once_their_series_are_made(stores: 
     st.close()
 
 
+def test_a_restarted_compaction_finds_the_series_made_before(stores: Stores) -> None:
+    """Caches empty, series in the store: the series transaction finds them (one read of the
+    hosts' rows), makes none again, and the parts are written from their plans."""
+    st, _, sent = exactly_once_setup(stores)
+    with st._read() as db:
+        before = db.execute("SELECT id, host_id, name, labels FROM series ORDER BY id").fetchall()
+    st.close()
+    again = open_spying(stores)
+    again.compact_all(NOW)
+    with again._read() as db:
+        after = db.execute("SELECT id, host_id, name, labels FROM series ORDER BY id").fetchall()
+    assert after == before and len(before) == 6  # 3 hosts x 2 series
+    assert again.fallbacks == 0 and again.applied >= 1
+    assert again.stats().compaction["l0_series_transactions"] >= 1
+    assert samples(again) == expected(sent)
+    again.close()
+
+
 def test_l0_transactions_grow_only_while_compaction_is_behind(stores: Stores) -> None:
     """At most ``txn_samples`` per L0 transaction while a step takes all that is due; up to
     ``BEHIND_TXN_FACTOR`` times that while more is due than a step takes."""
