@@ -2,9 +2,10 @@
 
 A payload of the common shape is read by ``stored_reader`` (ingest's typed msgspec decoder and
 the protocol rules storage relies on; ingest checked the rest before storing it), any other with
-ingest's own decoder (``edgemon.protocol.decode``: one decoder, one truth); either is then checked for what storage relies on (types, label counts, offsets inside the batch's
-timestamps, 64-bit timestamps that increase) and turned into per-sample columns with numpy: one
-cumulative sum for the timestamps, one for the values of all series entries. A payload that
+ingest's own decoder (``edgemon.protocol.decode``: one decoder, one truth); either is then
+checked for what storage relies on (types, label counts, offsets inside the batch's timestamps,
+64-bit timestamps that increase) and turned into per-sample columns with numpy: one cumulative
+sum for the timestamps, one for the values of all series entries. A payload that
 fails any of it raises ``UnreadableBatch``: the backend moves that batch aside (quarantine)
 instead of failing the compaction, query or alert rule that met it.
 
