@@ -378,6 +378,23 @@ def forward_status(http: int) -> dict[str, float]:
     return out
 
 
+def compaction_events(http: int) -> dict[str, float] | None:
+    """``edgemon_storage_compaction_events_total`` by event as the window ends (L0 paths and
+    fallback reasons, give-ways, the writer's waits for the lock), or None without them."""
+    prefix = 'edgemon_storage_compaction_events_total{event="'
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10) as resp:
+            lines = resp.read().decode().splitlines()
+    except (OSError, ValueError):
+        return None
+    out = {}
+    for line in lines:
+        if line.startswith(prefix):
+            event, _, value = line[len(prefix):].partition('"} ')
+            out[event] = float(value)
+    return out or None
+
+
 def collector_phase(pubs: Publishers, args: argparse.Namespace, *, nodelay: bool,
                     seconds: float, profile: bool, inflight: int = 0,
                     forward_url: str | None = None) -> dict[str, Any]:
@@ -391,10 +408,10 @@ def collector_phase(pubs: Publishers, args: argparse.Namespace, *, nodelay: bool
         sets["ingest"] = {"queue_max": "20000", "past_tolerance_days": "30", **sets["ingest"]}
         extra = {k: "".join(f"{key} = {v}\n" for key, v in kv.items()) for k, kv in sets.items()}
         forward = ""
-        if forward_url:  # and /metrics readable without a token (the forwarder's figures)
+        if forward_url:
             forward = f'[[forward]]\nname = "vm"\nurl = "{forward_url}"\n{extra["forward"]}'
-            if "auth" not in sets["http"]:
-                extra["http"] += 'auth = "none"\n'
+        if "auth" not in sets["http"]:  # /metrics readable without a token (its figures)
+            extra["http"] += 'auth = "none"\n'
 
         collector, http, db = start_collector(
             work, port, env=env, http_extra=extra["http"], mqtt_extra=extra["mqtt"],
@@ -424,6 +441,7 @@ def collector_phase(pubs: Publishers, args: argparse.Namespace, *, nodelay: bool
             r["forward"]["caught_up_after_s"] = (round(time.monotonic() - t_end, 1)
                                                  if fwd["pending_samples"] == 0 else None)
         r.update(watch.report(seconds, r["stored_samples_per_s"]))
+        r["compaction_events"] = compaction_events(http)
         r["stored_samples_per_s_after_warmup"] = rate_between(r, warmup(seconds), seconds)
         r["stored_per_10s"] = [rate_between(r, lo, min(lo + 10, seconds))
                                for lo in range(0, math.ceil(seconds), 10)]
@@ -489,6 +507,8 @@ def one_run(pubs: Publishers, args: argparse.Namespace, first: bool) -> dict[str
           f"{c['lag_p50_ms']}/{c['lag_p99_ms']} ms, back-log at end {c['backlog_at_end']}, "
           f"slope {c['backlog_slope_samples_per_s']}/s, CPU {c['cpu_share_of_one_core']}",
           flush=True)
+    if c.get("compaction_events"):
+        print(f"  compaction events: {c['compaction_events']}", flush=True)
     if args.nodelay_seconds > 0:
         n = result["collector_no_nodelay"] = collector_phase(
             pubs, args, nodelay=False, seconds=args.nodelay_seconds, profile=False)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from edgemon.protocol.schema import ValidBatch
 
 __all__ = ["BASED_DICTIONARY_ID", "DICTIONARY_ID", "FAST_LEVEL", "ZSTD_LEVEL", "decode",
-           "decode_batch", "dictionary", "encode", "published_dictionaries"]
+           "decode_batch", "decompress", "dictionary", "encode", "published_dictionaries"]
 
 ZSTD_LEVEL: Final = 19  # batches are small and sent once a minute: spend CPU on bytes
 FAST_LEVEL: Final = 3  # for re-encoding received batches (the collector): spend little CPU
@@ -109,6 +109,13 @@ def decode_batch(payload: bytes) -> ValidBatch:
     if raw is None:
         raw = read_batch_map(packed)
     return check_decoded(raw)
+
+
+def decompress(payload: bytes) -> bytes:
+    """The msgpack bytes of a payload, within the limits ``decode_batch`` applies first (one
+    zstd frame that declares its size, nothing after it); ``ProtocolError`` if not. For readers
+    of payloads ``decode`` checked before (storage: ``collector/storage/stored_reader.py``)."""
+    return _decompress(payload)
 
 
 def _decompress(payload: bytes) -> bytes:

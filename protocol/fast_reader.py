@@ -33,7 +33,7 @@ from typing import Annotated, Any, Final
 
 from edgemon.protocol import limits
 
-__all__ = ["MAX_FAST_BYTES", "available", "read_fast"]
+__all__ = ["MAX_FAST_BYTES", "available", "read_fast", "read_typed"]
 
 # Larger msgpack goes to the pure reader: 256 KiB hold a one-minute batch of a few thousand
 # series many times over, and bound what msgspec may build to a few MiB.
@@ -84,13 +84,23 @@ def _too_long(strings: Iterable[str]) -> bool:
                if len(s) > _SURELY_SHORT)
 
 
-def _read(packed: bytes) -> dict[str, Any] | None:
-    """The batch map of ``packed`` if it has the common shape within every limit, else None."""
-    if not packed or packed[0] != _FIXMAP_7 or len(packed) > MAX_FAST_BYTES:
+def read_typed(packed: bytes) -> Any | None:
+    """The batch of ``packed`` as msgspec's typed decoder builds it (fields ``v``, ``host``,
+    ``instance``, ``seq``, ``sent``, ``t``, ``metrics``; metrics and series entries as tuples)
+    if it has the common shape and every array and string is within its limit, else None.
+    Not checked here: the UTF-8 length of strings, the batch's totals (``read_fast`` does)."""
+    if msgspec is None or not packed or packed[0] != _FIXMAP_7 or len(packed) > MAX_FAST_BYTES:
         return None
     try:
-        b = _decoder.decode(packed)
+        return _decoder.decode(packed)
     except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+
+
+def _read(packed: bytes) -> dict[str, Any] | None:
+    """The batch map of ``packed`` if it has the common shape within every limit, else None."""
+    b = read_typed(packed)
+    if b is None:
         return None
     texts = chain.from_iterable(map(_TEXTS, b.metrics))  # name, kind, unit
     if _too_long(chain((b.host, b.instance), texts,

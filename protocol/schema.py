@@ -45,7 +45,7 @@ from edgemon.protocol.reader import batch_key, read_batch_map
 from edgemon.protocol.topics import validate_host_id
 
 __all__ = ["KNOWN_KEYS", "ValidBatch", "batch_key", "check_decoded", "check_metric_head",
-           "validate_batch"]
+           "good_heads", "validate_batch"]
 
 KNOWN_KEYS: Final = ("v", "host", "instance", "seq", "sent", "t", "metrics")
 _INT: Final = frozenset({int})
@@ -239,6 +239,12 @@ def _known_good_heads(metrics: list[list[Any]]) -> bool:
             _GOOD_HEADS.clear()
         _GOOD_HEADS[head] = None
     return True
+
+
+def good_heads(metrics: list[Any]) -> bool:
+    """Whether every metric head of ``metrics`` ([name, kind, unit, scale, label keys, ...]
+    each) passes the rules of ``_metrics`` (``_known_good_heads``: remembered answers)."""
+    return _known_good_heads(metrics)
 
 
 def _metrics_at_once(metrics: list[list[Any]], n_times: int) -> int | None:

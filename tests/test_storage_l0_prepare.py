@@ -17,7 +17,7 @@ import pytest
 
 from edgemon.collector.storage.base import IngestItem
 from edgemon.collector.storage.sql import SQLStorage, block_blobs
-from edgemon.collector.storage.sql.compaction import L0Plan, L1Plan
+from edgemon.collector.storage.sql.compaction import BEHIND_TXN_FACTOR, L0Plan, L1Plan
 from edgemon.protocol import COUNTER, GAUGE, BatchBuilder, MetricDef, decode, encode
 from edgemon.protocol.schema import validate_batch
 from tests.support.storages import Stores
@@ -58,7 +58,9 @@ def random_items(rng: random.Random, hosts: int, per_host: int) -> list[IngestIt
 
 
 def stored(store: SQLStorage) -> dict[str, list[Any]]:
-    """Every row compaction writes, blobs included, in id order."""
+    """Every row compaction writes, blobs included, in id order; a series by (host id, name,
+    labels), not by its id (which ids a backend's sequence gives depends on the transactions
+    that made series, e.g. PostgreSQL's retried for a missing partition)."""
     queries = {
         "series": "SELECT id, host_id, name, labels, kind, scale, first_ms, last_ms FROM series",
         "blocks": "SELECT id, host_id, window_ms, n, times FROM blocks",
@@ -68,8 +70,13 @@ def stored(store: SQLStorage) -> dict[str, list[Any]]:
         "rollups": "SELECT series_id, tier, window_ms, data FROM rollups",
     }
     with store._read() as db:
-        return {name: sorted(tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
-                             for row in db.execute(sql)) for name, sql in queries.items()}
+        key = {sid: (hid, name, labels) for sid, hid, name, labels in db.execute(
+            "SELECT id, host_id, name, labels FROM series")}
+        out = {name: [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                      for row in db.execute(sql)] for name, sql in queries.items()}
+    for name in ("series", "chunks", "rollups"):
+        out[name] = [(key[row[0]], *row[1:]) for row in out[name]]
+    return {name: sorted(rows) for name, rows in out.items()}
 
 
 def raw_samples(store: SQLStorage) -> list[tuple[str, str, str, int, float]]:
@@ -98,18 +105,18 @@ class Spying:
         self.prepare = True
         self.between: Callable[[Any], None] | None = None
 
-    def _prepare_l0(self, *args: Any) -> L0Plan | None:
-        plan = super()._prepare_l0(*args) if self.prepare else None  # type: ignore[misc]
-        if plan is not None and self.between is not None:
+    def _prepare_l0(self, *args: Any) -> L0Plan | str:
+        plan = super()._prepare_l0(*args) if self.prepare else "off"  # type: ignore[misc]
+        if isinstance(plan, L0Plan) and self.between is not None:
             between, self.between = self.between, None
             between(self)
         return plan
 
-    def _apply_l0(self, db: Any, plan: L0Plan) -> bool:
-        done: bool = super()._apply_l0(db, plan)  # type: ignore[misc]
-        self.applied += done
-        self.fallbacks += not done
-        return done
+    def _apply_l0(self, db: Any, plan: L0Plan) -> str | None:
+        why: str | None = super()._apply_l0(db, plan)  # type: ignore[misc]
+        self.applied += why is None
+        self.fallbacks += why is not None
+        return why
 
     def _prepare_l1(self, windows: list[tuple[int, int]]) -> L1Plan | None:
         plan = super()._prepare_l1(windows) if self.prepare else None  # type: ignore[misc]
@@ -208,6 +215,8 @@ def test_batches_compacted_elsewhere_meanwhile_are_stored_once(stores: Stores) -
     st.between = elsewhere
     st.compact_all(NOW)
     assert st.fallbacks >= 1
+    # counted by the reason the plan was rejected under the lock
+    assert st.stats().compaction["l0_in_lock_batches_changed"] == st.fallbacks
     assert samples(st) == expected(sent)
     st.close()
 
@@ -323,6 +332,71 @@ def test_no_encoding_in_the_write_transaction_once_the_series_exist(
     st.close()
 
 
+def test_new_hosts_are_compacted_from_a_plan_once_their_series_are_made(stores: Stores) -> None:
+    """A host's first batches: their series are made in a short transaction of their own,
+    then the part is written from its plan like any other (no in-lock fallback, counted by
+    reason in the storage's stats), every sample once."""
+    st = open_spying(stores)
+    sent = [(f"h{h}", [(T0 + seq * 60_000 + k * 10_000, m, f"eth{seq % 2}", seq * 10 + k)
+                       for k in range(6) for m in (0, 1)])
+            for seq in range(3) for h in range(4)]
+    st.store_batches([batch(host, "i1", i // 4, points) for i, (host, points) in enumerate(sent)])
+    st.compact_all(NOW)
+    counts = st.stats().compaction
+    assert st.fallbacks == 0 and st.applied >= 1
+    assert counts["l0_prepared"] == st.applied and counts["l0_series_transactions"] >= 1
+    assert not [k for k in counts if k.startswith("l0_in_lock")]
+    assert samples(st) == expected(sent)
+    assert st.backlog()["pending_batches"] == 0
+    st.close()
+
+
+def test_a_restarted_compaction_finds_the_series_made_before(stores: Stores) -> None:
+    """Caches empty, series in the store: the series transaction finds them (one read of the
+    hosts' rows), makes none again, and the parts are written from their plans."""
+    st, _, sent = exactly_once_setup(stores)
+    with st._read() as db:
+        before = db.execute("SELECT id, host_id, name, labels FROM series ORDER BY id").fetchall()
+    st.close()
+    again = open_spying(stores)
+    again.compact_all(NOW)
+    with again._read() as db:
+        after = db.execute("SELECT id, host_id, name, labels FROM series ORDER BY id").fetchall()
+    assert after == before and len(before) == 6  # 3 hosts x 2 series
+    assert again.fallbacks == 0 and again.applied >= 1
+    assert again.stats().compaction["l0_series_transactions"] >= 1
+    assert samples(again) == expected(sent)
+    again.close()
+
+
+def test_l0_transactions_grow_only_while_compaction_is_behind(stores: Stores) -> None:
+    """At most ``txn_samples`` per L0 transaction while a step takes all that is due; up to
+    ``BEHIND_TXN_FACTOR`` times that while more is due than a step takes."""
+    st = open_spying(stores)
+    st.txn_samples, st.step_samples = 30, 120
+    sent = [(f"h{h}", [(T0 + seq * 60_000 + k * 10_000, 0, "", seq * 10 + k)
+                       for k in range(6)]) for seq in range(2) for h in range(30)]
+    st.store_batches([batch(host, "i1", i // 30, points) for i, (host, points) in enumerate(sent)])
+    sizes: list[tuple[bool, int]] = []  # (behind, samples) of each L0 transaction
+    step, part = st._compact_pending, st._compact_part
+    behind = [False]
+
+    def watched_step(now_ms: int) -> bool:
+        behind[0] = st.backlog(now_ms)["pending_samples"] > st.step_samples
+        return bool(step(now_ms))
+
+    def watched_part(chosen: list[tuple[int, int, int]], *args: Any) -> None:
+        sizes.append((behind[0], sum(n for *_, n in chosen)))
+        part(chosen, *args)
+
+    st._compact_pending, st._compact_part = watched_step, watched_part
+    st.compact_all(NOW)
+    assert samples(st) == expected(sent)
+    assert max(n for late, n in sizes if not late) <= st.txn_samples
+    assert max(n for late, n in sizes if late) == BEHIND_TXN_FACTOR * st.txn_samples
+    st.close()
+
+
 class Flag:
     """A stand-in for the shared ``multiprocessing.Value``: every value it was set to."""
 
@@ -338,9 +412,8 @@ class Flag:
         self.history.append(v)
 
 
-def test_compaction_raises_the_waiting_flag_only_until_it_has_the_lock(stores: Stores) -> None:
-    st, _, _ = exactly_once_setup(stores)
-    flag = st.waiting_flag = Flag()
+def flag_at_each_write(st: Any, flag: Flag) -> list[int]:
+    """The value of ``flag`` as each of the store's write transactions asks for the lock."""
     inside: list[int] = []
     write = st._write
 
@@ -351,11 +424,61 @@ def test_compaction_raises_the_waiting_flag_only_until_it_has_the_lock(stores: S
             yield db
 
     st._write = watched
+    return inside
+
+
+def test_compaction_raises_the_waiting_flag_only_until_it_has_the_lock(stores: Stores) -> None:
+    st, _, _ = exactly_once_setup(stores)
+    flag = st.waiting_flag = Flag()
+    inside = flag_at_each_write(st, flag)
     st.compact_all(NOW)
     assert inside and all(inside)  # raised (to the wait's number) while it waited
     assert flag.value == 0 and flag.history[:2] == [1, 0]
     numbers = [v for v in flag.history if v]
     assert numbers == list(range(1, len(numbers) + 1))  # each wait has a number of its own
+    st.close()
+
+
+def test_compaction_gives_way_only_while_the_writer_waits(stores: Stores) -> None:
+    """With the writer's flag (SQLite, a compaction process), compaction leaves the lock free
+    before a write transaction only while ingest's writer waits for it, until the writer has
+    it (its wait's number changes); a writer that does not wait costs it no pause."""
+    st, _, sent = exactly_once_setup(stores)
+    st.give_way = lambda: True  # messages wait: without the flag, a gap after every commit
+    looks: list[int] = []
+
+    def waits() -> int:  # the writer waits (wait 5) for the first two looks at each turn
+        looks.append(1)
+        return 5 if len(looks) % 4 in (1, 2) else 0
+
+    st.writer_waits = waits
+    turns = [0]  # compaction write transactions
+    write = st._write
+
+    @contextmanager
+    def counted() -> Iterator[Any]:
+        turns[0] += 1
+        with write() as db:
+            yield db
+
+    st._write = counted
+    st.compact_all(NOW)
+    gave_way = st.stats().compaction["gave_way"]
+    assert 1 <= gave_way < turns[0]
+    # a turn the writer waited at: looked until its wait ended (3 looks), else once
+    assert len(looks) == turns[0] + 2 * gave_way
+    assert samples(st) == expected(sent)
+    st.close()
+
+
+def test_the_writer_raises_its_flag_only_until_it_has_the_lock(stores: Stores) -> None:
+    st = open_spying(stores)
+    flag = st.writer_flag = Flag()
+    inside = flag_at_each_write(st, flag)
+    for seq in range(3):
+        st.store_batches([batch("h9", "i1", seq, [(T0 + seq * 1000, 0, "", 1)])])
+    assert inside == [1, 2, 3] and flag.value == 0
+    assert st.stats().compaction["writer_transactions"] == 3
     st.close()
 
 

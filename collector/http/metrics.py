@@ -286,6 +286,15 @@ def _storage_families(maintenance: MaintenanceRunner,
     yield _family("edgemon_storage_quarantined_batches_total", "counter", "Stored batches the "
                   "storage could not read, moved aside (never read again), by host", ["host"],
                   [([h], n) for h, n in sorted(maintenance.stats.quarantined.items())])
+    yield _family("edgemon_storage_compaction_events_total", "counter", "Compaction and "
+                  "ingest's writer, by event: l0_prepared (L0 transactions written from a plan "
+                  "prepared without the write lock), l0_in_lock_<reason> (done inside it, and "
+                  "why), l0_series_transactions (series made ahead of a plan), gave_way and "
+                  "gave_way_seconds (compaction leaving the lock to the waiting writer), "
+                  "<who>_transactions, <who>_wait_seconds, <who>_waits_over_100ms, "
+                  "<who>_hold_seconds (who: writer, ingest's; compaction: its write "
+                  "transactions, waiting for and holding the write lock)", ["event"],
+                  [([k], round(v, 6)) for k, v in sorted(maintenance.stats.compaction.items())])
     g = maintenance.gauges
     if g.tier_bytes:
         yield _family("edgemon_storage_bytes", "gauge", "Bytes of stored data (compressed "

@@ -1,9 +1,11 @@
 """Stored batch payloads -> numpy columns, for every backend (compaction, queries, ``series``).
 
-A payload is read with ingest's own decoder (``edgemon.protocol.decode``: one decoder, one
-truth), then checked for what storage relies on (types, label counts, offsets inside the batch's
-timestamps, 64-bit timestamps that increase) and turned into per-sample columns with numpy: one
-cumulative sum for the timestamps, one for the values of all series entries. A payload that
+A payload of the common shape is read by ``stored_reader`` (ingest's typed msgspec decoder and
+the protocol rules storage relies on; ingest checked the rest before storing it), any other with
+ingest's own decoder (``edgemon.protocol.decode``: one decoder, one truth); either is then
+checked for what storage relies on (types, label counts, offsets inside the batch's timestamps,
+64-bit timestamps that increase) and turned into per-sample columns with numpy: one cumulative
+sum for the timestamps, one for the values of all series entries. A payload that
 fails any of it raises ``UnreadableBatch``: the backend moves that batch aside (quarantine)
 instead of failing the compaction, query or alert rule that met it.
 
@@ -16,6 +18,7 @@ arrays through a backend's series lookup.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,8 +28,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from edgemon.collector.storage.encoding import cumsum_by_segment
+from edgemon.collector.storage.stored_reader import read_common
 from edgemon.protocol import ProtocolError, decode
 from edgemon.protocol.batch import KINDS
+from edgemon.protocol.codec import decompress
 from edgemon.protocol.limits import MAX_SCALE
 
 __all__ = [
@@ -91,13 +96,18 @@ def _only(items: Iterable[Any], kind: type) -> bool:
     return set(map(type, items)) <= {kind}
 
 
-def _columns(batch: dict[str, Any]) -> BatchColumns:
+def _columns(batch: dict[str, Any], *, typed: bool = False) -> BatchColumns:
     """Check a decoded batch map for what storage reads, and lay it out as columns.
 
     Every check runs over a whole batch at once (``set(map(type, ...))``, numpy): a batch costs
-    a few passes over its lists, not Python work per metric, series or sample."""
+    a few passes over its lists, not Python work per metric, series or sample. ``typed``: the
+    map's types are those of the layout already (msgspec's typed decoder built it,
+    ``stored_reader``; metrics and entries as tuples): the checks of types are skipped, those
+    of values (counts, offsets, timestamps, kinds, scales) run all the same."""
     t = batch.get("t")
-    if type(t) is not list or not t or not _only(t, int):
+    if not typed and (type(t) is not list or not _only(t, int)):
+        raise UnreadableBatch("t must be a non-empty list of integers")
+    if not t:
         raise UnreadableBatch("t must be a non-empty list of integers")
     try:
         deltas = np.array(t, dtype=_I64)
@@ -109,34 +119,38 @@ def _columns(batch: dict[str, Any]) -> BatchColumns:
     if deltas[0] <= 0 or (deltas[1:] <= 0).any() or (np.diff(times) <= 0).any():
         raise UnreadableBatch("t: timestamps must be positive, strictly increasing and fit 64 bits")
     metrics_in = batch.get("metrics")
-    if type(metrics_in) is not list or not _only(metrics_in, list) \
-            or set(map(len, metrics_in)) - {6}:
+    if not typed and (type(metrics_in) is not list or not _only(metrics_in, list)
+                      or set(map(len, metrics_in)) - {6}):
         raise UnreadableBatch("metrics must be a list of "
                               "[name, kind, unit, scale, label_keys, series]")
     names, kinds, units, scales, keys, entry_lists = (
         zip(*metrics_in, strict=True) if metrics_in else ((),) * 6)
-    if not _only(names, str) or not _only(units, str) or set(kinds) - set(KINDS):
+    if (not typed and (not _only(names, str) or not _only(units, str))) \
+            or set(kinds) - set(KINDS):
         raise UnreadableBatch("a metric's name and unit are strings, its kind gauge or counter")
-    if not _only(scales, int) or (scales and not 0 <= min(scales) <= max(scales) <= MAX_SCALE):
+    if (not typed and not _only(scales, int)) \
+            or (scales and not 0 <= min(scales) <= max(scales) <= MAX_SCALE):
         raise UnreadableBatch(f"a metric's scale is an integer in 0..{MAX_SCALE}")
-    if not _only(keys, list) or not _only(chain.from_iterable(keys), str):
+    if not typed and (not _only(keys, list) or not _only(chain.from_iterable(keys), str)):
         raise UnreadableBatch("a metric's label keys are a list of strings")
-    if not _only(entry_lists, list):
+    if not typed and not _only(entry_lists, list):
         raise UnreadableBatch("a metric's series are a list")
     entries = list(chain.from_iterable(entry_lists))
-    if not _only(entries, list) or set(map(len, entries)) - {3}:
+    if not typed and (not _only(entries, list) or set(map(len, entries)) - {3}):
         raise UnreadableBatch("a series entry is [label_values, offset, values]")
     label_lists, offsets, value_lists = zip(*entries, strict=True) if entries else ((),) * 3
     per_metric = np.fromiter(map(len, entry_lists), dtype=_I64, count=len(entry_lists))
     n_keys = np.repeat(np.fromiter(map(len, keys), dtype=_I64, count=len(keys)), per_metric)
-    if not _only(label_lists, list) or not _only(chain.from_iterable(label_lists), str) \
+    if (not typed and (not _only(label_lists, list)
+                       or not _only(chain.from_iterable(label_lists), str))) \
             or (np.fromiter(map(len, label_lists), dtype=_I64, count=len(entries))
                 != n_keys).any():
         raise UnreadableBatch("a series has one string value per label key of its metric")
-    if not _only(offsets, int) or not _only(value_lists, list) or not all(value_lists):
+    if (not typed and (not _only(offsets, int) or not _only(value_lists, list))) \
+            or not all(value_lists):
         raise UnreadableBatch("a series has an integer offset and a non-empty list of values")
     flat = list(chain.from_iterable(value_lists))
-    if not _only(flat, int):
+    if not typed and not _only(flat, int):
         raise UnreadableBatch("values must be integers")
     try:
         raw_values = np.array(flat, dtype=_I64)
@@ -166,7 +180,19 @@ def _columns(batch: dict[str, Any]) -> BatchColumns:
 
 
 def read_batch(payload: bytes) -> BatchColumns:
-    """The columns of a stored payload; ``UnreadableBatch`` if storage cannot read it."""
+    """The columns of a stored payload; ``UnreadableBatch`` if storage cannot read it.
+
+    A payload of the common shape is read without the protocol's rules run again
+    (``stored_reader``: ingest checked them before it was stored) and its types checked by the
+    decoder; any other, or one that fails any check that way, is read the complete way
+    (ingest's own decoder, then every check here), which also names why it cannot be read."""
+    try:
+        common = read_common(decompress(payload))
+    except ProtocolError:
+        common = None  # the complete way says why
+    if common is not None:
+        with contextlib.suppress(UnreadableBatch):
+            return _columns({"t": common[0], "metrics": common[1]}, typed=True)
     try:
         batch = decode(payload)
     except ProtocolError as exc:

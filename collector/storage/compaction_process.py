@@ -30,6 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -127,13 +128,17 @@ class CompactionProcess:
         # the child waits for SQLite's write lock (the number of that wait; 0: it does not).
         # Not on PostgreSQL: its advisory lock queues waiters, so the writer need not wait.
         waiting = self._ctx.Value("i", 0, lock=False)
+        # and the other way round: the collector's writer waits for it (``_ingest_write``)
+        writer = self._ctx.Value("i", 0, lock=False)
         self._flags(leading, busy)
         if not _is_postgres(self.target):
             self.storage.compaction_waits = lambda: waiting.value  # type: ignore[attr-defined]
+            self.storage.writer_flag = writer  # type: ignore[attr-defined]
         proc = self._ctx.Process(
             target=child_main, name="edgemon-compaction", daemon=True,
             args=(self.target, self.options, child_end, notes_in, stop, leading, busy, waiting,
-                  self.interval, self.backlog_interval, self.sizes_interval, self.log_level))
+                  writer, self.interval, self.backlog_interval, self.sizes_interval,
+                  self.log_level))
         proc.start()
         child_end.close()
         notes_in.close()
@@ -196,7 +201,12 @@ class CompactionProcess:
             self.runs += 1
         else:
             self.errors += 1
-        self.stats, self.gauges = stats, gauges
+        # the writer's counters are this process's, the rest the child's
+        writer = {k: v for k, v in dict(getattr(self.storage, "counts", {})).items()
+                  if k.startswith("writer_")}
+        self.stats = replace(stats, compaction={**stats.compaction, **writer}) \
+            if writer else stats
+        self.gauges = gauges
         forget = getattr(self.storage, "forget_compacted", None)
         # Pruning the parent's caches of decoded pending batches is memory hygiene only (a
         # query uses an entry only for a batch it read as still pending), and it reads the
@@ -212,7 +222,7 @@ class CompactionProcess:
 
 
 def child_main(target: str, options: dict[str, Any], reports: Connection, notes: Connection,
-               stop: Any, leading: Any, busy: Any, waiting: Any, interval: float,
+               stop: Any, leading: Any, busy: Any, waiting: Any, writer: Any, interval: float,
                backlog_interval: float,
                sizes_interval: float, log_level: str) -> None:
     """The compaction process: open the store, run maintenance rounds, report each one."""
@@ -249,6 +259,8 @@ def child_main(target: str, options: dict[str, Any], reports: Connection, notes:
     # and while it waits for the lock, the collector's writer leaves it free (``waiting``)
     if not _is_postgres(target):
         storage.waiting_flag = waiting  # type: ignore[attr-defined]
+        # and it gives way only while that writer waits for the lock (``SQLStore._take_turn``)
+        storage.writer_waits = lambda: writer.value  # type: ignore[attr-defined]
     try:
         def should_run() -> bool:
             return bool(leading.value) and not stop.is_set()

@@ -27,12 +27,14 @@ from edgemon.collector.storage import aggregate as agg
 from edgemon.collector.storage.base import StorageStats
 from edgemon.collector.storage.batches import BatchColumns, UnreadableBatch
 from edgemon.collector.storage.encoding import decode_rollups, encode_rollups
-from edgemon.collector.storage.selection import Selection
+from edgemon.collector.storage.selection import Selection, canonical_labels
 from edgemon.collector.storage.sql.block_blobs import BlockBlobs, encode_blocks, sort_l0
 from edgemon.collector.storage.sql.layouts import Gathered, NewSeries, Resolved, gather
 from edgemon.collector.storage.sql.store import TIERS, SQLStore, chunked, log, placeholders
 
-__all__ = ["Compaction", "L0Plan", "L1Plan"]
+__all__ = ["BEHIND_TXN_FACTOR", "Compaction", "L0Plan", "L1Plan"]
+
+BEHIND_TXN_FACTOR = 2  # L0 transactions of up to this many times txn_samples while behind
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +83,11 @@ class Compaction(SQLStore):
         if not chosen:
             return False
         decoded = self._decode_chosen([batch_id for _, batch_id, _ in chosen])
-        for part in _transactions(chosen, min(self.txn_samples, self.step_samples)):
+        # behind (more is due than a step takes): fewer, larger transactions, each commit (an
+        # fsync with SQLite's synchronous=FULL) costing the write lock as much as writing
+        # 10-20 k prepared samples
+        bound = self.txn_samples * (BEHIND_TXN_FACTOR if more else 1)
+        for part in _transactions(chosen, min(bound, self.step_samples)):
             self._compact_part(part, decoded, cut, now_ms)
         return more
 
@@ -160,17 +166,44 @@ class Compaction(SQLStore):
         nothing it was prepared from changed meanwhile (``_apply_l0``); else, in that same
         transaction, done there from the start (``_compact_in_lock``)."""
         plan = self._prepare_l0(part, decoded, cut)
+        if plan in ("new_series", "unknown_deletions"):
+            self._make_series(part, decoded)
+            plan = self._prepare_l0(part, decoded, cut)
         with self._compaction_write() as db:
             began = time.monotonic()
-            if plan is not None and self._apply_l0(db, plan):
+            why = plan if isinstance(plan, str) else self._apply_l0(db, plan)
+            if why is None and isinstance(plan, L0Plan):
                 read, moved, resolved = list(plan.payloads.values()), [], plan.resolved
             else:
                 read, moved, resolved = self._compact_in_lock(db, part, decoded, now_ms)
             self._kill_point("l0end")
         self._give_way(time.monotonic() - began)
+        self.counts["l0_prepared" if why is None else f"l0_in_lock_{why}"] += 1
         resolved.commit()
         self.reader.forget(read)
         _log_quarantined(moved)
+
+    def _make_series(self, part: list[tuple[int, int, int]],
+                     decoded: dict[int, tuple[bytes, BatchColumns | str]]) -> None:
+        """The series of ``part``'s readable batches that are not in the caches, made in a
+        short write transaction of their own, before its plan is prepared (``_prepare_l0``)
+        and kept in the caches: a host's first batches are then written from a plan like any
+        other, not decoded, gathered and encoded again inside the write lock. A series made
+        here and not used (a crash before the plan's transaction) has no samples (first_ms
+        above last_ms): ``series`` lists it only with its pending samples, and retention
+        deletes it like any series without data; one deleted meanwhile changes the deletion
+        count, which sends the plan to the in-lock path (``_apply_l0``)."""
+        resolved = Resolved(self._layouts)
+        with self._compaction_write() as db:
+            began = time.monotonic()
+            self._drop_series_ids_deleted_elsewhere(db)
+            _make_series_rows(db, resolved, [
+                (hid, early[1]) for hid, batch_id, _ in sorted(part, key=lambda item: item[1])
+                if (early := decoded.get(batch_id)) is not None
+                and not isinstance(early[1], str)])  # in batch order, as in the lock
+        self._give_way(time.monotonic() - began)
+        resolved.commit()
+        self.counts["l0_series_transactions"] += 1
 
     def _compact_in_lock(self, db: Any, part: list[tuple[int, int, int]],
                          decoded: dict[int, tuple[bytes, BatchColumns | str]], now_ms: int
@@ -213,48 +246,52 @@ class Compaction(SQLStore):
 
     def _prepare_l0(self, part: list[tuple[int, int, int]],
                     decoded: dict[int, tuple[bytes, BatchColumns | str]],
-                    cut: dict[str, int]) -> L0Plan | None:
+                    cut: dict[str, int]) -> L0Plan | str:
         """Everything L0 of ``part`` computes, without the write lock: series ids from the
-        caches, samples deduplicated and sorted, every blob encoded. None when the part needs
+        caches, samples deduplicated and sorted, every blob encoded. Else why the part needs
         the in-lock path: a batch not decoded or unreadable (quarantined there), a series not
-        made yet, no known series deletion count, samples of a window older than the raw
-        cutoff (their rollups are read and merged there)."""
+        made yet, no known series deletion count, no samples, samples of a window older than
+        the raw cutoff (their rollups are read and merged there)."""
         deletions = self._series_deletions  # before any cached id is read (``_apply_l0``)
         if deletions is None:
-            return None
+            return "unknown_deletions"
         batches: list[tuple[int, int, BatchColumns]] = []
         payloads: dict[int, bytes] = {}
         for hid, batch_id, _ in sorted(part, key=lambda item: item[1]):
             early = decoded.get(batch_id)
-            if early is None or isinstance(early[1], str):
-                return None
+            if early is None:
+                return "not_decoded"
+            if isinstance(early[1], str):
+                return "unreadable"
             payloads[batch_id] = early[0]
             batches.append((hid, batch_id, early[1]))
         resolved = Resolved(self._layouts)
         try:
             g = gather(batches, lambda hid, cols: resolved.layout(None, hid, cols))
         except NewSeries:
-            return None
+            return "new_series"
         if not g.sid.size:
-            return None
+            return "empty"
         s = sort_l0(g, self.window_ms)
         if any(s.win[b] < cut["raw"] for b in s.bounds):
-            return None
+            return "old_window"
         fresh = [(int(s.host[b]), int(s.win[b]), e - b) for b, e in zip(s.bounds, s.ends,
                                                                         strict=True)]
         blobs = encode_blocks(s.ids[s.sid], s.ts, s.val, s.host, s.win)
         return L0Plan(payloads, deletions, cut, s.first_last, blobs, fresh, resolved)
 
-    def _apply_l0(self, db: Any, plan: L0Plan) -> bool:
+    def _apply_l0(self, db: Any, plan: L0Plan) -> str | None:
         """In the write transaction ``db``: write ``plan`` if what it was prepared from is
         unchanged (the same batches pending with the same payloads, no series deleted since
-        its ids were cached, the same cutoffs), deleting its batches; whether it did (if not,
-        nothing was written)."""
+        its ids were cached, the same cutoffs), deleting its batches: None if it did, else
+        what changed (then nothing was written)."""
         self._drop_series_ids_deleted_elsewhere(db)
-        if self._series_deletions != plan.deletions or self._cutoffs(db) != plan.cut:
-            return False
+        if self._series_deletions != plan.deletions:
+            return "series_deleted"
+        if self._cutoffs(db) != plan.cut:
+            return "cutoffs_moved"
         if self._pending_payloads(db, list(plan.payloads)) != plan.payloads:
-            return False
+            return "batches_changed"
         db.executemany("UPDATE series SET first_ms = min(first_ms, ?), last_ms = "
                        "max(last_ms, ?) WHERE id = ?", plan.first_last)
         self._insert_blocks(db, plan.blobs, "l0")
@@ -262,7 +299,7 @@ class Compaction(SQLStore):
                        "window_ms) DO UPDATE SET blocks = dirty.blocks + 1, samples = "
                        "dirty.samples + excluded.samples", plan.fresh)
         db.executemany("DELETE FROM batches WHERE id = ?", [(i,) for i in plan.payloads])
-        return True
+        return None
 
     def _decode_chosen(self, ids: list[int]) -> dict[int, tuple[bytes, BatchColumns | str]]:
         """The payloads of the chosen batches with their columns (or why they are unreadable),
@@ -665,7 +702,49 @@ class Compaction(SQLStore):
             quarantined = dict(db.execute(
                 "SELECT h.name, count(*) FROM quarantine q JOIN hosts h ON h.id = q.host_id "
                 "GROUP BY h.name ORDER BY h.name"))
-        return StorageStats(quarantined=quarantined)
+        return StorageStats(quarantined=quarantined, compaction=dict(self.counts))
+
+
+def _make_series_rows(db: Any, resolved: Resolved,
+                      batches: list[tuple[int, BatchColumns]]) -> None:
+    """The series of ``batches`` (host id, columns) not in the caches, found or made in the
+    write transaction ``db`` and put in ``resolved.fresh``: one read of their hosts' series
+    rows (again after the inserts) and one ``executemany`` of the new ones, in the order the
+    in-lock path makes them (batch, metric, entry), not a SELECT and an INSERT per series
+    (``layouts._series_row``: 15 % of the compaction process while every part was a new
+    host's)."""
+    series = resolved.cache.series
+    wanted: dict[tuple[int, str, str], list[Any]] = {}  # (host, name, labels) -> mkeys..
+    for hid, cols in batches:
+        for m in cols.metrics:
+            mkey = (hid, m.name, m.keys)
+            known, fresh = series.get(mkey, {}), resolved.fresh.get(mkey, {})
+            for labels in cols.labels[m.first:m.end]:
+                if labels not in known and labels not in fresh:
+                    key = (hid, m.name, canonical_labels(m.keys, labels))
+                    wanted.setdefault(key, [m]).append((mkey, labels))
+    if not wanted:
+        return
+    found: dict[tuple[int, str, str], tuple[int, int, bool]] = {}
+
+    def read() -> None:
+        for some in chunked(sorted({hid for hid, _, _ in wanted})):
+            for sid, hid, name, canon, scale, kind in db.execute(
+                    f"SELECT id, host_id, name, labels, scale, kind FROM series WHERE "
+                    f"host_id IN ({placeholders(some)})", some):
+                if (hid, name, canon) in wanted:
+                    found[(hid, name, canon)] = (sid, scale, kind == "counter")
+
+    read()
+    new = [(hid, name, canon, m[0].kind, m[0].unit, m[0].scale, 1 << 62, 0)
+           for (hid, name, canon), m in wanted.items() if (hid, name, canon) not in found]
+    if new:
+        db.executemany("INSERT INTO series (host_id, name, labels, kind, unit, scale, "
+                       "first_ms, last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new)
+        read()
+    for key, (_, *uses) in wanted.items():
+        for mkey, labels in uses:
+            resolved.fresh.setdefault(mkey, {})[labels] = found[key]
 
 
 def _sorted_blocks(blocks: dict[tuple[int, int], list[int]]

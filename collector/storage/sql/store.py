@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -52,6 +53,8 @@ _MAX_NOTED = 10_000  # unreadable pending batches readers note between two maint
 # before its COMMIT (l0end, l1end). With ``EDGEMON_STORAGE_TEST_KILL_ONCE=<path>`` it fires only
 # if that file does not exist yet, and makes it first (a restarted process then runs through).
 _LET_IN_S = 0.1  # how long ingest's writer leaves the lock to a waiting compaction, at most
+_GIVE_WAY_S = 0.1  # how long compaction leaves the lock to ingest's waiting writer, at most
+_WRITER_POLL_S = 0.0005  # how often compaction looks whether the writer has the lock yet
 _KILL_ENV = "EDGEMON_STORAGE_TEST_KILL"
 _KILL_ONCE_ENV = "EDGEMON_STORAGE_TEST_KILL_ONCE"
 
@@ -124,6 +127,15 @@ class SQLStore:
         self.compaction_waits: Any = None  # in the collector: the number of the wait, or 0
         self._wait_number = 0  # the compaction process's waits for the lock, counted
         self._outwaited = 0  # the wait ingest's writer gave up leaving the lock free for
+        # and the other way round: a shared value ingest's writer raises while it waits for the
+        # lock (``_ingest_write``), and the compaction process reads before each of its write
+        # transactions (``_take_turn``): set by ``compaction_process.py`` (SQLite only)
+        self.writer_flag: Any = None  # in the collector
+        self.writer_waits: Any = None  # in the compaction process: the number of the wait, or 0
+        self._writer_wait_number = 0
+        # events and seconds (``StorageStats.compaction``, /metrics): L0 transactions by path
+        # and fallback reason, give-ways, ingest's writer's waits for the lock
+        self.counts: Counter[str] = Counter()
         self._host_ids: dict[str, int] = {}
         self._series_cache: dict[tuple[Any, ...], dict[tuple[str, ...], Any]] = {}
         self._layouts = LayoutCache(self._series_cache)  # series ids per host batch layout
@@ -154,7 +166,8 @@ class SQLStore:
         fails the transaction, to make them and try again: ``postgres/database.py``)."""
 
     def _give_way(self, held_s: float) -> None:
-        """After a compaction transaction held the write lock ``held_s`` seconds: while
+        """After a compaction transaction held the write lock ``held_s`` seconds, without the
+        writer's flag (``writer_waits``: PostgreSQL, a store without a compaction process): while
         ``give_way()`` says ingest waits, the lock is left free as long (at least 5 ms) before
         compaction's next write transaction (``_take_turn``). Another process waiting in
         SQLite's busy handler polls with growing sleeps (1, 2, 5 ... 100 ms), never more than
@@ -162,33 +175,73 @@ class SQLStore:
         next ``BEGIN IMMEDIATE`` would starve it. The gap is counted from the commit, so the
         work compaction does without the lock meanwhile (preparing its next transaction) is
         part of it, not followed by it."""
-        if self.give_way is not None and self.give_way():
+        if self.writer_waits is None and self.give_way is not None and self.give_way():
             self._free_until = time.monotonic() + max(0.005, held_s)
 
     def _take_turn(self) -> None:
-        """Before a compaction write transaction: wait out what is left of the gap
-        ``_give_way`` asked for, if ingest still waits."""
+        """Before a compaction write transaction. With the writer's flag (SQLite and a
+        compaction process): only while ingest's writer waits for the lock right now, leave it
+        free until the writer has it, at most ``_GIVE_WAY_S`` for each of its waits; a writer
+        that does not wait costs compaction nothing (a gap after every transaction while
+        messages wait cost it a third of its time at a paced 250 k samples/s and more back-log
+        than it cleared). Without the flag: wait out what is left of the gap ``_give_way`` asked
+        for, if ingest still waits."""
+        waits = self.writer_waits
+        if waits is not None:
+            number = waits()
+            if not number:
+                return
+            began = time.monotonic()
+            deadline = began + _GIVE_WAY_S
+            while waits() == number and time.monotonic() < deadline:
+                time.sleep(_WRITER_POLL_S)
+            self.counts["gave_way"] += 1
+            self.counts["gave_way_seconds"] += time.monotonic() - began
+            return
         left = self._free_until - time.monotonic()
         if left > 0 and self.give_way is not None and self.give_way():
             time.sleep(left)
 
     @contextmanager
     def _compaction_write(self) -> Iterator[Any]:
-        """A compaction write transaction: after the gap ``_give_way`` asked for, with the
-        shared flag raised while it waits for the lock (to the number of this wait, never 0)."""
+        """A compaction write transaction: after its turn (``_take_turn``), with the shared flag
+        raised while it waits for the lock (to the number of this wait, never 0)."""
         self._take_turn()
-        flag = self.waiting_flag
+        with self._flagged_write(self.waiting_flag, "_wait_number", "compaction") as db:
+            yield db
+
+    @contextmanager
+    def _ingest_write(self) -> Iterator[Any]:
+        """Ingest's write transaction: after leaving a waiting compaction its turn
+        (``_let_compaction_in``), with the writer's flag raised while it waits for the lock."""
+        self._let_compaction_in()
+        with self._flagged_write(self.writer_flag, "_writer_wait_number", "writer") as db:
+            yield db
+
+    @contextmanager
+    def _flagged_write(self, flag: Any, number: str, who: str) -> Iterator[Any]:
+        """A write transaction with the shared ``flag`` (if any) raised to the number of this
+        wait (never 0, kept in attribute ``number``) until it has the lock; counted in
+        ``counts`` as ``who``'s: transactions, seconds waiting for the lock (waits of 100 ms
+        or more), seconds holding it (the commit included)."""
+        began = time.monotonic()
         if flag is not None:
-            self._wait_number = self._wait_number % 2_000_000_000 + 1
-            flag.value = self._wait_number
+            setattr(self, number, getattr(self, number) % 2_000_000_000 + 1)
+            flag.value = getattr(self, number)
         try:
             with self._write() as db:
                 if flag is not None:
                     flag.value = 0
+                got = time.monotonic()
                 yield db
         finally:
             if flag is not None:
                 flag.value = 0
+        done, counts = time.monotonic(), self.counts
+        counts[f"{who}_transactions"] += 1
+        counts[f"{who}_wait_seconds"] += got - began
+        counts[f"{who}_waits_over_100ms"] += got - began >= 0.1
+        counts[f"{who}_hold_seconds"] += done - got
 
     def _let_compaction_in(self) -> None:
         """Before an ingest write transaction: while the compaction process waits for the

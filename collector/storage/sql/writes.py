@@ -33,8 +33,7 @@ class Writes(SQLStore):
         cache = self.pending_cache
         # (host id, instance, seq) of a stored batch -> its columns for the cache
         projected: dict[tuple[int, str, int], Projection] = {}
-        self._let_compaction_in()
-        with self._write() as db:
+        with self._ingest_write() as db:
             hids = {name: self._host_id(db, name, fresh)
                     for name in {it.batch.host for it in items}}
             ranges = self._seq_ranges(db, {(hids[it.batch.host], it.batch.instance)

@@ -229,11 +229,12 @@ class SQLiteFile(SQLStore):
 
     def _begin_immediate(self, db: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE``. In the compaction process (``waiting_flag`` set: it says the
-        collector's writer leaves the lock free while it waits, ``_let_compaction_in``) the lock
-        is tried every millisecond up to the busy timeout, instead of in SQLite's busy handler,
-        whose sleeps grow to 100 ms: the writer's gap is then taken at once, not at a poll up
-        to 100 ms later while ingest waits."""
-        if self.waiting_flag is None:
+        collector's writer leaves the lock free while it waits, ``_let_compaction_in``) and in
+        the collector running one (``writer_flag`` set: compaction leaves the lock free while
+        the writer waits, ``_take_turn``) the lock is tried every millisecond up to the busy
+        timeout, instead of in SQLite's busy handler, whose sleeps grow to 100 ms: the other's
+        gap is then taken at once, not at a poll up to 100 ms later while it waits."""
+        if self.waiting_flag is None and self.writer_flag is None:
             db.execute("BEGIN IMMEDIATE")
             return
         deadline = time.monotonic() + self.busy_timeout_ms / 1000
