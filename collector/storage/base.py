@@ -310,6 +310,12 @@ class Storage(ABC):
         ``dirty_windows``, ``oldest_pending_received_ms`` (absent: nothing pending)."""
         return {}
 
+    def pending_by_host(self) -> dict[str, int] | None:
+        """Samples of stored batches not yet compacted, by host (hosts with none left out);
+        None: this storage cannot tell (ingest then holds no acks, ``ingest/backpressure.py``).
+        """
+        return None
+
     # -- forwarding (``[[forward]]``, collector/forward/): a log of stored batches, in order,
     # with one cursor per receiver. A backend without it raises NotImplementedError.
 

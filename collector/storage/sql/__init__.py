@@ -81,3 +81,13 @@ class SQLStorage(Writes, Compaction, Retention, Queries, Sizes, Catalogues, Forw
         if oldest is not None:
             out["oldest_pending_received_ms"] = int(oldest[0])
         return out
+
+    def pending_by_host(self) -> dict[str, int]:
+        """Pending samples by host: one pass over ``batches_by_age`` (+host_id: grouped from
+        that index alone, not via the (host_id, ...) unique index and a read of the table for
+        every row), then one lookup of each host's name."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT h.name, p.n FROM (SELECT +host_id AS hid, sum(samples) AS n "
+                "FROM batches GROUP BY hid) AS p JOIN hosts h ON h.id = p.hid").fetchall()
+        return {str(name): int(n) for name, n in rows}
