@@ -27,12 +27,14 @@ from edgemon.collector.config import (
     load_config,
 )
 from edgemon.collector.ingest.backpressure import BackPressure, fair_level
-from edgemon.collector.storage.base import RangeQuery
+from edgemon.collector.storage.base import IngestItem, RangeQuery
 from edgemon.common.clock import now_ms
-from edgemon.protocol import backfill_topic, metrics_topic
+from edgemon.protocol import backfill_topic, decode, metrics_topic
+from edgemon.protocol.schema import validate_batch
 from tests.support.broker import Broker
 from tests.support.stand_in_agent import TIMEOUT, make_batch
 from tests.support.stand_in_agent import StandInAgent as Agent
+from tests.support.storages import Stores
 from tests.support.waiting import wait_until
 from tests.test_collector_ingest import RunningCollector
 
@@ -156,6 +158,24 @@ def test_the_settings_are_validated_and_overridable_from_the_environment(tmp_pat
             load_config(None, environ={"EDGEMON_COLLECTOR_INGEST_BACKLOG_BUDGET_SAMPLES": bad})
     with pytest.raises(ConfigError):  # would outlast the agents' ack timeout
         load_config(None, environ={"EDGEMON_COLLECTOR_INGEST_BACKLOG_MAX_HOLD_SECONDS": "60"})
+
+
+# --- the storage's side ------------------------------------------------------------------------
+
+def test_the_storage_tells_the_pending_samples_of_each_host(stores: Stores) -> None:
+    st = stores.open(compact_delay_ms=0)
+    try:
+        assert st.pending_by_host() == {}
+        t0 = now_ms() - 3_600_000
+        items = [IngestItem(validate_batch(decode(payload)), payload, t0, False)
+                 for payload in [make_batch("a", s, t0=t0 + s * 30_000) for s in range(3)]
+                 + [make_batch("b", 1, t0=t0)]]
+        st.store_batches(items)
+        assert st.pending_by_host() == {"a": 3 * SAMPLES, "b": SAMPLES}
+        st.compact_all(now_ms())
+        assert st.pending_by_host() == {}
+    finally:
+        st.close()
 
 
 # --- end to end --------------------------------------------------------------------------------
