@@ -201,19 +201,6 @@ def make_collector(tmp_path: Path, broker: Broker) -> Iterator[Callable[..., Run
         running.stop()
 
 
-@pytest.fixture
-def agents(broker: Broker) -> Iterator[Callable[[str], Agent]]:
-    made: list[Agent] = []
-
-    def make(host: str) -> Agent:
-        made.append(Agent(broker, host))
-        return made[-1]
-
-    yield make
-    for a in made:
-        a.close()
-
-
 T0 = now_ms() - 3_600_000
 
 

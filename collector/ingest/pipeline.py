@@ -122,13 +122,15 @@ class IngestPipeline:
         self.backpressure = BackPressure(budget=config.backlog_budget_samples,
                                          max_hold_s=config.backlog_max_hold_seconds)
         self._backlog_error_log = Throttle(DECODE_ERROR_LOG_INTERVAL)
+        self._watcher: asyncio.Task[None] | None = None  # releases held acks (run starts it)
 
     # --- the worker ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Take, store and acknowledge until ``stop()`` was called and the inbox is empty; then
         publish the acks still held (their batches are stored)."""
-        watcher = asyncio.create_task(self._watch_backlog(), name="edgemon-ingest-backlog") \
+        watcher = self._watcher = asyncio.create_task(
+            self._watch_backlog(), name="edgemon-ingest-backlog") \
             if self.backpressure.enabled and self.mqtt is not None else None
         try:
             await self._run()
@@ -539,16 +541,22 @@ class IngestPipeline:
         loop = asyncio.get_running_loop()
         polled, took = float("-inf"), 0.0
         while True:
-            wait = max(self.backpressure.poll_every(BACKLOG_POLL_S, BACKLOG_IDLE_POLL_S),
-                       took / BACKLOG_POLL_SHARE)
-            if time.monotonic() - polled >= wait:
-                started = time.monotonic()
-                self.backpressure.begin_poll()
-                pending = await loop.run_in_executor(None, self._pending_by_host)
-                polled = time.monotonic()
-                took = self.backpressure.poll_seconds = polled - started
-                self.backpressure.update(pending or {})  # unknown: hold nothing
-            self._publish_held(self.backpressure.due())
+            try:
+                wait = max(self.backpressure.poll_every(BACKLOG_POLL_S, BACKLOG_IDLE_POLL_S),
+                           took / BACKLOG_POLL_SHARE)
+                if time.monotonic() - polled >= wait:
+                    started = time.monotonic()
+                    self.backpressure.begin_poll()
+                    pending = await loop.run_in_executor(None, self._pending_by_host)
+                    polled = time.monotonic()
+                    took = self.backpressure.poll_seconds = polled - started
+                    self.backpressure.update(pending or {})  # unknown: hold nothing
+                self._publish_held(self.backpressure.due())
+            except Exception:  # never leave acks held for want of a look at them
+                if self._backlog_error_log() is not None:
+                    log.exception("back-pressure on the back-log failed (logged at most once "
+                                  "a minute)")
+                self._publish_held(self.backpressure.release_all())
             await asyncio.sleep(RELEASE_TICK_S)
 
     def _pending_by_host(self) -> dict[str, int] | None:
@@ -623,7 +631,8 @@ class IngestPipeline:
                     stats.host_lag_ms[host] = o.msg.received_ms - o.sent_ms
         if self.mqtt is not None:
             for (host, instance), seqs in acks.items():
-                if self.backpressure.hold(host, instance, seqs):
+                if self._watcher is not None and not self._watcher.done() and \
+                        self.backpressure.hold(host, instance, seqs):
                     continue  # published by _watch_backlog once due, or at shutdown
                 if self.mqtt.publish_ack(host, instance, seqs, bases=True):
                     stats.acks_published += 1
