@@ -429,8 +429,8 @@ class CollectorService:
             checks["mqtt_stall"] = stalled
         held = self.pipeline.backpressure.hosts_held() if self.pipeline is not None else 0
         if held:  # not a failed check: the back-log is over its budget, its fillers wait
-            checks["ingest_backpressure"] = f"acks of {held} host(s) held: compaction back-log " \
-                                            "over [ingest] backlog_budget_samples"
+            checks["ingest_backpressure"] = f"acks of {held} host(s) held: samples due for " \
+                "compaction over [ingest] backlog_budget_samples"
         return checks
 
     def metrics_text(self) -> str:

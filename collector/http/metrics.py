@@ -282,12 +282,16 @@ def _mqtt_families(mqtt: MqttIngest) -> Iterator[Metric]:
 def _backpressure_families(bp: BackPressure) -> Iterator[Metric]:
     """Agent acks held while the compaction back-log is over its budget (backpressure.py)."""
     p = PREFIX + "backlog_"
-    yield _one(p + "budget_samples", "gauge", "Pending (not yet compacted) samples allowed "
-               "before the agent acks of the hosts holding most of them are held "
-               "([ingest] backlog_budget_samples; 0: never)", bp.budget)
-    yield _one(p + "pending_samples", "gauge", "Pending samples as ingest last saw them (read "
-               "every 0.5 s, plus what it stored since)", bp.total)
-    yield _one(p + "fair_level_samples", "gauge", "Pending samples a host may hold before its "
+    yield _one(p + "budget_samples", "gauge", "Samples due for compaction (old enough for it, "
+               "not yet taken) allowed before the agent acks of the hosts holding most of them "
+               "are held ([ingest] backlog_budget_samples; 0: never)", bp.budget)
+    yield _one(p + "due_samples", "gauge", "Samples due for compaction as ingest last saw them "
+               "(read every 0.5-2 s, plus what it stored since for hosts due in full)",
+               bp.due_total)
+    yield _one(p + "pending_samples", "gauge", "Samples not yet compacted, due or not, as ingest "
+               "last saw them (the whole back-log; the budget is about the due part)",
+               bp.pending_total)
+    yield _one(p + "fair_level_samples", "gauge", "Due samples a host may hold before its "
                "acks are held (+Inf while the back-log is within its budget)", bp.level())
     yield _one(p + "acks_held", "gauge", "Agent acks held now (one per host and instance)",
                bp.held_acks)
@@ -299,7 +303,7 @@ def _backpressure_families(bp: BackPressure) -> Iterator[Metric]:
                "they were held for [ingest] backlog_max_hold_seconds", bp.acks_released_late)
     yield _one(p + "acks_over_cap_total", "counter", "Agent acks published at once because too "
                "many were held already", bp.acks_over_cap)
-    yield _one(p + "poll_seconds", "gauge", "How long the last read of the pending back-log "
+    yield _one(p + "poll_seconds", "gauge", "How long the last read of the back-log "
                "by host took (a thread's, not the event loop's)", round(bp.poll_seconds, 6))
 
 

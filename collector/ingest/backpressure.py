@@ -2,31 +2,45 @@
 
 Why. Ingest stores each batch as a pending row and compaction (its own process) turns pending
 rows into blocks. When batches arrive faster than compaction takes them (a fleet back-filling
-after an outage, publishers sending as fast as acks return), the pending back-log grows without
-bound, and every query and alert rule reading recent data decodes it. Agents are built to wait:
-each keeps every sample in its own buffer and sends at most ``max_inflight`` batches it has no
-ack for. Holding a host's acks therefore slows that host, and only that host.
+after an outage, publishers sending as fast as acks return), the back-log grows without bound,
+and every query and alert rule reading recent data decodes it. Agents are built to wait: each
+keeps every sample in its own buffer and sends at most ``max_inflight`` batches it has no ack
+for. Holding a host's acks therefore slows that host, and only that host.
+
+What is measured: the *due* back-log, the samples compaction could take now but has not.
+Compaction leaves a batch pending on purpose until it is ``compact_delay_ms`` old (60 s), unless
+its host has ``step_samples`` pending (then it takes the host at once). So the whole pending
+back-log is never below the ingest rate times that delay, however fast compaction is: a budget
+on it would cap ingest at budget / delay. The due back-log is zero while compaction keeps up
+and grows only when it falls behind. Per host it is all its pending samples when they reach
+``step_samples``, else those of its batches received at or before now - ``compact_delay_ms``
+(both settings the storage's own, read with the back-log: ``Storage.due_by_host``).
 
 The rules ("a host can only hurt itself"):
 
-* ``budget`` B: pending samples the collector lets build up before it holds anything. While the
-  total pending is at most B nothing is held;
+* ``budget`` B: due samples the collector lets build up before it holds anything. While the
+  total due is at most B nothing is held;
 * above it, the *fair level* T is the water-filling level: the largest T with
-  ``sum(min(pending_h, T)) <= B``. Hosts at or below T are never held (a live host sending a
-  batch a minute has a batch or two pending: far below T unless thousands of hosts all flood);
-  the ack of a host above T is held. With one back-filler beside a quiet fleet only the
-  back-filler is held; with a uniform overload every host is;
-* a held ack is released (published) when its host falls to T or below, when the total falls
-  to B or below, or after ``max_hold_s`` (well under the agents' 60 s ``ack_timeout_seconds``,
+  ``sum(min(due_h, T)) <= B``. Hosts at or below T are never held (a live host sending a batch
+  a minute has a batch or two pending, due or not: far below T unless thousands of hosts all
+  flood); the ack of a host above T is held. With one back-filler beside a quiet fleet only
+  the back-filler is held; with a uniform overload every host is;
+* a held ack is released (published) when its host falls to T or below, when the due back-log
+  falls to B or below, or after ``max_hold_s`` (well under the agents' 60 s ``ack_timeout_seconds``,
   so an agent never sends a batch again because of a hold);
 * held acks are small (host, instance, seqs) and bounded: past ``max_held_seqs`` held seqs an
   ack is published at once.
 
 The batch itself is stored and PUBACKed as before: durability and exact de-duplication do not
-change, only the agent's ack comes later. Pending samples per host come from a periodic query
-of the storage (``begin_poll``, then ``update``), plus what this process stored since the query
-began (``stored``): an upper bound until the next query (a batch stored while the query ran
-may count twice), since only compaction lowers it.
+change, only the agent's ack comes later. The due back-log per host comes from a periodic
+query of the storage (``begin_poll``, then ``update``). Between queries, what this process
+stores is added to each host's pending samples (``stored``), and to its due samples only when
+the host is (then) due in full, at ``step_samples`` or more: a batch just stored is young, due
+only once it is ``compact_delay_ms`` old, unless its host is taken whole. So between two queries
+the figure never misses a stored sample that compaction could take at once (a batch stored
+while a query ran may count twice), and only compaction lowers it; what it misses is the
+batches that come of age since the query, at most one poll interval's worth (0.5 s near the
+budget), seen by the next query. That lag is the only way it undercounts, and it is bounded.
 
 Pure logic with an injected clock; used from the event loop only (not thread-safe).
 """
@@ -35,8 +49,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from edgemon.collector.storage.base import DueBacklog
 
 __all__ = ["BackPressure", "HeldAck", "fair_level"]
 
@@ -74,67 +90,84 @@ class BackPressure:
         self.max_hold_s = max_hold_s
         self.max_held_seqs = max_held_seqs
         self._clock = clock
-        self._pending: dict[str, int] = {}  # host -> pending samples (last poll + stored since)
+        # by host, as of the last poll plus what was stored since: pending samples, and of
+        # them those due for compaction
+        self._pending: dict[str, int] = {}
+        self._due: dict[str, int] = {}
         self._since: dict[str, int] = {}  # host -> samples stored since the poll began
-        self.total = 0
+        self._step_samples: int | None = None  # the storage's, from the last poll
+        self.pending_total = 0  # the whole back-log (for /metrics)
+        self.due_total = 0  # the due back-log: what the budget is about
         self._level = math.inf
-        self._stale = False  # stored since the level was computed
+        self._stale = False  # the due back-log changed since the level was computed
         self._held: dict[tuple[str, str], HeldAck] = {}
         self.held_seqs = 0
         self.acks_held = 0  # acks held, ever (counter)
         self.acks_released_late = 0  # held acks released by the maximum hold (counter)
         self.acks_over_cap = 0  # acks published at once because too many were held (counter)
-        self.poll_seconds = 0.0  # how long the last read of the pending back-log took
+        self.poll_seconds = 0.0  # how long the last read of the back-log took
 
     @property
     def enabled(self) -> bool:
         return self.budget > 0
 
-    # --- what is pending ------------------------------------------------------------------------
+    # --- what is due ----------------------------------------------------------------------------
 
     def begin_poll(self) -> None:
         """The storage is about to be read (``update`` follows)."""
         self._since = {}
 
-    def update(self, pending: Mapping[str, int]) -> None:
-        """The storage's pending samples by host, as just read (with what was stored since
-        ``begin_poll``: the read may not have seen it)."""
-        merged = dict(pending)
+    def update(self, backlog: DueBacklog) -> None:
+        """The storage's back-log by host, as just read (with what was stored since
+        ``begin_poll``: the read may not have seen it; young, it is due only with its host)."""
+        step = self._step_samples = backlog.step_samples
+        pending: dict[str, int] = {}
+        due: dict[str, int] = {}
+        for host, (n, aged) in backlog.hosts.items():
+            pending[host], due[host] = n, aged
         for host, n in self._since.items():
-            merged[host] = merged.get(host, 0) + n
-        self._pending, self._since = merged, {}
-        self.total = sum(merged.values())
+            pending[host] = pending.get(host, 0) + n
+            due.setdefault(host, 0)
+        for host, n in pending.items():
+            if n >= step:  # compaction takes such a host whole, at once
+                due[host] = n
+        self._pending, self._due, self._since = pending, due, {}
+        self.pending_total = sum(pending.values())
+        self.due_total = sum(due.values())
         self._stale = True
 
     def stored(self, host: str, samples: int) -> None:
-        """``samples`` of ``host`` were stored just now."""
+        """``samples`` of ``host`` were stored just now: pending, and due only if the host is
+        now due in full (young batches are not)."""
         if not self.enabled:
             return
-        self._pending[host] = self._pending.get(host, 0) + samples
+        n = self._pending[host] = self._pending.get(host, 0) + samples
         self._since[host] = self._since.get(host, 0) + samples
-        self.total += samples
-        self._stale = True
+        self.pending_total += samples
+        if self._step_samples is not None and n >= self._step_samples:
+            self.due_total += n - self._due.get(host, 0)
+            self._due[host] = n
+            self._stale = True
 
     def poll_every(self, fast: float, slow: float) -> float:
-        """Seconds until the next read of the storage: ``fast`` once the back-log is over
-        half its budget (holds start or end soon), else ``slow`` (only compaction lowers it,
-        what this process stores is counted as it goes)."""
-        return fast if self.total > self.budget / 2 else slow
+        """Seconds until the next read of the storage: ``fast`` once the due back-log is over
+        half its budget (holds start or end soon), else ``slow``."""
+        return fast if self.due_total > self.budget / 2 else slow
 
     def level(self) -> float:
-        """The fair level T now (``math.inf``: the total is within the budget)."""
-        if self.total <= self.budget:
+        """The fair level T now (``math.inf``: the due back-log is within the budget)."""
+        if self.due_total <= self.budget:
             return math.inf
         if self._stale:
-            self._level = fair_level(self._pending.values(), self.budget)
+            self._level = fair_level(self._due.values(), self.budget)
             self._stale = False
         return self._level
 
     def over(self, host: str) -> bool:
-        """Whether ``host``'s acks are to be held now: the total is over the budget and the host
-        over the fair level."""
-        return self.enabled and self.total > self.budget and \
-            self._pending.get(host, 0) > self.level()
+        """Whether ``host``'s acks are to be held now: the due back-log is over the budget and
+        the host's due samples over the fair level."""
+        return self.enabled and self.due_total > self.budget and \
+            self._due.get(host, 0) > self.level()
 
     # --- acks -----------------------------------------------------------------------------------
 

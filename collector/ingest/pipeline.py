@@ -23,10 +23,11 @@ Per group of messages taken from the inbox (up to ``max_batch_per_txn``):
    rejected alike: the broker must not redeliver garbage forever), then publish one agent ack per
    (host, instance) on ``edgemon/v1/<host>/ack`` with QoS 1 naming the stored and duplicate seqs.
 
-While more samples wait for compaction than ``[ingest] backlog_budget_samples``, the agent acks of
-the hosts holding more than their fair share of that back-log are held for a while
-(``backpressure.py``; the batches are stored and PUBACKed as always). The back-log per host is
-read from the storage every ``BACKLOG_POLL_S`` in a thread, never on the event loop.
+While more samples are due for compaction (old enough for it, and not yet taken) than ``[ingest]
+backlog_budget_samples``, the agent acks of the hosts holding more than their fair share of that
+due back-log are held for a while (``backpressure.py``; the batches are stored and PUBACKed as
+always). The back-log per host is read from the storage every ``BACKLOG_POLL_S`` in a thread,
+never on the event loop.
 
 When storing fails, the group is retried item by item at once (a transient error costs nothing
 more). Then:
@@ -64,7 +65,7 @@ from edgemon.collector.ingest.mqtt import Inbox, MqttIngest, RawMessage, now_ms
 from edgemon.collector.ingest.outcomes import IngestStats, Outcome
 from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.ingest.workers import Task, WorkerPool
-from edgemon.collector.storage.base import IngestItem, Storage, StoreResult
+from edgemon.collector.storage.base import DueBacklog, IngestItem, Storage, StoreResult
 from edgemon.common.logs import Throttle
 from edgemon.protocol import ProtocolError, parse_topic
 
@@ -78,7 +79,7 @@ RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 PIPELINE_DEPTH = 2  # groups examined by the workers ahead of the one being stored
 SUPPLY_ROUNDS = 3  # examinations of a message: a worker may ask for its catalogue, then its base
-BACKLOG_POLL_S = 0.5  # seconds between reads of the pending back-log by host near the budget
+BACKLOG_POLL_S = 0.5  # seconds between reads of the due back-log by host near the budget
 BACKLOG_IDLE_POLL_S = 2.0  # ... and below half of it
 BACKLOG_POLL_SHARE = 0.1  # ... and at most this share of the time spent reading it
 RELEASE_TICK_S = 0.25  # seconds between looks at the held acks
@@ -535,7 +536,7 @@ class IngestPipeline:
     # --- back-pressure on the compaction back-log (backpressure.py) ----------------------------
 
     async def _watch_backlog(self) -> None:
-        """Read the pending back-log by host in a thread every ``BACKLOG_POLL_S`` (less often
+        """Read the due back-log by host in a thread every ``BACKLOG_POLL_S`` (less often
         when a read takes long or the back-log is far below its budget) and publish the held
         acks that are due."""
         loop = asyncio.get_running_loop()
@@ -547,10 +548,11 @@ class IngestPipeline:
                 if time.monotonic() - polled >= wait:
                     started = time.monotonic()
                     self.backpressure.begin_poll()
-                    pending = await loop.run_in_executor(None, self._pending_by_host)
+                    backlog = await loop.run_in_executor(None, self._due_by_host)
                     polled = time.monotonic()
                     took = self.backpressure.poll_seconds = polled - started
-                    self.backpressure.update(pending or {})  # unknown: hold nothing
+                    # unknown: hold nothing
+                    self.backpressure.update(backlog or DueBacklog(1, {}))
                 self._publish_held(self.backpressure.due())
             except Exception:  # never leave acks held for want of a look at them
                 if self._backlog_error_log() is not None:
@@ -559,10 +561,10 @@ class IngestPipeline:
                 self._publish_held(self.backpressure.release_all())
             await asyncio.sleep(RELEASE_TICK_S)
 
-    def _pending_by_host(self) -> dict[str, int] | None:
-        """(A thread.) The storage's pending samples by host; None when it cannot tell."""
+    def _due_by_host(self) -> DueBacklog | None:
+        """(A thread.) The storage's back-log by host; None when it cannot tell."""
         try:
-            return self.storage.pending_by_host()
+            return self.storage.due_by_host()
         except Exception:
             if self._backlog_error_log() is not None:
                 log.exception("cannot read the compaction back-log by host (logged at most "
