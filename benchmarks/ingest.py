@@ -250,8 +250,8 @@ def pending_samples(db: Path, http: int | None = None) -> int | None:
 
 
 def backpressure_figures(http: int) -> dict[str, float]:
-    """The collector's ``edgemon_collector_backlog_*`` figures (held acks, the budget; ingest
-    ``backpressure.py``) from /metrics; empty when unreadable (a token is needed unless the run
+    """The collector's ``edgemon_collector_backlog_*`` figures (due and pending samples, held
+    acks, the budget; ingest ``backpressure.py``) from /metrics; empty when unreadable (a token is needed unless the run
     sets ``--set http.public_metrics=true``) or absent (a collector without back-pressure)."""
     prefix = "edgemon_collector_backlog_"
     try:
@@ -723,9 +723,11 @@ def print_report(runs: list[dict[str, Any]], s: dict[str, Any], args: argparse.N
           + " ".join(f"{t:g}:{n:,}" for t, n in last["backlog_samples"]))
     held = last.get("backpressure")
     if held:
-        keys = ("acks_held", "hosts_held", "acks_held_total", "acks_released_late_total")
+        keys = ("due_samples", "pending_samples", "acks_held", "hosts_held", "acks_held_total",
+                "acks_released_late_total")
         print(f"last run, back-pressure (budget {held[-1][1].get('budget_samples', 0):,.0f} "
-              "samples; s: acks held now / hosts held / held in all / released late): "
+              "samples; s: due / pending samples / acks held now / hosts held / held in all / "
+              "released late): "
               + " ".join(f"{t:g}:" + "/".join(f"{f.get(k, 0):.0f}" for k in keys)
                          for t, f in held))
     procs = last.get("cpu_by_process", {}).get("collector", {})
