@@ -251,8 +251,9 @@ def pending_samples(db: Path, http: int | None = None) -> int | None:
 
 def backpressure_figures(http: int) -> dict[str, float]:
     """The collector's ``edgemon_collector_backlog_*`` figures (due and pending samples, held
-    acks, the budget; ingest ``backpressure.py``) from /metrics; empty when unreadable (a token is needed unless the run
-    sets ``--set http.public_metrics=true``) or absent (a collector without back-pressure)."""
+    acks, the budget; ingest ``backpressure.py``) from /metrics; empty when unreadable (a token
+    is needed unless the run sets ``--set http.public_metrics=true``) or absent (a collector
+    without back-pressure)."""
     prefix = "edgemon_collector_backlog_"
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:

@@ -179,6 +179,17 @@ def test_between_reads_only_what_a_host_due_in_full_stores_is_due() -> None:
     assert bp.pending_total == 120 + 60 + 50 + 10 + 10 + 40
 
 
+def test_a_storage_that_cannot_tell_holds_nothing() -> None:
+    bp = pressure(Clock(), budget=100)
+    bp.update(aged({"bulk": 500}, step=100))
+    assert bp.hold("bulk", "i", [1])
+    bp.begin_poll()
+    bp.update(None)  # the read failed
+    bp.stored("bulk", 10**6)
+    assert bp.due_total == 0 and not bp.hold("bulk", "i", [2])
+    assert [h.seqs for h in bp.due()] == [[1]]
+
+
 def test_what_is_stored_while_the_storage_is_read_is_not_lost_by_the_read() -> None:
     bp = pressure(Clock())
     bp.update(aged({}, step=100))

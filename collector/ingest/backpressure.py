@@ -117,10 +117,16 @@ class BackPressure:
         """The storage is about to be read (``update`` follows)."""
         self._since = {}
 
-    def update(self, backlog: DueBacklog) -> None:
+    def update(self, backlog: DueBacklog | None) -> None:
         """The storage's back-log by host, as just read (with what was stored since
-        ``begin_poll``: the read may not have seen it; young, it is due only with its host)."""
-        step = self._step_samples = backlog.step_samples
+        ``begin_poll``: the read may not have seen it; young, it is due only with its host).
+        None: the storage cannot tell; nothing is due (nothing is held) until it can."""
+        if backlog is None:
+            backlog = DueBacklog(0, {})
+            self._step_samples = None
+        else:
+            self._step_samples = backlog.step_samples
+        step = self._step_samples or math.inf
         pending: dict[str, int] = {}
         due: dict[str, int] = {}
         for host, (n, aged) in backlog.hosts.items():

@@ -551,8 +551,7 @@ class IngestPipeline:
                     backlog = await loop.run_in_executor(None, self._due_by_host)
                     polled = time.monotonic()
                     took = self.backpressure.poll_seconds = polled - started
-                    # unknown: hold nothing
-                    self.backpressure.update(backlog or DueBacklog(1, {}))
+                    self.backpressure.update(backlog)  # None (unknown): hold nothing
                 self._publish_held(self.backpressure.due())
             except Exception:  # never leave acks held for want of a look at them
                 if self._backlog_error_log() is not None:
