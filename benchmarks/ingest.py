@@ -311,8 +311,8 @@ class Watch:
                 if held:
                     self.held.append((at, {k: held[k] for k in (
                         "acks_held", "hosts_held", "acks_held_total", "acks_released_late_total",
-                        "budget_samples", "fair_level_samples", "pending_samples",
-                        "poll_seconds") if k in held}))
+                        "budget_samples", "fair_level_samples", "due_samples",
+                        "pending_samples", "poll_seconds") if k in held}))
             self.memory.append((at, self.samplers[self.collector].memory()))
 
     def report(self, seconds: float, stored_per_s: float) -> dict[str, Any]:
