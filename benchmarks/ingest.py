@@ -249,6 +249,21 @@ def pending_samples(db: Path, http: int | None = None) -> int | None:
     return None
 
 
+def backpressure_figures(http: int) -> dict[str, float]:
+    """The collector's ``edgemon_collector_backlog_*`` figures (due and pending samples, held
+    acks, the budget; ingest ``backpressure.py``) from /metrics; empty when unreadable (a token
+    is needed unless the run sets ``--set http.public_metrics=true``) or absent (a collector
+    without back-pressure)."""
+    prefix = "edgemon_collector_backlog_"
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
+            lines = r.read().decode().splitlines()
+    except (OSError, ValueError):
+        return {}
+    return {line.split()[0][len(prefix):]: float(line.split()[1]) for line in lines
+            if line.startswith(prefix)}
+
+
 def slope(points: list[tuple[float, int]]) -> float | None:
     """Least-squares slope (per second) of (t, value) points."""
     if len(points) < 2:
@@ -270,6 +285,7 @@ class Watch:
         self.t0 = 0.0
         self.next_slow = 0.0
         self.backlog: list[tuple[float, int]] = []
+        self.held: list[tuple[float, dict[str, float]]] = []  # back-pressure figures
         self.memory: list[tuple[float, dict[str, float]]] = []
 
     def start(self, t0: float) -> None:
@@ -290,6 +306,13 @@ class Watch:
                 pending = pending_samples(self.db, self.http)
                 if pending is not None:
                     self.backlog.append((at, pending))
+            if self.http is not None:
+                held = backpressure_figures(self.http)
+                if held:
+                    self.held.append((at, {k: held[k] for k in (
+                        "acks_held", "hosts_held", "acks_held_total", "acks_released_late_total",
+                        "budget_samples", "fair_level_samples", "due_samples",
+                        "pending_samples", "poll_seconds") if k in held}))
             self.memory.append((at, self.samplers[self.collector].memory()))
 
     def report(self, seconds: float, stored_per_s: float) -> dict[str, Any]:
@@ -303,6 +326,8 @@ class Watch:
                                           "end": self.memory[-1][1] if self.memory else None}
             out["collector_processes"] = len(self.samplers[self.collector].names)
             out["backlog_samples"] = self.backlog
+            if self.held:  # acks held by the back-pressure on the back-log, every 10 s
+                out["backpressure"] = self.held
             warm = seconds / 3
             k = slope([p for p in self.backlog if p[0] >= warm])
             out["backlog_at_end"] = self.backlog[-1][1] if self.backlog else None
@@ -717,6 +742,15 @@ def print_report(runs: list[dict[str, Any]], s: dict[str, Any], args: argparse.N
           + " ".join(f"{(v or 0) / 1000:.0f}k" for v in last["stored_per_10s"]))
     print("last run, back-log (s, samples): "
           + " ".join(f"{t:g}:{n:,}" for t, n in last["backlog_samples"]))
+    held = last.get("backpressure")
+    if held:
+        keys = ("due_samples", "pending_samples", "acks_held", "hosts_held", "acks_held_total",
+                "acks_released_late_total")
+        print(f"last run, back-pressure (budget {held[-1][1].get('budget_samples', 0):,.0f} "
+              "samples; s: due / pending samples / acks held now / hosts held / held in all / "
+              "released late): "
+              + " ".join(f"{t:g}:" + "/".join(f"{f.get(k, 0):.0f}" for k in keys)
+                         for t, f in held))
     procs = last.get("cpu_by_process", {}).get("collector", {})
     print("last run, collector tree CPU per process: "
           + ", ".join(f"{k} {100 * v:.0f}%" for k, v in procs.items()))

@@ -276,7 +276,8 @@ class CollectorService:
         self.maintenance.start()
         self.metrics.attach(stats=self.pipeline.stats, rejects=self.rejects, inbox=self.inbox,
                             mqtt=self.mqtt, storage_open=lambda: self.storage_open,
-                            maintenance=self.maintenance)
+                            maintenance=self.maintenance,
+                            backpressure=self.pipeline.backpressure)
         leadership.start()
         self.mqtt.start()
         if cfg.alerting.enabled:
@@ -426,6 +427,10 @@ class CollectorService:
                                          "storage": self.storage_open and storage_ok}
         if stalled is not None:
             checks["mqtt_stall"] = stalled
+        held = self.pipeline.backpressure.hosts_held() if self.pipeline is not None else 0
+        if held:  # not a failed check: the back-log is over its budget, its fillers wait
+            checks["ingest_backpressure"] = f"acks of {held} host(s) held: samples due for " \
+                "compaction over [ingest] backlog_budget_samples"
         return checks
 
     def metrics_text(self) -> str:

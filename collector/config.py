@@ -325,6 +325,17 @@ class IngestConfig(_Section):
     # Worker processes that decode, validate and screen received batches (0: the writer thread
     # does, in the collector's own process). collector/STORAGE.md, "Ingest processes".
     workers: int = Field(2, ge=0, le=64)
+    # Back-pressure on the compaction back-log (collector/ingest/backpressure.py): samples due
+    # for compaction that may wait. While more than this many stored samples are due for
+    # compaction and not yet taken (old enough for it, or of a host with step_samples pending),
+    # the agent acks of the hosts holding more than their fair share of them are held (the
+    # batches are stored and PUBACKed as always), so those agents, and only those, wait. 3 M
+    # samples: about 25 s of compaction at ~115 k samples/s behind schedule; a compaction that
+    # keeps up leaves none due. 0: never hold.
+    backlog_budget_samples: int = Field(3_000_000, ge=0)
+    # A held ack is published after this long at the latest: well under the agents'
+    # ack_timeout_seconds (60 s by default), so no agent sends a batch again because of a hold.
+    backlog_max_hold_seconds: float = Field(20.0, gt=0, le=50)
 
 
 class LogConfig(_Section):

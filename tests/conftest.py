@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -8,6 +8,7 @@ import pytest
 from tests.support.broker import Broker
 from tests.support.postgres import Postgres
 from tests.support.postgres import available as postgres_available
+from tests.support.stand_in_agent import StandInAgent
 from tests.support.storages import BACKENDS, Stores
 
 
@@ -17,6 +18,20 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b = Broker(tmp_path / "broker").start()
     yield b
     b.kill()
+
+
+@pytest.fixture
+def agents(broker: Broker) -> Iterator[Callable[[str], StandInAgent]]:
+    """``agents(host)``: a stand-in agent of ``host`` on ``broker`` (closed after the test)."""
+    made: list[StandInAgent] = []
+
+    def make(host: str) -> StandInAgent:
+        made.append(StandInAgent(broker, host))
+        return made[-1]
+
+    yield make
+    for a in made:
+        a.close()
 
 
 @pytest.fixture(scope="session")

@@ -159,19 +159,6 @@ def collector(make_config: Callable[..., CollectorConfig],
     running.stop()
 
 
-@pytest.fixture
-def agents(broker: Broker) -> Iterator[Callable[[str], Agent]]:
-    made: list[Agent] = []
-
-    def make(host: str) -> Agent:
-        made.append(Agent(broker, host))
-        return made[-1]
-
-    yield make
-    for a in made:
-        a.close()
-
-
 def test_valid_batch_is_stored_then_acked_and_a_resend_is_acked_but_not_stored(
         collector: RunningCollector, agents: Callable[[str], Agent]) -> None:
     agent = agents("web-01")

@@ -196,7 +196,8 @@ async def healthz_handler(_request: web.Request) -> web.Response:
 
 
 async def readyz_handler(request: web.Request) -> web.Response:
-    """200 when every boolean check holds, else 503; other entries explain (``mqtt_stall``)."""
+    """200 when every boolean check holds, else 503; other entries explain (``mqtt_stall``,
+    ``ingest_backpressure``)."""
     checks: dict[str, bool | str] = request.app[READY_KEY]()  # type: ignore[operator]
     ready = all(v for v in checks.values() if isinstance(v, bool))
     return json_response({"ready": ready, **checks}, status=200 if ready else 503)
@@ -413,6 +414,9 @@ OPENAPI: dict[str, Any] = {
             "gaps": {"type": "array", "items": {"$ref": "#/components/schemas/Gap"}}}},
         "Ready": {"type": "object", "properties": {
             "ready": {"type": "boolean"}, "mqtt": {"type": "boolean"},
-            "storage": {"type": "boolean"}}},
+            "storage": {"type": "boolean"},
+            "ingest_backpressure": {"type": "string", "description": "Present while agent acks "
+                                    "are held because the compaction back-log is over its "
+                                    "budget (not a failed check)"}}},
     }},
 }

@@ -53,6 +53,7 @@ from edgemon.collector.storage.maintenance import MaintenanceRunner
 
 if TYPE_CHECKING:
     from edgemon.collector.alerting.service import AlertingService
+    from edgemon.collector.ingest.backpressure import BackPressure
     from edgemon.collector.ingest.mqtt import Inbox, MqttIngest
 
 __all__ = ["CONTENT_TYPE", "REJECT_REASONS", "SERIES_REJECT_REASONS", "CollectorMetrics",
@@ -205,7 +206,8 @@ class _BuildInfo(Collector):
 
 def _ingest_families(stats: IngestStats, rejects: Rejects, inbox: Inbox | None,
                      mqtt: MqttIngest | None, storage_open: bool,
-                     clock: Callable[[], float] = time.time) -> Iterator[Metric]:
+                     clock: Callable[[], float] = time.time,
+                     backpressure: BackPressure | None = None) -> Iterator[Metric]:
     p = PREFIX
     for name, attribute, help_text in _STATS_COUNTERS:
         yield _one(p + name, "counter", help_text, round(getattr(stats, attribute), 6))
@@ -234,6 +236,8 @@ def _ingest_families(stats: IngestStats, rejects: Rejects, inbox: Inbox | None,
                    0.0 if oldest is None else max(0.0, round(clock() - oldest / 1000, 3)))
     if mqtt is not None:
         yield from _mqtt_families(mqtt)
+    if backpressure is not None:
+        yield from _backpressure_families(backpressure)
     yield _one(p + "storage_open", "gauge", "1 when the storage is open", int(storage_open))
     yield _family(p + "host_lag_seconds", "gauge", "Receive time minus send time of the host's "
                   "newest live batch (includes clock offset)", ["host"],
@@ -273,6 +277,34 @@ def _mqtt_families(mqtt: MqttIngest) -> Iterator[Metric]:
     if mqtt.rate_limiter is not None:
         yield _one(PREFIX + "rate_limit_hosts", "gauge", "Hosts with a rate-limit bucket of "
                    "their own (the rest share one)", mqtt.rate_limiter.hosts_tracked)
+
+
+def _backpressure_families(bp: BackPressure) -> Iterator[Metric]:
+    """Agent acks held while the compaction back-log is over its budget (backpressure.py)."""
+    p = PREFIX + "backlog_"
+    yield _one(p + "budget_samples", "gauge", "Samples due for compaction (old enough for it, "
+               "not yet taken) allowed before the agent acks of the hosts holding most of them "
+               "are held ([ingest] backlog_budget_samples; 0: never)", bp.budget)
+    yield _one(p + "due_samples", "gauge", "Samples due for compaction as ingest last saw them "
+               "(read every 0.5-2 s, plus what it stored since for hosts due in full)",
+               bp.due_total)
+    yield _one(p + "pending_samples", "gauge", "Samples not yet compacted, due or not, as ingest "
+               "last saw them (the whole back-log; the budget is about the due part)",
+               bp.pending_total)
+    yield _one(p + "fair_level_samples", "gauge", "Due samples a host may hold before its "
+               "acks are held (+Inf while the back-log is within its budget)", bp.level())
+    yield _one(p + "acks_held", "gauge", "Agent acks held now (one per host and instance)",
+               bp.held_acks)
+    yield _one(p + "hosts_held", "gauge", "Hosts whose agent acks are held now",
+               bp.hosts_held())
+    yield _one(p + "acks_held_total", "counter", "Agent acks held (each published later)",
+               bp.acks_held)
+    yield _one(p + "acks_released_late_total", "counter", "Held agent acks published because "
+               "they were held for [ingest] backlog_max_hold_seconds", bp.acks_released_late)
+    yield _one(p + "acks_over_cap_total", "counter", "Agent acks published at once because too "
+               "many were held already", bp.acks_over_cap)
+    yield _one(p + "poll_seconds", "gauge", "How long the last read of the back-log "
+               "by host took (a thread's, not the event loop's)", round(bp.poll_seconds, 6))
 
 
 # --- storage -----------------------------------------------------------------------------------
@@ -451,11 +483,13 @@ class CollectorMetrics:
                inbox: Inbox | None = None, mqtt: MqttIngest | None = None,
                storage_open: Callable[[], bool] = lambda: True,
                maintenance: MaintenanceRunner | None = None,
-               alerting: AlertingService | None = None) -> None:
+               alerting: AlertingService | None = None,
+               backpressure: BackPressure | None = None) -> None:
         """Point the metrics at the collector's parts (any may be absent)."""
         if stats is not None and rejects is not None:
             self._parts.ingest = lambda: _ingest_families(stats, rejects, inbox, mqtt,
-                                                          storage_open())
+                                                          storage_open(),
+                                                          backpressure=backpressure)
         if maintenance is not None:
             self._parts.maintenance = maintenance
         if alerting is not None:

@@ -23,6 +23,12 @@ Per group of messages taken from the inbox (up to ``max_batch_per_txn``):
    rejected alike: the broker must not redeliver garbage forever), then publish one agent ack per
    (host, instance) on ``edgemon/v1/<host>/ack`` with QoS 1 naming the stored and duplicate seqs.
 
+While more samples are due for compaction (old enough for it, and not yet taken) than ``[ingest]
+backlog_budget_samples``, the agent acks of the hosts holding more than their fair share of that
+due back-log are held for a while (``backpressure.py``; the batches are stored and PUBACKed as
+always). The back-log per host is read from the storage every ``BACKLOG_POLL_S`` in a thread,
+never on the event loop.
+
 When storing fails, the group is retried item by item at once (a transient error costs nothing
 more). Then:
 
@@ -47,6 +53,7 @@ from dataclasses import replace
 from typing import Any
 
 from edgemon.collector.config import IngestConfig
+from edgemon.collector.ingest.backpressure import BackPressure, HeldAck
 from edgemon.collector.ingest.cardinality import SeriesLimits
 from edgemon.collector.ingest.catalogues import read_stored
 from edgemon.collector.ingest.examine import (
@@ -58,7 +65,7 @@ from edgemon.collector.ingest.mqtt import Inbox, MqttIngest, RawMessage, now_ms
 from edgemon.collector.ingest.outcomes import IngestStats, Outcome
 from edgemon.collector.ingest.rejects import Rejects
 from edgemon.collector.ingest.workers import Task, WorkerPool
-from edgemon.collector.storage.base import IngestItem, Storage, StoreResult
+from edgemon.collector.storage.base import DueBacklog, IngestItem, Storage, StoreResult
 from edgemon.common.logs import Throttle
 from edgemon.protocol import ProtocolError, parse_topic
 
@@ -72,6 +79,10 @@ RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 PIPELINE_DEPTH = 2  # groups examined by the workers ahead of the one being stored
 SUPPLY_ROUNDS = 3  # examinations of a message: a worker may ask for its catalogue, then its base
+BACKLOG_POLL_S = 0.5  # seconds between reads of the due back-log by host near the budget
+BACKLOG_IDLE_POLL_S = 2.0  # ... and below half of it
+BACKLOG_POLL_SHARE = 0.1  # ... and at most this share of the time spent reading it
+RELEASE_TICK_S = 0.25  # seconds between looks at the held acks
 
 
 class IngestPipeline:
@@ -108,11 +119,30 @@ class IngestPipeline:
         self.heartbeat = time.monotonic()  # last turn of the worker loop (systemd watchdog)
         self._decode_error_log = Throttle(DECODE_ERROR_LOG_INTERVAL)
         self._stop = asyncio.Event()
+        # the agent acks of the hosts filling the compaction back-log wait (backpressure.py)
+        self.backpressure = BackPressure(budget=config.backlog_budget_samples,
+                                         max_hold_s=config.backlog_max_hold_seconds)
+        self._backlog_error_log = Throttle(DECODE_ERROR_LOG_INTERVAL)
+        self._watcher: asyncio.Task[None] | None = None  # releases held acks (run starts it)
 
     # --- the worker ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Take, store and acknowledge until ``stop()`` was called and the inbox is empty."""
+        """Take, store and acknowledge until ``stop()`` was called and the inbox is empty; then
+        publish the acks still held (their batches are stored)."""
+        watcher = self._watcher = asyncio.create_task(
+            self._watch_backlog(), name="edgemon-ingest-backlog") \
+            if self.backpressure.enabled and self.mqtt is not None else None
+        try:
+            await self._run()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            self._publish_held(self.backpressure.release_all())
+
+    async def _run(self) -> None:
         if self.pool is not None:
             try:
                 await self.start_pool()
@@ -503,6 +533,50 @@ class IngestPipeline:
             log.exception("could not record the status of %s", o.host)
             o.failed, o.detail = True, repr(exc)[:200]
 
+    # --- back-pressure on the compaction back-log (backpressure.py) ----------------------------
+
+    async def _watch_backlog(self) -> None:
+        """Read the due back-log by host in a thread every ``BACKLOG_POLL_S`` (less often
+        when a read takes long or the back-log is far below its budget) and publish the held
+        acks that are due."""
+        loop = asyncio.get_running_loop()
+        polled, took = float("-inf"), 0.0
+        while True:
+            try:
+                wait = max(self.backpressure.poll_every(BACKLOG_POLL_S, BACKLOG_IDLE_POLL_S),
+                           took / BACKLOG_POLL_SHARE)
+                if time.monotonic() - polled >= wait:
+                    started = time.monotonic()
+                    self.backpressure.begin_poll()
+                    backlog = await loop.run_in_executor(None, self._due_by_host)
+                    polled = time.monotonic()
+                    took = self.backpressure.poll_seconds = polled - started
+                    self.backpressure.update(backlog)  # None (unknown): hold nothing
+                self._publish_held(self.backpressure.due())
+            except Exception:  # never leave acks held for want of a look at them
+                if self._backlog_error_log() is not None:
+                    log.exception("back-pressure on the back-log failed (logged at most once "
+                                  "a minute)")
+                self._publish_held(self.backpressure.release_all())
+            await asyncio.sleep(RELEASE_TICK_S)
+
+    def _due_by_host(self) -> DueBacklog | None:
+        """(A thread.) The storage's back-log by host; None when it cannot tell."""
+        try:
+            return self.storage.due_by_host()
+        except Exception:
+            if self._backlog_error_log() is not None:
+                log.exception("cannot read the compaction back-log by host (logged at most "
+                              "once a minute): holding no agent acks meanwhile")
+            return None
+
+    def _publish_held(self, held: list[HeldAck]) -> None:
+        if self.mqtt is None:
+            return
+        for ack in held:
+            if self.mqtt.publish_ack(ack.host, ack.instance, ack.seqs, bases=True):
+                self.stats.acks_published += 1
+
     # --- event loop, after the commit -----------------------------------------------------------
 
     def _acknowledge(self, outcomes: list[Outcome]) -> None:
@@ -544,6 +618,7 @@ class IngestPipeline:
             if result.stored:
                 stats.batches_stored += 1
                 stats.samples_stored += result.samples
+                self.backpressure.stored(result.host, result.samples)
                 for reason, (count, example) in (o.dropped or {}).items():
                     self.rejects.record_series(reason, result.host, count, example)
             else:
@@ -557,6 +632,9 @@ class IngestPipeline:
                     stats.host_lag_ms[host] = o.msg.received_ms - o.sent_ms
         if self.mqtt is not None:
             for (host, instance), seqs in acks.items():
+                if self._watcher is not None and not self._watcher.done() and \
+                        self.backpressure.hold(host, instance, seqs):
+                    continue  # published by _watch_backlog once due, or at shutdown
                 if self.mqtt.publish_ack(host, instance, seqs, bases=True):
                     stats.acks_published += 1
             for (host, instance), (seqs, reason) in refused.items():

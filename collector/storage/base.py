@@ -167,6 +167,17 @@ class StorageStats:
 
 
 @dataclass(frozen=True, slots=True)
+class DueBacklog:
+    """The compaction back-log by host as compaction sees it (``Storage.due_by_host``):
+    compaction takes a host's batches once they are ``compact_delay_ms`` old, and the whole
+    host at once when it has ``step_samples`` pending."""
+
+    step_samples: int  # the storage's own setting
+    hosts: dict[str, tuple[int, int]]  # host -> (pending samples, of them received
+    # compact_delay_ms ago or earlier); hosts with nothing pending left out
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardBatch:
     """One stored batch in the forwarding log (``Storage.forward_read``)."""
 
@@ -312,6 +323,12 @@ class Storage(ABC):
         """What maintenance has yet to do: ``pending_batches``, ``pending_samples``,
         ``dirty_windows``, ``oldest_pending_received_ms`` (absent: nothing pending)."""
         return {}
+
+    def due_by_host(self) -> DueBacklog | None:
+        """Samples of stored batches not yet compacted by host, and of them those old enough
+        for compaction (``DueBacklog``); None: this storage cannot tell (ingest then holds no
+        acks, ``ingest/backpressure.py``)."""
+        return None
 
     # -- forwarding (``[[forward]]``, collector/forward/): a log of stored batches, in order,
     # with one cursor per receiver. A backend without it raises NotImplementedError.

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 
-from edgemon.collector.storage.base import Storage
+from edgemon.collector.storage.base import DueBacklog, Storage
 from edgemon.collector.storage.sql.catalogues import Catalogues
 from edgemon.collector.storage.sql.compaction import Compaction
 from edgemon.collector.storage.sql.forward_log import ForwardLog
@@ -31,6 +31,7 @@ from edgemon.collector.storage.sql.queries import Queries
 from edgemon.collector.storage.sql.retention import Retention
 from edgemon.collector.storage.sql.sizes import Sizes
 from edgemon.collector.storage.sql.writes import Writes
+from edgemon.common import clock
 
 __all__ = ["SQLStorage"]
 
@@ -81,3 +82,19 @@ class SQLStorage(Writes, Compaction, Retention, Queries, Sizes, Catalogues, Forw
         if oldest is not None:
             out["oldest_pending_received_ms"] = int(oldest[0])
         return out
+
+    def due_by_host(self) -> DueBacklog:
+        """Pending samples by host, and of them those received ``compact_delay_ms`` ago or
+        earlier (what compaction's ``_choose_pending`` counts as due by age; due by size is
+        ``step_samples``, passed on): one pass over ``batches_by_age`` (+host_id: grouped from
+        that index alone, not via the (host_id, ...) unique index and a read of the table for
+        every row), then one lookup of each host's name."""
+        cutoff = clock.now_ms() - self.compact_delay_ms
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT h.name, p.n, p.aged FROM (SELECT +host_id AS hid, sum(samples) AS n, "
+                "sum(CASE WHEN received_ms <= ? THEN samples ELSE 0 END) AS aged "
+                "FROM batches GROUP BY hid) AS p JOIN hosts h ON h.id = p.hid",
+                (cutoff,)).fetchall()
+        return DueBacklog(self.step_samples,
+                          {str(name): (int(n), int(aged)) for name, n, aged in rows})
