@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from edgemon.collector.storage.base import IngestItem
-from edgemon.collector.storage.sql import SQLStorage, block_blobs
+from edgemon.collector.storage.sql import SQLStorage, block_blobs, compaction
 from edgemon.collector.storage.sql.compaction import BEHIND_TXN_FACTOR, L0Plan, L1Plan
 from edgemon.protocol import COUNTER, GAUGE, BatchBuilder, MetricDef, decode, encode
 from edgemon.protocol.schema import validate_batch
@@ -557,3 +557,73 @@ def test_the_compaction_process_tries_the_sqlite_write_lock_itself_until_its_bus
     thread.join(10)
     holder.close()
     poller.close()
+
+
+OLD_WIDEN = ("UPDATE series SET first_ms = min(first_ms, ?), last_ms = max(last_ms, ?) "
+             "WHERE id = ?")  # what L0 ran on every series before rows were skipped
+
+
+def first_last(st: Any) -> dict[int, tuple[int, int]]:
+    with st._read() as db:
+        return {sid: (first, last) for sid, first, last in db.execute(
+            "SELECT id, first_ms, last_ms FROM series")}
+
+
+def test_first_last_are_written_only_where_they_widen_and_end_as_min_max(stores: Stores
+                                                                         ) -> None:
+    st = open_spying(stores)
+    try:
+        st.store_batches(random_items(random.Random(5), 4, 2))
+        st.compact_all(NOW)
+        with st._write() as db:  # and series without samples yet (made ahead of their plan)
+            db.execute("UPDATE series SET first_ms = ?, last_ms = 0 WHERE id IN (SELECT "
+                       "min(id) FROM series GROUP BY host_id)", (1 << 62,))
+        before = first_last(st)
+        rng = random.Random(7)
+        for _ in range(20):
+            updates = []
+            for sid, (first, last) in before.items():  # inside, before, after, around, ...
+                lo = min(first, T0) - rng.choice((0, 0, 1, 60_000))
+                hi = max(last, T0) + rng.choice((0, 0, 1, 60_000))
+                a, b = sorted(rng.randint(lo, hi) for _ in range(2))
+                updates.append((a, b, sid))
+            rng.shuffle(updates)
+            results = []
+            for old in (True, False):
+                with st._write() as db:  # from the same rows each time
+                    db.executemany("UPDATE series SET first_ms = ?, last_ms = ? WHERE id = ?",
+                                   [(f, la, sid) for sid, (f, la) in before.items()])
+                    if old:
+                        db.executemany(OLD_WIDEN, updates)
+                    else:
+                        compaction._widen_first_last(db, updates)
+                results.append(first_last(st))
+            assert results[0] == results[1]
+            assert results[0] != before  # something widened
+            assert any(results[0][sid] == before[sid] for _, _, sid in updates)  # not all
+    finally:
+        st.close()
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_l0_stores_the_same_first_last_as_before_rows_were_skipped(
+        stores: Stores, tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    items = random_items(random.Random(seed), 5, 10)
+    random.Random(seed + 1).shuffle(items)  # late and early batches: some widen nothing
+    results = []
+    for old in (True, False):
+        with monkeypatch.context() as patch:
+            if old:
+                patch.setattr(compaction, "_widen_first_last",
+                              lambda db, rows: db.executemany(OLD_WIDEN, rows))
+            (tmp_path / f"o{old}").mkdir()
+            st = open_spying(Stores(stores.backend, tmp_path / f"o{old}", stores._postgres))
+            try:
+                for k in range(0, len(items), 9):
+                    st.store_batches(items[k:k + 9])
+                    st.compact_all(NOW)
+                results.append((stored(st), st.applied))
+            finally:
+                st.close()
+    assert results[0][0] == results[1][0]
+    assert results[1][1] > 0  # the prepared path (``_apply_l0``) did parts

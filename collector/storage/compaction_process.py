@@ -45,6 +45,11 @@ log = logging.getLogger("edgemon.collector.storage.maintenance")
 POLL = 0.1  # seconds between the supervisor's looks at the child and the flags
 RESTART_MIN, RESTART_MAX = 1.0, 30.0  # back-off before starting a dead child again
 STOP_WAIT = 20.0  # seconds a stopping child gets to finish its round before it is killed
+# SQLite: the child's connections commit without an fsync of their own (WAL mode). Ingest's
+# commits stay FULL, and each one's fsync of the WAL covers compaction's earlier frames too; a
+# power loss can only roll back the newest compaction/retention transactions, whole, which
+# leaves their batches pending to be compacted again (collector/STORAGE.md, Durability).
+COMPACTION_SYNCHRONOUS = "NORMAL"
 
 
 class CompactionProcess:
@@ -247,7 +252,7 @@ def child_main(target: str, options: dict[str, Any], reports: Connection, notes:
         try:
             storage = open_storage(target, **{**options, "wait": False}) \
                 if _is_postgres(target) \
-                else open_storage(target, **options)
+                else open_storage(target, **{**options, "synchronous": COMPACTION_SYNCHRONOUS})
         except Exception as exc:
             log.warning("compaction process: cannot open the storage (%s); trying again in "
                         "%.0f s", str(exc).strip()[:200], delay)

@@ -292,8 +292,7 @@ class Compaction(SQLStore):
             return "cutoffs_moved"
         if self._pending_payloads(db, list(plan.payloads)) != plan.payloads:
             return "batches_changed"
-        db.executemany("UPDATE series SET first_ms = min(first_ms, ?), last_ms = "
-                       "max(last_ms, ?) WHERE id = ?", plan.first_last)
+        _widen_first_last(db, plan.first_last)
         self._insert_blocks(db, plan.blobs, "l0")
         db.executemany("INSERT INTO dirty VALUES (?, ?, 1, ?) ON CONFLICT (host_id, "
                        "window_ms) DO UPDATE SET blocks = dirty.blocks + 1, samples = "
@@ -327,8 +326,7 @@ class Compaction(SQLStore):
         marked dirty; samples of windows whose raw data retention removed go to the rollups."""
         s = sort_l0(g, self.window_ms)
         ids, sid, ts, val, host, win = s.ids, s.sid, s.ts, s.val, s.host, s.win
-        db.executemany("UPDATE series SET first_ms = min(first_ms, ?), last_ms = "
-                       "max(last_ms, ?) WHERE id = ?", s.first_last)
+        _widen_first_last(db, s.first_last)
         keep = np.ones(sid.size, dtype=bool)
         old: list[tuple[int, int]] = []  # samples of windows whose raw data retention removed
         fresh: list[tuple[int, int, int]] = []  # (host, window, samples) of each block
@@ -745,6 +743,15 @@ def _make_series_rows(db: Any, resolved: Resolved,
     for key, (_, *uses) in wanted.items():
         for mkey, labels in uses:
             resolved.fresh.setdefault(mkey, {})[labels] = found[key]
+
+
+def _widen_first_last(db: Any, first_last: list[tuple[int, int, int]]) -> None:
+    """Series first/last widened to the samples of an L0 transaction, ``first_last`` (first ts,
+    last ts, series id): a row is written only where it widens (the WHERE), so the result is
+    that of ``first_ms = min(first_ms, ?), last_ms = max(last_ms, ?)`` on every row."""
+    db.executemany("UPDATE series SET first_ms = min(first_ms, ?), last_ms = max(last_ms, ?) "
+                   "WHERE id = ? AND (first_ms > ? OR last_ms < ?)",
+                   [(first, last, sid, first, last) for first, last, sid in first_last])
 
 
 def _sorted_blocks(blocks: dict[tuple[int, int], list[int]]
