@@ -14,7 +14,8 @@ from edgemon.protocol.limits import (
     VERSION,
 )
 
-__all__ = ["Ack", "decode_ack", "decode_status", "encode_ack", "encode_status", "seqs_to_ranges"]
+__all__ = ["Ack", "decode_ack", "decode_status", "encode_ack", "encode_acks", "encode_status",
+           "seqs_to_ranges"]
 
 _MAX_JSON = 64 * 1024
 
@@ -99,14 +100,41 @@ def encode_ack(*, instance: str, seqs: list[int], rejected: list[int] | None = N
     ``rejected`` lists batches the collector decoded but refuses for good (e.g. samples from a
     clock far in the future): the agent drops them and counts them instead of re-sending forever.
     ``bases``: the collector resolves batches that go on from the acked ones (SPEC.md §9.1).
+    One document, whatever its number of ranges: ``encode_acks`` keeps each within what an
+    agent decodes.
     """
-    doc: dict[str, Any] = {"v": VERSION, "instance": instance, "acked": seqs_to_ranges(seqs)}
+    return _ack_document(instance, seqs_to_ranges(seqs), seqs_to_ranges(rejected or []),
+                         reason, catalogues, bases)
+
+
+def encode_acks(*, instance: str, seqs: list[int], rejected: list[int] | None = None,
+                reason: str = "", catalogues: list[str] | None = None,
+                bases: bool = False) -> list[bytes]:
+    """``encode_ack`` for any number of sequence numbers: the acked, then the rejected ranges,
+    at most ``MAX_ACK_RANGES`` of them in all per document (an agent refuses a document with
+    more in either list; the total also keeps each within the JSON size it reads, whatever the
+    numbers); the catalogues go in the first. Few enough ranges: ``[encode_ack(...)]``."""
+    acked, refused = seqs_to_ranges(seqs), seqs_to_ranges(rejected or [])
+    docs: list[bytes] = []
+    while True:
+        some_acked = acked[:MAX_ACK_RANGES]
+        some_refused = refused[:MAX_ACK_RANGES - len(some_acked)]
+        acked, refused = acked[len(some_acked):], refused[len(some_refused):]
+        docs.append(_ack_document(instance, some_acked, some_refused, reason,
+                                  None if docs else catalogues, bases))
+        if not acked and not refused:
+            return docs
+
+
+def _ack_document(instance: str, acked: list[list[int]], rejected: list[list[int]], reason: str,
+                  catalogues: list[str] | None, bases: bool) -> bytes:
+    doc: dict[str, Any] = {"v": VERSION, "instance": instance, "acked": acked}
     if rejected:
-        doc["rejected"] = seqs_to_ranges(rejected)
+        doc["rejected"] = rejected
         doc["reason"] = reason
     if catalogues:
         doc["catalogues"] = catalogues
-    if bases and seqs:
+    if bases and acked:
         doc["bases"] = True
     return json.dumps(doc, separators=(",", ":")).encode()
 

@@ -333,6 +333,31 @@ def test_topics_round_trip() -> None:
             protocol.parse_topic(bad)
 
 
+def test_acks_of_many_scattered_seqs_are_split_into_documents_an_agent_decodes() -> None:
+    """A held ack can gather thousands of seqs (collector/ingest/backpressure.py): in one
+    document its ranges would pass MAX_ACK_RANGES, and the agent would refuse the whole ack."""
+    from edgemon.protocol.limits import MAX_ACK_RANGES, MAX_INT
+    from edgemon.protocol.status import encode_acks
+
+    big = MAX_INT - 10 * MAX_ACK_RANGES  # the longest numbers: the JSON size counts too
+    seqs = list(range(big, big + 6 * MAX_ACK_RANGES, 2))  # 3 x the limit, each range one seq
+    rejected = list(range(big + 1, big + 3 * MAX_ACK_RANGES, 2))  # 1.5 x
+    with pytest.raises(ProtocolError):  # what one document would do
+        protocol.decode_ack(protocol.encode_ack(instance="abc", seqs=seqs))
+    payloads = encode_acks(instance="abc", seqs=seqs, rejected=rejected, reason="future",
+                           catalogues=["c" * 16], bases=True)
+    docs = [protocol.decode_ack(d) for d in payloads]
+    assert len(docs) == 5 and {d.instance for d in docs} == {"abc"}
+    assert [s for d in docs for a, b in d.acked for s in range(a, b + 1)] == seqs
+    assert [s for d in docs for a, b in d.rejected for s in range(a, b + 1)] == rejected
+    assert [d.catalogues for d in docs] == [("c" * 16,), (), (), (), ()]
+    assert [d.bases for d in docs] == [bool(d.acked) for d in docs] == [True] * 3 + [False] * 2
+    assert {d.reason for d in docs if d.rejected} == {"future"}
+    few = encode_acks(instance="abc", seqs=[1, 2, 5], rejected=[9], reason="future", bases=True)
+    assert few == [protocol.encode_ack(instance="abc", seqs=[1, 2, 5], rejected=[9],
+                                       reason="future", bases=True)]
+
+
 def test_ack_round_trip_and_ranges() -> None:
     payload = protocol.encode_ack(instance="abc", seqs=[5, 3, 4, 9, 9, 1])
     assert protocol.decode_ack(payload) == ("abc", [(1, 1), (3, 5), (9, 9)], [], "", (), False)

@@ -82,9 +82,10 @@ from edgemon.collector.ingest.subscriptions import Subscriptions
 from edgemon.common import mqtt_client
 from edgemon.common.clock import now_ms
 from edgemon.common.logs import Throttle
-from edgemon.protocol import ProtocolError, ack_topic, encode_ack, parse_topic
+from edgemon.protocol import ProtocolError, ack_topic, parse_topic
 from edgemon.protocol.limits import MAX_COMPRESSED_BYTES
 from edgemon.protocol.presence import collector_state_topic, encode_collector_state
+from edgemon.protocol.status import encode_acks
 
 __all__ = ["Inbox", "MqttIngest", "RawMessage", "now_ms"]
 
@@ -261,10 +262,14 @@ class MqttIngest:
         """Tell the agent which of its batches are durably stored, or refused for good (QoS 1).
 
         Never raises for a transport problem: an ack published while disconnected is sent after
-        the reconnect; one that cannot even be queued is dropped, counted and False."""
-        payload = encode_ack(instance=instance, seqs=seqs, rejected=rejected, reason=reason,
-                             catalogues=catalogues, bases=bases)
-        return self._publish(ack_topic(host), payload)
+        the reconnect; one that cannot even be queued is dropped, counted and False. Many seqs
+        (a held ack, ``backpressure.py``) go out in as many messages as an agent's limit on
+        ranges per ack needs (``encode_acks``)."""
+        topic = ack_topic(host)
+        sent = [self._publish(topic, payload) for payload in encode_acks(
+            instance=instance, seqs=seqs, rejected=rejected, reason=reason,
+            catalogues=catalogues, bases=bases)]
+        return all(sent)
 
     def publish_alert(self, topic: str, payload: bytes) -> None:
         """Publish an alert transition (QoS 1); raises ``ConnectionError`` if paho could not
