@@ -427,7 +427,7 @@ class CollectorService:
                                          "storage": self.storage_open and storage_ok}
         if stalled is not None:
             checks["mqtt_stall"] = stalled
-        held = self.pipeline.backpressure.hosts_held() if self.pipeline is not None else 0
+        held = self.pipeline.backpressure.seen.hosts_held if self.pipeline is not None else 0
         if held:  # not a failed check: the back-log is over its budget, its fillers wait
             checks["ingest_backpressure"] = f"acks of {held} host(s) held: samples due for " \
                 "compaction over [ingest] backlog_budget_samples"

@@ -27,7 +27,7 @@ from edgemon.collector.config import (
     StorageConfig,
     load_config,
 )
-from edgemon.collector.ingest.backpressure import BackPressure, fair_level
+from edgemon.collector.ingest.backpressure import BackPressure, Figures, fair_level
 from edgemon.collector.storage.base import DueBacklog, IngestItem, RangeQuery, Storage
 from edgemon.common.clock import now_ms
 from edgemon.protocol import backfill_topic, decode, metrics_topic
@@ -119,6 +119,22 @@ def test_a_held_ack_is_released_after_the_maximum_hold() -> None:
     clock.now += 0.1
     assert [h.seqs for h in bp.due()] == [[1]]
     assert bp.acks_released_late == 1
+
+
+def test_other_threads_read_the_figures_published_last_not_the_live_state() -> None:
+    """``/metrics`` renders on an executor thread: it reads ``seen``, replaced whole by the
+    event loop's ``refresh``, never the dicts the event loop changes meanwhile."""
+    bp = pressure(Clock())
+    assert bp.seen == Figures(100)
+    bp.update(aged({"live": 5, "bulk": 120}, step=1000))
+    assert bp.hold("bulk", "i", [7, 8])
+    assert bp.seen == Figures(100)  # not yet published
+    before = bp.seen
+    bp.refresh()
+    assert before == Figures(100)  # the old object is never changed
+    assert bp.seen == Figures(100, due_samples=125, pending_samples=125,
+                              fair_level_samples=95.0, acks_held=1, hosts_held=1,
+                              acks_held_total=1)
 
 
 def test_held_acks_are_bounded_and_all_released_at_shutdown() -> None:

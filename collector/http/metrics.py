@@ -280,31 +280,32 @@ def _mqtt_families(mqtt: MqttIngest) -> Iterator[Metric]:
 
 
 def _backpressure_families(bp: BackPressure) -> Iterator[Metric]:
-    """Agent acks held while the compaction back-log is over its budget (backpressure.py)."""
-    p = PREFIX + "backlog_"
+    """Agent acks held while the compaction back-log is over its budget (backpressure.py), as
+    the event loop last published them (this renders on another thread)."""
+    p, f = PREFIX + "backlog_", bp.seen
     yield _one(p + "budget_samples", "gauge", "Samples due for compaction (old enough for it, "
                "not yet taken) allowed before the agent acks of the hosts holding most of them "
-               "are held ([ingest] backlog_budget_samples; 0: never)", bp.budget)
+               "are held ([ingest] backlog_budget_samples; 0: never)", f.budget_samples)
     yield _one(p + "due_samples", "gauge", "Samples due for compaction as ingest last saw them "
                "(read every 0.5-2 s, plus what it stored since for hosts due in full)",
-               bp.due_total)
+               f.due_samples)
     yield _one(p + "pending_samples", "gauge", "Samples not yet compacted, due or not, as ingest "
                "last saw them (the whole back-log; the budget is about the due part)",
-               bp.pending_total)
+               f.pending_samples)
     yield _one(p + "fair_level_samples", "gauge", "Due samples a host may hold before its "
-               "acks are held (+Inf while the back-log is within its budget)", bp.level())
+               "acks are held (+Inf while the back-log is within its budget)", f.fair_level_samples)
     yield _one(p + "acks_held", "gauge", "Agent acks held now (one per host and instance)",
-               bp.held_acks)
+               f.acks_held)
     yield _one(p + "hosts_held", "gauge", "Hosts whose agent acks are held now",
-               bp.hosts_held())
+               f.hosts_held)
     yield _one(p + "acks_held_total", "counter", "Agent acks held (each published later)",
-               bp.acks_held)
+               f.acks_held_total)
     yield _one(p + "acks_released_late_total", "counter", "Held agent acks published because "
-               "they were held for [ingest] backlog_max_hold_seconds", bp.acks_released_late)
+               "they were held for [ingest] backlog_max_hold_seconds", f.acks_released_late_total)
     yield _one(p + "acks_over_cap_total", "counter", "Agent acks published at once because too "
-               "many were held already", bp.acks_over_cap)
+               "many were held already", f.acks_over_cap_total)
     yield _one(p + "poll_seconds", "gauge", "How long the last read of the back-log "
-               "by host took (a thread's, not the event loop's)", round(bp.poll_seconds, 6))
+               "by host took (a thread's, not the event loop's)", round(f.poll_seconds, 6))
 
 
 # --- storage -----------------------------------------------------------------------------------

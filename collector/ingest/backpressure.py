@@ -42,7 +42,9 @@ while a query ran may count twice), and only compaction lowers it; what it misse
 batches that come of age since the query, at most one poll interval's worth (0.5 s near the
 budget), seen by the next query. That lag is the only way it undercounts, and it is bounded.
 
-Pure logic with an injected clock; used from the event loop only (not thread-safe).
+Pure logic with an injected clock; used from the event loop only (not thread-safe), except
+``seen``: the figures as of the last ``refresh``, one immutable object replaced whole, for
+readers on other threads (``/metrics`` renders in an executor).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from dataclasses import dataclass
 
 from edgemon.collector.storage.base import DueBacklog
 
-__all__ = ["BackPressure", "HeldAck", "fair_level"]
+__all__ = ["BackPressure", "Figures", "HeldAck", "fair_level"]
 
 MAX_HELD_SEQS = 100_000  # held seqs at most (~100 bytes each): beyond, acks go out at once
 
@@ -83,6 +85,22 @@ class HeldAck:
     since: float
 
 
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """What ``/metrics`` and ``/readyz`` show (``BackPressure.seen``)."""
+
+    budget_samples: int
+    due_samples: int = 0
+    pending_samples: int = 0
+    fair_level_samples: float = math.inf
+    acks_held: int = 0  # (host, instance) acks held now
+    hosts_held: int = 0
+    acks_held_total: int = 0
+    acks_released_late_total: int = 0
+    acks_over_cap_total: int = 0
+    poll_seconds: float = 0.0
+
+
 class BackPressure:
     def __init__(self, *, budget: int, max_hold_s: float, max_held_seqs: int = MAX_HELD_SEQS,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -106,6 +124,7 @@ class BackPressure:
         self.acks_released_late = 0  # held acks released by the maximum hold (counter)
         self.acks_over_cap = 0  # acks published at once because too many were held (counter)
         self.poll_seconds = 0.0  # how long the last read of the back-log took
+        self.seen = Figures(budget)  # for readers on other threads (``refresh``)
 
     @property
     def enabled(self) -> bool:
@@ -221,6 +240,12 @@ class BackPressure:
         return out
 
     # --- for /metrics ---------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Publish the figures now in ``seen`` (the event loop; read from any thread)."""
+        self.seen = Figures(self.budget, self.due_total, self.pending_total, self.level(),
+                            self.held_acks, self.hosts_held(), self.acks_held,
+                            self.acks_released_late, self.acks_over_cap, self.poll_seconds)
 
     @property
     def held_acks(self) -> int:

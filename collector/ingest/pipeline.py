@@ -558,6 +558,7 @@ class IngestPipeline:
                     log.exception("back-pressure on the back-log failed (logged at most once "
                                   "a minute)")
                 self._publish_held(self.backpressure.release_all())
+            self.backpressure.refresh()  # for /metrics, rendered on another thread
             await asyncio.sleep(RELEASE_TICK_S)
 
     def _due_by_host(self) -> DueBacklog | None:
