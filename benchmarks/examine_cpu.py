@@ -122,7 +122,7 @@ def _attempt(form: str, msgs: list[tuple[str, bytes]],
     from edgemon.collector.ingest.screen import screen, series_keys
     from edgemon.protocol.base import last_values
     from edgemon.protocol.catalogue import decode_received
-    from edgemon.protocol.codec import _decompress
+    from edgemon.protocol.codec import decompress
     from edgemon.protocol.fast_reader import read_fast
     from edgemon.protocol.schema import check_decoded
 
@@ -153,7 +153,7 @@ def _attempt(form: str, msgs: list[tuple[str, bytes]],
         digest.update(repr((f.kind, f.reason, f.payload, series, f.dropped,
                             f.head.seq, f.head.sample_count)).encode())
     # the stages, one by one over the same batches
-    packed = timed("decompress", lambda: [_decompress(p) for _t, p in timed_msgs])
+    packed = timed("decompress", lambda: [decompress(p) for _t, p in timed_msgs])
     if form == "inline":
         raws = timed("read", lambda: list(map(read_fast, packed)))
     else:

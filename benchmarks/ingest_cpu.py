@@ -48,7 +48,7 @@ from edgemon.collector.ingest.inbox import Inbox, RawMessage
 from edgemon.collector.ingest.pipeline import IngestPipeline
 from edgemon.collector.storage.sqlite import SQLiteStorage
 from edgemon.protocol import encode, fast_reader, schema
-from edgemon.protocol.codec import FAST_LEVEL, _decompress
+from edgemon.protocol.codec import FAST_LEVEL, decompress
 
 GROUP = 200
 
@@ -125,7 +125,7 @@ def run_floor(rounds: list[list[RawMessage]]) -> tuple[int, float, float]:
     msgs = [m for r in rounds[1:] for m in r]
     cpu, wall = time.process_time(), time.perf_counter()
     for m in msgs:
-        msgpack.unpackb(_decompress(m.payload))
+        msgpack.unpackb(decompress(m.payload))
     return 0, time.process_time() - cpu, time.perf_counter() - wall
 
 

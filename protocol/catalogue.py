@@ -177,12 +177,12 @@ def decode_catalogue(payload: bytes) -> Catalogue:
     scales and label keys by the rules of an inline batch, one label value per key, no series
     twice, and ``id`` the content hash of ``metrics``. ``ProtocolError`` otherwise."""
     from edgemon.protocol.catalogue_reader import read_catalogue_map
-    from edgemon.protocol.codec import _decompress
+    from edgemon.protocol.codec import decompress
     from edgemon.protocol.names import validate_instance_id
     from edgemon.protocol.schema import check_metric_head
     from edgemon.protocol.topics import validate_host_id
 
-    raw = read_catalogue_map(_decompress(payload))
+    raw = read_catalogue_map(decompress(payload))
     if type(raw.get("v")) is not int or raw["v"] != VERSION:
         raise MalformedPayload("catalogue v must be the integer 1", reason="version")
     for key in ("host", "instance", "id", "metrics"):
@@ -257,7 +257,7 @@ def decode_received(payload: bytes, lookup: Any, base_lookup: Any = None, *,
     it costs beyond its own bytes: a reader charges its sender for it)."""
     from edgemon.protocol.base import BASE_KEYS, unbase
     from edgemon.protocol.catalogue_reader import read_referencing_map
-    from edgemon.protocol.codec import _decompress
+    from edgemon.protocol.codec import decompress
     from edgemon.protocol.fast_reader import read_fast
     from edgemon.protocol.reader import batch_key
     from edgemon.protocol.schema import check_decoded
@@ -265,7 +265,7 @@ def decode_received(payload: bytes, lookup: Any, base_lookup: Any = None, *,
     # One pass over the bytes for either form (no second decompression, no scan first): the
     # referencing reader reads an inline batch exactly as ``codec.decode_batch`` does, except
     # that ``values`` and ``sparse``, keys of this section, must have their shape here.
-    packed = _decompress(payload)
+    packed = decompress(payload)
     # an inline batch of the common shape: msgspec's typed reader (C), as codec.decode_batch
     # does; it answers None for anything else, and the pure reader takes over
     fast = read_fast(packed) if read_fast is not None else None

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from edgemon.protocol.schema import ValidBatch
 
 __all__ = ["BASED_DICTIONARY_ID", "DICTIONARY_ID", "FAST_LEVEL", "ZSTD_LEVEL", "decode",
-           "decode_batch", "decompress", "dictionary", "encode", "published_dictionaries"]
+           "decode_batch", "decode_packed", "decompress", "dictionary", "encode",
+           "published_dictionaries"]
 
 ZSTD_LEVEL: Final = 19  # batches are small and sent once a minute: spend CPU on bytes
 FAST_LEVEL: Final = 3  # for re-encoding received batches (the collector): spend little CPU
@@ -97,12 +98,16 @@ def decode_batch(payload: bytes) -> ValidBatch:
     against ``limits`` before anything is unpacked. Then ``reader`` builds the batch map within
     the limits (``fast_reader`` first, when msgspec is installed) and ``schema`` checks every
     rule (SPEC.md §2, §6, §7)."""
+    return decode_packed(decompress(payload))
+
+
+def decode_packed(packed: bytes) -> ValidBatch:
+    """``decode_batch`` of a payload already decompressed (``decompress``)."""
     # Loaded on first use: the agent, which only encodes, never loads the reader and the rules.
     from edgemon.protocol.fast_reader import read_fast
     from edgemon.protocol.reader import read_batch_map
     from edgemon.protocol.schema import check_decoded
 
-    packed = _decompress(payload)
     # msgspec's typed decoder (C) takes the common shape when installed; anything else, and
     # every rejection's precise reason, is the pure reader's (fast_reader.py: same result).
     raw = read_fast(packed) if read_fast is not None else None
@@ -112,13 +117,9 @@ def decode_batch(payload: bytes) -> ValidBatch:
 
 
 def decompress(payload: bytes) -> bytes:
-    """The msgpack bytes of a payload, within the limits ``decode_batch`` applies first (one
-    zstd frame that declares its size, nothing after it); ``ProtocolError`` if not. For readers
-    of payloads ``decode`` checked before (storage: ``collector/storage/stored_reader.py``)."""
-    return _decompress(payload)
-
-
-def _decompress(payload: bytes) -> bytes:
+    """The msgpack bytes of a payload: one zstd frame that declares its size within the limits,
+    nothing after it; ``ProtocolError`` if not. Every size is checked before anything is
+    allocated (``decode_batch``'s first step; storage's ``stored_reader`` and catalogues)."""
     if len(payload) > MAX_COMPRESSED_BYTES:
         raise LimitExceeded(f"payload of {len(payload)} bytes > {MAX_COMPRESSED_BYTES}",
                             reason="too_large")

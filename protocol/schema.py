@@ -209,7 +209,7 @@ _TEXTS: Final = itemgetter(0, 1, 2)  # name, kind, unit of a metric
 _HEAD: Final = itemgetter(0, 1, 2, 3)  # name, kind, unit, scale
 
 
-def _known_good_heads(metrics: list[list[Any]]) -> bool:
+def good_heads(metrics: list[list[Any]]) -> bool:
     """Whether every metric head (name, kind, unit, scale, label keys) passes the rules of
     ``_metrics``: remembered answers, or the rules run and the answer remembered when it is yes.
     Only exact int scales are looked up (an equal bool or float is not the int it equals); a
@@ -241,12 +241,6 @@ def _known_good_heads(metrics: list[list[Any]]) -> bool:
     return True
 
 
-def good_heads(metrics: list[Any]) -> bool:
-    """Whether every metric head of ``metrics`` ([name, kind, unit, scale, label keys, ...]
-    each) passes the rules of ``_metrics`` (``_known_good_heads``: remembered answers)."""
-    return _known_good_heads(metrics)
-
-
 def _metrics_at_once(metrics: list[list[Any]], n_times: int) -> int | None:
     """The batch's sample count if its metrics pass every rule of ``_metrics`` and
     ``_entries``, each rule checked over all series entries of the batch at once in C loops
@@ -254,7 +248,7 @@ def _metrics_at_once(metrics: list[list[Any]], n_times: int) -> int | None:
     fails or a rule needs a closer look (values large enough for the overflow check, one series
     in several entries). ``_metrics`` then runs the same rules one metric and one entry at a
     time, and names the first problem or passes the batch."""
-    if not _known_good_heads(metrics):
+    if not good_heads(metrics):
         return None
     names = list(map(itemgetter(0), metrics))
     if len(set(names)) != len(names):

@@ -209,8 +209,8 @@ def test_a_batch_goes_on_from_the_one_before_only_once_a_base_aware_collector_ac
 
 
 def _packed(payload: bytes) -> bytes:
-    from edgemon.protocol.codec import _decompress
-    return _decompress(payload)
+    from edgemon.protocol.codec import decompress
+    return decompress(payload)
 
 
 def test_a_series_missing_from_a_batch_does_not_change_its_catalogue(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgemon.protocol import ProtocolError, decode_batch, encode, fast_reader, schema
-from edgemon.protocol.codec import _decompress
+from edgemon.protocol.codec import decompress
 from edgemon.protocol.reader import read_batch_map
 from edgemon.protocol.schema import ValidBatch, check_decoded
 from tests.test_fuzz_ingest import (
@@ -49,7 +49,7 @@ def pure_decode_batch(payload: bytes) -> ValidBatch:
     at_once = schema._metrics_at_once
     schema._metrics_at_once = lambda *_: None  # type: ignore[assignment]
     try:
-        return check_decoded(read_batch_map(_decompress(payload)))
+        return check_decoded(read_batch_map(decompress(payload)))
     finally:
         schema._metrics_at_once = at_once  # type: ignore[assignment]
 
@@ -87,7 +87,7 @@ def test_agent_batches_take_the_fast_path_and_read_the_same() -> None:
     host = SimHost("fast-host", 7, int(time.time() * 1000) - 3_600_000)
     for _ in range(5):
         payload = encode(host.next_batch())
-        packed = _decompress(payload)
+        packed = decompress(payload)
         fast = fast_reader.read_fast(packed)  # type: ignore[misc]
         assert fast is not None, "an ordinary agent batch must not need the pure reader"
         assert fast == read_batch_map(packed)

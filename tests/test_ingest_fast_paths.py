@@ -4,7 +4,7 @@
   accumulating every list, on generated delta lists at and around every bound ``_bounds`` makes;
 * ``examine.series_hashes`` (a hash per series, remembered) against a keyed blake2b per series,
   with the memory emptied when full and series too long to remember;
-* ``schema._known_good_heads`` (remembered metric heads): a head equal to a remembered one but
+* ``schema.good_heads`` (remembered metric heads): a head equal to a remembered one but
   with a boolean or float scale, or an unhashable label key, is still refused by the rules;
 * ``base.unbase`` (a based batch's values, checked in one pass when all are integers): the
   same values and the same refusals, in the same order, as series by series.
@@ -116,8 +116,8 @@ def _batch(scale: Any, keys: list[Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("scale", [True, 1.0])
 def test_a_remembered_head_does_not_pass_a_bad_one(scale: Any) -> None:
     schema.check_decoded(_batch(1, ["k"]))  # remembered as good
-    assert schema._known_good_heads(_batch(1, ["k"])["metrics"])
-    assert not schema._known_good_heads(_batch(scale, ["k"])["metrics"])
+    assert schema.good_heads(_batch(1, ["k"])["metrics"])
+    assert not schema.good_heads(_batch(scale, ["k"])["metrics"])
     with pytest.raises(ProtocolError) as caught:
         schema.check_decoded(_batch(scale, ["k"]))
     assert caught.value.reason == "schema"
@@ -126,7 +126,7 @@ def test_a_remembered_head_does_not_pass_a_bad_one(scale: Any) -> None:
 def test_an_unhashable_label_key_is_no_remembered_head() -> None:
     """(The readers never build one; the look-up must still answer, not raise.)"""
     schema.check_decoded(_batch(1, ["k"]))
-    assert not schema._known_good_heads(_batch(1, [["k"]])["metrics"])
+    assert not schema.good_heads(_batch(1, [["k"]])["metrics"])
 
 
 # --- based batches: bvalues checked in one pass when all are integers (protocol/base.py) -------

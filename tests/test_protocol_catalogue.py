@@ -27,7 +27,7 @@ from edgemon.protocol.catalogue import (
     decode_received,
     encode_catalogue,
 )
-from edgemon.protocol.codec import _decompress
+from edgemon.protocol.codec import decompress
 from edgemon.protocol.limits import MAX_CATALOGUES_PER_HOST, MAX_LABEL_VALUES
 from edgemon.protocol.topics import catalogue_topic, metrics_topic
 from tests.support.storages import Stores
@@ -58,9 +58,9 @@ def _declared(batch: dict[str, Any], instance: str | None = None
 
 def test_catalogue_vectors_decode_to_the_basic_batch() -> None:
     catalogue_payload, referencing_payload = _hex("v1-catalogue.hex"), _hex("v1-referencing.hex")
-    assert msgpack.unpackb(_decompress(catalogue_payload)) == json.loads(
+    assert msgpack.unpackb(decompress(catalogue_payload)) == json.loads(
         (VECTORS / "v1-catalogue.json").read_text())
-    assert msgpack.unpackb(_decompress(referencing_payload)) == json.loads(
+    assert msgpack.unpackb(decompress(referencing_payload)) == json.loads(
         (VECTORS / "v1-referencing.json").read_text())
     catalogue = decode_catalogue(catalogue_payload)
     assert catalogue.id == catalogue_id(catalogue.metrics) == "372ab9ec3fdc4e8f"
@@ -343,7 +343,7 @@ def test_mutated_catalogues_and_referencing_batches_fail_only_with_protocol_erro
     rng = random.Random(17)
     compressor = zstandard.ZstdCompressor(dict_data=dictionary(1), write_content_size=True)
     catalogue = decode_catalogue(_hex("v1-catalogue.hex"))
-    originals = [_decompress(_hex("v1-catalogue.hex")), _decompress(_hex("v1-referencing.hex"))]
+    originals = [decompress(_hex("v1-catalogue.hex")), decompress(_hex("v1-referencing.hex"))]
     outcomes = {"refused": 0, "accepted": 0}
     for i in range(3000):
         packed = bytearray(originals[i % 2])

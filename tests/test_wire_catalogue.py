@@ -15,7 +15,7 @@ import pytest
 from edgemon.protocol import ProtocolError, expand_samples
 from edgemon.protocol.base import base_values, last_values
 from edgemon.protocol.catalogue import decode_catalogue, decode_received, is_referencing
-from edgemon.protocol.codec import _decompress
+from edgemon.protocol.codec import decompress
 from edgemon.protocol.topics import catalogue_topic
 from tests.support.broker import Broker
 from tests.support.processes import Agent, Collector, buffer_meta, stored_samples
@@ -58,7 +58,7 @@ def _counter(collector: Collector, name: str, labels: str = "") -> int:
 
 
 def _referencing(payloads: list[tuple[bytes, bool]]) -> list[bytes]:
-    return [p for p, _ in payloads if is_referencing(_decompress(p))]
+    return [p for p, _ in payloads if is_referencing(decompress(p))]
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_batches_name_the_acknowledged_catalogue_and_third_parties_can_read_them
         lasts[(batch.instance, batch.seq)] = last_values(batch.metrics)
         assert {s.name for s in expand_samples(batch.to_map())} >= {"load1"}
         named += referencing
-        based += b"bvalues" in _decompress(p)
+        based += b"bvalues" in decompress(p)
     assert named and based, (named, based)
     assert agent.terminate() == 0
     _exactly_accounted(collector, agent)
@@ -161,7 +161,7 @@ def test_a_collector_that_lost_its_store_but_reads_the_retained_catalogue_gets_b
     the batch a based batch goes on from: ``unknown_base``, the batch comes again inline, and
     the batches after it go on from what this collector stored."""
     _, collector, agent, capture = system
-    wait_until(lambda: sum(b"bvalues" in _decompress(p) for p in _referencing(
+    wait_until(lambda: sum(b"bvalues" in decompress(p) for p in _referencing(
         capture.of("metrics"))) >= 3, 30, f"based batches (agent log: {agent.log})")
     assert collector.terminate() == 0
     wait_until(lambda: buffer_meta(agent.buffer)["batches"] >= 3, 30, "the buffer growing")
@@ -173,7 +173,7 @@ def test_a_collector_that_lost_its_store_but_reads_the_retained_catalogue_gets_b
     wait_until(lambda: _counter(collector, "rejects_total", '{reason="unknown_base"}') > 0, 30,
                "a based batch the new collector cannot resolve")
     seen = len(capture.of("metrics"))
-    wait_until(lambda: sum(b"bvalues" in _decompress(p) for p, _ in
+    wait_until(lambda: sum(b"bvalues" in decompress(p) for p, _ in
                            capture.of("metrics")[seen:]) >= 2, 30,
                "based batches again, on what the new collector stored")
     wait_until(lambda: buffer_meta(agent.buffer)["batches"] <= 1, 30, "the buffer drained")

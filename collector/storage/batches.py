@@ -29,9 +29,9 @@ import numpy as np
 
 from edgemon.collector.storage.encoding import cumsum_by_segment
 from edgemon.collector.storage.stored_reader import read_common
-from edgemon.protocol import ProtocolError, decode
+from edgemon.protocol import ProtocolError
 from edgemon.protocol.batch import KINDS
-from edgemon.protocol.codec import decompress
+from edgemon.protocol.codec import decode_packed, decompress
 from edgemon.protocol.limits import MAX_SCALE
 
 __all__ = [
@@ -187,14 +187,12 @@ def read_batch(payload: bytes) -> BatchColumns:
     decoder; any other, or one that fails any check that way, is read the complete way
     (ingest's own decoder, then every check here), which also names why it cannot be read."""
     try:
-        common = read_common(decompress(payload))
-    except ProtocolError:
-        common = None  # the complete way says why
-    if common is not None:
-        with contextlib.suppress(UnreadableBatch):
-            return _columns({"t": common[0], "metrics": common[1]}, typed=True)
-    try:
-        batch = decode(payload)
+        packed = decompress(payload)  # once, for either way
+        common = read_common(packed)
+        if common is not None:
+            with contextlib.suppress(UnreadableBatch):
+                return _columns({"t": common[0], "metrics": common[1]}, typed=True)
+        batch = decode_packed(packed).to_map()
     except ProtocolError as exc:
         raise UnreadableBatch(f"{exc.reason}: {exc}"[:500]) from None
     return _columns(batch)
