@@ -25,11 +25,17 @@ import numpy as np
 
 from edgemon.collector.storage import aggregate as agg
 from edgemon.collector.storage.base import StorageStats
-from edgemon.collector.storage.batches import BatchColumns, UnreadableBatch
+from edgemon.collector.storage.batches import BatchColumns, MetricPart, UnreadableBatch
 from edgemon.collector.storage.encoding import decode_rollups, encode_rollups
 from edgemon.collector.storage.selection import Selection, canonical_labels
 from edgemon.collector.storage.sql.block_blobs import BlockBlobs, encode_blocks, sort_l0
-from edgemon.collector.storage.sql.layouts import Gathered, NewSeries, Resolved, gather
+from edgemon.collector.storage.sql.layouts import (
+    INSERT_SERIES,
+    Gathered,
+    NewSeries,
+    Resolved,
+    gather,
+)
 from edgemon.collector.storage.sql.store import TIERS, SQLStore, chunked, log, placeholders
 
 __all__ = ["BEHIND_TXN_FACTOR", "Compaction", "L0Plan", "L1Plan"]
@@ -708,11 +714,12 @@ def _make_series_rows(db: Any, resolved: Resolved,
     """The series of ``batches`` (host id, columns) not in the caches, found or made in the
     write transaction ``db`` and put in ``resolved.fresh``: one read of their hosts' series
     rows (again after the inserts) and one ``executemany`` of the new ones, in the order the
-    in-lock path makes them (batch, metric, entry), not a SELECT and an INSERT per series
-    (``layouts._series_row``: 15 % of the compaction process while every part was a new
-    host's)."""
+    in-lock path makes them (batch, metric, entry; a series' first metric head names its kind,
+    unit and scale), not a SELECT and an INSERT per series (``layouts._series_row``: 15 % of
+    the compaction process while every part was a new host's)."""
     series = resolved.cache.series
-    wanted: dict[tuple[int, str, str], list[Any]] = {}  # (host, name, labels) -> mkeys..
+    heads: dict[tuple[int, str, str], MetricPart] = {}  # (host, name, labels) -> first head
+    uses: dict[tuple[int, str, str], list[tuple[Any, tuple[str, ...]]]] = {}  # (mkey, labels)
     for hid, cols in batches:
         for m in cols.metrics:
             mkey = (hid, m.name, m.keys)
@@ -720,28 +727,28 @@ def _make_series_rows(db: Any, resolved: Resolved,
             for labels in cols.labels[m.first:m.end]:
                 if labels not in known and labels not in fresh:
                     key = (hid, m.name, canonical_labels(m.keys, labels))
-                    wanted.setdefault(key, [m]).append((mkey, labels))
-    if not wanted:
+                    heads.setdefault(key, m)
+                    uses.setdefault(key, []).append((mkey, labels))
+    if not heads:
         return
     found: dict[tuple[int, str, str], tuple[int, int, bool]] = {}
 
     def read() -> None:
-        for some in chunked(sorted({hid for hid, _, _ in wanted})):
+        for some in chunked(sorted({hid for hid, _, _ in heads})):
             for sid, hid, name, canon, scale, kind in db.execute(
                     f"SELECT id, host_id, name, labels, scale, kind FROM series WHERE "
                     f"host_id IN ({placeholders(some)})", some):
-                if (hid, name, canon) in wanted:
+                if (hid, name, canon) in heads:
                     found[(hid, name, canon)] = (sid, scale, kind == "counter")
 
     read()
-    new = [(hid, name, canon, m[0].kind, m[0].unit, m[0].scale, 1 << 62, 0)
-           for (hid, name, canon), m in wanted.items() if (hid, name, canon) not in found]
+    new = [(hid, name, canon, m.kind, m.unit, m.scale)
+           for (hid, name, canon), m in heads.items() if (hid, name, canon) not in found]
     if new:
-        db.executemany("INSERT INTO series (host_id, name, labels, kind, unit, scale, "
-                       "first_ms, last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new)
+        db.executemany(INSERT_SERIES, new)
         read()
-    for key, (_, *uses) in wanted.items():
-        for mkey, labels in uses:
+    for key, used in uses.items():
+        for mkey, labels in used:
             resolved.fresh.setdefault(mkey, {})[labels] = found[key]
 
 

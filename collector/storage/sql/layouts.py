@@ -21,7 +21,7 @@ import numpy as np
 from edgemon.collector.storage.batches import BatchColumns, rescale
 from edgemon.collector.storage.selection import canonical_labels
 
-__all__ = ["Gathered", "LayoutCache", "NewSeries", "Resolved", "gather"]
+__all__ = ["INSERT_SERIES", "Gathered", "LayoutCache", "NewSeries", "Resolved", "gather"]
 
 _I64 = np.int64
 # (host_id, metrics, labels): the batch's shape as far as series are concerned
@@ -93,6 +93,12 @@ class Resolved:
         return layout
 
 
+# A series made before its first samples are written: (host_id, name, canonical labels, kind,
+# unit, scale), with first_ms above last_ms (no data yet; L0 widens them).
+INSERT_SERIES = ("INSERT INTO series (host_id, name, labels, kind, unit, scale, first_ms, "
+                 f"last_ms) VALUES (?, ?, ?, ?, ?, ?, {1 << 62}, 0)")
+
+
 def _series_row(db: Any, hid: int, name: str, keys: tuple[str, ...], labels: tuple[str, ...],
                 kind: str, unit: str, scale: int) -> tuple[int, int, bool]:
     """(id, scale, is_counter) of a series, made if it does not exist yet."""
@@ -100,10 +106,8 @@ def _series_row(db: Any, hid: int, name: str, keys: tuple[str, ...], labels: tup
     row = db.execute("SELECT id, scale, kind FROM series WHERE host_id = ? AND name = ? AND "
                      "labels = ?", (hid, name, canon)).fetchone()
     if row is None:
-        new_id = db.execute(
-            "INSERT INTO series (host_id, name, labels, kind, unit, scale, first_ms, last_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (hid, name, canon, kind, unit, scale, 1 << 62, 0)).fetchone()[0]
+        new_id = db.execute(INSERT_SERIES + " RETURNING id",
+                            (hid, name, canon, kind, unit, scale)).fetchone()[0]
         row = (new_id, scale, kind)
     return row[0], row[1], row[2] == "counter"
 
