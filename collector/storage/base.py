@@ -161,7 +161,7 @@ class StorageStats:
 
     # stored batches the storage could not read, moved aside (never read again), by host
     quarantined: dict[str, int] = field(default_factory=dict)
-    # compaction's and ingest's writer's counters by event (``SQLStore.counts``): L0
+    # compaction's and ingest's writer's counters by event (``SQLStore.counted``): L0
     # transactions by path and fallback reason, give-ways, seconds waited for the write lock
     compaction: dict[str, float] = field(default_factory=dict)
 

@@ -207,7 +207,8 @@ class CompactionProcess:
         else:
             self.errors += 1
         # the writer's counters are this process's, the rest the child's
-        writer = {k: v for k, v in dict(getattr(self.storage, "counts", {})).items()
+        counted = getattr(self.storage, "counted", None)
+        writer = {k: v for k, v in (counted() if counted is not None else {}).items()
                   if k.startswith("writer_")}
         self.stats = replace(stats, compaction={**stats.compaction, **writer}) \
             if writer else stats

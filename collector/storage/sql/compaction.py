@@ -184,7 +184,7 @@ class Compaction(SQLStore):
                 read, moved, resolved = self._compact_in_lock(db, part, decoded, now_ms)
             self._kill_point("l0end")
         self._give_way(time.monotonic() - began)
-        self.counts["l0_prepared" if why is None else f"l0_in_lock_{why}"] += 1
+        self.count({"l0_prepared" if why is None else f"l0_in_lock_{why}": 1})
         resolved.commit()
         self.reader.forget(read)
         _log_quarantined(moved)
@@ -209,7 +209,7 @@ class Compaction(SQLStore):
                 and not isinstance(early[1], str)])  # in batch order, as in the lock
         self._give_way(time.monotonic() - began)
         resolved.commit()
-        self.counts["l0_series_transactions"] += 1
+        self.count({"l0_series_transactions": 1})
 
     def _compact_in_lock(self, db: Any, part: list[tuple[int, int, int]],
                          decoded: dict[int, tuple[bytes, BatchColumns | str]], now_ms: int
@@ -706,7 +706,7 @@ class Compaction(SQLStore):
             quarantined = dict(db.execute(
                 "SELECT h.name, count(*) FROM quarantine q JOIN hosts h ON h.id = q.host_id "
                 "GROUP BY h.name ORDER BY h.name"))
-        return StorageStats(quarantined=quarantined, compaction=dict(self.counts))
+        return StorageStats(quarantined=quarantined, compaction=self.counted())
 
 
 def _make_series_rows(db: Any, resolved: Resolved,

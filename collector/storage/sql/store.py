@@ -134,8 +134,10 @@ class SQLStore:
         self.writer_waits: Any = None  # in the compaction process: the number of the wait, or 0
         self._writer_wait_number = 0
         # events and seconds (``StorageStats.compaction``, /metrics): L0 transactions by path
-        # and fallback reason, give-ways, ingest's writer's waits for the lock
-        self.counts: Counter[str] = Counter()
+        # and fallback reason, give-ways, ingest's writer's waits for the lock; bumped by the
+        # writer's and compaction's threads, read by another (``count``, ``counted``)
+        self._counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
         self._host_ids: dict[str, int] = {}
         self._series_cache: dict[tuple[Any, ...], dict[tuple[str, ...], Any]] = {}
         self._layouts = LayoutCache(self._series_cache)  # series ids per host batch layout
@@ -195,8 +197,7 @@ class SQLStore:
             deadline = began + _GIVE_WAY_S
             while waits() == number and time.monotonic() < deadline:
                 time.sleep(_WRITER_POLL_S)
-            self.counts["gave_way"] += 1
-            self.counts["gave_way_seconds"] += time.monotonic() - began
+            self.count({"gave_way": 1, "gave_way_seconds": time.monotonic() - began})
             return
         left = self._free_until - time.monotonic()
         if left > 0 and self.give_way is not None and self.give_way():
@@ -237,11 +238,20 @@ class SQLStore:
         finally:
             if flag is not None:
                 flag.value = 0
-        done, counts = time.monotonic(), self.counts
-        counts[f"{who}_transactions"] += 1
-        counts[f"{who}_wait_seconds"] += got - began
-        counts[f"{who}_waits_over_100ms"] += got - began >= 0.1
-        counts[f"{who}_hold_seconds"] += done - got
+        done = time.monotonic()
+        self.count({f"{who}_transactions": 1, f"{who}_wait_seconds": got - began,
+                    f"{who}_waits_over_100ms": got - began >= 0.1,
+                    f"{who}_hold_seconds": done - got})
+
+    def count(self, events: dict[str, float]) -> None:
+        """Add to the counters of ``StorageStats.compaction`` (any thread)."""
+        with self._counts_lock:
+            self._counts.update(events)
+
+    def counted(self) -> dict[str, float]:
+        """The counters so far (any thread)."""
+        with self._counts_lock:
+            return dict(self._counts)
 
     def _let_compaction_in(self) -> None:
         """Before an ingest write transaction: while the compaction process waits for the
