@@ -239,14 +239,22 @@ def pending_samples(db: Path, http: int | None = None) -> int | None:
         pass
     if http is None:
         return None
+    return next((int(float(line.split()[1])) for line in metric_lines(http, timeout=5)
+                 if line.startswith("edgemon_storage_pending_samples ")), None)
+
+
+def metrics_text(http: int, timeout: float = 10) -> str:
+    """The collector's ``/metrics`` (readable without a token in these runs)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=timeout) as r:
+        return r.read().decode()
+
+
+def metric_lines(http: int, timeout: float = 10) -> list[str]:
+    """The lines of ``metrics_text``; none when the collector does not answer (now)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith("edgemon_storage_pending_samples "):
-                    return int(float(line.split()[1]))
+        return metrics_text(http, timeout).splitlines()
     except (OSError, ValueError):
-        pass
-    return None
+        return []
 
 
 def backpressure_figures(http: int) -> dict[str, float]:
@@ -255,13 +263,8 @@ def backpressure_figures(http: int) -> dict[str, float]:
     is needed unless the run sets ``--set http.public_metrics=true``) or absent (a collector
     without back-pressure)."""
     prefix = "edgemon_collector_backlog_"
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
-            lines = r.read().decode().splitlines()
-    except (OSError, ValueError):
-        return {}
-    return {line.split()[0][len(prefix):]: float(line.split()[1]) for line in lines
-            if line.startswith(prefix)}
+    return {line.split()[0][len(prefix):]: float(line.split()[1])
+            for line in metric_lines(http, timeout=5) if line.startswith(prefix)}
 
 
 def slope(points: list[tuple[float, int]]) -> float | None:
@@ -391,8 +394,7 @@ def ceiling_phase(pubs: Publishers, args: argparse.Namespace, nodelay: bool) -> 
 def forward_status(http: int) -> dict[str, float]:
     """The collector's ``[[forward]]`` receiver "vm" as its ``/metrics`` show it (sent,
     pending, lag, requests, retries, rejected)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
+    text = metrics_text(http)
     out = {}
     for name in ("samples_sent", "pending_samples", "lag_seconds", "requests", "retries",
                  "samples_rejected"):
@@ -407,13 +409,8 @@ def compaction_events(http: int) -> dict[str, float] | None:
     """``edgemon_storage_compaction_events_total`` by event as the window ends (L0 paths and
     fallback reasons, give-ways, the writer's waits for the lock), or None without them."""
     prefix = 'edgemon_storage_compaction_events_total{event="'
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10) as resp:
-            lines = resp.read().decode().splitlines()
-    except (OSError, ValueError):
-        return None
     out = {}
-    for line in lines:
+    for line in metric_lines(http):
         if line.startswith(prefix):
             event, _, value = line[len(prefix):].partition('"} ')
             out[event] = float(value)
